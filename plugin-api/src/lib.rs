@@ -1,0 +1,235 @@
+//! Everything a role plugin author needs, and nothing else.
+//!
+//! A plugin is a `cdylib` that provides one or more **roles**. A role has a name (`deployer`),
+//! claims some task types (`deploy`) and handles one [`Task`] at a time with a [`Context`] from
+//! the host, returning a JSON result or a [`HandlerError`]. The author implements the plain
+//! [`Role`] trait and calls [`export_plugin!`] once; the host finds the library on its plugin
+//! path, checks that it was built against a compatible plugin-api, and runs the role's handler
+//! for each task it claims.
+//!
+//! ```no_run
+//! use plugin_api::{Context, HandlerError, Role, Task, Value, json};
+//!
+//! struct Noop;
+//!
+//! impl Role for Noop {
+//!     fn name(&self) -> &str {
+//!         "noop"
+//!     }
+//!     fn task_types(&self) -> Vec<String> {
+//!         vec!["noop".into()]
+//!     }
+//!     fn handle(&self, task: &Task, _ctx: &Context<'_>) -> Result<Value, HandlerError> {
+//!         Ok(json!({ "id": task.id }))
+//!     }
+//! }
+//!
+//! plugin_api::export_plugin!(Noop);
+//! ```
+//!
+//! A library whose roles live in several modules can register each where it is defined with
+//! [`register_role!`] and call `export_plugin!()` with no arguments in `lib.rs`.
+//!
+//! # What the host guarantees
+//!
+//! - A panic inside [`Role::handle`] or [`Role::validate`] is caught inside the plugin (in the
+//!   code that [`export_plugin!`] generates) and fails that task with the panic message.
+//! - The task reaches the handler as JSON text and is decoded on the plugin side, so fields added
+//!   to [`Task`] in later versions never break a built plugin.
+//!
+//! # Versioning
+//!
+//! The crate version is checked when a plugin is loaded (abi_stable's rule): while the version is
+//! `0.x`, a host refuses a plugin built against an older minor version, and any change of the
+//! major version is refused. Bump the minor version whenever the root module or the traits in
+//! the hidden FFI layer change shape; adding a `Task` field or a `Context` method with a default
+//! needs no bump.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+pub use serde_json::{self, Value, json};
+pub use task_model::{Task, TaskStatus};
+
+#[doc(hidden)]
+pub mod __private;
+mod ffi;
+
+/// A role: a name, the task types it claims, and the handler that runs each task.
+///
+/// Implementations must be `Send + Sync`: a worker with `--concurrency N` calls `handle` from
+/// N threads at once.
+pub trait Role: Send + Sync + 'static {
+    /// The name used with `host --role NAME`.
+    fn name(&self) -> &str;
+
+    /// The task types this role claims.
+    fn task_types(&self) -> Vec<String>;
+
+    /// Checks a task before it is added (`host add`), so bad input is refused at once rather than
+    /// failing later in a worker. The default accepts every task.
+    fn validate(&self, task: &Task) -> Result<(), String> {
+        let _ = task;
+        Ok(())
+    }
+
+    /// Runs one task. `Ok` completes it with that JSON result; `Err` fails it.
+    fn handle(&self, task: &Task, ctx: &Context<'_>) -> Result<Value, HandlerError>;
+}
+
+/// Why a handler failed, as recorded on the task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HandlerError {
+    /// One line saying what went wrong; becomes the task's `error`.
+    pub message: String,
+    /// Optional detail kept as the task's `result` (an exit code, an output tail, ...).
+    pub result: Option<Value>,
+    /// Whether another attempt could succeed (a flaky network, a busy resource).
+    pub retryable: bool,
+}
+
+impl HandlerError {
+    /// A failure with a message only, not worth retrying.
+    pub fn new(message: impl Into<String>) -> Self {
+        HandlerError {
+            message: message.into(),
+            result: None,
+            retryable: false,
+        }
+    }
+
+    /// Attaches detail that is recorded as the task's `result`.
+    pub fn with_result(mut self, result: Value) -> Self {
+        self.result = Some(result);
+        self
+    }
+
+    /// Marks the failure as one another attempt may not repeat.
+    pub fn retryable(mut self) -> Self {
+        self.retryable = true;
+        self
+    }
+}
+
+impl From<String> for HandlerError {
+    fn from(message: String) -> Self {
+        HandlerError::new(message)
+    }
+}
+
+impl From<&str> for HandlerError {
+    fn from(message: &str) -> Self {
+        HandlerError::new(message)
+    }
+}
+
+impl From<std::io::Error> for HandlerError {
+    fn from(err: std::io::Error) -> Self {
+        HandlerError::new(err.to_string())
+    }
+}
+
+impl From<serde_json::Error> for HandlerError {
+    fn from(err: serde_json::Error) -> Self {
+        HandlerError::new(err.to_string())
+    }
+}
+
+/// Why the host asks a handler to stop early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The orchestrator cancelled the task.
+    Cancelled,
+    /// The task ran past its timeout.
+    TimedOut,
+    /// The worker is shutting down (Ctrl+C); the task will be returned to the queue.
+    Shutdown,
+}
+
+/// What the host offers a running handler: progress, log lines, and whether to stop.
+///
+/// Calls are cheap and thread-safe; a handler may call them from threads it spawns.
+pub struct Context<'a> {
+    host: ffi::HostContextRef<'a>,
+}
+
+impl Context<'_> {
+    /// Reports progress, 0 to 100 (larger values are capped), with a short message that
+    /// `host status` and `host watch` show beside the worker.
+    pub fn progress(&self, percent: u8, message: &str) {
+        self.host.progress(percent.min(100), message.into());
+    }
+
+    /// Writes one line to the task's log.
+    pub fn log(&self, line: &str) {
+        self.host.log(line.into());
+    }
+
+    /// Why the handler should stop, if it should.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        ffi::decode_stop_reason(self.host.stop_reason())
+    }
+
+    /// True once the task was cancelled, timed out or the worker is shutting down: a
+    /// long-running handler should check it and return early.
+    pub fn is_cancelled(&self) -> bool {
+        self.stop_reason().is_some()
+    }
+}
+
+/// Turns a panic payload into the message it carried.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+/// Runs `f`, turning a panic into an error that names it.
+fn catch_panic<T>(what: &str, f: impl FnOnce() -> Result<T, HandlerError>) -> Result<T, HandlerError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        Err(HandlerError::new(format!(
+            "{what} panicked: {}",
+            panic_message(payload.as_ref())
+        )))
+    })
+}
+
+/// Registers a role with the library's export list from the module where it is defined.
+///
+/// Use it when a library's roles are spread over several modules; `export_plugin!()` in
+/// `lib.rs` then exports every registered role. The registry lives inside each library (it does
+/// not cross the library boundary), so one library never sees another's roles.
+#[macro_export]
+macro_rules! register_role {
+    ($role:expr) => {
+        $crate::__private::inventory::submit! {
+            $crate::__private::RoleRegistration::new(|| ::std::boxed::Box::new($role))
+        }
+    };
+}
+
+/// Exports the library's roles to the host: the roles named in the call, then every role
+/// registered with [`register_role!`]. Call it exactly once per plugin library.
+#[macro_export]
+macro_rules! export_plugin {
+    ($($role:expr),* $(,)?) => {
+        const _: () = {
+            fn listed_roles() -> ::std::vec::Vec<::std::boxed::Box<dyn $crate::Role>> {
+                ::std::vec![$(::std::boxed::Box::new($role) as ::std::boxed::Box<dyn $crate::Role>),*]
+            }
+
+            extern "C" fn load_root_module() -> $crate::__private::RootModuleResult {
+                $crate::__private::load_root_module(listed_roles)
+            }
+
+            // The symbol abi_stable's loader looks for; `__private` checks at test time that the
+            // name is the one abi_stable expects.
+            #[unsafe(export_name = "_1as_0lib_1header_0root_bmodule_bloader")]
+            static LIB_HEADER: $crate::__private::LibHeader =
+                $crate::__private::lib_header(load_root_module);
+        };
+    };
+}

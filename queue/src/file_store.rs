@@ -1,0 +1,766 @@
+//! The embedded queue: a folder of JSON files guarded by one OS advisory lock.
+//!
+//! ```text
+//! <queue>/
+//!   queue.json                 format marker, written by `host init`
+//!   lock                       empty; held (flock) by whoever changes the queue
+//!   next-id                    the id the next added task gets
+//!   tasks/<id>.json            one file per task: the source of truth
+//!   pending/<type>/<priority>-<id>   empty markers: the claim index, sorted by name
+//!   running/<id>               empty markers: the tasks whose leases are checked
+//!   intents/<id>.json          an add in progress (redo record), replayed if its writer died
+//!   workers/<name>.json        what each worker is doing
+//!   tmp/                       temporary files, renamed into place
+//! ```
+//!
+//! Crash safety comes from ordering: every file is replaced atomically (temporary file, fsync,
+//! rename, fsync of the folder), and each operation writes its markers in an order where any
+//! prefix of it leaves either a stale marker (removed when next seen, after checking the task
+//! file) or a running task whose lease will expire. An add first writes an intent holding all
+//! its tasks, so a killed `host add` adds all of them or none.
+//!
+//! Claiming reads only the marker names of the claimer's types and the few task files it
+//! touches; finishing touches one task file and one marker. Neither reads finished tasks.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::atomic::{create_marker, io_err, list_names, remove_file, write_file};
+use crate::{
+    Claim, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Lease, NewTask, Outcome, QueueStore,
+    StoreError, Task, TaskStatus, WorkerRecord, validate_name,
+};
+
+const FORMAT_FILE: &str = "queue.json";
+const FORMAT_VERSION: u64 = 1;
+const SUBDIRS: [&str; 6] = ["tasks", "pending", "running", "intents", "workers", "tmp"];
+
+/// How long a lease lasts unless renewed, when the store is not told otherwise.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FormatMarker {
+    format: u64,
+}
+
+/// An add that has been decided but maybe not fully applied.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AddIntent {
+    tasks: Vec<Task>,
+    next_id: u64,
+}
+
+/// The embedded queue store: a folder any process on the machine can share.
+pub struct FileStore {
+    root: PathBuf,
+    lease: Duration,
+    durable: bool,
+    last_expiry_scan: Mutex<Option<Instant>>,
+    warned: Mutex<HashSet<PathBuf>>,
+    warnings: Mutex<Vec<String>>,
+}
+
+/// Holds the queue's advisory lock until dropped. The OS releases it if the process dies, so a
+/// crash never leaves a stale lock behind.
+struct QueueLock {
+    _file: File,
+}
+
+impl FileStore {
+    /// Creates the queue folder (readable by its owner only) or checks an existing one.
+    /// Idempotent.
+    pub fn init(root: &Path) -> Result<FileStore, StoreError> {
+        create_private_dir(root)?;
+        for sub in SUBDIRS {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        let marker = root.join(FORMAT_FILE);
+        if marker.exists() {
+            return FileStore::open(root);
+        }
+        let store = FileStore::at(root);
+        let bytes = serde_json::to_vec_pretty(&FormatMarker {
+            format: FORMAT_VERSION,
+        })
+        .expect("format marker serializes");
+        write_file(&store.tmp_dir(), &marker, &bytes, true)?;
+        Ok(store)
+    }
+
+    /// Opens an existing queue folder.
+    pub fn open(root: &Path) -> Result<FileStore, StoreError> {
+        let marker = root.join(FORMAT_FILE);
+        let text = match fs::read(&marker) {
+            Ok(text) => text,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotInitialized(root.to_path_buf()));
+            }
+            Err(err) => return Err(io_err(&marker)(err)),
+        };
+        let format: FormatMarker = serde_json::from_slice(&text).map_err(|err| {
+            StoreError::Corrupt {
+                path: marker.clone(),
+                reason: err.to_string(),
+            }
+        })?;
+        if format.format != FORMAT_VERSION {
+            return Err(StoreError::Corrupt {
+                path: marker,
+                reason: format!(
+                    "queue format {} is not the supported format {FORMAT_VERSION}",
+                    format.format
+                ),
+            });
+        }
+        Ok(FileStore::at(root))
+    }
+
+    fn at(root: &Path) -> FileStore {
+        FileStore {
+            root: root.to_path_buf(),
+            lease: DEFAULT_LEASE,
+            durable: true,
+            last_expiry_scan: Mutex::new(None),
+            warned: Mutex::new(HashSet::new()),
+            warnings: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sets how long a lease lasts unless renewed.
+    pub fn with_lease(mut self, lease: Duration) -> FileStore {
+        self.lease = lease;
+        self
+    }
+
+    /// The queue folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// How long a lease lasts unless renewed; workers renew well within it.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Problems met while claiming that did not stop the claim (a corrupted task file that was
+    /// skipped), each reported once; the caller shows them to the user.
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.warnings.lock().expect("warnings lock"))
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn task_path(&self, id: &str) -> PathBuf {
+        self.root.join("tasks").join(format!("{id}.json"))
+    }
+
+    fn pending_dir(&self, task_type: &str) -> PathBuf {
+        self.root.join("pending").join(task_type)
+    }
+
+    fn pending_marker(&self, task: &Task) -> PathBuf {
+        self.pending_dir(&task.task_type)
+            .join(marker_name(task.priority, &task.id))
+    }
+
+    fn running_marker(&self, id: &str) -> PathBuf {
+        self.root.join("running").join(id)
+    }
+
+    /// Takes the queue lock, waiting as long as needed, then finishes any add a dead process
+    /// left half done.
+    fn lock(&self) -> Result<QueueLock, StoreError> {
+        let path = self.root.join("lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.lock().map_err(io_err(&path))?;
+        let guard = QueueLock { _file: file };
+        self.replay_intents()?;
+        Ok(guard)
+    }
+
+    fn replay_intents(&self) -> Result<(), StoreError> {
+        let dir = self.root.join("intents");
+        let mut names = list_names(&dir)?;
+        names.retain(|n| n.ends_with(".json"));
+        names.sort();
+        for name in names {
+            let path = dir.join(&name);
+            let bytes = fs::read(&path).map_err(io_err(&path))?;
+            let intent: AddIntent =
+                serde_json::from_slice(&bytes).map_err(|err| StoreError::Corrupt {
+                    path: path.clone(),
+                    reason: err.to_string(),
+                })?;
+            self.apply_intent(&intent)?;
+            remove_file(&path)?;
+        }
+        Ok(())
+    }
+
+    fn apply_intent(&self, intent: &AddIntent) -> Result<(), StoreError> {
+        for task in &intent.tasks {
+            fs::create_dir_all(self.pending_dir(&task.task_type))
+                .map_err(io_err(&self.pending_dir(&task.task_type)))?;
+            self.write_task(task)?;
+            create_marker(&self.pending_marker(task))?;
+        }
+        let next = self.root.join("next-id");
+        write_file(
+            &self.tmp_dir(),
+            &next,
+            intent.next_id.to_string().as_bytes(),
+            self.durable,
+        )
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        let path = self.root.join("next-id");
+        match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().map_err(|_| StoreError::Corrupt {
+                path: path.clone(),
+                reason: format!("expected a number, found {:?}", text.trim()),
+            }),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(1),
+            Err(err) => Err(io_err(&path)(err)),
+        }
+    }
+
+    fn write_task(&self, task: &Task) -> Result<(), StoreError> {
+        let mut bytes = serde_json::to_vec_pretty(task).expect("task serializes");
+        bytes.push(b'\n');
+        write_file(
+            &self.tmp_dir(),
+            &self.task_path(&task.id),
+            &bytes,
+            self.durable,
+        )
+    }
+
+    /// Reads a task file; `None` when it does not exist.
+    fn read_task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        let path = self.task_path(id);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(io_err(&path)(err)),
+        };
+        let task: Task = serde_json::from_slice(&bytes).map_err(|err| StoreError::Corrupt {
+            path: path.clone(),
+            reason: err.to_string(),
+        })?;
+        if task.id != id {
+            return Err(StoreError::Corrupt {
+                path,
+                reason: format!("holds task id {:?}", task.id),
+            });
+        }
+        Ok(Some(task))
+    }
+
+    /// Reads a task that a lease or a marker says exists.
+    fn leased_task(&self, lease: &Lease) -> Result<Task, StoreError> {
+        let task = self
+            .read_task(&lease.task_id)?
+            .ok_or_else(|| StoreError::NotFound(lease.task_id.clone()))?;
+        let current = task.status == TaskStatus::Running
+            && task.attempts == lease.attempt
+            && task.worker.as_deref() == Some(lease.worker.as_str());
+        if current {
+            Ok(task)
+        } else {
+            Err(StoreError::LeaseLost {
+                id: lease.task_id.clone(),
+                attempt: lease.attempt,
+            })
+        }
+    }
+
+    fn warn_once(&self, err: &StoreError) {
+        let path = match err {
+            StoreError::Corrupt { path, .. } => path.clone(),
+            _ => PathBuf::new(),
+        };
+        if self.warned.lock().expect("warned lock").insert(path) {
+            self.warnings
+                .lock()
+                .expect("warnings lock")
+                .push(format!("{err}; skipped"));
+        }
+    }
+
+    fn lease_until(&self, now: Timestamp) -> Timestamp {
+        let lease = SignedDuration::try_from(self.lease).unwrap_or(SignedDuration::MAX);
+        now.saturating_add(lease).unwrap_or(now)
+    }
+
+    /// Returns tasks whose lease ran out to pending (or fails them when no attempt is left).
+    /// Runs at most a few times per lease period per process, since it reads every running task.
+    fn expire_leases_if_due(&self) -> Result<(), StoreError> {
+        let interval = (self.lease / 10).max(Duration::from_millis(100));
+        {
+            let mut last = self.last_expiry_scan.lock().expect("expiry lock");
+            if last.is_some_and(|at| at.elapsed() < interval) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        let now = Timestamp::now();
+        for id in list_names(&self.root.join("running"))? {
+            let marker = self.running_marker(&id);
+            let mut task = match self.read_task(&id) {
+                Ok(Some(task)) => task,
+                Ok(None) => {
+                    remove_file(&marker)?;
+                    continue;
+                }
+                Err(err @ StoreError::Corrupt { .. }) => {
+                    self.warn_once(&err);
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            if task.status != TaskStatus::Running {
+                remove_file(&marker)?;
+                continue;
+            }
+            if task.lease_expires_at.is_some_and(|until| until > now) {
+                continue;
+            }
+            let holder = task.worker.clone().unwrap_or_else(|| "?".into());
+            task.lease_expires_at = None;
+            if task.attempts < task.max_attempts {
+                task.status = TaskStatus::Pending;
+                task.error = Some(format!(
+                    "attempt {}: lease expired (worker {holder} stopped renewing it)",
+                    task.attempts
+                ));
+                create_marker(&self.pending_marker(&task))?;
+                self.write_task(&task)?;
+            } else {
+                task.status = TaskStatus::Failed;
+                task.success = Some(false);
+                task.finished_at = Some(now);
+                task.error = Some(format!(
+                    "lease expired on attempt {} of {} (worker {holder} stopped renewing it)",
+                    task.attempts, task.max_attempts
+                ));
+                self.write_task(&task)?;
+            }
+            remove_file(&marker)?;
+        }
+        Ok(())
+    }
+
+    fn build_task(&self, id: u64, new: NewTask, now: Timestamp) -> Task {
+        Task {
+            id: id.to_string(),
+            task_type: new.task_type,
+            target: new.target,
+            description: new.description,
+            priority: new.priority.unwrap_or(DEFAULT_PRIORITY),
+            payload: new.payload,
+            after: Vec::new(),
+            status: TaskStatus::Pending,
+            attempts: 0,
+            max_attempts: new.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            timeout_secs: new.timeout_secs,
+            worker: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            success: None,
+            result: None,
+            error: None,
+            lease_expires_at: None,
+        }
+    }
+}
+
+impl QueueStore for FileStore {
+    fn add(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, StoreError> {
+        for (index, task) in tasks.iter().enumerate() {
+            validate_name("task type", &task.task_type).map_err(|err| {
+                StoreError::InvalidTask(format!("task {}: {err}", index + 1))
+            })?;
+            if task.max_attempts == Some(0) {
+                return Err(StoreError::InvalidTask(format!(
+                    "task {}: maxAttempts must be at least 1",
+                    index + 1
+                )));
+            }
+        }
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _lock = self.lock()?;
+        let first = self.next_id()?;
+        if self.task_path(&first.to_string()).exists() {
+            return Err(StoreError::Corrupt {
+                path: self.root.join("next-id"),
+                reason: format!("task {first} already exists; next-id is behind the tasks"),
+            });
+        }
+        let now = Timestamp::now();
+        let count = tasks.len() as u64;
+        let tasks: Vec<Task> = tasks
+            .into_iter()
+            .zip(first..)
+            .map(|(new, id)| self.build_task(id, new, now))
+            .collect();
+        let intent = AddIntent {
+            tasks,
+            next_id: first + count,
+        };
+        let path = self.root.join("intents").join(format!("{first:020}.json"));
+        let bytes = serde_json::to_vec(&intent).expect("intent serializes");
+        write_file(&self.tmp_dir(), &path, &bytes, self.durable)?;
+        self.apply_intent(&intent)?;
+        remove_file(&path)?;
+        Ok(intent.tasks)
+    }
+
+    fn claim(&self, worker: &str, types: &[String]) -> Result<Option<Claim>, StoreError> {
+        let _lock = self.lock()?;
+        self.expire_leases_if_due()?;
+        let mut candidates = Vec::new();
+        for task_type in types {
+            for name in list_names(&self.pending_dir(task_type))? {
+                candidates.push((name, task_type));
+            }
+        }
+        candidates.sort();
+        for (name, task_type) in candidates {
+            let marker = self.pending_dir(task_type).join(&name);
+            let Some(id) = id_from_marker(&name) else {
+                continue;
+            };
+            let mut task = match self.read_task(&id) {
+                Ok(Some(task)) => task,
+                Ok(None) => {
+                    remove_file(&marker)?;
+                    continue;
+                }
+                Err(err @ StoreError::Corrupt { .. }) => {
+                    self.warn_once(&err);
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            if task.status != TaskStatus::Pending || &task.task_type != task_type {
+                remove_file(&marker)?;
+                continue;
+            }
+            let now = Timestamp::now();
+            task.status = TaskStatus::Running;
+            task.attempts += 1;
+            task.worker = Some(worker.to_string());
+            task.started_at = Some(now);
+            task.finished_at = None;
+            task.duration_ms = None;
+            task.success = None;
+            task.result = None;
+            task.lease_expires_at = Some(self.lease_until(now));
+            // Running marker first: if we die after it, the expiry scan finds a pending task
+            // behind it and drops it; if we die after the task write, the lease expires.
+            create_marker(&self.running_marker(&task.id))?;
+            self.write_task(&task)?;
+            remove_file(&marker)?;
+            let lease = Lease {
+                task_id: task.id.clone(),
+                attempt: task.attempts,
+                worker: worker.to_string(),
+            };
+            return Ok(Some(Claim { task, lease }));
+        }
+        Ok(None)
+    }
+
+    fn renew(&self, lease: &Lease) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
+        let mut task = self.leased_task(lease)?;
+        task.lease_expires_at = Some(self.lease_until(Timestamp::now()));
+        self.write_task(&task)
+    }
+
+    fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError> {
+        let _lock = self.lock()?;
+        let mut task = self.leased_task(lease)?;
+        let now = Timestamp::now();
+        task.finished_at = Some(now);
+        task.duration_ms = task.elapsed_ms(now);
+        task.lease_expires_at = None;
+        match outcome {
+            Outcome::Success(result) => {
+                task.status = TaskStatus::Completed;
+                task.success = Some(true);
+                task.result = Some(result);
+                task.error = None;
+            }
+            Outcome::Failure { error, result } => {
+                task.status = TaskStatus::Failed;
+                task.success = Some(false);
+                task.result = result;
+                task.error = Some(error);
+            }
+        }
+        self.write_task(&task)?;
+        remove_file(&self.running_marker(&task.id))?;
+        Ok(task)
+    }
+
+    fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
+        let mut task = self.leased_task(lease)?;
+        task.status = TaskStatus::Pending;
+        task.attempts = task.attempts.saturating_sub(1);
+        task.worker = None;
+        task.started_at = None;
+        task.lease_expires_at = None;
+        create_marker(&self.pending_marker(&task))?;
+        self.write_task(&task)?;
+        remove_file(&self.running_marker(&task.id))
+    }
+
+    fn get(&self, id: &str) -> Result<Task, StoreError> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(StoreError::NotFound(id.to_string()));
+        }
+        self.read_task(id)?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))
+    }
+
+    fn tasks(&self) -> Result<Vec<Task>, StoreError> {
+        let mut ids: Vec<u64> = list_names(&self.root.join("tasks"))?
+            .iter()
+            .filter_map(|name| name.strip_suffix(".json")?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        let mut tasks = Vec::with_capacity(ids.len());
+        for id in ids {
+            // A task removed between the listing and the read is simply not shown.
+            if let Some(task) = self.read_task(&id.to_string())? {
+                tasks.push(task);
+            }
+        }
+        Ok(tasks)
+    }
+
+    fn has_work(&self, types: &[String]) -> Result<bool, StoreError> {
+        if !list_names(&self.root.join("intents"))?.is_empty() {
+            return Ok(true);
+        }
+        for task_type in types {
+            if !list_names(&self.pending_dir(task_type))?.is_empty() {
+                return Ok(true);
+            }
+        }
+        for id in list_names(&self.root.join("running"))? {
+            if let Some(task) = self.read_task(&id)?
+                && task.status == TaskStatus::Running
+                && types.contains(&task.task_type)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn put_worker(&self, record: &WorkerRecord) -> Result<(), StoreError> {
+        validate_name("worker name", &record.name)?;
+        let path = self
+            .root
+            .join("workers")
+            .join(format!("{}.json", record.name));
+        let bytes = serde_json::to_vec_pretty(record).expect("worker record serializes");
+        // A worker record is rewritten every heartbeat and means nothing after a power loss.
+        write_file(&self.tmp_dir(), &path, &bytes, false)
+    }
+
+    fn remove_worker(&self, name: &str) -> Result<(), StoreError> {
+        validate_name("worker name", name)?;
+        remove_file(&self.root.join("workers").join(format!("{name}.json")))
+    }
+
+    fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
+        let dir = self.root.join("workers");
+        let mut names = list_names(&dir)?;
+        names.retain(|n| n.ends_with(".json"));
+        names.sort();
+        let mut workers = Vec::new();
+        for name in names {
+            let path = dir.join(name);
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(io_err(&path)(err)),
+            };
+            let record = serde_json::from_slice(&bytes).map_err(|err| StoreError::Corrupt {
+                path: path.clone(),
+                reason: err.to_string(),
+            })?;
+            workers.push(record);
+        }
+        Ok(workers)
+    }
+}
+
+/// The marker name that sorts by priority, then age (ids grow with age).
+fn marker_name(priority: u32, id: &str) -> String {
+    format!("{priority:010}-{id:0>20}")
+}
+
+fn id_from_marker(name: &str) -> Option<String> {
+    let (_, padded) = name.split_once('-')?;
+    let id: u64 = padded.parse().ok()?;
+    Some(id.to_string())
+}
+
+#[cfg(unix)]
+fn create_private_dir(root: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .map_err(io_err(root))
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(root: &Path) -> Result<(), StoreError> {
+    fs::create_dir_all(root).map_err(io_err(root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn new(task_type: &str, priority: u32) -> NewTask {
+        NewTask {
+            task_type: task_type.into(),
+            priority: Some(priority),
+            ..NewTask::default()
+        }
+    }
+
+    fn store(lease: Duration) -> (tempfile::TempDir, FileStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::init(&dir.path().join("q"))
+            .unwrap()
+            .with_lease(lease);
+        (dir, store)
+    }
+
+    fn types(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn claims_by_priority_then_age_and_only_its_types() {
+        let (_dir, store) = store(DEFAULT_LEASE);
+        store
+            .add(vec![new("a", 9), new("a", 1), new("b", 0), new("a", 5), new("a", 1)])
+            .unwrap();
+        let order: Vec<String> = std::iter::from_fn(|| {
+            store
+                .claim("w", &types(&["a"]))
+                .unwrap()
+                .map(|claim| claim.task.id)
+        })
+        .collect();
+        assert_eq!(order, ["2", "5", "4", "1"]);
+        assert_eq!(store.get("3").unwrap().status, TaskStatus::Pending);
+    }
+
+    #[test]
+    fn expired_lease_returns_task_and_fences_the_old_worker() {
+        let (_dir, store) = store(Duration::from_millis(1));
+        store.add(vec![new("a", 5)]).unwrap();
+        let first = store.claim("w1", &types(&["a"])).unwrap().unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        let second = store.claim("w2", &types(&["a"])).unwrap().unwrap();
+        assert_eq!(second.task.id, first.task.id);
+        assert_eq!(second.lease.attempt, 2);
+        assert!(matches!(
+            store.finish(&first.lease, Outcome::Success(Value::Null)),
+            Err(StoreError::LeaseLost { .. })
+        ));
+        let done = store
+            .finish(&second.lease, Outcome::Success(Value::Null))
+            .unwrap();
+        assert_eq!(done.status, TaskStatus::Completed);
+        assert_eq!(done.worker.as_deref(), Some("w2"));
+    }
+
+    #[test]
+    fn lease_expiry_fails_the_task_when_attempts_are_used_up() {
+        let (_dir, store) = store(Duration::from_millis(1));
+        store
+            .add(vec![NewTask {
+                max_attempts: Some(1),
+                ..new("a", 5)
+            }])
+            .unwrap();
+        store.claim("w1", &types(&["a"])).unwrap().unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(store.claim("w2", &types(&["a"])).unwrap().is_none());
+        let task = store.get("1").unwrap();
+        assert_eq!(task.status, TaskStatus::Failed);
+        assert!(task.error.unwrap().contains("lease expired"));
+    }
+
+    #[test]
+    fn release_returns_the_task_without_counting_the_attempt() {
+        let (_dir, store) = store(DEFAULT_LEASE);
+        store.add(vec![new("a", 5)]).unwrap();
+        let claim = store.claim("w1", &types(&["a"])).unwrap().unwrap();
+        store.release(&claim.lease).unwrap();
+        let task = store.get("1").unwrap();
+        assert_eq!((task.status, task.attempts), (TaskStatus::Pending, 0));
+        assert!(store.has_work(&types(&["a"])).unwrap());
+        assert!(store.claim("w2", &types(&["a"])).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_half_applied_add_is_finished_by_the_next_locker() {
+        let (_dir, store) = store(DEFAULT_LEASE);
+        // What a `host add` killed right after writing its intent leaves behind.
+        let now = Timestamp::now();
+        let intent = AddIntent {
+            tasks: vec![store.build_task(1, new("a", 5), now), store.build_task(2, new("a", 5), now)],
+            next_id: 3,
+        };
+        let path = store.root.join("intents").join("00000000000000000001.json");
+        fs::write(&path, serde_json::to_vec(&intent).unwrap()).unwrap();
+        let added = store.add(vec![new("a", 5)]).unwrap();
+        assert_eq!(added[0].id, "3");
+        assert_eq!(store.tasks().unwrap().len(), 3);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn invalid_type_adds_nothing() {
+        let (_dir, store) = store(DEFAULT_LEASE);
+        let err = store.add(vec![new("a", 5), new("../x", 5)]).unwrap_err();
+        assert!(err.to_string().contains("task 2"), "{err}");
+        assert!(store.tasks().unwrap().is_empty());
+    }
+}

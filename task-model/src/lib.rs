@@ -1,0 +1,186 @@
+//! The task record, the one vocabulary shared by every part of the system.
+//!
+//! A [`Task`] is what the orchestrator adds, what the queue store keeps (one JSON file per task),
+//! what a worker claims and what a role handler receives. Its JSON form is camelCase, field for
+//! field the record the PowerShell design wrote, so existing tooling can read it.
+//!
+//! Plugins receive a task as JSON text across the library boundary, never as a Rust layout, so
+//! adding a field here (with a serde default) does not break plugins built earlier.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where a task is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    /// Waiting to be claimed.
+    Pending,
+    /// Claimed by a worker whose lease has not expired.
+    Running,
+    /// The handler succeeded.
+    Completed,
+    /// The handler failed (or the lease expired) and no attempt is left.
+    Failed,
+    /// Cancelled by the orchestrator before it finished.
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// Every status, in the order `status` lists them.
+    pub const ALL: [TaskStatus; 5] = [
+        TaskStatus::Pending,
+        TaskStatus::Running,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ];
+
+    /// True for the states a task never leaves on its own.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+
+    /// The lowercase name used in JSON and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Running => "running",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The priority a task gets when none is given. Lower numbers are claimed first.
+pub const DEFAULT_PRIORITY: u32 = 5;
+
+/// How many times a task is tried when none is given (a lost lease counts as a try).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// One unit of work, as stored, claimed and handled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    /// Unique, assigned by the store when the task is added; increasing with age.
+    pub id: String,
+    /// The task type; a role claims the types it declares.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// The file or folder the task is about, absolute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<PathBuf>,
+    /// Free text for people and for agent prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Lower is claimed first; equal priorities are claimed oldest first.
+    pub priority: u32,
+    /// Handler-specific input, any JSON.
+    #[serde(default)]
+    pub payload: Value,
+    /// Ids of tasks this one comes after.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// Where the task is in its life.
+    pub status: TaskStatus,
+    /// How many times the task has been claimed.
+    #[serde(default)]
+    pub attempts: u32,
+    /// How many claims the task may have in all.
+    pub max_attempts: u32,
+    /// How long one attempt may run, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// The worker that holds or last held the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// When the task was added.
+    pub created_at: Timestamp,
+    /// When the current or last attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When the task reached a finished state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// Run time of the last attempt, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Whether the last attempt succeeded; absent until one finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success: Option<bool>,
+    /// What the handler returned (on failure too, when it said more than a message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Until when the running attempt's worker holds the task; renewed by its heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<Timestamp>,
+}
+
+impl Task {
+    /// How long the task has run (running) or ran (finished), if it started.
+    pub fn elapsed_ms(&self, now: Timestamp) -> Option<u64> {
+        if let Some(ms) = self.duration_ms {
+            return Some(ms);
+        }
+        let started = self.started_at?;
+        let end = self.finished_at.unwrap_or(now);
+        let ms = end.duration_since(started).as_millis();
+        Some(u64::try_from(ms.max(0)).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_camel_case_with_type_field() {
+        let task = Task {
+            id: "7".into(),
+            task_type: "inspect".into(),
+            target: Some("/src".into()),
+            description: None,
+            priority: 1,
+            payload: serde_json::json!({"k": 1}),
+            after: vec![],
+            status: TaskStatus::Pending,
+            attempts: 0,
+            max_attempts: 3,
+            timeout_secs: Some(60),
+            worker: None,
+            created_at: "2026-01-02T03:04:05Z".parse().unwrap(),
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            success: None,
+            result: None,
+            error: None,
+            lease_expires_at: None,
+        };
+        let json = serde_json::to_value(&task).unwrap();
+        assert_eq!(json["type"], "inspect");
+        assert_eq!(json["maxAttempts"], 3);
+        assert_eq!(json["timeoutSecs"], 60);
+        assert_eq!(json["createdAt"], "2026-01-02T03:04:05Z");
+        assert_eq!(json["status"], "pending");
+        let back: Task = serde_json::from_value(json).unwrap();
+        assert_eq!(back, task);
+    }
+}
