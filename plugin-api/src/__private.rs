@@ -178,3 +178,6 @@ mod tests {
         assert_eq!(ErrorRecord::from_json("plain").message, "plain");
     }
 }
+
+/// The plugin-api version this crate was built as; the host shows it beside each plugin's.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");

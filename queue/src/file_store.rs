@@ -10,6 +10,7 @@
 //!   running/<id>               empty markers: the tasks whose leases are checked
 //!   intents/<id>.json          an add in progress (redo record), replayed if its writer died
 //!   workers/<name>.json        what each worker is doing
+//!   logs/<id>.log              lines a task's handler logged
 //!   tmp/                       temporary files, renamed into place
 //! ```
 //!
@@ -34,13 +35,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic::{create_marker, io_err, list_names, remove_file, write_file};
 use crate::{
-    Claim, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Lease, NewTask, Outcome, QueueStore,
+    Claim, Lease, NewTask, Outcome, QueueStore,
     StoreError, Task, TaskStatus, WorkerRecord, validate_name,
 };
 
 const FORMAT_FILE: &str = "queue.json";
 const FORMAT_VERSION: u64 = 1;
-const SUBDIRS: [&str; 6] = ["tasks", "pending", "running", "intents", "workers", "tmp"];
+const SUBDIRS: [&str; 7] = [
+    "tasks", "pending", "running", "intents", "workers", "logs", "tmp",
+];
 
 /// How long a lease lasts unless renewed, when the store is not told otherwise.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -145,17 +148,6 @@ impl FileStore {
     /// The queue folder.
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    /// How long a lease lasts unless renewed; workers renew well within it.
-    pub fn lease(&self) -> Duration {
-        self.lease
-    }
-
-    /// Problems met while claiming that did not stop the claim (a corrupted task file that was
-    /// skipped), each reported once; the caller shows them to the user.
-    pub fn take_warnings(&self) -> Vec<String> {
-        std::mem::take(&mut *self.warnings.lock().expect("warnings lock"))
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -367,31 +359,6 @@ impl FileStore {
         }
         Ok(())
     }
-
-    fn build_task(&self, id: u64, new: NewTask, now: Timestamp) -> Task {
-        Task {
-            id: id.to_string(),
-            task_type: new.task_type,
-            target: new.target,
-            description: new.description,
-            priority: new.priority.unwrap_or(DEFAULT_PRIORITY),
-            payload: new.payload,
-            after: Vec::new(),
-            status: TaskStatus::Pending,
-            attempts: 0,
-            max_attempts: new.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
-            timeout_secs: new.timeout_secs,
-            worker: None,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            duration_ms: None,
-            success: None,
-            result: None,
-            error: None,
-            lease_expires_at: None,
-        }
-    }
 }
 
 impl QueueStore for FileStore {
@@ -423,7 +390,7 @@ impl QueueStore for FileStore {
         let tasks: Vec<Task> = tasks
             .into_iter()
             .zip(first..)
-            .map(|(new, id)| self.build_task(id, new, now))
+            .map(|(new, id)| new.into_task(id.to_string(), now))
             .collect();
         let intent = AddIntent {
             tasks,
@@ -620,6 +587,28 @@ impl QueueStore for FileStore {
         }
         Ok(workers)
     }
+    fn append_log(&self, id: &str, line: &str) -> Result<(), StoreError> {
+        use std::io::Write;
+        let dir = self.root.join("logs");
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let path = dir.join(format!("{id}.log"));
+        let mut file = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        // One write per line, so lines from concurrent writers never interleave.
+        file.write_all(format!("{line}\n").as_bytes())
+            .map_err(io_err(&path))
+    }
+
+    fn lease_duration(&self) -> Duration {
+        self.lease
+    }
+
+    fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.warnings.lock().expect("warnings lock"))
+    }
 }
 
 /// The marker name that sorts by priority, then age (ids grow with age).
@@ -745,7 +734,10 @@ mod tests {
         // What a `host add` killed right after writing its intent leaves behind.
         let now = Timestamp::now();
         let intent = AddIntent {
-            tasks: vec![store.build_task(1, new("a", 5), now), store.build_task(2, new("a", 5), now)],
+            tasks: vec![
+                new("a", 5).into_task("1".into(), now),
+                new("a", 5).into_task("2".into(), now),
+            ],
             next_id: 3,
         };
         let path = store.root.join("intents").join("00000000000000000001.json");

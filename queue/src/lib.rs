@@ -83,6 +83,34 @@ pub struct NewTask {
     pub timeout_secs: Option<u64>,
 }
 
+impl NewTask {
+    /// The task as it is stored when added with this id at this time.
+    pub fn into_task(self, id: String, now: Timestamp) -> Task {
+        Task {
+            id,
+            task_type: self.task_type,
+            target: self.target,
+            description: self.description,
+            priority: self.priority.unwrap_or(DEFAULT_PRIORITY),
+            payload: self.payload,
+            after: Vec::new(),
+            status: TaskStatus::Pending,
+            attempts: 0,
+            max_attempts: self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            timeout_secs: self.timeout_secs,
+            worker: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            success: None,
+            result: None,
+            error: None,
+            lease_expires_at: None,
+        }
+    }
+}
+
 /// A worker's right to finish one attempt of a task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -216,6 +244,18 @@ pub trait QueueStore: Send + Sync {
 
     /// Every published worker record.
     fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError>;
+
+    /// Appends one line to a task's log.
+    fn append_log(&self, id: &str, line: &str) -> Result<(), StoreError>;
+
+    /// How long a lease lasts unless renewed; workers renew well within it.
+    fn lease_duration(&self) -> Duration;
+
+    /// Problems met along the way that did not stop an operation (a corrupted task file that a
+    /// claim skipped), each reported once, for the caller to show.
+    fn take_warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Checks that a task type or worker name can be used as a file name in the store.

@@ -1,0 +1,202 @@
+//! Every flag of `host`, in one place, and their resolution into [`Settings`] before any work
+//! starts (paths made absolute, defaults applied).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+/// The command line as typed.
+#[derive(Debug, Parser)]
+#[command(
+    name = "host",
+    version,
+    about = "A shared task queue for AI coding assistants and programs, with role handlers loaded from plugins.",
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    arg_required_else_help = true,
+    after_help = "Run a worker with `host --role ROLE`; orchestrate with the commands above."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options valid with every command.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The coordination folder.
+    #[arg(
+        long,
+        global = true,
+        env = "HOST_QUEUE_DIR",
+        value_name = "DIR",
+        default_value = "./copilot-orchestration"
+    )]
+    pub queue: PathBuf,
+
+    /// Where plugins are looked for (repeatable; the environment variable is colon-separated).
+    /// Default: <queue>/plugins, then the folder holding the host executable.
+    #[arg(
+        long = "plugin-dir",
+        global = true,
+        env = "HOST_PLUGIN_PATH",
+        value_delimiter = ':',
+        value_name = "DIR"
+    )]
+    pub plugin_dirs: Vec<PathBuf>,
+
+    /// Say more: full plugin load errors.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+/// Options of worker mode (`host --role ROLE`).
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Run a worker for this role until Ctrl+C.
+    #[arg(long, value_name = "ROLE")]
+    pub role: Option<String>,
+
+    /// The worker's name in `status` and on tasks [default: ROLE-HOSTNAME-PID].
+    #[arg(long, requires = "role")]
+    pub name: Option<String>,
+
+    /// How many tasks the worker runs at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+
+    /// Exit 0 once no task of the role's types is pending or running.
+    #[arg(long, requires = "role")]
+    pub drain: bool,
+
+    /// How long the first Ctrl+C waits for running tasks before returning them to the queue.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub grace: Duration,
+
+    /// How often an idle worker looks for new tasks.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub poll: Duration,
+}
+
+/// The orchestrator's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the coordination folder (idempotent).
+    Init,
+    /// Add a task (prints its id) or a file of tasks (prints one id per line).
+    Add(AddArgs),
+    /// Counts per state, and what each worker is doing.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live view of `status` that exits when no task is pending or running.
+    Watch {
+        /// Time between refreshes.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        interval: Duration,
+    },
+    /// Finished tasks with outcome, worker and duration.
+    Results {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Only failed tasks.
+        #[arg(long)]
+        failed: bool,
+    },
+    /// One task, whole.
+    Show {
+        /// The task id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every library on the plugin path, with its roles, or why it was refused.
+    Plugins {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `host add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The task type (a role claims it).
+    #[arg(long = "type", value_name = "TYPE", required_unless_present = "file")]
+    pub task_type: Option<String>,
+    /// The file or folder the task is about (made absolute).
+    #[arg(long, value_name = "PATH")]
+    pub target: Option<PathBuf>,
+    /// Free text for people and agents.
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// Lower is claimed first [default: 5].
+    #[arg(long, value_name = "N")]
+    pub priority: Option<u32>,
+    /// Handler input, as JSON.
+    #[arg(long, value_name = "JSON")]
+    pub payload: Option<String>,
+    /// How many times the task may be claimed in all [default: 3].
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Time limit of one attempt, e.g. 90s, 10m.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+    /// Add every task in FILE (`-` for stdin): a JSON array or JSON Lines of task objects.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["task_type", "target", "description", "priority", "payload", "max_attempts", "timeout"]
+    )]
+    pub file: Option<PathBuf>,
+}
+
+/// What the command line resolves to, shared by every command.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The coordination folder, absolute.
+    pub queue: PathBuf,
+    /// The folders searched for plugins, in order, absolute.
+    pub plugin_path: Vec<PathBuf>,
+    /// Say more.
+    pub verbose: bool,
+}
+
+impl Settings {
+    /// Resolves paths and defaults.
+    pub fn resolve(global: &GlobalArgs) -> anyhow::Result<Settings> {
+        let queue = std::path::absolute(&global.queue)
+            .with_context(|| format!("queue folder {}", global.queue.display()))?;
+        let mut plugin_path: Vec<PathBuf> = global
+            .plugin_dirs
+            .iter()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()))
+            .collect();
+        if plugin_path.is_empty() {
+            plugin_path.push(queue.join("plugins"));
+            if let Some(dir) = std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.canonicalize().ok())
+                .and_then(|exe| exe.parent().map(PathBuf::from))
+            {
+                plugin_path.push(dir);
+            }
+        }
+        Ok(Settings {
+            queue,
+            plugin_path,
+            verbose: global.verbose,
+        })
+    }
+}

@@ -1,0 +1,169 @@
+//! `host add`: one task from flags, or a file of tasks, all or nothing.
+//!
+//! Every task is checked before anything is stored: its type must be claimed by a role on the
+//! plugin path, and that role's `validate` must accept it.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow, bail};
+use jiff::Timestamp;
+use queue::{NewTask, QueueStore};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::cli::{AddArgs, Settings};
+use crate::commands::open_store;
+use crate::loader::PluginRegistry;
+
+/// One entry of a task file: the same fields as the flags of `host add`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TaskEntry {
+    #[serde(rename = "type")]
+    task_type: String,
+    target: Option<PathBuf>,
+    description: Option<String>,
+    priority: Option<u32>,
+    payload: Option<Value>,
+    max_attempts: Option<u32>,
+    /// A duration such as "90s" or "10m".
+    timeout: Option<String>,
+    timeout_secs: Option<u64>,
+}
+
+/// Adds the tasks and prints their ids, one per line.
+pub fn run(settings: &Settings, args: &AddArgs) -> anyhow::Result<()> {
+    let store = open_store(settings)?;
+    let tasks = match &args.file {
+        Some(file) => read_task_file(file)?,
+        None => vec![task_from_flags(args)?],
+    };
+    let registry = PluginRegistry::discover(&settings.plugin_path);
+    for (index, task) in tasks.iter().enumerate() {
+        check_task(&registry, task).map_err(|err| match &args.file {
+            Some(file) => anyhow!("{}: task {}: {err:#}", file.display(), index + 1),
+            None => err,
+        })?;
+    }
+    let added = store.add(tasks).context("nothing was added")?;
+    for task in added {
+        println!("{}", task.id);
+    }
+    Ok(())
+}
+
+fn task_from_flags(args: &AddArgs) -> anyhow::Result<NewTask> {
+    let payload = match &args.payload {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|err| anyhow!("--payload is not valid JSON: {err}"))?,
+        None => Value::Null,
+    };
+    Ok(NewTask {
+        task_type: args.task_type.clone().unwrap_or_default(),
+        target: args.target.as_deref().map(absolute).transpose()?,
+        description: args.description.clone(),
+        priority: args.priority,
+        payload,
+        max_attempts: args.max_attempts,
+        timeout_secs: args.timeout.map(|t| t.as_secs().max(1)),
+    })
+}
+
+/// Reads a JSON array or JSON Lines of task entries; any bad entry fails the whole file.
+fn read_task_file(file: &Path) -> anyhow::Result<Vec<NewTask>> {
+    let name = file.display();
+    let text = if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read tasks from stdin")?;
+        text
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read task file {name}"))?
+    };
+    let entries: Vec<(String, TaskEntry)> = if text.trim_start().starts_with('[') {
+        let values: Vec<Value> =
+            serde_json::from_str(&text).map_err(|err| anyhow!("{name}: not a JSON array of tasks: {err}"))?;
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let at = format!("{name}: entry {}", i + 1);
+                serde_json::from_value(v)
+                    .map(|e| (at.clone(), e))
+                    .map_err(|err| anyhow!("{at}: {err}"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| {
+                let at = format!("{name}: line {}", i + 1);
+                serde_json::from_str(line)
+                    .map(|e| (at.clone(), e))
+                    .map_err(|err| anyhow!("{at}: {err}"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    if entries.is_empty() {
+        bail!("{name}: no tasks in the file");
+    }
+    entries
+        .into_iter()
+        .map(|(at, entry)| new_task(entry).map_err(|err| anyhow!("{at}: {err:#}")))
+        .collect()
+}
+
+fn new_task(entry: TaskEntry) -> anyhow::Result<NewTask> {
+    let timeout_secs = match (entry.timeout, entry.timeout_secs) {
+        (Some(_), Some(_)) => bail!("give timeout or timeoutSecs, not both"),
+        (Some(text), None) => Some(
+            humantime::parse_duration(&text)
+                .map_err(|err| anyhow!("timeout {text:?}: {err}"))?
+                .as_secs()
+                .max(1),
+        ),
+        (None, secs) => secs,
+    };
+    Ok(NewTask {
+        task_type: entry.task_type,
+        target: entry.target.as_deref().map(absolute).transpose()?,
+        description: entry.description,
+        priority: entry.priority,
+        payload: entry.payload.unwrap_or(Value::Null),
+        max_attempts: entry.max_attempts,
+        timeout_secs,
+    })
+}
+
+/// Makes a target absolute (relative to the current folder), resolving links when it exists, so
+/// that a worker started elsewhere finds the same path.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    path.canonicalize()
+        .or_else(|_| std::path::absolute(path))
+        .with_context(|| format!("target {}", path.display()))
+}
+
+/// Refuses a task whose type no role claims, or that its role rejects.
+fn check_task(registry: &PluginRegistry, task: &NewTask) -> anyhow::Result<()> {
+    queue::validate_name("task type", &task.task_type)?;
+    let Some(role) = registry.role_for_type(&task.task_type) else {
+        let known = registry.task_types();
+        let searched: Vec<String> = registry
+            .search_path()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        bail!(
+            "unknown task type {:?}: no role on the plugin path claims it (known types: {}; searched: {})",
+            task.task_type,
+            if known.is_empty() { "none".to_string() } else { known.join(", ") },
+            searched.join(", ")
+        );
+    };
+    let draft = task.clone().into_task("0".into(), Timestamp::now());
+    role.validate(&draft)
+        .map_err(|reason| anyhow!("role {} refuses the task: {reason}", role.name()))
+}

@@ -1,0 +1,67 @@
+//! One file per command; each takes the resolved [`Settings`] and does its whole job.
+
+pub mod add;
+pub mod init;
+pub mod plugins;
+pub mod results;
+pub mod show;
+pub mod status;
+pub mod watch;
+pub mod work;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use queue::FileStore;
+
+use crate::cli::{Command, Settings};
+
+/// Runs an orchestrator command.
+pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Init => init::run(settings),
+        Command::Add(args) => add::run(settings, &args),
+        Command::Status { json } => status::run(settings, json),
+        Command::Watch { interval } => watch::run(settings, interval),
+        Command::Results { json, failed } => results::run(settings, json, failed),
+        Command::Show { id, json } => show::run(settings, &id, json),
+        Command::Plugins { json } => plugins::run(settings, json),
+    }
+}
+
+/// Opens the queue folder named by the settings.
+pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<FileStore>> {
+    let store = FileStore::open(&settings.queue).context("cannot open the queue")?;
+    Ok(Arc::new(store))
+}
+
+/// Prints JSON, pretty, on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Milliseconds as a short human duration (`1.2s`, `340ms`, `2m 5s`).
+pub fn human_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        let secs = ms / 1000;
+        format!("{}m {}s", secs / 60, secs % 60)
+    }
+}
+
+/// Shortens text to one line of at most `max` characters.
+pub fn one_line(text: &str, max: usize) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    if line.chars().count() > max {
+        let cut: String = line.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    } else if text.lines().nth(1).is_some() {
+        format!("{line} …")
+    } else {
+        line.to_string()
+    }
+}

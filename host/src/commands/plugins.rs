@@ -1,0 +1,86 @@
+//! `host plugins`: every library on the plugin path, its roles, or why it was refused.
+
+use serde_json::{Value, json};
+
+use crate::cli::Settings;
+use crate::commands::print_json;
+use crate::loader::{LibraryStatus, PluginRegistry, host_api_version};
+
+/// Lists the plugin path, loading every library on it.
+pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let registry = PluginRegistry::discover(&settings.plugin_path);
+    let libraries: Vec<Value> = registry
+        .reports()
+        .iter()
+        .map(|report| match &report.status {
+            LibraryStatus::Loaded { api_version, roles } => {
+                let roles: Vec<Value> = roles
+                    .iter()
+                    .map(|role| {
+                        json!({
+                            "name": role.name(),
+                            "taskTypes": role.task_types(),
+                            "shadowedBy": registry.shadowed_by(role),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "file": report.path,
+                    "status": "loaded",
+                    "apiVersion": api_version,
+                    "roles": roles,
+                })
+            }
+            LibraryStatus::Refused { reason, detail } => json!({
+                "file": report.path,
+                "status": "refused",
+                "reason": reason,
+                "detail": if settings.verbose { detail.clone() } else { None },
+            }),
+        })
+        .collect();
+    if json {
+        return print_json(&json!({
+            "hostApiVersion": host_api_version(),
+            "searchPath": registry.search_path(),
+            "libraries": libraries,
+        }));
+    }
+    println!("plugin-api {} (this host)", host_api_version());
+    println!("Plugin path:");
+    for dir in registry.search_path() {
+        let note = if dir.is_dir() { "" } else { "  (missing)" };
+        println!("  {}{note}", dir.display());
+    }
+    if libraries.is_empty() {
+        println!("\nNo libraries found.");
+    }
+    for lib in &libraries {
+        println!();
+        match lib["status"].as_str() {
+            Some("loaded") => {
+                println!("{}  (plugin-api {})", lib["file"].as_str().unwrap_or_default(), lib["apiVersion"].as_str().unwrap_or("?"));
+                for role in lib["roles"].as_array().into_iter().flatten() {
+                    let types: Vec<&str> = role["taskTypes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    let shadow = role["shadowedBy"]
+                        .as_str()
+                        .map(|by| format!("  (shadowed by {by})"))
+                        .unwrap_or_default();
+                    println!("  role {:<14} claims {}{shadow}", role["name"].as_str().unwrap_or_default(), types.join(", "));
+                }
+            }
+            _ => {
+                println!("{}  REFUSED: {}", lib["file"].as_str().unwrap_or_default(), lib["reason"].as_str().unwrap_or_default());
+                if let Some(detail) = lib["detail"].as_str() {
+                    println!("{detail}");
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! `host status`: counts per state, and what each worker is doing (Show-Status).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use queue::{QueueStore, TaskStatus, WorkerRecord};
+use serde::Serialize;
+
+use crate::cli::Settings;
+use crate::commands::{open_store, print_json};
+
+/// A worker whose record is older than this is shown as dead.
+pub const WORKER_STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// What `status` reports; also the JSON of `status --json`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    /// The queue folder.
+    pub queue: String,
+    /// Tasks per state, every state present.
+    pub counts: BTreeMap<&'static str, usize>,
+    /// Pending tasks per type.
+    pub pending_by_type: BTreeMap<String, usize>,
+    /// Every published worker.
+    pub workers: Vec<WorkerView>,
+}
+
+/// A worker record with its liveness.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerView {
+    #[serde(flatten)]
+    pub record: WorkerRecord,
+    /// False when the worker stopped heartbeating (killed, machine asleep).
+    pub alive: bool,
+}
+
+impl StatusReport {
+    /// Reads the whole queue once.
+    pub fn read(settings: &Settings) -> anyhow::Result<StatusReport> {
+        let store = open_store(settings)?;
+        let tasks = store.tasks()?;
+        let mut counts: BTreeMap<&'static str, usize> =
+            TaskStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        let mut pending_by_type = BTreeMap::new();
+        for task in &tasks {
+            *counts.entry(task.status.as_str()).or_default() += 1;
+            if task.status == TaskStatus::Pending {
+                *pending_by_type.entry(task.task_type.clone()).or_default() += 1;
+            }
+        }
+        let now = Timestamp::now();
+        let workers = store
+            .workers()?
+            .into_iter()
+            .map(|record| WorkerView {
+                alive: !record.is_dead(now, WORKER_STALE_AFTER),
+                record,
+            })
+            .collect();
+        Ok(StatusReport {
+            queue: settings.queue.display().to_string(),
+            counts,
+            pending_by_type,
+            workers,
+        })
+    }
+
+    /// Tasks that are pending or running.
+    pub fn unfinished(&self) -> usize {
+        self.counts["pending"] + self.counts["running"]
+    }
+
+    /// The human form.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "Queue {}", self.queue);
+        for state in TaskStatus::ALL.map(TaskStatus::as_str) {
+            let count = self.counts.get(state).copied().unwrap_or(0);
+            let _ = write!(out, "  {state:<10} {count:>6}");
+            if state == "pending" && !self.pending_by_type.is_empty() {
+                let by_type: Vec<String> = self
+                    .pending_by_type
+                    .iter()
+                    .map(|(t, n)| format!("{t} {n}"))
+                    .collect();
+                let _ = write!(out, "   ({})", by_type.join(", "));
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+        if self.workers.is_empty() {
+            out.push_str("No workers. Start one with `host --role ROLE`.\n");
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "{:<28} {:<12} {:<8} {:<10} {:<6} {}",
+            "WORKER", "ROLE", "STATE", "TASK", "DONE", "HEARTBEAT / PROGRESS"
+        );
+        let now = Timestamp::now();
+        for w in &self.workers {
+            let r = &w.record;
+            let state = if w.alive {
+                format!("{:?}", r.state).to_lowercase()
+            } else {
+                "dead".to_string()
+            };
+            let ago = now.duration_since(r.heartbeat_at).as_secs();
+            let heartbeat = format!("{ago}s ago");
+            if r.tasks.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "{:<28} {:<12} {:<8} {:<10} {:<6} {heartbeat}",
+                    r.name, r.role, state, "-", "-"
+                );
+            }
+            for t in &r.tasks {
+                let _ = writeln!(
+                    out,
+                    "{:<28} {:<12} {:<8} {:<10} {:<6} {heartbeat}  {}",
+                    r.name,
+                    r.role,
+                    state,
+                    format!("{} {}", t.id, t.task_type),
+                    format!("{}%", t.progress),
+                    t.message
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Prints the report.
+pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let report = StatusReport::read(settings)?;
+    if json {
+        print_json(&report)
+    } else {
+        print!("{}", report.render());
+        Ok(())
+    }
+}

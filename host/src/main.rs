@@ -1,0 +1,38 @@
+//! `host`: wires the command line to the queue store, the plugin loader and the worker loop.
+//! The logic lives in those modules and in one file per command under `commands/`.
+
+mod cli;
+mod commands;
+mod loader;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Settings};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = Settings::resolve(&cli.global).and_then(|settings| match cli.command {
+        Some(command) => commands::run(&settings, command),
+        None => match cli.worker.role.as_deref() {
+            Some(role) => commands::work::run(&settings, role, &cli.worker),
+            None => <Cli as clap::CommandFactory>::command()
+                .error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "give a command, or --role ROLE to run a worker",
+                )
+                .exit(),
+        },
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: the cause chain joined, never a backtrace.
+            let line = format!("{err:#}").replace('\n', " ");
+            eprintln!("error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}

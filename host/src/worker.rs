@@ -1,0 +1,449 @@
+//! The worker: a [`ClaimLoop`] that claims tasks of one role's types, runs the role's handler,
+//! and records each outcome, while a heartbeat keeps its leases and its status record fresh.
+//!
+//! Shutdown never loses a task: the first Ctrl+C (SIGINT or SIGTERM) stops claiming and waits up
+//! to the grace period for running handlers; when it runs out, or on a second Ctrl+C, running
+//! tasks are released back to pending before the process exits.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use plugin_api::StopReason;
+use plugin_api::__private::{decode_stop_reason, encode_stop_reason};
+use queue::{
+    ActiveTask, Claim, Lease, Outcome, QueueStore, StoreError, WorkerRecord, WorkerState,
+};
+
+use crate::loader::{PluginRole, TaskHooks};
+
+/// How a worker runs.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Unique worker name, shown in `status` and recorded on tasks.
+    pub name: String,
+    /// How many tasks run at once.
+    pub concurrency: usize,
+    /// Exit once no task of the role's types is pending or running.
+    pub drain: bool,
+    /// How often an idle worker looks for new tasks.
+    pub poll: Duration,
+    /// How long the first Ctrl+C waits for running tasks before returning them to the queue.
+    pub grace: Duration,
+}
+
+/// Why the claim loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// `--drain` and nothing left to do.
+    Drained,
+    /// Stopped by a signal; every task it held finished or was released.
+    Stopped,
+}
+
+/// A task being run by one slot.
+struct Running {
+    lease: Lease,
+    task_type: String,
+    progress: AtomicU8,
+    message: Mutex<String>,
+    stop: AtomicU8,
+    started: Instant,
+    timeout: Option<Duration>,
+    renewed: Mutex<Instant>,
+}
+
+impl Running {
+    fn stop_reason(&self) -> Option<StopReason> {
+        decode_stop_reason(self.stop.load(Ordering::SeqCst))
+    }
+
+    fn request_stop(&self, reason: StopReason) {
+        let _ = self.stop.compare_exchange(
+            0,
+            encode_stop_reason(Some(reason)),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+}
+
+/// State shared by the slots, the heartbeat and the signal handling.
+struct Shared {
+    store: Arc<dyn QueueStore>,
+    role: PluginRole,
+    types: Vec<String>,
+    options: WorkerOptions,
+    record: Mutex<WorkerRecord>,
+    running: Mutex<Vec<Arc<Running>>>,
+    stopping: AtomicBool,
+    exiting: AtomicBool,
+    dirty: AtomicBool,
+}
+
+enum Event {
+    SlotDone,
+    Signal,
+}
+
+/// The claim loop of one worker process.
+pub struct ClaimLoop {
+    shared: Arc<Shared>,
+}
+
+impl ClaimLoop {
+    /// Prepares a worker for `role`; fails if a live worker already uses the name.
+    pub fn new(
+        store: Arc<dyn QueueStore>,
+        role: PluginRole,
+        options: WorkerOptions,
+    ) -> Result<ClaimLoop, StoreError> {
+        let now = Timestamp::now();
+        let stale_after = Duration::from_secs(10);
+        if let Some(other) = store
+            .workers()?
+            .into_iter()
+            .find(|w| w.name == options.name && !w.is_dead(now, stale_after))
+        {
+            return Err(StoreError::InvalidTask(format!(
+                "worker name {} is in use by pid {} on {}; pick another with --name",
+                other.name, other.pid, other.hostname
+            )));
+        }
+        let types = role.task_types();
+        let record = WorkerRecord {
+            name: options.name.clone(),
+            role: role.name().to_string(),
+            types: types.clone(),
+            pid: std::process::id(),
+            hostname: hostname(),
+            state: WorkerState::Idle,
+            tasks: Vec::new(),
+            started_at: now,
+            heartbeat_at: now,
+        };
+        store.put_worker(&record)?;
+        Ok(ClaimLoop {
+            shared: Arc::new(Shared {
+                store,
+                role,
+                types,
+                options,
+                record: Mutex::new(record),
+                running: Mutex::new(Vec::new()),
+                stopping: AtomicBool::new(false),
+                exiting: AtomicBool::new(false),
+                dirty: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Runs until drained (with `--drain`) or stopped by SIGINT/SIGTERM.
+    pub fn run(self) -> anyhow::Result<WorkerExit> {
+        let shared = self.shared;
+        let (events, inbox) = mpsc::channel();
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        let signal_handle = signals.handle();
+        {
+            let events = events.clone();
+            thread::spawn(move || {
+                for _ in signals.forever() {
+                    if events.send(Event::Signal).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        for slot in 0..shared.options.concurrency {
+            let shared = Arc::clone(&shared);
+            let events = events.clone();
+            thread::Builder::new()
+                .name(format!("slot-{slot}"))
+                .spawn(move || {
+                    slot_loop(&shared);
+                    let _ = events.send(Event::SlotDone);
+                })?;
+        }
+        let heartbeat = {
+            let shared = Arc::clone(&shared);
+            thread::spawn(move || heartbeat_loop(&shared))
+        };
+        say(&shared, &format!(
+            "role {} ({}) from {}, {} slot(s); waiting for tasks",
+            shared.role.name(),
+            shared.types.join(", "),
+            shared.role.library().display(),
+            shared.options.concurrency
+        ));
+
+        let mut slots_done = 0;
+        let mut signals_seen = 0;
+        let mut deadline: Option<Instant> = None;
+        let exit = loop {
+            let wait = deadline
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(3600));
+            match inbox.recv_timeout(wait) {
+                Ok(Event::SlotDone) => {
+                    slots_done += 1;
+                    if slots_done == shared.options.concurrency {
+                        break if signals_seen > 0 {
+                            WorkerExit::Stopped
+                        } else {
+                            WorkerExit::Drained
+                        };
+                    }
+                }
+                Ok(Event::Signal) => {
+                    signals_seen += 1;
+                    if signals_seen == 1 {
+                        shared.stopping.store(true, Ordering::SeqCst);
+                        shared.dirty.store(true, Ordering::SeqCst);
+                        let busy = shared.running.lock().expect("running lock").len();
+                        if busy == 0 {
+                            say(&shared, "stopping");
+                        } else {
+                            say(&shared, &format!(
+                                "stopping: waiting up to {} for {busy} running task(s); \
+                                 Ctrl+C again returns them to the queue now",
+                                humantime::format_duration(shared.options.grace)
+                            ));
+                        }
+                        deadline = Some(Instant::now() + shared.options.grace);
+                    } else {
+                        release_running(&shared);
+                        break WorkerExit::Stopped;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        release_running(&shared);
+                        break WorkerExit::Stopped;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break WorkerExit::Stopped,
+            }
+        };
+        shared.exiting.store(true, Ordering::SeqCst);
+        signal_handle.close();
+        let _ = heartbeat.join();
+        if let Err(err) = shared.store.remove_worker(&shared.options.name) {
+            say(&shared, &format!("could not remove the worker record: {err}"));
+        }
+        Ok(exit)
+    }
+}
+
+/// Returns every task this worker still runs to pending: used when the grace period ends or on
+/// a second Ctrl+C. A handler that finishes afterwards finds its lease gone and records nothing.
+fn release_running(shared: &Shared) {
+    let running: Vec<Arc<Running>> = shared.running.lock().expect("running lock").clone();
+    for task in running {
+        task.request_stop(StopReason::Shutdown);
+        match shared.store.release(&task.lease) {
+            Ok(()) => say(shared, &format!("task {} returned to the queue", task.lease.task_id)),
+            Err(err) => say(shared, &format!("task {}: {err}", task.lease.task_id)),
+        }
+    }
+}
+
+fn slot_loop(shared: &Shared) {
+    while !shared.stopping.load(Ordering::SeqCst) {
+        let claimed = shared.store.claim(&shared.options.name, &shared.types);
+        for warning in shared.store.take_warnings() {
+            say(shared, &format!("warning: {warning}"));
+        }
+        match claimed {
+            Ok(Some(claim)) => run_task(shared, claim),
+            Ok(None) => {
+                if shared.options.drain {
+                    match shared.store.has_work(&shared.types) {
+                        Ok(false) => return,
+                        Ok(true) => {}
+                        Err(err) => say(shared, &format!("error: {err}")),
+                    }
+                }
+                thread::sleep(shared.options.poll);
+            }
+            Err(err) => {
+                say(shared, &format!("error: {err}"));
+                thread::sleep(shared.options.poll.max(Duration::from_millis(500)));
+            }
+        }
+    }
+}
+
+fn run_task(shared: &Shared, claim: Claim) {
+    let Claim { task, lease } = claim;
+    let running = Arc::new(Running {
+        lease: lease.clone(),
+        task_type: task.task_type.clone(),
+        progress: AtomicU8::new(0),
+        message: Mutex::new(String::new()),
+        stop: AtomicU8::new(0),
+        started: Instant::now(),
+        timeout: task.timeout_secs.map(Duration::from_secs),
+        renewed: Mutex::new(Instant::now()),
+    });
+    shared
+        .running
+        .lock()
+        .expect("running lock")
+        .push(Arc::clone(&running));
+    shared.dirty.store(true, Ordering::SeqCst);
+    say(shared, &format!(
+        "task {} ({}) claimed, attempt {} of {}",
+        task.id, task.task_type, task.attempts, task.max_attempts
+    ));
+
+    let hooks = Hooks {
+        shared,
+        running: &running,
+    };
+    let handled = shared.role.handle(&task, &hooks);
+
+    shared
+        .running
+        .lock()
+        .expect("running lock")
+        .retain(|r| !Arc::ptr_eq(r, &running));
+    shared.dirty.store(true, Ordering::SeqCst);
+    if running.stop_reason() == Some(StopReason::Shutdown) {
+        return; // released by the shutdown path; recording an outcome now would be stale
+    }
+    let outcome = match (running.stop_reason(), handled) {
+        (Some(StopReason::TimedOut), _) => Outcome::Failure {
+            error: format!(
+                "timed out after {}",
+                humantime::format_duration(running.timeout.unwrap_or_default())
+            ),
+            result: None,
+        },
+        (_, Ok(result)) => Outcome::Success(result),
+        (_, Err(record)) => Outcome::Failure {
+            error: record.message,
+            result: record.result,
+        },
+    };
+    match shared.store.finish(&lease, outcome) {
+        Ok(done) => {
+            let took = format!("{} ms", done.duration_ms.unwrap_or_default());
+            match done.error {
+                None => say(shared, &format!("task {} completed in {took}", done.id)),
+                Some(error) => say(shared, &format!("task {} failed in {took}: {error}", done.id)),
+            }
+        }
+        Err(err) => say(shared, &format!("task {}: outcome not recorded: {err}", lease.task_id)),
+    }
+}
+
+/// The handler's view of the worker, through the loader's [`TaskHooks`].
+struct Hooks<'a> {
+    shared: &'a Shared,
+    running: &'a Running,
+}
+
+impl TaskHooks for Hooks<'_> {
+    fn progress(&self, percent: u8, message: &str) {
+        self.running.progress.store(percent, Ordering::SeqCst);
+        *self.running.message.lock().expect("message lock") = message.to_string();
+        self.shared.dirty.store(true, Ordering::SeqCst);
+    }
+
+    fn log(&self, line: &str) {
+        let id = &self.running.lease.task_id;
+        if let Err(err) = self.shared.store.append_log(id, line) {
+            say(self.shared, &format!("task {id}: could not write its log: {err}"));
+        }
+    }
+
+    fn stop_reason(&self) -> Option<StopReason> {
+        self.running.stop_reason()
+    }
+}
+
+/// Renews leases, enforces timeouts and publishes the worker record, until the worker exits.
+fn heartbeat_loop(shared: &Shared) {
+    let tick = Duration::from_millis(100);
+    let record_every = Duration::from_secs(1);
+    let renew_every = shared.store.lease_duration() / 3;
+    let mut last_record = Instant::now();
+    while !shared.exiting.load(Ordering::SeqCst) {
+        thread::sleep(tick);
+        let running: Vec<Arc<Running>> = shared.running.lock().expect("running lock").clone();
+        for task in &running {
+            if task.timeout.is_some_and(|t| task.started.elapsed() > t)
+                && task.stop_reason().is_none()
+            {
+                task.request_stop(StopReason::TimedOut);
+                say(shared, &format!("task {} timed out; asking its handler to stop", task.lease.task_id));
+            }
+            let mut renewed = task.renewed.lock().expect("renewed lock");
+            if renewed.elapsed() >= renew_every {
+                *renewed = Instant::now();
+                match shared.store.renew(&task.lease) {
+                    Ok(()) => {}
+                    Err(err @ StoreError::LeaseLost { .. }) => {
+                        task.request_stop(StopReason::Cancelled);
+                        say(shared, &format!("{err}; asking its handler to stop"));
+                    }
+                    Err(err) => say(shared, &format!("task {}: lease renewal failed: {err}", task.lease.task_id)),
+                }
+            }
+        }
+        if shared.dirty.swap(false, Ordering::SeqCst) || last_record.elapsed() >= record_every {
+            last_record = Instant::now();
+            publish_record(shared, &running);
+        }
+    }
+}
+
+fn publish_record(shared: &Shared, running: &[Arc<Running>]) {
+    let mut record = shared.record.lock().expect("record lock");
+    record.heartbeat_at = Timestamp::now();
+    record.state = if shared.stopping.load(Ordering::SeqCst) {
+        WorkerState::Stopping
+    } else if running.is_empty() {
+        WorkerState::Idle
+    } else {
+        WorkerState::Busy
+    };
+    record.tasks = running
+        .iter()
+        .map(|r| ActiveTask {
+            id: r.lease.task_id.clone(),
+            task_type: r.task_type.clone(),
+            progress: r.progress.load(Ordering::SeqCst),
+            message: r.message.lock().expect("message lock").clone(),
+        })
+        .collect();
+    if let Err(err) = shared.store.put_worker(&record) {
+        say(shared, &format!("could not publish the worker record: {err}"));
+    }
+}
+
+/// One line on stderr, prefixed with the time and the worker's name.
+fn say(shared: &Shared, line: &str) {
+    let now = Timestamp::now().strftime("%H:%M:%S%.3f");
+    eprintln!("{now} {}: {line}", shared.options.name);
+}
+
+/// This machine's name, reduced to what a worker name may contain.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .map(|h| {
+            h.chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+                .collect()
+        })
+        .filter(|h: &String| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
