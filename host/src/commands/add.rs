@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::cli::{AddArgs, Settings};
 use crate::commands::open_store;
 use crate::loader::PluginRegistry;
+use crate::commands::outln;
 
 /// One entry of a task file: the same fields as the flags of `host add`.
 #[derive(Debug, Deserialize)]
@@ -48,7 +49,7 @@ pub fn run(settings: &Settings, args: &AddArgs) -> anyhow::Result<()> {
     }
     let added = store.add(tasks).context("nothing was added")?;
     for task in added {
-        println!("{}", task.id);
+        outln!("{}", task.id);
     }
     Ok(())
 }

@@ -35,9 +35,27 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<FileStore>> {
     Ok(Arc::new(store))
 }
 
+/// Like `print!`, but a failed write (a closed pipe) returns an error instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// Like `println!`, but a failed write (a closed pipe) returns an error instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+pub(crate) use {out, outln};
+
 /// Prints JSON, pretty, on stdout.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 use crate::cli::Settings;
 use crate::commands::print_json;
 use crate::loader::{LibraryStatus, PluginRegistry, host_api_version};
+use crate::commands::outln;
 
 /// Lists the plugin path, loading every library on it.
 pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
@@ -46,20 +47,20 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
             "libraries": libraries,
         }));
     }
-    println!("plugin-api {} (this host)", host_api_version());
-    println!("Plugin path:");
+    outln!("plugin-api {} (this host)", host_api_version());
+    outln!("Plugin path:");
     for dir in registry.search_path() {
         let note = if dir.is_dir() { "" } else { "  (missing)" };
-        println!("  {}{note}", dir.display());
+        outln!("  {}{note}", dir.display());
     }
     if libraries.is_empty() {
-        println!("\nNo libraries found.");
+        outln!("\nNo libraries found.");
     }
     for lib in &libraries {
-        println!();
+        outln!();
         match lib["status"].as_str() {
             Some("loaded") => {
-                println!("{}  (plugin-api {})", lib["file"].as_str().unwrap_or_default(), lib["apiVersion"].as_str().unwrap_or("?"));
+                outln!("{}  (plugin-api {})", lib["file"].as_str().unwrap_or_default(), lib["apiVersion"].as_str().unwrap_or("?"));
                 for role in lib["roles"].as_array().into_iter().flatten() {
                     let types: Vec<&str> = role["taskTypes"]
                         .as_array()
@@ -71,13 +72,13 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
                         .as_str()
                         .map(|by| format!("  (shadowed by {by})"))
                         .unwrap_or_default();
-                    println!("  role {:<14} claims {}{shadow}", role["name"].as_str().unwrap_or_default(), types.join(", "));
+                    outln!("  role {:<14} claims {}{shadow}", role["name"].as_str().unwrap_or_default(), types.join(", "));
                 }
             }
             _ => {
-                println!("{}  REFUSED: {}", lib["file"].as_str().unwrap_or_default(), lib["reason"].as_str().unwrap_or_default());
+                outln!("{}  REFUSED: {}", lib["file"].as_str().unwrap_or_default(), lib["reason"].as_str().unwrap_or_default());
                 if let Some(detail) = lib["detail"].as_str() {
-                    println!("{detail}");
+                    outln!("{detail}");
                 }
             }
         }

@@ -4,6 +4,7 @@ use queue::QueueStore;
 
 use crate::cli::Settings;
 use crate::commands::{human_ms, one_line, open_store, print_json};
+use crate::commands::outln;
 
 /// Lists finished tasks, oldest first; `failed` keeps only failures.
 pub fn run(settings: &Settings, json: bool, failed: bool) -> anyhow::Result<()> {
@@ -18,10 +19,10 @@ pub fn run(settings: &Settings, json: bool, failed: bool) -> anyhow::Result<()> 
         return print_json(&tasks);
     }
     if tasks.is_empty() {
-        println!("No finished tasks.");
+        outln!("No finished tasks.");
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<6} {:<10} {:<10} {:<28} {:>8}  OUTCOME",
         "ID", "TYPE", "STATUS", "WORKER", "TIME"
     );
@@ -31,7 +32,7 @@ pub fn run(settings: &Settings, json: bool, failed: bool) -> anyhow::Result<()> 
             (None, Some(result)) => one_line(&result.to_string(), 70),
             (None, None) => String::new(),
         };
-        println!(
+        outln!(
             "{:<6} {:<10} {:<10} {:<28} {:>8}  {outcome}",
             t.id,
             t.task_type,

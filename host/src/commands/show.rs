@@ -4,6 +4,7 @@ use queue::QueueStore;
 
 use crate::cli::Settings;
 use crate::commands::{human_ms, open_store, print_json};
+use crate::commands::outln;
 
 /// Prints every field of the task.
 pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
@@ -12,33 +13,34 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&task);
     }
-    let field = |name: &str, value: Option<String>| {
+    let field = |name: &str, value: Option<String>| -> std::io::Result<()> {
         if let Some(value) = value {
-            println!("{name:<12} {value}");
+            outln!("{name:<12} {value}");
         }
+        Ok(())
     };
-    field("id", Some(task.id.clone()));
-    field("type", Some(task.task_type.clone()));
-    field("status", Some(task.status.to_string()));
-    field("priority", Some(task.priority.to_string()));
-    field("target", task.target.as_ref().map(|t| t.display().to_string()));
-    field("description", task.description.clone());
+    field("id", Some(task.id.clone()))?;
+    field("type", Some(task.task_type.clone()))?;
+    field("status", Some(task.status.to_string()))?;
+    field("priority", Some(task.priority.to_string()))?;
+    field("target", task.target.as_ref().map(|t| t.display().to_string()))?;
+    field("description", task.description.clone())?;
     field(
         "attempts",
         Some(format!("{} of {}", task.attempts, task.max_attempts)),
-    );
-    field("timeout", task.timeout_secs.map(|s| format!("{s}s")));
-    field("worker", task.worker.clone());
-    field("created", Some(task.created_at.to_string()));
-    field("started", task.started_at.map(|t| t.to_string()));
-    field("finished", task.finished_at.map(|t| t.to_string()));
-    field("duration", task.duration_ms.map(human_ms));
-    field("error", task.error.clone());
+    )?;
+    field("timeout", task.timeout_secs.map(|s| format!("{s}s")))?;
+    field("worker", task.worker.clone())?;
+    field("created", Some(task.created_at.to_string()))?;
+    field("started", task.started_at.map(|t| t.to_string()))?;
+    field("finished", task.finished_at.map(|t| t.to_string()))?;
+    field("duration", task.duration_ms.map(human_ms))?;
+    field("error", task.error.clone())?;
     if !task.payload.is_null() {
-        println!("payload\n{}", serde_json::to_string_pretty(&task.payload)?);
+        outln!("payload\n{}", serde_json::to_string_pretty(&task.payload)?);
     }
     if let Some(result) = &task.result {
-        println!("result\n{}", serde_json::to_string_pretty(result)?);
+        outln!("result\n{}", serde_json::to_string_pretty(result)?);
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::cli::Settings;
 use crate::commands::{open_store, print_json};
+use crate::commands::out;
 
 /// A worker whose record is older than this is shown as dead.
 pub const WORKER_STALE_AFTER: Duration = Duration::from_secs(10);
@@ -141,7 +142,7 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     if json {
         print_json(&report)
     } else {
-        print!("{}", report.render());
+        out!("{}", report.render());
         Ok(())
     }
 }
