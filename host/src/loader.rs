@@ -70,7 +70,10 @@ impl PluginRole {
         let ctx = HostContext_TO::from_ptr(abi_stable::sabi_types::RRef::new(&bridge), TD_Opaque);
         match self.descriptor.handler.handle(RStr::from_str(&json), ctx) {
             RResult::ROk(text) => serde_json::from_str(text.as_str()).map_err(|err| ErrorRecord {
-                message: format!("role {} returned a result that is not JSON: {err}", self.name()),
+                message: format!(
+                    "role {} returned a result that is not JSON: {err}",
+                    self.name()
+                ),
                 result: None,
                 retryable: false,
             }),
@@ -274,9 +277,10 @@ fn load_library(path: &Path) -> Result<(PluginModule_Ref, String), LibraryStatus
 fn describe_error(err: LibraryError, found: Option<String>) -> LibraryStatus {
     let found = found.unwrap_or_else(|| "?".into());
     match err {
-        LibraryError::OpenError { err, .. } => {
-            refused(format!("not a loadable library: {}", first_line(&err.to_string())))
-        }
+        LibraryError::OpenError { err, .. } => refused(format!(
+            "not a loadable library: {}",
+            first_line(&err.to_string())
+        )),
         LibraryError::GetSymbolError { .. } => {
             refused("not a plugin: it exports no plugin-api root module")
         }

@@ -12,11 +12,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use plugin_api::StopReason;
 use plugin_api::__private::{decode_stop_reason, encode_stop_reason};
-use queue::{
-    ActiveTask, Claim, Lease, Outcome, QueueStore, StoreError, WorkerRecord, WorkerState,
-};
+use plugin_api::StopReason;
+use queue::{ActiveTask, Claim, Lease, Outcome, QueueStore, StoreError, WorkerRecord, WorkerState};
 
 use crate::loader::{PluginRole, TaskHooks};
 
@@ -174,13 +172,16 @@ impl ClaimLoop {
             let shared = Arc::clone(&shared);
             thread::spawn(move || heartbeat_loop(&shared))
         };
-        say(&shared, &format!(
-            "role {} ({}) from {}, {} slot(s); waiting for tasks",
-            shared.role.name(),
-            shared.types.join(", "),
-            shared.role.library().display(),
-            shared.options.concurrency
-        ));
+        say(
+            &shared,
+            &format!(
+                "role {} ({}) from {}, {} slot(s); waiting for tasks",
+                shared.role.name(),
+                shared.types.join(", "),
+                shared.role.library().display(),
+                shared.options.concurrency
+            ),
+        );
 
         let mut slots_done = 0;
         let mut signals_seen = 0;
@@ -209,11 +210,14 @@ impl ClaimLoop {
                         if busy == 0 {
                             say(&shared, "stopping");
                         } else {
-                            say(&shared, &format!(
-                                "stopping: waiting up to {} for {busy} running task(s); \
+                            say(
+                                &shared,
+                                &format!(
+                                    "stopping: waiting up to {} for {busy} running task(s); \
                                  Ctrl+C again returns them to the queue now",
-                                humantime::format_duration(shared.options.grace)
-                            ));
+                                    humantime::format_duration(shared.options.grace)
+                                ),
+                            );
                         }
                         deadline = Some(Instant::now() + shared.options.grace);
                     } else {
@@ -234,7 +238,10 @@ impl ClaimLoop {
         signal_handle.close();
         let _ = heartbeat.join();
         if let Err(err) = shared.store.remove_worker(&shared.options.name) {
-            say(&shared, &format!("could not remove the worker record: {err}"));
+            say(
+                &shared,
+                &format!("could not remove the worker record: {err}"),
+            );
         }
         Ok(exit)
     }
@@ -247,7 +254,10 @@ fn release_running(shared: &Shared) {
     for task in running {
         task.request_stop(StopReason::Shutdown);
         match shared.store.release(&task.lease) {
-            Ok(()) => say(shared, &format!("task {} returned to the queue", task.lease.task_id)),
+            Ok(()) => say(
+                shared,
+                &format!("task {} returned to the queue", task.lease.task_id),
+            ),
             Err(err) => say(shared, &format!("task {}: {err}", task.lease.task_id)),
         }
     }
@@ -297,10 +307,13 @@ fn run_task(shared: &Shared, claim: Claim) {
         .expect("running lock")
         .push(Arc::clone(&running));
     shared.dirty.store(true, Ordering::SeqCst);
-    say(shared, &format!(
-        "task {} ({}) claimed, attempt {} of {}",
-        task.id, task.task_type, task.attempts, task.max_attempts
-    ));
+    say(
+        shared,
+        &format!(
+            "task {} ({}) claimed, attempt {} of {}",
+            task.id, task.task_type, task.attempts, task.max_attempts
+        ),
+    );
 
     let hooks = Hooks {
         shared,
@@ -336,10 +349,16 @@ fn run_task(shared: &Shared, claim: Claim) {
             let took = format!("{} ms", done.duration_ms.unwrap_or_default());
             match done.error {
                 None => say(shared, &format!("task {} completed in {took}", done.id)),
-                Some(error) => say(shared, &format!("task {} failed in {took}: {error}", done.id)),
+                Some(error) => say(
+                    shared,
+                    &format!("task {} failed in {took}: {error}", done.id),
+                ),
             }
         }
-        Err(err) => say(shared, &format!("task {}: outcome not recorded: {err}", lease.task_id)),
+        Err(err) => say(
+            shared,
+            &format!("task {}: outcome not recorded: {err}", lease.task_id),
+        ),
     }
 }
 
@@ -359,7 +378,10 @@ impl TaskHooks for Hooks<'_> {
     fn log(&self, line: &str) {
         let id = &self.running.lease.task_id;
         if let Err(err) = self.shared.store.append_log(id, line) {
-            say(self.shared, &format!("task {id}: could not write its log: {err}"));
+            say(
+                self.shared,
+                &format!("task {id}: could not write its log: {err}"),
+            );
         }
     }
 
@@ -382,7 +404,13 @@ fn heartbeat_loop(shared: &Shared) {
                 && task.stop_reason().is_none()
             {
                 task.request_stop(StopReason::TimedOut);
-                say(shared, &format!("task {} timed out; asking its handler to stop", task.lease.task_id));
+                say(
+                    shared,
+                    &format!(
+                        "task {} timed out; asking its handler to stop",
+                        task.lease.task_id
+                    ),
+                );
             }
             let mut renewed = task.renewed.lock().expect("renewed lock");
             if renewed.elapsed() >= renew_every {
@@ -393,7 +421,10 @@ fn heartbeat_loop(shared: &Shared) {
                         task.request_stop(StopReason::Cancelled);
                         say(shared, &format!("{err}; asking its handler to stop"));
                     }
-                    Err(err) => say(shared, &format!("task {}: lease renewal failed: {err}", task.lease.task_id)),
+                    Err(err) => say(
+                        shared,
+                        &format!("task {}: lease renewal failed: {err}", task.lease.task_id),
+                    ),
                 }
             }
         }
@@ -424,7 +455,10 @@ fn publish_record(shared: &Shared, running: &[Arc<Running>]) {
         })
         .collect();
     if let Err(err) = shared.store.put_worker(&record) {
-        say(shared, &format!("could not publish the worker record: {err}"));
+        say(
+            shared,
+            &format!("could not publish the worker record: {err}"),
+        );
     }
 }
 
@@ -441,7 +475,13 @@ pub fn hostname() -> String {
         .and_then(|h| h.into_string().ok())
         .map(|h| {
             h.chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
                 .collect()
         })
         .filter(|h: &String| !h.is_empty())

@@ -2,14 +2,16 @@
 //! nothing here is covered by semver for plugin authors.
 
 use abi_stable::{
-    library::{CheckTypeLayout, LibHeader as AbiLibHeader, RootModuleResult as AbiRootModuleResult},
+    library::{
+        CheckTypeLayout, LibHeader as AbiLibHeader, RootModuleResult as AbiRootModuleResult,
+    },
     prefix_type::PrefixTypeTrait,
     sabi_trait::TD_Opaque,
     std_types::{RBox, RBoxError, RErr, ROk, RResult, RSlice, RStr, RString},
 };
 use serde_json::{Value, json};
 
-pub use abi_stable::library::{LibHeader, RootModuleResult, __call_root_module_loader};
+pub use abi_stable::library::{__call_root_module_loader, LibHeader, RootModuleResult};
 pub use abi_stable::std_types::RResult as FfiResult;
 pub use inventory;
 
@@ -52,13 +54,13 @@ pub fn load_root_module(listed: fn() -> Vec<Box<dyn Role>>) -> AbiRootModuleResu
             const { std::cell::Cell::new(None) };
     }
     fn build() -> Result<PluginModule_Ref, RBoxError> {
-        let listed = LISTED.with(|cell| cell.get()).map(|f| f()).unwrap_or_default();
+        let listed = LISTED
+            .with(|cell| cell.get())
+            .map(|f| f())
+            .unwrap_or_default();
         let registered = inventory::iter::<RoleRegistration>().map(|reg| (reg.make)());
-        let roles: Vec<RoleDescriptor> = listed
-            .into_iter()
-            .chain(registered)
-            .map(describe)
-            .collect();
+        let roles: Vec<RoleDescriptor> =
+            listed.into_iter().chain(registered).map(describe).collect();
         let roles = RSlice::from_slice(Vec::leak(roles));
         Ok(PluginModule { roles }.leak_into_prefix())
     }
@@ -138,7 +140,10 @@ impl ErrorRecord {
                 ErrorRecord {
                     message: map["message"].as_str().unwrap_or_default().to_string(),
                     result: map.get("result").filter(|v| !v.is_null()).cloned(),
-                    retryable: map.get("retryable").and_then(Value::as_bool).unwrap_or(false),
+                    retryable: map
+                        .get("retryable")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
                 }
             }
             _ => ErrorRecord {

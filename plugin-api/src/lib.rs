@@ -188,7 +188,10 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs `f`, turning a panic into an error that names it.
-fn catch_panic<T>(what: &str, f: impl FnOnce() -> Result<T, HandlerError>) -> Result<T, HandlerError> {
+fn catch_panic<T>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, HandlerError>,
+) -> Result<T, HandlerError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
         Err(HandlerError::new(format!(
             "{what} panicked: {}",

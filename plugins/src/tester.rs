@@ -144,7 +144,8 @@ impl Role for Tester {
             }
         })?;
         let duration_ms = started.elapsed().as_millis() as u64;
-        let output_tail = Vec::from(std::mem::take(&mut *tail.lock().expect("tail lock"))).join("\n");
+        let output_tail =
+            Vec::from(std::mem::take(&mut *tail.lock().expect("tail lock"))).join("\n");
         let result = json!({
             "command": argv,
             "exitCode": status.code(),
@@ -160,10 +161,12 @@ impl Role for Tester {
                 timeout.as_secs()
             ))
             .with_result(result)),
-            Some(code) => {
-                Err(HandlerError::new(format!("`{shown}` exited with code {code}")).with_result(result))
-            }
-            None => Err(HandlerError::new(format!("`{shown}` was killed by a signal")).with_result(result)),
+            Some(code) => Err(
+                HandlerError::new(format!("`{shown}` exited with code {code}")).with_result(result),
+            ),
+            None => Err(
+                HandlerError::new(format!("`{shown}` was killed by a signal")).with_result(result),
+            ),
         }
     }
 }

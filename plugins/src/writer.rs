@@ -71,12 +71,15 @@ impl Role for Writer {
         let mut staged = Vec::new();
         for spec in &specs {
             let dir = safe_parent(root, &spec.rel)?;
-            let name = spec.rel.file_name().ok_or(format!(
-                "path {} names no file",
-                spec.rel.display()
-            ))?;
+            let name = spec
+                .rel
+                .file_name()
+                .ok_or(format!("path {} names no file", spec.rel.display()))?;
             let dest = dir.join(name);
-            if dest.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+            if dest
+                .symlink_metadata()
+                .is_ok_and(|m| m.file_type().is_symlink())
+            {
                 return Err(format!(
                     "path {} is a link; the writer replaces only plain files",
                     spec.rel.display()
@@ -94,7 +97,10 @@ impl Role for Writer {
             let created = !dest.exists();
             tmp.persist(&dest).map_err(|err| err.error)?;
             ctx.log(&format!("wrote {}", spec.rel.display()));
-            ctx.progress(((done + 1) * 100 / total) as u8, &spec.rel.display().to_string());
+            ctx.progress(
+                ((done + 1) * 100 / total) as u8,
+                &spec.rel.display().to_string(),
+            );
             written.push(json!({
                 "path": spec.rel,
                 "bytes": spec.content.len(),

@@ -28,8 +28,7 @@ pub(crate) fn write_file(
     if durable {
         tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
     }
-    tmp.persist(dest)
-        .map_err(|err| io_err(dest)(err.error))?;
+    tmp.persist(dest).map_err(|err| io_err(dest)(err.error))?;
     if durable {
         sync_parent(dest)?;
     }

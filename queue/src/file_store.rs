@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic::{create_marker, io_err, list_names, remove_file, write_file};
 use crate::{
-    Claim, Lease, NewTask, Outcome, QueueStore,
-    StoreError, Task, TaskStatus, WorkerRecord, validate_name,
+    Claim, Lease, NewTask, Outcome, QueueStore, StoreError, Task, TaskStatus, WorkerRecord,
+    validate_name,
 };
 
 const FORMAT_FILE: &str = "queue.json";
@@ -110,12 +110,11 @@ impl FileStore {
             }
             Err(err) => return Err(io_err(&marker)(err)),
         };
-        let format: FormatMarker = serde_json::from_slice(&text).map_err(|err| {
-            StoreError::Corrupt {
+        let format: FormatMarker =
+            serde_json::from_slice(&text).map_err(|err| StoreError::Corrupt {
                 path: marker.clone(),
                 reason: err.to_string(),
-            }
-        })?;
+            })?;
         if format.format != FORMAT_VERSION {
             return Err(StoreError::Corrupt {
                 path: marker,
@@ -187,19 +186,32 @@ impl FileStore {
         Ok(guard)
     }
 
-    fn replay_intents(&self) -> Result<(), StoreError> {
+    /// The adds whose intent is written but not yet (fully) applied, oldest first.
+    fn pending_intents(&self) -> Result<Vec<(PathBuf, AddIntent)>, StoreError> {
         let dir = self.root.join("intents");
         let mut names = list_names(&dir)?;
         names.retain(|n| n.ends_with(".json"));
         names.sort();
+        let mut intents = Vec::with_capacity(names.len());
         for name in names {
             let path = dir.join(&name);
-            let bytes = fs::read(&path).map_err(io_err(&path))?;
-            let intent: AddIntent =
-                serde_json::from_slice(&bytes).map_err(|err| StoreError::Corrupt {
-                    path: path.clone(),
-                    reason: err.to_string(),
-                })?;
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                // Applied and removed since the listing.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(io_err(&path)(err)),
+            };
+            let intent = serde_json::from_slice(&bytes).map_err(|err| StoreError::Corrupt {
+                path: path.clone(),
+                reason: err.to_string(),
+            })?;
+            intents.push((path, intent));
+        }
+        Ok(intents)
+    }
+
+    fn replay_intents(&self) -> Result<(), StoreError> {
+        for (path, intent) in self.pending_intents()? {
             self.apply_intent(&intent)?;
             remove_file(&path)?;
         }
@@ -364,9 +376,8 @@ impl FileStore {
 impl QueueStore for FileStore {
     fn add(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, StoreError> {
         for (index, task) in tasks.iter().enumerate() {
-            validate_name("task type", &task.task_type).map_err(|err| {
-                StoreError::InvalidTask(format!("task {}: {err}", index + 1))
-            })?;
+            validate_name("task type", &task.task_type)
+                .map_err(|err| StoreError::InvalidTask(format!("task {}: {err}", index + 1)))?;
             if task.max_attempts == Some(0) {
                 return Err(StoreError::InvalidTask(format!(
                     "task {}: maxAttempts must be at least 1",
@@ -510,24 +521,41 @@ impl QueueStore for FileStore {
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(StoreError::NotFound(id.to_string()));
         }
-        self.read_task(id)?
+        if let Some(task) = self.read_task(id)? {
+            return Ok(task);
+        }
+        // Committed by an add that a killed process did not finish applying.
+        self.pending_intents()?
+            .into_iter()
+            .flat_map(|(_, intent)| intent.tasks)
+            .find(|task| task.id == id)
             .ok_or_else(|| StoreError::NotFound(id.to_string()))
     }
 
     fn tasks(&self) -> Result<Vec<Task>, StoreError> {
-        let mut ids: Vec<u64> = list_names(&self.root.join("tasks"))?
+        // Intents first: an add is committed once its intent is written, so its tasks are shown
+        // whole even if the process that wrote it died before writing their files. While an
+        // intent exists nobody has claimed its tasks, so its copy is current.
+        let intents = self.pending_intents()?;
+        let mut by_id: std::collections::BTreeMap<u64, Task> = intents
+            .into_iter()
+            .flat_map(|(_, intent)| intent.tasks)
+            .filter_map(|task| Some((task.id.parse().ok()?, task)))
+            .collect();
+        let ids: Vec<u64> = list_names(&self.root.join("tasks"))?
             .iter()
             .filter_map(|name| name.strip_suffix(".json")?.parse().ok())
             .collect();
-        ids.sort_unstable();
-        let mut tasks = Vec::with_capacity(ids.len());
         for id in ids {
+            if by_id.contains_key(&id) {
+                continue;
+            }
             // A task removed between the listing and the read is simply not shown.
             if let Some(task) = self.read_task(&id.to_string())? {
-                tasks.push(task);
+                by_id.insert(id, task);
             }
         }
-        Ok(tasks)
+        Ok(by_id.into_values().collect())
     }
 
     fn has_work(&self, types: &[String]) -> Result<bool, StoreError> {
@@ -666,7 +694,13 @@ mod tests {
     fn claims_by_priority_then_age_and_only_its_types() {
         let (_dir, store) = store(DEFAULT_LEASE);
         store
-            .add(vec![new("a", 9), new("a", 1), new("b", 0), new("a", 5), new("a", 1)])
+            .add(vec![
+                new("a", 9),
+                new("a", 1),
+                new("b", 0),
+                new("a", 5),
+                new("a", 1),
+            ])
             .unwrap();
         let order: Vec<String> = std::iter::from_fn(|| {
             store

@@ -25,13 +25,19 @@ fn destination(task: &Task) -> Result<PathBuf, String> {
         .ok_or("payload needs \"destination\": an absolute path")?;
     let dest = PathBuf::from(dest);
     if !dest.is_absolute() || dest.parent().is_none() {
-        return Err(format!("destination {} must be an absolute path below /", dest.display()));
+        return Err(format!(
+            "destination {} must be an absolute path below /",
+            dest.display()
+        ));
     }
     Ok(dest)
 }
 
 fn source(task: &Task) -> Result<&Path, String> {
-    let source = task.target.as_deref().ok_or("deploy needs a --target to copy")?;
+    let source = task
+        .target
+        .as_deref()
+        .ok_or("deploy needs a --target to copy")?;
     if !source.exists() {
         return Err(format!("target {} does not exist", source.display()));
     }
@@ -63,7 +69,10 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<(u64, u64)> {
 
 /// A name beside `dest` that nothing else uses.
 fn sibling(dest: &Path, tag: &str, task: &Task) -> PathBuf {
-    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("deploy");
+    let name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("deploy");
     dest.with_file_name(format!(".{name}.{tag}-{}-{}", task.id, task.attempts))
 }
 
@@ -79,7 +88,10 @@ impl Role for Deployer {
     fn validate(&self, task: &Task) -> Result<(), String> {
         let (source, dest) = (source(task)?, destination(task)?);
         if dest.starts_with(source) {
-            return Err(format!("destination {} is inside the target", dest.display()));
+            return Err(format!(
+                "destination {} is inside the target",
+                dest.display()
+            ));
         }
         Ok(())
     }
@@ -108,7 +120,10 @@ impl Role for Deployer {
         if replaced {
             let _ = fs::remove_dir_all(&old).or_else(|_| fs::remove_file(&old));
         }
-        ctx.log(&format!("deployed {files} files ({bytes} bytes) to {}", dest.display()));
+        ctx.log(&format!(
+            "deployed {files} files ({bytes} bytes) to {}",
+            dest.display()
+        ));
         Ok(json!({
             "source": source,
             "destination": dest,

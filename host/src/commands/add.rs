@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use crate::cli::{AddArgs, Settings};
 use crate::commands::open_store;
-use crate::loader::PluginRegistry;
 use crate::commands::outln;
+use crate::loader::PluginRegistry;
 
 /// One entry of a task file: the same fields as the flags of `host add`.
 #[derive(Debug, Deserialize)]
@@ -84,8 +84,8 @@ fn read_task_file(file: &Path) -> anyhow::Result<Vec<NewTask>> {
         std::fs::read_to_string(file).with_context(|| format!("cannot read task file {name}"))?
     };
     let entries: Vec<(String, TaskEntry)> = if text.trim_start().starts_with('[') {
-        let values: Vec<Value> =
-            serde_json::from_str(&text).map_err(|err| anyhow!("{name}: not a JSON array of tasks: {err}"))?;
+        let values: Vec<Value> = serde_json::from_str(&text)
+            .map_err(|err| anyhow!("{name}: not a JSON array of tasks: {err}"))?;
         values
             .into_iter()
             .enumerate()
@@ -160,7 +160,11 @@ fn check_task(registry: &PluginRegistry, task: &NewTask) -> anyhow::Result<()> {
         bail!(
             "unknown task type {:?}: no role on the plugin path claims it (known types: {}; searched: {})",
             task.task_type,
-            if known.is_empty() { "none".to_string() } else { known.join(", ") },
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            },
             searched.join(", ")
         );
     };

@@ -3,9 +3,9 @@
 use serde_json::{Value, json};
 
 use crate::cli::Settings;
+use crate::commands::outln;
 use crate::commands::print_json;
 use crate::loader::{LibraryStatus, PluginRegistry, host_api_version};
-use crate::commands::outln;
 
 /// Lists the plugin path, loading every library on it.
 pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
@@ -60,7 +60,11 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
         outln!();
         match lib["status"].as_str() {
             Some("loaded") => {
-                outln!("{}  (plugin-api {})", lib["file"].as_str().unwrap_or_default(), lib["apiVersion"].as_str().unwrap_or("?"));
+                outln!(
+                    "{}  (plugin-api {})",
+                    lib["file"].as_str().unwrap_or_default(),
+                    lib["apiVersion"].as_str().unwrap_or("?")
+                );
                 for role in lib["roles"].as_array().into_iter().flatten() {
                     let types: Vec<&str> = role["taskTypes"]
                         .as_array()
@@ -72,11 +76,19 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
                         .as_str()
                         .map(|by| format!("  (shadowed by {by})"))
                         .unwrap_or_default();
-                    outln!("  role {:<14} claims {}{shadow}", role["name"].as_str().unwrap_or_default(), types.join(", "));
+                    outln!(
+                        "  role {:<14} claims {}{shadow}",
+                        role["name"].as_str().unwrap_or_default(),
+                        types.join(", ")
+                    );
                 }
             }
             _ => {
-                outln!("{}  REFUSED: {}", lib["file"].as_str().unwrap_or_default(), lib["reason"].as_str().unwrap_or_default());
+                outln!(
+                    "{}  REFUSED: {}",
+                    lib["file"].as_str().unwrap_or_default(),
+                    lib["reason"].as_str().unwrap_or_default()
+                );
                 if let Some(detail) = lib["detail"].as_str() {
                     outln!("{detail}");
                 }

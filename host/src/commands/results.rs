@@ -3,8 +3,8 @@
 use queue::QueueStore;
 
 use crate::cli::Settings;
-use crate::commands::{human_ms, one_line, open_store, print_json};
 use crate::commands::outln;
+use crate::commands::{human_ms, one_line, open_store, print_json};
 
 /// Lists finished tasks, oldest first; `failed` keeps only failures.
 pub fn run(settings: &Settings, json: bool, failed: bool) -> anyhow::Result<()> {
@@ -24,7 +24,11 @@ pub fn run(settings: &Settings, json: bool, failed: bool) -> anyhow::Result<()> 
     }
     outln!(
         "{:<6} {:<10} {:<10} {:<28} {:>8}  OUTCOME",
-        "ID", "TYPE", "STATUS", "WORKER", "TIME"
+        "ID",
+        "TYPE",
+        "STATUS",
+        "WORKER",
+        "TIME"
     );
     for t in &tasks {
         let outcome = match (&t.error, &t.result) {

@@ -3,8 +3,8 @@
 use queue::QueueStore;
 
 use crate::cli::Settings;
-use crate::commands::{human_ms, open_store, print_json};
 use crate::commands::outln;
+use crate::commands::{human_ms, open_store, print_json};
 
 /// Prints every field of the task.
 pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
@@ -23,7 +23,10 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
     field("type", Some(task.task_type.clone()))?;
     field("status", Some(task.status.to_string()))?;
     field("priority", Some(task.priority.to_string()))?;
-    field("target", task.target.as_ref().map(|t| t.display().to_string()))?;
+    field(
+        "target",
+        task.target.as_ref().map(|t| t.display().to_string()),
+    )?;
     field("description", task.description.clone())?;
     field(
         "attempts",

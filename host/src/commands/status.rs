@@ -9,8 +9,8 @@ use queue::{QueueStore, TaskStatus, WorkerRecord};
 use serde::Serialize;
 
 use crate::cli::Settings;
-use crate::commands::{open_store, print_json};
 use crate::commands::out;
+use crate::commands::{open_store, print_json};
 
 /// A worker whose record is older than this is shown as dead.
 pub const WORKER_STALE_AFTER: Duration = Duration::from_secs(10);

@@ -15,7 +15,11 @@ pub fn run(settings: &Settings, interval: Duration) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         if tty {
             // Home and clear-to-end rather than clear-screen, so the frame does not flicker.
-            write!(out, "\x1b[H{}\x1b[J", report.render().replace('\n', "\x1b[K\n"))?;
+            write!(
+                out,
+                "\x1b[H{}\x1b[J",
+                report.render().replace('\n', "\x1b[K\n")
+            )?;
         } else {
             writeln!(out, "{}", report.render())?;
         }

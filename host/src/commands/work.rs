@@ -25,7 +25,11 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
         bail!(
             "no plugin provides role {role_name:?} (searched: {}; available roles: {})",
             searched.join(", "),
-            if available.is_empty() { "none".to_string() } else { available.join(", ") }
+            if available.is_empty() {
+                "none".to_string()
+            } else {
+                available.join(", ")
+            }
         );
     };
     let options = WorkerOptions {

@@ -1,0 +1,420 @@
+//! Test support: builds the workspace once, makes queue folders, runs `host` and reads results,
+//! so that each test reads as its scenario.
+//!
+//! - [`workspace`] builds every crate (the host, the plugins, the fixtures) with the same profile
+//!   as the tests, once per test process, and says where the binaries are.
+//! - [`fixtures`] builds plugins that the host must refuse: one against a copy of plugin-api with
+//!   an older minor version, one against a copy whose host-context methods are reordered (a
+//!   layout change), and a library that is not a plugin at all.
+//! - [`TestQueue`] is a fresh coordination folder with its own plugin folder.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Where the built workspace is.
+pub struct Workspace {
+    /// The repository root.
+    pub root: PathBuf,
+    /// The profile's output folder (`target/debug`), holding `host` and the plugin libraries.
+    pub bin_dir: PathBuf,
+}
+
+impl Workspace {
+    /// The `host` executable.
+    pub fn host(&self) -> PathBuf {
+        self.bin_dir.join("host")
+    }
+
+    /// A plugin library of the workspace by crate name (`noop`, `builtin_roles`, ...).
+    pub fn library(&self, crate_name: &str) -> PathBuf {
+        self.bin_dir.join(library_file(crate_name))
+    }
+}
+
+/// The platform's file name for a dynamic library.
+pub fn library_file(crate_name: &str) -> String {
+    format!(
+        "{}{crate_name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn run_cargo(mut cmd: Command, what: &str) {
+    let output = cmd
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run cargo for {what}: {err}"));
+    assert!(
+        output.status.success(),
+        "building {what} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Builds the whole workspace once per test process and returns where it is.
+pub fn workspace() -> &'static Workspace {
+    static WORKSPACE: OnceLock<Workspace> = OnceLock::new();
+    WORKSPACE.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ is inside the workspace")
+            .to_path_buf();
+        // The test binary lives in <target>/<profile>/deps/.
+        let exe = std::env::current_exe().expect("test executable path");
+        let bin_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary is in <target>/<profile>/deps")
+            .to_path_buf();
+        let mut cmd = cargo();
+        cmd.current_dir(&root)
+            .args(["build", "--workspace", "--quiet"]);
+        if bin_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        cmd.env("CARGO_TARGET_DIR", bin_dir.parent().expect("target dir"));
+        run_cargo(cmd, "the workspace");
+        Workspace { root, bin_dir }
+    })
+}
+
+/// Libraries the host must refuse, built once per test process.
+pub struct Fixtures {
+    /// Built against plugin-api 0.0.1 (the host has 0.1.x).
+    pub older_api: PathBuf,
+    /// Built against a plugin-api of the same version whose host-context methods are reordered.
+    pub changed_layout: PathBuf,
+    /// A dynamic library that exports no root module.
+    pub not_a_plugin: PathBuf,
+}
+
+/// Builds the refusal fixtures from copies of plugin-api made under the target folder.
+pub fn fixtures() -> &'static Fixtures {
+    static FIXTURES: OnceLock<Fixtures> = OnceLock::new();
+    FIXTURES.get_or_init(|| {
+        let ws = workspace();
+        let target_dir = ws.bin_dir.parent().expect("target dir").to_path_buf();
+        let base = target_dir.join("fixtures");
+        let out = base.join("out");
+        fs::create_dir_all(&out).unwrap();
+        // Several test processes (nextest) may get here at once.
+        let lock = fs::File::create(base.join("lock")).unwrap();
+        lock.lock().unwrap();
+
+        let older_api = build_fixture(ws, &base, "older_api_fixture", |api_dir| {
+            edit(&api_dir.join("Cargo.toml"), "version = \"0.1.0\"", "version = \"0.0.1\"");
+        });
+        let changed_layout = build_fixture(ws, &base, "changed_layout_fixture", |api_dir| {
+            let ffi = api_dir.join("src/ffi.rs");
+            let progress = "    /// Progress 0-100 and a message.\n    fn progress(&self, percent: u8, message: RStr<'_>);\n";
+            let log = "    /// One line of the task's log.\n    fn log(&self, line: RStr<'_>);\n";
+            edit(&ffi, &format!("{progress}{log}"), &format!("{log}{progress}"));
+        });
+        let not_a_plugin = out.join(library_file("not_a_plugin"));
+        if !not_a_plugin.exists() {
+            let src = base.join("not_a_plugin.rs");
+            fs::write(&src, "pub fn answer() -> u32 { 42 }\n").unwrap();
+            let status = Command::new("rustc")
+                .args(["--crate-type", "cdylib", "--crate-name", "not_a_plugin", "-o"])
+                .arg(&not_a_plugin)
+                .arg(&src)
+                .status()
+                .expect("rustc runs");
+            assert!(status.success(), "building the not-a-plugin fixture failed");
+        }
+        let _ = lock.unlock();
+        Fixtures {
+            older_api,
+            changed_layout,
+            not_a_plugin,
+        }
+    })
+}
+
+fn edit(file: &Path, from: &str, to: &str) {
+    let text = fs::read_to_string(file).unwrap();
+    assert!(
+        text.contains(from),
+        "{} no longer contains the text this fixture changes; update tests/src/lib.rs",
+        file.display()
+    );
+    fs::write(file, text.replacen(from, to, 1)).unwrap();
+}
+
+/// Makes a one-crate workspace: a copy of plugin-api changed by `alter`, and the noop example
+/// renamed to `name`, built in the main target folder (so abi_stable is not compiled again), and
+/// moves the library out of the profile folder so that it never sits on a default plugin path.
+fn build_fixture(ws: &Workspace, base: &Path, name: &str, alter: impl FnOnce(&Path)) -> PathBuf {
+    let out = base.join("out").join(library_file(name));
+    let dir = base.join(name);
+    let _ = fs::remove_dir_all(&dir);
+    let api_dir = dir.join("plugin-api");
+    fs::create_dir_all(api_dir.join("src")).unwrap();
+    for file in fs::read_dir(ws.root.join("plugin-api/src")).unwrap() {
+        let file = file.unwrap().path();
+        fs::copy(&file, api_dir.join("src").join(file.file_name().unwrap())).unwrap();
+    }
+    let manifest = fs::read_to_string(ws.root.join("plugin-api/Cargo.toml")).unwrap();
+    fs::write(
+        api_dir.join("Cargo.toml"),
+        standalone_manifest(&manifest, ws),
+    )
+    .unwrap();
+    alter(&api_dir);
+
+    let plugin_dir = dir.join("plugin");
+    fs::create_dir_all(plugin_dir.join("src")).unwrap();
+    fs::copy(
+        ws.root.join("examples/noop/src/lib.rs"),
+        plugin_dir.join("src/lib.rs"),
+    )
+    .unwrap();
+    fs::write(
+        plugin_dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nplugin-api = {{ path = \"../plugin-api\" }}\n"
+        ),
+    )
+    .unwrap();
+    let workspace_manifest = fs::read_to_string(ws.root.join("Cargo.toml")).unwrap();
+    let profile = workspace_manifest
+        .find("[profile")
+        .map(|at| &workspace_manifest[at..])
+        .unwrap_or_default();
+    fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[workspace]\nresolver = \"3\"\nmembers = [\"plugin-api\", \"plugin\"]\n\n{profile}"
+        ),
+    )
+    .unwrap();
+    fs::copy(ws.root.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+
+    let target_dir = ws.bin_dir.parent().unwrap();
+    let mut cmd = cargo();
+    cmd.current_dir(&dir)
+        .args(["build", "--quiet", "-p", name])
+        .env("CARGO_TARGET_DIR", target_dir);
+    if ws.bin_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    run_cargo(cmd, name);
+    fs::rename(ws.bin_dir.join(library_file(name)), &out).unwrap();
+    out
+}
+
+/// plugin-api's manifest with workspace inheritance replaced by the workspace's values.
+fn standalone_manifest(manifest: &str, ws: &Workspace) -> String {
+    let root = fs::read_to_string(ws.root.join("Cargo.toml")).unwrap();
+    let dep_line = |name: &str| -> String {
+        root.lines()
+            .find(|l| l.starts_with(&format!("{name} = ")))
+            .unwrap_or_else(|| panic!("workspace dependency {name} not found"))
+            .to_string()
+    };
+    manifest
+        .lines()
+        .filter(|l| !l.contains("rust-version") && !l.contains("license") && !l.contains("publish"))
+        .map(|line| {
+            let trimmed = line.trim();
+            if trimmed == "edition.workspace = true" {
+                "edition = \"2024\"".to_string()
+            } else if let Some(name) = trimmed.strip_suffix(".workspace = true") {
+                if name == "task-model" {
+                    format!(
+                        "task-model = {{ path = \"{}\" }}",
+                        ws.root.join("task-model").display()
+                    )
+                } else {
+                    dep_line(name)
+                }
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A fresh coordination folder with its own plugin folder, and the means to drive `host` on it.
+pub struct TestQueue {
+    _dir: tempfile::TempDir,
+    /// Scratch space for targets and files.
+    pub scratch: PathBuf,
+    /// The coordination folder.
+    pub queue: PathBuf,
+    /// The only folder on the plugin path.
+    pub plugins: PathBuf,
+}
+
+impl TestQueue {
+    /// A queue whose plugin folder holds the built-in roles, noop and the test roles.
+    pub fn new() -> TestQueue {
+        TestQueue::with_plugins(&["builtin_roles", "noop", "test_roles"])
+    }
+
+    /// A queue whose plugin folder holds copies of exactly these workspace libraries.
+    pub fn with_plugins(crates: &[&str]) -> TestQueue {
+        let ws = workspace();
+        let dir = tempfile::tempdir().unwrap();
+        let queue = dir.path().join("queue");
+        let plugins = dir.path().join("plugins");
+        let scratch = dir.path().join("scratch");
+        fs::create_dir_all(&plugins).unwrap();
+        fs::create_dir_all(&scratch).unwrap();
+        for name in crates {
+            fs::copy(ws.library(name), plugins.join(library_file(name))).unwrap();
+        }
+        let q = TestQueue {
+            _dir: dir,
+            scratch,
+            queue,
+            plugins,
+        };
+        q.ok(&["init"]);
+        q
+    }
+
+    /// `host` with this queue and plugin folder (through the environment, as users may set them).
+    pub fn host(&self) -> Command {
+        let mut cmd = Command::new(workspace().host());
+        cmd.env("HOST_QUEUE_DIR", &self.queue)
+            .env("HOST_PLUGIN_PATH", &self.plugins)
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `host ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.host().args(args).output().expect("host runs")
+    }
+
+    /// Runs `host ARGS`, insists on success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "host {args:?} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Runs `host ARGS`, insists on exit 1 with exactly one line on stderr, returns that line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "host {args:?} should exit 1; stderr:\n{stderr}"
+        );
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "want one line on stderr, got:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked"),
+            "a panic is not an error message:\n{stderr}"
+        );
+        stderr.trim().to_string()
+    }
+
+    /// `host add ARGS`, returning the new id.
+    pub fn add(&self, args: &[&str]) -> String {
+        let mut full = vec!["add"];
+        full.extend_from_slice(args);
+        self.ok(&full).trim().to_string()
+    }
+
+    /// `host show ID --json`.
+    pub fn task(&self, id: &str) -> Value {
+        serde_json::from_str(&self.ok(&["show", id, "--json"])).unwrap()
+    }
+
+    /// `host results --json`: every finished task.
+    pub fn results(&self) -> Vec<Value> {
+        serde_json::from_str(&self.ok(&["results", "--json"])).unwrap()
+    }
+
+    /// `host status --json`.
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
+    }
+
+    /// Runs a worker for `role` with `--drain` to completion, insisting that it exits 0.
+    pub fn drain(&self, role: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["--role", role, "--drain"];
+        args.extend_from_slice(extra);
+        let output = self.run(&args);
+        assert!(
+            output.status.success(),
+            "worker {role} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// Starts a worker in the background; its stderr is captured.
+    pub fn spawn_worker(&self, role: &str, extra: &[&str]) -> Child {
+        let mut args = vec!["--role", role];
+        args.extend_from_slice(extra);
+        self.host()
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("worker starts")
+    }
+
+    /// Every file in the coordination folder with its bytes, to show that nothing changed.
+    pub fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+            for entry in fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, root, out);
+                } else {
+                    let rel = path.strip_prefix(root).unwrap().to_path_buf();
+                    out.insert(rel, fs::read(&path).unwrap());
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(&self.queue, &self.queue, &mut out);
+        out
+    }
+
+    /// Waits until `check` holds, polling; panics with `what` after `limit`.
+    pub fn wait_for(&self, what: &str, limit: Duration, mut check: impl FnMut(&TestQueue) -> bool) {
+        let start = Instant::now();
+        while !check(self) {
+            assert!(start.elapsed() < limit, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Default for TestQueue {
+    fn default() -> Self {
+        TestQueue::new()
+    }
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &Child, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+}

@@ -1,0 +1,186 @@
+//! Bad input (SPEC §7): one line on stderr, exit 1, and the store exactly as it was.
+
+use std::fs;
+
+use integration_tests::TestQueue;
+
+/// A queue with one task already in it, so "unchanged" covers existing files too.
+fn queue_with_a_task() -> TestQueue {
+    let q = TestQueue::new();
+    q.add(&["--type", "noop", "--description", "already here"]);
+    q
+}
+
+#[test]
+fn unknown_role() {
+    let q = queue_with_a_task();
+    let before = q.snapshot();
+    let line = q.fails(&["--role", "nobody"]);
+    assert!(line.contains("nobody"), "{line}");
+    assert_eq!(q.snapshot(), before);
+}
+
+#[test]
+fn unknown_task_type() {
+    let q = queue_with_a_task();
+    let before = q.snapshot();
+    let line = q.fails(&["add", "--type", "nonsense"]);
+    assert!(line.contains("unknown task type \"nonsense\""), "{line}");
+    assert_eq!(q.snapshot(), before);
+}
+
+#[test]
+fn malformed_payload() {
+    let q = queue_with_a_task();
+    let before = q.snapshot();
+    let line = q.fails(&["add", "--type", "noop", "--payload", "{not json"]);
+    assert!(line.contains("--payload is not valid JSON"), "{line}");
+    assert_eq!(q.snapshot(), before);
+}
+
+#[test]
+fn malformed_task_file_adds_nothing() {
+    let q = queue_with_a_task();
+    let before = q.snapshot();
+    let file = q.scratch.join("plan.json");
+    fs::write(
+        &file,
+        r#"[{"type": "noop"}, {"type": "noop", "priorty": 1}, {"type": "noop"}]"#,
+    )
+    .unwrap();
+    let line = q.fails(&["add", "--file", file.to_str().unwrap()]);
+    assert!(
+        line.contains("plan.json: entry 2") && line.contains("priorty"),
+        "{line}"
+    );
+    assert_eq!(q.snapshot(), before);
+
+    fs::write(&file, "{\"type\": \"noop\"}\n{\"type\": \"noop\"\n").unwrap();
+    let line = q.fails(&["add", "--file", file.to_str().unwrap()]);
+    assert!(line.contains("plan.json: line 2"), "{line}");
+    assert_eq!(q.snapshot(), before);
+}
+
+#[test]
+fn a_task_file_with_an_unknown_type_adds_nothing() {
+    let q = queue_with_a_task();
+    let before = q.snapshot();
+    let file = q.scratch.join("plan.jsonl");
+    fs::write(&file, "{\"type\": \"noop\"}\n{\"type\": \"nonsense\"}\n").unwrap();
+    let line = q.fails(&["add", "--file", file.to_str().unwrap()]);
+    assert!(
+        line.contains("task 2") && line.contains("nonsense"),
+        "{line}"
+    );
+    assert_eq!(q.snapshot(), before);
+}
+
+#[test]
+fn task_file_from_stdin_adds_all() {
+    use std::io::Write;
+    let q = TestQueue::new();
+    let mut child = q
+        .host()
+        .args(["add", "--file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"[{"type":"noop","priority":2},{"type":"noop","timeout":"90s"}]"#)
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), "1\n2\n");
+    assert_eq!(q.task("2")["timeoutSecs"], 90);
+}
+
+#[test]
+fn corrupted_store_file_is_named_and_left_untouched() {
+    let q = queue_with_a_task();
+    let file = q.queue.join("tasks/1.json");
+    fs::write(&file, b"{\"id\": \"1\", \"type\": tru").unwrap();
+    let before = q.snapshot();
+    for args in [&["status"][..], &["results"], &["show", "1"]] {
+        let line = q.fails(args);
+        assert!(
+            line.contains("corrupted store file") && line.contains("tasks/1.json"),
+            "{line}"
+        );
+    }
+    assert_eq!(q.snapshot(), before, "byte for byte");
+}
+
+#[test]
+fn a_worker_skips_a_corrupted_task_and_says_so() {
+    let q = TestQueue::new();
+    let bad = q.add(&["--type", "noop", "--priority", "1"]);
+    let good = q.add(&["--type", "noop"]);
+    let file = q.queue.join(format!("tasks/{bad}.json"));
+    fs::write(&file, b"garbage").unwrap();
+    let mut worker = q.spawn_worker("noop", &[]);
+    q.wait_for("the good task", std::time::Duration::from_secs(10), |q| {
+        q.task(&good)["status"] == "completed"
+    });
+    integration_tests::signal(&worker, nix::sys::signal::Signal::SIGTERM);
+    worker.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(worker.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("corrupted store file") && stderr.contains(&format!("tasks/{bad}.json")),
+        "{stderr}"
+    );
+    assert_eq!(fs::read(&file).unwrap(), b"garbage");
+}
+
+#[test]
+fn writer_path_escaping_the_target() {
+    let q = queue_with_a_task();
+    let before = q.snapshot();
+    let target = q.scratch.join("project");
+    let target = target.to_str().unwrap();
+    for path in ["../outside.txt", "/etc/outside.txt", "a/../../outside.txt"] {
+        let payload = format!(r#"{{"files": [{{"path": "{path}", "content": "x"}}]}}"#);
+        let line = q.fails(&[
+            "add",
+            "--type",
+            "write",
+            "--target",
+            target,
+            "--payload",
+            &payload,
+        ]);
+        assert!(line.contains("leaves the target"), "{line}");
+    }
+    assert_eq!(q.snapshot(), before);
+    assert!(!q.scratch.join("outside.txt").exists());
+}
+
+#[test]
+fn not_a_queue_folder() {
+    let q = TestQueue::new();
+    let elsewhere = q.scratch.join("nowhere");
+    let line = q.fails(&["status", "--queue", elsewhere.to_str().unwrap()]);
+    assert!(
+        line.contains("not a queue folder") && line.contains("host init"),
+        "{line}"
+    );
+    assert!(!elsewhere.exists());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let q = TestQueue::new();
+    for args in [
+        &["add"][..],
+        &["--concurrency", "0", "--role", "noop"],
+        &["frobnicate"],
+        &[],
+    ] {
+        let output = q.run(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+    }
+}

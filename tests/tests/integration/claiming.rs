@@ -1,0 +1,185 @@
+//! Claim order, concurrent workers, and what a worker does around each task.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use integration_tests::{TestQueue, signal};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+fn started_order(q: &TestQueue) -> Vec<String> {
+    let mut tasks = q.results();
+    tasks.sort_by_key(|t| t["startedAt"].as_str().unwrap().to_string());
+    tasks
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn lower_priority_number_starts_first_and_equal_priorities_oldest_first() {
+    let q = TestQueue::new();
+    let p9 = q.add(&["--type", "noop", "--priority", "9"]);
+    let p1 = q.add(&["--type", "noop", "--priority", "1"]);
+    let p5 = q.add(&["--type", "noop", "--priority", "5"]);
+    let older = q.add(&["--type", "noop", "--priority", "3"]);
+    let newer = q.add(&["--type", "noop", "--priority", "3"]);
+    q.drain("noop", &[]);
+    assert_eq!(started_order(&q), [p1, older, newer, p5, p9]);
+}
+
+#[test]
+fn default_priority_is_five() {
+    let q = TestQueue::new();
+    let id = q.add(&["--type", "noop"]);
+    assert_eq!(q.task(&id)["priority"], 5);
+}
+
+#[test]
+fn a_worker_claims_only_its_roles_types() {
+    let q = TestQueue::new();
+    let noop = q.add(&["--type", "noop"]);
+    let other = q.add(&["--type", "panic"]);
+    q.drain("noop", &[]);
+    assert_eq!(q.task(&noop)["status"], "completed");
+    assert_eq!(q.task(&other)["status"], "pending");
+}
+
+#[test]
+fn four_workers_drain_500_tasks_each_exactly_once() {
+    let q = TestQueue::new();
+    let file = q.scratch.join("tasks.jsonl");
+    let lines: Vec<String> = (0..500)
+        .map(|i| format!(r#"{{"type":"noop","payload":{{"n":{i}}}}}"#))
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let ids = q.ok(&["add", "--file", file.to_str().unwrap()]);
+    assert_eq!(ids.lines().count(), 500);
+
+    let workers: Vec<_> = (0..4)
+        .map(|i| q.spawn_worker("noop", &["--drain", "--name", &format!("w{i}")]))
+        .collect();
+    let mut claims: HashMap<String, usize> = HashMap::new();
+    for worker in workers {
+        let output = worker.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "worker failed:\n{stderr}");
+        assert!(
+            !stderr.to_lowercase().contains("lock"),
+            "lock trouble:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("error"),
+            "worker reported an error:\n{stderr}"
+        );
+        for line in stderr.lines().filter(|l| l.contains(" claimed, ")) {
+            let id = line
+                .split("task ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
+            *claims.entry(id.to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(claims.len(), 500, "every task started");
+    assert!(claims.values().all(|&n| n == 1), "no task started twice");
+    let results = q.results();
+    assert_eq!(results.len(), 500);
+    for task in &results {
+        assert_eq!(task["status"], "completed", "{task}");
+        assert_eq!(task["attempts"], 1, "{task}");
+    }
+    assert_eq!(q.status()["counts"]["pending"], 0);
+}
+
+#[test]
+fn status_shows_a_busy_worker_with_its_task_and_progress() {
+    let q = TestQueue::new();
+    let id = q.add(&["--type", "sleep", "--payload", r#"{"ms": 3000}"#]);
+    let mut worker = q.spawn_worker("sleeper", &["--name", "sleepy"]);
+    q.wait_for(
+        "the worker to report progress",
+        Duration::from_secs(20),
+        |q| {
+            let status = q.status();
+            status["workers"].as_array().is_some_and(|ws| {
+                ws.iter().any(|w| {
+                    w["name"] == "sleepy"
+                        && w["state"] == "busy"
+                        && w["tasks"][0]["id"] == id.as_str()
+                        && w["tasks"][0]["progress"].as_u64().unwrap_or(0) > 0
+                })
+            })
+        },
+    );
+    let text = q.ok(&["status"]);
+    assert!(text.contains("sleepy") && text.contains("busy"), "{text}");
+    signal(&worker, Signal::SIGKILL);
+    worker.wait().unwrap();
+}
+
+#[test]
+fn ctrl_c_lets_the_running_task_finish_within_the_grace_period() {
+    let q = TestQueue::new();
+    let id = q.add(&["--type", "sleep", "--payload", r#"{"ms": 1500}"#]);
+    let worker = q.spawn_worker("sleeper", &["--grace", "30s"]);
+    q.wait_for("the task to start", Duration::from_secs(20), |q| {
+        q.task(&id)["status"] == "running"
+    });
+    signal(&worker, Signal::SIGINT);
+    let output = worker.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task}");
+    assert!(
+        q.status()["workers"].as_array().unwrap().is_empty(),
+        "worker record removed"
+    );
+}
+
+#[test]
+fn ctrl_c_returns_an_unfinished_task_to_pending_when_the_grace_period_ends() {
+    let q = TestQueue::new();
+    let id = q.add(&["--type", "sleep", "--payload", r#"{"ms": 60000}"#]);
+    let worker = q.spawn_worker("sleeper", &["--grace", "200ms"]);
+    q.wait_for("the task to start", Duration::from_secs(20), |q| {
+        q.task(&id)["status"] == "running"
+    });
+    signal(&worker, Signal::SIGINT);
+    let output = worker.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let task = q.task(&id);
+    assert_eq!(task["status"], "pending", "{task}");
+    assert_eq!(task["attempts"], 0, "a shutdown does not use up an attempt");
+}
+
+#[test]
+fn a_second_ctrl_c_returns_the_task_at_once() {
+    let q = TestQueue::new();
+    let id = q.add(&["--type", "sleep", "--payload", r#"{"ms": 60000}"#]);
+    let worker = q.spawn_worker("sleeper", &["--grace", "10m"]);
+    q.wait_for("the task to start", Duration::from_secs(20), |q| {
+        q.task(&id)["status"] == "running"
+    });
+    signal(&worker, Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&worker, Signal::SIGINT);
+    let output = worker.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(q.task(&id)["status"], "pending");
+}
+
+#[test]
+fn an_idle_worker_picks_up_a_new_task_quickly() {
+    let q = TestQueue::new();
+    let mut worker = q.spawn_worker("noop", &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let id = q.add(&["--type", "noop"]);
+    q.wait_for("the new task to complete", Duration::from_secs(5), |q| {
+        q.task(&id)["status"] == "completed"
+    });
+    signal(&worker, Signal::SIGTERM);
+    assert!(worker.wait().unwrap().success());
+}

@@ -1,0 +1,8 @@
+//! The integration suite: every test drives the real `host` binary and plugin libraries on a
+//! fresh queue folder (see `integration_tests::TestQueue`).
+
+mod bad_input;
+mod claiming;
+mod crashes;
+mod plugins;
+mod roles;
