@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use integration_tests::{TestQueue, signal};
 use nix::sys::signal::Signal;
-use serde_json::Value;
 
 fn started_order(q: &TestQueue) -> Vec<String> {
     let mut tasks = q.results();
