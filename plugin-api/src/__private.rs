@@ -44,13 +44,16 @@ pub const fn lib_header(load: extern "C" fn() -> AbiRootModuleResult) -> AbiLibH
     unsafe { AbiLibHeader::from_constructor::<PluginModule_Ref>(load, CheckTypeLayout::Yes) }
 }
 
+/// Builds the roles an `export_plugin!` call lists.
+pub type ListedRoles = fn() -> Vec<Box<dyn Role>>;
+
 /// Builds the library's root module from the listed and registered roles. Panics while building
 /// a role are caught by abi_stable and reported to the host as a load error.
-pub fn load_root_module(listed: fn() -> Vec<Box<dyn Role>>) -> AbiRootModuleResult {
+pub fn load_root_module(listed: ListedRoles) -> AbiRootModuleResult {
     // `__call_root_module_loader` takes a plain fn pointer, so the listed roles travel through a
     // thread-local for the duration of the call.
     thread_local! {
-        static LISTED: std::cell::Cell<Option<fn() -> Vec<Box<dyn Role>>>> =
+        static LISTED: std::cell::Cell<Option<ListedRoles>> =
             const { std::cell::Cell::new(None) };
     }
     fn build() -> Result<PluginModule_Ref, RBoxError> {
@@ -158,6 +161,9 @@ impl ErrorRecord {
 /// Keeps `RBox` in the public signature set so the host can name the handler type.
 pub type BoxedRoleHandler = RoleHandler_TO<'static, RBox<()>>;
 
+/// The plugin-api version this crate was built as; the host shows it beside each plugin's.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +189,3 @@ mod tests {
         assert_eq!(ErrorRecord::from_json("plain").message, "plain");
     }
 }
-
-/// The plugin-api version this crate was built as; the host shows it beside each plugin's.
-pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");

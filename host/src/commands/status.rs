@@ -99,8 +99,8 @@ impl StatusReport {
         }
         let _ = writeln!(
             out,
-            "{:<28} {:<12} {:<8} {:<10} {:<6} {}",
-            "WORKER", "ROLE", "STATE", "TASK", "DONE", "HEARTBEAT / PROGRESS"
+            "{:<28} {:<12} {:<8} {:<10} {:<6} HEARTBEAT / PROGRESS",
+            "WORKER", "ROLE", "STATE", "TASK", "DONE"
         );
         let now = Timestamp::now();
         for w in &self.workers {
