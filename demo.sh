@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The main job, end to end on the embedded file queue: build the host and the plugins, then play
+# the seed's daily workflow. The orchestrator adds tasks, one worker per role drains them in its
+# own process, the orchestrator watches and finally shows the results.
+#
+# Phase 1: the writer creates a small Rust project from the task's payload.
+# Phase 2: the inspector analyses it, the tester runs its tests (`cargo test`, detected from
+#          Cargo.toml) and the deployer (the custom role in examples/) copies it to a release
+#          folder.
+#
+# Everything it writes stays under target/demo; running it again starts afresh.
+set -euo pipefail
+
+cd "$(dirname "$0")"
+cargo build --release
+host="$PWD/target/release/host"
+
+demo="$PWD/target/demo"
+rm -rf "$demo"
+mkdir -p "$demo"
+export HOST_QUEUE_DIR="$demo/copilot-orchestration"
+app="$demo/app"
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+# Runs one worker per role, each in its own process as each would run in its own terminal, and
+# watches them until none has work left.
+run_workers() {
+    local pids=() role
+    for role in "$@"; do
+        "$host" --role "$role" --drain 2>"$demo/$role.log" &
+        pids+=("$!")
+    done
+    if [ -t 1 ]; then "$host" watch; fi
+    for pid in "${pids[@]}"; do wait "$pid"; done
+    for role in "$@"; do sed "s/^/  [$role] /" "$demo/$role.log"; done
+}
+
+say "Plugins found beside the host"
+"$host" plugins
+
+say "Orchestrator: init and phase 1 (write the project)"
+"$host" init
+"$host" add --type write --target "$app" --priority 1 \
+    --description "Create the demo crate" \
+    --payload "$(cat <<'JSON'
+{"files": [
+  {"path": "Cargo.toml", "content": "[package]\nname = \"demo-app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n"},
+  {"path": "src/lib.rs", "content": "/// Adds two numbers.\npub fn add(a: u64, b: u64) -> u64 {\n    a + b\n}\n\n#[cfg(test)]\nmod tests {\n    #[test]\n    fn adds() {\n        assert_eq!(super::add(2, 2), 4);\n    }\n}\n"},
+  {"path": ".gitignore", "content": "/target\n"},
+  {"path": "README.md", "content": "# demo-app\n\nWritten by the writer role.\n"}
+]}
+JSON
+)"
+run_workers writer
+
+say "Orchestrator: phase 2 (inspect, test, deploy)"
+# The tester's `cargo test` builds outside the project, so the deployer copies only the sources.
+export CARGO_TARGET_DIR="$demo/app-target"
+inspect=$("$host" add --type inspect --target "$app" --priority 2 --description "Survey the crate")
+echo "$inspect"
+"$host" add --type test --target "$app" --priority 1 --timeout 5m --description "Run its tests"
+"$host" add --type deploy --target "$app" --priority 3 --description "Release it" \
+    --payload "{\"destination\": \"$demo/release/demo-app\"}"
+run_workers inspector tester deployer
+
+say "Status"
+"$host" status
+
+say "Results"
+"$host" results
+
+say "What the inspector found"
+"$host" show "$inspect"
+
+say "Deployed"
+find "$demo/release" -type f | sort
