@@ -1,6 +1,7 @@
 //! Claim order, concurrent workers, and what a worker does around each task.
 
 use std::collections::HashMap;
+use std::process::Child;
 use std::time::Duration;
 
 use integration_tests::{TestQueue, signal};
@@ -119,14 +120,25 @@ fn status_shows_a_busy_worker_with_its_task_and_progress() {
     worker.wait().unwrap();
 }
 
-#[test]
-fn ctrl_c_lets_the_running_task_finish_within_the_grace_period() {
-    let q = TestQueue::new();
-    let id = q.add(&["--type", "sleep", "--payload", r#"{"ms": 1500}"#]);
-    let worker = q.spawn_worker("sleeper", &["--grace", "30s"]);
+/// A `sleeper` worker with the given grace period, busy with a task that sleeps `ms`.
+fn running_sleeper(q: &TestQueue, ms: u64, grace: &str) -> (String, Child) {
+    let id = q.add(&[
+        "--type",
+        "sleep",
+        "--payload",
+        &format!(r#"{{"ms": {ms}}}"#),
+    ]);
+    let worker = q.spawn_worker("sleeper", &["--grace", grace]);
     q.wait_for("the task to start", Duration::from_secs(20), |q| {
         q.task(&id)["status"] == "running"
     });
+    (id, worker)
+}
+
+#[test]
+fn ctrl_c_lets_the_running_task_finish_within_the_grace_period() {
+    let q = TestQueue::new();
+    let (id, worker) = running_sleeper(&q, 1500, "30s");
     signal(&worker, Signal::SIGINT);
     let output = worker.wait_with_output().unwrap();
     assert!(output.status.success());
@@ -141,11 +153,7 @@ fn ctrl_c_lets_the_running_task_finish_within_the_grace_period() {
 #[test]
 fn ctrl_c_returns_an_unfinished_task_to_pending_when_the_grace_period_ends() {
     let q = TestQueue::new();
-    let id = q.add(&["--type", "sleep", "--payload", r#"{"ms": 60000}"#]);
-    let worker = q.spawn_worker("sleeper", &["--grace", "200ms"]);
-    q.wait_for("the task to start", Duration::from_secs(20), |q| {
-        q.task(&id)["status"] == "running"
-    });
+    let (id, worker) = running_sleeper(&q, 60000, "200ms");
     signal(&worker, Signal::SIGINT);
     let output = worker.wait_with_output().unwrap();
     assert!(output.status.success());
@@ -157,11 +165,7 @@ fn ctrl_c_returns_an_unfinished_task_to_pending_when_the_grace_period_ends() {
 #[test]
 fn a_second_ctrl_c_returns_the_task_at_once() {
     let q = TestQueue::new();
-    let id = q.add(&["--type", "sleep", "--payload", r#"{"ms": 60000}"#]);
-    let worker = q.spawn_worker("sleeper", &["--grace", "10m"]);
-    q.wait_for("the task to start", Duration::from_secs(20), |q| {
-        q.task(&id)["status"] == "running"
-    });
+    let (id, worker) = running_sleeper(&q, 60000, "10m");
     signal(&worker, Signal::SIGINT);
     std::thread::sleep(Duration::from_millis(200));
     signal(&worker, Signal::SIGINT);
