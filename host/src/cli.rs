@@ -82,6 +82,28 @@ pub struct WorkerArgs {
     /// How often an idle worker looks for new tasks.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub poll: Duration,
+
+    /// How long a claimed task stays this worker's without a renewal; if the worker dies, its
+    /// task returns to the queue this long after the last renewal.
+    #[arg(long, default_value = "30s", value_parser = parse_lease, value_name = "DURATION")]
+    pub lease: Duration,
+
+    /// The delay before the first retry of a task that failed retryably; doubled for each
+    /// further retry, with jitter.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub backoff: Duration,
+
+    /// The time limit of tasks that do not set their own (`host add --timeout`).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+}
+
+fn parse_lease(text: &str) -> Result<Duration, String> {
+    let lease = humantime::parse_duration(text).map_err(|err| err.to_string())?;
+    if lease < Duration::from_millis(300) {
+        return Err("a lease must be at least 300ms (it is renewed every third of it)".into());
+    }
+    Ok(lease)
 }
 
 /// The orchestrator's commands.
@@ -125,6 +147,26 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Cancel a task: a pending one never starts, a running one is told to stop.
+    Cancel {
+        /// The task id.
+        id: String,
+    },
+    /// Put a failed or cancelled task back in the queue, with at least one more attempt.
+    Retry {
+        /// The task id.
+        id: String,
+    },
+    /// Internal: runs a role's handler for a worker, isolated in its own process.
+    #[command(hide = true)]
+    HandlerProcess {
+        /// The role to run.
+        #[arg(long)]
+        role: String,
+        /// The library that provides it.
+        #[arg(long)]
+        library: PathBuf,
     },
 }
 

@@ -167,24 +167,17 @@ impl PluginRegistry {
     }
 
     fn load(&mut self, path: PathBuf) {
-        let status = match load_library(&path) {
-            Ok((module, api_version)) => {
-                let library: &'static Path = Box::leak(path.clone().into_boxed_path());
-                let mut roles = Vec::new();
-                for descriptor in module.roles().as_slice() {
-                    let role = PluginRole {
-                        descriptor,
-                        library,
-                    };
-                    roles.push(role);
+        let status = match load_roles(&path) {
+            Ok((roles, api_version)) => {
+                for role in &roles {
                     match self.roles.iter().find(|r| r.name() == role.name()) {
-                        Some(first) => self.shadowed.push((role, first.library.to_path_buf())),
-                        None => self.roles.push(role),
+                        Some(first) => self.shadowed.push((*role, first.library.to_path_buf())),
+                        None => self.roles.push(*role),
                     }
                 }
                 LibraryStatus::Loaded { api_version, roles }
             }
-            Err(refusal) => refusal,
+            Err(Refusal { reason, detail }) => LibraryStatus::Refused { reason, detail },
         };
         self.reports.push(LibraryReport { path, status });
     }
@@ -235,6 +228,32 @@ impl PluginRegistry {
     }
 }
 
+/// Loads one library and returns its roles, or says in one line why it was refused.
+pub fn load_role(path: &Path, name: &str) -> Result<PluginRole, String> {
+    let (roles, _) = load_roles(path)
+        .map_err(|refusal| format!("plugin {}: {}", path.display(), refusal.reason))?;
+    roles
+        .into_iter()
+        .find(|r| r.name() == name)
+        .ok_or_else(|| format!("plugin {} provides no role {name:?}", path.display()))
+}
+
+/// Loads a library and lists its roles, with the plugin-api version it was built against.
+fn load_roles(path: &Path) -> Result<(Vec<PluginRole>, String), Refusal> {
+    let (module, api_version) = load_library(path)?;
+    let library: &'static Path = Box::leak(path.to_path_buf().into_boxed_path());
+    let roles = module
+        .roles()
+        .as_slice()
+        .iter()
+        .map(|descriptor| PluginRole {
+            descriptor,
+            library,
+        })
+        .collect();
+    Ok((roles, api_version))
+}
+
 /// The files in `dir` named like a dynamic library of this platform, sorted.
 fn library_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -252,8 +271,14 @@ fn library_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn refused(reason: impl Into<String>) -> LibraryStatus {
-    LibraryStatus::Refused {
+/// Why a library was not loaded: one line, and for `-v` the long report.
+struct Refusal {
+    reason: String,
+    detail: Option<String>,
+}
+
+fn refused(reason: impl Into<String>) -> Refusal {
+    Refusal {
         reason: reason.into(),
         detail: None,
     }
@@ -261,7 +286,7 @@ fn refused(reason: impl Into<String>) -> LibraryStatus {
 
 /// Loads a library and checks it, returning its root module and the plugin-api version it was
 /// built against, or says in one line why not.
-fn load_library(path: &Path) -> Result<(PluginModule_Ref, String), LibraryStatus> {
+fn load_library(path: &Path) -> Result<(PluginModule_Ref, String), Refusal> {
     if let Some(reason) = loose_permissions(path) {
         return Err(refused(reason));
     }
@@ -274,7 +299,7 @@ fn load_library(path: &Path) -> Result<(PluginModule_Ref, String), LibraryStatus
     }
 }
 
-fn describe_error(err: LibraryError, found: Option<String>) -> LibraryStatus {
+fn describe_error(err: LibraryError, found: Option<String>) -> Refusal {
     let found = found.unwrap_or_else(|| "?".into());
     match err {
         LibraryError::OpenError { err, .. } => refused(format!(
@@ -292,7 +317,7 @@ fn describe_error(err: LibraryError, found: Option<String>) -> LibraryStatus {
             "built against plugin-api {actual_version}, incompatible with this host's plugin-api \
              {expected_version}; rebuild the plugin against plugin-api {expected_version}"
         )),
-        LibraryError::AbiInstability(report) => LibraryStatus::Refused {
+        LibraryError::AbiInstability(report) => Refusal {
             reason: format!(
                 "built against an incompatible plugin-api (version {found}, layout differs from \
                  this host's plugin-api {API_VERSION}); rebuild the plugin (-v shows the layout report)"

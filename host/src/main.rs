@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod handler_process;
 mod loader;
 mod worker;
 

@@ -14,8 +14,12 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use plugin_api::__private::{decode_stop_reason, encode_stop_reason};
 use plugin_api::StopReason;
-use queue::{ActiveTask, Claim, Lease, Outcome, QueueStore, StoreError, WorkerRecord, WorkerState};
+use queue::{
+    ActiveTask, Claim, Lease, Outcome, QueueStore, StoreError, TaskStatus, WorkerRecord,
+    WorkerState,
+};
 
+use crate::handler_process::{HandlerProcess, KILL_AFTER, RunEnd};
 use crate::loader::{PluginRole, TaskHooks};
 
 /// How a worker runs.
@@ -31,6 +35,8 @@ pub struct WorkerOptions {
     pub poll: Duration,
     /// How long the first Ctrl+C waits for running tasks before returning them to the queue.
     pub grace: Duration,
+    /// The time limit of tasks that do not set their own.
+    pub default_timeout: Option<Duration>,
 }
 
 /// Why the claim loop ended.
@@ -158,13 +164,18 @@ impl ClaimLoop {
                 }
             });
         }
-        for slot in 0..shared.options.concurrency {
+        // Start every handler process before claiming anything, so that a plugin that cannot
+        // run stops the worker at once rather than failing tasks.
+        let processes = (0..shared.options.concurrency)
+            .map(|_| HandlerProcess::start(&shared.role))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for (slot, process) in processes.into_iter().enumerate() {
             let shared = Arc::clone(&shared);
             let events = events.clone();
             thread::Builder::new()
                 .name(format!("slot-{slot}"))
                 .spawn(move || {
-                    slot_loop(&shared);
+                    slot_loop(&shared, process);
                     let _ = events.send(Event::SlotDone);
                 })?;
         }
@@ -263,14 +274,29 @@ fn release_running(shared: &Shared) {
     }
 }
 
-fn slot_loop(shared: &Shared) {
+fn slot_loop(shared: &Shared, process: HandlerProcess) {
+    let mut process = Some(process);
     while !shared.stopping.load(Ordering::SeqCst) {
+        let Some(handler) = process.as_mut() else {
+            match HandlerProcess::start(&shared.role) {
+                Ok(started) => process = Some(started),
+                Err(err) => {
+                    say(shared, &format!("error: {err:#}; trying again"));
+                    thread::sleep(Duration::from_secs(1));
+                }
+            }
+            continue;
+        };
         let claimed = shared.store.claim(&shared.options.name, &shared.types);
         for warning in shared.store.take_warnings() {
             say(shared, &format!("warning: {warning}"));
         }
         match claimed {
-            Ok(Some(claim)) => run_task(shared, claim),
+            Ok(Some(claim)) => {
+                if !run_task(shared, handler, claim) {
+                    process = None; // it died or was killed: start a fresh one
+                }
+            }
             Ok(None) => {
                 if shared.options.drain {
                     match shared.store.has_work(&shared.types) {
@@ -289,7 +315,9 @@ fn slot_loop(shared: &Shared) {
     }
 }
 
-fn run_task(shared: &Shared, claim: Claim) {
+/// Runs one claimed task in the slot's handler process and records the outcome. Returns false
+/// when the process did not survive it.
+fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> bool {
     let Claim { task, lease } = claim;
     let running = Arc::new(Running {
         lease: lease.clone(),
@@ -298,7 +326,10 @@ fn run_task(shared: &Shared, claim: Claim) {
         message: Mutex::new(String::new()),
         stop: AtomicU8::new(0),
         started: Instant::now(),
-        timeout: task.timeout_secs.map(Duration::from_secs),
+        timeout: task
+            .timeout_secs
+            .map(Duration::from_secs)
+            .or(shared.options.default_timeout),
         renewed: Mutex::new(Instant::now()),
     });
     shared
@@ -319,7 +350,8 @@ fn run_task(shared: &Shared, claim: Claim) {
         shared,
         running: &running,
     };
-    let handled = shared.role.handle(&task, &hooks);
+    let end = handler.run(&task, &hooks);
+    let survived = matches!(end, RunEnd::Returned(_));
 
     shared
         .running
@@ -327,39 +359,64 @@ fn run_task(shared: &Shared, claim: Claim) {
         .expect("running lock")
         .retain(|r| !Arc::ptr_eq(r, &running));
     shared.dirty.store(true, Ordering::SeqCst);
-    if running.stop_reason() == Some(StopReason::Shutdown) {
-        return; // released by the shutdown path; recording an outcome now would be stale
+    let stop = running.stop_reason();
+    if stop == Some(StopReason::Shutdown) {
+        return survived; // released by the shutdown path; recording an outcome now would be stale
     }
-    let outcome = match (running.stop_reason(), handled) {
-        (Some(StopReason::TimedOut), _) => Outcome::Failure {
-            error: format!(
-                "timed out after {}",
-                humantime::format_duration(running.timeout.unwrap_or_default())
-            ),
-            result: None,
-        },
-        (_, Ok(result)) => Outcome::Success(result),
-        (_, Err(record)) => Outcome::Failure {
+    let timed_out = || {
+        format!(
+            "timed out after {}",
+            humantime::format_duration(running.timeout.unwrap_or_default())
+        )
+    };
+    let failure = |error: String| Outcome::Failure {
+        error,
+        result: None,
+        retryable: false,
+    };
+    let outcome = match end {
+        RunEnd::Returned(_) if stop == Some(StopReason::TimedOut) => failure(timed_out()),
+        RunEnd::Returned(Ok(result)) => Outcome::Success(result),
+        RunEnd::Returned(Err(record)) => Outcome::Failure {
             error: record.message,
             result: record.result,
+            retryable: record.retryable,
         },
+        RunEnd::Died(how) => failure(how),
+        RunEnd::Killed(StopReason::TimedOut) => failure(format!(
+            "{}; the handler ignored the stop request for {} and was killed",
+            timed_out(),
+            humantime::format_duration(KILL_AFTER)
+        )),
+        RunEnd::Killed(_) => failure(format!(
+            "cancelled; the handler ignored the stop request for {} and was killed",
+            humantime::format_duration(KILL_AFTER)
+        )),
     };
     match shared.store.finish(&lease, outcome) {
         Ok(done) => {
             let took = format!("{} ms", done.duration_ms.unwrap_or_default());
-            match done.error {
-                None => say(shared, &format!("task {} completed in {took}", done.id)),
-                Some(error) => say(
-                    shared,
-                    &format!("task {} failed in {took}: {error}", done.id),
+            let line = match (done.status, done.error) {
+                (TaskStatus::Completed, _) => format!("task {} completed in {took}", done.id),
+                (TaskStatus::Pending, error) => format!(
+                    "task {} failed in {took}, will retry: {}",
+                    done.id,
+                    error.unwrap_or_default()
                 ),
-            }
+                (status, error) => format!(
+                    "task {} {status} in {took}: {}",
+                    done.id,
+                    error.unwrap_or_default()
+                ),
+            };
+            say(shared, &line);
         }
         Err(err) => say(
             shared,
             &format!("task {}: outcome not recorded: {err}", lease.task_id),
         ),
     }
+    survived
 }
 
 /// The handler's view of the worker, through the loader's [`TaskHooks`].
@@ -394,7 +451,8 @@ impl TaskHooks for Hooks<'_> {
 fn heartbeat_loop(shared: &Shared) {
     let tick = Duration::from_millis(100);
     let record_every = Duration::from_secs(1);
-    let renew_every = shared.store.lease_duration() / 3;
+    // Renewing also brings news of `host cancel`, so it happens at least every second.
+    let renew_every = (shared.store.lease_duration() / 3).min(Duration::from_secs(1));
     let mut last_record = Instant::now();
     while !shared.exiting.load(Ordering::SeqCst) {
         thread::sleep(tick);
@@ -416,7 +474,18 @@ fn heartbeat_loop(shared: &Shared) {
             if renewed.elapsed() >= renew_every {
                 *renewed = Instant::now();
                 match shared.store.renew(&task.lease) {
-                    Ok(()) => {}
+                    Ok(renewal) => {
+                        if renewal.cancel_requested && task.stop_reason().is_none() {
+                            task.request_stop(StopReason::Cancelled);
+                            say(
+                                shared,
+                                &format!(
+                                    "task {} was cancelled; asking its handler to stop",
+                                    task.lease.task_id
+                                ),
+                            );
+                        }
+                    }
                     Err(err @ StoreError::LeaseLost { .. }) => {
                         task.request_stop(StopReason::Cancelled);
                         say(shared, &format!("{err}; asking its handler to stop"));

@@ -7,6 +7,7 @@
 //!   next-id                    the id the next added task gets
 //!   tasks/<id>.json            one file per task: the source of truth
 //!   pending/<type>/<priority>-<id>   empty markers: the claim index, sorted by name
+//!   delayed/<type>/<time>-<id> empty markers: failed tasks waiting out their retry backoff
 //!   running/<id>               empty markers: the tasks whose leases are checked
 //!   intents/<id>.json          an add in progress (redo record), replayed if its writer died
 //!   workers/<name>.json        what each worker is doing
@@ -17,7 +18,8 @@
 //! Crash safety comes from ordering: every file is replaced atomically (temporary file, fsync,
 //! rename, fsync of the folder), and each operation writes its markers in an order where any
 //! prefix of it leaves either a stale marker (removed when next seen, after checking the task
-//! file) or a running task whose lease will expire. An add first writes an intent holding all
+//! file) or a running task whose lease will expire: a marker is created before the task file
+//! says the task is where the marker points, and removed after it says otherwise. An add first writes an intent holding all
 //! its tasks, so a killed `host add` adds all of them or none.
 //!
 //! Claiming reads only the marker names of the claimer's types and the few task files it
@@ -35,18 +37,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic::{create_marker, io_err, list_names, remove_file, write_file};
 use crate::{
-    Claim, Lease, NewTask, Outcome, QueueStore, StoreError, Task, TaskStatus, WorkerRecord,
-    validate_name,
+    Attempt, AttemptStatus, Claim, Lease, NewTask, Outcome, QueueStore, Renewal, StoreError, Task,
+    TaskStatus, WorkerRecord, validate_name,
 };
 
 const FORMAT_FILE: &str = "queue.json";
 const FORMAT_VERSION: u64 = 1;
-const SUBDIRS: [&str; 7] = [
-    "tasks", "pending", "running", "intents", "workers", "logs", "tmp",
+const SUBDIRS: [&str; 8] = [
+    "tasks", "pending", "delayed", "running", "intents", "workers", "logs", "tmp",
 ];
 
 /// How long a lease lasts unless renewed, when the store is not told otherwise.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// The delay before the first retry of a failed task, when the store is not told otherwise;
+/// each further retry waits twice as long (with jitter), up to [`MAX_BACKOFF`].
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The longest a failed task waits before its next attempt.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -66,6 +75,7 @@ struct AddIntent {
 pub struct FileStore {
     root: PathBuf,
     lease: Duration,
+    backoff: Duration,
     durable: bool,
     last_expiry_scan: Mutex<Option<Instant>>,
     warned: Mutex<HashSet<PathBuf>>,
@@ -131,6 +141,7 @@ impl FileStore {
         FileStore {
             root: root.to_path_buf(),
             lease: DEFAULT_LEASE,
+            backoff: DEFAULT_BACKOFF,
             durable: true,
             last_expiry_scan: Mutex::new(None),
             warned: Mutex::new(HashSet::new()),
@@ -141,6 +152,12 @@ impl FileStore {
     /// Sets how long a lease lasts unless renewed.
     pub fn with_lease(mut self, lease: Duration) -> FileStore {
         self.lease = lease;
+        self
+    }
+
+    /// Sets the delay before the first retry of a failed task (doubled for each further one).
+    pub fn with_backoff(mut self, backoff: Duration) -> FileStore {
+        self.backoff = backoff;
         self
     }
 
@@ -164,6 +181,29 @@ impl FileStore {
     fn pending_marker(&self, task: &Task) -> PathBuf {
         self.pending_dir(&task.task_type)
             .join(marker_name(task.priority, &task.id))
+    }
+
+    fn delayed_dir(&self, task_type: &str) -> PathBuf {
+        self.root.join("delayed").join(task_type)
+    }
+
+    /// The marker of a task waiting for its `retry_at`; its name sorts by that time.
+    fn delayed_marker(&self, task: &Task) -> PathBuf {
+        let due = task.retry_at.map_or(0, |t| t.as_millisecond().max(0));
+        self.delayed_dir(&task.task_type)
+            .join(format!("{due:020}-{:0>20}", task.id))
+    }
+
+    /// Puts a task in the claim index: pending now, or delayed until its `retry_at`.
+    fn index_pending(&self, task: &Task) -> Result<(), StoreError> {
+        let marker = if task.retry_at.is_some() {
+            self.delayed_marker(task)
+        } else {
+            self.pending_marker(task)
+        };
+        let dir = marker.parent().expect("markers live in a folder");
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        create_marker(&marker)
     }
 
     fn running_marker(&self, id: &str) -> PathBuf {
@@ -220,10 +260,8 @@ impl FileStore {
 
     fn apply_intent(&self, intent: &AddIntent) -> Result<(), StoreError> {
         for task in &intent.tasks {
-            fs::create_dir_all(self.pending_dir(&task.task_type))
-                .map_err(io_err(&self.pending_dir(&task.task_type)))?;
+            self.index_pending(task)?;
             self.write_task(task)?;
-            create_marker(&self.pending_marker(task))?;
         }
         let next = self.root.join("next-id");
         write_file(
@@ -314,10 +352,10 @@ impl FileStore {
         now.saturating_add(lease).unwrap_or(now)
     }
 
-    /// Returns tasks whose lease ran out to pending (or fails them when no attempt is left).
-    /// Runs at most a few times per lease period per process, since it reads every running task.
+    /// Runs [`Self::scan_expired_leases`] at most a few times per lease period per process,
+    /// since it reads every running task.
     fn expire_leases_if_due(&self) -> Result<(), StoreError> {
-        let interval = (self.lease / 10).max(Duration::from_millis(100));
+        let interval = (self.lease / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
         {
             let mut last = self.last_expiry_scan.lock().expect("expiry lock");
             if last.is_some_and(|at| at.elapsed() < interval) {
@@ -325,7 +363,14 @@ impl FileStore {
             }
             *last = Some(Instant::now());
         }
+        self.scan_expired_leases().map(drop)
+    }
+
+    /// Returns the tasks whose lease ran out to pending, or fails them when no attempt is left.
+    /// Returns how many it found. The caller holds the lock.
+    fn scan_expired_leases(&self) -> Result<usize, StoreError> {
         let now = Timestamp::now();
+        let mut expired = 0;
         for id in list_names(&self.root.join("running"))? {
             let marker = self.running_marker(&id);
             let mut task = match self.read_task(&id) {
@@ -348,29 +393,113 @@ impl FileStore {
                 continue;
             }
             let holder = task.worker.clone().unwrap_or_else(|| "?".into());
-            task.lease_expires_at = None;
-            if task.attempts < task.max_attempts {
+            let error = format!(
+                "attempt {}: lease expired (worker {holder} stopped renewing it)",
+                task.attempts
+            );
+            end_attempt(&mut task, AttemptStatus::Expired, Some(error.clone()), now);
+            if task.attempts < task.max_attempts && !task.cancel_requested {
                 task.status = TaskStatus::Pending;
-                task.error = Some(format!(
-                    "attempt {}: lease expired (worker {holder} stopped renewing it)",
-                    task.attempts
-                ));
-                create_marker(&self.pending_marker(&task))?;
+                task.error = Some(error);
+                self.index_pending(&task)?;
                 self.write_task(&task)?;
             } else {
-                task.status = TaskStatus::Failed;
-                task.success = Some(false);
-                task.finished_at = Some(now);
+                let status = if task.cancel_requested {
+                    TaskStatus::Cancelled
+                } else {
+                    TaskStatus::Failed
+                };
+                finish_task(&mut task, status, now);
                 task.error = Some(format!(
-                    "lease expired on attempt {} of {} (worker {holder} stopped renewing it)",
+                    "{error}; no attempt left ({} of {})",
                     task.attempts, task.max_attempts
                 ));
                 self.write_task(&task)?;
             }
+            expired += 1;
             remove_file(&marker)?;
+        }
+        Ok(expired)
+    }
+
+    /// Moves the delayed tasks of `types` whose backoff is over into the claim index.
+    /// The caller holds the lock.
+    fn promote_due_retries(&self, types: &[String]) -> Result<(), StoreError> {
+        let now_ms = Timestamp::now().as_millisecond();
+        for task_type in types {
+            let dir = self.delayed_dir(task_type);
+            let mut names = list_names(&dir)?;
+            names.sort();
+            for name in names {
+                let Some((due, id)) = name.split_once('-') else {
+                    continue;
+                };
+                if due.parse::<i64>().is_ok_and(|due| due > now_ms) {
+                    break; // sorted by due time: the rest are later
+                }
+                let marker = dir.join(&name);
+                let id = id.trim_start_matches('0');
+                match self.read_task(id) {
+                    Ok(Some(mut task)) if task.status == TaskStatus::Pending => {
+                        task.retry_at = None;
+                        self.index_pending(&task)?;
+                        self.write_task(&task)?;
+                    }
+                    Ok(_) => {}
+                    Err(err @ StoreError::Corrupt { .. }) => {
+                        self.warn_once(&err);
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                }
+                remove_file(&marker)?;
+            }
         }
         Ok(())
     }
+
+    /// Expires every lease that has run out, now, and says how many did. Workers do this on
+    /// their own as they claim; this is for tools and tests that want it at a given moment.
+    pub fn expire_leases(&self) -> Result<usize, StoreError> {
+        let _lock = self.lock()?;
+        self.scan_expired_leases()
+    }
+
+    /// The delay before the retry that follows failed attempt `attempt` (1-based): the base
+    /// backoff doubled per earlier attempt, capped, then scaled by a random 50-100 % so that
+    /// tasks failing together do not retry together.
+    fn backoff_for(&self, attempt: u32) -> Duration {
+        let doubled = self
+            .backoff
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        doubled
+            .min(MAX_BACKOFF)
+            .mul_f64(0.5 + fastrand::f64() / 2.0)
+    }
+}
+
+/// Ends the task's current attempt in its history.
+fn end_attempt(task: &mut Task, status: AttemptStatus, error: Option<String>, now: Timestamp) {
+    if let Some(entry) = task
+        .history
+        .iter_mut()
+        .rev()
+        .find(|a| a.attempt == task.attempts && a.status == AttemptStatus::Running)
+    {
+        entry.status = status;
+        entry.finished_at = Some(now);
+        entry.error = error;
+    }
+}
+
+/// Moves a task to a finished state at `now`.
+fn finish_task(task: &mut Task, status: TaskStatus, now: Timestamp) {
+    task.status = status;
+    task.success = Some(status == TaskStatus::Completed);
+    task.finished_at = Some(now);
+    task.duration_ms = task.elapsed_ms(now);
+    task.lease_expires_at = None;
+    task.retry_at = None;
 }
 
 impl QueueStore for FileStore {
@@ -418,6 +547,7 @@ impl QueueStore for FileStore {
     fn claim(&self, worker: &str, types: &[String]) -> Result<Option<Claim>, StoreError> {
         let _lock = self.lock()?;
         self.expire_leases_if_due()?;
+        self.promote_due_retries(types)?;
         let mut candidates = Vec::new();
         for task_type in types {
             for name in list_names(&self.pending_dir(task_type))? {
@@ -456,6 +586,14 @@ impl QueueStore for FileStore {
             task.success = None;
             task.result = None;
             task.lease_expires_at = Some(self.lease_until(now));
+            task.history.push(Attempt {
+                attempt: task.attempts,
+                worker: worker.to_string(),
+                started_at: now,
+                finished_at: None,
+                status: AttemptStatus::Running,
+                error: None,
+            });
             // Running marker first: if we die after it, the expiry scan finds a pending task
             // behind it and drops it; if we die after the task write, the lease expires.
             create_marker(&self.running_marker(&task.id))?;
@@ -471,32 +609,54 @@ impl QueueStore for FileStore {
         Ok(None)
     }
 
-    fn renew(&self, lease: &Lease) -> Result<(), StoreError> {
+    fn renew(&self, lease: &Lease) -> Result<Renewal, StoreError> {
         let _lock = self.lock()?;
         let mut task = self.leased_task(lease)?;
         task.lease_expires_at = Some(self.lease_until(Timestamp::now()));
-        self.write_task(&task)
+        self.write_task(&task)?;
+        Ok(Renewal {
+            cancel_requested: task.cancel_requested,
+        })
     }
 
     fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError> {
         let _lock = self.lock()?;
         let mut task = self.leased_task(lease)?;
         let now = Timestamp::now();
-        task.finished_at = Some(now);
-        task.duration_ms = task.elapsed_ms(now);
-        task.lease_expires_at = None;
         match outcome {
             Outcome::Success(result) => {
-                task.status = TaskStatus::Completed;
-                task.success = Some(true);
+                end_attempt(&mut task, AttemptStatus::Completed, None, now);
+                finish_task(&mut task, TaskStatus::Completed, now);
                 task.result = Some(result);
                 task.error = None;
             }
-            Outcome::Failure { error, result } => {
-                task.status = TaskStatus::Failed;
-                task.success = Some(false);
+            Outcome::Failure {
+                error,
+                result,
+                retryable,
+            } => {
+                let error = format!("attempt {}: {error}", task.attempts);
                 task.result = result;
-                task.error = Some(error);
+                task.error = Some(error.clone());
+                if task.cancel_requested {
+                    end_attempt(&mut task, AttemptStatus::Cancelled, Some(error), now);
+                    finish_task(&mut task, TaskStatus::Cancelled, now);
+                } else if retryable && task.attempts < task.max_attempts {
+                    end_attempt(&mut task, AttemptStatus::Failed, Some(error), now);
+                    let delay = SignedDuration::try_from(self.backoff_for(task.attempts))
+                        .unwrap_or(SignedDuration::MAX);
+                    task.status = TaskStatus::Pending;
+                    task.duration_ms = task.elapsed_ms(now);
+                    task.lease_expires_at = None;
+                    task.retry_at = Some(now.saturating_add(delay).unwrap_or(now));
+                    self.index_pending(&task)?;
+                    self.write_task(&task)?;
+                    remove_file(&self.running_marker(&task.id))?;
+                    return Ok(task);
+                } else {
+                    end_attempt(&mut task, AttemptStatus::Failed, Some(error), now);
+                    finish_task(&mut task, TaskStatus::Failed, now);
+                }
             }
         }
         self.write_task(&task)?;
@@ -507,14 +667,67 @@ impl QueueStore for FileStore {
     fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         let _lock = self.lock()?;
         let mut task = self.leased_task(lease)?;
+        end_attempt(&mut task, AttemptStatus::Released, None, Timestamp::now());
         task.status = TaskStatus::Pending;
         task.attempts = task.attempts.saturating_sub(1);
         task.worker = None;
         task.started_at = None;
         task.lease_expires_at = None;
-        create_marker(&self.pending_marker(&task))?;
+        self.index_pending(&task)?;
         self.write_task(&task)?;
         remove_file(&self.running_marker(&task.id))
+    }
+
+    fn cancel(&self, id: &str) -> Result<Task, StoreError> {
+        let _lock = self.lock()?;
+        let mut task = self.get(id)?;
+        match task.status {
+            TaskStatus::Pending => {
+                let markers = [self.pending_marker(&task), self.delayed_marker(&task)];
+                finish_task(&mut task, TaskStatus::Cancelled, Timestamp::now());
+                task.success = None;
+                task.error = Some("cancelled before it started".into());
+                self.write_task(&task)?;
+                for marker in markers {
+                    remove_file(&marker)?;
+                }
+            }
+            TaskStatus::Running => {
+                task.cancel_requested = true;
+                self.write_task(&task)?;
+            }
+            status => {
+                return Err(StoreError::WrongState {
+                    id: task.id,
+                    status,
+                    hint: "only a pending or running task can be cancelled",
+                });
+            }
+        }
+        Ok(task)
+    }
+
+    fn retry(&self, id: &str) -> Result<Task, StoreError> {
+        let _lock = self.lock()?;
+        let mut task = self.get(id)?;
+        if !matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled) {
+            return Err(StoreError::WrongState {
+                id: task.id,
+                status: task.status,
+                hint: "only a failed or cancelled task can be retried",
+            });
+        }
+        task.status = TaskStatus::Pending;
+        task.max_attempts = task.max_attempts.max(task.attempts + 1);
+        task.cancel_requested = false;
+        task.retry_at = None;
+        task.finished_at = None;
+        task.duration_ms = None;
+        task.success = None;
+        task.result = None;
+        self.index_pending(&task)?;
+        self.write_task(&task)?;
+        Ok(task)
     }
 
     fn get(&self, id: &str) -> Result<Task, StoreError> {
@@ -563,7 +776,9 @@ impl QueueStore for FileStore {
             return Ok(true);
         }
         for task_type in types {
-            if !list_names(&self.pending_dir(task_type))?.is_empty() {
+            if !list_names(&self.pending_dir(task_type))?.is_empty()
+                || !list_names(&self.delayed_dir(task_type))?.is_empty()
+            {
                 return Ok(true);
             }
         }

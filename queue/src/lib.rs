@@ -18,7 +18,9 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use task_model::{DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Task, TaskStatus};
+pub use task_model::{
+    Attempt, AttemptStatus, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Task, TaskStatus,
+};
 
 mod atomic;
 mod file_store;
@@ -54,6 +56,16 @@ pub enum StoreError {
     /// A task to be added is not acceptable; nothing was added.
     #[error("{0}")]
     InvalidTask(String),
+    /// The task is not in a state the operation applies to.
+    #[error("task {id} is {status}: {hint}")]
+    WrongState {
+        /// The task.
+        id: String,
+        /// Where it is.
+        status: TaskStatus,
+        /// What can be done instead.
+        hint: &'static str,
+    },
     /// The lease is no longer the task's current one (it expired and the task moved on).
     #[error("task {id}: lease of attempt {attempt} was lost (the task was reclaimed or finished)")]
     LeaseLost {
@@ -107,6 +119,9 @@ impl NewTask {
             result: None,
             error: None,
             lease_expires_at: None,
+            retry_at: None,
+            cancel_requested: false,
+            history: Vec::new(),
         }
     }
 }
@@ -143,7 +158,17 @@ pub enum Outcome {
         error: String,
         /// Detail the handler returned with the failure.
         result: Option<Value>,
+        /// Whether another attempt may succeed: a retryable failure returns the task to pending
+        /// after a backoff while attempts are left; any other failure is final.
+        retryable: bool,
     },
+}
+
+/// What a worker learns when it renews a lease.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Renewal {
+    /// `host cancel` asked for the task to stop; the handler should be told.
+    pub cancel_requested: bool,
 }
 
 /// Whether a worker is doing something.
@@ -219,10 +244,20 @@ pub trait QueueStore: Send + Sync {
     fn claim(&self, worker: &str, types: &[String]) -> Result<Option<Claim>, StoreError>;
 
     /// Extends the lease; fails with [`StoreError::LeaseLost`] if it is no longer current.
-    fn renew(&self, lease: &Lease) -> Result<(), StoreError>;
+    fn renew(&self, lease: &Lease) -> Result<Renewal, StoreError>;
 
-    /// Records how the attempt ended. A failure leaves the task `failed`.
+    /// Records how the attempt ended. A retryable failure with attempts left returns the task
+    /// to pending after a backoff; other failures leave it `failed` (`cancelled` if a cancel
+    /// was requested).
     fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError>;
+
+    /// Cancels a task: a pending one never starts; a running one is flagged so that its worker
+    /// tells the handler, and ends `cancelled` unless the handler completes anyway.
+    fn cancel(&self, id: &str) -> Result<Task, StoreError>;
+
+    /// Puts a failed or cancelled task back to pending, allowing it at least one more attempt.
+    /// Its history is kept.
+    fn retry(&self, id: &str) -> Result<Task, StoreError>;
 
     /// Returns the task to pending without counting the attempt (the worker is shutting down).
     fn release(&self, lease: &Lease) -> Result<(), StoreError>;

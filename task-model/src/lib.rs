@@ -66,6 +66,44 @@ impl fmt::Display for TaskStatus {
     }
 }
 
+/// How one attempt of a task ended, or that it is still running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptStatus {
+    /// Its worker still holds the lease.
+    Running,
+    /// The handler succeeded.
+    Completed,
+    /// The handler failed, crashed or ran out of time.
+    Failed,
+    /// The worker stopped renewing its lease (it was killed, or its machine slept).
+    Expired,
+    /// The worker shut down and gave the task back; the attempt was not counted.
+    Released,
+    /// The task was cancelled while this attempt ran.
+    Cancelled,
+}
+
+/// One claim of a task, as kept in its history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    /// The attempt number (the task's `attempts` when it was claimed).
+    pub attempt: u32,
+    /// The worker that claimed it.
+    pub worker: String,
+    /// When it was claimed.
+    pub started_at: Timestamp,
+    /// When it ended; absent while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// How it ended.
+    pub status: AttemptStatus,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The priority a task gets when none is given. Lower numbers are claimed first.
 pub const DEFAULT_PRIORITY: u32 = 5;
 
@@ -131,6 +169,15 @@ pub struct Task {
     /// Until when the running attempt's worker holds the task; renewed by its heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_expires_at: Option<Timestamp>,
+    /// A pending task that failed and waits out its backoff is not claimed before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Timestamp>,
+    /// Set by `host cancel` on a running task; its handler sees it through its context.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
+    /// Every claim of the task, oldest first, with how each ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Attempt>,
 }
 
 impl Task {
@@ -173,6 +220,9 @@ mod tests {
             result: None,
             error: None,
             lease_expires_at: None,
+            retry_at: None,
+            cancel_requested: false,
+            history: vec![],
         };
         let json = serde_json::to_value(&task).unwrap();
         assert_eq!(json["type"], "inspect");

@@ -1,6 +1,7 @@
 //! One file per command; each takes the resolved [`Settings`] and does its whole job.
 
 pub mod add;
+pub mod cancel;
 pub mod init;
 pub mod plugins;
 pub mod results;
@@ -26,6 +27,9 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Results { json, failed } => results::run(settings, json, failed),
         Command::Show { id, json } => show::run(settings, &id, json),
         Command::Plugins { json } => plugins::run(settings, json),
+        Command::Cancel { id } => cancel::cancel(settings, &id),
+        Command::Retry { id } => cancel::retry(settings, &id),
+        Command::HandlerProcess { role, library } => crate::handler_process::serve(&role, &library),
     }
 }
 

@@ -12,7 +12,10 @@ use crate::worker::{ClaimLoop, WorkerExit, WorkerOptions, hostname};
 
 /// Finds the role on the plugin path and runs its claim loop.
 pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::Result<()> {
-    let store = open_store(settings)?;
+    let store = Arc::into_inner(open_store(settings)?)
+        .expect("a fresh store is not shared")
+        .with_lease(args.lease)
+        .with_backoff(args.backoff);
     let registry = PluginRegistry::discover(&settings.plugin_path);
     let Some(role) = registry.role(role_name) else {
         let searched: Vec<String> = registry
@@ -41,8 +44,9 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
         drain: args.drain,
         poll: args.poll,
         grace: args.grace,
+        default_timeout: args.timeout,
     };
-    let store: Arc<dyn QueueStore> = store;
+    let store: Arc<dyn QueueStore> = Arc::new(store);
     match ClaimLoop::new(store, role, options)?.run()? {
         WorkerExit::Drained | WorkerExit::Stopped => Ok(()),
     }

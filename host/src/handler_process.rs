@@ -1,0 +1,341 @@
+//! Crash isolation: each worker slot runs its role's handler in a child `host` process, so a
+//! handler that hangs, aborts or segfaults costs its task, not the worker.
+//!
+//! An in-process plugin cannot be stopped from outside, and a crash inside it takes the whole
+//! process down. The child ([`serve`], started as the hidden `host handler-process` command)
+//! loads the one library the worker chose and runs one task at a time for the parent
+//! ([`HandlerProcess`]), which keeps the lease, the store and the clock. The child stays up
+//! between tasks, so the common path costs one pipe round trip, not a process start.
+//!
+//! The protocol is JSON lines: the parent writes [`ToChild`] on the child's stdin; the child
+//! answers with [`FromChild`] on its stdout. The child moves its own stdout to stderr first, so
+//! a handler that prints cannot corrupt the protocol; what it prints lands in the worker's log.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use plugin_api::__private::{ErrorRecord, decode_stop_reason, encode_stop_reason};
+use plugin_api::{StopReason, Task};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::loader::{PluginRole, TaskHooks, load_role};
+
+/// How long a handler that was asked to stop may keep running before its process is killed.
+pub const KILL_AFTER: Duration = Duration::from_secs(3);
+
+/// How long a new handler process may take to load its plugin.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the parent tells the child.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+enum ToChild {
+    /// Run the handler on this task.
+    Run { task: Box<Task> },
+    /// Tell the running handler to stop (`StopReason` as plugin-api encodes it).
+    Stop { reason: u8 },
+}
+
+/// What the child tells the parent.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+enum FromChild {
+    /// The plugin is loaded; tasks may come.
+    Ready,
+    /// The plugin could not be loaded; the child exits.
+    Fatal {
+        message: String,
+    },
+    Progress {
+        percent: u8,
+        message: String,
+    },
+    Log {
+        line: String,
+    },
+    Succeeded {
+        result: Value,
+    },
+    Failed {
+        message: String,
+        result: Option<Value>,
+        retryable: bool,
+    },
+}
+
+/// How a handler run ended, seen from the parent.
+#[derive(Debug)]
+pub enum RunEnd {
+    /// The handler returned.
+    Returned(Result<Value, ErrorRecord>),
+    /// The handler process died; the text says how (signal or exit status).
+    Died(String),
+    /// The handler ignored a stop request for [`KILL_AFTER`] and its process was killed.
+    Killed(StopReason),
+}
+
+/// The parent's handle on one child handler process.
+pub struct HandlerProcess {
+    child: Child,
+    stdin: ChildStdin,
+    messages: Receiver<Option<FromChild>>,
+}
+
+impl HandlerProcess {
+    /// Starts a child that loads `role` from its library, and waits until it is ready.
+    pub fn start(role: &PluginRole) -> anyhow::Result<HandlerProcess> {
+        let exe = std::env::current_exe().context("cannot find the host executable")?;
+        let mut child = Command::new(&exe)
+            .arg("handler-process")
+            .arg("--role")
+            .arg(role.name())
+            .arg("--library")
+            .arg(role.library())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Its own process group: a Ctrl+C in the terminal reaches the worker, which decides
+            // what happens to the running task, not the handler directly.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (sender, messages) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // A line that is not the protocol is a bug of the child, not of the task.
+                if let Ok(message) = serde_json::from_str(&line)
+                    && sender.send(Some(message)).is_err()
+                {
+                    return;
+                }
+            }
+            let _ = sender.send(None);
+        });
+        let mut process = HandlerProcess {
+            child,
+            stdin,
+            messages,
+        };
+        match process.messages.recv_timeout(START_TIMEOUT) {
+            Ok(Some(FromChild::Ready)) => Ok(process),
+            Ok(Some(FromChild::Fatal { message })) => bail!("{message}"),
+            Ok(_) | Err(_) => {
+                let how = process.kill();
+                bail!(
+                    "the handler process for role {} did not start ({how})",
+                    role.name()
+                )
+            }
+        }
+    }
+
+    /// Runs one task in the child, relaying progress and log lines to `hooks` and stop
+    /// requests from `hooks` to the handler, until it returns, dies or is killed.
+    pub fn run(&mut self, task: &Task, hooks: &dyn TaskHooks) -> RunEnd {
+        let run = ToChild::Run {
+            task: Box::new(task.clone()),
+        };
+        if self.send(&run).is_err() {
+            return RunEnd::Died(self.wait_for_exit());
+        }
+        let mut stop_sent: Option<(StopReason, Instant)> = None;
+        loop {
+            match self.messages.recv_timeout(Duration::from_millis(50)) {
+                Ok(Some(FromChild::Progress { percent, message })) => {
+                    hooks.progress(percent, &message)
+                }
+                Ok(Some(FromChild::Log { line })) => hooks.log(&line),
+                Ok(Some(FromChild::Succeeded { result })) => return RunEnd::Returned(Ok(result)),
+                Ok(Some(FromChild::Failed {
+                    message,
+                    result,
+                    retryable,
+                })) => {
+                    return RunEnd::Returned(Err(ErrorRecord {
+                        message,
+                        result,
+                        retryable,
+                    }));
+                }
+                Ok(Some(FromChild::Ready | FromChild::Fatal { .. })) => {}
+                Ok(None) | Err(RecvTimeoutError::Disconnected) => {
+                    return RunEnd::Died(self.wait_for_exit());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            match (stop_sent, hooks.stop_reason()) {
+                (None, Some(reason)) => {
+                    let stop = ToChild::Stop {
+                        reason: encode_stop_reason(Some(reason)),
+                    };
+                    // A child that cannot be told will be killed at the deadline anyway.
+                    let _ = self.send(&stop);
+                    stop_sent = Some((reason, Instant::now()));
+                }
+                (Some((reason, since)), _) if since.elapsed() >= KILL_AFTER => {
+                    self.kill();
+                    return RunEnd::Killed(reason);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn send(&mut self, message: &ToChild) -> std::io::Result<()> {
+        let mut line = serde_json::to_string(message).expect("protocol message serializes");
+        line.push('\n');
+        self.stdin.write_all(line.as_bytes())?;
+        self.stdin.flush()
+    }
+
+    /// Kills the child and says how it ended.
+    fn kill(&mut self) -> String {
+        let _ = self.child.kill();
+        self.wait_for_exit()
+    }
+
+    fn wait_for_exit(&mut self) -> String {
+        match self.child.wait() {
+            Ok(status) => describe_exit(status),
+            Err(err) => format!("the handler process could not be waited for: {err}"),
+        }
+    }
+}
+
+impl Drop for HandlerProcess {
+    fn drop(&mut self) {
+        // The child holds nothing that needs a clean exit: its task outcome is the parent's.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Says in words how a handler process ended.
+fn describe_exit(status: ExitStatus) -> String {
+    if let Some(signal) = status.signal() {
+        let name = nix::sys::signal::Signal::try_from(signal)
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|_| format!("signal {signal}"));
+        let what = match name.as_str() {
+            "SIGABRT" => "aborted",
+            "SIGSEGV" => "crashed with a segmentation fault",
+            "SIGBUS" => "crashed with a bus error",
+            "SIGILL" => "crashed on an illegal instruction",
+            "SIGFPE" => "crashed on an arithmetic fault",
+            "SIGKILL" => "was killed",
+            _ => "was ended by a signal",
+        };
+        format!("the handler process {what} ({name})")
+    } else {
+        match status.code() {
+            Some(code) => format!("the handler process exited with status {code}"),
+            None => format!("the handler process ended: {status}"),
+        }
+    }
+}
+
+/// The child side (`host handler-process`): loads the role from `library` and runs the tasks
+/// its parent sends, one at a time, until its stdin closes.
+pub fn serve(role_name: &str, library: &Path) -> anyhow::Result<()> {
+    // Keep the real stdout for the protocol and point fd 1 at stderr, so that whatever a
+    // handler prints goes to the worker's log instead of into the protocol.
+    let protocol = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate stdout")?;
+    nix::unistd::dup2_stdout(std::io::stderr()).context("cannot redirect stdout")?;
+    let out = Arc::new(Mutex::new(std::fs::File::from(protocol)));
+
+    let role = match load_role(library, role_name) {
+        Ok(role) => role,
+        Err(message) => {
+            reply(&out, &FromChild::Fatal { message });
+            return Ok(());
+        }
+    };
+    reply(&out, &FromChild::Ready);
+
+    let stop = Arc::new(AtomicU8::new(0));
+    let (tasks, inbox) = mpsc::channel();
+    {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str(&line) {
+                    Ok(ToChild::Run { task }) => {
+                        stop.store(0, Ordering::SeqCst);
+                        if tasks.send(task).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(ToChild::Stop { reason }) => stop.store(reason, Ordering::SeqCst),
+                    Err(_) => {}
+                }
+            }
+            // The parent is gone: nobody will record what a running handler does.
+            std::process::exit(0);
+        });
+    }
+    let hooks = ChildHooks {
+        out: Arc::clone(&out),
+        stop,
+    };
+    for task in inbox {
+        let reply_message = match role.handle(&task, &hooks) {
+            Ok(result) => FromChild::Succeeded { result },
+            Err(record) => FromChild::Failed {
+                message: record.message,
+                result: record.result,
+                retryable: record.retryable,
+            },
+        };
+        reply(&out, &reply_message);
+    }
+    Ok(())
+}
+
+fn reply(out: &Mutex<std::fs::File>, message: &FromChild) {
+    let mut line = serde_json::to_string(message).expect("protocol message serializes");
+    line.push('\n');
+    // If the parent is gone there is nobody to tell; the stdin thread ends the process.
+    let _ = out
+        .lock()
+        .expect("protocol lock")
+        .write_all(line.as_bytes());
+}
+
+/// The child's hooks: progress and log lines travel to the parent; stop requests come from it.
+struct ChildHooks {
+    out: Arc<Mutex<std::fs::File>>,
+    stop: Arc<AtomicU8>,
+}
+
+impl TaskHooks for ChildHooks {
+    fn progress(&self, percent: u8, message: &str) {
+        let message = message.to_string();
+        reply(&self.out, &FromChild::Progress { percent, message });
+    }
+
+    fn log(&self, line: &str) {
+        let line = line.to_string();
+        reply(&self.out, &FromChild::Log { line });
+    }
+
+    fn stop_reason(&self) -> Option<StopReason> {
+        decode_stop_reason(self.stop.load(Ordering::SeqCst))
+    }
+}
