@@ -5,4 +5,5 @@ mod bad_input;
 mod claiming;
 mod crashes;
 mod plugins;
+mod reliability;
 mod roles;

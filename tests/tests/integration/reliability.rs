@@ -1,0 +1,304 @@
+//! At-least-once execution: killed workers, crashing and hanging handlers, retries, cancellation.
+
+use std::fs;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use integration_tests::{TestQueue, signal};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+/// Every JSON file in the coordination folder parses.
+fn every_json_file_parses(dir: &Path) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            every_json_file_parses(&path);
+        } else if path.extension().is_some_and(|e| e == "json") {
+            let bytes = fs::read(&path).unwrap();
+            serde_json::from_slice::<Value>(&bytes)
+                .unwrap_or_else(|err| panic!("{} does not parse: {err}", path.display()));
+        }
+    }
+}
+
+fn history(task: &Value) -> &Vec<Value> {
+    task["history"].as_array().expect("the task has a history")
+}
+
+#[test]
+fn chaos_sigkilled_workers_lose_no_task_and_every_run_is_on_record() {
+    let q = TestQueue::new();
+    let file = q.scratch.join("tasks.jsonl");
+    let lines: Vec<String> = (0..300)
+        .map(|i| format!(r#"{{"type":"sleep","payload":{{"ms":60,"n":{i}}},"maxAttempts":10}}"#))
+        .collect();
+    fs::write(&file, lines.join("\n")).unwrap();
+    q.ok(&["add", "--file", file.to_str().unwrap()]);
+
+    let mut spawned = 0;
+    let mut spawn = |q: &TestQueue| -> Child {
+        spawned += 1;
+        let name = format!("chaos{spawned}");
+        q.spawn_worker(
+            "sleeper",
+            &[
+                "--drain", "--name", &name, "--lease", "1s", "--poll", "20ms",
+            ],
+        )
+    };
+    let mut workers: Vec<Child> = (0..4).map(|_| spawn(&q)).collect();
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(200));
+        let victim = fastrand::usize(..workers.len());
+        let mut killed = workers.swap_remove(victim);
+        signal(&killed, Signal::SIGKILL);
+        killed.wait().unwrap();
+        workers.push(spawn(&q));
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    for mut worker in workers {
+        while worker.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the workers did not drain the queue"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    let tasks = q.results();
+    assert_eq!(tasks.len(), 300, "every task finished");
+    let mut reclaimed = 0;
+    for task in &tasks {
+        assert_eq!(task["status"], "completed", "{task:#}");
+        let runs = history(task);
+        assert_eq!(
+            runs.len() as u64,
+            task["attempts"].as_u64().unwrap(),
+            "one history entry per attempt: {task:#}"
+        );
+        let (last, earlier) = runs.split_last().unwrap();
+        assert_eq!(last["status"], "completed", "{task:#}");
+        for run in earlier {
+            assert_eq!(run["status"], "expired", "{task:#}");
+            assert!(run["finishedAt"].is_string(), "{task:#}");
+            reclaimed += 1;
+        }
+    }
+    assert!(reclaimed > 0, "some kill landed on a running task");
+    every_json_file_parses(&q.queue);
+}
+
+#[test]
+fn a_task_whose_worker_is_killed_returns_within_lease_and_another_worker_completes_it() {
+    let q = TestQueue::new();
+    let id = q.add(&["--type", "sleep", "--payload", r#"{"ms": 1500}"#]);
+    let first = q.spawn_worker("sleeper", &["--name", "first", "--lease", "2s"]);
+    q.wait_for("the task to start", Duration::from_secs(20), |q| {
+        q.task(&id)["status"] == "running"
+    });
+    signal(&first, Signal::SIGKILL);
+    let killed_at = Instant::now();
+    let _ = first.wait_with_output();
+
+    let second = q.spawn_worker("sleeper", &["--name", "second", "--drain"]);
+    q.wait_for("the task to be reclaimed", Duration::from_secs(20), |q| {
+        q.task(&id)["worker"] == "second"
+    });
+    let back_after = killed_at.elapsed();
+    assert!(
+        back_after <= Duration::from_secs(2 + 5),
+        "back after {back_after:?}"
+    );
+    assert!(second.wait_with_output().unwrap().status.success());
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["attempts"], 2);
+    let runs = history(&task);
+    assert_eq!(runs[0]["worker"], "first");
+    assert_eq!(runs[0]["status"], "expired");
+    assert!(runs[0]["error"].as_str().unwrap().contains("lease expired"));
+    assert_eq!(runs[1]["worker"], "second");
+    assert_eq!(runs[1]["status"], "completed");
+}
+
+#[test]
+fn a_handler_that_overruns_its_timeout_fails_and_the_worker_goes_on() {
+    let q = TestQueue::new();
+    let polite = q.add(&[
+        "--type",
+        "sleep",
+        "--priority",
+        "1",
+        "--timeout",
+        "1s",
+        "--payload",
+        r#"{"ms": 60000}"#,
+    ]);
+    let hung = q.add(&[
+        "--type",
+        "sleep",
+        "--priority",
+        "2",
+        "--timeout",
+        "1s",
+        "--payload",
+        r#"{"ms": 600000, "ignoreStop": true}"#,
+    ]);
+    let next = q.add(&["--type", "sleep", "--priority", "3"]);
+    q.drain("sleeper", &["--name", "sleepy"]);
+
+    let polite = q.task(&polite);
+    assert_eq!(polite["status"], "failed", "{polite:#}");
+    assert!(
+        polite["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 1s")
+    );
+    let hung = q.task(&hung);
+    assert_eq!(hung["status"], "failed", "{hung:#}");
+    let error = hung["error"].as_str().unwrap();
+    assert!(
+        error.contains("timed out after 1s") && error.contains("was killed"),
+        "{error}"
+    );
+    let next = q.task(&next);
+    assert_eq!(next["status"], "completed");
+    assert_eq!(next["worker"], "sleepy");
+}
+
+#[test]
+fn a_handler_that_aborts_or_segfaults_fails_its_task_and_the_worker_goes_on() {
+    let q = TestQueue::new();
+    let abort = q.add(&[
+        "--type",
+        "crash",
+        "--priority",
+        "1",
+        "--payload",
+        r#"{"how": "abort"}"#,
+    ]);
+    let segfault = q.add(&[
+        "--type",
+        "crash",
+        "--priority",
+        "2",
+        "--payload",
+        r#"{"how": "segfault"}"#,
+    ]);
+    let next = q.add(&["--type", "crash", "--priority", "3"]);
+    q.drain("crasher", &["--name", "crashy"]);
+
+    for (id, says) in [
+        (&abort, "SIGABRT"),
+        (&segfault, "segmentation fault (SIGSEGV)"),
+    ] {
+        let task = q.task(id);
+        assert_eq!(task["status"], "failed", "{task:#}");
+        assert_eq!(task["attempts"], 1, "a crash is not retried: {task:#}");
+        assert!(task["error"].as_str().unwrap().contains(says), "{task:#}");
+    }
+    let next = q.task(&next);
+    assert_eq!(next["status"], "completed", "{next:#}");
+    assert_eq!(next["worker"], "crashy");
+}
+
+#[test]
+fn a_retryable_failure_is_retried_with_backoff_and_every_error_is_kept() {
+    let q = TestQueue::new();
+    let id = q.add(&["--type", "flaky", "--payload", r#"{"succeedOn": 3}"#]);
+    q.drain("flaky", &["--backoff", "300ms"]);
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["attempts"], 3);
+    let runs = history(&task);
+    assert_eq!(runs.len(), 3);
+    for (i, run) in runs[..2].iter().enumerate() {
+        assert_eq!(run["status"], "failed");
+        let error = run["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("flaked on attempt {}", i + 1)),
+            "{error}"
+        );
+    }
+    // The second retry waits at least half of twice the base backoff (jitter is 50-100 %).
+    let at = |run: &Value, field: &str| -> jiff::Timestamp {
+        run[field].as_str().unwrap().parse().unwrap()
+    };
+    let waited = at(&runs[2], "startedAt").duration_since(at(&runs[1], "finishedAt"));
+    assert!(waited.as_millis() >= 300, "waited only {waited:?}");
+}
+
+#[test]
+fn a_failure_without_attempts_left_fails_and_retry_puts_it_back() {
+    let q = TestQueue::new();
+    let id = q.add(&[
+        "--type",
+        "flaky",
+        "--max-attempts",
+        "1",
+        "--payload",
+        r#"{"succeedOn": 2}"#,
+    ]);
+    q.drain("flaky", &[]);
+    assert_eq!(q.task(&id)["status"], "failed");
+
+    let said = q.ok(&["retry", &id]);
+    assert!(said.contains("pending again"), "{said}");
+    q.drain("flaky", &[]);
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(history(&task).len(), 2);
+
+    let line = q.fails(&["retry", &id]);
+    assert!(line.contains("is completed"), "{line}");
+}
+
+#[test]
+fn a_cancelled_pending_task_never_starts() {
+    let q = TestQueue::new();
+    let id = q.add(&["--type", "sleep"]);
+    q.ok(&["cancel", &id]);
+    q.drain("sleeper", &[]);
+    let task = q.task(&id);
+    assert_eq!(task["status"], "cancelled");
+    assert_eq!(task["attempts"], 0);
+    assert!(task.get("history").is_none(), "{task:#}");
+}
+
+fn cancel_running(payload: &str) -> Value {
+    let q = TestQueue::new();
+    let id = q.add(&["--type", "sleep", "--payload", payload]);
+    let worker = q.spawn_worker("sleeper", &["--drain"]);
+    q.wait_for("the task to start", Duration::from_secs(20), |q| {
+        q.task(&id)["status"] == "running"
+    });
+    let said = q.ok(&["cancel", &id]);
+    assert!(said.contains("cancel requested"), "{said}");
+    let output = worker.wait_with_output().unwrap();
+    assert!(output.status.success());
+    q.task(&id)
+}
+
+#[test]
+fn a_cancelled_running_task_sees_the_flag_and_stops() {
+    let task = cancel_running(r#"{"ms": 600000}"#);
+    assert_eq!(task["status"], "cancelled", "{task:#}");
+    assert!(
+        task["error"].as_str().unwrap().contains("Cancelled"),
+        "{task:#}"
+    );
+}
+
+#[test]
+fn a_cancelled_running_task_that_ignores_the_flag_is_stopped() {
+    let task = cancel_running(r#"{"ms": 600000, "ignoreStop": true}"#);
+    assert_eq!(task["status"], "cancelled", "{task:#}");
+    assert!(
+        task["error"].as_str().unwrap().contains("was killed"),
+        "{task:#}"
+    );
+}
