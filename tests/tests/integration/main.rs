@@ -7,3 +7,4 @@ mod crashes;
 mod plugins;
 mod reliability;
 mod roles;
+mod store_properties;
