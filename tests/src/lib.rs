@@ -285,10 +285,12 @@ impl TestQueue {
         q
     }
 
-    /// `host` with this queue and plugin folder (through the environment, as users may set them).
+    /// `host` with this queue and plugin folder (through the environment, as users may set them),
+    /// run from the scratch folder.
     pub fn host(&self) -> Command {
         let mut cmd = Command::new(workspace().host());
-        cmd.env("HOST_QUEUE_DIR", &self.queue)
+        cmd.current_dir(&self.scratch)
+            .env("HOST_QUEUE_DIR", &self.queue)
             .env("HOST_PLUGIN_PATH", &self.plugins)
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null());

@@ -5,32 +5,82 @@
 //! the plain `Role` trait and calls `export_plugin!`. Drop the built library into a plugin folder
 //! and run `host --role deployer`.
 //!
-//! Payload: `{"destination": "/srv/site"}` (absolute). The copy is made in a temporary folder
-//! beside the destination, then renamed into place; an existing destination is moved aside first
-//! and removed once the new one is in place, so readers see the old tree or the new one.
+//! Payload: `{"destination": "site/live"}`. The destination is a path inside the deploy root:
+//! the folder named by `DEPLOY_ROOT` in the worker's environment, else the worker's current
+//! folder. A relative destination is taken from the root; an absolute one must lie inside it. A
+//! destination with `..`, or whose existing folders lead outside the root through a symlink, is
+//! refused.
+//!
+//! The copy is made in a temporary folder beside the destination, then renamed into place; an
+//! existing destination is moved aside first and removed once the new one is in place, so readers
+//! see the old tree or the new one.
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use plugin_api::{Context, HandlerError, Role, Task, Value, json};
 
 struct Deployer;
 
-fn destination(task: &Task) -> Result<PathBuf, String> {
+/// The destination as the payload gives it, checked for `..`.
+fn requested_destination(task: &Task) -> Result<PathBuf, String> {
     let dest = task
         .payload
         .get("destination")
         .and_then(Value::as_str)
-        .ok_or("payload needs \"destination\": an absolute path")?;
+        .filter(|d| !d.is_empty())
+        .ok_or("payload needs \"destination\": a path inside the deploy root")?;
     let dest = PathBuf::from(dest);
-    if !dest.is_absolute() || dest.parent().is_none() {
+    if dest.components().any(|c| c == Component::ParentDir) {
         return Err(format!(
-            "destination {} must be an absolute path below /",
+            "destination {} leaves the deploy root (it contains '..')",
             dest.display()
         ));
     }
     Ok(dest)
+}
+
+/// The folder deploys may write into, resolved.
+fn deploy_root() -> Result<PathBuf, String> {
+    let root = match std::env::var_os("DEPLOY_ROOT") {
+        Some(root) => PathBuf::from(root),
+        None => std::env::current_dir().map_err(|err| format!("current folder: {err}"))?,
+    };
+    root.canonicalize()
+        .map_err(|err| format!("deploy root {}: {err}", root.display()))
+}
+
+/// Resolves the destination inside `root`, refusing anything that leaves it, including through a
+/// symlink among the folders that already exist.
+fn destination(task: &Task, root: &Path) -> Result<PathBuf, String> {
+    let requested = requested_destination(task)?;
+    let dest = root.join(&requested); // an absolute `requested` replaces the root here
+    let name = dest.file_name().ok_or("destination has no name")?;
+    let mut existing = dest.parent().ok_or("destination has no parent folder")?;
+    let mut missing = Vec::new();
+    while !existing.exists() {
+        missing.push(
+            existing
+                .file_name()
+                .ok_or("destination has no existing folder")?,
+        );
+        existing = existing
+            .parent()
+            .ok_or("destination has no existing folder")?;
+    }
+    let real = existing
+        .canonicalize()
+        .map_err(|err| format!("{}: {err}", existing.display()))?;
+    if !real.starts_with(root) {
+        return Err(format!(
+            "destination {} leaves the deploy root {} (set DEPLOY_ROOT on the worker to allow it)",
+            requested.display(),
+            root.display()
+        ));
+    }
+    let parent = missing.iter().rev().fold(real, |dir, part| dir.join(part));
+    Ok(parent.join(name))
 }
 
 fn source(task: &Task) -> Result<&Path, String> {
@@ -85,21 +135,20 @@ impl Role for Deployer {
         vec!["deploy".into()]
     }
 
+    // Runs in `host add`, whose folder and environment are not the worker's: only what does not
+    // depend on the deploy root is checked here.
     fn validate(&self, task: &Task) -> Result<(), String> {
-        let (source, dest) = (source(task)?, destination(task)?);
-        if dest.starts_with(source) {
-            return Err(format!(
-                "destination {} is inside the target",
-                dest.display()
-            ));
-        }
-        Ok(())
+        source(task)?;
+        requested_destination(task).map(drop)
     }
 
     fn handle(&self, task: &Task, ctx: &Context<'_>) -> Result<Value, HandlerError> {
-        self.validate(task)?;
-        let (source, dest) = (source(task)?, destination(task)?);
-        let parent = dest.parent().expect("checked by destination()");
+        let source = source(task)?;
+        let dest = destination(task, &deploy_root()?)?;
+        if dest.starts_with(source) {
+            return Err(format!("destination {} is inside the target", dest.display()).into());
+        }
+        let parent = dest.parent().expect("destination() gives a parent");
         fs::create_dir_all(parent)?;
         let staging = sibling(&dest, "deploying", task);
         let old = sibling(&dest, "replaced", task);

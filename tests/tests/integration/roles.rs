@@ -233,3 +233,65 @@ fn which(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
+
+#[test]
+fn deployer_never_writes_outside_its_deploy_root() {
+    let q = TestQueue::with_plugins(&["deployer"]);
+    let site = q.scratch.join("site");
+    let root = q.scratch.join("root");
+    let outside = q.scratch.join("outside");
+    for dir in [&site, &root, &outside] {
+        fs::create_dir_all(dir).unwrap();
+    }
+    fs::write(site.join("index.html"), "hi").unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+    let add = |destination: &str| {
+        let payload = serde_json::json!({ "destination": destination }).to_string();
+        q.add(&[
+            "--type",
+            "deploy",
+            "--target",
+            site.to_str().unwrap(),
+            "--payload",
+            &payload,
+        ])
+    };
+
+    let line = q.fails(&[
+        "add",
+        "--type",
+        "deploy",
+        "--target",
+        site.to_str().unwrap(),
+        "--payload",
+        r#"{"destination": "../x"}"#,
+    ]);
+    assert!(line.contains("leaves the deploy root"), "{line}");
+    let absolute = add(outside.join("x").to_str().unwrap());
+    let through_link = add("escape/x");
+    let inside = add("live/site");
+    let output = q
+        .host()
+        .env("DEPLOY_ROOT", &root)
+        .args(["--role", "deployer", "--drain"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+
+    for id in [&absolute, &through_link] {
+        let task = q.task(id);
+        assert_eq!(task["status"], "failed", "{task:#}");
+        let error = task["error"].as_str().unwrap();
+        assert!(error.contains("leaves the deploy root"), "{error}");
+    }
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing outside"
+    );
+    assert_eq!(q.task(&inside)["status"], "completed");
+    assert_eq!(
+        fs::read_to_string(root.join("live/site/index.html")).unwrap(),
+        "hi"
+    );
+}
