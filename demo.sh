@@ -57,11 +57,14 @@ run_workers writer
 say "Orchestrator: phase 2 (inspect, test, deploy)"
 # The tester's `cargo test` builds outside the project, so the deployer copies only the sources.
 export CARGO_TARGET_DIR="$demo/app-target"
+# The deployer writes only inside its deploy root.
+export DEPLOY_ROOT="$demo/release"
+mkdir -p "$DEPLOY_ROOT"
 inspect=$("$host" add --type inspect --target "$app" --priority 2 --description "Survey the crate")
 echo "$inspect"
 "$host" add --type test --target "$app" --priority 1 --timeout 5m --description "Run its tests"
 "$host" add --type deploy --target "$app" --priority 3 --description "Release it" \
-    --payload "{\"destination\": \"$demo/release/demo-app\"}"
+    --payload '{"destination": "demo-app"}'
 run_workers inspector tester deployer
 
 say "Status"

@@ -393,11 +393,9 @@ impl FileStore {
                 continue;
             }
             let holder = task.worker.clone().unwrap_or_else(|| "?".into());
-            let error = format!(
-                "attempt {}: lease expired (worker {holder} stopped renewing it)",
-                task.attempts
-            );
-            end_attempt(&mut task, AttemptStatus::Expired, Some(error.clone()), now);
+            let reason = format!("lease expired (worker {holder} stopped renewing it)");
+            let error = format!("attempt {}: {reason}", task.attempts);
+            end_attempt(&mut task, AttemptStatus::Expired, Some(reason), now);
             if task.attempts < task.max_attempts && !task.cancel_requested {
                 task.status = TaskStatus::Pending;
                 task.error = Some(error);
@@ -635,9 +633,8 @@ impl QueueStore for FileStore {
                 result,
                 retryable,
             } => {
-                let error = format!("attempt {}: {error}", task.attempts);
                 task.result = result;
-                task.error = Some(error.clone());
+                task.error = Some(format!("attempt {}: {error}", task.attempts));
                 if task.cancel_requested {
                     end_attempt(&mut task, AttemptStatus::Cancelled, Some(error), now);
                     finish_task(&mut task, TaskStatus::Cancelled, now);

@@ -39,6 +39,27 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
     field("finished", task.finished_at.map(|t| t.to_string()))?;
     field("duration", task.duration_ms.map(human_ms))?;
     field("error", task.error.clone())?;
+    field(
+        "cancel",
+        task.cancel_requested
+            .then(|| "requested; the handler was told".to_string()),
+    )?;
+    field("retry at", task.retry_at.map(|t| t.to_string()))?;
+    if !task.history.is_empty() {
+        outln!("history");
+        for run in &task.history {
+            let status = format!("{:?}", run.status).to_lowercase();
+            let error = run.error.as_deref().unwrap_or_default();
+            let line = format!(
+                "  #{:<3} {:<10} {:<24} {}  {error}",
+                run.attempt,
+                status,
+                run.worker,
+                run.started_at.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+            );
+            outln!("{}", line.trim_end());
+        }
+    }
     if !task.payload.is_null() {
         outln!("payload\n{}", serde_json::to_string_pretty(&task.payload)?);
     }
