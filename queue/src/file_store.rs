@@ -6,9 +6,13 @@
 //!   lock                       empty; held (flock) by whoever changes the queue
 //!   next-id                    the id the next added task gets
 //!   tasks/<id>.json            one file per task: the source of truth
-//!   pending/<type>/<priority>-<id>   empty markers: the claim index, sorted by name
+//!   pending/<type>/<priority>-<bucket>/<id>
+//!                              empty markers: the claim index, sorted by name; a bucket holds
+//!                              1024 consecutive ids, so no folder a claim lists grows large
 //!   delayed/<type>/<time>-<id> empty markers: failed tasks waiting out their retry backoff
 //!   running/<id>               empty markers: the tasks whose leases are checked
+//!   completed/<id>, failed/<id>, cancelled/<id>
+//!                              empty markers: finished tasks, so that counting needs no reads
 //!   intents/<id>.json          an add in progress (redo record), replayed if its writer died
 //!   workers/<name>.json        what each worker is doing
 //!   logs/<id>.log              lines a task's handler logged
@@ -22,8 +26,10 @@
 //! says the task is where the marker points, and removed after it says otherwise. An add first writes an intent holding all
 //! its tasks, so a killed `host add` adds all of them or none.
 //!
-//! Claiming reads only the marker names of the claimer's types and the few task files it
-//! touches; finishing touches one task file and one marker. Neither reads finished tasks.
+//! Claiming lists the priority buckets of the claimer's types and the first non-empty bucket,
+//! then reads the task files it touches; finishing touches one task file and two markers.
+//! Neither reads finished tasks, and neither lists more than a bucket's worth of pending ones.
+//! Counting tasks per state lists marker folders and reads no task file.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -35,17 +41,37 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::{create_marker, io_err, list_names, remove_file, write_file};
+use crate::atomic::{create_marker, io_err, list_names, remove_file, sync_parent, write_file};
 use crate::{
-    Attempt, AttemptStatus, Claim, Lease, NewTask, Outcome, QueueStore, Renewal, StoreError, Task,
-    TaskStatus, WorkerRecord, validate_name,
+    Attempt, AttemptStatus, Claim, Lease, NewTask, Outcome, QueueStore, Renewal, StoreError,
+    Summary, Task, TaskStatus, WorkerRecord, validate_name,
 };
 
 const FORMAT_FILE: &str = "queue.json";
-const FORMAT_VERSION: u64 = 1;
-const SUBDIRS: [&str; 8] = [
-    "tasks", "pending", "delayed", "running", "intents", "workers", "logs", "tmp",
+const FORMAT_VERSION: u64 = 2;
+const SUBDIRS: [&str; 11] = [
+    "tasks",
+    "pending",
+    "delayed",
+    "running",
+    "completed",
+    "failed",
+    "cancelled",
+    "intents",
+    "workers",
+    "logs",
+    "tmp",
 ];
+
+/// The finished states, each with a marker folder of the same name.
+const FINISHED: [TaskStatus; 3] = [
+    TaskStatus::Completed,
+    TaskStatus::Failed,
+    TaskStatus::Cancelled,
+];
+
+/// How many consecutive ids share a pending bucket folder.
+const BUCKET: u64 = 1024;
 
 /// How long a lease lasts unless renewed, when the store is not told otherwise.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -179,8 +205,68 @@ impl FileStore {
     }
 
     fn pending_marker(&self, task: &Task) -> PathBuf {
+        let id: u64 = task.id.parse().unwrap_or(0);
         self.pending_dir(&task.task_type)
-            .join(marker_name(task.priority, &task.id))
+            .join(format!("{:010}-{:010}", task.priority, id / BUCKET))
+            .join(format!("{id:020}"))
+    }
+
+    fn finished_marker(&self, status: TaskStatus, id: &str) -> PathBuf {
+        self.root.join(status.as_str()).join(id)
+    }
+
+    /// Records a finished state in the index; the task file is written after it.
+    fn mark_finished(&self, task: &Task) -> Result<(), StoreError> {
+        create_marker(&self.finished_marker(task.status, &task.id))
+    }
+
+    /// Drops a task from the finished index (it is pending or running again). Also heals a
+    /// marker left by a process that died between marking a task finished and writing it.
+    fn unmark_finished(&self, id: &str) -> Result<(), StoreError> {
+        for status in FINISHED {
+            remove_file(&self.finished_marker(status, id))?;
+        }
+        Ok(())
+    }
+
+    /// The best pending marker of `types` not in `skip`: lowest priority number, then lowest
+    /// id. Lists only each type's bucket folders and its first non-empty bucket; empty buckets
+    /// are removed on the way.
+    fn best_pending(
+        &self,
+        types: &[String],
+        skip: &HashSet<PathBuf>,
+    ) -> Result<Option<(PathBuf, String)>, StoreError> {
+        let mut best: Option<(String, String, PathBuf)> = None;
+        for task_type in types {
+            let type_dir = self.pending_dir(task_type);
+            let mut buckets = list_names(&type_dir)?;
+            buckets.sort();
+            for bucket in buckets {
+                let dir = type_dir.join(&bucket);
+                let mut ids = list_names(&dir)?;
+                if ids.is_empty() {
+                    // Nothing adds to it while we hold the lock.
+                    let _ = fs::remove_dir(&dir);
+                    continue;
+                }
+                ids.sort();
+                let Some(id) = ids.into_iter().find(|id| !skip.contains(&dir.join(id))) else {
+                    continue;
+                };
+                if best
+                    .as_ref()
+                    .is_none_or(|(b, i, _)| (&bucket, &id) < (b, i))
+                {
+                    best = Some((bucket, id.clone(), dir.join(&id)));
+                }
+                break;
+            }
+        }
+        Ok(best.map(|(_, id, marker)| {
+            let id = id.trim_start_matches('0').to_string();
+            (marker, id)
+        }))
     }
 
     fn delayed_dir(&self, task_type: &str) -> PathBuf {
@@ -202,7 +288,10 @@ impl FileStore {
             self.pending_marker(task)
         };
         let dir = marker.parent().expect("markers live in a folder");
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            sync_parent(dir)?;
+        }
         create_marker(&marker)
     }
 
@@ -400,6 +489,7 @@ impl FileStore {
                 task.status = TaskStatus::Pending;
                 task.error = Some(error);
                 self.index_pending(&task)?;
+                self.unmark_finished(&task.id)?;
                 self.write_task(&task)?;
             } else {
                 let status = if task.cancel_requested {
@@ -412,6 +502,7 @@ impl FileStore {
                     "{error}; no attempt left ({} of {})",
                     task.attempts, task.max_attempts
                 ));
+                self.mark_finished(&task)?;
                 self.write_task(&task)?;
             }
             expired += 1;
@@ -451,6 +542,74 @@ impl FileStore {
                     Err(err) => return Err(err),
                 }
                 remove_file(&marker)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts tasks per state from the marker folders alone.
+    fn index_summary(&self) -> Result<Summary, StoreError> {
+        let mut summary = Summary::default();
+        let mut pending = |task_type: String, count: usize| {
+            if count > 0 {
+                *summary.pending_by_type.entry(task_type).or_default() += count;
+            }
+        };
+        for task_type in list_names(&self.root.join("pending"))? {
+            let type_dir = self.pending_dir(&task_type);
+            for bucket in list_names(&type_dir)? {
+                pending(task_type.clone(), list_names(&type_dir.join(bucket))?.len());
+            }
+        }
+        for task_type in list_names(&self.root.join("delayed"))? {
+            let count = list_names(&self.delayed_dir(&task_type))?.len();
+            pending(task_type, count);
+        }
+        // Tasks of an add that its process did not finish applying, not yet indexed.
+        for (_, intent) in self.pending_intents()? {
+            for task in intent.tasks {
+                if !self.pending_marker(&task).exists() {
+                    pending(task.task_type, 1);
+                }
+            }
+        }
+        let pending_total = summary.pending_by_type.values().sum();
+        summary.counts.insert(TaskStatus::Pending, pending_total);
+        let running = list_names(&self.root.join("running"))?.len();
+        summary.counts.insert(TaskStatus::Running, running);
+        for status in FINISHED {
+            let count = list_names(&self.root.join(status.as_str()))?.len();
+            summary.counts.insert(status, count);
+        }
+        Ok(summary)
+    }
+
+    /// How many tasks exist: ids are given out consecutively and never reused or removed.
+    fn task_count(&self) -> Result<usize, StoreError> {
+        let committed = self.next_id()?.saturating_sub(1);
+        let unapplied = self
+            .pending_intents()?
+            .iter()
+            .map(|(_, intent)| intent.next_id.saturating_sub(1))
+            .max()
+            .unwrap_or(0);
+        Ok(usize::try_from(committed.max(unapplied)).unwrap_or(usize::MAX))
+    }
+
+    /// Removes the markers that a process killed in the middle of a claim, finish, release or
+    /// lease expiry left behind: a running marker of a task that is not running, and the
+    /// pending or finished markers of a task that is. The caller holds the lock.
+    fn heal_running_index(&self) -> Result<(), StoreError> {
+        for id in list_names(&self.root.join("running"))? {
+            match self.read_task(&id) {
+                Ok(Some(task)) if task.status == TaskStatus::Running => {
+                    remove_file(&self.pending_marker(&task))?;
+                    remove_file(&self.delayed_marker(&task))?;
+                    self.unmark_finished(&id)?;
+                }
+                Ok(_) => remove_file(&self.running_marker(&id))?,
+                Err(err @ StoreError::Corrupt { .. }) => self.warn_once(&err),
+                Err(err) => return Err(err),
             }
         }
         Ok(())
@@ -546,18 +705,8 @@ impl QueueStore for FileStore {
         let _lock = self.lock()?;
         self.expire_leases_if_due()?;
         self.promote_due_retries(types)?;
-        let mut candidates = Vec::new();
-        for task_type in types {
-            for name in list_names(&self.pending_dir(task_type))? {
-                candidates.push((name, task_type));
-            }
-        }
-        candidates.sort();
-        for (name, task_type) in candidates {
-            let marker = self.pending_dir(task_type).join(&name);
-            let Some(id) = id_from_marker(&name) else {
-                continue;
-            };
+        let mut skip = HashSet::new();
+        while let Some((marker, id)) = self.best_pending(types, &skip)? {
             let mut task = match self.read_task(&id) {
                 Ok(Some(task)) => task,
                 Ok(None) => {
@@ -566,11 +715,12 @@ impl QueueStore for FileStore {
                 }
                 Err(err @ StoreError::Corrupt { .. }) => {
                     self.warn_once(&err);
+                    skip.insert(marker);
                     continue;
                 }
                 Err(err) => return Err(err),
             };
-            if task.status != TaskStatus::Pending || &task.task_type != task_type {
+            if task.status != TaskStatus::Pending || marker != self.pending_marker(&task) {
                 remove_file(&marker)?;
                 continue;
             }
@@ -595,6 +745,7 @@ impl QueueStore for FileStore {
             // Running marker first: if we die after it, the expiry scan finds a pending task
             // behind it and drops it; if we die after the task write, the lease expires.
             create_marker(&self.running_marker(&task.id))?;
+            self.unmark_finished(&task.id)?;
             self.write_task(&task)?;
             remove_file(&marker)?;
             let lease = Lease {
@@ -656,6 +807,7 @@ impl QueueStore for FileStore {
                 }
             }
         }
+        self.mark_finished(&task)?;
         self.write_task(&task)?;
         remove_file(&self.running_marker(&task.id))?;
         Ok(task)
@@ -684,6 +836,7 @@ impl QueueStore for FileStore {
                 finish_task(&mut task, TaskStatus::Cancelled, Timestamp::now());
                 task.success = None;
                 task.error = Some("cancelled before it started".into());
+                self.mark_finished(&task)?;
                 self.write_task(&task)?;
                 for marker in markers {
                     remove_file(&marker)?;
@@ -724,6 +877,7 @@ impl QueueStore for FileStore {
         task.result = None;
         self.index_pending(&task)?;
         self.write_task(&task)?;
+        self.unmark_finished(&task.id)?;
         Ok(task)
     }
 
@@ -768,14 +922,43 @@ impl QueueStore for FileStore {
         Ok(by_id.into_values().collect())
     }
 
+    fn summary(&self) -> Result<Summary, StoreError> {
+        let summary = self.index_summary()?;
+        if summary.counts.values().sum::<usize>() == self.task_count()? {
+            return Ok(summary);
+        }
+        // A process died halfway through moving a task: heal the index and count again.
+        {
+            let _lock = self.lock()?;
+            self.heal_running_index()?;
+        }
+        let summary = self.index_summary()?;
+        if summary.counts.values().sum::<usize>() == self.task_count()? {
+            return Ok(summary);
+        }
+        // Still off (a crash in a rarer place): count from the task files themselves.
+        let mut summary = Summary::default();
+        for task in self.tasks()? {
+            *summary.counts.entry(task.status).or_default() += 1;
+            if task.status == TaskStatus::Pending {
+                *summary.pending_by_type.entry(task.task_type).or_default() += 1;
+            }
+        }
+        Ok(summary)
+    }
+
     fn has_work(&self, types: &[String]) -> Result<bool, StoreError> {
         if !list_names(&self.root.join("intents"))?.is_empty() {
             return Ok(true);
         }
         for task_type in types {
-            if !list_names(&self.pending_dir(task_type))?.is_empty()
-                || !list_names(&self.delayed_dir(task_type))?.is_empty()
-            {
+            let type_dir = self.pending_dir(task_type);
+            for bucket in list_names(&type_dir)? {
+                if !list_names(&type_dir.join(bucket))?.is_empty() {
+                    return Ok(true);
+                }
+            }
+            if !list_names(&self.delayed_dir(task_type))?.is_empty() {
                 return Ok(true);
             }
         }
@@ -849,17 +1032,6 @@ impl QueueStore for FileStore {
     fn take_warnings(&self) -> Vec<String> {
         std::mem::take(&mut *self.warnings.lock().expect("warnings lock"))
     }
-}
-
-/// The marker name that sorts by priority, then age (ids grow with age).
-fn marker_name(priority: u32, id: &str) -> String {
-    format!("{priority:010}-{id:0>20}")
-}
-
-fn id_from_marker(name: &str) -> Option<String> {
-    let (_, padded) = name.split_once('-')?;
-    let id: u64 = padded.parse().ok()?;
-    Some(id.to_string())
 }
 
 #[cfg(unix)]

@@ -11,6 +11,7 @@
 //!
 //! Workers also publish a [`WorkerRecord`] that `status` shows.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -171,6 +172,15 @@ pub struct Renewal {
     pub cancel_requested: bool,
 }
 
+/// How many tasks are in each state, read from the store's index rather than from every task.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Tasks per state; a state with no task may be absent.
+    pub counts: BTreeMap<TaskStatus, usize>,
+    /// Pending tasks per type (those waiting out a retry backoff included).
+    pub pending_by_type: BTreeMap<String, usize>,
+}
+
 /// Whether a worker is doing something.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -267,6 +277,9 @@ pub trait QueueStore: Send + Sync {
 
     /// Every task, oldest first.
     fn tasks(&self) -> Result<Vec<Task>, StoreError>;
+
+    /// Tasks per state and pending tasks per type, without reading every task.
+    fn summary(&self) -> Result<Summary, StoreError>;
 
     /// True while a task of one of `types` is pending or running.
     fn has_work(&self, types: &[String]) -> Result<bool, StoreError>;

@@ -40,19 +40,15 @@ pub struct WorkerView {
 }
 
 impl StatusReport {
-    /// Reads the whole queue once.
+    /// Reads the store's summary and the worker records; no task file is read.
     pub fn read(settings: &Settings) -> anyhow::Result<StatusReport> {
         let store = open_store(settings)?;
-        let tasks = store.tasks()?;
-        let mut counts: BTreeMap<&'static str, usize> =
-            TaskStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-        let mut pending_by_type = BTreeMap::new();
-        for task in &tasks {
-            *counts.entry(task.status.as_str()).or_default() += 1;
-            if task.status == TaskStatus::Pending {
-                *pending_by_type.entry(task.task_type.clone()).or_default() += 1;
-            }
-        }
+        let summary = store.summary()?;
+        let counts = TaskStatus::ALL
+            .iter()
+            .map(|s| (s.as_str(), summary.counts.get(s).copied().unwrap_or(0)))
+            .collect();
+        let pending_by_type = summary.pending_by_type;
         let now = Timestamp::now();
         let workers = store
             .workers()?

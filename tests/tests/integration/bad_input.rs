@@ -104,7 +104,8 @@ fn corrupted_store_file_is_named_and_left_untouched() {
     let file = q.queue.join("tasks/1.json");
     fs::write(&file, b"{\"id\": \"1\", \"type\": tru").unwrap();
     let before = q.snapshot();
-    for args in [&["status"][..], &["results"], &["show", "1"]] {
+    // `status` counts from the index and reads no task file; these read the task.
+    for args in [&["results"][..], &["show", "1"]] {
         let line = q.fails(args);
         assert!(
             line.contains("corrupted store file") && line.contains("tasks/1.json"),

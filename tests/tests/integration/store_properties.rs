@@ -78,13 +78,22 @@ fn names(dir: &Path) -> Vec<String> {
     }
 }
 
-/// The task ids that have a marker in `<root>/<index>/<type>/`, with how many markers each.
+/// The task ids that have a marker in `<root>/<index>/<type>/[<bucket>/]`, with how many
+/// markers each.
 fn indexed(root: &Path, index: &str) -> BTreeMap<String, usize> {
     let mut ids = BTreeMap::new();
+    let mut count = |name: &str| {
+        let id = name.rsplit('-').next().unwrap().trim_start_matches('0');
+        *ids.entry(id.to_string()).or_default() += 1;
+    };
     for task_type in TYPES {
-        for name in names(&root.join(index).join(task_type)) {
-            let id = name.rsplit('-').next().unwrap().trim_start_matches('0');
-            *ids.entry(id.to_string()).or_default() += 1;
+        let dir = root.join(index).join(task_type);
+        for name in names(&dir) {
+            if dir.join(&name).is_dir() {
+                names(&dir.join(&name)).iter().for_each(|n| count(n));
+            } else {
+                count(&name);
+            }
         }
     }
     ids
@@ -127,6 +136,20 @@ fn check_invariants(root: &Path, store: &FileStore, added: usize) -> Result<(), 
                 prop_assert!(task.finished_at.is_some());
             }
         }
+        for status in [
+            TaskStatus::Completed,
+            TaskStatus::Failed,
+            TaskStatus::Cancelled,
+        ] {
+            prop_assert_eq!(
+                root.join(status.as_str()).join(&task.id).exists(),
+                task.status == status,
+                "task {} has a {} marker iff it is {}",
+                &task.id,
+                status,
+                status
+            );
+        }
         prop_assert!(task.attempts <= task.max_attempts, "{:?}", task);
         let counted = task
             .history
@@ -142,6 +165,15 @@ fn check_invariants(root: &Path, store: &FileStore, added: usize) -> Result<(), 
         prop_assert_eq!(open, usize::from(task.status == TaskStatus::Running));
     }
     prop_assert_eq!(counts.values().sum::<usize>(), added);
+    let summary = store.summary().unwrap();
+    for status in TaskStatus::ALL {
+        prop_assert_eq!(
+            summary.counts.get(&status).copied().unwrap_or(0),
+            counts.get(&status).copied().unwrap_or(0),
+            "summary count of {}",
+            status
+        );
+    }
     prop_assert_eq!(
         pending.len() + delayed.len(),
         counts.get(&TaskStatus::Pending).copied().unwrap_or(0)
