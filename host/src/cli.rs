@@ -79,8 +79,10 @@ pub struct WorkerArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub grace: Duration,
 
-    /// How often an idle worker looks for new tasks.
-    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    /// How often an idle worker looks for work without being told of it: new tasks wake it at
+    /// once through file-system notifications; polling finds retries that became due, expired
+    /// leases, and tasks added from another machine on a network file system.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub poll: Duration,
 
     /// How long a claimed task stays this worker's without a renewal; if the worker dies, its
@@ -109,8 +111,14 @@ fn parse_lease(text: &str) -> Result<Duration, String> {
 /// The orchestrator's commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the coordination folder (idempotent).
-    Init,
+    /// Create the coordination folder (idempotent), or change its durability setting.
+    Init {
+        /// `durable` (default): every change is fsynced before a command returns. `relaxed`:
+        /// no fsync; much faster, and a crashed process still loses nothing, but a power loss
+        /// can lose the last seconds of changes. For queues whose tasks can be recreated.
+        #[arg(long, value_enum, value_name = "SETTING")]
+        durability: Option<DurabilityArg>,
+    },
     /// Add a task (prints its id) or a file of tasks (prints one id per line).
     Add(AddArgs),
     /// Counts per state, and what each worker is doing.
@@ -168,6 +176,22 @@ pub enum Command {
         #[arg(long)]
         library: PathBuf,
     },
+}
+
+/// The values of `host init --durability`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum DurabilityArg {
+    Durable,
+    Relaxed,
+}
+
+impl From<DurabilityArg> for queue::Durability {
+    fn from(arg: DurabilityArg) -> Self {
+        match arg {
+            DurabilityArg::Durable => queue::Durability::Durable,
+            DurabilityArg::Relaxed => queue::Durability::Relaxed,
+        }
+    }
 }
 
 /// `host add`.

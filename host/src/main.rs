@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod handler_process;
 mod loader;
+mod wakeup;
 mod worker;
 
 use std::process::ExitCode;

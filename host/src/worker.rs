@@ -21,6 +21,7 @@ use queue::{
 
 use crate::handler_process::{HandlerProcess, KILL_AFTER, RunEnd};
 use crate::loader::{PluginRole, TaskHooks};
+use crate::wakeup::Wakeup;
 
 /// How a worker runs.
 #[derive(Clone, Debug)]
@@ -82,6 +83,7 @@ struct Shared {
     types: Vec<String>,
     options: WorkerOptions,
     record: Mutex<WorkerRecord>,
+    wakeup: Wakeup,
     running: Mutex<Vec<Arc<Running>>>,
     stopping: AtomicBool,
     exiting: AtomicBool,
@@ -99,11 +101,13 @@ pub struct ClaimLoop {
 }
 
 impl ClaimLoop {
-    /// Prepares a worker for `role`; fails if a live worker already uses the name.
+    /// Prepares a worker for `role`, woken by `wakeup` when work appears; fails if a live
+    /// worker already uses the name.
     pub fn new(
         store: Arc<dyn QueueStore>,
         role: PluginRole,
         options: WorkerOptions,
+        wakeup: Wakeup,
     ) -> Result<ClaimLoop, StoreError> {
         let now = Timestamp::now();
         let stale_after = Duration::from_secs(10);
@@ -137,6 +141,7 @@ impl ClaimLoop {
                 types,
                 options,
                 record: Mutex::new(record),
+                wakeup,
                 running: Mutex::new(Vec::new()),
                 stopping: AtomicBool::new(false),
                 exiting: AtomicBool::new(false),
@@ -287,6 +292,7 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) {
             }
             continue;
         };
+        let token = shared.wakeup.token();
         let claimed = shared.store.claim(&shared.options.name, &shared.types);
         for warning in shared.store.take_warnings() {
             say(shared, &format!("warning: {warning}"));
@@ -305,7 +311,7 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) {
                         Err(err) => say(shared, &format!("error: {err}")),
                     }
                 }
-                thread::sleep(shared.options.poll);
+                shared.wakeup.wait(token, shared.options.poll);
             }
             Err(err) => {
                 say(shared, &format!("error: {err}"));

@@ -29,29 +29,31 @@ pub(crate) fn write_file(
         tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
     }
     tmp.persist(dest).map_err(|err| io_err(dest)(err.error))?;
-    if durable {
-        sync_parent(dest)?;
-    }
-    Ok(())
+    sync_parent(durable, dest)
 }
 
-/// Creates an empty marker file (no error if it exists) and makes its name durable.
-pub(crate) fn create_marker(path: &Path) -> Result<(), StoreError> {
+/// Creates an empty marker file (no error if it exists) and, when `durable`, makes its name
+/// durable.
+pub(crate) fn create_marker(durable: bool, path: &Path) -> Result<(), StoreError> {
     File::create(path).map_err(io_err(path))?;
-    sync_parent(path)
+    sync_parent(durable, path)
 }
 
-/// Removes a file if it exists and makes the removal durable.
-pub(crate) fn remove_file(path: &Path) -> Result<(), StoreError> {
+/// Removes a file if it exists and, when `durable`, makes the removal durable.
+pub(crate) fn remove_file(durable: bool, path: &Path) -> Result<(), StoreError> {
     match fs::remove_file(path) {
-        Ok(()) => sync_parent(path),
+        Ok(()) => sync_parent(durable, path),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(err) => Err(io_err(path)(err)),
     }
 }
 
-/// Fsyncs the folder holding `path`, so that a create, rename or unlink in it is on disk.
-pub(crate) fn sync_parent(path: &Path) -> Result<(), StoreError> {
+/// Fsyncs the folder holding `path`, so that a create, rename or unlink in it is on disk; does
+/// nothing unless `durable`.
+pub(crate) fn sync_parent(durable: bool, path: &Path) -> Result<(), StoreError> {
+    if !durable {
+        return Ok(());
+    }
     let dir: PathBuf = path
         .parent()
         .map(Path::to_path_buf)

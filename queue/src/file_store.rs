@@ -83,10 +83,28 @@ pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest a failed task waits before its next attempt.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
+/// How hard the store works to survive a power loss (a crashed process is always survived).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every change is fsynced before the operation returns: a power loss loses nothing that
+    /// an operation reported done.
+    #[default]
+    Durable,
+    /// Nothing is fsynced; the OS writes changes back within about 30 seconds. A crashed
+    /// process still loses nothing, but a power loss or kernel crash can lose or undo the
+    /// changes of those last seconds (tasks added, claimed or finished) and, on some file
+    /// systems, leave a task file empty, which the store then reports as corrupted.
+    Relaxed,
+}
+
+/// `queue.json`: what a folder must say to be opened as a queue.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct FormatMarker {
     format: u64,
+    #[serde(default)]
+    durability: Durability,
 }
 
 /// An add that has been decided but maybe not fully applied.
@@ -123,17 +141,39 @@ impl FileStore {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
-        let marker = root.join(FORMAT_FILE);
-        if marker.exists() {
+        if root.join(FORMAT_FILE).exists() {
             return FileStore::open(root);
         }
-        let store = FileStore::at(root);
-        let bytes = serde_json::to_vec_pretty(&FormatMarker {
+        let store = FileStore::at(root, Durability::default());
+        store.write_format_marker()?;
+        Ok(store)
+    }
+
+    /// Changes the queue's durability setting, for every process that opens it from now on.
+    pub fn set_durability(mut self, durability: Durability) -> Result<FileStore, StoreError> {
+        self.durable = durability == Durability::Durable;
+        self.write_format_marker()?;
+        Ok(self)
+    }
+
+    /// The queue's durability setting.
+    pub fn durability(&self) -> Durability {
+        if self.durable {
+            Durability::Durable
+        } else {
+            Durability::Relaxed
+        }
+    }
+
+    fn write_format_marker(&self) -> Result<(), StoreError> {
+        let mut bytes = serde_json::to_vec_pretty(&FormatMarker {
             format: FORMAT_VERSION,
+            durability: self.durability(),
         })
         .expect("format marker serializes");
-        write_file(&store.tmp_dir(), &marker, &bytes, true)?;
-        Ok(store)
+        bytes.push(b'\n');
+        // Always durable: the setting itself must survive.
+        write_file(&self.tmp_dir(), &self.root.join(FORMAT_FILE), &bytes, true)
     }
 
     /// Opens an existing queue folder.
@@ -160,15 +200,15 @@ impl FileStore {
                 ),
             });
         }
-        Ok(FileStore::at(root))
+        Ok(FileStore::at(root, format.durability))
     }
 
-    fn at(root: &Path) -> FileStore {
+    fn at(root: &Path, durability: Durability) -> FileStore {
         FileStore {
             root: root.to_path_buf(),
             lease: DEFAULT_LEASE,
             backoff: DEFAULT_BACKOFF,
-            durable: true,
+            durable: durability == Durability::Durable,
             last_expiry_scan: Mutex::new(None),
             warned: Mutex::new(HashSet::new()),
             warnings: Mutex::new(Vec::new()),
@@ -217,14 +257,14 @@ impl FileStore {
 
     /// Records a finished state in the index; the task file is written after it.
     fn mark_finished(&self, task: &Task) -> Result<(), StoreError> {
-        create_marker(&self.finished_marker(task.status, &task.id))
+        create_marker(self.durable, &self.finished_marker(task.status, &task.id))
     }
 
     /// Drops a task from the finished index (it is pending or running again). Also heals a
     /// marker left by a process that died between marking a task finished and writing it.
     fn unmark_finished(&self, id: &str) -> Result<(), StoreError> {
         for status in FINISHED {
-            remove_file(&self.finished_marker(status, id))?;
+            remove_file(self.durable, &self.finished_marker(status, id))?;
         }
         Ok(())
     }
@@ -290,9 +330,9 @@ impl FileStore {
         let dir = marker.parent().expect("markers live in a folder");
         if !dir.is_dir() {
             fs::create_dir_all(dir).map_err(io_err(dir))?;
-            sync_parent(dir)?;
+            sync_parent(self.durable, dir)?;
         }
-        create_marker(&marker)
+        create_marker(self.durable, &marker)
     }
 
     fn running_marker(&self, id: &str) -> PathBuf {
@@ -342,7 +382,7 @@ impl FileStore {
     fn replay_intents(&self) -> Result<(), StoreError> {
         for (path, intent) in self.pending_intents()? {
             self.apply_intent(&intent)?;
-            remove_file(&path)?;
+            remove_file(self.durable, &path)?;
         }
         Ok(())
     }
@@ -465,7 +505,7 @@ impl FileStore {
             let mut task = match self.read_task(&id) {
                 Ok(Some(task)) => task,
                 Ok(None) => {
-                    remove_file(&marker)?;
+                    remove_file(self.durable, &marker)?;
                     continue;
                 }
                 Err(err @ StoreError::Corrupt { .. }) => {
@@ -475,7 +515,7 @@ impl FileStore {
                 Err(err) => return Err(err),
             };
             if task.status != TaskStatus::Running {
-                remove_file(&marker)?;
+                remove_file(self.durable, &marker)?;
                 continue;
             }
             if task.lease_expires_at.is_some_and(|until| until > now) {
@@ -506,7 +546,7 @@ impl FileStore {
                 self.write_task(&task)?;
             }
             expired += 1;
-            remove_file(&marker)?;
+            remove_file(self.durable, &marker)?;
         }
         Ok(expired)
     }
@@ -541,7 +581,7 @@ impl FileStore {
                     }
                     Err(err) => return Err(err),
                 }
-                remove_file(&marker)?;
+                remove_file(self.durable, &marker)?;
             }
         }
         Ok(())
@@ -603,11 +643,11 @@ impl FileStore {
         for id in list_names(&self.root.join("running"))? {
             match self.read_task(&id) {
                 Ok(Some(task)) if task.status == TaskStatus::Running => {
-                    remove_file(&self.pending_marker(&task))?;
-                    remove_file(&self.delayed_marker(&task))?;
+                    remove_file(self.durable, &self.pending_marker(&task))?;
+                    remove_file(self.durable, &self.delayed_marker(&task))?;
                     self.unmark_finished(&id)?;
                 }
-                Ok(_) => remove_file(&self.running_marker(&id))?,
+                Ok(_) => remove_file(self.durable, &self.running_marker(&id))?,
                 Err(err @ StoreError::Corrupt { .. }) => self.warn_once(&err),
                 Err(err) => return Err(err),
             }
@@ -697,7 +737,7 @@ impl QueueStore for FileStore {
         let bytes = serde_json::to_vec(&intent).expect("intent serializes");
         write_file(&self.tmp_dir(), &path, &bytes, self.durable)?;
         self.apply_intent(&intent)?;
-        remove_file(&path)?;
+        remove_file(self.durable, &path)?;
         Ok(intent.tasks)
     }
 
@@ -710,7 +750,7 @@ impl QueueStore for FileStore {
             let mut task = match self.read_task(&id) {
                 Ok(Some(task)) => task,
                 Ok(None) => {
-                    remove_file(&marker)?;
+                    remove_file(self.durable, &marker)?;
                     continue;
                 }
                 Err(err @ StoreError::Corrupt { .. }) => {
@@ -721,7 +761,7 @@ impl QueueStore for FileStore {
                 Err(err) => return Err(err),
             };
             if task.status != TaskStatus::Pending || marker != self.pending_marker(&task) {
-                remove_file(&marker)?;
+                remove_file(self.durable, &marker)?;
                 continue;
             }
             let now = Timestamp::now();
@@ -744,10 +784,10 @@ impl QueueStore for FileStore {
             });
             // Running marker first: if we die after it, the expiry scan finds a pending task
             // behind it and drops it; if we die after the task write, the lease expires.
-            create_marker(&self.running_marker(&task.id))?;
+            create_marker(self.durable, &self.running_marker(&task.id))?;
             self.unmark_finished(&task.id)?;
             self.write_task(&task)?;
-            remove_file(&marker)?;
+            remove_file(self.durable, &marker)?;
             let lease = Lease {
                 task_id: task.id.clone(),
                 attempt: task.attempts,
@@ -799,7 +839,7 @@ impl QueueStore for FileStore {
                     task.retry_at = Some(now.saturating_add(delay).unwrap_or(now));
                     self.index_pending(&task)?;
                     self.write_task(&task)?;
-                    remove_file(&self.running_marker(&task.id))?;
+                    remove_file(self.durable, &self.running_marker(&task.id))?;
                     return Ok(task);
                 } else {
                     end_attempt(&mut task, AttemptStatus::Failed, Some(error), now);
@@ -809,7 +849,7 @@ impl QueueStore for FileStore {
         }
         self.mark_finished(&task)?;
         self.write_task(&task)?;
-        remove_file(&self.running_marker(&task.id))?;
+        remove_file(self.durable, &self.running_marker(&task.id))?;
         Ok(task)
     }
 
@@ -824,7 +864,7 @@ impl QueueStore for FileStore {
         task.lease_expires_at = None;
         self.index_pending(&task)?;
         self.write_task(&task)?;
-        remove_file(&self.running_marker(&task.id))
+        remove_file(self.durable, &self.running_marker(&task.id))
     }
 
     fn cancel(&self, id: &str) -> Result<Task, StoreError> {
@@ -839,7 +879,7 @@ impl QueueStore for FileStore {
                 self.mark_finished(&task)?;
                 self.write_task(&task)?;
                 for marker in markers {
-                    remove_file(&marker)?;
+                    remove_file(self.durable, &marker)?;
                 }
             }
             TaskStatus::Running => {
@@ -986,7 +1026,10 @@ impl QueueStore for FileStore {
 
     fn remove_worker(&self, name: &str) -> Result<(), StoreError> {
         validate_name("worker name", name)?;
-        remove_file(&self.root.join("workers").join(format!("{name}.json")))
+        remove_file(
+            self.durable,
+            &self.root.join("workers").join(format!("{name}.json")),
+        )
     }
 
     fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {

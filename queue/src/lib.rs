@@ -26,7 +26,7 @@ pub use task_model::{
 mod atomic;
 mod file_store;
 
-pub use file_store::FileStore;
+pub use file_store::{Durability, FileStore};
 
 /// Everything that can go wrong in a store operation. Each message names the file or task at
 /// fault.

@@ -1,14 +1,24 @@
-//! `host init`: create the coordination folder.
+//! `host init`: create the coordination folder, or change its durability setting.
 
 use anyhow::Context as _;
-use queue::FileStore;
+use queue::{Durability, FileStore};
 
 use crate::cli::Settings;
 use crate::commands::outln;
 
-/// Creates the folder (owner-only permissions) or checks an existing one.
-pub fn run(settings: &Settings) -> anyhow::Result<()> {
-    FileStore::init(&settings.queue).context("cannot initialise the queue")?;
-    outln!("{}", settings.queue.display());
+/// Creates the folder (owner-only permissions) or checks an existing one; with `durability`,
+/// sets it.
+pub fn run(settings: &Settings, durability: Option<Durability>) -> anyhow::Result<()> {
+    let mut store = FileStore::init(&settings.queue).context("cannot initialise the queue")?;
+    if let Some(durability) = durability.filter(|d| *d != store.durability()) {
+        store = store
+            .set_durability(durability)
+            .context("cannot change the durability setting")?;
+    }
+    let durability = match store.durability() {
+        Durability::Durable => "durable",
+        Durability::Relaxed => "relaxed (a power loss can lose the last seconds of changes)",
+    };
+    outln!("{} ({durability})", settings.queue.display());
     Ok(())
 }

@@ -20,7 +20,7 @@ use crate::cli::{Command, Settings};
 /// Runs an orchestrator command.
 pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Init => init::run(settings),
+        Command::Init { durability } => init::run(settings, durability.map(Into::into)),
         Command::Add(args) => add::run(settings, &args),
         Command::Status { json } => status::run(settings, json),
         Command::Watch { interval } => watch::run(settings, interval),

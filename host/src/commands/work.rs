@@ -8,6 +8,7 @@ use queue::QueueStore;
 use crate::cli::{Settings, WorkerArgs};
 use crate::commands::open_store;
 use crate::loader::PluginRegistry;
+use crate::wakeup::Wakeup;
 use crate::worker::{ClaimLoop, WorkerExit, WorkerOptions, hostname};
 
 /// Finds the role on the plugin path and runs its claim loop.
@@ -47,7 +48,14 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
         default_timeout: args.timeout,
     };
     let store: Arc<dyn QueueStore> = Arc::new(store);
-    match ClaimLoop::new(store, role, options)?.run()? {
+    let (wakeup, unavailable) = Wakeup::watch(&settings.queue);
+    if let Some(why) = unavailable {
+        eprintln!(
+            "warning: {why}; polling every {}",
+            humantime::format_duration(args.poll)
+        );
+    }
+    match ClaimLoop::new(store, role, options, wakeup)?.run()? {
         WorkerExit::Drained | WorkerExit::Stopped => Ok(()),
     }
 }

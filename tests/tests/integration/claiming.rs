@@ -175,14 +175,25 @@ fn a_second_ctrl_c_returns_the_task_at_once() {
 }
 
 #[test]
-fn an_idle_worker_picks_up_a_new_task_quickly() {
+fn an_idle_worker_is_woken_by_a_new_task_without_polling() {
     let q = TestQueue::new();
-    let mut worker = q.spawn_worker("noop", &[]);
-    std::thread::sleep(Duration::from_millis(300));
-    let id = q.add(&["--type", "noop"]);
-    q.wait_for("the new task to complete", Duration::from_secs(5), |q| {
-        q.task(&id)["status"] == "completed"
+    // Polling alone would take a minute: only the file-system notification can be this quick.
+    let mut worker = q.spawn_worker("noop", &["--poll", "60s"]);
+    q.wait_for("the worker to be idle", Duration::from_secs(20), |q| {
+        q.status()["workers"][0]["state"] == "idle"
     });
+    for _ in 0..3 {
+        let id = q.add(&["--type", "noop"]);
+        let added = std::time::Instant::now();
+        q.wait_for("the new task to complete", Duration::from_secs(5), |q| {
+            q.task(&id)["status"] == "completed"
+        });
+        assert!(
+            added.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            added.elapsed()
+        );
+    }
     signal(&worker, Signal::SIGTERM);
     assert!(worker.wait().unwrap().success());
 }
