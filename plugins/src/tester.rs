@@ -130,6 +130,8 @@ impl Role for Tester {
             let err_tail = Arc::clone(&tail);
             scope.spawn(move || pump(stdout, out_tail, ctx));
             scope.spawn(move || pump(stderr, err_tail, ctx));
+            // Short commands are common: look often at first, then back off.
+            let mut pause = Duration::from_millis(1);
             loop {
                 if let Some(status) = child.try_wait()? {
                     return Ok::<_, std::io::Error>(status);
@@ -140,7 +142,8 @@ impl Role for Tester {
                     let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
                     return child.wait();
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
             }
         })?;
         let duration_ms = started.elapsed().as_millis() as u64;

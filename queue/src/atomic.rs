@@ -1,9 +1,10 @@
-//! Crash-safe file operations: a reader sees a file whole or not at all, and after a successful
-//! call the change survives a power loss.
+//! Crash-safe file operations: a reader sees a file whole or not at all, whatever process is
+//! killed when. Surviving a power loss is the job of [`sync_file_system`], called once at the end
+//! of each operation that must be durable.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::StoreError;
 
@@ -15,52 +16,55 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     }
 }
 
-/// Writes `bytes` to `dest` through a temporary file in `tmp_dir` (same file system), fsyncs it,
-/// renames it over `dest` and, when `durable`, fsyncs the destination folder.
+/// Writes `bytes` to `dest` through a temporary file in `tmp_dir` (same file system) and
+/// renames it over `dest`, so that readers see the old file or the new one, whole. With
+/// `sync_data` the temporary file is fsynced first, so that the rename can only ever expose
+/// complete contents; the rename itself is made durable by the caller's [`sync_file_system`].
 pub(crate) fn write_file(
     tmp_dir: &Path,
     dest: &Path,
     bytes: &[u8],
-    durable: bool,
+    sync_data: bool,
 ) -> Result<(), StoreError> {
     let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir).map_err(io_err(tmp_dir))?;
     tmp.write_all(bytes).map_err(io_err(tmp.path()))?;
-    if durable {
+    if sync_data {
         tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
     }
     tmp.persist(dest).map_err(|err| io_err(dest)(err.error))?;
-    sync_parent(durable, dest)
+    Ok(())
 }
 
-/// Creates an empty marker file (no error if it exists) and, when `durable`, makes its name
-/// durable.
-pub(crate) fn create_marker(durable: bool, path: &Path) -> Result<(), StoreError> {
+/// Creates an empty marker file (no error if it exists).
+pub(crate) fn create_marker(path: &Path) -> Result<(), StoreError> {
     File::create(path).map_err(io_err(path))?;
-    sync_parent(durable, path)
+    Ok(())
 }
 
-/// Removes a file if it exists and, when `durable`, makes the removal durable.
-pub(crate) fn remove_file(durable: bool, path: &Path) -> Result<(), StoreError> {
+/// Removes a file if it exists.
+pub(crate) fn remove_file(path: &Path) -> Result<(), StoreError> {
     match fs::remove_file(path) {
-        Ok(()) => sync_parent(durable, path),
+        Ok(()) => Ok(()),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(err) => Err(io_err(path)(err)),
     }
 }
 
-/// Fsyncs the folder holding `path`, so that a create, rename or unlink in it is on disk; does
-/// nothing unless `durable`.
-pub(crate) fn sync_parent(durable: bool, path: &Path) -> Result<(), StoreError> {
-    if !durable {
-        return Ok(());
+/// Makes every change made so far on the file system holding `root` durable: one `syncfs`,
+/// which commits the creations, renames and removals of a whole operation (and those of other
+/// processes meanwhile) at the cost of about one fsync.
+pub(crate) fn sync_file_system(root: &Path) -> Result<(), StoreError> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let dir = File::open(root).map_err(io_err(root))?;
+        nix::unistd::syncfs(&dir).map_err(|errno| io_err(root)(io::Error::from(errno)))
     }
-    let dir: PathBuf = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(&dir))
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = root;
+        nix::unistd::sync();
+        Ok(())
+    }
 }
 
 /// Lists a folder's file names; a missing folder is empty.

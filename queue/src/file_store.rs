@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::{create_marker, io_err, list_names, remove_file, sync_parent, write_file};
+use crate::atomic::{create_marker, io_err, list_names, remove_file, sync_file_system, write_file};
 use crate::{
     Attempt, AttemptStatus, Claim, Lease, NewTask, Outcome, QueueStore, Renewal, StoreError,
     Summary, Task, TaskStatus, WorkerRecord, validate_name,
@@ -173,7 +173,8 @@ impl FileStore {
         .expect("format marker serializes");
         bytes.push(b'\n');
         // Always durable: the setting itself must survive.
-        write_file(&self.tmp_dir(), &self.root.join(FORMAT_FILE), &bytes, true)
+        write_file(&self.tmp_dir(), &self.root.join(FORMAT_FILE), &bytes, true)?;
+        sync_file_system(&self.root)
     }
 
     /// Opens an existing queue folder.
@@ -257,14 +258,14 @@ impl FileStore {
 
     /// Records a finished state in the index; the task file is written after it.
     fn mark_finished(&self, task: &Task) -> Result<(), StoreError> {
-        create_marker(self.durable, &self.finished_marker(task.status, &task.id))
+        create_marker(&self.finished_marker(task.status, &task.id))
     }
 
     /// Drops a task from the finished index (it is pending or running again). Also heals a
     /// marker left by a process that died between marking a task finished and writing it.
     fn unmark_finished(&self, id: &str) -> Result<(), StoreError> {
         for status in FINISHED {
-            remove_file(self.durable, &self.finished_marker(status, id))?;
+            remove_file(&self.finished_marker(status, id))?;
         }
         Ok(())
     }
@@ -328,11 +329,8 @@ impl FileStore {
             self.pending_marker(task)
         };
         let dir = marker.parent().expect("markers live in a folder");
-        if !dir.is_dir() {
-            fs::create_dir_all(dir).map_err(io_err(dir))?;
-            sync_parent(self.durable, dir)?;
-        }
-        create_marker(self.durable, &marker)
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        create_marker(&marker)
     }
 
     fn running_marker(&self, id: &str) -> PathBuf {
@@ -382,23 +380,42 @@ impl FileStore {
     fn replay_intents(&self) -> Result<(), StoreError> {
         for (path, intent) in self.pending_intents()? {
             self.apply_intent(&intent)?;
-            remove_file(self.durable, &path)?;
+            remove_file(&path)?;
         }
         Ok(())
     }
 
+    /// Writes the tasks of an add and their index, then makes them durable. Nothing here needs
+    /// its own fsync: until the closing commit the intent holds the tasks, and a replay after a
+    /// power loss writes them again.
     fn apply_intent(&self, intent: &AddIntent) -> Result<(), StoreError> {
         for task in &intent.tasks {
             self.index_pending(task)?;
-            self.write_task(task)?;
+            write_file(
+                &self.tmp_dir(),
+                &self.task_path(&task.id),
+                &task_bytes(task),
+                false,
+            )?;
         }
         let next = self.root.join("next-id");
         write_file(
             &self.tmp_dir(),
             &next,
             intent.next_id.to_string().as_bytes(),
-            self.durable,
-        )
+            false,
+        )?;
+        self.commit()
+    }
+
+    /// Makes the operation's changes survive a power loss, when the queue is durable. Claims and
+    /// lease renewals skip it: losing one only means the task runs again, which at-least-once
+    /// execution allows; every operation that records an outcome or adds work ends with it.
+    fn commit(&self) -> Result<(), StoreError> {
+        if self.durable {
+            sync_file_system(&self.root)?;
+        }
+        Ok(())
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
@@ -414,12 +431,10 @@ impl FileStore {
     }
 
     fn write_task(&self, task: &Task) -> Result<(), StoreError> {
-        let mut bytes = serde_json::to_vec_pretty(task).expect("task serializes");
-        bytes.push(b'\n');
         write_file(
             &self.tmp_dir(),
             &self.task_path(&task.id),
-            &bytes,
+            &task_bytes(task),
             self.durable,
         )
     }
@@ -505,7 +520,7 @@ impl FileStore {
             let mut task = match self.read_task(&id) {
                 Ok(Some(task)) => task,
                 Ok(None) => {
-                    remove_file(self.durable, &marker)?;
+                    remove_file(&marker)?;
                     continue;
                 }
                 Err(err @ StoreError::Corrupt { .. }) => {
@@ -515,7 +530,7 @@ impl FileStore {
                 Err(err) => return Err(err),
             };
             if task.status != TaskStatus::Running {
-                remove_file(self.durable, &marker)?;
+                remove_file(&marker)?;
                 continue;
             }
             if task.lease_expires_at.is_some_and(|until| until > now) {
@@ -546,7 +561,10 @@ impl FileStore {
                 self.write_task(&task)?;
             }
             expired += 1;
-            remove_file(self.durable, &marker)?;
+            remove_file(&marker)?;
+        }
+        if expired > 0 {
+            self.commit()?;
         }
         Ok(expired)
     }
@@ -581,7 +599,7 @@ impl FileStore {
                     }
                     Err(err) => return Err(err),
                 }
-                remove_file(self.durable, &marker)?;
+                remove_file(&marker)?;
             }
         }
         Ok(())
@@ -624,6 +642,21 @@ impl FileStore {
         Ok(summary)
     }
 
+    /// True when every running marker belongs to a running task. There are only as many as
+    /// tasks run at once, so this is cheap; together with the task count it catches what a
+    /// crash in the middle of a claim, finish or expiry leaves behind.
+    fn running_index_is_current(&self) -> Result<bool, StoreError> {
+        for id in list_names(&self.root.join("running"))? {
+            match self.read_task(&id) {
+                Ok(Some(task)) if task.status == TaskStatus::Running => {}
+                Ok(_) => return Ok(false),
+                Err(err @ StoreError::Corrupt { .. }) => self.warn_once(&err),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(true)
+    }
+
     /// How many tasks exist: ids are given out consecutively and never reused or removed.
     fn task_count(&self) -> Result<usize, StoreError> {
         let committed = self.next_id()?.saturating_sub(1);
@@ -636,23 +669,43 @@ impl FileStore {
         Ok(usize::try_from(committed.max(unapplied)).unwrap_or(usize::MAX))
     }
 
-    /// Removes the markers that a process killed in the middle of a claim, finish, release or
-    /// lease expiry left behind: a running marker of a task that is not running, and the
-    /// pending or finished markers of a task that is. The caller holds the lock.
-    fn heal_running_index(&self) -> Result<(), StoreError> {
-        for id in list_names(&self.root.join("running"))? {
-            match self.read_task(&id) {
-                Ok(Some(task)) if task.status == TaskStatus::Running => {
-                    remove_file(self.durable, &self.pending_marker(&task))?;
-                    remove_file(self.durable, &self.delayed_marker(&task))?;
-                    self.unmark_finished(&id)?;
+    /// Makes every marker agree with its task file: each task gets exactly the marker of its
+    /// state, and markers of other states are removed. Returns the counts it found. Reads every
+    /// task, so it runs only when the index is found inconsistent. The caller holds the lock.
+    fn reindex(&self) -> Result<Summary, StoreError> {
+        let mut summary = Summary::default();
+        for task in self.tasks()? {
+            let pending_markers = [self.pending_marker(&task), self.delayed_marker(&task)];
+            let running = self.running_marker(&task.id);
+            match task.status {
+                TaskStatus::Pending => {
+                    // Keep only the index it belongs in: delayed while it waits for a retry.
+                    let other = usize::from(task.retry_at.is_none());
+                    remove_file(&pending_markers[other])?;
+                    self.index_pending(&task)?;
+                    remove_file(&running)?;
+                    self.unmark_finished(&task.id)?;
+                    *summary
+                        .pending_by_type
+                        .entry(task.task_type.clone())
+                        .or_default() += 1;
                 }
-                Ok(_) => remove_file(self.durable, &self.running_marker(&id))?,
-                Err(err @ StoreError::Corrupt { .. }) => self.warn_once(&err),
-                Err(err) => return Err(err),
+                TaskStatus::Running => {
+                    pending_markers.iter().try_for_each(|m| remove_file(m))?;
+                    create_marker(&running)?;
+                    self.unmark_finished(&task.id)?;
+                }
+                _ => {
+                    pending_markers.iter().try_for_each(|m| remove_file(m))?;
+                    remove_file(&running)?;
+                    self.unmark_finished(&task.id)?;
+                    self.mark_finished(&task)?;
+                }
             }
+            *summary.counts.entry(task.status).or_default() += 1;
         }
-        Ok(())
+        self.commit()?;
+        Ok(summary)
     }
 
     /// Expires every lease that has run out, now, and says how many did. Workers do this on
@@ -673,6 +726,13 @@ impl FileStore {
             .min(MAX_BACKOFF)
             .mul_f64(0.5 + fastrand::f64() / 2.0)
     }
+}
+
+/// A task file's contents.
+fn task_bytes(task: &Task) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec_pretty(task).expect("task serializes");
+    bytes.push(b'\n');
+    bytes
 }
 
 /// Ends the task's current attempt in its history.
@@ -736,8 +796,11 @@ impl QueueStore for FileStore {
         let path = self.root.join("intents").join(format!("{first:020}.json"));
         let bytes = serde_json::to_vec(&intent).expect("intent serializes");
         write_file(&self.tmp_dir(), &path, &bytes, self.durable)?;
+        self.commit()?; // the add is decided: a replay finishes it whatever happens next
         self.apply_intent(&intent)?;
-        remove_file(self.durable, &path)?;
+        // Left unsynced: every later commit persists the removal, and a replay before one
+        // only rewrites tasks that nothing durable has changed since.
+        remove_file(&path)?;
         Ok(intent.tasks)
     }
 
@@ -750,7 +813,7 @@ impl QueueStore for FileStore {
             let mut task = match self.read_task(&id) {
                 Ok(Some(task)) => task,
                 Ok(None) => {
-                    remove_file(self.durable, &marker)?;
+                    remove_file(&marker)?;
                     continue;
                 }
                 Err(err @ StoreError::Corrupt { .. }) => {
@@ -761,7 +824,7 @@ impl QueueStore for FileStore {
                 Err(err) => return Err(err),
             };
             if task.status != TaskStatus::Pending || marker != self.pending_marker(&task) {
-                remove_file(self.durable, &marker)?;
+                remove_file(&marker)?;
                 continue;
             }
             let now = Timestamp::now();
@@ -784,10 +847,10 @@ impl QueueStore for FileStore {
             });
             // Running marker first: if we die after it, the expiry scan finds a pending task
             // behind it and drops it; if we die after the task write, the lease expires.
-            create_marker(self.durable, &self.running_marker(&task.id))?;
+            create_marker(&self.running_marker(&task.id))?;
             self.unmark_finished(&task.id)?;
             self.write_task(&task)?;
-            remove_file(self.durable, &marker)?;
+            remove_file(&marker)?;
             let lease = Lease {
                 task_id: task.id.clone(),
                 attempt: task.attempts,
@@ -839,7 +902,8 @@ impl QueueStore for FileStore {
                     task.retry_at = Some(now.saturating_add(delay).unwrap_or(now));
                     self.index_pending(&task)?;
                     self.write_task(&task)?;
-                    remove_file(self.durable, &self.running_marker(&task.id))?;
+                    remove_file(&self.running_marker(&task.id))?;
+                    self.commit()?;
                     return Ok(task);
                 } else {
                     end_attempt(&mut task, AttemptStatus::Failed, Some(error), now);
@@ -849,7 +913,8 @@ impl QueueStore for FileStore {
         }
         self.mark_finished(&task)?;
         self.write_task(&task)?;
-        remove_file(self.durable, &self.running_marker(&task.id))?;
+        remove_file(&self.running_marker(&task.id))?;
+        self.commit()?;
         Ok(task)
     }
 
@@ -864,7 +929,8 @@ impl QueueStore for FileStore {
         task.lease_expires_at = None;
         self.index_pending(&task)?;
         self.write_task(&task)?;
-        remove_file(self.durable, &self.running_marker(&task.id))
+        remove_file(&self.running_marker(&task.id))?;
+        self.commit()
     }
 
     fn cancel(&self, id: &str) -> Result<Task, StoreError> {
@@ -879,7 +945,7 @@ impl QueueStore for FileStore {
                 self.mark_finished(&task)?;
                 self.write_task(&task)?;
                 for marker in markers {
-                    remove_file(self.durable, &marker)?;
+                    remove_file(&marker)?;
                 }
             }
             TaskStatus::Running => {
@@ -894,6 +960,7 @@ impl QueueStore for FileStore {
                 });
             }
         }
+        self.commit()?;
         Ok(task)
     }
 
@@ -918,6 +985,7 @@ impl QueueStore for FileStore {
         self.index_pending(&task)?;
         self.write_task(&task)?;
         self.unmark_finished(&task.id)?;
+        self.commit()?;
         Ok(task)
     }
 
@@ -964,27 +1032,15 @@ impl QueueStore for FileStore {
 
     fn summary(&self) -> Result<Summary, StoreError> {
         let summary = self.index_summary()?;
-        if summary.counts.values().sum::<usize>() == self.task_count()? {
-            return Ok(summary);
-        }
-        // A process died halfway through moving a task: heal the index and count again.
+        if summary.counts.values().sum::<usize>() == self.task_count()?
+            && self.running_index_is_current()?
         {
-            let _lock = self.lock()?;
-            self.heal_running_index()?;
-        }
-        let summary = self.index_summary()?;
-        if summary.counts.values().sum::<usize>() == self.task_count()? {
             return Ok(summary);
         }
-        // Still off (a crash in a rarer place): count from the task files themselves.
-        let mut summary = Summary::default();
-        for task in self.tasks()? {
-            *summary.counts.entry(task.status).or_default() += 1;
-            if task.status == TaskStatus::Pending {
-                *summary.pending_by_type.entry(task.task_type).or_default() += 1;
-            }
-        }
-        Ok(summary)
+        // A process died, or the machine lost power, halfway through moving a task: rebuild the
+        // index from the task files, which are the truth.
+        let _lock = self.lock()?;
+        self.reindex()
     }
 
     fn has_work(&self, types: &[String]) -> Result<bool, StoreError> {
@@ -1026,10 +1082,7 @@ impl QueueStore for FileStore {
 
     fn remove_worker(&self, name: &str) -> Result<(), StoreError> {
         validate_name("worker name", name)?;
-        remove_file(
-            self.durable,
-            &self.root.join("workers").join(format!("{name}.json")),
-        )
+        remove_file(&self.root.join("workers").join(format!("{name}.json")))
     }
 
     fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
@@ -1115,6 +1168,21 @@ mod tests {
 
     fn types(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn summary_rebuilds_an_index_that_disagrees_with_the_tasks() {
+        let (_dir, store) = store(DEFAULT_LEASE);
+        let tasks = store.add(vec![new("a", 1), new("a", 2)]).unwrap();
+        // As a power loss might leave it: one pending marker lost, a stale running marker.
+        fs::remove_file(store.pending_marker(&tasks[0])).unwrap();
+        create_marker(&store.running_marker(&tasks[1].id)).unwrap();
+        let summary = store.summary().unwrap();
+        assert_eq!(summary.counts[&TaskStatus::Pending], 2);
+        assert_eq!(summary.counts.get(&TaskStatus::Running), None);
+        assert!(!store.running_marker(&tasks[1].id).exists());
+        let claim = store.claim("w", &types(&["a"])).unwrap().unwrap();
+        assert_eq!(claim.task.id, tasks[0].id, "the lost marker is back");
     }
 
     #[test]

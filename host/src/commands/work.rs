@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use queue::QueueStore;
 
 use crate::cli::{Settings, WorkerArgs};
@@ -17,6 +17,9 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
         .expect("a fresh store is not shared")
         .with_lease(args.lease)
         .with_backoff(args.backoff);
+    // Checks the claim index against the task count, and rebuilds it if a crash or power loss
+    // left it behind, before anything is claimed from it.
+    store.summary().context("cannot check the queue")?;
     let registry = PluginRegistry::discover(&settings.plugin_path);
     let Some(role) = registry.role(role_name) else {
         let searched: Vec<String> = registry

@@ -1,0 +1,498 @@
+//! The benchmark: prints measured figures for the file store on this machine. Run with
+//! `cargo run --release -p bench` (it builds the release host and plugins first).
+//!
+//! Every figure is a measurement, not a verdict: the targets of the performance issue are
+//! printed beside them for comparison, never asserted.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, bail};
+use queue::{Durability, FileStore, NewTask, Outcome, QueueStore, TaskStatus};
+use serde_json::{Value, json};
+
+fn main() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ is inside the workspace")
+        .to_path_buf();
+    build_release(&root)?;
+    let bin = root.join("target/release");
+    let scratch = tempfile::Builder::new().prefix("host-bench").tempdir()?;
+    let bench = Bench {
+        host: bin.join("host"),
+        plugins: bin.clone(),
+        scratch: scratch.path().to_path_buf(),
+    };
+
+    println!("# host benchmark");
+    println!();
+    machine(&bench.scratch);
+    println!("command: cargo run --release -p bench");
+    println!();
+
+    let rate = durable_op_rate(&bench.scratch.join("fsync"), Duration::from_secs(3))?;
+    println!("durable file operations (write, fsync, rename, fsync folder): {rate:.0}/s");
+    println!();
+
+    println!("## Throughput: 10,000 noop tasks, 4 worker processes");
+    for durability in [Durability::Durable, Durability::Relaxed] {
+        let (add, drain) = bench.drain_noop(10_000, 4, durability)?;
+        let per_sec = 10_000.0 / drain.as_secs_f64();
+        let name = format!("{durability:?}").to_lowercase();
+        print!(
+            "- {name}: drained in {:.2} s = {per_sec:.0} tasks/s (adding them: {:.2} s)",
+            drain.as_secs_f64(),
+            add.as_secs_f64()
+        );
+        match durability {
+            Durability::Durable => println!(
+                "; {:.2}x the durable-operation rate (target >= 0.5x)",
+                per_sec / rate
+            ),
+            Durability::Relaxed => println!(" (target >= 10,000 tasks/s)"),
+        }
+    }
+    println!();
+
+    println!("## 1,000 `true` jobs, 4 parallel, end to end (add + run all)");
+    let ours = bench.true_jobs(1000, 4)?;
+    println!("- host (tester role, durable): {:.2} s", ours.as_secs_f64());
+    for (peer, run) in [
+        ("task-spooler (tsp, 4 slots)", peers::tsp as PeerRun),
+        ("nq (serial by design)", peers::nq),
+        ("pueue (4 parallel)", peers::pueue),
+    ] {
+        match run(&bench.scratch, 1000) {
+            Ok(Some(took)) => println!(
+                "- {peer}: {:.2} s; host is {:.1}x faster",
+                took.as_secs_f64(),
+                took.as_secs_f64() / ours.as_secs_f64()
+            ),
+            Ok(None) => println!("- {peer}: not installed"),
+            Err(err) => println!("- {peer}: failed: {err:#}"),
+        }
+    }
+    println!("(target: at least 2x faster than the fastest installed peer)");
+    println!();
+
+    println!("## Pickup latency: `host add` returning -> handler starting, idle worker");
+    let (p50, p99, n) = bench.pickup_latency(200)?;
+    println!(
+        "- over {n} tasks: p50 {p50:.2} ms, p99 {p99:.2} ms (targets: p50 < 5 ms, p99 < 50 ms)"
+    );
+    println!();
+
+    println!("## Scaling: one claim + finish (durable), by tasks pending");
+    let mut base = None;
+    let big = bench.scratch.join("scaling");
+    for pending in [100usize, 10_000, 100_000] {
+        let cost = claim_finish_cost(&big, pending, 300)?;
+        let base = *base.get_or_insert(cost);
+        println!(
+            "- {pending:>7} pending: {:.0} us ({:.2}x the cost at 100; target <= 1.5x at 100,000)",
+            cost.as_secs_f64() * 1e6,
+            cost.as_secs_f64() / base.as_secs_f64()
+        );
+    }
+    let status = bench.timed_status(&big)?;
+    println!(
+        "- `host status` with 100,000 tasks: {:.0} ms",
+        status.as_secs_f64() * 1e3
+    );
+    println!();
+
+    println!("## Memory: a noop worker with 100,000 tasks pending");
+    let (worker, handler) = bench.worker_memory(&big)?;
+    println!(
+        "- peak resident: worker {:.1} MB, its handler process {:.1} MB (target: worker < 30 MB)",
+        worker as f64 / 1024.0,
+        handler as f64 / 1024.0
+    );
+    Ok(())
+}
+
+fn build_release(root: &Path) -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(root)
+        .args(["build", "--release", "--quiet"])
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo build --release failed");
+    }
+    Ok(())
+}
+
+/// Prints what the figures were measured on.
+fn machine(scratch: &Path) {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let fs_type = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(scratch)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!(
+        "machine: {cpu}, {cores} cores, Linux {}, scratch on {fs_type}",
+        kernel.trim()
+    );
+}
+
+/// Durable file operations per second on this file system.
+fn durable_op_rate(dir: &Path, limit: Duration) -> anyhow::Result<f64> {
+    fs::create_dir_all(dir)?;
+    let folder = File::open(dir)?;
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < limit {
+        let tmp = dir.join("tmp");
+        let mut file = File::create(&tmp)?;
+        file.write_all(br#"{"id":"1","type":"noop","status":"pending"}"#)?;
+        file.sync_all()?;
+        fs::rename(&tmp, dir.join(format!("{}", ops % 64)))?;
+        folder.sync_all()?;
+        ops += 1;
+    }
+    Ok(ops as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Mean cost of one claim and one finish with `pending` tasks waiting (durably), on a queue
+/// at `dir` that is topped up as needed.
+fn claim_finish_cost(dir: &Path, pending: usize, rounds: usize) -> anyhow::Result<Duration> {
+    let store = FileStore::init(dir)?.set_durability(Durability::Relaxed)?;
+    let summary = store.summary()?;
+    let have = summary
+        .counts
+        .get(&TaskStatus::Pending)
+        .copied()
+        .unwrap_or(0);
+    let want = pending + rounds;
+    for start in (have..want).step_by(1000) {
+        let batch = (want - start).min(1000);
+        store.add(vec![noop_task(); batch])?;
+    }
+    let store = store.set_durability(Durability::Durable)?;
+    let types = vec!["noop".to_string()];
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let claim = store.claim("bench", &types)?.context("a task is pending")?;
+        store.finish(&claim.lease, Outcome::Success(json!(null)))?;
+    }
+    Ok(start.elapsed() / rounds as u32)
+}
+
+fn noop_task() -> NewTask {
+    NewTask {
+        task_type: "noop".into(),
+        ..NewTask::default()
+    }
+}
+
+type PeerRun = fn(&Path, usize) -> anyhow::Result<Option<Duration>>;
+
+struct Bench {
+    host: PathBuf,
+    plugins: PathBuf,
+    scratch: PathBuf,
+}
+
+impl Bench {
+    fn host(&self, queue: &Path) -> Command {
+        let mut cmd = Command::new(&self.host);
+        cmd.env("HOST_QUEUE_DIR", queue)
+            .env("HOST_PLUGIN_PATH", &self.plugins)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, queue: &Path, args: &[&str]) -> anyhow::Result<String> {
+        let output = self.host(queue).args(args).output()?;
+        if !output.status.success() {
+            bail!(
+                "host {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8(output.stdout)?)
+    }
+
+    fn fresh_queue(&self, name: &str, durability: Durability) -> anyhow::Result<PathBuf> {
+        let queue = self.scratch.join(name);
+        let setting = format!("{durability:?}").to_lowercase();
+        self.run(&queue, &["init", "--durability", &setting])?;
+        Ok(queue)
+    }
+
+    fn spawn_workers(&self, queue: &Path, role: &str, n: usize) -> anyhow::Result<Vec<Child>> {
+        (0..n)
+            .map(|i| {
+                self.host(queue)
+                    .args(["--role", role, "--drain", "--name", &format!("{role}{i}")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("cannot start a worker")
+            })
+            .collect()
+    }
+
+    fn wait_all(workers: Vec<Child>) -> anyhow::Result<()> {
+        for mut worker in workers {
+            let status = worker.wait()?;
+            if !status.success() {
+                bail!("a worker failed: {status}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `n` tasks from a JSON Lines file; returns how long the add took.
+    fn add_file(&self, queue: &Path, lines: &[String]) -> anyhow::Result<Duration> {
+        let file = queue.with_extension("jsonl");
+        fs::write(&file, lines.join("\n"))?;
+        let start = Instant::now();
+        self.run(
+            queue,
+            &["add", "--file", file.to_str().context("utf-8 path")?],
+        )?;
+        Ok(start.elapsed())
+    }
+
+    fn drain_noop(
+        &self,
+        n: usize,
+        workers: usize,
+        durability: Durability,
+    ) -> anyhow::Result<(Duration, Duration)> {
+        let name = format!("noop-{durability:?}").to_lowercase();
+        let queue = self.fresh_queue(&name, durability)?;
+        let lines = vec![r#"{"type":"noop"}"#.to_string(); n];
+        let add = self.add_file(&queue, &lines)?;
+        let start = Instant::now();
+        Self::wait_all(self.spawn_workers(&queue, "noop", workers)?)?;
+        Ok((add, start.elapsed()))
+    }
+
+    fn true_jobs(&self, n: usize, workers: usize) -> anyhow::Result<Duration> {
+        let queue = self.fresh_queue("true-jobs", Durability::Durable)?;
+        let target = self.scratch.join("true-target");
+        fs::create_dir_all(&target)?;
+        let entry = json!({"type": "test", "target": target, "payload": {"command": ["true"]}});
+        let lines = vec![entry.to_string(); n];
+        let start = Instant::now();
+        self.add_file(&queue, &lines)?;
+        Self::wait_all(self.spawn_workers(&queue, "tester", workers)?)?;
+        let took = start.elapsed();
+        let failed: Vec<Value> =
+            serde_json::from_str(&self.run(&queue, &["results", "--json", "--failed"])?)?;
+        if !failed.is_empty() {
+            bail!("{} `true` jobs failed", failed.len());
+        }
+        Ok(took)
+    }
+
+    /// Milliseconds from `host add` returning to the task being claimed by an idle worker.
+    fn pickup_latency(&self, n: usize) -> anyhow::Result<(f64, f64, usize)> {
+        let queue = self.fresh_queue("latency", Durability::Durable)?;
+        let mut worker = self
+            .host(&queue)
+            .args(["--role", "noop", "--name", "idle"])
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(500));
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = self.run(&queue, &["add", "--type", "noop"])?;
+            let returned = SystemTime::now();
+            let task = loop {
+                let task: Value =
+                    serde_json::from_str(&self.run(&queue, &["show", id.trim(), "--json"])?)?;
+                if task["startedAt"].is_string() {
+                    break task;
+                }
+            };
+            let started: jiff::Timestamp =
+                task["startedAt"].as_str().unwrap_or_default().parse()?;
+            let returned = jiff::Timestamp::try_from(returned)?;
+            // Claimed before `add` had even exited counts as zero.
+            samples.push(started.duration_since(returned).as_secs_f64().max(0.0) * 1e3);
+            // Spread the adds so that each finds the worker idle.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop(&worker)?;
+        worker.wait()?;
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        Ok((at(0.5), at(0.99), samples.len()))
+    }
+
+    fn timed_status(&self, queue: &Path) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        self.run(queue, &["status", "--json"])?;
+        Ok(start.elapsed())
+    }
+
+    /// Peak resident kilobytes of a worker and of its handler process.
+    fn worker_memory(&self, queue: &Path) -> anyhow::Result<(u64, u64)> {
+        let mut worker = self
+            .host(queue)
+            .args(["--role", "noop", "--name", "memory"])
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_secs(3));
+        let pid = worker.id();
+        let peak = |pid: u32| -> u64 {
+            fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmHWM:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|kb| kb.parse().ok())
+                })
+                .unwrap_or(0)
+        };
+        let handler = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+            .map_or(0, peak);
+        let worker_peak = peak(pid);
+        stop(&worker)?;
+        worker.wait()?;
+        Ok((worker_peak, handler))
+    }
+}
+
+/// Asks a worker to stop (SIGTERM), as Ctrl+C would.
+fn stop(child: &Child) -> anyhow::Result<()> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    Ok(())
+}
+
+/// The same 1,000 `true` jobs through other queues, where they are installed.
+mod peers {
+    use super::*;
+
+    fn installed(program: &str) -> bool {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn quiet(cmd: &mut Command) -> anyhow::Result<()> {
+        let status = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+        if !status.success() {
+            bail!("{cmd:?} failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// task-spooler with 4 slots.
+    pub fn tsp(scratch: &Path, n: usize) -> anyhow::Result<Option<Duration>> {
+        let program = if installed("tsp") {
+            "tsp"
+        } else if installed("ts") {
+            "ts"
+        } else {
+            return Ok(None);
+        };
+        let socket = scratch.join("tsp.socket");
+        let tsp = || {
+            let mut cmd = Command::new(program);
+            cmd.env("TS_SOCKET", &socket).env("TS_SAVELIST", "");
+            cmd
+        };
+        quiet(tsp().args(["-S", "4"]))?;
+        let start = Instant::now();
+        for _ in 0..n {
+            quiet(tsp().arg("true"))?;
+        }
+        loop {
+            let list = tsp().output()?;
+            let text = String::from_utf8_lossy(&list.stdout);
+            if !text.contains("running") && !text.contains("queued") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let took = start.elapsed();
+        let _ = quiet(tsp().arg("-K"));
+        Ok(Some(took))
+    }
+
+    /// nq, which runs jobs one after another.
+    pub fn nq(scratch: &Path, n: usize) -> anyhow::Result<Option<Duration>> {
+        if !installed("nq") {
+            return Ok(None);
+        }
+        let dir = scratch.join("nq");
+        fs::create_dir_all(&dir)?;
+        let start = Instant::now();
+        for _ in 0..n {
+            quiet(Command::new("nq").env("NQDIR", &dir).arg("true"))?;
+        }
+        quiet(Command::new("nq").env("NQDIR", &dir).arg("-w"))?;
+        Ok(Some(start.elapsed()))
+    }
+
+    /// pueue with 4 parallel tasks, on a daemon of its own.
+    pub fn pueue(scratch: &Path, n: usize) -> anyhow::Result<Option<Duration>> {
+        if !installed("pueue") || !installed("pueued") {
+            return Ok(None);
+        }
+        let dir = scratch.join("pueue");
+        fs::create_dir_all(&dir)?;
+        let config = dir.join("pueue.yml");
+        fs::write(
+            &config,
+            format!(
+                "shared:\n  pueue_directory: {0}\n  runtime_directory: {0}\n  use_unix_socket: true\n",
+                dir.display()
+            ),
+        )?;
+        let pueue = |args: &[&str]| {
+            let mut cmd = Command::new("pueue");
+            cmd.arg("-c").arg(&config).args(args);
+            cmd
+        };
+        let mut daemon = Command::new("pueued")
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_secs(1));
+        let outcome = (|| {
+            quiet(&mut pueue(&["parallel", "4"]))?;
+            let start = Instant::now();
+            for _ in 0..n {
+                quiet(&mut pueue(&["add", "--", "true"]))?;
+            }
+            quiet(&mut pueue(&["wait"]))?;
+            Ok(Some(start.elapsed()))
+        })();
+        let _ = quiet(&mut pueue(&["shutdown"]));
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        outcome
+    }
+}
