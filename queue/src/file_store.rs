@@ -6,9 +6,10 @@
 //!   lock                       empty; held (flock) by whoever changes the queue
 //!   next-id                    the id the next added task gets
 //!   tasks/<id>.json            one file per task: the source of truth
-//!   pending/<type>/<priority>-<bucket>/<id>
+//!   pending/<type>/<priority>-<bucket>/<sub-bucket>/<id>
 //!                              empty markers: the claim index, sorted by name; a bucket holds
-//!                              1024 consecutive ids, so no folder a claim lists grows large
+//!                              4096 consecutive ids in sub-buckets of 64, so no folder that a
+//!                              claim lists grows large
 //!   delayed/<type>/<time>-<id> empty markers: failed tasks waiting out their retry backoff
 //!   running/<id>               empty markers: the tasks whose leases are checked
 //!   completed/<id>, failed/<id>, cancelled/<id>
@@ -70,8 +71,10 @@ const FINISHED: [TaskStatus; 3] = [
     TaskStatus::Cancelled,
 ];
 
-/// How many consecutive ids share a pending bucket folder.
-const BUCKET: u64 = 1024;
+/// How many consecutive ids share a pending bucket folder, and how many share one of its
+/// sub-buckets: a claim lists at most one bucket's sub-buckets and one sub-bucket's markers.
+const BUCKET: u64 = 4096;
+const SUB_BUCKET: u64 = 64;
 
 /// How long a lease lasts unless renewed, when the store is not told otherwise.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -249,6 +252,7 @@ impl FileStore {
         let id: u64 = task.id.parse().unwrap_or(0);
         self.pending_dir(&task.task_type)
             .join(format!("{:010}-{:010}", task.priority, id / BUCKET))
+            .join(format!("{:02}", (id % BUCKET) / SUB_BUCKET))
             .join(format!("{id:020}"))
     }
 
@@ -271,41 +275,28 @@ impl FileStore {
     }
 
     /// The best pending marker of `types` not in `skip`: lowest priority number, then lowest
-    /// id. Lists only each type's bucket folders and its first non-empty bucket; empty buckets
-    /// are removed on the way.
+    /// id. Lists only the first non-empty bucket and sub-bucket of each type; empty folders are
+    /// removed on the way.
     fn best_pending(
         &self,
         types: &[String],
         skip: &HashSet<PathBuf>,
     ) -> Result<Option<(PathBuf, String)>, StoreError> {
-        let mut best: Option<(String, String, PathBuf)> = None;
+        let mut best: Option<PathBuf> = None;
         for task_type in types {
-            let type_dir = self.pending_dir(task_type);
-            let mut buckets = list_names(&type_dir)?;
-            buckets.sort();
-            for bucket in buckets {
-                let dir = type_dir.join(&bucket);
-                let mut ids = list_names(&dir)?;
-                if ids.is_empty() {
-                    // Nothing adds to it while we hold the lock.
-                    let _ = fs::remove_dir(&dir);
-                    continue;
-                }
-                ids.sort();
-                let Some(id) = ids.into_iter().find(|id| !skip.contains(&dir.join(id))) else {
-                    continue;
-                };
-                if best
-                    .as_ref()
-                    .is_none_or(|(b, i, _)| (&bucket, &id) < (b, i))
-                {
-                    best = Some((bucket, id.clone(), dir.join(&id)));
-                }
-                break;
+            let Some(marker) = first_marker(&self.pending_dir(task_type), 2, skip, true)? else {
+                continue;
+            };
+            if best
+                .as_ref()
+                .is_none_or(|b| index_key(&marker) < index_key(b))
+            {
+                best = Some(marker);
             }
         }
-        Ok(best.map(|(_, id, marker)| {
-            let id = id.trim_start_matches('0').to_string();
+        Ok(best.map(|marker| {
+            let name = marker.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let id = name.trim_start_matches('0').to_string();
             (marker, id)
         }))
     }
@@ -615,9 +606,7 @@ impl FileStore {
         };
         for task_type in list_names(&self.root.join("pending"))? {
             let type_dir = self.pending_dir(&task_type);
-            for bucket in list_names(&type_dir)? {
-                pending(task_type.clone(), list_names(&type_dir.join(bucket))?.len());
-            }
+            pending(task_type.clone(), count_markers(&type_dir, 2)?);
         }
         for task_type in list_names(&self.root.join("delayed"))? {
             let count = list_names(&self.delayed_dir(&task_type))?.len();
@@ -726,6 +715,54 @@ impl FileStore {
             .min(MAX_BACKOFF)
             .mul_f64(0.5 + fastrand::f64() / 2.0)
     }
+}
+
+/// The first file (by name, depth-first) below `dir` that is `depth` folders down and not in
+/// `skip`. With `prune`, folders found empty are removed: only under the queue lock, so that
+/// nothing is being added to them.
+fn first_marker(
+    dir: &Path,
+    depth: usize,
+    skip: &HashSet<PathBuf>,
+    prune: bool,
+) -> Result<Option<PathBuf>, StoreError> {
+    let mut names = list_names(dir)?;
+    names.sort_unstable();
+    for name in names {
+        let path = dir.join(name);
+        if depth == 0 {
+            if !skip.contains(&path) {
+                return Ok(Some(path));
+            }
+            continue;
+        }
+        if let Some(found) = first_marker(&path, depth - 1, skip, prune)? {
+            return Ok(Some(found));
+        }
+        if prune {
+            // Fails harmlessly when the folder still holds skipped markers.
+            let _ = fs::remove_dir(&path);
+        }
+    }
+    Ok(None)
+}
+
+/// What orders pending markers of different types: the three path components below the type
+/// folder (priority and bucket, sub-bucket, id), all zero-padded.
+fn index_key(marker: &Path) -> Vec<&std::ffi::OsStr> {
+    let parts: Vec<_> = marker.iter().collect();
+    parts[parts.len().saturating_sub(3)..].to_vec()
+}
+
+/// How many files lie `depth` folders below `dir`.
+fn count_markers(dir: &Path, depth: usize) -> Result<usize, StoreError> {
+    if depth == 0 {
+        return Ok(list_names(dir)?.len());
+    }
+    list_names(dir)?
+        .into_iter()
+        .map(|name| count_markers(&dir.join(name), depth - 1))
+        .sum()
 }
 
 /// A task file's contents.
@@ -848,7 +885,6 @@ impl QueueStore for FileStore {
             // Running marker first: if we die after it, the expiry scan finds a pending task
             // behind it and drops it; if we die after the task write, the lease expires.
             create_marker(&self.running_marker(&task.id))?;
-            self.unmark_finished(&task.id)?;
             self.write_task(&task)?;
             remove_file(&marker)?;
             let lease = Lease {
@@ -1049,10 +1085,8 @@ impl QueueStore for FileStore {
         }
         for task_type in types {
             let type_dir = self.pending_dir(task_type);
-            for bucket in list_names(&type_dir)? {
-                if !list_names(&type_dir.join(bucket))?.is_empty() {
-                    return Ok(true);
-                }
+            if first_marker(&type_dir, 2, &HashSet::new(), false)?.is_some() {
+                return Ok(true);
             }
             if !list_names(&self.delayed_dir(task_type))?.is_empty() {
                 return Ok(true);
@@ -1168,6 +1202,33 @@ mod tests {
 
     fn types(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn claim_order_holds_across_buckets() {
+        let (_dir, store) = store(DEFAULT_LEASE);
+        let many = (BUCKET + SUB_BUCKET) as usize;
+        store.add(vec![new("a", 9); many]).unwrap();
+        let urgent = store.add(vec![new("a", 1)]).unwrap().remove(0);
+        let a = types(&["a"]);
+        let first = store.claim("w", &a).unwrap().unwrap();
+        assert_eq!(
+            first.task.id, urgent.id,
+            "priority beats age, whatever the bucket"
+        );
+        let mut ids = Vec::new();
+        for _ in 0..(SUB_BUCKET + 2) {
+            let claim = store.claim("w", &a).unwrap().unwrap();
+            ids.push(claim.task.id.parse::<u64>().unwrap());
+        }
+        let want: Vec<u64> = (1..=SUB_BUCKET + 2).collect();
+        assert_eq!(ids, want, "oldest first across sub-buckets");
+        store.release(&first.lease).unwrap();
+        assert_eq!(store.claim("w", &a).unwrap().unwrap().task.id, urgent.id);
+        assert_eq!(
+            store.summary().unwrap().counts[&TaskStatus::Pending],
+            many - 66
+        );
     }
 
     #[test]

@@ -78,7 +78,7 @@ fn names(dir: &Path) -> Vec<String> {
     }
 }
 
-/// The task ids that have a marker in `<root>/<index>/<type>/[<bucket>/]`, with how many
+/// The task ids that have a marker anywhere below `<root>/<index>/<type>/`, with how many
 /// markers each.
 fn indexed(root: &Path, index: &str) -> BTreeMap<String, usize> {
     let mut ids = BTreeMap::new();
@@ -86,15 +86,17 @@ fn indexed(root: &Path, index: &str) -> BTreeMap<String, usize> {
         let id = name.rsplit('-').next().unwrap().trim_start_matches('0');
         *ids.entry(id.to_string()).or_default() += 1;
     };
-    for task_type in TYPES {
-        let dir = root.join(index).join(task_type);
-        for name in names(&dir) {
+    fn walk(dir: &Path, count: &mut impl FnMut(&str)) {
+        for name in names(dir) {
             if dir.join(&name).is_dir() {
-                names(&dir.join(&name)).iter().for_each(|n| count(n));
+                walk(&dir.join(&name), count);
             } else {
                 count(&name);
             }
         }
+    }
+    for task_type in TYPES {
+        walk(&root.join(index).join(task_type), &mut count);
     }
     ids
 }
