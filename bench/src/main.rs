@@ -79,10 +79,19 @@ fn main() -> anyhow::Result<()> {
     println!("(target: at least 2x faster than the fastest installed peer)");
     println!();
 
-    println!("## Pickup latency: `host add` returning -> handler starting, idle worker");
-    let (p50, p99, n) = bench.pickup_latency(200)?;
+    println!("## Pickup latency: an idle worker claiming a task added with `host add`");
+    let latency = bench.pickup_latency(200)?;
     println!(
-        "- over {n} tasks: p50 {p50:.2} ms, p99 {p99:.2} ms (targets: p50 < 5 ms, p99 < 50 ms)"
+        "- from `host add` returning, over {} tasks: p50 {:.2} ms, p99 {:.2} ms \
+         (targets: p50 < 5 ms, p99 < 50 ms; 0 = claimed before `host add` had returned)",
+        latency.from_return.len(),
+        percentile(&latency.from_return, 0.5),
+        percentile(&latency.from_return, 0.99)
+    );
+    println!(
+        "- from `host add` starting (process start and durable add included): p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&latency.from_start, 0.5),
+        percentile(&latency.from_start, 0.99)
     );
     println!();
 
@@ -206,6 +215,18 @@ fn noop_task() -> NewTask {
 
 type PeerRun = fn(&Path, usize) -> anyhow::Result<Option<Duration>>;
 
+/// Pickup latency samples in milliseconds, sorted.
+#[derive(Default)]
+struct Latency {
+    from_start: Vec<f64>,
+    from_return: Vec<f64>,
+}
+
+/// The `q` quantile of sorted samples.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
 struct Bench {
     host: PathBuf,
     plugins: PathBuf,
@@ -307,8 +328,9 @@ impl Bench {
         Ok(took)
     }
 
-    /// Milliseconds from `host add` returning to the task being claimed by an idle worker.
-    fn pickup_latency(&self, n: usize) -> anyhow::Result<(f64, f64, usize)> {
+    /// Milliseconds from `host add` starting, and from it returning, to the task being claimed
+    /// by an idle worker.
+    fn pickup_latency(&self, n: usize) -> anyhow::Result<Latency> {
         let queue = self.fresh_queue("latency", Durability::Durable)?;
         let mut worker = self
             .host(&queue)
@@ -316,8 +338,9 @@ impl Bench {
             .stderr(Stdio::null())
             .spawn()?;
         std::thread::sleep(Duration::from_millis(500));
-        let mut samples = Vec::with_capacity(n);
+        let mut latency = Latency::default();
         for _ in 0..n {
+            let spawned = jiff::Timestamp::now();
             let id = self.run(&queue, &["add", "--type", "noop"])?;
             let returned = SystemTime::now();
             let task = loop {
@@ -330,16 +353,18 @@ impl Bench {
             let started: jiff::Timestamp =
                 task["startedAt"].as_str().unwrap_or_default().parse()?;
             let returned = jiff::Timestamp::try_from(returned)?;
+            let ms = |from: jiff::Timestamp| started.duration_since(from).as_secs_f64() * 1e3;
             // Claimed before `add` had even exited counts as zero.
-            samples.push(started.duration_since(returned).as_secs_f64().max(0.0) * 1e3);
+            latency.from_return.push(ms(returned).max(0.0));
+            latency.from_start.push(ms(spawned));
             // Spread the adds so that each finds the worker idle.
             std::thread::sleep(Duration::from_millis(5));
         }
         stop(&worker)?;
         worker.wait()?;
-        samples.sort_by(f64::total_cmp);
-        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-        Ok((at(0.5), at(0.99), samples.len()))
+        latency.from_return.sort_by(f64::total_cmp);
+        latency.from_start.sort_by(f64::total_cmp);
+        Ok(latency)
     }
 
     fn timed_status(&self, queue: &Path) -> anyhow::Result<Duration> {
