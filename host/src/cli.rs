@@ -166,6 +166,10 @@ pub enum Command {
         /// The task id.
         id: String,
     },
+    /// Stop claims of the whole queue, of one task type, or of one task; running tasks finish.
+    Pause(PauseArgs),
+    /// Lift a pause made with `host pause` (the same scope).
+    Resume(PauseArgs),
     /// Internal: runs a role's handler for a worker, isolated in its own process.
     #[command(hide = true)]
     HandlerProcess {
@@ -176,6 +180,28 @@ pub enum Command {
         #[arg(long)]
         library: PathBuf,
     },
+}
+
+/// What `host pause` and `host resume` apply to; neither flag means the whole queue.
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// Only tasks of this type.
+    #[arg(long = "type", value_name = "TYPE", conflicts_with = "task")]
+    pub task_type: Option<String>,
+    /// Only this task.
+    #[arg(long, value_name = "ID")]
+    pub task: Option<String>,
+}
+
+impl PauseArgs {
+    /// The scope the flags name.
+    pub fn scope(&self) -> queue::PauseScope {
+        match (&self.task_type, &self.task) {
+            (Some(task_type), _) => queue::PauseScope::Type(task_type.clone()),
+            (None, Some(id)) => queue::PauseScope::Task(id.clone()),
+            (None, None) => queue::PauseScope::Queue,
+        }
+    }
 }
 
 /// The values of `host init --durability`.
@@ -218,11 +244,15 @@ pub struct AddArgs {
     /// Time limit of one attempt, e.g. 90s, 10m.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
+    /// Start only after task ID has completed (repeatable). The task is `blocked` until then,
+    /// and cancelled if ID fails or is cancelled.
+    #[arg(long, value_name = "ID")]
+    pub after: Vec<String>,
     /// Add every task in FILE (`-` for stdin): a JSON array or JSON Lines of task objects.
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["task_type", "target", "description", "priority", "payload", "max_attempts", "timeout"]
+        conflicts_with_all = ["task_type", "target", "description", "priority", "payload", "max_attempts", "timeout", "after"]
     )]
     pub file: Option<PathBuf>,
 }

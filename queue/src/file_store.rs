@@ -11,6 +11,10 @@
 //!                              4096 consecutive ids in sub-buckets of 64, so no folder that a
 //!                              claim lists grows large
 //!   delayed/<type>/<time>-<id> empty markers: failed tasks waiting out their retry backoff
+//!   blocked/<type>/<id>        empty markers: tasks waiting for the tasks they come after
+//!   dependents/<id>/<id>       empty markers: who comes after whom, read when a task finishes
+//!   paused/queue, paused/type/<type>, paused/task/<id>
+//!                              empty markers: what `host pause` stopped from being claimed
 //!   running/<id>               empty markers: the tasks whose leases are checked
 //!   completed/<id>, failed/<id>, cancelled/<id>
 //!                              empty markers: finished tasks, so that counting needs no reads
@@ -42,17 +46,23 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
+mod dependencies;
+
+use self::dependencies::Prerequisites;
 use crate::atomic::{create_marker, io_err, list_names, remove_file, sync_file_system, write_file};
 use crate::{
-    Attempt, AttemptStatus, Claim, Lease, NewTask, Outcome, QueueStore, Renewal, StoreError,
-    Summary, Task, TaskStatus, WorkerRecord, validate_name,
+    Attempt, AttemptStatus, Claim, Lease, NewTask, Outcome, PauseScope, QueueStore, Renewal,
+    StoreError, Summary, Task, TaskStatus, WorkerRecord, validate_name,
 };
 
 const FORMAT_FILE: &str = "queue.json";
 const FORMAT_VERSION: u64 = 2;
-const SUBDIRS: [&str; 11] = [
+const SUBDIRS: [&str; 14] = [
     "tasks",
     "pending",
+    "blocked",
+    "dependents",
+    "paused",
     "delayed",
     "running",
     "completed",
@@ -144,6 +154,14 @@ impl FileStore {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
+        // Created once here, so that a command that changes nothing leaves the folder as it was.
+        let lock = root.join("lock");
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(io_err(&lock))?;
         if root.join(FORMAT_FILE).exists() {
             return FileStore::open(root);
         }
@@ -254,6 +272,22 @@ impl FileStore {
             .join(format!("{:010}-{:010}", task.priority, id / BUCKET))
             .join(format!("{:02}", (id % BUCKET) / SUB_BUCKET))
             .join(format!("{id:020}"))
+    }
+
+    fn blocked_marker(&self, task: &Task) -> PathBuf {
+        self.root
+            .join("blocked")
+            .join(&task.task_type)
+            .join(&task.id)
+    }
+
+    fn pause_marker(&self, scope: &PauseScope) -> PathBuf {
+        let paused = self.root.join("paused");
+        match scope {
+            PauseScope::Queue => paused.join("queue"),
+            PauseScope::Type(task_type) => paused.join("type").join(task_type),
+            PauseScope::Task(id) => paused.join("task").join(id),
+        }
     }
 
     fn finished_marker(&self, status: TaskStatus, id: &str) -> PathBuf {
@@ -381,7 +415,12 @@ impl FileStore {
     /// power loss writes them again.
     fn apply_intent(&self, intent: &AddIntent) -> Result<(), StoreError> {
         for task in &intent.tasks {
-            self.index_pending(task)?;
+            self.index_dependencies(task)?;
+            match task.status {
+                TaskStatus::Blocked => self.index_blocked(task)?,
+                TaskStatus::Cancelled => self.mark_finished(task)?,
+                _ => self.index_pending(task)?,
+            }
             write_file(
                 &self.tmp_dir(),
                 &self.task_path(&task.id),
@@ -550,6 +589,7 @@ impl FileStore {
                 ));
                 self.mark_finished(&task)?;
                 self.write_task(&task)?;
+                self.cancel_dependents(&task)?;
             }
             expired += 1;
             remove_file(&marker)?;
@@ -622,6 +662,8 @@ impl FileStore {
         }
         let pending_total = summary.pending_by_type.values().sum();
         summary.counts.insert(TaskStatus::Pending, pending_total);
+        let blocked = count_markers(&self.root.join("blocked"), 1)?;
+        summary.counts.insert(TaskStatus::Blocked, blocked);
         let running = list_names(&self.root.join("running"))?.len();
         summary.counts.insert(TaskStatus::Running, running);
         for status in FINISHED {
@@ -666,7 +708,18 @@ impl FileStore {
         for task in self.tasks()? {
             let pending_markers = [self.pending_marker(&task), self.delayed_marker(&task)];
             let running = self.running_marker(&task.id);
+            let blocked = self.blocked_marker(&task);
+            if task.status == TaskStatus::Blocked {
+                self.index_blocked(&task)?;
+            } else {
+                remove_file(&blocked)?;
+            }
             match task.status {
+                TaskStatus::Blocked => {
+                    pending_markers.iter().try_for_each(|m| remove_file(m))?;
+                    remove_file(&running)?;
+                    self.unmark_finished(&task.id)?;
+                }
                 TaskStatus::Pending => {
                     // Keep only the index it belongs in: delayed while it waits for a retry.
                     let other = usize::from(task.retry_at.is_none());
@@ -821,11 +874,14 @@ impl QueueStore for FileStore {
         }
         let now = Timestamp::now();
         let count = tasks.len() as u64;
-        let tasks: Vec<Task> = tasks
+        let after = self.resolve_after(&tasks, first)?;
+        let mut tasks: Vec<Task> = tasks
             .into_iter()
+            .zip(after)
             .zip(first..)
-            .map(|(new, id)| new.into_task(id.to_string(), now))
+            .map(|((new, after), id)| new.into_task(id.to_string(), after, now))
             .collect();
+        self.settle_new_tasks(&mut tasks, now)?;
         let intent = AddIntent {
             tasks,
             next_id: first + count,
@@ -844,9 +900,21 @@ impl QueueStore for FileStore {
     fn claim(&self, worker: &str, types: &[String]) -> Result<Option<Claim>, StoreError> {
         let _lock = self.lock()?;
         self.expire_leases_if_due()?;
-        self.promote_due_retries(types)?;
+        if self.pause_marker(&PauseScope::Queue).exists() {
+            return Ok(None);
+        }
+        let types: Vec<String> = types
+            .iter()
+            .filter(|t| !self.pause_marker(&PauseScope::Type(t.to_string())).exists())
+            .cloned()
+            .collect();
+        self.promote_due_retries(&types)?;
         let mut skip = HashSet::new();
-        while let Some((marker, id)) = self.best_pending(types, &skip)? {
+        while let Some((marker, id)) = self.best_pending(&types, &skip)? {
+            if self.pause_marker(&PauseScope::Task(id.clone())).exists() {
+                skip.insert(marker);
+                continue;
+            }
             let mut task = match self.read_task(&id) {
                 Ok(Some(task)) => task,
                 Ok(None) => {
@@ -874,6 +942,8 @@ impl QueueStore for FileStore {
             task.success = None;
             task.result = None;
             task.lease_expires_at = Some(self.lease_until(now));
+            let waited = now.duration_since(task.created_at).as_millis().max(0);
+            task.wait_ms = Some(u64::try_from(waited).unwrap_or(u64::MAX));
             task.history.push(Attempt {
                 attempt: task.attempts,
                 worker: worker.to_string(),
@@ -950,6 +1020,11 @@ impl QueueStore for FileStore {
         self.mark_finished(&task)?;
         self.write_task(&task)?;
         remove_file(&self.running_marker(&task.id))?;
+        if task.status == TaskStatus::Completed {
+            self.unblock_dependents(&task.id)?;
+        } else {
+            self.cancel_dependents(&task)?;
+        }
         self.commit()?;
         Ok(task)
     }
@@ -973,8 +1048,12 @@ impl QueueStore for FileStore {
         let _lock = self.lock()?;
         let mut task = self.get(id)?;
         match task.status {
-            TaskStatus::Pending => {
-                let markers = [self.pending_marker(&task), self.delayed_marker(&task)];
+            TaskStatus::Pending | TaskStatus::Blocked => {
+                let markers = [
+                    self.pending_marker(&task),
+                    self.delayed_marker(&task),
+                    self.blocked_marker(&task),
+                ];
                 finish_task(&mut task, TaskStatus::Cancelled, Timestamp::now());
                 task.success = None;
                 task.error = Some("cancelled before it started".into());
@@ -983,6 +1062,7 @@ impl QueueStore for FileStore {
                 for marker in markers {
                     remove_file(&marker)?;
                 }
+                self.cancel_dependents(&task)?;
             }
             TaskStatus::Running => {
                 task.cancel_requested = true;
@@ -992,7 +1072,7 @@ impl QueueStore for FileStore {
                 return Err(StoreError::WrongState {
                     id: task.id,
                     status,
-                    hint: "only a pending or running task can be cancelled",
+                    hint: "only a pending, blocked or running task can be cancelled",
                 });
             }
         }
@@ -1010,7 +1090,16 @@ impl QueueStore for FileStore {
                 hint: "only a failed or cancelled task can be retried",
             });
         }
-        task.status = TaskStatus::Pending;
+        task.status = match self.prerequisites(&task)? {
+            Prerequisites::Done => TaskStatus::Pending,
+            Prerequisites::Waiting => TaskStatus::Blocked,
+            Prerequisites::Broken(dep, status) => {
+                return Err(StoreError::InvalidTask(format!(
+                    "task {id} comes after task {dep}, which is {status}: retry task {dep} instead"
+                )));
+            }
+        };
+        task.cancelled_by = None;
         task.max_attempts = task.max_attempts.max(task.attempts + 1);
         task.cancel_requested = false;
         task.retry_at = None;
@@ -1018,11 +1107,53 @@ impl QueueStore for FileStore {
         task.duration_ms = None;
         task.success = None;
         task.result = None;
-        self.index_pending(&task)?;
+        if task.status == TaskStatus::Blocked {
+            self.index_blocked(&task)?;
+        } else {
+            self.index_pending(&task)?;
+        }
         self.write_task(&task)?;
         self.unmark_finished(&task.id)?;
+        self.revive_dependents(&task.id)?;
         self.commit()?;
         Ok(task)
+    }
+
+    fn pause(&self, scope: &PauseScope) -> Result<(), StoreError> {
+        match scope {
+            PauseScope::Type(task_type) => validate_name("task type", task_type)?,
+            PauseScope::Task(id) => drop(self.get(id)?),
+            PauseScope::Queue => {}
+        }
+        let marker = self.pause_marker(scope);
+        let dir = marker.parent().expect("markers live in a folder");
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        create_marker(&marker)?;
+        self.commit()
+    }
+
+    fn resume(&self, scope: &PauseScope) -> Result<(), StoreError> {
+        if let PauseScope::Type(task_type) = scope {
+            validate_name("task type", task_type)?;
+        }
+        remove_file(&self.pause_marker(scope))?;
+        self.commit()
+    }
+
+    fn paused(&self) -> Result<Vec<PauseScope>, StoreError> {
+        let mut scopes = Vec::new();
+        if self.pause_marker(&PauseScope::Queue).exists() {
+            scopes.push(PauseScope::Queue);
+        }
+        let paused = self.root.join("paused");
+        for name in list_names(&paused.join("type"))? {
+            scopes.push(PauseScope::Type(name));
+        }
+        for name in list_names(&paused.join("task"))? {
+            scopes.push(PauseScope::Task(name));
+        }
+        scopes.sort();
+        Ok(scopes)
     }
 
     fn get(&self, id: &str) -> Result<Task, StoreError> {
@@ -1088,7 +1219,10 @@ impl QueueStore for FileStore {
             if first_marker(&type_dir, 2, &HashSet::new(), false)?.is_some() {
                 return Ok(true);
             }
-            if !list_names(&self.delayed_dir(task_type))?.is_empty() {
+            let blocked = self.root.join("blocked").join(task_type);
+            if !list_names(&self.delayed_dir(task_type))?.is_empty()
+                || !list_names(&blocked)?.is_empty()
+            {
                 return Ok(true);
             }
         }
@@ -1325,8 +1459,8 @@ mod tests {
         let now = Timestamp::now();
         let intent = AddIntent {
             tasks: vec![
-                new("a", 5).into_task("1".into(), now),
-                new("a", 5).into_task("2".into(), now),
+                new("a", 5).into_task("1".into(), vec![], now),
+                new("a", 5).into_task("2".into(), vec![], now),
             ],
             next_id: 3,
         };

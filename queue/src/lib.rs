@@ -94,11 +94,44 @@ pub struct NewTask {
     pub max_attempts: Option<u32>,
     /// Time limit of one attempt.
     pub timeout_secs: Option<u64>,
+    /// The tasks this one comes after: it stays blocked until they have all completed.
+    pub after: Vec<Dependency>,
+}
+
+/// A task that a new task comes after.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dependency {
+    /// A task already in the queue, by id.
+    Task(String),
+    /// Another task of the same add, by its index in the list (0-based).
+    Batch(usize),
+}
+
+/// What `pause` and `resume` apply to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PauseScope {
+    /// Every task.
+    Queue,
+    /// The tasks of one type.
+    Type(String),
+    /// One task.
+    Task(String),
+}
+
+impl std::fmt::Display for PauseScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PauseScope::Queue => f.write_str("the whole queue"),
+            PauseScope::Type(t) => write!(f, "type {t}"),
+            PauseScope::Task(id) => write!(f, "task {id}"),
+        }
+    }
 }
 
 impl NewTask {
-    /// The task as it is stored when added with this id at this time.
-    pub fn into_task(self, id: String, now: Timestamp) -> Task {
+    /// The task as it is stored when added with this id at this time, coming after the tasks
+    /// `after` (its dependencies, resolved to ids).
+    pub fn into_task(self, id: String, after: Vec<String>, now: Timestamp) -> Task {
         Task {
             id,
             task_type: self.task_type,
@@ -106,7 +139,7 @@ impl NewTask {
             description: self.description,
             priority: self.priority.unwrap_or(DEFAULT_PRIORITY),
             payload: self.payload,
-            after: Vec::new(),
+            after,
             status: TaskStatus::Pending,
             attempts: 0,
             max_attempts: self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
@@ -122,6 +155,9 @@ impl NewTask {
             lease_expires_at: None,
             retry_at: None,
             cancel_requested: false,
+            cancelled_by: None,
+            wait_ms: None,
+            aged_priority: None,
             history: Vec::new(),
         }
     }
@@ -266,8 +302,17 @@ pub trait QueueStore: Send + Sync {
     fn cancel(&self, id: &str) -> Result<Task, StoreError>;
 
     /// Puts a failed or cancelled task back to pending, allowing it at least one more attempt.
-    /// Its history is kept.
+    /// Its history is kept, and the tasks its failure cancelled are blocked on it again.
     fn retry(&self, id: &str) -> Result<Task, StoreError>;
+
+    /// Stops claims in `scope` until [`QueueStore::resume`]; running tasks finish.
+    fn pause(&self, scope: &PauseScope) -> Result<(), StoreError>;
+
+    /// Lifts a pause.
+    fn resume(&self, scope: &PauseScope) -> Result<(), StoreError>;
+
+    /// What is paused.
+    fn paused(&self) -> Result<Vec<PauseScope>, StoreError>;
 
     /// Returns the task to pending without counting the attempt (the worker is shutting down).
     fn release(&self, lease: &Lease) -> Result<(), StoreError>;

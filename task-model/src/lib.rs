@@ -20,6 +20,8 @@ use serde_json::Value;
 pub enum TaskStatus {
     /// Waiting to be claimed.
     Pending,
+    /// Waiting for the tasks it comes after (`after`) to complete.
+    Blocked,
     /// Claimed by a worker whose lease has not expired.
     Running,
     /// The handler succeeded.
@@ -32,8 +34,9 @@ pub enum TaskStatus {
 
 impl TaskStatus {
     /// Every status, in the order `status` lists them.
-    pub const ALL: [TaskStatus; 5] = [
+    pub const ALL: [TaskStatus; 6] = [
         TaskStatus::Pending,
+        TaskStatus::Blocked,
         TaskStatus::Running,
         TaskStatus::Completed,
         TaskStatus::Failed,
@@ -52,6 +55,7 @@ impl TaskStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             TaskStatus::Pending => "pending",
+            TaskStatus::Blocked => "blocked",
             TaskStatus::Running => "running",
             TaskStatus::Completed => "completed",
             TaskStatus::Failed => "failed",
@@ -175,6 +179,18 @@ pub struct Task {
     /// Set by `host cancel` on a running task; its handler sees it through its context.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
+    /// The task whose failure or cancellation cancelled this one (it came after it); retrying
+    /// that task brings this one back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<String>,
+    /// How long the task waited between becoming claimable and its latest claim, in
+    /// milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    /// The priority the task was claimed at, when waiting long had raised it (priority aging);
+    /// `priority` keeps the original.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aged_priority: Option<u32>,
     /// Every claim of the task, oldest first, with how each ended.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Attempt>,
@@ -222,6 +238,9 @@ mod tests {
             lease_expires_at: None,
             retry_at: None,
             cancel_requested: false,
+            cancelled_by: None,
+            wait_ms: None,
+            aged_priority: None,
             history: vec![],
         };
         let json = serde_json::to_value(&task).unwrap();

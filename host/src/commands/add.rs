@@ -3,12 +3,13 @@
 //! Every task is checked before anything is stored: its type must be claimed by a role on the
 //! plugin path, and that role's `validate` must accept it.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
 use jiff::Timestamp;
-use queue::{NewTask, QueueStore};
+use queue::{Dependency, NewTask, QueueStore};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -17,12 +18,17 @@ use crate::commands::open_store;
 use crate::commands::outln;
 use crate::loader::PluginRegistry;
 
-/// One entry of a task file: the same fields as the flags of `host add`.
+/// One entry of a task file: the same fields as the flags of `host add`, plus a `key` by which
+/// later entries of the same file can name it in their `after`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct TaskEntry {
+    key: Option<String>,
     #[serde(rename = "type")]
     task_type: String,
+    /// Keys of entries of the same file, or ids of tasks already in the queue.
+    #[serde(default)]
+    after: Vec<AfterRef>,
     target: Option<PathBuf>,
     description: Option<String>,
     priority: Option<u32>,
@@ -54,6 +60,14 @@ pub fn run(settings: &Settings, args: &AddArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An `after` reference in a task file: a key of the file, or an id as a string or a number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum AfterRef {
+    Id(u64),
+    Text(String),
+}
+
 fn task_from_flags(args: &AddArgs) -> anyhow::Result<NewTask> {
     let payload = match &args.payload {
         Some(text) => serde_json::from_str(text)
@@ -68,6 +82,7 @@ fn task_from_flags(args: &AddArgs) -> anyhow::Result<NewTask> {
         payload,
         max_attempts: args.max_attempts,
         timeout_secs: args.timeout.map(|t| t.as_secs().max(1)),
+        after: args.after.iter().cloned().map(Dependency::Task).collect(),
     })
 }
 
@@ -111,13 +126,38 @@ fn read_task_file(file: &Path) -> anyhow::Result<Vec<NewTask>> {
     if entries.is_empty() {
         bail!("{name}: no tasks in the file");
     }
+    let mut keys = HashMap::new();
+    for (index, (at, entry)) in entries.iter().enumerate() {
+        if let Some(key) = &entry.key {
+            if key.is_empty() || key.bytes().all(|b| b.is_ascii_digit()) {
+                bail!("{at}: key {key:?} must contain a character other than a digit");
+            }
+            if keys.insert(key.clone(), index).is_some() {
+                bail!("{at}: key {key:?} is used twice");
+            }
+        }
+    }
     entries
         .into_iter()
-        .map(|(at, entry)| new_task(entry).map_err(|err| anyhow!("{at}: {err:#}")))
+        .map(|(at, entry)| new_task(entry, &keys).map_err(|err| anyhow!("{at}: {err:#}")))
         .collect()
 }
 
-fn new_task(entry: TaskEntry) -> anyhow::Result<NewTask> {
+fn new_task(entry: TaskEntry, keys: &HashMap<String, usize>) -> anyhow::Result<NewTask> {
+    let after = entry
+        .after
+        .iter()
+        .map(|dep| match dep {
+            AfterRef::Id(id) => Ok(Dependency::Task(id.to_string())),
+            AfterRef::Text(text) => match keys.get(text) {
+                Some(index) => Ok(Dependency::Batch(*index)),
+                None if text.bytes().all(|b| b.is_ascii_digit()) && !text.is_empty() => {
+                    Ok(Dependency::Task(text.clone()))
+                }
+                None => Err(anyhow!("after: no entry with key {text:?} in this file")),
+            },
+        })
+        .collect::<anyhow::Result<_>>()?;
     let timeout_secs = match (entry.timeout, entry.timeout_secs) {
         (Some(_), Some(_)) => bail!("give timeout or timeoutSecs, not both"),
         (Some(text), None) => Some(
@@ -136,6 +176,7 @@ fn new_task(entry: TaskEntry) -> anyhow::Result<NewTask> {
         payload: entry.payload.unwrap_or(Value::Null),
         max_attempts: entry.max_attempts,
         timeout_secs,
+        after,
     })
 }
 
@@ -168,7 +209,9 @@ fn check_task(registry: &PluginRegistry, task: &NewTask) -> anyhow::Result<()> {
             searched.join(", ")
         );
     };
-    let draft = task.clone().into_task("0".into(), Timestamp::now());
+    let draft = task
+        .clone()
+        .into_task("0".into(), Vec::new(), Timestamp::now());
     role.validate(&draft)
         .map_err(|reason| anyhow!("role {} refuses the task: {reason}", role.name()))
 }

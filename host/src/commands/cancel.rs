@@ -1,6 +1,6 @@
-//! `host cancel ID` and `host retry ID`: move one task by hand.
+//! `host cancel`, `host retry`, `host pause` and `host resume`: steer work by hand.
 
-use queue::{QueueStore, TaskStatus};
+use queue::{PauseScope, QueueStore, TaskStatus};
 
 use crate::cli::Settings;
 use crate::commands::{open_store, outln};
@@ -17,13 +17,32 @@ pub fn cancel(settings: &Settings, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Returns a failed or cancelled task to the queue.
+/// Returns a failed or cancelled task to the queue (blocked, if it comes after unfinished work).
 pub fn retry(settings: &Settings, id: &str) -> anyhow::Result<()> {
     let task = open_store(settings)?.retry(id)?;
     outln!(
-        "task {id}: pending again (attempt {} of {} next)",
+        "task {id}: {} again (attempt {} of {} next)",
+        task.status,
         task.attempts + 1,
         task.max_attempts
     );
+    Ok(())
+}
+
+/// Stops claims in a scope.
+pub fn pause(settings: &Settings, scope: &PauseScope) -> anyhow::Result<()> {
+    open_store(settings)?.pause(scope)?;
+    outln!("paused {scope}: nothing there is claimed until `host resume`");
+    Ok(())
+}
+
+/// Lifts a pause.
+pub fn resume(settings: &Settings, scope: &PauseScope) -> anyhow::Result<()> {
+    let store = open_store(settings)?;
+    if !store.paused()?.contains(scope) {
+        anyhow::bail!("{scope} is not paused");
+    }
+    store.resume(scope)?;
+    outln!("resumed {scope}");
     Ok(())
 }

@@ -29,6 +29,8 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Plugins { json } => plugins::run(settings, json),
         Command::Cancel { id } => cancel::cancel(settings, &id),
         Command::Retry { id } => cancel::retry(settings, &id),
+        Command::Pause(args) => cancel::pause(settings, &args.scope()),
+        Command::Resume(args) => cancel::resume(settings, &args.scope()),
         Command::HandlerProcess { role, library } => crate::handler_process::serve(&role, &library),
     }
 }

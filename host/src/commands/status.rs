@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use queue::{QueueStore, TaskStatus, WorkerRecord};
+use queue::{PauseScope, QueueStore, TaskStatus, WorkerRecord};
 use serde::Serialize;
 
 use crate::cli::Settings;
@@ -25,6 +25,8 @@ pub struct StatusReport {
     pub counts: BTreeMap<&'static str, usize>,
     /// Pending tasks per type.
     pub pending_by_type: BTreeMap<String, usize>,
+    /// What `host pause` stopped: "queue", "type TYPE" or "task ID".
+    pub paused: Vec<String>,
     /// Every published worker.
     pub workers: Vec<WorkerView>,
 }
@@ -49,6 +51,15 @@ impl StatusReport {
             .map(|s| (s.as_str(), summary.counts.get(s).copied().unwrap_or(0)))
             .collect();
         let pending_by_type = summary.pending_by_type;
+        let paused = store
+            .paused()?
+            .into_iter()
+            .map(|scope| match scope {
+                PauseScope::Queue => "queue".to_string(),
+                PauseScope::Type(t) => format!("type {t}"),
+                PauseScope::Task(id) => format!("task {id}"),
+            })
+            .collect();
         let now = Timestamp::now();
         let workers = store
             .workers()?
@@ -62,13 +73,14 @@ impl StatusReport {
             queue: settings.queue.display().to_string(),
             counts,
             pending_by_type,
+            paused,
             workers,
         })
     }
 
-    /// Tasks that are pending or running.
+    /// Tasks that are pending, blocked or running.
     pub fn unfinished(&self) -> usize {
-        self.counts["pending"] + self.counts["running"]
+        self.counts["pending"] + self.counts["blocked"] + self.counts["running"]
     }
 
     /// The human form.
@@ -87,6 +99,9 @@ impl StatusReport {
                 let _ = write!(out, "   ({})", by_type.join(", "));
             }
             out.push('\n');
+        }
+        if !self.paused.is_empty() {
+            let _ = writeln!(out, "  paused: {}", self.paused.join(", "));
         }
         out.push('\n');
         if self.workers.is_empty() {

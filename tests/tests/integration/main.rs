@@ -4,6 +4,7 @@
 mod bad_input;
 mod claiming;
 mod crashes;
+mod orchestration;
 mod plugins;
 mod reliability;
 mod roles;

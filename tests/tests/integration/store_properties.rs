@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use queue::{
-    AttemptStatus, FileStore, Lease, NewTask, Outcome, QueueStore, StoreError, Task, TaskStatus,
+    AttemptStatus, Dependency, FileStore, Lease, NewTask, Outcome, QueueStore, StoreError, Task,
+    TaskStatus,
 };
 use serde_json::json;
 
@@ -16,10 +17,12 @@ const TYPES: [&str; 2] = ["alpha", "beta"];
 
 #[derive(Clone, Debug)]
 enum Op {
+    /// `after`: comes after an existing task (picked from this number) when some.
     Add {
         count: usize,
         kind: usize,
         priority: u32,
+        after: Option<usize>,
     },
     /// Claims with a lease that expires at once when `short`, else one that lasts an hour.
     Claim {
@@ -48,8 +51,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (1..4usize, 0..2usize, 0..3u32)
-            .prop_map(|(count, kind, priority)| Op::Add { count, kind, priority }),
+        3 => (1..4usize, 0..2usize, 0..3u32, prop::option::of(any::<usize>()))
+            .prop_map(|(count, kind, priority, after)| Op::Add { count, kind, priority, after }),
         4 => (0..2usize, any::<bool>()).prop_map(|(kind, short)| Op::Claim { kind, short }),
         1 => any::<usize>().prop_map(|pick| Op::Renew { pick }),
         3 => (any::<usize>(), 0..3u8).prop_map(|(pick, how)| Op::Finish { pick, how }),
@@ -61,11 +64,12 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// Errors a correct store may answer to an operation the sequence got wrong (a lease that
-/// expired meanwhile, a cancel of a finished task).
+/// expired meanwhile, a cancel of a finished task, a retry of a task whose prerequisite
+/// failed).
 fn expected(err: &StoreError) -> bool {
     matches!(
         err,
-        StoreError::LeaseLost { .. } | StoreError::WrongState { .. }
+        StoreError::LeaseLost { .. } | StoreError::WrongState { .. } | StoreError::InvalidTask(_)
     )
 }
 
@@ -110,12 +114,46 @@ fn check_invariants(root: &Path, store: &FileStore, added: usize) -> Result<(), 
     let pending = indexed(root, "pending");
     let delayed = indexed(root, "delayed");
     let running: Vec<String> = names(&root.join("running"));
+    let blocked = indexed(root, "blocked");
+    let status_of: BTreeMap<&str, TaskStatus> =
+        tasks.iter().map(|t| (t.id.as_str(), t.status)).collect();
     let mut counts: BTreeMap<TaskStatus, usize> = BTreeMap::new();
     for task in &tasks {
         *counts.entry(task.status).or_default() += 1;
         let markers = pending.get(&task.id).copied().unwrap_or(0)
             + delayed.get(&task.id).copied().unwrap_or(0);
         let is_running = running.contains(&task.id);
+        prop_assert_eq!(
+            blocked.contains_key(&task.id),
+            task.status == TaskStatus::Blocked,
+            "task {} is in blocked/ iff it is blocked",
+            &task.id
+        );
+        let prerequisites: Vec<TaskStatus> =
+            task.after.iter().map(|id| status_of[id.as_str()]).collect();
+        match task.status {
+            TaskStatus::Pending | TaskStatus::Running | TaskStatus::Completed => prop_assert!(
+                prerequisites.iter().all(|s| *s == TaskStatus::Completed),
+                "task {} started before the tasks it comes after completed",
+                &task.id
+            ),
+            TaskStatus::Blocked => prop_assert!(
+                prerequisites.iter().any(|s| *s != TaskStatus::Completed)
+                    && !prerequisites
+                        .iter()
+                        .any(|s| matches!(s, TaskStatus::Failed | TaskStatus::Cancelled)),
+                "blocked task {} waits for something that can still complete",
+                &task.id
+            ),
+            _ => {}
+        }
+        if let Some(by) = &task.cancelled_by {
+            prop_assert_eq!(task.status, TaskStatus::Cancelled);
+            prop_assert!(matches!(
+                status_of[by.as_str()],
+                TaskStatus::Failed | TaskStatus::Cancelled
+            ));
+        }
         match task.status {
             TaskStatus::Pending => {
                 prop_assert_eq!(markers, 1, "pending task {} is indexed once", &task.id);
@@ -131,6 +169,10 @@ fn check_invariants(root: &Path, store: &FileStore, added: usize) -> Result<(), 
                 prop_assert_eq!(markers, 0);
                 prop_assert!(is_running, "running task {} has a running marker", &task.id);
                 prop_assert!(task.lease_expires_at.is_some() && task.worker.is_some());
+            }
+            TaskStatus::Blocked => {
+                prop_assert_eq!(markers, 0);
+                prop_assert!(!is_running);
             }
             _ => {
                 prop_assert_eq!(markers, 0, "finished task {} is not indexed", &task.id);
@@ -208,13 +250,20 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 count,
                 kind,
                 priority,
+                after,
             } => {
+                let after: Vec<Dependency> = after
+                    .filter(|_| added > 0)
+                    .map(|n| Dependency::Task((n % added + 1).to_string()))
+                    .into_iter()
+                    .collect();
                 let tasks = (0..count)
                     .map(|_| NewTask {
                         task_type: TYPES[kind].into(),
                         priority: Some(priority),
                         max_attempts: Some(3),
                         payload: json!({}),
+                        after: after.clone(),
                         ..NewTask::default()
                     })
                     .collect();

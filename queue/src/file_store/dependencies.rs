@@ -1,0 +1,291 @@
+//! `after`: a task stays blocked until every task it comes after has completed; when one of
+//! those fails or is cancelled, it is cancelled too, and retrying that task brings it back.
+//!
+//! Each edge is kept twice: in the dependent's `after` (the truth) and as an empty marker
+//! `dependents/<prerequisite>/<dependent>`, so that finishing a task finds the tasks waiting on
+//! it without reading any other.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+
+use super::FileStore;
+use crate::atomic::{create_marker, io_err, list_names, remove_file};
+use crate::{Dependency, NewTask, StoreError, Task, TaskStatus};
+
+/// Where the tasks a task comes after stand.
+pub(super) enum Prerequisites {
+    /// All completed: the task may run.
+    Done,
+    /// Some still to finish.
+    Waiting,
+    /// This one failed or was cancelled: the task cannot run until it is retried.
+    Broken(String, TaskStatus),
+}
+
+impl FileStore {
+    /// Puts a task in the blocked index.
+    pub(super) fn index_blocked(&self, task: &Task) -> Result<(), StoreError> {
+        let marker = self.blocked_marker(task);
+        let dir = marker.parent().expect("markers live in a folder");
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        create_marker(&marker)
+    }
+
+    /// Where the tasks `task` comes after stand.
+    pub(super) fn prerequisites(&self, task: &Task) -> Result<Prerequisites, StoreError> {
+        let mut waiting = false;
+        for dep in &task.after {
+            match self.read_task(dep)?.map(|t| t.status) {
+                Some(status @ (TaskStatus::Failed | TaskStatus::Cancelled)) => {
+                    return Ok(Prerequisites::Broken(dep.clone(), status));
+                }
+                Some(TaskStatus::Completed) | None => {}
+                Some(_) => waiting = true,
+            }
+        }
+        Ok(if waiting {
+            Prerequisites::Waiting
+        } else {
+            Prerequisites::Done
+        })
+    }
+
+    fn dependents_dir(&self, id: &str) -> std::path::PathBuf {
+        self.root.join("dependents").join(id)
+    }
+
+    /// Resolves the `after` of tasks about to get ids from `first` on, refusing unknown ids and
+    /// cycles. The caller holds the lock.
+    pub(super) fn resolve_after(
+        &self,
+        tasks: &[NewTask],
+        first: u64,
+    ) -> Result<Vec<Vec<String>>, StoreError> {
+        let mut resolved = Vec::with_capacity(tasks.len());
+        for (index, task) in tasks.iter().enumerate() {
+            let mut ids = Vec::new();
+            for dep in &task.after {
+                let id = match dep {
+                    Dependency::Batch(other) if *other < tasks.len() => {
+                        (first + *other as u64).to_string()
+                    }
+                    Dependency::Batch(other) => {
+                        return Err(invalid(index, format!("after: no entry {}", other + 1)));
+                    }
+                    Dependency::Task(id) => {
+                        if self.read_task(id)?.is_none() {
+                            return Err(invalid(index, format!("after: no task with id {id}")));
+                        }
+                        id.clone()
+                    }
+                };
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            resolved.push(ids);
+        }
+        if let Some(cycle) = batch_cycle(tasks) {
+            let entries: Vec<String> = cycle.iter().map(|i| (i + 1).to_string()).collect();
+            return Err(StoreError::InvalidTask(format!(
+                "tasks {} come after each other in a cycle; nothing was added",
+                entries.join(" -> ")
+            )));
+        }
+        Ok(resolved)
+    }
+
+    /// Sets the status each new task starts in: cancelled if a task it comes after already
+    /// failed or was cancelled, blocked while any is unfinished, else pending. `tasks` are in
+    /// id order, and a task only comes after earlier ids or tasks already stored.
+    pub(super) fn settle_new_tasks(
+        &self,
+        tasks: &mut [Task],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        // Tasks of the batch may come after later entries of it, so settle in dependency order.
+        let mut settled: HashMap<String, TaskStatus> = HashMap::new();
+        let mut remaining: Vec<usize> = (0..tasks.len()).collect();
+        while !remaining.is_empty() {
+            let before = remaining.len();
+            let mut index = 0;
+            while index < remaining.len() {
+                let i = remaining[index];
+                let batch_ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+                let waits_on_batch = tasks[i].after.iter().any(|dep| {
+                    batch_ids.contains(&dep.as_str()) && !settled.contains_key(dep.as_str())
+                });
+                if waits_on_batch {
+                    index += 1;
+                    continue;
+                }
+                let mut statuses = Vec::new();
+                for dep in &tasks[i].after {
+                    let status = match settled.get(dep) {
+                        Some(status) => *status,
+                        None => self
+                            .read_task(dep)?
+                            .map_or(TaskStatus::Completed, |t| t.status),
+                    };
+                    statuses.push((dep.clone(), status));
+                }
+                let task = &mut tasks[i];
+                if let Some((dep, status)) = statuses
+                    .iter()
+                    .find(|(_, s)| matches!(s, TaskStatus::Failed | TaskStatus::Cancelled))
+                {
+                    cancel_for(task, dep, *status, now);
+                } else if statuses.iter().any(|(_, s)| *s != TaskStatus::Completed) {
+                    task.status = TaskStatus::Blocked;
+                }
+                settled.insert(task.id.clone(), task.status);
+                remaining.remove(index);
+            }
+            // `resolve_after` refused cycles, so every round settles at least one task.
+            assert!(
+                remaining.len() < before,
+                "dependency cycle after validation"
+            );
+        }
+        Ok(())
+    }
+
+    /// Records the edges of a new task in the dependents index.
+    pub(super) fn index_dependencies(&self, task: &Task) -> Result<(), StoreError> {
+        for dep in &task.after {
+            let dir = self.dependents_dir(dep);
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            create_marker(&dir.join(&task.id))?;
+        }
+        Ok(())
+    }
+
+    fn dependents(&self, id: &str) -> Result<Vec<Task>, StoreError> {
+        let mut tasks = Vec::new();
+        for dependent in list_names(&self.dependents_dir(id))? {
+            if let Some(task) = self.read_task(&dependent)? {
+                tasks.push(task);
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// `id` completed: its blocked dependents whose other prerequisites are complete too
+    /// become pending. The caller holds the lock.
+    pub(super) fn unblock_dependents(&self, id: &str) -> Result<(), StoreError> {
+        for mut task in self.dependents(id)? {
+            if task.status != TaskStatus::Blocked {
+                continue;
+            }
+            // `id` itself is written as completed before this runs.
+            if matches!(self.prerequisites(&task)?, Prerequisites::Done) {
+                task.status = TaskStatus::Pending;
+                self.index_pending(&task)?;
+                self.write_task(&task)?;
+                remove_file(&self.blocked_marker(&task))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `prerequisite` failed or was cancelled for good: every task that comes after it,
+    /// directly or not, and has not run is cancelled, naming it. The caller holds the lock.
+    pub(super) fn cancel_dependents(&self, prerequisite: &Task) -> Result<(), StoreError> {
+        let now = Timestamp::now();
+        for mut task in self.dependents(&prerequisite.id)? {
+            if !matches!(task.status, TaskStatus::Blocked | TaskStatus::Pending) {
+                continue;
+            }
+            let markers = [
+                self.blocked_marker(&task),
+                self.pending_marker(&task),
+                self.delayed_marker(&task),
+            ];
+            cancel_for(&mut task, &prerequisite.id, prerequisite.status, now);
+            self.mark_finished(&task)?;
+            self.write_task(&task)?;
+            for marker in markers {
+                remove_file(&marker)?;
+            }
+            self.cancel_dependents(&task)?;
+        }
+        Ok(())
+    }
+
+    /// `prerequisite` is being retried: the tasks its failure cancelled are blocked on it
+    /// again, and so on down the chain. The caller holds the lock.
+    pub(super) fn revive_dependents(&self, prerequisite: &str) -> Result<(), StoreError> {
+        for mut task in self.dependents(prerequisite)? {
+            if task.status != TaskStatus::Cancelled
+                || task.cancelled_by.as_deref() != Some(prerequisite)
+            {
+                continue;
+            }
+            task.status = TaskStatus::Blocked;
+            task.cancelled_by = None;
+            task.error = None;
+            task.finished_at = None;
+            task.success = None;
+            self.index_blocked(&task)?;
+            self.write_task(&task)?;
+            self.unmark_finished(&task.id)?;
+            self.revive_dependents(&task.id)?;
+        }
+        Ok(())
+    }
+}
+
+fn invalid(index: usize, message: String) -> StoreError {
+    StoreError::InvalidTask(format!("task {}: {message}", index + 1))
+}
+
+/// Cancels `task` because `dep`, which it comes after, ended `status`.
+fn cancel_for(task: &mut Task, dep: &str, status: TaskStatus, now: Timestamp) {
+    let what = if status == TaskStatus::Failed {
+        "failed"
+    } else {
+        "was cancelled"
+    };
+    task.status = TaskStatus::Cancelled;
+    task.cancelled_by = Some(dep.to_string());
+    task.error = Some(format!(
+        "cancelled: it comes after task {dep}, which {what}"
+    ));
+    task.finished_at = Some(now);
+}
+
+/// A cycle among the batch-internal `after` edges, as entry indexes, if there is one.
+fn batch_cycle(tasks: &[NewTask]) -> Option<Vec<usize>> {
+    // 0 = unvisited, 1 = on the current path, 2 = done.
+    fn visit(i: usize, tasks: &[NewTask], state: &mut [u8], path: &mut Vec<usize>) -> bool {
+        state[i] = 1;
+        path.push(i);
+        for dep in &tasks[i].after {
+            if let Dependency::Batch(j) = *dep
+                && j < tasks.len()
+            {
+                if state[j] == 1 {
+                    let start = path.iter().position(|&p| p == j).unwrap_or(0);
+                    path.drain(..start);
+                    path.push(j);
+                    return true;
+                }
+                if state[j] == 0 && visit(j, tasks, state, path) {
+                    return true;
+                }
+            }
+        }
+        path.pop();
+        state[i] = 2;
+        false
+    }
+    let mut state = vec![0u8; tasks.len()];
+    for i in 0..tasks.len() {
+        let mut path = Vec::new();
+        if state[i] == 0 && visit(i, tasks, &mut state, &mut path) {
+            return Some(path);
+        }
+    }
+    None
+}

@@ -1,0 +1,180 @@
+//! Dependencies (`after`), pause and resume.
+
+use std::fs;
+use std::path::Path;
+use std::process::Child;
+
+use integration_tests::TestQueue;
+use jiff::Timestamp;
+use serde_json::Value;
+
+fn time(task: &Value, field: &str) -> Timestamp {
+    task[field].as_str().unwrap().parse().unwrap()
+}
+
+fn wait_all(workers: Vec<Child>) {
+    for worker in workers {
+        let output = worker.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_build_plan_example_runs_in_dependency_order() {
+    let q = TestQueue::new();
+    fs::create_dir_all(q.scratch.join("app")).unwrap();
+    fs::write(q.scratch.join("app/README.md"), "# app\n").unwrap();
+    let plan = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plans/build-plan.json");
+    let ids = q.ok(&["add", "--file", plan.to_str().unwrap()]);
+    assert_eq!(ids.lines().count(), 5);
+    let counts = &q.status()["counts"];
+    assert_eq!(counts["pending"], 1, "only the survey can start: {counts}");
+    assert_eq!(counts["blocked"], 4, "{counts}");
+
+    let workers = ["inspector", "writer", "tester"]
+        .iter()
+        .map(|role| q.spawn_worker(role, &["--drain"]))
+        .collect();
+    wait_all(workers);
+
+    let tasks: Vec<Value> = ids.lines().map(|id| q.task(id)).collect();
+    for task in &tasks {
+        assert_eq!(task["status"], "completed", "{task:#}");
+        for dep in task["after"].as_array().into_iter().flatten() {
+            let before = tasks.iter().find(|t| t["id"] == *dep).unwrap();
+            assert!(
+                time(task, "startedAt") >= time(before, "finishedAt"),
+                "task {} started before task {dep} finished",
+                task["id"]
+            );
+        }
+    }
+    let test = &tasks[4];
+    assert!(
+        test["result"]["outputTail"]
+            .as_str()
+            .unwrap()
+            .contains("all checks passed"),
+        "{test:#}"
+    );
+}
+
+#[test]
+fn a_cycle_or_an_unknown_id_is_refused_and_nothing_is_added() {
+    let q = TestQueue::new();
+    let before = q.snapshot();
+    let file = q.scratch.join("cycle.json");
+    fs::write(
+        &file,
+        r#"[{"key": "a", "type": "noop", "after": ["c"]},
+            {"key": "b", "type": "noop", "after": ["a"]},
+            {"key": "c", "type": "noop", "after": ["b"]}]"#,
+    )
+    .unwrap();
+    let line = q.fails(&["add", "--file", file.to_str().unwrap()]);
+    assert!(line.contains("cycle"), "{line}");
+    let line = q.fails(&["add", "--type", "noop", "--after", "42"]);
+    assert!(line.contains("no task with id 42"), "{line}");
+    fs::write(&file, r#"[{"type": "noop", "after": ["nope"]}]"#).unwrap();
+    let line = q.fails(&["add", "--file", file.to_str().unwrap()]);
+    assert!(line.contains("no entry with key \"nope\""), "{line}");
+    assert_eq!(q.snapshot(), before);
+}
+
+#[test]
+fn a_failed_prerequisite_cancels_its_dependents_and_retrying_it_revives_them() {
+    let q = TestQueue::new();
+    let flaky = q.add(&[
+        "--type",
+        "flaky",
+        "--max-attempts",
+        "1",
+        "--payload",
+        r#"{"succeedOn": 2}"#,
+    ]);
+    let next = q.add(&["--type", "noop", "--after", &flaky]);
+    let last = q.add(&["--type", "noop", "--after", &next]);
+    assert_eq!(q.task(&next)["status"], "blocked");
+    q.drain("flaky", &[]);
+    for id in [&next, &last] {
+        let task = q.task(id);
+        assert_eq!(task["status"], "cancelled", "{task:#}");
+    }
+    let error = q.task(&next)["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains(&format!("comes after task {flaky}, which failed")),
+        "{error}"
+    );
+    let error = q.task(&last)["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains(&format!("comes after task {next}, which was cancelled")),
+        "{error}"
+    );
+    let line = q.fails(&["retry", &last]);
+    assert!(line.contains(&format!("retry task {next}")), "{line}");
+
+    q.ok(&["retry", &flaky]);
+    assert_eq!(q.task(&next)["status"], "blocked");
+    assert_eq!(q.task(&last)["status"], "blocked");
+    q.drain("flaky", &[]);
+    q.drain("noop", &[]);
+    for id in [&flaky, &next, &last] {
+        assert_eq!(q.task(id)["status"], "completed");
+    }
+}
+
+#[test]
+fn a_paused_type_is_not_claimed_until_resumed() {
+    let q = TestQueue::new();
+    let id = q.add(&["--type", "noop"]);
+    let other = q.add(&["--type", "sleep"]);
+    q.ok(&["pause", "--type", "noop"]);
+    assert!(q.status()["paused"][0] == "type noop");
+    let mut worker = q.spawn_worker("noop", &["--poll", "50ms"]);
+    q.drain("sleeper", &[]);
+    assert_eq!(q.task(&other)["status"], "completed", "other types go on");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        q.task(&id)["status"],
+        "pending",
+        "paused work is not claimed"
+    );
+
+    q.ok(&["resume", "--type", "noop"]);
+    q.wait_for(
+        "the resumed task",
+        std::time::Duration::from_secs(10),
+        |q| q.task(&id)["status"] == "completed",
+    );
+    integration_tests::signal(&worker, nix::sys::signal::Signal::SIGTERM);
+    worker.wait().unwrap();
+    let line = q.fails(&["resume", "--type", "noop"]);
+    assert!(line.contains("is not paused"), "{line}");
+}
+
+#[test]
+fn a_paused_queue_and_a_paused_task_are_not_claimed() {
+    let q = TestQueue::new();
+    let held = q.add(&["--type", "noop", "--priority", "1"]);
+    let free = q.add(&["--type", "noop", "--priority", "2"]);
+    q.ok(&["pause", "--task", &held]);
+    q.ok(&["pause"]);
+    let mut worker = q.spawn_worker("noop", &["--poll", "50ms"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(q.task(&free)["status"], "pending", "the queue is paused");
+    q.ok(&["resume"]);
+    q.wait_for("the free task", std::time::Duration::from_secs(10), |q| {
+        q.task(&free)["status"] == "completed"
+    });
+    assert_eq!(
+        q.task(&held)["status"],
+        "pending",
+        "the task is still paused"
+    );
+    integration_tests::signal(&worker, nix::sys::signal::Signal::SIGTERM);
+    worker.wait().unwrap();
+}
