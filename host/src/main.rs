@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod config;
 mod handler_process;
 mod loader;
 mod wakeup;

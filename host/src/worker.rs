@@ -38,6 +38,11 @@ pub struct WorkerOptions {
     pub grace: Duration,
     /// The time limit of tasks that do not set their own.
     pub default_timeout: Option<Duration>,
+    /// The role's name as the worker was started with (a `host.toml` binding may run another
+    /// plugin role under it).
+    pub role: String,
+    /// The task types claimed.
+    pub types: Vec<String>,
 }
 
 /// Why the claim loop ended.
@@ -121,10 +126,10 @@ impl ClaimLoop {
                 other.name, other.pid, other.hostname
             )));
         }
-        let types = role.task_types();
+        let types = options.types.clone();
         let record = WorkerRecord {
             name: options.name.clone(),
-            role: role.name().to_string(),
+            role: options.role.clone(),
             types: types.clone(),
             pid: std::process::id(),
             hostname: hostname(),
@@ -192,7 +197,7 @@ impl ClaimLoop {
             &shared,
             &format!(
                 "role {} ({}) from {}, {} slot(s); waiting for tasks",
-                shared.role.name(),
+                shared.options.role,
                 shared.types.join(", "),
                 shared.role.library().display(),
                 shared.options.concurrency

@@ -133,6 +133,8 @@ pub struct FileStore {
     root: PathBuf,
     lease: Duration,
     backoff: Duration,
+    limits: std::collections::BTreeMap<String, usize>,
+    aging: Option<Duration>,
     durable: bool,
     last_expiry_scan: Mutex<Option<Instant>>,
     warned: Mutex<HashSet<PathBuf>>,
@@ -175,6 +177,21 @@ impl FileStore {
         self.durable = durability == Durability::Durable;
         self.write_format_marker()?;
         Ok(self)
+    }
+
+    /// Caps how many tasks of a type may run at once, across every worker of the queue: a
+    /// claim skips a type that has reached its limit.
+    pub fn with_limits(mut self, limits: std::collections::BTreeMap<String, usize>) -> FileStore {
+        self.limits = limits;
+        self
+    }
+
+    /// Priority aging: a pending task is claimed as if its priority number were one lower for
+    /// every `step` it has waited since it was added (down to 0), so that low-priority work is
+    /// never starved. Its stored priority does not change.
+    pub fn with_aging(mut self, step: Option<Duration>) -> FileStore {
+        self.aging = step;
+        self
     }
 
     /// The queue's durability setting.
@@ -230,6 +247,8 @@ impl FileStore {
             root: root.to_path_buf(),
             lease: DEFAULT_LEASE,
             backoff: DEFAULT_BACKOFF,
+            limits: Default::default(),
+            aging: None,
             durable: durability == Durability::Durable,
             last_expiry_scan: Mutex::new(None),
             warned: Mutex::new(HashSet::new()),
@@ -344,6 +363,74 @@ impl FileStore {
         let due = task.retry_at.map_or(0, |t| t.as_millisecond().max(0));
         self.delayed_dir(&task.task_type)
             .join(format!("{due:020}-{:0>20}", task.id))
+    }
+
+    /// The limited types among `types` that have as many tasks running as their limit allows.
+    /// Reads the running tasks, which are few. The caller holds the lock.
+    fn types_at_limit(&self, types: &[String]) -> Result<HashSet<String>, StoreError> {
+        let limited: Vec<&String> = types
+            .iter()
+            .filter(|t| self.limits.contains_key(*t))
+            .collect();
+        if limited.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut running: std::collections::HashMap<String, usize> = Default::default();
+        for id in list_names(&self.root.join("running"))? {
+            if let Ok(Some(task)) = self.read_task(&id)
+                && task.status == TaskStatus::Running
+            {
+                *running.entry(task.task_type).or_default() += 1;
+            }
+        }
+        Ok(limited
+            .into_iter()
+            .filter(|t| running.get(*t).copied().unwrap_or(0) >= self.limits[*t])
+            .cloned()
+            .collect())
+    }
+
+    /// Like [`Self::best_pending`], ordering by aged priority: looks at the oldest task of each
+    /// priority of each type (the one that has aged most) and reads those few task files.
+    fn best_pending_aged(
+        &self,
+        types: &[String],
+        skip: &HashSet<PathBuf>,
+        step: Duration,
+    ) -> Result<Option<(PathBuf, String)>, StoreError> {
+        let now = Timestamp::now();
+        let mut best: Option<((u32, u64), PathBuf, String)> = None;
+        for task_type in types {
+            let type_dir = self.pending_dir(task_type);
+            let mut slots = list_names(&type_dir)?;
+            slots.sort_unstable();
+            let mut seen_priority = None;
+            for slot in slots {
+                let priority = slot.split('-').next().unwrap_or_default().to_string();
+                if seen_priority.as_ref() == Some(&priority) {
+                    continue; // this priority's oldest task is already a candidate
+                }
+                let Some(marker) = first_marker(&type_dir.join(&slot), 1, skip, true)? else {
+                    let _ = fs::remove_dir(type_dir.join(&slot));
+                    continue;
+                };
+                seen_priority = Some(priority);
+                let name = marker.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let id = name.trim_start_matches('0').to_string();
+                let Ok(Some(task)) = self.read_task(&id) else {
+                    // Stale or unreadable: let the claim loop deal with it first.
+                    return Ok(Some((marker, id)));
+                };
+                let key = (
+                    aged_priority(task.priority, task.created_at, now, step),
+                    id.parse().unwrap_or(u64::MAX),
+                );
+                if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
+                    best = Some((key, marker, id));
+                }
+            }
+        }
+        Ok(best.map(|(_, marker, id)| (marker, id)))
     }
 
     /// Puts a task in the claim index: pending now, or delayed until its `retry_at`.
@@ -818,6 +905,14 @@ fn count_markers(dir: &Path, depth: usize) -> Result<usize, StoreError> {
         .sum()
 }
 
+/// The priority a task added at `created` is claimed at by `now`: one step lower per `step`
+/// waited, down to 0.
+fn aged_priority(priority: u32, created: Timestamp, now: Timestamp, step: Duration) -> u32 {
+    let waited = now.duration_since(created).as_secs_f64().max(0.0);
+    let steps = (waited / step.as_secs_f64()).floor();
+    priority.saturating_sub(steps.min(f64::from(u32::MAX)) as u32)
+}
+
 /// A task file's contents.
 fn task_bytes(task: &Task) -> Vec<u8> {
     let mut bytes = serde_json::to_vec_pretty(task).expect("task serializes");
@@ -903,14 +998,19 @@ impl QueueStore for FileStore {
         if self.pause_marker(&PauseScope::Queue).exists() {
             return Ok(None);
         }
+        let at_limit = self.types_at_limit(types)?;
         let types: Vec<String> = types
             .iter()
             .filter(|t| !self.pause_marker(&PauseScope::Type(t.to_string())).exists())
+            .filter(|t| !at_limit.contains(*t))
             .cloned()
             .collect();
         self.promote_due_retries(&types)?;
         let mut skip = HashSet::new();
-        while let Some((marker, id)) = self.best_pending(&types, &skip)? {
+        while let Some((marker, id)) = match self.aging {
+            Some(step) => self.best_pending_aged(&types, &skip, step)?,
+            None => self.best_pending(&types, &skip)?,
+        } {
             if self.pause_marker(&PauseScope::Task(id.clone())).exists() {
                 skip.insert(marker);
                 continue;
@@ -944,6 +1044,10 @@ impl QueueStore for FileStore {
             task.lease_expires_at = Some(self.lease_until(now));
             let waited = now.duration_since(task.created_at).as_millis().max(0);
             task.wait_ms = Some(u64::try_from(waited).unwrap_or(u64::MAX));
+            task.aged_priority = self
+                .aging
+                .map(|step| aged_priority(task.priority, task.created_at, now, step))
+                .filter(|aged| *aged < task.priority);
             task.history.push(Attempt {
                 attempt: task.attempts,
                 worker: worker.to_string(),

@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::cli::{AddArgs, Settings};
 use crate::commands::open_store;
 use crate::commands::outln;
+use crate::config::Config;
 use crate::loader::PluginRegistry;
 
 /// One entry of a task file: the same fields as the flags of `host add`, plus a `key` by which
@@ -47,8 +48,9 @@ pub fn run(settings: &Settings, args: &AddArgs) -> anyhow::Result<()> {
         None => vec![task_from_flags(args)?],
     };
     let registry = PluginRegistry::discover(&settings.plugin_path);
+    let config = Config::load(&settings.queue)?;
     for (index, task) in tasks.iter().enumerate() {
-        check_task(&registry, task).map_err(|err| match &args.file {
+        check_task(&registry, &config, task).map_err(|err| match &args.file {
             Some(file) => anyhow!("{}: task {}: {err:#}", file.display(), index + 1),
             None => err,
         })?;
@@ -188,11 +190,30 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("target {}", path.display()))
 }
 
-/// Refuses a task whose type no role claims, or that its role rejects.
-fn check_task(registry: &PluginRegistry, task: &NewTask) -> anyhow::Result<()> {
+/// Refuses a task whose type no role claims (on the plugin path, or bound in `host.toml`), or
+/// that its role rejects.
+fn check_task(registry: &PluginRegistry, config: &Config, task: &NewTask) -> anyhow::Result<()> {
     queue::validate_name("task type", &task.task_type)?;
-    let Some(role) = registry.role_for_type(&task.task_type) else {
-        let known = registry.task_types();
+    let bound = config.roles.values().find(|binding| {
+        binding
+            .types
+            .as_ref()
+            .is_some_and(|types| types.contains(&task.task_type))
+    });
+    let role = match bound {
+        Some(binding) => registry.role(&binding.handler),
+        None => registry.role_for_type(&task.task_type),
+    };
+    let Some(role) = role else {
+        let mut known = registry.task_types();
+        known.extend(
+            config
+                .roles
+                .values()
+                .flat_map(|b| b.types.clone().unwrap_or_default()),
+        );
+        known.sort();
+        known.dedup();
         let searched: Vec<String> = registry
             .search_path()
             .iter()

@@ -7,21 +7,41 @@ use queue::QueueStore;
 
 use crate::cli::{Settings, WorkerArgs};
 use crate::commands::open_store;
+use crate::config::Config;
 use crate::loader::PluginRegistry;
 use crate::wakeup::Wakeup;
 use crate::worker::{ClaimLoop, WorkerExit, WorkerOptions, hostname};
 
-/// Finds the role on the plugin path and runs its claim loop.
+/// Finds the role (through `host.toml`, else by name on the plugin path) and runs its claim
+/// loop.
 pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::Result<()> {
+    let config = Config::load(&settings.queue)?;
+    let binding = config.roles.get(role_name);
     let store = Arc::into_inner(open_store(settings)?)
         .expect("a fresh store is not shared")
         .with_lease(args.lease)
-        .with_backoff(args.backoff);
+        .with_backoff(args.backoff)
+        .with_limits(config.limits.clone())
+        .with_aging(config.aging);
     // Checks the claim index against the task count, and rebuilds it if a crash or power loss
     // left it behind, before anything is claimed from it.
     store.summary().context("cannot check the queue")?;
     let registry = PluginRegistry::discover(&settings.plugin_path);
-    let Some(role) = registry.role(role_name) else {
+    let handler = binding.map_or(role_name, |b| b.handler.as_str());
+    let Some(role) = registry.role(handler) else {
+        if let Some(binding) = binding {
+            bail!(
+                "{}: role {role_name:?} is bound to handler {:?}, which no plugin provides (searched: {})",
+                settings.queue.join(crate::config::FILE_NAME).display(),
+                binding.handler,
+                registry
+                    .search_path()
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         let searched: Vec<String> = registry
             .search_path()
             .iter()
@@ -48,7 +68,11 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
         drain: args.drain,
         poll: args.poll,
         grace: args.grace,
-        default_timeout: args.timeout,
+        default_timeout: args.timeout.or(binding.and_then(|b| b.timeout)),
+        role: role_name.to_string(),
+        types: binding
+            .and_then(|b| b.types.clone())
+            .unwrap_or_else(|| role.task_types()),
     };
     let store: Arc<dyn QueueStore> = Arc::new(store);
     let (wakeup, unavailable) = Wakeup::watch(&settings.queue);

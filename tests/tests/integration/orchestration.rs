@@ -178,3 +178,103 @@ fn a_paused_queue_and_a_paused_task_are_not_claimed() {
     integration_tests::signal(&worker, nix::sys::signal::Signal::SIGTERM);
     worker.wait().unwrap();
 }
+
+#[test]
+fn a_per_type_limit_of_one_is_never_exceeded_by_four_workers() {
+    let q = TestQueue::new();
+    fs::write(q.queue.join("host.toml"), "[limits]\nsleep = 1\n").unwrap();
+    let ids: Vec<String> = (0..10)
+        .map(|_| q.add(&["--type", "sleep", "--payload", r#"{"ms": 80}"#]))
+        .collect();
+    let workers = (0..4)
+        .map(|i| {
+            q.spawn_worker(
+                "sleeper",
+                &["--drain", "--poll", "20ms", "--name", &format!("s{i}")],
+            )
+        })
+        .collect();
+    wait_all(workers);
+    let mut runs: Vec<(Timestamp, Timestamp)> = ids
+        .iter()
+        .map(|id| {
+            let task = q.task(id);
+            assert_eq!(task["status"], "completed", "{task:#}");
+            (time(&task, "startedAt"), time(&task, "finishedAt"))
+        })
+        .collect();
+    runs.sort();
+    for pair in runs.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "two sleep tasks ran at once: {pair:?}"
+        );
+    }
+}
+
+#[test]
+fn an_aged_low_priority_task_starts_within_its_bound_behind_a_stream_of_urgent_ones() {
+    let q = TestQueue::new();
+    fs::write(q.queue.join("host.toml"), "[queue]\naging = \"200ms\"\n").unwrap();
+    let low = q.add(&[
+        "--type",
+        "sleep",
+        "--priority",
+        "9",
+        "--payload",
+        r#"{"ms": 10}"#,
+    ]);
+    let file = q.scratch.join("urgent.jsonl");
+    let urgent = r#"{"type": "sleep", "priority": 1, "payload": {"ms": 10}}"#;
+    fs::write(&file, vec![urgent; 1000].join("\n")).unwrap();
+    q.ok(&["add", "--file", file.to_str().unwrap()]);
+    let mut worker = q.spawn_worker("sleeper", &[]);
+    q.wait_for(
+        "the low-priority task",
+        std::time::Duration::from_secs(30),
+        |q| q.task(&low)["status"] == "completed",
+    );
+    integration_tests::signal(&worker, nix::sys::signal::Signal::SIGTERM);
+    worker.wait().unwrap();
+
+    let task = q.task(&low);
+    let waited = time(&task, "startedAt").duration_since(time(&task, "createdAt"));
+    // Nine steps of 200 ms bring it to priority 0, level with the oldest urgent task, and it is
+    // older; a second covers the task running when it got there and the worker's start.
+    assert!(waited.as_secs_f64() < 9.0 * 0.2 + 1.0, "waited {waited:?}");
+    assert_eq!(task["priority"], 9, "the original priority stays on record");
+    assert_eq!(task["agedPriority"], 0);
+    assert!(
+        q.status()["counts"]["pending"].as_u64().unwrap() > 100,
+        "it did not simply wait for the urgent stream to end"
+    );
+}
+
+#[test]
+fn host_toml_binds_a_role_name_to_a_plugin_role_and_its_errors_name_file_and_line() {
+    let q = TestQueue::new();
+    fs::write(
+        q.queue.join("host.toml"),
+        "[roles.reviewer]\nhandler = \"inspector\"\ntypes = [\"review\"]\n",
+    )
+    .unwrap();
+    let tree = q.scratch.join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("a.rs"), "fn a() {}\n").unwrap();
+    let id = q.add(&["--type", "review", "--target", tree.to_str().unwrap()]);
+    q.drain("reviewer", &["--name", "rev"]);
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["result"]["files"], 1);
+
+    fs::write(
+        q.queue.join("host.toml"),
+        "[roles.reviewer]\nhandler = \"inspector\"\nagent = \"copilot\"\n",
+    )
+    .unwrap();
+    let line = q.fails(&["--role", "reviewer"]);
+    assert!(
+        line.contains("host.toml:3:") && line.contains("agent"),
+        "{line}"
+    );
+}

@@ -1,0 +1,188 @@
+//! `host.toml` in the coordination folder (optional): binds roles to handlers and sets limits
+//! that every worker of the queue applies.
+//!
+//! ```toml
+//! [roles.reviewer]          # `host --role reviewer` runs ...
+//! handler = "inspector"     # ... the plugin role named `inspector`
+//! types = ["review"]        # claiming these types instead of the handler's own
+//! timeout = "10m"           # for tasks that set no timeout
+//!
+//! [limits]
+//! deploy = 1                # at most one `deploy` task running at once, queue-wide
+//!
+//! [queue]
+//! aging = "10m"             # a pending task moves up one priority step per 10 minutes waited
+//! ```
+//!
+//! A role not named here is looked up by name among the plugins. An unknown key or a bad value
+//! is an error naming the file, the line and the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The name of the file in the coordination folder.
+pub const FILE_NAME: &str = "host.toml";
+
+/// What `host.toml` says; all empty when there is no file.
+#[derive(Debug, Default)]
+pub struct Config {
+    /// Role bindings by role name.
+    pub roles: BTreeMap<String, RoleBinding>,
+    /// Queue-wide caps on running tasks, by task type.
+    pub limits: BTreeMap<String, usize>,
+    /// Pending tasks move up one priority step per this much waiting.
+    pub aging: Option<Duration>,
+}
+
+/// `[roles.NAME]`.
+#[derive(Debug, Clone)]
+pub struct RoleBinding {
+    /// The plugin role that handles the tasks.
+    pub handler: String,
+    /// The task types claimed, instead of the handler's own.
+    pub types: Option<Vec<String>>,
+    /// The time limit of tasks that set none.
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    roles: BTreeMap<String, RawRole>,
+    #[serde(default)]
+    limits: BTreeMap<String, Spanned<usize>>,
+    #[serde(default)]
+    queue: RawQueue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    handler: String,
+    types: Option<Vec<String>>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    aging: Option<Spanned<String>>,
+}
+
+/// A problem in `host.toml`, with where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{}:{line}: {message}", path.display())]
+pub struct ConfigError {
+    path: PathBuf,
+    line: usize,
+    message: String,
+}
+
+impl Config {
+    /// Reads `<queue>/host.toml`; no file means the defaults.
+    pub fn load(queue: &Path) -> anyhow::Result<Config> {
+        let path = queue.join(FILE_NAME);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(err) => return Err(anyhow::anyhow!("{}: {err}", path.display())),
+        };
+        Ok(Config::parse(&path, &text)?)
+    }
+
+    fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let error = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
+            path: path.to_path_buf(),
+            line: span.map_or(1, |s| {
+                text[..s.start.min(text.len())].matches('\n').count() + 1
+            }),
+            message,
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|err| error(err.span(), one_line(err.message())))?;
+        let duration = |value: &Spanned<String>, key: &str| {
+            humantime::parse_duration(value.get_ref())
+                .map_err(|err| error(Some(value.span()), format!("{key}: {err}")))
+        };
+        let mut config = Config::default();
+        for (name, role) in raw.roles {
+            let timeout = match &role.timeout {
+                Some(value) => Some(duration(value, &format!("roles.{name}.timeout"))?),
+                None => None,
+            };
+            config.roles.insert(
+                name,
+                RoleBinding {
+                    handler: role.handler,
+                    types: role.types,
+                    timeout,
+                },
+            );
+        }
+        for (task_type, limit) in raw.limits {
+            if *limit.get_ref() == 0 {
+                let message = format!(
+                    "limits.{task_type}: must be at least 1 (pause a type with `host pause --type`)"
+                );
+                return Err(error(Some(limit.span()), message));
+            }
+            config.limits.insert(task_type, limit.into_inner());
+        }
+        if let Some(aging) = &raw.queue.aging {
+            let aging_for = duration(aging, "queue.aging")?;
+            if aging_for.is_zero() {
+                return Err(error(
+                    Some(aging.span()),
+                    "queue.aging: must be more than 0".into(),
+                ));
+            }
+            config.aging = Some(aging_for);
+        }
+        Ok(config)
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("q/host.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn reads_roles_limits_and_aging() {
+        let config = parse(
+            "[roles.reviewer]\nhandler = \"inspector\"\ntypes = [\"review\"]\ntimeout = \"10m\"\n\n[limits]\ndeploy = 1\n\n[queue]\naging = \"30s\"\n",
+        )
+        .unwrap();
+        let role = &config.roles["reviewer"];
+        assert_eq!(role.handler, "inspector");
+        assert_eq!(role.types.as_deref(), Some(&["review".to_string()][..]));
+        assert_eq!(role.timeout, Some(Duration::from_secs(600)));
+        assert_eq!(config.limits["deploy"], 1);
+        assert_eq!(config.aging, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn names_the_file_line_and_key_at_fault() {
+        let err = parse("[limits]\ndeploy = 1\n\n[roles.x]\nhandler = \"a\"\ncolour = \"red\"\n")
+            .unwrap_err();
+        assert!(err.starts_with("q/host.toml:6:"), "{err}");
+        assert!(err.contains("colour"), "{err}");
+        let err = parse("[queue]\naging = \"soon\"\n").unwrap_err();
+        assert!(err.starts_with("q/host.toml:2: queue.aging:"), "{err}");
+        let err = parse("[limits]\n\ndeploy = 0\n").unwrap_err();
+        assert!(err.starts_with("q/host.toml:3: limits.deploy"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+}
