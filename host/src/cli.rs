@@ -127,11 +127,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// A live view of `status` that exits when no task is pending or running.
+    /// A live dashboard that exits when no task is pending, blocked or running (q quits).
     Watch {
         /// Time between refreshes.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
         interval: Duration,
+        /// Keep watching when the queue is empty (quit with q).
+        #[arg(long)]
+        follow: bool,
     },
     /// Finished tasks with outcome, worker and duration.
     Results {

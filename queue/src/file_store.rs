@@ -1301,6 +1301,22 @@ impl QueueStore for FileStore {
         Ok(by_id.into_values().collect())
     }
 
+    fn recent_finished(&self, n: usize) -> Result<Vec<Task>, StoreError> {
+        let mut ids: Vec<u64> = Vec::new();
+        for status in FINISHED {
+            let names = list_names(&self.root.join(status.as_str()))?;
+            ids.extend(names.iter().filter_map(|name| name.parse::<u64>().ok()));
+        }
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let mut tasks = Vec::new();
+        for id in ids.into_iter().take(n) {
+            if let Some(task) = self.read_task(&id.to_string())? {
+                tasks.push(task);
+            }
+        }
+        Ok(tasks)
+    }
+
     fn summary(&self) -> Result<Summary, StoreError> {
         let summary = self.index_summary()?;
         if summary.counts.values().sum::<usize>() == self.task_count()?

@@ -323,6 +323,10 @@ pub trait QueueStore: Send + Sync {
     /// Every task, oldest first.
     fn tasks(&self) -> Result<Vec<Task>, StoreError>;
 
+    /// Up to `n` finished tasks, the most recently added first (a view for dashboards that
+    /// does not read every task).
+    fn recent_finished(&self, n: usize) -> Result<Vec<Task>, StoreError>;
+
     /// Tasks per state and pending tasks per type, without reading every task.
     fn summary(&self) -> Result<Summary, StoreError>;
 

@@ -23,7 +23,7 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Init { durability } => init::run(settings, durability.map(Into::into)),
         Command::Add(args) => add::run(settings, &args),
         Command::Status { json } => status::run(settings, json),
-        Command::Watch { interval } => watch::run(settings, interval),
+        Command::Watch { interval, follow } => watch::run(settings, interval, follow),
         Command::Results { json, failed } => results::run(settings, json, failed),
         Command::Show { id, json } => show::run(settings, &id, json),
         Command::Plugins { json } => plugins::run(settings, json),

@@ -278,3 +278,67 @@ fn host_toml_binds_a_role_name_to_a_plugin_role_and_its_errors_name_file_and_lin
         "{line}"
     );
 }
+
+#[test]
+fn watch_shows_workers_and_counts_in_a_terminal_and_ends_when_the_queue_empties() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+
+    let q = TestQueue::new();
+    for _ in 0..4 {
+        q.add(&["--type", "sleep", "--payload", r#"{"ms": 400}"#]);
+    }
+    let worker = q.spawn_worker("sleeper", &["--drain", "--name", "pty-worker"]);
+    let size = nix::pty::Winsize {
+        ws_row: 40,
+        ws_col: 150,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    let mut watch = q
+        .host()
+        .args(["watch", "--interval", "200ms"])
+        .stdin(pty.slave.try_clone().unwrap())
+        .stdout(pty.slave.try_clone().unwrap())
+        .stderr(pty.slave)
+        .spawn()
+        .unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut screen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Ends with an error (EIO) once the watch and every copy of the pty's other end close.
+        while let Ok(n @ 1..) = master.read(&mut chunk) {
+            screen.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&screen).to_string()
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = watch.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "watch did not end by itself");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    wait_all(vec![worker]);
+    let screen = reader.join().unwrap();
+    for expected in [
+        "Workers",
+        "pty-worker",
+        "sleeper",
+        "running",
+        "Nothing pending",
+    ] {
+        assert!(
+            screen.contains(expected),
+            "{expected:?} not on screen:\n{screen}"
+        );
+    }
+    assert!(
+        screen.contains("\x1b[?1049h"),
+        "drawn on the alternate screen"
+    );
+}
