@@ -137,13 +137,12 @@ pub enum Command {
         follow: bool,
     },
     /// Finished tasks with outcome, worker and duration.
-    Results {
+    Results(ResultsArgs),
+    /// Per type and per worker: counts, throughput, run and wait times (p50/p95).
+    Stats {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// Only failed tasks.
-        #[arg(long)]
-        failed: bool,
     },
     /// One task, whole.
     Show {
@@ -183,6 +182,29 @@ pub enum Command {
         #[arg(long)]
         library: PathBuf,
     },
+}
+
+/// `host results`.
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Only failed tasks (the same as `--status failed`).
+    #[arg(long, conflicts_with = "status")]
+    pub failed: bool,
+    /// Only tasks that ended in this state.
+    #[arg(long, value_parser = ["completed", "failed", "cancelled"])]
+    pub status: Option<String>,
+    /// Only tasks of this type.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub task_type: Option<String>,
+    /// Only tasks last run by this worker.
+    #[arg(long, value_name = "NAME")]
+    pub worker: Option<String>,
+    /// Only tasks that finished within this long, e.g. 10m, 2h.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub since: Option<Duration>,
 }
 
 /// What `host pause` and `host resume` apply to; neither flag means the whole queue.

@@ -6,6 +6,7 @@ pub mod init;
 pub mod plugins;
 pub mod results;
 pub mod show;
+pub mod stats;
 pub mod status;
 pub mod watch;
 pub mod work;
@@ -24,7 +25,8 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Add(args) => add::run(settings, &args),
         Command::Status { json } => status::run(settings, json),
         Command::Watch { interval, follow } => watch::run(settings, interval, follow),
-        Command::Results { json, failed } => results::run(settings, json, failed),
+        Command::Results(args) => results::run(settings, &args),
+        Command::Stats { json } => stats::run(settings, json),
         Command::Show { id, json } => show::run(settings, &id, json),
         Command::Plugins { json } => plugins::run(settings, json),
         Command::Cancel { id } => cancel::cancel(settings, &id),

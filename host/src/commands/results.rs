@@ -1,21 +1,38 @@
 //! `host results`: finished tasks with outcome, worker and duration.
 
+use jiff::{SignedDuration, Timestamp};
 use queue::QueueStore;
 
-use crate::cli::Settings;
+use crate::cli::{ResultsArgs, Settings};
 use crate::commands::outln;
 use crate::commands::{human_ms, one_line, open_store, print_json};
 
-/// Lists finished tasks, oldest first; `failed` keeps only failures.
-pub fn run(settings: &Settings, json: bool, failed: bool) -> anyhow::Result<()> {
+/// Lists finished tasks, oldest first, that pass every filter given.
+pub fn run(settings: &Settings, args: &ResultsArgs) -> anyhow::Result<()> {
     let store = open_store(settings)?;
+    let status = if args.failed {
+        Some("failed")
+    } else {
+        args.status.as_deref()
+    };
+    let since = args
+        .since
+        .map(|d| Timestamp::now().saturating_sub(SignedDuration::try_from(d).unwrap_or_default()))
+        .transpose()?;
     let tasks: Vec<_> = store
         .tasks()?
         .into_iter()
         .filter(|t| t.status.is_finished())
-        .filter(|t| !failed || t.status == queue::TaskStatus::Failed)
+        .filter(|t| status.is_none_or(|s| t.status.as_str() == s))
+        .filter(|t| args.task_type.as_ref().is_none_or(|ty| &t.task_type == ty))
+        .filter(|t| {
+            args.worker
+                .as_ref()
+                .is_none_or(|w| t.worker.as_ref() == Some(w))
+        })
+        .filter(|t| since.is_none_or(|since| t.finished_at.is_some_and(|f| f >= since)))
         .collect();
-    if json {
+    if args.json {
         return print_json(&tasks);
     }
     if tasks.is_empty() {

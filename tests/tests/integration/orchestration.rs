@@ -342,3 +342,45 @@ fn watch_shows_workers_and_counts_in_a_terminal_and_ends_when_the_queue_empties(
         "drawn on the alternate screen"
     );
 }
+
+#[test]
+fn stats_and_results_filters_report_per_type_and_worker() {
+    let q = TestQueue::new();
+    for _ in 0..3 {
+        q.add(&["--type", "sleep", "--payload", r#"{"ms": 20}"#]);
+    }
+    let failing = q.add(&[
+        "--type",
+        "flaky",
+        "--max-attempts",
+        "1",
+        "--payload",
+        r#"{"succeedOn": 5}"#,
+    ]);
+    q.drain("sleeper", &["--name", "sleepy"]);
+    q.drain("flaky", &["--name", "flaky-one"]);
+
+    let stats: Value = serde_json::from_str(&q.ok(&["stats", "--json"])).unwrap();
+    let sleep = &stats["byType"]["sleep"];
+    assert_eq!(sleep["counts"]["completed"], 3, "{stats:#}");
+    assert!(sleep["runMsP50"].as_u64().unwrap() >= 20, "{stats:#}");
+    assert!(sleep["waitMsP95"].is_u64(), "{stats:#}");
+    assert_eq!(stats["byType"]["flaky"]["counts"]["failed"], 1);
+    assert_eq!(stats["byWorker"]["sleepy"]["counts"]["completed"], 3);
+    assert!(stats["all"]["perMinuteLastHour"].as_f64().unwrap() > 0.0);
+    assert!(q.ok(&["stats"]).contains("sleepy"));
+
+    let only = |args: &[&str]| -> Vec<String> {
+        let mut full = vec!["results", "--json"];
+        full.extend_from_slice(args);
+        let tasks: Vec<Value> = serde_json::from_str(&q.ok(&full)).unwrap();
+        tasks
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(only(&["--type", "sleep"]).len(), 3);
+    assert_eq!(only(&["--worker", "flaky-one"]), vec![failing.clone()]);
+    assert_eq!(only(&["--status", "failed"]), vec![failing]);
+    assert_eq!(only(&["--since", "1h"]).len(), 4);
+}
