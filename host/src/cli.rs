@@ -138,7 +138,7 @@ pub enum Command {
     },
     /// Finished tasks with outcome, worker and duration.
     Results(ResultsArgs),
-    /// Per type and per worker: counts, throughput, run and wait times (p50/p95).
+    /// Per role, type and worker: counts, throughput, run and wait times (p50/p95).
     Stats {
         /// Print JSON.
         #[arg(long)]

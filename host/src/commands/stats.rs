@@ -1,4 +1,4 @@
-//! `host stats`: per type and per worker, how many tasks ended how, how fast they are finishing,
+//! `host stats`: per role, per type and per worker, how many tasks ended how, how fast they are finishing,
 //! and how long they ran and waited (p50 and p95).
 
 use std::collections::BTreeMap;
@@ -10,6 +10,8 @@ use serde::Serialize;
 
 use crate::cli::Settings;
 use crate::commands::{human_ms, open_store, out, print_json};
+use crate::config::Config;
+use crate::loader::PluginRegistry;
 
 /// The figures of one group of tasks.
 #[derive(Debug, Default, Serialize)]
@@ -35,6 +37,8 @@ pub struct Figures {
 pub struct Stats {
     /// Every task.
     pub all: Figures,
+    /// By role: the tasks of the types each role on the plugin path (or in `host.toml`) claims.
+    pub by_role: BTreeMap<String, Figures>,
     /// By task type.
     pub by_type: BTreeMap<String, Figures>,
     /// By the worker that last ran the task.
@@ -58,8 +62,30 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
             by_worker.entry(worker.clone()).or_default().push(task);
         }
     }
+    let mut role_types: BTreeMap<String, Vec<String>> =
+        PluginRegistry::discover(&settings.plugin_path)
+            .roles()
+            .iter()
+            .map(|role| (role.name().to_string(), role.task_types()))
+            .collect();
+    for (name, binding) in Config::load(&settings.queue)?.roles {
+        if let Some(types) = binding.types {
+            role_types.insert(name, types);
+        }
+    }
+    let by_role = role_types
+        .into_iter()
+        .filter_map(|(role, types)| {
+            let group: Vec<&Task> = tasks
+                .iter()
+                .filter(|t| types.contains(&t.task_type))
+                .collect();
+            (!group.is_empty()).then(|| (role, figures(&group)))
+        })
+        .collect();
     let stats = Stats {
         all: figures(&all),
+        by_role,
         by_type: by_type
             .iter()
             .map(|(k, v)| (k.clone(), figures(v)))
@@ -96,6 +122,11 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
             ms(f.wait_ms_p95),
         );
     };
+    header(&mut text, "ROLE");
+    for (name, f) in &stats.by_role {
+        row(&mut text, name, f);
+    }
+    text.push('\n');
     header(&mut text, "TYPE");
     for (name, f) in &stats.by_type {
         row(&mut text, name, f);

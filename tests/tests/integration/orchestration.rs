@@ -367,6 +367,7 @@ fn stats_and_results_filters_report_per_type_and_worker() {
     assert!(sleep["waitMsP95"].is_u64(), "{stats:#}");
     assert_eq!(stats["byType"]["flaky"]["counts"]["failed"], 1);
     assert_eq!(stats["byWorker"]["sleepy"]["counts"]["completed"], 3);
+    assert_eq!(stats["byRole"]["sleeper"]["counts"]["completed"], 3);
     assert!(stats["all"]["perMinuteLastHour"].as_f64().unwrap() > 0.0);
     assert!(q.ok(&["stats"]).contains("sleepy"));
 
