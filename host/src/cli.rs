@@ -168,6 +168,65 @@ pub enum Command {
         /// The task id.
         id: String,
     },
+    /// A task's log (its handler's log lines, an agent's output).
+    Logs {
+        /// The task id.
+        id: String,
+        /// Keep printing new lines until the task has finished.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// For an assistant taking work itself: claim the best pending task of a role.
+    Claim {
+        /// The role whose task types are claimed.
+        #[arg(long)]
+        role: String,
+        /// Who claims it, as recorded on the task [default: ROLE-HOSTNAME].
+        #[arg(long)]
+        name: Option<String>,
+        /// How long the claim holds without a `host heartbeat`.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        lease: Duration,
+        /// Print the task as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Extend the lease of a task claimed with `host claim`.
+    Heartbeat {
+        /// The task id.
+        id: String,
+        /// Refuse unless the task is held by this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// How long the lease lasts from now.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        lease: Duration,
+    },
+    /// Record that a claimed task succeeded.
+    Complete {
+        /// The task id.
+        id: String,
+        /// The result, as JSON.
+        #[arg(long, value_name = "JSON")]
+        result: Option<String>,
+        /// Refuse unless the task is held by this name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Record that a claimed task failed.
+    Fail {
+        /// The task id.
+        id: String,
+        /// Why, in one line.
+        #[arg(long, value_name = "TEXT")]
+        error: String,
+        /// Another attempt may succeed: retry it after a backoff while attempts are left.
+        #[arg(long)]
+        retryable: bool,
+        /// Refuse unless the task is held by this name.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Stop claims of the whole queue, of one task type, or of one task; running tasks finish.
     Pause(PauseArgs),
     /// Lift a pause made with `host pause` (the same scope).

@@ -3,8 +3,11 @@
 //!
 //! ```toml
 //! [roles.reviewer]          # `host --role reviewer` runs ...
-//! handler = "inspector"     # ... the plugin role named `inspector`
+//! handler = "agent"         # ... the plugin role named `agent`
 //! types = ["review"]        # claiming these types instead of the handler's own
+//! agent = "claude"          # settings for the handler: an agent preset, ...
+//! # command = ["my-cli", "{prompt}"]   # ... or a custom argv template
+//! # prompt = "..."          # ... and a prompt template
 //! timeout = "10m"           # for tasks that set no timeout
 //!
 //! [limits]
@@ -47,7 +50,12 @@ pub struct RoleBinding {
     pub types: Option<Vec<String>>,
     /// The time limit of tasks that set none.
     pub timeout: Option<Duration>,
+    /// What the handler is told (`agent`, `command`, `prompt`), as JSON.
+    pub settings: serde_json::Value,
 }
+
+/// The agent presets the `agent` handler knows.
+pub const AGENT_PRESETS: [&str; 5] = ["copilot", "claude", "codex", "gemini", "aider"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +74,9 @@ struct RawRole {
     handler: String,
     types: Option<Vec<String>>,
     timeout: Option<Spanned<String>>,
+    agent: Option<Spanned<String>>,
+    command: Option<Spanned<Vec<String>>>,
+    prompt: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -115,12 +126,39 @@ impl Config {
                 Some(value) => Some(duration(value, &format!("roles.{name}.timeout"))?),
                 None => None,
             };
+            let mut settings = serde_json::Map::new();
+            if let Some(agent) = &role.agent {
+                if !AGENT_PRESETS.contains(&agent.get_ref().as_str()) {
+                    let message = format!(
+                        "roles.{name}.agent: unknown preset {:?} (known: {}; or give `command`)",
+                        agent.get_ref(),
+                        AGENT_PRESETS.join(", ")
+                    );
+                    return Err(error(Some(agent.span()), message));
+                }
+                settings.insert("agent".into(), agent.get_ref().clone().into());
+            }
+            if let Some(command) = &role.command {
+                if command.get_ref().is_empty() {
+                    let message = format!("roles.{name}.command: must name a program");
+                    return Err(error(Some(command.span()), message));
+                }
+                settings.insert("command".into(), command.get_ref().clone().into());
+            }
+            if let Some(prompt) = role.prompt {
+                settings.insert("prompt".into(), prompt.into());
+            }
             config.roles.insert(
                 name,
                 RoleBinding {
                     handler: role.handler,
                     types: role.types,
                     timeout,
+                    settings: if settings.is_empty() {
+                        serde_json::Value::Null
+                    } else {
+                        settings.into()
+                    },
                 },
             );
         }

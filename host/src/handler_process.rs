@@ -41,7 +41,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 #[serde(tag = "op", rename_all = "camelCase")]
 enum ToChild {
     /// Run the handler on this task.
-    Run { task: Box<Task> },
+    Run {
+        task: Box<Task>,
+        #[serde(default)]
+        settings: Value,
+        #[serde(default)]
+        prerequisites: Vec<Task>,
+    },
     /// Tell the running handler to stop (`StopReason` as plugin-api encodes it).
     Stop { reason: u8 },
 }
@@ -143,10 +149,13 @@ impl HandlerProcess {
     }
 
     /// Runs one task in the child, relaying progress and log lines to `hooks` and stop
-    /// requests from `hooks` to the handler, until it returns, dies or is killed.
+    /// requests from `hooks` to the handler, until it returns, dies or is killed. The role's
+    /// settings and the task's prerequisites come from `hooks` too.
     pub fn run(&mut self, task: &Task, hooks: &dyn TaskHooks) -> RunEnd {
         let run = ToChild::Run {
             task: Box::new(task.clone()),
+            settings: hooks.settings(),
+            prerequisites: hooks.prerequisites(),
         };
         if self.send(&run).is_err() {
             return RunEnd::Died(self.wait_for_exit());
@@ -276,9 +285,13 @@ pub fn serve(role_name: &str, library: &Path) -> anyhow::Result<()> {
             for line in std::io::stdin().lock().lines() {
                 let Ok(line) = line else { break };
                 match serde_json::from_str(&line) {
-                    Ok(ToChild::Run { task }) => {
+                    Ok(ToChild::Run {
+                        task,
+                        settings,
+                        prerequisites,
+                    }) => {
                         stop.store(0, Ordering::SeqCst);
-                        if tasks.send(task).is_err() {
+                        if tasks.send((task, settings, prerequisites)).is_err() {
                             break;
                         }
                     }
@@ -290,11 +303,13 @@ pub fn serve(role_name: &str, library: &Path) -> anyhow::Result<()> {
             std::process::exit(0);
         });
     }
-    let hooks = ChildHooks {
-        out: Arc::clone(&out),
-        stop,
-    };
-    for task in inbox {
+    for (task, settings, prerequisites) in inbox {
+        let hooks = ChildHooks {
+            out: Arc::clone(&out),
+            stop: Arc::clone(&stop),
+            settings,
+            prerequisites,
+        };
         let reply_message = match role.handle(&task, &hooks) {
             Ok(result) => FromChild::Succeeded { result },
             Err(record) => FromChild::Failed {
@@ -322,6 +337,8 @@ fn reply(out: &Mutex<std::fs::File>, message: &FromChild) {
 struct ChildHooks {
     out: Arc<Mutex<std::fs::File>>,
     stop: Arc<AtomicU8>,
+    settings: Value,
+    prerequisites: Vec<Task>,
 }
 
 impl TaskHooks for ChildHooks {
@@ -337,5 +354,13 @@ impl TaskHooks for ChildHooks {
 
     fn stop_reason(&self) -> Option<StopReason> {
         decode_stop_reason(self.stop.load(Ordering::SeqCst))
+    }
+
+    fn settings(&self) -> Value {
+        self.settings.clone()
+    }
+
+    fn prerequisites(&self) -> Vec<Task> {
+        self.prerequisites.clone()
     }
 }

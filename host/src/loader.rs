@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use abi_stable::library::{LibraryError, lib_header_from_path};
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr};
+use abi_stable::std_types::{RResult, RStr, RString};
 use plugin_api::__private::{
     API_VERSION, ErrorRecord, HostContext, HostContext_TO, PluginModule_Ref, RoleDescriptor,
     encode_stop_reason,
@@ -25,6 +25,14 @@ pub trait TaskHooks: Send + Sync {
     fn log(&self, line: &str);
     /// Whether the handler should stop, and why.
     fn stop_reason(&self) -> Option<StopReason>;
+    /// The role's settings from `host.toml`.
+    fn settings(&self) -> Value {
+        Value::Null
+    }
+    /// The tasks this one comes after.
+    fn prerequisites(&self) -> Vec<Task> {
+        Vec::new()
+    }
 }
 
 /// One role found in a loaded library; cheap to copy and safe to share between threads.
@@ -104,6 +112,16 @@ impl HostContext for HooksBridge<'_> {
 
     fn stop_reason(&self) -> u8 {
         encode_stop_reason(self.0.stop_reason())
+    }
+
+    fn settings(&self) -> RString {
+        self.0.settings().to_string().into()
+    }
+
+    fn prerequisites(&self) -> RString {
+        serde_json::to_string(&self.0.prerequisites())
+            .expect("tasks serialize")
+            .into()
     }
 }
 

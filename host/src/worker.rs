@@ -43,6 +43,8 @@ pub struct WorkerOptions {
     pub role: String,
     /// The task types claimed.
     pub types: Vec<String>,
+    /// The role's settings from `host.toml`, handed to its handler.
+    pub settings: serde_json::Value,
 }
 
 /// Why the claim loop ended.
@@ -57,6 +59,7 @@ pub enum WorkerExit {
 /// A task being run by one slot.
 struct Running {
     lease: Lease,
+    after: Vec<String>,
     task_type: String,
     progress: AtomicU8,
     message: Mutex<String>,
@@ -332,6 +335,7 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> bool
     let Claim { task, lease } = claim;
     let running = Arc::new(Running {
         lease: lease.clone(),
+        after: task.after.clone(),
         task_type: task.task_type.clone(),
         progress: AtomicU8::new(0),
         message: Mutex::new(String::new()),
@@ -455,6 +459,21 @@ impl TaskHooks for Hooks<'_> {
 
     fn stop_reason(&self) -> Option<StopReason> {
         self.running.stop_reason()
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        self.shared.options.settings.clone()
+    }
+
+    fn prerequisites(&self) -> Vec<plugin_api::Task> {
+        let mut tasks = Vec::new();
+        for id in &self.running.after {
+            match self.shared.store.get(id) {
+                Ok(task) => tasks.push(task),
+                Err(err) => say(self.shared, &format!("task {id}: {err}")),
+            }
+        }
+        tasks
     }
 }
 

@@ -25,8 +25,12 @@ pub trait HostContext: Send + Sync {
     /// One line of the task's log.
     fn log(&self, line: RStr<'_>);
     /// 0 = keep going, else a [`StopReason`] code (see [`encode_stop_reason`]).
-    #[sabi(last_prefix_field)]
     fn stop_reason(&self) -> u8;
+    /// The role's settings from `host.toml`, as JSON (`null` when there are none).
+    fn settings(&self) -> RString;
+    /// The tasks this one comes after, as a JSON array of tasks.
+    #[sabi(last_prefix_field)]
+    fn prerequisites(&self) -> RString;
 }
 
 /// A borrowed host context, as passed to [`RoleHandler::handle`].

@@ -42,8 +42,9 @@
 //! The crate version is checked when a plugin is loaded (abi_stable's rule): while the version is
 //! `0.x`, a host refuses a plugin built against an older minor version, and any change of the
 //! major version is refused. Bump the minor version whenever the root module or the traits in
-//! the hidden FFI layer change shape; adding a `Task` field or a `Context` method with a default
-//! needs no bump.
+//! the hidden FFI layer change shape (0.2 added the host calls behind [`Context::settings`] and
+//! [`Context::prerequisites`]). Adding a `Task` field needs no bump: the task crosses the
+//! boundary as JSON.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -173,6 +174,17 @@ impl Context<'_> {
     /// long-running handler should check it and return early.
     pub fn is_cancelled(&self) -> bool {
         self.stop_reason().is_some()
+    }
+
+    /// The role's settings: its table in the queue's `host.toml` (for example
+    /// `[roles.writer] agent = "copilot"`), as JSON; `null` when the role has none.
+    pub fn settings(&self) -> Value {
+        serde_json::from_str(self.host.settings().as_str()).unwrap_or(Value::Null)
+    }
+
+    /// The tasks this one comes after (its `after`), whole, with their results.
+    pub fn prerequisites(&self) -> Vec<Task> {
+        serde_json::from_str(self.host.prerequisites().as_str()).unwrap_or_default()
     }
 }
 

@@ -10,23 +10,18 @@
 //! Result: `command`, `exitCode`, `durationMs`, `timedOut` and `outputTail` (the last lines of
 //! stdout and stderr together). A non-zero exit fails the task with the same result attached.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use plugin_api::{Context, HandlerError, Role, Task, Value, json};
 
+use crate::command;
 use crate::paths::target;
 
 /// Runs the target's tests.
 pub struct Tester;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
-const TAIL_LINES: usize = 40;
 
 fn payload_command(task: &Task) -> Result<Option<Vec<String>>, String> {
     let Some(command) = task.payload.get("command") else {
@@ -65,19 +60,6 @@ pub fn detect_command(dir: &Path) -> Option<Vec<String>> {
     Some(argv.iter().map(|s| s.to_string()).collect())
 }
 
-/// Collects the last lines of output and forwards each line to the task log.
-fn pump(stream: impl Read, tail: Arc<Mutex<VecDeque<String>>>, ctx: &Context<'_>) {
-    for line in BufReader::new(stream).lines() {
-        let Ok(line) = line else { break };
-        ctx.log(&line);
-        let mut tail = tail.lock().expect("tail lock");
-        if tail.len() == TAIL_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(line);
-    }
-}
-
 impl Role for Tester {
     fn name(&self) -> &str {
         "tester"
@@ -110,56 +92,18 @@ impl Role for Tester {
             .unwrap_or(DEFAULT_TIMEOUT);
         let shown = argv.join(" ");
         ctx.progress(0, &format!("running {shown}"));
-        let started = Instant::now();
-        let mut child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group, so a timeout kills what the command started too.
-            .process_group(0)
-            .spawn()
-            .map_err(|err| format!("cannot run `{}` in {}: {err}", argv[0], dir.display()))?;
-        let tail = Arc::new(Mutex::new(VecDeque::new()));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let mut timed_out = false;
-        let status = std::thread::scope(|scope| {
-            let out_tail = Arc::clone(&tail);
-            let err_tail = Arc::clone(&tail);
-            scope.spawn(move || pump(stdout, out_tail, ctx));
-            scope.spawn(move || pump(stderr, err_tail, ctx));
-            // Short commands are common: look often at first, then back off.
-            let mut pause = Duration::from_millis(1);
-            loop {
-                if let Some(status) = child.try_wait()? {
-                    return Ok::<_, std::io::Error>(status);
-                }
-                if started.elapsed() > timeout || ctx.is_cancelled() {
-                    timed_out = started.elapsed() > timeout;
-                    let group = nix::unistd::Pid::from_raw(child.id() as i32);
-                    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-                    return child.wait();
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-        })?;
-        let duration_ms = started.elapsed().as_millis() as u64;
-        let output_tail =
-            Vec::from(std::mem::take(&mut *tail.lock().expect("tail lock"))).join("\n");
+        let run = command::run(&argv, dir, None, timeout, ctx)?;
         let result = json!({
             "command": argv,
-            "exitCode": status.code(),
-            "durationMs": duration_ms,
-            "timedOut": timed_out,
-            "outputTail": output_tail,
+            "exitCode": run.status.code(),
+            "durationMs": run.duration.as_millis() as u64,
+            "timedOut": run.timed_out,
+            "outputTail": run.tail,
         });
         ctx.progress(100, &format!("{shown} finished"));
-        match status.code() {
+        match run.status.code() {
             Some(0) => Ok(result),
-            _ if timed_out => Err(HandlerError::new(format!(
+            _ if run.timed_out => Err(HandlerError::new(format!(
                 "`{shown}` timed out after {}s and was killed",
                 timeout.as_secs()
             ))

@@ -1409,6 +1409,26 @@ impl QueueStore for FileStore {
             .map_err(io_err(&path))
     }
 
+    fn read_log(&self, id: &str, from: u64) -> Result<(String, u64), StoreError> {
+        use std::io::{Read, Seek};
+        self.get(id)?;
+        let path = self.root.join("logs").join(format!("{id}.log"));
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok((String::new(), 0)),
+            Err(err) => return Err(io_err(&path)(err)),
+        };
+        file.seek(io::SeekFrom::Start(from))
+            .map_err(io_err(&path))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io_err(&path))?;
+        // Only whole lines: a line being written is read next time.
+        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        bytes.truncate(whole);
+        let next = from + whole as u64;
+        Ok((String::from_utf8_lossy(&bytes).into_owned(), next))
+    }
+
     fn lease_duration(&self) -> Duration {
         self.lease
     }

@@ -345,6 +345,10 @@ pub trait QueueStore: Send + Sync {
     /// Appends one line to a task's log.
     fn append_log(&self, id: &str, line: &str) -> Result<(), StoreError>;
 
+    /// The whole lines of a task's log from byte offset `from`, and the offset after them (for
+    /// the next read). An empty log is an empty string.
+    fn read_log(&self, id: &str, from: u64) -> Result<(String, u64), StoreError>;
+
     /// How long a lease lasts unless renewed; workers renew well within it.
     fn lease_duration(&self) -> Duration;
 

@@ -90,8 +90,10 @@ pub fn workspace() -> &'static Workspace {
 
 /// Libraries the host must refuse, built once per test process.
 pub struct Fixtures {
-    /// Built against plugin-api 0.0.1 (the host has 0.1.x).
+    /// Built against a copy of plugin-api one minor version older than the workspace's.
     pub older_api: PathBuf,
+    /// That older version, e.g. `0.1.0` when the workspace has 0.2.x.
+    pub older_api_version: String,
     /// Built against a plugin-api of the same version whose host-context methods are reordered.
     pub changed_layout: PathBuf,
     /// A dynamic library that exports no root module.
@@ -111,8 +113,24 @@ pub fn fixtures() -> &'static Fixtures {
         let lock = fs::File::create(base.join("lock")).unwrap();
         lock.lock().unwrap();
 
+        let manifest = fs::read_to_string(ws.root.join("plugin-api/Cargo.toml")).unwrap();
+        let current = manifest
+            .lines()
+            .find_map(|l| l.strip_prefix("version = \"")?.strip_suffix('"'))
+            .expect("plugin-api/Cargo.toml has a version line")
+            .to_string();
+        let minor: u64 = current.split('.').nth(1).unwrap().parse().unwrap();
+        assert!(
+            current.starts_with("0.") && minor > 0,
+            "the older-API fixture assumes a 0.x plugin-api above 0.0, found {current}"
+        );
+        let older_api_version = format!("0.{}.0", minor - 1);
         let older_api = build_fixture(ws, &base, "older_api_fixture", |api_dir| {
-            edit(&api_dir.join("Cargo.toml"), "version = \"0.1.0\"", "version = \"0.0.1\"");
+            edit(
+                &api_dir.join("Cargo.toml"),
+                &format!("version = \"{current}\""),
+                &format!("version = \"{older_api_version}\""),
+            );
         });
         let changed_layout = build_fixture(ws, &base, "changed_layout_fixture", |api_dir| {
             let ffi = api_dir.join("src/ffi.rs");
@@ -135,6 +153,7 @@ pub fn fixtures() -> &'static Fixtures {
         let _ = lock.unlock();
         Fixtures {
             older_api,
+            older_api_version,
             changed_layout,
             not_a_plugin,
         }

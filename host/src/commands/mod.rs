@@ -5,6 +5,7 @@ pub mod cancel;
 pub mod init;
 pub mod plugins;
 pub mod results;
+pub mod selfserve;
 pub mod show;
 pub mod stats;
 pub mod status;
@@ -31,6 +32,25 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Plugins { json } => plugins::run(settings, json),
         Command::Cancel { id } => cancel::cancel(settings, &id),
         Command::Retry { id } => cancel::retry(settings, &id),
+        Command::Logs { id, follow } => selfserve::logs(settings, &id, follow),
+        Command::Claim {
+            role,
+            name,
+            lease,
+            json,
+        } => selfserve::claim(settings, &role, name.as_deref(), lease, json),
+        Command::Heartbeat { id, name, lease } => {
+            selfserve::heartbeat(settings, &id, name.as_deref(), lease)
+        }
+        Command::Complete { id, result, name } => {
+            selfserve::complete(settings, &id, name.as_deref(), result.as_deref())
+        }
+        Command::Fail {
+            id,
+            error,
+            retryable,
+            name,
+        } => selfserve::fail(settings, &id, name.as_deref(), &error, retryable),
         Command::Pause(args) => cancel::pause(settings, &args.scope()),
         Command::Resume(args) => cancel::resume(settings, &args.scope()),
         Command::HandlerProcess { role, library } => crate::handler_process::serve(&role, &library),

@@ -8,7 +8,7 @@ use queue::QueueStore;
 use crate::cli::{Settings, WorkerArgs};
 use crate::commands::open_store;
 use crate::config::Config;
-use crate::loader::PluginRegistry;
+use crate::loader::{PluginRegistry, PluginRole};
 use crate::wakeup::Wakeup;
 use crate::worker::{ClaimLoop, WorkerExit, WorkerOptions, hostname};
 
@@ -26,39 +26,7 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
     // Checks the claim index against the task count, and rebuilds it if a crash or power loss
     // left it behind, before anything is claimed from it.
     store.summary().context("cannot check the queue")?;
-    let registry = PluginRegistry::discover(&settings.plugin_path);
-    let handler = binding.map_or(role_name, |b| b.handler.as_str());
-    let Some(role) = registry.role(handler) else {
-        if let Some(binding) = binding {
-            bail!(
-                "{}: role {role_name:?} is bound to handler {:?}, which no plugin provides (searched: {})",
-                settings.queue.join(crate::config::FILE_NAME).display(),
-                binding.handler,
-                registry
-                    .search_path()
-                    .iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        let searched: Vec<String> = registry
-            .search_path()
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect();
-        let mut available: Vec<&str> = registry.roles().iter().map(|r| r.name()).collect();
-        available.sort_unstable();
-        bail!(
-            "no plugin provides role {role_name:?} (searched: {}; available roles: {})",
-            searched.join(", "),
-            if available.is_empty() {
-                "none".to_string()
-            } else {
-                available.join(", ")
-            }
-        );
-    };
+    let role = find_role(settings, &config, role_name)?;
     let options = WorkerOptions {
         name: args
             .name
@@ -70,9 +38,8 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
         grace: args.grace,
         default_timeout: args.timeout.or(binding.and_then(|b| b.timeout)),
         role: role_name.to_string(),
-        types: binding
-            .and_then(|b| b.types.clone())
-            .unwrap_or_else(|| role.task_types()),
+        types: role_types(&config, role_name, &role),
+        settings: binding.map_or(serde_json::Value::Null, |b| b.settings.clone()),
     };
     let store: Arc<dyn QueueStore> = Arc::new(store);
     let (wakeup, unavailable) = Wakeup::watch(&settings.queue);
@@ -85,4 +52,54 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
     match ClaimLoop::new(store, role, options, wakeup)?.run()? {
         WorkerExit::Drained | WorkerExit::Stopped => Ok(()),
     }
+}
+
+/// The plugin role that handles `role_name`: its `host.toml` binding's handler, else the role of
+/// that name on the plugin path. The error names the role, the folders searched and the roles
+/// available.
+pub fn find_role(
+    settings: &Settings,
+    config: &Config,
+    role_name: &str,
+) -> anyhow::Result<PluginRole> {
+    let binding = config.roles.get(role_name);
+    let registry = PluginRegistry::discover(&settings.plugin_path);
+    let handler = binding.map_or(role_name, |b| b.handler.as_str());
+    if let Some(role) = registry.role(handler) {
+        return Ok(role);
+    }
+    let searched: Vec<String> = registry
+        .search_path()
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
+    if let Some(binding) = binding {
+        bail!(
+            "{}: role {role_name:?} is bound to handler {:?}, which no plugin provides (searched: {})",
+            settings.queue.join(crate::config::FILE_NAME).display(),
+            binding.handler,
+            searched.join(", ")
+        );
+    }
+    let mut available: Vec<&str> = registry.roles().iter().map(|r| r.name()).collect();
+    available.extend(config.roles.keys().map(String::as_str));
+    available.sort_unstable();
+    bail!(
+        "no plugin provides role {role_name:?} (searched: {}; available roles: {})",
+        searched.join(", "),
+        if available.is_empty() {
+            "none".to_string()
+        } else {
+            available.join(", ")
+        }
+    );
+}
+
+/// The task types `role_name` claims: its binding's `types`, else its handler's own.
+pub fn role_types(config: &Config, role_name: &str, role: &PluginRole) -> Vec<String> {
+    config
+        .roles
+        .get(role_name)
+        .and_then(|b| b.types.clone())
+        .unwrap_or_else(|| role.task_types())
 }

@@ -269,12 +269,12 @@ fn host_toml_binds_a_role_name_to_a_plugin_role_and_its_errors_name_file_and_lin
 
     fs::write(
         q.queue.join("host.toml"),
-        "[roles.reviewer]\nhandler = \"inspector\"\nagent = \"copilot\"\n",
+        "[roles.reviewer]\nhandler = \"inspector\"\nmodel = \"copilot\"\n",
     )
     .unwrap();
     let line = q.fails(&["--role", "reviewer"]);
     assert!(
-        line.contains("host.toml:3:") && line.contains("agent"),
+        line.contains("host.toml:3:") && line.contains("model"),
         "{line}"
     );
 }

@@ -116,7 +116,8 @@ fn libraries_that_are_not_compatible_plugins_are_refused_in_one_line_and_the_res
     };
     let older = reason("older_api_fixture");
     assert!(
-        older.contains("plugin-api 0.0.1") && older.contains("incompatible"),
+        older.contains(&format!("plugin-api {}", fixtures().older_api_version))
+            && older.contains("incompatible"),
         "{older}"
     );
     let changed = reason("changed_layout_fixture");
