@@ -231,6 +231,8 @@ pub enum Command {
     Pause(PauseArgs),
     /// Lift a pause made with `host pause` (the same scope).
     Resume(PauseArgs),
+    /// Serve the queue to an AI assistant as a Model Context Protocol server on stdio.
+    Mcp,
     /// Internal: runs a role's handler for a worker, isolated in its own process.
     #[command(hide = true)]
     HandlerProcess {

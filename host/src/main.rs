@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod handler_process;
 mod loader;
+mod mcp;
 mod wakeup;
 mod worker;
 

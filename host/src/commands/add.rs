@@ -47,19 +47,32 @@ pub fn run(settings: &Settings, args: &AddArgs) -> anyhow::Result<()> {
         Some(file) => read_task_file(file)?,
         None => vec![task_from_flags(args)?],
     };
-    let registry = PluginRegistry::discover(&settings.plugin_path);
-    let config = Config::load(&settings.queue)?;
-    for (index, task) in tasks.iter().enumerate() {
-        check_task(&registry, &config, task).map_err(|err| match &args.file {
+    let added = add_checked(settings, store.as_ref(), tasks, |index, err| {
+        match &args.file {
             Some(file) => anyhow!("{}: task {}: {err:#}", file.display(), index + 1),
             None => err,
-        })?;
-    }
-    let added = store.add(tasks).context("nothing was added")?;
+        }
+    })?;
     for task in added {
         outln!("{}", task.id);
     }
     Ok(())
+}
+
+/// Checks every task against the role that would run it, then adds them all or none.
+/// `at_fault` puts an error in context with the index of the task it belongs to.
+pub fn add_checked(
+    settings: &Settings,
+    store: &dyn QueueStore,
+    tasks: Vec<NewTask>,
+    at_fault: impl Fn(usize, anyhow::Error) -> anyhow::Error,
+) -> anyhow::Result<Vec<queue::Task>> {
+    let registry = PluginRegistry::discover(&settings.plugin_path);
+    let config = Config::load(&settings.queue)?;
+    for (index, task) in tasks.iter().enumerate() {
+        check_task(&registry, &config, task).map_err(|err| at_fault(index, err))?;
+    }
+    Ok(store.add(tasks).context("nothing was added")?)
 }
 
 /// An `after` reference in a task file: a key of the file, or an id as a string or a number.

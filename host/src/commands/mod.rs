@@ -32,6 +32,7 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Plugins { json } => plugins::run(settings, json),
         Command::Cancel { id } => cancel::cancel(settings, &id),
         Command::Retry { id } => cancel::retry(settings, &id),
+        Command::Mcp => crate::mcp::serve(settings),
         Command::Logs { id, follow } => selfserve::logs(settings, &id, follow),
         Command::Claim {
             role,

@@ -12,14 +12,14 @@ use crate::commands::work::{find_role, role_types};
 use crate::commands::{open_store, outln, print_json};
 use crate::config::Config;
 
-/// `host claim`: claims the best pending task for a role and prints it.
-pub fn claim(
+/// Claims the best pending task for a role as `name` (default ROLE-HOSTNAME), holding it for
+/// `lease`. `None` when there is nothing to claim.
+pub fn claim_task(
     settings: &Settings,
     role_name: &str,
     name: Option<&str>,
     lease: Duration,
-    json: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Task>> {
     let config = Config::load(&settings.queue)?;
     let role = find_role(settings, &config, role_name)?;
     let types = role_types(&config, role_name, &role);
@@ -33,16 +33,23 @@ pub fn claim(
         String::from,
     );
     queue::validate_name("worker name", &worker)?;
-    let Some(claim) = store.claim(&worker, &types)? else {
-        bail!(
-            "no task to claim for role {role_name} (types: {})",
-            types.join(", ")
-        );
+    Ok(store.claim(&worker, &types)?.map(|claim| claim.task))
+}
+
+/// `host claim`: claims the best pending task for a role and prints it.
+pub fn claim(
+    settings: &Settings,
+    role_name: &str,
+    name: Option<&str>,
+    lease: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let Some(task) = claim_task(settings, role_name, name, lease)? else {
+        bail!("no task to claim for role {role_name}");
     };
     if json {
-        return print_json(&claim.task);
+        return print_json(&task);
     }
-    let task = &claim.task;
     outln!("{}", task.id);
     outln!("type         {}", task.task_type);
     if let Some(target) = &task.target {
@@ -55,8 +62,9 @@ pub fn claim(
         outln!("payload      {}", task.payload);
     }
     outln!(
-        "claimed by {worker} (attempt {} of {}); keep it with `host heartbeat {id}` at least every {}, \
+        "claimed by {} (attempt {} of {}); keep it with `host heartbeat {id}` at least every {}, \
          finish with `host complete {id}` or `host fail {id} --error TEXT`",
+        task.worker.as_deref().unwrap_or_default(),
         task.attempts,
         task.max_attempts,
         humantime::format_duration(lease / 2),
@@ -84,6 +92,20 @@ fn current_lease(store: &dyn QueueStore, id: &str, name: Option<&str>) -> anyhow
     })
 }
 
+/// Extends the lease of a claimed task to `lease` from now; says whether a cancel was requested.
+pub fn heartbeat_task(
+    settings: &Settings,
+    id: &str,
+    name: Option<&str>,
+    lease: Duration,
+) -> anyhow::Result<bool> {
+    let store = std::sync::Arc::into_inner(open_store(settings)?)
+        .expect("a fresh store is not shared")
+        .with_lease(lease);
+    let held = current_lease(&store, id, name)?;
+    Ok(store.renew(&held)?.cancel_requested)
+}
+
 /// `host heartbeat`: extends the lease of a claimed task.
 pub fn heartbeat(
     settings: &Settings,
@@ -91,12 +113,7 @@ pub fn heartbeat(
     name: Option<&str>,
     lease: Duration,
 ) -> anyhow::Result<()> {
-    let store = std::sync::Arc::into_inner(open_store(settings)?)
-        .expect("a fresh store is not shared")
-        .with_lease(lease);
-    let held = current_lease(&store, id, name)?;
-    let renewal = store.renew(&held)?;
-    if renewal.cancel_requested {
+    if heartbeat_task(settings, id, name, lease)? {
         outln!("task {id}: cancel requested; stop and run `host fail {id} --error cancelled`");
     } else {
         outln!(
@@ -105,6 +122,20 @@ pub fn heartbeat(
         );
     }
     Ok(())
+}
+
+/// Records how a claimed task ended, as its holder (`name`, when given, must hold it).
+pub fn finish_task(
+    settings: &Settings,
+    id: &str,
+    name: Option<&str>,
+    outcome: Outcome,
+) -> anyhow::Result<Task> {
+    let store = open_store(settings)?;
+    let held = current_lease(store.as_ref(), id, name)?;
+    Ok(store
+        .finish(&held, outcome)
+        .context("the outcome was not recorded")?)
 }
 
 /// `host complete`: records success, with an optional JSON result.
@@ -119,9 +150,7 @@ pub fn complete(
             .map_err(|err| anyhow!("--result is not valid JSON: {err}"))?,
         None => serde_json::Value::Null,
     };
-    let store = open_store(settings)?;
-    let held = current_lease(store.as_ref(), id, name)?;
-    let task = store.finish(&held, Outcome::Success(result))?;
+    let task = finish_task(settings, id, name, Outcome::Success(result))?;
     outln!("task {id}: {}", task.status);
     Ok(())
 }
@@ -134,16 +163,12 @@ pub fn fail(
     error: &str,
     retryable: bool,
 ) -> anyhow::Result<()> {
-    let store = open_store(settings)?;
-    let held = current_lease(store.as_ref(), id, name)?;
     let outcome = Outcome::Failure {
         error: error.to_string(),
         result: None,
         retryable,
     };
-    let task = store
-        .finish(&held, outcome)
-        .context("the failure was not recorded")?;
+    let task = finish_task(settings, id, name, outcome)?;
     outln!("task {id}: {}", task.status);
     Ok(())
 }

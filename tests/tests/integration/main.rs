@@ -5,6 +5,7 @@ mod agents;
 mod bad_input;
 mod claiming;
 mod crashes;
+mod mcp;
 mod orchestration;
 mod plugins;
 mod reliability;
