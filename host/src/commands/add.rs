@@ -72,7 +72,7 @@ pub fn add_checked(
     for (index, task) in tasks.iter().enumerate() {
         check_task(&registry, &config, task).map_err(|err| at_fault(index, err))?;
     }
-    Ok(store.add(tasks).context("nothing was added")?)
+    store.add(tasks).context("nothing was added")
 }
 
 /// An `after` reference in a task file: a key of the file, or an id as a string or a number.

@@ -133,9 +133,9 @@ pub fn finish_task(
 ) -> anyhow::Result<Task> {
     let store = open_store(settings)?;
     let held = current_lease(store.as_ref(), id, name)?;
-    Ok(store
+    store
         .finish(&held, outcome)
-        .context("the outcome was not recorded")?)
+        .context("the outcome was not recorded")
 }
 
 /// `host complete`: records success, with an optional JSON result.
