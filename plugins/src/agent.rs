@@ -25,8 +25,8 @@
 //! | `aider`   | `aider --message PROMPT --yes-always`                        |
 //!
 //! Checked against `--help` of GitHub Copilot CLI 1.0.102, Claude Code 2.1.197, codex-cli 0.169.0
-//! and Gemini CLI 0.61.0 (from the npm registry, 2026-11-25); Aider's flags are from its
-//! documentation.
+//! and Gemini CLI 0.61.0 (from the npm registry, 2026-11-25), and against the argument parser of
+//! aider-chat 0.86.2 (`aider/args.py`, from PyPI).
 //!
 //! A `command` template replaces the preset; in it, and in the prompt template, `{prompt}`,
 //! `{id}`, `{type}`, `{target}`, `{description}`, `{payload}` and `{after}` (the results of the
