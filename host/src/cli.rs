@@ -233,6 +233,20 @@ pub enum Command {
     Resume(PauseArgs),
     /// Serve the queue to an AI assistant as a Model Context Protocol server on stdio.
     Mcp,
+    /// The web dashboard and its JSON API.
+    Serve {
+        /// Where to listen. Anything but a loopback address needs a token.
+        #[arg(long, default_value = "127.0.0.1:7777", value_name = "ADDR")]
+        addr: std::net::SocketAddr,
+        /// Required on every API call when given (Authorization: Bearer, or ?token=).
+        #[arg(
+            long,
+            env = "HOST_WEB_TOKEN",
+            hide_env_values = true,
+            value_name = "TOKEN"
+        )]
+        token: Option<String>,
+    },
     /// Internal: runs a role's handler for a worker, isolated in its own process.
     #[command(hide = true)]
     HandlerProcess {

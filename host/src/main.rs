@@ -8,6 +8,7 @@ mod handler_process;
 mod loader;
 mod mcp;
 mod wakeup;
+mod web;
 mod worker;
 
 use std::process::ExitCode;

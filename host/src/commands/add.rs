@@ -158,6 +158,12 @@ fn read_task_file(file: &Path) -> anyhow::Result<Vec<NewTask>> {
         .collect()
 }
 
+/// A task from the JSON of one task-file entry (its `after` may only name ids).
+pub fn task_from_json(entry: Value) -> anyhow::Result<NewTask> {
+    let entry: TaskEntry = serde_json::from_value(entry)?;
+    new_task(entry, &HashMap::new())
+}
+
 fn new_task(entry: TaskEntry, keys: &HashMap<String, usize>) -> anyhow::Result<NewTask> {
     let after = entry
         .after

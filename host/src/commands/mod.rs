@@ -33,6 +33,7 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Cancel { id } => cancel::cancel(settings, &id),
         Command::Retry { id } => cancel::retry(settings, &id),
         Command::Mcp => crate::mcp::serve(settings),
+        Command::Serve { addr, token } => crate::web::serve(settings, addr, token),
         Command::Logs { id, follow } => selfserve::logs(settings, &id, follow),
         Command::Claim {
             role,

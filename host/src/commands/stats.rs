@@ -45,8 +45,8 @@ pub struct Stats {
     pub by_worker: BTreeMap<String, Figures>,
 }
 
-/// Reads every task and prints the figures.
-pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
+/// Reads every task and computes the figures.
+pub fn collect(settings: &Settings) -> anyhow::Result<Stats> {
     let tasks = open_store(settings)?.tasks()?;
     let hour_ago = Timestamp::now().saturating_sub(SignedDuration::from_hours(1))?;
     let figures = |group: &[&Task]| figures(group, hour_ago);
@@ -83,7 +83,7 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
             (!group.is_empty()).then(|| (role, figures(&group)))
         })
         .collect();
-    let stats = Stats {
+    Ok(Stats {
         all: figures(&all),
         by_role,
         by_type: by_type
@@ -94,7 +94,12 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
             .iter()
             .map(|(k, v)| (k.clone(), figures(v)))
             .collect(),
-    };
+    })
+}
+
+/// Prints the figures.
+pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let stats = collect(settings)?;
     if json {
         return print_json(&stats);
     }

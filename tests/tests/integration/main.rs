@@ -11,3 +11,4 @@ mod plugins;
 mod reliability;
 mod roles;
 mod store_properties;
+mod web;

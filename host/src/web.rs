@@ -1,0 +1,304 @@
+//! `host serve`: the web dashboard and its JSON API, on the same store as every other command.
+//!
+//! - `GET /` the page (compiled into the binary; no build step).
+//! - `GET /api/status` the same JSON as `host status --json`; `GET /api/stats` as `host stats
+//!   --json`.
+//! - `GET /api/tasks?status=&type=&worker=&q=&limit=` tasks, newest first; `GET /api/tasks/ID`
+//!   one task; `GET /api/tasks/ID/log` its log.
+//! - `POST /api/tasks` adds a task from the JSON of a task-file entry and answers `{"id": ...}`;
+//!   `POST /api/tasks/ID/cancel`, `POST /api/tasks/ID/retry`; `POST /api/pause` and
+//!   `POST /api/resume` with `{}`, `{"type": T}` or `{"task": ID}`.
+//! - `GET /api/events` server-sent events: a `change` event whenever the status changes.
+//!
+//! Safe by default: it binds to loopback; any other address needs a token (`--token` or
+//! `HOST_WEB_TOKEN`), which every `/api/` request must then carry (`Authorization: Bearer TOKEN`,
+//! or `?token=` where a browser cannot set headers, as for the event stream). State-changing
+//! requests must be JSON and are refused when their `Origin` is not this server.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use queue::{PauseScope, QueueStore, Task};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::cli::Settings;
+use crate::commands::status::StatusReport;
+use crate::commands::{add, open_store};
+
+const PAGE: &str = include_str!("web/page.html");
+
+/// What the handlers share.
+#[derive(Clone)]
+struct App {
+    settings: Settings,
+    token: Option<String>,
+}
+
+/// Serves until interrupted. Refuses a non-loopback address without a token.
+pub fn serve(settings: &Settings, addr: SocketAddr, token: Option<String>) -> anyhow::Result<()> {
+    open_store(settings)?;
+    if !addr.ip().is_loopback() && token.is_none() {
+        anyhow::bail!(
+            "{addr} is reachable from other machines: give --token (or HOST_WEB_TOKEN) to serve there"
+        );
+    }
+    let app = App {
+        settings: settings.clone(),
+        token,
+    };
+    let router = Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/api/status", get(status))
+        .route("/api/stats", get(stats))
+        .route("/api/tasks", get(list_tasks).post(add_task))
+        .route("/api/tasks/{id}", get(show_task))
+        .route("/api/tasks/{id}/log", get(task_log))
+        .route("/api/tasks/{id}/cancel", post(cancel_task))
+        .route("/api/tasks/{id}/retry", post(retry_task))
+        .route("/api/pause", post(pause))
+        .route("/api/resume", post(resume))
+        .route("/api/events", get(events))
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot listen on {addr}: {err}"))?;
+        let bound = listener.local_addr()?;
+        // The first line says where to go; tests read the port from it.
+        println!("serving the dashboard on http://{bound}/");
+        axum::serve(listener, router).await?;
+        Ok(())
+    })
+}
+
+/// A request error: status and one line.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(err: anyhow::Error) -> Self {
+        let status = match err.downcast_ref::<queue::StoreError>() {
+            Some(queue::StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
+            Some(queue::StoreError::WrongState { .. }) => StatusCode::CONFLICT,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError(status, format!("{err:#}").replace('\n', " "))
+    }
+}
+
+impl From<queue::StoreError> for ApiError {
+    fn from(err: queue::StoreError) -> Self {
+        ApiError::from(anyhow::Error::from(err))
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Token and origin checks for `/api/`.
+async fn guard(State(app): State<App>, request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    if !path.starts_with("/api/") {
+        return next.run(request).await;
+    }
+    if let Some(token) = &app.token {
+        let bearer = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let query = request.uri().query().unwrap_or_default();
+        let in_query = query
+            .split('&')
+            .filter_map(|kv| kv.strip_prefix("token="))
+            .any(|t| t == token);
+        if bearer != Some(token.as_str()) && !in_query {
+            return ApiError(StatusCode::UNAUTHORIZED, "a valid token is required".into())
+                .into_response();
+        }
+    }
+    if request.method() == Method::POST {
+        if let Err(refusal) = same_origin(request.headers()) {
+            return refusal.into_response();
+        }
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json {
+            return ApiError(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send JSON (Content-Type: application/json)".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Refuses a request whose `Origin` is another site than this server.
+fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return Ok(()); // not from a browser page
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or(origin);
+    if origin_host == host {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("requests from {origin} may not change this queue"),
+        ))
+    }
+}
+
+async fn status(State(app): State<App>) -> ApiResult<Json<StatusReport>> {
+    Ok(Json(StatusReport::read(&app.settings)?))
+}
+
+async fn stats(State(app): State<App>) -> ApiResult<Json<crate::commands::stats::Stats>> {
+    Ok(Json(crate::commands::stats::collect(&app.settings)?))
+}
+
+#[derive(Deserialize)]
+struct TaskFilter {
+    status: Option<String>,
+    #[serde(rename = "type")]
+    task_type: Option<String>,
+    worker: Option<String>,
+    q: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_tasks(
+    State(app): State<App>,
+    Query(filter): Query<TaskFilter>,
+) -> ApiResult<Json<Vec<Task>>> {
+    let store = open_store(&app.settings)?;
+    let text = filter.q.as_deref().unwrap_or_default().to_lowercase();
+    let non_empty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    let (status, task_type, worker) = (
+        non_empty(&filter.status),
+        non_empty(&filter.task_type),
+        non_empty(&filter.worker),
+    );
+    let mut tasks: Vec<Task> = store
+        .tasks()?
+        .into_iter()
+        .filter(|t| status.as_ref().is_none_or(|s| t.status.as_str() == s))
+        .filter(|t| task_type.as_ref().is_none_or(|s| &t.task_type == s))
+        .filter(|t| worker.as_ref().is_none_or(|w| t.worker.as_ref() == Some(w)))
+        .filter(|t| {
+            text.is_empty()
+                || serde_json::to_string(t)
+                    .unwrap_or_default()
+                    .to_lowercase()
+                    .contains(&text)
+        })
+        .collect();
+    tasks.reverse();
+    tasks.truncate(filter.limit.unwrap_or(200));
+    Ok(Json(tasks))
+}
+
+async fn show_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
+    Ok(Json(open_store(&app.settings)?.get(&id)?))
+}
+
+async fn task_log(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let (text, _) = open_store(&app.settings)?.read_log(&id, 0)?;
+    // The tail is what a page shows.
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(200)..].join("\n");
+    Ok(Json(json!({ "id": id, "log": tail })))
+}
+
+async fn add_task(State(app): State<App>, Json(entry): Json<Value>) -> ApiResult<Json<Value>> {
+    let task = add::task_from_json(entry)
+        .map_err(|err| ApiError(StatusCode::BAD_REQUEST, format!("{err:#}")))?;
+    let store = open_store(&app.settings)?;
+    let added = add::add_checked(&app.settings, store.as_ref(), vec![task], |_, err| err)?;
+    Ok(Json(json!({ "id": added[0].id })))
+}
+
+async fn cancel_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
+    Ok(Json(open_store(&app.settings)?.cancel(&id)?))
+}
+
+async fn retry_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
+    Ok(Json(open_store(&app.settings)?.retry(&id)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Scope {
+    #[serde(rename = "type")]
+    task_type: Option<String>,
+    task: Option<String>,
+}
+
+impl Scope {
+    fn scope(self) -> PauseScope {
+        match (self.task_type, self.task) {
+            (Some(t), _) => PauseScope::Type(t),
+            (None, Some(id)) => PauseScope::Task(id),
+            (None, None) => PauseScope::Queue,
+        }
+    }
+}
+
+async fn pause(State(app): State<App>, Json(scope): Json<Scope>) -> ApiResult<Json<Value>> {
+    open_store(&app.settings)?.pause(&scope.scope())?;
+    Ok(Json(json!({ "paused": true })))
+}
+
+async fn resume(State(app): State<App>, Json(scope): Json<Scope>) -> ApiResult<Json<Value>> {
+    open_store(&app.settings)?.resume(&scope.scope())?;
+    Ok(Json(json!({ "paused": false })))
+}
+
+/// A `change` event whenever the status (counts, workers, pauses) differs from the last one
+/// sent, checked four times a second; comments keep the connection alive meanwhile.
+async fn events(State(app): State<App>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = stream::unfold(
+        (app.settings, String::new()),
+        |(settings, last)| async move {
+            loop {
+                let now = StatusReport::read(&settings)
+                    .ok()
+                    .and_then(|r| serde_json::to_string(&r).ok())
+                    .unwrap_or_default();
+                if now != last {
+                    let event = Event::default().event("change").data(now.clone());
+                    return Some((Ok(event), (settings, now)));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
