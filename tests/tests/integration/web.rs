@@ -277,37 +277,25 @@ impl Browser {
         self.command("/execute/sync", json!({"script": script, "args": []}))
     }
 
-    fn type_into(&self, selector: &str, text: &str) {
+    /// The WebDriver id of the element `selector` finds.
+    fn find(&self, selector: &str) -> String {
         let element = self.command(
             "/element",
             json!({"using": "css selector", "value": selector}),
         );
-        let id = element
-            .as_object()
-            .unwrap()
-            .values()
-            .next()
-            .unwrap()
-            .as_str()
-            .unwrap()
-            .to_string();
+        let id = element.as_object().and_then(|e| e.values().next());
+        id.and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {selector}: {element}"))
+            .to_string()
+    }
+
+    fn type_into(&self, selector: &str, text: &str) {
+        let id = self.find(selector);
         self.command(&format!("/element/{id}/value"), json!({"text": text}));
     }
 
     fn click(&self, selector: &str) {
-        let element = self.command(
-            "/element",
-            json!({"using": "css selector", "value": selector}),
-        );
-        let id = element
-            .as_object()
-            .unwrap()
-            .values()
-            .next()
-            .unwrap()
-            .as_str()
-            .unwrap()
-            .to_string();
+        let id = self.find(selector);
         self.command(&format!("/element/{id}/click"), json!({}));
     }
 
