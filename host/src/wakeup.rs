@@ -21,13 +21,22 @@ pub struct Wakeup {
 }
 
 impl Wakeup {
-    /// Watches `<queue>/pending`. If that fails, says why in the returned text and polls only.
-    pub fn watch(queue: &Path) -> (Wakeup, Option<String>) {
+    /// Watches `<queue>/pending`, and with `finishes` also `<queue>/running` for tasks that end
+    /// (which frees a slot of a type with a `[limits]` entry). If that fails, says why in the
+    /// returned text and polls only.
+    pub fn watch(queue: &Path, finishes: bool) -> (Wakeup, Option<String>) {
         let generation = Arc::new((Mutex::new(0u64), Condvar::new()));
         let signal = Arc::clone(&generation);
+        let running = queue.join("running");
         let handler = move |event: notify::Result<notify::Event>| {
-            // Creations are what makes work appear; our own claims only remove markers.
-            if event.is_ok_and(|e| matches!(e.kind, EventKind::Create(_))) {
+            // Creations in pending/ are what makes work appear (our own claims only remove
+            // markers there); removals in running/ are tasks ending.
+            let wake = event.is_ok_and(|e| match e.kind {
+                EventKind::Create(_) => !e.paths.iter().any(|p| p.starts_with(&running)),
+                EventKind::Remove(_) => e.paths.iter().any(|p| p.starts_with(&running)),
+                _ => false,
+            });
+            if wake {
                 let (count, changed) = &*signal;
                 *count.lock().expect("wakeup lock") += 1;
                 changed.notify_all();
@@ -35,6 +44,9 @@ impl Wakeup {
         };
         let watched = notify::recommended_watcher(handler).and_then(|mut watcher| {
             watcher.watch(&queue.join("pending"), RecursiveMode::Recursive)?;
+            if finishes {
+                watcher.watch(&queue.join("running"), RecursiveMode::NonRecursive)?;
+            }
             Ok(watcher)
         });
         match watched {
