@@ -259,7 +259,7 @@ pub fn load_role(path: &Path, name: &str) -> Result<PluginRole, String> {
 /// Loads a library and lists its roles, with the plugin-api version it was built against.
 fn load_roles(path: &Path) -> Result<(Vec<PluginRole>, String), Refusal> {
     let (module, api_version) = load_library(path)?;
-    let library: &'static Path = Box::leak(path.to_path_buf().into_boxed_path());
+    let library = leak_path(path);
     let roles = module
         .roles()
         .as_slice()
@@ -270,6 +270,20 @@ fn load_roles(path: &Path) -> Result<(Vec<PluginRole>, String), Refusal> {
         })
         .collect();
     Ok((roles, api_version))
+}
+
+/// A library's path for the life of the process, as its roles are: leaked once per library,
+/// however often the plugin path is searched (the MCP server and the dashboard search it per
+/// request).
+fn leak_path(path: &Path) -> &'static Path {
+    static PATHS: std::sync::Mutex<Vec<&'static Path>> = std::sync::Mutex::new(Vec::new());
+    let mut paths = PATHS.lock().expect("paths lock");
+    if let Some(known) = paths.iter().find(|known| **known == path) {
+        return known;
+    }
+    let leaked: &'static Path = Box::leak(path.to_path_buf().into_boxed_path());
+    paths.push(leaked);
+    leaked
 }
 
 /// The files in `dir` named like a dynamic library of this platform, sorted.
