@@ -75,3 +75,33 @@ fn a_killed_add_adds_all_or_nothing() {
         assert_eq!(total % 300, 0, "a batch was added in part: {total} tasks");
     }
 }
+
+#[test]
+fn a_relaxed_queue_says_so_works_the_same_and_can_be_made_durable_again() {
+    let q = TestQueue::new();
+    let said = q.ok(&["init", "--durability", "relaxed"]);
+    assert!(said.contains("relaxed"), "{said}");
+    let marker: Value =
+        serde_json::from_slice(&fs::read(q.queue.join("queue.json")).unwrap()).unwrap();
+    assert_eq!(marker["durability"], "relaxed");
+    let id = q.add(&["--type", "noop"]);
+    q.drain("noop", &[]);
+    assert_eq!(q.task(&id)["status"], "completed");
+
+    assert!(
+        q.ok(&["init"]).contains("relaxed"),
+        "init alone keeps the setting"
+    );
+    assert!(
+        q.ok(&["init", "--durability", "durable"])
+            .contains("durable")
+    );
+    let marker: Value =
+        serde_json::from_slice(&fs::read(q.queue.join("queue.json")).unwrap()).unwrap();
+    assert_eq!(marker["durability"], "durable");
+    assert_eq!(
+        q.task(&id)["status"],
+        "completed",
+        "nothing lost by the switch"
+    );
+}
