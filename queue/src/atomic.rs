@@ -35,9 +35,16 @@ pub(crate) fn write_file(
     Ok(())
 }
 
-/// Creates an empty marker file (no error if it exists).
+/// Creates an empty marker file (no error if it exists), and its folder if that is missing.
 pub(crate) fn create_marker(path: &Path) -> Result<(), StoreError> {
-    File::create(path).map_err(io_err(path))?;
+    match File::create(path) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            let dir = path.parent().expect("markers live in a folder");
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            File::create(path).map_err(io_err(path))?;
+        }
+        created => drop(created.map_err(io_err(path))?),
+    }
     Ok(())
 }
 

@@ -313,16 +313,44 @@ impl FileStore {
         self.root.join(status.as_str()).join(id)
     }
 
-    /// Records a finished state in the index; the task file is written after it.
-    fn mark_finished(&self, task: &Task) -> Result<(), StoreError> {
-        create_marker(&self.finished_marker(task.status, &task.id))
+    /// The marker that says where the task is: the claim index while it is pending (the
+    /// delayed one while it waits for a retry), `blocked/`, `running/`, or the folder of its
+    /// finished state.
+    fn state_marker(&self, task: &Task) -> PathBuf {
+        match task.status {
+            TaskStatus::Pending if task.retry_at.is_some() => self.delayed_marker(task),
+            TaskStatus::Pending => self.pending_marker(task),
+            TaskStatus::Blocked => self.blocked_marker(task),
+            TaskStatus::Running => self.running_marker(&task.id),
+            finished => self.finished_marker(finished, &task.id),
+        }
     }
 
-    /// Drops a task from the finished index (it is pending or running again). Also heals a
-    /// marker left by a process that died between marking a task finished and writing it.
-    fn unmark_finished(&self, id: &str) -> Result<(), StoreError> {
-        for status in FINISHED {
-            remove_file(&self.finished_marker(status, id))?;
+    /// Every marker the task can have, as its fields stand now.
+    fn markers(&self, task: &Task) -> Vec<PathBuf> {
+        let mut markers = vec![
+            self.pending_marker(task),
+            self.delayed_marker(task),
+            self.blocked_marker(task),
+            self.running_marker(&task.id),
+        ];
+        markers.extend(FINISHED.map(|status| self.finished_marker(status, &task.id)));
+        markers
+    }
+
+    /// Creates the marker of the task's state: before the task file says so, by the store's
+    /// crash rule.
+    fn index_task(&self, task: &Task) -> Result<(), StoreError> {
+        create_marker(&self.state_marker(task))
+    }
+
+    /// Removes `markers` (from [`Self::markers`], taken before the task changed) except the
+    /// marker of its state now: after the task file says so. Also heals markers that a process
+    /// killed halfway through an operation left behind.
+    fn drop_other_markers(&self, markers: Vec<PathBuf>, task: &Task) -> Result<(), StoreError> {
+        let keep = self.state_marker(task);
+        for marker in markers.into_iter().filter(|m| *m != keep) {
+            remove_file(&marker)?;
         }
         Ok(())
     }
@@ -433,18 +461,6 @@ impl FileStore {
         Ok(best.map(|(_, marker, id)| (marker, id)))
     }
 
-    /// Puts a task in the claim index: pending now, or delayed until its `retry_at`.
-    fn index_pending(&self, task: &Task) -> Result<(), StoreError> {
-        let marker = if task.retry_at.is_some() {
-            self.delayed_marker(task)
-        } else {
-            self.pending_marker(task)
-        };
-        let dir = marker.parent().expect("markers live in a folder");
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        create_marker(&marker)
-    }
-
     fn running_marker(&self, id: &str) -> PathBuf {
         self.root.join("running").join(id)
     }
@@ -503,11 +519,7 @@ impl FileStore {
     fn apply_intent(&self, intent: &AddIntent) -> Result<(), StoreError> {
         for task in &intent.tasks {
             self.index_dependencies(task)?;
-            match task.status {
-                TaskStatus::Blocked => self.index_blocked(task)?,
-                TaskStatus::Cancelled => self.mark_finished(task)?,
-                _ => self.index_pending(task)?,
-            }
+            self.index_task(task)?;
             write_file(
                 &self.tmp_dir(),
                 &self.task_path(&task.id),
@@ -658,11 +670,12 @@ impl FileStore {
             let error = format!("attempt {}: {reason}", task.attempts);
             end_attempt(&mut task, AttemptStatus::Expired, Some(reason), now);
             if task.attempts < task.max_attempts && !task.cancel_requested {
+                let markers = self.markers(&task);
                 task.status = TaskStatus::Pending;
                 task.error = Some(error);
-                self.index_pending(&task)?;
-                self.unmark_finished(&task.id)?;
+                self.index_task(&task)?;
                 self.write_task(&task)?;
+                self.drop_other_markers(markers, &task)?;
             } else {
                 let status = if task.cancel_requested {
                     TaskStatus::Cancelled
@@ -674,7 +687,7 @@ impl FileStore {
                     "{error}; no attempt left ({} of {})",
                     task.attempts, task.max_attempts
                 ));
-                self.mark_finished(&task)?;
+                self.index_task(&task)?;
                 self.write_task(&task)?;
                 self.cancel_dependents(&task)?;
             }
@@ -707,7 +720,7 @@ impl FileStore {
                 match self.read_task(id) {
                     Ok(Some(mut task)) if task.status == TaskStatus::Pending => {
                         task.retry_at = None;
-                        self.index_pending(&task)?;
+                        self.index_task(&task)?;
                         self.write_task(&task)?;
                     }
                     Ok(_) => {}
@@ -793,43 +806,13 @@ impl FileStore {
     fn reindex(&self) -> Result<Summary, StoreError> {
         let mut summary = Summary::default();
         for task in self.tasks()? {
-            let pending_markers = [self.pending_marker(&task), self.delayed_marker(&task)];
-            let running = self.running_marker(&task.id);
-            let blocked = self.blocked_marker(&task);
-            if task.status == TaskStatus::Blocked {
-                self.index_blocked(&task)?;
-            } else {
-                remove_file(&blocked)?;
-            }
-            match task.status {
-                TaskStatus::Blocked => {
-                    pending_markers.iter().try_for_each(|m| remove_file(m))?;
-                    remove_file(&running)?;
-                    self.unmark_finished(&task.id)?;
-                }
-                TaskStatus::Pending => {
-                    // Keep only the index it belongs in: delayed while it waits for a retry.
-                    let other = usize::from(task.retry_at.is_none());
-                    remove_file(&pending_markers[other])?;
-                    self.index_pending(&task)?;
-                    remove_file(&running)?;
-                    self.unmark_finished(&task.id)?;
-                    *summary
-                        .pending_by_type
-                        .entry(task.task_type.clone())
-                        .or_default() += 1;
-                }
-                TaskStatus::Running => {
-                    pending_markers.iter().try_for_each(|m| remove_file(m))?;
-                    create_marker(&running)?;
-                    self.unmark_finished(&task.id)?;
-                }
-                _ => {
-                    pending_markers.iter().try_for_each(|m| remove_file(m))?;
-                    remove_file(&running)?;
-                    self.unmark_finished(&task.id)?;
-                    self.mark_finished(&task)?;
-                }
+            self.index_task(&task)?;
+            self.drop_other_markers(self.markers(&task), &task)?;
+            if task.status == TaskStatus::Pending {
+                *summary
+                    .pending_by_type
+                    .entry(task.task_type.clone())
+                    .or_default() += 1;
             }
             *summary.counts.entry(task.status).or_default() += 1;
         }
@@ -1110,7 +1093,7 @@ impl QueueStore for FileStore {
                     task.duration_ms = task.elapsed_ms(now);
                     task.lease_expires_at = None;
                     task.retry_at = Some(now.saturating_add(delay).unwrap_or(now));
-                    self.index_pending(&task)?;
+                    self.index_task(&task)?;
                     self.write_task(&task)?;
                     remove_file(&self.running_marker(&task.id))?;
                     self.commit()?;
@@ -1121,7 +1104,7 @@ impl QueueStore for FileStore {
                 }
             }
         }
-        self.mark_finished(&task)?;
+        self.index_task(&task)?;
         self.write_task(&task)?;
         remove_file(&self.running_marker(&task.id))?;
         if task.status == TaskStatus::Completed {
@@ -1142,7 +1125,7 @@ impl QueueStore for FileStore {
         task.worker = None;
         task.started_at = None;
         task.lease_expires_at = None;
-        self.index_pending(&task)?;
+        self.index_task(&task)?;
         self.write_task(&task)?;
         remove_file(&self.running_marker(&task.id))?;
         self.commit()
@@ -1153,19 +1136,13 @@ impl QueueStore for FileStore {
         let mut task = self.get(id)?;
         match task.status {
             TaskStatus::Pending | TaskStatus::Blocked => {
-                let markers = [
-                    self.pending_marker(&task),
-                    self.delayed_marker(&task),
-                    self.blocked_marker(&task),
-                ];
+                let markers = self.markers(&task);
                 finish_task(&mut task, TaskStatus::Cancelled, Timestamp::now());
                 task.success = None;
                 task.error = Some("cancelled before it started".into());
-                self.mark_finished(&task)?;
+                self.index_task(&task)?;
                 self.write_task(&task)?;
-                for marker in markers {
-                    remove_file(&marker)?;
-                }
+                self.drop_other_markers(markers, &task)?;
                 self.cancel_dependents(&task)?;
             }
             TaskStatus::Running => {
@@ -1194,6 +1171,7 @@ impl QueueStore for FileStore {
                 hint: "only a failed or cancelled task can be retried",
             });
         }
+        let markers = self.markers(&task);
         task.status = match self.prerequisites(&task)? {
             Prerequisites::Done => TaskStatus::Pending,
             Prerequisites::Waiting => TaskStatus::Blocked,
@@ -1211,13 +1189,9 @@ impl QueueStore for FileStore {
         task.duration_ms = None;
         task.success = None;
         task.result = None;
-        if task.status == TaskStatus::Blocked {
-            self.index_blocked(&task)?;
-        } else {
-            self.index_pending(&task)?;
-        }
+        self.index_task(&task)?;
         self.write_task(&task)?;
-        self.unmark_finished(&task.id)?;
+        self.drop_other_markers(markers, &task)?;
         self.revive_dependents(&task.id)?;
         self.commit()?;
         Ok(task)
@@ -1229,10 +1203,7 @@ impl QueueStore for FileStore {
             PauseScope::Task(id) => drop(self.get(id)?),
             PauseScope::Queue => {}
         }
-        let marker = self.pause_marker(scope);
-        let dir = marker.parent().expect("markers live in a folder");
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        create_marker(&marker)?;
+        create_marker(&self.pause_marker(scope))?;
         self.commit()
     }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use jiff::Timestamp;
 
 use super::FileStore;
-use crate::atomic::{create_marker, io_err, list_names, remove_file};
+use crate::atomic::{create_marker, list_names};
 use crate::{Dependency, NewTask, StoreError, Task, TaskStatus};
 
 /// Where the tasks a task comes after stand.
@@ -24,14 +24,6 @@ pub(super) enum Prerequisites {
 }
 
 impl FileStore {
-    /// Puts a task in the blocked index.
-    pub(super) fn index_blocked(&self, task: &Task) -> Result<(), StoreError> {
-        let marker = self.blocked_marker(task);
-        let dir = marker.parent().expect("markers live in a folder");
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        create_marker(&marker)
-    }
-
     /// Where the tasks `task` comes after stand.
     pub(super) fn prerequisites(&self, task: &Task) -> Result<Prerequisites, StoreError> {
         let mut waiting = false;
@@ -154,9 +146,7 @@ impl FileStore {
     /// Records the edges of a new task in the dependents index.
     pub(super) fn index_dependencies(&self, task: &Task) -> Result<(), StoreError> {
         for dep in &task.after {
-            let dir = self.dependents_dir(dep);
-            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-            create_marker(&dir.join(&task.id))?;
+            create_marker(&self.dependents_dir(dep).join(&task.id))?;
         }
         Ok(())
     }
@@ -180,10 +170,11 @@ impl FileStore {
             }
             // `id` itself is written as completed before this runs.
             if matches!(self.prerequisites(&task)?, Prerequisites::Done) {
+                let markers = self.markers(&task);
                 task.status = TaskStatus::Pending;
-                self.index_pending(&task)?;
+                self.index_task(&task)?;
                 self.write_task(&task)?;
-                remove_file(&self.blocked_marker(&task))?;
+                self.drop_other_markers(markers, &task)?;
             }
         }
         Ok(())
@@ -197,17 +188,11 @@ impl FileStore {
             if !matches!(task.status, TaskStatus::Blocked | TaskStatus::Pending) {
                 continue;
             }
-            let markers = [
-                self.blocked_marker(&task),
-                self.pending_marker(&task),
-                self.delayed_marker(&task),
-            ];
+            let markers = self.markers(&task);
             cancel_for(&mut task, &prerequisite.id, prerequisite.status, now);
-            self.mark_finished(&task)?;
+            self.index_task(&task)?;
             self.write_task(&task)?;
-            for marker in markers {
-                remove_file(&marker)?;
-            }
+            self.drop_other_markers(markers, &task)?;
             self.cancel_dependents(&task)?;
         }
         Ok(())
@@ -222,14 +207,15 @@ impl FileStore {
             {
                 continue;
             }
+            let markers = self.markers(&task);
             task.status = TaskStatus::Blocked;
             task.cancelled_by = None;
             task.error = None;
             task.finished_at = None;
             task.success = None;
-            self.index_blocked(&task)?;
+            self.index_task(&task)?;
             self.write_task(&task)?;
-            self.unmark_finished(&task.id)?;
+            self.drop_other_markers(markers, &task)?;
             self.revive_dependents(&task.id)?;
         }
         Ok(())
