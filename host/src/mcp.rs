@@ -18,6 +18,7 @@ use serde_json::Value;
 use queue::{Dependency, NewTask, Outcome, QueueStore};
 
 use crate::cli::Settings;
+use crate::commands::results::TaskQuery;
 use crate::commands::status::StatusReport;
 use crate::commands::{add, open_store, selfserve};
 
@@ -142,21 +143,12 @@ impl QueueServer {
         let tasks = open_store(&self.settings)
             .and_then(|store| Ok(store.tasks()?))
             .map_err(one_line)?;
-        let tasks: Vec<_> = tasks
-            .into_iter()
-            .filter(|t| {
-                filter
-                    .status
-                    .as_ref()
-                    .is_none_or(|s| t.status.as_str() == s)
-            })
-            .filter(|t| {
-                filter
-                    .task_type
-                    .as_ref()
-                    .is_none_or(|ty| &t.task_type == ty)
-            })
-            .collect();
+        let query = TaskQuery {
+            status: filter.status,
+            task_type: filter.task_type,
+            ..TaskQuery::default()
+        };
+        let tasks: Vec<_> = tasks.into_iter().filter(|t| query.matches(t)).collect();
         json(&tasks)
     }
 
@@ -178,8 +170,8 @@ impl QueueServer {
                 .collect(),
         };
         let store = open_store(&self.settings).map_err(one_line)?;
-        let added = add::add_checked(&self.settings, store.as_ref(), vec![task], |_, err| err)
-            .map_err(one_line)?;
+        let added =
+            add::add_checked(&self.settings, &store, vec![task], |_, err| err).map_err(one_line)?;
         json(&added[0])
     }
 

@@ -32,6 +32,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::cli::Settings;
+use crate::commands::results::TaskQuery;
 use crate::commands::status::StatusReport;
 use crate::commands::{add, open_store};
 
@@ -199,26 +200,17 @@ async fn list_tasks(
     Query(filter): Query<TaskFilter>,
 ) -> ApiResult<Json<Vec<Task>>> {
     let store = open_store(&app.settings)?;
-    let text = filter.q.as_deref().unwrap_or_default().to_lowercase();
-    let non_empty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-    let (status, task_type, worker) = (
-        non_empty(&filter.status),
-        non_empty(&filter.task_type),
-        non_empty(&filter.worker),
-    );
+    let query = TaskQuery {
+        status: filter.status,
+        task_type: filter.task_type,
+        worker: filter.worker,
+        finished_since: None,
+        text: filter.q,
+    };
     let mut tasks: Vec<Task> = store
         .tasks()?
         .into_iter()
-        .filter(|t| status.as_ref().is_none_or(|s| t.status.as_str() == s))
-        .filter(|t| task_type.as_ref().is_none_or(|s| &t.task_type == s))
-        .filter(|t| worker.as_ref().is_none_or(|w| t.worker.as_ref() == Some(w)))
-        .filter(|t| {
-            text.is_empty()
-                || serde_json::to_string(t)
-                    .unwrap_or_default()
-                    .to_lowercase()
-                    .contains(&text)
-        })
+        .filter(|t| query.matches(t))
         .collect();
     tasks.reverse();
     tasks.truncate(filter.limit.unwrap_or(200));
@@ -241,7 +233,7 @@ async fn add_task(State(app): State<App>, Json(entry): Json<Value>) -> ApiResult
     let task = add::task_from_json(entry)
         .map_err(|err| ApiError(StatusCode::BAD_REQUEST, format!("{err:#}")))?;
     let store = open_store(&app.settings)?;
-    let added = add::add_checked(&app.settings, store.as_ref(), vec![task], |_, err| err)?;
+    let added = add::add_checked(&app.settings, &store, vec![task], |_, err| err)?;
     Ok(Json(json!({ "id": added[0].id })))
 }
 

@@ -47,11 +47,9 @@ pub fn run(settings: &Settings, args: &AddArgs) -> anyhow::Result<()> {
         Some(file) => read_task_file(file)?,
         None => vec![task_from_flags(args)?],
     };
-    let added = add_checked(settings, store.as_ref(), tasks, |index, err| {
-        match &args.file {
-            Some(file) => anyhow!("{}: task {}: {err:#}", file.display(), index + 1),
-            None => err,
-        }
+    let added = add_checked(settings, &store, tasks, |index, err| match &args.file {
+        Some(file) => anyhow!("{}: task {}: {err:#}", file.display(), index + 1),
+        None => err,
     })?;
     for task in added {
         outln!("{}", task.id);

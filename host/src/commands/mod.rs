@@ -12,8 +12,6 @@ pub mod status;
 pub mod watch;
 pub mod work;
 
-use std::sync::Arc;
-
 use anyhow::Context as _;
 use queue::FileStore;
 
@@ -60,9 +58,8 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
 }
 
 /// Opens the queue folder named by the settings.
-pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<FileStore>> {
-    let store = FileStore::open(&settings.queue).context("cannot open the queue")?;
-    Ok(Arc::new(store))
+pub fn open_store(settings: &Settings) -> anyhow::Result<FileStore> {
+    FileStore::open(&settings.queue).context("cannot open the queue")
 }
 
 /// Like `print!`, but a failed write (a closed pipe) returns an error instead of panicking.

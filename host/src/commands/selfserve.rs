@@ -8,7 +8,7 @@ use anyhow::{Context as _, anyhow, bail};
 use queue::{Lease, Outcome, QueueStore, Task, TaskStatus};
 
 use crate::cli::Settings;
-use crate::commands::work::{find_role, role_types};
+use crate::commands::work::{claiming_store, find_role, role_types};
 use crate::commands::{open_store, outln, print_json};
 use crate::config::Config;
 
@@ -23,11 +23,7 @@ pub fn claim_task(
     let config = Config::load(&settings.queue)?;
     let role = find_role(settings, &config, role_name)?;
     let types = role_types(&config, role_name, &role);
-    let store = std::sync::Arc::into_inner(open_store(settings)?)
-        .expect("a fresh store is not shared")
-        .with_lease(lease)
-        .with_limits(config.limits)
-        .with_aging(config.aging);
+    let store = claiming_store(settings, &config, lease)?;
     let worker = name.map_or_else(
         || format!("{role_name}-{}", crate::worker::hostname()),
         String::from,
@@ -99,9 +95,7 @@ pub fn heartbeat_task(
     name: Option<&str>,
     lease: Duration,
 ) -> anyhow::Result<bool> {
-    let store = std::sync::Arc::into_inner(open_store(settings)?)
-        .expect("a fresh store is not shared")
-        .with_lease(lease);
+    let store = open_store(settings)?.with_lease(lease);
     let held = current_lease(&store, id, name)?;
     Ok(store.renew(&held)?.cancel_requested)
 }
@@ -132,7 +126,7 @@ pub fn finish_task(
     outcome: Outcome,
 ) -> anyhow::Result<Task> {
     let store = open_store(settings)?;
-    let held = current_lease(store.as_ref(), id, name)?;
+    let held = current_lease(&store, id, name)?;
     store
         .finish(&held, outcome)
         .context("the outcome was not recorded")

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use queue::QueueStore;
+use queue::{FileStore, QueueStore};
 
 use crate::cli::{Settings, WorkerArgs};
 use crate::commands::open_store;
@@ -17,12 +17,7 @@ use crate::worker::{ClaimLoop, WorkerExit, WorkerOptions, hostname};
 pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::Result<()> {
     let config = Config::load(&settings.queue)?;
     let binding = config.roles.get(role_name);
-    let store = Arc::into_inner(open_store(settings)?)
-        .expect("a fresh store is not shared")
-        .with_lease(args.lease)
-        .with_backoff(args.backoff)
-        .with_limits(config.limits.clone())
-        .with_aging(config.aging);
+    let store = claiming_store(settings, &config, args.lease)?.with_backoff(args.backoff);
     // Checks the claim index against the task count, and rebuilds it if a crash or power loss
     // left it behind, before anything is claimed from it.
     store.summary().context("cannot check the queue")?;
@@ -53,6 +48,19 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
     match ClaimLoop::new(store, role, options, wakeup)?.run()? {
         WorkerExit::Drained | WorkerExit::Stopped => Ok(()),
     }
+}
+
+/// The queue, set up to claim by the rules of `host.toml` (limits, aging) with leases of
+/// `lease`.
+pub fn claiming_store(
+    settings: &Settings,
+    config: &Config,
+    lease: std::time::Duration,
+) -> anyhow::Result<FileStore> {
+    Ok(open_store(settings)?
+        .with_lease(lease)
+        .with_limits(config.limits.clone())
+        .with_aging(config.aging))
 }
 
 /// The plugin role that handles `role_name`: its `host.toml` binding's handler, else the role of
