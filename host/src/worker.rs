@@ -19,6 +19,7 @@ use queue::{
     WorkerState,
 };
 
+use crate::commands::status::WORKER_STALE_AFTER;
 use crate::handler_process::{HandlerProcess, KILL_AFTER, RunEnd};
 use crate::loader::{PluginRole, TaskHooks};
 use crate::wakeup::Wakeup;
@@ -118,11 +119,10 @@ impl ClaimLoop {
         wakeup: Wakeup,
     ) -> Result<ClaimLoop, StoreError> {
         let now = Timestamp::now();
-        let stale_after = Duration::from_secs(10);
         if let Some(other) = store
             .workers()?
             .into_iter()
-            .find(|w| w.name == options.name && !w.is_dead(now, stale_after))
+            .find(|w| w.name == options.name && !w.is_dead(now, WORKER_STALE_AFTER))
         {
             return Err(StoreError::InvalidTask(format!(
                 "worker name {} is in use by pid {} on {}; pick another with --name",
