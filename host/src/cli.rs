@@ -14,7 +14,6 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "A shared task queue for AI coding assistants and programs, with role handlers loaded from plugins.",
     long_about = None,
-    args_conflicts_with_subcommands = true,
     arg_required_else_help = true,
     after_help = "Run a worker with `host --role ROLE`; orchestrate with the commands above."
 )]
@@ -25,6 +24,33 @@ pub struct Cli {
     pub worker: WorkerArgs,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// Parses the process's arguments, exiting with a usage error (status 2) when they do not
+    /// fit. Global options may come before or after the command; worker options only without
+    /// one.
+    pub fn parse_checked() -> Cli {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        let matches = command.get_matches_mut();
+        if let Some((name, _)) = matches.subcommand() {
+            let worker_ids = WorkerArgs::augment_args(clap::Command::new("worker"));
+            let given = worker_ids.get_arguments().find(|arg| {
+                matches.value_source(arg.get_id().as_str())
+                    == Some(clap::parser::ValueSource::CommandLine)
+            });
+            if let Some(arg) = given {
+                let flag = arg.get_long().unwrap_or_else(|| arg.get_id().as_str());
+                command
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        format!("--{flag} runs a worker; it cannot be used with `host {name}`"),
+                    )
+                    .exit();
+            }
+        }
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+    }
 }
 
 /// Options valid with every command.

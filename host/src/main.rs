@@ -13,12 +13,10 @@ mod worker;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use crate::cli::{Cli, Settings};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_checked();
     let outcome = Settings::resolve(&cli.global).and_then(|settings| match cli.command {
         Some(command) => commands::run(&settings, command),
         None => match cli.worker.role.as_deref() {

@@ -173,6 +173,23 @@ fn not_a_queue_folder() {
 }
 
 #[test]
+fn global_options_go_before_or_after_the_command() {
+    let q = TestQueue::new();
+    let other = q.scratch.join("other");
+    let other = other.to_str().unwrap();
+    q.ok(&["--queue", other, "init"]);
+    q.ok(&["--queue", other, "add", "--type", "noop"]);
+    let status = q.ok(&["status", "--json", "--queue", other]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["counts"]["pending"], 1, "{status}");
+    let plugins = q.ok(&["-v", "--plugin-dir", q.plugins.to_str().unwrap(), "plugins"]);
+    assert!(plugins.contains("noop"), "{plugins}");
+    // The queue of the environment was not touched.
+    let own: serde_json::Value = serde_json::from_str(&q.ok(&["status", "--json"])).unwrap();
+    assert_eq!(own["counts"]["pending"], 0, "{own}");
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let q = TestQueue::new();
     for args in [
@@ -180,6 +197,9 @@ fn usage_errors_exit_2() {
         &["--concurrency", "0", "--role", "noop"],
         &["frobnicate"],
         &[],
+        // Worker options belong to `host --role`, not to a command.
+        &["--role", "noop", "status"],
+        &["--drain", "init"],
     ] {
         let output = q.run(args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
