@@ -7,10 +7,11 @@
 //! backoff and expired leases are found by polling too, as they become due by time, not by a
 //! change in the folder.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use notify::event::{ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
 /// Wakes idle slots when something may have become claimable.
@@ -28,14 +29,25 @@ impl Wakeup {
         let generation = Arc::new((Mutex::new(0u64), Condvar::new()));
         let signal = Arc::clone(&generation);
         let running = queue.join("running");
+        let pending = queue.join("pending");
+        let pending_dir = pending.clone();
         let handler = move |event: notify::Result<notify::Event>| {
-            // Creations in pending/ are what makes work appear (our own claims only remove
-            // markers there); removals in running/ are tasks ending.
-            let wake = event.is_ok_and(|e| match e.kind {
-                EventKind::Create(_) => !e.paths.iter().any(|p| p.starts_with(&running)),
-                EventKind::Remove(_) => e.paths.iter().any(|p| p.starts_with(&running)),
-                _ => false,
-            });
+            // A marker appearing in pending/ (created, or moved in) is work appearing; claims
+            // only take markers out. One leaving running/ is a task ending.
+            let Ok(event) = event else { return };
+            let (appeared, left): (&[PathBuf], &[PathBuf]) = match event.kind {
+                EventKind::Create(_) => (&event.paths, &[]),
+                EventKind::Remove(_) => (&[], &event.paths),
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)) => (&event.paths, &[]),
+                EventKind::Modify(ModifyKind::Name(RenameMode::From)) => (&[], &event.paths),
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                    let split = event.paths.len().min(1);
+                    (&event.paths[split..], &event.paths[..split])
+                }
+                _ => (&[], &[]),
+            };
+            let wake = appeared.iter().any(|p| p.starts_with(&pending))
+                || left.iter().any(|p| p.starts_with(&running));
             if wake {
                 let (count, changed) = &*signal;
                 *count.lock().expect("wakeup lock") += 1;
@@ -43,7 +55,7 @@ impl Wakeup {
             }
         };
         let watched = notify::recommended_watcher(handler).and_then(|mut watcher| {
-            watcher.watch(&queue.join("pending"), RecursiveMode::Recursive)?;
+            watcher.watch(&pending_dir, RecursiveMode::Recursive)?;
             if finishes {
                 watcher.watch(&queue.join("running"), RecursiveMode::NonRecursive)?;
             }

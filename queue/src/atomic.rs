@@ -48,6 +48,23 @@ pub(crate) fn create_marker(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Moves a marker to the path of a task's new state in one step, making the destination folder
+/// when missing. A rename keeps the marker's inode, which is much cheaper than creating one file
+/// and removing another. A missing source (healed away meanwhile) still leaves the destination.
+pub(crate) fn move_marker(from: &Path, to: &Path) -> Result<(), StoreError> {
+    match fs::rename(from, to) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            let dir = to.parent().expect("markers live in a folder");
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            match fs::rename(from, to) {
+                Err(err) if err.kind() == io::ErrorKind::NotFound => create_marker(to),
+                moved => moved.map_err(io_err(to)),
+            }
+        }
+        moved => moved.map_err(io_err(to)),
+    }
+}
+
 /// Removes a file if it exists.
 pub(crate) fn remove_file(path: &Path) -> Result<(), StoreError> {
     match fs::remove_file(path) {

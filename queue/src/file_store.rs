@@ -49,7 +49,9 @@ use serde::{Deserialize, Serialize};
 mod dependencies;
 
 use self::dependencies::Prerequisites;
-use crate::atomic::{create_marker, io_err, list_names, remove_file, sync_file_system, write_file};
+use crate::atomic::{
+    create_marker, io_err, list_names, move_marker, remove_file, sync_file_system, write_file,
+};
 use crate::{
     Attempt, AttemptStatus, Claim, Lease, NewTask, Outcome, PauseScope, QueueStore, Renewal,
     StoreError, Summary, Task, TaskStatus, WorkerRecord, validate_name,
@@ -344,6 +346,13 @@ impl FileStore {
         create_marker(&self.state_marker(task))
     }
 
+    /// Moves the running marker of a task that has just left the running state (its file
+    /// written already) to the marker of its state now. If the process dies before, the expiry
+    /// scan does it, since it finds a running marker whose task is not running.
+    fn settle_running_marker(&self, task: &Task) -> Result<(), StoreError> {
+        move_marker(&self.running_marker(&task.id), &self.state_marker(task))
+    }
+
     /// Removes `markers` (from [`Self::markers`], taken before the task changed) except the
     /// marker of its state now: after the task file says so. Also heals markers that a process
     /// killed halfway through an operation left behind.
@@ -547,6 +556,15 @@ impl FileStore {
         Ok(())
     }
 
+    /// Releases the lock, then commits. The caller still returns only once its changes are
+    /// durable, but other processes need not wait for the flush: their operations proceed, and
+    /// workers finishing at the same moment share one journal commit (group commit across
+    /// processes).
+    fn commit_unlocked(&self, lock: QueueLock) -> Result<(), StoreError> {
+        drop(lock);
+        self.commit()
+    }
+
     fn next_id(&self) -> Result<u64, StoreError> {
         let path = self.root.join("next-id");
         match fs::read_to_string(&path) {
@@ -659,7 +677,8 @@ impl FileStore {
                 Err(err) => return Err(err),
             };
             if task.status != TaskStatus::Running {
-                remove_file(&marker)?;
+                // A claim or finish died between its marker move and its task write.
+                self.settle_running_marker(&task)?;
                 continue;
             }
             if task.lease_expires_at.is_some_and(|until| until > now) {
@@ -776,6 +795,15 @@ impl FileStore {
     /// True when every running marker belongs to a running task. There are only as many as
     /// tasks run at once, so this is cheap; together with the task count it catches what a
     /// crash in the middle of a claim, finish or expiry leaves behind.
+    /// The counts from the index, when they add up to the number of tasks and every running
+    /// marker belongs to a running task.
+    fn consistent_index_summary(&self) -> Result<Option<Summary>, StoreError> {
+        let summary = self.index_summary()?;
+        let consistent = summary.counts.values().sum::<usize>() == self.task_count()?
+            && self.running_index_is_current()?;
+        Ok(consistent.then_some(summary))
+    }
+
     fn running_index_is_current(&self) -> Result<bool, StoreError> {
         for id in list_names(&self.root.join("running"))? {
             match self.read_task(&id) {
@@ -1039,11 +1067,11 @@ impl QueueStore for FileStore {
                 status: AttemptStatus::Running,
                 error: None,
             });
-            // Running marker first: if we die after it, the expiry scan finds a pending task
-            // behind it and drops it; if we die after the task write, the lease expires.
-            create_marker(&self.running_marker(&task.id))?;
+            // Marker first: if we die before the task write, the expiry scan finds a pending
+            // task behind a running marker and moves the marker back; after it, the lease
+            // expires.
+            move_marker(&marker, &self.running_marker(&task.id))?;
             self.write_task(&task)?;
-            remove_file(&marker)?;
             let lease = Lease {
                 task_id: task.id.clone(),
                 attempt: task.attempts,
@@ -1065,7 +1093,7 @@ impl QueueStore for FileStore {
     }
 
     fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError> {
-        let _lock = self.lock()?;
+        let lock = self.lock()?;
         let mut task = self.leased_task(lease)?;
         let now = Timestamp::now();
         match outcome {
@@ -1093,10 +1121,9 @@ impl QueueStore for FileStore {
                     task.duration_ms = task.elapsed_ms(now);
                     task.lease_expires_at = None;
                     task.retry_at = Some(now.saturating_add(delay).unwrap_or(now));
-                    self.index_task(&task)?;
                     self.write_task(&task)?;
-                    remove_file(&self.running_marker(&task.id))?;
-                    self.commit()?;
+                    self.settle_running_marker(&task)?;
+                    self.commit_unlocked(lock)?;
                     return Ok(task);
                 } else {
                     end_attempt(&mut task, AttemptStatus::Failed, Some(error), now);
@@ -1104,20 +1131,19 @@ impl QueueStore for FileStore {
                 }
             }
         }
-        self.index_task(&task)?;
         self.write_task(&task)?;
-        remove_file(&self.running_marker(&task.id))?;
+        self.settle_running_marker(&task)?;
         if task.status == TaskStatus::Completed {
             self.unblock_dependents(&task.id)?;
         } else {
             self.cancel_dependents(&task)?;
         }
-        self.commit()?;
+        self.commit_unlocked(lock)?;
         Ok(task)
     }
 
     fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let _lock = self.lock()?;
+        let lock = self.lock()?;
         let mut task = self.leased_task(lease)?;
         end_attempt(&mut task, AttemptStatus::Released, None, Timestamp::now());
         task.status = TaskStatus::Pending;
@@ -1128,11 +1154,11 @@ impl QueueStore for FileStore {
         self.index_task(&task)?;
         self.write_task(&task)?;
         remove_file(&self.running_marker(&task.id))?;
-        self.commit()
+        self.commit_unlocked(lock)
     }
 
     fn cancel(&self, id: &str) -> Result<Task, StoreError> {
-        let _lock = self.lock()?;
+        let lock = self.lock()?;
         let mut task = self.get(id)?;
         match task.status {
             TaskStatus::Pending | TaskStatus::Blocked => {
@@ -1157,12 +1183,12 @@ impl QueueStore for FileStore {
                 });
             }
         }
-        self.commit()?;
+        self.commit_unlocked(lock)?;
         Ok(task)
     }
 
     fn retry(&self, id: &str) -> Result<Task, StoreError> {
-        let _lock = self.lock()?;
+        let lock = self.lock()?;
         let mut task = self.get(id)?;
         if !matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled) {
             return Err(StoreError::WrongState {
@@ -1193,7 +1219,7 @@ impl QueueStore for FileStore {
         self.write_task(&task)?;
         self.drop_other_markers(markers, &task)?;
         self.revive_dependents(&task.id)?;
-        self.commit()?;
+        self.commit_unlocked(lock)?;
         Ok(task)
     }
 
@@ -1289,16 +1315,17 @@ impl QueueStore for FileStore {
     }
 
     fn summary(&self) -> Result<Summary, StoreError> {
-        let summary = self.index_summary()?;
-        if summary.counts.values().sum::<usize>() == self.task_count()?
-            && self.running_index_is_current()?
-        {
+        if let Some(summary) = self.consistent_index_summary()? {
             return Ok(summary);
         }
-        // A process died, or the machine lost power, halfway through moving a task: rebuild the
-        // index from the task files, which are the truth.
+        // Either an operation was halfway through when we looked, or a process died (or the
+        // machine lost power) halfway through one. Under the lock only the second remains, and
+        // then the index is rebuilt from the task files, which are the truth.
         let _lock = self.lock()?;
-        self.reindex()
+        match self.consistent_index_summary()? {
+            Some(summary) => Ok(summary),
+            None => self.reindex(),
+        }
     }
 
     fn has_work(&self, types: &[String]) -> Result<bool, StoreError> {
@@ -1489,6 +1516,41 @@ mod tests {
         assert!(!store.running_marker(&tasks[1].id).exists());
         let claim = store.claim("w", &types(&["a"])).unwrap().unwrap();
         assert_eq!(claim.task.id, tasks[0].id, "the lost marker is back");
+    }
+
+    #[test]
+    fn a_claim_or_finish_killed_between_marker_move_and_task_write_is_healed() {
+        let (_dir, store) = store(DEFAULT_LEASE);
+        let tasks = store.add(vec![new("a", 1), new("a", 2)]).unwrap();
+        // Finish of task 1 killed after its task write: a completed task behind a running marker.
+        let claim = store.claim("w", &types(&["a"])).unwrap().unwrap();
+        assert_eq!(claim.task.id, tasks[0].id);
+        let mut done = claim.task.clone();
+        done.status = TaskStatus::Completed;
+        store.write_task(&done).unwrap();
+        // Claim of task 2 killed after its marker moved: a pending task behind one.
+        fs::rename(
+            store.pending_marker(&tasks[1]),
+            store.running_marker(&tasks[1].id),
+        )
+        .unwrap();
+
+        assert_eq!(store.expire_leases().unwrap(), 0, "no lease ran out");
+        assert!(!store.running_marker(&tasks[0].id).exists());
+        assert!(!store.running_marker(&tasks[1].id).exists());
+        assert!(
+            store
+                .finished_marker(TaskStatus::Completed, &tasks[0].id)
+                .exists()
+        );
+        let again = store.claim("w", &types(&["a"])).unwrap().unwrap();
+        assert_eq!(
+            again.task.id, tasks[1].id,
+            "the interrupted claim's task is claimable"
+        );
+        let summary = store.summary().unwrap();
+        assert_eq!(summary.counts[&TaskStatus::Running], 1);
+        assert_eq!(summary.counts[&TaskStatus::Completed], 1);
     }
 
     #[test]
