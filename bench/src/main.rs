@@ -36,6 +36,11 @@ fn main() -> anyhow::Result<()> {
 
     let rate = durable_op_rate(&bench.scratch.join("fsync"), Duration::from_secs(3))?;
     println!("durable file operations (write, fsync, rename, fsync folder): {rate:.0}/s");
+    let replace = replace_rate(&bench.scratch.join("replace"), Duration::from_secs(3))?;
+    println!(
+        "file replacements without fsync (write a new file, rename it over the old): {replace:.0}/s \
+         (each task is written twice: claimed, finished)"
+    );
     println!();
 
     println!("## Throughput: 10,000 noop tasks, 4 worker processes");
@@ -76,6 +81,11 @@ fn main() -> anyhow::Result<()> {
             Err(err) => println!("- {peer}: failed: {err:#}"),
         }
     }
+    let floor = spawn_floor(1000, 4)?;
+    println!(
+        "- no queue at all (4 threads spawning `true` directly): {:.2} s, the floor for any tool here",
+        floor.as_secs_f64()
+    );
     println!("(target: at least 2x faster than the fastest installed peer)");
     println!();
 
@@ -179,6 +189,47 @@ fn durable_op_rate(dir: &Path, limit: Duration) -> anyhow::Result<f64> {
         ops += 1;
     }
     Ok(ops as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Atomic replacements of a small file per second without fsync: the file operation every
+/// claim and finish makes, measured alone.
+fn replace_rate(dir: &Path, limit: Duration) -> anyhow::Result<f64> {
+    fs::create_dir_all(dir)?;
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < limit {
+        let tmp = dir.join("tmp");
+        fs::write(&tmp, br#"{"id":"1","type":"noop","status":"pending"}"#)?;
+        fs::rename(&tmp, dir.join(format!("{}", ops % 64)))?;
+        ops += 1;
+    }
+    Ok(ops as f64 / start.elapsed().as_secs_f64())
+}
+
+/// How long `threads` threads take to run `n` `true` processes between them, with no queue:
+/// what process creation alone costs on this machine.
+fn spawn_floor(n: usize, threads: usize) -> anyhow::Result<Duration> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                        let status = Command::new("true").status()?;
+                        if !status.success() {
+                            bail!("`true` failed: {status}");
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("spawning thread panicked"))
+    })?;
+    Ok(start.elapsed())
 }
 
 /// Mean cost of one claim and one finish with `pending` tasks waiting (durably), on a queue

@@ -563,8 +563,12 @@ fn publish_record(shared: &Shared, running: &[Arc<Running>]) {
 
 /// One line on stderr, prefixed with the time and the worker's name.
 fn say(shared: &Shared, line: &str) {
+    use std::io::Write as _;
     let now = Timestamp::now().strftime("%H:%M:%S%.3f");
-    eprintln!("{now} {}: {line}", shared.options.name);
+    // Formatted first and written whole: one write per line, never interleaved with another
+    // slot's line.
+    let text = format!("{now} {}: {line}\n", shared.options.name);
+    let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
 /// This machine's name, reduced to what a worker name may contain.
