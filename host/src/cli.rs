@@ -358,8 +358,8 @@ pub struct AddArgs {
     /// Free text for people and agents.
     #[arg(long, value_name = "TEXT")]
     pub description: Option<String>,
-    /// Lower is claimed first [default: 5].
-    #[arg(long, value_name = "N")]
+    /// Lower is claimed first, 0 first of all [default: 5].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub priority: Option<u32>,
     /// Handler input, as JSON.
     #[arg(long, value_name = "JSON")]
