@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use plugin_api::Context;
@@ -65,12 +65,23 @@ pub fn run(
     let stderr = child.stderr.take().expect("piped stderr");
     let (mut timed_out, mut stopped) = (false, false);
     let status = std::thread::scope(|scope| {
-        let out_tail = Arc::clone(&tail);
-        let err_tail = Arc::clone(&tail);
-        scope.spawn(move || pump(stdout, out_tail, ctx));
-        scope.spawn(move || pump(stderr, err_tail, ctx));
-        // Short commands are common: look often at first, then back off.
+        let (closed_tx, closed) = mpsc::channel();
+        for (stream, tail) in [
+            (Box::new(stdout) as Box<dyn Read + Send>, Arc::clone(&tail)),
+            (Box::new(stderr), Arc::clone(&tail)),
+        ] {
+            let closed_tx = closed_tx.clone();
+            scope.spawn(move || {
+                pump(stream, tail, ctx);
+                let _ = closed_tx.send(());
+            });
+        }
+        drop(closed_tx);
+        // Short commands are common: look often at first, then back off. A command usually
+        // closes its output as it exits, so the end of both streams is the cue to look again
+        // at once rather than after the pause.
         let mut pause = Duration::from_millis(1);
+        let mut open_streams = 2;
         loop {
             if let Some(status) = child.try_wait()? {
                 return Ok::<_, std::io::Error>(status);
@@ -82,7 +93,21 @@ pub fn run(
                 let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
                 return child.wait();
             }
-            std::thread::sleep(pause);
+            if open_streams > 0 {
+                match closed.recv_timeout(pause) {
+                    Ok(()) => {
+                        open_streams -= 1;
+                        if open_streams == 0 {
+                            pause = Duration::from_micros(50);
+                        }
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => open_streams = 0,
+                }
+            } else {
+                std::thread::sleep(pause);
+            }
             pause = (pause * 2).min(Duration::from_millis(50));
         }
     })
