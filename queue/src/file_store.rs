@@ -41,6 +41,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
@@ -59,6 +60,7 @@ use crate::{
 
 const FORMAT_FILE: &str = "queue.json";
 const FORMAT_VERSION: u64 = 2;
+const DOORBELL: &str = "doorbell";
 const SUBDIRS: [&str; 14] = [
     "tasks",
     "pending",
@@ -141,12 +143,25 @@ pub struct FileStore {
     last_expiry_scan: Mutex<Option<Instant>>,
     warned: Mutex<HashSet<PathBuf>>,
     warnings: Mutex<Vec<String>>,
+    /// Set when the operation under way makes work claimable; the doorbell rings as it ends.
+    work_appeared: AtomicBool,
 }
 
 /// Holds the queue's advisory lock until dropped. The OS releases it if the process dies, so a
 /// crash never leaves a stale lock behind.
-struct QueueLock {
+struct QueueLock<'a> {
     _file: File,
+    store: &'a FileStore,
+}
+
+impl Drop for QueueLock<'_> {
+    /// Rings the doorbell while the lock is still held: a worker it wakes then waits for the
+    /// lock and finds the operation complete.
+    fn drop(&mut self) {
+        if self.store.work_appeared.swap(false, Ordering::Relaxed) {
+            self.store.ring_doorbell();
+        }
+    }
 }
 
 impl FileStore {
@@ -170,6 +185,7 @@ impl FileStore {
             return FileStore::open(root);
         }
         let store = FileStore::at(root, Durability::default());
+        store.ring_doorbell();
         store.write_format_marker()?;
         Ok(store)
     }
@@ -255,6 +271,41 @@ impl FileStore {
             last_expiry_scan: Mutex::new(None),
             warned: Mutex::new(HashSet::new()),
             warnings: Mutex::new(Vec::new()),
+            work_appeared: AtomicBool::new(false),
+        }
+    }
+
+    /// The doorbell: a one-byte file rewritten whenever work may have become claimable (tasks
+    /// added, released, retried, unblocked or resumed, or a task of a limited type ending).
+    /// Idle workers watch it rather than the claim index, so that claims, which only take work
+    /// away, wake nobody. Created if missing.
+    pub fn doorbell(&self) -> PathBuf {
+        let path = self.root.join(DOORBELL);
+        if !path.exists() {
+            self.ring_doorbell();
+        }
+        path
+    }
+
+    /// Rewrites the doorbell in place (no new inode, no rename). A failure only delays pickup
+    /// until the workers' next poll, so it is not an error of the operation.
+    fn ring_doorbell(&self) {
+        use std::os::unix::fs::FileExt as _;
+        let path = self.root.join(DOORBELL);
+        if let Ok(file) = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        {
+            let _ = file.write_all_at(b"1", 0);
+        }
+    }
+
+    /// Notes that `marker` makes its task claimable if it is a claim-index marker.
+    fn note_marker(&self, marker: &Path) {
+        if marker.starts_with(self.root.join("pending")) {
+            self.work_appeared.store(true, Ordering::Relaxed);
         }
     }
 
@@ -343,14 +394,22 @@ impl FileStore {
     /// Creates the marker of the task's state: before the task file says so, by the store's
     /// crash rule.
     fn index_task(&self, task: &Task) -> Result<(), StoreError> {
-        create_marker(&self.state_marker(task))
+        let marker = self.state_marker(task);
+        self.note_marker(&marker);
+        create_marker(&marker)
     }
 
     /// Moves the running marker of a task that has just left the running state (its file
     /// written already) to the marker of its state now. If the process dies before, the expiry
     /// scan does it, since it finds a running marker whose task is not running.
     fn settle_running_marker(&self, task: &Task) -> Result<(), StoreError> {
-        move_marker(&self.running_marker(&task.id), &self.state_marker(task))
+        let marker = self.state_marker(task);
+        self.note_marker(&marker);
+        if self.limits.contains_key(&task.task_type) {
+            // A slot of a limited type is free: a worker waiting for one may claim now.
+            self.work_appeared.store(true, Ordering::Relaxed);
+        }
+        move_marker(&self.running_marker(&task.id), &marker)
     }
 
     /// Removes `markers` (from [`Self::markers`], taken before the task changed) except the
@@ -476,7 +535,7 @@ impl FileStore {
 
     /// Takes the queue lock, waiting as long as needed, then finishes any add a dead process
     /// left half done.
-    fn lock(&self) -> Result<QueueLock, StoreError> {
+    fn lock(&self) -> Result<QueueLock<'_>, StoreError> {
         let path = self.root.join("lock");
         let file = File::options()
             .create(true)
@@ -485,7 +544,10 @@ impl FileStore {
             .open(&path)
             .map_err(io_err(&path))?;
         file.lock().map_err(io_err(&path))?;
-        let guard = QueueLock { _file: file };
+        let guard = QueueLock {
+            _file: file,
+            store: self,
+        };
         self.replay_intents()?;
         Ok(guard)
     }
@@ -560,7 +622,7 @@ impl FileStore {
     /// durable, but other processes need not wait for the flush: their operations proceed, and
     /// workers finishing at the same moment share one journal commit (group commit across
     /// processes).
-    fn commit_unlocked(&self, lock: QueueLock) -> Result<(), StoreError> {
+    fn commit_unlocked(&self, lock: QueueLock<'_>) -> Result<(), StoreError> {
         drop(lock);
         self.commit()
     }
@@ -1238,7 +1300,9 @@ impl QueueStore for FileStore {
             validate_name("task type", task_type)?;
         }
         remove_file(&self.pause_marker(scope))?;
-        self.commit()
+        self.commit()?;
+        self.ring_doorbell();
+        Ok(())
     }
 
     fn paused(&self) -> Result<Vec<PauseScope>, StoreError> {

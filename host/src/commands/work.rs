@@ -36,9 +36,8 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
         types: role_types(&config, role_name, &role),
         settings: binding.map_or(serde_json::Value::Null, |b| b.settings.clone()),
     };
+    let (wakeup, unavailable) = Wakeup::watch(&store.doorbell());
     let store: Arc<dyn QueueStore> = Arc::new(store);
-    let limited = options.types.iter().any(|t| config.limits.contains_key(t));
-    let (wakeup, unavailable) = Wakeup::watch(&settings.queue, limited);
     if let Some(why) = unavailable {
         eprintln!(
             "warning: {why}; polling every {}",

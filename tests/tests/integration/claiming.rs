@@ -175,6 +175,49 @@ fn a_second_ctrl_c_returns_the_task_at_once() {
 }
 
 #[test]
+fn an_idle_worker_is_woken_by_a_resume_a_retry_and_a_finished_prerequisite() {
+    let q = TestQueue::new();
+    // Polling alone would take a minute: each pickup below must come from the doorbell.
+    let mut worker = q.spawn_worker("noop", &["--poll", "60s"]);
+    q.wait_for("the worker to be idle", Duration::from_secs(20), |q| {
+        q.status()["workers"][0]["state"] == "idle"
+    });
+    let picked_up_soon = |q: &TestQueue, id: &str| {
+        let since = std::time::Instant::now();
+        q.wait_for("the task to complete", Duration::from_secs(5), |q| {
+            q.task(id)["status"] == "completed"
+        });
+        assert!(
+            since.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            since.elapsed()
+        );
+    };
+
+    q.ok(&["pause", "--type", "noop"]);
+    let paused = q.add(&["--type", "noop"]);
+    let cancelled = q.add(&["--type", "noop"]);
+    q.ok(&["cancel", &cancelled]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(q.task(&paused)["status"], "pending");
+    q.ok(&["resume", "--type", "noop"]);
+    picked_up_soon(&q, &paused);
+
+    q.ok(&["retry", &cancelled]);
+    picked_up_soon(&q, &cancelled);
+
+    // The prerequisite is of a type this worker does not claim; an assistant takes it by hand.
+    let first = q.add(&["--type", "inspect", "--target", q.scratch.to_str().unwrap()]);
+    let second = q.add(&["--type", "noop", "--after", &first]);
+    q.ok(&["claim", "--role", "inspector", "--name", "me"]);
+    q.ok(&["complete", &first, "--name", "me"]);
+    picked_up_soon(&q, &second);
+
+    signal(&worker, Signal::SIGTERM);
+    assert!(worker.wait().unwrap().success());
+}
+
+#[test]
 fn an_idle_worker_is_woken_by_a_new_task_without_polling() {
     let q = TestQueue::new();
     // Polling alone would take a minute: only the file-system notification can be this quick.
