@@ -554,8 +554,15 @@ impl FileStore {
 
     /// The adds whose intent is written but not yet (fully) applied, oldest first.
     fn pending_intents(&self) -> Result<Vec<(PathBuf, AddIntent)>, StoreError> {
+        self.read_intents(list_names(&self.root.join("intents"))?)
+    }
+
+    /// The add intents among `names` (the listing of `intents/`), oldest first.
+    fn read_intents(
+        &self,
+        mut names: Vec<String>,
+    ) -> Result<Vec<(PathBuf, AddIntent)>, StoreError> {
         let dir = self.root.join("intents");
-        let mut names = list_names(&dir)?;
         names.retain(|n| n.ends_with(".json"));
         names.sort();
         let mut intents = Vec::with_capacity(names.len());
@@ -576,12 +583,17 @@ impl FileStore {
         Ok(intents)
     }
 
+    /// Finishes what dead processes left half done: adds, then the settling of dependents.
     fn replay_intents(&self) -> Result<(), StoreError> {
-        for (path, intent) in self.pending_intents()? {
+        let names = list_names(&self.root.join("intents"))?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        for (path, intent) in self.read_intents(names.clone())? {
             self.apply_intent(&intent)?;
             remove_file(&path)?;
         }
-        Ok(())
+        self.replay_settling(&names)
     }
 
     /// Writes the tasks of an add and their index, then makes them durable. Nothing here needs
@@ -768,9 +780,12 @@ impl FileStore {
                     "{error}; no attempt left ({} of {})",
                     task.attempts, task.max_attempts
                 ));
+                let settling = self.begin_settling(&task.id)?;
                 self.index_task(&task)?;
                 self.write_task(&task)?;
-                self.cancel_dependents(&task)?;
+                if settling {
+                    self.settle_dependents(&task)?;
+                }
             }
             expired += 1;
             remove_file(&marker)?;
@@ -1193,12 +1208,11 @@ impl QueueStore for FileStore {
                 }
             }
         }
+        let settling = self.begin_settling(&task.id)?;
         self.write_task(&task)?;
         self.settle_running_marker(&task)?;
-        if task.status == TaskStatus::Completed {
-            self.unblock_dependents(&task.id)?;
-        } else {
-            self.cancel_dependents(&task)?;
+        if settling {
+            self.settle_dependents(&task)?;
         }
         self.commit_unlocked(lock)?;
         Ok(task)
@@ -1228,10 +1242,13 @@ impl QueueStore for FileStore {
                 finish_task(&mut task, TaskStatus::Cancelled, Timestamp::now());
                 task.success = None;
                 task.error = Some("cancelled before it started".into());
+                let settling = self.begin_settling(&task.id)?;
                 self.index_task(&task)?;
                 self.write_task(&task)?;
                 self.drop_other_markers(markers, &task)?;
-                self.cancel_dependents(&task)?;
+                if settling {
+                    self.settle_dependents(&task)?;
+                }
             }
             TaskStatus::Running => {
                 task.cancel_requested = true;
@@ -1277,10 +1294,13 @@ impl QueueStore for FileStore {
         task.duration_ms = None;
         task.success = None;
         task.result = None;
+        let settling = self.begin_settling(&task.id)?;
         self.index_task(&task)?;
         self.write_task(&task)?;
         self.drop_other_markers(markers, &task)?;
-        self.revive_dependents(&task.id)?;
+        if settling {
+            self.settle_dependents(&task)?;
+        }
         self.commit_unlocked(lock)?;
         Ok(task)
     }
@@ -1615,6 +1635,66 @@ mod tests {
         let summary = store.summary().unwrap();
         assert_eq!(summary.counts[&TaskStatus::Running], 1);
         assert_eq!(summary.counts[&TaskStatus::Completed], 1);
+    }
+
+    #[test]
+    fn dependents_follow_a_prerequisite_whose_finisher_died_before_settling_them() {
+        let (_dir, store) = store(DEFAULT_LEASE);
+        let after = |i| NewTask {
+            after: vec![crate::Dependency::Batch(i)],
+            ..new("a", 5)
+        };
+        // Two chains: 1 <- 2 <- 3 and 4 <- 5 <- 6.
+        let tasks = store
+            .add(vec![
+                new("a", 1),
+                after(0),
+                after(1),
+                new("a", 2),
+                after(3),
+                after(4),
+            ])
+            .unwrap();
+        let status = |id: &str| store.get(id).unwrap().status;
+        let a = types(&["a"]);
+
+        // Task 1 completes, but its finisher dies after writing it: the note is all that is left.
+        let first = store.claim("w", &a).unwrap().unwrap();
+        assert_eq!(first.task.id, tasks[0].id);
+        let mut done = first.task.clone();
+        assert!(store.begin_settling(&done.id).unwrap());
+        done.status = TaskStatus::Completed;
+        store.write_task(&done).unwrap();
+        store.settle_running_marker(&done).unwrap();
+
+        // Task 4 fails for good, and the canceller dies after cancelling task 5 but not task 6.
+        let fourth = store.claim("w", &a).unwrap().unwrap();
+        assert_eq!(
+            fourth.task.id, tasks[3].id,
+            "the note was settled under that lock"
+        );
+        assert_eq!(status(&tasks[1].id), TaskStatus::Pending);
+        assert_eq!(status(&tasks[2].id), TaskStatus::Blocked);
+        let mut failed = fourth.task.clone();
+        assert!(store.begin_settling(&failed.id).unwrap());
+        failed.status = TaskStatus::Failed;
+        store.write_task(&failed).unwrap();
+        store.settle_running_marker(&failed).unwrap();
+        let mut fifth = store.get(&tasks[4].id).unwrap();
+        let markers = store.markers(&fifth);
+        dependencies::cancel_for_test(&mut fifth, &failed);
+        store.index_task(&fifth).unwrap();
+        store.write_task(&fifth).unwrap();
+        store.drop_other_markers(markers, &fifth).unwrap();
+
+        drop(store.lock().unwrap()); // as any operation does first
+        assert_eq!(status(&tasks[4].id), TaskStatus::Cancelled);
+        assert_eq!(
+            status(&tasks[5].id),
+            TaskStatus::Cancelled,
+            "the rest of the chain follows"
+        );
+        assert!(list_names(&store.root.join("intents")).unwrap().is_empty());
     }
 
     #[test]

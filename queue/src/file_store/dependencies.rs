@@ -6,12 +6,16 @@
 //! it without reading any other.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use jiff::Timestamp;
 
 use super::FileStore;
-use crate::atomic::{create_marker, list_names};
+use crate::atomic::{create_marker, list_names, remove_file};
 use crate::{Dependency, NewTask, StoreError, Task, TaskStatus};
+
+/// How the notes of [`FileStore::begin_settling`] in `intents/` start; the rest is the task id.
+const SETTLE_PREFIX: &str = "settle-";
 
 /// Where the tasks a task comes after stand.
 pub(super) enum Prerequisites {
@@ -185,15 +189,66 @@ impl FileStore {
     pub(super) fn cancel_dependents(&self, prerequisite: &Task) -> Result<(), StoreError> {
         let now = Timestamp::now();
         for mut task in self.dependents(&prerequisite.id)? {
-            if !matches!(task.status, TaskStatus::Blocked | TaskStatus::Pending) {
-                continue;
+            // Cancelled for this prerequisite already (a replay after a crash halfway down the
+            // chain): its own dependents may still need it.
+            let done = task.status == TaskStatus::Cancelled
+                && task.cancelled_by.as_deref() == Some(prerequisite.id.as_str());
+            if !done {
+                if !matches!(task.status, TaskStatus::Blocked | TaskStatus::Pending) {
+                    continue;
+                }
+                let markers = self.markers(&task);
+                cancel_for(&mut task, &prerequisite.id, prerequisite.status, now);
+                self.index_task(&task)?;
+                self.write_task(&task)?;
+                self.drop_other_markers(markers, &task)?;
             }
-            let markers = self.markers(&task);
-            cancel_for(&mut task, &prerequisite.id, prerequisite.status, now);
-            self.index_task(&task)?;
-            self.write_task(&task)?;
-            self.drop_other_markers(markers, &task)?;
             self.cancel_dependents(&task)?;
+        }
+        Ok(())
+    }
+
+    fn settle_note(&self, id: &str) -> PathBuf {
+        self.root
+            .join("intents")
+            .join(format!("{SETTLE_PREFIX}{id}"))
+    }
+
+    /// Called before task `id`'s new state is written: notes that the tasks after it must
+    /// follow that state, so that if this process dies before [`Self::settle_dependents`]
+    /// has run, the next process to take the lock does it. Returns whether the task has
+    /// dependents at all (most have none, and then nothing is written). The caller holds the
+    /// lock.
+    pub(super) fn begin_settling(&self, id: &str) -> Result<bool, StoreError> {
+        if !self.dependents_dir(id).exists() {
+            return Ok(false);
+        }
+        create_marker(&self.settle_note(id))?;
+        Ok(true)
+    }
+
+    /// Brings the tasks after `task` in line with its state, then drops the note of
+    /// [`Self::begin_settling`]: unblocked when it completed, cancelled when it failed or was
+    /// cancelled, revived when it is waiting to run again. Safe to repeat. The caller holds the
+    /// lock.
+    pub(super) fn settle_dependents(&self, task: &Task) -> Result<(), StoreError> {
+        match task.status {
+            TaskStatus::Completed => self.unblock_dependents(&task.id)?,
+            TaskStatus::Failed | TaskStatus::Cancelled => self.cancel_dependents(task)?,
+            TaskStatus::Pending | TaskStatus::Blocked => self.revive_dependents(&task.id)?,
+            TaskStatus::Running => {}
+        }
+        remove_file(&self.settle_note(&task.id))
+    }
+
+    /// Settles the dependents that notes in `intents/` (listed as `names`) name: left by
+    /// processes that died halfway through an operation. The caller holds the lock.
+    pub(super) fn replay_settling(&self, names: &[String]) -> Result<(), StoreError> {
+        for id in names.iter().filter_map(|n| n.strip_prefix(SETTLE_PREFIX)) {
+            match self.read_task(id)? {
+                Some(task) => self.settle_dependents(&task)?,
+                None => remove_file(&self.settle_note(id))?,
+            }
         }
         Ok(())
     }
@@ -202,6 +257,12 @@ impl FileStore {
     /// again, and so on down the chain. The caller holds the lock.
     pub(super) fn revive_dependents(&self, prerequisite: &str) -> Result<(), StoreError> {
         for mut task in self.dependents(prerequisite)? {
+            if task.status == TaskStatus::Blocked {
+                // Revived already (a replay after a crash halfway down the chain): its own
+                // dependents may still need it.
+                self.revive_dependents(&task.id)?;
+                continue;
+            }
             if task.status != TaskStatus::Cancelled
                 || task.cancelled_by.as_deref() != Some(prerequisite)
             {
@@ -224,6 +285,17 @@ impl FileStore {
 
 fn invalid(index: usize, message: String) -> StoreError {
     StoreError::InvalidTask(format!("task {}: {message}", index + 1))
+}
+
+/// For tests that stage a crash halfway down a chain: cancels `task` as `prerequisite` does.
+#[cfg(test)]
+pub(super) fn cancel_for_test(task: &mut Task, prerequisite: &Task) {
+    cancel_for(
+        task,
+        &prerequisite.id,
+        prerequisite.status,
+        Timestamp::now(),
+    );
 }
 
 /// Cancels `task` because `dep`, which it comes after, ended `status`.
