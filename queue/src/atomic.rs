@@ -26,11 +26,26 @@ pub(crate) fn write_file(
     bytes: &[u8],
     sync_data: bool,
 ) -> Result<(), StoreError> {
+    install_file(prepare_file(tmp_dir, bytes, sync_data)?, dest)
+}
+
+/// The first half of [`write_file`]: `bytes` in a new temporary file in `tmp_dir`, fsynced when
+/// `sync_data`. The file is removed if it is dropped without [`install_file`].
+pub(crate) fn prepare_file(
+    tmp_dir: &Path,
+    bytes: &[u8],
+    sync_data: bool,
+) -> Result<tempfile::NamedTempFile, StoreError> {
     let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir).map_err(io_err(tmp_dir))?;
     tmp.write_all(bytes).map_err(io_err(tmp.path()))?;
     if sync_data {
         tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
     }
+    Ok(tmp)
+}
+
+/// The second half of [`write_file`]: renames a prepared file over `dest`.
+pub(crate) fn install_file(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<(), StoreError> {
     tmp.persist(dest).map_err(|err| io_err(dest)(err.error))?;
     Ok(())
 }

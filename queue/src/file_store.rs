@@ -51,7 +51,8 @@ mod dependencies;
 
 use self::dependencies::Prerequisites;
 use crate::atomic::{
-    create_marker, io_err, list_names, move_marker, remove_file, sync_file_system, write_file,
+    create_marker, install_file, io_err, list_names, move_marker, prepare_file, remove_file,
+    sync_file_system, write_file,
 };
 use crate::{
     Attempt, AttemptStatus, Claim, Lease, NewTask, Outcome, PauseScope, QueueStore, Renewal,
@@ -662,23 +663,32 @@ impl FileStore {
 
     /// Reads a task file; `None` when it does not exist.
     fn read_task(&self, id: &str) -> Result<Option<Task>, StoreError> {
-        let path = self.task_path(id);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(io_err(&path)(err)),
-        };
-        let task: Task = serde_json::from_slice(&bytes).map_err(|err| StoreError::Corrupt {
-            path: path.clone(),
-            reason: err.to_string(),
-        })?;
-        if task.id != id {
-            return Err(StoreError::Corrupt {
-                path,
-                reason: format!("holds task id {:?}", task.id),
-            });
+        match self.read_task_bytes(id)? {
+            Some(bytes) => self.parse_task(id, &bytes).map(Some),
+            None => Ok(None),
         }
-        Ok(Some(task))
+    }
+
+    /// A task file's bytes as they are; `None` when it does not exist.
+    fn read_task_bytes(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.task_path(id);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(io_err(&path)(err)),
+        }
+    }
+
+    fn parse_task(&self, id: &str, bytes: &[u8]) -> Result<Task, StoreError> {
+        let corrupt = |reason| StoreError::Corrupt {
+            path: self.task_path(id),
+            reason,
+        };
+        let task: Task = serde_json::from_slice(bytes).map_err(|err| corrupt(err.to_string()))?;
+        if task.id != id {
+            return Err(corrupt(format!("holds task id {:?}", task.id)));
+        }
+        Ok(task)
     }
 
     /// Reads a task that a lease or a marker says exists.
@@ -686,17 +696,93 @@ impl FileStore {
         let task = self
             .read_task(&lease.task_id)?
             .ok_or_else(|| StoreError::NotFound(lease.task_id.clone()))?;
-        let current = task.status == TaskStatus::Running
-            && task.attempts == lease.attempt
-            && task.worker.as_deref() == Some(lease.worker.as_str());
-        if current {
-            Ok(task)
-        } else {
-            Err(StoreError::LeaseLost {
-                id: lease.task_id.clone(),
-                attempt: lease.attempt,
-            })
+        check_lease(task, lease)
+    }
+
+    /// Reads a leased task and writes, without the lock, what finishing it with `outcome` makes
+    /// of it to a fsynced temporary file. Returns the task file's bytes as read, so that the
+    /// caller can check under the lock that nothing (a renewal, a cancel request) changed it.
+    fn prepare_finish(
+        &self,
+        lease: &Lease,
+        outcome: Outcome,
+    ) -> Result<(Vec<u8>, Task, tempfile::NamedTempFile), StoreError> {
+        let before = self
+            .read_task_bytes(&lease.task_id)?
+            .ok_or_else(|| StoreError::NotFound(lease.task_id.clone()))?;
+        let task = check_lease(self.parse_task(&lease.task_id, &before)?, lease)?;
+        let task = self.finished_task(task, outcome);
+        let tmp = prepare_file(&self.tmp_dir(), &task_bytes(&task), true)?;
+        Ok((before, task, tmp))
+    }
+
+    /// The part of [`QueueStore::finish`] under the lock, given what
+    /// [`Self::prepare_finish`] made.
+    fn finish_prepared(
+        &self,
+        lease: &Lease,
+        outcome: Outcome,
+        prepared: Option<(Vec<u8>, Task, tempfile::NamedTempFile)>,
+    ) -> Result<Task, StoreError> {
+        let lock = self.lock()?;
+        let (task, tmp) = match prepared {
+            Some((before, task, tmp))
+                if self.read_task_bytes(&lease.task_id)?.as_ref() == Some(&before) =>
+            {
+                (task, Some(tmp))
+            }
+            _ => (self.finished_task(self.leased_task(lease)?, outcome), None),
+        };
+        // A task pending again (a retry after a backoff) leaves the tasks after it as they are.
+        let settling = task.status != TaskStatus::Pending && self.begin_settling(&task.id)?;
+        match tmp {
+            Some(tmp) => install_file(tmp, &self.task_path(&task.id))?,
+            None => self.write_task(&task)?,
         }
+        self.settle_running_marker(&task)?;
+        if settling {
+            self.settle_dependents(&task)?;
+        }
+        self.commit_unlocked(lock)?;
+        Ok(task)
+    }
+
+    /// What ending its attempt with `outcome` makes of a running task: finished, or pending
+    /// again after a backoff when the failure is retryable and attempts are left.
+    fn finished_task(&self, mut task: Task, outcome: Outcome) -> Task {
+        let now = Timestamp::now();
+        match outcome {
+            Outcome::Success(result) => {
+                end_attempt(&mut task, AttemptStatus::Completed, None, now);
+                finish_task(&mut task, TaskStatus::Completed, now);
+                task.result = Some(result);
+                task.error = None;
+            }
+            Outcome::Failure {
+                error,
+                result,
+                retryable,
+            } => {
+                task.result = result;
+                task.error = Some(format!("attempt {}: {error}", task.attempts));
+                if task.cancel_requested {
+                    end_attempt(&mut task, AttemptStatus::Cancelled, Some(error), now);
+                    finish_task(&mut task, TaskStatus::Cancelled, now);
+                } else if retryable && task.attempts < task.max_attempts {
+                    end_attempt(&mut task, AttemptStatus::Failed, Some(error), now);
+                    let delay = SignedDuration::try_from(self.backoff_for(task.attempts))
+                        .unwrap_or(SignedDuration::MAX);
+                    task.status = TaskStatus::Pending;
+                    task.duration_ms = task.elapsed_ms(now);
+                    task.lease_expires_at = None;
+                    task.retry_at = Some(now.saturating_add(delay).unwrap_or(now));
+                } else {
+                    end_attempt(&mut task, AttemptStatus::Failed, Some(error), now);
+                    finish_task(&mut task, TaskStatus::Failed, now);
+                }
+            }
+        }
+        task
     }
 
     fn warn_once(&self, err: &StoreError) {
@@ -1023,6 +1109,21 @@ fn end_attempt(task: &mut Task, status: AttemptStatus, error: Option<String>, no
 }
 
 /// Moves a task to a finished state at `now`.
+/// `task` if `lease` still holds it: running, same attempt, same worker.
+fn check_lease(task: Task, lease: &Lease) -> Result<Task, StoreError> {
+    let current = task.status == TaskStatus::Running
+        && task.attempts == lease.attempt
+        && task.worker.as_deref() == Some(lease.worker.as_str());
+    if current {
+        Ok(task)
+    } else {
+        Err(StoreError::LeaseLost {
+            id: lease.task_id.clone(),
+            attempt: lease.attempt,
+        })
+    }
+}
+
 fn finish_task(task: &mut Task, status: TaskStatus, now: Timestamp) {
     task.status = status;
     task.success = Some(status == TaskStatus::Completed);
@@ -1170,52 +1271,15 @@ impl QueueStore for FileStore {
     }
 
     fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError> {
-        let lock = self.lock()?;
-        let mut task = self.leased_task(lease)?;
-        let now = Timestamp::now();
-        match outcome {
-            Outcome::Success(result) => {
-                end_attempt(&mut task, AttemptStatus::Completed, None, now);
-                finish_task(&mut task, TaskStatus::Completed, now);
-                task.result = Some(result);
-                task.error = None;
-            }
-            Outcome::Failure {
-                error,
-                result,
-                retryable,
-            } => {
-                task.result = result;
-                task.error = Some(format!("attempt {}: {error}", task.attempts));
-                if task.cancel_requested {
-                    end_attempt(&mut task, AttemptStatus::Cancelled, Some(error), now);
-                    finish_task(&mut task, TaskStatus::Cancelled, now);
-                } else if retryable && task.attempts < task.max_attempts {
-                    end_attempt(&mut task, AttemptStatus::Failed, Some(error), now);
-                    let delay = SignedDuration::try_from(self.backoff_for(task.attempts))
-                        .unwrap_or(SignedDuration::MAX);
-                    task.status = TaskStatus::Pending;
-                    task.duration_ms = task.elapsed_ms(now);
-                    task.lease_expires_at = None;
-                    task.retry_at = Some(now.saturating_add(delay).unwrap_or(now));
-                    self.write_task(&task)?;
-                    self.settle_running_marker(&task)?;
-                    self.commit_unlocked(lock)?;
-                    return Ok(task);
-                } else {
-                    end_attempt(&mut task, AttemptStatus::Failed, Some(error), now);
-                    finish_task(&mut task, TaskStatus::Failed, now);
-                }
-            }
-        }
-        let settling = self.begin_settling(&task.id)?;
-        self.write_task(&task)?;
-        self.settle_running_marker(&task)?;
-        if settling {
-            self.settle_dependents(&task)?;
-        }
-        self.commit_unlocked(lock)?;
-        Ok(task)
+        // In a durable queue the new task file is written and fsynced before the lock is
+        // taken, so that other workers need not wait out that flush. It is used only if the
+        // task file has not changed meanwhile; otherwise the work is redone under the lock.
+        let prepared = if self.durable {
+            Some(self.prepare_finish(lease, outcome.clone())?)
+        } else {
+            None
+        };
+        self.finish_prepared(lease, outcome, prepared)
     }
 
     fn release(&self, lease: &Lease) -> Result<(), StoreError> {
@@ -1695,6 +1759,30 @@ mod tests {
             "the rest of the chain follows"
         );
         assert!(list_names(&store.root.join("intents")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_cancel_request_made_while_a_finish_is_prepared_is_not_lost() {
+        let (_dir, store) = store(DEFAULT_LEASE);
+        let task = store.add(vec![new("a", 1)]).unwrap().remove(0);
+        let claim = store.claim("w", &types(&["a"])).unwrap().unwrap();
+        let failure = Outcome::Failure {
+            error: "it broke".into(),
+            result: None,
+            retryable: false,
+        };
+        let prepared = store.prepare_finish(&claim.lease, failure.clone()).unwrap();
+        assert_eq!(prepared.1.status, TaskStatus::Failed);
+        store.cancel(&task.id).unwrap();
+        let done = store
+            .finish_prepared(&claim.lease, failure, Some(prepared))
+            .unwrap();
+        assert_eq!(done.status, TaskStatus::Cancelled);
+        assert_eq!(store.get(&task.id).unwrap().status, TaskStatus::Cancelled);
+        assert!(
+            list_names(&store.tmp_dir()).unwrap().is_empty(),
+            "the prepared file is gone"
+        );
     }
 
     #[test]
