@@ -62,6 +62,9 @@ use crate::{
 const FORMAT_FILE: &str = "queue.json";
 const FORMAT_VERSION: u64 = 2;
 const DOORBELL: &str = "doorbell";
+
+/// How old a file in `tmp/` must be to count as abandoned by a killed process.
+const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 const SUBDIRS: [&str; 14] = [
     "tasks",
     "pending",
@@ -301,6 +304,25 @@ impl FileStore {
         {
             let _ = file.write_all_at(b"1", 0);
         }
+    }
+
+    /// Removes the temporary files that processes killed halfway through a write left in
+    /// `tmp/`: those older than ten minutes, since a live write renames its file into
+    /// place within moments. Returns how many it removed.
+    pub fn sweep_temporary_files(&self) -> Result<usize, StoreError> {
+        let dir = self.tmp_dir();
+        let mut removed = 0;
+        for name in list_names(&dir)? {
+            let path = dir.join(name);
+            let abandoned = fs::metadata(&path)
+                .and_then(|meta| meta.modified())
+                .is_ok_and(|at| at.elapsed().is_ok_and(|age| age > ABANDONED_AFTER));
+            if abandoned {
+                remove_file(&path)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Notes that `marker` makes its task claimable if it is a claim-index marker.
@@ -1783,6 +1805,25 @@ mod tests {
             list_names(&store.tmp_dir()).unwrap().is_empty(),
             "the prepared file is gone"
         );
+    }
+
+    #[test]
+    fn only_old_temporary_files_are_swept() {
+        let (_dir, store) = store(DEFAULT_LEASE);
+        let old = store.tmp_dir().join(".tmp-old");
+        let fresh = store.tmp_dir().join(".tmp-fresh");
+        fs::write(&old, "{").unwrap();
+        fs::write(&fresh, "{").unwrap();
+        let long_ago = std::time::SystemTime::now() - ABANDONED_AFTER * 2;
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        assert_eq!(store.sweep_temporary_files().unwrap(), 1);
+        assert!(!old.exists());
+        assert!(fresh.exists(), "a write in progress is left alone");
     }
 
     #[test]

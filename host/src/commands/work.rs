@@ -21,6 +21,9 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
     // Checks the claim index against the task count, and rebuilds it if a crash or power loss
     // left it behind, before anything is claimed from it.
     store.summary().context("cannot check the queue")?;
+    store
+        .sweep_temporary_files()
+        .context("cannot clear abandoned temporary files")?;
     let role = find_role(settings, &config, role_name)?;
     let options = WorkerOptions {
         name: args
