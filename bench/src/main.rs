@@ -61,6 +61,14 @@ fn main() -> anyhow::Result<()> {
             Durability::Relaxed => println!(" (target >= 10,000 tasks/s)"),
         }
     }
+    for durability in [Durability::Durable, Durability::Relaxed] {
+        let drain = bench.drain_noop_apart(10_000, 4, durability)?;
+        println!(
+            "- {}, each worker on a queue of its own (2,500 tasks each): {:.0} tasks/s, what sharing one queue costs",
+            format!("{durability:?}").to_lowercase(),
+            10_000.0 / drain.as_secs_f64()
+        );
+    }
     println!();
 
     println!("## 1,000 `true` jobs, 4 parallel, end to end (add + run all)");
@@ -359,6 +367,31 @@ impl Bench {
         let start = Instant::now();
         Self::wait_all(self.spawn_workers(&queue, "noop", workers)?)?;
         Ok((add, start.elapsed()))
+    }
+
+    /// Like [`Bench::drain_noop`], with each worker draining a queue of its own: the same work
+    /// without any sharing between the workers.
+    fn drain_noop_apart(
+        &self,
+        n: usize,
+        workers: usize,
+        durability: Durability,
+    ) -> anyhow::Result<Duration> {
+        let lines = vec![r#"{"type":"noop"}"#.to_string(); n / workers];
+        let mut queues = Vec::new();
+        for i in 0..workers {
+            let name = format!("apart-{durability:?}-{i}").to_lowercase();
+            let queue = self.fresh_queue(&name, durability)?;
+            self.add_file(&queue, &lines)?;
+            queues.push(queue);
+        }
+        let start = Instant::now();
+        let mut running = Vec::new();
+        for queue in &queues {
+            running.extend(self.spawn_workers(queue, "noop", 1)?);
+        }
+        Self::wait_all(running)?;
+        Ok(start.elapsed())
     }
 
     fn true_jobs(&self, n: usize, workers: usize) -> anyhow::Result<Duration> {

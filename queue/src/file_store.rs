@@ -19,20 +19,27 @@
 //!   completed/<id>, failed/<id>, cancelled/<id>
 //!                              empty markers: finished tasks, so that counting needs no reads
 //!   intents/<id>.json          an add in progress (redo record), replayed if its writer died
+//!   intents/settle-<id>        empty: the tasks after <id> must follow its new state (redo
+//!                              note), settled by the next locker if its writer died
+//!   doorbell                   one byte, rewritten when work may have become claimable
 //!   workers/<name>.json        what each worker is doing
 //!   logs/<id>.log              lines a task's handler logged
 //!   tmp/                       temporary files, renamed into place
 //! ```
 //!
 //! Crash safety comes from ordering: every file is replaced atomically (temporary file, fsync,
-//! rename, fsync of the folder), and each operation writes its markers in an order where any
-//! prefix of it leaves either a stale marker (removed when next seen, after checking the task
-//! file) or a running task whose lease will expire: a marker is created before the task file
-//! says the task is where the marker points, and removed after it says otherwise. An add first writes an intent holding all
-//! its tasks, so a killed `host add` adds all of them or none.
+//! rename), and each operation writes its markers in an order where any prefix of it leaves
+//! either a stale marker (removed when next seen, after checking the task file) or a running
+//! task whose lease will expire: a marker is created before the task file says the task is
+//! where the marker points, and removed after it says otherwise. Claims and finishes move the
+//! task's marker with one rename instead (a claim before its task write, a finish after it);
+//! a process killed between the two leaves a running marker on a task that is not running,
+//! which the lease scan moves to where the task file says. An add first writes an intent
+//! holding all its tasks, so a killed `host add` adds all of them or none, and a change of
+//! state that the tasks after it must follow first writes a settle note.
 //!
 //! Claiming lists the priority buckets of the claimer's types and the first non-empty bucket,
-//! then reads the task files it touches; finishing touches one task file and two markers.
+//! then reads the task files it touches; finishing touches one task file and one marker.
 //! Neither reads finished tasks, and neither lists more than a bucket's worth of pending ones.
 //! Counting tasks per state lists marker folders and reads no task file.
 
