@@ -179,6 +179,11 @@ pub fn logs(settings: &Settings, id: &str, follow: bool) -> anyhow::Result<()> {
         }
         offset = next;
         if !follow {
+            if offset == 0 {
+                // On stderr, so that `host logs ID > file` still gives an empty file.
+                let status = store.get(id)?.status;
+                eprintln!("task {id} ({status}) has logged nothing");
+            }
             return Ok(());
         }
         if store.get(id)?.status.is_finished() {
