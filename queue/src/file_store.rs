@@ -442,6 +442,24 @@ impl FileStore {
         move_marker(&self.running_marker(&task.id), &marker)
     }
 
+    /// Whether a claim holds task `id`'s running marker: it has moved the marker and not yet
+    /// written the task file (see [`QueueStore::claim`]).
+    fn claim_in_flight(&self, id: &str) -> bool {
+        File::open(self.running_marker(id))
+            .is_ok_and(|marker| matches!(marker.try_lock(), Err(fs::TryLockError::WouldBlock)))
+    }
+
+    /// Waits until no claim of task `id` is in flight, so that its task file is final. The
+    /// caller holds the queue lock, so no new claim can start.
+    fn await_claim(&self, id: &str) -> Result<(), StoreError> {
+        let path = self.running_marker(id);
+        match File::open(&path) {
+            Ok(marker) => marker.lock().map_err(io_err(&path)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(io_err(&path)(err)),
+        }
+    }
+
     /// Removes `markers` (from [`Self::markers`], taken before the task changed) except the
     /// marker of its state now: after the task file says so. Also heals markers that a process
     /// killed halfway through an operation left behind.
@@ -502,10 +520,10 @@ impl FileStore {
             return Ok(HashSet::new());
         }
         let mut running: std::collections::HashMap<String, usize> = Default::default();
+        // Counted by marker, whatever the task file says yet: a claim in flight has not
+        // written it, and a finish writes it before moving the marker.
         for id in list_names(&self.root.join("running"))? {
-            if let Ok(Some(task)) = self.read_task(&id)
-                && task.status == TaskStatus::Running
-            {
+            if let Ok(Some(task)) = self.read_task(&id) {
                 *running.entry(task.task_type).or_default() += 1;
             }
         }
@@ -866,8 +884,14 @@ impl FileStore {
                 Err(err) => return Err(err),
             };
             if task.status != TaskStatus::Running {
-                // A claim or finish died between its marker move and its task write.
-                self.settle_running_marker(&task)?;
+                // A claim or finish died between its marker move and its task write, unless
+                // the claim is still under way; one that ended since shows in a second read.
+                if !self.claim_in_flight(&id)
+                    && let Some(task) = self.read_task(&id)?
+                    && task.status != TaskStatus::Running
+                {
+                    self.settle_running_marker(&task)?;
+                }
                 continue;
             }
             if task.lease_expires_at.is_some_and(|until| until > now) {
@@ -1000,6 +1024,12 @@ impl FileStore {
         for id in list_names(&self.root.join("running"))? {
             match self.read_task(&id) {
                 Ok(Some(task)) if task.status == TaskStatus::Running => {}
+                Ok(_) if self.claim_in_flight(&id) => {}
+                // A claim that ended between the read and the check.
+                Ok(_)
+                    if self
+                        .read_task(&id)?
+                        .is_some_and(|t| t.status == TaskStatus::Running) => {}
                 Ok(_) => return Ok(false),
                 Err(err @ StoreError::Corrupt { .. }) => self.warn_once(&err),
                 Err(err) => return Err(err),
@@ -1024,6 +1054,9 @@ impl FileStore {
     /// state, and markers of other states are removed. Returns the counts it found. Reads every
     /// task, so it runs only when the index is found inconsistent. The caller holds the lock.
     fn reindex(&self) -> Result<Summary, StoreError> {
+        for id in list_names(&self.root.join("running"))? {
+            self.await_claim(&id)?;
+        }
         let mut summary = Summary::default();
         for task in self.tasks()? {
             self.index_task(&task)?;
@@ -1211,7 +1244,7 @@ impl QueueStore for FileStore {
     }
 
     fn claim(&self, worker: &str, types: &[String]) -> Result<Option<Claim>, StoreError> {
-        let _lock = self.lock()?;
+        let lock = self.lock()?;
         self.expire_leases_if_due()?;
         if self.pause_marker(&PauseScope::Queue).exists() {
             return Ok(None);
@@ -1277,8 +1310,21 @@ impl QueueStore for FileStore {
             // Marker first: if we die before the task write, the expiry scan finds a pending
             // task behind a running marker and moves the marker back; after it, the lease
             // expires.
-            move_marker(&marker, &self.running_marker(&task.id))?;
-            self.write_task(&task)?;
+            let running = self.running_marker(&task.id);
+            move_marker(&marker, &running)?;
+            if self.durable {
+                // The claim is decided by the marker's move. Its task write, with its flush,
+                // happens after the lock is released, so that other claims need not wait out
+                // the flush; meanwhile an flock on the running marker tells whoever finds a
+                // running marker on a pending task that the claim is in flight, not dead.
+                let in_flight = File::open(&running).map_err(io_err(&running))?;
+                in_flight.lock().map_err(io_err(&running))?;
+                drop(lock);
+                self.write_task(&task)?;
+                drop(in_flight);
+            } else {
+                self.write_task(&task)?;
+            }
             let lease = Lease {
                 task_id: task.id.clone(),
                 attempt: task.attempts,
@@ -1328,6 +1374,7 @@ impl QueueStore for FileStore {
 
     fn cancel(&self, id: &str) -> Result<Task, StoreError> {
         let lock = self.lock()?;
+        self.await_claim(id)?;
         let mut task = self.get(id)?;
         match task.status {
             TaskStatus::Pending | TaskStatus::Blocked => {
@@ -1521,9 +1568,9 @@ impl QueueStore for FileStore {
                 return Ok(true);
             }
         }
+        // By marker, as the limits count: a claim in flight has not written its task file yet.
         for id in list_names(&self.root.join("running"))? {
             if let Some(task) = self.read_task(&id)?
-                && task.status == TaskStatus::Running
                 && types.contains(&task.task_type)
             {
                 return Ok(true);
@@ -1831,6 +1878,70 @@ mod tests {
         assert_eq!(store.sweep_temporary_files().unwrap(), 1);
         assert!(!old.exists());
         assert!(fresh.exists(), "a write in progress is left alone");
+    }
+
+    /// Stages a claim of `task` by `worker` that has moved the marker and holds its flock but
+    /// has not written the task file yet; returns the flock and the task as the claim will
+    /// write it.
+    fn claim_in_flight(store: &FileStore, task: &Task) -> (File, Task) {
+        let running = store.running_marker(&task.id);
+        fs::rename(store.pending_marker(task), &running).unwrap();
+        let marker = File::open(&running).unwrap();
+        marker.lock().unwrap();
+        let mut claimed = task.clone();
+        claimed.status = TaskStatus::Running;
+        claimed.attempts = 1;
+        claimed.worker = Some("w".into());
+        claimed.lease_expires_at = Some(store.lease_until(Timestamp::now()));
+        (marker, claimed)
+    }
+
+    #[test]
+    fn a_claim_in_flight_is_not_taken_for_a_dead_one() {
+        let (_dir, store) = store(DEFAULT_LEASE);
+        let task = store.add(vec![new("a", 1)]).unwrap().remove(0);
+        let (marker, claimed) = claim_in_flight(&store, &task);
+        assert_eq!(store.expire_leases().unwrap(), 0);
+        assert!(
+            store.running_marker(&task.id).exists(),
+            "left to its claimer"
+        );
+        assert_eq!(store.summary().unwrap().counts[&TaskStatus::Running], 1);
+        store.write_task(&claimed).unwrap();
+        drop(marker);
+        assert_eq!(store.get(&task.id).unwrap().status, TaskStatus::Running);
+
+        // The same state with the claimer dead (no flock): healed back to pending.
+        let other = store.add(vec![new("a", 1)]).unwrap().remove(0);
+        drop(claim_in_flight(&store, &other));
+        store.expire_leases().unwrap();
+        assert!(!store.running_marker(&other.id).exists());
+        assert_eq!(
+            store.claim("w2", &types(&["a"])).unwrap().unwrap().task.id,
+            other.id
+        );
+    }
+
+    #[test]
+    fn a_cancel_waits_for_a_claim_in_flight() {
+        let (_dir, store) = store(DEFAULT_LEASE);
+        let task = store.add(vec![new("a", 1)]).unwrap().remove(0);
+        let (marker, claimed) = claim_in_flight(&store, &task);
+        let cancelled = std::thread::scope(|scope| {
+            let cancel = scope.spawn(|| store.cancel(&task.id).unwrap());
+            std::thread::sleep(Duration::from_millis(200));
+            store.write_task(&claimed).unwrap();
+            drop(marker);
+            cancel.join().unwrap()
+        });
+        assert_eq!(cancelled.status, TaskStatus::Running);
+        assert!(
+            cancelled.cancel_requested,
+            "asked to stop, not cancelled unstarted"
+        );
+        let now = store.get(&task.id).unwrap();
+        assert_eq!(now.status, TaskStatus::Running);
+        assert!(store.running_marker(&task.id).exists());
     }
 
     #[test]

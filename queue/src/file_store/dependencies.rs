@@ -189,6 +189,11 @@ impl FileStore {
     pub(super) fn cancel_dependents(&self, prerequisite: &Task) -> Result<(), StoreError> {
         let now = Timestamp::now();
         for mut task in self.dependents(&prerequisite.id)? {
+            if task.status == TaskStatus::Pending {
+                // It may be being claimed right now: let that claim end first.
+                self.await_claim(&task.id)?;
+                task = self.read_task(&task.id)?.unwrap_or(task);
+            }
             // Cancelled for this prerequisite already (a replay after a crash halfway down the
             // chain): its own dependents may still need it.
             let done = task.status == TaskStatus::Cancelled
