@@ -361,6 +361,18 @@ impl TestQueue {
         self.ok(&full).trim().to_string()
     }
 
+    /// Adds a `flaky` task that fails its only attempt and succeeds when retried.
+    pub fn add_failing_once(&self) -> String {
+        self.add(&[
+            "--type",
+            "flaky",
+            "--max-attempts",
+            "1",
+            "--payload",
+            r#"{"succeedOn": 2}"#,
+        ])
+    }
+
     /// `host show ID --json`.
     pub fn task(&self, id: &str) -> Value {
         serde_json::from_str(&self.ok(&["show", id, "--json"])).unwrap()

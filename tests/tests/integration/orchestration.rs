@@ -88,14 +88,7 @@ fn a_cycle_or_an_unknown_id_is_refused_and_nothing_is_added() {
 #[test]
 fn a_failed_prerequisite_cancels_its_dependents_and_retrying_it_revives_them() {
     let q = TestQueue::new();
-    let flaky = q.add(&[
-        "--type",
-        "flaky",
-        "--max-attempts",
-        "1",
-        "--payload",
-        r#"{"succeedOn": 2}"#,
-    ]);
+    let flaky = q.add_failing_once();
     let next = q.add(&["--type", "noop", "--after", &flaky]);
     let last = q.add(&["--type", "noop", "--after", &next]);
     assert_eq!(q.task(&next)["status"], "blocked");
@@ -352,14 +345,7 @@ fn stats_and_results_filters_report_per_type_and_worker() {
     for _ in 0..3 {
         q.add(&["--type", "sleep", "--payload", r#"{"ms": 20}"#]);
     }
-    let failing = q.add(&[
-        "--type",
-        "flaky",
-        "--max-attempts",
-        "1",
-        "--payload",
-        r#"{"succeedOn": 5}"#,
-    ]);
+    let failing = q.add_failing_once();
     q.drain("sleeper", &["--name", "sleepy"]);
     q.drain("flaky", &["--name", "flaky-one"]);
 

@@ -235,14 +235,7 @@ fn a_retryable_failure_is_retried_with_backoff_and_every_error_is_kept() {
 #[test]
 fn a_failure_without_attempts_left_fails_and_retry_puts_it_back() {
     let q = TestQueue::new();
-    let id = q.add(&[
-        "--type",
-        "flaky",
-        "--max-attempts",
-        "1",
-        "--payload",
-        r#"{"succeedOn": 2}"#,
-    ]);
+    let id = q.add_failing_once();
     q.drain("flaky", &[]);
     assert_eq!(q.task(&id)["status"], "failed");
 
