@@ -449,6 +449,18 @@ impl FileStore {
             .is_ok_and(|marker| matches!(marker.try_lock(), Err(fs::TryLockError::WouldBlock)))
     }
 
+    /// The task behind a running marker that no longer belongs to it: its file does not say
+    /// running and no claim is in flight. The file is read after that check, since a claim may
+    /// have ended in between. `None` when the marker belongs (or the task file is missing).
+    fn stale_running_task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        if self.claim_in_flight(id) {
+            return Ok(None);
+        }
+        Ok(self
+            .read_task(id)?
+            .filter(|task| task.status != TaskStatus::Running))
+    }
+
     /// Waits until no claim of task `id` is in flight, so that its task file is final. The
     /// caller holds the queue lock, so no new claim can start.
     fn await_claim(&self, id: &str) -> Result<(), StoreError> {
@@ -884,12 +896,8 @@ impl FileStore {
                 Err(err) => return Err(err),
             };
             if task.status != TaskStatus::Running {
-                // A claim or finish died between its marker move and its task write, unless
-                // the claim is still under way; one that ended since shows in a second read.
-                if !self.claim_in_flight(&id)
-                    && let Some(task) = self.read_task(&id)?
-                    && task.status != TaskStatus::Running
-                {
+                // A claim or finish died between its marker move and its task write.
+                if let Some(task) = self.stale_running_task(&id)? {
                     self.settle_running_marker(&task)?;
                 }
                 continue;
@@ -1024,13 +1032,12 @@ impl FileStore {
         for id in list_names(&self.root.join("running"))? {
             match self.read_task(&id) {
                 Ok(Some(task)) if task.status == TaskStatus::Running => {}
-                Ok(_) if self.claim_in_flight(&id) => {}
-                // A claim that ended between the read and the check.
-                Ok(_)
-                    if self
-                        .read_task(&id)?
-                        .is_some_and(|t| t.status == TaskStatus::Running) => {}
-                Ok(_) => return Ok(false),
+                Ok(Some(_)) => {
+                    if self.stale_running_task(&id)?.is_some() {
+                        return Ok(false);
+                    }
+                }
+                Ok(None) => return Ok(false),
                 Err(err @ StoreError::Corrupt { .. }) => self.warn_once(&err),
                 Err(err) => return Err(err),
             }
