@@ -614,20 +614,17 @@ impl FileStore {
 
     /// The adds whose intent is written but not yet (fully) applied, oldest first.
     fn pending_intents(&self) -> Result<Vec<(PathBuf, AddIntent)>, StoreError> {
-        self.read_intents(list_names(&self.root.join("intents"))?)
+        self.read_intents(&list_names(&self.root.join("intents"))?)
     }
 
     /// The add intents among `names` (the listing of `intents/`), oldest first.
-    fn read_intents(
-        &self,
-        mut names: Vec<String>,
-    ) -> Result<Vec<(PathBuf, AddIntent)>, StoreError> {
+    fn read_intents(&self, names: &[String]) -> Result<Vec<(PathBuf, AddIntent)>, StoreError> {
         let dir = self.root.join("intents");
-        names.retain(|n| n.ends_with(".json"));
+        let mut names: Vec<&String> = names.iter().filter(|n| n.ends_with(".json")).collect();
         names.sort();
         let mut intents = Vec::with_capacity(names.len());
         for name in names {
-            let path = dir.join(&name);
+            let path = dir.join(name);
             let bytes = match fs::read(&path) {
                 Ok(bytes) => bytes,
                 // Applied and removed since the listing.
@@ -649,7 +646,7 @@ impl FileStore {
         if names.is_empty() {
             return Ok(());
         }
-        for (path, intent) in self.read_intents(names.clone())? {
+        for (path, intent) in self.read_intents(&names)? {
             self.apply_intent(&intent)?;
             remove_file(&path)?;
         }
