@@ -1826,7 +1826,7 @@ mod tests {
         store.settle_running_marker(&failed).unwrap();
         let mut fifth = store.get(&tasks[4].id).unwrap();
         let markers = store.markers(&fifth);
-        dependencies::cancel_for_test(&mut fifth, &failed);
+        dependencies::cancel_for(&mut fifth, &failed.id, failed.status, Timestamp::now());
         store.index_task(&fifth).unwrap();
         store.write_task(&fifth).unwrap();
         store.drop_other_markers(markers, &fifth).unwrap();

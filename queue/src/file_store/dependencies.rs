@@ -292,19 +292,8 @@ fn invalid(index: usize, message: String) -> StoreError {
     StoreError::InvalidTask(format!("task {}: {message}", index + 1))
 }
 
-/// For tests that stage a crash halfway down a chain: cancels `task` as `prerequisite` does.
-#[cfg(test)]
-pub(super) fn cancel_for_test(task: &mut Task, prerequisite: &Task) {
-    cancel_for(
-        task,
-        &prerequisite.id,
-        prerequisite.status,
-        Timestamp::now(),
-    );
-}
-
 /// Cancels `task` because `dep`, which it comes after, ended `status`.
-fn cancel_for(task: &mut Task, dep: &str, status: TaskStatus, now: Timestamp) {
+pub(super) fn cancel_for(task: &mut Task, dep: &str, status: TaskStatus, now: Timestamp) {
     let what = if status == TaskStatus::Failed {
         "failed"
     } else {
