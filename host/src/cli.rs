@@ -261,10 +261,12 @@ pub enum Command {
     Mcp,
     /// The web dashboard and its JSON API.
     Serve {
-        /// Where to listen. Anything but a loopback address needs a token.
+        /// Where to listen.
         #[arg(long, default_value = "127.0.0.1:7777", value_name = "ADDR")]
         addr: std::net::SocketAddr,
-        /// Required on every API call when given (Authorization: Bearer, or ?token=).
+        /// The token every request must carry (at least 16 characters) [default: a new random
+        /// one, printed in the URL to open]. Prefer the environment variable: other users can
+        /// read a process's command line.
         #[arg(
             long,
             env = "HOST_WEB_TOKEN",
@@ -272,6 +274,10 @@ pub enum Command {
             value_name = "TOKEN"
         )]
         token: Option<String>,
+        /// Also accept requests that name the server NAME in their Host header (a DNS name
+        /// it is reached by); loopback names and its own address are always accepted.
+        #[arg(long = "allow-host", value_name = "NAME")]
+        allow_hosts: Vec<String>,
     },
     /// Internal: runs a role's handler for a worker, isolated in its own process.
     #[command(hide = true)]

@@ -10,18 +10,22 @@
 //!   `POST /api/resume` with `{}`, `{"type": T}` or `{"task": ID}`.
 //! - `GET /api/events` server-sent events: a `change` event whenever the status changes.
 //!
-//! Safe by default: it binds to loopback; any other address needs a token (`--token` or
-//! `HOST_WEB_TOKEN`), which every `/api/` request must then carry (`Authorization: Bearer TOKEN`,
-//! or `?token=` where a browser cannot set headers, as for the event stream). State-changing
-//! requests must be JSON and are refused when their `Origin` is not this server.
+//! Nobody but the holder of the token gets in, on loopback too: without `--token` (or
+//! `HOST_WEB_TOKEN`) a random one is made at start and printed in the URL to open, as Jupyter
+//! does. Opening that URL sets the token as an HttpOnly, SameSite=Strict cookie, so the page, its
+//! API calls and its event stream carry it without the page ever seeing it; scripts send
+//! `Authorization: Bearer TOKEN`. Requests whose `Host` is not this server's address, a loopback
+//! name or an `--allow-host` name are refused (DNS rebinding), as are requests whose `Origin` is
+//! another site. State-changing requests must be JSON. Every error is `{"error": ...}` JSON.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -35,50 +39,57 @@ use crate::cli::Settings;
 use crate::commands::results::TaskQuery;
 use crate::commands::status::StatusReport;
 use crate::commands::{add, open_store};
+use access::Access;
 
 const PAGE: &str = include_str!("web/page.html");
+
+mod access;
 
 /// What the handlers share.
 #[derive(Clone)]
 struct App {
     settings: Settings,
-    token: Option<String>,
 }
 
-/// Serves until interrupted. Refuses a non-loopback address without a token.
-pub fn serve(settings: &Settings, addr: SocketAddr, token: Option<String>) -> anyhow::Result<()> {
+/// Serves until interrupted. `token` is the one every request must carry (one is made when
+/// none is given); `allowed_hosts` are host names accepted in `Host` besides loopback names and
+/// the bound address.
+pub fn serve(
+    settings: &Settings,
+    addr: SocketAddr,
+    token: Option<String>,
+    allowed_hosts: Vec<String>,
+) -> anyhow::Result<()> {
     open_store(settings)?;
-    if !addr.ip().is_loopback() && token.is_none() {
-        anyhow::bail!(
-            "{addr} is reachable from other machines: give --token (or HOST_WEB_TOKEN) to serve there"
-        );
-    }
-    let app = App {
-        settings: settings.clone(),
-        token,
-    };
-    let router = Router::new()
-        .route("/", get(|| async { Html(PAGE) }))
-        .route("/api/status", get(status))
-        .route("/api/stats", get(stats))
-        .route("/api/tasks", get(list_tasks).post(add_task))
-        .route("/api/tasks/{id}", get(show_task))
-        .route("/api/tasks/{id}/log", get(task_log))
-        .route("/api/tasks/{id}/cancel", post(cancel_task))
-        .route("/api/tasks/{id}/retry", post(retry_task))
-        .route("/api/pause", post(pause))
-        .route("/api/resume", post(resume))
-        .route("/api/events", get(events))
-        .layer(middleware::from_fn_with_state(app.clone(), guard))
-        .with_state(app);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|err| anyhow::anyhow!("cannot listen on {addr}: {err}"))?;
-        let bound = listener.local_addr()?;
-        // The first line says where to go; tests read the port from it.
-        println!("serving the dashboard on http://{bound}/");
+        let access = Arc::new(Access::new(token, listener.local_addr()?, allowed_hosts)?);
+        let app = App {
+            settings: settings.clone(),
+        };
+        let router = Router::new()
+            .route("/", get(|| async { Html(PAGE) }))
+            .route("/api/status", get(status))
+            .route("/api/stats", get(stats))
+            .route("/api/tasks", get(list_tasks).post(add_task))
+            .route("/api/tasks/{id}", get(show_task))
+            .route("/api/tasks/{id}/log", get(task_log))
+            .route("/api/tasks/{id}/cancel", post(cancel_task))
+            .route("/api/tasks/{id}/retry", post(retry_task))
+            .route("/api/pause", post(pause))
+            .route("/api/resume", post(resume))
+            .route("/api/events", get(events))
+            .with_state(app)
+            .layer(middleware::from_fn_with_state(
+                Arc::clone(&access),
+                access::guard,
+            ))
+            .layer(middleware::from_fn(access::json_errors));
+        // The first line says where to go; tests read the address and token from it.
+        println!("serving the dashboard on {}", access.url());
         axum::serve(listener, router).await?;
         Ok(())
     })
@@ -111,71 +122,6 @@ impl From<queue::StoreError> for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
-
-/// Token and origin checks for `/api/`.
-async fn guard(State(app): State<App>, request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_string();
-    if !path.starts_with("/api/") {
-        return next.run(request).await;
-    }
-    if let Some(token) = &app.token {
-        let bearer = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let query = request.uri().query().unwrap_or_default();
-        let in_query = query
-            .split('&')
-            .filter_map(|kv| kv.strip_prefix("token="))
-            .any(|t| t == token);
-        if bearer != Some(token.as_str()) && !in_query {
-            return ApiError(StatusCode::UNAUTHORIZED, "a valid token is required".into())
-                .into_response();
-        }
-    }
-    if request.method() == Method::POST {
-        if let Err(refusal) = same_origin(request.headers()) {
-            return refusal.into_response();
-        }
-        let json = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        if !json {
-            return ApiError(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "send JSON (Content-Type: application/json)".into(),
-            )
-            .into_response();
-        }
-    }
-    next.run(request).await
-}
-
-/// Refuses a request whose `Origin` is another site than this server.
-fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return Ok(()); // not from a browser page
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let origin_host = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-        .unwrap_or(origin);
-    if origin_host == host {
-        Ok(())
-    } else {
-        Err(ApiError(
-            StatusCode::FORBIDDEN,
-            format!("requests from {origin} may not change this queue"),
-        ))
-    }
-}
 
 async fn status(State(app): State<App>) -> ApiResult<Json<StatusReport>> {
     Ok(Json(StatusReport::read(&app.settings)?))

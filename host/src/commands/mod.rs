@@ -31,7 +31,17 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Cancel { id } => cancel::cancel(settings, &id),
         Command::Retry { id } => cancel::retry(settings, &id),
         Command::Mcp => crate::mcp::serve(settings),
-        Command::Serve { addr, token } => crate::web::serve(settings, addr, token),
+        Command::Serve {
+            addr,
+            token,
+            allow_hosts,
+        } => {
+            // clap reads an empty variable as no value; an empty token is a mistake to report,
+            // not a reason to make one up.
+            let empty_env = std::env::var_os("HOST_WEB_TOKEN").is_some_and(|v| v.is_empty());
+            let token = token.or_else(|| empty_env.then(String::new));
+            crate::web::serve(settings, addr, token, allow_hosts)
+        }
         Command::Logs { id, follow } => selfserve::logs(settings, &id, follow),
         Command::Claim {
             role,

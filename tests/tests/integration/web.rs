@@ -10,13 +10,35 @@ use serde_json::{Value, json};
 /// A running `host serve`, stopped when dropped.
 struct Server {
     child: Child,
+    /// `http://127.0.0.1:PORT`, no trailing slash.
     url: String,
+    /// The token from the URL it printed.
+    token: String,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// `Authorization: Bearer TOKEN`, as a script sends it.
+    fn bearer(&self) -> (&'static str, String) {
+        ("Authorization", format!("Bearer {}", self.token))
+    }
+
+    /// GET with the token.
+    fn get(&self, path: &str) -> (u16, Value) {
+        let (name, value) = self.bearer();
+        get(&format!("{}{path}", self.url), &[(name, &value)])
+    }
+
+    /// POST of JSON with the token.
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let (name, value) = self.bearer();
+        post(&format!("{}{path}", self.url), body, &[(name, &value)])
     }
 }
 
@@ -34,13 +56,18 @@ fn serve(q: &TestQueue, extra: &[&str]) -> Server {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let url = line
+    let printed = line
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .trim_end_matches('/')
-        .to_string();
-    Server { child, url }
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let (url, token) = printed
+        .split_once("/?token=")
+        .unwrap_or_else(|| panic!("no token in the URL {printed:?}"));
+    Server {
+        child,
+        url: url.to_string(),
+        token: token.to_string(),
+    }
 }
 
 fn agent() -> ureq::Agent {
@@ -89,9 +116,13 @@ fn post(url: &str, body: Value, headers: &[(&str, &str)]) -> (u16, Value) {
 fn every_api_route_answers_as_documented() {
     let q = TestQueue::new();
     let server = serve(&q, &[]);
-    let url = |path: &str| format!("{}{path}", server.url);
 
-    let mut page = agent().get(&url("/")).call().unwrap();
+    let (name, value) = server.bearer();
+    let mut page = agent()
+        .get(&format!("{}/", server.url))
+        .header(name, &value)
+        .call()
+        .unwrap();
     assert_eq!(page.status().as_u16(), 200);
     assert!(
         page.body_mut()
@@ -100,14 +131,10 @@ fn every_api_route_answers_as_documented() {
             .contains("host dashboard")
     );
 
-    let (status, added) = post(
-        &url("/api/tasks"),
-        json!({"type": "noop", "description": "web"}),
-        &[],
-    );
+    let (status, added) = server.post("/api/tasks", json!({"type": "noop", "description": "web"}));
     assert_eq!(status, 200, "{added}");
     let id = added["id"].as_str().unwrap().to_string();
-    let (status, refused) = post(&url("/api/tasks"), json!({"type": "nonsense"}), &[]);
+    let (status, refused) = server.post("/api/tasks", json!({"type": "nonsense"}));
     assert_eq!(status, 400, "{refused}");
     assert!(
         refused["error"]
@@ -115,51 +142,46 @@ fn every_api_route_answers_as_documented() {
             .unwrap()
             .contains("unknown task type")
     );
-    let (status, _) = post(
-        &url("/api/tasks"),
-        json!({"type": "noop", "colour": 1}),
-        &[],
-    );
+    let (status, _) = server.post("/api/tasks", json!({"type": "noop", "colour": 1}));
     assert_eq!(status, 400);
 
-    let (status, tasks) = get(&url("/api/tasks?status=pending"), &[]);
+    let (status, tasks) = server.get("/api/tasks?status=pending");
     assert_eq!(status, 200);
     assert_eq!(tasks[0]["id"], id.as_str());
-    let (_, tasks) = get(&url("/api/tasks?q=nothing-matches-this"), &[]);
+    let (_, tasks) = server.get("/api/tasks?q=nothing-matches-this");
     assert_eq!(tasks.as_array().unwrap().len(), 0);
-    let (status, task) = get(&url(&format!("/api/tasks/{id}")), &[]);
+    let (status, task) = server.get(&format!("/api/tasks/{id}"));
     assert_eq!((status, task["description"].as_str()), (200, Some("web")));
-    let (status, _) = get(&url("/api/tasks/999"), &[]);
+    let (status, _) = server.get("/api/tasks/999");
     assert_eq!(status, 404);
-    let (status, log) = get(&url(&format!("/api/tasks/{id}/log")), &[]);
+    let (status, log) = server.get(&format!("/api/tasks/{id}/log"));
     assert_eq!((status, log["log"].as_str()), (200, Some("")));
 
-    let (_, status_json) = get(&url("/api/status"), &[]);
+    let (_, status_json) = server.get("/api/status");
     assert_eq!(status_json["counts"]["pending"], 1);
     assert_eq!(status_json, q.status(), "the same JSON as `status --json`");
-    let (status, stats) = get(&url("/api/stats"), &[]);
+    let (status, stats) = server.get("/api/stats");
     assert_eq!(status, 200);
     assert_eq!(stats["byType"]["noop"]["counts"]["pending"], 1);
 
-    let (status, task) = post(&url(&format!("/api/tasks/{id}/cancel")), json!({}), &[]);
+    let (status, task) = server.post(&format!("/api/tasks/{id}/cancel"), json!({}));
     assert_eq!((status, task["status"].as_str()), (200, Some("cancelled")));
-    let (status, task) = post(&url(&format!("/api/tasks/{id}/retry")), json!({}), &[]);
+    let (status, task) = server.post(&format!("/api/tasks/{id}/retry"), json!({}));
     assert_eq!((status, task["status"].as_str()), (200, Some("pending")));
-    let (status, _) = post(&url(&format!("/api/tasks/{id}/retry")), json!({}), &[]);
+    let (status, _) = server.post(&format!("/api/tasks/{id}/retry"), json!({}));
     assert_eq!(status, 409, "a pending task cannot be retried");
 
-    assert_eq!(
-        post(&url("/api/pause"), json!({"type": "noop"}), &[]).0,
-        200
-    );
+    assert_eq!(server.post("/api/pause", json!({"type": "noop"})).0, 200);
     assert_eq!(q.status()["paused"][0], "type noop");
-    assert_eq!(
-        post(&url("/api/resume"), json!({"type": "noop"}), &[]).0,
-        200
-    );
+    assert_eq!(server.post("/api/resume", json!({"type": "noop"})).0, 200);
     assert_eq!(q.status()["paused"].as_array().unwrap().len(), 0);
 
-    let mut events = agent().get(&url("/api/events")).call().unwrap();
+    let (name, value) = server.bearer();
+    let mut events = agent()
+        .get(&format!("{}/api/events", server.url))
+        .header(name, &value)
+        .call()
+        .unwrap();
     assert_eq!(events.status().as_u16(), 200);
     let mut first = vec![0u8; 64];
     let n = events.body_mut().as_reader().read(&mut first).unwrap();
@@ -168,37 +190,108 @@ fn every_api_route_answers_as_documented() {
 }
 
 #[test]
-fn the_api_refuses_missing_tokens_other_origins_and_non_json() {
+fn without_the_token_nothing_is_served_on_loopback_either() {
     let q = TestQueue::new();
-    let server = serve(&q, &["--token", "s3cret"]);
+    let server = serve(&q, &[]);
+    assert_eq!(server.token.len(), 64, "a token is made when none is given");
     let url = |path: &str| format!("{}{path}", server.url);
-    assert_eq!(get(&url("/api/status"), &[]).0, 401);
-    assert_eq!(
-        get(&url("/api/status"), &[("Authorization", "Bearer wrong")]).0,
-        401
+    for path in ["/", "/api/status", "/api/tasks", "/api/events"] {
+        let (status, body) = get(&url(path), &[]);
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
+    }
+    // The attack of the report: another local user adding a command to run as the owner.
+    let test_task = json!({"type": "test", "target": "/", "payload": {"command": ["id"]}});
+    assert_eq!(post(&url("/api/tasks"), test_task.clone(), &[]).0, 401);
+    let wrong = ("Authorization", "Bearer 0000000000000000000000000000000000");
+    assert_eq!(post(&url("/api/tasks"), test_task, &[wrong]).0, 401);
+    assert_eq!(q.status()["counts"]["pending"], 0, "nothing was added");
+
+    // The printed URL hands the token to the browser as a cookie it cannot leak to scripts
+    // or to other sites, and sends it to the page without the token in its address.
+    let response = agent()
+        .get(&format!("{}/?token={}", server.url, server.token))
+        .config()
+        .max_redirects(0)
+        .build()
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(response.headers()["location"], "/");
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let pair = cookie.split(';').next().unwrap().to_string();
+    assert!(pair.ends_with(&server.token), "{cookie}");
+    for path in ["/", "/api/status", "/api/events"] {
+        let response = agent()
+            .get(&url(path))
+            .header("Cookie", &pair)
+            .call()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{path} with the cookie");
+    }
+    let (status, _) = post(
+        &url("/api/tasks"),
+        json!({"type": "noop"}),
+        &[("Cookie", &pair)],
     );
+    assert_eq!(status, 200, "the page's own requests carry the cookie");
     assert_eq!(
-        get(&url("/api/status"), &[("Authorization", "Bearer s3cret")]).0,
+        get(&url(&format!("/api/status?token={}", server.token)), &[]).0,
         200
     );
-    assert_eq!(get(&url("/api/status?token=s3cret"), &[]).0, 200);
-    assert_eq!(get(&url("/api/events"), &[]).0, 401);
+}
 
-    let bearer = ("Authorization", "Bearer s3cret");
+#[test]
+fn a_rebinding_page_another_origin_and_weak_tokens_are_refused() {
+    let q = TestQueue::new();
+    let server = serve(&q, &["--allow-host", "queue.example"]);
+    let (name, bearer) = server.bearer();
+    let url = |path: &str| format!("{}{path}", server.url);
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+
+    // A DNS-rebinding page: its own name in Host and Origin, even with a valid token.
+    let evil_host = format!("evil.example:{port}");
+    let evil_origin = format!("http://evil.example:{port}");
+    for headers in [
+        vec![(name, bearer.as_str()), ("Host", evil_host.as_str())],
+        vec![
+            (name, bearer.as_str()),
+            ("Host", evil_host.as_str()),
+            ("Origin", evil_origin.as_str()),
+        ],
+    ] {
+        let (status, body) = get(&url("/api/status"), &headers);
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("evil.example"),
+            "{body}"
+        );
+    }
+    let allowed = format!("queue.example:{port}");
+    let localhost = format!("localhost:{port}");
+    for host in [allowed.as_str(), localhost.as_str()] {
+        let (status, _) = get(&url("/api/status"), &[(name, &bearer), ("Host", host)]);
+        assert_eq!(status, 200, "Host {host}");
+    }
     let task = json!({"type": "noop"});
     let (status, body) = post(
         &url("/api/tasks"),
         task.clone(),
-        &[bearer, ("Origin", "http://evil.example")],
+        &[(name, &bearer), ("Origin", "http://evil.example")],
     );
     assert_eq!(status, 403, "{body}");
-    let host = server.url.trim_start_matches("http://").to_string();
-    let same = format!("http://{host}");
+    let same = server.url.clone();
     assert_eq!(
         post(
             &url("/api/tasks"),
             task.clone(),
-            &[bearer, ("Origin", same.as_str())]
+            &[(name, &bearer), ("Origin", &same)]
         )
         .0,
         200
@@ -206,7 +299,7 @@ fn the_api_refuses_missing_tokens_other_origins_and_non_json() {
     let (status, _) = post(
         &url("/api/tasks"),
         task,
-        &[bearer, ("Content-Type", "text/plain")],
+        &[(name, &bearer), ("Content-Type", "text/plain")],
     );
     assert_eq!(status, 415);
     assert_eq!(
@@ -215,8 +308,64 @@ fn the_api_refuses_missing_tokens_other_origins_and_non_json() {
         "only the accepted add added"
     );
 
-    let line = q.fails(&["serve", "--addr", "0.0.0.0:0"]);
-    assert!(line.contains("--token"), "{line}");
+    // Empty and short tokens are refused at start, on loopback and everywhere else.
+    for args in [
+        vec!["serve", "--addr", "0.0.0.0:0", "--token", ""],
+        vec!["serve", "--addr", "127.0.0.1:0", "--token", "short"],
+    ] {
+        let line = q.fails(&args);
+        assert!(line.contains("at least 16 characters"), "{line}");
+    }
+    let output = q
+        .host()
+        .args(["serve", "--addr", "0.0.0.0:0"])
+        .env("HOST_WEB_TOKEN", "")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "an empty HOST_WEB_TOKEN is refused"
+    );
+}
+
+#[test]
+fn every_error_is_json() {
+    let q = TestQueue::new();
+    let server = serve(&q, &[]);
+    let (name, bearer) = server.bearer();
+    let url = |path: &str| format!("{}{path}", server.url);
+    let is_error = |status: u16, body: &Value, want: u16| {
+        assert_eq!(status, want, "{body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{want}: {body}"
+        );
+    };
+    let (status, body) = server.get("/api/no-such-route");
+    is_error(status, &body, 404);
+    let (status, body) = server.post("/api/pause", json!({"type": 5}));
+    is_error(status, &body, 422);
+    let mut response = agent()
+        .post(&url("/api/pause"))
+        .header(name, &bearer)
+        .header("Content-Type", "application/json")
+        .send("{not json")
+        .unwrap();
+    let text = response.body_mut().read_to_string().unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    is_error(response.status().as_u16(), &body, 400);
+    let huge = "x".repeat(3 * 1024 * 1024);
+    let (status, body) = server.post("/api/tasks", json!({"type": "noop", "description": huge}));
+    is_error(status, &body, 413);
+    let mut response = agent()
+        .delete(&url("/api/status"))
+        .header(name, &bearer)
+        .call()
+        .unwrap();
+    let text = response.body_mut().read_to_string().unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    is_error(response.status().as_u16(), &body, 405);
 }
 
 /// The little of the WebDriver protocol the browser test needs.
@@ -321,7 +470,11 @@ fn the_dashboard_adds_a_task_and_shows_it_complete_without_reloading() {
     let q = TestQueue::new();
     let server = serve(&q, &[]);
     let browser = Browser::start();
-    browser.command("/url", json!({"url": format!("{}/", server.url)}));
+    // The URL `host serve` printed; the page then lives on the cookie it set.
+    browser.command(
+        "/url",
+        json!({"url": format!("{}/?token={}", server.url, server.token)}),
+    );
     browser.wait_for(
         "the live connection",
         "return document.getElementById('live').textContent.startsWith('live')",
