@@ -288,6 +288,10 @@ pub enum Command {
         /// The library that provides it.
         #[arg(long)]
         library: PathBuf,
+        /// The worker's pid: the handler process ends, with everything below it, when that
+        /// process dies.
+        #[arg(long)]
+        parent: u32,
     },
 }
 

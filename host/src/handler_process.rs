@@ -7,6 +7,10 @@
 //! ([`HandlerProcess`]), which keeps the lease, the store and the clock. The child stays up
 //! between tasks, so the common path costs one pipe round trip, not a process start.
 //!
+//! Every process a task starts ends with its attempt (see [`crate::process_tree`]): the child
+//! kills what is left below it when a task returns, the parent kills the child's whole tree when
+//! it kills the child, and the child takes its tree down with it when the parent dies.
+//!
 //! The protocol is JSON lines: the parent writes [`ToChild`] on the child's stdin; the child
 //! answers with [`FromChild`] on its stdout. The child moves its own stdout to stderr first, so
 //! a handler that prints cannot corrupt the protocol; what it prints lands in the worker's log.
@@ -90,6 +94,11 @@ pub enum RunEnd {
     Killed(StopReason),
 }
 
+/// The handler processes this process runs, by pid: its other children are orphans that a dead
+/// handler process left behind (re-parented to this subreaper), to be killed. Held while a
+/// child is spawned, so that a new one is never taken for an orphan.
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
 /// The parent's handle on one child handler process.
 pub struct HandlerProcess {
     child: Child,
@@ -101,12 +110,15 @@ impl HandlerProcess {
     /// Starts a child that loads `role` from its library, and waits until it is ready.
     pub fn start(role: &PluginRole) -> anyhow::Result<HandlerProcess> {
         let exe = std::env::current_exe().context("cannot find the host executable")?;
+        let mut live = LIVE.lock().expect("live handlers lock");
         let mut child = Command::new(&exe)
             .arg("handler-process")
             .arg("--role")
             .arg(role.name())
             .arg("--library")
             .arg(role.library())
+            .arg("--parent")
+            .arg(std::process::id().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -115,6 +127,8 @@ impl HandlerProcess {
             .process_group(0)
             .spawn()
             .with_context(|| format!("cannot start {}", exe.display()))?;
+        live.push(child.id());
+        drop(live);
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let (sender, messages) = mpsc::channel();
@@ -210,25 +224,46 @@ impl HandlerProcess {
         self.stdin.flush()
     }
 
-    /// Kills the child and says how it ended.
+    /// Kills the child with every process below it, and says how it ended.
     fn kill(&mut self) -> String {
-        let _ = self.child.kill();
+        crate::process_tree::kill_tree(self.child.id(), true);
         self.wait_for_exit()
     }
 
+    /// Waits for the child to end, then kills what it left behind: a handler process that
+    /// crashed could not end the commands its task started, which were re-parented to this
+    /// process.
     fn wait_for_exit(&mut self) -> String {
-        match self.child.wait() {
+        let how = match self.child.wait() {
             Ok(status) => describe_exit(status),
             Err(err) => format!("the handler process could not be waited for: {err}"),
-        }
+        };
+        let mut live = LIVE.lock().expect("live handlers lock");
+        live.retain(|pid| *pid != self.child.id());
+        let keep = live.iter().copied().collect();
+        crate::process_tree::kill_orphans(&keep);
+        how
     }
 }
 
 impl Drop for HandlerProcess {
     fn drop(&mut self) {
         // The child holds nothing that needs a clean exit: its task outcome is the parent's.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Once it has been waited for, its pid may belong to another process: never signal it.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        } else {
+            self.wait_for_exit();
+        }
+    }
+}
+
+/// Kills every handler process of this process, with everything below them: for a worker
+/// that exits while handlers still run (a second Ctrl+C).
+pub fn kill_all() {
+    let live = LIVE.lock().expect("live handlers lock");
+    for pid in live.iter() {
+        crate::process_tree::kill_tree(*pid, true);
     }
 }
 
@@ -257,8 +292,10 @@ fn describe_exit(status: ExitStatus) -> String {
 }
 
 /// The child side (`host handler-process`): loads the role from `library` and runs the tasks
-/// its parent sends, one at a time, until its stdin closes.
-pub fn serve(role_name: &str, library: &Path) -> anyhow::Result<()> {
+/// its parent (the worker, process `parent`) sends, one at a time, until its stdin closes.
+/// Dies with the worker, and ends every process a task started when the task returns.
+pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()> {
+    crate::process_tree::die_with_parent(parent);
     // Keep the real stdout for the protocol and point fd 1 at stderr, so that whatever a
     // handler prints goes to the worker's log instead of into the protocol.
     let protocol = std::io::stdout()
@@ -300,6 +337,7 @@ pub fn serve(role_name: &str, library: &Path) -> anyhow::Result<()> {
                 }
             }
             // The parent is gone: nobody will record what a running handler does.
+            crate::process_tree::kill_tree(std::process::id(), false);
             std::process::exit(0);
         });
     }
@@ -318,6 +356,9 @@ pub fn serve(role_name: &str, library: &Path) -> anyhow::Result<()> {
                 retryable: record.retryable,
             },
         };
+        // The attempt is over: so is everything it started.
+        crate::process_tree::kill_tree(std::process::id(), false);
+        crate::process_tree::reap_children();
         reply(&out, &reply_message);
     }
     Ok(())

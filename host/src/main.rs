@@ -7,6 +7,7 @@ mod config;
 mod handler_process;
 mod loader;
 mod mcp;
+mod process_tree;
 mod wakeup;
 mod web;
 mod worker;

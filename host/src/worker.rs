@@ -160,6 +160,9 @@ impl ClaimLoop {
 
     /// Runs until drained (with `--drain`) or stopped by SIGINT/SIGTERM.
     pub fn run(self) -> anyhow::Result<WorkerExit> {
+        // Commands that a crashed handler process leaves behind are re-parented here, where
+        // they are found and killed.
+        crate::process_tree::become_subreaper();
         let shared = self.shared;
         let (events, inbox) = mpsc::channel();
         let mut signals = signal_hook::iterator::Signals::new([
@@ -259,6 +262,8 @@ impl ClaimLoop {
             }
         };
         shared.exiting.store(true, Ordering::SeqCst);
+        // Handlers still running were released above; what they started ends now.
+        crate::handler_process::kill_all();
         signal_handle.close();
         let _ = heartbeat.join();
         if let Err(err) = shared.store.remove_worker(&shared.options.name) {

@@ -63,7 +63,11 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         } => selfserve::fail(settings, &id, name.as_deref(), &error, retryable),
         Command::Pause(args) => cancel::pause(settings, &args.scope()),
         Command::Resume(args) => cancel::resume(settings, &args.scope()),
-        Command::HandlerProcess { role, library } => crate::handler_process::serve(&role, &library),
+        Command::HandlerProcess {
+            role,
+            library,
+            parent,
+        } => crate::handler_process::serve(&role, &library, parent),
     }
 }
 

@@ -8,6 +8,7 @@ mod crashes;
 mod mcp;
 mod orchestration;
 mod plugins;
+mod processes;
 mod reliability;
 mod roles;
 mod store_properties;
