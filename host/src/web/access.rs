@@ -79,7 +79,7 @@ impl Access {
         }
         name == "localhost"
             || name.ends_with(".localhost")
-            || self.allowed_hosts.iter().any(|allowed| *allowed == name)
+            || self.allowed_hosts.contains(&name)
     }
 
     /// Where the request carries the right token, if it does.
