@@ -293,6 +293,20 @@ pub enum Command {
         #[arg(long)]
         parent: u32,
     },
+    /// Internal: opens a plugin library in a process of its own and prints its roles, or with
+    /// --validate the verdicts of that role on the tasks read from stdin.
+    #[command(hide = true)]
+    PluginProbe {
+        /// The library to open.
+        #[arg(long)]
+        library: PathBuf,
+        /// The role whose `validate` to run.
+        #[arg(long)]
+        validate: Option<String>,
+        /// The process that asked: the probe ends when it dies.
+        #[arg(long)]
+        parent: u32,
+    },
 }
 
 /// `host results`.

@@ -32,7 +32,8 @@ use plugin_api::{StopReason, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::loader::{PluginRole, TaskHooks, load_role};
+use crate::library::{TaskHooks, open_role};
+use crate::loader::PluginRole;
 
 /// How long a handler that was asked to stop may keep running before its process is killed.
 pub const KILL_AFTER: Duration = Duration::from_secs(3);
@@ -235,7 +236,7 @@ impl HandlerProcess {
     /// process.
     fn wait_for_exit(&mut self) -> String {
         let how = match self.child.wait() {
-            Ok(status) => describe_exit(status),
+            Ok(status) => describe_exit("handler", status),
             Err(err) => format!("the handler process could not be waited for: {err}"),
         };
         let mut live = LIVE.lock().expect("live handlers lock");
@@ -267,13 +268,13 @@ pub fn kill_all() {
     }
 }
 
-/// Says in words how a handler process ended.
-fn describe_exit(status: ExitStatus) -> String {
+/// Says in words how a child process (`what`: "handler", "plugin probe") ended.
+pub fn describe_exit(what: &str, status: ExitStatus) -> String {
     if let Some(signal) = status.signal() {
         let name = nix::sys::signal::Signal::try_from(signal)
             .map(|s| s.as_str().to_string())
             .unwrap_or_else(|_| format!("signal {signal}"));
-        let what = match name.as_str() {
+        let how = match name.as_str() {
             "SIGABRT" => "aborted",
             "SIGSEGV" => "crashed with a segmentation fault",
             "SIGBUS" => "crashed with a bus error",
@@ -282,11 +283,11 @@ fn describe_exit(status: ExitStatus) -> String {
             "SIGKILL" => "was killed",
             _ => "was ended by a signal",
         };
-        format!("the handler process {what} ({name})")
+        format!("the {what} process {how} ({name})")
     } else {
         match status.code() {
-            Some(code) => format!("the handler process exited with status {code}"),
-            None => format!("the handler process ended: {status}"),
+            Some(code) => format!("the {what} process exited with status {code}"),
+            None => format!("the {what} process ended: {status}"),
         }
     }
 }
@@ -305,7 +306,7 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
     nix::unistd::dup2_stdout(std::io::stderr()).context("cannot redirect stdout")?;
     let out = Arc::new(Mutex::new(std::fs::File::from(protocol)));
 
-    let role = match load_role(library, role_name) {
+    let role = match open_role(library, role_name) {
         Ok(role) => role,
         Err(message) => {
             reply(&out, &FromChild::Fatal { message });

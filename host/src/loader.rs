@@ -1,141 +1,100 @@
-//! Finds role plugins on the plugin path and loads them, refusing anything that is not a
-//! compatible plugin with a one-line reason.
+//! Finds role plugins on the plugin path and learns what they provide, refusing anything that is
+//! not a safe, compatible plugin with a one-line reason.
 //!
-//! This module and plugin-api are the only places that know about abi_stable: the rest of the
-//! host sees [`PluginRegistry`], [`PluginRole`] and the plain [`TaskHooks`] trait.
+//! Two rules keep plugin code from running where it should not:
+//!
+//! - **Judged before opened.** A library is opened only if nobody but this user (or root) could
+//!   have put it there ([`judge`], like ssh's StrictModes): the file and every folder on its
+//!   path, as found and as resolved, are owned by this user or root and not writable by group or
+//!   others, the sticky bit being no excuse; a symlink is judged by its own owner too. A refused
+//!   library is never opened, so none of its code runs.
+//! - **Opened in a child.** Listing a library's roles and running a role's `validate` happen in
+//!   a child `host plugin-probe` process with a time limit ([`plugin_time_limit`]), so that a
+//!   library that aborts or hangs costs that library or that add one line of error, never the
+//!   worker, `host add`, `host serve` or `host mcp` that asked.
+//!
+//! The rest of the host sees [`PluginRegistry`] and [`PluginRole`], plain data; only
+//! [`crate::library`], in child processes, knows abi_stable.
 
 use std::collections::HashSet;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use abi_stable::library::{LibraryError, lib_header_from_path};
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr, RString};
-use plugin_api::__private::{
-    API_VERSION, ErrorRecord, HostContext, HostContext_TO, PluginModule_Ref, RoleDescriptor,
-    encode_stop_reason,
-};
-use plugin_api::{StopReason, Task};
-use serde_json::Value;
+use anyhow::Context as _;
+use plugin_api::Task;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
-/// What a worker offers a running handler. The loader adapts it to the plugin's ABI.
-pub trait TaskHooks: Send + Sync {
-    /// The handler reported progress.
-    fn progress(&self, percent: u8, message: &str);
-    /// The handler wrote a log line.
-    fn log(&self, line: &str);
-    /// Whether the handler should stop, and why.
-    fn stop_reason(&self) -> Option<StopReason>;
-    /// The role's settings from `host.toml`.
-    fn settings(&self) -> Value {
-        Value::Null
-    }
-    /// The tasks this one comes after.
-    fn prerequisites(&self) -> Vec<Task> {
-        Vec::new()
-    }
+/// How long a plugin may take to list its roles or to validate the tasks of one add, unless
+/// `HOST_PLUGIN_TIMEOUT` says otherwise.
+const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long a plugin may take to list its roles or validate tasks: `HOST_PLUGIN_TIMEOUT` (a
+/// duration such as `30s`), else 10 seconds.
+pub fn plugin_time_limit() -> Duration {
+    std::env::var("HOST_PLUGIN_TIMEOUT")
+        .ok()
+        .and_then(|text| humantime::parse_duration(&text).ok())
+        .unwrap_or(DEFAULT_TIME_LIMIT)
 }
 
-/// One role found in a loaded library; cheap to copy and safe to share between threads.
-#[derive(Clone, Copy)]
+/// One role found in a library on the plugin path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PluginRole {
-    descriptor: &'static RoleDescriptor,
-    library: &'static Path,
+    name: String,
+    task_types: Vec<String>,
+    #[serde(skip)]
+    library: PathBuf,
 }
 
 impl PluginRole {
     /// The role's name.
     pub fn name(&self) -> &str {
-        self.descriptor.name.as_str()
+        &self.name
     }
 
     /// The task types the role claims.
-    pub fn task_types(&self) -> Vec<String> {
-        self.descriptor
-            .task_types
-            .iter()
-            .map(|t| t.to_string())
-            .collect()
+    pub fn task_types(&self) -> &[String] {
+        &self.task_types
     }
 
-    /// The library that provides it.
+    /// The library that provides it (its resolved path).
     pub fn library(&self) -> &Path {
-        self.library
+        &self.library
     }
 
-    /// Asks the role whether it accepts the task; `Err` carries its reason.
-    pub fn validate(&self, task: &Task) -> Result<(), String> {
-        let json = serde_json::to_string(task).expect("task serializes");
-        match self.descriptor.handler.validate(RStr::from_str(&json)) {
-            RResult::ROk(()) => Ok(()),
-            RResult::RErr(reason) => Err(reason.into_string()),
-        }
-    }
-
-    /// Runs the role's handler on the task. Panics were already caught on the plugin side.
-    pub fn handle(&self, task: &Task, hooks: &dyn TaskHooks) -> Result<Value, ErrorRecord> {
-        let json = serde_json::to_string(task).expect("task serializes");
-        let bridge = HooksBridge(hooks);
-        let ctx = HostContext_TO::from_ptr(abi_stable::sabi_types::RRef::new(&bridge), TD_Opaque);
-        match self.descriptor.handler.handle(RStr::from_str(&json), ctx) {
-            RResult::ROk(text) => serde_json::from_str(text.as_str()).map_err(|err| ErrorRecord {
-                message: format!(
-                    "role {} returned a result that is not JSON: {err}",
-                    self.name()
-                ),
-                result: None,
-                retryable: false,
-            }),
-            RResult::RErr(text) => Err(ErrorRecord::from_json(text.as_str())),
-        }
-    }
-}
-
-impl std::fmt::Debug for PluginRole {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginRole")
-            .field("name", &self.name())
-            .field("library", &self.library)
-            .finish()
-    }
-}
-
-struct HooksBridge<'a>(&'a dyn TaskHooks);
-
-impl HostContext for HooksBridge<'_> {
-    fn progress(&self, percent: u8, message: RStr<'_>) {
-        self.0.progress(percent, message.as_str());
-    }
-
-    fn log(&self, line: RStr<'_>) {
-        self.0.log(line.as_str());
-    }
-
-    fn stop_reason(&self) -> u8 {
-        encode_stop_reason(self.0.stop_reason())
-    }
-
-    fn settings(&self) -> RString {
-        self.0.settings().to_string().into()
-    }
-
-    fn prerequisites(&self) -> RString {
-        serde_json::to_string(&self.0.prerequisites())
-            .expect("tasks serialize")
-            .into()
+    /// Asks the role, in a child process, whether it accepts each task: one verdict per task,
+    /// `Err` with its reason. `Err` as a whole when the library could not answer (it crashed,
+    /// hung or was refused).
+    pub fn validate(&self, tasks: &[Task]) -> Result<Vec<Result<(), String>>, String> {
+        let input = serde_json::to_string(tasks).expect("tasks serialize");
+        let answer = Probe::start(&self.library, Some((&self.name, input)))
+            .and_then(|probe| probe.finish("validating tasks"))
+            .map_err(|reason| format!("plugin {}: {reason}", self.library.display()))?;
+        let verdicts: Vec<Option<String>> = serde_json::from_value(answer["verdicts"].clone())
+            .map_err(|_| format!("plugin {}: no verdicts", self.library.display()))?;
+        Ok(verdicts
+            .into_iter()
+            .map(|v| v.map_or(Ok(()), Err))
+            .collect())
     }
 }
 
 /// What became of one library file on the plugin path.
 #[derive(Clone, Debug)]
 pub enum LibraryStatus {
-    /// Loaded; its roles are usable.
+    /// Opened in a probe; its roles are usable.
     Loaded {
         /// The plugin-api version it was built against.
         api_version: String,
         /// Its roles, shadowed ones included.
         roles: Vec<PluginRole>,
     },
-    /// Not loaded.
+    /// Not usable.
     Refused {
         /// One line saying why.
         reason: String,
@@ -147,13 +106,13 @@ pub enum LibraryStatus {
 /// A library file on the plugin path and what became of it.
 #[derive(Clone, Debug)]
 pub struct LibraryReport {
-    /// The library file.
+    /// The library file, as found on the plugin path (a link keeps its own name).
     pub path: PathBuf,
     /// Loaded or refused.
     pub status: LibraryStatus,
 }
 
-/// Every library found on the plugin path, loaded once, with its roles by name.
+/// Every library found on the plugin path, with its roles by name.
 pub struct PluginRegistry {
     search_path: Vec<PathBuf>,
     reports: Vec<LibraryReport>,
@@ -162,42 +121,70 @@ pub struct PluginRegistry {
 }
 
 impl PluginRegistry {
-    /// Loads every library in the folders, in order. A role name already provided by an earlier
-    /// library is kept from the earlier one (the later one is reported as shadowed). Folders that
-    /// do not exist are skipped.
+    /// Judges every library in the folders, then lists the roles of those that pass, each in a
+    /// child process, all at once. A role name already provided by an earlier library is kept
+    /// from the earlier one (the later one is reported as shadowed). Folders that do not exist
+    /// are skipped.
     pub fn discover(search_path: &[PathBuf]) -> PluginRegistry {
+        let mut found: Vec<(PathBuf, Result<Probe, String>)> = Vec::new();
+        let mut seen = HashSet::new();
+        for dir in search_path {
+            for path in library_files(dir) {
+                let key = path.canonicalize().unwrap_or_else(|_| path.clone());
+                if !seen.insert(key) {
+                    continue;
+                }
+                let probe = judge(&path).and_then(|()| Probe::start(&path, None));
+                found.push((path, probe));
+            }
+        }
         let mut registry = PluginRegistry {
             search_path: search_path.to_vec(),
             reports: Vec::new(),
             roles: Vec::new(),
             shadowed: Vec::new(),
         };
-        let mut seen = HashSet::new();
-        for dir in search_path {
-            for path in library_files(dir) {
-                let key = path.canonicalize().unwrap_or_else(|_| path.clone());
-                if seen.insert(key.clone()) {
-                    registry.load(key);
-                }
-            }
+        for (path, probe) in found {
+            let status = match probe.and_then(|p| p.finish("listing its roles")) {
+                Ok(answer) => registry.listed(&path, answer),
+                Err(reason) => LibraryStatus::Refused {
+                    reason,
+                    detail: None,
+                },
+            };
+            registry.reports.push(LibraryReport { path, status });
         }
         registry
     }
 
-    fn load(&mut self, path: PathBuf) {
-        let status = match load_roles(&path) {
-            Ok((roles, api_version)) => {
-                for role in &roles {
-                    match self.roles.iter().find(|r| r.name() == role.name()) {
-                        Some(first) => self.shadowed.push((*role, first.library.to_path_buf())),
-                        None => self.roles.push(*role),
-                    }
-                }
-                LibraryStatus::Loaded { api_version, roles }
+    /// What a probe's answer says of the library at `path`.
+    fn listed(&mut self, path: &Path, answer: Value) -> LibraryStatus {
+        if let Some(reason) = answer["refused"].as_str() {
+            return LibraryStatus::Refused {
+                reason: reason.to_string(),
+                detail: answer["detail"].as_str().map(String::from),
+            };
+        }
+        let library = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let roles: Vec<PluginRole> =
+            serde_json::from_value::<Vec<PluginRole>>(answer["roles"].clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|role: PluginRole| PluginRole {
+                    library: library.clone(),
+                    ..role
+                })
+                .collect();
+        for role in &roles {
+            match self.roles.iter().find(|r| r.name() == role.name()) {
+                Some(first) => self.shadowed.push((role.clone(), first.library.clone())),
+                None => self.roles.push(role.clone()),
             }
-            Err(Refusal { reason, detail }) => LibraryStatus::Refused { reason, detail },
-        };
-        self.reports.push(LibraryReport { path, status });
+        }
+        LibraryStatus::Loaded {
+            api_version: answer["apiVersion"].as_str().unwrap_or("?").to_string(),
+            roles,
+        }
     }
 
     /// The folders searched, in order.
@@ -220,180 +207,295 @@ impl PluginRegistry {
     pub fn shadowed_by(&self, role: &PluginRole) -> Option<&Path> {
         self.shadowed
             .iter()
-            .find(|(r, _)| r.name() == role.name() && r.library() == role.library())
+            .find(|(r, _)| r == role)
             .map(|(_, by)| by.as_path())
     }
 
     /// The role with this name.
-    pub fn role(&self, name: &str) -> Option<PluginRole> {
-        self.roles.iter().copied().find(|r| r.name() == name)
+    pub fn role(&self, name: &str) -> Option<&PluginRole> {
+        self.roles.iter().find(|r| r.name() == name)
     }
 
     /// The role that claims this task type (the first, in search order).
-    pub fn role_for_type(&self, task_type: &str) -> Option<PluginRole> {
+    pub fn role_for_type(&self, task_type: &str) -> Option<&PluginRole> {
         self.roles
             .iter()
-            .copied()
             .find(|r| r.task_types().iter().any(|t| t == task_type))
     }
 
     /// Every task type some role claims, sorted.
     pub fn task_types(&self) -> Vec<String> {
-        let mut types: Vec<String> = self.roles.iter().flat_map(|r| r.task_types()).collect();
+        let mut types: Vec<String> = self
+            .roles
+            .iter()
+            .flat_map(|r| r.task_types().to_vec())
+            .collect();
         types.sort();
         types.dedup();
         types
     }
-}
 
-/// Loads one library and returns its roles, or says in one line why it was refused.
-pub fn load_role(path: &Path, name: &str) -> Result<PluginRole, String> {
-    let (roles, _) = load_roles(path)
-        .map_err(|refusal| format!("plugin {}: {}", path.display(), refusal.reason))?;
-    roles
-        .into_iter()
-        .find(|r| r.name() == name)
-        .ok_or_else(|| format!("plugin {} provides no role {name:?}", path.display()))
-}
-
-/// Loads a library and lists its roles, with the plugin-api version it was built against.
-fn load_roles(path: &Path) -> Result<(Vec<PluginRole>, String), Refusal> {
-    let (module, api_version) = load_library(path)?;
-    let library = leak_path(path);
-    let roles = module
-        .roles()
-        .as_slice()
-        .iter()
-        .map(|descriptor| PluginRole {
-            descriptor,
-            library,
-        })
-        .collect();
-    Ok((roles, api_version))
-}
-
-/// A library's path for the life of the process, as its roles are: leaked once per library,
-/// however often the plugin path is searched (the MCP server and the dashboard search it per
-/// request).
-fn leak_path(path: &Path) -> &'static Path {
-    static PATHS: std::sync::Mutex<Vec<&'static Path>> = std::sync::Mutex::new(Vec::new());
-    let mut paths = PATHS.lock().expect("paths lock");
-    if let Some(known) = paths.iter().find(|known| **known == path) {
-        return known;
+    /// The refused libraries, one `file: reason` each, for messages that say why a role was
+    /// not found.
+    pub fn refusals(&self) -> Vec<String> {
+        self.reports
+            .iter()
+            .filter_map(|report| match &report.status {
+                LibraryStatus::Refused { reason, .. } => {
+                    Some(format!("{}: {reason}", report.path.display()))
+                }
+                LibraryStatus::Loaded { .. } => None,
+            })
+            .collect()
     }
-    let leaked: &'static Path = Box::leak(path.to_path_buf().into_boxed_path());
-    paths.push(leaked);
-    leaked
 }
 
-/// The files in `dir` named like a dynamic library of this platform, sorted.
+/// The files in `dir` named like a dynamic library of this platform (links included, even
+/// those that lead nowhere, so that they are reported), sorted.
 fn library_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
         .map(|e| e.path())
-        .filter(|p| {
-            p.extension().and_then(|e| e.to_str()) == Some(std::env::consts::DLL_EXTENSION)
-                && p.is_file()
-        })
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some(std::env::consts::DLL_EXTENSION))
         .collect();
     files.sort();
     files
 }
 
-/// Why a library was not loaded: one line, and for `-v` the long report.
-struct Refusal {
-    reason: String,
-    detail: Option<String>,
-}
-
-fn refused(reason: impl Into<String>) -> Refusal {
-    Refusal {
-        reason: reason.into(),
-        detail: None,
-    }
-}
-
-/// Loads a library and checks it, returning its root module and the plugin-api version it was
-/// built against, or says in one line why not.
-fn load_library(path: &Path) -> Result<(PluginModule_Ref, String), Refusal> {
-    if let Some(reason) = loose_permissions(path) {
-        return Err(refused(reason));
-    }
-    // Libraries stay loaded for the life of the process (abi_stable never unloads them).
-    let header = lib_header_from_path(path).map_err(|err| describe_error(err, None))?;
-    let found = header.version_strings().version.to_string();
-    match header.init_root_module::<PluginModule_Ref>() {
-        Ok(module) => Ok((module, found)),
-        Err(err) => Err(describe_error(err, Some(found))),
-    }
-}
-
-fn describe_error(err: LibraryError, found: Option<String>) -> Refusal {
-    let found = found.unwrap_or_else(|| "?".into());
-    match err {
-        LibraryError::OpenError { err, .. } => refused(format!(
-            "not a loadable library: {}",
-            first_line(&err.to_string())
-        )),
-        LibraryError::GetSymbolError { .. } => {
-            refused("not a plugin: it exports no plugin-api root module")
-        }
-        LibraryError::IncompatibleVersionNumber {
-            expected_version,
-            actual_version,
-            ..
-        } => refused(format!(
-            "built against plugin-api {actual_version}, incompatible with this host's plugin-api \
-             {expected_version}; rebuild the plugin against plugin-api {expected_version}"
-        )),
-        LibraryError::AbiInstability(report) => Refusal {
-            reason: format!(
-                "built against an incompatible plugin-api (version {found}, layout differs from \
-                 this host's plugin-api {API_VERSION}); rebuild the plugin (-v shows the layout report)"
-            ),
-            detail: Some(report.to_string()),
-        },
-        LibraryError::InvalidAbiHeader(_) | LibraryError::InvalidCAbi { .. } => {
-            refused("built with an incompatible abi_stable or Rust C ABI; rebuild the plugin")
-        }
-        LibraryError::RootModule { .. } => {
-            refused("the plugin panicked or failed while listing its roles")
-        }
-        other => refused(first_line(&other.to_string())),
-    }
-}
-
-fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or_default().trim().to_string()
-}
-
-/// Refuses a library that another user could replace, as ssh refuses loose key permissions:
-/// loading it would run their code as this user.
+/// Says why the library at `path` must not be opened, or `Ok` when only this user or root could
+/// have put it there: the file (after links) is a regular file owned by this user or root and
+/// not writable by group or others; so is every folder on its path, as found and as resolved,
+/// the sticky bit being no excuse (anyone may add files to a sticky folder); a link on the way
+/// is owned by this user or root.
 #[cfg(unix)]
-fn loose_permissions(path: &Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    for (what, p) in [("file", path), ("folder", dir)] {
-        let meta = std::fs::metadata(p).ok()?;
-        if meta.permissions().mode() & 0o002 != 0 && meta.permissions().mode() & 0o1000 == 0 {
-            return Some(format!(
-                "refused: the plugin {what} {} is writable by other users (chmod o-w it)",
-                p.display()
+pub fn judge(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let owner = |uid: u32, what: &str, at: &Path| {
+        if uid == me || uid == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "the {what} {} is owned by uid {uid}, not by this user (uid {me}) or root",
+                at.display()
+            ))
+        }
+    };
+    let found = std::path::absolute(path).map_err(|err| format!("{}: {err}", path.display()))?;
+    let entry = std::fs::symlink_metadata(&found)
+        .map_err(|err| format!("cannot read {}: {err}", found.display()))?;
+    if entry.file_type().is_symlink() {
+        owner(entry.uid(), "link", &found)?;
+    }
+    let resolved = found
+        .canonicalize()
+        .map_err(|err| format!("the link {} leads nowhere: {err}", found.display()))?;
+    let file = std::fs::metadata(&resolved)
+        .map_err(|err| format!("cannot read {}: {err}", resolved.display()))?;
+    if !file.is_file() {
+        return Err(format!("{} is not a regular file", resolved.display()));
+    }
+    owner(file.uid(), "file", &resolved)?;
+    if file.mode() & 0o022 != 0 {
+        return Err(format!(
+            "the file {} is writable by its group or other users (chmod go-w it)",
+            resolved.display()
+        ));
+    }
+    let mut folders: Vec<&Path> = found
+        .parent()
+        .into_iter()
+        .flat_map(Path::ancestors)
+        .collect();
+    folders.extend(resolved.parent().into_iter().flat_map(Path::ancestors));
+    for folder in folders {
+        // Not following links: a linked folder is judged by who may change the link (its own
+        // folder, judged in turn) and, through the resolved path, by its target.
+        let meta = std::fs::symlink_metadata(folder)
+            .map_err(|err| format!("cannot read {}: {err}", folder.display()))?;
+        if meta.file_type().is_symlink() {
+            owner(meta.uid(), "link", folder)?;
+            continue;
+        }
+        owner(meta.uid(), "folder", folder)?;
+        if meta.mode() & 0o002 != 0 {
+            return Err(format!(
+                "the folder {} is writable by other users (a sticky bit does not make it safe: \
+                 keep plugins in a folder only you can write to)",
+                folder.display()
+            ));
+        }
+        if meta.mode() & 0o020 != 0 {
+            return Err(format!(
+                "the folder {} is writable by its group (chmod g-w it)",
+                folder.display()
             ));
         }
     }
-    None
+    Ok(())
 }
 
 #[cfg(not(unix))]
-fn loose_permissions(_path: &Path) -> Option<String> {
-    None
+pub fn judge(_path: &Path) -> Result<(), String> {
+    Ok(())
 }
 
-/// The plugin-api version of this host.
-pub fn host_api_version() -> &'static str {
-    API_VERSION
+/// A child `host plugin-probe` opening one library: to list its roles, or to validate tasks
+/// with one of them.
+struct Probe {
+    child: Child,
+    stdout: mpsc::Receiver<Vec<u8>>,
+    stderr: mpsc::Receiver<Vec<u8>>,
+}
+
+impl Probe {
+    /// Starts the child; with `validate`, it validates the tasks (JSON) with that role.
+    fn start(library: &Path, validate: Option<(&str, String)>) -> Result<Probe, String> {
+        let exe = std::env::current_exe()
+            .map_err(|err| format!("cannot find the host executable: {err}"))?;
+        let mut command = Command::new(exe);
+        command
+            .arg("plugin-probe")
+            .arg("--library")
+            .arg(library)
+            .arg("--parent")
+            .arg(std::process::id().to_string())
+            .stdin(if validate.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some((role, _)) = &validate {
+            command.arg("--validate").arg(role);
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|err| format!("cannot start a plugin probe: {err}"))?;
+        if let (Some((_, input)), Some(mut stdin)) = (validate, child.stdin.take()) {
+            std::thread::spawn(move || {
+                // A probe that died early is reported by `finish`.
+                let _ = stdin.write_all(input.as_bytes());
+            });
+        }
+        let read_all = |mut pipe: Box<dyn Read + Send>| {
+            let (send, receive) = mpsc::channel();
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = pipe.read_to_end(&mut bytes);
+                let _ = send.send(bytes);
+            });
+            receive
+        };
+        let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+        let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+        Ok(Probe {
+            child,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Waits for the answer until the time limit, killing the child (and all it started) when
+    /// it runs out. `doing` says what the library was asked, for the message.
+    fn finish(mut self, doing: &str) -> Result<Value, String> {
+        let limit = plugin_time_limit();
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Ok(None) => {
+                    crate::process_tree::kill_tree(self.child.id(), true);
+                    let _ = self.child.wait();
+                    return Err(format!(
+                        "it did not finish {doing} within {} (set HOST_PLUGIN_TIMEOUT to allow \
+                         longer)",
+                        humantime::format_duration(limit)
+                    ));
+                }
+                Err(err) => return Err(format!("cannot wait for the plugin probe: {err}")),
+            }
+        };
+        let grace = Duration::from_secs(1);
+        let stdout = self.stdout.recv_timeout(grace).unwrap_or_default();
+        let stderr = self.stderr.recv_timeout(grace).unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&stderr);
+        if status.success()
+            && let Ok(mut answer) = serde_json::from_slice::<Value>(&stdout)
+        {
+            // A panic inside the library is printed by the library's own runtime; its message
+            // belongs in the one line.
+            if let (Some(reason), Some(panic)) =
+                (answer["refused"].as_str(), panic_message(&stderr))
+            {
+                answer["refused"] = format!("{reason}: {panic}").into();
+            }
+            return Ok(answer);
+        }
+        let said = panic_message(&stderr)
+            .or_else(|| {
+                let last = stderr.lines().rev().find(|l| !l.trim().is_empty())?;
+                Some(last.trim().to_string())
+            })
+            .map(|said| format!(": {said}"))
+            .unwrap_or_default();
+        let how = crate::handler_process::describe_exit("plugin probe", status);
+        Err(format!("{how} while {doing}{said}"))
+    }
+}
+
+/// The message of the last panic that `stderr` reports (the line after `panicked at`).
+fn panic_message(stderr: &str) -> Option<String> {
+    let lines: Vec<&str> = stderr.lines().collect();
+    let at = lines
+        .iter()
+        .rposition(|line| line.contains(" panicked at "))?;
+    lines[at + 1..]
+        .iter()
+        .find(|line| !line.trim().is_empty())
+        .map(|line| line.trim().to_string())
+}
+
+/// The child side of a probe (`host plugin-probe`): opens the library and prints, as one JSON
+/// object, its roles, or with `validate` the verdict of that role on each task read from stdin
+/// (a JSON array), or why it was refused. Dies with `parent`, and ends everything the library
+/// started before it exits.
+pub fn serve_probe(library: &Path, validate: Option<&str>, parent: u32) -> anyhow::Result<()> {
+    crate::process_tree::die_with_parent(parent);
+    let answer = match crate::library::open(library) {
+        Err(refusal) => json!({ "refused": refusal.reason, "detail": refusal.detail }),
+        Ok(open) => match validate {
+            None => {
+                let roles: Vec<Value> = open
+                    .roles
+                    .iter()
+                    .map(|r| json!({ "name": r.name(), "taskTypes": r.task_types() }))
+                    .collect();
+                json!({ "apiVersion": open.api_version, "roles": roles })
+            }
+            Some(name) => match open.roles.iter().find(|r| r.name() == name) {
+                None => json!({ "refused": format!("it provides no role {name:?}") }),
+                Some(role) => {
+                    let tasks: Vec<Task> = serde_json::from_reader(std::io::stdin())
+                        .context("the tasks to validate are not JSON")?;
+                    let verdicts: Vec<Option<String>> =
+                        tasks.iter().map(|t| role.validate(t).err()).collect();
+                    json!({ "verdicts": verdicts })
+                }
+            },
+        },
+    };
+    crate::process_tree::kill_tree(std::process::id(), false);
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, &answer)?;
+    out.flush()?;
+    Ok(())
 }

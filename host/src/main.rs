@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod config;
 mod handler_process;
+mod library;
 mod loader;
 mod mcp;
 mod process_tree;

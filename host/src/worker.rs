@@ -21,7 +21,8 @@ use queue::{
 
 use crate::commands::status::WORKER_STALE_AFTER;
 use crate::handler_process::{HandlerProcess, KILL_AFTER, RunEnd};
-use crate::loader::{PluginRole, TaskHooks};
+use crate::library::TaskHooks;
+use crate::loader::PluginRole;
 use crate::wakeup::Wakeup;
 
 /// How a worker runs.

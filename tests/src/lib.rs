@@ -265,6 +265,21 @@ fn standalone_manifest(manifest: &str, ws: &Workspace) -> String {
         .join("\n")
 }
 
+/// A new temporary folder under the target folder. Not under `/tmp`: the host refuses plugins
+/// in a folder that other users can write to, and `/tmp` is one (its sticky bit no excuse).
+pub fn scratch_dir() -> tempfile::TempDir {
+    let base = workspace()
+        .bin_dir
+        .parent()
+        .expect("target dir")
+        .join("test-tmp");
+    fs::create_dir_all(&base).unwrap();
+    tempfile::Builder::new()
+        .prefix("t")
+        .tempdir_in(&base)
+        .unwrap()
+}
+
 /// A fresh coordination folder with its own plugin folder, and the means to drive `host` on it.
 pub struct TestQueue {
     _dir: tempfile::TempDir,
@@ -285,7 +300,7 @@ impl TestQueue {
     /// A queue whose plugin folder holds copies of exactly these workspace libraries.
     pub fn with_plugins(crates: &[&str]) -> TestQueue {
         let ws = workspace();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = scratch_dir();
         let queue = dir.path().join("queue");
         let plugins = dir.path().join("plugins");
         let scratch = dir.path().join("scratch");
@@ -450,4 +465,43 @@ impl Default for TestQueue {
 /// Sends a signal to a child process.
 pub fn signal(child: &Child, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+}
+
+/// True when the tests run as root (CI does). Otherwise says on the terminal, past the test
+/// harness's capture, that `what` was skipped, so that a skip is never silent.
+pub fn running_as_root(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIPPED (needs root, which CI has): {what}"
+    );
+    false
+}
+
+/// A second Unix user for the tests of what other users can do, created when missing: its
+/// uid. Only for tests running as root (see [`running_as_root`]).
+pub fn other_user() -> u32 {
+    const NAME: &str = "host-test-other";
+    let lookup = || {
+        let output = Command::new("id").args(["-u", NAME]).output().ok()?;
+        String::from_utf8(output.stdout).ok()?.trim().parse().ok()
+    };
+    if let Some(uid) = lookup() {
+        return uid;
+    }
+    let status = Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            NAME,
+        ])
+        .status()
+        .expect("useradd runs");
+    // Another test process may have created it meanwhile.
+    lookup().unwrap_or_else(|| panic!("cannot create user {NAME}: useradd said {status}"))
 }

@@ -17,7 +17,7 @@ use crate::cli::{AddArgs, Settings};
 use crate::commands::open_store;
 use crate::commands::outln;
 use crate::config::Config;
-use crate::loader::PluginRegistry;
+use crate::loader::{PluginRegistry, PluginRole};
 
 /// One entry of a task file: the same fields as the flags of `host add`, plus a `key` by which
 /// later entries of the same file can name it in their `after`.
@@ -67,8 +67,38 @@ pub fn add_checked(
 ) -> anyhow::Result<Vec<queue::Task>> {
     let registry = PluginRegistry::discover(&settings.plugin_path);
     let config = Config::load(&settings.queue)?;
+    // Each role validates all of its tasks in one child process.
+    let mut by_role: Vec<(&PluginRole, Vec<usize>)> = Vec::new();
     for (index, task) in tasks.iter().enumerate() {
-        check_task(&registry, &config, task).map_err(|err| at_fault(index, err))?;
+        let role = role_for(&registry, &config, task).map_err(|err| at_fault(index, err))?;
+        match by_role.iter_mut().find(|(r, _)| *r == role) {
+            Some((_, indexes)) => indexes.push(index),
+            None => by_role.push((role, vec![index])),
+        }
+    }
+    for (role, indexes) in by_role {
+        let drafts: Vec<queue::Task> = indexes
+            .iter()
+            .map(|i| {
+                tasks[*i]
+                    .clone()
+                    .into_task("0".into(), Vec::new(), Timestamp::now())
+            })
+            .collect();
+        let verdicts = role.validate(&drafts).map_err(|err| {
+            at_fault(
+                indexes[0],
+                anyhow!("role {} could not check the task: {err}", role.name()),
+            )
+        })?;
+        for (index, verdict) in indexes.iter().zip(verdicts) {
+            verdict.map_err(|reason| {
+                at_fault(
+                    *index,
+                    anyhow!("role {} refuses the task: {reason}", role.name()),
+                )
+            })?;
+        }
     }
     store.add(tasks).context("nothing was added")
 }
@@ -207,9 +237,13 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("target {}", path.display()))
 }
 
-/// Refuses a task whose type no role claims (on the plugin path, or bound in `host.toml`), or
-/// that its role rejects.
-fn check_task(registry: &PluginRegistry, config: &Config, task: &NewTask) -> anyhow::Result<()> {
+/// The role that would run the task: the handler of the `host.toml` binding that claims its
+/// type, else the plugin role that claims it. Refuses a task whose type no role claims.
+fn role_for<'r>(
+    registry: &'r PluginRegistry,
+    config: &Config,
+    task: &NewTask,
+) -> anyhow::Result<&'r PluginRole> {
     queue::validate_name("task type", &task.task_type)?;
     let bound = config.roles.values().find(|binding| {
         binding
@@ -247,9 +281,5 @@ fn check_task(registry: &PluginRegistry, config: &Config, task: &NewTask) -> any
             searched.join(", ")
         );
     };
-    let draft = task
-        .clone()
-        .into_task("0".into(), Vec::new(), Timestamp::now());
-    role.validate(&draft)
-        .map_err(|reason| anyhow!("role {} refuses the task: {reason}", role.name()))
+    Ok(role)
 }

@@ -68,6 +68,11 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
             library,
             parent,
         } => crate::handler_process::serve(&role, &library, parent),
+        Command::PluginProbe {
+            library,
+            validate,
+            parent,
+        } => crate::loader::serve_probe(&library, validate.as_deref(), parent),
     }
 }
 

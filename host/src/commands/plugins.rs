@@ -5,7 +5,8 @@ use serde_json::{Value, json};
 use crate::cli::Settings;
 use crate::commands::outln;
 use crate::commands::print_json;
-use crate::loader::{LibraryStatus, PluginRegistry, host_api_version};
+use crate::library::host_api_version;
+use crate::loader::{LibraryStatus, PluginRegistry};
 
 /// Lists the plugin path, loading every library on it.
 pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {

@@ -66,7 +66,7 @@ pub fn collect(settings: &Settings) -> anyhow::Result<Stats> {
         PluginRegistry::discover(&settings.plugin_path)
             .roles()
             .iter()
-            .map(|role| (role.name().to_string(), role.task_types()))
+            .map(|role| (role.name().to_string(), role.task_types().to_vec()))
             .collect();
     for (name, binding) in Config::load(&settings.queue)?.roles {
         if let Some(types) = binding.types {

@@ -77,16 +77,22 @@ pub fn find_role(
     let registry = PluginRegistry::discover(&settings.plugin_path);
     let handler = binding.map_or(role_name, |b| b.handler.as_str());
     if let Some(role) = registry.role(handler) {
-        return Ok(role);
+        return Ok(role.clone());
     }
     let searched: Vec<String> = registry
         .search_path()
         .iter()
         .map(|d| d.display().to_string())
         .collect();
+    let refused = registry.refusals();
+    let refused = if refused.is_empty() {
+        String::new()
+    } else {
+        format!("; refused: {}", refused.join("; "))
+    };
     if let Some(binding) = binding {
         bail!(
-            "{}: role {role_name:?} is bound to handler {:?}, which no plugin provides (searched: {})",
+            "{}: role {role_name:?} is bound to handler {:?}, which no plugin provides (searched: {}{refused})",
             settings.queue.join(crate::config::FILE_NAME).display(),
             binding.handler,
             searched.join(", ")
@@ -95,8 +101,9 @@ pub fn find_role(
     let mut available: Vec<&str> = registry.roles().iter().map(|r| r.name()).collect();
     available.extend(config.roles.keys().map(String::as_str));
     available.sort_unstable();
+    available.dedup();
     bail!(
-        "no plugin provides role {role_name:?} (searched: {}; available roles: {})",
+        "no plugin provides role {role_name:?} (searched: {}; available roles: {}{refused})",
         searched.join(", "),
         if available.is_empty() {
             "none".to_string()
@@ -112,5 +119,5 @@ pub fn role_types(config: &Config, role_name: &str, role: &PluginRole) -> Vec<St
         .roles
         .get(role_name)
         .and_then(|b| b.types.clone())
-        .unwrap_or_else(|| role.task_types())
+        .unwrap_or_else(|| role.task_types().to_vec())
 }

@@ -77,9 +77,7 @@ impl Access {
         if let Ok(ip) = name.trim_matches(['[', ']']).parse::<IpAddr>() {
             return ip.is_loopback() || ip == self.bound.ip() || self.bound.ip().is_unspecified();
         }
-        name == "localhost"
-            || name.ends_with(".localhost")
-            || self.allowed_hosts.contains(&name)
+        name == "localhost" || name.ends_with(".localhost") || self.allowed_hosts.contains(&name)
     }
 
     /// Where the request carries the right token, if it does.

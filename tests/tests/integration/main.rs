@@ -7,6 +7,7 @@ mod claiming;
 mod crashes;
 mod mcp;
 mod orchestration;
+mod plugin_safety;
 mod plugins;
 mod processes;
 mod reliability;
