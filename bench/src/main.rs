@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use queue::{Durability, FileStore, NewTask, Outcome, QueueStore, TaskStatus};
+use queue::{Durability, NewTask, Outcome, QueueStore, SqliteStore, TaskStatus};
 use serde_json::{Value, json};
 
 fn main() -> anyhow::Result<()> {
@@ -249,7 +249,7 @@ fn spawn_floor(n: usize, threads: usize) -> anyhow::Result<Duration> {
 /// Mean cost of one claim and one finish with `pending` tasks waiting (durably), on a queue
 /// at `dir` that is topped up as needed.
 fn claim_finish_cost(dir: &Path, pending: usize, rounds: usize) -> anyhow::Result<Duration> {
-    let store = FileStore::init(dir)?.set_durability(Durability::Relaxed)?;
+    let store = SqliteStore::init(dir)?.set_durability(Durability::Relaxed)?;
     let summary = store.summary()?;
     let have = summary
         .counts

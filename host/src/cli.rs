@@ -221,9 +221,9 @@ pub enum Command {
     Heartbeat {
         /// The task id.
         id: String,
-        /// Refuse unless the task is held by this name.
-        #[arg(long)]
-        name: Option<String>,
+        /// The lease token `host claim` printed: only the holder may extend or finish a task.
+        #[arg(long, env = "HOST_LEASE_TOKEN", hide_env_values = true)]
+        token: String,
         /// How long the lease lasts from now.
         #[arg(long, default_value = "30m", value_parser = humantime::parse_duration, value_name = "DURATION")]
         lease: Duration,
@@ -235,9 +235,9 @@ pub enum Command {
         /// The result, as JSON.
         #[arg(long, value_name = "JSON")]
         result: Option<String>,
-        /// Refuse unless the task is held by this name.
-        #[arg(long)]
-        name: Option<String>,
+        /// The lease token `host claim` printed.
+        #[arg(long, env = "HOST_LEASE_TOKEN", hide_env_values = true)]
+        token: String,
     },
     /// Record that a claimed task failed.
     Fail {
@@ -249,10 +249,34 @@ pub enum Command {
         /// Another attempt may succeed: retry it after a backoff while attempts are left.
         #[arg(long)]
         retryable: bool,
-        /// Refuse unless the task is held by this name.
-        #[arg(long)]
-        name: Option<String>,
+        /// The lease token `host claim` printed.
+        #[arg(long, env = "HOST_LEASE_TOKEN", hide_env_values = true)]
+        token: String,
     },
+    /// Remove finished tasks (and their logs) that finished longer ago than a given age.
+    Purge {
+        /// The age, e.g. 30d, 12h: tasks that finished before now minus this are removed.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "AGE")]
+        finished_before: Duration,
+        /// Only tasks that ended in this state (repeatable) [default: completed, failed and
+        /// cancelled].
+        #[arg(long, value_parser = ["completed", "failed", "cancelled"])]
+        status: Vec<String>,
+    },
+    /// Print every task as JSON (an array; JSON Lines with --jsonl), oldest first.
+    Export {
+        /// One task per line.
+        #[arg(long)]
+        jsonl: bool,
+    },
+    /// Bring in the tasks, pauses and logs of a queue folder written by an earlier version of
+    /// host (a folder of JSON files), keeping their ids and history.
+    Import {
+        /// The old queue folder (it may be the queue folder itself).
+        dir: PathBuf,
+    },
+    /// Check the queue: its folder's permissions and file system, the database's integrity.
+    Doctor,
     /// Stop claims of the whole queue, of one task type, or of one task; running tasks finish.
     Pause(PauseArgs),
     /// Lift a pause made with `host pause` (the same scope).
@@ -330,6 +354,9 @@ pub struct ResultsArgs {
     /// Only tasks that finished within this long, e.g. 10m, 2h.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub since: Option<Duration>,
+    /// Only the newest N (still printed oldest first).
+    #[arg(long, short = 'n', value_name = "N")]
+    pub limit: Option<usize>,
 }
 
 /// What `host pause` and `host resume` apply to; neither flag means the whole queue.

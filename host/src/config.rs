@@ -15,6 +15,7 @@
 //!
 //! [queue]
 //! aging = "10m"             # a pending task moves up one priority step per 10 minutes waited
+//! keep_finished = "30d"     # workers purge tasks that finished longer ago than this
 //! ```
 //!
 //! A role not named here is looked up by name among the plugins. An unknown key or a bad value
@@ -39,6 +40,8 @@ pub struct Config {
     pub limits: BTreeMap<String, usize>,
     /// Pending tasks move up one priority step per this much waiting.
     pub aging: Option<Duration>,
+    /// Finished tasks are purged this long after they finished.
+    pub keep_finished: Option<Duration>,
 }
 
 /// `[roles.NAME]`.
@@ -83,6 +86,7 @@ struct RawRole {
 #[serde(deny_unknown_fields)]
 struct RawQueue {
     aging: Option<Spanned<String>>,
+    keep_finished: Option<Spanned<String>>,
 }
 
 /// A problem in `host.toml`, with where it is.
@@ -181,6 +185,16 @@ impl Config {
             }
             config.aging = Some(aging_for);
         }
+        if let Some(keep) = &raw.queue.keep_finished {
+            let keep_for = duration(keep, "queue.keep_finished")?;
+            if keep_for.is_zero() {
+                return Err(error(
+                    Some(keep.span()),
+                    "queue.keep_finished: must be more than 0".into(),
+                ));
+            }
+            config.keep_finished = Some(keep_for);
+        }
         Ok(config)
     }
 }
@@ -200,7 +214,7 @@ mod tests {
     #[test]
     fn reads_roles_limits_and_aging() {
         let config = parse(
-            "[roles.reviewer]\nhandler = \"inspector\"\ntypes = [\"review\"]\ntimeout = \"10m\"\n\n[limits]\ndeploy = 1\n\n[queue]\naging = \"30s\"\n",
+            "[roles.reviewer]\nhandler = \"inspector\"\ntypes = [\"review\"]\ntimeout = \"10m\"\n\n[limits]\ndeploy = 1\n\n[queue]\naging = \"30s\"\nkeep_finished = \"30d\"\n",
         )
         .unwrap();
         let role = &config.roles["reviewer"];
@@ -209,6 +223,7 @@ mod tests {
         assert_eq!(role.timeout, Some(Duration::from_secs(600)));
         assert_eq!(config.limits["deploy"], 1);
         assert_eq!(config.aging, Some(Duration::from_secs(30)));
+        assert_eq!(config.keep_finished, Some(Duration::from_secs(30 * 86400)));
     }
 
     #[test]

@@ -15,10 +15,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use queue::{Dependency, NewTask, Outcome, QueueStore};
+use queue::{Dependency, NewTask, Outcome, QueueStore, TaskQuery};
 
 use crate::cli::Settings;
-use crate::commands::results::TaskQuery;
 use crate::commands::status::StatusReport;
 use crate::commands::{add, open_store, selfserve};
 
@@ -48,6 +47,10 @@ struct ListTasks {
     /// Only tasks of this type.
     #[serde(rename = "type")]
     task_type: Option<String>,
+    /// At most this many, newest first; default 100.
+    limit: Option<usize>,
+    /// The last id of the previous page: only tasks older than it.
+    before: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -81,17 +84,23 @@ struct ClaimTask {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 struct CompleteTask {
     /// The task id.
     id: String,
+    /// The leaseToken that claim_task returned with the task.
+    lease_token: String,
     /// The result, any JSON.
     result: Option<Value>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 struct FailTask {
     /// The task id.
     id: String,
+    /// The leaseToken that claim_task returned with the task.
+    lease_token: String,
     /// Why it failed, in one line.
     error: String,
     /// Whether another attempt may succeed.
@@ -99,9 +108,12 @@ struct FailTask {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-struct TaskId {
+#[serde(rename_all = "camelCase")]
+struct HeldTask {
     /// The task id.
     id: String,
+    /// The leaseToken that claim_task returned with the task.
+    lease_token: String,
 }
 
 /// The MCP server: one tool per queue operation.
@@ -138,17 +150,25 @@ impl QueueServer {
         json(&StatusReport::read(&self.settings).map_err(one_line)?)
     }
 
-    #[tool(description = "List tasks, optionally only one state or one type.")]
+    #[tool(
+        description = "List tasks, newest first (at most `limit`, default 100; page with `before`), optionally only one state or one type."
+    )]
     fn list_tasks(&self, Parameters(filter): Parameters<ListTasks>) -> ToolResult {
-        let tasks = open_store(&self.settings)
-            .and_then(|store| Ok(store.tasks()?))
-            .map_err(one_line)?;
+        let statuses = match filter.status.as_deref().filter(|s| !s.is_empty()) {
+            Some(name) => vec![name.parse()?],
+            None => Vec::new(),
+        };
         let query = TaskQuery {
-            status: filter.status,
+            statuses,
             task_type: filter.task_type,
+            newest_first: true,
+            after_id: filter.before,
+            limit: Some(filter.limit.unwrap_or(100).min(1000)),
             ..TaskQuery::default()
         };
-        let tasks: Vec<_> = tasks.into_iter().filter(|t| query.matches(t)).collect();
+        let tasks = open_store(&self.settings)
+            .and_then(|store| Ok(store.list(&query)?))
+            .map_err(one_line)?;
         json(&tasks)
     }
 
@@ -176,7 +196,7 @@ impl QueueServer {
     }
 
     #[tool(
-        description = "Claim the highest-priority pending task of a role's types. Returns the task, or an error when there is none. Finish it with complete_task or fail_task; call heartbeat_task at least every 15 minutes while working."
+        description = "Claim the highest-priority pending task of a role's types. Returns the task with its leaseToken, or an error when there is none. Only the holder of the leaseToken may extend or finish the task: pass it to heartbeat_task (at least every 15 minutes while working), then complete_task or fail_task."
     )]
     fn claim_task(&self, Parameters(claim): Parameters<ClaimTask>) -> ToolResult {
         match selfserve::claim_task(
@@ -185,23 +205,29 @@ impl QueueServer {
             claim.name.as_deref(),
             CLAIM_LEASE,
         ) {
-            Ok(Some(task)) => json(&task),
+            Ok(Some(claim)) => json(&selfserve::claimed_json(&claim)),
             Ok(None) => Err(format!("no task to claim for role {}", claim.role)),
             Err(err) => Err(one_line(err)),
         }
     }
 
     #[tool(description = "Keep a claimed task yours; says whether it was cancelled meanwhile.")]
-    fn heartbeat_task(&self, Parameters(TaskId { id }): Parameters<TaskId>) -> ToolResult {
-        let cancelled =
-            selfserve::heartbeat_task(&self.settings, &id, None, CLAIM_LEASE).map_err(one_line)?;
+    fn heartbeat_task(
+        &self,
+        Parameters(HeldTask { id, lease_token }): Parameters<HeldTask>,
+    ) -> ToolResult {
+        let cancelled = selfserve::heartbeat_task(&self.settings, &id, &lease_token, CLAIM_LEASE)
+            .map_err(one_line)?;
         json(&serde_json::json!({ "id": id, "cancelRequested": cancelled }))
     }
 
     #[tool(description = "Record that a claimed task succeeded, with an optional JSON result.")]
     fn complete_task(&self, Parameters(done): Parameters<CompleteTask>) -> ToolResult {
         let outcome = Outcome::Success(done.result.unwrap_or(Value::Null));
-        json(&selfserve::finish_task(&self.settings, &done.id, None, outcome).map_err(one_line)?)
+        json(
+            &selfserve::finish_task(&self.settings, &done.id, &done.lease_token, outcome)
+                .map_err(one_line)?,
+        )
     }
 
     #[tool(description = "Record that a claimed task failed, with the reason.")]
@@ -211,7 +237,10 @@ impl QueueServer {
             result: None,
             retryable: failed.retryable.unwrap_or(false),
         };
-        json(&selfserve::finish_task(&self.settings, &failed.id, None, outcome).map_err(one_line)?)
+        json(
+            &selfserve::finish_task(&self.settings, &failed.id, &failed.lease_token, outcome)
+                .map_err(one_line)?,
+        )
     }
 }
 

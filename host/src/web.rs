@@ -31,12 +31,11 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
-use queue::{PauseScope, QueueStore, Task};
+use queue::{PauseScope, QueueStore, Task, TaskQuery};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::cli::Settings;
-use crate::commands::results::TaskQuery;
 use crate::commands::status::StatusReport;
 use crate::commands::{add, open_store};
 use access::Access;
@@ -139,28 +138,32 @@ struct TaskFilter {
     worker: Option<String>,
     q: Option<String>,
     limit: Option<usize>,
+    /// The last id of the previous page: tasks older than it.
+    before: Option<u64>,
 }
 
 async fn list_tasks(
     State(app): State<App>,
     Query(filter): Query<TaskFilter>,
 ) -> ApiResult<Json<Vec<Task>>> {
-    let store = open_store(&app.settings)?;
+    let statuses = match filter.status.as_deref().filter(|s| !s.is_empty()) {
+        Some(name) => vec![
+            name.parse()
+                .map_err(|err: String| ApiError(StatusCode::BAD_REQUEST, err))?,
+        ],
+        None => Vec::new(),
+    };
     let query = TaskQuery {
-        status: filter.status,
+        statuses,
         task_type: filter.task_type,
         worker: filter.worker,
-        finished_since: None,
         text: filter.q,
+        newest_first: true,
+        after_id: filter.before,
+        limit: Some(filter.limit.unwrap_or(200).min(1000)),
+        ..TaskQuery::default()
     };
-    let mut tasks: Vec<Task> = store
-        .tasks()?
-        .into_iter()
-        .filter(|t| query.matches(t))
-        .collect();
-    tasks.reverse();
-    tasks.truncate(filter.limit.unwrap_or(200));
-    Ok(Json(tasks))
+    Ok(Json(open_store(&app.settings)?.list(&query)?))
 }
 
 async fn show_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Task>> {

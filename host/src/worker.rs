@@ -47,6 +47,8 @@ pub struct WorkerOptions {
     pub types: Vec<String>,
     /// The role's settings from `host.toml`, handed to its handler.
     pub settings: serde_json::Value,
+    /// Tasks that finished longer ago than this are purged (`[queue] keep_finished`).
+    pub keep_finished: Option<Duration>,
 }
 
 /// Why the claim loop ended.
@@ -490,8 +492,15 @@ fn heartbeat_loop(shared: &Shared) {
     // Renewing also brings news of `host cancel`, so it happens at least every second.
     let renew_every = (shared.store.lease_duration() / 3).min(Duration::from_secs(1));
     let mut last_record = Instant::now();
+    let mut last_purge: Option<Instant> = None;
     while !shared.exiting.load(Ordering::SeqCst) {
         thread::sleep(tick);
+        if let Some(keep) = shared.options.keep_finished
+            && last_purge.is_none_or(|at| at.elapsed() >= PURGE_EVERY)
+        {
+            last_purge = Some(Instant::now());
+            purge_finished(shared, keep);
+        }
         let running: Vec<Arc<Running>> = shared.running.lock().expect("running lock").clone();
         for task in &running {
             if task.timeout.is_some_and(|t| task.started.elapsed() > t)
@@ -522,7 +531,7 @@ fn heartbeat_loop(shared: &Shared) {
                             );
                         }
                     }
-                    Err(err @ StoreError::LeaseLost { .. }) => {
+                    Err(err @ (StoreError::LeaseLost { .. } | StoreError::NotHolder { .. })) => {
                         task.request_stop(StopReason::Cancelled);
                         say(shared, &format!("{err}; asking its handler to stop"));
                     }
@@ -537,6 +546,28 @@ fn heartbeat_loop(shared: &Shared) {
             last_record = Instant::now();
             publish_record(shared, &running);
         }
+    }
+}
+
+/// How often a worker applies `[queue] keep_finished`.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// Removes the tasks that finished longer than `keep` ago.
+fn purge_finished(shared: &Shared, keep: Duration) {
+    let keep_for = jiff::SignedDuration::try_from(keep).unwrap_or(jiff::SignedDuration::MAX);
+    let before = Timestamp::now()
+        .saturating_sub(keep_for)
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    match shared.store.purge(before, &[]) {
+        Ok(0) => {}
+        Ok(purged) => say(
+            shared,
+            &format!(
+                "purged {purged} task(s) that finished more than {} ago (keep_finished)",
+                humantime::format_duration(keep)
+            ),
+        ),
+        Err(err) => say(shared, &format!("could not purge finished tasks: {err}")),
     }
 }
 

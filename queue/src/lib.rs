@@ -1,13 +1,17 @@
-//! The task queue: what can be done to it ([`QueueStore`]) and the embedded implementation
-//! ([`FileStore`]), a folder of JSON files that needs no server.
+//! The task queue: what can be done to it ([`QueueStore`]), the rules of a task's life that
+//! every store follows ([`lifecycle`]), and the embedded store ([`SqliteStore`]): SQLite in the
+//! coordination folder, no server to start.
 //!
 //! The data path reads in one direction: [`QueueStore::add`] stores [`NewTask`]s as
 //! [`Task`]s; [`QueueStore::claim`] hands the best pending task of some types to a worker
 //! together with a [`Lease`]; the worker keeps the lease alive with [`QueueStore::renew`] and
 //! ends it with [`QueueStore::finish`] (an [`Outcome`]) or [`QueueStore::release`]. A lease
-//! that is not renewed expires and its task returns to pending, so a killed worker loses nothing.
-//! Every lease operation is fenced by the attempt number: a worker whose lease was lost cannot
-//! overwrite a later attempt.
+//! that is not renewed expires and its task returns to pending, so a killed worker loses
+//! nothing. Every lease operation is fenced by the lease's secret token and its attempt number:
+//! only the holder of the current, unexpired lease may extend or finish a task.
+//!
+//! A store only stores and fetches: what a claim, a finish, a cancel or a retry does to a task,
+//! and how the tasks after it follow, is decided in [`lifecycle`], written once.
 //!
 //! Workers also publish a [`WorkerRecord`] that `status` shows.
 
@@ -23,10 +27,36 @@ pub use task_model::{
     Attempt, AttemptStatus, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Task, TaskStatus,
 };
 
-mod atomic;
-mod file_store;
+mod folder;
+pub mod legacy;
+pub mod lifecycle;
+mod sqlite;
 
-pub use file_store::{Durability, FileStore};
+pub use folder::QueueFolder;
+pub use sqlite::SqliteStore;
+
+/// How hard the store works to survive a power loss (a crashed process is always survived).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every change that adds work or records an outcome is on disk before the operation
+    /// returns (SQLite's `synchronous = FULL`): a power loss loses nothing reported done.
+    #[default]
+    Durable,
+    /// Changes reach the disk when SQLite checkpoints (`synchronous = NORMAL`): a crashed
+    /// process loses nothing, but a power loss or kernel crash can lose the last changes.
+    Relaxed,
+}
+
+impl Durability {
+    /// The name used in `host init --durability` and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Durable => "durable",
+            Durability::Relaxed => "relaxed",
+        }
+    }
+}
 
 /// Everything that can go wrong in a store operation. Each message names the file or task at
 /// fault.
@@ -35,6 +65,32 @@ pub enum StoreError {
     /// The folder is not a queue (yet).
     #[error("{0} is not a queue folder (run `host init` to create one)")]
     NotInitialized(PathBuf),
+    /// The folder holds a queue of the folder-of-files format of earlier versions.
+    #[error(
+        "{0} holds a queue written by an earlier version of host (a folder of JSON files): run \
+         `host import {0}` to bring its tasks into this version's store"
+    )]
+    OldFormat(PathBuf),
+    /// The database was written by a newer version of host.
+    #[error(
+        "{path} has schema version {found}, newer than this host knows ({known}): use a newer host"
+    )]
+    NewerSchema {
+        /// The database.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+        /// The newest this host knows.
+        known: i64,
+    },
+    /// The folder cannot hold a queue safely (others can read it, a network file system).
+    #[error("{path}: {reason}")]
+    Unsafe {
+        /// The folder or file at fault.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -43,10 +99,18 @@ pub enum StoreError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// A file in the folder is not what the store wrote; it is left untouched.
-    #[error("corrupted store file {path}: {reason} (left untouched; fix or remove it by hand)")]
+    /// The database refused an operation; nothing of it was applied.
+    #[error("{path}: {message}")]
+    Database {
+        /// The database.
+        path: PathBuf,
+        /// What went wrong, and that nothing changed.
+        message: String,
+    },
+    /// A file or record is not what the store wrote; it is left untouched.
+    #[error("corrupted {path}: {reason} (left untouched; `host doctor` checks the queue)")]
     Corrupt {
-        /// The file at fault.
+        /// The file (and record) at fault.
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
@@ -67,12 +131,27 @@ pub enum StoreError {
         /// What can be done instead.
         hint: &'static str,
     },
-    /// The lease is no longer the task's current one (it expired and the task moved on).
-    #[error("task {id}: lease of attempt {attempt} was lost (the task was reclaimed or finished)")]
+    /// The lease is no longer the task's current one: it expired, or the task moved on.
+    #[error("task {id}: lease of attempt {attempt} was lost ({why})")]
     LeaseLost {
         /// The task.
         id: String,
         /// The attempt whose lease was lost.
+        attempt: u32,
+        /// Expired, or reclaimed or finished since.
+        why: &'static str,
+    },
+    /// Someone who does not hold the task's lease tried to extend or finish it.
+    #[error(
+        "task {id} is held by {holder} (attempt {attempt}); only the holder of its lease may \
+         extend or finish it"
+    )]
+    NotHolder {
+        /// The task.
+        id: String,
+        /// The worker that holds it.
+        holder: String,
+        /// The attempt it holds.
         attempt: u32,
     },
 }
@@ -163,7 +242,8 @@ impl NewTask {
     }
 }
 
-/// A worker's right to finish one attempt of a task.
+/// The right to extend and finish one attempt of a task: who holds it, and the secret that
+/// proves it. Only the store and the holder know the token; it is never part of the task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Lease {
@@ -173,6 +253,8 @@ pub struct Lease {
     pub attempt: u32,
     /// The worker holding it.
     pub worker: String,
+    /// The secret given out with the claim.
+    pub token: String,
 }
 
 /// A claimed task and the lease that goes with it.
@@ -208,13 +290,38 @@ pub struct Renewal {
     pub cancel_requested: bool,
 }
 
-/// How many tasks are in each state, read from the store's index rather than from every task.
+/// How many tasks are in each state, per type, read from counts the store keeps rather than
+/// from every task.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
     /// Tasks per state; a state with no task may be absent.
     pub counts: BTreeMap<TaskStatus, usize>,
     /// Pending tasks per type (those waiting out a retry backoff included).
     pub pending_by_type: BTreeMap<String, usize>,
+    /// Tasks per state, per type.
+    pub by_type: BTreeMap<String, BTreeMap<TaskStatus, usize>>,
+}
+
+/// Which tasks a listing shows, in which order, how many: every condition given must hold. The
+/// store answers from its indexes, so the cost follows the rows shown, not the history.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskQuery {
+    /// Tasks in one of these states; empty means any.
+    pub statuses: Vec<TaskStatus>,
+    /// Tasks of this type.
+    pub task_type: Option<String>,
+    /// Tasks last run by this worker.
+    pub worker: Option<String>,
+    /// Tasks that finished at or after this time.
+    pub finished_since: Option<Timestamp>,
+    /// Tasks whose JSON contains this text, ignoring ASCII case.
+    pub text: Option<String>,
+    /// Newest (highest id) first, instead of oldest first.
+    pub newest_first: bool,
+    /// Only tasks past this id in the listing's order (the last id of the previous page).
+    pub after_id: Option<u64>,
+    /// At most this many.
+    pub limit: Option<usize>,
 }
 
 /// Whether a worker is doing something.
@@ -279,23 +386,28 @@ impl WorkerRecord {
     }
 }
 
-/// The store a worker and the orchestrator share. One trait, so that another backend (a
-/// server) can be added without touching workers or commands.
+/// The store a worker and the orchestrator share. One trait, so that another engine can serve
+/// the same workers and commands; its rules come from [`lifecycle`].
 pub trait QueueStore: Send + Sync {
     /// Adds tasks, all or nothing, returning them as stored (ids in order).
     fn add(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, StoreError>;
 
-    /// Claims the pending task of one of `types` with the lowest priority number, oldest first,
-    /// for `worker`. `None` when there is none.
+    /// Claims the pending task of one of `types` with the lowest priority number (aged, when
+    /// aging is on), oldest first, for `worker`. `None` when there is none.
     fn claim(&self, worker: &str, types: &[String]) -> Result<Option<Claim>, StoreError>;
 
-    /// Extends the lease; fails with [`StoreError::LeaseLost`] if it is no longer current.
+    /// Extends the lease to a full lease from now. Fails with [`StoreError::NotHolder`] for a
+    /// lease that is not the task's, and [`StoreError::LeaseLost`] for one that expired or was
+    /// superseded: an expired lease stays lost.
     fn renew(&self, lease: &Lease) -> Result<Renewal, StoreError>;
 
-    /// Records how the attempt ended. A retryable failure with attempts left returns the task
-    /// to pending after a backoff; other failures leave it `failed` (`cancelled` if a cancel
-    /// was requested).
+    /// Records how the attempt ended, as the holder of `lease`. A retryable failure with
+    /// attempts left returns the task to pending after a backoff; other failures leave it
+    /// `failed` (`cancelled` if a cancel was requested).
     fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError>;
+
+    /// Returns the task to pending without counting the attempt (the worker is shutting down).
+    fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 
     /// Cancels a task: a pending one never starts; a running one is flagged so that its worker
     /// tells the handler, and ends `cancelled` unless the handler completes anyway.
@@ -314,24 +426,28 @@ pub trait QueueStore: Send + Sync {
     /// What is paused.
     fn paused(&self) -> Result<Vec<PauseScope>, StoreError>;
 
-    /// Returns the task to pending without counting the attempt (the worker is shutting down).
-    fn release(&self, lease: &Lease) -> Result<(), StoreError>;
-
     /// One task.
     fn get(&self, id: &str) -> Result<Task, StoreError>;
 
-    /// Every task, oldest first.
-    fn tasks(&self) -> Result<Vec<Task>, StoreError>;
+    /// The tasks `query` selects, in its order.
+    fn list(&self, query: &TaskQuery) -> Result<Vec<Task>, StoreError>;
 
-    /// Up to `n` finished tasks, the most recently added first (a view for dashboards that
-    /// does not read every task).
-    fn recent_finished(&self, n: usize) -> Result<Vec<Task>, StoreError>;
-
-    /// Tasks per state and pending tasks per type, without reading every task.
+    /// Tasks per state and per type, from the counts the store keeps.
     fn summary(&self) -> Result<Summary, StoreError>;
 
-    /// True while a task of one of `types` is pending or running.
+    /// True while a worker of `types` has something to wait for: a task of its types that is
+    /// pending (and not paused; a retry waiting out its backoff counts) or running, or blocked
+    /// behind a task that is pending or running.
     fn has_work(&self, types: &[String]) -> Result<bool, StoreError>;
+
+    /// Returns the leases that ran out to pending (after a backoff), or fails their tasks when
+    /// no attempt is left; says how many. Claims do this as they go; this is for tools and
+    /// tests that want it at a given moment.
+    fn expire_leases(&self) -> Result<usize, StoreError>;
+
+    /// Removes finished tasks (of `statuses`, or all finished states when empty) that finished
+    /// before `before`, with their logs; says how many.
+    fn purge(&self, before: Timestamp, statuses: &[TaskStatus]) -> Result<usize, StoreError>;
 
     /// Publishes a worker's record, replacing its previous one.
     fn put_worker(&self, record: &WorkerRecord) -> Result<(), StoreError>;
@@ -352,14 +468,15 @@ pub trait QueueStore: Send + Sync {
     /// How long a lease lasts unless renewed; workers renew well within it.
     fn lease_duration(&self) -> Duration;
 
-    /// Problems met along the way that did not stop an operation (a corrupted task file that a
+    /// Problems met along the way that did not stop an operation (a corrupted task that a
     /// claim skipped), each reported once, for the caller to show.
     fn take_warnings(&self) -> Vec<String> {
         Vec::new()
     }
 }
 
-/// Checks that a task type or worker name can be used as a file name in the store.
+/// Checks that a task type or worker name is a plain name: it appears in file names and
+/// messages.
 pub fn validate_name(what: &str, name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
         && name.len() <= 100

@@ -64,6 +64,21 @@ impl TaskStatus {
     }
 }
 
+impl std::str::FromStr for TaskStatus {
+    type Err = String;
+
+    /// Reads the lowercase name, as in JSON and on the command line.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        TaskStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = TaskStatus::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown status {name:?} (one of {})", names.join(", "))
+            })
+    }
+}
+
 impl fmt::Display for TaskStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -106,6 +121,9 @@ pub struct Attempt {
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Who ended it: its holder, or for an expired lease the worker that found it expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_by: Option<String>,
 }
 
 /// The priority a task gets when none is given. Lower numbers are claimed first.

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod conformance;
+
 /// Where the built workspace is.
 pub struct Workspace {
     /// The repository root.

@@ -2,6 +2,8 @@
 
 pub mod add;
 pub mod cancel;
+pub mod doctor;
+pub mod export;
 pub mod init;
 pub mod plugins;
 pub mod results;
@@ -13,7 +15,7 @@ pub mod watch;
 pub mod work;
 
 use anyhow::Context as _;
-use queue::FileStore;
+use queue::SqliteStore;
 
 use crate::cli::{Command, Settings};
 
@@ -49,18 +51,25 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
             lease,
             json,
         } => selfserve::claim(settings, &role, name.as_deref(), lease, json),
-        Command::Heartbeat { id, name, lease } => {
-            selfserve::heartbeat(settings, &id, name.as_deref(), lease)
+        Command::Heartbeat { id, token, lease } => {
+            selfserve::heartbeat(settings, &id, &token, lease)
         }
-        Command::Complete { id, result, name } => {
-            selfserve::complete(settings, &id, name.as_deref(), result.as_deref())
+        Command::Complete { id, result, token } => {
+            selfserve::complete(settings, &id, &token, result.as_deref())
         }
         Command::Fail {
             id,
             error,
             retryable,
-            name,
-        } => selfserve::fail(settings, &id, name.as_deref(), &error, retryable),
+            token,
+        } => selfserve::fail(settings, &id, &token, &error, retryable),
+        Command::Purge {
+            finished_before,
+            status,
+        } => export::purge(settings, finished_before, &status),
+        Command::Export { jsonl } => export::export(settings, jsonl),
+        Command::Import { dir } => export::import(settings, &dir),
+        Command::Doctor => doctor::run(settings),
         Command::Pause(args) => cancel::pause(settings, &args.scope()),
         Command::Resume(args) => cancel::resume(settings, &args.scope()),
         Command::HandlerProcess {
@@ -76,9 +85,9 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Opens the queue folder named by the settings.
-pub fn open_store(settings: &Settings) -> anyhow::Result<FileStore> {
-    FileStore::open(&settings.queue).context("cannot open the queue")
+/// Opens the queue named by the settings.
+pub fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
+    SqliteStore::open(&settings.queue).context("cannot open the queue")
 }
 
 /// Like `print!`, but a failed write (a closed pipe) returns an error instead of panicking.

@@ -1,71 +1,49 @@
 //! `host results`: finished tasks with outcome, worker and duration.
 
 use jiff::{SignedDuration, Timestamp};
-use queue::{QueueStore, Task};
+use queue::{QueueStore, TaskQuery, TaskStatus};
 
 use crate::cli::{ResultsArgs, Settings};
 use crate::commands::outln;
 use crate::commands::{human_ms, one_line, open_store, print_json};
 
-/// Which tasks a listing shows (`host results`, the MCP `list_tasks` tool, the dashboard's
-/// table): every condition given must hold; an empty one is no condition.
-#[derive(Debug, Default)]
-pub struct TaskQuery {
-    /// Tasks in this state.
-    pub status: Option<String>,
-    /// Tasks of this type.
-    pub task_type: Option<String>,
-    /// Tasks last run by this worker.
-    pub worker: Option<String>,
-    /// Tasks that finished at or after this time.
-    pub finished_since: Option<Timestamp>,
-    /// Tasks whose JSON contains this text, ignoring case.
-    pub text: Option<String>,
-}
+/// The finished states.
+pub const FINISHED: [TaskStatus; 3] = [
+    TaskStatus::Completed,
+    TaskStatus::Failed,
+    TaskStatus::Cancelled,
+];
 
-impl TaskQuery {
-    /// Whether the task passes.
-    pub fn matches(&self, task: &Task) -> bool {
-        let given = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-        given(&self.status).is_none_or(|s| task.status.as_str() == s)
-            && given(&self.task_type).is_none_or(|t| task.task_type == t)
-            && given(&self.worker).is_none_or(|w| task.worker.as_ref() == Some(&w))
-            && self
-                .finished_since
-                .is_none_or(|since| task.finished_at.is_some_and(|f| f >= since))
-            && given(&self.text).is_none_or(|text| {
-                serde_json::to_string(task)
-                    .unwrap_or_default()
-                    .to_lowercase()
-                    .contains(&text.to_lowercase())
-            })
-    }
-}
-
-/// Lists finished tasks, oldest first, that pass every filter given.
+/// Lists finished tasks, oldest first, that pass every filter given; with `--limit N`, the
+/// newest N of them.
 pub fn run(settings: &Settings, args: &ResultsArgs) -> anyhow::Result<()> {
     let store = open_store(settings)?;
+    let status = if args.failed {
+        Some("failed")
+    } else {
+        args.status.as_deref()
+    };
+    let statuses = match status {
+        Some(name) => vec![name.parse().map_err(anyhow::Error::msg)?],
+        None => FINISHED.to_vec(),
+    };
+    let finished_since = args
+        .since
+        .map(|d| Timestamp::now().saturating_sub(SignedDuration::try_from(d).unwrap_or_default()))
+        .transpose()?;
     let query = TaskQuery {
-        status: if args.failed {
-            Some("failed".into())
-        } else {
-            args.status.clone()
-        },
+        statuses,
         task_type: args.task_type.clone(),
         worker: args.worker.clone(),
-        finished_since: args
-            .since
-            .map(|d| {
-                Timestamp::now().saturating_sub(SignedDuration::try_from(d).unwrap_or_default())
-            })
-            .transpose()?,
-        text: None,
+        finished_since,
+        newest_first: args.limit.is_some(),
+        limit: args.limit,
+        ..TaskQuery::default()
     };
-    let tasks: Vec<_> = store
-        .tasks()?
-        .into_iter()
-        .filter(|t| t.status.is_finished() && query.matches(t))
-        .collect();
+    let mut tasks = store.list(&query)?;
+    if query.newest_first {
+        tasks.reverse();
+    }
     if args.json {
         return print_json(&tasks);
     }

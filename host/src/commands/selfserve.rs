@@ -1,11 +1,16 @@
 //! The self-serve verbs, for an assistant that takes work itself instead of being driven by a
 //! worker: `host claim`, `host heartbeat`, `host complete`, `host fail`. They use the same
 //! store operations as workers, so leases, attempt fencing, retries and dependencies apply.
+//!
+//! A claim hands out the lease's secret token; every later call on the task must show it, so
+//! that only the holder extends or finishes a task (another assistant, or a slip of the task
+//! id, is refused, naming the holder).
 
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
-use queue::{Lease, Outcome, QueueStore, Task, TaskStatus};
+use queue::{Claim, Lease, Outcome, QueueStore, Task};
+use serde_json::Value;
 
 use crate::cli::Settings;
 use crate::commands::work::{claiming_store, find_role, role_types};
@@ -19,7 +24,7 @@ pub fn claim_task(
     role_name: &str,
     name: Option<&str>,
     lease: Duration,
-) -> anyhow::Result<Option<Task>> {
+) -> anyhow::Result<Option<Claim>> {
     let config = Config::load(&settings.queue)?;
     let role = find_role(settings, &config, role_name)?;
     let types = role_types(&config, role_name, &role);
@@ -29,10 +34,18 @@ pub fn claim_task(
         String::from,
     );
     queue::validate_name("worker name", &worker)?;
-    Ok(store.claim(&worker, &types)?.map(|claim| claim.task))
+    Ok(store.claim(&worker, &types)?)
 }
 
-/// `host claim`: claims the best pending task for a role and prints it.
+/// The task's JSON with the lease's token added as `leaseToken`: what `host claim --json` and
+/// the MCP `claim_task` tool answer.
+pub fn claimed_json(claim: &Claim) -> Value {
+    let mut json = serde_json::to_value(&claim.task).expect("task serializes");
+    json["leaseToken"] = claim.lease.token.clone().into();
+    json
+}
+
+/// `host claim`: claims the best pending task for a role and prints it with its lease token.
 pub fn claim(
     settings: &Settings,
     role_name: &str,
@@ -40,12 +53,13 @@ pub fn claim(
     lease: Duration,
     json: bool,
 ) -> anyhow::Result<()> {
-    let Some(task) = claim_task(settings, role_name, name, lease)? else {
+    let Some(claim) = claim_task(settings, role_name, name, lease)? else {
         bail!("no task to claim for role {role_name}");
     };
     if json {
-        return print_json(&task);
+        return print_json(&claimed_json(&claim));
     }
+    let task = &claim.task;
     outln!("{}", task.id);
     outln!("type         {}", task.task_type);
     if let Some(target) = &task.target {
@@ -57,10 +71,12 @@ pub fn claim(
     if !task.payload.is_null() {
         outln!("payload      {}", task.payload);
     }
+    outln!("lease token  {}", claim.lease.token);
     outln!(
-        "claimed by {} (attempt {} of {}); keep it with `host heartbeat {id}` at least every {}, \
-         finish with `host complete {id}` or `host fail {id} --error TEXT`",
-        task.worker.as_deref().unwrap_or_default(),
+        "claimed by {} (attempt {} of {}); keep it with `host heartbeat {id} --token TOKEN` at \
+         least every {}, finish with `host complete {id} --token TOKEN` or `host fail {id} \
+         --token TOKEN --error TEXT`",
+        claim.lease.worker,
         task.attempts,
         task.max_attempts,
         humantime::format_duration(lease / 2),
@@ -69,34 +85,28 @@ pub fn claim(
     Ok(())
 }
 
-/// The lease of the task's running attempt, checked against `name` when given.
-fn current_lease(store: &dyn QueueStore, id: &str, name: Option<&str>) -> anyhow::Result<Lease> {
+/// The lease that `token` claims on task `id`: checked by the store, which refuses anyone but
+/// the holder.
+fn lease_of(store: &dyn QueueStore, id: &str, token: &str) -> anyhow::Result<Lease> {
     let task: Task = store.get(id)?;
-    if task.status != TaskStatus::Running {
-        bail!("task {id} is {}, not running: claim it first", task.status);
-    }
-    let worker = task.worker.clone().unwrap_or_default();
-    if let Some(name) = name
-        && name != worker
-    {
-        bail!("task {id} is held by {worker}, not {name}");
-    }
     Ok(Lease {
         task_id: task.id,
         attempt: task.attempts,
-        worker,
+        worker: task.worker.unwrap_or_default(),
+        token: token.to_string(),
     })
 }
 
-/// Extends the lease of a claimed task to `lease` from now; says whether a cancel was requested.
+/// Extends the lease of a claimed task to `lease` from now, as the holder of `token`; says
+/// whether a cancel was requested.
 pub fn heartbeat_task(
     settings: &Settings,
     id: &str,
-    name: Option<&str>,
+    token: &str,
     lease: Duration,
 ) -> anyhow::Result<bool> {
     let store = open_store(settings)?.with_lease(lease);
-    let held = current_lease(&store, id, name)?;
+    let held = lease_of(&store, id, token)?;
     Ok(store.renew(&held)?.cancel_requested)
 }
 
@@ -104,11 +114,13 @@ pub fn heartbeat_task(
 pub fn heartbeat(
     settings: &Settings,
     id: &str,
-    name: Option<&str>,
+    token: &str,
     lease: Duration,
 ) -> anyhow::Result<()> {
-    if heartbeat_task(settings, id, name, lease)? {
-        outln!("task {id}: cancel requested; stop and run `host fail {id} --error cancelled`");
+    if heartbeat_task(settings, id, token, lease)? {
+        outln!(
+            "task {id}: cancel requested; stop and run `host fail {id} --token TOKEN --error cancelled`"
+        );
     } else {
         outln!(
             "task {id}: lease extended by {}",
@@ -118,15 +130,15 @@ pub fn heartbeat(
     Ok(())
 }
 
-/// Records how a claimed task ended, as its holder (`name`, when given, must hold it).
+/// Records how a claimed task ended, as the holder of `token`.
 pub fn finish_task(
     settings: &Settings,
     id: &str,
-    name: Option<&str>,
+    token: &str,
     outcome: Outcome,
 ) -> anyhow::Result<Task> {
     let store = open_store(settings)?;
-    let held = current_lease(&store, id, name)?;
+    let held = lease_of(&store, id, token)?;
     store
         .finish(&held, outcome)
         .context("the outcome was not recorded")
@@ -136,15 +148,15 @@ pub fn finish_task(
 pub fn complete(
     settings: &Settings,
     id: &str,
-    name: Option<&str>,
+    token: &str,
     result: Option<&str>,
 ) -> anyhow::Result<()> {
     let result = match result {
         Some(text) => serde_json::from_str(text)
             .map_err(|err| anyhow!("--result is not valid JSON: {err}"))?,
-        None => serde_json::Value::Null,
+        None => Value::Null,
     };
-    let task = finish_task(settings, id, name, Outcome::Success(result))?;
+    let task = finish_task(settings, id, token, Outcome::Success(result))?;
     outln!("task {id}: {}", task.status);
     Ok(())
 }
@@ -153,7 +165,7 @@ pub fn complete(
 pub fn fail(
     settings: &Settings,
     id: &str,
-    name: Option<&str>,
+    token: &str,
     error: &str,
     retryable: bool,
 ) -> anyhow::Result<()> {
@@ -162,7 +174,7 @@ pub fn fail(
         result: None,
         retryable,
     };
-    let task = finish_task(settings, id, name, outcome)?;
+    let task = finish_task(settings, id, token, outcome)?;
     outln!("task {id}: {}", task.status);
     Ok(())
 }

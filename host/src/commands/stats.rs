@@ -1,17 +1,25 @@
-//! `host stats`: per role, per type and per worker, how many tasks ended how, how fast they are finishing,
-//! and how long they ran and waited (p50 and p95).
+//! `host stats`: per role, per type and per worker, how many tasks ended how, how fast they are
+//! finishing, and how long they ran and waited (p50 and p95).
+//!
+//! Counts per state come from the counts the store keeps (all time). Throughput and times are
+//! over the tasks that finished in the last hour, at most the newest [`SAMPLE`] of them, so the
+//! cost does not grow with the history; per worker, every figure is over that window.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use jiff::{SignedDuration, Timestamp};
-use queue::{QueueStore, Task, TaskStatus};
+use queue::{QueueStore, Task, TaskQuery, TaskStatus};
 use serde::Serialize;
 
 use crate::cli::Settings;
+use crate::commands::results::FINISHED;
 use crate::commands::{human_ms, open_store, out, print_json};
 use crate::config::Config;
 use crate::loader::PluginRegistry;
+
+/// The most finished tasks the windowed figures read.
+pub const SAMPLE: usize = 10_000;
 
 /// The figures of one group of tasks.
 #[derive(Debug, Default, Serialize)]
@@ -41,27 +49,52 @@ pub struct Stats {
     pub by_role: BTreeMap<String, Figures>,
     /// By task type.
     pub by_type: BTreeMap<String, Figures>,
-    /// By the worker that last ran the task.
+    /// By the worker that last ran the task (over the last hour only).
     pub by_worker: BTreeMap<String, Figures>,
 }
 
-/// Reads every task and computes the figures.
+/// Reads the counts and the last hour's finished tasks and computes the figures.
 pub fn collect(settings: &Settings) -> anyhow::Result<Stats> {
-    let tasks = open_store(settings)?.tasks()?;
-    let hour_ago = Timestamp::now().saturating_sub(SignedDuration::from_hours(1))?;
-    let figures = |group: &[&Task]| figures(group, hour_ago);
-    let all: Vec<&Task> = tasks.iter().collect();
-    let mut by_type: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
-    let mut by_worker: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
-    for task in &tasks {
-        by_type
-            .entry(task.task_type.clone())
-            .or_default()
-            .push(task);
-        if let Some(worker) = &task.worker {
-            by_worker.entry(worker.clone()).or_default().push(task);
-        }
-    }
+    let store = open_store(settings)?;
+    let summary = store.summary()?;
+    let now = Timestamp::now();
+    let hour_ago = now.saturating_sub(SignedDuration::from_hours(1))?;
+    let recent = store.list(&TaskQuery {
+        statuses: FINISHED.to_vec(),
+        finished_since: Some(hour_ago),
+        newest_first: true,
+        limit: Some(SAMPLE),
+        ..TaskQuery::default()
+    })?;
+    // With more than the sample in the hour, the rate is over the time the sample covers.
+    let window_minutes = if recent.len() == SAMPLE {
+        let oldest = recent
+            .iter()
+            .filter_map(|t| t.finished_at)
+            .min()
+            .unwrap_or(hour_ago);
+        (now.duration_since(oldest).as_secs_f64() / 60.0).max(1.0 / 60.0)
+    } else {
+        60.0
+    };
+    let counts = |types: &[&String]| -> BTreeMap<&'static str, usize> {
+        TaskStatus::ALL
+            .iter()
+            .map(|status| {
+                let n = types
+                    .iter()
+                    .filter_map(|t| summary.by_type.get(*t))
+                    .filter_map(|by_status| by_status.get(status))
+                    .sum();
+                (status.as_str(), n)
+            })
+            .collect()
+    };
+    let timed = |group: &[&Task]| figures(group, window_minutes);
+    let with_counts = |mut figures: Figures, types: &[&String]| {
+        figures.counts = counts(types);
+        figures
+    };
     let mut role_types: BTreeMap<String, Vec<String>> =
         PluginRegistry::discover(&settings.plugin_path)
             .roles()
@@ -73,27 +106,51 @@ pub fn collect(settings: &Settings) -> anyhow::Result<Stats> {
             role_types.insert(name, types);
         }
     }
+    let in_types = |types: &[&String]| -> Vec<&Task> {
+        recent
+            .iter()
+            .filter(|t| types.contains(&&t.task_type))
+            .collect()
+    };
+    let all_types: Vec<&String> = summary.by_type.keys().collect();
+    let by_type = summary
+        .by_type
+        .keys()
+        .map(|t| (t.clone(), with_counts(timed(&in_types(&[t])), &[t])))
+        .collect();
     let by_role = role_types
-        .into_iter()
+        .iter()
         .filter_map(|(role, types)| {
-            let group: Vec<&Task> = tasks
+            let types: Vec<&String> = types
                 .iter()
-                .filter(|t| types.contains(&t.task_type))
+                .filter(|t| summary.by_type.contains_key(*t))
                 .collect();
-            (!group.is_empty()).then(|| (role, figures(&group)))
+            (!types.is_empty())
+                .then(|| (role.clone(), with_counts(timed(&in_types(&types)), &types)))
         })
         .collect();
+    let mut by_worker: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
+    for task in &recent {
+        if let Some(worker) = &task.worker {
+            by_worker.entry(worker.clone()).or_default().push(task);
+        }
+    }
+    let by_worker = by_worker
+        .into_iter()
+        .map(|(worker, tasks)| {
+            let mut f = timed(&tasks);
+            for task in &tasks {
+                *f.counts.entry(task.status.as_str()).or_default() += 1;
+            }
+            (worker, f)
+        })
+        .collect();
+    let everything: Vec<&Task> = recent.iter().collect();
     Ok(Stats {
-        all: figures(&all),
+        all: with_counts(timed(&everything), &all_types),
         by_role,
-        by_type: by_type
-            .iter()
-            .map(|(k, v)| (k.clone(), figures(v)))
-            .collect(),
-        by_worker: by_worker
-            .iter()
-            .map(|(k, v)| (k.clone(), figures(v)))
-            .collect(),
+        by_type,
+        by_worker,
     })
 }
 
@@ -108,7 +165,15 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
         let _ = writeln!(
             text,
             "{title:<28} {:>6} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            "done", "failed", "open", "all", "/min", "run p50", "run p95", "wait p50", "wait p95"
+            "done",
+            "failed",
+            "open",
+            "all",
+            "/min 1h",
+            "run p50",
+            "run p95",
+            "wait p50",
+            "wait p95"
         );
     };
     let row = |text: &mut String, name: &str, f: &Figures| {
@@ -146,29 +211,28 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn figures(tasks: &[&Task], hour_ago: Timestamp) -> Figures {
-    let mut counts: BTreeMap<&'static str, usize> =
+/// The figures over finished `tasks` that span `window_minutes`; counts all zero (the caller
+/// fills them in).
+fn figures(tasks: &[&Task], window_minutes: f64) -> Figures {
+    let counts: BTreeMap<&'static str, usize> =
         TaskStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     let mut run = Vec::new();
     let mut wait = Vec::new();
-    let mut recent = 0;
+    let mut done = 0;
     for task in tasks {
-        *counts.entry(task.status.as_str()).or_default() += 1;
         if task.status == TaskStatus::Completed {
             run.extend(task.duration_ms);
         }
         wait.extend(task.wait_ms);
-        if matches!(task.status, TaskStatus::Completed | TaskStatus::Failed)
-            && task.finished_at.is_some_and(|f| f >= hour_ago)
-        {
-            recent += 1;
+        if matches!(task.status, TaskStatus::Completed | TaskStatus::Failed) {
+            done += 1;
         }
     }
     run.sort_unstable();
     wait.sort_unstable();
     Figures {
         counts,
-        per_minute_last_hour: f64::from(recent) / 60.0,
+        per_minute_last_hour: f64::from(done) / window_minutes,
         run_ms_p50: percentile(&run, 0.5),
         run_ms_p95: percentile(&run, 0.95),
         wait_ms_p50: percentile(&wait, 0.5),

@@ -10,7 +10,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use queue::{QueueStore, Task, TaskStatus};
+use queue::{QueueStore, Task, TaskQuery, TaskStatus};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style, Stylize};
@@ -19,6 +19,7 @@ use ratatui::widgets::{Block, Cell, Paragraph, Row, Table};
 use ratatui::{DefaultTerminal, Frame};
 
 use crate::cli::Settings;
+use crate::commands::results::FINISHED;
 use crate::commands::status::StatusReport;
 use crate::commands::{human_ms, one_line, open_store};
 
@@ -71,7 +72,12 @@ fn dashboard(
     let mut first_done: Option<usize> = None;
     loop {
         let report = StatusReport::read(settings)?;
-        let recent = store.recent_finished(RECENT)?;
+        let recent = store.list(&TaskQuery {
+            statuses: FINISHED.to_vec(),
+            newest_first: true,
+            limit: Some(RECENT),
+            ..TaskQuery::default()
+        })?;
         let done = report.counts["completed"] + report.counts["failed"];
         let first = *first_done.get_or_insert(done);
         let minutes = started.elapsed().as_secs_f64() / 60.0;

@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context as _, bail};
-use queue::{FileStore, QueueStore};
+use anyhow::bail;
+use queue::lifecycle::Policy;
+use queue::{QueueStore, SqliteStore};
 
 use crate::cli::{Settings, WorkerArgs};
 use crate::commands::open_store;
@@ -17,13 +18,9 @@ use crate::worker::{ClaimLoop, WorkerExit, WorkerOptions, hostname};
 pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::Result<()> {
     let config = Config::load(&settings.queue)?;
     let binding = config.roles.get(role_name);
-    let store = claiming_store(settings, &config, args.lease)?.with_backoff(args.backoff);
-    // Checks the claim index against the task count, and rebuilds it if a crash or power loss
-    // left it behind, before anything is claimed from it.
-    store.summary().context("cannot check the queue")?;
-    store
-        .sweep_temporary_files()
-        .context("cannot clear abandoned temporary files")?;
+    let mut policy = policy(&config, args.lease);
+    policy.backoff = args.backoff;
+    let store = open_store(settings)?.with_policy(policy);
     let role = find_role(settings, &config, role_name)?;
     let options = WorkerOptions {
         name: args
@@ -38,8 +35,9 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
         role: role_name.to_string(),
         types: role_types(&config, role_name, &role),
         settings: binding.map_or(serde_json::Value::Null, |b| b.settings.clone()),
+        keep_finished: config.keep_finished,
     };
-    let (wakeup, unavailable) = Wakeup::watch(&store.doorbell());
+    let (wakeup, unavailable) = Wakeup::watch(&store.folder().doorbell());
     let store: Arc<dyn QueueStore> = Arc::new(store);
     if let Some(why) = unavailable {
         eprintln!(
@@ -52,17 +50,23 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
     }
 }
 
-/// The queue, set up to claim by the rules of `host.toml` (limits, aging) with leases of
-/// `lease`.
+/// The rules of `host.toml` (limits, aging) with leases of `lease`.
+pub fn policy(config: &Config, lease: std::time::Duration) -> Policy {
+    Policy {
+        lease,
+        limits: config.limits.clone(),
+        aging: config.aging,
+        ..Policy::default()
+    }
+}
+
+/// The queue, set up to claim by the rules of `host.toml` with leases of `lease`.
 pub fn claiming_store(
     settings: &Settings,
     config: &Config,
     lease: std::time::Duration,
-) -> anyhow::Result<FileStore> {
-    Ok(open_store(settings)?
-        .with_lease(lease)
-        .with_limits(config.limits.clone())
-        .with_aging(config.aging))
+) -> anyhow::Result<SqliteStore> {
+    Ok(open_store(settings)?.with_policy(policy(config, lease)))
 }
 
 /// The plugin role that handles `role_name`: its `host.toml` binding's handler, else the role of

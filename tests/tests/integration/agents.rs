@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use integration_tests::TestQueue;
 use serde_json::Value;
@@ -233,12 +234,13 @@ fn two_agents_claiming_at_once_never_get_the_same_task() {
                         }
                         let task: Value = serde_json::from_slice(&output.stdout).unwrap();
                         let id = task["id"].as_str().unwrap().to_string();
-                        q.ok(&["heartbeat", &id, "--name", name]);
+                        let token = task["leaseToken"].as_str().unwrap();
+                        q.ok(&["heartbeat", &id, "--token", token]);
                         q.ok(&[
                             "complete",
                             &id,
-                            "--name",
-                            name,
+                            "--token",
+                            token,
                             "--result",
                             r#"{"by": "me"}"#,
                         ]);
@@ -264,17 +266,65 @@ fn two_agents_claiming_at_once_never_get_the_same_task() {
 }
 
 #[test]
-fn a_claimed_task_can_be_failed_and_only_by_its_holder() {
+fn only_the_holder_of_a_lease_may_extend_or_finish_its_task() {
     let q = TestQueue::new();
+    // A task a worker runs: nobody else completes it, and the worker records its own outcome.
+    let running = q.add(&["--type", "sleep", "--payload", r#"{"ms": 1500}"#]);
+    let worker = q.spawn_worker("sleeper", &["--name", "the-worker", "--drain"]);
+    q.wait_for("the task to run", Duration::from_secs(20), |q| {
+        q.task(&running)["status"] == "running"
+    });
+    for args in [
+        vec![
+            "complete",
+            &running,
+            "--token",
+            "0123456789abcdef0123456789abcdef",
+        ],
+        vec!["fail", &running, "--token", "guess", "--error", "stolen"],
+        vec!["heartbeat", &running, "--token", "guess"],
+    ] {
+        let line = q.fails(&args);
+        assert!(line.contains("held by the-worker"), "{line}");
+    }
+    assert!(worker.wait_with_output().unwrap().status.success());
+    let task = q.task(&running);
+    assert_eq!(task["status"], "completed");
+    assert_eq!(task["result"]["slept_ms"], 1500, "the worker's own result");
+    assert_eq!(task["history"][0]["finishedBy"], "the-worker");
+
+    // A task an assistant claimed: only its token acts on it.
     let id = q.add(&["--type", "noop", "--max-attempts", "1"]);
-    let claimed = q.ok(&["claim", "--role", "noop", "--name", "me"]);
-    assert!(claimed.starts_with(&id), "{claimed}");
-    let line = q.fails(&["complete", &id, "--name", "someone-else"]);
+    let claimed: Value =
+        serde_json::from_str(&q.ok(&["claim", "--role", "noop", "--name", "me", "--json"]))
+            .unwrap();
+    assert_eq!(claimed["id"], id.as_str());
+    let token = claimed["leaseToken"].as_str().unwrap().to_string();
+    assert!(token.len() >= 32, "{token}");
+    assert!(
+        q.task(&id).get("leaseToken").is_none(),
+        "the token is not shown to others"
+    );
+    let line = q.fails(&["complete", &id, "--token", "not-the-token"]);
     assert!(line.contains("held by me"), "{line}");
-    q.ok(&["fail", &id, "--error", "could not do it", "--name", "me"]);
+    q.ok(&["fail", &id, "--error", "could not do it", "--token", &token]);
     let task = q.task(&id);
     assert_eq!(task["status"], "failed");
     assert!(task["error"].as_str().unwrap().contains("could not do it"));
-    let line = q.fails(&["complete", &id]);
-    assert!(line.contains("not running"), "{line}");
+    assert_eq!(task["history"][0]["finishedBy"], "me");
+    let line = q.fails(&["complete", &id, "--token", &token]);
+    assert!(line.contains("lost"), "{line}");
+
+    // A heartbeat after the lease expired does not revive it.
+    let late = q.add(&["--type", "noop"]);
+    let claimed: Value = serde_json::from_str(&q.ok(&[
+        "claim", "--role", "noop", "--name", "slow", "--lease", "1s", "--json",
+    ]))
+    .unwrap();
+    let token = claimed["leaseToken"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(1300));
+    let line = q.fails(&["heartbeat", &late, "--token", &token]);
+    assert!(line.contains("expired"), "{line}");
+    let line = q.fails(&["complete", &late, "--token", &token]);
+    assert!(line.contains("expired"), "{line}");
 }

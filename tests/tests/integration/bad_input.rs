@@ -98,43 +98,62 @@ fn task_file_from_stdin_adds_all() {
     assert_eq!(q.task("2")["timeoutSecs"], 90);
 }
 
-#[test]
-fn corrupted_store_file_is_named_and_left_untouched() {
-    let q = queue_with_a_task();
-    let file = q.queue.join("tasks/1.json");
-    fs::write(&file, b"{\"id\": \"1\", \"type\": tru").unwrap();
-    let before = q.snapshot();
-    // `status` counts from the index and reads no task file; these read the task.
-    for args in [&["results"][..], &["show", "1"]] {
-        let line = q.fails(args);
-        assert!(
-            line.contains("corrupted store file") && line.contains("tasks/1.json"),
-            "{line}"
-        );
-    }
-    assert_eq!(q.snapshot(), before, "byte for byte");
+/// Replaces task `id`'s record in the queue's database with text that is not a task.
+fn corrupt_record(q: &TestQueue, id: &str) {
+    let conn = rusqlite::Connection::open(q.queue.join("queue.db")).unwrap();
+    conn.execute("UPDATE tasks SET body = 'garbage' WHERE id = ?1", [id])
+        .unwrap();
 }
 
 #[test]
-fn a_worker_skips_a_corrupted_task_and_says_so() {
+fn a_corrupted_database_is_named_and_left_untouched() {
+    let q = queue_with_a_task();
+    let db = q.queue.join("queue.db");
+    fs::write(&db, b"not a database at all\n".repeat(200)).unwrap();
+    let _ = fs::remove_file(q.queue.join("queue.db-wal"));
+    let _ = fs::remove_file(q.queue.join("queue.db-shm"));
+    let before = q.snapshot();
+    for args in [&["status"][..], &["results"], &["show", "1"], &["init"]] {
+        let line = q.fails(args);
+        assert!(
+            line.contains("corrupted") && line.contains("queue.db"),
+            "{line}"
+        );
+    }
+    assert_eq!(q.snapshot(), before, "byte for byte, never reset");
+}
+
+#[test]
+fn a_corrupted_task_record_is_named_and_left_untouched() {
+    let q = queue_with_a_task();
+    corrupt_record(&q, "1");
+    for args in [&["export"][..], &["show", "1"]] {
+        let line = q.fails(args);
+        assert!(
+            line.contains("corrupted") && line.contains("task 1"),
+            "{line}"
+        );
+    }
+    q.ok(&["status"]);
+}
+
+#[test]
+fn a_worker_skips_a_corrupted_task_says_so_once_and_drains() {
     let q = TestQueue::new();
     let bad = q.add(&["--type", "noop", "--priority", "1"]);
     let good = q.add(&["--type", "noop"]);
-    let file = q.queue.join(format!("tasks/{bad}.json"));
-    fs::write(&file, b"garbage").unwrap();
-    let mut worker = q.spawn_worker("noop", &[]);
-    q.wait_for("the good task", std::time::Duration::from_secs(10), |q| {
-        q.task(&good)["status"] == "completed"
-    });
-    integration_tests::signal(&worker, nix::sys::signal::Signal::SIGTERM);
-    worker.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(worker.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(
-        stderr.contains("corrupted store file") && stderr.contains(&format!("tasks/{bad}.json")),
-        "{stderr}"
-    );
-    assert_eq!(fs::read(&file).unwrap(), b"garbage");
+    corrupt_record(&q, &bad);
+    let output = q.drain("noop", &["--poll", "20ms"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(q.task(&good)["status"], "completed");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("corrupted")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains(&format!("task {bad}")), "{stderr}");
+    let conn = rusqlite::Connection::open(q.queue.join("queue.db")).unwrap();
+    let body: String = conn
+        .query_row("SELECT body FROM tasks WHERE id = ?1", [&bad], |r| r.get(0))
+        .unwrap();
+    assert_eq!(body, "garbage", "left as it was");
 }
 
 #[test]

@@ -4,13 +4,14 @@
 mod agents;
 mod bad_input;
 mod claiming;
+mod conformance;
 mod crashes;
 mod mcp;
 mod orchestration;
 mod plugin_safety;
 mod plugins;
 mod processes;
+mod queue_folder;
 mod reliability;
 mod roles;
-mod store_properties;
 mod web;

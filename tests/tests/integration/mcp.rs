@@ -90,16 +90,28 @@ fn an_mcp_client_lists_tools_adds_claims_and_completes_a_task() {
         .unwrap();
         assert_eq!(claimed["id"], id.as_str());
         assert_eq!(claimed["worker"], "mcp-agent");
+        let token = claimed["leaseToken"].as_str().unwrap().to_string();
         let none = call(&client, "claim_task", json!({"role": "noop"})).await;
         assert!(none.unwrap_err().contains("no task to claim"));
 
-        call(&client, "heartbeat_task", json!({"id": id}))
-            .await
-            .unwrap();
+        call(
+            &client,
+            "heartbeat_task",
+            json!({"id": id, "leaseToken": token}),
+        )
+        .await
+        .unwrap();
+        let stolen = call(
+            &client,
+            "complete_task",
+            json!({"id": id, "leaseToken": "0".repeat(32), "result": {"stolen": true}}),
+        )
+        .await;
+        assert!(stolen.unwrap_err().contains("held by mcp-agent"));
         call(
             &client,
             "complete_task",
-            json!({"id": id, "result": {"done": true}}),
+            json!({"id": id, "leaseToken": token, "result": {"done": true}}),
         )
         .await
         .unwrap();

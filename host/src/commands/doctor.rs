@@ -1,0 +1,96 @@
+//! `host doctor`: checks the queue and says what it found: the folder (private, local file
+//! system, nothing linked away), the database (SQLite's integrity check, the counts the store
+//! keeps, every task record), the workers and leases.
+
+use std::os::unix::fs::MetadataExt;
+
+use jiff::Timestamp;
+use queue::{QueueStore, TaskQuery, TaskStatus};
+
+use crate::cli::Settings;
+use crate::commands::status::WORKER_STALE_AFTER;
+use crate::commands::{open_store, outln};
+
+/// Runs every check; exits 1 when one found a problem.
+pub fn run(settings: &Settings) -> anyhow::Result<()> {
+    let root = &settings.queue;
+    // Opening checks the folder (owner-only, local file system) and the schema version.
+    let store = open_store(settings)?;
+    let mut problems = 0;
+    let mut report = |ok: bool, line: String| -> std::io::Result<()> {
+        if !ok {
+            problems += 1;
+        }
+        outln!("{}  {line}", if ok { "ok     " } else { "PROBLEM" });
+        Ok(())
+    };
+    report(
+        true,
+        format!(
+            "folder {}: owner-only (0700), on a local file system",
+            root.display()
+        ),
+    )?;
+    let mut loose = Vec::new();
+    for dir in [root.clone(), root.join("logs")] {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let meta = entry.metadata()?;
+            let path = entry.path();
+            if entry.file_type()?.is_symlink() {
+                loose.push(format!("{} is a symlink", path.display()));
+            } else if meta.is_file() && meta.mode() & 0o077 != 0 {
+                loose.push(format!(
+                    "{} has mode {:o} (`host init` makes it 0600)",
+                    path.display(),
+                    meta.mode() & 0o777
+                ));
+            }
+        }
+    }
+    report(
+        loose.is_empty(),
+        if loose.is_empty() {
+            "files: owner-only, no symlinks".into()
+        } else {
+            format!("files: {}", loose.join("; "))
+        },
+    )?;
+    let found = store.check()?;
+    report(
+        found.is_empty(),
+        if found.is_empty() {
+            "database: integrity check passed, counts agree with the tasks, every task reads".into()
+        } else {
+            format!("database: {}", found.join("; "))
+        },
+    )?;
+    let now = Timestamp::now();
+    let workers = store.workers()?;
+    let dead = workers
+        .iter()
+        .filter(|w| w.is_dead(now, WORKER_STALE_AFTER))
+        .count();
+    report(
+        true,
+        format!("workers: {} alive, {dead} dead", workers.len() - dead),
+    )?;
+    let running = store.list(&TaskQuery {
+        statuses: vec![TaskStatus::Running],
+        ..TaskQuery::default()
+    })?;
+    let expired = running
+        .iter()
+        .filter(|t| t.lease_expires_at.is_some_and(|at| at < now))
+        .count();
+    report(
+        true,
+        format!(
+            "leases: {} running, {expired} expired (the next claim returns them to the queue)",
+            running.len()
+        ),
+    )?;
+    if problems > 0 {
+        anyhow::bail!("{problems} problem(s) found in {}", root.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! The coordination folder around the database: nobody but its owner reads it, it is on a
+//! file system where SQLite's locks work, nothing is written through a symlink in it, and it
+//! holds the two small things the database does not: the doorbell that idle workers watch and
+//! the tasks' logs.
+//!
+//! ```text
+//! <queue>/                 mode 0700
+//!   queue.db               the tasks, leases, pauses, workers and settings (SQLite, WAL)
+//!   queue.db-wal, -shm     SQLite's write-ahead log and its index
+//!   doorbell               one byte, rewritten when work may have become claimable
+//!   logs/<id>.log          lines a task's handler logged
+//!   host.toml              (optional) role bindings, limits, aging, retention
+//!   plugins/               (optional) plugins for this queue
+//! ```
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::StoreError;
+
+/// The database's file name in the folder.
+pub const DATABASE: &str = "queue.db";
+const DOORBELL: &str = "doorbell";
+const LOGS: &str = "logs";
+/// What marked a folder of the earlier folder-of-files store.
+const OLD_FORMAT_MARKER: &str = "queue.json";
+
+/// Attaches the path to an I/O error.
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A coordination folder checked to be private and on a local file system.
+#[derive(Clone, Debug)]
+pub struct QueueFolder {
+    root: PathBuf,
+}
+
+impl QueueFolder {
+    /// Creates the folder (mode 0700) or checks an existing one, tightening it and the files in
+    /// it to owner-only. Refuses a folder of the earlier format, one that others can read and
+    /// this user cannot tighten, and one on a network file system.
+    pub fn create(root: &Path) -> Result<QueueFolder, StoreError> {
+        let folder = QueueFolder::create_over_old_format(root)?;
+        if !folder.database().exists() && root.join(OLD_FORMAT_MARKER).exists() {
+            return Err(StoreError::OldFormat(root.to_path_buf()));
+        }
+        Ok(folder)
+    }
+
+    /// Like [`QueueFolder::create`], in a folder of the earlier format too (to import it).
+    pub fn create_over_old_format(root: &Path) -> Result<QueueFolder, StoreError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(io_err(root))?;
+        let folder = QueueFolder::checked(root)?;
+        folder.tighten_files()?;
+        Ok(folder)
+    }
+
+    /// Opens an existing queue folder, checking it as [`QueueFolder::create`] does (the folder
+    /// itself is tightened; its files were made owner-only when created).
+    pub fn open(root: &Path) -> Result<QueueFolder, StoreError> {
+        let database = root.join(DATABASE);
+        match fs::symlink_metadata(&database) {
+            Ok(_) => QueueFolder::checked(root),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                if root.join(OLD_FORMAT_MARKER).exists() {
+                    return Err(StoreError::OldFormat(root.to_path_buf()));
+                }
+                Err(StoreError::NotInitialized(root.to_path_buf()))
+            }
+            Err(err) => Err(io_err(root)(err)),
+        }
+    }
+
+    fn checked(root: &Path) -> Result<QueueFolder, StoreError> {
+        make_private(root)?;
+        refuse_network_file_system(root)?;
+        Ok(QueueFolder {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The database file.
+    pub fn database(&self) -> PathBuf {
+        self.root.join(DATABASE)
+    }
+
+    /// Creates the database file, owner-only and not through a symlink, if it does not exist,
+    /// so that SQLite (which gives its journal files the database's mode) never makes one that
+    /// others can read.
+    pub(crate) fn create_database_file(&self) -> Result<(), StoreError> {
+        let path = self.database();
+        match private_file().create_new(true).write(true).open(&path) {
+            Ok(_) => Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(err) => Err(io_err(&path)(err)),
+        }
+    }
+
+    /// The folder itself, opened for an OS lock (flock) that serialises writers: it cannot be
+    /// deleted from under the workers as a lock file could, and it wakes the next waiter at
+    /// once instead of leaving it to sleep and retry.
+    pub(crate) fn writers_lock(&self) -> Result<File, StoreError> {
+        File::open(&self.root).map_err(io_err(&self.root))
+    }
+
+    /// The doorbell: a one-byte file rewritten whenever work may have become claimable. Idle
+    /// workers watch it; claims, which only take work away, do not ring it. Created if missing.
+    pub fn doorbell(&self) -> PathBuf {
+        let path = self.root.join(DOORBELL);
+        if !path.exists() {
+            self.ring_doorbell();
+        }
+        path
+    }
+
+    /// Rewrites the doorbell in place (no new inode, no rename). A failure only delays pickup
+    /// until the workers' next poll, so it is not an error of the operation.
+    pub fn ring_doorbell(&self) {
+        use std::os::unix::fs::FileExt as _;
+        let path = self.root.join(DOORBELL);
+        if let Ok(file) = private_file().create(true).write(true).open(&path) {
+            let _ = file.write_all_at(b"1", 0);
+        }
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.root.join(LOGS).join(format!("{id}.log"))
+    }
+
+    /// Appends one line to task `id`'s log.
+    pub fn append_log(&self, id: &str, line: &str) -> Result<(), StoreError> {
+        use std::io::Write;
+        let dir = self.root.join(LOGS);
+        ensure_private_dir(&dir)?;
+        let path = self.log_path(id);
+        let mut file = private_file()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        // One write per line, so lines from concurrent writers never interleave.
+        file.write_all(format!("{line}\n").as_bytes())
+            .map_err(io_err(&path))
+    }
+
+    /// The whole lines of task `id`'s log from byte `from`, and the offset after them.
+    pub fn read_log(&self, id: &str, from: u64) -> Result<(String, u64), StoreError> {
+        use std::io::{Read, Seek};
+        let path = self.log_path(id);
+        let mut file = match File::options()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok((String::new(), 0)),
+            Err(err) => return Err(io_err(&path)(err)),
+        };
+        file.seek(io::SeekFrom::Start(from))
+            .map_err(io_err(&path))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io_err(&path))?;
+        // Only whole lines: a line being written is read next time.
+        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        bytes.truncate(whole);
+        let next = from + whole as u64;
+        Ok((String::from_utf8_lossy(&bytes).into_owned(), next))
+    }
+
+    /// Removes task `id`'s log, if it has one.
+    pub fn remove_log(&self, id: &str) -> Result<(), StoreError> {
+        let path = self.log_path(id);
+        match fs::remove_file(&path) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(err)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes the files at the top of the folder and its logs owner-only (0600), as a folder
+    /// written by an earlier version, or by hand, may have them readable by others.
+    fn tighten_files(&self) -> Result<(), StoreError> {
+        for dir in [self.root.clone(), self.root.join(LOGS)] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
+                let loose = meta.mode() & 0o077 != 0;
+                if meta.is_file() && loose && meta.uid() == effective_uid() {
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                        .map_err(io_err(&path))?;
+                }
+            }
+        }
+        ensure_private_dir(&self.root.join(LOGS))
+    }
+}
+
+/// Options for opening a file in the folder: owner-only when created, never through a
+/// symlink.
+fn private_file() -> fs::OpenOptions {
+    let mut options = File::options();
+    options.mode(0o600).custom_flags(nix::libc::O_NOFOLLOW);
+    options
+}
+
+fn effective_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Creates `dir` owner-only if it is missing; refuses one that is a symlink.
+fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(StoreError::Unsafe {
+            path: dir.to_path_buf(),
+            reason: "is a symlink; the queue writes nothing through one (remove it)".into(),
+        }),
+        Ok(meta) if meta.mode() & 0o077 != 0 && meta.uid() == effective_uid() => {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
+        }
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err(dir)),
+        Err(err) => Err(io_err(dir)(err)),
+    }
+}
+
+/// Makes the folder owner-only (0700), or refuses it when others can get in and this user,
+/// not its owner, cannot change that.
+fn make_private(root: &Path) -> Result<(), StoreError> {
+    let meta = fs::metadata(root).map_err(io_err(root))?;
+    if !meta.is_dir() {
+        return Err(StoreError::Unsafe {
+            path: root.to_path_buf(),
+            reason: "is not a folder".into(),
+        });
+    }
+    if meta.mode() & 0o077 == 0 {
+        return Ok(());
+    }
+    let tightened = fs::set_permissions(root, fs::Permissions::from_mode(0o700));
+    match tightened {
+        Ok(()) => Ok(()),
+        Err(err) => Err(StoreError::Unsafe {
+            path: root.to_path_buf(),
+            reason: format!(
+                "other users can read this queue folder (mode {:o}) and it cannot be made \
+                 private ({err}); its owner (uid {}) must `chmod 700` it",
+                meta.mode() & 0o7777,
+                meta.uid()
+            ),
+        }),
+    }
+}
+
+/// What kind of file system a magic number of `statfs` names, when SQLite cannot work on it.
+fn unsafe_file_system(magic: i64) -> Option<&'static str> {
+    match magic {
+        0x6969 => Some("NFS"),
+        0x517b => Some("SMB"),
+        0xff53_4d42 => Some("CIFS"),
+        0xfe53_4d42 => Some("SMB2"),
+        0x0102_1997 => Some("9p (a WSL mount of a Windows drive, or a VM share)"),
+        _ => None,
+    }
+}
+
+/// Refuses a folder on a network file system: SQLite's locks and its WAL's shared memory do
+/// not work there (SQLite's own documentation), so two machines would corrupt the queue.
+fn refuse_network_file_system(root: &Path) -> Result<(), StoreError> {
+    #[cfg(target_os = "linux")]
+    {
+        let stat = nix::sys::statfs::statfs(root).map_err(|errno| StoreError::Io {
+            path: root.to_path_buf(),
+            source: errno.into(),
+        })?;
+        #[allow(clippy::unnecessary_cast)] // the field's type differs between targets
+        let magic = stat.filesystem_type().0 as i64;
+        if let Some(kind) = unsafe_file_system(magic) {
+            return Err(StoreError::Unsafe {
+                path: root.to_path_buf(),
+                reason: format!(
+                    "is on {kind}, where SQLite's locking does not work and two machines would \
+                     corrupt the queue: keep the queue on a local disk, or use the PostgreSQL \
+                     store for workers on several machines"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_file_systems_are_named() {
+        assert_eq!(unsafe_file_system(0x6969), Some("NFS"));
+        assert!(unsafe_file_system(0xff53_4d42).is_some());
+        assert_eq!(unsafe_file_system(0xef53), None, "ext4 is fine");
+        assert_eq!(unsafe_file_system(0x0102_1994), None, "tmpfs is fine");
+    }
+
+    #[test]
+    fn an_existing_folder_and_its_files_are_made_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("q");
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(root.join("host.toml"), "").unwrap();
+        fs::set_permissions(root.join("host.toml"), fs::Permissions::from_mode(0o644)).unwrap();
+        let folder = QueueFolder::create(&root).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("host.toml")), 0o600);
+        folder.append_log("1", "line").unwrap();
+        assert_eq!(mode(&root.join("logs/1.log")), 0o600);
+        assert_eq!(mode(&root.join("logs")), 0o700);
+    }
+
+    #[test]
+    fn nothing_is_written_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("q");
+        let folder = QueueFolder::create(&root).unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, root.join("doorbell")).unwrap();
+        folder.ring_doorbell();
+        std::os::unix::fs::symlink(&victim, root.join("logs/7.log")).unwrap();
+        assert!(folder.append_log("7", "evil").is_err());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");
+    }
+}

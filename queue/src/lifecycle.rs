@@ -1,0 +1,676 @@
+//! The rules of a task's life, decided here once for every store: what a claim, a renewal, a
+//! finish, a release, a lost lease, a cancel and a retry do to a task; who may extend or finish
+//! it; how long a failed task waits before its next attempt; how priorities age; and how the
+//! tasks that come after a task follow it (unblocked when it completes, cancelled when it fails
+//! for good, revived when it is retried).
+//!
+//! A store brings the transaction ([`TaskTx`]: read a task, write it back, find the tasks after
+//! it) and the queries that find candidates; the decisions are made here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::{
+    Attempt, AttemptStatus, Dependency, Lease, NewTask, Outcome, StoreError, Task, TaskStatus,
+    validate_name,
+};
+
+/// How long a lease lasts unless renewed, when the store is not told otherwise.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// The delay before the first retry of a failed task, when the store is not told otherwise;
+/// each further retry waits twice as long (with jitter), up to [`MAX_BACKOFF`].
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The longest a failed task waits before its next attempt.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// How a store applies the rules: the queue-wide settings of `host.toml` and of the worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// How long a claim holds without a renewal.
+    pub lease: Duration,
+    /// The delay before the first retry; doubled for each further one, with jitter.
+    pub backoff: Duration,
+    /// At most this many tasks of a type running at once, across all workers.
+    pub limits: BTreeMap<String, usize>,
+    /// A pending task is claimed as if one priority step more urgent per this much waiting.
+    pub aging: Option<Duration>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            lease: DEFAULT_LEASE,
+            backoff: DEFAULT_BACKOFF,
+            limits: BTreeMap::new(),
+            aging: None,
+        }
+    }
+}
+
+/// What a store offers the rules inside one transaction.
+pub trait TaskTx {
+    /// The task with this id, if there is one.
+    fn task(&mut self, id: &str) -> Result<Option<Task>, StoreError>;
+    /// Writes back a task that exists.
+    fn put(&mut self, task: &Task) -> Result<(), StoreError>;
+    /// The ids of the tasks that come after this one.
+    fn dependents(&mut self, id: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// `now` plus `duration`, saturating.
+pub fn later(now: Timestamp, duration: Duration) -> Timestamp {
+    let duration = SignedDuration::try_from(duration).unwrap_or(SignedDuration::MAX);
+    now.saturating_add(duration).unwrap_or(now)
+}
+
+/// The priority a task added at `created` is claimed at by `now`: one step lower per `step`
+/// waited, down to 0.
+pub fn aged_priority(priority: u32, created: Timestamp, now: Timestamp, step: Duration) -> u32 {
+    let waited = now.duration_since(created).as_secs_f64().max(0.0);
+    let steps = (waited / step.as_secs_f64()).floor();
+    priority.saturating_sub(steps.min(f64::from(u32::MAX)) as u32)
+}
+
+/// The delay before the retry that follows failed attempt `attempt` (1-based): `base` doubled
+/// per earlier attempt, capped at [`MAX_BACKOFF`], then scaled by a random 50-100 % so that
+/// tasks failing together do not retry together.
+pub fn backoff_for(base: Duration, attempt: u32) -> Duration {
+    let doubled = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    doubled
+        .min(MAX_BACKOFF)
+        .mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+/// Checks and prepares tasks to be added with ids from `first` on: names, attempts, the tasks
+/// they come after (which must exist, without cycles), and the state each starts in
+/// (cancelled when a task it comes after already failed, blocked while one is unfinished).
+/// Nothing is stored; an error means nothing may be.
+pub fn new_tasks(
+    tx: &mut impl TaskTx,
+    tasks: Vec<NewTask>,
+    first: u64,
+    now: Timestamp,
+) -> Result<Vec<Task>, StoreError> {
+    for (index, task) in tasks.iter().enumerate() {
+        validate_name("task type", &task.task_type).map_err(|err| invalid(index, err))?;
+        if task.max_attempts == Some(0) {
+            return Err(invalid(index, "maxAttempts must be at least 1"));
+        }
+    }
+    let after = resolve_after(tx, &tasks, first)?;
+    let mut tasks: Vec<Task> = tasks
+        .into_iter()
+        .zip(after)
+        .zip(first..)
+        .map(|((new, after), id)| new.into_task(id.to_string(), after, now))
+        .collect();
+    settle_new_tasks(tx, &mut tasks, now)?;
+    Ok(tasks)
+}
+
+fn invalid(index: usize, message: impl std::fmt::Display) -> StoreError {
+    StoreError::InvalidTask(format!("entry {}: {message}", index + 1))
+}
+
+/// Resolves the `after` of tasks about to get ids from `first` on, refusing unknown ids and
+/// cycles.
+fn resolve_after(
+    tx: &mut impl TaskTx,
+    tasks: &[NewTask],
+    first: u64,
+) -> Result<Vec<Vec<String>>, StoreError> {
+    let mut resolved = Vec::with_capacity(tasks.len());
+    for (index, task) in tasks.iter().enumerate() {
+        let mut ids = Vec::new();
+        for dep in &task.after {
+            let id = match dep {
+                Dependency::Batch(other) if *other < tasks.len() => {
+                    (first + *other as u64).to_string()
+                }
+                Dependency::Batch(other) => {
+                    return Err(invalid(index, format!("after: no entry {}", other + 1)));
+                }
+                Dependency::Task(id) => {
+                    if tx.task(id)?.is_none() {
+                        return Err(invalid(index, format!("after: no task with id {id}")));
+                    }
+                    id.clone()
+                }
+            };
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        resolved.push(ids);
+    }
+    if let Some(cycle) = batch_cycle(tasks) {
+        let entries: Vec<String> = cycle.iter().map(|i| (i + 1).to_string()).collect();
+        return Err(StoreError::InvalidTask(format!(
+            "entries {} come after each other in a cycle",
+            entries.join(" -> ")
+        )));
+    }
+    Ok(resolved)
+}
+
+/// Sets the state each new task starts in. Tasks of the batch may come after later entries of
+/// it, so they are settled in dependency order.
+fn settle_new_tasks(
+    tx: &mut impl TaskTx,
+    tasks: &mut [Task],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let batch: HashMap<String, usize> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.id.clone(), i))
+        .collect();
+    let mut settled: HashMap<String, TaskStatus> = HashMap::new();
+    while settled.len() < tasks.len() {
+        let before = settled.len();
+        for task in tasks.iter_mut() {
+            if settled.contains_key(&task.id) {
+                continue;
+            }
+            let waits_on_batch = task
+                .after
+                .iter()
+                .any(|dep| batch.contains_key(dep) && !settled.contains_key(dep));
+            if waits_on_batch {
+                continue;
+            }
+            let mut statuses = Vec::new();
+            for dep in &task.after {
+                let status = match settled.get(dep) {
+                    Some(status) => *status,
+                    None => tx.task(dep)?.map_or(TaskStatus::Completed, |t| t.status),
+                };
+                statuses.push((dep.clone(), status));
+            }
+            if let Some((dep, status)) = statuses.iter().find(|(_, s)| is_broken(*s)) {
+                cancel_for(task, dep, *status, now);
+            } else if statuses.iter().any(|(_, s)| *s != TaskStatus::Completed) {
+                task.status = TaskStatus::Blocked;
+            }
+            settled.insert(task.id.clone(), task.status);
+        }
+        // Cycles were refused, so every round settles at least one task.
+        assert!(settled.len() > before, "dependency cycle after validation");
+    }
+    Ok(())
+}
+
+fn is_broken(status: TaskStatus) -> bool {
+    matches!(status, TaskStatus::Failed | TaskStatus::Cancelled)
+}
+
+/// A cycle among the batch-internal `after` edges, as entry indexes, if there is one.
+fn batch_cycle(tasks: &[NewTask]) -> Option<Vec<usize>> {
+    // 0 = unvisited, 1 = on the current path, 2 = done.
+    fn visit(i: usize, tasks: &[NewTask], state: &mut [u8], path: &mut Vec<usize>) -> bool {
+        state[i] = 1;
+        path.push(i);
+        for dep in &tasks[i].after {
+            if let Dependency::Batch(j) = *dep
+                && j < tasks.len()
+            {
+                if state[j] == 1 {
+                    let start = path.iter().position(|&p| p == j).unwrap_or(0);
+                    path.drain(..start);
+                    path.push(j);
+                    return true;
+                }
+                if state[j] == 0 && visit(j, tasks, state, path) {
+                    return true;
+                }
+            }
+        }
+        path.pop();
+        state[i] = 2;
+        false
+    }
+    let mut state = vec![0u8; tasks.len()];
+    for i in 0..tasks.len() {
+        let mut path = Vec::new();
+        if state[i] == 0 && visit(i, tasks, &mut state, &mut path) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// Gives a pending task to `worker` for its next attempt, at `now`.
+pub fn claim(task: &mut Task, worker: &str, now: Timestamp, policy: &Policy) {
+    task.status = TaskStatus::Running;
+    task.attempts += 1;
+    task.worker = Some(worker.to_string());
+    task.started_at = Some(now);
+    task.finished_at = None;
+    task.duration_ms = None;
+    task.success = None;
+    task.result = None;
+    task.retry_at = None;
+    task.lease_expires_at = Some(later(now, policy.lease));
+    let waited = now.duration_since(task.created_at).as_millis().max(0);
+    task.wait_ms = Some(u64::try_from(waited).unwrap_or(u64::MAX));
+    task.aged_priority = policy
+        .aging
+        .map(|step| aged_priority(task.priority, task.created_at, now, step))
+        .filter(|aged| *aged < task.priority);
+    task.history.push(Attempt {
+        attempt: task.attempts,
+        worker: worker.to_string(),
+        started_at: now,
+        finished_at: None,
+        status: AttemptStatus::Running,
+        error: None,
+        finished_by: None,
+    });
+}
+
+/// Checks that `lease` is the task's current lease: the same attempt of a running task, shown
+/// with the secret the store gave out with it (`holder_token`), and not expired by `now`.
+pub fn check_lease(
+    task: &Task,
+    lease: &Lease,
+    holder_token: Option<&str>,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let lost = |why| StoreError::LeaseLost {
+        id: lease.task_id.clone(),
+        attempt: lease.attempt,
+        why,
+    };
+    if task.status != TaskStatus::Running || task.attempts != lease.attempt {
+        return Err(lost("the task was reclaimed or finished since"));
+    }
+    let holds = holder_token.is_some_and(|token| same_secret(token, &lease.token));
+    if !holds {
+        return Err(StoreError::NotHolder {
+            id: task.id.clone(),
+            holder: task.worker.clone().unwrap_or_else(|| "?".into()),
+            attempt: task.attempts,
+        });
+    }
+    if task.lease_expires_at.is_none_or(|until| until < now) {
+        return Err(lost("it expired"));
+    }
+    Ok(())
+}
+
+/// Compares secrets in constant time, so that how long a refusal takes says nothing of them.
+fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Extends a running task's lease to a full lease from `now`.
+pub fn renew(task: &mut Task, now: Timestamp, policy: &Policy) {
+    task.lease_expires_at = Some(later(now, policy.lease));
+}
+
+/// Ends the task's running attempt in its history.
+fn end_attempt(task: &mut Task, status: AttemptStatus, error: Option<String>, now: Timestamp) {
+    let finished_by = task.worker.clone();
+    if let Some(entry) = task
+        .history
+        .iter_mut()
+        .rev()
+        .find(|a| a.attempt == task.attempts && a.status == AttemptStatus::Running)
+    {
+        entry.status = status;
+        entry.finished_at = Some(now);
+        entry.error = error;
+        entry.finished_by = finished_by;
+    }
+}
+
+/// Moves a task to a finished state at `now`.
+fn finish_as(task: &mut Task, status: TaskStatus, now: Timestamp) {
+    task.status = status;
+    task.success = Some(status == TaskStatus::Completed);
+    task.finished_at = Some(now);
+    task.duration_ms = task.elapsed_ms(now);
+    task.lease_expires_at = None;
+    task.retry_at = None;
+}
+
+/// What ending its attempt with `outcome` makes of a running task: finished, or pending again
+/// after a backoff when the failure is retryable and attempts are left. A task whose cancel was
+/// requested ends cancelled unless it succeeded.
+pub fn finish(task: &mut Task, outcome: Outcome, now: Timestamp, policy: &Policy) {
+    match outcome {
+        Outcome::Success(result) => {
+            end_attempt(task, AttemptStatus::Completed, None, now);
+            finish_as(task, TaskStatus::Completed, now);
+            task.result = Some(result);
+            task.error = None;
+        }
+        Outcome::Failure {
+            error,
+            result,
+            retryable,
+        } => {
+            task.result = result;
+            task.error = Some(format!("attempt {}: {error}", task.attempts));
+            if task.cancel_requested {
+                end_attempt(task, AttemptStatus::Cancelled, Some(error), now);
+                finish_as(task, TaskStatus::Cancelled, now);
+            } else if retryable && task.attempts < task.max_attempts {
+                end_attempt(task, AttemptStatus::Failed, Some(error), now);
+                task.status = TaskStatus::Pending;
+                task.duration_ms = task.elapsed_ms(now);
+                task.lease_expires_at = None;
+                task.retry_at = Some(later(now, backoff_for(policy.backoff, task.attempts)));
+            } else {
+                end_attempt(task, AttemptStatus::Failed, Some(error), now);
+                finish_as(task, TaskStatus::Failed, now);
+            }
+        }
+    }
+}
+
+/// Returns a running task to pending without counting the attempt: its worker is shutting down.
+pub fn release(task: &mut Task, now: Timestamp) {
+    end_attempt(task, AttemptStatus::Released, None, now);
+    task.status = TaskStatus::Pending;
+    task.attempts = task.attempts.saturating_sub(1);
+    task.worker = None;
+    task.started_at = None;
+    task.lease_expires_at = None;
+}
+
+/// A running task whose lease ran out (its worker was killed, or its machine slept or lost the
+/// network): pending again after a backoff, the attempt counted, or finished when no attempt is
+/// left (cancelled, if a cancel was requested). `found_by` names who noticed.
+pub fn expire(task: &mut Task, now: Timestamp, policy: &Policy, found_by: &str) {
+    let holder = task.worker.clone().unwrap_or_else(|| "?".into());
+    let reason = format!("lease expired (worker {holder} stopped renewing it)");
+    let error = format!("attempt {}: {reason}", task.attempts);
+    end_attempt(task, AttemptStatus::Expired, Some(reason), now);
+    if let Some(entry) = task.history.last_mut() {
+        entry.finished_by = Some(found_by.to_string());
+    }
+    task.lease_expires_at = None;
+    if task.attempts < task.max_attempts && !task.cancel_requested {
+        task.status = TaskStatus::Pending;
+        task.error = Some(error);
+        task.retry_at = Some(later(now, backoff_for(policy.backoff, task.attempts)));
+    } else {
+        let status = if task.cancel_requested {
+            TaskStatus::Cancelled
+        } else {
+            TaskStatus::Failed
+        };
+        finish_as(task, status, now);
+        task.error = Some(format!(
+            "{error}; no attempt left ({} of {})",
+            task.attempts, task.max_attempts
+        ));
+    }
+}
+
+/// Cancels a task: a pending or blocked one is cancelled at once; a running one is asked to
+/// stop (its worker tells the handler). Finished tasks cannot be cancelled.
+pub fn cancel(task: &mut Task, now: Timestamp) -> Result<(), StoreError> {
+    match task.status {
+        TaskStatus::Pending | TaskStatus::Blocked => {
+            finish_as(task, TaskStatus::Cancelled, now);
+            task.success = None;
+            task.error = Some("cancelled before it started".into());
+            Ok(())
+        }
+        TaskStatus::Running => {
+            task.cancel_requested = true;
+            Ok(())
+        }
+        status => Err(StoreError::WrongState {
+            id: task.id.clone(),
+            status,
+            hint: "only a pending, blocked or running task can be cancelled",
+        }),
+    }
+}
+
+/// Puts a failed or cancelled task back: pending, or blocked while a task it comes after is
+/// unfinished, with at least one more attempt. Refused while a task it comes after has failed
+/// or was cancelled (retry that one instead).
+pub fn retry(tx: &mut impl TaskTx, task: &mut Task) -> Result<(), StoreError> {
+    if !matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled) {
+        return Err(StoreError::WrongState {
+            id: task.id.clone(),
+            status: task.status,
+            hint: "only a failed or cancelled task can be retried",
+        });
+    }
+    task.status = match prerequisites(tx, task)? {
+        Prerequisites::Done => TaskStatus::Pending,
+        Prerequisites::Waiting => TaskStatus::Blocked,
+        Prerequisites::Broken(dep, status) => {
+            return Err(StoreError::InvalidTask(format!(
+                "task {} comes after task {dep}, which is {status}: retry task {dep} instead",
+                task.id
+            )));
+        }
+    };
+    task.cancelled_by = None;
+    task.max_attempts = task.max_attempts.max(task.attempts + 1);
+    task.cancel_requested = false;
+    task.retry_at = None;
+    task.finished_at = None;
+    task.duration_ms = None;
+    task.success = None;
+    task.result = None;
+    Ok(())
+}
+
+/// Where the tasks a task comes after stand.
+pub enum Prerequisites {
+    /// All completed (or purged): the task may run.
+    Done,
+    /// Some still to finish.
+    Waiting,
+    /// This one failed or was cancelled: the task cannot run until it is retried.
+    Broken(String, TaskStatus),
+}
+
+/// Where the tasks `task` comes after stand. A task purged from the history has completed or
+/// failed long ago; it no longer holds anything up.
+pub fn prerequisites(tx: &mut impl TaskTx, task: &Task) -> Result<Prerequisites, StoreError> {
+    let mut waiting = false;
+    for dep in &task.after {
+        match tx.task(dep)?.map(|t| t.status) {
+            Some(status) if is_broken(status) => {
+                return Ok(Prerequisites::Broken(dep.clone(), status));
+            }
+            Some(TaskStatus::Completed) | None => {}
+            Some(_) => waiting = true,
+        }
+    }
+    Ok(if waiting {
+        Prerequisites::Waiting
+    } else {
+        Prerequisites::Done
+    })
+}
+
+/// Brings the tasks after `task` in line with its new state: unblocked when it completed,
+/// cancelled (and theirs after them) when it failed or was cancelled for good, revived when it
+/// waits to run again. Returns whether some task became claimable.
+pub fn settle_dependents(
+    tx: &mut impl TaskTx,
+    task: &Task,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    match task.status {
+        TaskStatus::Completed => unblock_dependents(tx, &task.id),
+        TaskStatus::Failed | TaskStatus::Cancelled => {
+            cancel_dependents(tx, task, now)?;
+            Ok(false)
+        }
+        TaskStatus::Pending | TaskStatus::Blocked => {
+            revive_dependents(tx, &task.id)?;
+            Ok(false)
+        }
+        TaskStatus::Running => Ok(false),
+    }
+}
+
+/// `id` completed: its blocked dependents whose other prerequisites are complete too become
+/// pending.
+fn unblock_dependents(tx: &mut impl TaskTx, id: &str) -> Result<bool, StoreError> {
+    let mut unblocked = false;
+    for dependent in tx.dependents(id)? {
+        let Some(mut task) = tx.task(&dependent)? else {
+            continue;
+        };
+        if task.status == TaskStatus::Blocked
+            && matches!(prerequisites(tx, &task)?, Prerequisites::Done)
+        {
+            task.status = TaskStatus::Pending;
+            tx.put(&task)?;
+            unblocked = true;
+        }
+    }
+    Ok(unblocked)
+}
+
+/// `prerequisite` failed or was cancelled for good: every task that comes after it, directly or
+/// not, and has not run is cancelled, naming it.
+fn cancel_dependents(
+    tx: &mut impl TaskTx,
+    prerequisite: &Task,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    for dependent in tx.dependents(&prerequisite.id)? {
+        let Some(mut task) = tx.task(&dependent)? else {
+            continue;
+        };
+        if !matches!(task.status, TaskStatus::Blocked | TaskStatus::Pending) {
+            continue;
+        }
+        cancel_for(&mut task, &prerequisite.id, prerequisite.status, now);
+        tx.put(&task)?;
+        cancel_dependents(tx, &task, now)?;
+    }
+    Ok(())
+}
+
+/// `prerequisite` is being retried: the tasks its failure cancelled are blocked on it again,
+/// and so on down the chain.
+fn revive_dependents(tx: &mut impl TaskTx, prerequisite: &str) -> Result<(), StoreError> {
+    for dependent in tx.dependents(prerequisite)? {
+        let Some(mut task) = tx.task(&dependent)? else {
+            continue;
+        };
+        if task.status != TaskStatus::Cancelled
+            || task.cancelled_by.as_deref() != Some(prerequisite)
+        {
+            continue;
+        }
+        task.status = TaskStatus::Blocked;
+        task.cancelled_by = None;
+        task.error = None;
+        task.finished_at = None;
+        task.success = None;
+        tx.put(&task)?;
+        revive_dependents(tx, &task.id)?;
+    }
+    Ok(())
+}
+
+/// Cancels `task` because `dep`, which it comes after, ended `status`.
+fn cancel_for(task: &mut Task, dep: &str, status: TaskStatus, now: Timestamp) {
+    let what = if status == TaskStatus::Failed {
+        "failed"
+    } else {
+        "was cancelled"
+    };
+    task.status = TaskStatus::Cancelled;
+    task.cancelled_by = Some(dep.to_string());
+    task.error = Some(format!(
+        "cancelled: it comes after task {dep}, which {what}"
+    ));
+    task.finished_at = Some(now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(lease_until: Timestamp) -> Task {
+        let mut task = NewTask {
+            task_type: "a".into(),
+            ..NewTask::default()
+        }
+        .into_task("7".into(), vec![], Timestamp::now());
+        claim(&mut task, "w", Timestamp::now(), &Policy::default());
+        task.lease_expires_at = Some(lease_until);
+        task
+    }
+
+    fn lease(token: &str) -> Lease {
+        Lease {
+            task_id: "7".into(),
+            attempt: 1,
+            worker: "w".into(),
+            token: token.into(),
+        }
+    }
+
+    #[test]
+    fn only_the_holder_of_an_unexpired_lease_may_act() {
+        let now = Timestamp::now();
+        let task = running(later(now, Duration::from_secs(10)));
+        assert!(check_lease(&task, &lease("s3cret"), Some("s3cret"), now).is_ok());
+        let err = check_lease(&task, &lease("guess"), Some("s3cret"), now).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::NotHolder { holder, .. } if holder == "w"),
+            "{err}"
+        );
+        let expired = running(now.saturating_sub(SignedDuration::from_secs(1)).unwrap());
+        let err = check_lease(&expired, &lease("s3cret"), Some("s3cret"), now).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::LeaseLost {
+                    why: "it expired",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_lost_lease_waits_out_the_backoff_before_its_next_attempt() {
+        let now = Timestamp::now();
+        let mut task = running(now);
+        let policy = Policy {
+            backoff: Duration::from_secs(60),
+            ..Policy::default()
+        };
+        expire(&mut task, now, &policy, "w2");
+        assert_eq!(task.status, TaskStatus::Pending);
+        let wait = task.retry_at.unwrap().duration_since(now).as_secs_f64();
+        assert!((30.0..=60.0).contains(&wait), "waits {wait}s");
+        let attempt = &task.history[0];
+        assert_eq!(attempt.status, AttemptStatus::Expired);
+        assert_eq!(attempt.finished_by.as_deref(), Some("w2"));
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        for attempt in 1..=30 {
+            let want = Duration::from_secs(1)
+                .saturating_mul(1 << (attempt - 1).min(20))
+                .min(MAX_BACKOFF);
+            let got = backoff_for(Duration::from_secs(1), attempt);
+            assert!(got >= want / 2 && got <= want, "attempt {attempt}: {got:?}");
+        }
+    }
+}

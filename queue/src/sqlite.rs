@@ -1,0 +1,1340 @@
+//! The embedded store: SQLite (WAL) in the coordination folder, so a queue needs no server.
+//!
+//! - **Schema** in numbered migrations (`sqlite/migrations/NNNN_*.sql`), applied in order under
+//!   the writers' lock and recorded in SQLite's `user_version`; a database newer than this
+//!   binary is refused.
+//! - **Writers** queue on an OS lock (flock) on the folder around each write transaction
+//!   (`BEGIN IMMEDIATE`), which hands the database to the next waiter at once; SQLite's own busy
+//!   handler, which sleeps 1, 2, 5 ... 100 ms, let one worker of four take nearly every task.
+//!   Readers never wait (WAL).
+//! - **Durability**: `durable` commits with `synchronous = FULL`, `relaxed` with `NORMAL`.
+//!   Claims and lease renewals always commit with `NORMAL`: losing one to a power loss only
+//!   means the task runs again, which at-least-once execution allows, and the next `FULL`
+//!   commit makes them durable too (the WAL is written in order).
+//! - **Claims** read one row per task type from a partial index on pending tasks, ordered by
+//!   priority then id; finishing touches one row and the tasks after it. Neither looks at
+//!   finished tasks, and `status` reads counts that triggers keep.
+//!
+//! What a claim, finish or cancel does to a task is decided by [`crate::lifecycle`]; this file
+//! only stores and fetches.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use crate::folder::io_err;
+use crate::lifecycle::{self, Policy, TaskTx};
+use crate::{
+    Claim, Durability, Lease, NewTask, Outcome, PauseScope, QueueFolder, QueueStore, Renewal,
+    StoreError, Summary, Task, TaskQuery, TaskStatus, WorkerRecord, validate_name,
+};
+
+/// The migrations, in order; the schema version is how many have been applied.
+const MIGRATIONS: [&str; 1] = [include_str!("sqlite/migrations/0001_initial.sql")];
+
+/// How long a statement waits for a lock that another program (not a `host`, which queues on
+/// the folder's flock) holds on the database.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The WAL is truncated back to this size after a checkpoint, so it stays bounded.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// The embedded queue store.
+pub struct SqliteStore {
+    folder: QueueFolder,
+    path: PathBuf,
+    inner: Mutex<Inner>,
+    policy: Policy,
+    durability: Durability,
+    /// Tasks whose record could not be read, skipped by claims and `has_work` in this process,
+    /// each reported once.
+    unreadable: Mutex<HashSet<i64>>,
+    warnings: Mutex<Vec<String>>,
+}
+
+/// The connection and what it was last set to.
+struct Inner {
+    conn: Connection,
+    /// The folder, held open for the writers' flock.
+    writers: std::fs::File,
+    synchronous_full: Option<bool>,
+}
+
+/// How a write transaction is committed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// As the queue's durability says.
+    AsConfigured,
+    /// Without waiting for the disk (claims, renewals, worker records).
+    Lazy,
+}
+
+impl SqliteStore {
+    /// Creates the queue folder and database (idempotent): the folder owner-only, the schema
+    /// migrated to this version.
+    pub fn init(root: &Path) -> Result<SqliteStore, StoreError> {
+        let folder = QueueFolder::create(root)?;
+        folder.create_database_file()?;
+        folder.doorbell();
+        SqliteStore::connect(folder)
+    }
+
+    /// Like [`SqliteStore::init`], also in a folder that holds a queue of the earlier format:
+    /// for `host import`, which brings that queue in.
+    pub fn init_for_import(root: &Path) -> Result<SqliteStore, StoreError> {
+        let folder = QueueFolder::create_over_old_format(root)?;
+        folder.create_database_file()?;
+        folder.doorbell();
+        SqliteStore::connect(folder)
+    }
+
+    /// Opens an existing queue, migrating its schema to this version if it is older.
+    pub fn open(root: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::connect(QueueFolder::open(root)?)
+    }
+
+    fn connect(folder: QueueFolder) -> Result<SqliteStore, StoreError> {
+        let path = folder.database();
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(db_err(&path))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err(&path))?;
+        let writers = folder.writers_lock()?;
+        let mut inner = Inner {
+            conn,
+            writers,
+            synchronous_full: None,
+        };
+        migrate(&mut inner, &path)?;
+        let durability: String = inner
+            .conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'durability'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(db_err(&path))?;
+        let durability = match durability.as_str() {
+            "relaxed" => Durability::Relaxed,
+            _ => Durability::Durable,
+        };
+        Ok(SqliteStore {
+            folder,
+            path,
+            inner: Mutex::new(inner),
+            policy: Policy::default(),
+            durability,
+            unreadable: Mutex::new(HashSet::new()),
+            warnings: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Applies the queue-wide rules: lease length, backoff, per-type limits, aging.
+    pub fn with_policy(mut self, policy: Policy) -> SqliteStore {
+        self.policy = policy;
+        self
+    }
+
+    /// Sets how long a lease lasts unless renewed.
+    pub fn with_lease(mut self, lease: Duration) -> SqliteStore {
+        self.policy.lease = lease;
+        self
+    }
+
+    /// The rules this store applies.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The coordination folder.
+    pub fn folder(&self) -> &QueueFolder {
+        &self.folder
+    }
+
+    /// The queue's durability setting.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Changes the queue's durability setting, for every process that opens it from now on.
+    pub fn set_durability(mut self, durability: Durability) -> Result<SqliteStore, StoreError> {
+        self.write(Commit::AsConfigured, |tx| {
+            tx.conn
+                .execute(
+                    "UPDATE settings SET value = ?1 WHERE key = 'durability'",
+                    [durability.as_str()],
+                )
+                .map_err(db_err(tx.path))?;
+            Ok(())
+        })?;
+        self.durability = durability;
+        Ok(self)
+    }
+
+    /// Runs `work` in a write transaction, queued behind other writers on the folder's flock.
+    /// On error nothing of it is applied. Rings the doorbell after the commit when `work` made
+    /// some task claimable.
+    fn write<T>(
+        &self,
+        commit: Commit,
+        work: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut inner = self.inner.lock().expect("connection lock");
+        let full = commit == Commit::AsConfigured && self.durability == Durability::Durable;
+        if inner.synchronous_full != Some(full) {
+            let level = if full { "FULL" } else { "NORMAL" };
+            inner
+                .conn
+                .pragma_update(None, "synchronous", level)
+                .map_err(db_err(&self.path))?;
+            inner.synchronous_full = Some(full);
+        }
+        let Inner { conn, writers, .. } = &mut *inner;
+        writers.lock().map_err(io_err(self.folder.root()))?;
+        let result = (|| {
+            let transaction = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(write_err(&self.path))?;
+            let mut tx = Tx {
+                conn: &transaction,
+                path: &self.path,
+                work_appeared: false,
+            };
+            let out = work(&mut tx)?;
+            let rang = tx.work_appeared;
+            transaction.commit().map_err(write_err(&self.path))?;
+            Ok((out, rang))
+        })();
+        let _ = writers.unlock();
+        drop(inner);
+        let (out, rang) = result?;
+        if rang {
+            self.folder.ring_doorbell();
+        }
+        Ok(out)
+    }
+
+    /// Runs `read` on a consistent snapshot; never waits for writers.
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection, &Path) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut inner = self.inner.lock().expect("connection lock");
+        let snapshot = inner.conn.transaction().map_err(db_err(&self.path))?;
+        let out = read(&snapshot, &self.path)?;
+        snapshot.commit().map_err(db_err(&self.path))?;
+        Ok(out)
+    }
+
+    fn warn_unreadable(&self, id: i64, err: &StoreError) {
+        if self.unreadable.lock().expect("unreadable lock").insert(id) {
+            self.warnings
+                .lock()
+                .expect("warnings lock")
+                .push(format!("{err}; skipped"));
+        }
+    }
+
+    /// The tasks this process found unreadable, as a JSON array for `json_each`.
+    fn unreadable(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .unreadable
+            .lock()
+            .expect("unreadable lock")
+            .iter()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Returns the leases that ran out by `now`, as `found_by` noticed. Inside a write.
+    fn expire_due(
+        &self,
+        tx: &mut Tx<'_>,
+        now: Timestamp,
+        found_by: &str,
+    ) -> Result<usize, StoreError> {
+        let ids: Vec<i64> = {
+            let mut statement = tx
+                .conn
+                .prepare_cached(
+                    "SELECT id FROM tasks WHERE status = 'running' AND lease_expires_at < ?1",
+                )
+                .map_err(db_err(tx.path))?;
+            let rows = statement
+                .query_map([millis(now)], |row| row.get(0))
+                .map_err(db_err(tx.path))?;
+            rows.collect::<Result<_, _>>().map_err(db_err(tx.path))?
+        };
+        let mut expired = 0;
+        for id in ids {
+            let mut task = match tx.task(&id.to_string()) {
+                Ok(Some(task)) => task,
+                Ok(None) => continue,
+                Err(err @ StoreError::Corrupt { .. }) => {
+                    self.warn_unreadable(id, &err);
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            lifecycle::expire(&mut task, now, &self.policy, found_by);
+            tx.put(&task)?;
+            if task.status.is_finished() {
+                tx.work_appeared |= lifecycle::settle_dependents(tx, &task, now)?;
+            }
+            tx.work_appeared |= self.policy.limits.contains_key(&task.task_type);
+            expired += 1;
+        }
+        Ok(expired)
+    }
+
+    /// The best claimable task among `types` that is not in `skip`: lowest (aged) priority,
+    /// then lowest id. One indexed lookup per type (per priority level, with aging).
+    fn best_candidate(
+        &self,
+        tx: &Tx<'_>,
+        types: &[String],
+        now: Timestamp,
+        skip: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        // Pending, due, not paused by task, not skipped.
+        const ELIGIBLE: &str = "status = 'pending' AND type = ?1 \
+            AND (retry_at IS NULL OR retry_at <= ?2) \
+            AND id NOT IN (SELECT value FROM json_each(?3)) \
+            AND NOT EXISTS (SELECT 1 FROM pauses WHERE kind = 'task' AND name = CAST(tasks.id AS TEXT))";
+        let mut best: Option<((u32, i64), i64)> = None;
+        for task_type in types {
+            let candidates: Vec<(u32, i64, i64)> = match self.policy.aging {
+                None => {
+                    let sql = format!(
+                        "SELECT priority, id, created_at FROM tasks WHERE {ELIGIBLE} \
+                         ORDER BY priority, id LIMIT 1"
+                    );
+                    query_candidates(tx, &sql, task_type, now, skip)?
+                }
+                // The oldest task of each priority is the one that has aged most.
+                Some(_) => {
+                    let sql = format!(
+                        "SELECT priority, MIN(id), created_at FROM tasks WHERE {ELIGIBLE} \
+                         GROUP BY priority"
+                    );
+                    query_candidates(tx, &sql, task_type, now, skip)?
+                }
+            };
+            for (priority, id, created) in candidates {
+                let priority = match self.policy.aging {
+                    Some(step) => {
+                        lifecycle::aged_priority(priority, from_millis(created), now, step)
+                    }
+                    None => priority,
+                };
+                if best.is_none_or(|(key, _)| (priority, id) < key) {
+                    best = Some(((priority, id), id));
+                }
+            }
+        }
+        Ok(best.map(|(_, id)| id))
+    }
+
+    /// Integrity checks of the database for `host doctor`: each problem found, in one line.
+    pub fn check(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|conn, path| {
+            let mut problems = Vec::new();
+            let mut statement = conn
+                .prepare("PRAGMA integrity_check")
+                .map_err(db_err(path))?;
+            let rows = statement
+                .query_map([], |row| row.get::<_, String>(0))
+                .map_err(db_err(path))?;
+            for row in rows {
+                let row = row.map_err(db_err(path))?;
+                if row != "ok" {
+                    problems.push(format!("{}: {row}", path.display()));
+                }
+            }
+            let mut statement = conn
+                .prepare(
+                    "SELECT status, type, n, (SELECT COUNT(*) FROM tasks t \
+                        WHERE t.status = c.status AND t.type = c.type) \
+                     FROM counts c",
+                )
+                .map_err(db_err(path))?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
+                })
+                .map_err(db_err(path))?;
+            for row in rows {
+                let (status, task_type, kept, real) = row.map_err(db_err(path))?;
+                if kept != real {
+                    problems.push(format!(
+                        "the count of {status} {task_type} tasks says {kept}, there are {real}"
+                    ));
+                }
+            }
+            let mut statement = conn
+                .prepare("SELECT id, body FROM tasks")
+                .map_err(db_err(path))?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(db_err(path))?;
+            for row in rows {
+                let (id, body) = row.map_err(db_err(path))?;
+                if let Err(err) = parse_task(path, id, &body) {
+                    problems.push(err.to_string());
+                }
+            }
+            Ok(problems)
+        })
+    }
+
+    /// Brings in tasks (with their ids, history and state) and pauses from a queue of the
+    /// earlier folder-of-files store, all or nothing. Refused when any of their ids is taken.
+    /// Ids given out afterwards continue after `next_id - 1`. Returns how many tasks.
+    pub fn import(
+        &self,
+        tasks: Vec<Task>,
+        paused: Vec<PauseScope>,
+        next_id: u64,
+    ) -> Result<usize, StoreError> {
+        let count = tasks.len();
+        self.write(Commit::AsConfigured, |tx| {
+            for task in &tasks {
+                let id = parse_id(&task.id)?;
+                let taken: bool = tx
+                    .conn
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM tasks WHERE id = ?1)",
+                        [id],
+                        |r| r.get(0),
+                    )
+                    .map_err(db_err(tx.path))?;
+                if taken {
+                    return Err(StoreError::InvalidTask(format!(
+                        "task {id} already exists in this queue; import into a new queue"
+                    )));
+                }
+                tx.insert(task)?;
+            }
+            for scope in &paused {
+                tx.pause(scope)?;
+            }
+            let last = i64::try_from(next_id.saturating_sub(1)).unwrap_or(i64::MAX);
+            tx.conn
+                .execute(
+                    "UPDATE sqlite_sequence SET seq = MAX(seq, ?1) WHERE name = 'tasks'",
+                    [last],
+                )
+                .map_err(db_err(tx.path))?;
+            tx.conn
+                .execute(
+                    "INSERT INTO sqlite_sequence (name, seq) SELECT 'tasks', ?1 \
+                     WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'tasks')",
+                    [last],
+                )
+                .map_err(db_err(tx.path))?;
+            tx.work_appeared = true;
+            Ok(())
+        })?;
+        Ok(count)
+    }
+}
+
+fn query_candidates(
+    tx: &Tx<'_>,
+    sql: &str,
+    task_type: &str,
+    now: Timestamp,
+    skip: &str,
+) -> Result<Vec<(u32, i64, i64)>, StoreError> {
+    let mut statement = tx.conn.prepare_cached(sql).map_err(db_err(tx.path))?;
+    let rows = statement
+        .query_map(params![task_type, millis(now), skip], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .map_err(db_err(tx.path))?;
+    rows.collect::<Result<_, _>>().map_err(db_err(tx.path))
+}
+
+/// Brings the schema up to this version's, one migration at a time, under the writers' lock
+/// so that processes opening a new queue together do not race. Refuses a newer schema.
+fn migrate(inner: &mut Inner, path: &Path) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    let version = |conn: &Connection| -> Result<i64, StoreError> {
+        conn.pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(db_err(path))
+    };
+    let current = version(&inner.conn)?;
+    if current > known {
+        return Err(StoreError::NewerSchema {
+            path: path.to_path_buf(),
+            found: current,
+            known,
+        });
+    }
+    if current == known {
+        return Ok(());
+    }
+    let Inner { conn, writers, .. } = inner;
+    writers.lock().map_err(io_err(path))?;
+    let result = (|| {
+        // WAL is a property of the file, set once; it cannot change inside a transaction.
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(db_err(path))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Database {
+                path: path.to_path_buf(),
+                message: format!("cannot use write-ahead logging (journal mode stays {mode})"),
+            });
+        }
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+            .map_err(db_err(path))?;
+        let transaction = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(write_err(path))?;
+        // Another process may have migrated meanwhile.
+        let from = version(&transaction)?;
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+            transaction
+                .execute_batch(sql)
+                .map_err(|err| StoreError::Database {
+                    path: path.to_path_buf(),
+                    message: format!("schema migration {} failed: {err}", index + 1),
+                })?;
+        }
+        transaction
+            .pragma_update(None, "user_version", known)
+            .map_err(write_err(path))?;
+        transaction.commit().map_err(write_err(path))
+    })();
+    let _ = writers.unlock();
+    result
+}
+
+/// A write transaction, as the rules see it.
+struct Tx<'c> {
+    conn: &'c Connection,
+    path: &'c Path,
+    /// Set when some task became claimable; the doorbell rings after the commit.
+    work_appeared: bool,
+}
+
+impl Tx<'_> {
+    /// The task with this id and its lease's secret.
+    fn task_and_token(&self, id: &str) -> Result<Option<(Task, Option<String>)>, StoreError> {
+        let Ok(id) = parse_id(id) else {
+            return Ok(None);
+        };
+        let row = self
+            .conn
+            .prepare_cached("SELECT body, lease_token FROM tasks WHERE id = ?1")
+            .and_then(|mut s| {
+                s.query_row([id], |row| Ok((row.get::<_, String>(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .map_err(db_err(self.path))?;
+        row.map(|(body, token)| Ok((parse_task(self.path, id, &body)?, token)))
+            .transpose()
+    }
+
+    /// The task a lease names, checked to be the lease's (see [`lifecycle::check_lease`]).
+    fn leased(&self, lease: &Lease, now: Timestamp) -> Result<Task, StoreError> {
+        let (task, token) = self
+            .task_and_token(&lease.task_id)?
+            .ok_or_else(|| StoreError::NotFound(lease.task_id.clone()))?;
+        lifecycle::check_lease(&task, lease, token.as_deref(), now)?;
+        Ok(task)
+    }
+
+    /// The id the next added task gets: ids are never given out twice, even when purged.
+    fn next_id(&self) -> Result<u64, StoreError> {
+        let last: i64 = self
+            .conn
+            .query_row(
+                "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'tasks'), 0), \
+                            COALESCE((SELECT MAX(id) FROM tasks), 0))",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(db_err(self.path))?;
+        Ok(u64::try_from(last).unwrap_or(0) + 1)
+    }
+
+    /// Stores a new task and the edges to the tasks it comes after.
+    fn insert(&mut self, task: &Task) -> Result<(), StoreError> {
+        let row = Row::of(task)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO tasks (id, type, status, priority, created_at, finished_at, \
+                    retry_at, lease_expires_at, worker, body) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.id,
+                    task.task_type,
+                    task.status.as_str(),
+                    task.priority,
+                    row.created_at,
+                    row.finished_at,
+                    row.retry_at,
+                    row.lease_expires_at,
+                    task.worker,
+                    row.body
+                ])
+            })
+            .map_err(write_err(self.path))?;
+        for after in &task.after {
+            self.conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO task_after (task_id, after_id) VALUES (?1, ?2)",
+                )
+                .and_then(|mut s| s.execute(params![row.id, parse_id(after).unwrap_or(0)]))
+                .map_err(write_err(self.path))?;
+        }
+        self.work_appeared |= task.status == TaskStatus::Pending;
+        Ok(())
+    }
+
+    /// Gives the running task's lease a new secret.
+    fn set_token(&self, id: &str, token: &str) -> Result<(), StoreError> {
+        let id = parse_id(id)?;
+        self.conn
+            .prepare_cached("UPDATE tasks SET lease_token = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![id, token]))
+            .map_err(write_err(self.path))?;
+        Ok(())
+    }
+
+    fn pause(&self, scope: &PauseScope) -> Result<(), StoreError> {
+        let (kind, name) = pause_key(scope);
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO pauses (kind, name) VALUES (?1, ?2)",
+                params![kind, name],
+            )
+            .map_err(write_err(self.path))?;
+        Ok(())
+    }
+}
+
+impl TaskTx for Tx<'_> {
+    fn task(&mut self, id: &str) -> Result<Option<Task>, StoreError> {
+        Ok(self.task_and_token(id)?.map(|(task, _)| task))
+    }
+
+    fn put(&mut self, task: &Task) -> Result<(), StoreError> {
+        let row = Row::of(task)?;
+        // A lease's secret lives as long as the attempt it belongs to.
+        self.conn
+            .prepare_cached(
+                "UPDATE tasks SET type = ?2, status = ?3, priority = ?4, created_at = ?5, \
+                    finished_at = ?6, retry_at = ?7, lease_expires_at = ?8, worker = ?9, \
+                    body = ?10, \
+                    lease_token = CASE WHEN ?3 = 'running' THEN lease_token END \
+                 WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.id,
+                    task.task_type,
+                    task.status.as_str(),
+                    task.priority,
+                    row.created_at,
+                    row.finished_at,
+                    row.retry_at,
+                    row.lease_expires_at,
+                    task.worker,
+                    row.body
+                ])
+            })
+            .map_err(write_err(self.path))?;
+        self.work_appeared |= task.status == TaskStatus::Pending;
+        Ok(())
+    }
+
+    fn dependents(&mut self, id: &str) -> Result<Vec<String>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT task_id FROM task_after WHERE after_id = ?1 ORDER BY task_id")
+            .map_err(db_err(self.path))?;
+        let rows = statement
+            .query_map([parse_id(id)?], |row| row.get::<_, i64>(0))
+            .map_err(db_err(self.path))?;
+        rows.map(|id| id.map(|id| id.to_string()))
+            .collect::<Result<_, _>>()
+            .map_err(db_err(self.path))
+    }
+}
+
+/// The columns of a task row besides those bound straight from the task.
+struct Row {
+    id: i64,
+    created_at: i64,
+    finished_at: Option<i64>,
+    retry_at: Option<i64>,
+    lease_expires_at: Option<i64>,
+    body: String,
+}
+
+impl Row {
+    fn of(task: &Task) -> Result<Row, StoreError> {
+        Ok(Row {
+            id: parse_id(&task.id)?,
+            created_at: millis(task.created_at),
+            finished_at: task.finished_at.map(millis),
+            retry_at: task.retry_at.map(millis),
+            lease_expires_at: task.lease_expires_at.map(millis),
+            body: serde_json::to_string(task).expect("task serializes"),
+        })
+    }
+}
+
+fn millis(at: Timestamp) -> i64 {
+    at.as_millisecond()
+}
+
+fn from_millis(ms: i64) -> Timestamp {
+    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// A task id as the database keeps it; anything but a positive number names no task.
+fn parse_id(id: &str) -> Result<i64, StoreError> {
+    Some(id)
+        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|id| id.parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .ok_or_else(|| StoreError::NotFound(id.to_string()))
+}
+
+fn parse_task(path: &Path, id: i64, body: &str) -> Result<Task, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        path: PathBuf::from(format!("{}, task {id}", path.display())),
+        reason,
+    };
+    let task: Task = serde_json::from_str(body).map_err(|err| corrupt(err.to_string()))?;
+    if task.id != id.to_string() {
+        return Err(corrupt(format!("its record holds task id {:?}", task.id)));
+    }
+    Ok(task)
+}
+
+fn pause_key(scope: &PauseScope) -> (&'static str, &str) {
+    match scope {
+        PauseScope::Queue => ("queue", ""),
+        PauseScope::Type(task_type) => ("type", task_type),
+        PauseScope::Task(id) => ("task", id),
+    }
+}
+
+/// Names the database in a read error; a damaged file is reported as such, never reset.
+fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |err| match err.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: err.to_string(),
+        },
+        _ => StoreError::Database {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        },
+    }
+}
+
+/// Like [`db_err`], for errors inside a write, which SQLite rolls back: the message says that
+/// nothing changed.
+fn write_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |err| match err.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::Database {
+            path: path.to_path_buf(),
+            message: "the disk is full; the change was rolled back and nothing was changed".into(),
+        },
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => db_err(path)(err),
+        _ => StoreError::Database {
+            path: path.to_path_buf(),
+            message: format!("{err}; the change was rolled back and nothing was changed"),
+        },
+    }
+}
+
+/// A new lease secret: 16 random bytes from the OS, as hex.
+fn new_token() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|err| StoreError::Io {
+        path: PathBuf::from("(the OS random source)"),
+        source: std::io::Error::other(err.to_string()),
+    })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The SQL condition that a task `t` is paused, by itself, its type or the whole queue.
+const PAUSED: &str = "EXISTS (SELECT 1 FROM pauses p WHERE p.kind = 'queue' \
+    OR (p.kind = 'type' AND p.name = t.type) \
+    OR (p.kind = 'task' AND p.name = CAST(t.id AS TEXT)))";
+
+impl QueueStore for SqliteStore {
+    fn add(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, StoreError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = Timestamp::now();
+        self.write(Commit::AsConfigured, |tx| {
+            let first = tx.next_id()?;
+            let tasks = lifecycle::new_tasks(tx, tasks, first, now)?;
+            for task in &tasks {
+                tx.insert(task)?;
+            }
+            Ok(tasks)
+        })
+    }
+
+    fn claim(&self, worker: &str, types: &[String]) -> Result<Option<Claim>, StoreError> {
+        validate_name("worker name", worker)?;
+        let now = Timestamp::now();
+        self.write(Commit::Lazy, |tx| {
+            self.expire_due(tx, now, worker)?;
+            let paused: Vec<(String, String)> = {
+                let mut statement = tx
+                    .conn
+                    .prepare_cached("SELECT kind, name FROM pauses WHERE kind != 'task'")
+                    .map_err(db_err(tx.path))?;
+                let rows = statement
+                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .map_err(db_err(tx.path))?;
+                rows.collect::<Result<_, _>>().map_err(db_err(tx.path))?
+            };
+            if paused.iter().any(|(kind, _)| kind == "queue") {
+                return Ok(None);
+            }
+            let mut eligible = Vec::new();
+            for task_type in types {
+                if paused
+                    .iter()
+                    .any(|(kind, name)| kind == "type" && name == task_type)
+                {
+                    continue;
+                }
+                if let Some(limit) = self.policy.limits.get(task_type) {
+                    let running: i64 = tx
+                        .conn
+                        .prepare_cached(
+                            "SELECT COALESCE((SELECT n FROM counts \
+                                WHERE status = 'running' AND type = ?1), 0)",
+                        )
+                        .and_then(|mut s| s.query_row([task_type], |row| row.get(0)))
+                        .map_err(db_err(tx.path))?;
+                    if usize::try_from(running).unwrap_or(0) >= *limit {
+                        continue;
+                    }
+                }
+                eligible.push(task_type.clone());
+            }
+            let mut skip = self.unreadable();
+            loop {
+                let skipping = serde_json::to_string(&skip).expect("ids serialize");
+                let Some(id) = self.best_candidate(tx, &eligible, now, &skipping)? else {
+                    return Ok(None);
+                };
+                let mut task = match tx.task(&id.to_string()) {
+                    Ok(Some(task)) => task,
+                    Ok(None) => return Ok(None),
+                    Err(err @ StoreError::Corrupt { .. }) => {
+                        self.warn_unreadable(id, &err);
+                        skip.push(id);
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                };
+                lifecycle::claim(&mut task, worker, now, &self.policy);
+                tx.put(&task)?;
+                let token = new_token()?;
+                tx.set_token(&task.id, &token)?;
+                let lease = Lease {
+                    task_id: task.id.clone(),
+                    attempt: task.attempts,
+                    worker: worker.to_string(),
+                    token,
+                };
+                return Ok(Some(Claim { task, lease }));
+            }
+        })
+    }
+
+    fn renew(&self, lease: &Lease) -> Result<Renewal, StoreError> {
+        let now = Timestamp::now();
+        self.write(Commit::Lazy, |tx| {
+            let mut task = tx.leased(lease, now)?;
+            lifecycle::renew(&mut task, now, &self.policy);
+            tx.put(&task)?;
+            Ok(Renewal {
+                cancel_requested: task.cancel_requested,
+            })
+        })
+    }
+
+    fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError> {
+        let now = Timestamp::now();
+        self.write(Commit::AsConfigured, |tx| {
+            let mut task = tx.leased(lease, now)?;
+            lifecycle::finish(&mut task, outcome, now, &self.policy);
+            tx.put(&task)?;
+            // A slot of a limited type is free: a worker waiting for one may claim now.
+            tx.work_appeared |= self.policy.limits.contains_key(&task.task_type);
+            // A task pending again (a retry after a backoff) leaves the tasks after it as they
+            // are.
+            if task.status != TaskStatus::Pending {
+                tx.work_appeared |= lifecycle::settle_dependents(tx, &task, now)?;
+            }
+            Ok(task)
+        })
+    }
+
+    fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let now = Timestamp::now();
+        self.write(Commit::AsConfigured, |tx| {
+            let mut task = tx.leased(lease, now)?;
+            lifecycle::release(&mut task, now);
+            tx.put(&task)
+        })
+    }
+
+    fn cancel(&self, id: &str) -> Result<Task, StoreError> {
+        let now = Timestamp::now();
+        self.write(Commit::AsConfigured, |tx| {
+            let mut task = tx
+                .task(id)?
+                .ok_or_else(|| StoreError::NotFound(id.into()))?;
+            lifecycle::cancel(&mut task, now)?;
+            tx.put(&task)?;
+            if task.status == TaskStatus::Cancelled {
+                lifecycle::settle_dependents(tx, &task, now)?;
+            }
+            Ok(task)
+        })
+    }
+
+    fn retry(&self, id: &str) -> Result<Task, StoreError> {
+        let now = Timestamp::now();
+        self.write(Commit::AsConfigured, |tx| {
+            let mut task = tx
+                .task(id)?
+                .ok_or_else(|| StoreError::NotFound(id.into()))?;
+            lifecycle::retry(tx, &mut task)?;
+            tx.put(&task)?;
+            lifecycle::settle_dependents(tx, &task, now)?;
+            Ok(task)
+        })
+    }
+
+    fn pause(&self, scope: &PauseScope) -> Result<(), StoreError> {
+        if let PauseScope::Type(task_type) = scope {
+            validate_name("task type", task_type)?;
+        }
+        self.write(Commit::AsConfigured, |tx| {
+            if let PauseScope::Task(id) = scope
+                && tx.task(id)?.is_none()
+            {
+                return Err(StoreError::NotFound(id.clone()));
+            }
+            tx.pause(scope)
+        })
+    }
+
+    fn resume(&self, scope: &PauseScope) -> Result<(), StoreError> {
+        self.write(Commit::AsConfigured, |tx| {
+            let (kind, name) = pause_key(scope);
+            tx.conn
+                .execute(
+                    "DELETE FROM pauses WHERE kind = ?1 AND name = ?2",
+                    params![kind, name],
+                )
+                .map_err(write_err(tx.path))?;
+            tx.work_appeared = true;
+            Ok(())
+        })
+    }
+
+    fn paused(&self) -> Result<Vec<PauseScope>, StoreError> {
+        self.read(|conn, path| {
+            let mut statement = conn
+                .prepare("SELECT kind, name FROM pauses")
+                .map_err(db_err(path))?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(db_err(path))?;
+            let mut scopes = Vec::new();
+            for row in rows {
+                let (kind, name) = row.map_err(db_err(path))?;
+                scopes.push(match kind.as_str() {
+                    "queue" => PauseScope::Queue,
+                    "type" => PauseScope::Type(name),
+                    _ => PauseScope::Task(name),
+                });
+            }
+            scopes.sort();
+            Ok(scopes)
+        })
+    }
+
+    fn get(&self, id: &str) -> Result<Task, StoreError> {
+        let numeric = parse_id(id)?;
+        self.read(|conn, path| {
+            let body: Option<String> = conn
+                .prepare_cached("SELECT body FROM tasks WHERE id = ?1")
+                .and_then(|mut s| s.query_row([numeric], |row| row.get(0)).optional())
+                .map_err(db_err(path))?;
+            match body {
+                Some(body) => parse_task(path, numeric, &body),
+                None => Err(StoreError::NotFound(id.to_string())),
+            }
+        })
+    }
+
+    fn list(&self, query: &TaskQuery) -> Result<Vec<Task>, StoreError> {
+        let mut conditions: Vec<String> = Vec::new();
+        let mut values: Vec<rusqlite::types::Value> = Vec::new();
+        let mut bind = |condition: &str, value: rusqlite::types::Value| {
+            values.push(value);
+            conditions.push(condition.replace('?', &format!("?{}", values.len())));
+        };
+        if !query.statuses.is_empty() {
+            let names: Vec<&str> = query.statuses.iter().map(|s| s.as_str()).collect();
+            let json = serde_json::to_string(&names).expect("names serialize");
+            bind("status IN (SELECT value FROM json_each(?))", json.into());
+        }
+        if let Some(task_type) = query.task_type.as_ref().filter(|t| !t.is_empty()) {
+            bind("type = ?", task_type.clone().into());
+        }
+        if let Some(worker) = query.worker.as_ref().filter(|w| !w.is_empty()) {
+            bind("worker = ?", worker.clone().into());
+        }
+        if let Some(since) = query.finished_since {
+            bind("finished_at >= ?", millis(since).into());
+        }
+        if let Some(text) = query.text.as_ref().filter(|t| !t.is_empty()) {
+            let escaped = text
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            bind("body LIKE ? ESCAPE '\\'", format!("%{escaped}%").into());
+        }
+        if let Some(after) = query.after_id {
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let condition = if query.newest_first {
+                "id < ?"
+            } else {
+                "id > ?"
+            };
+            bind(condition, after.into());
+        }
+        let mut sql = "SELECT id, body FROM tasks".to_string();
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(if query.newest_first {
+            " ORDER BY id DESC"
+        } else {
+            " ORDER BY id"
+        });
+        if let Some(limit) = query.limit {
+            sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
+        }
+        self.read(|conn, path| {
+            let mut statement = conn.prepare(&sql).map_err(db_err(path))?;
+            let rows = statement
+                .query_map(rusqlite::params_from_iter(values.iter()), |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(db_err(path))?;
+            let mut tasks = Vec::new();
+            for row in rows {
+                let (id, body) = row.map_err(db_err(path))?;
+                tasks.push(parse_task(path, id, &body)?);
+            }
+            Ok(tasks)
+        })
+    }
+
+    fn summary(&self) -> Result<Summary, StoreError> {
+        self.read(|conn, path| {
+            let mut statement = conn
+                .prepare_cached("SELECT status, type, n FROM counts WHERE n > 0")
+                .map_err(db_err(path))?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(db_err(path))?;
+            let mut summary = Summary::default();
+            for row in rows {
+                let (status, task_type, n) = row.map_err(db_err(path))?;
+                let Some(status) = TaskStatus::ALL.into_iter().find(|s| s.as_str() == status)
+                else {
+                    continue;
+                };
+                let n = usize::try_from(n).unwrap_or(0);
+                *summary.counts.entry(status).or_default() += n;
+                *summary
+                    .by_type
+                    .entry(task_type.clone())
+                    .or_default()
+                    .entry(status)
+                    .or_default() += n;
+                if status == TaskStatus::Pending {
+                    *summary.pending_by_type.entry(task_type).or_default() += n;
+                }
+            }
+            Ok(summary)
+        })
+    }
+
+    fn has_work(&self, types: &[String]) -> Result<bool, StoreError> {
+        let types = serde_json::to_string(types).expect("types serialize");
+        let unreadable = serde_json::to_string(&self.unreadable()).expect("ids serialize");
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM tasks t WHERE t.status = 'running' \
+                    AND t.type IN (SELECT value FROM json_each(?1))) \
+             OR EXISTS (SELECT 1 FROM tasks t WHERE t.status = 'pending' \
+                    AND t.type IN (SELECT value FROM json_each(?1)) \
+                    AND t.id NOT IN (SELECT value FROM json_each(?2)) AND NOT {PAUSED}) \
+             OR EXISTS ( \
+                WITH RECURSIVE upstream(id) AS ( \
+                    SELECT a.after_id FROM task_after a JOIN tasks b ON b.id = a.task_id \
+                        WHERE b.status = 'blocked' AND b.type IN (SELECT value FROM json_each(?1)) \
+                    UNION \
+                    SELECT a.after_id FROM task_after a JOIN upstream u ON a.task_id = u.id) \
+                SELECT 1 FROM upstream u JOIN tasks t ON t.id = u.id \
+                    WHERE t.status = 'running' OR (t.status = 'pending' AND NOT {PAUSED}))"
+        );
+        self.read(|conn, path| {
+            conn.prepare_cached(&sql)
+                .and_then(|mut s| s.query_row(params![types, unreadable], |row| row.get(0)))
+                .map_err(db_err(path))
+        })
+    }
+
+    fn expire_leases(&self) -> Result<usize, StoreError> {
+        let now = Timestamp::now();
+        self.write(Commit::AsConfigured, |tx| {
+            self.expire_due(tx, now, "host expire")
+        })
+    }
+
+    fn purge(&self, before: Timestamp, statuses: &[TaskStatus]) -> Result<usize, StoreError> {
+        let finished: Vec<&str> = if statuses.is_empty() {
+            vec!["completed", "failed", "cancelled"]
+        } else {
+            statuses
+                .iter()
+                .filter(|s| s.is_finished())
+                .map(|s| s.as_str())
+                .collect()
+        };
+        let finished = serde_json::to_string(&finished).expect("names serialize");
+        let ids: Vec<i64> = self.write(Commit::AsConfigured, |tx| {
+            const CHOSEN: &str = "SELECT id FROM tasks WHERE finished_at < ?1 \
+                AND status IN (SELECT value FROM json_each(?2))";
+            let ids: Vec<i64> = {
+                let mut statement = tx.conn.prepare(CHOSEN).map_err(db_err(tx.path))?;
+                let rows = statement
+                    .query_map(params![millis(before), finished], |row| row.get(0))
+                    .map_err(db_err(tx.path))?;
+                rows.collect::<Result<_, _>>().map_err(db_err(tx.path))?
+            };
+            for sql in [
+                format!("DELETE FROM task_after WHERE task_id IN ({CHOSEN})"),
+                format!(
+                    "DELETE FROM pauses WHERE kind = 'task' \
+                        AND name IN (SELECT CAST(id AS TEXT) FROM ({CHOSEN}))"
+                ),
+                format!("DELETE FROM tasks WHERE id IN ({CHOSEN})"),
+            ] {
+                tx.conn
+                    .execute(&sql, params![millis(before), finished])
+                    .map_err(write_err(tx.path))?;
+            }
+            Ok(ids)
+        })?;
+        for id in &ids {
+            self.folder.remove_log(&id.to_string())?;
+        }
+        if !ids.is_empty() {
+            // Gives the space back to the file system and truncates the WAL.
+            let inner = self.inner.lock().expect("connection lock");
+            let _ = inner.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        }
+        Ok(ids.len())
+    }
+
+    fn put_worker(&self, record: &WorkerRecord) -> Result<(), StoreError> {
+        validate_name("worker name", &record.name)?;
+        let json = serde_json::to_string(record).expect("worker record serializes");
+        self.write(Commit::Lazy, |tx| {
+            tx.conn
+                .prepare_cached("INSERT OR REPLACE INTO workers (name, record) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![record.name, json]))
+                .map_err(write_err(tx.path))?;
+            Ok(())
+        })
+    }
+
+    fn remove_worker(&self, name: &str) -> Result<(), StoreError> {
+        self.write(Commit::Lazy, |tx| {
+            tx.conn
+                .execute("DELETE FROM workers WHERE name = ?1", [name])
+                .map_err(write_err(tx.path))?;
+            Ok(())
+        })
+    }
+
+    fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
+        self.read(|conn, path| {
+            let mut statement = conn
+                .prepare_cached("SELECT name, record FROM workers ORDER BY name")
+                .map_err(db_err(path))?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(db_err(path))?;
+            let mut workers = Vec::new();
+            for row in rows {
+                let (name, record) = row.map_err(db_err(path))?;
+                let record = serde_json::from_str(&record).map_err(|err| StoreError::Corrupt {
+                    path: PathBuf::from(format!("{}, worker {name}", path.display())),
+                    reason: err.to_string(),
+                })?;
+                workers.push(record);
+            }
+            Ok(workers)
+        })
+    }
+
+    fn append_log(&self, id: &str, line: &str) -> Result<(), StoreError> {
+        parse_id(id)?;
+        self.folder.append_log(id, line)
+    }
+
+    fn read_log(&self, id: &str, from: u64) -> Result<(String, u64), StoreError> {
+        self.get(id)?;
+        self.folder.read_log(id, from)
+    }
+
+    fn lease_duration(&self) -> Duration {
+        self.policy.lease
+    }
+
+    fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.warnings.lock().expect("warnings lock"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(task_type: &str, priority: u32) -> NewTask {
+        NewTask {
+            task_type: task_type.into(),
+            priority: Some(priority),
+            ..NewTask::default()
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::init(&dir.path().join("q")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_alone() {
+        let (dir, store) = store();
+        drop(store);
+        let db = dir.path().join("q").join("queue.db");
+        Connection::open(&db)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let err = SqliteStore::open(&dir.path().join("q")).err().unwrap();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found: 99, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_corrupted_database_is_named_and_never_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("q");
+        drop(SqliteStore::init(&root).unwrap());
+        let db = root.join("queue.db");
+        std::fs::write(
+            &db,
+            b"this is not a database, it is a shopping list\n".repeat(100),
+        )
+        .unwrap();
+        let before = std::fs::read(&db).unwrap();
+        let err = SqliteStore::open(&root).err().unwrap();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("queue.db"), "{err}");
+        assert_eq!(std::fs::read(&db).unwrap(), before, "left untouched");
+    }
+
+    #[test]
+    fn an_unreadable_pending_task_is_skipped_with_one_warning() {
+        let (_dir, store) = store();
+        store
+            .add(vec![new("a", 1), new("a", 2), new("a", 3)])
+            .unwrap();
+        {
+            let inner = store.inner.lock().unwrap();
+            inner
+                .conn
+                .execute("UPDATE tasks SET body = '{not json' WHERE id = 1", [])
+                .unwrap();
+        }
+        let a = vec!["a".to_string()];
+        assert_eq!(store.claim("w", &a).unwrap().unwrap().task.id, "2");
+        assert_eq!(store.claim("w", &a).unwrap().unwrap().task.id, "3");
+        assert!(store.claim("w", &a).unwrap().is_none());
+        let warnings = store.take_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("task 1"), "{warnings:?}");
+        assert!(store.take_warnings().is_empty(), "reported once");
+    }
+
+    #[test]
+    fn ids_are_never_given_out_twice_even_after_a_purge() {
+        let (_dir, store) = store();
+        let first = store.add(vec![new("a", 1)]).unwrap().remove(0);
+        store.cancel(&first.id).unwrap();
+        let later = Timestamp::now()
+            .saturating_add(jiff::SignedDuration::from_secs(1))
+            .unwrap();
+        assert_eq!(store.purge(later, &[]).unwrap(), 1);
+        let second = store.add(vec![new("a", 1)]).unwrap().remove(0);
+        assert_eq!(second.id, "2");
+    }
+}

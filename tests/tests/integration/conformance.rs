@@ -1,0 +1,65 @@
+//! The store conformance suite (`integration_tests::conformance`), run against each engine.
+
+mod sqlite {
+    use integration_tests::conformance::{self, Sqlite};
+
+    #[test]
+    fn store_invariants_hold_after_every_step() {
+        conformance::store_invariants_hold_after_every_step(&Sqlite);
+    }
+
+    #[test]
+    fn claims_are_exactly_once_under_contention() {
+        conformance::claims_are_exactly_once_under_contention(&Sqlite);
+    }
+
+    #[test]
+    fn four_workers_drain_500_tasks_each_exactly_once() {
+        conformance::four_workers_drain_500_tasks_each_exactly_once(&Sqlite);
+    }
+
+    #[test]
+    fn chaos_sigkilled_workers_lose_no_task_and_every_run_is_on_record() {
+        conformance::chaos_sigkilled_workers_lose_no_task_and_every_run_is_on_record(&Sqlite);
+    }
+
+    #[test]
+    fn dependencies_unblock_cancel_and_revive() {
+        conformance::dependencies_unblock_cancel_and_revive(&Sqlite);
+    }
+
+    #[test]
+    fn cancel_and_retry() {
+        conformance::cancel_and_retry(&Sqlite);
+    }
+
+    #[test]
+    fn pause_and_resume() {
+        conformance::pause_and_resume(&Sqlite);
+    }
+
+    #[test]
+    fn priority_aging() {
+        conformance::priority_aging(&Sqlite);
+    }
+
+    #[test]
+    fn per_type_limits() {
+        conformance::per_type_limits(&Sqlite);
+    }
+
+    #[test]
+    fn lease_expiry_and_fencing() {
+        conformance::lease_expiry_and_fencing(&Sqlite);
+    }
+
+    #[test]
+    fn an_add_is_all_or_nothing() {
+        conformance::an_add_is_all_or_nothing(&Sqlite);
+    }
+
+    #[test]
+    fn listing_and_purge() {
+        conformance::listing_and_purge(&Sqlite);
+    }
+}
