@@ -14,4 +14,5 @@ mod processes;
 mod queue_folder;
 mod reliability;
 mod roles;
+mod store_commands;
 mod web;
