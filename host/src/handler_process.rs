@@ -338,7 +338,7 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
                 }
             }
             // The parent is gone: nobody will record what a running handler does.
-            crate::process_tree::kill_tree(std::process::id(), false);
+            crate::process_tree::end_descendants();
             std::process::exit(0);
         });
     }
@@ -358,8 +358,7 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
             },
         };
         // The attempt is over: so is everything it started.
-        crate::process_tree::kill_tree(std::process::id(), false);
-        crate::process_tree::reap_children();
+        crate::process_tree::end_descendants();
         reply(&out, &reply_message);
     }
     Ok(())

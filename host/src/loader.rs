@@ -493,7 +493,7 @@ pub fn serve_probe(library: &Path, validate: Option<&str>, parent: u32) -> anyho
             },
         },
     };
-    crate::process_tree::kill_tree(std::process::id(), false);
+    crate::process_tree::end_descendants();
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, &answer)?;
     out.flush()?;

@@ -147,6 +147,27 @@ fn direct_children(parent: u32) -> Vec<u32> {
     children_by_parent().remove(&parent).unwrap_or_default()
 }
 
+/// Whether this process has any child, running or not yet reaped: one system call, where
+/// finding its descendants reads all of `/proc`.
+pub fn has_children() -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let flags = WaitPidFlag::WNOHANG
+        | WaitPidFlag::WNOWAIT
+        | WaitPidFlag::WEXITED
+        | WaitPidFlag::WSTOPPED
+        | WaitPidFlag::WCONTINUED;
+    !matches!(waitid(Id::All, flags), Err(nix::errno::Errno::ECHILD))
+}
+
+/// Kills everything below this process and reaps it: for a process that runs plugin code,
+/// when a task's attempt ends. Costs one system call when nothing is left.
+pub fn end_descendants() {
+    if has_children() {
+        kill_tree(std::process::id(), false);
+        reap_children();
+    }
+}
+
 /// Reaps the children of this process that have exited, without waiting for any that runs.
 /// Only for a process where nothing else waits on its children (a handler process between
 /// tasks).

@@ -285,23 +285,23 @@ fn release_running(shared: &Shared) {
     let running: Vec<Arc<Running>> = shared.running.lock().expect("running lock").clone();
     for task in running {
         task.request_stop(StopReason::Shutdown);
-        match shared.store.release(&task.lease) {
-            Ok(()) => say(
-                shared,
-                &format!("task {} returned to the queue", task.lease.task_id),
-            ),
-            Err(err) => say(shared, &format!("task {}: {err}", task.lease.task_id)),
-        }
+        release(shared, &task.lease);
     }
 }
 
 fn slot_loop(shared: &Shared, process: HandlerProcess) {
     let mut process = Some(process);
+    // A task claimed together with the last one's outcome, to run next.
+    let mut next: Option<Claim> = None;
     while !shared.stopping.load(Ordering::SeqCst) {
         let Some(handler) = process.as_mut() else {
             match HandlerProcess::start(&shared.role) {
                 Ok(started) => process = Some(started),
                 Err(err) => {
+                    // Nobody renews a task that waits for a handler: give it back.
+                    if let Some(claim) = next.take() {
+                        release(shared, &claim.lease);
+                    }
                     say(shared, &format!("error: {err:#}; trying again"));
                     thread::sleep(Duration::from_secs(1));
                 }
@@ -309,13 +309,18 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) {
             continue;
         };
         let token = shared.wakeup.token();
-        let claimed = shared.store.claim(&shared.options.name, &shared.types);
+        let claimed = match next.take() {
+            Some(claim) => Ok(Some(claim)),
+            None => shared.store.claim(&shared.options.name, &shared.types),
+        };
         for warning in shared.store.take_warnings() {
             say(shared, &format!("warning: {warning}"));
         }
         match claimed {
             Ok(Some(claim)) => {
-                if !run_task(shared, handler, claim) {
+                let (survived, following) = run_task(shared, handler, claim);
+                next = following;
+                if !survived {
                     process = None; // it died or was killed: start a fresh one
                 }
             }
@@ -335,11 +340,27 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) {
             }
         }
     }
+    // Claimed with the last outcome as the worker began to stop: not started, so given back.
+    if let Some(claim) = next {
+        release(shared, &claim.lease);
+    }
 }
 
-/// Runs one claimed task in the slot's handler process and records the outcome. Returns false
-/// when the process did not survive it.
-fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> bool {
+/// Returns a task this worker holds to the queue, saying so.
+fn release(shared: &Shared, lease: &Lease) {
+    match shared.store.release(lease) {
+        Ok(()) => say(
+            shared,
+            &format!("task {} returned to the queue", lease.task_id),
+        ),
+        Err(err) => say(shared, &format!("task {}: {err}", lease.task_id)),
+    }
+}
+
+/// Runs one claimed task in the slot's handler process and records the outcome, claiming the
+/// next task in the same step unless the worker is stopping. Returns whether the process
+/// survived, and the next task.
+fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (bool, Option<Claim>) {
     let Claim { task, lease } = claim;
     let running = Arc::new(Running {
         lease: lease.clone(),
@@ -384,7 +405,8 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> bool
     shared.dirty.store(true, Ordering::SeqCst);
     let stop = running.stop_reason();
     if stop == Some(StopReason::Shutdown) {
-        return survived; // released by the shutdown path; recording an outcome now would be stale
+        // Released by the shutdown path; recording an outcome now would be stale.
+        return (survived, None);
     }
     let timed_out = || {
         format!(
@@ -416,8 +438,17 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> bool
             humantime::format_duration(KILL_AFTER)
         )),
     };
-    match shared.store.finish(&lease, outcome) {
-        Ok(done) => {
+    let recorded = if shared.stopping.load(Ordering::SeqCst) {
+        shared
+            .store
+            .finish(&lease, outcome)
+            .map(|done| (done, None))
+    } else {
+        let (name, types) = (&shared.options.name, &shared.types);
+        shared.store.finish_and_claim(&lease, outcome, name, types)
+    };
+    match recorded {
+        Ok((done, next)) => {
             let took = format!("{} ms", done.duration_ms.unwrap_or_default());
             let line = match (done.status, done.error) {
                 (TaskStatus::Completed, _) => format!("task {} completed in {took}", done.id),
@@ -433,13 +464,16 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> bool
                 ),
             };
             say(shared, &line);
+            (survived, next)
         }
-        Err(err) => say(
-            shared,
-            &format!("task {}: outcome not recorded: {err}", lease.task_id),
-        ),
+        Err(err) => {
+            say(
+                shared,
+                &format!("task {}: outcome not recorded: {err}", lease.task_id),
+            );
+            (survived, None)
+        }
     }
-    survived
 }
 
 /// The handler's view of the worker, through the loader's [`TaskHooks`].

@@ -406,6 +406,20 @@ pub trait QueueStore: Send + Sync {
     /// `failed` (`cancelled` if a cancel was requested).
     fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError>;
 
+    /// Records how one attempt ended, as [`QueueStore::finish`] does, and claims the next task
+    /// for `worker`, as [`QueueStore::claim`] does: what a worker does between two tasks, which
+    /// a store may do in one transaction. A refused finish claims nothing.
+    fn finish_and_claim(
+        &self,
+        lease: &Lease,
+        outcome: Outcome,
+        worker: &str,
+        types: &[String],
+    ) -> Result<(Task, Option<Claim>), StoreError> {
+        let done = self.finish(lease, outcome)?;
+        Ok((done, self.claim(worker, types)?))
+    }
+
     /// Returns the task to pending without counting the attempt (the worker is shutting down).
     fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 

@@ -7,10 +7,13 @@
 //!   (`BEGIN IMMEDIATE`), which hands the database to the next waiter at once; SQLite's own busy
 //!   handler, which sleeps 1, 2, 5 ... 100 ms, let one worker of four take nearly every task.
 //!   Readers never wait (WAL).
-//! - **Durability**: `durable` commits with `synchronous = FULL`, `relaxed` with `NORMAL`.
-//!   Claims and lease renewals always commit with `NORMAL`: losing one to a power loss only
-//!   means the task runs again, which at-least-once execution allows, and the next `FULL`
-//!   commit makes them durable too (the WAL is written in order).
+//! - **Durability**: every commit is made with `synchronous = NORMAL` (the log written, not
+//!   flushed); in a `durable` queue, an operation that adds work or records an outcome then
+//!   flushes the log before it returns, after releasing the writers' lock, so that workers
+//!   finishing at once share one flush: as durable as `FULL`, without holding the next writer
+//!   up for the disk. Claims and lease renewals are not flushed: losing one to a power loss
+//!   only means the task runs again, which at-least-once execution allows, and the next flush
+//!   covers them (the log is written in order).
 //! - **Claims** read one row per task type from a partial index on pending tasks, ordered by
 //!   priority then id; finishing touches one row and the tasks after it. Neither looks at
 //!   finished tasks, and `status` reads counts that triggers keep.
@@ -19,6 +22,7 @@
 //! only stores and fetches.
 
 use std::collections::HashSet;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -54,6 +58,12 @@ pub struct SqliteStore {
     /// each reported once.
     unreadable: Mutex<HashSet<i64>>,
     warnings: Mutex<Vec<String>>,
+    /// When this store last looked for expired leases.
+    last_expiry_scan: Mutex<Option<std::time::Instant>>,
+    /// The write-ahead log, opened for flushing durable commits. No lock is ever taken on it,
+    /// so this descriptor cannot release SQLite's (POSIX locks go with any descriptor of a
+    /// locked file).
+    log: Mutex<Option<std::sync::Arc<std::fs::File>>>,
 }
 
 /// The connection and what it was last set to.
@@ -61,7 +71,6 @@ struct Inner {
     conn: Connection,
     /// The folder, held open for the writers' flock.
     writers: std::fs::File,
-    synchronous_full: Option<bool>,
 }
 
 /// How a write transaction is committed.
@@ -104,12 +113,14 @@ impl SqliteStore {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&path, flags).map_err(db_err(&path))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err(&path))?;
+        // Every task type has its own claim statement (see `best_candidate`).
+        conn.set_prepared_statement_cache_capacity(64);
         let writers = folder.writers_lock()?;
-        let mut inner = Inner {
-            conn,
-            writers,
-            synchronous_full: None,
-        };
+        // Every commit leaves the log unsynced; a durable one is synced after the writers' lock
+        // is released (see `write`).
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db_err(&path))?;
+        let mut inner = Inner { conn, writers };
         migrate(&mut inner, &path)?;
         let durability: String = inner
             .conn
@@ -131,6 +142,8 @@ impl SqliteStore {
             durability,
             unreadable: Mutex::new(HashSet::new()),
             warnings: Mutex::new(Vec::new()),
+            last_expiry_scan: Mutex::new(None),
+            log: Mutex::new(None),
         })
     }
 
@@ -185,38 +198,66 @@ impl SqliteStore {
         work: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut inner = self.inner.lock().expect("connection lock");
-        let full = commit == Commit::AsConfigured && self.durability == Durability::Durable;
-        if inner.synchronous_full != Some(full) {
-            let level = if full { "FULL" } else { "NORMAL" };
-            inner
-                .conn
-                .pragma_update(None, "synchronous", level)
-                .map_err(db_err(&self.path))?;
-            inner.synchronous_full = Some(full);
-        }
-        let Inner { conn, writers, .. } = &mut *inner;
+        let Inner { conn, writers } = &mut *inner;
         writers.lock().map_err(io_err(self.folder.root()))?;
-        let result = (|| {
-            let transaction = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(write_err(&self.path))?;
+        // BEGIN and COMMIT as cached statements: parsing them anew each time showed in
+        // profiles of claims.
+        let run = |sql: &str| {
+            conn.prepare_cached(sql)
+                .and_then(|mut s| s.execute([]))
+                .map_err(write_err(&self.path))
+        };
+        let result = run("BEGIN IMMEDIATE").and_then(|_| {
             let mut tx = Tx {
-                conn: &transaction,
+                conn,
                 path: &self.path,
                 work_appeared: false,
             };
             let out = work(&mut tx)?;
-            let rang = tx.work_appeared;
-            transaction.commit().map_err(write_err(&self.path))?;
-            Ok((out, rang))
-        })();
+            run("COMMIT")?;
+            Ok((out, tx.work_appeared))
+        });
+        if !conn.is_autocommit() {
+            // The work failed, or its commit did: nothing of it stays.
+            let _ = run("ROLLBACK");
+        }
         let _ = writers.unlock();
         drop(inner);
         let (out, rang) = result?;
+        if commit == Commit::AsConfigured && self.durability == Durability::Durable {
+            self.sync_log()?;
+        }
         if rang {
             self.folder.ring_doorbell();
         }
         Ok(out)
+    }
+
+    /// Makes every committed change durable: flushes the write-ahead log, which holds them in
+    /// order (what `synchronous = FULL` does inside each commit). Done after the writers' lock
+    /// is released, so the next writer need not wait for the disk, and workers committing at
+    /// the same moment share one flush (group commit across processes). Until it returns, the
+    /// caller has not reported the change done; if power fails before, the change may be lost,
+    /// never half applied.
+    fn sync_log(&self) -> Result<(), StoreError> {
+        let path = self
+            .folder
+            .root()
+            .join(format!("{}-wal", crate::folder::DATABASE));
+        let log = {
+            let mut log = self.log.lock().expect("log lock");
+            if log.is_none() {
+                // SQLite keeps the log, same file, as long as a connection (this one) is open.
+                let file = std::fs::File::options()
+                    .read(true)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                *log = Some(std::sync::Arc::new(file));
+            }
+            std::sync::Arc::clone(log.as_ref().expect("log opened"))
+        };
+        log.sync_data().map_err(io_err(&path))
     }
 
     /// Runs `read` on a consistent snapshot; never waits for writers.
@@ -295,51 +336,181 @@ impl SqliteStore {
     }
 
     /// The best claimable task among `types` that is not in `skip`: lowest (aged) priority,
-    /// then lowest id. One indexed lookup per type (per priority level, with aging).
+    /// then lowest id, read whole. One indexed lookup per type (per priority level, with
+    /// aging).
     fn best_candidate(
         &self,
         tx: &Tx<'_>,
         types: &[String],
         now: Timestamp,
-        skip: &str,
-    ) -> Result<Option<i64>, StoreError> {
-        // Pending, due, not paused by task, not skipped.
-        const ELIGIBLE: &str = "status = 'pending' AND type = ?1 \
-            AND (retry_at IS NULL OR retry_at <= ?2) \
-            AND id NOT IN (SELECT value FROM json_each(?3)) \
-            AND NOT EXISTS (SELECT 1 FROM pauses WHERE kind = 'task' AND name = CAST(tasks.id AS TEXT))";
-        let mut best: Option<((u32, i64), i64)> = None;
+        skip: &[i64],
+    ) -> Result<Option<(i64, String)>, StoreError> {
+        let mut best: Option<((u32, i64), String)> = None;
         for task_type in types {
-            let candidates: Vec<(u32, i64, i64)> = match self.policy.aging {
-                None => {
-                    let sql = format!(
-                        "SELECT priority, id, created_at FROM tasks WHERE {ELIGIBLE} \
-                         ORDER BY priority, id LIMIT 1"
-                    );
-                    query_candidates(tx, &sql, task_type, now, skip)?
+            // The type is written into the statement rather than bound: SQLite (built with
+            // STAT4) re-prepares a statement with a bound value that its plan's index order
+            // depends on after every reset, which cost a fifth of each claim. Types are plain
+            // names (validated), and each gets its own cached statement.
+            let pending = format!(
+                "status = 'pending' AND type = {} \
+                 AND (retry_at IS NULL OR retry_at <= ?1) \
+                 AND NOT EXISTS (SELECT 1 FROM pauses WHERE kind = 'task' \
+                    AND name = CAST(tasks.id AS TEXT)){}",
+                sql_text(task_type),
+                if skip.is_empty() {
+                    String::new()
+                } else {
+                    let ids: Vec<String> = skip.iter().map(i64::to_string).collect();
+                    format!(" AND id NOT IN ({})", ids.join(", "))
                 }
+            );
+            let sql = match self.policy.aging {
+                None => format!(
+                    "SELECT priority, id, created_at, body FROM tasks WHERE {pending} \
+                     ORDER BY priority, id LIMIT 1"
+                ),
                 // The oldest task of each priority is the one that has aged most.
-                Some(_) => {
-                    let sql = format!(
-                        "SELECT priority, MIN(id), created_at FROM tasks WHERE {ELIGIBLE} \
-                         GROUP BY priority"
-                    );
-                    query_candidates(tx, &sql, task_type, now, skip)?
-                }
+                Some(_) => format!(
+                    "SELECT priority, MIN(id), created_at, body FROM tasks WHERE {pending} \
+                     GROUP BY priority"
+                ),
             };
-            for (priority, id, created) in candidates {
+            let mut statement = tx.conn.prepare_cached(&sql).map_err(db_err(tx.path))?;
+            let rows = statement
+                .query_map([millis(now)], |row| {
+                    Ok((
+                        row.get::<_, u32>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(db_err(tx.path))?;
+            for row in rows {
+                let (priority, id, created, body) = row.map_err(db_err(tx.path))?;
                 let priority = match self.policy.aging {
                     Some(step) => {
                         lifecycle::aged_priority(priority, from_millis(created), now, step)
                     }
                     None => priority,
                 };
-                if best.is_none_or(|(key, _)| (priority, id) < key) {
-                    best = Some(((priority, id), id));
+                if best.as_ref().is_none_or(|(key, _)| (priority, id) < *key) {
+                    best = Some(((priority, id), body));
                 }
             }
         }
-        Ok(best.map(|(_, id)| id))
+        Ok(best.map(|((_, id), body)| (id, body)))
+    }
+
+    /// A claim, inside a write: see [`QueueStore::claim`].
+    fn claim_in(
+        &self,
+        tx: &mut Tx<'_>,
+        worker: &str,
+        types: &[String],
+        now: Timestamp,
+    ) -> Result<Option<Claim>, StoreError> {
+        self.expire_if_due(tx, now, worker)?;
+        let paused: Vec<(String, String)> = {
+            let mut statement = tx
+                .conn
+                .prepare_cached("SELECT kind, name FROM pauses WHERE kind != 'task'")
+                .map_err(db_err(tx.path))?;
+            let rows = statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .map_err(db_err(tx.path))?;
+            rows.collect::<Result<_, _>>().map_err(db_err(tx.path))?
+        };
+        if paused.iter().any(|(kind, _)| kind == "queue") {
+            return Ok(None);
+        }
+        let mut eligible = Vec::new();
+        for task_type in types {
+            if paused
+                .iter()
+                .any(|(kind, name)| kind == "type" && name == task_type)
+            {
+                continue;
+            }
+            if let Some(limit) = self.policy.limits.get(task_type) {
+                let running: i64 = tx
+                    .conn
+                    .prepare_cached(
+                        "SELECT COALESCE((SELECT n FROM counts \
+                            WHERE status = 'running' AND type = ?1), 0)",
+                    )
+                    .and_then(|mut s| s.query_row([task_type], |row| row.get(0)))
+                    .map_err(db_err(tx.path))?;
+                if usize::try_from(running).unwrap_or(0) >= *limit {
+                    continue;
+                }
+            }
+            eligible.push(task_type.clone());
+        }
+        let mut skip = self.unreadable();
+        loop {
+            let Some((id, body)) = self.best_candidate(tx, &eligible, now, &skip)? else {
+                return Ok(None);
+            };
+            let mut task = match parse_task(tx.path, id, &body) {
+                Ok(task) => task,
+                Err(err) => {
+                    self.warn_unreadable(id, &err);
+                    skip.push(id);
+                    continue;
+                }
+            };
+            lifecycle::claim(&mut task, worker, now, &self.policy);
+            let token = new_token()?;
+            tx.store(&task, Some(&token))?;
+            let lease = Lease {
+                task_id: task.id.clone(),
+                attempt: task.attempts,
+                worker: worker.to_string(),
+                token,
+            };
+            return Ok(Some(Claim { task, lease }));
+        }
+    }
+
+    /// A finish, inside a write: see [`QueueStore::finish`].
+    fn finish_in(
+        &self,
+        tx: &mut Tx<'_>,
+        lease: &Lease,
+        outcome: Outcome,
+        now: Timestamp,
+    ) -> Result<Task, StoreError> {
+        let mut task = tx.leased(lease, now)?;
+        lifecycle::finish(&mut task, outcome, now, &self.policy);
+        tx.put(&task)?;
+        // A slot of a limited type is free: a worker waiting for one may claim now.
+        tx.work_appeared |= self.policy.limits.contains_key(&task.task_type);
+        // A task pending again (a retry after a backoff) leaves the tasks after it as they are.
+        if task.status != TaskStatus::Pending {
+            tx.work_appeared |= lifecycle::settle_dependents(tx, &task, now)?;
+        }
+        Ok(task)
+    }
+
+    /// Returns expired leases (see [`SqliteStore::expire_due`]) at most every tenth of a lease
+    /// (between 10 ms and a second) per store: a lease is late by no more than that.
+    fn expire_if_due(
+        &self,
+        tx: &mut Tx<'_>,
+        now: Timestamp,
+        found_by: &str,
+    ) -> Result<(), StoreError> {
+        let every =
+            (self.policy.lease / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        {
+            let mut last = self.last_expiry_scan.lock().expect("expiry lock");
+            if last.is_some_and(|at| at.elapsed() < every) {
+                return Ok(());
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        self.expire_due(tx, now, found_by).map(drop)
     }
 
     /// Integrity checks of the database for `host doctor`: each problem found, in one line.
@@ -451,22 +622,6 @@ impl SqliteStore {
         })?;
         Ok(count)
     }
-}
-
-fn query_candidates(
-    tx: &Tx<'_>,
-    sql: &str,
-    task_type: &str,
-    now: Timestamp,
-    skip: &str,
-) -> Result<Vec<(u32, i64, i64)>, StoreError> {
-    let mut statement = tx.conn.prepare_cached(sql).map_err(db_err(tx.path))?;
-    let rows = statement
-        .query_map(params![task_type, millis(now), skip], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })
-        .map_err(db_err(tx.path))?;
-    rows.collect::<Result<_, _>>().map_err(db_err(tx.path))
 }
 
 /// Brings the schema up to this version's, one migration at a time, under the writers' lock
@@ -610,13 +765,35 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Gives the running task's lease a new secret.
-    fn set_token(&self, id: &str, token: &str) -> Result<(), StoreError> {
-        let id = parse_id(id)?;
+    /// Writes back a task that exists; a running task's lease keeps its secret, or gets
+    /// `token` (a claim). The secret goes when the attempt ends.
+    fn store(&mut self, task: &Task, token: Option<&str>) -> Result<(), StoreError> {
+        let row = Row::of(task)?;
         self.conn
-            .prepare_cached("UPDATE tasks SET lease_token = ?2 WHERE id = ?1")
-            .and_then(|mut s| s.execute(params![id, token]))
+            .prepare_cached(
+                "UPDATE tasks SET type = ?2, status = ?3, priority = ?4, created_at = ?5, \
+                    finished_at = ?6, retry_at = ?7, lease_expires_at = ?8, worker = ?9, \
+                    body = ?10, \
+                    lease_token = CASE WHEN ?3 = 'running' THEN COALESCE(?11, lease_token) END \
+                 WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.id,
+                    task.task_type,
+                    task.status.as_str(),
+                    task.priority,
+                    row.created_at,
+                    row.finished_at,
+                    row.retry_at,
+                    row.lease_expires_at,
+                    task.worker,
+                    row.body,
+                    token
+                ])
+            })
             .map_err(write_err(self.path))?;
+        self.work_appeared |= task.status == TaskStatus::Pending;
         Ok(())
     }
 
@@ -638,39 +815,15 @@ impl TaskTx for Tx<'_> {
     }
 
     fn put(&mut self, task: &Task) -> Result<(), StoreError> {
-        let row = Row::of(task)?;
-        // A lease's secret lives as long as the attempt it belongs to.
-        self.conn
-            .prepare_cached(
-                "UPDATE tasks SET type = ?2, status = ?3, priority = ?4, created_at = ?5, \
-                    finished_at = ?6, retry_at = ?7, lease_expires_at = ?8, worker = ?9, \
-                    body = ?10, \
-                    lease_token = CASE WHEN ?3 = 'running' THEN lease_token END \
-                 WHERE id = ?1",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    row.id,
-                    task.task_type,
-                    task.status.as_str(),
-                    task.priority,
-                    row.created_at,
-                    row.finished_at,
-                    row.retry_at,
-                    row.lease_expires_at,
-                    task.worker,
-                    row.body
-                ])
-            })
-            .map_err(write_err(self.path))?;
-        self.work_appeared |= task.status == TaskStatus::Pending;
-        Ok(())
+        self.store(task, None)
     }
 
     fn dependents(&mut self, id: &str) -> Result<Vec<String>, StoreError> {
         let mut statement = self
             .conn
-            .prepare_cached("SELECT task_id FROM task_after WHERE after_id = ?1 ORDER BY task_id")
+            // In task id order, as the primary key is; an ORDER BY would make SQLite
+            // re-prepare the statement each time (see `best_candidate`).
+            .prepare_cached("SELECT task_id FROM task_after WHERE after_id = ?1")
             .map_err(db_err(self.path))?;
         let rows = statement
             .query_map([parse_id(id)?], |row| row.get::<_, i64>(0))
@@ -771,6 +924,11 @@ fn write_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     }
 }
 
+/// `text` as an SQL string literal.
+fn sql_text(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// A new lease secret: 16 random bytes from the OS, as hex.
 fn new_token() -> Result<String, StoreError> {
     let mut bytes = [0u8; 16];
@@ -805,73 +963,7 @@ impl QueueStore for SqliteStore {
     fn claim(&self, worker: &str, types: &[String]) -> Result<Option<Claim>, StoreError> {
         validate_name("worker name", worker)?;
         let now = Timestamp::now();
-        self.write(Commit::Lazy, |tx| {
-            self.expire_due(tx, now, worker)?;
-            let paused: Vec<(String, String)> = {
-                let mut statement = tx
-                    .conn
-                    .prepare_cached("SELECT kind, name FROM pauses WHERE kind != 'task'")
-                    .map_err(db_err(tx.path))?;
-                let rows = statement
-                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .map_err(db_err(tx.path))?;
-                rows.collect::<Result<_, _>>().map_err(db_err(tx.path))?
-            };
-            if paused.iter().any(|(kind, _)| kind == "queue") {
-                return Ok(None);
-            }
-            let mut eligible = Vec::new();
-            for task_type in types {
-                if paused
-                    .iter()
-                    .any(|(kind, name)| kind == "type" && name == task_type)
-                {
-                    continue;
-                }
-                if let Some(limit) = self.policy.limits.get(task_type) {
-                    let running: i64 = tx
-                        .conn
-                        .prepare_cached(
-                            "SELECT COALESCE((SELECT n FROM counts \
-                                WHERE status = 'running' AND type = ?1), 0)",
-                        )
-                        .and_then(|mut s| s.query_row([task_type], |row| row.get(0)))
-                        .map_err(db_err(tx.path))?;
-                    if usize::try_from(running).unwrap_or(0) >= *limit {
-                        continue;
-                    }
-                }
-                eligible.push(task_type.clone());
-            }
-            let mut skip = self.unreadable();
-            loop {
-                let skipping = serde_json::to_string(&skip).expect("ids serialize");
-                let Some(id) = self.best_candidate(tx, &eligible, now, &skipping)? else {
-                    return Ok(None);
-                };
-                let mut task = match tx.task(&id.to_string()) {
-                    Ok(Some(task)) => task,
-                    Ok(None) => return Ok(None),
-                    Err(err @ StoreError::Corrupt { .. }) => {
-                        self.warn_unreadable(id, &err);
-                        skip.push(id);
-                        continue;
-                    }
-                    Err(err) => return Err(err),
-                };
-                lifecycle::claim(&mut task, worker, now, &self.policy);
-                tx.put(&task)?;
-                let token = new_token()?;
-                tx.set_token(&task.id, &token)?;
-                let lease = Lease {
-                    task_id: task.id.clone(),
-                    attempt: task.attempts,
-                    worker: worker.to_string(),
-                    token,
-                };
-                return Ok(Some(Claim { task, lease }));
-            }
-        })
+        self.write(Commit::Lazy, |tx| self.claim_in(tx, worker, types, now))
     }
 
     fn renew(&self, lease: &Lease) -> Result<Renewal, StoreError> {
@@ -889,17 +981,22 @@ impl QueueStore for SqliteStore {
     fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError> {
         let now = Timestamp::now();
         self.write(Commit::AsConfigured, |tx| {
-            let mut task = tx.leased(lease, now)?;
-            lifecycle::finish(&mut task, outcome, now, &self.policy);
-            tx.put(&task)?;
-            // A slot of a limited type is free: a worker waiting for one may claim now.
-            tx.work_appeared |= self.policy.limits.contains_key(&task.task_type);
-            // A task pending again (a retry after a backoff) leaves the tasks after it as they
-            // are.
-            if task.status != TaskStatus::Pending {
-                tx.work_appeared |= lifecycle::settle_dependents(tx, &task, now)?;
-            }
-            Ok(task)
+            self.finish_in(tx, lease, outcome, now)
+        })
+    }
+
+    fn finish_and_claim(
+        &self,
+        lease: &Lease,
+        outcome: Outcome,
+        worker: &str,
+        types: &[String],
+    ) -> Result<(Task, Option<Claim>), StoreError> {
+        validate_name("worker name", worker)?;
+        let now = Timestamp::now();
+        self.write(Commit::AsConfigured, |tx| {
+            let done = self.finish_in(tx, lease, outcome, now)?;
+            Ok((done, self.claim_in(tx, worker, types, now)?))
         })
     }
 
