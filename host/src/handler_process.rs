@@ -235,12 +235,20 @@ impl HandlerProcess {
     /// crashed could not end the commands its task started, which were re-parented to this
     /// process.
     fn wait_for_exit(&mut self) -> String {
+        // Waits without reaping first: until it is reaped, its pid cannot be given to another
+        // program, so it leaves the list that `kill_all` signals before that.
+        #[cfg(target_os = "linux")]
+        {
+            use nix::sys::wait::{Id, WaitPidFlag, waitid};
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT);
+        }
+        let mut live = LIVE.lock().expect("live handlers lock");
+        live.retain(|pid| *pid != self.child.id());
         let how = match self.child.wait() {
             Ok(status) => describe_exit("handler", status),
             Err(err) => format!("the handler process could not be waited for: {err}"),
         };
-        let mut live = LIVE.lock().expect("live handlers lock");
-        live.retain(|pid| *pid != self.child.id());
         let keep = live.iter().copied().collect();
         crate::process_tree::kill_orphans(&keep);
         how
@@ -250,7 +258,8 @@ impl HandlerProcess {
 impl Drop for HandlerProcess {
     fn drop(&mut self) {
         // The child holds nothing that needs a clean exit: its task outcome is the parent's.
-        // Once it has been waited for, its pid may belong to another process: never signal it.
+        // Once it has been reaped, its pid may belong to another process: only an unreaped
+        // child is signalled (`wait_for_exit` takes it off the list first).
         if matches!(self.child.try_wait(), Ok(None)) {
             self.kill();
         } else {

@@ -141,8 +141,8 @@ impl HostContext for HooksBridge<'_> {
 /// lists its roles. Libraries stay loaded for the life of the process (abi_stable never unloads
 /// them), which is the life of the child that opened it.
 pub fn open(path: &Path) -> Result<OpenLibrary, Refusal> {
-    crate::loader::judge(path).map_err(Refusal::new)?;
-    let header = lib_header_from_path(path).map_err(|err| describe_error(err, None))?;
+    let resolved = crate::loader::judge(path).map_err(Refusal::new)?;
+    let header = lib_header_from_path(&resolved).map_err(|err| describe_error(err, None))?;
     let api_version = header.version_strings().version.to_string();
     let module = header
         .init_root_module::<PluginModule_Ref>()

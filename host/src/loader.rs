@@ -4,9 +4,10 @@
 //! Two rules keep plugin code from running where it should not:
 //!
 //! - **Judged before opened.** A library is opened only if nobody but this user (or root) could
-//!   have put it there ([`judge`], like ssh's StrictModes): the file and every folder on its
-//!   path, as found and as resolved, are owned by this user or root and not writable by group or
-//!   others, the sticky bit being no excuse; a symlink is judged by its own owner too. A refused
+//!   have put it there ([`judge`], like ssh's StrictModes): the file and every folder its path
+//!   goes through are owned by this user or root and not writable by group or others, the
+//!   sticky bit being no excuse; every link met while resolving it is owned by this user or
+//!   root too. It is then opened by its resolved path, which nobody else can change. A refused
 //!   library is never opened, so none of its code runs.
 //! - **Opened in a child.** Listing a library's roles and running a role's `validate` happen in
 //!   a child `host plugin-probe` process with a time limit ([`plugin_time_limit`]), so that a
@@ -134,7 +135,7 @@ impl PluginRegistry {
                 if !seen.insert(key) {
                     continue;
                 }
-                let probe = judge(&path).and_then(|()| Probe::start(&path, None));
+                let probe = judge(&path).and_then(|resolved| Probe::start(&resolved, None));
                 found.push((path, probe));
             }
         }
@@ -266,13 +267,17 @@ fn library_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Says why the library at `path` must not be opened, or `Ok` when only this user or root could
-/// have put it there: the file (after links) is a regular file owned by this user or root and
-/// not writable by group or others; so is every folder on its path, as found and as resolved,
-/// the sticky bit being no excuse (anyone may add files to a sticky folder); a link on the way
-/// is owned by this user or root.
+/// Says why the library at `path` must not be opened, or gives the path to open it by (the
+/// library's own path, every link resolved) when only this user or root could have put it
+/// there: the file is a regular file owned by this user or root and not writable by group or
+/// others; so is every folder the path goes through, from `/`, the sticky bit being no excuse
+/// (anyone may add files to a sticky folder); and every link met on the way, however deep, is
+/// owned by this user or root. Opening the path it gives is then safe from others: nothing on
+/// it can be changed by anyone else.
 #[cfg(unix)]
-pub fn judge(path: &Path) -> Result<(), String> {
+pub fn judge(path: &Path) -> Result<PathBuf, String> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
     use std::os::unix::fs::MetadataExt;
     let me = nix::unistd::geteuid().as_raw();
     let owner = |uid: u32, what: &str, at: &Path| {
@@ -285,63 +290,89 @@ pub fn judge(path: &Path) -> Result<(), String> {
             ))
         }
     };
-    let found = std::path::absolute(path).map_err(|err| format!("{}: {err}", path.display()))?;
-    let entry = std::fs::symlink_metadata(&found)
-        .map_err(|err| format!("cannot read {}: {err}", found.display()))?;
-    if entry.file_type().is_symlink() {
-        owner(entry.uid(), "link", &found)?;
-    }
-    let resolved = found
-        .canonicalize()
-        .map_err(|err| format!("the link {} leads nowhere: {err}", found.display()))?;
-    let file = std::fs::metadata(&resolved)
-        .map_err(|err| format!("cannot read {}: {err}", resolved.display()))?;
-    if !file.is_file() {
-        return Err(format!("{} is not a regular file", resolved.display()));
-    }
-    owner(file.uid(), "file", &resolved)?;
-    if file.mode() & 0o022 != 0 {
-        return Err(format!(
-            "the file {} is writable by its group or other users (chmod go-w it)",
-            resolved.display()
-        ));
-    }
-    let mut folders: Vec<&Path> = found
-        .parent()
-        .into_iter()
-        .flat_map(Path::ancestors)
-        .collect();
-    folders.extend(resolved.parent().into_iter().flat_map(Path::ancestors));
-    for folder in folders {
-        // Not following links: a linked folder is judged by who may change the link (its own
-        // folder, judged in turn) and, through the resolved path, by its target.
-        let meta = std::fs::symlink_metadata(folder)
-            .map_err(|err| format!("cannot read {}: {err}", folder.display()))?;
-        if meta.file_type().is_symlink() {
-            owner(meta.uid(), "link", folder)?;
-            continue;
-        }
-        owner(meta.uid(), "folder", folder)?;
+    let folder = |at: &Path, meta: &std::fs::Metadata| {
+        owner(meta.uid(), "folder", at)?;
         if meta.mode() & 0o002 != 0 {
             return Err(format!(
                 "the folder {} is writable by other users (a sticky bit does not make it safe: \
                  keep plugins in a folder only you can write to)",
-                folder.display()
+                at.display()
             ));
         }
         if meta.mode() & 0o020 != 0 {
             return Err(format!(
                 "the folder {} is writable by its group (chmod g-w it)",
-                folder.display()
+                at.display()
             ));
         }
+        Ok(())
+    };
+    let read = |at: &Path| {
+        std::fs::symlink_metadata(at).map_err(|err| format!("cannot read {}: {err}", at.display()))
+    };
+    let parts = |at: &Path| -> VecDeque<OsString> {
+        at.components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(name) => Some(name.to_os_string()),
+                std::path::Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect()
+    };
+    let found = std::path::absolute(path).map_err(|err| format!("{}: {err}", path.display()))?;
+    // Resolved one component at a time, as the kernel would, so that every folder gone
+    // through and every link met is judged, not only those of the final path.
+    let mut resolved = PathBuf::from("/");
+    folder(&resolved, &read(&resolved)?)?;
+    let mut rest = parts(&found);
+    let mut links = 0;
+    while let Some(part) = rest.pop_front() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let next = resolved.join(&part);
+        let meta = read(&next)?;
+        if meta.file_type().is_symlink() {
+            owner(meta.uid(), "link", &next)?;
+            links += 1;
+            if links > 40 {
+                return Err(format!("{} goes through too many links", found.display()));
+            }
+            let target = std::fs::read_link(&next)
+                .map_err(|err| format!("cannot read the link {}: {err}", next.display()))?;
+            if target.is_absolute() {
+                resolved = PathBuf::from("/");
+            }
+            let mut ahead = parts(&target);
+            ahead.extend(rest);
+            rest = ahead;
+            continue;
+        }
+        if rest.is_empty() {
+            if !meta.is_file() {
+                return Err(format!("{} is not a regular file", next.display()));
+            }
+            owner(meta.uid(), "file", &next)?;
+            if meta.mode() & 0o022 != 0 {
+                return Err(format!(
+                    "the file {} is writable by its group or other users (chmod go-w it)",
+                    next.display()
+                ));
+            }
+        } else if meta.is_dir() {
+            folder(&next, &meta)?;
+        } else {
+            return Err(format!("{} is not a folder", next.display()));
+        }
+        resolved = next;
     }
-    Ok(())
+    Ok(resolved)
 }
 
 #[cfg(not(unix))]
-pub fn judge(_path: &Path) -> Result<(), String> {
-    Ok(())
+pub fn judge(path: &Path) -> Result<PathBuf, String> {
+    Ok(path.to_path_buf())
 }
 
 /// A child `host plugin-probe` opening one library: to list its roles, or to validate tasks

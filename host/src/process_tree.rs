@@ -9,8 +9,12 @@
 //! SIGKILL takes its handlers' commands with it.
 //!
 //! A tree is killed by first stopping every process in it (SIGSTOP, repeated until no new
-//! process appears, so that nothing can fork its way out), then killing them all. Elsewhere than
-//! Linux, the process group is killed instead.
+//! process appears, so that nothing can fork its way out), then killing them all. Each process
+//! is signalled only after checking, just before, that its parent is still in the tree: a pid
+//! that was reaped meanwhile and given to an unrelated program is left alone.
+//!
+//! Elsewhere than Linux (no subreapers, no parent-death signal) only the handler process's own
+//! process group is killed, by the worker; what a plugin moves out of that group survives.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -18,24 +22,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// The live processes below `root` (children, their children, ...), zombies left out.
+/// Every process's children, by parent, from one pass over `/proc`; zombies (exited, not yet
+/// reaped) only with `zombies`.
 #[cfg(target_os = "linux")]
-pub fn descendants(root: u32) -> Vec<u32> {
-    let children = children_by_parent();
-    let mut found = Vec::new();
-    let mut queue = vec![root];
-    while let Some(pid) = queue.pop() {
-        for child in children.get(&pid).into_iter().flatten() {
-            found.push(*child);
-            queue.push(*child);
-        }
-    }
-    found
-}
-
-/// Every live process's children, by parent, from one pass over `/proc`.
-#[cfg(target_os = "linux")]
-fn children_by_parent() -> HashMap<u32, Vec<u32>> {
+fn children_by_parent(zombies: bool) -> HashMap<u32, Vec<u32>> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return children;
@@ -49,8 +39,7 @@ fn children_by_parent() -> HashMap<u32, Vec<u32>> {
             continue;
         };
         if let Some((state, ppid)) = state_and_parent(pid)
-            && state != 'Z'
-            && state != 'X'
+            && (zombies || live(state))
         {
             children.entry(ppid).or_default().push(pid);
         }
@@ -70,27 +59,53 @@ fn state_and_parent(pid: u32) -> Option<(char, u32)> {
     Some((state, ppid))
 }
 
-/// Kills every process below `root`, and `root` itself when `including_root`: stops them all
-/// first, so that none can start another while they are being killed. Returns once none is
-/// left alive, or after a few seconds of trying.
+#[cfg(target_os = "linux")]
+fn live(state: char) -> bool {
+    state != 'Z' && state != 'X'
+}
+
+/// The live processes below `root` (children, their children, ...).
+#[cfg(target_os = "linux")]
+fn descendants(root: u32) -> Vec<u32> {
+    let children = children_by_parent(false);
+    let mut found = Vec::new();
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        for child in children.get(&pid).into_iter().flatten() {
+            found.push(*child);
+            queue.push(*child);
+        }
+    }
+    found
+}
+
+/// Kills every process below `root`, and `root` itself when `including_root` (a child of this
+/// process, not yet reaped): stops them all first, so that none can start another while they
+/// are being killed. Returns once none is left alive, or after a few seconds of trying.
 #[cfg(target_os = "linux")]
 pub fn kill_tree(root: u32, including_root: bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    let signal = |pid: u32, signal: Signal| {
-        let _ = kill(Pid::from_raw(pid as i32), signal);
-    };
     loop {
         let mut tree: HashSet<u32> = descendants(root).into_iter().collect();
-        if including_root && alive(root) {
-            tree.insert(root);
-        }
-        if tree.is_empty() || Instant::now() > deadline {
+        let root_alive = including_root && state_and_parent(root).is_some_and(|(s, _)| live(s));
+        if (tree.is_empty() && !root_alive) || Instant::now() > deadline {
             return;
         }
+        tree.insert(root);
+        // Signals `pid` if it still hangs below the tree (or is the root): a pid reaped since
+        // the scan may belong to another program now.
+        let signal = |tree: &HashSet<u32>, pid: u32, signal: Signal| {
+            let below = pid == root
+                || state_and_parent(pid)
+                    .is_some_and(|(s, parent)| live(s) && tree.contains(&parent));
+            if below && (pid != root || including_root) {
+                let _ = kill(Pid::from_raw(pid as i32), signal);
+            }
+        };
         // Freeze until the set stops growing: a process stopped cannot fork.
         loop {
             for pid in &tree {
-                signal(*pid, Signal::SIGSTOP);
+                signal(&tree, *pid, Signal::SIGSTOP);
             }
             let before = tree.len();
             tree.extend(descendants(root));
@@ -99,7 +114,7 @@ pub fn kill_tree(root: u32, including_root: bool) {
             }
         }
         for pid in &tree {
-            signal(*pid, Signal::SIGKILL);
+            signal(&tree, *pid, Signal::SIGKILL);
         }
         // The killed stay zombies until their parent (or a subreaper) reaps them; they are
         // no longer counted.
@@ -107,78 +122,74 @@ pub fn kill_tree(root: u32, including_root: bool) {
     }
 }
 
-/// Kills the process group `root` leads; the portable stand-in for the Linux tree walk.
+/// Kills the process group `root` leads, the portable stand-in for the Linux tree walk; a
+/// process never kills its own group this way.
 #[cfg(not(target_os = "linux"))]
 pub fn kill_tree(root: u32, including_root: bool) {
+    if root == std::process::id() {
+        return;
+    }
     let _ = nix::sys::signal::killpg(Pid::from_raw(root as i32), Signal::SIGKILL);
     if including_root {
         let _ = kill(Pid::from_raw(root as i32), Signal::SIGKILL);
     }
 }
 
-/// Whether `pid` is a live process (not a zombie).
-#[cfg(target_os = "linux")]
-fn alive(pid: u32) -> bool {
-    state_and_parent(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
-}
-
-/// Kills the processes below this one that are not below one of `keep` (its own children that
-/// it still uses) and reaps them: orphans a dead child left behind, re-parented to this
-/// subreaper.
+/// Kills and reaps the children of this process that are not in `keep` (the children it still
+/// uses), with everything below them: orphans a dead child left behind, re-parented to this
+/// subreaper, and the zombies they leave in turn.
 #[cfg(target_os = "linux")]
 pub fn kill_orphans(keep: &HashSet<u32>) {
     let me = std::process::id();
-    let orphans: Vec<u32> = direct_children(me)
-        .into_iter()
-        .filter(|pid| !keep.contains(pid))
-        .collect();
-    for orphan in orphans {
-        kill_tree(orphan, true);
-        let _ = nix::sys::wait::waitpid(Pid::from_raw(orphan as i32), None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let orphans: Vec<u32> = children_by_parent(true)
+            .remove(&me)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|pid| !keep.contains(pid))
+            .collect();
+        if orphans.is_empty() {
+            return;
+        }
+        for orphan in orphans {
+            // A child of this process: its pid is not reused before it is reaped here.
+            kill_tree(orphan, true);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(orphan as i32), None);
+        }
     }
 }
 
 #[cfg(not(target_os = "linux"))]
 pub fn kill_orphans(_keep: &HashSet<u32>) {}
 
-/// The live children of `parent`.
+/// Kills everything below this process and reaps it: for a process that runs plugin code,
+/// when a task's attempt ends. Costs one system call when nothing is left.
 #[cfg(target_os = "linux")]
-fn direct_children(parent: u32) -> Vec<u32> {
-    children_by_parent().remove(&parent).unwrap_or_default()
-}
-
-/// Whether this process has any child, running or not yet reaped: one system call, where
-/// finding its descendants reads all of `/proc`.
-pub fn has_children() -> bool {
+pub fn end_descendants() {
     use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    // Whether this process has any child, running or not yet reaped: one call, where finding
+    // its descendants reads all of `/proc`.
     let flags = WaitPidFlag::WNOHANG
         | WaitPidFlag::WNOWAIT
         | WaitPidFlag::WEXITED
         | WaitPidFlag::WSTOPPED
         | WaitPidFlag::WCONTINUED;
-    !matches!(waitid(Id::All, flags), Err(nix::errno::Errno::ECHILD))
-}
-
-/// Kills everything below this process and reaps it: for a process that runs plugin code,
-/// when a task's attempt ends. Costs one system call when nothing is left.
-pub fn end_descendants() {
-    if has_children() {
-        kill_tree(std::process::id(), false);
-        reap_children();
+    if matches!(waitid(Id::All, flags), Err(nix::errno::Errno::ECHILD)) {
+        return;
     }
-}
-
-/// Reaps the children of this process that have exited, without waiting for any that runs.
-/// Only for a process where nothing else waits on its children (a handler process between
-/// tasks).
-pub fn reap_children() {
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+    kill_tree(std::process::id(), false);
+    // Nothing else in this process waits for its children between tasks.
+    use nix::sys::wait::WaitStatus;
+    while let Ok(status) = nix::sys::wait::waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
         if status == WaitStatus::StillAlive {
             break;
         }
     }
 }
+
+#[cfg(not(target_os = "linux"))]
+pub fn end_descendants() {}
 
 /// Makes this process the subreaper of everything it starts, so that orphans stay below it.
 pub fn become_subreaper() {
@@ -194,23 +205,18 @@ pub fn die_with_parent(parent: u32) {
     #[cfg(target_os = "linux")]
     {
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
-        let orphaned = || nix::unistd::getppid().as_raw() as u32 != parent;
-        let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM]);
-        match signals {
-            Ok(mut signals) => {
-                std::thread::spawn(move || {
-                    if signals.forever().next().is_some() {
-                        kill_tree(std::process::id(), false);
-                        std::process::exit(143);
-                    }
-                });
-            }
-            Err(_) => {
-                // Without the handler, SIGTERM's default action still ends this process.
-            }
+        if let Ok(mut signals) = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM])
+        {
+            std::thread::spawn(move || {
+                if signals.forever().next().is_some() {
+                    kill_tree(std::process::id(), false);
+                    std::process::exit(143);
+                }
+            });
         }
-        // The parent may have died before the request above was made.
-        if orphaned() {
+        // Without the handler, SIGTERM's default action still ends this process. The parent
+        // may have died before the request above was made.
+        if nix::unistd::getppid().as_raw() as u32 != parent {
             kill_tree(std::process::id(), false);
             std::process::exit(143);
         }

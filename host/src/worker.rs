@@ -202,6 +202,10 @@ impl ClaimLoop {
             let shared = Arc::clone(&shared);
             thread::spawn(move || heartbeat_loop(&shared))
         };
+        let purge = shared.options.keep_finished.map(|keep| {
+            let shared = Arc::clone(&shared);
+            thread::spawn(move || purge_loop(&shared, keep))
+        });
         say(
             &shared,
             &format!(
@@ -269,6 +273,9 @@ impl ClaimLoop {
         crate::handler_process::kill_all();
         signal_handle.close();
         let _ = heartbeat.join();
+        if let Some(purge) = purge {
+            let _ = purge.join();
+        }
         if let Err(err) = shared.store.remove_worker(&shared.options.name) {
             say(
                 &shared,
@@ -526,15 +533,8 @@ fn heartbeat_loop(shared: &Shared) {
     // Renewing also brings news of `host cancel`, so it happens at least every second.
     let renew_every = (shared.store.lease_duration() / 3).min(Duration::from_secs(1));
     let mut last_record = Instant::now();
-    let mut last_purge: Option<Instant> = None;
     while !shared.exiting.load(Ordering::SeqCst) {
         thread::sleep(tick);
-        if let Some(keep) = shared.options.keep_finished
-            && last_purge.is_none_or(|at| at.elapsed() >= PURGE_EVERY)
-        {
-            last_purge = Some(Instant::now());
-            purge_finished(shared, keep);
-        }
         let running: Vec<Arc<Running>> = shared.running.lock().expect("running lock").clone();
         for task in &running {
             if task.timeout.is_some_and(|t| task.started.elapsed() > t)
@@ -585,6 +585,19 @@ fn heartbeat_loop(shared: &Shared) {
 
 /// How often a worker applies `[queue] keep_finished`.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// Applies `[queue] keep_finished` every [`PURGE_EVERY`], on a thread of its own so that a
+/// long purge never holds up lease renewals.
+fn purge_loop(shared: &Shared, keep: Duration) {
+    let mut last: Option<Instant> = None;
+    while !shared.exiting.load(Ordering::SeqCst) {
+        if last.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
+            last = Some(Instant::now());
+            purge_finished(shared, keep);
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
 
 /// Removes the tasks that finished longer than `keep` ago.
 fn purge_finished(shared: &Shared, keep: Duration) {

@@ -191,9 +191,9 @@ impl QueueFolder {
         }
     }
 
-    /// Makes the files at the top of the folder and its logs owner-only (0600), as a folder
-    /// written by an earlier version, or by hand, may have them readable by others.
-    fn tighten_files(&self) -> Result<(), StoreError> {
+    /// The entries at the top of the folder and in its logs, with what `lstat` says of them.
+    fn entries(&self) -> Result<Vec<(PathBuf, fs::Metadata)>, StoreError> {
+        let mut found = Vec::new();
         for dir in [self.root.clone(), self.root.join(LOGS)] {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
@@ -201,11 +201,42 @@ impl QueueFolder {
             for entry in entries.flatten() {
                 let path = entry.path();
                 let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
-                let loose = meta.mode() & 0o077 != 0;
-                if meta.is_file() && loose && meta.uid() == effective_uid() {
-                    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-                        .map_err(io_err(&path))?;
+                found.push((path, meta));
+            }
+        }
+        Ok(found)
+    }
+
+    /// What keeps the folder's files from being owner-only: symlinks, and files that group or
+    /// others may read, one line each (for `host doctor`).
+    pub fn loose_files(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter_map(|(path, meta)| {
+                if meta.file_type().is_symlink() {
+                    Some(format!("{} is a symlink", path.display()))
+                } else if meta.is_file() && meta.mode() & 0o077 != 0 {
+                    Some(format!(
+                        "{} has mode {:o} (`host init` makes it 0600)",
+                        path.display(),
+                        meta.mode() & 0o777
+                    ))
+                } else {
+                    None
                 }
+            })
+            .collect())
+    }
+
+    /// Makes the files at the top of the folder and its logs owner-only (0600), as a folder
+    /// written by an earlier version, or by hand, may have them readable by others.
+    fn tighten_files(&self) -> Result<(), StoreError> {
+        for (path, meta) in self.entries()? {
+            let loose = meta.mode() & 0o077 != 0;
+            if meta.is_file() && loose && meta.uid() == effective_uid() {
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                    .map_err(io_err(&path))?;
             }
         }
         ensure_private_dir(&self.root.join(LOGS))

@@ -30,6 +30,7 @@ pub use task_model::{
 mod folder;
 pub mod legacy;
 pub mod lifecycle;
+pub mod secret;
 mod sqlite;
 
 pub use folder::QueueFolder;
@@ -40,11 +41,12 @@ pub use sqlite::SqliteStore;
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Every change that adds work or records an outcome is on disk before the operation
-    /// returns (SQLite's `synchronous = FULL`): a power loss loses nothing reported done.
+    /// returns (the write-ahead log is flushed): a power loss loses nothing reported done.
     #[default]
     Durable,
-    /// Changes reach the disk when SQLite checkpoints (`synchronous = NORMAL`): a crashed
-    /// process loses nothing, but a power loss or kernel crash can lose the last changes.
+    /// Changes reach the disk when the operating system writes them back or SQLite checkpoints
+    /// (`synchronous = NORMAL`, no flush of the log): a crashed process loses nothing, but a
+    /// power loss or kernel crash can lose the last changes.
     Relaxed,
 }
 
@@ -303,7 +305,8 @@ pub struct Summary {
 }
 
 /// Which tasks a listing shows, in which order, how many: every condition given must hold. The
-/// store answers from its indexes, so the cost follows the rows shown, not the history.
+/// store answers from its indexes (by state, by finishing time, by id), so the cost follows the
+/// rows shown rather than the history.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TaskQuery {
     /// Tasks in one of these states; empty means any.

@@ -288,7 +288,7 @@ pub fn check_lease(
     if task.status != TaskStatus::Running || task.attempts != lease.attempt {
         return Err(lost("the task was reclaimed or finished since"));
     }
-    let holds = holder_token.is_some_and(|token| same_secret(token, &lease.token));
+    let holds = holder_token.is_some_and(|token| crate::secret::same(token, &lease.token));
     if !holds {
         return Err(StoreError::NotHolder {
             id: task.id.clone(),
@@ -300,12 +300,6 @@ pub fn check_lease(
         return Err(lost("it expired"));
     }
     Ok(())
-}
-
-/// Compares secrets in constant time, so that how long a refusal takes says nothing of them.
-fn same_secret(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Extends a running task's lease to a full lease from `now`.
@@ -375,7 +369,18 @@ pub fn finish(task: &mut Task, outcome: Outcome, now: Timestamp, policy: &Policy
 }
 
 /// Returns a running task to pending without counting the attempt: its worker is shutting down.
+/// A task whose cancel was requested ends cancelled instead: nobody should start it again.
 pub fn release(task: &mut Task, now: Timestamp) {
+    if task.cancel_requested {
+        end_attempt(task, AttemptStatus::Cancelled, None, now);
+        finish_as(task, TaskStatus::Cancelled, now);
+        task.success = None;
+        task.error = Some(format!(
+            "attempt {}: cancelled (its worker stopped before the handler did)",
+            task.attempts
+        ));
+        return;
+    }
     end_attempt(task, AttemptStatus::Released, None, now);
     task.status = TaskStatus::Pending;
     task.attempts = task.attempts.saturating_sub(1);

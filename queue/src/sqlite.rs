@@ -120,6 +120,9 @@ impl SqliteStore {
         // is released (see `write`).
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db_err(&path))?;
+        // Per connection: the log is cut back to this size after each checkpoint.
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+            .map_err(db_err(&path))?;
         let mut inner = Inner { conn, writers };
         migrate(&mut inner, &path)?;
         let durability: String = inner
@@ -200,28 +203,20 @@ impl SqliteStore {
         let mut inner = self.inner.lock().expect("connection lock");
         let Inner { conn, writers } = &mut *inner;
         writers.lock().map_err(io_err(self.folder.root()))?;
-        // BEGIN and COMMIT as cached statements: parsing them anew each time showed in
-        // profiles of claims.
-        let run = |sql: &str| {
-            conn.prepare_cached(sql)
-                .and_then(|mut s| s.execute([]))
-                .map_err(write_err(&self.path))
-        };
-        let result = run("BEGIN IMMEDIATE").and_then(|_| {
+        // Undoes an unfinished transaction and hands the lock on however this ends, a panic
+        // in `work` included: other processes must never wait on a writer that is gone.
+        let guard = WriteGuard { conn, writers };
+        let result = guard.run("BEGIN IMMEDIATE", &self.path).and_then(|()| {
             let mut tx = Tx {
-                conn,
+                conn: guard.conn,
                 path: &self.path,
                 work_appeared: false,
             };
             let out = work(&mut tx)?;
-            run("COMMIT")?;
+            tx.run("COMMIT")?;
             Ok((out, tx.work_appeared))
         });
-        if !conn.is_autocommit() {
-            // The work failed, or its commit did: nothing of it stays.
-            let _ = run("ROLLBACK");
-        }
-        let _ = writers.unlock();
+        drop(guard);
         drop(inner);
         let (out, rang) = result?;
         if commit == Commit::AsConfigured && self.durability == Durability::Durable {
@@ -353,9 +348,7 @@ impl SqliteStore {
             // names (validated), and each gets its own cached statement.
             let pending = format!(
                 "status = 'pending' AND type = {} \
-                 AND (retry_at IS NULL OR retry_at <= ?1) \
-                 AND NOT EXISTS (SELECT 1 FROM pauses WHERE kind = 'task' \
-                    AND name = CAST(tasks.id AS TEXT)){}",
+                 AND (retry_at IS NULL OR retry_at <= ?1) AND NOT {PAUSED}{}",
                 sql_text(task_type),
                 if skip.is_empty() {
                     String::new()
@@ -366,12 +359,12 @@ impl SqliteStore {
             );
             let sql = match self.policy.aging {
                 None => format!(
-                    "SELECT priority, id, created_at, body FROM tasks WHERE {pending} \
+                    "SELECT priority, id, created_at, body FROM tasks t WHERE {pending} \
                      ORDER BY priority, id LIMIT 1"
                 ),
                 // The oldest task of each priority is the one that has aged most.
                 Some(_) => format!(
-                    "SELECT priority, MIN(id), created_at, body FROM tasks WHERE {pending} \
+                    "SELECT priority, MIN(id), created_at, body FROM tasks t WHERE {pending} \
                      GROUP BY priority"
                 ),
             };
@@ -411,27 +404,8 @@ impl SqliteStore {
         now: Timestamp,
     ) -> Result<Option<Claim>, StoreError> {
         self.expire_if_due(tx, now, worker)?;
-        let paused: Vec<(String, String)> = {
-            let mut statement = tx
-                .conn
-                .prepare_cached("SELECT kind, name FROM pauses WHERE kind != 'task'")
-                .map_err(db_err(tx.path))?;
-            let rows = statement
-                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-                .map_err(db_err(tx.path))?;
-            rows.collect::<Result<_, _>>().map_err(db_err(tx.path))?
-        };
-        if paused.iter().any(|(kind, _)| kind == "queue") {
-            return Ok(None);
-        }
         let mut eligible = Vec::new();
         for task_type in types {
-            if paused
-                .iter()
-                .any(|(kind, name)| kind == "type" && name == task_type)
-            {
-                continue;
-            }
             if let Some(limit) = self.policy.limits.get(task_type) {
                 let running: i64 = tx
                     .conn
@@ -582,8 +556,17 @@ impl SqliteStore {
         next_id: u64,
     ) -> Result<usize, StoreError> {
         let count = tasks.len();
+        let now = Timestamp::now();
         self.write(Commit::AsConfigured, |tx| {
             for task in &tasks {
+                // A running task's old worker cannot renew it: its lease ends now at the
+                // latest, so the next claim returns it to the queue.
+                let mut task = task.clone();
+                if task.status == TaskStatus::Running {
+                    task.lease_expires_at =
+                        Some(task.lease_expires_at.map_or(now, |at| at.min(now)));
+                }
+                let task = &task;
                 let id = parse_id(&task.id)?;
                 let taken: bool = tx
                     .conn
@@ -656,8 +639,6 @@ fn migrate(inner: &mut Inner, path: &Path) -> Result<(), StoreError> {
                 message: format!("cannot use write-ahead logging (journal mode stays {mode})"),
             });
         }
-        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
-            .map_err(db_err(path))?;
         let transaction = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(write_err(path))?;
@@ -680,6 +661,35 @@ fn migrate(inner: &mut Inner, path: &Path) -> Result<(), StoreError> {
     result
 }
 
+/// The writers' lock and an open write transaction: on drop, a transaction still open is rolled
+/// back and the lock released.
+struct WriteGuard<'c> {
+    conn: &'c Connection,
+    writers: &'c std::fs::File,
+}
+
+impl WriteGuard<'_> {
+    /// Runs one statement without parameters, cached (BEGIN and COMMIT showed in profiles
+    /// when parsed anew each time).
+    fn run(&self, sql: &str, path: &Path) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+            .map_err(write_err(path))
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        if !self.conn.is_autocommit() {
+            // The work failed, or its commit did: nothing of it stays.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        let _ = self.writers.unlock();
+    }
+}
+
 /// A write transaction, as the rules see it.
 struct Tx<'c> {
     conn: &'c Connection,
@@ -689,6 +699,15 @@ struct Tx<'c> {
 }
 
 impl Tx<'_> {
+    /// Runs one statement without parameters, cached.
+    fn run(&self, sql: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+            .map_err(write_err(self.path))
+    }
+
     /// The task with this id and its lease's secret.
     fn task_and_token(&self, id: &str) -> Result<Option<(Task, Option<String>)>, StoreError> {
         let Ok(id) = parse_id(id) else {
@@ -931,12 +950,10 @@ fn sql_text(text: &str) -> String {
 
 /// A new lease secret: 16 random bytes from the OS, as hex.
 fn new_token() -> Result<String, StoreError> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|err| StoreError::Io {
+    crate::secret::random_hex(16).map_err(|err| StoreError::Io {
         path: PathBuf::from("(the OS random source)"),
         source: std::io::Error::other(err.to_string()),
-    })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    })
 }
 
 /// The SQL condition that a task `t` is paused, by itself, its type or the whole queue.
@@ -996,7 +1013,19 @@ impl QueueStore for SqliteStore {
         let now = Timestamp::now();
         self.write(Commit::AsConfigured, |tx| {
             let done = self.finish_in(tx, lease, outcome, now)?;
-            Ok((done, self.claim_in(tx, worker, types, now)?))
+            // The claim must not take the recorded outcome down with it if it fails.
+            tx.run("SAVEPOINT next_claim")?;
+            match self.claim_in(tx, worker, types, now) {
+                Ok(next) => {
+                    tx.run("RELEASE next_claim")?;
+                    Ok((done, next))
+                }
+                Err(_) => {
+                    tx.run("ROLLBACK TO next_claim")?;
+                    tx.run("RELEASE next_claim")?;
+                    Ok((done, None))
+                }
+            }
         })
     }
 
@@ -1005,7 +1034,11 @@ impl QueueStore for SqliteStore {
         self.write(Commit::AsConfigured, |tx| {
             let mut task = tx.leased(lease, now)?;
             lifecycle::release(&mut task, now);
-            tx.put(&task)
+            tx.put(&task)?;
+            if task.status == TaskStatus::Cancelled {
+                lifecycle::settle_dependents(tx, &task, now)?;
+            }
+            Ok(())
         })
     }
 
@@ -1186,8 +1219,7 @@ impl QueueStore for SqliteStore {
             let mut summary = Summary::default();
             for row in rows {
                 let (status, task_type, n) = row.map_err(db_err(path))?;
-                let Some(status) = TaskStatus::ALL.into_iter().find(|s| s.as_str() == status)
-                else {
+                let Ok(status) = status.parse::<TaskStatus>() else {
                     continue;
                 };
                 let n = usize::try_from(n).unwrap_or(0);
@@ -1249,39 +1281,52 @@ impl QueueStore for SqliteStore {
                 .collect()
         };
         let finished = serde_json::to_string(&finished).expect("names serialize");
-        let ids: Vec<i64> = self.write(Commit::AsConfigured, |tx| {
-            const CHOSEN: &str = "SELECT id FROM tasks WHERE finished_at < ?1 \
-                AND status IN (SELECT value FROM json_each(?2))";
-            let ids: Vec<i64> = {
-                let mut statement = tx.conn.prepare(CHOSEN).map_err(db_err(tx.path))?;
-                let rows = statement
-                    .query_map(params![millis(before), finished], |row| row.get(0))
-                    .map_err(db_err(tx.path))?;
-                rows.collect::<Result<_, _>>().map_err(db_err(tx.path))?
-            };
-            for sql in [
-                format!("DELETE FROM task_after WHERE task_id IN ({CHOSEN})"),
-                format!(
+        let mut purged = 0;
+        // In batches, each its own transaction, so that no writer (a lease renewal) waits long.
+        loop {
+            let ids: Vec<i64> = self.write(Commit::AsConfigured, |tx| {
+                let ids: Vec<i64> = {
+                    let mut statement = tx
+                        .conn
+                        .prepare_cached(
+                            "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+                                WHERE finished_at < ?1 \
+                                AND status IN (SELECT value FROM json_each(?2)) LIMIT 10000) \
+                             RETURNING id",
+                        )
+                        .map_err(write_err(tx.path))?;
+                    let rows = statement
+                        .query_map(params![millis(before), finished], |row| row.get(0))
+                        .map_err(write_err(tx.path))?;
+                    rows.collect::<Result<_, _>>().map_err(write_err(tx.path))?
+                };
+                let json = serde_json::to_string(&ids).expect("ids serialize");
+                for sql in [
+                    "DELETE FROM task_after WHERE task_id IN (SELECT value FROM json_each(?1))",
                     "DELETE FROM pauses WHERE kind = 'task' \
-                        AND name IN (SELECT CAST(id AS TEXT) FROM ({CHOSEN}))"
-                ),
-                format!("DELETE FROM tasks WHERE id IN ({CHOSEN})"),
-            ] {
-                tx.conn
-                    .execute(&sql, params![millis(before), finished])
-                    .map_err(write_err(tx.path))?;
+                        AND name IN (SELECT CAST(value AS TEXT) FROM json_each(?1))",
+                ] {
+                    tx.conn
+                        .prepare_cached(sql)
+                        .and_then(|mut s| s.execute([&json]))
+                        .map_err(write_err(tx.path))?;
+                }
+                Ok(ids)
+            })?;
+            for id in &ids {
+                self.folder.remove_log(&id.to_string())?;
             }
-            Ok(ids)
-        })?;
-        for id in &ids {
-            self.folder.remove_log(&id.to_string())?;
+            purged += ids.len();
+            if ids.len() < 10_000 {
+                break;
+            }
         }
-        if !ids.is_empty() {
-            // Gives the space back to the file system and truncates the WAL.
+        if purged > 0 {
+            // Gives back what the log grew to, without waiting for readers.
             let inner = self.inner.lock().expect("connection lock");
-            let _ = inner.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            let _ = inner.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
         }
-        Ok(ids.len())
+        Ok(purged)
     }
 
     fn put_worker(&self, record: &WorkerRecord) -> Result<(), StoreError> {

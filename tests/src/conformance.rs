@@ -629,6 +629,42 @@ pub fn cancel_and_retry(engine: &dyn Engine) {
         Err(StoreError::WrongState { .. })
     ));
     assert!(matches!(store.cancel("999"), Err(StoreError::NotFound(_))));
+
+    // A worker that shuts down while a cancel is pending does not hand the task to another.
+    let claim = store.claim("w", &types(&["alpha"])).unwrap().unwrap();
+    store.cancel(&claim.task.id).unwrap();
+    store.release(&claim.lease).unwrap();
+    assert_eq!(
+        status(store.as_ref(), &claim.task.id),
+        TaskStatus::Cancelled
+    );
+    assert!(store.claim("w", &types(&["alpha"])).unwrap().is_none());
+}
+
+/// A worker records an outcome and takes its next task in one step; the outcome stands
+/// whatever the claim finds.
+pub fn finish_and_claim(engine: &dyn Engine) {
+    let q = engine.fresh();
+    let store = engine.open(&q, Policy::default());
+    let tasks = store.add(vec![new("alpha", 1), new("alpha", 2)]).unwrap();
+    let alpha = types(&["alpha"]);
+    let first = store.claim("w", &alpha).unwrap().unwrap();
+    let (done, next) = store
+        .finish_and_claim(&first.lease, Outcome::Success(json!(1)), "w", &alpha)
+        .unwrap();
+    assert_eq!(done.status, TaskStatus::Completed);
+    let next = next.expect("the second task");
+    assert_eq!(next.task.id, tasks[1].id);
+    assert_eq!(status(store.as_ref(), &next.task.id), TaskStatus::Running);
+    let (done, none) = store
+        .finish_and_claim(&next.lease, Outcome::Success(json!(2)), "w", &alpha)
+        .unwrap();
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert!(none.is_none());
+    assert!(matches!(
+        store.finish_and_claim(&first.lease, Outcome::Success(json!(3)), "w", &alpha),
+        Err(StoreError::LeaseLost { .. })
+    ));
 }
 
 /// Pause stops claims of the queue, a type or a task until resumed.

@@ -2,8 +2,6 @@
 //! system, nothing linked away), the database (SQLite's integrity check, the counts the store
 //! keeps, every task record), the workers and leases.
 
-use std::os::unix::fs::MetadataExt;
-
 use jiff::Timestamp;
 use queue::{QueueStore, TaskQuery, TaskStatus};
 
@@ -31,22 +29,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
             root.display()
         ),
     )?;
-    let mut loose = Vec::new();
-    for dir in [root.clone(), root.join("logs")] {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let meta = entry.metadata()?;
-            let path = entry.path();
-            if entry.file_type()?.is_symlink() {
-                loose.push(format!("{} is a symlink", path.display()));
-            } else if meta.is_file() && meta.mode() & 0o077 != 0 {
-                loose.push(format!(
-                    "{} has mode {:o} (`host init` makes it 0600)",
-                    path.display(),
-                    meta.mode() & 0o777
-                ));
-            }
-        }
-    }
+    let loose = store.folder().loose_files()?;
     report(
         loose.is_empty(),
         if loose.is_empty() {

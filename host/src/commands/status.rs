@@ -42,7 +42,7 @@ pub struct WorkerView {
 }
 
 impl StatusReport {
-    /// Reads the store's summary and the worker records; no task file is read.
+    /// Reads the counts the store keeps and the worker records; no task is read.
     pub fn read(settings: &Settings) -> anyhow::Result<StatusReport> {
         let store = open_store(settings)?;
         let summary = store.summary()?;

@@ -43,7 +43,8 @@ impl Access {
                  --token and HOST_WEB_TOKEN to have one made)"
             ),
             Some(token) => token,
-            None => random_token()?,
+            None => queue::secret::random_hex(32)
+                .map_err(|err| anyhow::anyhow!("cannot make a token: {err}"))?,
         };
         let mut allowed_hosts: Vec<String> =
             allowed_hosts.iter().map(|h| h.to_lowercase()).collect();
@@ -110,8 +111,7 @@ impl Access {
 
     /// Compares in constant time, so that the time of a refusal says nothing about the token.
     fn is(&self, candidate: &str) -> bool {
-        let (a, b) = (self.token.as_bytes(), candidate.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        queue::secret::same(&self.token, candidate)
     }
 
     /// The cookie that hands the token to the page: not readable by its scripts, never sent
@@ -248,13 +248,6 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
         }
     }
     json
-}
-
-/// 32 random bytes from the OS, as hex.
-fn random_token() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|err| anyhow::anyhow!("cannot make a token: {err}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]

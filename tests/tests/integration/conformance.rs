@@ -34,6 +34,11 @@ mod sqlite {
     }
 
     #[test]
+    fn finish_and_claim() {
+        conformance::finish_and_claim(&Sqlite);
+    }
+
+    #[test]
     fn pause_and_resume() {
         conformance::pause_and_resume(&Sqlite);
     }

@@ -139,6 +139,18 @@ fn a_library_someone_else_could_have_placed_is_refused_before_it_is_opened() {
         "writable by other users",
     );
 
+    // A chain of links: a private link to a link in a world-writable folder (which anyone
+    // could re-point) to a library in a private folder. Every link on the way counts.
+    let real = folder_with(&q, "real", "bad_plugin");
+    let hop = q.scratch.join("hop");
+    fs::create_dir_all(&hop).unwrap();
+    symlink(real.join(&bad), hop.join(&bad)).unwrap();
+    chmod(&hop, 0o777);
+    let chain = q.scratch.join("chain");
+    fs::create_dir_all(&chain).unwrap();
+    symlink(hop.join(&bad), chain.join(&bad)).unwrap();
+    refused_unopened(&q, &[&chain], &chain.join(&bad), "writable by other users");
+
     if running_as_root("plugins owned by another user are refused") {
         let owned = folder_with(&q, "owned", "bad_plugin");
         nix::unistd::chown(

@@ -27,6 +27,8 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_claimable ON tasks (type, priority, id) WHERE status = 'pending';
 -- The lease scan: running tasks whose lease ran out.
 CREATE INDEX tasks_leases ON tasks (lease_expires_at) WHERE status = 'running';
+-- Listings by state, newest or oldest first.
+CREATE INDEX tasks_by_status ON tasks (status, id);
 -- Retention and "finished since".
 CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
 
