@@ -350,35 +350,4 @@ mod tests {
         assert_eq!(unsafe_file_system(0xef53), None, "ext4 is fine");
         assert_eq!(unsafe_file_system(0x0102_1994), None, "tmpfs is fine");
     }
-
-    #[test]
-    fn an_existing_folder_and_its_files_are_made_owner_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("q");
-        fs::create_dir(&root).unwrap();
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
-        fs::write(root.join("host.toml"), "").unwrap();
-        fs::set_permissions(root.join("host.toml"), fs::Permissions::from_mode(0o644)).unwrap();
-        let folder = QueueFolder::create(&root).unwrap();
-        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
-        assert_eq!(mode(&root), 0o700);
-        assert_eq!(mode(&root.join("host.toml")), 0o600);
-        folder.append_log("1", "line").unwrap();
-        assert_eq!(mode(&root.join("logs/1.log")), 0o600);
-        assert_eq!(mode(&root.join("logs")), 0o700);
-    }
-
-    #[test]
-    fn nothing_is_written_through_a_symlink() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("q");
-        let folder = QueueFolder::create(&root).unwrap();
-        let victim = dir.path().join("victim");
-        fs::write(&victim, "untouched").unwrap();
-        std::os::unix::fs::symlink(&victim, root.join("doorbell")).unwrap();
-        folder.ring_doorbell();
-        std::os::unix::fs::symlink(&victim, root.join("logs/7.log")).unwrap();
-        assert!(folder.append_log("7", "evil").is_err());
-        assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");
-    }
 }

@@ -607,67 +607,6 @@ fn cancel_for(task: &mut Task, dep: &str, status: TaskStatus, now: Timestamp) {
 mod tests {
     use super::*;
 
-    fn running(lease_until: Timestamp) -> Task {
-        let mut task = NewTask {
-            task_type: "a".into(),
-            ..NewTask::default()
-        }
-        .into_task("7".into(), vec![], Timestamp::now());
-        claim(&mut task, "w", Timestamp::now(), &Policy::default());
-        task.lease_expires_at = Some(lease_until);
-        task
-    }
-
-    fn lease(token: &str) -> Lease {
-        Lease {
-            task_id: "7".into(),
-            attempt: 1,
-            worker: "w".into(),
-            token: token.into(),
-        }
-    }
-
-    #[test]
-    fn only_the_holder_of_an_unexpired_lease_may_act() {
-        let now = Timestamp::now();
-        let task = running(later(now, Duration::from_secs(10)));
-        assert!(check_lease(&task, &lease("s3cret"), Some("s3cret"), now).is_ok());
-        let err = check_lease(&task, &lease("guess"), Some("s3cret"), now).unwrap_err();
-        assert!(
-            matches!(&err, StoreError::NotHolder { holder, .. } if holder == "w"),
-            "{err}"
-        );
-        let expired = running(now.saturating_sub(SignedDuration::from_secs(1)).unwrap());
-        let err = check_lease(&expired, &lease("s3cret"), Some("s3cret"), now).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::LeaseLost {
-                    why: "it expired",
-                    ..
-                }
-            ),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_lost_lease_waits_out_the_backoff_before_its_next_attempt() {
-        let now = Timestamp::now();
-        let mut task = running(now);
-        let policy = Policy {
-            backoff: Duration::from_secs(60),
-            ..Policy::default()
-        };
-        expire(&mut task, now, &policy, "w2");
-        assert_eq!(task.status, TaskStatus::Pending);
-        let wait = task.retry_at.unwrap().duration_since(now).as_secs_f64();
-        assert!((30.0..=60.0).contains(&wait), "waits {wait}s");
-        let attempt = &task.history[0];
-        assert_eq!(attempt.status, AttemptStatus::Expired);
-        assert_eq!(attempt.finished_by.as_deref(), Some("w2"));
-    }
-
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {
         for attempt in 1..=30 {

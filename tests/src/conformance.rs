@@ -919,4 +919,9 @@ pub fn listing_and_purge(engine: &dyn Engine) {
             .unwrap_or(0),
         4
     );
+    assert_eq!(
+        store.add(vec![new("alpha", 5)]).unwrap()[0].id,
+        "8",
+        "an id is never given out twice, even after its task was purged"
+    );
 }

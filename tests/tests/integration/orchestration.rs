@@ -239,7 +239,12 @@ fn an_aged_low_priority_task_starts_within_its_bound_behind_a_stream_of_urgent_o
     // older; a second covers the task running when it got there and the worker's start.
     assert!(waited.as_secs_f64() < 9.0 * 0.2 + 1.0, "waited {waited:?}");
     assert_eq!(task["priority"], 9, "the original priority stays on record");
-    assert_eq!(task["agedPriority"], 0);
+    // 0 when the urgent tasks were added at once; on a loaded machine their add can take long
+    // enough that the old task catches up with them a step earlier.
+    let aged = task["agedPriority"]
+        .as_u64()
+        .expect("claimed at an aged priority");
+    assert!(aged <= 1, "claimed at {aged}");
     assert!(
         q.status()["counts"]["pending"].as_u64().unwrap() > 100,
         "it did not simply wait for the urgent stream to end"
