@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job, end to end on the embedded file queue: build the host and the plugins, then play
+# The main job, end to end on the embedded SQLite queue: build the host and the plugins, then play
 # the seed's daily workflow. The orchestrator adds tasks, one worker per role drains them in its
 # own process, the orchestrator watches and finally shows the results.
 #
