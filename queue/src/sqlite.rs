@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Params, params};
 
 use crate::folder::io_err;
@@ -736,28 +737,17 @@ impl Tx<'_> {
 
     /// Stores a new task and the edges to the tasks it comes after.
     fn insert(&mut self, task: &Task) -> Result<(), StoreError> {
-        let id = parse_id(&task.id)?;
         self.db.change(
             "INSERT INTO tasks (id, type, status, priority, created_at, finished_at, retry_at, \
-                lease_expires_at, worker, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                id,
-                task.task_type,
-                task.status.as_str(),
-                task.priority,
-                millis(task.created_at),
-                task.finished_at.map(millis),
-                task.retry_at.map(millis),
-                task.lease_expires_at.map(millis),
-                task.worker,
-                serde_json::to_string(task).expect("task serializes"),
-            ],
+                lease_expires_at, worker, body, lease_token) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            rusqlite::params_from_iter(columns(task, None)?),
         )?;
         self.work_appeared |= task.status == TaskStatus::Pending;
         for after in &task.after {
             self.db.change(
                 "INSERT OR IGNORE INTO task_after (task_id, after_id) VALUES (?1, ?2)",
-                params![id, parse_id(after).unwrap_or(0)],
+                params![parse_id(&task.id)?, parse_id(after).unwrap_or(0)],
             )?;
         }
         Ok(())
@@ -774,19 +764,7 @@ impl Tx<'_> {
                 body = ?10, \
                 lease_token = CASE WHEN ?3 = 'running' THEN COALESCE(?11, lease_token) END \
              WHERE id = ?1",
-            params![
-                parse_id(&task.id)?,
-                task.task_type,
-                task.status.as_str(),
-                task.priority,
-                millis(task.created_at),
-                task.finished_at.map(millis),
-                task.retry_at.map(millis),
-                task.lease_expires_at.map(millis),
-                task.worker,
-                serde_json::to_string(task).expect("task serializes"),
-                token
-            ],
+            rusqlite::params_from_iter(columns(task, token)?),
         )?;
         self.work_appeared |= task.status == TaskStatus::Pending;
         Ok(())
@@ -820,6 +798,26 @@ impl TaskTx for Tx<'_> {
         )?;
         Ok(ids.iter().map(i64::to_string).collect())
     }
+}
+
+/// A task's row, numbered as `insert` and `save` bind it: ?1 id, ?2 type, ?3 status,
+/// ?4 priority, ?5 to ?8 times, ?9 worker, ?10 the whole task as JSON, ?11 the lease's secret.
+fn columns(task: &Task, token: Option<&str>) -> Result<[Value; 11], StoreError> {
+    let time = |at: Option<Timestamp>| at.map_or(Value::Null, |at| Value::Integer(millis(at)));
+    let text = |text: Option<&str>| text.map_or(Value::Null, |t| Value::Text(t.to_string()));
+    Ok([
+        Value::Integer(parse_id(&task.id)?),
+        Value::Text(task.task_type.clone()),
+        Value::Text(task.status.as_str().to_string()),
+        Value::Integer(task.priority.into()),
+        time(Some(task.created_at)),
+        time(task.finished_at),
+        time(task.retry_at),
+        time(task.lease_expires_at),
+        text(task.worker.as_deref()),
+        Value::Text(serde_json::to_string(task).expect("task serializes")),
+        text(token),
+    ])
 }
 
 fn millis(at: Timestamp) -> i64 {
@@ -1067,8 +1065,8 @@ impl QueueStore for SqliteStore {
 
     fn list(&self, query: &TaskQuery) -> Result<Vec<Task>, StoreError> {
         let mut conditions: Vec<String> = Vec::new();
-        let mut values: Vec<rusqlite::types::Value> = Vec::new();
-        let mut bind = |condition: &str, value: rusqlite::types::Value| {
+        let mut values: Vec<Value> = Vec::new();
+        let mut bind = |condition: &str, value: Value| {
             values.push(value);
             conditions.push(condition.replace('?', &format!("?{}", values.len())));
         };

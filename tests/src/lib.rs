@@ -267,19 +267,46 @@ fn standalone_manifest(manifest: &str, ws: &Workspace) -> String {
         .join("\n")
 }
 
-/// A new temporary folder under the target folder. Not under `/tmp`: the host refuses plugins
-/// in a folder that other users can write to, and `/tmp` is one (its sticky bit no excuse).
+/// A new temporary folder where the host accepts plugins: under the target folder, unless a
+/// folder above it is writable by group or others (a checkout under `/tmp`, whose sticky bit
+/// is no excuse), then under `~/.cache/host-tests`.
 pub fn scratch_dir() -> tempfile::TempDir {
-    let base = workspace()
-        .bin_dir
-        .parent()
-        .expect("target dir")
-        .join("test-tmp");
-    fs::create_dir_all(&base).unwrap();
     tempfile::Builder::new()
         .prefix("t")
-        .tempdir_in(&base)
+        .tempdir_in(scratch_base())
         .unwrap()
+}
+
+/// The folder that holds the tests' temporary folders (see [`scratch_dir`]).
+pub fn scratch_base() -> &'static Path {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let in_target = workspace()
+            .bin_dir
+            .parent()
+            .expect("target dir")
+            .join("test-tmp");
+        let home = std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/host-tests"));
+        let base = std::iter::once(in_target)
+            .chain(home)
+            .find(|base| plugins_allowed_under(base))
+            .expect(
+                "no folder for test plugins that only this user can write to: neither the \
+                 target folder nor ~/.cache (check the permissions of the folders above them)",
+            );
+        fs::create_dir_all(&base).unwrap();
+        base
+    })
+}
+
+/// Whether every folder above `path` (that exists) is owned by this user or root and not
+/// writable by group or others: the host's rule for plugin folders.
+fn plugins_allowed_under(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    path.ancestors()
+        .filter_map(|dir| fs::metadata(dir).ok())
+        .all(|meta| (meta.uid() == me || meta.uid() == 0) && meta.mode() & 0o022 == 0)
 }
 
 /// A fresh coordination folder with its own plugin folder, and the means to drive `host` on it.
@@ -475,12 +502,14 @@ pub fn running_as_root(what: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "SKIPPED (needs root, which CI has): {what}"
-    );
+    skipped(&format!("{what} (needs root, which CI has)"));
     false
+}
+
+/// Says on the terminal, past the test harness's capture, that `what` was skipped.
+pub fn skipped(what: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {what}");
 }
 
 /// A second Unix user for the tests of what other users can do, created when missing: its

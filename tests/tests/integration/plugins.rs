@@ -157,9 +157,14 @@ fn an_unknown_role_names_the_role_the_folders_and_the_roles_available() {
 #[test]
 fn the_default_plugin_path_includes_the_folder_of_the_host_executable() {
     let q = TestQueue::with_plugins(&[]);
-    let output = q
-        .host()
-        .env_remove("HOST_PLUGIN_PATH")
+    // A copy of the host beside a plugin, in a folder only this user can write to, as
+    // `cargo build --release` leaves them.
+    let bin = q.scratch.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    fs::copy(workspace().host(), bin.join("host")).unwrap();
+    fs::copy(workspace().library("noop"), bin.join(library_file("noop"))).unwrap();
+    let output = std::process::Command::new(bin.join("host"))
+        .env("HOST_QUEUE_DIR", &q.queue)
         .args(["plugins", "--json"])
         .output()
         .unwrap();
@@ -171,15 +176,7 @@ fn the_default_plugin_path_includes_the_folder_of_the_host_executable() {
         .map(|p| p.as_str().unwrap())
         .collect();
     assert_eq!(path[0], q.queue.join("plugins").to_str().unwrap());
-    assert_eq!(
-        path[1],
-        workspace()
-            .bin_dir
-            .canonicalize()
-            .unwrap()
-            .to_str()
-            .unwrap()
-    );
+    assert_eq!(path[1], bin.canonicalize().unwrap().to_str().unwrap());
     assert_eq!(library(&listing, "noop")["status"], "loaded");
 }
 
