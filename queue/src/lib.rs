@@ -101,6 +101,17 @@ pub enum StoreError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The operation was applied, but the disk refused to flush it (a durable queue).
+    #[error(
+        "{path}: the change was made but could not be flushed to the disk ({source}); a power \
+         loss could still undo it"
+    )]
+    NotFlushed {
+        /// The file that could not be flushed.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// The database refused an operation; nothing of it was applied.
     #[error("{path}: {message}")]
     Database {

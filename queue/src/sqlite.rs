@@ -263,7 +263,8 @@ impl SqliteStore {
             }
             Arc::clone(log.as_ref().expect("log opened"))
         };
-        log.sync_data().map_err(io_err(&path))
+        log.sync_data()
+            .map_err(|source| StoreError::NotFlushed { path, source })
     }
 
     /// Runs `read` on a consistent snapshot; never waits for writers.

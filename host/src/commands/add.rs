@@ -100,7 +100,11 @@ pub fn add_checked(
             })?;
         }
     }
-    store.add(tasks).context("nothing was added")
+    // Said only when it is true: a change made but not flushed says so itself.
+    store.add(tasks).map_err(|err| match err {
+        queue::StoreError::NotFlushed { .. } => anyhow::Error::new(err),
+        err => anyhow::Error::new(err).context("nothing was added"),
+    })
 }
 
 /// An `after` reference in a task file: a key of the file, or an id as a string or a number.
