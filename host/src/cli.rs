@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use queue::QueueAddress;
 
 /// The command line as typed.
 #[derive(Debug, Parser)]
@@ -56,15 +57,16 @@ impl Cli {
 /// Options valid with every command.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// The coordination folder.
+    /// The coordination folder, or a postgres:// URL (a queue shared by many machines).
     #[arg(
         long,
         global = true,
         env = "HOST_QUEUE_DIR",
-        value_name = "DIR",
-        default_value = "./copilot-orchestration"
+        value_name = "DIR|URL",
+        default_value = "./copilot-orchestration",
+        hide_env_values = true
     )]
-    pub queue: PathBuf,
+    pub queue: String,
 
     /// Where plugins are looked for (repeatable; the environment variable is colon-separated).
     /// Default: <queue>/plugins, then the folder holding the host executable.
@@ -437,8 +439,8 @@ pub struct AddArgs {
 /// What the command line resolves to, shared by every command.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// The coordination folder, absolute.
-    pub queue: PathBuf,
+    /// Where the queue lives: the coordination folder (absolute), or a PostgreSQL URL.
+    pub queue: QueueAddress,
     /// The folders searched for plugins, in order, absolute.
     pub plugin_path: Vec<PathBuf>,
     /// Say more.
@@ -448,8 +450,8 @@ pub struct Settings {
 impl Settings {
     /// Resolves paths and defaults.
     pub fn resolve(global: &GlobalArgs) -> anyhow::Result<Settings> {
-        let queue = std::path::absolute(&global.queue)
-            .with_context(|| format!("queue folder {}", global.queue.display()))?;
+        let queue = QueueAddress::parse(&global.queue)
+            .with_context(|| format!("queue {}", queue::redact_url(&global.queue)))?;
         let mut plugin_path: Vec<PathBuf> = global
             .plugin_dirs
             .iter()
@@ -457,7 +459,10 @@ impl Settings {
             .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()))
             .collect();
         if plugin_path.is_empty() {
-            plugin_path.push(queue.join("plugins"));
+            // Plugins are local to each machine: a queue on a server has no folder for them.
+            if let Some(folder) = queue.folder() {
+                plugin_path.push(folder.join("plugins"));
+            }
             if let Some(dir) = std::env::current_exe()
                 .ok()
                 .and_then(|exe| exe.canonicalize().ok())

@@ -22,18 +22,17 @@
 //! is an error naming the file, the line and the key.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use queue::Store;
 use serde::Deserialize;
 use toml::Spanned;
-
-/// The name of the file in the coordination folder.
-pub const FILE_NAME: &str = "host.toml";
 
 /// What `host.toml` says; all empty when there is no file.
 #[derive(Debug, Default)]
 pub struct Config {
+    /// Where it was read from (a file, or `host.toml` in a database), for messages.
+    pub source: String,
     /// Role bindings by role name.
     pub roles: BTreeMap<String, RoleBinding>,
     /// Queue-wide caps on running tasks, by task type.
@@ -91,28 +90,27 @@ struct RawQueue {
 
 /// A problem in `host.toml`, with where it is.
 #[derive(Debug, thiserror::Error)]
-#[error("{}:{line}: {message}", path.display())]
+#[error("{source_name}:{line}: {message}")]
 pub struct ConfigError {
-    path: PathBuf,
+    source_name: String,
     line: usize,
     message: String,
 }
 
 impl Config {
-    /// Reads `<queue>/host.toml`; no file means the defaults.
-    pub fn load(queue: &Path) -> anyhow::Result<Config> {
-        let path = queue.join(FILE_NAME);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
-            Err(err) => return Err(anyhow::anyhow!("{}: {err}", path.display())),
-        };
-        Ok(Config::parse(&path, &text)?)
+    /// Reads the queue's configuration (`host.toml` in its folder, or kept in its database);
+    /// none means the defaults.
+    pub fn load(store: &Store) -> anyhow::Result<Config> {
+        match store.config()? {
+            Some((text, source)) => Ok(Config::parse(&source, &text)?),
+            None => Ok(Config::default()),
+        }
     }
 
-    fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    /// Reads configuration `text`; errors name `source` and the line at fault.
+    pub fn parse(source: &str, text: &str) -> Result<Config, ConfigError> {
         let error = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
-            path: path.to_path_buf(),
+            source_name: source.to_string(),
             line: span.map_or(1, |s| {
                 text[..s.start.min(text.len())].matches('\n').count() + 1
             }),
@@ -124,7 +122,10 @@ impl Config {
             humantime::parse_duration(value.get_ref())
                 .map_err(|err| error(Some(value.span()), format!("{key}: {err}")))
         };
-        let mut config = Config::default();
+        let mut config = Config {
+            source: source.to_string(),
+            ..Config::default()
+        };
         for (name, role) in raw.roles {
             let timeout = match &role.timeout {
                 Some(value) => Some(duration(value, &format!("roles.{name}.timeout"))?),
@@ -208,7 +209,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, String> {
-        Config::parse(Path::new("q/host.toml"), text).map_err(|e| e.to_string())
+        Config::parse("q/host.toml", text).map_err(|e| e.to_string())
     }
 
     #[test]

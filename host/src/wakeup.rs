@@ -1,18 +1,20 @@
-//! Instant pickup: idle worker slots sleep until the queue's doorbell rings (a file-system
-//! notification on `<queue>/doorbell`, which the store rewrites whenever work may have become
-//! claimable) or until the poll interval passes.
+//! Instant pickup: idle worker slots sleep until the store says work may have become claimable
+//! or until the poll interval passes. The embedded store rewrites `<queue>/doorbell`, watched
+//! through file-system notifications; the PostgreSQL store sends `NOTIFY`, heard on a
+//! connection of its own that `LISTEN`s.
 //!
-//! Polling stays as the fallback: notifications do not arrive for changes made by other
-//! machines on a network file system (NFS, SMB), nor when the watcher cannot be set up (the
-//! inotify watch limit is reached). Then pickup takes up to `--poll`. Retries waiting out a
+//! Polling stays as the fallback: file notifications do not arrive when the watcher cannot be
+//! set up (the inotify watch limit is reached), and a listening connection can be lost (it is
+//! opened again, with backoff). Then pickup takes up to `--poll`. Retries waiting out a
 //! backoff and expired leases are found by polling too, as they become due by time, not by a
-//! change in the folder.
+//! change in the queue.
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode, Watcher};
+use queue::{StoreError, WorkListener, WorkSignal};
 
 /// Wakes idle slots when something may have become claimable.
 pub struct Wakeup {
@@ -22,9 +24,56 @@ pub struct Wakeup {
 }
 
 impl Wakeup {
+    /// Listens for the store's signal. If that is unavailable, says why in the returned text
+    /// and polls only.
+    pub fn start(signal: WorkSignal) -> (Wakeup, Option<String>) {
+        match signal {
+            WorkSignal::Doorbell(path) => Wakeup::watch(&path),
+            WorkSignal::Listen(connect) => (Wakeup::listen(connect), None),
+        }
+    }
+
+    /// Hears `NOTIFY` on a thread of its own that keeps a listening connection open, opening
+    /// a new one (with backoff) when it is lost. A reconnection also wakes the slots: what was
+    /// announced meanwhile was not heard.
+    fn listen(
+        connect: Box<dyn Fn() -> Result<WorkListener, StoreError> + Send + Sync>,
+    ) -> Wakeup {
+        let generation = Arc::new((Mutex::new(0u64), Condvar::new()));
+        let signal = Arc::clone(&generation);
+        let ring = move || {
+            let (count, changed) = &*signal;
+            *count.lock().expect("wakeup lock") += 1;
+            changed.notify_all();
+        };
+        std::thread::spawn(move || {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                let Ok(mut listener) = connect() else {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    continue;
+                };
+                pause = Duration::from_millis(100);
+                ring();
+                loop {
+                    match listener.wait(Duration::from_secs(60)) {
+                        Ok(true) => ring(),
+                        Ok(false) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+        });
+        Wakeup {
+            generation,
+            _watcher: None,
+        }
+    }
+
     /// Watches the queue's `doorbell` file. If that fails, says why in the returned text and
     /// polls only.
-    pub fn watch(doorbell: &Path) -> (Wakeup, Option<String>) {
+    fn watch(doorbell: &Path) -> (Wakeup, Option<String>) {
         let generation = Arc::new((Mutex::new(0u64), Condvar::new()));
         let signal = Arc::clone(&generation);
         let handler = move |event: notify::Result<notify::Event>| {

@@ -182,6 +182,30 @@ impl QueueFolder {
         Ok((String::from_utf8_lossy(&bytes).into_owned(), next))
     }
 
+    /// Replaces the file `name` in the folder with `text` (owner-only, all at once), or with
+    /// `None` removes it.
+    pub fn write_config(&self, name: &str, text: Option<&str>) -> Result<(), StoreError> {
+        use std::io::Write;
+        let path = self.root.join(name);
+        let Some(text) = text else {
+            return match fs::remove_file(&path) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(err)),
+                _ => Ok(()),
+            };
+        };
+        // A new file renamed over the old one: a reader sees the old text or the new, whole.
+        let mut file = tempfile::Builder::new()
+            .prefix(".host.toml.")
+            .permissions(fs::Permissions::from_mode(0o600))
+            .tempfile_in(&self.root)
+            .map_err(io_err(&self.root))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.as_file().sync_all())
+            .map_err(io_err(&path))?;
+        file.persist(&path).map_err(|err| io_err(&path)(err.error))?;
+        Ok(())
+    }
+
     /// Removes task `id`'s log, if it has one.
     pub fn remove_log(&self, id: &str) -> Result<(), StoreError> {
         let path = self.log_path(id);

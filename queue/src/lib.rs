@@ -1,6 +1,7 @@
 //! The task queue: what can be done to it ([`QueueStore`]), the rules of a task's life that
-//! every store follows ([`lifecycle`]), and the embedded store ([`SqliteStore`]): SQLite in the
-//! coordination folder, no server to start.
+//! every store follows ([`lifecycle`]), and the two stores: the embedded one
+//! ([`SqliteStore`]: SQLite in the coordination folder, no server to start) and the one for
+//! many machines ([`PostgresStore`]). [`Store`] opens either from a [`QueueAddress`].
 //!
 //! The data path reads in one direction: [`QueueStore::add`] stores [`NewTask`]s as
 //! [`Task`]s; [`QueueStore::claim`] hands the best pending task of some types to a worker
@@ -31,10 +32,15 @@ mod folder;
 pub mod legacy;
 pub mod lifecycle;
 pub mod secret;
+mod postgres;
+mod records;
 mod sqlite;
+mod store;
 
 pub use folder::QueueFolder;
+pub use postgres::{PostgresStore, PostgresUrl, WorkListener, redact_url};
 pub use sqlite::SqliteStore;
+pub use store::{CONFIG_FILE, QueueAddress, Store, WorkSignal};
 
 /// How hard the store works to survive a power loss (a crashed process is always survived).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +71,7 @@ impl Durability {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The folder is not a queue (yet).
-    #[error("{0} is not a queue folder (run `host init` to create one)")]
+    #[error("{0} holds no queue (run `host init` to create one)")]
     NotInitialized(PathBuf),
     /// The folder holds a queue of the folder-of-files format of earlier versions.
     #[error(

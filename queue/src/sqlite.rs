@@ -21,11 +21,10 @@
 //! What a claim, finish or cancel does to a task is decided by [`crate::lifecycle`]; this file
 //! only stores and fetches.
 
-use std::collections::HashSet;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use rusqlite::types::Value;
@@ -33,6 +32,10 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Params, para
 
 use crate::folder::io_err;
 use crate::lifecycle::{self, Policy, TaskTx};
+use crate::records::{
+    ExpiryScan, Unreadable, from_millis, millis, new_token, parse_id, parse_task, pause_key,
+    pause_scope, purgeable, task_body,
+};
 use crate::{
     Claim, Durability, Lease, NewTask, Outcome, PauseScope, QueueFolder, QueueStore, Renewal,
     StoreError, Summary, Task, TaskQuery, TaskStatus, WorkerRecord, validate_name,
@@ -63,12 +66,8 @@ pub struct SqliteStore {
     inner: Mutex<Inner>,
     policy: Policy,
     durability: Durability,
-    /// Tasks whose record could not be read, skipped by claims and `has_work` in this process,
-    /// each reported once.
-    unreadable: Mutex<HashSet<i64>>,
-    warnings: Mutex<Vec<String>>,
-    /// When this store last looked for expired leases.
-    last_expiry_scan: Mutex<Option<Instant>>,
+    unreadable: Unreadable,
+    expiry_scan: ExpiryScan,
     /// The write-ahead log, opened for flushing durable commits. No lock is ever taken on it,
     /// so this descriptor cannot release SQLite's (POSIX locks go with any descriptor of a
     /// locked file).
@@ -155,9 +154,8 @@ impl SqliteStore {
             inner: Mutex::new(inner),
             policy: Policy::default(),
             durability,
-            unreadable: Mutex::new(HashSet::new()),
-            warnings: Mutex::new(Vec::new()),
-            last_expiry_scan: Mutex::new(None),
+            unreadable: Unreadable::default(),
+            expiry_scan: ExpiryScan::default(),
             log: Mutex::new(None),
         })
     }
@@ -279,28 +277,6 @@ impl SqliteStore {
         Ok(out)
     }
 
-    fn warn_unreadable(&self, id: i64, err: &StoreError) {
-        if self.unreadable.lock().expect("unreadable lock").insert(id) {
-            self.warnings
-                .lock()
-                .expect("warnings lock")
-                .push(format!("{err}; skipped"));
-        }
-    }
-
-    /// The tasks this process found unreadable, in order.
-    fn unreadable(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self
-            .unreadable
-            .lock()
-            .expect("unreadable lock")
-            .iter()
-            .copied()
-            .collect();
-        ids.sort_unstable();
-        ids
-    }
-
     /// Returns the leases that ran out by `now`, as `found_by` noticed. Inside a write.
     fn expire_due(
         &self,
@@ -319,7 +295,7 @@ impl SqliteStore {
                 Ok(Some(task)) => task,
                 Ok(None) => continue,
                 Err(err @ StoreError::Corrupt { .. }) => {
-                    self.warn_unreadable(id, &err);
+                    self.unreadable.note(id, &err);
                     continue;
                 }
                 Err(err) => return Err(err),
@@ -335,22 +311,15 @@ impl SqliteStore {
         Ok(expired)
     }
 
-    /// Returns expired leases (see [`SqliteStore::expire_due`]) at most every tenth of a lease
-    /// (between 10 ms and a second) per store: a lease is late by no more than that.
+    /// Returns expired leases (see [`SqliteStore::expire_due`]) when a scan is due.
     fn expire_if_due(
         &self,
         tx: &mut Tx<'_>,
         now: Timestamp,
         found_by: &str,
     ) -> Result<(), StoreError> {
-        let every =
-            (self.policy.lease / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        {
-            let mut last = self.last_expiry_scan.lock().expect("expiry lock");
-            if last.is_some_and(|at| at.elapsed() < every) {
-                return Ok(());
-            }
-            *last = Some(Instant::now());
+        if !self.expiry_scan.due(self.policy.lease) {
+            return Ok(());
         }
         self.expire_due(tx, now, found_by).map(drop)
     }
@@ -439,7 +408,7 @@ impl SqliteStore {
             }
             eligible.push(task_type.clone());
         }
-        let mut skip = self.unreadable();
+        let mut skip = self.unreadable.ids();
         loop {
             let Some((id, body)) = self.best_candidate(tx.db, &eligible, now, &skip)? else {
                 return Ok(None);
@@ -447,7 +416,7 @@ impl SqliteStore {
             let mut task = match parse_task(tx.db.path, id, &body) {
                 Ok(task) => task,
                 Err(err) => {
-                    self.warn_unreadable(id, &err);
+                    self.unreadable.note(id, &err);
                     skip.push(id);
                     continue;
                 }
@@ -816,46 +785,9 @@ fn columns(task: &Task, token: Option<&str>) -> Result<[Value; 11], StoreError> 
         time(task.retry_at),
         time(task.lease_expires_at),
         text(task.worker.as_deref()),
-        Value::Text(serde_json::to_string(task).expect("task serializes")),
+        Value::Text(task_body(task)),
         text(token),
     ])
-}
-
-fn millis(at: Timestamp) -> i64 {
-    at.as_millisecond()
-}
-
-fn from_millis(ms: i64) -> Timestamp {
-    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
-}
-
-/// A task id as the database keeps it; anything but a positive number names no task.
-fn parse_id(id: &str) -> Result<i64, StoreError> {
-    Some(id)
-        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|id| id.parse::<i64>().ok())
-        .filter(|id| *id > 0)
-        .ok_or_else(|| StoreError::NotFound(id.to_string()))
-}
-
-fn parse_task(path: &Path, id: i64, body: &str) -> Result<Task, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        path: PathBuf::from(format!("{}, task {id}", path.display())),
-        reason,
-    };
-    let task: Task = serde_json::from_str(body).map_err(|err| corrupt(err.to_string()))?;
-    if task.id != id.to_string() {
-        return Err(corrupt(format!("its record holds task id {:?}", task.id)));
-    }
-    Ok(task)
-}
-
-fn pause_key(scope: &PauseScope) -> (&'static str, &str) {
-    match scope {
-        PauseScope::Queue => ("queue", ""),
-        PauseScope::Type(task_type) => ("type", task_type),
-        PauseScope::Task(id) => ("task", id),
-    }
 }
 
 /// Names the database in a read error; a damaged file is reported as such, never reset.
@@ -891,14 +823,6 @@ fn write_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 /// `text` as an SQL string literal.
 fn sql_text(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
-}
-
-/// A new lease secret: 16 random bytes from the OS, as hex.
-fn new_token() -> Result<String, StoreError> {
-    crate::secret::random_hex(16).map_err(|err| StoreError::Io {
-        path: PathBuf::from("(the OS random source)"),
-        source: std::io::Error::other(err.to_string()),
-    })
 }
 
 /// A JSON array of `items`, for `json_each`.
@@ -1040,11 +964,7 @@ impl QueueStore for SqliteStore {
         let mut scopes = self.read(|db| {
             db.rows("SELECT kind, name FROM pauses", [], |row| {
                 let name = row.get::<_, String>(1)?;
-                Ok(match row.get::<_, String>(0)?.as_str() {
-                    "queue" => PauseScope::Queue,
-                    "type" => PauseScope::Type(name),
-                    _ => PauseScope::Task(name),
-                })
+                Ok(pause_scope(&row.get::<_, String>(0)?, name))
             })
         })?;
         scopes.sort();
@@ -1177,7 +1097,7 @@ impl QueueStore for SqliteStore {
                 SELECT 1 FROM upstream u JOIN tasks t ON t.id = u.id \
                     WHERE t.status = 'running' OR (t.status = 'pending' AND NOT {PAUSED}))"
         );
-        let (types, unreadable) = (json_list(types), json_list(&self.unreadable()));
+        let (types, unreadable) = (json_list(types), json_list(&self.unreadable.ids()));
         let found = self.read(|db| {
             db.row(&sql, params![types, unreadable], |row| {
                 row.get::<_, bool>(0)
@@ -1194,16 +1114,7 @@ impl QueueStore for SqliteStore {
     }
 
     fn purge(&self, before: Timestamp, statuses: &[TaskStatus]) -> Result<usize, StoreError> {
-        let finished: Vec<&str> = if statuses.is_empty() {
-            vec!["completed", "failed", "cancelled"]
-        } else {
-            statuses
-                .iter()
-                .filter(|s| s.is_finished())
-                .map(|s| s.as_str())
-                .collect()
-        };
-        let finished = json_list(&finished);
+        let finished = json_list(&purgeable(statuses));
         let mut purged = 0;
         // In batches, each its own transaction, so that no writer (a lease renewal) waits long.
         loop {
@@ -1292,7 +1203,7 @@ impl QueueStore for SqliteStore {
     }
 
     fn take_warnings(&self) -> Vec<String> {
-        std::mem::take(&mut *self.warnings.lock().expect("warnings lock"))
+        self.unreadable.take_warnings()
     }
 }
 

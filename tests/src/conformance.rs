@@ -52,6 +52,24 @@ impl Engine for Sqlite {
     }
 }
 
+/// The PostgreSQL store, each queue a new database of the tests' cluster.
+pub struct Postgres;
+
+impl Engine for Postgres {
+    fn fresh(&self) -> TestQueue {
+        TestQueue::on_postgres()
+    }
+
+    fn open(&self, queue: &TestQueue, policy: Policy) -> Box<dyn QueueStore> {
+        let url = queue::PostgresUrl::parse(&queue.address).unwrap();
+        Box::new(
+            queue::PostgresStore::open(&url)
+                .unwrap()
+                .with_policy(policy),
+        )
+    }
+}
+
 fn new(task_type: &str, priority: u32) -> NewTask {
     NewTask {
         task_type: task_type.into(),

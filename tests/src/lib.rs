@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod conformance;
+pub mod pg;
 
 /// Where the built workspace is.
 pub struct Workspace {
@@ -318,6 +319,8 @@ pub struct TestQueue {
     pub queue: PathBuf,
     /// The only folder on the plugin path.
     pub plugins: PathBuf,
+    /// What `host` is given as the queue: the coordination folder, or a PostgreSQL URL.
+    pub address: String,
 }
 
 impl TestQueue {
@@ -326,8 +329,22 @@ impl TestQueue {
         TestQueue::with_plugins(&["builtin_roles", "noop", "test_roles"])
     }
 
+    /// A queue in a new database of the tests' PostgreSQL cluster (see [`pg`]), with the
+    /// plugins of [`TestQueue::new`].
+    pub fn on_postgres() -> TestQueue {
+        TestQueue::at(
+            Some(pg::PgCluster::shared().database()),
+            &["builtin_roles", "noop", "test_roles"],
+        )
+    }
+
     /// A queue whose plugin folder holds copies of exactly these workspace libraries.
     pub fn with_plugins(crates: &[&str]) -> TestQueue {
+        TestQueue::at(None, crates)
+    }
+
+    /// A queue at `url` (else in a new coordination folder) with these plugins.
+    fn at(url: Option<String>, crates: &[&str]) -> TestQueue {
         let ws = workspace();
         let dir = scratch_dir();
         let queue = dir.path().join("queue");
@@ -338,11 +355,13 @@ impl TestQueue {
         for name in crates {
             fs::copy(ws.library(name), plugins.join(library_file(name))).unwrap();
         }
+        let address = url.unwrap_or_else(|| queue.display().to_string());
         let q = TestQueue {
             _dir: dir,
             scratch,
             queue,
             plugins,
+            address,
         };
         q.ok(&["init"]);
         q
@@ -353,7 +372,7 @@ impl TestQueue {
     pub fn host(&self) -> Command {
         let mut cmd = Command::new(workspace().host());
         cmd.current_dir(&self.scratch)
-            .env("HOST_QUEUE_DIR", &self.queue)
+            .env("HOST_QUEUE_DIR", &self.address)
             .env("HOST_PLUGIN_PATH", &self.plugins)
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null());

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
 use jiff::Timestamp;
-use queue::{Dependency, NewTask, QueueStore};
+use queue::{Dependency, NewTask, QueueStore, Store};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -61,12 +61,12 @@ pub fn run(settings: &Settings, args: &AddArgs) -> anyhow::Result<()> {
 /// `at_fault` puts an error in context with the index of the task it belongs to.
 pub fn add_checked(
     settings: &Settings,
-    store: &dyn QueueStore,
+    store: &Store,
     tasks: Vec<NewTask>,
     at_fault: impl Fn(usize, anyhow::Error) -> anyhow::Error,
 ) -> anyhow::Result<Vec<queue::Task>> {
     let registry = PluginRegistry::discover(&settings.plugin_path);
-    let config = Config::load(&settings.queue)?;
+    let config = Config::load(store)?;
     // Each role validates all of its tasks in one child process.
     let mut by_role: Vec<(&PluginRole, Vec<usize>)> = Vec::new();
     for (index, task) in tasks.iter().enumerate() {

@@ -1,9 +1,9 @@
 //! `host doctor`: checks the queue and says what it found: the folder (private, local file
-//! system, nothing linked away), the database (SQLite's integrity check, the counts the store
-//! keeps, every task record), the workers and leases.
+//! system, nothing linked away), the database (SQLite's integrity check and the counts the store
+//! keeps, or PostgreSQL's schema; every task record), the workers and leases.
 
 use jiff::Timestamp;
-use queue::{QueueStore, TaskQuery, TaskStatus};
+use queue::{QueueStore, Store, TaskQuery, TaskStatus};
 
 use crate::cli::Settings;
 use crate::commands::status::WORKER_STALE_AFTER;
@@ -11,7 +11,6 @@ use crate::commands::{open_store, outln};
 
 /// Runs every check; exits 1 when one found a problem.
 pub fn run(settings: &Settings) -> anyhow::Result<()> {
-    let root = &settings.queue;
     // Opening checks the folder (owner-only, local file system) and the schema version.
     let store = open_store(settings)?;
     let mut problems = 0;
@@ -22,27 +21,40 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
         outln!("{}  {line}", if ok { "ok     " } else { "PROBLEM" });
         Ok(())
     };
-    report(
-        true,
-        format!(
-            "folder {}: owner-only (0700), on a local file system",
-            root.display()
-        ),
-    )?;
-    let loose = store.folder().loose_files()?;
-    report(
-        loose.is_empty(),
-        if loose.is_empty() {
-            "files: owner-only, no symlinks".into()
-        } else {
-            format!("files: {}", loose.join("; "))
-        },
-    )?;
+    if let Some(folder) = store.folder() {
+        report(
+            true,
+            format!(
+                "folder {}: owner-only (0700), on a local file system",
+                folder.root().display()
+            ),
+        )?;
+        let loose = folder.loose_files()?;
+        report(
+            loose.is_empty(),
+            if loose.is_empty() {
+                "files: owner-only, no symlinks".into()
+            } else {
+                format!("files: {}", loose.join("; "))
+            },
+        )?;
+    } else {
+        report(
+            true,
+            format!("database {}: reachable, schema current", settings.queue),
+        )?;
+    }
     let found = store.check()?;
     report(
         found.is_empty(),
         if found.is_empty() {
-            "database: integrity check passed, counts agree with the tasks, every task reads".into()
+            match store {
+                Store::Sqlite(_) => {
+                    "database: integrity check passed, counts agree with the tasks, every task reads"
+                }
+                Store::Postgres(_) => "database: every task reads",
+            }
+            .into()
         } else {
             format!("database: {}", found.join("; "))
         },
@@ -73,7 +85,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
         ),
     )?;
     if problems > 0 {
-        anyhow::bail!("{problems} problem(s) found in {}", root.display());
+        anyhow::bail!("{problems} problem(s) found in {}", settings.queue);
     }
     Ok(())
 }

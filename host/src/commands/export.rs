@@ -52,9 +52,16 @@ pub fn export(settings: &Settings, jsonl: bool) -> anyhow::Result<()> {
 /// state kept), pauses and logs to this queue in one transaction; refused, with nothing
 /// changed, when an id is taken. DIR may be this queue's own folder.
 pub fn import(settings: &Settings, dir: &Path) -> anyhow::Result<()> {
+    let Some(folder) = settings.queue.folder() else {
+        anyhow::bail!(
+            "{}: import brings an old queue folder into a queue folder; import it into a new \
+             folder, then `host export --jsonl` and add the tasks to this queue",
+            settings.queue
+        );
+    };
     let old = queue::legacy::read(dir).context("nothing was imported")?;
-    let store = SqliteStore::init_for_import(&settings.queue).context("cannot open the queue")?;
-    let in_place = dir.canonicalize().ok() == settings.queue.canonicalize().ok();
+    let store = SqliteStore::init_for_import(folder).context("cannot open the queue")?;
+    let in_place = dir.canonicalize().ok() == folder.canonicalize().ok();
     let running = old
         .tasks
         .iter()

@@ -15,7 +15,7 @@ pub mod watch;
 pub mod work;
 
 use anyhow::Context as _;
-use queue::SqliteStore;
+use queue::Store;
 
 use crate::cli::{Command, Settings};
 
@@ -86,8 +86,8 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
 }
 
 /// Opens the queue named by the settings.
-pub fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open(&settings.queue).context("cannot open the queue")
+pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    Store::open(&settings.queue).context("cannot open the queue")
 }
 
 /// Like `print!`, but a failed write (a closed pipe) returns an error instead of panicking.

@@ -25,10 +25,11 @@ pub fn claim_task(
     name: Option<&str>,
     lease: Duration,
 ) -> anyhow::Result<Option<Claim>> {
-    let config = Config::load(&settings.queue)?;
+    let store = open_store(settings)?;
+    let config = Config::load(&store)?;
     let role = find_role(settings, &config, role_name)?;
     let types = role_types(&config, role_name, &role);
-    let store = claiming_store(settings, &config, lease)?;
+    let store = claiming_store(store, &config, lease);
     let worker = name.map_or_else(
         || format!("{role_name}-{}", crate::worker::hostname()),
         String::from,

@@ -101,7 +101,7 @@ pub fn collect(settings: &Settings) -> anyhow::Result<Stats> {
             .iter()
             .map(|role| (role.name().to_string(), role.task_types().to_vec()))
             .collect();
-    for (name, binding) in Config::load(&settings.queue)?.roles {
+    for (name, binding) in Config::load(&store)?.roles {
         if let Some(types) = binding.types {
             role_types.insert(name, types);
         }

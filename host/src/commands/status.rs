@@ -70,7 +70,7 @@ impl StatusReport {
             })
             .collect();
         Ok(StatusReport {
-            queue: settings.queue.display().to_string(),
+            queue: settings.queue.to_string(),
             counts,
             pending_by_type,
             paused,

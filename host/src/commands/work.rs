@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use queue::lifecycle::Policy;
-use queue::{QueueStore, SqliteStore};
+use queue::{QueueStore, Store};
 
 use crate::cli::{Settings, WorkerArgs};
 use crate::commands::open_store;
@@ -16,11 +16,12 @@ use crate::worker::{ClaimLoop, WorkerExit, WorkerOptions, hostname};
 /// Finds the role (through `host.toml`, else by name on the plugin path) and runs its claim
 /// loop.
 pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::Result<()> {
-    let config = Config::load(&settings.queue)?;
+    let store = open_store(settings)?;
+    let config = Config::load(&store)?;
     let binding = config.roles.get(role_name);
     let mut policy = policy(&config, args.lease);
     policy.backoff = args.backoff;
-    let store = open_store(settings)?.with_policy(policy);
+    let store = store.with_policy(policy);
     let role = find_role(settings, &config, role_name)?;
     let options = WorkerOptions {
         name: args
@@ -37,7 +38,7 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
         settings: binding.map_or(serde_json::Value::Null, |b| b.settings.clone()),
         keep_finished: config.keep_finished,
     };
-    let (wakeup, unavailable) = Wakeup::watch(&store.folder().doorbell());
+    let (wakeup, unavailable) = Wakeup::start(store.work_signal());
     let store: Arc<dyn QueueStore> = Arc::new(store);
     if let Some(why) = unavailable {
         eprintln!(
@@ -60,13 +61,9 @@ pub fn policy(config: &Config, lease: std::time::Duration) -> Policy {
     }
 }
 
-/// The queue, set up to claim by the rules of `host.toml` with leases of `lease`.
-pub fn claiming_store(
-    settings: &Settings,
-    config: &Config,
-    lease: std::time::Duration,
-) -> anyhow::Result<SqliteStore> {
-    Ok(open_store(settings)?.with_policy(policy(config, lease)))
+/// The queue, set up to claim by the rules of its configuration with leases of `lease`.
+pub fn claiming_store(store: Store, config: &Config, lease: std::time::Duration) -> Store {
+    store.with_policy(policy(config, lease))
 }
 
 /// The plugin role that handles `role_name`: its `host.toml` binding's handler, else the role of
@@ -97,7 +94,7 @@ pub fn find_role(
     if let Some(binding) = binding {
         bail!(
             "{}: role {role_name:?} is bound to handler {:?}, which no plugin provides (searched: {}{refused})",
-            settings.queue.join(crate::config::FILE_NAME).display(),
+            config.source,
             binding.handler,
             searched.join(", ")
         );

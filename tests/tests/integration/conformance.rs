@@ -68,3 +68,72 @@ mod sqlite {
         conformance::listing_and_purge(&Sqlite);
     }
 }
+
+mod postgres {
+    use integration_tests::conformance::{self, Postgres};
+
+    #[test]
+    fn store_invariants_hold_after_every_step() {
+        conformance::store_invariants_hold_after_every_step(&Postgres);
+    }
+
+    #[test]
+    fn claims_are_exactly_once_under_contention() {
+        conformance::claims_are_exactly_once_under_contention(&Postgres);
+    }
+
+    #[test]
+    fn four_workers_drain_500_tasks_each_exactly_once() {
+        conformance::four_workers_drain_500_tasks_each_exactly_once(&Postgres);
+    }
+
+    #[test]
+    fn chaos_sigkilled_workers_lose_no_task_and_every_run_is_on_record() {
+        conformance::chaos_sigkilled_workers_lose_no_task_and_every_run_is_on_record(&Postgres);
+    }
+
+    #[test]
+    fn dependencies_unblock_cancel_and_revive() {
+        conformance::dependencies_unblock_cancel_and_revive(&Postgres);
+    }
+
+    #[test]
+    fn cancel_and_retry() {
+        conformance::cancel_and_retry(&Postgres);
+    }
+
+    #[test]
+    fn finish_and_claim() {
+        conformance::finish_and_claim(&Postgres);
+    }
+
+    #[test]
+    fn pause_and_resume() {
+        conformance::pause_and_resume(&Postgres);
+    }
+
+    #[test]
+    fn priority_aging() {
+        conformance::priority_aging(&Postgres);
+    }
+
+    #[test]
+    fn per_type_limits() {
+        conformance::per_type_limits(&Postgres);
+    }
+
+    #[test]
+    fn lease_expiry_and_fencing() {
+        conformance::lease_expiry_and_fencing(&Postgres);
+    }
+
+    #[test]
+    fn an_add_is_all_or_nothing() {
+        conformance::an_add_is_all_or_nothing(&Postgres);
+    }
+
+    #[test]
+    fn listing_and_purge() {
+        conformance::listing_and_purge(&Postgres);
+    }
+}

@@ -1,0 +1,233 @@
+//! Where a queue lives ([`QueueAddress`]: a folder or a `postgres://` URL) and the store opened
+//! there ([`Store`]), which does what every [`QueueStore`] does plus what differs by engine:
+//! the queue-wide configuration, how idle workers hear of new work, and integrity checks.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use crate::lifecycle::Policy;
+use crate::postgres::{PostgresStore, PostgresUrl, WorkListener};
+use crate::{
+    Claim, Durability, Lease, NewTask, Outcome, PauseScope, QueueFolder, QueueStore, Renewal,
+    SqliteStore, StoreError, Summary, Task, TaskQuery, TaskStatus, WorkerRecord,
+};
+
+/// The file in a queue folder that holds the queue's configuration.
+pub const CONFIG_FILE: &str = "host.toml";
+
+/// Where a queue lives.
+#[derive(Clone, Debug)]
+pub enum QueueAddress {
+    /// A coordination folder: the embedded SQLite store.
+    Folder(PathBuf),
+    /// A PostgreSQL database: the store for workers on many machines.
+    Postgres(PostgresUrl),
+}
+
+impl QueueAddress {
+    /// A `postgres://` or `postgresql://` URL, else a folder (made absolute).
+    pub fn parse(text: &str) -> Result<QueueAddress, StoreError> {
+        if PostgresUrl::is_url(text) {
+            return PostgresUrl::parse(text).map(QueueAddress::Postgres);
+        }
+        let path = std::path::absolute(text).map_err(|source| StoreError::Io {
+            path: PathBuf::from(text),
+            source,
+        })?;
+        Ok(QueueAddress::Folder(path))
+    }
+
+    /// The coordination folder, for a folder queue.
+    pub fn folder(&self) -> Option<&Path> {
+        match self {
+            QueueAddress::Folder(path) => Some(path),
+            QueueAddress::Postgres(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for QueueAddress {
+    /// The folder, or the URL with its password hidden.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueAddress::Folder(path) => write!(f, "{}", path.display()),
+            QueueAddress::Postgres(url) => write!(f, "{url}"),
+        }
+    }
+}
+
+/// How an idle worker hears that work may have become claimable.
+pub enum WorkSignal {
+    /// A file that the store rewrites in place (watch it for changes).
+    Doorbell(PathBuf),
+    /// Announcements on a database connection: opens a listener, again after one is lost.
+    Listen(Box<dyn Fn() -> Result<WorkListener, StoreError> + Send + Sync>),
+}
+
+/// A queue store of either engine.
+pub enum Store {
+    /// The embedded store, in a coordination folder.
+    Sqlite(SqliteStore),
+    /// The store on a PostgreSQL server.
+    Postgres(PostgresStore),
+}
+
+impl Store {
+    /// Creates the queue at `address` if need be (idempotent) and opens it; with
+    /// `durability`, sets it for the whole queue.
+    pub fn init(address: &QueueAddress, durability: Option<Durability>) -> Result<Store, StoreError> {
+        let store = match address {
+            QueueAddress::Folder(root) => Store::Sqlite(SqliteStore::init(root)?),
+            QueueAddress::Postgres(url) => Store::Postgres(PostgresStore::init(url)?),
+        };
+        match durability {
+            Some(durability) if durability != store.durability() => match store {
+                Store::Sqlite(s) => s.set_durability(durability).map(Store::Sqlite),
+                Store::Postgres(s) => s.set_durability(durability).map(Store::Postgres),
+            },
+            _ => Ok(store),
+        }
+    }
+
+    /// Opens the existing queue at `address`, migrating its schema if it is older.
+    pub fn open(address: &QueueAddress) -> Result<Store, StoreError> {
+        Ok(match address {
+            QueueAddress::Folder(root) => Store::Sqlite(SqliteStore::open(root)?),
+            QueueAddress::Postgres(url) => Store::Postgres(PostgresStore::open(url)?),
+        })
+    }
+
+    /// Applies the queue-wide rules: lease length, backoff, per-type limits, aging.
+    pub fn with_policy(self, policy: Policy) -> Store {
+        match self {
+            Store::Sqlite(s) => Store::Sqlite(s.with_policy(policy)),
+            Store::Postgres(s) => Store::Postgres(s.with_policy(policy)),
+        }
+    }
+
+    /// Sets how long a lease lasts unless renewed.
+    pub fn with_lease(self, lease: Duration) -> Store {
+        let mut policy = self.policy().clone();
+        policy.lease = lease;
+        self.with_policy(policy)
+    }
+
+    /// The rules this store applies.
+    pub fn policy(&self) -> &Policy {
+        match self {
+            Store::Sqlite(s) => s.policy(),
+            Store::Postgres(s) => s.policy(),
+        }
+    }
+
+    /// The queue's durability setting.
+    pub fn durability(&self) -> Durability {
+        match self {
+            Store::Sqlite(s) => s.durability(),
+            Store::Postgres(s) => s.durability(),
+        }
+    }
+
+    /// The coordination folder, for the embedded store.
+    pub fn folder(&self) -> Option<&QueueFolder> {
+        match self {
+            Store::Sqlite(s) => Some(s.folder()),
+            Store::Postgres(_) => None,
+        }
+    }
+
+    /// The queue-wide configuration's text and where it was read from; `None` when there is
+    /// none. In a folder, `host.toml`; on PostgreSQL, the database, so that every machine
+    /// reads the same.
+    pub fn config(&self) -> Result<Option<(String, String)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let path = s.folder().root().join(CONFIG_FILE);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => Ok(Some((text, path.display().to_string()))),
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(StoreError::Io { path, source }),
+                }
+            }
+            Store::Postgres(s) => Ok(s
+                .config()?
+                .map(|text| (text, format!("{CONFIG_FILE} in {}", s.url())))),
+        }
+    }
+
+    /// Replaces the queue-wide configuration (`None` removes it). The caller checks the text.
+    pub fn set_config(&self, text: Option<&str>) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.folder().write_config(CONFIG_FILE, text),
+            Store::Postgres(s) => s.set_config(text),
+        }
+    }
+
+    /// How idle workers hear of new work.
+    pub fn work_signal(&self) -> WorkSignal {
+        match self {
+            Store::Sqlite(s) => WorkSignal::Doorbell(s.folder().doorbell()),
+            Store::Postgres(s) => {
+                let url = s.url().clone();
+                WorkSignal::Listen(Box::new(move || WorkListener::connect(&url)))
+            }
+        }
+    }
+
+    /// Integrity checks of the stored tasks for `host doctor`: each problem, in one line.
+    pub fn check(&self) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.check(),
+            Store::Postgres(s) => s.check(),
+        }
+    }
+}
+
+/// Calls the same method on whichever store this is.
+macro_rules! delegate {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        $(fn $name(&self $(, $arg: $ty)*) -> $ret {
+            match self {
+                Store::Sqlite(s) => s.$name($($arg),*),
+                Store::Postgres(s) => s.$name($($arg),*),
+            }
+        })*
+    };
+}
+
+impl QueueStore for Store {
+    delegate! {
+        fn add(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, StoreError>;
+        fn claim(&self, worker: &str, types: &[String]) -> Result<Option<Claim>, StoreError>;
+        fn renew(&self, lease: &Lease) -> Result<Renewal, StoreError>;
+        fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError>;
+        fn finish_and_claim(
+            &self,
+            lease: &Lease,
+            outcome: Outcome,
+            worker: &str,
+            types: &[String]
+        ) -> Result<(Task, Option<Claim>), StoreError>;
+        fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+        fn cancel(&self, id: &str) -> Result<Task, StoreError>;
+        fn retry(&self, id: &str) -> Result<Task, StoreError>;
+        fn pause(&self, scope: &PauseScope) -> Result<(), StoreError>;
+        fn resume(&self, scope: &PauseScope) -> Result<(), StoreError>;
+        fn paused(&self) -> Result<Vec<PauseScope>, StoreError>;
+        fn get(&self, id: &str) -> Result<Task, StoreError>;
+        fn list(&self, query: &TaskQuery) -> Result<Vec<Task>, StoreError>;
+        fn summary(&self) -> Result<Summary, StoreError>;
+        fn has_work(&self, types: &[String]) -> Result<bool, StoreError>;
+        fn expire_leases(&self) -> Result<usize, StoreError>;
+        fn purge(&self, before: Timestamp, statuses: &[TaskStatus]) -> Result<usize, StoreError>;
+        fn put_worker(&self, record: &WorkerRecord) -> Result<(), StoreError>;
+        fn remove_worker(&self, name: &str) -> Result<(), StoreError>;
+        fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError>;
+        fn append_log(&self, id: &str, line: &str) -> Result<(), StoreError>;
+        fn read_log(&self, id: &str, from: u64) -> Result<(String, u64), StoreError>;
+        fn lease_duration(&self) -> Duration;
+        fn take_warnings(&self) -> Vec<String>;
+    }
+}
