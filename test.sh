@@ -3,12 +3,26 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# The dashboard's browser test drives Debian's Chromium through ChromeDriver.
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+# What the tests need from Debian: Chromium and ChromeDriver for the dashboard's browser test;
+# PostgreSQL's server programs for the PostgreSQL store's tests, which start a throwaway
+# cluster of their own (initdb in a temporary folder; nothing is installed as a service that
+# runs); iproute2 for the many-machines test's network namespaces.
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+command -v ip >/dev/null || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
     $sudo apt-get update -qq
-    $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+    # policy-rc.d: the package's own cluster is not started (the tests start their own).
+    if [ ! -e /usr/sbin/policy-rc.d ] && [ "$(id -u)" = 0 ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 cargo test --workspace "$@"

@@ -279,6 +279,10 @@ pub enum Command {
     },
     /// Check the queue: its folder's permissions and file system, the database's integrity.
     Doctor,
+    /// Show or replace the queue's configuration (host.toml): the file in a queue folder, or
+    /// kept in the database on PostgreSQL, so that every machine reads the same.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Stop claims of the whole queue, of one task type, or of one task; running tasks finish.
     Pause(PauseArgs),
     /// Lift a pause made with `host pause` (the same scope).
@@ -359,6 +363,20 @@ pub struct ResultsArgs {
     /// Only the newest N (still printed oldest first).
     #[arg(long, short = 'n', value_name = "N")]
     pub limit: Option<usize>,
+}
+
+/// `host config` actions.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the configuration (nothing when there is none: the defaults apply).
+    Show,
+    /// Check FILE (`-` for stdin) and make it the queue's configuration.
+    Set {
+        /// The new host.toml.
+        file: PathBuf,
+    },
+    /// Remove the configuration: the defaults apply.
+    Unset,
 }
 
 /// What `host pause` and `host resume` apply to; neither flag means the whole queue.

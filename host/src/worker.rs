@@ -71,6 +71,8 @@ struct Running {
     started: Instant,
     timeout: Option<Duration>,
     renewed: Mutex<Instant>,
+    /// When a renewal last succeeded (or the task was claimed).
+    confirmed: Mutex<Instant>,
 }
 
 impl Running {
@@ -382,6 +384,7 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
             .map(Duration::from_secs)
             .or(shared.options.default_timeout),
         renewed: Mutex::new(Instant::now()),
+        confirmed: Mutex::new(Instant::now()),
     });
     shared
         .running
@@ -554,6 +557,7 @@ fn heartbeat_loop(shared: &Shared) {
                 *renewed = Instant::now();
                 match shared.store.renew(&task.lease) {
                     Ok(renewal) => {
+                        *task.confirmed.lock().expect("confirmed lock") = Instant::now();
                         if renewal.cancel_requested && task.stop_reason().is_none() {
                             task.request_stop(StopReason::Cancelled);
                             say(
@@ -569,10 +573,29 @@ fn heartbeat_loop(shared: &Shared) {
                         task.request_stop(StopReason::Cancelled);
                         say(shared, &format!("{err}; asking its handler to stop"));
                     }
-                    Err(err) => say(
-                        shared,
-                        &format!("task {}: lease renewal failed: {err}", task.lease.task_id),
-                    ),
+                    Err(err) => {
+                        say(
+                            shared,
+                            &format!("task {}: lease renewal failed: {err}", task.lease.task_id),
+                        );
+                        // Cut off from the queue, the lease runs out and the task goes to
+                        // another worker: its handler stops (and is killed if need be) before
+                        // then, so that two attempts never run at once.
+                        let lease = shared.store.lease_duration();
+                        let unconfirmed = task.confirmed.lock().expect("confirmed lock").elapsed();
+                        if unconfirmed >= lease / 3 && task.stop_reason().is_none() {
+                            task.request_stop(StopReason::Cancelled);
+                            say(
+                                shared,
+                                &format!(
+                                    "task {}: the queue has not confirmed its lease for {}s; \
+                                     stopping its handler before the lease runs out",
+                                    task.lease.task_id,
+                                    unconfirmed.as_secs()
+                                ),
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -227,6 +227,15 @@ impl PostgresStore {
     /// when the connection broke during the commit itself, which the error says.
     fn write<T>(
         &self,
+        work: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.write_within(RETRY_WINDOW, work)
+    }
+
+    /// [`PostgresStore::write`], tried again for no longer than `window`.
+    fn write_within<T>(
+        &self,
+        window: Duration,
         mut work: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
@@ -234,7 +243,7 @@ impl PostgresStore {
         loop {
             match self.transaction(&mut work) {
                 Ok(out) => return Ok(out),
-                Err(Failure::Again(err)) if started.elapsed() < RETRY_WINDOW => {
+                Err(Failure::Again(err)) if started.elapsed() < window => {
                     std::thread::sleep(pause.mul_f64(0.5 + fastrand::f64() / 2.0));
                     pause = (pause * 2).min(Duration::from_secs(2));
                     drop(err);
@@ -814,7 +823,9 @@ impl QueueStore for PostgresStore {
     }
 
     fn renew(&self, lease: &Lease) -> Result<Renewal, StoreError> {
-        self.write(|tx| {
+        // Tried once: the worker renews again within a second, and must see soon when it
+        // cannot (it stops the task's handler before the lease runs out).
+        self.write_within(Duration::ZERO, |tx| {
             let now = Timestamp::now();
             let mut task = tx.leased(lease, now)?;
             lifecycle::renew(&mut task, now, &self.policy);

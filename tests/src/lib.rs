@@ -332,8 +332,13 @@ impl TestQueue {
     /// A queue in a new database of the tests' PostgreSQL cluster (see [`pg`]), with the
     /// plugins of [`TestQueue::new`].
     pub fn on_postgres() -> TestQueue {
+        TestQueue::at_url(&pg::PgCluster::shared().database())
+    }
+
+    /// A queue at this PostgreSQL URL, initialised, with the plugins of [`TestQueue::new`].
+    pub fn at_url(url: &str) -> TestQueue {
         TestQueue::at(
-            Some(pg::PgCluster::shared().database()),
+            Some(url.to_string()),
             &["builtin_roles", "noop", "test_roles"],
         )
     }

@@ -33,16 +33,30 @@ pub struct PgCluster {
     /// The OS user the server runs as (`postgres` when the tests run as root, which the server
     /// refuses to run as).
     pub os_user: Option<String>,
+    /// The addresses the server listens on (`listen_addresses`).
+    pub listen: String,
+    /// The folder holding everything of the cluster.
+    base: PathBuf,
+    /// Whether dropping this value stops the server (not for the shared one, which its
+    /// watchdog stops).
+    owned: bool,
 }
 
 impl PgCluster {
     /// The cluster of this test process, started on first use.
     pub fn shared() -> &'static PgCluster {
         static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
-        CLUSTER.get_or_init(|| PgCluster::start().unwrap_or_else(|why| panic!("{why}")))
+        CLUSTER.get_or_init(|| {
+            let mut cluster = PgCluster::start("127.0.0.1").unwrap_or_else(|why| panic!("{why}"));
+            cluster.owned = false;
+            cluster
+        })
     }
 
-    fn start() -> Result<PgCluster, String> {
+    /// A cluster of its own (for a test that stops the server or listens on other addresses),
+    /// listening on `listen` (PostgreSQL's `listen_addresses`), password logins accepted from
+    /// any address; stopped and removed when dropped.
+    pub fn start(listen: &str) -> Result<PgCluster, String> {
         let bin = postgres_bin()?;
         let root = nix::unistd::geteuid().is_root();
         let os_user = root.then(|| "postgres".to_string());
@@ -68,6 +82,9 @@ impl PgCluster {
             socket_dir,
             port,
             os_user,
+            listen: listen.to_string(),
+            base: base.clone(),
+            owned: true,
         };
         let pwfile = base.join("pw");
         fs::write(&pwfile, PASSWORD).unwrap();
@@ -90,6 +107,10 @@ impl PgCluster {
                 "--no-instructions",
             ],
         )?;
+        let hba = cluster.data.join("pg_hba.conf");
+        let mut rules = fs::read_to_string(&hba).unwrap();
+        rules.push_str("host all all 0.0.0.0/0 scram-sha-256\n");
+        fs::write(&hba, rules).unwrap();
         // Ends the server and removes its folder once this test process is gone, however it
         // ends; tests that stop the server start it again with `restart`.
         let watchdog = format!(
@@ -114,10 +135,11 @@ impl PgCluster {
     pub fn start_server(&self) -> Result<(), String> {
         let log = self.data.parent().unwrap().join("server.log");
         let options = format!(
-            "-k {} -p {} -c listen_addresses=127.0.0.1 -c max_connections=300 \
+            "-k {} -p {} -c listen_addresses='{}' -c max_connections=300 \
              -c shared_buffers=128MB",
             path_str(&self.socket_dir),
-            self.port
+            self.port,
+            self.listen
         );
         self.run_as_server_user(
             "pg_ctl",
@@ -182,8 +204,13 @@ impl PgCluster {
 
     /// The queue URL of database `name`, with the password.
     pub fn url(&self, name: &str) -> String {
+        self.url_at("127.0.0.1", name)
+    }
+
+    /// The queue URL of database `name` on the server's address `host`.
+    pub fn url_at(&self, host: &str, name: &str) -> String {
         format!(
-            "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{name}?sslmode=disable",
+            "postgres://{USER}:{PASSWORD}@{host}:{}/{name}?sslmode=disable",
             self.port
         )
     }
@@ -208,6 +235,15 @@ impl PgCluster {
                 Err(err) if Instant::now() > deadline => panic!("cannot reach the cluster: {err}"),
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
+        }
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = self.stop();
+            let _ = fs::remove_dir_all(&self.base);
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod add;
 pub mod cancel;
+pub mod config;
 pub mod doctor;
 pub mod export;
 pub mod init;
@@ -70,6 +71,7 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Export { jsonl } => export::export(settings, jsonl),
         Command::Import { dir } => export::import(settings, &dir),
         Command::Doctor => doctor::run(settings),
+        Command::Config(action) => config::run(settings, action),
         Command::Pause(args) => cancel::pause(settings, &args.scope()),
         Command::Resume(args) => cancel::resume(settings, &args.scope()),
         Command::HandlerProcess {

@@ -110,8 +110,8 @@ impl StatusReport {
         }
         let _ = writeln!(
             out,
-            "{:<28} {:<12} {:<8} {:<10} {:<6} HEARTBEAT / PROGRESS",
-            "WORKER", "ROLE", "STATE", "TASK", "DONE"
+            "{:<28} {:<16} {:<12} {:<8} {:<10} {:<6} HEARTBEAT / PROGRESS",
+            "WORKER", "HOST", "ROLE", "STATE", "TASK", "DONE"
         );
         let now = Timestamp::now();
         for w in &self.workers {
@@ -126,15 +126,16 @@ impl StatusReport {
             if r.tasks.is_empty() {
                 let _ = writeln!(
                     out,
-                    "{:<28} {:<12} {:<8} {:<10} {:<6} {heartbeat}",
-                    r.name, r.role, state, "-", "-"
+                    "{:<28} {:<16} {:<12} {:<8} {:<10} {:<6} {heartbeat}",
+                    r.name, r.hostname, r.role, state, "-", "-"
                 );
             }
             for t in &r.tasks {
                 let _ = writeln!(
                     out,
-                    "{:<28} {:<12} {:<8} {:<10} {:<6} {heartbeat}  {}",
+                    "{:<28} {:<16} {:<12} {:<8} {:<10} {:<6} {heartbeat}  {}",
                     r.name,
+                    r.hostname,
                     r.role,
                     state,
                     format!("{} {}", t.id, t.task_type),

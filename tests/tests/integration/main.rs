@@ -10,6 +10,7 @@ mod mcp;
 mod orchestration;
 mod plugin_safety;
 mod plugins;
+mod postgres;
 mod processes;
 mod queue_folder;
 mod reliability;

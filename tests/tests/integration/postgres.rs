@@ -1,0 +1,235 @@
+//! The queue on PostgreSQL, as users on several machines meet it: every command on a
+//! `postgres://` URL, the password never shown, clear errors for a server that is down,
+//! schema set-up racing from many machines, the configuration kept in the database, instant
+//! pickup through LISTEN/NOTIFY, and workers living through a server restart. (The store's
+//! rules are checked by the conformance suite, which runs against PostgreSQL too.)
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use integration_tests::TestQueue;
+use integration_tests::pg::{PASSWORD, PgCluster};
+
+/// Everything `host ARGS` printed, both streams, insisting it succeeded.
+fn printed(q: &TestQueue, args: &[&str]) -> String {
+    let output = q.run(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "host {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn every_command_works_on_a_postgres_url_and_the_password_is_never_shown() {
+    let q = TestQueue::on_postgres();
+    let first = q.add(&["--type", "noop", "--payload", r#"{"n":1}"#]);
+    let second = q.add(&["--type", "noop", "--after", &first]);
+    let output = q.drain("noop", &["--name", "pg-worker"]);
+    let mut seen = String::from_utf8_lossy(&output.stderr).to_string();
+    for id in [&first, &second] {
+        assert_eq!(q.task(id)["status"], "completed");
+    }
+    seen.push_str(&printed(&q, &["logs", &first]));
+    assert!(seen.contains("pg-worker"), "the worker logged:\n{seen}");
+
+    let status = printed(&q, &["status"]);
+    assert!(status.contains("postgres://host_test:***@127.0.0.1:"), "{status}");
+    assert!(status.contains("completed"), "{status}");
+    seen.push_str(&status);
+    let json = q.status();
+    assert!(json["queue"].as_str().unwrap().contains(":***@"), "{json}");
+    for args in [
+        vec!["status", "--json"],
+        vec!["results"],
+        vec!["stats"],
+        vec!["show", &first],
+        vec!["export"],
+        vec!["doctor"],
+        vec!["init"],
+        vec!["purge", "--finished-before", "1h"],
+    ] {
+        seen.push_str(&printed(&q, &args));
+    }
+    // Errors name the queue without the password too.
+    let error = q.fails(&["show", "999"]);
+    seen.push_str(&error);
+    let error = q.fails(&["pause", "--task", "999"]);
+    seen.push_str(&error);
+    assert!(
+        !seen.contains(PASSWORD),
+        "the password was printed:\n{seen}"
+    );
+}
+
+#[test]
+fn status_shows_each_workers_machine() {
+    let q = TestQueue::on_postgres();
+    let mut worker = q.spawn_worker("noop", &["--name", "seen-worker"]);
+    q.wait_for("the worker's record", Duration::from_secs(20), |q| {
+        q.status()["workers"]
+            .as_array()
+            .is_some_and(|w| !w.is_empty())
+    });
+    let hostname = nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let json = q.status();
+    assert_eq!(json["workers"][0]["hostname"], hostname, "{json}");
+    let text = q.ok(&["status"]);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("seen-worker"))
+        .unwrap_or_else(|| panic!("no worker line:\n{text}"));
+    assert!(line.contains(&hostname), "{text}");
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+}
+
+#[test]
+fn a_server_that_is_down_a_bad_url_or_an_empty_database_is_one_clear_line() {
+    let q = TestQueue::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = format!("postgres://ann:{PASSWORD}@127.0.0.1:{closed}/q?sslmode=disable");
+    let line = q.fails(&["--queue", &down, "status"]);
+    assert!(line.contains("cannot connect"), "{line}");
+    assert!(line.contains("postgres://ann:***@127.0.0.1"), "{line}");
+    assert!(!line.contains(PASSWORD), "{line}");
+
+    let line = q.fails(&["--queue", "postgres://ann@127.0.0.1:notaport/q", "status"]);
+    assert!(line.contains("not a valid PostgreSQL URL"), "{line}");
+    let line = q.fails(&["--queue", "postgres://ann@127.0.0.1/q?sslmode=verify-ca", "status"]);
+    assert!(line.contains("sslmode=verify-ca is not supported"), "{line}");
+
+    let cluster = PgCluster::shared();
+    let empty = cluster.database();
+    let line = q.fails(&["--queue", &empty, "add", "--type", "noop"]);
+    assert!(line.contains("holds no queue (run `host init`"), "{line}");
+    assert!(!line.contains(PASSWORD), "{line}");
+}
+
+#[test]
+fn init_from_many_machines_at_once_creates_the_schema_once() {
+    let q = TestQueue::new();
+    let url = PgCluster::shared().database();
+    let inits: Vec<_> = (0..8)
+        .map(|_| {
+            q.host()
+                .args(["--queue", &url, "init"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for init in inits {
+        let output = init.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let id = q.ok(&["--queue", &url, "add", "--type", "noop"]);
+    assert_eq!(id.trim(), "1");
+}
+
+#[test]
+fn the_configuration_lives_in_the_database_for_every_machine() {
+    let q = TestQueue::on_postgres();
+    assert_eq!(q.ok(&["config", "show"]), "");
+    let bad = q.scratch.join("bad.toml");
+    std::fs::write(&bad, "[roles.checker]\nhandler = \"noop\"\ncolour = \"red\"\n").unwrap();
+    let line = q.fails(&["config", "set", bad.to_str().unwrap()]);
+    assert!(line.contains("bad.toml:3"), "{line}");
+    assert!(line.contains("colour"), "{line}");
+    assert_eq!(q.ok(&["config", "show"]), "", "a bad file changes nothing");
+
+    let good = "[roles.checker]\nhandler = \"noop\"\ntypes = [\"check\"]\n\n[limits]\ncheck = 1\n";
+    let file = q.scratch.join("host.toml");
+    std::fs::write(&file, good).unwrap();
+    q.ok(&["config", "set", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(q.ok(&["config", "show"]), good);
+    // A role bound only in the database's configuration runs.
+    let id = q.add(&["--type", "check"]);
+    q.drain("checker", &[]);
+    assert_eq!(q.task(&id)["status"], "completed");
+    q.ok(&["config", "unset"]);
+    assert_eq!(q.ok(&["config", "show"]), "");
+}
+
+#[test]
+fn an_idle_worker_hears_of_new_work_at_once() {
+    let q = TestQueue::on_postgres();
+    // Polling once a minute: only a notification can start the task quickly.
+    let mut worker = q.spawn_worker("noop", &["--poll", "60s"]);
+    q.wait_for("the worker to be idle", Duration::from_secs(20), |q| {
+        q.status()["workers"][0]["state"] == "idle"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let added = Instant::now();
+    let id = q.add(&["--type", "noop"]);
+    q.wait_for("the task to complete", Duration::from_secs(10), |q| {
+        q.task(&id)["status"] == "completed"
+    });
+    let waited = added.elapsed();
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert!(
+        waited < Duration::from_secs(5),
+        "picked up after {waited:?}, not at once"
+    );
+}
+
+#[test]
+fn workers_reconnect_and_finish_when_the_server_restarts_mid_drain() {
+    let cluster = PgCluster::start("127.0.0.1").unwrap_or_else(|why| panic!("{why}"));
+    let q = TestQueue::at_url(&cluster.database());
+    let file = q.scratch.join("tasks.jsonl");
+    let lines: Vec<String> = (0..300)
+        .map(|i| format!(r#"{{"type":"sleep","payload":{{"ms":20,"n":{i}}},"maxAttempts":10}}"#))
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    q.ok(&["add", "--file", file.to_str().unwrap()]);
+    let workers: Vec<_> = (0..2)
+        .map(|i| {
+            q.spawn_worker(
+                "sleeper",
+                &["--drain", "--lease", "4s", "--name", &format!("r{i}")],
+            )
+        })
+        .collect();
+    q.wait_for("a third of the tasks", Duration::from_secs(60), |q| {
+        q.status()["counts"]["completed"].as_u64().unwrap_or(0) >= 100
+    });
+    cluster.stop().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.start_server().unwrap();
+    for worker in workers {
+        let output = worker.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let results = q.results();
+    assert_eq!(results.len(), 300);
+    for task in &results {
+        assert_eq!(task["status"], "completed", "{task}");
+        // An attempt that ran again follows one whose lease expired (its claim or outcome
+        // was lost with the server), never one that completed.
+        let history = task["history"].as_array().unwrap();
+        for attempt in &history[..history.len() - 1] {
+            assert_ne!(attempt["status"], "completed", "{task}");
+        }
+    }
+}
