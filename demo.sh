@@ -9,11 +9,16 @@
 #          folder.
 #
 # Everything it writes stays under target/demo; running it again starts afresh.
+# `./demo.sh --postgres` plays the many-machine set-up instead (see demo-postgres.sh).
 set -euo pipefail
 
 cd "$(dirname "$0")"
 cargo build --release
 host="$PWD/target/release/host"
+
+if [ "${1:-}" = "--postgres" ]; then
+    exec ./demo-postgres.sh
+fi
 
 demo="$PWD/target/demo"
 rm -rf "$demo"

@@ -176,6 +176,9 @@ fn main() -> anyhow::Result<()> {
     );
     println!();
 
+    postgres::section(&bench, rate)?;
+    println!();
+
     println!("## Memory: a noop worker on that queue");
     let (worker, handler) = bench.worker_memory(&big)?;
     println!(
@@ -392,7 +395,11 @@ impl Bench {
     }
 
     fn fresh_queue(&self, name: &str, durability: Durability) -> anyhow::Result<PathBuf> {
-        let queue = self.scratch.join(name);
+        self.init(self.scratch.join(name), durability)
+    }
+
+    /// Initialises the queue at `queue` (a folder, or a PostgreSQL URL as a path).
+    fn init(&self, queue: PathBuf, durability: Durability) -> anyhow::Result<PathBuf> {
         self.run(&queue, &["init", "--durability", durability.as_str()])?;
         Ok(queue)
     }
@@ -422,7 +429,7 @@ impl Bench {
 
     /// Adds `n` tasks from a JSON Lines file; returns how long the add took.
     fn add_file(&self, queue: &Path, lines: &[String]) -> anyhow::Result<Duration> {
-        let file = queue.with_extension("jsonl");
+        let file = self.scratch.join("tasks.jsonl");
         fs::write(&file, lines.join("\n"))?;
         let start = Instant::now();
         self.run(
@@ -441,6 +448,17 @@ impl Bench {
         durability: Durability,
     ) -> anyhow::Result<(Duration, Duration, BTreeMap<String, usize>)> {
         let queue = self.fresh_queue(&format!("noop-{}", durability.as_str()), durability)?;
+        self.drain_noop_on(&queue, n, workers)
+    }
+
+    /// [`Bench::drain_noop`] on an initialised queue.
+    fn drain_noop_on(
+        &self,
+        queue: &Path,
+        n: usize,
+        workers: usize,
+    ) -> anyhow::Result<(Duration, Duration, BTreeMap<String, usize>)> {
+        let queue = queue.to_path_buf();
         let lines = vec![r#"{"type":"noop"}"#.to_string(); n];
         let add = self.add_file(&queue, &lines)?;
         let start = Instant::now();
@@ -495,6 +513,12 @@ impl Bench {
     /// by an idle worker.
     fn pickup_latency(&self, n: usize) -> anyhow::Result<Latency> {
         let queue = self.fresh_queue("latency", Durability::Durable)?;
+        self.pickup_latency_on(&queue, n)
+    }
+
+    /// [`Bench::pickup_latency`] on an initialised queue.
+    fn pickup_latency_on(&self, queue: &Path, n: usize) -> anyhow::Result<Latency> {
+        let queue = queue.to_path_buf();
         let mut worker = self
             .host(&queue)
             .args(["--role", "noop", "--name", "idle"])
@@ -566,6 +590,8 @@ impl Bench {
         Ok((worker_peak, handler))
     }
 }
+
+mod postgres;
 
 /// Asks a worker to stop (SIGTERM), as Ctrl+C would.
 fn stop(child: &Child) -> anyhow::Result<()> {

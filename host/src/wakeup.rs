@@ -36,9 +36,7 @@ impl Wakeup {
     /// Hears `NOTIFY` on a thread of its own that keeps a listening connection open, opening
     /// a new one (with backoff) when it is lost. A reconnection also wakes the slots: what was
     /// announced meanwhile was not heard.
-    fn listen(
-        connect: Box<dyn Fn() -> Result<WorkListener, StoreError> + Send + Sync>,
-    ) -> Wakeup {
+    fn listen(connect: Box<dyn Fn() -> Result<WorkListener, StoreError> + Send + Sync>) -> Wakeup {
         let generation = Arc::new((Mutex::new(0u64), Condvar::new()));
         let signal = Arc::clone(&generation);
         let ring = move || {

@@ -202,7 +202,8 @@ impl QueueFolder {
         file.write_all(text.as_bytes())
             .and_then(|()| file.as_file().sync_all())
             .map_err(io_err(&path))?;
-        file.persist(&path).map_err(|err| io_err(&path)(err.error))?;
+        file.persist(&path)
+            .map_err(|err| io_err(&path)(err.error))?;
         Ok(())
     }
 

@@ -31,9 +31,9 @@ pub use task_model::{
 mod folder;
 pub mod legacy;
 pub mod lifecycle;
-pub mod secret;
 mod postgres;
 mod records;
+pub mod secret;
 mod sqlite;
 mod store;
 

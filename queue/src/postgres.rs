@@ -35,8 +35,8 @@ pub use connect::{PostgresUrl, redact_url};
 
 use crate::lifecycle::{self, Policy, TaskTx};
 use crate::records::{
-    ExpiryScan, Unreadable, millis, new_token, parse_id, parse_task, pause_key,
-    pause_scope, purgeable, task_body,
+    ExpiryScan, Unreadable, millis, new_token, parse_id, parse_task, pause_key, pause_scope,
+    purgeable, task_body,
 };
 use crate::{
     Claim, Durability, Lease, NewTask, Outcome, PauseScope, QueueStore, Renewal, StoreError,
@@ -138,9 +138,16 @@ impl PostgresStore {
             Durability::Durable => "on",
             Durability::Relaxed => "off",
         };
+        // A machine cut off in the middle of a transaction holds its row locks until the
+        // server gives up on it: claims pass over locked tasks and the lease scan over locked
+        // leases, so that must be soon. Transactions here never wait on their client for more
+        // than moments, so one idle for 10 s is gone, and a silent connection is probed.
         client
             .batch_execute(&format!(
-                "SET search_path = host; SET synchronous_commit = {commit}"
+                "SET search_path = host; SET synchronous_commit = {commit}; \
+                 SET idle_in_transaction_session_timeout = '10s'; \
+                 SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
+                 SET tcp_keepalives_count = 3; SET tcp_user_timeout = 10000"
             ))
             .map_err(|err| self.error(&err))
     }
@@ -304,6 +311,7 @@ impl PostgresStore {
             store: self,
             work_appeared: false,
             trouble: None,
+            without_dependents: None,
         };
         let done = work(&mut tx).and_then(|out| {
             if tx.work_appeared {
@@ -416,30 +424,12 @@ impl PostgresStore {
         if eligible.is_empty() {
             return Ok(None);
         }
-        let order = match self.policy.aging {
-            None => "priority, id".to_string(),
-            // One step lower per `aging` waited, down to 0, as `lifecycle::aged_priority`.
-            Some(step) => format!(
-                "GREATEST(priority - floor(GREATEST($2 - created_at, 0)::float8 / {}), 0), id",
-                step.as_millis().max(1)
-            ),
-        };
-        let sql = format!(
-            "WITH next AS ( \
-                SELECT id, body FROM tasks t \
-                WHERE status = 'pending' AND type = ANY($1) \
-                    AND (retry_at IS NULL OR retry_at <= $2) AND id <> ALL($3) AND {NOT_PAUSED} \
-                ORDER BY {order} LIMIT 1 \
-                FOR UPDATE SKIP LOCKED) \
-             SELECT id, body FROM next"
-        );
         let mut skip = self.unreadable.ids();
         loop {
-            let Some(row) = tx.row(&sql, &[&eligible, &millis(now), &skip])? else {
+            let Some((id, body)) = self.best_candidate(tx, &eligible, now, &skip)? else {
                 return Ok(None);
             };
-            let id: i64 = row.get(0);
-            let mut task = match parse_task(self.name(), id, row.get(1)) {
+            let mut task = match parse_task(self.name(), id, &body) {
                 Ok(task) => task,
                 Err(err) => {
                     self.unreadable.note(id, &err);
@@ -458,6 +448,70 @@ impl PostgresStore {
             };
             return Ok(Some(Claim { task, lease }));
         }
+    }
+
+    /// The best claimable task among `types` that is not in `skip`, locked until the commit:
+    /// lowest (aged) priority, then lowest id. Tasks that other claimers hold locked are passed
+    /// over. One indexed lookup per type (per priority level, with aging): a single statement
+    /// over several types could not walk the index in order, and would sort every pending task.
+    fn best_candidate(
+        &self,
+        tx: &mut Tx<'_>,
+        types: &[String],
+        now: Timestamp,
+        skip: &[i64],
+    ) -> Result<Option<(i64, String)>, StoreError> {
+        let pending = format!(
+            "status = 'pending' AND type = $1 AND (retry_at IS NULL OR retry_at <= $2) \
+             AND id <> ALL($3) AND {NOT_PAUSED}"
+        );
+        let now_ms = millis(now);
+        let Some(step) = self.policy.aging else {
+            // The best of each type, locked (a type's runner-up stays locked until the commit,
+            // which only makes other claimers pass it over meanwhile).
+            let sql = format!(
+                "WITH next AS ( \
+                    SELECT id, priority, body FROM tasks t WHERE {pending} \
+                    ORDER BY priority, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                 SELECT id, priority, body FROM next"
+            );
+            let mut best: Option<((i32, i64), String)> = None;
+            for task_type in types {
+                if let Some(row) = tx.row(&sql, &[task_type, &now_ms, &skip])? {
+                    let key = (row.get::<_, i32>(1), row.get::<_, i64>(0));
+                    if best.as_ref().is_none_or(|(best, _)| key < *best) {
+                        best = Some((key, row.get(2)));
+                    }
+                }
+            }
+            return Ok(best.map(|((_, id), body)| (id, body)));
+        };
+        // The oldest task of each priority is the one that has aged most.
+        let sql = format!(
+            "SELECT DISTINCT ON (priority) id, priority, created_at FROM tasks t WHERE {pending} \
+             ORDER BY priority, id"
+        );
+        let mut candidates: Vec<(u32, i64)> = Vec::new();
+        for task_type in types {
+            for row in tx.rows(&sql, &[task_type, &now_ms, &skip])? {
+                let priority = u32::try_from(row.get::<_, i32>(1)).unwrap_or(0);
+                let created = crate::records::from_millis(row.get(2));
+                let aged = lifecycle::aged_priority(priority, created, now, step);
+                candidates.push((aged, row.get(0)));
+            }
+        }
+        candidates.sort_unstable();
+        for (_, id) in candidates {
+            let locked = tx.row(
+                "SELECT body FROM tasks WHERE id = $1 AND status = 'pending' \
+                 FOR UPDATE SKIP LOCKED",
+                &[&id],
+            )?;
+            if let Some(row) = locked {
+                return Ok(Some((id, row.get(0))));
+            }
+        }
+        Ok(None)
     }
 
     /// A finish, inside a write: see [`QueueStore::finish`].
@@ -568,7 +622,11 @@ impl WorkListener {
         let error = |err: postgres::Error| self.url.error(connect::describe(&err));
         let announced = {
             let mut notifications = self.client.notifications();
-            let announced = notifications.timeout_iter(limit).next().map_err(error)?.is_some();
+            let announced = notifications
+                .timeout_iter(limit)
+                .next()
+                .map_err(error)?
+                .is_some();
             // Announcements that arrived together wake the worker once.
             let mut pending = notifications.iter();
             while pending.next().map_err(error)?.is_some() {}
@@ -596,6 +654,8 @@ struct Tx<'c> {
     /// Set when some task became claimable; announced at the commit.
     work_appeared: bool,
     trouble: Option<Trouble>,
+    /// A task locked in this transaction that no task comes after.
+    without_dependents: Option<i64>,
 }
 
 impl Tx<'_> {
@@ -625,7 +685,11 @@ impl Tx<'_> {
             .map_err(|err| self.fail(err))
     }
 
-    fn row(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StoreError> {
+    fn row(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, StoreError> {
         let statement = self.statement(sql)?;
         self.tx
             .query_opt(&statement, params)
@@ -654,10 +718,23 @@ impl Tx<'_> {
     }
 
     /// The task a lease names, checked to be the lease's (see [`lifecycle::check_lease`]).
+    /// Also notes whether any task comes after it, which saves a query when its outcome
+    /// settles them: no task can be added after it while this transaction holds it locked.
     fn leased(&mut self, lease: &Lease, now: Timestamp) -> Result<Task, StoreError> {
-        let (task, token) = self
-            .task_and_token(&lease.task_id)?
+        let id = parse_id(&lease.task_id)?;
+        let row = self
+            .row(
+                "SELECT body, lease_token, \
+                    EXISTS (SELECT 1 FROM task_after WHERE after_id = $1) \
+                 FROM tasks WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )?
             .ok_or_else(|| StoreError::NotFound(lease.task_id.clone()))?;
+        let task = parse_task(self.store.name(), id, row.get(0))?;
+        let token: Option<String> = row.get(1);
+        if !row.get::<_, bool>(2) {
+            self.without_dependents = Some(id);
+        }
         lifecycle::check_lease(&task, lease, token.as_deref(), now)?;
         Ok(task)
     }
@@ -710,11 +787,18 @@ impl TaskTx for Tx<'_> {
     }
 
     fn dependents(&mut self, id: &str) -> Result<Vec<String>, StoreError> {
+        let id = parse_id(id)?;
+        if self.without_dependents == Some(id) {
+            return Ok(Vec::new());
+        }
         let rows = self.rows(
             "SELECT task_id FROM task_after WHERE after_id = $1 ORDER BY task_id",
-            &[&parse_id(id)?],
+            &[&id],
         )?;
-        Ok(rows.iter().map(|row| row.get::<_, i64>(0).to_string()).collect())
+        Ok(rows
+            .iter()
+            .map(|row| row.get::<_, i64>(0).to_string())
+            .collect())
     }
 }
 
@@ -848,18 +932,19 @@ impl QueueStore for PostgresStore {
         types: &[String],
     ) -> Result<(Task, Option<Claim>), StoreError> {
         validate_name("worker name", worker)?;
-        self.write(|tx| {
+        let together = self.write(|tx| {
             let now = Timestamp::now();
             let done = self.finish_in(tx, lease, outcome.clone(), now)?;
-            // The claim must not take the recorded outcome down with it if it fails.
-            tx.change("SAVEPOINT next_claim", &[])?;
-            let next = self.claim_in(tx, worker, types, now);
-            if next.is_err() {
-                tx.change("ROLLBACK TO SAVEPOINT next_claim", &[])?;
-            }
-            tx.change("RELEASE SAVEPOINT next_claim", &[])?;
-            Ok((done, next.unwrap_or(None)))
-        })
+            let next = self.claim_in(tx, worker, types, now)?;
+            Ok((done, next))
+        });
+        match together {
+            Ok(both) => Ok(both),
+            // Nothing was applied: the outcome is recorded on its own (and fails again, with
+            // its own error, if it was the outcome that failed). No savepoint around the claim:
+            // two more round trips for every task, for a failure that is rare.
+            Err(_) => Ok((self.finish(lease, outcome)?, None)),
+        }
     }
 
     fn release(&self, lease: &Lease) -> Result<(), StoreError> {
@@ -1112,7 +1197,8 @@ impl QueueStore for PostgresStore {
     }
 
     fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
-        let rows = self.read(|tx| tx.rows("SELECT name, record FROM workers ORDER BY name", &[]))?;
+        let rows =
+            self.read(|tx| tx.rows("SELECT name, record FROM workers ORDER BY name", &[]))?;
         rows.iter()
             .map(|row| {
                 serde_json::from_str(row.get(1)).map_err(|err| StoreError::Corrupt {

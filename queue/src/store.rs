@@ -23,14 +23,14 @@ pub enum QueueAddress {
     /// A coordination folder: the embedded SQLite store.
     Folder(PathBuf),
     /// A PostgreSQL database: the store for workers on many machines.
-    Postgres(PostgresUrl),
+    Postgres(Box<PostgresUrl>),
 }
 
 impl QueueAddress {
     /// A `postgres://` or `postgresql://` URL, else a folder (made absolute).
     pub fn parse(text: &str) -> Result<QueueAddress, StoreError> {
         if PostgresUrl::is_url(text) {
-            return PostgresUrl::parse(text).map(QueueAddress::Postgres);
+            return PostgresUrl::parse(text).map(|url| QueueAddress::Postgres(Box::new(url)));
         }
         let path = std::path::absolute(text).map_err(|source| StoreError::Io {
             path: PathBuf::from(text),
@@ -67,6 +67,8 @@ pub enum WorkSignal {
 }
 
 /// A queue store of either engine.
+// A process opens one or two: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Store {
     /// The embedded store, in a coordination folder.
     Sqlite(SqliteStore),
@@ -77,7 +79,10 @@ pub enum Store {
 impl Store {
     /// Creates the queue at `address` if need be (idempotent) and opens it; with
     /// `durability`, sets it for the whole queue.
-    pub fn init(address: &QueueAddress, durability: Option<Durability>) -> Result<Store, StoreError> {
+    pub fn init(
+        address: &QueueAddress,
+        durability: Option<Durability>,
+    ) -> Result<Store, StoreError> {
         let store = match address {
             QueueAddress::Folder(root) => Store::Sqlite(SqliteStore::init(root)?),
             QueueAddress::Postgres(url) => Store::Postgres(PostgresStore::init(url)?),

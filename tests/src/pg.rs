@@ -197,7 +197,11 @@ impl PgCluster {
     /// A new, empty database owned by [`USER`]: its queue URL (with the password).
     pub fn database(&self) -> String {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!("q{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        let name = format!(
+            "q{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
         self.admin(&format!("CREATE DATABASE {name} OWNER {USER}"));
         self.url(&name)
     }

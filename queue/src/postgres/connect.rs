@@ -122,16 +122,21 @@ impl PostgresUrl {
     pub(crate) fn connect(&self) -> Result<Client, StoreError> {
         let connected = match &self.tls {
             Tls::Off => self.config.connect(NoTls),
-            Tls::Unverified(_) => self.config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(
-                rustls_config(Arc::new(AnyCertificate(provider())))?,
-            )),
+            Tls::Unverified(_) => {
+                self.config
+                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+                        rustls_config(Arc::new(AnyCertificate(provider())))?,
+                    ))
+            }
             Tls::Verified(root) => {
                 let mut roots = rustls::RootCertStore::empty();
                 match root {
                     Some(path) => {
                         let certs = CertificateDer::pem_file_iter(path)
                             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                            .map_err(|err| self.error(format!("sslrootcert {}: {err}", path.display())))?;
+                            .map_err(|err| {
+                                self.error(format!("sslrootcert {}: {err}", path.display()))
+                            })?;
                         for cert in certs {
                             roots.add(cert).map_err(|err| {
                                 self.error(format!("sslrootcert {}: {err}", path.display()))
@@ -239,9 +244,16 @@ fn pgpass_lookup(file: &Path, config: &Config) -> Option<String> {
         Some(Host::Tcp(name)) => name.clone(),
         _ => "localhost".to_string(),
     };
-    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
     let user = config.get_user().unwrap_or_default().to_string();
-    let db = config.get_dbname().map_or_else(|| user.clone(), str::to_string);
+    let db = config
+        .get_dbname()
+        .map_or_else(|| user.clone(), str::to_string);
     let wanted = [host, port, db, user];
     text.lines()
         .filter(|line| !line.trim_start().starts_with('#'))
@@ -279,15 +291,17 @@ fn provider() -> rustls::crypto::CryptoProvider {
 fn rustls_config(
     verifier: Arc<dyn ServerCertVerifier>,
 ) -> Result<rustls::ClientConfig, StoreError> {
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|err| StoreError::Database {
-            path: PathBuf::from("(TLS)"),
-            message: err.to_string(),
-        })?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
+    Ok(
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|err| StoreError::Database {
+                path: PathBuf::from("(TLS)"),
+                message: err.to_string(),
+            })?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    )
 }
 
 /// Accepts any server certificate: what `sslmode=prefer` and `require` mean (encryption

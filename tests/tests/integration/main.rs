@@ -6,6 +6,7 @@ mod bad_input;
 mod claiming;
 mod conformance;
 mod crashes;
+mod many_machines;
 mod mcp;
 mod orchestration;
 mod plugin_safety;

@@ -36,7 +36,10 @@ fn every_command_works_on_a_postgres_url_and_the_password_is_never_shown() {
     assert!(seen.contains("pg-worker"), "the worker logged:\n{seen}");
 
     let status = printed(&q, &["status"]);
-    assert!(status.contains("postgres://host_test:***@127.0.0.1:"), "{status}");
+    assert!(
+        status.contains("postgres://host_test:***@127.0.0.1:"),
+        "{status}"
+    );
     assert!(status.contains("completed"), "{status}");
     seen.push_str(&status);
     let json = q.status();
@@ -105,8 +108,15 @@ fn a_server_that_is_down_a_bad_url_or_an_empty_database_is_one_clear_line() {
 
     let line = q.fails(&["--queue", "postgres://ann@127.0.0.1:notaport/q", "status"]);
     assert!(line.contains("not a valid PostgreSQL URL"), "{line}");
-    let line = q.fails(&["--queue", "postgres://ann@127.0.0.1/q?sslmode=verify-ca", "status"]);
-    assert!(line.contains("sslmode=verify-ca is not supported"), "{line}");
+    let line = q.fails(&[
+        "--queue",
+        "postgres://ann@127.0.0.1/q?sslmode=verify-ca",
+        "status",
+    ]);
+    assert!(
+        line.contains("sslmode=verify-ca is not supported"),
+        "{line}"
+    );
 
     let cluster = PgCluster::shared();
     let empty = cluster.database();
@@ -146,7 +156,11 @@ fn the_configuration_lives_in_the_database_for_every_machine() {
     let q = TestQueue::on_postgres();
     assert_eq!(q.ok(&["config", "show"]), "");
     let bad = q.scratch.join("bad.toml");
-    std::fs::write(&bad, "[roles.checker]\nhandler = \"noop\"\ncolour = \"red\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[roles.checker]\nhandler = \"noop\"\ncolour = \"red\"\n",
+    )
+    .unwrap();
     let line = q.fails(&["config", "set", bad.to_str().unwrap()]);
     assert!(line.contains("bad.toml:3"), "{line}");
     assert!(line.contains("colour"), "{line}");
