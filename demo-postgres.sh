@@ -78,7 +78,8 @@ tasks = json.load(sys.stdin)
 by = collections.Counter((t["worker"].split("-")[0], t["type"]) for t in tasks)
 for (machine, kind), n in sorted(by.items()):
     print(f"  {machine:6} {kind:6} {n}")
-print(f"  {len(tasks)} tasks finished, all completed: {all(t[\"status\"] == \"completed\" for t in tasks)}")
+done = all(t["status"] == "completed" for t in tasks)
+print(f"  {len(tasks)} tasks finished, all completed: {done}")
 '
 
 say "Status"
