@@ -71,8 +71,11 @@ impl Durability {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The folder is not a queue (yet).
-    #[error("{0} holds no queue (run `host init` to create one)")]
+    #[error("{0} is not a queue folder (run `host init` to create one)")]
     NotInitialized(PathBuf),
+    /// The database holds no queue: `host init` creates its schema.
+    #[error("{0} holds no queue (run `host init` to create one)")]
+    EmptyDatabase(PathBuf),
     /// The folder holds a queue of the folder-of-files format of earlier versions.
     #[error(
         "{0} holds a queue written by an earlier version of host (a folder of JSON files): run \

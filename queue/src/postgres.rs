@@ -75,6 +75,14 @@ pub struct PostgresStore {
     expiry_scan: ExpiryScan,
 }
 
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Closing the connection blocks on the client's runtime too.
+        let conn = self.conn.get_mut().map(Option::take).unwrap_or(None);
+        blocking(move || drop(conn));
+    }
+}
+
 /// A connection and the statements prepared on it.
 struct Conn {
     client: Client,
@@ -102,6 +110,10 @@ impl PostgresStore {
     }
 
     fn connect(url: &PostgresUrl, create: bool) -> Result<PostgresStore, StoreError> {
+        blocking(|| PostgresStore::connect_here(url, create))
+    }
+
+    fn connect_here(url: &PostgresUrl, create: bool) -> Result<PostgresStore, StoreError> {
         let mut client = url.connect()?;
         migrate(&mut client, url, create)?;
         let mut store = PostgresStore {
@@ -232,15 +244,23 @@ impl PostgresStore {
     /// deadlock) runs again, with backoff, for up to [`RETRY_WINDOW`]; so `work` may run more
     /// than once, and must decide afresh each time. On error nothing of it is applied, except
     /// when the connection broke during the commit itself, which the error says.
-    fn write<T>(
+    fn write<T: Send>(
         &self,
-        work: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+        work: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
         self.write_within(RETRY_WINDOW, work)
     }
 
     /// [`PostgresStore::write`], tried again for no longer than `window`.
-    fn write_within<T>(
+    fn write_within<T: Send>(
+        &self,
+        window: Duration,
+        work: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        blocking(|| self.write_here(window, work))
+    }
+
+    fn write_here<T>(
         &self,
         window: Duration,
         mut work: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
@@ -261,9 +281,9 @@ impl PostgresStore {
     }
 
     /// A transaction that changes nothing.
-    fn read<T>(
+    fn read<T: Send>(
         &self,
-        mut read: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+        mut read: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
         self.write(&mut read)
     }
@@ -533,6 +553,19 @@ impl PostgresStore {
     }
 }
 
+/// Runs `f` where the client library may block: the synchronous PostgreSQL client drives its
+/// own runtime and cannot start inside another one (the dashboard's, the MCP server's), so
+/// there `f` runs on a thread of its own.
+fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|scope| match scope.spawn(f).join() {
+        Ok(out) => out,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
 /// Brings the schema up to this version's under an advisory lock, so that processes starting
 /// together do not race. Refuses a newer schema; without `create`, refuses a database that
 /// holds no queue.
@@ -558,7 +591,7 @@ fn migrate(client: &mut Client, url: &PostgresUrl, create: bool) -> Result<(), S
             found: found.into(),
             known: known.into(),
         }),
-        None if !create => Err(StoreError::NotInitialized(PathBuf::from(url.shown()))),
+        None if !create => Err(StoreError::EmptyDatabase(PathBuf::from(url.shown()))),
         _ => Ok(()),
     };
     let found = version(client)?;

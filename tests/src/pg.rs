@@ -158,6 +158,52 @@ impl PgCluster {
         )
     }
 
+    /// Turns TLS on with a new self-signed certificate for 127.0.0.1 and restarts the server;
+    /// returns the certificate (PEM), for `sslrootcert`.
+    pub fn enable_tls(&self) -> Result<PathBuf, String> {
+        let base = self.data.parent().unwrap();
+        let (cert, key) = (base.join("server.crt"), base.join("server.key"));
+        let status = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            // A server certificate, not an authority: rustls refuses an authority as a leaf.
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|err| format!("cannot run openssl: {err}"))?;
+        if !status.success() {
+            return Err("openssl could not make a certificate".into());
+        }
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some(user) = &self.os_user {
+            chown(&key, user)?;
+            chown(&cert, user)?;
+        }
+        let conf = self.data.join("postgresql.conf");
+        let mut text = fs::read_to_string(&conf).unwrap();
+        text.push_str(&format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            path_str(&cert),
+            path_str(&key)
+        ));
+        fs::write(&conf, text).unwrap();
+        self.stop()?;
+        self.start_server()?;
+        Ok(cert)
+    }
+
     /// Stops the server at once, as a crash would (`immediate`: no checkpoint).
     pub fn stop(&self) -> Result<(), String> {
         self.run_as_server_user(

@@ -247,3 +247,65 @@ fn workers_reconnect_and_finish_when_the_server_restarts_mid_drain() {
         }
     }
 }
+
+#[test]
+fn tls_as_sslmode_asks_and_passwords_from_the_environment_or_pgpass() {
+    let cluster = PgCluster::start("127.0.0.1").unwrap_or_else(|why| panic!("{why}"));
+    let cert = cluster.enable_tls().unwrap_or_else(|why| panic!("{why}"));
+    let url = cluster.database();
+    let q = TestQueue::at_url(&url);
+    let base = url.split('?').next().unwrap();
+    let works = |q: &TestQueue, queue: &str| {
+        q.ok(&["--queue", queue, "add", "--type", "noop"]);
+    };
+    // require: encrypted, the certificate not checked (a self-signed one is accepted).
+    works(&q, &format!("{base}?sslmode=require"));
+    // verify-full: the certificate must chain to sslrootcert and name the host.
+    works(
+        &q,
+        &format!("{base}?sslmode=verify-full&sslrootcert={}", cert.display()),
+    );
+    let line = q.fails(&["--queue", &format!("{base}?sslmode=verify-full"), "status"]);
+    assert!(line.contains("cannot connect"), "{line}");
+    assert!(!line.contains(PASSWORD), "{line}");
+    // require means TLS: a server without it is refused.
+    let plain = PgCluster::shared()
+        .database()
+        .replace("sslmode=disable", "sslmode=require");
+    let line = q.fails(&["--queue", &plain, "status"]);
+    assert!(line.contains("cannot connect"), "{line}");
+
+    // No password in the URL: PGPASSWORD, else a private ~/.pgpass (PGPASSFILE here).
+    let bare = base.replace(&format!(":{PASSWORD}@"), "@");
+    assert!(!bare.contains(PASSWORD));
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = q.host();
+        cmd.env_remove("PGPASSWORD")
+            .env("PGPASSFILE", q.scratch.join("none"))
+            .args(["--queue", &bare, "status"]);
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        cmd.output().unwrap()
+    };
+    let refused = run(&[]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(run(&[("PGPASSWORD", PASSWORD)]).status.success());
+    let pgpass = q.scratch.join("pgpass");
+    std::fs::write(&pgpass, format!("127.0.0.1:*:*:host_test:{PASSWORD}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let pgpass_arg = pgpass.to_str().unwrap();
+    assert_eq!(
+        run(&[("PGPASSFILE", pgpass_arg)]).status.code(),
+        Some(1),
+        "a password file others can read is ignored, as libpq does"
+    );
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let output = run(&[("PGPASSFILE", pgpass_arg)]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

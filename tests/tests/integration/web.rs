@@ -520,3 +520,19 @@ fn the_dashboard_adds_a_task_and_shows_it_complete_without_reloading() {
     std::fs::write(dir.join("dashboard.png"), &png).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
 }
+
+#[test]
+fn the_dashboard_serves_a_postgres_queue_without_showing_its_password() {
+    let q = TestQueue::on_postgres();
+    let server = serve(&q, &[]);
+    let (status, added) = server.post("/api/tasks", json!({"type": "noop"}));
+    assert_eq!(status, 200, "{added}");
+    let (status, tasks) = server.get("/api/tasks?status=pending");
+    assert_eq!(status, 200);
+    assert_eq!(tasks.as_array().unwrap().len(), 1, "{tasks}");
+    let (status, report) = server.get("/api/status");
+    assert_eq!(status, 200);
+    let queue = report["queue"].as_str().unwrap();
+    assert!(queue.starts_with("postgres://host_test:***@"), "{report}");
+    assert!(!report.to_string().contains(integration_tests::pg::PASSWORD));
+}
