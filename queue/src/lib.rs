@@ -324,6 +324,27 @@ pub struct Summary {
     pub by_type: BTreeMap<String, BTreeMap<TaskStatus, usize>>,
 }
 
+impl Summary {
+    /// Counts `n` tasks of `task_type` in state `status` (as a store reads them, by name; an
+    /// unknown state is skipped).
+    pub(crate) fn count(&mut self, status: &str, task_type: String, n: i64) {
+        let Ok(status) = status.parse::<TaskStatus>() else {
+            return;
+        };
+        let n = usize::try_from(n).unwrap_or(0);
+        *self.counts.entry(status).or_default() += n;
+        *self
+            .by_type
+            .entry(task_type.clone())
+            .or_default()
+            .entry(status)
+            .or_default() += n;
+        if status == TaskStatus::Pending {
+            *self.pending_by_type.entry(task_type).or_default() += n;
+        }
+    }
+}
+
 /// Which tasks a listing shows, in which order, how many: every condition given must hold. The
 /// store answers from its indexes (by state, by finishing time, by id), so the cost follows the
 /// rows shown rather than the history.

@@ -35,7 +35,7 @@ pub use connect::{PostgresUrl, redact_url};
 
 use crate::lifecycle::{self, Policy, TaskTx};
 use crate::records::{
-    ExpiryScan, Unreadable, millis, new_token, parse_id, parse_task, pause_key, pause_scope,
+    ExpiryScan, Unreadable, millis, new_lease, parse_id, parse_task, pause_key, pause_scope,
     purgeable, task_body,
 };
 use crate::{
@@ -458,14 +458,8 @@ impl PostgresStore {
                 }
             };
             lifecycle::claim(&mut task, worker, now, &self.policy);
-            let token = new_token()?;
-            tx.save(&task, Some(&token))?;
-            let lease = Lease {
-                task_id: task.id.clone(),
-                attempt: task.attempts,
-                worker: worker.to_string(),
-                token,
-            };
+            let lease = new_lease(&task, worker)?;
+            tx.save(&task, Some(&lease.token))?;
             return Ok(Some(Claim { task, lease }));
         }
     }
@@ -1139,21 +1133,7 @@ impl QueueStore for PostgresStore {
         })?;
         let mut summary = Summary::default();
         for row in rows {
-            let Ok(status) = row.get::<_, &str>(0).parse::<TaskStatus>() else {
-                continue;
-            };
-            let task_type: String = row.get(1);
-            let n = usize::try_from(row.get::<_, i64>(2)).unwrap_or(0);
-            *summary.counts.entry(status).or_default() += n;
-            *summary
-                .by_type
-                .entry(task_type.clone())
-                .or_default()
-                .entry(status)
-                .or_default() += n;
-            if status == TaskStatus::Pending {
-                *summary.pending_by_type.entry(task_type).or_default() += n;
-            }
+            summary.count(row.get(0), row.get(1), row.get(2));
         }
         Ok(summary)
     }

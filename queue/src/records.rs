@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use crate::{PauseScope, StoreError, Task};
+use crate::{Lease, PauseScope, StoreError, Task};
 
 /// A time as stored: milliseconds since 1970-01-01 UTC.
 pub(crate) fn millis(at: Timestamp) -> i64 {
@@ -64,8 +64,18 @@ pub(crate) fn pause_scope(kind: &str, name: String) -> PauseScope {
     }
 }
 
+/// The lease of `worker` on `task`, just claimed (its attempt counted), with a new secret.
+pub(crate) fn new_lease(task: &Task, worker: &str) -> Result<Lease, StoreError> {
+    Ok(Lease {
+        task_id: task.id.clone(),
+        attempt: task.attempts,
+        worker: worker.to_string(),
+        token: new_token()?,
+    })
+}
+
 /// A new lease secret: 16 random bytes from the OS, as hex.
-pub(crate) fn new_token() -> Result<String, StoreError> {
+fn new_token() -> Result<String, StoreError> {
     crate::secret::random_hex(16).map_err(|err| StoreError::Io {
         path: PathBuf::from("(the OS random source)"),
         source: std::io::Error::other(err.to_string()),

@@ -33,7 +33,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Params, para
 use crate::folder::io_err;
 use crate::lifecycle::{self, Policy, TaskTx};
 use crate::records::{
-    ExpiryScan, Unreadable, from_millis, millis, new_token, parse_id, parse_task, pause_key,
+    ExpiryScan, Unreadable, from_millis, millis, new_lease, parse_id, parse_task, pause_key,
     pause_scope, purgeable, task_body,
 };
 use crate::{
@@ -422,14 +422,8 @@ impl SqliteStore {
                 }
             };
             lifecycle::claim(&mut task, worker, now, &self.policy);
-            let token = new_token()?;
-            tx.save(&task, Some(&token))?;
-            let lease = Lease {
-                task_id: task.id.clone(),
-                attempt: task.attempts,
-                worker: worker.to_string(),
-                token,
-            };
+            let lease = new_lease(&task, worker)?;
+            tx.save(&task, Some(&lease.token))?;
             return Ok(Some(Claim { task, lease }));
         }
     }
@@ -1063,20 +1057,7 @@ impl QueueStore for SqliteStore {
         })?;
         let mut summary = Summary::default();
         for (status, task_type, n) in rows {
-            let Ok(status) = status.parse::<TaskStatus>() else {
-                continue;
-            };
-            let n = usize::try_from(n).unwrap_or(0);
-            *summary.counts.entry(status).or_default() += n;
-            *summary
-                .by_type
-                .entry(task_type.clone())
-                .or_default()
-                .entry(status)
-                .or_default() += n;
-            if status == TaskStatus::Pending {
-                *summary.pending_by_type.entry(task_type).or_default() += n;
-            }
+            summary.count(&status, task_type, n);
         }
         Ok(summary)
     }
