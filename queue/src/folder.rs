@@ -225,8 +225,13 @@ impl QueueFolder {
             };
             for entry in entries.flatten() {
                 let path = entry.path();
-                let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
-                found.push((path, meta));
+                match fs::symlink_metadata(&path) {
+                    Ok(meta) => found.push((path, meta)),
+                    // Gone since the listing: SQLite removes its rollback journal as another
+                    // process opening the queue lists the folder.
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(io_err(&path)(err)),
+                }
             }
         }
         Ok(found)
@@ -260,8 +265,12 @@ impl QueueFolder {
         for (path, meta) in self.entries()? {
             let loose = meta.mode() & 0o077 != 0;
             if meta.is_file() && loose && meta.uid() == effective_uid() {
-                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-                    .map_err(io_err(&path))?;
+                match fs::set_permissions(&path, fs::Permissions::from_mode(0o600)) {
+                    Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                        return Err(io_err(&path)(err));
+                    }
+                    _ => {}
+                }
             }
         }
         ensure_private_dir(&self.root.join(LOGS))
@@ -291,10 +300,13 @@ fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
         }
         Ok(_) => Ok(()),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_err(dir)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            match fs::DirBuilder::new().mode(0o700).create(dir) {
+                // Another process opening the queue made it meanwhile: check that one.
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => ensure_private_dir(dir),
+                created => created.map_err(io_err(dir)),
+            }
+        }
         Err(err) => Err(io_err(dir)(err)),
     }
 }

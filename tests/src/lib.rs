@@ -51,7 +51,25 @@ pub fn library_file(crate_name: &str) -> String {
 }
 
 fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // `cargo test` gives this process the package's variables; ring's build script tracks
+    // CARGO_MANIFEST_DIR, so passing it on would rebuild the TLS stack (and all above it) on
+    // every test run, and once more at the next `cargo build`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_CRATE_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&name.as_ref())
+        {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    cmd
 }
 
 fn run_cargo(mut cmd: Command, what: &str) {

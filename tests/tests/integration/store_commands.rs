@@ -166,28 +166,32 @@ fn doctor_says_what_it_checked_and_what_it_found() {
 #[test]
 fn processes_opening_a_new_queue_at_once_do_not_race_on_its_schema() {
     let q = TestQueue::new();
-    let fresh = q.scratch.join("fresh");
-    let fresh = fresh.to_str().unwrap();
-    let children: Vec<_> = (0..8)
-        .map(|_| {
-            q.host()
-                .args(["init", "--queue", fresh])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
-        let output = child.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+    // Several rounds: the races (SQLite's journal vanishing while another process lists the
+    // folder, two processes making `logs/`) are narrow.
+    for round in 0..5 {
+        let fresh = q.scratch.join(format!("fresh-{round}"));
+        let fresh = fresh.to_str().unwrap();
+        let children: Vec<_> = (0..8)
+            .map(|_| {
+                q.host()
+                    .args(["init", "--queue", fresh])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        q.ok(&["add", "--type", "noop", "--queue", fresh]);
+        q.ok(&["doctor", "--queue", fresh]);
     }
-    q.ok(&["add", "--type", "noop", "--queue", fresh]);
-    q.ok(&["doctor", "--queue", fresh]);
 }
 
 #[test]
