@@ -8,6 +8,7 @@
 //! agent = "claude"          # settings for the handler: an agent preset, ...
 //! # command = ["my-cli", "{prompt}"]   # ... or a custom argv template
 //! # prompt = "..."          # ... and a prompt template
+//! # stall = "10m"           # ... and how long it may print nothing ("off": no limit)
 //! timeout = "10m"           # for tasks that set no timeout
 //!
 //! [limits]
@@ -52,7 +53,7 @@ pub struct RoleBinding {
     pub types: Option<Vec<String>>,
     /// The time limit of tasks that set none.
     pub timeout: Option<Duration>,
-    /// What the handler is told (`agent`, `command`, `prompt`), as JSON.
+    /// What the handler is told (`agent`, `command`, `prompt`, `stallSecs`), as JSON.
     pub settings: serde_json::Value,
 }
 
@@ -79,6 +80,7 @@ struct RawRole {
     agent: Option<Spanned<String>>,
     command: Option<Spanned<Vec<String>>>,
     prompt: Option<String>,
+    stall: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -152,6 +154,15 @@ impl Config {
             }
             if let Some(prompt) = role.prompt {
                 settings.insert("prompt".into(), prompt.into());
+            }
+            if let Some(stall) = &role.stall {
+                let secs = match stall.get_ref().as_str() {
+                    "off" => 0,
+                    _ => duration(stall, &format!("roles.{name}.stall"))?
+                        .as_secs()
+                        .max(1),
+                };
+                settings.insert("stallSecs".into(), secs.into());
             }
             config.roles.insert(
                 name,

@@ -55,6 +55,8 @@ enum ToChild {
     },
     /// Tell the running handler to stop (`StopReason` as plugin-api encodes it).
     Stop { reason: u8 },
+    /// Check the role's settings before any task (answered with `Checked`).
+    Check { settings: Value },
 }
 
 /// What the child tells the parent.
@@ -66,6 +68,10 @@ enum FromChild {
     /// The plugin could not be loaded; the child exits.
     Fatal {
         message: String,
+    },
+    /// The answer to `Check`: the role's reason to refuse its settings, if it has one.
+    Checked {
+        refusal: Option<String>,
     },
     Progress {
         percent: u8,
@@ -108,8 +114,10 @@ pub struct HandlerProcess {
 }
 
 impl HandlerProcess {
-    /// Starts a child that loads `role` from its library, and waits until it is ready.
-    pub fn start(role: &PluginRole) -> anyhow::Result<HandlerProcess> {
+    /// Starts a child that loads `role` from its library and checks the role's `settings`
+    /// (see `Role::check_settings`), and waits until it is ready. The error is the role's own
+    /// reason when it refuses its settings.
+    pub fn start(role: &PluginRole, settings: &Value) -> anyhow::Result<HandlerProcess> {
         let exe = std::env::current_exe().context("cannot find the host executable")?;
         let mut live = LIVE.lock().expect("live handlers lock");
         let mut child = Command::new(&exe)
@@ -150,8 +158,24 @@ impl HandlerProcess {
             stdin,
             messages,
         };
-        match process.messages.recv_timeout(START_TIMEOUT) {
-            Ok(Some(FromChild::Ready)) => Ok(process),
+        let ready = process.messages.recv_timeout(START_TIMEOUT);
+        let ready = match ready {
+            Ok(Some(FromChild::Ready)) => {
+                let check = ToChild::Check {
+                    settings: settings.clone(),
+                };
+                match process.send(&check) {
+                    Ok(()) => process.messages.recv_timeout(START_TIMEOUT),
+                    Err(_) => Ok(None),
+                }
+            }
+            other => other,
+        };
+        match ready {
+            Ok(Some(FromChild::Checked { refusal: None })) => Ok(process),
+            Ok(Some(FromChild::Checked {
+                refusal: Some(reason),
+            })) => bail!("{reason}"),
             Ok(Some(FromChild::Fatal { message })) => bail!("{message}"),
             Ok(_) | Err(_) => {
                 let how = process.kill();
@@ -194,7 +218,9 @@ impl HandlerProcess {
                         retryable,
                     }));
                 }
-                Ok(Some(FromChild::Ready | FromChild::Fatal { .. })) => {}
+                Ok(Some(
+                    FromChild::Ready | FromChild::Fatal { .. } | FromChild::Checked { .. },
+                )) => {}
                 Ok(None) | Err(RecvTimeoutError::Disconnected) => {
                     return RunEnd::Died(self.wait_for_exit());
                 }
@@ -325,24 +351,20 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
     reply(&out, &FromChild::Ready);
 
     let stop = Arc::new(AtomicU8::new(0));
-    let (tasks, inbox) = mpsc::channel();
+    let (jobs, inbox) = mpsc::channel();
     {
         let stop = Arc::clone(&stop);
         thread::spawn(move || {
             for line in std::io::stdin().lock().lines() {
                 let Ok(line) = line else { break };
                 match serde_json::from_str(&line) {
-                    Ok(ToChild::Run {
-                        task,
-                        settings,
-                        prerequisites,
-                    }) => {
+                    Ok(ToChild::Stop { reason }) => stop.store(reason, Ordering::SeqCst),
+                    Ok(job) => {
                         stop.store(0, Ordering::SeqCst);
-                        if tasks.send((task, settings, prerequisites)).is_err() {
+                        if jobs.send(job).is_err() {
                             break;
                         }
                     }
-                    Ok(ToChild::Stop { reason }) => stop.store(reason, Ordering::SeqCst),
                     Err(_) => {}
                 }
             }
@@ -351,7 +373,20 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
             std::process::exit(0);
         });
     }
-    for (task, settings, prerequisites) in inbox {
+    for job in inbox {
+        let (task, settings, prerequisites) = match job {
+            ToChild::Run {
+                task,
+                settings,
+                prerequisites,
+            } => (task, settings, prerequisites),
+            ToChild::Check { settings } => {
+                let refusal = role.check_settings(&settings).err();
+                reply(&out, &FromChild::Checked { refusal });
+                continue;
+            }
+            ToChild::Stop { .. } => continue,
+        };
         let hooks = ChildHooks {
             out: Arc::clone(&out),
             stop: Arc::clone(&stop),

@@ -92,6 +92,19 @@ impl LoadedRole {
         }
     }
 
+    /// Asks the role whether it can run with these settings; `Err` carries its reason.
+    pub fn check_settings(&self, settings: &Value) -> Result<(), String> {
+        let json = settings.to_string();
+        match self
+            .descriptor
+            .handler
+            .check_settings(RStr::from_str(&json))
+        {
+            RResult::ROk(()) => Ok(()),
+            RResult::RErr(reason) => Err(reason.into_string()),
+        }
+    }
+
     /// Runs the role's handler on the task. Panics were already caught on the plugin side.
     pub fn handle(&self, task: &Task, hooks: &dyn TaskHooks) -> Result<Value, ErrorRecord> {
         let json = serde_json::to_string(task).expect("task serializes");

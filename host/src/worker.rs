@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use jiff::Timestamp;
 use plugin_api::__private::{decode_stop_reason, encode_stop_reason};
 use plugin_api::StopReason;
@@ -47,6 +48,9 @@ pub struct WorkerOptions {
     pub types: Vec<String>,
     /// The role's settings from `host.toml`, handed to its handler.
     pub settings: serde_json::Value,
+    /// Where the role is bound (`q/host.toml [roles.writer]`), for messages; `None` when it
+    /// runs unbound, under its plugin's name.
+    pub binding: Option<String>,
     /// Tasks that finished longer ago than this are purged (`[queue] keep_finished`).
     pub keep_finished: Option<Duration>,
 }
@@ -188,8 +192,12 @@ impl ClaimLoop {
         // Start every handler process before claiming anything, so that a plugin that cannot
         // run stops the worker at once rather than failing tasks.
         let processes = (0..shared.options.concurrency)
-            .map(|_| HandlerProcess::start(&shared.role))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .map(|_| HandlerProcess::start(&shared.role, &shared.options.settings))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .with_context(|| match &shared.options.binding {
+                Some(binding) => format!("role {} ({binding}) cannot start", shared.options.role),
+                None => format!("role {} cannot start", shared.options.role),
+            })?;
         for (slot, process) in processes.into_iter().enumerate() {
             let shared = Arc::clone(&shared);
             let events = events.clone();
@@ -304,7 +312,7 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) {
     let mut next: Option<Claim> = None;
     while !shared.stopping.load(Ordering::SeqCst) {
         let Some(handler) = process.as_mut() else {
-            match HandlerProcess::start(&shared.role) {
+            match HandlerProcess::start(&shared.role, &shared.options.settings) {
                 Ok(started) => process = Some(started),
                 Err(err) => {
                     // Nobody renews a task that waits for a handler: give it back.
@@ -404,7 +412,11 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
         shared,
         running: &running,
     };
-    let end = handler.run(&task, &hooks);
+    // The handler sees the time limit the worker enforces (the task's, else its role's), so
+    // that it does not time the task on a clock of its own.
+    let mut given = task.clone();
+    given.timeout_secs = running.timeout.map(|t| t.as_secs().max(1));
+    let end = handler.run(&given, &hooks);
     let survived = matches!(end, RunEnd::Returned(_));
 
     shared
@@ -430,7 +442,17 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
         retryable: false,
     };
     let outcome = match end {
-        RunEnd::Returned(_) if stop == Some(StopReason::TimedOut) => failure(timed_out()),
+        // What the handler kept of the attempt (an output tail, changed files) stays.
+        RunEnd::Returned(Ok(result)) if stop == Some(StopReason::TimedOut) => Outcome::Failure {
+            error: timed_out(),
+            result: Some(result),
+            retryable: false,
+        },
+        RunEnd::Returned(Err(record)) if stop == Some(StopReason::TimedOut) => Outcome::Failure {
+            error: format!("{}; {}", timed_out(), record.message),
+            result: record.result,
+            retryable: false,
+        },
         RunEnd::Returned(Ok(result)) => Outcome::Success(result),
         RunEnd::Returned(Err(record)) => Outcome::Failure {
             error: record.message,

@@ -92,6 +92,14 @@ impl RoleHandler for RoleAdapter {
         }
     }
 
+    fn check_settings(&self, settings_json: RStr<'_>) -> RResult<(), RString> {
+        let settings = serde_json::from_str(settings_json.as_str()).unwrap_or(Value::Null);
+        match catch_panic("check_settings", || Ok(self.0.check_settings(&settings)?)) {
+            Ok(()) => ROk(()),
+            Err(err) => RErr(err.message.into()),
+        }
+    }
+
     fn handle(&self, task_json: RStr<'_>, ctx: HostContextRef<'_>) -> RResult<RString, RString> {
         let ctx = Context { host: ctx };
         let outcome = decode_task(task_json)

@@ -43,8 +43,10 @@ pub trait RoleHandler: Send + Sync {
     /// Checks a task before it is added.
     fn validate(&self, task_json: RStr<'_>) -> RResult<(), RString>;
     /// Runs one task: `ROk(result JSON)` or `RErr(error JSON)`.
-    #[sabi(last_prefix_field)]
     fn handle(&self, task_json: RStr<'_>, ctx: HostContextRef<'_>) -> RResult<RString, RString>;
+    /// Checks the role's settings (JSON) when a worker starts: `RErr(reason)` refuses to start.
+    #[sabi(last_prefix_field)]
+    fn check_settings(&self, settings_json: RStr<'_>) -> RResult<(), RString>;
 }
 
 /// One role exported by a library.

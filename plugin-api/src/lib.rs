@@ -43,7 +43,7 @@
 //! `0.x`, a host refuses a plugin built against an older minor version, and any change of the
 //! major version is refused. Bump the minor version whenever the root module or the traits in
 //! the hidden FFI layer change shape (0.2 added the host calls behind [`Context::settings`] and
-//! [`Context::prerequisites`]). Adding a `Task` field needs no bump: the task crosses the
+//! [`Context::prerequisites`]; 0.3 added [`Role::check_settings`]). Adding a `Task` field needs no bump: the task crosses the
 //! boundary as JSON.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -70,6 +70,16 @@ pub trait Role: Send + Sync + 'static {
     /// failing later in a worker. The default accepts every task.
     fn validate(&self, task: &Task) -> Result<(), String> {
         let _ = task;
+        Ok(())
+    }
+
+    /// Checks the role's settings (its table in `host.toml`, as [`Context::settings`] gives
+    /// them; `null` when it has none) and whatever they rely on, such as a program on `PATH`,
+    /// when a worker starts. `Err` refuses to start the worker with that reason, so that a
+    /// misconfigured role fails once, at start, rather than failing every task it claims. The
+    /// default accepts any settings.
+    fn check_settings(&self, settings: &Value) -> Result<(), String> {
+        let _ = settings;
         Ok(())
     }
 

@@ -11,76 +11,315 @@
 //! agent = "copilot"          # a preset, or:
 //! # command = ["my-cli", "--prompt", "{prompt}"]
 //! # prompt = "..."          # the prompt template
+//! # stall = "10m"           # no output for this long fails the attempt (retryable); "off"
 //! ```
 //!
 //! Presets, each the tool's documented non-interactive form with flags that let it edit files in
-//! the target without stopping to ask:
+//! the target without stopping to ask, and the form that takes a long prompt (over
+//! [`ARGUMENT_LIMIT`] bytes, which one argument cannot carry) on standard input or from a file:
 //!
-//! | preset    | argv                                                         |
-//! |-----------|--------------------------------------------------------------|
-//! | `copilot` | `copilot -p PROMPT --allow-all-tools --no-ask-user`          |
-//! | `claude`  | `claude -p PROMPT --permission-mode acceptEdits`             |
-//! | `codex`   | `codex exec --sandbox workspace-write PROMPT`                |
-//! | `gemini`  | `gemini -p PROMPT --approval-mode auto_edit`                 |
-//! | `aider`   | `aider --message PROMPT --yes-always`                        |
+//! | preset    | argv                                                                   | long prompt             |
+//! |-----------|------------------------------------------------------------------------|-------------------------|
+//! | `copilot` | `copilot -p PROMPT --allow-all-tools --no-ask-user`                    | a file, named in `-p`   |
+//! | `claude`  | `claude -p PROMPT --permission-mode acceptEdits`                       | stdin (`-p` alone)      |
+//! | `codex`   | `codex exec --skip-git-repo-check --sandbox workspace-write PROMPT`    | stdin (`-`)             |
+//! | `gemini`  | `gemini -p PROMPT --approval-mode auto_edit --skip-trust`              | stdin, with a short `-p`|
+//! | `aider`   | `aider --message PROMPT --yes-always`                                  | `--message-file FILE`   |
 //!
 //! Checked against `--help` of GitHub Copilot CLI 1.0.102, Claude Code 2.1.197, codex-cli 0.169.0
-//! and Gemini CLI 0.61.0 (from the npm registry, 2026-11-25), and against the argument parser of
-//! aider-chat 0.86.2 (`aider/args.py`, from PyPI).
+//! and Gemini CLI 0.61.0 (from the npm registry), and against the argument parser of aider-chat
+//! 0.86.2 (`aider/args.py`, from PyPI).
 //!
 //! A `command` template replaces the preset; in it, and in the prompt template, `{prompt}`,
-//! `{id}`, `{type}`, `{target}`, `{description}`, `{payload}` and `{after}` (the results of the
-//! tasks this one comes after) are replaced. The command is an argument vector, never a shell.
+//! `{prompt_file}` (a file holding the prompt), `{id}`, `{type}`, `{target}`, `{description}`,
+//! `{payload}`, `{after}` (the results of the tasks this one comes after) and `{instructions}`
+//! (what to do with the task, by its type) are replaced; any other `{name}` is refused when the
+//! worker starts. A command with neither `{prompt}` nor `{prompt_file}` gets the prompt on
+//! standard input. The command is an argument vector, never a shell.
 //!
-//! The output streams to the task's log (`host logs ID`). Result: `agent`, `command`,
-//! `exitCode`, `durationMs`, `timedOut`, `outputTail` and `changedFiles` (`created`,
-//! `modified`, `deleted`, relative to the target). A non-zero exit fails the task.
+//! The output streams to the task's log (`host logs ID`). Result: `agent`, `program`,
+//! `exitCode`, `durationMs`, `timedOut`, `stalled`, `prompt` (`bytes`, `via`), `outputTail` and
+//! `changedFiles` (`created`, `modified`, `deleted`, relative to the target). The argv is not
+//! kept: it holds the prompt, which holds the results of earlier tasks. A non-zero exit fails
+//! the task with the CLI's last meaningful line of output in the error.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use plugin_api::{Context, HandlerError, Role, Task, Value, json, serde_json};
 
-use crate::command;
+use crate::command::{self, Limits, shorten};
 use crate::paths::target;
 
 /// Runs an AI coding CLI.
 pub struct Agent;
 
+/// The time limit of a task that sets none and whose role sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// How long a CLI may print nothing before the attempt fails as stalled, unless the role's
+/// `stall` says otherwise.
+const DEFAULT_STALL: Duration = Duration::from_secs(10 * 60);
+
+/// The longest prompt passed as an argument. Linux refuses a single argument over 128 KiB
+/// ("Argument list too long"); longer prompts take the preset's long form.
+pub const ARGUMENT_LIMIT: usize = 100 * 1024;
+
+/// How much of one prerequisite's result goes into a prompt, and of all of them together, so
+/// that a long `after` chain cannot grow its prompts step by step.
+const PREREQUISITE_LIMIT: usize = 4_000;
+const PREREQUISITES_LIMIT: usize = 16_000;
 
 /// The default prompt template.
 pub const DEFAULT_PROMPT: &str = "You are one of several coding assistants sharing a task queue. \
 Work only inside {target}.\n\nTask {id} ({type}): {description}\n\nInput:\n{payload}\n\n\
-Results of the tasks this one comes after:\n{after}\n\nMake the change, then stop.";
+Results of the tasks this one comes after:\n{after}\n\n{instructions}";
 
-/// The argv of a preset, with `{prompt}` where the prompt goes.
-pub fn preset(name: &str) -> Option<&'static [&'static str]> {
-    Some(match name {
-        "copilot" => &[
+/// The placeholders a template may use.
+const PLACEHOLDERS: [&str; 9] = [
+    "prompt",
+    "prompt_file",
+    "id",
+    "type",
+    "target",
+    "description",
+    "payload",
+    "after",
+    "instructions",
+];
+
+/// An agent CLI this role knows how to run.
+pub struct Preset {
+    /// The name used in `agent = "..."`.
+    pub name: &'static str,
+    /// The argv, with `{prompt}` where the prompt goes.
+    pub argv: &'static [&'static str],
+    /// The argv for a prompt too long for one argument.
+    long: LongPrompt,
+}
+
+/// How a CLI takes a prompt too long for its argument.
+enum LongPrompt {
+    /// This argv, with the prompt on standard input.
+    Stdin(&'static [&'static str]),
+    /// This argv, with `{prompt_file}` naming a file that holds the prompt.
+    File(&'static [&'static str]),
+}
+
+/// The presets.
+pub const PRESETS: [Preset; 5] = [
+    Preset {
+        name: "copilot",
+        argv: &[
             "copilot",
             "-p",
             "{prompt}",
             "--allow-all-tools",
             "--no-ask-user",
         ],
-        "claude" => &[
+        long: LongPrompt::File(&[
+            "copilot",
+            "-p",
+            "Your task is in the file {prompt_file}: read it and do what it says.",
+            "--allow-all-tools",
+            "--no-ask-user",
+        ]),
+    },
+    Preset {
+        name: "claude",
+        argv: &[
             "claude",
             "-p",
             "{prompt}",
             "--permission-mode",
             "acceptEdits",
         ],
-        "codex" => &["codex", "exec", "--sandbox", "workspace-write", "{prompt}"],
-        "gemini" => &["gemini", "-p", "{prompt}", "--approval-mode", "auto_edit"],
-        "aider" => &["aider", "--message", "{prompt}", "--yes-always"],
-        _ => return None,
+        long: LongPrompt::Stdin(&["claude", "-p", "--permission-mode", "acceptEdits"]),
+    },
+    Preset {
+        name: "codex",
+        argv: &[
+            "codex",
+            "exec",
+            "--skip-git-repo-check",
+            "--sandbox",
+            "workspace-write",
+            "{prompt}",
+        ],
+        long: LongPrompt::Stdin(&[
+            "codex",
+            "exec",
+            "--skip-git-repo-check",
+            "--sandbox",
+            "workspace-write",
+            "-",
+        ]),
+    },
+    Preset {
+        name: "gemini",
+        argv: &[
+            "gemini",
+            "-p",
+            "{prompt}",
+            "--approval-mode",
+            "auto_edit",
+            "--skip-trust",
+        ],
+        long: LongPrompt::Stdin(&[
+            "gemini",
+            "-p",
+            "Do the task given on standard input.",
+            "--approval-mode",
+            "auto_edit",
+            "--skip-trust",
+        ]),
+    },
+    Preset {
+        name: "aider",
+        argv: &["aider", "--message", "{prompt}", "--yes-always"],
+        long: LongPrompt::File(&["aider", "--message-file", "{prompt_file}", "--yes-always"]),
+    },
+];
+
+/// The preset of this name.
+pub fn preset(name: &str) -> Option<&'static Preset> {
+    PRESETS.iter().find(|p| p.name == name)
+}
+
+/// What the role's settings say to run.
+struct Setup {
+    /// The preset, when no `command` replaces it.
+    preset: Option<&'static Preset>,
+    /// The argv template.
+    command: Vec<String>,
+    /// The prompt template.
+    prompt: String,
+    stall: Option<Duration>,
+}
+
+impl Setup {
+    /// Reads the settings, refusing what cannot run: no preset or command, an unknown preset,
+    /// an unknown placeholder.
+    fn read(settings: &Value) -> Result<Setup, String> {
+        let preset_name = settings.get("agent").and_then(Value::as_str);
+        let (preset, command) = match (settings.get("command"), preset_name) {
+            (Some(command), _) => {
+                let command: Vec<String> = serde_json::from_value(command.clone())
+                    .map_err(|_| "`command` must be an array of strings".to_string())?;
+                if command.is_empty() {
+                    return Err("`command` must name a program".into());
+                }
+                (None, command)
+            }
+            (None, Some(name)) => {
+                let preset = preset(name).ok_or_else(|| {
+                    let known: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+                    format!(
+                        "unknown agent preset {name:?} (known: {})",
+                        known.join(", ")
+                    )
+                })?;
+                (
+                    Some(preset),
+                    preset.argv.iter().map(|s| s.to_string()).collect(),
+                )
+            }
+            (None, None) => {
+                return Err(
+                    "the role has neither `agent` (a preset: copilot, claude, codex, \
+                            gemini, aider) nor `command` in its host.toml table"
+                        .into(),
+                );
+            }
+        };
+        let prompt = settings
+            .get("prompt")
+            .and_then(Value::as_str)
+            .unwrap_or(DEFAULT_PROMPT)
+            .to_string();
+        for (key, template) in command
+            .iter()
+            .map(|arg| ("command", arg.as_str()))
+            .chain([("prompt", prompt.as_str())])
+        {
+            if let Some(unknown) = placeholders(template).find(|p| !PLACEHOLDERS.contains(p)) {
+                return Err(format!(
+                    "`{key}` uses the unknown placeholder {{{unknown}}} (known: {})",
+                    PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+                ));
+            }
+        }
+        let stall = match settings.get("stallSecs").and_then(Value::as_u64) {
+            Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(secs)),
+            None => Some(DEFAULT_STALL),
+        };
+        Ok(Setup {
+            preset,
+            command,
+            prompt,
+            stall,
+        })
+    }
+
+    /// How errors name what runs: "agent preset copilot" or "custom command".
+    fn describe(&self) -> String {
+        self.preset.map_or_else(
+            || "custom command".to_string(),
+            |p| format!("agent preset {}", p.name),
+        )
+    }
+}
+
+/// The `{name}`s in a template: braces around a lower-case identifier (so JSON in a prompt
+/// is not taken for one).
+fn placeholders(template: &str) -> impl Iterator<Item = &str> {
+    template.match_indices('{').filter_map(|(start, _)| {
+        let rest = &template[start + 1..];
+        let end = rest.find('}')?;
+        let name = &rest[..end];
+        let identifier = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        identifier.then_some(name)
     })
 }
 
+/// Whether `program` can be started: a path to an executable file, or a name found on `PATH`.
+fn runnable(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &Path| {
+        path.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        // A relative path is resolved in each task's target; it cannot be judged here.
+        return !Path::new(program).is_absolute() || executable(Path::new(program));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
+}
+
+/// What to tell the agent to do with a task of this type.
+fn instructions(task_type: &str) -> &'static str {
+    let is = |words: &[&str]| words.iter().any(|w| task_type.contains(w));
+    if is(&["review", "inspect", "audit"]) {
+        "Review the target and report what you find in your answer. Do not change any file."
+    } else if is(&["plan", "design"]) {
+        "Plan the work and give the plan in your answer. Do not change any file."
+    } else if is(&["test"]) {
+        "Run the relevant tests and report the outcome in your answer. Change files only if the \
+         task asks for it."
+    } else {
+        "Make the change, then stop."
+    }
+}
+
 /// Fills the placeholders of a template from the task.
-fn fill(template: &str, task: &Task, after: &str, prompt: &str) -> String {
+fn fill(template: &str, task: &Task, after: &str, prompt: &str, prompt_file: &str) -> String {
     let payload = if task.payload.is_null() {
         "(none)".to_string()
     } else {
@@ -101,30 +340,61 @@ fn fill(template: &str, task: &Task, after: &str, prompt: &str) -> String {
         )
         .replace("{payload}", &payload)
         .replace("{after}", after)
+        .replace("{instructions}", instructions(&task.task_type))
+        .replace("{prompt_file}", prompt_file)
         .replace("{prompt}", prompt)
 }
 
-/// The results of the prerequisites, one paragraph each.
+/// The results of the prerequisites, one paragraph each, each cut to [`PREREQUISITE_LIMIT`]
+/// characters and all together to [`PREREQUISITES_LIMIT`]: the whole results stay in the queue
+/// (`host show ID`).
 fn describe_prerequisites(tasks: &[Task]) -> String {
     if tasks.is_empty() {
         return "(none)".into();
     }
-    tasks
-        .iter()
-        .map(|t| {
-            let result = t
-                .result
-                .as_ref()
-                .map(|r| serde_json::to_string_pretty(r).unwrap_or_default())
-                .unwrap_or_else(|| "(no result)".into());
-            let description = t.description.as_deref().unwrap_or("");
+    let mut text = String::new();
+    for (shown, t) in tasks.iter().enumerate() {
+        let result = match &t.result {
+            Some(result) => serde_json::to_string_pretty(result).unwrap_or_default(),
+            None => "(no result)".into(),
+        };
+        let result = if result.chars().count() > PREREQUISITE_LIMIT {
             format!(
-                "- task {} ({}) {description}: {}\n{result}",
-                t.id, t.task_type, t.status
+                "{}\n(cut; the whole result: `host show {}`)",
+                shorten(&result, PREREQUISITE_LIMIT),
+                t.id
             )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+        } else {
+            result
+        };
+        let mut paragraph = format!(
+            "- task {} ({}) {}: {}",
+            t.id,
+            t.task_type,
+            t.description.as_deref().unwrap_or(""),
+            t.status
+        );
+        if let Some(error) = &t.error {
+            paragraph.push_str(&format!(" ({error})"));
+        }
+        paragraph.push('\n');
+        paragraph.push_str(&result);
+        paragraph.push('\n');
+        if text.len() + paragraph.len() > PREREQUISITES_LIMIT {
+            text.push_str(&format!(
+                "({} more; see `host show ID` for each of: {})\n",
+                tasks.len() - shown,
+                tasks[shown..]
+                    .iter()
+                    .map(|t| t.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            break;
+        }
+        text.push_str(&paragraph);
+    }
+    text.trim_end().to_string()
 }
 
 /// Size and modification time of every file under `dir` (`.git` and `.gitignore`d files left
@@ -163,6 +433,72 @@ fn changes(
     json!({ "created": created, "modified": modified, "deleted": deleted })
 }
 
+/// The argv to run and what goes on its standard input, for this prompt.
+struct Invocation {
+    argv: Vec<String>,
+    stdin: Option<String>,
+    /// How the prompt reaches the CLI: `argument`, `stdin` or `file`.
+    via: &'static str,
+    /// The prompt's file, removed when the invocation is dropped.
+    _file: Option<tempfile::NamedTempFile>,
+}
+
+impl Invocation {
+    fn new(setup: &Setup, task: &Task, after: &str, prompt: &str) -> Result<Invocation, String> {
+        let long = prompt.len() > ARGUMENT_LIMIT;
+        let template: Vec<String> = match (long, setup.preset) {
+            (true, Some(preset)) => match preset.long {
+                LongPrompt::Stdin(argv) | LongPrompt::File(argv) => {
+                    argv.iter().map(|s| s.to_string()).collect()
+                }
+            },
+            _ => setup.command.clone(),
+        };
+        let uses = |name: &str| template.iter().any(|arg| arg.contains(name));
+        let file = if uses("{prompt_file}") {
+            let mut file = tempfile::Builder::new()
+                .prefix("host-prompt-")
+                .suffix(".md")
+                .tempfile()
+                .map_err(|err| format!("cannot write the prompt to a file: {err}"))?;
+            file.write_all(prompt.as_bytes())
+                .map_err(|err| format!("cannot write the prompt to a file: {err}"))?;
+            Some(file)
+        } else {
+            None
+        };
+        let file_name = file
+            .as_ref()
+            .map(|f| f.path().display().to_string())
+            .unwrap_or_default();
+        let (via, stdin) = if uses("{prompt}") {
+            if long {
+                return Err(format!(
+                    "the prompt is {} KiB, more than one argument can carry ({} KiB): give it \
+                     to the command as {{prompt_file}}, or on standard input (a command \
+                     without {{prompt}})",
+                    prompt.len() / 1024,
+                    ARGUMENT_LIMIT / 1024
+                ));
+            }
+            ("argument", None)
+        } else if file.is_some() {
+            ("file", None)
+        } else {
+            ("stdin", Some(prompt.to_string()))
+        };
+        Ok(Invocation {
+            argv: template
+                .iter()
+                .map(|arg| fill(arg, task, after, prompt, &file_name))
+                .collect(),
+            stdin,
+            via,
+            _file: file,
+        })
+    }
+}
+
 impl Role for Agent {
     fn name(&self) -> &str {
         "agent"
@@ -176,82 +512,95 @@ impl Role for Agent {
         target(task).map(drop)
     }
 
+    fn check_settings(&self, settings: &Value) -> Result<(), String> {
+        let setup = Setup::read(settings)?;
+        let program = &setup.command[0];
+        if !runnable(program) {
+            return Err(format!(
+                "{}: program `{program}` is not installed (not found on PATH: {})",
+                setup.describe(),
+                std::env::var("PATH").unwrap_or_default()
+            ));
+        }
+        Ok(())
+    }
+
     fn handle(&self, task: &Task, ctx: &Context<'_>) -> Result<Value, HandlerError> {
         let dir = target(task)?;
-        let settings = ctx.settings();
-        let preset_name = settings.get("agent").and_then(Value::as_str);
-        let template: Vec<String> = match (settings.get("command"), preset_name) {
-            (Some(command), _) => serde_json::from_value(command.clone())
-                .map_err(|_| "setting `command` must be an array of strings".to_string())?,
-            (None, Some(name)) => preset(name)
-                .ok_or_else(|| format!("unknown agent preset {name:?}"))?
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            (None, None) => {
-                return Err(HandlerError::new(
-                    "role has no `agent` preset or `command` in host.toml",
-                ));
-            }
-        };
+        let setup = Setup::read(&ctx.settings())?;
+        let which = setup.describe();
         let after = describe_prerequisites(&ctx.prerequisites());
-        let prompt_template = settings
-            .get("prompt")
-            .and_then(Value::as_str)
-            .unwrap_or(DEFAULT_PROMPT);
-        let prompt = fill(prompt_template, task, &after, "");
-        let argv: Vec<String> = template
-            .iter()
-            .map(|arg| fill(arg, task, &after, &prompt))
-            .collect();
-        let which = preset_name.map_or_else(
-            || "custom command".to_string(),
-            |p| format!("agent preset {p}"),
-        );
-        let timeout = task
-            .timeout_secs
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_TIMEOUT);
+        let prompt = fill(&setup.prompt, task, &after, "", "");
+        let invocation = Invocation::new(&setup, task, &after, &prompt)
+            .map_err(|err| format!("{which}: {err}"))?;
+        let program = invocation.argv[0].clone();
+        let limits = Limits::for_task(task, DEFAULT_TIMEOUT, setup.stall);
 
         let before = snapshot(dir);
-        ctx.progress(0, &format!("running {}", argv[0]));
-        let run = command::run(&argv, dir, None, timeout, ctx)
-            .map_err(|err| format!("{which}: {err}"))?;
+        ctx.progress(0, &format!("running {program}"));
+        let run = command::run(
+            &invocation.argv,
+            dir,
+            invocation.stdin.as_deref(),
+            limits,
+            ctx,
+        )
+        .map_err(|err| format!("{which}: {err}"))?;
         let result = json!({
-            "agent": preset_name,
-            "command": argv,
+            "agent": setup.preset.map(|p| p.name),
+            "program": program,
             "exitCode": run.status.code(),
             "durationMs": run.duration.as_millis() as u64,
-            "timedOut": run.timed_out,
+            "timedOut": run.timed_out || run.stop == Some(plugin_api::StopReason::TimedOut),
+            "stalled": run.stalled,
+            "prompt": { "bytes": prompt.len(), "via": invocation.via },
             "outputTail": run.tail,
             "changedFiles": changes(&before, &snapshot(dir)),
         });
-        ctx.progress(100, &format!("{} finished", argv[0]));
-        match run.status.code() {
-            Some(0) => Ok(result),
-            _ if run.timed_out => Err(HandlerError::new(format!(
-                "{which}: `{}` timed out after {}s and was killed",
-                argv[0],
-                timeout.as_secs()
-            ))
-            .with_result(result)),
-            _ if run.stopped => Err(HandlerError::new(format!(
-                "{which}: `{}` was stopped",
-                argv[0]
-            ))
-            .with_result(result)),
-            Some(code) => Err(HandlerError::new(format!(
-                "{which}: `{}` exited with code {code}",
-                argv[0]
-            ))
-            .with_result(result)),
-            None => Err(HandlerError::new(format!(
-                "{which}: `{}` was killed by a signal",
-                argv[0]
-            ))
-            .with_result(result)),
+        ctx.progress(100, &format!("{program} finished"));
+        match run.failure(&format!("{which}: `{program}`"), limits) {
+            None => Ok(result),
+            // A stalled CLI (waiting on a network, a prompt) may well run on another attempt.
+            Some(why) if run.stalled => Err(HandlerError::new(why).with_result(result).retryable()),
+            Some(why) => Err(HandlerError::new(why).with_result(result)),
         }
     }
 }
 
 plugin_api::register_role!(Agent);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_identifiers_in_braces_and_json_is_not_one() {
+        let found: Vec<&str> =
+            placeholders("do {description} with {\"a\": 1} {prompt_file}").collect();
+        assert_eq!(found, ["description", "prompt_file"]);
+    }
+
+    #[test]
+    fn an_unknown_placeholder_a_missing_cli_setting_and_an_unknown_preset_are_refused() {
+        let err = Setup::read(&json!({"agent": "claude", "prompt": "{descripton}"})).err();
+        assert!(err.unwrap().contains("{descripton}"));
+        assert!(
+            Setup::read(&Value::Null)
+                .err()
+                .unwrap()
+                .contains("neither `agent`")
+        );
+        assert!(
+            Setup::read(&json!({"agent": "clippy"}))
+                .err()
+                .unwrap()
+                .contains("clippy")
+        );
+    }
+
+    #[test]
+    fn review_tasks_are_not_told_to_make_a_change() {
+        assert!(instructions("review").contains("Do not change"));
+        assert!(instructions("write").starts_with("Make the change"));
+    }
+}

@@ -1,19 +1,29 @@
 //! Running an external command for a task: argument vector (never a shell), its own process
 //! group, output streamed to the task log line by line with the last lines kept, killed with
-//! everything it started when the task's time runs out or the task is stopped.
+//! everything it started when its time runs out, when it stalls, or when the task is stopped.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use plugin_api::Context;
+use plugin_api::{Context, StopReason, Task};
 
 /// How many lines of output a result keeps.
 const TAIL_LINES: usize = 40;
+
+/// When a run is cut short. `None` leaves it to the host: the worker times the task and asks
+/// the handler to stop (see [`Finished::stop`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limits {
+    /// The longest the command may run.
+    pub timeout: Option<Duration>,
+    /// The longest the command may go without printing a line.
+    pub stall: Option<Duration>,
+}
 
 /// How a command run ended.
 pub struct Finished {
@@ -21,89 +31,162 @@ pub struct Finished {
     pub status: ExitStatus,
     /// How long it ran.
     pub duration: Duration,
-    /// Whether it was killed because the time ran out.
+    /// Whether it was killed because [`Limits::timeout`] ran out.
     pub timed_out: bool,
-    /// Whether it was killed because the task was told to stop.
-    pub stopped: bool,
-    /// The last lines of stdout and stderr together.
+    /// Whether it was killed because it printed nothing for [`Limits::stall`].
+    pub stalled: bool,
+    /// Why it was killed at the host's request (cancel, the worker's timeout, shutdown).
+    pub stop: Option<StopReason>,
+    /// The last lines of its output (stdout and stderr in the order it wrote them).
     pub tail: String,
+    /// The last line of output that says something (not blank, not only punctuation, escape
+    /// codes removed): usually why a command failed.
+    pub last_words: Option<String>,
 }
 
-/// Runs `argv` in `dir`, feeding it `stdin`. Fails with a message naming the program when it
-/// cannot be started (for example, it is not on `PATH`).
+impl Limits {
+    /// The limits of a task's run: a task with a time limit (its own, or its role's, which the
+    /// worker puts in `timeout_secs`) is timed by the worker alone, which asks the handler to
+    /// stop; one without is timed here, with `default`. One timer decides, so a timed-out
+    /// attempt always ends through the handler, which keeps what the command printed.
+    pub fn for_task(task: &Task, default: Duration, stall: Option<Duration>) -> Limits {
+        Limits {
+            timeout: task.timeout_secs.is_none().then_some(default),
+            stall,
+        }
+    }
+}
+
+impl Finished {
+    /// Why the run failed, one line starting with `what` (for example "`cargo test`") and
+    /// ending with the command's last meaningful output; `None` when it succeeded.
+    pub fn failure(&self, what: &str, limits: Limits) -> Option<String> {
+        let secs = |d: Option<Duration>| d.unwrap_or_default().as_secs();
+        let exited = self.stop.is_none() && !self.timed_out && !self.stalled;
+        let how = match (self.stop, self.status.code()) {
+            _ if self.timed_out => format!(
+                "{what} ran past its time limit of {}s and was killed",
+                secs(limits.timeout)
+            ),
+            _ if self.stalled => format!(
+                "{what} printed nothing for {}s and was killed as stalled",
+                secs(limits.stall)
+            ),
+            (Some(StopReason::TimedOut), _) => {
+                format!("{what} was killed at the task's time limit")
+            }
+            (Some(StopReason::Cancelled), _) => {
+                format!("{what} was stopped: the task was cancelled")
+            }
+            (Some(StopReason::Shutdown), _) => {
+                format!("{what} was stopped: the worker is shutting down")
+            }
+            (None, Some(0)) => return None,
+            (None, Some(code)) => format!("{what} exited with code {code}"),
+            (None, None) => format!("{what} was killed by a signal"),
+        };
+        // An exit's reason is usually the last thing said; a kill's only shows where it was.
+        Some(match &self.last_words {
+            Some(words) if exited => format!("{how}: {words}"),
+            Some(words) => format!("{how}; its last output: {words}"),
+            None => format!("{how} (it printed nothing)"),
+        })
+    }
+}
+
+/// Runs `argv` in `dir`, feeding it `stdin`, within `limits`. Fails with a message naming the
+/// program when it cannot be started (for example, it is not on `PATH`), and the folder when
+/// that is what is missing.
 pub fn run(
     argv: &[String],
     dir: &Path,
     stdin: Option<&str>,
-    timeout: Duration,
+    limits: Limits,
     ctx: &Context<'_>,
 ) -> Result<Finished, String> {
+    if !dir.is_dir() {
+        return Err(format!(
+            "target folder {} does not exist (or is not a folder)",
+            dir.display()
+        ));
+    }
     let started = Instant::now();
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .current_dir(dir)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so a timeout kills what the command started too.
-        .process_group(0)
-        .spawn()
-        .map_err(|err| match err.kind() {
+    // One pipe for both streams, so the log has the lines in the order the command wrote
+    // them, as a terminal would show them.
+    let (output, output_writer) =
+        std::io::pipe().map_err(|err| format!("cannot make a pipe: {err}"))?;
+    let mut child = {
+        let mut command = Command::new(&argv[0]);
+        let stderr = output_writer
+            .try_clone()
+            .map_err(|err| format!("cannot make a pipe: {err}"))?;
+        command
+            .args(&argv[1..])
+            .current_dir(dir)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(output_writer)
+            .stderr(stderr)
+            // Its own process group, so a timeout kills what the command started too.
+            .process_group(0);
+        // The command (holding the pipe's write end) is dropped at the end of this block, so
+        // the output ends when the child and what it started have closed theirs.
+        command.spawn().map_err(|err| match err.kind() {
             std::io::ErrorKind::NotFound => format!("program `{}` not found on PATH", argv[0]),
             _ => format!("cannot run `{}` in {}: {err}", argv[0], dir.display()),
-        })?;
+        })?
+    };
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A command that does not read its input is not an error.
-        let _ = pipe.write_all(text.as_bytes());
+        // Written from a thread: a command that prints before it reads would otherwise fill
+        // its output pipe and wait for us while we wait for it. One that does not read its
+        // input is not an error.
+        let text = text.to_string();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(text.as_bytes());
+        });
     }
-    let tail = Arc::new(Mutex::new(VecDeque::new()));
-    let stdout = child.stdout.take().expect("piped stdout");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (mut timed_out, mut stopped) = (false, false);
+    let heard = Mutex::new(Heard {
+        tail: VecDeque::new(),
+        last_words: None,
+        at: Instant::now(),
+    });
+    let (mut timed_out, mut stalled, mut stop) = (false, false, None);
     let status = std::thread::scope(|scope| {
         let (closed_tx, closed) = mpsc::channel();
-        for (stream, tail) in [
-            (Box::new(stdout) as Box<dyn Read + Send>, Arc::clone(&tail)),
-            (Box::new(stderr), Arc::clone(&tail)),
-        ] {
-            let closed_tx = closed_tx.clone();
-            scope.spawn(move || {
-                pump(stream, tail, ctx);
-                let _ = closed_tx.send(());
-            });
-        }
-        drop(closed_tx);
+        let heard = &heard;
+        scope.spawn(move || {
+            pump(output, heard, ctx);
+            let _ = closed_tx.send(());
+        });
         // Short commands are common: look often at first, then back off. A command usually
-        // closes its output as it exits, so the end of both streams is the cue to look again
-        // at once rather than after the pause.
+        // closes its output as it exits, so the end of the output is the cue to look again at
+        // once rather than after the pause.
         let mut pause = Duration::from_millis(1);
-        let mut open_streams = 2;
+        let mut open = true;
         loop {
             if let Some(status) = child.try_wait()? {
                 return Ok::<_, std::io::Error>(status);
             }
-            timed_out = started.elapsed() > timeout;
-            stopped = ctx.is_cancelled();
-            if timed_out || stopped {
+            timed_out = limits.timeout.is_some_and(|t| started.elapsed() > t);
+            let quiet = heard.lock().expect("output lock").at.elapsed();
+            stalled = limits.stall.is_some_and(|s| quiet > s);
+            stop = ctx.stop_reason();
+            if timed_out || stalled || stop.is_some() {
                 let group = nix::unistd::Pid::from_raw(child.id() as i32);
                 let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
                 return child.wait();
             }
-            if open_streams > 0 {
+            if open {
                 match closed.recv_timeout(pause) {
-                    Ok(()) => {
-                        open_streams -= 1;
-                        if open_streams == 0 {
-                            pause = Duration::from_micros(50);
-                        }
+                    Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        open = false;
+                        pause = Duration::from_micros(50);
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => open_streams = 0,
                 }
             } else {
                 std::thread::sleep(pause);
@@ -112,25 +195,91 @@ pub fn run(
         }
     })
     .map_err(|err| format!("waiting for `{}`: {err}", argv[0]))?;
-    let tail = Vec::from(std::mem::take(&mut *tail.lock().expect("tail lock"))).join("\n");
+    let heard = heard.into_inner().expect("output lock");
     Ok(Finished {
         status,
         duration: started.elapsed(),
         timed_out,
-        stopped,
-        tail,
+        stalled,
+        stop,
+        tail: Vec::from(heard.tail).join("\n"),
+        last_words: heard.last_words,
     })
 }
 
-/// Collects the last lines of output and forwards each line to the task log.
-fn pump(stream: impl Read, tail: Arc<Mutex<VecDeque<String>>>, ctx: &Context<'_>) {
+/// What the command has printed so far.
+struct Heard {
+    tail: VecDeque<String>,
+    last_words: Option<String>,
+    /// When it last printed a line (or started).
+    at: Instant,
+}
+
+/// Forwards each line to the task log, keeping the last lines and the last meaningful one.
+fn pump(stream: impl std::io::Read, heard: &Mutex<Heard>, ctx: &Context<'_>) {
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { break };
         ctx.log(&line);
-        let mut tail = tail.lock().expect("tail lock");
-        if tail.len() == TAIL_LINES {
-            tail.pop_front();
+        let mut heard = heard.lock().expect("output lock");
+        heard.at = Instant::now();
+        let plain = without_escapes(&line);
+        if plain.chars().any(char::is_alphanumeric) {
+            heard.last_words = Some(shorten(plain.trim(), 300));
         }
-        tail.push_back(line);
+        if heard.tail.len() == TAIL_LINES {
+            heard.tail.pop_front();
+        }
+        heard.tail.push_back(line);
+    }
+}
+
+/// The line without terminal escape sequences (colours, cursor moves).
+fn without_escapes(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            plain.push(c);
+            continue;
+        }
+        // CSI: ESC [ parameters, then one final byte in @..~; other escapes: ESC and one char.
+        if chars.next_if_eq(&'[').is_some() {
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            chars.next();
+        }
+    }
+    plain
+}
+
+/// At most `max` characters of `text`, marked when cut.
+pub fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_are_removed_and_text_kept() {
+        assert_eq!(
+            without_escapes("\u{1b}[1;31mError:\u{1b}[0m Not logged in"),
+            "Error: Not logged in"
+        );
+        assert_eq!(without_escapes("plain"), "plain");
+    }
+
+    #[test]
+    fn long_text_is_cut_on_a_character_boundary() {
+        assert_eq!(shorten("héllo", 2), "hé…");
+        assert_eq!(shorten("hi", 2), "hi");
     }
 }

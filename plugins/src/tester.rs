@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use plugin_api::{Context, HandlerError, Role, Task, Value, json};
 
-use crate::command;
+use crate::command::{self, Limits};
 use crate::paths::target;
 
 /// Runs the target's tests.
@@ -86,13 +86,10 @@ impl Role for Tester {
                 )
             })?,
         };
-        let timeout = task
-            .timeout_secs
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_TIMEOUT);
+        let limits = Limits::for_task(task, DEFAULT_TIMEOUT, None);
         let shown = argv.join(" ");
         ctx.progress(0, &format!("running {shown}"));
-        let run = command::run(&argv, dir, None, timeout, ctx)?;
+        let run = command::run(&argv, dir, None, limits, ctx)?;
         let result = json!({
             "command": argv,
             "exitCode": run.status.code(),
@@ -101,19 +98,9 @@ impl Role for Tester {
             "outputTail": run.tail,
         });
         ctx.progress(100, &format!("{shown} finished"));
-        match run.status.code() {
-            Some(0) => Ok(result),
-            _ if run.timed_out => Err(HandlerError::new(format!(
-                "`{shown}` timed out after {}s and was killed",
-                timeout.as_secs()
-            ))
-            .with_result(result)),
-            Some(code) => Err(
-                HandlerError::new(format!("`{shown}` exited with code {code}")).with_result(result),
-            ),
-            None => Err(
-                HandlerError::new(format!("`{shown}` was killed by a signal")).with_result(result),
-            ),
+        match run.failure(&format!("`{shown}`"), limits) {
+            None => Ok(result),
+            Some(why) => Err(HandlerError::new(why).with_result(result)),
         }
     }
 }

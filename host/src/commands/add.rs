@@ -68,15 +68,19 @@ pub fn add_checked(
     let registry = PluginRegistry::discover(&settings.plugin_path);
     let config = Config::load(store)?;
     // Each role validates all of its tasks in one child process.
-    let mut by_role: Vec<(&PluginRole, Vec<usize>)> = Vec::new();
+    let mut by_role: Vec<(String, &PluginRole, Vec<usize>)> = Vec::new();
     for (index, task) in tasks.iter().enumerate() {
-        let role = role_for(&registry, &config, task).map_err(|err| at_fault(index, err))?;
-        match by_role.iter_mut().find(|(r, _)| *r == role) {
-            Some((_, indexes)) => indexes.push(index),
-            None => by_role.push((role, vec![index])),
+        let (name, role) =
+            role_for(&registry, &config, task).map_err(|err| at_fault(index, err))?;
+        match by_role
+            .iter_mut()
+            .find(|(n, r, _)| *r == role && *n == name)
+        {
+            Some((_, _, indexes)) => indexes.push(index),
+            None => by_role.push((name, role, vec![index])),
         }
     }
-    for (role, indexes) in by_role {
+    for (name, role, indexes) in by_role {
         let drafts: Vec<queue::Task> = indexes
             .iter()
             .map(|i| {
@@ -88,15 +92,12 @@ pub fn add_checked(
         let verdicts = role.validate(&drafts).map_err(|err| {
             at_fault(
                 indexes[0],
-                anyhow!("role {} could not check the task: {err}", role.name()),
+                anyhow!("role {name} could not check the task: {err}"),
             )
         })?;
         for (index, verdict) in indexes.iter().zip(verdicts) {
             verdict.map_err(|reason| {
-                at_fault(
-                    *index,
-                    anyhow!("role {} refuses the task: {reason}", role.name()),
-                )
+                at_fault(*index, anyhow!("role {name} refuses the task: {reason}"))
             })?;
         }
     }
@@ -241,23 +242,26 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("target {}", path.display()))
 }
 
-/// The role that would run the task: the handler of the `host.toml` binding that claims its
-/// type, else the plugin role that claims it. Refuses a task whose type no role claims.
+/// The role that would run the task, by name and plugin role: the `host.toml` binding that
+/// claims its type (run by its handler), else the plugin role that claims it. Refuses a task
+/// whose type no role claims.
 fn role_for<'r>(
     registry: &'r PluginRegistry,
     config: &Config,
     task: &NewTask,
-) -> anyhow::Result<&'r PluginRole> {
+) -> anyhow::Result<(String, &'r PluginRole)> {
     queue::validate_name("task type", &task.task_type)?;
-    let bound = config.roles.values().find(|binding| {
+    let bound = config.roles.iter().find(|(_, binding)| {
         binding
             .types
             .as_ref()
             .is_some_and(|types| types.contains(&task.task_type))
     });
     let role = match bound {
-        Some(binding) => registry.role(&binding.handler),
-        None => registry.role_for_type(&task.task_type),
+        Some((name, binding)) => registry.role(&binding.handler).map(|r| (name.clone(), r)),
+        None => registry
+            .role_for_type(&task.task_type)
+            .map(|r| (r.name().to_string(), r)),
     };
     let Some(role) = role else {
         let mut known = registry.task_types();

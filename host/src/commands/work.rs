@@ -36,6 +36,7 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
         role: role_name.to_string(),
         types: role_types(&config, role_name, &role),
         settings: binding.map_or(serde_json::Value::Null, |b| b.settings.clone()),
+        binding: binding.map(|_| format!("{} [roles.{role_name}]", config.source)),
         keep_finished: config.keep_finished,
     };
     let (wakeup, unavailable) = Wakeup::start(store.work_signal());

@@ -99,8 +99,22 @@ fn each_preset_runs_its_cli_with_the_documented_argv_in_the_target() {
                 "--no-ask-user",
             ],
             "claude" => vec!["claude", "-p", &prompt, "--permission-mode", "acceptEdits"],
-            "codex" => vec!["codex", "exec", "--sandbox", "workspace-write", &prompt],
-            "gemini" => vec!["gemini", "-p", &prompt, "--approval-mode", "auto_edit"],
+            "codex" => vec![
+                "codex",
+                "exec",
+                "--skip-git-repo-check",
+                "--sandbox",
+                "workspace-write",
+                &prompt,
+            ],
+            "gemini" => vec![
+                "gemini",
+                "-p",
+                &prompt,
+                "--approval-mode",
+                "auto_edit",
+                "--skip-trust",
+            ],
             "aider" => vec!["aider", "--message", &prompt, "--yes-always"],
             _ => unreachable!(),
         };
@@ -114,70 +128,262 @@ fn each_preset_runs_its_cli_with_the_documented_argv_in_the_target() {
             task["result"]["changedFiles"]["created"][0],
             "agent-was-here.txt"
         );
+        assert_eq!(task["result"]["agent"], name);
+        assert_eq!(task["result"]["program"], name);
+        assert_eq!(task["result"]["prompt"]["via"], "argument");
+        assert!(task["result"].get("command").is_none(), "no argv kept");
+        assert!(prompt.ends_with("Make the change, then stop."), "{prompt}");
+        // In the order the CLI wrote them, stdout and stderr together.
         let log = q.ok(&["logs", &id]);
-        assert!(
-            log.contains("fake agent: wrote agent-was-here.txt"),
+        let order: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.split_once("fake agent: ").map(|(_, rest)| rest))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                format!("starting in {}", cwd.trim()).as_str(),
+                "a note on stderr",
+                "wrote agent-was-here.txt"
+            ],
             "{log}"
         );
     }
 }
 
 #[test]
-fn a_failing_agent_fails_its_task_and_a_slow_one_is_killed_at_the_timeout() {
+fn a_review_task_is_asked_for_a_report_not_a_change() {
+    let q = TestQueue::new();
+    let bin = fake_agents(&q);
+    fs::write(
+        q.queue.join("host.toml"),
+        "[roles.reviewer]\nhandler = \"agent\"\ntypes = [\"review\"]\nagent = \"claude\"\n",
+    )
+    .unwrap();
+    let target = q.scratch.join("t");
+    fs::create_dir_all(&target).unwrap();
+    q.add(&["--type", "review", "--target", target.to_str().unwrap()]);
+    let record = q.scratch.join("record");
+    drain_agent(&q, "reviewer", &bin, &record, &[]);
+    let prompt = &recorded_argv(&record)[2];
+    assert!(prompt.contains("Do not change any file"), "{prompt}");
+    assert!(!prompt.contains("Make the change"), "{prompt}");
+}
+
+#[test]
+fn a_failing_agent_fails_its_task_with_the_reason_the_cli_gave() {
     let q = TestQueue::new();
     let bin = fake_agents(&q);
     bind_presets(&q, "");
     let target = q.scratch.join("t");
     fs::create_dir_all(&target).unwrap();
-    let target = target.to_str().unwrap();
-    let record = q.scratch.join("record");
-
-    let failing = q.add(&["--type", "t-claude", "--target", target]);
-    drain_agent(&q, "p-claude", &bin, &record, &[("FAKE_AGENT_EXIT", "3")]);
+    let failing = q.add(&["--type", "t-claude", "--target", target.to_str().unwrap()]);
+    let env = [
+        ("FAKE_AGENT_EXIT", "3"),
+        (
+            "FAKE_AGENT_STDERR",
+            "\u{1b}[31mError:\u{1b}[0m Not logged in",
+        ),
+    ];
+    drain_agent(&q, "p-claude", &bin, &q.scratch.join("record"), &env);
     let task = q.task(&failing);
     assert_eq!(task["status"], "failed", "{task:#}");
+    let error = task["error"].as_str().unwrap();
     assert!(
-        task["error"]
-            .as_str()
-            .unwrap()
-            .contains("`claude` exited with code 3"),
-        "{task:#}"
+        error.contains("`claude` exited with code 3: Error: Not logged in"),
+        "{error}"
     );
     assert_eq!(task["result"]["exitCode"], 3);
-
-    let slow = q.add(&["--type", "t-codex", "--target", target, "--timeout", "1s"]);
-    let started = std::time::Instant::now();
-    drain_agent(&q, "p-codex", &bin, &record, &[("FAKE_AGENT_SLEEP", "60")]);
-    assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
-    let task = q.task(&slow);
-    assert_eq!(task["status"], "failed", "{task:#}");
-    assert!(
-        task["error"].as_str().unwrap().contains("timed out"),
-        "{task:#}"
-    );
 }
 
 #[test]
-fn a_missing_cli_fails_the_task_naming_the_program_and_the_preset() {
+fn a_timed_out_attempt_keeps_its_output_and_names_the_cli_whichever_timeout_applies() {
     let q = TestQueue::new();
+    let bin = fake_agents(&q);
+    // The role's timeout for p-codex's tasks; the task's own for p-claude's.
     bind_presets(&q, "");
+    let toml = fs::read_to_string(q.queue.join("host.toml"))
+        .unwrap()
+        .replace(
+            "agent = \"codex\"\n",
+            "agent = \"codex\"\ntimeout = \"1s\"\n",
+        );
+    fs::write(q.queue.join("host.toml"), toml).unwrap();
+    let (first, second) = (q.scratch.join("t1"), q.scratch.join("t2"));
+    fs::create_dir_all(&first).unwrap();
+    fs::create_dir_all(&second).unwrap();
+    let by_role = q.add(&["--type", "t-codex", "--target", first.to_str().unwrap()]);
+    let by_task = q.add(&[
+        "--type",
+        "t-claude",
+        "--target",
+        second.to_str().unwrap(),
+        "--timeout",
+        "1s",
+    ]);
+    let started = std::time::Instant::now();
+    let slow = [("FAKE_AGENT_SLEEP", "60")];
+    drain_agent(&q, "p-codex", &bin, &q.scratch.join("r1"), &slow);
+    drain_agent(&q, "p-claude", &bin, &q.scratch.join("r2"), &slow);
+    assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
+    for (id, cli) in [(by_role, "codex"), (by_task, "claude")] {
+        let task = q.task(&id);
+        assert_eq!(task["status"], "failed", "{task:#}");
+        let error = task["error"].as_str().unwrap();
+        assert!(error.contains("timed out after 1s"), "{error}");
+        assert!(error.contains(&format!("`{cli}`")), "{error}");
+        let result = &task["result"];
+        assert_eq!(result["timedOut"], true, "{task:#}");
+        assert!(
+            result["outputTail"]
+                .as_str()
+                .unwrap()
+                .contains("wrote agent-was-here.txt"),
+            "{task:#}"
+        );
+        assert_eq!(result["changedFiles"]["created"][0], "agent-was-here.txt");
+    }
+}
+
+#[test]
+fn a_cli_that_prints_nothing_for_the_stall_limit_fails_its_attempt_as_retryable() {
+    let q = TestQueue::new();
+    let bin = fake_agents(&q);
+    bind_presets(&q, "stall = \"2s\"");
     let target = q.scratch.join("t");
     fs::create_dir_all(&target).unwrap();
-    let id = q.add(&["--type", "t-gemini", "--target", target.to_str().unwrap()]);
+    let target = target.to_str().unwrap();
+    let silent = q.add(&[
+        "--type",
+        "t-gemini",
+        "--target",
+        target,
+        "--max-attempts",
+        "2",
+    ]);
+    let started = std::time::Instant::now();
+    drain_agent(
+        &q,
+        "p-gemini",
+        &bin,
+        &q.scratch.join("r1"),
+        &[("FAKE_AGENT_SLEEP", "60")],
+    );
+    assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
+    let task = q.task(&silent);
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["attempts"], 2, "retried once: {task:#}");
+    let error = task["error"].as_str().unwrap();
+    assert!(
+        error.contains("`gemini` printed nothing for 2s and was killed as stalled"),
+        "{error}"
+    );
+    assert_eq!(task["result"]["stalled"], true);
+
+    // Output, however slow the work, keeps it alive.
+    let chatty = q.add(&["--type", "t-gemini", "--target", target]);
+    let env = [("FAKE_AGENT_SLEEP", "4"), ("FAKE_AGENT_CHATTY", "1")];
+    drain_agent(&q, "p-gemini", &bin, &q.scratch.join("r2"), &env);
+    assert_eq!(q.task(&chatty)["status"], "completed");
+}
+
+#[test]
+fn a_missing_target_folder_is_named() {
+    let q = TestQueue::new();
+    let bin = fake_agents(&q);
+    bind_presets(&q, "");
+    let target = q.scratch.join("gone");
+    fs::create_dir_all(&target).unwrap();
+    let id = q.add(&["--type", "t-claude", "--target", target.to_str().unwrap()]);
+    fs::remove_dir(&target).unwrap();
+    drain_agent(&q, "p-claude", &bin, &q.scratch.join("r"), &[]);
+    let error = q.task(&id)["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains(&format!(
+            "target folder {} does not exist",
+            target.display()
+        )),
+        "{error}"
+    );
+    assert!(!error.contains("PATH"), "{error}");
+}
+
+#[test]
+fn a_role_refuses_a_task_under_its_bound_name() {
+    let q = TestQueue::new();
+    bind_presets(&q, "");
+    let line = q.fails(&["add", "--type", "t-claude"]);
+    assert!(line.contains("role p-claude refuses the task"), "{line}");
+
+    // A binding named like a plugin role is one role among those available.
+    let mut toml = fs::read_to_string(q.queue.join("host.toml")).unwrap();
+    toml.push_str("[roles.writer]\nhandler = \"agent\"\nagent = \"claude\"\n");
+    fs::write(q.queue.join("host.toml"), toml).unwrap();
+    let line = q.fails(&["--role", "nosuch"]);
+    let available = line.split("available roles: ").nth(1).unwrap();
+    assert_eq!(available.matches("writer").count(), 1, "{line}");
+}
+
+#[test]
+fn a_custom_command_beside_a_preset_is_what_the_result_names() {
+    let q = TestQueue::new();
+    let bin = fake_agents(&q);
+    fs::write(
+        q.queue.join("host.toml"),
+        "[roles.mixed]\nhandler = \"agent\"\ntypes = [\"m\"]\nagent = \"copilot\"\ncommand = [\"claude\", \"--print\", \"{prompt}\"]\n",
+    )
+    .unwrap();
+    let target = q.scratch.join("t");
+    fs::create_dir_all(&target).unwrap();
+    let id = q.add(&["--type", "m", "--target", target.to_str().unwrap()]);
+    let record = q.scratch.join("r");
+    drain_agent(&q, "mixed", &bin, &record, &[]);
+    let task = q.task(&id);
+    assert_eq!(task["result"]["program"], "claude", "{task:#}");
+    assert_eq!(task["result"]["agent"], Value::Null, "{task:#}");
+    assert_eq!(recorded_argv(&record)[..2], ["claude", "--print"]);
+}
+
+/// Starts a worker for `role` that must refuse to start; returns its one line of error.
+fn refused_start(q: &TestQueue, role: &str) -> String {
     let output = q
         .host()
-        .args(["--role", "p-gemini", "--drain"])
+        .args(["--role", role, "--drain"])
         .env("PATH", "/usr/bin:/bin")
         .output()
         .unwrap();
-    assert!(output.status.success());
-    let task = q.task(&id);
-    assert_eq!(task["status"], "failed");
-    let error = task["error"].as_str().unwrap();
-    assert!(
-        error.contains("agent preset gemini") && error.contains("`gemini` not found on PATH"),
-        "{error}"
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_worker_whose_cli_is_missing_or_unset_refuses_to_start_and_fails_nothing() {
+    let q = TestQueue::new();
+    bind_presets(&q, "");
+    let mut toml = fs::read_to_string(q.queue.join("host.toml")).unwrap();
+    toml.push_str("[roles.bare]\nhandler = \"agent\"\ntypes = [\"t-bare\"]\n");
+    toml.push_str(
+        "[roles.typo]\nhandler = \"agent\"\ntypes = [\"t-typo\"]\nagent = \"claude\"\nprompt = \"Do {descripton}\"\n",
     );
+    fs::write(q.queue.join("host.toml"), toml).unwrap();
+    let target = q.scratch.join("t");
+    fs::create_dir_all(&target).unwrap();
+    let id = q.add(&["--type", "t-gemini", "--target", target.to_str().unwrap()]);
+
+    let line = refused_start(&q, "p-gemini");
+    assert!(line.contains("role p-gemini"), "{line}");
+    assert!(line.contains("[roles.p-gemini]"), "{line}");
+    assert!(line.contains("program `gemini` is not installed"), "{line}");
+    assert_eq!(q.task(&id)["status"], "pending", "nothing was claimed");
+
+    let line = refused_start(&q, "bare");
+    assert!(line.contains("[roles.bare]"), "{line}");
+    assert!(line.contains("neither `agent`"), "{line}");
+
+    let line = refused_start(&q, "typo");
+    assert!(line.contains("unknown placeholder {descripton}"), "{line}");
 }
 
 #[test]
@@ -206,6 +412,100 @@ fn the_prompt_of_a_task_that_comes_after_another_includes_its_result() {
     assert!(prompt.starts_with("Do the follow-up using:"), "{prompt}");
     assert!(prompt.contains(&format!("task {first} (noop)")), "{prompt}");
     assert!(prompt.contains("\"answer\": 42"), "{prompt}");
+}
+
+#[test]
+fn a_long_after_chain_keeps_its_prompts_bounded_and_completes() {
+    let q = TestQueue::new();
+    let bin = fake_agents(&q);
+    bind_presets(&q, "");
+    let target = q.scratch.join("t");
+    fs::create_dir_all(&target).unwrap();
+    let target = target.to_str().unwrap();
+    // Each step's CLI prints a 1 KB line, which its result keeps in its output tail.
+    let mut previous: Option<String> = None;
+    let mut ids = Vec::new();
+    for step in 0..15 {
+        let mut args = vec![
+            "--type".to_string(),
+            "t-copilot".into(),
+            "--target".into(),
+            target.into(),
+            "--description".into(),
+            format!("step {step}"),
+        ];
+        if let Some(previous) = &previous {
+            args.extend(["--after".into(), previous.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let id = q.add(&args);
+        previous = Some(id.clone());
+        ids.push(id);
+    }
+    let noisy = "x".repeat(1000);
+    let env = [("FAKE_AGENT_STDERR", noisy.as_str())];
+    drain_agent(&q, "p-copilot", &bin, &q.scratch.join("r"), &env);
+    for id in &ids {
+        let task = q.task(id);
+        assert_eq!(task["status"], "completed", "{task:#}");
+        assert!(
+            task["result"]["prompt"]["bytes"].as_u64().unwrap() < 12_000,
+            "{task:#}"
+        );
+    }
+}
+
+#[test]
+fn a_prompt_too_long_for_an_argument_reaches_each_cli_another_way() {
+    let q = TestQueue::new();
+    let bin = fake_agents(&q);
+    bind_presets(&q, "");
+    let mut toml = fs::read_to_string(q.queue.join("host.toml")).unwrap();
+    toml.push_str(
+        "[roles.custom]\nhandler = \"agent\"\ntypes = [\"t-custom\"]\ncommand = [\"claude\", \"{prompt}\"]\n",
+    );
+    fs::write(q.queue.join("host.toml"), toml).unwrap();
+    let target = q.scratch.join("t");
+    fs::create_dir_all(&target).unwrap();
+    let target = target.to_str().unwrap();
+    let long = format!("{}END", "a very long description ".repeat(5_000));
+    // Too long for `host add --description` too: added from a file.
+    let add_long = |task_type: &str| {
+        let file = q.scratch.join("long.jsonl");
+        let line = serde_json::json!({"type": task_type, "target": target, "description": long});
+        fs::write(&file, line.to_string()).unwrap();
+        q.ok(&["add", "--file", file.to_str().unwrap()])
+            .trim()
+            .to_string()
+    };
+    for (name, via) in [
+        ("copilot", "file"),
+        ("claude", "stdin"),
+        ("codex", "stdin"),
+        ("gemini", "stdin"),
+        ("aider", "file"),
+    ] {
+        let id = add_long(&format!("t-{name}"));
+        let record = q.scratch.join(format!("r-{name}"));
+        drain_agent(&q, &format!("p-{name}"), &bin, &record, &[]);
+        let task = q.task(&id);
+        assert_eq!(task["status"], "completed", "{name}: {task:#}");
+        assert_eq!(task["result"]["prompt"]["via"], via, "{name}");
+        let given = fs::read_to_string(record.join(if via == "file" {
+            "prompt-file"
+        } else {
+            "stdin"
+        }))
+        .unwrap();
+        assert!(given.contains(&long), "{name}: the whole prompt arrived");
+        let argv = recorded_argv(&record);
+        assert!(argv.iter().all(|a| a.len() < 1000), "{name}: {argv:?}");
+    }
+    // A custom command that takes the prompt as an argument is told what to do instead.
+    let id = add_long("t-custom");
+    drain_agent(&q, "custom", &bin, &q.scratch.join("r-custom"), &[]);
+    let error = q.task(&id)["error"].as_str().unwrap().to_string();
+    assert!(error.contains("{prompt_file}"), "{error}");
 }
 
 #[test]
