@@ -20,15 +20,16 @@
 //!
 //! | preset    | argv                                                                   | long prompt             |
 //! |-----------|------------------------------------------------------------------------|-------------------------|
-//! | `copilot` | `copilot -p PROMPT --allow-all-tools --no-ask-user`                    | a file, named in `-p`   |
+//! | `copilot` | `copilot -p PROMPT --allow-all-tools --no-ask-user`                    | stdin (no `-p`)         |
 //! | `claude`  | `claude -p PROMPT --permission-mode acceptEdits`                       | stdin (`-p` alone)      |
 //! | `codex`   | `codex exec --skip-git-repo-check --sandbox workspace-write PROMPT`    | stdin (`-`)             |
-//! | `gemini`  | `gemini -p PROMPT --approval-mode auto_edit --skip-trust`              | stdin, with a short `-p`|
+//! | `gemini`  | `gemini -p PROMPT --approval-mode auto_edit --skip-trust`              | stdin, and a short `-p` |
 //! | `aider`   | `aider --message PROMPT --yes-always`                                  | `--message-file FILE`   |
 //!
-//! Checked against `--help` of GitHub Copilot CLI 1.0.102, Claude Code 2.1.197, codex-cli 0.169.0
-//! and Gemini CLI 0.61.0 (from the npm registry), and against the argument parser of aider-chat
-//! 0.86.2 (`aider/args.py`, from PyPI).
+//! Checked against GitHub Copilot CLI 1.0.102, Claude Code 2.1.197, codex-cli 0.169.0 and Gemini
+//! CLI 0.61.0 from the npm registry (their `--help`, and runs without credentials in a folder
+//! that is not a git repository, with the prompt as an argument and on stdin), and against the
+//! argument parser of aider-chat 0.86.2 (`aider/args.py`, from PyPI).
 //!
 //! A `command` template replaces the preset; in it, and in the prompt template, `{prompt}`,
 //! `{prompt_file}` (a file holding the prompt), `{id}`, `{type}`, `{target}`, `{description}`,
@@ -119,13 +120,8 @@ pub const PRESETS: [Preset; 5] = [
             "--allow-all-tools",
             "--no-ask-user",
         ],
-        long: LongPrompt::File(&[
-            "copilot",
-            "-p",
-            "Your task is in the file {prompt_file}: read it and do what it says.",
-            "--allow-all-tools",
-            "--no-ask-user",
-        ]),
+        // Without `-p`, the prompt is read from stdin (`-p -` would be the prompt "-").
+        long: LongPrompt::Stdin(&["copilot", "--allow-all-tools", "--no-ask-user"]),
     },
     Preset {
         name: "claude",

@@ -39,8 +39,9 @@ pub struct Finished {
     pub stop: Option<StopReason>,
     /// The last lines of its output (stdout and stderr in the order it wrote them).
     pub tail: String,
-    /// The last line of output that says something (not blank, not only punctuation, escape
-    /// codes removed): usually why a command failed.
+    /// The last line of output that reads like a complaint ("Error: ...", "Not logged in"),
+    /// else the last that says anything (not blank, not only punctuation; escape codes
+    /// removed): usually why a command failed.
     pub last_words: Option<String>,
 }
 
@@ -151,6 +152,7 @@ pub fn run(
     let heard = Mutex::new(Heard {
         tail: VecDeque::new(),
         last_words: None,
+        last_complaint: None,
         at: Instant::now(),
     });
     let (mut timed_out, mut stalled, mut stop) = (false, false, None);
@@ -203,7 +205,7 @@ pub fn run(
         stalled,
         stop,
         tail: Vec::from(heard.tail).join("\n"),
-        last_words: heard.last_words,
+        last_words: heard.last_complaint.or(heard.last_words),
     })
 }
 
@@ -211,6 +213,7 @@ pub fn run(
 struct Heard {
     tail: VecDeque<String>,
     last_words: Option<String>,
+    last_complaint: Option<String>,
     /// When it last printed a line (or started).
     at: Instant,
 }
@@ -224,13 +227,37 @@ fn pump(stream: impl std::io::Read, heard: &Mutex<Heard>, ctx: &Context<'_>) {
         heard.at = Instant::now();
         let plain = without_escapes(&line);
         if plain.chars().any(char::is_alphanumeric) {
-            heard.last_words = Some(shorten(plain.trim(), 300));
+            let words = shorten(plain.trim(), 300);
+            if is_complaint(&words) {
+                heard.last_complaint = Some(words.clone());
+            }
+            heard.last_words = Some(words);
         }
         if heard.tail.len() == TAIL_LINES {
             heard.tail.pop_front();
         }
         heard.tail.push_back(line);
     }
+}
+
+/// Whether a line reads like the reason for a failure. CLIs often follow it with advice
+/// (Copilot CLI's "No authentication information found." comes before how to log in).
+fn is_complaint(line: &str) -> bool {
+    let line = line.to_lowercase();
+    [
+        "error",
+        "fail",
+        "not logged in",
+        "denied",
+        "unauthori",
+        "invalid",
+        "cannot",
+        "can't",
+        "not found",
+        "refused",
+    ]
+    .iter()
+    .any(|word| line.contains(word))
 }
 
 /// The line without terminal escape sequences (colours, cursor moves).
@@ -275,6 +302,15 @@ mod tests {
             "Error: Not logged in"
         );
         assert_eq!(without_escapes("plain"), "plain");
+    }
+
+    #[test]
+    fn a_complaint_is_told_from_advice() {
+        assert!(is_complaint("Error: No authentication information found."));
+        assert!(is_complaint("Not logged in · Please run /login"));
+        assert!(!is_complaint(
+            "  • Run 'gh auth login' to authenticate with the GitHub CLI"
+        ));
     }
 
     #[test]

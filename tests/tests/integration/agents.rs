@@ -479,7 +479,7 @@ fn a_prompt_too_long_for_an_argument_reaches_each_cli_another_way() {
             .to_string()
     };
     for (name, via) in [
-        ("copilot", "file"),
+        ("copilot", "stdin"),
         ("claude", "stdin"),
         ("codex", "stdin"),
         ("gemini", "stdin"),
