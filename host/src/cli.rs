@@ -215,9 +215,43 @@ pub enum Command {
         /// How long the claim holds without a `host heartbeat`.
         #[arg(long, default_value = "30m", value_parser = humantime::parse_duration, value_name = "DURATION")]
         lease: Duration,
+        /// With nothing to claim, wait up to this long for a task instead of failing at once.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        wait: Duration,
         /// Print the task as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Append lines to a claimed task's log (`host logs ID`); extends its lease.
+    Log {
+        /// The task id.
+        id: String,
+        /// The lines; each argument's text is split at newlines.
+        #[arg(required = true, value_name = "TEXT")]
+        lines: Vec<String>,
+        /// The lease token `host claim` printed.
+        #[arg(long, env = "HOST_LEASE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// How long the lease lasts from now.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        lease: Duration,
+    },
+    /// Report progress on a claimed task, shown beside its holder in `status`; extends its lease.
+    Progress {
+        /// The task id.
+        id: String,
+        /// How far along, 0 to 100.
+        #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: u8,
+        /// What it is doing.
+        #[arg(default_value = "")]
+        message: String,
+        /// The lease token `host claim` printed.
+        #[arg(long, env = "HOST_LEASE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// How long the lease lasts from now.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        lease: Duration,
     },
     /// Extend the lease of a task claimed with `host claim`.
     Heartbeat {

@@ -1,28 +1,41 @@
 //! `host mcp`: the queue as a Model Context Protocol server on stdio, so that an assistant
-//! (Copilot CLI, Claude Code, Codex CLI, ...) configured with it can list, add, claim, complete
-//! and fail tasks and read the status itself.
+//! (Copilot CLI, Claude Code, Codex CLI, ...) configured with it can add, claim, work on and
+//! finish tasks, and steer and read the queue, itself.
 //!
 //! Every tool calls the same functions as the command line (`host add`, `host claim`, ...), so
-//! the same checks, leases and rules apply. Nothing but the protocol may reach stdout.
+//! the same checks, leases and rules apply. Every answer is a JSON object, as structured
+//! content with a text copy; a refusal is a tool error with one line of text. Nothing but the
+//! protocol may reach stdout.
 
+mod transport;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{ServerCapabilities, ServerConfig};
-use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, CustomRequest, CustomResult, ErrorCode, Implementation,
+    JsonObject, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
+use rmcp::{tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use queue::{Dependency, NewTask, Outcome, QueueStore, TaskQuery};
+use queue::{Outcome, PauseScope, QueueStore, TaskQuery, TaskStatus};
 
 use crate::cli::Settings;
 use crate::commands::status::StatusReport;
 use crate::commands::{add, open_store, selfserve};
 
-/// How long a task claimed through MCP is held without a heartbeat.
+/// How long a task claimed through MCP is held without a heartbeat, unless the claim says.
 const CLAIM_LEASE: Duration = Duration::from_secs(30 * 60);
+
+/// The longest a claim may wait for work: a tool call that hangs longer looks dead.
+const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
 
 /// Serves until the client closes stdin.
 pub fn serve(settings: &Settings) -> anyhow::Result<()> {
@@ -33,7 +46,7 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let server = QueueServer::new(settings.clone())
-            .serve(rmcp::transport::stdio())
+            .serve(transport::CheckedStdio::new())
             .await?;
         server.waiting().await?;
         Ok(())
@@ -41,25 +54,31 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct ListTasks {
     /// Only tasks in this state: pending, blocked, running, completed, failed or cancelled.
     status: Option<String>,
     /// Only tasks of this type.
     #[serde(rename = "type")]
     task_type: Option<String>,
-    /// At most this many, newest first; default 100.
+    /// Only tasks whose JSON contains this text (ignoring case).
+    text: Option<String>,
+    /// At most this many, newest first; default 100, at most 1000.
     limit: Option<usize>,
-    /// The last id of the previous page: only tasks older than it.
+    /// For the next page: the `next` of the previous answer (only tasks older than it).
     before: Option<u64>,
 }
 
+/// A task to add: the fields of a line of `host add --file`.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct AddTask {
+    /// A name for this task that later tasks of the same call can put in their `after`.
+    key: Option<String>,
     /// The task type; a role claims it.
     #[serde(rename = "type")]
     task_type: String,
-    /// The file or folder the task is about (absolute).
+    /// The file or folder the task is about: an absolute path.
     target: Option<String>,
     /// What to do, for people and agents.
     description: Option<String>,
@@ -67,24 +86,39 @@ struct AddTask {
     priority: Option<u32>,
     /// Input for the handler, any JSON.
     payload: Option<Value>,
-    /// Ids of tasks that must complete first.
-    after: Option<Vec<String>>,
+    /// Tasks that must complete first: ids of queued tasks, or keys of earlier tasks of the
+    /// same call.
+    after: Option<Vec<Value>>,
     /// How many times it may be tried; default 3.
     max_attempts: Option<u32>,
+    /// Time limit of one attempt, such as "90s" or "10m".
+    timeout: Option<String>,
     /// Time limit of one attempt in seconds.
     timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-struct ClaimTask {
-    /// The role whose task types to claim (for example writer, tester).
-    role: String,
-    /// Who claims it, recorded on the task; default ROLE-HOSTNAME.
-    name: Option<String>,
+#[serde(deny_unknown_fields)]
+struct AddTasks {
+    /// The tasks, added all or none.
+    tasks: Vec<AddTask>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ClaimTask {
+    /// The role whose task types to claim (for example writer, tester).
+    role: String,
+    /// Who claims it, recorded on the task and shown in status; default ROLE-HOSTNAME.
+    name: Option<String>,
+    /// With nothing to claim, wait up to this many seconds for a task (at most 600); default 0.
+    wait_secs: Option<u64>,
+    /// How long the claim holds without a heartbeat, in seconds; default 1800.
+    lease_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CompleteTask {
     /// The task id.
     id: String,
@@ -95,7 +129,7 @@ struct CompleteTask {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FailTask {
     /// The task id.
     id: String,
@@ -108,12 +142,73 @@ struct FailTask {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct HeldTask {
     /// The task id.
     id: String,
     /// The leaseToken that claim_task returned with the task.
     lease_token: String,
+    /// How long the lease lasts from now, in seconds; default 1800.
+    lease_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LogTask {
+    /// The task id.
+    id: String,
+    /// The leaseToken that claim_task returned with the task.
+    lease_token: String,
+    /// The lines to append to the task's log.
+    lines: Vec<String>,
+    /// How long the lease lasts from now, in seconds; default 1800.
+    lease_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProgressTask {
+    /// The task id.
+    id: String,
+    /// The leaseToken that claim_task returned with the task.
+    lease_token: String,
+    /// How far along, 0 to 100.
+    percent: u8,
+    /// What it is doing now.
+    message: Option<String>,
+    /// How long the lease lasts from now, in seconds; default 1800.
+    lease_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct TaskId {
+    /// The task id.
+    id: String,
+}
+
+/// What to pause or resume: one task, one type, or the whole queue.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Scope {
+    /// One task.
+    task: Option<String>,
+    /// Every task of this type.
+    #[serde(rename = "type")]
+    task_type: Option<String>,
+    /// The whole queue: must be true when neither task nor type is given.
+    queue: Option<bool>,
+}
+
+impl Scope {
+    fn parse(&self) -> Result<PauseScope, String> {
+        match (&self.task, &self.task_type, self.queue.unwrap_or(false)) {
+            (Some(id), None, false) => Ok(PauseScope::Task(id.clone())),
+            (None, Some(task_type), false) => Ok(PauseScope::Type(task_type.clone())),
+            (None, None, true) => Ok(PauseScope::Queue),
+            _ => Err("give exactly one of task, type, or queue: true".into()),
+        }
+    }
 }
 
 /// The MCP server: one tool per queue operation.
@@ -123,15 +218,57 @@ struct QueueServer {
     tool_router: ToolRouter<Self>,
 }
 
-/// A tool's answer: JSON text, or the error as one line.
-type ToolResult = Result<String, String>;
+/// A tool's answer: a JSON object, or the refusal as one line.
+type ToolResult = Result<CallToolResult, String>;
 
-fn json(value: &impl serde::Serialize) -> ToolResult {
-    serde_json::to_string_pretty(value).map_err(|err| err.to_string())
+/// The schema of every answer: an object (tasks and reports have their own documented JSON).
+fn object_schema() -> Arc<JsonObject> {
+    let Value::Object(schema) = json!({ "type": "object" }) else {
+        unreachable!("a JSON object literal")
+    };
+    Arc::new(schema)
+}
+
+fn answer(value: &impl serde::Serialize) -> ToolResult {
+    let value = serde_json::to_value(value).map_err(|err| err.to_string())?;
+    Ok(CallToolResult::structured(value))
 }
 
 fn one_line(err: anyhow::Error) -> String {
     format!("{err:#}").replace('\n', " ")
+}
+
+fn lease(secs: Option<u64>) -> Duration {
+    secs.map_or(CLAIM_LEASE, |s| Duration::from_secs(s.max(1)))
+}
+
+/// The entry of `host add --file` that a tool's task stands for. A relative target is refused:
+/// the server's folder is not the caller's.
+fn entry(task: AddTask) -> Result<Value, String> {
+    if let Some(target) = &task.target
+        && !std::path::Path::new(target).is_absolute()
+    {
+        return Err(format!(
+            "target {target:?} is relative: give an absolute path (this server's working folder \
+             is not yours)"
+        ));
+    }
+    let mut entry = json!({
+        "type": task.task_type,
+        "key": task.key,
+        "target": task.target,
+        "description": task.description,
+        "priority": task.priority,
+        "payload": task.payload,
+        "after": task.after.unwrap_or_default(),
+        "maxAttempts": task.max_attempts,
+        "timeout": task.timeout,
+        "timeoutSecs": task.timeout_secs,
+    });
+    if let Value::Object(fields) = &mut entry {
+        fields.retain(|_, value| !value.is_null());
+    }
+    Ok(entry)
 }
 
 #[tool_router]
@@ -143,113 +280,297 @@ impl QueueServer {
         }
     }
 
-    #[tool(
-        description = "Counts of tasks per state, what is paused, and what each worker is doing."
-    )]
-    fn status(&self) -> ToolResult {
-        json(&StatusReport::read(&self.settings).map_err(one_line)?)
+    /// Adds the tasks all or none, through the same checks as `host add --file`.
+    fn add(&self, tasks: Vec<AddTask>) -> Result<Vec<queue::Task>, String> {
+        let entries = tasks
+            .into_iter()
+            .enumerate()
+            .map(|(index, task)| Ok((format!("task {}", index + 1), entry(task)?)))
+            .collect::<Result<Vec<_>, String>>()?;
+        let tasks = add::tasks_from_entries(entries).map_err(one_line)?;
+        let store = open_store(&self.settings).map_err(one_line)?;
+        add::add_checked(&self.settings, &store, tasks, |index, err| {
+            err.context(format!("task {}", index + 1))
+        })
+        .map_err(one_line)
     }
 
     #[tool(
-        description = "List tasks, newest first (at most `limit`, default 100; page with `before`), optionally only one state or one type."
+        description = "Counts of tasks per state, what is paused, and every worker and self-serve holder with its tasks and progress.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    fn status(&self) -> ToolResult {
+        answer(&StatusReport::read(&self.settings).map_err(one_line)?)
+    }
+
+    #[tool(
+        description = "List tasks, newest first: at most `limit` (default 100), filtered by state, type and text. When more remain, `next` is the `before` of the next page.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = true, open_world_hint = false)
     )]
     fn list_tasks(&self, Parameters(filter): Parameters<ListTasks>) -> ToolResult {
         let statuses = match filter.status.as_deref().filter(|s| !s.is_empty()) {
-            Some(name) => vec![name.parse()?],
+            Some(name) => vec![name.parse::<TaskStatus>().map_err(|err| err.to_string())?],
             None => Vec::new(),
         };
+        let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
         let query = TaskQuery {
             statuses,
             task_type: filter.task_type,
+            text: filter.text,
             newest_first: true,
             after_id: filter.before,
-            limit: Some(filter.limit.unwrap_or(100).min(1000)),
+            limit: Some(limit + 1),
             ..TaskQuery::default()
         };
-        let tasks = open_store(&self.settings)
+        let mut tasks = open_store(&self.settings)
             .and_then(|store| Ok(store.list(&query)?))
             .map_err(one_line)?;
-        json(&tasks)
-    }
-
-    #[tool(description = "Add a task to the queue; returns it with its id.")]
-    fn add_task(&self, Parameters(new): Parameters<AddTask>) -> ToolResult {
-        let task = NewTask {
-            task_type: new.task_type,
-            target: new.target.map(Into::into),
-            description: new.description,
-            priority: new.priority,
-            payload: new.payload.unwrap_or(Value::Null),
-            max_attempts: new.max_attempts,
-            timeout_secs: new.timeout_secs,
-            after: new
-                .after
-                .unwrap_or_default()
-                .into_iter()
-                .map(Dependency::Task)
-                .collect(),
-        };
-        let store = open_store(&self.settings).map_err(one_line)?;
-        let added =
-            add::add_checked(&self.settings, &store, vec![task], |_, err| err).map_err(one_line)?;
-        json(&added[0])
+        let next = (tasks.len() > limit).then(|| {
+            tasks.truncate(limit);
+            tasks.last().map(|t| t.id.clone())
+        });
+        answer(&json!({ "tasks": tasks, "next": next.flatten() }))
     }
 
     #[tool(
-        description = "Claim the highest-priority pending task of a role's types. Returns the task with its leaseToken, or an error when there is none. Only the holder of the leaseToken may extend or finish the task: pass it to heartbeat_task (at least every 15 minutes while working), then complete_task or fail_task."
+        description = "One task whole (payload, result, error, history of attempts) with the tasks it comes after and their results.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = true, open_world_hint = false)
     )]
-    fn claim_task(&self, Parameters(claim): Parameters<ClaimTask>) -> ToolResult {
-        match selfserve::claim_task(
-            &self.settings,
-            &claim.role,
-            claim.name.as_deref(),
-            CLAIM_LEASE,
-        ) {
-            Ok(Some(claim)) => json(&selfserve::claimed_json(&claim)),
+    fn get_task(&self, Parameters(TaskId { id }): Parameters<TaskId>) -> ToolResult {
+        let store = open_store(&self.settings).map_err(one_line)?;
+        let task = store.get(&id).map_err(|err| err.to_string())?;
+        let prerequisites = task
+            .after
+            .iter()
+            .map(|id| store.get(id).map_err(|err| err.to_string()))
+            .collect::<Result<Vec<_>, String>>()?;
+        answer(&json!({ "task": task, "prerequisites": prerequisites }))
+    }
+
+    #[tool(
+        description = "Add one task (the fields of a line of `host add --file`); returns it with its id.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
+    )]
+    fn add_task(&self, Parameters(task): Parameters<AddTask>) -> ToolResult {
+        let added = self.add(vec![task])?;
+        answer(&added[0])
+    }
+
+    #[tool(
+        description = "Add several tasks at once, all or none; a task's `after` may name an earlier one of the same call by its `key`. Returns them with their ids, in order.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
+    )]
+    fn add_tasks(&self, Parameters(AddTasks { tasks }): Parameters<AddTasks>) -> ToolResult {
+        if tasks.is_empty() {
+            return Err("no tasks given".into());
+        }
+        answer(&json!({ "tasks": self.add(tasks)? }))
+    }
+
+    #[tool(
+        description = "Claim the highest-priority pending task of a role's types, waiting up to waitSecs for one. Returns the task with its leaseToken. Only the holder of the leaseToken may extend or finish the task: pass it to heartbeat_task, log_task or progress_task (one of them at least every half lease) while working, then to complete_task or fail_task.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
+    )]
+    async fn claim_task(&self, Parameters(claim): Parameters<ClaimTask>) -> ToolResult {
+        let settings = self.settings.clone();
+        let wait = Duration::from_secs(claim.wait_secs.unwrap_or(0)).min(MAX_WAIT);
+        let lease = lease(claim.lease_secs);
+        let role = claim.role.clone();
+        // A wait blocks: on a thread of its own, so the server keeps answering meanwhile.
+        let claimed = tokio::task::spawn_blocking(move || {
+            selfserve::claim_task(&settings, &role, claim.name.as_deref(), lease, wait)
+        })
+        .await
+        .map_err(|err| err.to_string())?;
+        match claimed {
+            Ok(Some(claimed)) => answer(&selfserve::claimed_json(&claimed)),
             Ok(None) => Err(format!("no task to claim for role {}", claim.role)),
             Err(err) => Err(one_line(err)),
         }
     }
 
-    #[tool(description = "Keep a claimed task yours; says whether it was cancelled meanwhile.")]
-    fn heartbeat_task(
-        &self,
-        Parameters(HeldTask { id, lease_token }): Parameters<HeldTask>,
-    ) -> ToolResult {
-        let cancelled = selfserve::heartbeat_task(&self.settings, &id, &lease_token, CLAIM_LEASE)
-            .map_err(one_line)?;
-        json(&serde_json::json!({ "id": id, "cancelRequested": cancelled }))
+    #[tool(
+        description = "Keep a claimed task yours for another lease; says whether it was cancelled meanwhile (then stop and fail_task it).",
+        output_schema = object_schema(),
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    fn heartbeat_task(&self, Parameters(held): Parameters<HeldTask>) -> ToolResult {
+        let lease = lease(held.lease_secs);
+        let cancelled =
+            selfserve::heartbeat_task(&self.settings, &held.id, &held.lease_token, lease)
+                .map_err(one_line)?;
+        answer(&json!({ "id": held.id, "cancelRequested": cancelled }))
     }
 
-    #[tool(description = "Record that a claimed task succeeded, with an optional JSON result.")]
+    #[tool(
+        description = "Append lines to a claimed task's log (what `host logs ID` shows); also a heartbeat.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
+    )]
+    fn log_task(&self, Parameters(log): Parameters<LogTask>) -> ToolResult {
+        let lease = lease(log.lease_secs);
+        let cancelled =
+            selfserve::log_task(&self.settings, &log.id, &log.lease_token, lease, &log.lines)
+                .map_err(one_line)?;
+        answer(&json!({ "id": log.id, "cancelRequested": cancelled }))
+    }
+
+    #[tool(
+        description = "Report progress (0-100 and a message) on a claimed task, shown beside you in status and the dashboard; also a heartbeat.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    fn progress_task(&self, Parameters(progress): Parameters<ProgressTask>) -> ToolResult {
+        if progress.percent > 100 {
+            return Err(format!("percent {} is over 100", progress.percent));
+        }
+        let message = progress.message.as_deref().unwrap_or("");
+        let cancelled = selfserve::report_progress(
+            &self.settings,
+            &progress.id,
+            &progress.lease_token,
+            lease(progress.lease_secs),
+            Some((progress.percent, message)),
+        )
+        .map_err(one_line)?;
+        answer(&json!({ "id": progress.id, "cancelRequested": cancelled }))
+    }
+
+    #[tool(
+        description = "Record that a claimed task succeeded, with an optional JSON result.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
+    )]
     fn complete_task(&self, Parameters(done): Parameters<CompleteTask>) -> ToolResult {
         let outcome = Outcome::Success(done.result.unwrap_or(Value::Null));
-        json(
+        answer(
             &selfserve::finish_task(&self.settings, &done.id, &done.lease_token, outcome)
                 .map_err(one_line)?,
         )
     }
 
-    #[tool(description = "Record that a claimed task failed, with the reason.")]
+    #[tool(
+        description = "Record that a claimed task failed, with the reason; retried later when retryable and attempts are left.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
+    )]
     fn fail_task(&self, Parameters(failed): Parameters<FailTask>) -> ToolResult {
         let outcome = Outcome::Failure {
             error: failed.error,
             result: None,
             retryable: failed.retryable.unwrap_or(false),
         };
-        json(
+        answer(
             &selfserve::finish_task(&self.settings, &failed.id, &failed.lease_token, outcome)
                 .map_err(one_line)?,
         )
+    }
+
+    #[tool(
+        description = "Cancel a task: a pending or blocked one never starts (nor do the tasks that come after it); a running one's holder is told to stop.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false)
+    )]
+    fn cancel_task(&self, Parameters(TaskId { id }): Parameters<TaskId>) -> ToolResult {
+        let store = open_store(&self.settings).map_err(one_line)?;
+        answer(&store.cancel(&id).map_err(|err| err.to_string())?)
+    }
+
+    #[tool(
+        description = "Put a failed or cancelled task back in the queue, with at least one more attempt.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
+    )]
+    fn retry_task(&self, Parameters(TaskId { id }): Parameters<TaskId>) -> ToolResult {
+        let store = open_store(&self.settings).map_err(one_line)?;
+        answer(&store.retry(&id).map_err(|err| err.to_string())?)
+    }
+
+    #[tool(
+        description = "Stop claims of one task, one type, or (with queue: true) the whole queue until resume; running tasks go on.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    fn pause(&self, Parameters(scope): Parameters<Scope>) -> ToolResult {
+        let store = open_store(&self.settings).map_err(one_line)?;
+        store
+            .pause(&scope.parse()?)
+            .map_err(|err| err.to_string())?;
+        self.paused(&store)
+    }
+
+    #[tool(
+        description = "Lift a pause of one task, one type, or (with queue: true) the whole queue.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    fn resume(&self, Parameters(scope): Parameters<Scope>) -> ToolResult {
+        let store = open_store(&self.settings).map_err(one_line)?;
+        let scope = scope.parse()?;
+        if !store
+            .paused()
+            .map_err(|err| err.to_string())?
+            .contains(&scope)
+        {
+            return Err(format!("{scope} is not paused"));
+        }
+        store.resume(&scope).map_err(|err| err.to_string())?;
+        self.paused(&store)
+    }
+
+    /// What is paused now, as the pause tools answer.
+    fn paused(&self, store: &queue::Store) -> ToolResult {
+        let paused: Vec<String> = store
+            .paused()
+            .map_err(|err| err.to_string())?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        answer(&json!({ "paused": paused }))
     }
 }
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for QueueServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
-            "A shared task queue for coding assistants. Use claim_task with your role, do the \
-             work, then complete_task or fail_task. add_task queues work for others.",
-        )
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("host", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "A shared task queue for coding assistants. Take work with claim_task (your \
+                 role; waitSecs to wait for some), read it whole with get_task, report with \
+                 log_task and progress_task while you work, then complete_task or fail_task \
+                 with the leaseToken. add_task and add_tasks queue work for others.",
+            )
+    }
+
+    /// rmcp reads a `tools/call` whose `arguments` is not an object as a request of a method it
+    /// does not know; it is a call with invalid parameters, and says so.
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CustomResult, McpError> {
+        if request.method == "tools/call" {
+            let params = request.params.unwrap_or(Value::Null);
+            let why = match serde_json::from_value::<CallToolRequestParams>(params) {
+                Err(err) => err.to_string(),
+                Ok(_) => "malformed parameters".to_string(),
+            };
+            return Err(McpError::invalid_params(
+                format!("invalid tools/call parameters: {why} (`arguments` must be an object)"),
+                None,
+            ));
+        }
+        Err(McpError::new(
+            ErrorCode::METHOD_NOT_FOUND,
+            format!("method not found: {}", request.method),
+            None,
+        ))
     }
 }

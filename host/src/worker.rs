@@ -149,6 +149,7 @@ impl ClaimLoop {
             tasks: Vec::new(),
             started_at: now,
             heartbeat_at: now,
+            alive_until: None,
         };
         store.put_worker(&record)?;
         Ok(ClaimLoop {

@@ -420,13 +420,24 @@ pub struct WorkerRecord {
     /// When it last wrote this record; a record older than a few heartbeats means the worker
     /// died.
     pub heartbeat_at: Timestamp,
+    /// Set for a self-serve holder (an assistant that claimed with `host claim` or MCP): it
+    /// writes its record only when it acts on a task, so it counts as alive until the lease
+    /// of its last action ends, not by the age of its record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alive_until: Option<Timestamp>,
 }
 
 impl WorkerRecord {
-    /// True when the worker has not written its record for longer than `stale_after`.
+    /// True when a worker has not written its record for longer than `stale_after`, or a
+    /// self-serve holder's lease has run out.
     pub fn is_dead(&self, now: Timestamp, stale_after: Duration) -> bool {
-        let age = now.duration_since(self.heartbeat_at);
-        age.as_secs_f64() > stale_after.as_secs_f64()
+        match self.alive_until {
+            Some(until) => now > until,
+            None => {
+                let age = now.duration_since(self.heartbeat_at);
+                age.as_secs_f64() > stale_after.as_secs_f64()
+            }
+        }
     }
 }
 

@@ -579,3 +579,54 @@ pub fn other_user() -> u32 {
     // Another test process may have created it meanwhile.
     lookup().unwrap_or_else(|| panic!("cannot create user {NAME}: useradd said {status}"))
 }
+
+/// The official MCP Python SDK's version that the suite drives `host mcp` with.
+const PYTHON_MCP: &str = "mcp==2.3.0";
+
+/// A Python with the official MCP SDK (from PyPI), in a virtual environment under the target
+/// folder, made once and kept: the suite's client that the project did not write.
+pub fn python_with_mcp() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let venv = workspace()
+            .bin_dir
+            .parent()
+            .expect("target dir")
+            .join("py-mcp");
+        let python = venv.join("bin/python");
+        let has_sdk = |python: &Path| {
+            Command::new(python)
+                .args(["-c", "import mcp"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !has_sdk(&python) {
+            let made = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .output()
+                .expect("python3 runs (the MCP client tests need Python 3.10 or later)");
+            assert!(
+                made.status.success(),
+                "cannot make a virtual environment in {}: {}",
+                venv.display(),
+                String::from_utf8_lossy(&made.stderr)
+            );
+            let installed = Command::new(venv.join("bin/pip"))
+                .args([
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    PYTHON_MCP,
+                ])
+                .output()
+                .expect("pip runs");
+            assert!(
+                installed.status.success(),
+                "cannot install {PYTHON_MCP} from PyPI: {}",
+                String::from_utf8_lossy(&installed.stderr)
+            );
+        }
+        python
+    })
+}

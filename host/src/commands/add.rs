@@ -146,19 +146,14 @@ fn read_task_file(file: &Path) -> anyhow::Result<Vec<NewTask>> {
     } else {
         std::fs::read_to_string(file).with_context(|| format!("cannot read task file {name}"))?
     };
-    let entries: Vec<(String, TaskEntry)> = if text.trim_start().starts_with('[') {
+    let entries: Vec<(String, Value)> = if text.trim_start().starts_with('[') {
         let values: Vec<Value> = serde_json::from_str(&text)
             .map_err(|err| anyhow!("{name}: not a JSON array of tasks: {err}"))?;
         values
             .into_iter()
             .enumerate()
-            .map(|(i, v)| {
-                let at = format!("{name}: entry {}", i + 1);
-                serde_json::from_value(v)
-                    .map(|e| (at.clone(), e))
-                    .map_err(|err| anyhow!("{at}: {err}"))
-            })
-            .collect::<anyhow::Result<_>>()?
+            .map(|(i, v)| (format!("{name}: entry {}", i + 1), v))
+            .collect()
     } else {
         text.lines()
             .enumerate()
@@ -166,7 +161,7 @@ fn read_task_file(file: &Path) -> anyhow::Result<Vec<NewTask>> {
             .map(|(i, line)| {
                 let at = format!("{name}: line {}", i + 1);
                 serde_json::from_str(line)
-                    .map(|e| (at.clone(), e))
+                    .map(|v| (at.clone(), v))
                     .map_err(|err| anyhow!("{at}: {err}"))
             })
             .collect::<anyhow::Result<_>>()?
@@ -174,6 +169,20 @@ fn read_task_file(file: &Path) -> anyhow::Result<Vec<NewTask>> {
     if entries.is_empty() {
         bail!("{name}: no tasks in the file");
     }
+    tasks_from_entries(entries)
+}
+
+/// Tasks from the JSON entries of a task file (or of the MCP `add_tasks` tool), each labelled
+/// for errors: later entries may name earlier ones by `key` in their `after`.
+pub fn tasks_from_entries(entries: Vec<(String, Value)>) -> anyhow::Result<Vec<NewTask>> {
+    let entries: Vec<(String, TaskEntry)> = entries
+        .into_iter()
+        .map(|(at, value)| {
+            serde_json::from_value(value)
+                .map(|entry| (at.clone(), entry))
+                .map_err(|err| anyhow!("{at}: {err}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let mut keys = HashMap::new();
     for (index, (at, entry)) in entries.iter().enumerate() {
         if let Some(key) = &entry.key {
@@ -208,7 +217,9 @@ fn new_task(entry: TaskEntry, keys: &HashMap<String, usize>) -> anyhow::Result<N
                 None if text.bytes().all(|b| b.is_ascii_digit()) && !text.is_empty() => {
                     Ok(Dependency::Task(text.clone()))
                 }
-                None => Err(anyhow!("after: no entry with key {text:?} in this file")),
+                None => Err(anyhow!(
+                    "after: no entry with key {text:?} among these tasks"
+                )),
             },
         })
         .collect::<anyhow::Result<_>>()?;

@@ -50,8 +50,22 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
             role,
             name,
             lease,
+            wait,
             json,
-        } => selfserve::claim(settings, &role, name.as_deref(), lease, json),
+        } => selfserve::claim(settings, &role, name.as_deref(), lease, wait, json),
+        Command::Log {
+            id,
+            lines,
+            token,
+            lease,
+        } => selfserve::log(settings, &id, &token, lease, &lines),
+        Command::Progress {
+            id,
+            percent,
+            message,
+            token,
+            lease,
+        } => selfserve::progress(settings, &id, &token, lease, percent, &message),
         Command::Heartbeat { id, token, lease } => {
             selfserve::heartbeat(settings, &id, &token, lease)
         }

@@ -1,29 +1,42 @@
 //! The self-serve verbs, for an assistant that takes work itself instead of being driven by a
-//! worker: `host claim`, `host heartbeat`, `host complete`, `host fail`. They use the same
-//! store operations as workers, so leases, attempt fencing, retries and dependencies apply.
+//! worker: `host claim`, `host heartbeat`, `host log`, `host progress`, `host complete`, `host
+//! fail`. They use the same store operations as workers, so leases, attempt fencing, retries
+//! and dependencies apply.
 //!
 //! A claim hands out the lease's secret token; every later call on the task must show it, so
 //! that only the holder extends or finishes a task (another assistant, or a slip of the task
 //! id, is refused, naming the holder).
+//!
+//! While it holds tasks, a holder is listed among the workers (`status`, `watch`, the
+//! dashboard) from a record these verbs keep: its tasks with their progress, and its last
+//! action as its heartbeat. It counts as alive until its lease runs out.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
-use queue::{Claim, Lease, Outcome, QueueStore, Task};
+use jiff::Timestamp;
+use queue::{ActiveTask, Claim, Lease, Outcome, QueueStore, Task, WorkerRecord, WorkerState};
 use serde_json::Value;
 
 use crate::cli::Settings;
 use crate::commands::work::{claiming_store, find_role, role_types};
 use crate::commands::{open_store, outln, print_json};
 use crate::config::Config;
+use crate::wakeup::Wakeup;
+
+/// How often a waiting claim looks again without news: leases expire, backoffs end and tasks
+/// age without ringing anything.
+const WAIT_POLL: Duration = Duration::from_secs(1);
 
 /// Claims the best pending task for a role as `name` (default ROLE-HOSTNAME), holding it for
-/// `lease`. `None` when there is nothing to claim.
+/// `lease`. With nothing to claim, waits up to `wait` for a task to become claimable; `None`
+/// when none did.
 pub fn claim_task(
     settings: &Settings,
     role_name: &str,
     name: Option<&str>,
     lease: Duration,
+    wait: Duration,
 ) -> anyhow::Result<Option<Claim>> {
     let store = open_store(settings)?;
     let config = Config::load(&store)?;
@@ -35,7 +48,73 @@ pub fn claim_task(
         String::from,
     );
     queue::validate_name("worker name", &worker)?;
-    Ok(store.claim(&worker, &types)?)
+    let deadline = Instant::now() + wait;
+    let wakeup = (!wait.is_zero()).then(|| Wakeup::start(store.work_signal()).0);
+    loop {
+        let token = wakeup.as_ref().map(Wakeup::token);
+        if let Some(claim) = store.claim(&worker, &types)? {
+            let task = ActiveTask {
+                id: claim.task.id.clone(),
+                task_type: claim.task.task_type.clone(),
+                progress: 0,
+                message: String::new(),
+            };
+            update_holder(&store, &worker, lease, |record| {
+                record.role = role_name.to_string();
+                record.types = types.clone();
+                record.tasks.push(task);
+            })?;
+            return Ok(Some(claim));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match (&wakeup, token) {
+            (Some(wakeup), Some(token)) if !left.is_zero() => {
+                wakeup.wait(token, left.min(WAIT_POLL));
+            }
+            _ => return Ok(None),
+        }
+    }
+}
+
+/// Rewrites the record of self-serve holder `name` (made if it has none) with `change`, as of
+/// now, alive for `lease`: its tasks are those it still holds, and without any the record is
+/// removed.
+fn update_holder(
+    store: &dyn QueueStore,
+    name: &str,
+    lease: Duration,
+    change: impl FnOnce(&mut WorkerRecord),
+) -> anyhow::Result<()> {
+    let now = Timestamp::now();
+    let mut record = store
+        .workers()?
+        .into_iter()
+        .find(|w| w.name == name && w.alive_until.is_some())
+        .unwrap_or_else(|| WorkerRecord {
+            name: name.to_string(),
+            role: String::new(),
+            types: Vec::new(),
+            // No process of its own: whatever ran `host claim` has exited.
+            pid: 0,
+            hostname: crate::worker::hostname(),
+            state: WorkerState::Busy,
+            tasks: Vec::new(),
+            started_at: now,
+            heartbeat_at: now,
+            alive_until: None,
+        });
+    change(&mut record);
+    record.tasks.retain(|active| {
+        store.get(&active.id).is_ok_and(|task| {
+            task.status == queue::TaskStatus::Running && task.worker.as_deref() == Some(name)
+        })
+    });
+    if record.tasks.is_empty() {
+        return Ok(store.remove_worker(name)?);
+    }
+    record.heartbeat_at = now;
+    record.alive_until = Some(now + lease);
+    Ok(store.put_worker(&record)?)
 }
 
 /// The task's JSON with the lease's token added as `leaseToken`: what `host claim --json` and
@@ -46,16 +125,24 @@ pub fn claimed_json(claim: &Claim) -> Value {
     json
 }
 
-/// `host claim`: claims the best pending task for a role and prints it with its lease token.
+/// `host claim`: claims the best pending task for a role (waiting up to `wait` for one) and
+/// prints it with its lease token.
 pub fn claim(
     settings: &Settings,
     role_name: &str,
     name: Option<&str>,
     lease: Duration,
+    wait: Duration,
     json: bool,
 ) -> anyhow::Result<()> {
-    let Some(claim) = claim_task(settings, role_name, name, lease)? else {
-        bail!("no task to claim for role {role_name}");
+    let Some(claim) = claim_task(settings, role_name, name, lease, wait)? else {
+        if wait.is_zero() {
+            bail!("no task to claim for role {role_name}");
+        }
+        bail!(
+            "no task to claim for role {role_name} after waiting {}",
+            humantime::format_duration(wait)
+        );
     };
     if json {
         return print_json(&claimed_json(&claim));
@@ -106,9 +193,93 @@ pub fn heartbeat_task(
     token: &str,
     lease: Duration,
 ) -> anyhow::Result<bool> {
+    report_progress(settings, id, token, lease, None)
+}
+
+/// Extends the lease as [`heartbeat_task`] does and, given `progress` (0-100 and a message),
+/// shows it beside the holder in `status`; says whether a cancel was requested.
+pub fn report_progress(
+    settings: &Settings,
+    id: &str,
+    token: &str,
+    lease: Duration,
+    progress: Option<(u8, &str)>,
+) -> anyhow::Result<bool> {
     let store = open_store(settings)?.with_lease(lease);
     let held = lease_of(&store, id, token)?;
-    Ok(store.renew(&held)?.cancel_requested)
+    let renewal = store.renew(&held)?;
+    update_holder(&store, &held.worker, lease, |record| {
+        if let Some((percent, message)) = progress {
+            match record.tasks.iter_mut().find(|t| t.id == id) {
+                Some(active) => {
+                    active.progress = percent.min(100);
+                    active.message = message.to_string();
+                }
+                None => record.tasks.push(ActiveTask {
+                    id: id.to_string(),
+                    task_type: String::new(),
+                    progress: percent.min(100),
+                    message: message.to_string(),
+                }),
+            }
+        }
+    })?;
+    Ok(renewal.cancel_requested)
+}
+
+/// Appends `lines` to a claimed task's log (`host logs ID`), as the holder of `token`,
+/// extending its lease as a heartbeat does; says whether a cancel was requested.
+pub fn log_task(
+    settings: &Settings,
+    id: &str,
+    token: &str,
+    lease: Duration,
+    lines: &[String],
+) -> anyhow::Result<bool> {
+    let cancelled = report_progress(settings, id, token, lease, None)?;
+    let store = open_store(settings)?;
+    for line in lines.iter().flat_map(|text| text.lines()) {
+        store.append_log(id, line)?;
+    }
+    Ok(cancelled)
+}
+
+/// `host progress`: reports progress on a claimed task and extends its lease.
+pub fn progress(
+    settings: &Settings,
+    id: &str,
+    token: &str,
+    lease: Duration,
+    percent: u8,
+    message: &str,
+) -> anyhow::Result<()> {
+    if report_progress(settings, id, token, lease, Some((percent, message)))? {
+        say_cancelled(id)?;
+    } else {
+        outln!("task {id}: {}% {message}", percent.min(100));
+    }
+    Ok(())
+}
+
+/// `host log`: appends lines to a claimed task's log and extends its lease.
+pub fn log(
+    settings: &Settings,
+    id: &str,
+    token: &str,
+    lease: Duration,
+    lines: &[String],
+) -> anyhow::Result<()> {
+    if log_task(settings, id, token, lease, lines)? {
+        say_cancelled(id)?;
+    }
+    Ok(())
+}
+
+fn say_cancelled(id: &str) -> std::io::Result<()> {
+    outln!(
+        "task {id}: cancel requested; stop and run `host fail {id} --token TOKEN --error cancelled`"
+    );
+    Ok(())
 }
 
 /// `host heartbeat`: extends the lease of a claimed task.
@@ -119,9 +290,7 @@ pub fn heartbeat(
     lease: Duration,
 ) -> anyhow::Result<()> {
     if heartbeat_task(settings, id, token, lease)? {
-        outln!(
-            "task {id}: cancel requested; stop and run `host fail {id} --token TOKEN --error cancelled`"
-        );
+        say_cancelled(id)?;
     } else {
         outln!(
             "task {id}: lease extended by {}",
@@ -140,9 +309,20 @@ pub fn finish_task(
 ) -> anyhow::Result<Task> {
     let store = open_store(settings)?;
     let held = lease_of(&store, id, token)?;
-    store
+    let task = store
         .finish(&held, outcome)
-        .context("the outcome was not recorded")
+        .context("the outcome was not recorded")?;
+    // The lease left is unknown here; the record's own end stands for the tasks it keeps.
+    let until = store
+        .workers()?
+        .into_iter()
+        .find(|w| w.name == held.worker)
+        .and_then(|w| w.alive_until);
+    let lease = until.map_or(Duration::ZERO, |until| {
+        Duration::try_from(until.duration_since(Timestamp::now())).unwrap_or_default()
+    });
+    update_holder(&store, &held.worker, lease, |_| {})?;
+    Ok(task)
 }
 
 /// `host complete`: records success, with an optional JSON result.

@@ -628,3 +628,78 @@ fn only_the_holder_of_a_lease_may_extend_or_finish_its_task() {
     let line = q.fails(&["complete", &late, "--token", &token]);
     assert!(line.contains("expired"), "{line}");
 }
+
+#[test]
+fn a_self_serve_holder_waits_for_work_reports_on_it_and_is_listed_while_it_holds_it() {
+    let q = TestQueue::new();
+    // Nothing to claim yet: the claim waits, and takes the task added meanwhile.
+    let claim = q
+        .host()
+        .args(["claim", "--role", "noop", "--name", "helper", "--json"])
+        .args(["--wait", "20s", "--lease", "5m"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let started = std::time::Instant::now();
+    let id = q.add(&["--type", "noop"]);
+    let output = claim.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "picked up at once"
+    );
+    let claimed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(claimed["id"], id.as_str());
+    let token = claimed["leaseToken"].as_str().unwrap().to_string();
+
+    q.ok(&[
+        "log",
+        &id,
+        "--token",
+        &token,
+        "reading the code",
+        "line two",
+    ]);
+    q.ok(&["progress", &id, "60", "writing tests", "--token", &token]);
+    let status = q.status();
+    let holder = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "helper")
+        .unwrap_or_else(|| panic!("holder not listed: {status:#}"));
+    assert_eq!(holder["alive"], true, "{holder:#}");
+    assert_eq!(holder["role"], "noop");
+    assert_eq!(holder["tasks"][0]["id"], id.as_str());
+    assert_eq!(holder["tasks"][0]["progress"], 60);
+    assert_eq!(holder["tasks"][0]["message"], "writing tests");
+    let text = q.ok(&["status"]);
+    let row = text.lines().find(|l| l.starts_with("helper")).unwrap();
+    assert!(
+        row.contains("60%") && row.contains("writing tests"),
+        "{text}"
+    );
+    let log = q.ok(&["logs", &id]);
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["reading the code", "line two"]
+    );
+
+    q.ok(&["complete", &id, "--token", &token]);
+    let status = q.status();
+    assert!(
+        !status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["name"] == "helper"),
+        "{status:#}"
+    );
+    // Waiting runs out with the usual message.
+    let line = q.fails(&["claim", "--role", "noop", "--wait", "1s"]);
+    assert!(
+        line.contains("no task to claim for role noop after waiting 1s"),
+        "{line}"
+    );
+}

@@ -1,6 +1,11 @@
-//! `host mcp`, driven by rmcp's own client over stdio as an assistant would.
+//! `host mcp`, driven over stdio as an assistant would: by rmcp's client, by the official MCP
+//! Python SDK, and by hand with lines no client would send.
 
-use integration_tests::TestQueue;
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::Duration;
+
+use integration_tests::{TestQueue, python_with_mcp};
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 use rmcp::transport::TokioChildProcess;
@@ -47,6 +52,8 @@ fn an_mcp_client_lists_tools_adds_claims_and_completes_a_task() {
         let transport = TokioChildProcess::new(command).unwrap();
         let client = ().serve(transport).await.unwrap();
 
+        let info = client.peer_info().expect("the server introduced itself");
+        assert_eq!(info.server_info.as_ref().unwrap().name, "host");
         let tools = client.list_all_tools().await.unwrap();
         let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
         for expected in [
@@ -121,7 +128,7 @@ fn an_mcp_client_lists_tools_adds_claims_and_completes_a_task() {
                 .unwrap(),
         )
         .unwrap();
-        assert_eq!(listed[0]["id"], id.as_str());
+        assert_eq!(listed["tasks"][0]["id"], id.as_str());
         client.cancel().await.unwrap();
     });
     assert_eq!(q.status()["counts"]["completed"], 1);
@@ -130,4 +137,92 @@ fn an_mcp_client_lists_tools_adds_claims_and_completes_a_task() {
         status.contains("completed") && status.contains('1'),
         "{status}"
     );
+}
+
+#[test]
+fn the_official_python_sdk_claims_logs_reports_and_completes_through_every_tool() {
+    let q = TestQueue::new();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/mcp-client/client.py");
+    let output = std::process::Command::new(python_with_mcp())
+        .arg(script)
+        .arg(integration_tests::workspace().host())
+        .current_dir(&q.scratch)
+        .env("HOST_QUEUE_DIR", &q.address)
+        .env("HOST_PLUGIN_PATH", &q.plugins)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["ok"], true);
+    // What the client did is in the queue, as the command line sees it.
+    let log = q.ok(&["logs", "1"]);
+    assert!(log.contains("hello from python"), "{log}");
+    assert_eq!(q.task("2")["history"][0]["finishedBy"], "py-agent");
+}
+
+#[test]
+fn lines_no_client_should_send_get_json_rpc_errors_not_silence() {
+    let q = TestQueue::new();
+    let mut server = q
+        .host()
+        .arg("mcp")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = server.stdin.take().unwrap();
+    let (answers, inbox) = std::sync::mpsc::channel();
+    let stdout = server.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = answers.send(serde_json::from_str::<Value>(&line).unwrap());
+        }
+    });
+    let next = || inbox.recv_timeout(Duration::from_secs(10)).unwrap();
+    let mut send = |line: &str| writeln!(stdin, "{line}").unwrap();
+
+    send(
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"by-hand","version":"0"}}}"#,
+    );
+    let hello = next();
+    assert_eq!(hello["result"]["serverInfo"]["name"], "host", "{hello}");
+    send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+
+    send("{this is not json");
+    let parse_error = next();
+    assert_eq!(parse_error["error"]["code"], -32700, "{parse_error}");
+    assert_eq!(parse_error["id"], Value::Null, "{parse_error}");
+
+    for (id, arguments) in [(2, "5"), (3, r#""x""#), (4, "[1]")] {
+        send(&format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"status","arguments":{arguments}}}}}"#
+        ));
+        let answer = next();
+        assert_eq!(answer["id"], id, "{answer}");
+        assert_eq!(answer["error"]["code"], -32602, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("`arguments` must be an object"),
+            "{message}"
+        );
+    }
+
+    // Still serving.
+    send(
+        r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"status","arguments":{}}}"#,
+    );
+    let status = next();
+    assert_eq!(status["id"], 5, "{status}");
+    assert!(
+        status["result"]["structuredContent"]["counts"].is_object(),
+        "{status}"
+    );
+    drop(stdin);
+    assert!(server.wait().unwrap().success());
 }
