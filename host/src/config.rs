@@ -156,11 +156,16 @@ impl Config {
                 settings.insert("prompt".into(), prompt.into());
             }
             if let Some(stall) = &role.stall {
+                let key = format!("roles.{name}.stall");
                 let secs = match stall.get_ref().as_str() {
                     "off" => 0,
-                    _ => duration(stall, &format!("roles.{name}.stall"))?
-                        .as_secs()
-                        .max(1),
+                    _ => match duration(stall, &key)?.as_secs() {
+                        0 => {
+                            let message = format!("{key}: must be at least 1s (or \"off\")");
+                            return Err(error(Some(stall.span()), message));
+                        }
+                        secs => secs,
+                    },
                 };
                 settings.insert("stallSecs".into(), secs.into());
             }
@@ -246,6 +251,8 @@ mod tests {
         assert!(err.contains("colour"), "{err}");
         let err = parse("[queue]\naging = \"soon\"\n").unwrap_err();
         assert!(err.starts_with("q/host.toml:2: queue.aging:"), "{err}");
+        let err = parse("[roles.a]\nhandler = \"agent\"\nstall = \"0s\"\n").unwrap_err();
+        assert!(err.starts_with("q/host.toml:3: roles.a.stall"), "{err}");
         let err = parse("[limits]\n\ndeploy = 0\n").unwrap_err();
         assert!(err.starts_with("q/host.toml:3: limits.deploy"), "{err}");
         assert!(!err.contains('\n'));

@@ -9,7 +9,8 @@
 
 mod transport;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -30,12 +31,14 @@ use queue::{Outcome, PauseScope, QueueStore, TaskQuery, TaskStatus};
 use crate::cli::Settings;
 use crate::commands::status::StatusReport;
 use crate::commands::{add, open_store, selfserve};
+use crate::wakeup::Wakeup;
 
 /// How long a task claimed through MCP is held without a heartbeat, unless the claim says.
 const CLAIM_LEASE: Duration = Duration::from_secs(30 * 60);
 
-/// The longest a claim may wait for work: a tool call that hangs longer looks dead.
-const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
+/// The longest a claim may wait for work: MCP clients commonly give up on a call after 60
+/// seconds (the TypeScript SDK's default); the caller claims again to wait longer.
+const MAX_WAIT: Duration = Duration::from_secs(50);
 
 /// Serves until the client closes stdin.
 pub fn serve(settings: &Settings) -> anyhow::Result<()> {
@@ -44,13 +47,18 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        let server = QueueServer::new(settings.clone())
-            .serve(transport::CheckedStdio::new())
-            .await?;
+    let queue_server = QueueServer::new(settings.clone());
+    let closing = Arc::clone(&queue_server.closing);
+    let served = runtime.block_on(async {
+        let server = queue_server.serve(transport::CheckedStdio::new()).await?;
         server.waiting().await?;
-        Ok(())
-    })
+        anyhow::Ok(())
+    });
+    // A claim still waiting on its thread gives up within a second; the runtime does not wait
+    // longer for it.
+    closing.store(true, Ordering::SeqCst);
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    served
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -111,7 +119,7 @@ struct ClaimTask {
     role: String,
     /// Who claims it, recorded on the task and shown in status; default ROLE-HOSTNAME.
     name: Option<String>,
-    /// With nothing to claim, wait up to this many seconds for a task (at most 600); default 0.
+    /// With nothing to claim, wait up to this many seconds for a task (at most 50); default 0.
     wait_secs: Option<u64>,
     /// How long the claim holds without a heartbeat, in seconds; default 1800.
     lease_secs: Option<u64>,
@@ -216,6 +224,11 @@ impl Scope {
 struct QueueServer {
     settings: Settings,
     tool_router: ToolRouter<Self>,
+    /// What wakes waiting claims, made at the first one and shared by all: on PostgreSQL it
+    /// holds a connection.
+    wakeup: Arc<OnceLock<Wakeup>>,
+    /// Set when the client has gone.
+    closing: Arc<AtomicBool>,
 }
 
 /// A tool's answer: a JSON object, or the refusal as one line.
@@ -277,6 +290,8 @@ impl QueueServer {
         QueueServer {
             settings,
             tool_router: Self::tool_router(),
+            wakeup: Arc::default(),
+            closing: Arc::default(),
         }
     }
 
@@ -342,11 +357,12 @@ impl QueueServer {
     fn get_task(&self, Parameters(TaskId { id }): Parameters<TaskId>) -> ToolResult {
         let store = open_store(&self.settings).map_err(one_line)?;
         let task = store.get(&id).map_err(|err| err.to_string())?;
-        let prerequisites = task
+        // A prerequisite purged since (`keep_finished`) is left out, as workers leave it out.
+        let prerequisites: Vec<queue::Task> = task
             .after
             .iter()
-            .map(|id| store.get(id).map_err(|err| err.to_string()))
-            .collect::<Result<Vec<_>, String>>()?;
+            .filter_map(|id| store.get(id).ok())
+            .collect();
         answer(&json!({ "task": task, "prerequisites": prerequisites }))
     }
 
@@ -373,21 +389,47 @@ impl QueueServer {
     }
 
     #[tool(
-        description = "Claim the highest-priority pending task of a role's types, waiting up to waitSecs for one. Returns the task with its leaseToken. Only the holder of the leaseToken may extend or finish the task: pass it to heartbeat_task, log_task or progress_task (one of them at least every half lease) while working, then to complete_task or fail_task.",
+        description = "Claim the highest-priority pending task of a role's types, waiting up to waitSecs (at most 50) for one. Returns the task with its leaseToken. Only the holder of the leaseToken may extend or finish the task: pass it to heartbeat_task, log_task or progress_task (one of them at least every half lease) while working, then to complete_task or fail_task.",
         output_schema = object_schema(),
         annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
     )]
-    async fn claim_task(&self, Parameters(claim): Parameters<ClaimTask>) -> ToolResult {
+    async fn claim_task(
+        &self,
+        Parameters(claim): Parameters<ClaimTask>,
+        context: RequestContext<RoleServer>,
+    ) -> ToolResult {
         let settings = self.settings.clone();
         let wait = Duration::from_secs(claim.wait_secs.unwrap_or(0)).min(MAX_WAIT);
         let lease = lease(claim.lease_secs);
         let role = claim.role.clone();
+        let (wakeups, closing) = (Arc::clone(&self.wakeup), Arc::clone(&self.closing));
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let gone = Arc::clone(&cancelled);
         // A wait blocks: on a thread of its own, so the server keeps answering meanwhile.
-        let claimed = tokio::task::spawn_blocking(move || {
-            selfserve::claim_task(&settings, &role, claim.name.as_deref(), lease, wait)
-        })
-        .await
-        .map_err(|err| err.to_string())?;
+        let mut job = tokio::task::spawn_blocking(move || {
+            if !wait.is_zero() && wakeups.get().is_none() {
+                let _ = wakeups.set(Wakeup::start(open_store(&settings)?.work_signal()).0);
+            }
+            let abandoned = || gone.load(Ordering::SeqCst) || closing.load(Ordering::SeqCst);
+            let waiting = selfserve::Waiting {
+                wait,
+                wakeup: wakeups.get(),
+                abandoned: &abandoned,
+            };
+            selfserve::claim_task(&settings, &role, claim.name.as_deref(), lease, &waiting)
+        });
+        let claimed = tokio::select! {
+            joined = &mut job => joined.map_err(|err| err.to_string())?,
+            () = context.ct.cancelled() => {
+                // Nobody will hear the answer: a task claimed in the meantime goes back.
+                cancelled.store(true, Ordering::SeqCst);
+                if let Ok(Ok(Some(claimed))) = job.await {
+                    let store = open_store(&self.settings).map_err(one_line)?;
+                    store.release(&claimed.lease).map_err(|err| err.to_string())?;
+                }
+                return Err("the claim was cancelled".into());
+            }
+        };
         match claimed {
             Ok(Some(claimed)) => answer(&selfserve::claimed_json(&claimed)),
             Ok(None) => Err(format!("no task to claim for role {}", claim.role)),

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use jiff::Timestamp;
 use plugin_api::__private::{decode_stop_reason, encode_stop_reason};
 use plugin_api::StopReason;
@@ -192,13 +191,22 @@ impl ClaimLoop {
         }
         // Start every handler process before claiming anything, so that a plugin that cannot
         // run stops the worker at once rather than failing tasks.
-        let processes = (0..shared.options.concurrency)
+        let processes = match (0..shared.options.concurrency)
             .map(|_| HandlerProcess::start(&shared.role, &shared.options.settings))
             .collect::<anyhow::Result<Vec<_>>>()
-            .with_context(|| match &shared.options.binding {
-                Some(binding) => format!("role {} ({binding}) cannot start", shared.options.role),
-                None => format!("role {} cannot start", shared.options.role),
-            })?;
+        {
+            Ok(processes) => processes,
+            Err(err) => {
+                // It never worked: no record of it stays behind to be shown as dead.
+                let _ = shared.store.remove_worker(&shared.options.name);
+                return Err(err.context(match &shared.options.binding {
+                    Some(binding) => {
+                        format!("role {} ({binding}) cannot start", shared.options.role)
+                    }
+                    None => format!("role {} cannot start", shared.options.role),
+                }));
+            }
+        };
         for (slot, process) in processes.into_iter().enumerate() {
             let shared = Arc::clone(&shared);
             let events = events.clone();

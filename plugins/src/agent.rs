@@ -47,7 +47,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use plugin_api::{Context, HandlerError, Role, Task, Value, json, serde_json};
 
@@ -61,7 +61,8 @@ pub struct Agent;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// How long a CLI may print nothing before the attempt fails as stalled, unless the role's
-/// `stall` says otherwise.
+/// `stall` says otherwise; Claude Code's `-p` prints nothing until it is done, so its preset
+/// has no stall limit by default.
 const DEFAULT_STALL: Duration = Duration::from_secs(10 * 60);
 
 /// The longest prompt passed as an argument. Linux refuses a single argument over 128 KiB
@@ -250,6 +251,7 @@ impl Setup {
         let stall = match settings.get("stallSecs").and_then(Value::as_u64) {
             Some(0) => None,
             Some(secs) => Some(Duration::from_secs(secs)),
+            None if preset.is_some_and(|p| p.name == "claude") => None,
             None => Some(DEFAULT_STALL),
         };
         Ok(Setup {
@@ -326,19 +328,43 @@ fn fill(template: &str, task: &Task, after: &str, prompt: &str, prompt_file: &st
         .as_ref()
         .map(|t| t.display().to_string())
         .unwrap_or_default();
-    template
-        .replace("{id}", &task.id)
-        .replace("{type}", &task.task_type)
-        .replace("{target}", &target)
-        .replace(
-            "{description}",
-            task.description.as_deref().unwrap_or("(none)"),
-        )
-        .replace("{payload}", &payload)
-        .replace("{after}", after)
-        .replace("{instructions}", instructions(&task.task_type))
-        .replace("{prompt_file}", prompt_file)
-        .replace("{prompt}", prompt)
+    let value = |name: &str| -> Option<&str> {
+        Some(match name {
+            "id" => &task.id,
+            "type" => &task.task_type,
+            "target" => &target,
+            "description" => task.description.as_deref().unwrap_or("(none)"),
+            "payload" => &payload,
+            "after" => after,
+            "instructions" => instructions(&task.task_type),
+            "prompt_file" => prompt_file,
+            "prompt" => prompt,
+            _ => return None,
+        })
+    };
+    // One pass over the template: a value that holds `{payload}` (a description quoting a
+    // template, a result) is not expanded again.
+    let mut filled = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        filled.push_str(&rest[..start]);
+        let after_brace = &rest[start + 1..];
+        match after_brace
+            .find('}')
+            .and_then(|end| Some((end, value(&after_brace[..end])?)))
+        {
+            Some((end, text)) => {
+                filled.push_str(text);
+                rest = &after_brace[end + 1..];
+            }
+            None => {
+                filled.push('{');
+                rest = after_brace;
+            }
+        }
+    }
+    filled.push_str(rest);
+    filled
 }
 
 /// The results of the prerequisites, one paragraph each, each cut to [`PREREQUISITE_LIMIT`]
@@ -394,8 +420,8 @@ fn describe_prerequisites(tasks: &[Task]) -> String {
 }
 
 /// Size and modification time of every file under `dir` (`.git` and `.gitignore`d files left
-/// out), by relative path.
-fn snapshot(dir: &Path) -> BTreeMap<String, (u64, SystemTime)> {
+/// out), by relative path; `None` when the walk is not done by `deadline`.
+fn snapshot(dir: &Path, deadline: Option<Instant>) -> Option<BTreeMap<String, (u64, SystemTime)>> {
     let mut files = BTreeMap::new();
     let walker = ignore::WalkBuilder::new(dir)
         .hidden(false)
@@ -403,6 +429,9 @@ fn snapshot(dir: &Path) -> BTreeMap<String, (u64, SystemTime)> {
         .filter_entry(|e| e.file_name() != ".git")
         .build();
     for entry in walker.flatten() {
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            return None;
+        }
         let Ok(meta) = entry.metadata() else { continue };
         if !meta.is_file() {
             continue;
@@ -412,7 +441,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, (u64, SystemTime)> {
             files.insert(rel.display().to_string(), (meta.len(), modified));
         }
     }
-    files
+    Some(files)
 }
 
 fn changes(
@@ -532,7 +561,7 @@ impl Role for Agent {
         let program = invocation.argv[0].clone();
         let limits = Limits::for_task(task, DEFAULT_TIMEOUT, setup.stall);
 
-        let before = snapshot(dir);
+        let before = snapshot(dir, None).unwrap_or_default();
         ctx.progress(0, &format!("running {program}"));
         let run = command::run(
             &invocation.argv,
@@ -551,7 +580,9 @@ impl Role for Agent {
             "stalled": run.stalled,
             "prompt": { "bytes": prompt.len(), "via": invocation.via },
             "outputTail": run.tail,
-            "changedFiles": changes(&before, &snapshot(dir)),
+            // A stopped handler has seconds before it is killed: the walk gets one of them.
+            "changedFiles": snapshot(dir, run.stop.map(|_| Instant::now() + Duration::from_secs(1)))
+                .map(|after| changes(&before, &after)),
         });
         ctx.progress(100, &format!("{program} finished"));
         match run.failure(&format!("{which}: `{program}`"), limits) {
@@ -592,6 +623,18 @@ mod tests {
                 .unwrap()
                 .contains("clippy")
         );
+    }
+
+    #[test]
+    fn a_value_holding_a_placeholder_is_not_expanded_again() {
+        let task: Task = serde_json::from_value(json!({
+            "id": "7", "type": "write", "status": "running", "priority": 5,
+            "description": "quote {payload} and {prompt}", "payload": {"a": 1},
+            "createdAt": "2026-01-01T00:00:00Z", "attempts": 1, "maxAttempts": 3
+        }))
+        .unwrap();
+        let filled = fill("{id}: {description} {nope}", &task, "", "P", "");
+        assert_eq!(filled, "7: quote {payload} and {prompt} {nope}");
     }
 
     #[test]

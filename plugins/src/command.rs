@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Mutex, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use plugin_api::{Context, StopReason, Task};
@@ -149,55 +149,60 @@ pub fn run(
             let _ = pipe.write_all(text.as_bytes());
         });
     }
-    let heard = Mutex::new(Heard {
+    // Lines arrive from a reader thread of their own, and are logged here: this thread never
+    // blocks on the pipe, which a process the command left running may hold open for ever.
+    let (line_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || read_lines(output, &line_tx));
+    let mut heard = Heard {
         tail: VecDeque::new(),
         last_words: None,
         last_complaint: None,
         at: Instant::now(),
-    });
+    };
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let kill_group = || {
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    };
     let (mut timed_out, mut stalled, mut stop) = (false, false, None);
-    let status = std::thread::scope(|scope| {
-        let (closed_tx, closed) = mpsc::channel();
-        let heard = &heard;
-        scope.spawn(move || {
-            pump(output, heard, ctx);
-            let _ = closed_tx.send(());
-        });
-        // Short commands are common: look often at first, then back off. A command usually
-        // closes its output as it exits, so the end of the output is the cue to look again at
-        // once rather than after the pause.
-        let mut pause = Duration::from_millis(1);
-        let mut open = true;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok::<_, std::io::Error>(status);
+    // Short commands are common: look often at first, then back off.
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        match lines.recv_timeout(pause) {
+            Ok(line) => {
+                heard.take(line, ctx);
+                continue;
             }
-            timed_out = limits.timeout.is_some_and(|t| started.elapsed() > t);
-            let quiet = heard.lock().expect("output lock").at.elapsed();
-            stalled = limits.stall.is_some_and(|s| quiet > s);
-            stop = ctx.stop_reason();
-            if timed_out || stalled || stop.is_some() {
-                let group = nix::unistd::Pid::from_raw(child.id() as i32);
-                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-                return child.wait();
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // The output is closed: the command is exiting; look again soon.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(pause.min(Duration::from_millis(5)))
             }
-            if open {
-                match closed.recv_timeout(pause) {
-                    Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        open = false;
-                        pause = Duration::from_micros(50);
-                        continue;
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                }
-            } else {
-                std::thread::sleep(pause);
-            }
-            pause = (pause * 2).min(Duration::from_millis(50));
         }
-    })
-    .map_err(|err| format!("waiting for `{}`: {err}", argv[0]))?;
-    let heard = heard.into_inner().expect("output lock");
+        let waited = child
+            .try_wait()
+            .map_err(|err| format!("waiting for `{}`: {err}", argv[0]))?;
+        if let Some(status) = waited {
+            break status;
+        }
+        timed_out = limits.timeout.is_some_and(|t| started.elapsed() > t);
+        stalled = limits.stall.is_some_and(|s| heard.at.elapsed() > s);
+        stop = ctx.stop_reason();
+        if timed_out || stalled || stop.is_some() {
+            kill_group();
+            break child
+                .wait()
+                .map_err(|err| format!("waiting for `{}`: {err}", argv[0]))?;
+        }
+        pause = (pause * 2).min(Duration::from_millis(50));
+    };
+    // The attempt is over, and so is what it started in its process group. Output still in
+    // the pipe is read for a moment; a process that left the group and holds the pipe open is
+    // not waited for.
+    kill_group();
+    let grace = Instant::now() + OUTPUT_GRACE;
+    while let Ok(line) = lines.recv_timeout(grace.saturating_duration_since(Instant::now())) {
+        heard.take(line, ctx);
+    }
     Ok(Finished {
         status,
         duration: started.elapsed(),
@@ -209,6 +214,12 @@ pub fn run(
     })
 }
 
+/// How long the output is read after the command ended.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// The longest line kept whole; the rest of a longer one is dropped.
+const MAX_LINE: usize = 64 * 1024;
+
 /// What the command has printed so far.
 struct Heard {
     tail: VecDeque<String>,
@@ -218,25 +229,42 @@ struct Heard {
     at: Instant,
 }
 
-/// Forwards each line to the task log, keeping the last lines and the last meaningful one.
-fn pump(stream: impl std::io::Read, heard: &Mutex<Heard>, ctx: &Context<'_>) {
-    for line in BufReader::new(stream).lines() {
-        let Ok(line) = line else { break };
+impl Heard {
+    /// Logs a line, keeping it in the tail and noting what it says.
+    fn take(&mut self, line: String, ctx: &Context<'_>) {
         ctx.log(&line);
-        let mut heard = heard.lock().expect("output lock");
-        heard.at = Instant::now();
+        self.at = Instant::now();
         let plain = without_escapes(&line);
         if plain.chars().any(char::is_alphanumeric) {
             let words = shorten(plain.trim(), 300);
             if is_complaint(&words) {
-                heard.last_complaint = Some(words.clone());
+                self.last_complaint = Some(words.clone());
             }
-            heard.last_words = Some(words);
+            self.last_words = Some(words);
         }
-        if heard.tail.len() == TAIL_LINES {
-            heard.tail.pop_front();
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
         }
-        heard.tail.push_back(line);
+        self.tail.push_back(line);
+    }
+}
+
+/// Sends each line of `stream` (invalid UTF-8 replaced, cut at [`MAX_LINE`]) until it ends.
+fn read_lines(stream: impl std::io::Read, lines: &mpsc::Sender<String>) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = String::from_utf8_lossy(&line[..line.len().min(MAX_LINE)]).into_owned();
+        if lines.send(line).is_err() {
+            return;
+        }
     }
 }
 

@@ -94,7 +94,7 @@ impl Role for Tester {
             "command": argv,
             "exitCode": run.status.code(),
             "durationMs": run.duration.as_millis() as u64,
-            "timedOut": run.timed_out,
+            "timedOut": run.timed_out || run.stop == Some(plugin_api::StopReason::TimedOut),
             "outputTail": run.tail,
         });
         ctx.progress(100, &format!("{shown} finished"));

@@ -15,10 +15,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use jiff::Timestamp;
-use queue::{ActiveTask, Claim, Lease, Outcome, QueueStore, Task, WorkerRecord, WorkerState};
+use queue::{
+    ActiveTask, Claim, Lease, Outcome, QueueStore, Task, TaskQuery, TaskStatus, WorkerRecord,
+    WorkerState,
+};
 use serde_json::Value;
 
 use crate::cli::Settings;
+use crate::commands::status::WORKER_STALE_AFTER;
 use crate::commands::work::{claiming_store, find_role, role_types};
 use crate::commands::{open_store, outln, print_json};
 use crate::config::Config;
@@ -28,16 +32,43 @@ use crate::wakeup::Wakeup;
 /// age without ringing anything.
 const WAIT_POLL: Duration = Duration::from_secs(1);
 
+/// The longest lease, and the longest wait for work, a self-serve call may ask for.
+const LONGEST: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn check_length(what: &str, length: Duration) -> anyhow::Result<()> {
+    if length > LONGEST {
+        bail!(
+            "a {what} of {} is longer than the longest allowed, {}",
+            humantime::format_duration(length),
+            humantime::format_duration(LONGEST)
+        );
+    }
+    Ok(())
+}
+
+/// How a claim waits for work when there is none.
+pub struct Waiting<'a> {
+    /// How long, at most.
+    pub wait: Duration,
+    /// What wakes it when work may have come; without one it looks every second.
+    pub wakeup: Option<&'a Wakeup>,
+    /// True once whoever asked is gone: the wait ends, and a task claimed meanwhile is
+    /// returned to the queue instead of being held by nobody.
+    pub abandoned: &'a (dyn Fn() -> bool + Sync),
+}
+
 /// Claims the best pending task for a role as `name` (default ROLE-HOSTNAME), holding it for
-/// `lease`. With nothing to claim, waits up to `wait` for a task to become claimable; `None`
-/// when none did.
+/// `lease`. With nothing to claim, waits as `waiting` says for a task to become claimable;
+/// `None` when none did.
 pub fn claim_task(
     settings: &Settings,
     role_name: &str,
     name: Option<&str>,
     lease: Duration,
-    wait: Duration,
+    waiting: &Waiting<'_>,
 ) -> anyhow::Result<Option<Claim>> {
+    check_length("lease", lease)?;
+    check_length("wait", waiting.wait)?;
     let store = open_store(settings)?;
     let config = Config::load(&store)?;
     let role = find_role(settings, &config, role_name)?;
@@ -48,73 +79,99 @@ pub fn claim_task(
         String::from,
     );
     queue::validate_name("worker name", &worker)?;
-    let deadline = Instant::now() + wait;
-    let wakeup = (!wait.is_zero()).then(|| Wakeup::start(store.work_signal()).0);
+    let now = Timestamp::now();
+    if let Some(other) = store.workers()?.into_iter().find(|w| {
+        w.name == worker && w.alive_until.is_none() && !w.is_dead(now, WORKER_STALE_AFTER)
+    }) {
+        bail!(
+            "name {worker} is in use by a worker (pid {} on {}); pick another with --name",
+            other.pid,
+            other.hostname
+        );
+    }
+    let deadline = Instant::now() + waiting.wait;
     loop {
-        let token = wakeup.as_ref().map(Wakeup::token);
+        let token = waiting.wakeup.map(Wakeup::token);
         if let Some(claim) = store.claim(&worker, &types)? {
-            let task = ActiveTask {
-                id: claim.task.id.clone(),
-                task_type: claim.task.task_type.clone(),
-                progress: 0,
-                message: String::new(),
-            };
-            update_holder(&store, &worker, lease, |record| {
-                record.role = role_name.to_string();
-                record.types = types.clone();
-                record.tasks.push(task);
-            })?;
+            if (waiting.abandoned)() {
+                store.release(&claim.lease)?;
+                return Ok(None);
+            }
+            update_holder(&store, &worker, lease, Some((role_name, &types)), None)?;
             return Ok(Some(claim));
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        match (&wakeup, token) {
-            (Some(wakeup), Some(token)) if !left.is_zero() => {
-                wakeup.wait(token, left.min(WAIT_POLL));
-            }
-            _ => return Ok(None),
+        if left.is_zero() || (waiting.abandoned)() {
+            return Ok(None);
+        }
+        match (waiting.wakeup, token) {
+            (Some(wakeup), Some(token)) => wakeup.wait(token, left.min(WAIT_POLL)),
+            _ => std::thread::sleep(left.min(WAIT_POLL)),
         }
     }
 }
 
-/// Rewrites the record of self-serve holder `name` (made if it has none) with `change`, as of
-/// now, alive for `lease`: its tasks are those it still holds, and without any the record is
-/// removed.
+/// Rewrites the record of self-serve holder `name` as of now, alive for `lease`: its tasks
+/// are the running tasks it holds (read from the store, so concurrent calls cannot lose one),
+/// with their last progress, and without any the record is removed. `role` names the role it
+/// claims for; `progress` is news of one task.
 fn update_holder(
     store: &dyn QueueStore,
     name: &str,
     lease: Duration,
-    change: impl FnOnce(&mut WorkerRecord),
+    role: Option<(&str, &[String])>,
+    progress: Option<(&str, u8, &str)>,
 ) -> anyhow::Result<()> {
     let now = Timestamp::now();
-    let mut record = store
-        .workers()?
+    let workers = store.workers()?;
+    let existing = workers.iter().find(|w| w.name == name);
+    if existing.is_some_and(|w| w.alive_until.is_none()) {
+        // A worker process of that name: its record is its own.
+        return Ok(());
+    }
+    let held = store.list(&TaskQuery {
+        statuses: vec![TaskStatus::Running],
+        ..TaskQuery::default()
+    })?;
+    let tasks: Vec<ActiveTask> = held
         .into_iter()
-        .find(|w| w.name == name && w.alive_until.is_some())
-        .unwrap_or_else(|| WorkerRecord {
-            name: name.to_string(),
-            role: String::new(),
-            types: Vec::new(),
-            // No process of its own: whatever ran `host claim` has exited.
-            pid: 0,
-            hostname: crate::worker::hostname(),
-            state: WorkerState::Busy,
-            tasks: Vec::new(),
-            started_at: now,
-            heartbeat_at: now,
-            alive_until: None,
-        });
-    change(&mut record);
-    record.tasks.retain(|active| {
-        store.get(&active.id).is_ok_and(|task| {
-            task.status == queue::TaskStatus::Running && task.worker.as_deref() == Some(name)
+        .filter(|task| task.worker.as_deref() == Some(name))
+        .map(|task| {
+            let known = existing.and_then(|w| w.tasks.iter().find(|t| t.id == task.id));
+            let (percent, message) = match progress {
+                Some((id, percent, message)) if id == task.id => (percent, message.to_string()),
+                _ => known.map_or((0, String::new()), |t| (t.progress, t.message.clone())),
+            };
+            ActiveTask {
+                id: task.id,
+                task_type: task.task_type,
+                progress: percent.min(100),
+                message,
+            }
         })
-    });
-    if record.tasks.is_empty() {
+        .collect();
+    if tasks.is_empty() {
         return Ok(store.remove_worker(name)?);
     }
-    record.heartbeat_at = now;
-    record.alive_until = Some(now + lease);
-    Ok(store.put_worker(&record)?)
+    let (role, types) = match (role, existing) {
+        (Some((role, types)), _) => (role.to_string(), types.to_vec()),
+        (None, Some(w)) => (w.role.clone(), w.types.clone()),
+        (None, None) => (String::new(), Vec::new()),
+    };
+    store.put_worker(&WorkerRecord {
+        name: name.to_string(),
+        role,
+        types,
+        // No process of its own: whatever ran `host claim` has exited.
+        pid: 0,
+        hostname: crate::worker::hostname(),
+        state: WorkerState::Busy,
+        tasks,
+        started_at: existing.map_or(now, |w| w.started_at),
+        heartbeat_at: now,
+        alive_until: Some(queue::lifecycle::later(now, lease)),
+    })?;
+    Ok(())
 }
 
 /// The task's JSON with the lease's token added as `leaseToken`: what `host claim --json` and
@@ -135,7 +192,16 @@ pub fn claim(
     wait: Duration,
     json: bool,
 ) -> anyhow::Result<()> {
-    let Some(claim) = claim_task(settings, role_name, name, lease, wait)? else {
+    let wakeup = match wait.is_zero() {
+        true => None,
+        false => Some(Wakeup::start(open_store(settings)?.work_signal()).0),
+    };
+    let waiting = Waiting {
+        wait,
+        wakeup: wakeup.as_ref(),
+        abandoned: &|| false,
+    };
+    let Some(claim) = claim_task(settings, role_name, name, lease, &waiting)? else {
         if wait.is_zero() {
             bail!("no task to claim for role {role_name}");
         }
@@ -205,25 +271,12 @@ pub fn report_progress(
     lease: Duration,
     progress: Option<(u8, &str)>,
 ) -> anyhow::Result<bool> {
+    check_length("lease", lease)?;
     let store = open_store(settings)?.with_lease(lease);
     let held = lease_of(&store, id, token)?;
     let renewal = store.renew(&held)?;
-    update_holder(&store, &held.worker, lease, |record| {
-        if let Some((percent, message)) = progress {
-            match record.tasks.iter_mut().find(|t| t.id == id) {
-                Some(active) => {
-                    active.progress = percent.min(100);
-                    active.message = message.to_string();
-                }
-                None => record.tasks.push(ActiveTask {
-                    id: id.to_string(),
-                    task_type: String::new(),
-                    progress: percent.min(100),
-                    message: message.to_string(),
-                }),
-            }
-        }
-    })?;
+    let progress = progress.map(|(percent, message)| (id, percent, message));
+    update_holder(&store, &held.worker, lease, None, progress)?;
     Ok(renewal.cancel_requested)
 }
 
@@ -321,7 +374,7 @@ pub fn finish_task(
     let lease = until.map_or(Duration::ZERO, |until| {
         Duration::try_from(until.duration_since(Timestamp::now())).unwrap_or_default()
     });
-    update_holder(&store, &held.worker, lease, |_| {})?;
+    update_holder(&store, &held.worker, lease, None, None)?;
     Ok(task)
 }
 

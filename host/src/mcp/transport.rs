@@ -78,6 +78,29 @@ async fn read_stdin(sender: mpsc::Sender<ClientJsonRpcMessage>, out: Out) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+        if !buf.ends_with(b"\n") && buf.len() as u64 == MAX_LINE {
+            // Too long: the rest of the line is skipped, and the line answered once.
+            loop {
+                buf.clear();
+                match (&mut stdin)
+                    .take(MAX_LINE)
+                    .read_until(b'\n', &mut buf)
+                    .await
+                {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if buf.ends_with(b"\n") => break,
+                    Ok(_) => {}
+                }
+            }
+            let message = format!("Invalid Request: a line longer than {MAX_LINE} bytes");
+            if write_line(&out, &error_reply(Value::Null, -32600, message))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
         let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -131,9 +154,10 @@ fn check(line: &[u8]) -> Result<ClientJsonRpcMessage, Option<Value>> {
             r#"Invalid Request: "jsonrpc" must be "2.0""#.into(),
         )));
     }
-    let is_notification = object.contains_key("method") && !object.contains_key("id");
+    // Notifications and responses are never answered, malformed or not.
+    let is_request = object.contains_key("method") && object.contains_key("id");
     serde_json::from_value::<ClientJsonRpcMessage>(value).map_err(|err| {
-        (!is_notification).then(|| error_reply(id, -32600, format!("Invalid Request: {err}")))
+        is_request.then(|| error_reply(id, -32600, format!("Invalid Request: {err}")))
     })
 }
 

@@ -223,6 +223,18 @@ fn lines_no_client_should_send_get_json_rpc_errors_not_silence() {
         status["result"]["structuredContent"]["counts"].is_object(),
         "{status}"
     );
+
+    // A waiting claim that its client cancels takes nothing: what comes meanwhile stays queued.
+    send(
+        r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"claim_task","arguments":{"role":"noop","waitSecs":30}}}"#,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":6}}"#);
+    std::thread::sleep(Duration::from_millis(1500));
+    let id = q.add(&["--type", "noop"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let task = q.task(&id);
+    assert_eq!(task["status"], "pending", "{task:#}");
     drop(stdin);
     assert!(server.wait().unwrap().success());
 }
