@@ -323,6 +323,18 @@ pub enum Command {
     Resume(PauseArgs),
     /// Serve the queue to an AI assistant as a Model Context Protocol server on stdio.
     Mcp,
+    /// Write a new plugin crate for a role, ready to build and run.
+    NewRole {
+        /// The role's name, also the crate's and the task type's.
+        name: String,
+        /// Where to write it [default: ./NAME].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Depend on the plugin-api of this folder (a checkout of host) instead of the
+        /// published crate.
+        #[arg(long, value_name = "DIR")]
+        plugin_api: Option<PathBuf>,
+    },
     /// The web dashboard and its JSON API.
     Serve {
         /// Where to listen.

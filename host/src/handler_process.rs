@@ -38,6 +38,9 @@ use crate::loader::PluginRole;
 /// How long a handler that was asked to stop may keep running before its process is killed.
 pub const KILL_AFTER: Duration = Duration::from_secs(3);
 
+/// The largest result (as JSON) a task keeps.
+pub const MAX_RESULT: usize = 4 * 1024 * 1024;
+
 /// How long a new handler process may take to load its plugin.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -394,18 +397,49 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
             prerequisites,
         };
         let reply_message = match role.handle(&task, &hooks) {
-            Ok(result) => FromChild::Succeeded { result },
-            Err(record) => FromChild::Failed {
-                message: record.message,
-                result: record.result,
-                retryable: record.retryable,
+            Ok(result) => match too_large(&result) {
+                None => FromChild::Succeeded { result },
+                Some(message) => FromChild::Failed {
+                    message,
+                    result: None,
+                    retryable: false,
+                },
             },
+            Err(record) => {
+                let refusal = record.result.as_ref().and_then(too_large);
+                FromChild::Failed {
+                    message: match &refusal {
+                        Some(why) => format!("{}; {why}", record.message),
+                        None => record.message,
+                    },
+                    result: if refusal.is_some() {
+                        None
+                    } else {
+                        record.result
+                    },
+                    retryable: record.retryable,
+                }
+            }
         };
         // The attempt is over: so is everything it started.
         crate::process_tree::end_descendants();
         reply(&out, &reply_message);
     }
     Ok(())
+}
+
+/// Why a handler's result is not kept, when it is larger than [`MAX_RESULT`] as JSON: the queue
+/// stores results whole, and one result of many megabytes slows every listing.
+fn too_large(result: &Value) -> Option<String> {
+    let size = serde_json::to_string(result).map_or(0, |text| text.len());
+    (size > MAX_RESULT).then(|| {
+        format!(
+            "the result is {:.1} MiB of JSON, over the limit of {} MiB: keep large output in a \
+             file and put its path in the result",
+            size as f64 / (1024.0 * 1024.0),
+            MAX_RESULT / (1024 * 1024)
+        )
+    })
 }
 
 fn reply(out: &Mutex<std::fs::File>, message: &FromChild) {

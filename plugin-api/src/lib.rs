@@ -49,7 +49,9 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 pub use serde_json::{self, Value, json};
-pub use task_model::{Task, TaskStatus};
+/// A point in time, as [`Task`] and [`Attempt`] hold them (jiff's `Timestamp`).
+pub use task_model::Timestamp;
+pub use task_model::{Attempt, Task, TaskStatus};
 
 #[doc(hidden)]
 pub mod __private;
@@ -57,8 +59,10 @@ mod ffi;
 
 /// A role: a name, the task types it claims, and the handler that runs each task.
 ///
-/// Implementations must be `Send + Sync`: a worker with `--concurrency N` calls `handle` from
-/// N threads at once.
+/// Implementations must be `Send + Sync`. A worker with `--concurrency N` runs N handler
+/// processes, each with its own instance of the role and one task at a time: what a role keeps
+/// (a cache, a connection pool) is per slot, never shared between them. A handler may still
+/// call its [`Context`] from threads it starts.
 pub trait Role: Send + Sync + 'static {
     /// The name used with `host --role NAME`.
     fn name(&self) -> &str;
@@ -114,7 +118,8 @@ impl HandlerError {
         self
     }
 
-    /// Marks the failure as one another attempt may not repeat.
+    /// Marks the failure as worth another attempt (a flaky network, a busy resource): the task
+    /// goes back to the queue after a backoff while it has attempts left, instead of failing.
     pub fn retryable(mut self) -> Self {
         self.retryable = true;
         self
@@ -180,10 +185,19 @@ impl Context<'_> {
         ffi::decode_stop_reason(self.host.stop_reason())
     }
 
-    /// True once the task was cancelled, timed out or the worker is shutting down: a
-    /// long-running handler should check it and return early.
-    pub fn is_cancelled(&self) -> bool {
+    /// True once the handler should stop: the task was cancelled, it ran past its time limit,
+    /// or the worker is shutting down ([`Context::stop_reason`] says which). A long-running
+    /// handler should check it and return early; one that does not is killed a few seconds
+    /// later.
+    pub fn should_stop(&self) -> bool {
         self.stop_reason().is_some()
+    }
+
+    /// The old name of [`Context::should_stop`], which it is: true on a timeout or a shutdown
+    /// as well as on a cancel.
+    #[deprecated(since = "0.3.0", note = "use `should_stop`, which says what it means")]
+    pub fn is_cancelled(&self) -> bool {
+        self.should_stop()
     }
 
     /// The role's settings: its table in the queue's `host.toml` (for example

@@ -134,7 +134,7 @@ impl Role for Inspector {
             if !kind.is_file() {
                 continue;
             }
-            if ctx.is_cancelled() {
+            if ctx.should_stop() {
                 return Err(HandlerError::new("stopped before the inspection finished"));
             }
             let content = std::fs::read(path)?;

@@ -10,7 +10,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use jiff::Timestamp;
+/// A point in time (jiff's `Timestamp`), as tasks record them.
+pub use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

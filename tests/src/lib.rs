@@ -630,3 +630,22 @@ pub fn python_with_mcp() -> &'static Path {
         python
     })
 }
+
+/// Builds the standalone plugin crate in `dir` as its author would outside this workspace
+/// (its plugin-api resolved to this workspace's, as the published crate would be), and returns
+/// the library it made. Crates built this way share one target folder.
+pub fn build_outside(dir: &Path, crate_name: &str) -> PathBuf {
+    let ws = workspace();
+    let target = ws.bin_dir.parent().expect("target dir").join("outside");
+    let api = ws.root.join("plugin-api");
+    let mut cmd = cargo();
+    cmd.current_dir(dir)
+        .args(["build", "--quiet", "--config"])
+        .arg(format!(
+            "patch.crates-io.plugin-api.path={}",
+            serde_json::Value::from(api.display().to_string())
+        ))
+        .env("CARGO_TARGET_DIR", &target);
+    run_cargo(cmd, &format!("{} outside the workspace", dir.display()));
+    target.join("debug").join(library_file(crate_name))
+}

@@ -6,6 +6,7 @@ pub mod config;
 pub mod doctor;
 pub mod export;
 pub mod init;
+pub mod new_role;
 pub mod plugins;
 pub mod results;
 pub mod selfserve;
@@ -34,6 +35,11 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Cancel { id } => cancel::cancel(settings, &id),
         Command::Retry { id } => cancel::retry(settings, &id),
         Command::Mcp => crate::mcp::serve(settings),
+        Command::NewRole {
+            name,
+            dir,
+            plugin_api,
+        } => new_role::run(settings, &name, dir.as_deref(), plugin_api.as_deref()),
         Command::Serve {
             addr,
             token,

@@ -51,7 +51,13 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     outln!("plugin-api {} (this host)", host_api_version());
     outln!("Plugin path:");
     for dir in registry.search_path() {
-        let note = if dir.is_dir() { "" } else { "  (missing)" };
+        let note = if dir.is_dir() {
+            ""
+        } else if dir.exists() {
+            "  (not a folder)"
+        } else {
+            "  (missing)"
+        };
         outln!("  {}{note}", dir.display());
     }
     if libraries.is_empty() {

@@ -9,6 +9,7 @@ mod crashes;
 mod many_machines;
 mod mcp;
 mod orchestration;
+mod plugin_authors;
 mod plugin_safety;
 mod plugins;
 mod postgres;
