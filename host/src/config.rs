@@ -20,7 +20,9 @@
 //! ```
 //!
 //! A role not named here is looked up by name among the plugins. An unknown key or a bad value
-//! is an error naming the file, the line and the key.
+//! is an error naming the file, the line and the key. A role's table may also hold settings of
+//! its handler's own (`greeting = "hi"`): those are checked against what the handler declares
+//! (`Role::settings`) when a worker starts or a task is added, with the same precision.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -55,6 +57,32 @@ pub struct RoleBinding {
     pub timeout: Option<Duration>,
     /// What the handler is told (`agent`, `command`, `prompt`, `stallSecs`), as JSON.
     pub settings: serde_json::Value,
+    /// The table's other keys: settings of the handler's own, checked against what it declares
+    /// (see [`Config::role_settings`]).
+    pub extra: Vec<ExtraSetting>,
+}
+
+/// A key of a `[roles.NAME]` table that is not one of the host's.
+#[derive(Debug, Clone)]
+pub struct ExtraSetting {
+    /// The key.
+    pub key: String,
+    /// Its value, as JSON.
+    pub value: serde_json::Value,
+    /// Its line in the file.
+    pub line: usize,
+}
+
+/// The keys of a `[roles.NAME]` table that the host reads itself.
+const HOST_KEYS: [&str; 7] = [
+    "handler", "types", "timeout", "agent", "command", "prompt", "stall",
+];
+
+/// Every key of every `[roles.NAME]` table, with where it is.
+#[derive(Deserialize)]
+struct RoleKeys {
+    #[serde(default)]
+    roles: BTreeMap<String, BTreeMap<String, Spanned<toml::Value>>>,
 }
 
 /// The agent presets the `agent` handler knows.
@@ -71,8 +99,8 @@ struct RawConfig {
     queue: RawQueue,
 }
 
+/// A role's table; keys other than these are the handler's own settings.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRole {
     handler: String,
     types: Option<Vec<String>>,
@@ -119,6 +147,8 @@ impl Config {
             message,
         };
         let raw: RawConfig =
+            toml::from_str(text).map_err(|err| error(err.span(), one_line(err.message())))?;
+        let mut keys: RoleKeys =
             toml::from_str(text).map_err(|err| error(err.span(), one_line(err.message())))?;
         let duration = |value: &Spanned<String>, key: &str| {
             humantime::parse_duration(value.get_ref())
@@ -169,6 +199,18 @@ impl Config {
                 };
                 settings.insert("stallSecs".into(), secs.into());
             }
+            let extra = keys
+                .roles
+                .remove(&name)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(key, _)| !HOST_KEYS.contains(&key.as_str()))
+                .map(|(key, value)| ExtraSetting {
+                    key,
+                    line: error(Some(value.span()), String::new()).line,
+                    value: serde_json::to_value(value.into_inner()).unwrap_or_default(),
+                })
+                .collect();
             config.roles.insert(
                 name,
                 RoleBinding {
@@ -180,6 +222,7 @@ impl Config {
                     } else {
                         settings.into()
                     },
+                    extra,
                 },
             );
         }
@@ -216,6 +259,61 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What role `role_name`'s handler is told: its binding's settings, its own keys checked
+    /// against what the handler (`role`) declares, and the declared defaults of what the table
+    /// leaves out. Refuses a key the handler does not take, or a value of the wrong kind,
+    /// naming the file and line.
+    pub fn role_settings(
+        &self,
+        role_name: &str,
+        role: &crate::loader::PluginRole,
+    ) -> Result<serde_json::Value, ConfigError> {
+        let binding = self.roles.get(role_name);
+        let mut settings = match binding.map(|b| &b.settings) {
+            Some(serde_json::Value::Object(map)) => map.clone(),
+            _ => serde_json::Map::new(),
+        };
+        for extra in binding.map_or(&[][..], |b| &b.extra[..]) {
+            let at_fault = |message: String| ConfigError {
+                source_name: self.source.clone(),
+                line: extra.line,
+                message: format!("roles.{role_name}.{}: {message}", extra.key),
+            };
+            let Some(declared) = role.settings().iter().find(|s| s.name == extra.key) else {
+                let mut takes: Vec<String> =
+                    role.settings().iter().map(|s| s.name.clone()).collect();
+                takes.extend(HOST_KEYS.iter().map(|k| k.to_string()));
+                return Err(at_fault(format!(
+                    "role {} takes no setting `{}` (it takes: {})",
+                    role.name(),
+                    extra.key,
+                    takes.join(", ")
+                )));
+            };
+            if !declared.accepts(&extra.value) {
+                return Err(at_fault(format!(
+                    "must be a {} ({}), not {}",
+                    declared.kind, declared.help, extra.value
+                )));
+            }
+            settings.insert(extra.key.clone(), extra.value.clone());
+        }
+        for declared in role.settings() {
+            if let Some(default) = &declared.default {
+                settings
+                    .entry(declared.name.clone())
+                    .or_insert_with(|| default.clone());
+            }
+        }
+        Ok(if settings.is_empty() {
+            serde_json::Value::Null
+        } else {
+            settings.into()
+        })
+    }
+}
+
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -245,10 +343,11 @@ mod tests {
 
     #[test]
     fn names_the_file_line_and_key_at_fault() {
-        let err = parse("[limits]\ndeploy = 1\n\n[roles.x]\nhandler = \"a\"\ncolour = \"red\"\n")
-            .unwrap_err();
-        assert!(err.starts_with("q/host.toml:6:"), "{err}");
-        assert!(err.contains("colour"), "{err}");
+        let config =
+            parse("[limits]\ndeploy = 1\n\n[roles.x]\nhandler = \"a\"\ncolour = \"red\"\n")
+                .unwrap();
+        let extra = &config.roles["x"].extra[0];
+        assert_eq!((extra.key.as_str(), extra.line), ("colour", 6));
         let err = parse("[queue]\naging = \"soon\"\n").unwrap_err();
         assert!(err.starts_with("q/host.toml:2: queue.aging:"), "{err}");
         let err = parse("[roles.a]\nhandler = \"agent\"\nstall = \"0s\"\n").unwrap_err();

@@ -83,6 +83,11 @@ impl LoadedRole {
             .collect()
     }
 
+    /// The settings the role declares, as JSON (an array of declarations).
+    pub fn settings(&self) -> Value {
+        serde_json::from_str(self.descriptor.settings.as_str()).unwrap_or(Value::Array(Vec::new()))
+    }
+
     /// Asks the role whether it accepts the task; `Err` carries its reason.
     pub fn validate(&self, task: &Task) -> Result<(), String> {
         let json = serde_json::to_string(task).expect("task serializes");

@@ -43,13 +43,48 @@ pub fn plugin_time_limit() -> Duration {
 }
 
 /// One role found in a library on the plugin path.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginRole {
     name: String,
     task_types: Vec<String>,
+    /// The settings it accepts in `host.toml` (`Role::settings`).
+    #[serde(default)]
+    settings: Vec<DeclaredSetting>,
     #[serde(skip)]
     library: PathBuf,
+}
+
+/// A setting a role declares: what `plugin_api::Setting` says, as the host reads it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeclaredSetting {
+    /// The key.
+    pub name: String,
+    /// string, integer, number, boolean, list, table or any.
+    pub kind: String,
+    /// What the handler gets when the table leaves it out.
+    #[serde(default)]
+    pub default: Option<Value>,
+    /// One line for people.
+    #[serde(default)]
+    pub help: String,
+}
+
+impl DeclaredSetting {
+    /// Whether `value` is of this setting's kind.
+    pub fn accepts(&self, value: &Value) -> bool {
+        match self.kind.as_str() {
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            "list" => value
+                .as_array()
+                .is_some_and(|items| items.iter().all(Value::is_string)),
+            "table" => value.is_object(),
+            _ => true,
+        }
+    }
 }
 
 impl PluginRole {
@@ -61,6 +96,11 @@ impl PluginRole {
     /// The task types the role claims.
     pub fn task_types(&self) -> &[String] {
         &self.task_types
+    }
+
+    /// The settings it accepts in `host.toml`.
+    pub fn settings(&self) -> &[DeclaredSetting] {
+        &self.settings
     }
 
     /// The library that provides it (its resolved path).
@@ -508,7 +548,13 @@ pub fn serve_probe(library: &Path, validate: Option<&str>, parent: u32) -> anyho
                 let roles: Vec<Value> = open
                     .roles
                     .iter()
-                    .map(|r| json!({ "name": r.name(), "taskTypes": r.task_types() }))
+                    .map(|r| {
+                        json!({
+                            "name": r.name(),
+                            "taskTypes": r.task_types(),
+                            "settings": r.settings(),
+                        })
+                    })
                     .collect();
                 json!({ "apiVersion": open.api_version, "roles": roles })
             }

@@ -149,6 +149,7 @@ impl ClaimLoop {
             started_at: now,
             heartbeat_at: now,
             alive_until: None,
+            library: queue::LibraryFile::of(role.library()),
         };
         store.put_worker(&record)?;
         Ok(ClaimLoop {

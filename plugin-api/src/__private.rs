@@ -19,7 +19,7 @@ pub use crate::ffi::{
     HostContext, HostContext_TO, HostContextRef, PluginModule, PluginModule_Ref, RoleDescriptor,
     RoleHandler, RoleHandler_TO, decode_stop_reason, encode_stop_reason,
 };
-use crate::{Context, HandlerError, Role, Task, catch_panic};
+use crate::{Context, HandlerError, Role, Setting, Task, catch_panic};
 
 /// A role registered with `register_role!`, built when the library is loaded.
 pub struct RoleRegistration {
@@ -75,6 +75,9 @@ fn describe(role: Box<dyn Role>) -> RoleDescriptor {
     RoleDescriptor {
         name: role.name().into(),
         task_types: role.task_types().into_iter().map(RString::from).collect(),
+        settings: Value::Array(role.settings().iter().map(Setting::to_json).collect())
+            .to_string()
+            .into(),
         handler: RoleHandler_TO::from_value(RoleAdapter(role), TD_Opaque),
     }
 }

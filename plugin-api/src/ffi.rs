@@ -57,6 +57,8 @@ pub struct RoleDescriptor {
     pub name: RString,
     /// The task types the role claims.
     pub task_types: RVec<RString>,
+    /// The settings it accepts in `host.toml`, as a JSON array (see `Setting::to_json`).
+    pub settings: RString,
     /// The handler.
     pub handler: RoleHandler_TO<'static, RBox<()>>,
 }

@@ -77,6 +77,14 @@ pub trait Role: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The settings the role accepts in its table in `host.toml`, beside the host's own keys
+    /// (`handler`, `types`, `timeout`, ...): the host refuses any other key, or a value of the
+    /// wrong type, naming the file and line, and gives the handler each setting's default when
+    /// the table leaves it out. The default accepts none.
+    fn settings(&self) -> Vec<Setting> {
+        Vec::new()
+    }
+
     /// Checks the role's settings (its table in `host.toml`, as [`Context::settings`] gives
     /// them; `null` when it has none) and whatever they rely on, such as a program on `PATH`,
     /// when a worker starts. `Err` refuses to start the worker with that reason, so that a
@@ -89,6 +97,87 @@ pub trait Role: Send + Sync + 'static {
 
     /// Runs one task. `Ok` completes it with that JSON result; `Err` fails it.
     fn handle(&self, task: &Task, ctx: &Context<'_>) -> Result<Value, HandlerError>;
+}
+
+/// A setting a role accepts in its `host.toml` table (see [`Role::settings`]):
+///
+/// ```
+/// use plugin_api::{Setting, SettingKind};
+///
+/// let greeting = Setting::new("greeting", SettingKind::String, "What to say").with_default("hello");
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Setting {
+    /// The key in the role's table.
+    pub name: String,
+    /// What its value must be.
+    pub kind: SettingKind,
+    /// The value the handler gets when the table leaves it out; `None` leaves it out too.
+    pub default: Option<Value>,
+    /// One line for people, shown when a key is refused.
+    pub help: String,
+}
+
+/// What a [`Setting`]'s value must be, as TOML writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettingKind {
+    /// `"text"`.
+    String,
+    /// `42`.
+    Integer,
+    /// `4.2` or `42`.
+    Number,
+    /// `true` or `false`.
+    Boolean,
+    /// `["a", "b"]`: an array of strings.
+    List,
+    /// `{ a = 1 }`: a table.
+    Table,
+    /// Anything.
+    Any,
+}
+
+impl SettingKind {
+    /// The name the host's messages use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SettingKind::String => "string",
+            SettingKind::Integer => "integer",
+            SettingKind::Number => "number",
+            SettingKind::Boolean => "boolean",
+            SettingKind::List => "list",
+            SettingKind::Table => "table",
+            SettingKind::Any => "any",
+        }
+    }
+}
+
+impl Setting {
+    /// A setting with no default.
+    pub fn new(name: impl Into<String>, kind: SettingKind, help: impl Into<String>) -> Setting {
+        Setting {
+            name: name.into(),
+            kind,
+            default: None,
+            help: help.into(),
+        }
+    }
+
+    /// Gives the setting a default.
+    pub fn with_default(mut self, value: impl Into<Value>) -> Setting {
+        self.default = Some(value.into());
+        self
+    }
+
+    /// The declaration as the host reads it.
+    pub(crate) fn to_json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "kind": self.kind.as_str(),
+            "default": self.default,
+            "help": self.help,
+        })
+    }
 }
 
 /// Why a handler failed, as recorded on the task.

@@ -425,6 +425,43 @@ pub struct WorkerRecord {
     /// of its last action ends, not by the age of its record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alive_until: Option<Timestamp>,
+    /// The plugin library it loaded, as the file was then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<LibraryFile>,
+}
+
+/// A library file as it was when a worker loaded it, so that `host plugins` can tell the
+/// workers whose library was replaced or changed since.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LibraryFile {
+    /// Its resolved path.
+    pub path: std::path::PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last modified, in milliseconds since the epoch.
+    pub modified_ms: u64,
+    /// Its inode: a new file renamed over the old one has another.
+    pub inode: u64,
+}
+
+impl LibraryFile {
+    /// The file at `path` as it is now; `None` when it cannot be read.
+    pub fn of(path: &std::path::Path) -> Option<LibraryFile> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        let modified = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        Some(LibraryFile {
+            path: path.to_path_buf(),
+            size: meta.len(),
+            modified_ms: modified.as_millis() as u64,
+            inode: meta.ino(),
+        })
+    }
 }
 
 impl WorkerRecord {

@@ -81,6 +81,7 @@ pub fn add_checked(
         }
     }
     for (name, role, indexes) in by_role {
+        config.role_settings(&name, role)?;
         let drafts: Vec<queue::Task> = indexes
             .iter()
             .map(|i| {

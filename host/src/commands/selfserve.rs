@@ -170,6 +170,7 @@ fn update_holder(
         started_at: existing.map_or(now, |w| w.started_at),
         heartbeat_at: now,
         alive_until: Some(queue::lifecycle::later(now, lease)),
+        library: None,
     })?;
     Ok(())
 }

@@ -23,6 +23,7 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
     policy.backoff = args.backoff;
     let store = store.with_policy(policy);
     let role = find_role(settings, &config, role_name)?;
+    let role_settings = config.role_settings(role_name, &role)?;
     let options = WorkerOptions {
         name: args
             .name
@@ -35,7 +36,7 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
         default_timeout: args.timeout.or(binding.and_then(|b| b.timeout)),
         role: role_name.to_string(),
         types: role_types(&config, role_name, &role),
-        settings: binding.map_or(serde_json::Value::Null, |b| b.settings.clone()),
+        settings: role_settings,
         binding: binding.map(|_| format!("{} [roles.{role_name}]", config.source)),
         keep_finished: config.keep_finished,
     };

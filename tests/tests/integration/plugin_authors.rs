@@ -81,3 +81,98 @@ fn a_result_over_the_size_limit_fails_its_task_naming_the_limit() {
     assert!(error.contains("over the limit of 4 MiB"), "{error}");
     assert_eq!(task["result"], Value::Null);
 }
+
+#[test]
+fn a_role_declares_its_settings_gets_their_defaults_and_typos_are_refused_with_their_line() {
+    let q = TestQueue::new();
+    let said = |role: &str| {
+        let id = q.add(&["--type", "announce"]);
+        q.drain(role, &[]);
+        q.task(&id)["result"]["said"].clone()
+    };
+    assert_eq!(said("announcer"), "hello", "the declared default");
+
+    let toml = q.queue.join("host.toml");
+    let binding = "[roles.herald]\nhandler = \"announcer\"\ntypes = [\"announce\"]\n";
+    fs::write(&toml, format!("{binding}greeting = \"hi\"\nloud = true\n")).unwrap();
+    assert_eq!(said("herald"), "HI");
+
+    fs::write(&toml, format!("{binding}\ngreting = \"hi\"\n")).unwrap();
+    for args in [
+        vec!["--role", "herald", "--drain"],
+        vec!["add", "--type", "announce"],
+    ] {
+        let line = q.fails(&args);
+        assert!(
+            line.contains("host.toml:5: roles.herald.greting: role announcer takes no setting `greting` (it takes: greeting, loud, handler"),
+            "{line}"
+        );
+    }
+    fs::write(&toml, format!("{binding}loud = \"yes\"\n")).unwrap();
+    let line = q.fails(&["--role", "herald", "--drain"]);
+    assert!(
+        line.contains("host.toml:4: roles.herald.loud: must be a boolean"),
+        "{line}"
+    );
+}
+
+#[test]
+fn host_plugins_names_a_running_worker_whose_library_changed_under_it() {
+    let q = TestQueue::new();
+    let mut worker = q.spawn_worker("sleeper", &["--name", "long-runner"]);
+    q.wait_for(
+        "the worker to publish itself",
+        std::time::Duration::from_secs(20),
+        |q| {
+            q.status()["workers"]
+                .as_array()
+                .is_some_and(|w| !w.is_empty())
+        },
+    );
+    let library = q
+        .plugins
+        .join(integration_tests::library_file("test_roles"));
+    assert!(
+        !q.ok(&["plugins"]).contains("warning"),
+        "nothing changed yet"
+    );
+
+    // Changed in place: the same file, touched.
+    let file = fs::File::options().write(true).open(&library).unwrap();
+    file.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60))
+        .unwrap();
+    drop(file);
+    let listing = q.ok(&["plugins"]);
+    assert!(
+        listing.contains("warning: worker long-runner")
+            && listing.contains("changed in place, which can crash it"),
+        "{listing}"
+    );
+
+    // Replaced the safe way: a new file renamed over the old.
+    let beside = q.plugins.join("new-copy.tmp");
+    fs::copy(&library, &beside).unwrap();
+    fs::rename(&beside, &library).unwrap();
+    let listing: Value = serde_json::from_str(&q.ok(&["plugins", "--json"])).unwrap();
+    let changed = listing["libraries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| {
+            l["file"]
+                .as_str()
+                .unwrap()
+                .ends_with(&integration_tests::library_file("test_roles"))
+        })
+        .unwrap()["changedUnder"]
+        .clone();
+    assert_eq!(changed[0]["worker"], "long-runner", "{listing:#}");
+    assert_eq!(changed[0]["how"], "loaded an earlier file of this name");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(worker.wait().unwrap().success());
+}
