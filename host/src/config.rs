@@ -260,6 +260,21 @@ impl Config {
 }
 
 impl Config {
+    /// Checks every binding's own settings against what its handler declares, for the
+    /// handlers found on this machine's plugin path (plugins are local to each machine; a
+    /// handler not found here is judged where it runs).
+    pub fn check_settings(
+        &self,
+        registry: &crate::loader::PluginRegistry,
+    ) -> Result<(), ConfigError> {
+        for (name, binding) in &self.roles {
+            if let Some(role) = registry.role(&binding.handler) {
+                self.role_settings(name, role)?;
+            }
+        }
+        Ok(())
+    }
+
     /// What role `role_name`'s handler is told: its binding's settings, its own keys checked
     /// against what the handler (`role`) declares, and the declared defaults of what the table
     /// leaves out. Refuses a key the handler does not take, or a value of the wrong kind,

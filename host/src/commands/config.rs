@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use crate::cli::{ConfigCommand, Settings};
 use crate::commands::{open_store, out};
 use crate::config::Config;
+use crate::loader::PluginRegistry;
 
 /// Runs one `host config` action.
 pub fn run(settings: &Settings, action: ConfigCommand) -> anyhow::Result<()> {
@@ -22,7 +23,8 @@ pub fn run(settings: &Settings, action: ConfigCommand) -> anyhow::Result<()> {
         ConfigCommand::Set { file } => {
             let text = read(&file)?;
             // A configuration no worker could read is refused, naming the line at fault.
-            Config::parse(&file.display().to_string(), &text)?;
+            let config = Config::parse(&file.display().to_string(), &text)?;
+            config.check_settings(&PluginRegistry::discover(&settings.plugin_path))?;
             store
                 .set_config(Some(&text))
                 .context("the configuration was not changed")?;

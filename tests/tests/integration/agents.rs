@@ -744,6 +744,21 @@ fn a_self_serve_holder_waits_for_work_reports_on_it_and_is_listed_while_it_holds
         log.lines().collect::<Vec<_>>(),
         ["reading the code", "line two"]
     );
+    // `host watch`, not on a terminal, prints the same rows.
+    let mut watch = q
+        .host()
+        .args(["watch", "--interval", "200ms"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    watch.kill().unwrap();
+    let seen = String::from_utf8(watch.wait_with_output().unwrap().stdout).unwrap();
+    assert!(
+        seen.lines()
+            .any(|l| l.starts_with("helper") && l.contains("writing tests")),
+        "{seen}"
+    );
 
     q.ok(&["complete", &id, "--token", &token]);
     let status = q.status();

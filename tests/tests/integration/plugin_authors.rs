@@ -176,3 +176,22 @@ fn host_plugins_names_a_running_worker_whose_library_changed_under_it() {
     .unwrap();
     assert!(worker.wait().unwrap().success());
 }
+
+#[test]
+fn a_dangling_link_and_a_plugin_dir_that_is_a_file_are_named_not_dropped() {
+    let q = TestQueue::with_plugins(&["noop"]);
+    let gone = q.plugins.join(integration_tests::library_file("gone"));
+    std::os::unix::fs::symlink(q.scratch.join("nowhere.so"), &gone).unwrap();
+    let listing: Value = serde_json::from_str(&q.ok(&["plugins", "--json"])).unwrap();
+    let dangling = listing["libraries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["file"] == gone.to_str().unwrap())
+        .unwrap_or_else(|| panic!("the dangling link is listed under its own name: {listing:#}"));
+    assert_eq!(dangling["status"], "refused");
+    let file = q.scratch.join("not-a-folder");
+    fs::write(&file, "").unwrap();
+    let text = q.ok(&["plugins", "--plugin-dir", file.to_str().unwrap()]);
+    assert!(text.contains("(not a folder)"), "{text}");
+}

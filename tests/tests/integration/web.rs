@@ -536,3 +536,32 @@ fn the_dashboard_serves_a_postgres_queue_without_showing_its_password() {
     assert!(queue.starts_with("postgres://host_test:***@"), "{report}");
     assert!(!report.to_string().contains(integration_tests::pg::PASSWORD));
 }
+
+#[test]
+fn a_self_serve_holder_is_among_the_dashboards_workers_with_its_progress() {
+    let q = TestQueue::new();
+    let id = q.add(&["--type", "noop"]);
+    let claimed: Value = serde_json::from_str(&q.ok(&[
+        "claim",
+        "--role",
+        "noop",
+        "--name",
+        "assistant-7",
+        "--json",
+    ]))
+    .unwrap();
+    let token = claimed["leaseToken"].as_str().unwrap();
+    q.ok(&["progress", &id, "30", "reading", "--token", token]);
+    let server = serve(&q, &[]);
+    let (code, status) = server.get("/api/status");
+    assert_eq!(code, 200, "{status}");
+    let holder = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "assistant-7")
+        .unwrap_or_else(|| panic!("{status:#}"));
+    assert_eq!(holder["alive"], true);
+    assert_eq!(holder["tasks"][0]["progress"], 30);
+    assert_eq!(holder["tasks"][0]["message"], "reading");
+}
