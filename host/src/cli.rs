@@ -1,7 +1,7 @@
 //! Every flag of `host`, in one place, and their resolution into [`Settings`] before any work
 //! starts (paths made absolute, defaults applied).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -57,16 +57,17 @@ impl Cli {
 /// Options valid with every command.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// The coordination folder, or a postgres:// URL (a queue shared by many machines).
+    /// The coordination folder, or a postgres:// URL (a queue shared by many machines)
+    /// [default: the nearest copilot-orchestration queue in this folder or one above, as git
+    /// finds its repository; `host init` makes ./copilot-orchestration].
     #[arg(
         long,
         global = true,
         env = "HOST_QUEUE_DIR",
         value_name = "DIR|URL",
-        default_value = "./copilot-orchestration",
         hide_env_values = true
     )]
-    pub queue: String,
+    pub queue: Option<String>,
 
     /// Where plugins are looked for (repeatable; the environment variable is colon-separated).
     /// Default: <queue>/plugins, then the folder holding the host executable.
@@ -171,6 +172,22 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// The unfinished tasks (running, pending, blocked) in the order they would be claimed,
+    /// with their priority, age, and what each waits for or who holds it.
+    #[command(visible_alias = "tasks")]
+    List(ListArgs),
+    /// Wait until tasks are finished: the ids given, else those of --type, else every
+    /// unfinished one. Exits 1, naming them, when any did not complete or time ran out.
+    Wait {
+        /// The task ids.
+        ids: Vec<String>,
+        /// The unfinished tasks of this type.
+        #[arg(long = "type", value_name = "TYPE", conflicts_with = "ids")]
+        task_type: Option<String>,
+        /// Give up after this long.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        timeout: Option<Duration>,
     },
     /// One task, whole.
     Show {
@@ -411,6 +428,26 @@ pub struct ResultsArgs {
     pub limit: Option<usize>,
 }
 
+/// `host list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON (each task with `waitsFor`).
+    #[arg(long)]
+    pub json: bool,
+    /// Only tasks in this state.
+    #[arg(long, value_parser = ["pending", "blocked", "running"])]
+    pub status: Option<String>,
+    /// Only tasks of this type.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub task_type: Option<String>,
+    /// Only tasks held by this worker.
+    #[arg(long, value_name = "NAME")]
+    pub worker: Option<String>,
+    /// At most N, the first in line.
+    #[arg(long, short = 'n', value_name = "N")]
+    pub limit: Option<usize>,
+}
+
 /// `host config` actions.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -509,13 +546,35 @@ pub struct Settings {
     pub plugin_path: Vec<PathBuf>,
     /// Say more.
     pub verbose: bool,
+    /// Whether the queue was named (`--queue`, `HOST_QUEUE_DIR`) rather than looked for.
+    pub queue_named: bool,
+}
+
+/// The coordination folder's name when none is given.
+pub const DEFAULT_QUEUE: &str = "copilot-orchestration";
+
+/// The nearest `copilot-orchestration` queue in `dir` or a folder above it.
+fn find_queue(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .map(|folder| folder.join(DEFAULT_QUEUE))
+        .find(|queue| queue::QueueFolder::holds_queue(queue))
 }
 
 impl Settings {
-    /// Resolves paths and defaults.
-    pub fn resolve(global: &GlobalArgs) -> anyhow::Result<Settings> {
-        let queue = QueueAddress::parse(&global.queue)
-            .with_context(|| format!("queue {}", queue::redact_url(&global.queue)))?;
+    /// Resolves paths and defaults. Without a queue named, one is looked for in this folder and
+    /// those above, unless `creating` (`host init` makes it here).
+    pub fn resolve(global: &GlobalArgs, creating: bool) -> anyhow::Result<Settings> {
+        let here = std::env::current_dir().unwrap_or_default();
+        let named = global.queue.clone().filter(|q| !q.is_empty());
+        let address = match &named {
+            Some(queue) => queue.clone(),
+            None => match find_queue(&here).filter(|_| !creating) {
+                Some(found) => found.display().to_string(),
+                None => here.join(DEFAULT_QUEUE).display().to_string(),
+            },
+        };
+        let queue = QueueAddress::parse(&address)
+            .with_context(|| format!("queue {}", queue::redact_url(&address)))?;
         let mut plugin_path: Vec<PathBuf> = global
             .plugin_dirs
             .iter()
@@ -539,6 +598,7 @@ impl Settings {
             queue,
             plugin_path,
             verbose: global.verbose,
+            queue_named: named.is_some(),
         })
     }
 }

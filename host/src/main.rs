@@ -19,7 +19,11 @@ use crate::cli::{Cli, Settings};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_checked();
-    let outcome = Settings::resolve(&cli.global).and_then(|settings| match cli.command {
+    let creating = matches!(
+        cli.command,
+        Some(cli::Command::Init { .. } | cli::Command::Import { .. })
+    );
+    let outcome = Settings::resolve(&cli.global, creating).and_then(|settings| match cli.command {
         Some(command) => commands::run(&settings, command),
         None => match cli.worker.role.as_deref() {
             Some(role) => commands::work::run(&settings, role, &cli.worker),

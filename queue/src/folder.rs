@@ -89,6 +89,11 @@ impl QueueFolder {
         })
     }
 
+    /// Whether `root` holds a queue (of this format or the earlier one), without opening it.
+    pub fn holds_queue(root: &Path) -> bool {
+        root.join(DATABASE).exists() || root.join(OLD_FORMAT_MARKER).exists()
+    }
+
     /// The folder.
     pub fn root(&self) -> &Path {
         &self.root

@@ -6,6 +6,7 @@ pub mod config;
 pub mod doctor;
 pub mod export;
 pub mod init;
+pub mod list;
 pub mod new_role;
 pub mod plugins;
 pub mod results;
@@ -31,6 +32,12 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Results(args) => results::run(settings, &args),
         Command::Stats { json } => stats::run(settings, json),
         Command::Show { id, json } => show::run(settings, &id, json),
+        Command::List(args) => list::run(settings, &args),
+        Command::Wait {
+            ids,
+            task_type,
+            timeout,
+        } => list::wait(settings, &ids, task_type.as_deref(), timeout),
         Command::Plugins { json } => plugins::run(settings, json),
         Command::Cancel { id } => cancel::cancel(settings, &id),
         Command::Retry { id } => cancel::retry(settings, &id),
@@ -109,7 +116,17 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
 
 /// Opens the queue named by the settings.
 pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    Store::open(&settings.queue).context("cannot open the queue")
+    match Store::open(&settings.queue) {
+        Err(queue::StoreError::NotInitialized(path)) if !settings.queue_named => {
+            anyhow::bail!(
+                "no queue here: neither {} nor a folder above holds a {} queue (run `host init` \
+                 to make one here, or name one with --queue DIR or HOST_QUEUE_DIR)",
+                path.parent().unwrap_or(&path).display(),
+                crate::cli::DEFAULT_QUEUE
+            )
+        }
+        opened => opened.context("cannot open the queue"),
+    }
 }
 
 /// Like `print!`, but a failed write (a closed pipe) returns an error instead of panicking.

@@ -235,3 +235,49 @@ fn a_full_disk_rolls_an_add_back_and_says_so() {
         "the store holds exactly what the successful adds reported"
     );
 }
+
+#[test]
+fn without_queue_the_nearest_one_above_is_used_and_none_found_names_the_ways_to_give_one() {
+    let q = TestQueue::new();
+    let project = q.scratch.join("project");
+    let deep = project.join("app/src");
+    std::fs::create_dir_all(&deep).unwrap();
+    let host = |dir: &std::path::Path, args: &[&str]| {
+        std::process::Command::new(integration_tests::workspace().host())
+            .args(args)
+            .current_dir(dir)
+            .env_remove("HOST_QUEUE_DIR")
+            .env("HOST_PLUGIN_PATH", &q.plugins)
+            .output()
+            .unwrap()
+    };
+    // Nothing above: one line saying how to name a queue.
+    let output = host(&deep, &["status"]);
+    assert_eq!(output.status.code(), Some(1));
+    let line = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        line.contains("no queue here")
+            && line.contains("--queue")
+            && line.contains("HOST_QUEUE_DIR"),
+        "{line}"
+    );
+    // `host init` makes it here; from a subfolder, it is found.
+    assert!(host(&project, &["init"]).status.success());
+    let added = host(&deep, &["add", "--type", "noop"]);
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let status = host(&deep, &["status", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        report["queue"],
+        project.join("copilot-orchestration").to_str().unwrap()
+    );
+    assert_eq!(report["counts"]["pending"], 1);
+    assert!(
+        !deep.join("copilot-orchestration").exists(),
+        "no second queue"
+    );
+}

@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
 
 use integration_tests::TestQueue;
 use jiff::Timestamp;
@@ -210,4 +211,79 @@ fn drain_ends_when_nothing_left_can_become_claimable() {
     q.ok(&["resume", "--task", &first]);
     q.drain("noop", &["--poll", "50ms"]);
     assert_eq!(q.task(&second)["status"], "completed");
+}
+
+#[test]
+fn list_shows_unfinished_tasks_in_claim_order_with_what_each_waits_for() {
+    let q = TestQueue::new();
+    let low = q.add(&[
+        "--type",
+        "noop",
+        "--priority",
+        "9",
+        "--description",
+        "later",
+    ]);
+    let urgent = q.add(&["--type", "noop", "--priority", "1"]);
+    let blocked = q.add(&["--type", "noop", "--after", &low]);
+    q.ok(&["pause", "--type", "noop"]);
+    let done = q.add(&["--type", "sleep", "--payload", r#"{"ms": 1}"#]);
+    q.drain("sleeper", &[]);
+    let listed: serde_json::Value = serde_json::from_str(&q.ok(&["list", "--json"])).unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [urgent.as_str(), low.as_str(), blocked.as_str()],
+        "{listed:#}"
+    );
+    assert!(
+        !ids.contains(&done.as_str()),
+        "finished tasks are not listed"
+    );
+    assert_eq!(listed[0]["waitsFor"], "paused (type noop)");
+    assert_eq!(listed[2]["waitsFor"], format!("after {low}"));
+    let text = q.ok(&["tasks", "--status", "blocked"]);
+    let row = text.lines().nth(1).unwrap();
+    assert!(
+        row.starts_with(&blocked) && row.contains(&format!("after {low}")),
+        "{text}"
+    );
+    q.ok(&["resume", "--type", "noop"]);
+    let text = q.ok(&["list", "-n", "1"]);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains("a noop worker"), "{text}");
+}
+
+#[test]
+fn wait_blocks_until_tasks_finish_and_says_whether_they_completed() {
+    let q = TestQueue::new();
+    let slow = q.add(&["--type", "sleep", "--payload", r#"{"ms": 1500}"#]);
+    let line = q.fails(&["wait", &slow, "--timeout", "300ms"]);
+    assert!(
+        line.contains("timed out after 300ms") && line.contains(&slow),
+        "{line}"
+    );
+    let worker = q.spawn_worker("sleeper", &["--drain"]);
+    let started = std::time::Instant::now();
+    let said = q.ok(&["wait", "--type", "sleep"]);
+    assert!(started.elapsed() > Duration::from_millis(800), "it waited");
+    assert!(said.contains("1 task(s) completed"), "{said}");
+    assert!(worker.wait_with_output().unwrap().status.success());
+
+    let doomed = q.add(&[
+        "--type",
+        "panic",
+        "--payload",
+        r#"{"message": "no"}"#,
+        "--max-attempts",
+        "1",
+    ]);
+    q.drain("panicker", &[]);
+    let line = q.fails(&["wait", &doomed, &slow]);
+    assert!(line.contains(&format!("{doomed} failed")), "{line}");
 }

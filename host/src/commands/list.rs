@@ -1,0 +1,191 @@
+//! `host list`: the unfinished tasks (pending, blocked, running) with what each waits for or
+//! who holds it; and `host wait`: block until tasks are finished.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use jiff::Timestamp;
+use queue::{PauseScope, QueueStore, Task, TaskQuery, TaskStatus};
+use serde_json::json;
+
+use crate::cli::{ListArgs, Settings};
+use crate::commands::{one_line, open_store, outln, print_json};
+
+/// The unfinished states, in the order `list` shows them.
+const UNFINISHED: [TaskStatus; 3] = [
+    TaskStatus::Running,
+    TaskStatus::Pending,
+    TaskStatus::Blocked,
+];
+
+/// Lists the unfinished tasks that pass every filter, in the order they would be claimed
+/// (running first, then by priority and id).
+pub fn run(settings: &Settings, args: &ListArgs) -> anyhow::Result<()> {
+    let store = open_store(settings)?;
+    let statuses = match args.status.as_deref() {
+        Some(name) => vec![name.parse().map_err(anyhow::Error::msg)?],
+        None => UNFINISHED.to_vec(),
+    };
+    let mut tasks = store.list(&TaskQuery {
+        statuses,
+        task_type: args.task_type.clone(),
+        worker: args.worker.clone(),
+        ..TaskQuery::default()
+    })?;
+    let rank = |t: &Task| UNFINISHED.iter().position(|s| *s == t.status);
+    tasks.sort_by_key(|t| (rank(t), t.priority, t.id.parse::<u64>().unwrap_or(u64::MAX)));
+    if let Some(limit) = args.limit {
+        tasks.truncate(limit);
+    }
+    let paused = store.paused()?;
+    let now = Timestamp::now();
+    let rows: Vec<(&Task, String)> = tasks
+        .iter()
+        .map(|t| (t, waits_for(&store, t, &paused, now)))
+        .collect();
+    if args.json {
+        let listed: Vec<_> = rows
+            .iter()
+            .map(|(task, waits)| {
+                let mut value = serde_json::to_value(task).expect("task serializes");
+                value["waitsFor"] = json!(waits);
+                value
+            })
+            .collect();
+        return print_json(&listed);
+    }
+    if rows.is_empty() {
+        outln!("No unfinished tasks.");
+        return Ok(());
+    }
+    outln!(
+        "{:<6} {:<10} {:<8} {:>3} {:>6}  {:<30} DESCRIPTION",
+        "ID",
+        "TYPE",
+        "STATUS",
+        "PRI",
+        "AGE",
+        "WAITS FOR / HELD BY"
+    );
+    for (t, waits) in &rows {
+        outln!(
+            "{:<6} {:<10} {:<8} {:>3} {:>6}  {:<30} {}",
+            t.id,
+            t.task_type,
+            t.status.as_str(),
+            t.priority,
+            age(t.created_at, now),
+            one_line(waits, 30),
+            one_line(t.description.as_deref().unwrap_or(""), 50)
+        );
+    }
+    Ok(())
+}
+
+/// What keeps a task from finishing, in words: its holder, the tasks it comes after, a pause,
+/// a retry backoff, or nothing (it is next in line for a worker of its type).
+fn waits_for(store: &queue::Store, task: &Task, paused: &[PauseScope], now: Timestamp) -> String {
+    if task.status == TaskStatus::Running {
+        return format!("held by {}", task.worker.as_deref().unwrap_or("?"));
+    }
+    if task.status == TaskStatus::Blocked {
+        let open: Vec<&str> = task
+            .after
+            .iter()
+            .filter(|id| {
+                store
+                    .get(id)
+                    .is_ok_and(|t| t.status != TaskStatus::Completed)
+            })
+            .map(String::as_str)
+            .collect();
+        return format!("after {}", open.join(", "));
+    }
+    let scope = paused.iter().find(|scope| match scope {
+        PauseScope::Queue => true,
+        PauseScope::Type(t) => *t == task.task_type,
+        PauseScope::Task(id) => *id == task.id,
+    });
+    if let Some(scope) = scope {
+        return format!("paused ({scope})");
+    }
+    match task.retry_at.filter(|at| *at > now) {
+        Some(at) => format!("retry in {}", age(now, at)),
+        None => format!("a {} worker", task.task_type),
+    }
+}
+
+/// How long from `from` to `to`, short: 45s, 3m, 2h, 4d.
+fn age(from: Timestamp, to: Timestamp) -> String {
+    let secs = to.duration_since(from).as_secs().max(0);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+/// `host wait`: blocks until the tasks (`ids`, else the unfinished tasks of `task_type`, else
+/// every unfinished task, as of the start) are finished. Fails, naming them, when any of them
+/// did not complete, or when `timeout` passes first.
+pub fn wait(
+    settings: &Settings,
+    ids: &[String],
+    task_type: Option<&str>,
+    timeout: Option<Duration>,
+) -> anyhow::Result<()> {
+    let store = open_store(settings)?;
+    let watched: Vec<String> = if ids.is_empty() {
+        store
+            .list(&TaskQuery {
+                statuses: UNFINISHED.to_vec(),
+                task_type: task_type.map(String::from),
+                ..TaskQuery::default()
+            })?
+            .into_iter()
+            .map(|t| t.id)
+            .collect()
+    } else {
+        ids.to_vec()
+    };
+    let started = Instant::now();
+    let tasks = loop {
+        let tasks = watched
+            .iter()
+            .map(|id| store.get(id))
+            .collect::<Result<Vec<Task>, _>>()?;
+        let open: Vec<&str> = tasks
+            .iter()
+            .filter(|t| !t.status.is_finished())
+            .map(|t| t.id.as_str())
+            .collect();
+        if open.is_empty() {
+            break tasks;
+        }
+        if let Some(limit) = timeout.filter(|t| started.elapsed() >= *t) {
+            bail!(
+                "timed out after {}: {} task(s) not finished ({})",
+                humantime::format_duration(limit),
+                open.len(),
+                open.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let not_completed: Vec<String> = tasks
+        .iter()
+        .filter(|t| t.status != TaskStatus::Completed)
+        .map(|t| format!("{} {}", t.id, t.status))
+        .collect();
+    if !not_completed.is_empty() {
+        bail!(
+            "{} of {} task(s) did not complete: {}",
+            not_completed.len(),
+            tasks.len(),
+            not_completed.join(", ")
+        );
+    }
+    outln!("{} task(s) completed", tasks.len());
+    Ok(())
+}
