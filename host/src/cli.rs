@@ -340,6 +340,14 @@ pub enum Command {
     Resume(PauseArgs),
     /// Serve the queue to an AI assistant as a Model Context Protocol server on stdio.
     Mcp,
+    /// Print a shell completion script: `host completions bash > /etc/bash_completion.d/host`,
+    /// or for zsh, fish, elvish or PowerShell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `host man > ~/.local/share/man/man1/host.1`.
+    Man,
     /// Write a new plugin crate for a role, ready to build and run.
     NewRole {
         /// The role's name, also the crate's and the task type's.

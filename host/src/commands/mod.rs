@@ -42,6 +42,19 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Cancel { id } => cancel::cancel(settings, &id),
         Command::Retry { id } => cancel::retry(settings, &id),
         Command::Mcp => crate::mcp::serve(settings),
+        Command::Completions { shell } => {
+            // Into memory first: clap_complete panics when its writer fails (a closed pipe).
+            let mut script = Vec::new();
+            let mut command = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "host", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &script)?;
+            Ok(())
+        }
+        Command::Man => {
+            let command = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout().lock())?;
+            Ok(())
+        }
         Command::NewRole {
             name,
             dir,

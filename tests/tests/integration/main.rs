@@ -6,6 +6,7 @@ mod bad_input;
 mod claiming;
 mod conformance;
 mod crashes;
+mod daily_use;
 mod many_machines;
 mod mcp;
 mod orchestration;
