@@ -205,13 +205,24 @@ pub enum Command {
     },
     /// Cancel a task: a pending one never starts, a running one is told to stop.
     Cancel {
-        /// The task id.
-        id: String,
+        /// The task ids.
+        #[arg(required_unless_present = "task_type")]
+        ids: Vec<String>,
+        /// Every unfinished task of this type.
+        #[arg(long = "type", value_name = "TYPE", conflicts_with = "ids")]
+        task_type: Option<String>,
     },
-    /// Put a failed or cancelled task back in the queue, with at least one more attempt.
+    /// Put failed or cancelled tasks back in the queue, with at least one more attempt each.
     Retry {
-        /// The task id.
-        id: String,
+        /// The task ids.
+        #[arg(required_unless_present = "failed")]
+        ids: Vec<String>,
+        /// Every failed task (with --type, of that type).
+        #[arg(long, conflicts_with = "ids")]
+        failed: bool,
+        /// With --failed: only tasks of this type.
+        #[arg(long = "type", value_name = "TYPE", requires = "failed")]
+        task_type: Option<String>,
     },
     /// A task's log (its handler's log lines, an agent's output).
     Logs {

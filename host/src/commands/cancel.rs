@@ -1,31 +1,81 @@
 //! `host cancel`, `host retry`, `host pause` and `host resume`: steer work by hand.
 
-use queue::{PauseScope, QueueStore, TaskStatus};
+use queue::{PauseScope, QueueStore, TaskQuery, TaskStatus};
 
 use crate::cli::Settings;
 use crate::commands::{open_store, outln};
 
-/// Cancels a pending task at once, or asks the worker of a running one to stop it.
-pub fn cancel(settings: &Settings, id: &str) -> anyhow::Result<()> {
-    let task = open_store(settings)?.cancel(id)?;
-    if task.status == TaskStatus::Running {
-        let worker = task.worker.as_deref().unwrap_or("its worker");
-        outln!("task {id}: cancel requested; {worker} will stop it");
-    } else {
-        outln!("task {id}: cancelled");
+/// The ids of the tasks in `statuses`, of `task_type` when given, oldest first.
+fn ids_of(
+    store: &dyn QueueStore,
+    statuses: &[TaskStatus],
+    task_type: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
+    let tasks = store.list(&TaskQuery {
+        statuses: statuses.to_vec(),
+        task_type: task_type.map(String::from),
+        ..TaskQuery::default()
+    })?;
+    Ok(tasks.into_iter().map(|t| t.id).collect())
+}
+
+/// Cancels tasks (`ids`, or every unfinished one of `task_type`): a pending one at once; the
+/// worker of a running one is asked to stop it. Stops at the first id that cannot be
+/// cancelled, having cancelled those before it.
+pub fn cancel(settings: &Settings, ids: &[String], task_type: Option<&str>) -> anyhow::Result<()> {
+    let store = open_store(settings)?;
+    let ids = match task_type {
+        Some(task_type) => {
+            let unfinished = [
+                TaskStatus::Pending,
+                TaskStatus::Blocked,
+                TaskStatus::Running,
+            ];
+            ids_of(&store, &unfinished, Some(task_type))?
+        }
+        None => ids.to_vec(),
+    };
+    if ids.is_empty() {
+        outln!("nothing to cancel");
+    }
+    for id in &ids {
+        let task = store.cancel(id)?;
+        if task.status == TaskStatus::Running {
+            let worker = task.worker.as_deref().unwrap_or("its worker");
+            outln!("task {id}: cancel requested; {worker} will stop it");
+        } else {
+            outln!("task {id}: cancelled");
+        }
     }
     Ok(())
 }
 
-/// Returns a failed or cancelled task to the queue (blocked, if it comes after unfinished work).
-pub fn retry(settings: &Settings, id: &str) -> anyhow::Result<()> {
-    let task = open_store(settings)?.retry(id)?;
-    outln!(
-        "task {id}: {} again (attempt {} of {} next)",
-        task.status,
-        task.attempts + 1,
-        task.max_attempts
-    );
+/// Returns failed or cancelled tasks (`ids`, or with `failed` every failed one, of
+/// `task_type` when given) to the queue, blocked if they come after unfinished work.
+pub fn retry(
+    settings: &Settings,
+    ids: &[String],
+    failed: bool,
+    task_type: Option<&str>,
+) -> anyhow::Result<()> {
+    let store = open_store(settings)?;
+    let ids = if failed {
+        ids_of(&store, &[TaskStatus::Failed], task_type)?
+    } else {
+        ids.to_vec()
+    };
+    if ids.is_empty() {
+        outln!("nothing to retry");
+    }
+    for id in &ids {
+        let task = store.retry(id)?;
+        outln!(
+            "task {id}: {} again (attempt {} of {} next)",
+            task.status,
+            task.attempts + 1,
+            task.max_attempts
+        );
+    }
     Ok(())
 }
 

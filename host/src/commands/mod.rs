@@ -39,8 +39,12 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
             timeout,
         } => list::wait(settings, &ids, task_type.as_deref(), timeout),
         Command::Plugins { json } => plugins::run(settings, json),
-        Command::Cancel { id } => cancel::cancel(settings, &id),
-        Command::Retry { id } => cancel::retry(settings, &id),
+        Command::Cancel { ids, task_type } => cancel::cancel(settings, &ids, task_type.as_deref()),
+        Command::Retry {
+            ids,
+            failed,
+            task_type,
+        } => cancel::retry(settings, &ids, failed, task_type.as_deref()),
         Command::Mcp => crate::mcp::serve(settings),
         Command::Completions { shell } => {
             // Into memory first: clap_complete panics when its writer fails (a closed pipe).
