@@ -54,8 +54,9 @@ impl Cli {
     }
 }
 
-/// Options valid with every command.
+/// Options valid with every command; each command's help lists its own first.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// The coordination folder, or a postgres:// URL (a queue shared by many machines)
     /// [default: the nearest copilot-orchestration queue in this folder or one above, as git
@@ -188,6 +189,16 @@ pub enum Command {
         /// Give up after this long.
         #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
         timeout: Option<Duration>,
+    },
+    /// Every worker record (workers and self-serve holders), alive or dead. A worker that
+    /// starts drops the records of workers dead for more than a day.
+    Workers {
+        /// First remove the records of every dead worker.
+        #[arg(long)]
+        prune: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// One task, whole.
     Show {

@@ -137,6 +137,11 @@ impl ClaimLoop {
                 other.name, other.pid, other.hostname
             )));
         }
+        // Records of workers long dead only clutter `status`.
+        crate::commands::workers::prune(
+            store.as_ref(),
+            crate::commands::workers::DEAD_WORKER_KEPT,
+        )?;
         let types = options.types.clone();
         let record = WorkerRecord {
             name: options.name.clone(),

@@ -4,6 +4,8 @@ use queue::{PauseScope, QueueStore, TaskQuery, TaskStatus};
 
 use crate::cli::Settings;
 use crate::commands::{open_store, outln};
+use crate::config::Config;
+use crate::loader::PluginRegistry;
 
 /// The ids of the tasks in `statuses`, of `task_type` when given, oldest first.
 fn ids_of(
@@ -79,9 +81,31 @@ pub fn retry(
     Ok(())
 }
 
-/// Stops claims in a scope.
+/// Stops claims in a scope. A type that no role claims and no task has is refused, as `host
+/// add` refuses it: it is most likely a typo, and the pause would stop nothing.
 pub fn pause(settings: &Settings, scope: &PauseScope) -> anyhow::Result<()> {
-    open_store(settings)?.pause(scope)?;
+    let store = open_store(settings)?;
+    if let PauseScope::Type(task_type) = scope {
+        let config = Config::load(&store)?;
+        let mut known = PluginRegistry::discover(&settings.plugin_path).task_types();
+        known.extend(
+            config
+                .roles
+                .values()
+                .flat_map(|b| b.types.clone().unwrap_or_default()),
+        );
+        let queued = !ids_of(&store, &TaskStatus::ALL, Some(task_type))?.is_empty();
+        if !known.contains(task_type) && !queued {
+            known.sort();
+            known.dedup();
+            anyhow::bail!(
+                "unknown task type {task_type:?}: no role on the plugin path claims it and no \
+                 task has it (known types: {}); nothing was paused",
+                known.join(", ")
+            );
+        }
+    }
+    store.pause(scope)?;
     outln!("paused {scope}: nothing there is claimed until `host resume`");
     Ok(())
 }

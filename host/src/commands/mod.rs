@@ -16,6 +16,7 @@ pub mod stats;
 pub mod status;
 pub mod watch;
 pub mod work;
+pub mod workers;
 
 use anyhow::Context as _;
 use queue::Store;
@@ -33,6 +34,7 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Stats { json } => stats::run(settings, json),
         Command::Show { id, json } => show::run(settings, &id, json),
         Command::List(args) => list::run(settings, &args),
+        Command::Workers { prune, json } => workers::run(settings, prune, json),
         Command::Wait {
             ids,
             task_type,

@@ -72,3 +72,72 @@ fn retry_and_cancel_act_on_many_tasks_at_once() {
     assert_eq!(q.run(&["retry", "--type", "panic"]).status.code(), Some(2));
     assert_eq!(q.run(&["cancel"]).status.code(), Some(2));
 }
+
+#[test]
+fn dead_workers_are_listed_as_dead_pruned_on_demand_and_dropped_after_a_day() {
+    let q = TestQueue::new();
+    let db = rusqlite::Connection::open(q.queue.join("queue.db")).unwrap();
+    let now = jiff::Timestamp::now();
+    for (name, age) in [("gone-long-ago", 2 * 86400), ("gone-just-now", 60)] {
+        let seen = now - jiff::SignedDuration::from_secs(age);
+        let record = serde_json::json!({
+            "name": name, "role": "noop", "types": ["noop"], "pid": 4_000_000,
+            "hostname": "elsewhere", "state": "busy", "tasks": [],
+            "startedAt": seen.to_string(), "heartbeatAt": seen.to_string(),
+        });
+        db.execute(
+            "INSERT INTO workers (name, record) VALUES (?1, ?2)",
+            rusqlite::params![name, record.to_string()],
+        )
+        .unwrap();
+    }
+    drop(db);
+    let names = |q: &TestQueue| -> Vec<(String, bool)> {
+        let listed: serde_json::Value =
+            serde_json::from_str(&q.ok(&["workers", "--json"])).unwrap();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                (
+                    w["name"].as_str().unwrap().to_string(),
+                    w["alive"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(names(&q).len(), 2);
+    // A worker starting drops the record dead for more than a day.
+    q.drain("noop", &[]);
+    assert_eq!(names(&q), [("gone-just-now".to_string(), false)]);
+    let text = q.ok(&["workers"]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("gone-just-now") && l.contains("dead")),
+        "{text}"
+    );
+    let said = q.ok(&["workers", "--prune"]);
+    assert!(
+        said.starts_with("removed 1 dead worker record(s)"),
+        "{said}"
+    );
+    assert!(names(&q).is_empty());
+}
+
+#[test]
+fn pausing_a_type_nothing_knows_is_refused_and_help_lists_a_commands_own_options_first() {
+    let q = TestQueue::new();
+    let line = q.fails(&["pause", "--type", "nosuchtype"]);
+    assert!(
+        line.contains("unknown task type \"nosuchtype\"") && line.contains("nothing was paused"),
+        "{line}"
+    );
+    assert!(q.status()["paused"].as_array().unwrap().is_empty());
+    q.ok(&["pause", "--type", "noop"]);
+
+    let help = q.ok(&["add", "--help"]);
+    let own = help.find("--type <TYPE>").unwrap();
+    let global = help.find("Global options").unwrap();
+    assert!(own < global && help[global..].contains("--queue"), "{help}");
+}
