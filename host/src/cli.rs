@@ -558,11 +558,18 @@ pub struct AddArgs {
     /// and cancelled if ID fails or is cancelled.
     #[arg(long, value_name = "ID")]
     pub after: Vec<String>,
+    /// Not before this time: 2026-12-01T09:00:00Z, "2026-12-01 09:00" or 18:30 (local time;
+    /// the next 18:30).
+    #[arg(long, value_name = "TIME", conflicts_with = "delay")]
+    pub at: Option<String>,
+    /// Not before this long from now, e.g. 10m, 2h.
+    #[arg(long = "in", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub delay: Option<Duration>,
     /// Add every task in FILE (`-` for stdin): a JSON array or JSON Lines of task objects.
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["task_type", "target", "description", "priority", "payload", "max_attempts", "timeout", "after"]
+        conflicts_with_all = ["task_type", "target", "description", "priority", "payload", "max_attempts", "timeout", "after", "at", "delay"]
     )]
     pub file: Option<PathBuf>,
 }

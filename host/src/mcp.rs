@@ -103,6 +103,11 @@ struct AddTask {
     timeout: Option<String>,
     /// Time limit of one attempt in seconds.
     timeout_secs: Option<u64>,
+    /// Not before this time: 2026-12-01T09:00:00Z.
+    at: Option<String>,
+    /// Not before this long from now, such as "10m".
+    #[serde(rename = "in")]
+    delay: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -277,6 +282,8 @@ fn entry(task: AddTask) -> Result<Value, String> {
         "maxAttempts": task.max_attempts,
         "timeout": task.timeout,
         "timeoutSecs": task.timeout_secs,
+        "at": task.at,
+        "in": task.delay,
     });
     if let Value::Object(fields) = &mut entry {
         fields.retain(|_, value| !value.is_null());

@@ -197,6 +197,8 @@ pub struct NewTask {
     pub timeout_secs: Option<u64>,
     /// The tasks this one comes after: it stays blocked until they have all completed.
     pub after: Vec<Dependency>,
+    /// Not claimed before this time (`host add --at`, `--in`).
+    pub not_before: Option<Timestamp>,
 }
 
 /// A task that a new task comes after.
@@ -254,7 +256,8 @@ impl NewTask {
             result: None,
             error: None,
             lease_expires_at: None,
-            retry_at: None,
+            // A claim waits for `retry_at` whatever set it: a backoff, or a delayed start.
+            retry_at: self.not_before,
             cancel_requested: false,
             cancelled_by: None,
             wait_ms: None,

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use jiff::Timestamp;
@@ -38,6 +39,11 @@ struct TaskEntry {
     /// A duration such as "90s" or "10m".
     timeout: Option<String>,
     timeout_secs: Option<u64>,
+    /// Not before this time (as `host add --at`).
+    at: Option<String>,
+    /// Not before this long from now, such as "10m" (as `host add --in`).
+    #[serde(rename = "in")]
+    delay: Option<String>,
 }
 
 /// Adds the tasks and prints their ids, one per line.
@@ -132,6 +138,7 @@ fn task_from_flags(args: &AddArgs) -> anyhow::Result<NewTask> {
         max_attempts: args.max_attempts,
         timeout_secs: args.timeout.map(|t| t.as_secs().max(1)),
         after: args.after.iter().cloned().map(Dependency::Task).collect(),
+        not_before: not_before(args.at.as_deref(), args.delay)?,
     })
 }
 
@@ -224,6 +231,15 @@ fn new_task(entry: TaskEntry, keys: &HashMap<String, usize>) -> anyhow::Result<N
             },
         })
         .collect::<anyhow::Result<_>>()?;
+    let delay = match &entry.delay {
+        Some(text) => {
+            Some(humantime::parse_duration(text).map_err(|err| anyhow!("in {text:?}: {err}"))?)
+        }
+        None => None,
+    };
+    if entry.at.is_some() && delay.is_some() {
+        bail!("give at or in, not both");
+    }
     let timeout_secs = match (entry.timeout, entry.timeout_secs) {
         (Some(_), Some(_)) => bail!("give timeout or timeoutSecs, not both"),
         (Some(text), None) => Some(
@@ -243,7 +259,44 @@ fn new_task(entry: TaskEntry, keys: &HashMap<String, usize>) -> anyhow::Result<N
         max_attempts: entry.max_attempts,
         timeout_secs,
         after,
+        not_before: not_before(entry.at.as_deref(), delay)?,
     })
+}
+
+/// When a task may start, from `--at TIME` or `--in DURATION`. A time without a date is the
+/// next time the clock shows it; one without an offset is local time.
+fn not_before(at: Option<&str>, delay: Option<Duration>) -> anyhow::Result<Option<Timestamp>> {
+    let now = Timestamp::now();
+    if let Some(delay) = delay {
+        return Ok(Some(queue::lifecycle::later(now, delay)));
+    }
+    let Some(text) = at else {
+        return Ok(None);
+    };
+    if let Ok(instant) = text.parse::<Timestamp>() {
+        return Ok(Some(instant));
+    }
+    let zone = jiff::tz::TimeZone::system();
+    let bad = |err: jiff::Error| {
+        anyhow!(
+            "--at {text:?}: not a time ({err}); give 2026-12-01T09:00:00Z, \"2026-12-01 09:00\" \
+             or 18:30"
+        )
+    };
+    if let Ok(civil) = text.parse::<jiff::civil::DateTime>() {
+        return Ok(Some(civil.to_zoned(zone).map_err(bad)?.timestamp()));
+    }
+    let time: jiff::civil::Time = text.parse().map_err(bad)?;
+    let today = now.to_zoned(zone.clone()).date();
+    let mut start = today
+        .to_datetime(time)
+        .to_zoned(zone.clone())
+        .map_err(bad)?;
+    if start.timestamp() <= now {
+        let tomorrow = today.tomorrow().map_err(bad)?;
+        start = tomorrow.to_datetime(time).to_zoned(zone).map_err(bad)?;
+    }
+    Ok(Some(start.timestamp()))
 }
 
 /// Makes a target absolute (relative to the current folder), resolving links when it exists, so

@@ -110,6 +110,7 @@ fn waits_for(store: &queue::Store, task: &Task, paused: &[PauseScope], now: Time
         return format!("paused ({scope})");
     }
     match task.retry_at.filter(|at| *at > now) {
+        Some(at) if task.attempts == 0 => format!("starts in {}", age(now, at)),
         Some(at) => format!("retry in {}", age(now, at)),
         None => format!("a {} worker", task.task_type),
     }

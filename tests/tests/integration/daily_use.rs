@@ -141,3 +141,43 @@ fn pausing_a_type_nothing_knows_is_refused_and_help_lists_a_commands_own_options
     let global = help.find("Global options").unwrap();
     assert!(own < global && help[global..].contains("--queue"), "{help}");
 }
+
+#[test]
+fn a_task_added_for_later_waits_for_its_time_and_then_runs() {
+    let q = TestQueue::new();
+    let soon = q.add(&["--type", "noop", "--in", "2s"]);
+    let later = q.add(&["--type", "noop", "--at", "2099-01-01T00:00:00Z"]);
+    let listed: serde_json::Value = serde_json::from_str(&q.ok(&["list", "--json"])).unwrap();
+    let waits: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["waitsFor"].as_str().unwrap())
+        .collect();
+    assert!(
+        waits.iter().all(|w| w.starts_with("starts in")),
+        "{waits:?}"
+    );
+    // Not claimed before its time; a worker picks it up once the time has come.
+    let claimed = q.run(&["claim", "--role", "noop"]);
+    assert_eq!(claimed.status.code(), Some(1), "nothing claimable yet");
+    let started = std::time::Instant::now();
+    let worker = q.spawn_worker("noop", &["--poll", "200ms"]);
+    q.wait_for(
+        "the delayed task",
+        std::time::Duration::from_secs(20),
+        |q| q.task(&soon)["status"] == "completed",
+    );
+    assert!(started.elapsed() > std::time::Duration::from_millis(1000));
+    assert_eq!(q.task(&later)["status"], "pending");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(worker.wait_with_output().unwrap().status.success());
+    let line = q.fails(&["add", "--type", "noop", "--at", "tomorrowish"]);
+    assert!(line.contains("--at \"tomorrowish\": not a time"), "{line}");
+    let local = q.add(&["--type", "noop", "--at", "23:59"]);
+    assert_eq!(q.task(&local)["status"], "pending");
+}
