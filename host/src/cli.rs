@@ -235,6 +235,12 @@ pub enum Command {
         #[arg(long = "type", value_name = "TYPE", requires = "failed")]
         task_type: Option<String>,
     },
+    /// Remove finished tasks, with their logs: all the ids given, or none.
+    Rm {
+        /// The task ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// A task's log (its handler's log lines, an agent's output).
     Logs {
         /// The task id.

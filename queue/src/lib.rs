@@ -558,6 +558,29 @@ pub trait QueueStore: Send + Sync {
     /// before `before`, with their logs; says how many.
     fn purge(&self, before: Timestamp, statuses: &[TaskStatus]) -> Result<usize, StoreError>;
 
+    /// Removes these finished tasks with their logs, all or none: an unknown id, or a task
+    /// not finished (cancel it first), refuses the lot.
+    fn remove(&self, ids: &[String]) -> Result<(), StoreError> {
+        let mut numbers = Vec::with_capacity(ids.len());
+        for id in ids {
+            let task = self.get(id)?;
+            if !task.status.is_finished() {
+                return Err(StoreError::InvalidTask(format!(
+                    "task {id} is {}: only a finished task can be removed (cancel it first); \
+                     nothing was removed",
+                    task.status
+                )));
+            }
+            numbers.push(records::parse_id(id)?);
+        }
+        self.forget_finished(&numbers)
+    }
+
+    /// Deletes the tasks of these ids that are finished, with their logs. The engine's half of
+    /// [`QueueStore::remove`], which checks them first.
+    #[doc(hidden)]
+    fn forget_finished(&self, ids: &[i64]) -> Result<(), StoreError>;
+
     /// Publishes a worker's record, replacing its previous one.
     fn put_worker(&self, record: &WorkerRecord) -> Result<(), StoreError>;
 

@@ -674,6 +674,19 @@ enum Trouble {
 }
 
 /// A transaction, as the rules see it.
+/// Deletes what refers to removed tasks: their dependency rows, logs and pauses.
+fn forget_rows(tx: &mut Tx<'_>, ids: &[i64]) -> Result<(), StoreError> {
+    let names: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let ids = ids.to_vec();
+    tx.change("DELETE FROM task_after WHERE task_id = ANY($1)", &[&ids])?;
+    tx.change("DELETE FROM task_logs WHERE task_id = ANY($1)", &[&ids])?;
+    tx.change(
+        "DELETE FROM pauses WHERE kind = 'task' AND name = ANY($1)",
+        &[&names],
+    )?;
+    Ok(())
+}
+
 struct Tx<'c> {
     tx: postgres::Transaction<'c>,
     statements: &'c mut HashMap<String, Statement>,
@@ -1177,13 +1190,7 @@ impl QueueStore for PostgresStore {
                     .iter()
                     .map(|row| row.get(0))
                     .collect();
-                let names: Vec<String> = ids.iter().map(i64::to_string).collect();
-                tx.change("DELETE FROM task_after WHERE task_id = ANY($1)", &[&ids])?;
-                tx.change("DELETE FROM task_logs WHERE task_id = ANY($1)", &[&ids])?;
-                tx.change(
-                    "DELETE FROM pauses WHERE kind = 'task' AND name = ANY($1)",
-                    &[&names],
-                )?;
+                forget_rows(tx, &ids)?;
                 Ok(ids.len())
             })?;
             purged += removed;
@@ -1191,6 +1198,22 @@ impl QueueStore for PostgresStore {
                 return Ok(purged);
             }
         }
+    }
+
+    fn forget_finished(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let ids = ids.to_vec();
+        self.write(|tx| {
+            let removed: Vec<i64> = tx
+                .rows(
+                    "DELETE FROM tasks WHERE id = ANY($1) \
+                        AND status IN ('completed', 'failed', 'cancelled') RETURNING id",
+                    &[&ids],
+                )?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            forget_rows(tx, &removed)
+        })
     }
 
     fn put_worker(&self, record: &WorkerRecord) -> Result<(), StoreError> {

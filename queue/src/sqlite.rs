@@ -820,6 +820,21 @@ fn sql_text(text: &str) -> String {
 }
 
 /// A JSON array of `items`, for `json_each`.
+/// Deletes what refers to removed tasks: their dependency rows and their pauses.
+fn forget_rows(tx: &Tx<'_>, ids: &[i64]) -> Result<(), StoreError> {
+    let json = json_list(ids);
+    tx.db.change(
+        "DELETE FROM task_after WHERE task_id IN (SELECT value FROM json_each(?1))",
+        [&json],
+    )?;
+    tx.db.change(
+        "DELETE FROM pauses WHERE kind = 'task' \
+            AND name IN (SELECT CAST(value AS TEXT) FROM json_each(?1))",
+        [&json],
+    )?;
+    Ok(())
+}
+
 fn json_list<T: serde::Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).expect("a list serializes")
 }
@@ -1106,16 +1121,7 @@ impl QueueStore for SqliteStore {
                     params![millis(before), finished, PURGE_BATCH as i64],
                     |row| row.get(0),
                 )?;
-                let json = json_list(&ids);
-                tx.db.change(
-                    "DELETE FROM task_after WHERE task_id IN (SELECT value FROM json_each(?1))",
-                    [&json],
-                )?;
-                tx.db.change(
-                    "DELETE FROM pauses WHERE kind = 'task' \
-                        AND name IN (SELECT CAST(value AS TEXT) FROM json_each(?1))",
-                    [&json],
-                )?;
+                forget_rows(tx, &ids)?;
                 Ok(ids)
             })?;
             for id in &ids {
@@ -1132,6 +1138,24 @@ impl QueueStore for SqliteStore {
             let _ = inner.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
         }
         Ok(purged)
+    }
+
+    fn forget_finished(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let json = json_list(ids);
+        let removed: Vec<i64> = self.write(Commit::AsConfigured, |tx| {
+            let removed: Vec<i64> = tx.db.rows(
+                "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1)) \
+                    AND status IN ('completed', 'failed', 'cancelled') RETURNING id",
+                [&json],
+                |row| row.get(0),
+            )?;
+            forget_rows(tx, &removed)?;
+            Ok(removed)
+        })?;
+        for id in &removed {
+            self.folder.remove_log(&id.to_string())?;
+        }
+        Ok(())
     }
 
     fn put_worker(&self, record: &WorkerRecord) -> Result<(), StoreError> {

@@ -227,6 +227,7 @@ impl QueueStore for Store {
         fn has_work(&self, types: &[String]) -> Result<bool, StoreError>;
         fn expire_leases(&self) -> Result<usize, StoreError>;
         fn purge(&self, before: Timestamp, statuses: &[TaskStatus]) -> Result<usize, StoreError>;
+        fn forget_finished(&self, ids: &[i64]) -> Result<(), StoreError>;
         fn put_worker(&self, record: &WorkerRecord) -> Result<(), StoreError>;
         fn remove_worker(&self, name: &str) -> Result<(), StoreError>;
         fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError>;

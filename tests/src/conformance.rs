@@ -943,3 +943,50 @@ pub fn listing_and_purge(engine: &dyn Engine) {
         "an id is never given out twice, even after its task was purged"
     );
 }
+
+/// `remove`: finished tasks by id, with their logs, all or none.
+pub fn removing_finished_tasks(engine: &dyn Engine) {
+    let q = engine.fresh();
+    let store = engine.open(&q, Policy::default());
+    store.add(vec![new("alpha", 5); 3]).unwrap();
+    let claim = store.claim("w", &types(&["alpha"])).unwrap().unwrap();
+    store
+        .finish(&claim.lease, Outcome::Success(json!({})))
+        .unwrap();
+    store.cancel("2").unwrap();
+    store.append_log("1", "a line").unwrap();
+    let refused = store.remove(&["1".into(), "3".into()]);
+    assert!(
+        matches!(&refused, Err(StoreError::InvalidTask(why)) if why.contains("task 3 is pending")),
+        "{refused:?}"
+    );
+    assert!(store.get("1").is_ok(), "nothing was removed");
+    assert!(matches!(
+        store.remove(&["1".into(), "99".into()]),
+        Err(StoreError::NotFound(_))
+    ));
+    store.remove(&["1".into(), "2".into()]).unwrap();
+    assert!(matches!(store.get("1"), Err(StoreError::NotFound(_))));
+    assert!(matches!(store.get("2"), Err(StoreError::NotFound(_))));
+    assert!(
+        !matches!(store.read_log("1", 0), Ok((text, _)) if !text.is_empty()),
+        "its log went with it"
+    );
+    let summary = store.summary().unwrap();
+    assert_eq!(
+        summary
+            .counts
+            .get(&TaskStatus::Completed)
+            .copied()
+            .unwrap_or(0),
+        0
+    );
+    assert_eq!(
+        summary
+            .counts
+            .get(&TaskStatus::Pending)
+            .copied()
+            .unwrap_or(0),
+        1
+    );
+}

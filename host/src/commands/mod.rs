@@ -34,6 +34,11 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Stats { json } => stats::run(settings, json),
         Command::Show { id, json } => show::run(settings, &id, json),
         Command::List(args) => list::run(settings, &args),
+        Command::Rm { ids } => {
+            queue::QueueStore::remove(&open_store(settings)?, &ids)?;
+            outln!("removed {} task(s)", ids.len());
+            Ok(())
+        }
         Command::Workers { prune, json } => workers::run(settings, prune, json),
         Command::Wait {
             ids,

@@ -67,6 +67,11 @@ mod sqlite {
     fn listing_and_purge() {
         conformance::listing_and_purge(&Sqlite);
     }
+
+    #[test]
+    fn removing_finished_tasks() {
+        conformance::removing_finished_tasks(&Sqlite);
+    }
 }
 
 mod postgres {
@@ -135,5 +140,10 @@ mod postgres {
     #[test]
     fn listing_and_purge() {
         conformance::listing_and_purge(&Postgres);
+    }
+
+    #[test]
+    fn removing_finished_tasks() {
+        conformance::removing_finished_tasks(&Postgres);
     }
 }

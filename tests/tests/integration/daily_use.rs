@@ -181,3 +181,21 @@ fn a_task_added_for_later_waits_for_its_time_and_then_runs() {
     let local = q.add(&["--type", "noop", "--at", "23:59"]);
     assert_eq!(q.task(&local)["status"], "pending");
 }
+
+#[test]
+fn rm_removes_finished_tasks_all_or_none() {
+    let q = TestQueue::new();
+    let done = q.add(&["--type", "noop"]);
+    q.drain("noop", &[]);
+    let waiting = q.add(&["--type", "noop"]);
+    let line = q.fails(&["rm", &done, &waiting]);
+    assert!(
+        line.contains(&format!("task {waiting} is pending")),
+        "{line}"
+    );
+    assert_eq!(q.task(&done)["status"], "completed", "nothing was removed");
+    assert!(q.ok(&["rm", &done]).contains("removed 1 task(s)"));
+    let line = q.fails(&["show", &done]);
+    assert!(line.contains(&done), "{line}");
+    assert_eq!(q.run(&["rm"]).status.code(), Some(2));
+}
