@@ -235,6 +235,24 @@ pub enum Command {
         #[arg(long = "type", value_name = "TYPE", requires = "failed")]
         task_type: Option<String>,
     },
+    /// Change a task that has not started (pending or blocked).
+    #[command(group = clap::ArgGroup::new("change").required(true).multiple(true))]
+    Edit {
+        /// The task id.
+        id: String,
+        /// A new priority (lower is claimed first).
+        #[arg(long, value_name = "N", group = "change")]
+        priority: Option<u32>,
+        /// A new description.
+        #[arg(long, value_name = "TEXT", group = "change")]
+        description: Option<String>,
+        /// A new payload, as JSON.
+        #[arg(long, value_name = "JSON", group = "change")]
+        payload: Option<String>,
+        /// A new time limit of one attempt, e.g. 90s, 10m.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", group = "change")]
+        timeout: Option<Duration>,
+    },
     /// Remove finished tasks, with their logs: all the ids given, or none.
     Rm {
         /// The task ids.

@@ -201,6 +201,19 @@ pub struct NewTask {
     pub not_before: Option<Timestamp>,
 }
 
+/// Changes to a task that has not started (`host edit`); `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskEdit {
+    /// A new priority.
+    pub priority: Option<u32>,
+    /// A new description.
+    pub description: Option<String>,
+    /// A new payload.
+    pub payload: Option<Value>,
+    /// A new time limit of one attempt.
+    pub timeout_secs: Option<u64>,
+}
+
 /// A task that a new task comes after.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Dependency {
@@ -557,6 +570,10 @@ pub trait QueueStore: Send + Sync {
     /// Removes finished tasks (of `statuses`, or all finished states when empty) that finished
     /// before `before`, with their logs; says how many.
     fn purge(&self, before: Timestamp, statuses: &[TaskStatus]) -> Result<usize, StoreError>;
+
+    /// Changes a pending or blocked task's priority, description, payload or time limit;
+    /// refuses a task that has started or finished.
+    fn edit(&self, id: &str, edit: &TaskEdit) -> Result<Task, StoreError>;
 
     /// Removes these finished tasks with their logs, all or none: an unknown id, or a task
     /// not finished (cancel it first), refuses the lot.

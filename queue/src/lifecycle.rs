@@ -441,6 +441,30 @@ pub fn cancel(task: &mut Task, now: Timestamp) -> Result<(), StoreError> {
     }
 }
 
+/// Applies `edit` to a task that has not started yet.
+pub fn edit(task: &mut Task, edit: &crate::TaskEdit) -> Result<(), StoreError> {
+    if !matches!(task.status, TaskStatus::Pending | TaskStatus::Blocked) {
+        return Err(StoreError::WrongState {
+            id: task.id.clone(),
+            status: task.status,
+            hint: "only a pending or blocked task can be changed",
+        });
+    }
+    if let Some(priority) = edit.priority {
+        task.priority = priority;
+    }
+    if let Some(description) = &edit.description {
+        task.description = Some(description.clone());
+    }
+    if let Some(payload) = &edit.payload {
+        task.payload = payload.clone();
+    }
+    if let Some(secs) = edit.timeout_secs {
+        task.timeout_secs = Some(secs);
+    }
+    Ok(())
+}
+
 /// Puts a failed or cancelled task back: pending, or blocked while a task it comes after is
 /// unfinished, with at least one more attempt. Refused while a task it comes after has failed
 /// or was cancelled (retry that one instead).

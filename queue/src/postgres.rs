@@ -33,6 +33,7 @@ use postgres::{Client, Row, Statement};
 
 pub use connect::{PostgresUrl, redact_url};
 
+use crate::TaskEdit;
 use crate::lifecycle::{self, Policy, TaskTx};
 use crate::records::{
     ExpiryScan, Unreadable, millis, new_lease, parse_id, parse_task, pause_key, pause_scope,
@@ -997,6 +998,17 @@ impl QueueStore for PostgresStore {
                 lifecycle::settle_dependents(tx, &task, now)?;
             }
             Ok(())
+        })
+    }
+
+    fn edit(&self, id: &str, edit: &TaskEdit) -> Result<Task, StoreError> {
+        self.write(|tx| {
+            let mut task = tx
+                .task(id)?
+                .ok_or_else(|| StoreError::NotFound(id.into()))?;
+            lifecycle::edit(&mut task, edit)?;
+            tx.put(&task)?;
+            Ok(task)
         })
     }
 

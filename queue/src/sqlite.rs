@@ -30,6 +30,7 @@ use jiff::Timestamp;
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Params, params};
 
+use crate::TaskEdit;
 use crate::folder::io_err;
 use crate::lifecycle::{self, Policy, TaskTx};
 use crate::records::{
@@ -912,6 +913,17 @@ impl QueueStore for SqliteStore {
                 lifecycle::settle_dependents(tx, &task, now)?;
             }
             Ok(())
+        })
+    }
+
+    fn edit(&self, id: &str, edit: &TaskEdit) -> Result<Task, StoreError> {
+        self.write(Commit::AsConfigured, |tx| {
+            let mut task = tx
+                .task(id)?
+                .ok_or_else(|| StoreError::NotFound(id.into()))?;
+            lifecycle::edit(&mut task, edit)?;
+            tx.put(&task)?;
+            Ok(task)
         })
     }
 

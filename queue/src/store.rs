@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use crate::TaskEdit;
 use crate::lifecycle::Policy;
 use crate::postgres::{PostgresStore, PostgresUrl, WorkListener};
 use crate::{
@@ -216,6 +217,7 @@ impl QueueStore for Store {
             types: &[String]
         ) -> Result<(Task, Option<Claim>), StoreError>;
         fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+        fn edit(&self, id: &str, edit: &TaskEdit) -> Result<Task, StoreError>;
         fn cancel(&self, id: &str) -> Result<Task, StoreError>;
         fn retry(&self, id: &str) -> Result<Task, StoreError>;
         fn pause(&self, scope: &PauseScope) -> Result<(), StoreError>;

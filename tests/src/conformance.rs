@@ -990,3 +990,36 @@ pub fn removing_finished_tasks(engine: &dyn Engine) {
         1
     );
 }
+
+/// `edit`: a task that has not started changes; one that has is refused.
+pub fn editing_a_task_before_it_starts(engine: &dyn Engine) {
+    let q = engine.fresh();
+    let store = engine.open(&q, Policy::default());
+    store.add(vec![new("alpha", 5); 2]).unwrap();
+    let edit = queue::TaskEdit {
+        priority: Some(1),
+        description: Some("sooner".into()),
+        payload: Some(json!({"x": 1})),
+        timeout_secs: Some(30),
+    };
+    let task = store.edit("2", &edit).unwrap();
+    assert_eq!(
+        (
+            task.priority,
+            task.description.as_deref(),
+            task.timeout_secs
+        ),
+        (1, Some("sooner"), Some(30))
+    );
+    let claim = store.claim("w", &types(&["alpha"])).unwrap().unwrap();
+    assert_eq!(claim.task.id, "2", "the new priority decides the claim");
+    assert_eq!(claim.task.payload, json!({"x": 1}));
+    assert!(matches!(
+        store.edit("2", &edit),
+        Err(StoreError::WrongState { .. })
+    ));
+    assert!(matches!(
+        store.edit("99", &edit),
+        Err(StoreError::NotFound(_))
+    ));
+}

@@ -34,6 +34,34 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Stats { json } => stats::run(settings, json),
         Command::Show { id, json } => show::run(settings, &id, json),
         Command::List(args) => list::run(settings, &args),
+        Command::Edit {
+            id,
+            priority,
+            description,
+            payload,
+            timeout,
+        } => {
+            let payload = match payload {
+                Some(text) => Some(
+                    serde_json::from_str(&text)
+                        .map_err(|err| anyhow::anyhow!("--payload is not valid JSON: {err}"))?,
+                ),
+                None => None,
+            };
+            let edit = queue::TaskEdit {
+                priority,
+                description,
+                payload,
+                timeout_secs: timeout.map(|t| t.as_secs().max(1)),
+            };
+            let task = queue::QueueStore::edit(&open_store(settings)?, &id, &edit)?;
+            outln!(
+                "task {id}: changed (priority {}, {})",
+                task.priority,
+                task.status
+            );
+            Ok(())
+        }
         Command::Rm { ids } => {
             queue::QueueStore::remove(&open_store(settings)?, &ids)?;
             outln!("removed {} task(s)", ids.len());

@@ -72,6 +72,11 @@ mod sqlite {
     fn removing_finished_tasks() {
         conformance::removing_finished_tasks(&Sqlite);
     }
+
+    #[test]
+    fn editing_a_task_before_it_starts() {
+        conformance::editing_a_task_before_it_starts(&Sqlite);
+    }
 }
 
 mod postgres {
@@ -145,5 +150,10 @@ mod postgres {
     #[test]
     fn removing_finished_tasks() {
         conformance::removing_finished_tasks(&Postgres);
+    }
+
+    #[test]
+    fn editing_a_task_before_it_starts() {
+        conformance::editing_a_task_before_it_starts(&Postgres);
     }
 }

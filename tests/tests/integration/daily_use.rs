@@ -199,3 +199,34 @@ fn rm_removes_finished_tasks_all_or_none() {
     assert!(line.contains(&done), "{line}");
     assert_eq!(q.run(&["rm"]).status.code(), Some(2));
 }
+
+#[test]
+fn edit_changes_a_queued_task_and_refuses_one_that_started() {
+    let q = TestQueue::new();
+    let first = q.add(&["--type", "noop"]);
+    let second = q.add(&["--type", "noop"]);
+    q.ok(&[
+        "edit",
+        &second,
+        "--priority",
+        "0",
+        "--payload",
+        r#"{"n": 2}"#,
+    ]);
+    let claimed: serde_json::Value =
+        serde_json::from_str(&q.ok(&["claim", "--role", "noop", "--json"])).unwrap();
+    assert_eq!(claimed["id"], second.as_str());
+    assert_eq!(claimed["payload"]["n"], 2);
+    let line = q.fails(&["edit", &second, "--priority", "3"]);
+    assert!(
+        line.contains(&second) && line.contains("pending or blocked"),
+        "{line}"
+    );
+    let line = q.fails(&["edit", &first, "--payload", "{nope"]);
+    assert!(line.contains("--payload is not valid JSON"), "{line}");
+    assert_eq!(
+        q.run(&["edit", &first]).status.code(),
+        Some(2),
+        "nothing to change"
+    );
+}
