@@ -432,14 +432,20 @@ pub struct WorkerRecord {
     #[serde(default)]
     pub tasks: Vec<ActiveTask>,
     /// When it started.
+    #[serde(with = "task_model::rfc3339_millis")]
     pub started_at: Timestamp,
     /// When it last wrote this record; a record older than a few heartbeats means the worker
     /// died.
+    #[serde(with = "task_model::rfc3339_millis")]
     pub heartbeat_at: Timestamp,
     /// Set for a self-serve holder (an assistant that claimed with `host claim` or MCP): it
     /// writes its record only when it acts on a task, so it counts as alive until the lease
     /// of its last action ends, not by the age of its record.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "task_model::rfc3339_millis::option"
+    )]
     pub alive_until: Option<Timestamp>,
     /// The plugin library it loaded, as the file was then.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -12,6 +12,55 @@ use std::path::PathBuf;
 
 /// A point in time (jiff's `Timestamp`), as tasks record them.
 pub use jiff::Timestamp;
+
+/// Times in JSON as RFC 3339 in UTC to the millisecond (`2026-11-26T05:37:36.123Z`), the
+/// precision the stores keep; any RFC 3339 time is read. For `#[serde(with = "...")]`.
+pub mod rfc3339_millis {
+    use jiff::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// The text of a time.
+    pub fn format(time: &Timestamp) -> String {
+        time.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    }
+
+    /// Writes a time.
+    pub fn serialize<S: Serializer>(time: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format(time))
+    }
+
+    /// Reads a time.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timestamp, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+
+    /// The same for an optional time.
+    pub mod option {
+        use jiff::Timestamp;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Writes a time, or null.
+        pub fn serialize<S: Serializer>(
+            time: &Option<Timestamp>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match time {
+                Some(time) => serializer.serialize_str(&super::format(time)),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        /// Reads a time, or null.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Timestamp>, D::Error> {
+            Option::<String>::deserialize(deserializer)?
+                .map(|text| text.parse().map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -113,9 +162,14 @@ pub struct Attempt {
     /// The worker that claimed it.
     pub worker: String,
     /// When it was claimed.
+    #[serde(with = "rfc3339_millis")]
     pub started_at: Timestamp,
     /// When it ended; absent while running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339_millis::option"
+    )]
     pub finished_at: Option<Timestamp>,
     /// How it ended.
     pub status: AttemptStatus,
@@ -170,12 +224,21 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
     /// When the task was added.
+    #[serde(with = "rfc3339_millis")]
     pub created_at: Timestamp,
     /// When the current or last attempt started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339_millis::option"
+    )]
     pub started_at: Option<Timestamp>,
     /// When the task reached a finished state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339_millis::option"
+    )]
     pub finished_at: Option<Timestamp>,
     /// Run time of the last attempt, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,10 +253,18 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Until when the running attempt's worker holds the task; renewed by its heartbeat.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339_millis::option"
+    )]
     pub lease_expires_at: Option<Timestamp>,
     /// A pending task that failed and waits out its backoff is not claimed before this time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339_millis::option"
+    )]
     pub retry_at: Option<Timestamp>,
     /// Set by `host cancel` on a running task; its handler sees it through its context.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -266,7 +337,7 @@ mod tests {
         assert_eq!(json["type"], "inspect");
         assert_eq!(json["maxAttempts"], 3);
         assert_eq!(json["timeoutSecs"], 60);
-        assert_eq!(json["createdAt"], "2026-01-02T03:04:05Z");
+        assert_eq!(json["createdAt"], "2026-01-02T03:04:05.000Z");
         assert_eq!(json["status"], "pending");
         let back: Task = serde_json::from_value(json).unwrap();
         assert_eq!(back, task);

@@ -230,3 +230,18 @@ fn edit_changes_a_queued_task_and_refuses_one_that_started() {
         "nothing to change"
     );
 }
+
+#[test]
+fn json_times_are_rfc3339_to_the_millisecond() {
+    let q = TestQueue::new();
+    let id = q.add(&["--type", "noop"]);
+    q.drain("noop", &[]);
+    let task = q.task(&id);
+    for field in ["createdAt", "startedAt", "finishedAt"] {
+        let text = task[field].as_str().unwrap();
+        assert_eq!(text.len(), "2026-11-26T05:37:36.123Z".len(), "{field}: {text}");
+        assert!(text.ends_with('Z') && text.parse::<jiff::Timestamp>().is_ok(), "{text}");
+    }
+    let started = task["history"][0]["startedAt"].as_str().unwrap();
+    assert_eq!(started.len(), 24, "{started}");
+}
