@@ -60,7 +60,8 @@ impl Cli {
 pub struct GlobalArgs {
     /// The coordination folder, or a postgres:// URL (a queue shared by many machines)
     /// [default: the nearest copilot-orchestration queue in this folder or one above, as git
-    /// finds its repository; `host init` makes ./copilot-orchestration].
+    /// finds its repository, not above the folders HOST_QUEUE_CEILING lists; `host init` makes
+    /// ./copilot-orchestration].
     #[arg(
         long,
         global = true,
@@ -614,9 +615,15 @@ pub struct Settings {
 /// The coordination folder's name when none is given.
 pub const DEFAULT_QUEUE: &str = "copilot-orchestration";
 
-/// The nearest `copilot-orchestration` queue in `dir` or a folder above it.
+/// The nearest `copilot-orchestration` queue in `dir` or a folder above it, not looking into
+/// the folders `HOST_QUEUE_CEILING` lists (colon-separated, as git's
+/// `GIT_CEILING_DIRECTORIES`) or above them.
 fn find_queue(dir: &Path) -> Option<PathBuf> {
+    let ceilings: Vec<PathBuf> = std::env::var_os("HOST_QUEUE_CEILING")
+        .map(|list| std::env::split_paths(&list).collect())
+        .unwrap_or_default();
     dir.ancestors()
+        .take_while(|folder| !ceilings.iter().any(|c| c == folder))
         .map(|folder| folder.join(DEFAULT_QUEUE))
         .find(|queue| queue::QueueFolder::holds_queue(queue))
 }
@@ -627,15 +634,14 @@ impl Settings {
     pub fn resolve(global: &GlobalArgs, creating: bool) -> anyhow::Result<Settings> {
         let here = std::env::current_dir().unwrap_or_default();
         let named = global.queue.clone().filter(|q| !q.is_empty());
-        let address = match &named {
-            Some(queue) => queue.clone(),
-            None => match find_queue(&here).filter(|_| !creating) {
-                Some(found) => found.display().to_string(),
-                None => here.join(DEFAULT_QUEUE).display().to_string(),
-            },
+        let queue = match &named {
+            Some(address) => QueueAddress::parse(address)
+                .with_context(|| format!("queue {}", queue::redact_url(address)))?,
+            None => QueueAddress::Folder(match find_queue(&here).filter(|_| !creating) {
+                Some(found) => found,
+                None => here.join(DEFAULT_QUEUE),
+            }),
         };
-        let queue = QueueAddress::parse(&address)
-            .with_context(|| format!("queue {}", queue::redact_url(&address)))?;
         let mut plugin_path: Vec<PathBuf> = global
             .plugin_dirs
             .iter()

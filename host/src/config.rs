@@ -205,12 +205,20 @@ impl Config {
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|(key, _)| !HOST_KEYS.contains(&key.as_str()))
-                .map(|(key, value)| ExtraSetting {
-                    key,
-                    line: error(Some(value.span()), String::new()).line,
-                    value: serde_json::to_value(value.into_inner()).unwrap_or_default(),
+                .map(|(key, value)| {
+                    // A near miss of a host key is a typo, whatever the handler declares.
+                    if let Some(meant) = HOST_KEYS.iter().find(|k| near_miss(&key, k)) {
+                        let message =
+                            format!("roles.{name}.{key}: unknown key; did you mean `{meant}`?");
+                        return Err(error(Some(value.span()), message));
+                    }
+                    Ok(ExtraSetting {
+                        line: error(Some(value.span()), String::new()).line,
+                        key,
+                        value: serde_json::to_value(value.into_inner()).unwrap_or_default(),
+                    })
                 })
-                .collect();
+                .collect::<Result<_, _>>()?;
             config.roles.insert(
                 name,
                 RoleBinding {
@@ -329,6 +337,27 @@ impl Config {
     }
 }
 
+/// Whether `key` is one or two edits away from `meant` (and long enough for that to mean a
+/// typo).
+fn near_miss(key: &str, meant: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (key.chars().collect(), meant.chars().collect());
+    if a.len() < 4 || a == b {
+        return false;
+    }
+    // Levenshtein distance, one row at a time.
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()] <= 2
+}
+
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -365,6 +394,11 @@ mod tests {
         assert_eq!((extra.key.as_str(), extra.line), ("colour", 6));
         let err = parse("[queue]\naging = \"soon\"\n").unwrap_err();
         assert!(err.starts_with("q/host.toml:2: queue.aging:"), "{err}");
+        let err = parse("[roles.a]\nhandler = \"agent\"\ntyeps = [\"x\"]\n").unwrap_err();
+        assert!(
+            err.contains("q/host.toml:3: roles.a.tyeps: unknown key; did you mean `types`?"),
+            "{err}"
+        );
         let err = parse("[roles.a]\nhandler = \"agent\"\nstall = \"0s\"\n").unwrap_err();
         assert!(err.starts_with("q/host.toml:3: roles.a.stall"), "{err}");
         let err = parse("[limits]\n\ndeploy = 0\n").unwrap_err();

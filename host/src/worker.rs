@@ -137,11 +137,12 @@ impl ClaimLoop {
                 other.name, other.pid, other.hostname
             )));
         }
-        // Records of workers long dead only clutter `status`.
-        crate::commands::workers::prune(
+        // Records of workers long dead only clutter `status`; failing to drop them is no reason
+        // not to start.
+        let _ = crate::commands::workers::prune(
             store.as_ref(),
             crate::commands::workers::DEAD_WORKER_KEPT,
-        )?;
+        );
         let types = options.types.clone();
         let record = WorkerRecord {
             name: options.name.clone(),

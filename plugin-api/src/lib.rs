@@ -43,7 +43,7 @@
 //! `0.x`, a host refuses a plugin built against an older minor version, and any change of the
 //! major version is refused. Bump the minor version whenever the root module or the traits in
 //! the hidden FFI layer change shape (0.2 added the host calls behind [`Context::settings`] and
-//! [`Context::prerequisites`]; 0.3 added [`Role::check_settings`]). Adding a `Task` field needs no bump: the task crosses the
+//! [`Context::prerequisites`]; 0.3 [`Role::check_settings`]; 0.4 [`Role::settings`]). Adding a `Task` field needs no bump: the task crosses the
 //! boundary as JSON.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -284,7 +284,7 @@ impl Context<'_> {
 
     /// The old name of [`Context::should_stop`], which it is: true on a timeout or a shutdown
     /// as well as on a cancel.
-    #[deprecated(since = "0.3.0", note = "use `should_stop`, which says what it means")]
+    #[deprecated(since = "0.4.0", note = "use `should_stop`, which says what it means")]
     pub fn is_cancelled(&self) -> bool {
         self.should_stop()
     }

@@ -223,7 +223,7 @@ fn build_fixture(ws: &Workspace, base: &Path, name: &str, alter: impl FnOnce(&Pa
     fs::write(
         plugin_dir.join("Cargo.toml"),
         format!(
-            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nplugin-api = {{ path = \"../plugin-api\" }}\n"
+            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nplugin-api = {{ package = \"host-plugin-api\", path = \"../plugin-api\" }}\n"
         ),
     )
     .unwrap();
@@ -273,7 +273,7 @@ fn standalone_manifest(manifest: &str, ws: &Workspace) -> String {
             } else if let Some(name) = trimmed.strip_suffix(".workspace = true") {
                 if name == "task-model" {
                     format!(
-                        "task-model = {{ path = \"{}\" }}",
+                        "task-model = {{ package = \"host-task-model\", path = \"{}\" }}",
                         ws.root.join("task-model").display()
                     )
                 } else {
@@ -638,11 +638,16 @@ pub fn build_outside(dir: &Path, crate_name: &str) -> PathBuf {
     let ws = workspace();
     let target = ws.bin_dir.parent().expect("target dir").join("outside");
     let api = ws.root.join("plugin-api");
+    // The workspace's lock, so that the crate builds with the versions the suite was built
+    // with, offline too.
+    if !dir.join("Cargo.lock").exists() {
+        fs::copy(ws.root.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    }
     let mut cmd = cargo();
     cmd.current_dir(dir)
         .args(["build", "--quiet", "--config"])
         .arg(format!(
-            "patch.crates-io.plugin-api.path={}",
+            "patch.crates-io.host-plugin-api.path={}",
             serde_json::Value::from(api.display().to_string())
         ))
         .env("CARGO_TARGET_DIR", &target);

@@ -279,7 +279,7 @@ fn not_before(at: Option<&str>, delay: Option<Duration>) -> anyhow::Result<Optio
     let zone = jiff::tz::TimeZone::system();
     let bad = |err: jiff::Error| {
         anyhow!(
-            "--at {text:?}: not a time ({err}); give 2026-12-01T09:00:00Z, \"2026-12-01 09:00\" \
+            "{text:?} is not a time ({err}); give 2026-12-01T09:00:00Z, \"2026-12-01 09:00\" \
              or 18:30"
         )
     };

@@ -41,6 +41,11 @@ pub fn cancel(settings: &Settings, ids: &[String], task_type: Option<&str>) -> a
         outln!("nothing to cancel");
     }
     for id in &ids {
+        // Cancelling a task cancels the tasks that come after it, which may be further down
+        // the list; a worker may finish one meanwhile.
+        if task_type.is_some() && store.get(id)?.status.is_finished() {
+            continue;
+        }
         let task = store.cancel(id)?;
         if task.status == TaskStatus::Running {
             let worker = task.worker.as_deref().unwrap_or("its worker");
@@ -70,6 +75,9 @@ pub fn retry(
         outln!("nothing to retry");
     }
     for id in &ids {
+        if failed && store.get(id)?.status != TaskStatus::Failed {
+            continue;
+        }
         let task = store.retry(id)?;
         outln!(
             "task {id}: {} again (attempt {} of {} next)",

@@ -31,9 +31,10 @@ pub fn run(
         Some(path) => {
             let path = std::path::absolute(path)
                 .with_context(|| format!("plugin-api {}", path.display()))?;
-            if !path.join("Cargo.toml").is_file() {
+            let manifest = std::fs::read_to_string(path.join("Cargo.toml")).unwrap_or_default();
+            if !manifest.contains("name = \"host-plugin-api\"") {
                 bail!(
-                    "--plugin-api {}: no Cargo.toml there (give the plugin-api folder of a \
+                    "--plugin-api {}: not the plugin-api crate (give the plugin-api folder of a \
                      checkout of host)",
                     path.display()
                 );
@@ -88,6 +89,70 @@ fn check_name(name: &str) -> anyhow::Result<()> {
              letter (it is also the crate's name)"
         );
     }
+    // Crate names a plugin cannot take: Rust's keywords, its own crates, and the crates the
+    // plugin depends on.
+    let library = name.replace('-', "_");
+    const TAKEN: [&str; 56] = [
+        "as",
+        "async",
+        "await",
+        "break",
+        "const",
+        "continue",
+        "crate",
+        "dyn",
+        "else",
+        "enum",
+        "extern",
+        "false",
+        "fn",
+        "for",
+        "if",
+        "impl",
+        "in",
+        "let",
+        "loop",
+        "match",
+        "mod",
+        "move",
+        "mut",
+        "pub",
+        "ref",
+        "return",
+        "self",
+        "static",
+        "struct",
+        "super",
+        "trait",
+        "true",
+        "type",
+        "unsafe",
+        "use",
+        "where",
+        "while",
+        "abstract",
+        "become",
+        "box",
+        "do",
+        "final",
+        "macro",
+        "override",
+        "priv",
+        "typeof",
+        "unsized",
+        "virtual",
+        "yield",
+        "try",
+        "std",
+        "core",
+        "alloc",
+        "test",
+        "plugin_api",
+        "host_plugin_api",
+    ];
+    if TAKEN.contains(&library.as_str()) {
+        bail!("role name {name:?} cannot be a crate's name (a Rust keyword or a crate it uses)");
+    }
     Ok(())
 }
 
@@ -118,7 +183,7 @@ publish = false
 crate-type = ["cdylib"]
 
 [dependencies]
-plugin-api = {dependency}
+host-plugin-api = {dependency}
 
 # A workspace of its own, so that it builds wherever it is put; remove this table to make the
 # crate a member of a workspace of yours.
@@ -128,6 +193,7 @@ plugin-api = {dependency}
 }
 
 fn lib_rs(name: &str) -> String {
+    // `Role` after the name, so that no name clashes with the types the crate imports.
     let type_name: String = name
         .split(['-', '_'])
         .map(|word| {
@@ -136,6 +202,7 @@ fn lib_rs(name: &str) -> String {
                 first.to_ascii_uppercase().to_string() + chars.as_str()
             })
         })
+        .chain(["Role".to_string()])
         .collect();
     format!(
         r#"//! Role `{name}`: claims `{name}` tasks. Built as a plugin for `host`:

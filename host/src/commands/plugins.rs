@@ -18,6 +18,8 @@ fn live_workers(settings: &Settings) -> Vec<queue::WorkerRecord> {
         .unwrap_or_default()
         .into_iter()
         .filter(|w| !w.is_dead(now, crate::commands::status::WORKER_STALE_AFTER))
+        // Plugins are local files: only this machine's workers loaded these.
+        .filter(|w| w.hostname == crate::worker::hostname())
         .collect()
 }
 

@@ -72,6 +72,8 @@ pub fn claim_task(
     let store = open_store(settings)?;
     let config = Config::load(&store)?;
     let role = find_role(settings, &config, role_name)?;
+    // A typo in the role's table is refused here as at a worker's start.
+    config.role_settings(role_name, &role)?;
     let types = role_types(&config, role_name, &role);
     let store = claiming_store(store, &config, lease);
     let worker = name.map_or_else(

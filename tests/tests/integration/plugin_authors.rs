@@ -41,6 +41,13 @@ fn a_new_role_and_a_copied_example_build_on_their_own_and_run() {
     assert!(line.contains("already exists"), "{line}");
     let line = q.fails(&["new-role", "Bad Name"]);
     assert!(line.contains("lower-case"), "{line}");
+    let line = q.fails(&[
+        "new-role",
+        "fn",
+        "--dir",
+        outside.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(line.contains("Rust keyword"), "{line}");
     let library = build_outside(&crate_dir, "greeter");
     fs::copy(&library, q.plugins.join(library.file_name().unwrap())).unwrap();
     let id = q.add(&["--type", "greeter", "--payload", r#"{"name": "Ada"}"#]);

@@ -247,6 +247,8 @@ fn without_queue_the_nearest_one_above_is_used_and_none_found_names_the_ways_to_
             .args(args)
             .current_dir(dir)
             .env_remove("HOST_QUEUE_DIR")
+            // Whatever queue a folder above the test's holds is not this test's.
+            .env("HOST_QUEUE_CEILING", &q.scratch)
             .env("HOST_PLUGIN_PATH", &q.plugins)
             .output()
             .unwrap()
