@@ -40,12 +40,27 @@ fn main() -> ExitCode {
         // The reader went away (`host results | head`): not an error of ours.
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line: the cause chain joined, never a backtrace.
-            let line = format!("{err:#}").replace('\n', " ");
-            eprintln!("error: {line}");
+            eprintln!("error: {}", one_line(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes in one line, never a backtrace. A cause whose text its
+/// predecessor already ends with (an error that prints its source) is not repeated.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

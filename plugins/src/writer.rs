@@ -6,6 +6,7 @@
 //! absolute path, or a link inside the target that points out) is refused.
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use plugin_api::{Context, HandlerError, Role, Task, Value, json};
@@ -48,6 +49,19 @@ fn files(task: &Task) -> Result<Vec<FileSpec>, String> {
         .collect()
 }
 
+/// This process's umask, read without changing it (`/proc/self/status`); 022 when unknown.
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Umask:"))
+                .and_then(|mask| u32::from_str_radix(mask.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
 impl Role for Writer {
     fn name(&self) -> &str {
         "writer"
@@ -86,7 +100,11 @@ impl Role for Writer {
                 )
                 .into());
             }
-            let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+            // Made as any program makes a file: 0666 less the umask (a temporary file would be
+            // 0600, and a project's files are not secrets).
+            let mut tmp = tempfile::Builder::new()
+                .permissions(std::fs::Permissions::from_mode(0o666 & !umask()))
+                .tempfile_in(&dir)?;
             tmp.write_all(spec.content.as_bytes())?;
             tmp.as_file().sync_all()?;
             staged.push((tmp, dest, spec));

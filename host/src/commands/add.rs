@@ -57,6 +57,19 @@ pub fn run(settings: &Settings, args: &AddArgs) -> anyhow::Result<()> {
         Some(file) => anyhow!("{}: task {}: {err:#}", file.display(), index + 1),
         None => err,
     })?;
+    for task in &added {
+        if task.status == queue::TaskStatus::Cancelled {
+            // Added, but it will never run: say so, where a script's `$(host add ...)` does
+            // not swallow it.
+            eprintln!(
+                "warning: task {} is cancelled already: {}",
+                task.id,
+                task.error
+                    .as_deref()
+                    .unwrap_or("a task it comes after did not complete")
+            );
+        }
+    }
     for task in added {
         outln!("{}", task.id);
     }
@@ -322,6 +335,23 @@ fn role_for<'r>(
             .as_ref()
             .is_some_and(|types| types.contains(&task.task_type))
     });
+    if let Some((name, binding)) = bound
+        && registry.role(&binding.handler).is_none()
+    {
+        let searched: Vec<String> = registry
+            .search_path()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        bail!(
+            "{}: role {name} claims type {:?} but is bound to handler {:?}, which no plugin \
+             provides (searched: {})",
+            config.source,
+            task.task_type,
+            binding.handler,
+            searched.join(", ")
+        );
+    }
     let role = match bound {
         Some((name, binding)) => registry.role(&binding.handler).map(|r| (name.clone(), r)),
         None => registry

@@ -125,6 +125,11 @@ pub fn resume(settings: &Settings, scope: &PauseScope) -> anyhow::Result<()> {
         anyhow::bail!("{scope} is not paused");
     }
     store.resume(scope)?;
-    outln!("resumed {scope}");
+    let left: Vec<String> = store.paused()?.iter().map(ToString::to_string).collect();
+    if left.is_empty() {
+        outln!("resumed {scope}; nothing is paused now");
+    } else {
+        outln!("resumed {scope}; still paused: {}", left.join(", "));
+    }
     Ok(())
 }

@@ -435,9 +435,18 @@ pub fn logs(settings: &Settings, id: &str, follow: bool) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        if store.get(id)?.status.is_finished() {
+        let task = store.get(id)?;
+        if task.status.is_finished() {
             let (rest, _) = store.read_log(id, offset)?;
             crate::commands::out!("{rest}");
+            // The exit status tells a script how the task ended.
+            if task.status != queue::TaskStatus::Completed {
+                bail!(
+                    "task {id} {}: {}",
+                    task.status,
+                    task.error.as_deref().unwrap_or("no error recorded")
+                );
+            }
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -269,3 +269,89 @@ fn json_times_are_rfc3339_to_the_millisecond() {
     let started = task["history"][0]["startedAt"].as_str().unwrap();
     assert_eq!(started.len(), 24, "{started}");
 }
+
+#[test]
+fn answers_that_used_to_mislead_now_say_what_happened() {
+    let q = TestQueue::new();
+    // A binding whose handler no plugin provides is named, not called an unknown type.
+    std::fs::write(
+        q.queue.join("host.toml"),
+        "[roles.reviewer]\nhandler = \"nobody\"\ntypes = [\"review\"]\n",
+    )
+    .unwrap();
+    let line = q.fails(&["add", "--type", "review"]);
+    assert!(
+        line.contains("role reviewer claims type \"review\" but is bound to handler \"nobody\""),
+        "{line}"
+    );
+    std::fs::remove_file(q.queue.join("host.toml")).unwrap();
+
+    // A task added after one that failed is born cancelled: said on stderr.
+    let failed = q.add(&[
+        "--type",
+        "panic",
+        "--payload",
+        r#"{"message": "no"}"#,
+        "--max-attempts",
+        "1",
+    ]);
+    q.drain("panicker", &[]);
+    let output = q.run(&["add", "--type", "noop", "--after", &failed]);
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning: task") && stderr.contains("cancelled already"),
+        "{stderr}"
+    );
+
+    // `logs --follow` ends with the task, and its exit status says how it ended.
+    let output = q.run(&["logs", &failed, "--follow"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains(&format!("task {failed} failed")));
+
+    // `resume` says what is still paused.
+    q.ok(&["pause", "--type", "noop"]);
+    q.ok(&["pause", "--type", "panic"]);
+    let said = q.ok(&["resume", "--type", "noop"]);
+    assert!(said.contains("still paused: type panic"), "{said}");
+
+    // An error that prints its cause is not followed by the cause again.
+    let file = q.scratch.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let line = q.fails(&["status", "--queue", file.join("sub").to_str().unwrap()]);
+    let os = line.matches("os error").count();
+    assert!(os <= 1, "{line}");
+}
+
+#[test]
+fn the_writer_honours_the_umask() {
+    let q = TestQueue::new();
+    let target = q.scratch.join("site");
+    std::fs::create_dir_all(&target).unwrap();
+    let payload = r#"{"files": [{"path": "index.html", "content": "hi"}]}"#;
+    q.add(&[
+        "--type",
+        "write",
+        "--target",
+        target.to_str().unwrap(),
+        "--payload",
+        payload,
+    ]);
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 022 && exec {} --role writer --drain",
+            integration_tests::workspace().host().display()
+        ))
+        .env("HOST_QUEUE_DIR", &q.address)
+        .env("HOST_PLUGIN_PATH", &q.plugins)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(target.join("index.html"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+}
