@@ -233,6 +233,16 @@ impl PluginRegistry {
         &self.search_path
     }
 
+    /// The folders searched, comma-separated, for messages.
+    pub fn searched(&self) -> String {
+        let folders: Vec<String> = self
+            .search_path
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        folders.join(", ")
+    }
+
     /// Every library file found, loaded or refused, in search order.
     pub fn reports(&self) -> &[LibraryReport] {
         &self.reports

@@ -441,8 +441,11 @@ pub fn cancel(task: &mut Task, now: Timestamp) -> Result<(), StoreError> {
     }
 }
 
-/// Applies `edit` to a task that has not started yet.
-pub fn edit(task: &mut Task, edit: &crate::TaskEdit) -> Result<(), StoreError> {
+/// Applies `edit` to task `id`, which must not have started yet, and writes it back.
+pub fn edit(tx: &mut impl TaskTx, id: &str, edit: &crate::TaskEdit) -> Result<Task, StoreError> {
+    let mut task = tx
+        .task(id)?
+        .ok_or_else(|| StoreError::NotFound(id.into()))?;
     if !matches!(task.status, TaskStatus::Pending | TaskStatus::Blocked) {
         return Err(StoreError::WrongState {
             id: task.id.clone(),
@@ -462,7 +465,8 @@ pub fn edit(task: &mut Task, edit: &crate::TaskEdit) -> Result<(), StoreError> {
     if let Some(secs) = edit.timeout_secs {
         task.timeout_secs = Some(secs);
     }
-    Ok(())
+    tx.put(&task)?;
+    Ok(task)
 }
 
 /// Puts a failed or cancelled task back: pending, or blocked while a task it comes after is

@@ -1002,14 +1002,7 @@ impl QueueStore for PostgresStore {
     }
 
     fn edit(&self, id: &str, edit: &TaskEdit) -> Result<Task, StoreError> {
-        self.write(|tx| {
-            let mut task = tx
-                .task(id)?
-                .ok_or_else(|| StoreError::NotFound(id.into()))?;
-            lifecycle::edit(&mut task, edit)?;
-            tx.put(&task)?;
-            Ok(task)
-        })
+        self.write(|tx| lifecycle::edit(tx, id, edit))
     }
 
     fn cancel(&self, id: &str) -> Result<Task, StoreError> {

@@ -917,14 +917,7 @@ impl QueueStore for SqliteStore {
     }
 
     fn edit(&self, id: &str, edit: &TaskEdit) -> Result<Task, StoreError> {
-        self.write(Commit::AsConfigured, |tx| {
-            let mut task = tx
-                .task(id)?
-                .ok_or_else(|| StoreError::NotFound(id.into()))?;
-            lifecycle::edit(&mut task, edit)?;
-            tx.put(&task)?;
-            Ok(task)
-        })
+        self.write(Commit::AsConfigured, |tx| lifecycle::edit(tx, id, edit))
     }
 
     fn cancel(&self, id: &str) -> Result<Task, StoreError> {

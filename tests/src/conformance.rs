@@ -920,28 +920,24 @@ pub fn listing_and_purge(engine: &dyn Engine) {
     assert_eq!(store.purge(later, &[]).unwrap(), 3);
     assert_eq!(all(store.as_ref()).len(), 4);
     assert!(matches!(store.get("1"), Err(StoreError::NotFound(_))));
-    let summary = store.summary().unwrap();
-    assert_eq!(
-        summary
-            .counts
-            .get(&TaskStatus::Completed)
-            .copied()
-            .unwrap_or(0),
-        0
-    );
-    assert_eq!(
-        summary
-            .counts
-            .get(&TaskStatus::Pending)
-            .copied()
-            .unwrap_or(0),
-        4
-    );
+    assert_eq!(counted(store.as_ref(), TaskStatus::Completed), 0);
+    assert_eq!(counted(store.as_ref(), TaskStatus::Pending), 4);
     assert_eq!(
         store.add(vec![new("alpha", 5)]).unwrap()[0].id,
         "8",
         "an id is never given out twice, even after its task was purged"
     );
+}
+
+/// How many tasks the store's summary counts in `status`.
+fn counted(store: &dyn QueueStore, status: TaskStatus) -> usize {
+    store
+        .summary()
+        .unwrap()
+        .counts
+        .get(&status)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// `remove`: finished tasks by id, with their logs, all or none.
@@ -972,23 +968,8 @@ pub fn removing_finished_tasks(engine: &dyn Engine) {
         !matches!(store.read_log("1", 0), Ok((text, _)) if !text.is_empty()),
         "its log went with it"
     );
-    let summary = store.summary().unwrap();
-    assert_eq!(
-        summary
-            .counts
-            .get(&TaskStatus::Completed)
-            .copied()
-            .unwrap_or(0),
-        0
-    );
-    assert_eq!(
-        summary
-            .counts
-            .get(&TaskStatus::Pending)
-            .copied()
-            .unwrap_or(0),
-        1
-    );
+    assert_eq!(counted(store.as_ref(), TaskStatus::Completed), 0);
+    assert_eq!(counted(store.as_ref(), TaskStatus::Pending), 1);
 }
 
 /// `edit`: a task that has not started changes; one that has is refused.

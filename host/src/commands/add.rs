@@ -338,18 +338,13 @@ fn role_for<'r>(
     if let Some((name, binding)) = bound
         && registry.role(&binding.handler).is_none()
     {
-        let searched: Vec<String> = registry
-            .search_path()
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect();
         bail!(
             "{}: role {name} claims type {:?} but is bound to handler {:?}, which no plugin \
              provides (searched: {})",
             config.source,
             task.task_type,
             binding.handler,
-            searched.join(", ")
+            registry.searched()
         );
     }
     let role = match bound {
@@ -368,11 +363,6 @@ fn role_for<'r>(
         );
         known.sort();
         known.dedup();
-        let searched: Vec<String> = registry
-            .search_path()
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect();
         bail!(
             "unknown task type {:?}: no role on the plugin path claims it (known types: {}; searched: {})",
             task.task_type,
@@ -381,7 +371,7 @@ fn role_for<'r>(
             } else {
                 known.join(", ")
             },
-            searched.join(", ")
+            registry.searched()
         );
     };
     Ok(role)

@@ -99,7 +99,13 @@ pub fn claim_task(
                 store.release(&claim.lease)?;
                 return Ok(None);
             }
-            update_holder(&store, &worker, lease, Some((role_name, &types)), None)?;
+            update_holder(
+                &store,
+                &worker,
+                Some(lease),
+                Some((role_name, &types)),
+                None,
+            )?;
             return Ok(Some(claim));
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -113,14 +119,15 @@ pub fn claim_task(
     }
 }
 
-/// Rewrites the record of self-serve holder `name` as of now, alive for `lease`: its tasks
+/// Rewrites the record of self-serve holder `name` as of now, alive for `lease` (`None`: until
+/// the end its record already has, as after a task is finished): its tasks
 /// are the running tasks it holds (read from the store, so concurrent calls cannot lose one),
 /// with their last progress, and without any the record is removed. `role` names the role it
 /// claims for; `progress` is news of one task.
 fn update_holder(
     store: &dyn QueueStore,
     name: &str,
-    lease: Duration,
+    lease: Option<Duration>,
     role: Option<(&str, &[String])>,
     progress: Option<(&str, u8, &str)>,
 ) -> anyhow::Result<()> {
@@ -171,7 +178,10 @@ fn update_holder(
         tasks,
         started_at: existing.map_or(now, |w| w.started_at),
         heartbeat_at: now,
-        alive_until: Some(queue::lifecycle::later(now, lease)),
+        alive_until: match lease {
+            Some(lease) => Some(queue::lifecycle::later(now, lease)),
+            None => Some(existing.and_then(|w| w.alive_until).unwrap_or(now)),
+        },
         library: None,
     })?;
     Ok(())
@@ -279,7 +289,7 @@ pub fn report_progress(
     let held = lease_of(&store, id, token)?;
     let renewal = store.renew(&held)?;
     let progress = progress.map(|(percent, message)| (id, percent, message));
-    update_holder(&store, &held.worker, lease, None, progress)?;
+    update_holder(&store, &held.worker, Some(lease), None, progress)?;
     Ok(renewal.cancel_requested)
 }
 
@@ -368,16 +378,7 @@ pub fn finish_task(
     let task = store
         .finish(&held, outcome)
         .context("the outcome was not recorded")?;
-    // The lease left is unknown here; the record's own end stands for the tasks it keeps.
-    let until = store
-        .workers()?
-        .into_iter()
-        .find(|w| w.name == held.worker)
-        .and_then(|w| w.alive_until);
-    let lease = until.map_or(Duration::ZERO, |until| {
-        Duration::try_from(until.duration_since(Timestamp::now())).unwrap_or_default()
-    });
-    update_holder(&store, &held.worker, lease, None, None)?;
+    update_holder(&store, &held.worker, None, None, None)?;
     Ok(task)
 }
 

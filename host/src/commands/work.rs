@@ -82,11 +82,6 @@ pub fn find_role(
     if let Some(role) = registry.role(handler) {
         return Ok(role.clone());
     }
-    let searched: Vec<String> = registry
-        .search_path()
-        .iter()
-        .map(|d| d.display().to_string())
-        .collect();
     let refused = registry.refusals();
     let refused = if refused.is_empty() {
         String::new()
@@ -98,7 +93,7 @@ pub fn find_role(
             "{}: role {role_name:?} is bound to handler {:?}, which no plugin provides (searched: {}{refused})",
             config.source,
             binding.handler,
-            searched.join(", ")
+            registry.searched()
         );
     }
     let mut available: Vec<&str> = registry.roles().iter().map(|r| r.name()).collect();
@@ -107,7 +102,7 @@ pub fn find_role(
     available.dedup();
     bail!(
         "no plugin provides role {role_name:?} (searched: {}; available roles: {}{refused})",
-        searched.join(", "),
+        registry.searched(),
         if available.is_empty() {
             "none".to_string()
         } else {

@@ -69,27 +69,17 @@ async fn read_stdin(sender: mpsc::Sender<ClientJsonRpcMessage>, out: Out) {
     let mut stdin = BufReader::new(tokio::io::stdin());
     let mut buf = Vec::new();
     loop {
-        buf.clear();
-        match (&mut stdin)
-            .take(MAX_LINE)
-            .read_until(b'\n', &mut buf)
-            .await
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        if !read_piece(&mut stdin, &mut buf).await {
+            return;
         }
         if !buf.ends_with(b"\n") && buf.len() as u64 == MAX_LINE {
             // Too long: the rest of the line is skipped, and the line answered once.
             loop {
-                buf.clear();
-                match (&mut stdin)
-                    .take(MAX_LINE)
-                    .read_until(b'\n', &mut buf)
-                    .await
-                {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) if buf.ends_with(b"\n") => break,
-                    Ok(_) => {}
+                if !read_piece(&mut stdin, &mut buf).await {
+                    return;
+                }
+                if buf.ends_with(b"\n") {
+                    break;
                 }
             }
             let message = format!("Invalid Request: a line longer than {MAX_LINE} bytes");
@@ -121,6 +111,13 @@ async fn read_stdin(sender: mpsc::Sender<ClientJsonRpcMessage>, out: Out) {
             Err(None) => {}
         }
     }
+}
+
+/// Reads into `buf` (emptied first) up to and with the next newline, or [`MAX_LINE`] bytes;
+/// false at the end of the input.
+async fn read_piece(stdin: &mut BufReader<tokio::io::Stdin>, buf: &mut Vec<u8>) -> bool {
+    buf.clear();
+    matches!(stdin.take(MAX_LINE).read_until(b'\n', buf).await, Ok(read) if read > 0)
 }
 
 fn error_reply(id: Value, code: i64, message: String) -> Value {

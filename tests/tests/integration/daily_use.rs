@@ -37,27 +37,16 @@ fn completions_load_in_their_shell_and_the_manual_page_names_every_command() {
 #[test]
 fn retry_and_cancel_act_on_many_tasks_at_once() {
     let q = TestQueue::new();
-    let doomed: Vec<String> = (0..3)
-        .map(|_| {
-            q.add(&[
-                "--type",
-                "panic",
-                "--payload",
-                r#"{"message": "no"}"#,
-                "--max-attempts",
-                "1",
-            ])
-        })
-        .collect();
+    let doomed: Vec<String> = (0..3).map(|_| q.add_failing_once()).collect();
     let other = q.add(&["--type", "noop"]);
-    q.drain("panicker", &[]);
+    q.drain("flaky", &[]);
     assert!(doomed.iter().all(|id| q.task(id)["status"] == "failed"));
 
-    let said = q.ok(&["retry", "--failed", "--type", "panic"]);
+    let said = q.ok(&["retry", "--failed", "--type", "flaky"]);
     assert_eq!(said.lines().count(), 3, "{said}");
     assert!(doomed.iter().all(|id| q.task(id)["status"] == "pending"));
 
-    let said = q.ok(&["cancel", "--type", "panic"]);
+    let said = q.ok(&["cancel", "--type", "flaky"]);
     assert_eq!(said.lines().count(), 3, "{said}");
     assert!(doomed.iter().all(|id| q.task(id)["status"] == "cancelled"));
     assert_eq!(
@@ -69,7 +58,7 @@ fn retry_and_cancel_act_on_many_tasks_at_once() {
     q.ok(&["retry", &doomed[0], &doomed[1]]);
     assert_eq!(q.task(&doomed[0])["status"], "pending");
     assert_eq!(q.task(&doomed[2])["status"], "cancelled");
-    assert_eq!(q.run(&["retry", "--type", "panic"]).status.code(), Some(2));
+    assert_eq!(q.run(&["retry", "--type", "flaky"]).status.code(), Some(2));
     assert_eq!(q.run(&["cancel"]).status.code(), Some(2));
 }
 
@@ -287,15 +276,8 @@ fn answers_that_used_to_mislead_now_say_what_happened() {
     std::fs::remove_file(q.queue.join("host.toml")).unwrap();
 
     // A task added after one that failed is born cancelled: said on stderr.
-    let failed = q.add(&[
-        "--type",
-        "panic",
-        "--payload",
-        r#"{"message": "no"}"#,
-        "--max-attempts",
-        "1",
-    ]);
-    q.drain("panicker", &[]);
+    let failed = q.add_failing_once();
+    q.drain("flaky", &[]);
     let output = q.run(&["add", "--type", "noop", "--after", &failed]);
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);

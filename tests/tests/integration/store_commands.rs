@@ -275,15 +275,8 @@ fn wait_blocks_until_tasks_finish_and_says_whether_they_completed() {
     assert!(said.contains("1 task(s) completed"), "{said}");
     assert!(worker.wait_with_output().unwrap().status.success());
 
-    let doomed = q.add(&[
-        "--type",
-        "panic",
-        "--payload",
-        r#"{"message": "no"}"#,
-        "--max-attempts",
-        "1",
-    ]);
-    q.drain("panicker", &[]);
+    let doomed = q.add_failing_once();
+    q.drain("flaky", &[]);
     let line = q.fails(&["wait", &doomed, &slow]);
     assert!(line.contains(&format!("{doomed} failed")), "{line}");
 }
