@@ -26,7 +26,20 @@ mkdir -p "$demo"
 export HOST_QUEUE_DIR="$demo/copilot-orchestration"
 app="$demo/app"
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold headings on a terminal only: a log of the demo stays plain text.
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then
+    say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+    say() { printf '\n== %s\n' "$*"; }
+fi
+
+# `host add` prints the new task's id alone, for scripts; the demo says what it is.
+add() {
+    local id
+    id=$("$host" add "$@")
+    echo "added task $id ($2)" >&2
+    echo "$id"
+}
 
 # Runs one worker per role, each in its own process as each would run in its own terminal, and
 # watches them until none has work left.
@@ -46,7 +59,7 @@ say "Plugins found beside the host"
 
 say "Orchestrator: init and phase 1 (write the project)"
 "$host" init
-"$host" add --type write --target "$app" --priority 1 \
+add --type write --target "$app" --priority 1 \
     --description "Create the demo crate" \
     --payload "$(cat <<'JSON'
 {"files": [
@@ -56,7 +69,7 @@ say "Orchestrator: init and phase 1 (write the project)"
   {"path": "README.md", "content": "# demo-app\n\nWritten by the writer role.\n"}
 ]}
 JSON
-)"
+)" >/dev/null
 run_workers writer
 
 say "Orchestrator: phase 2 (inspect, test, deploy)"
@@ -65,11 +78,10 @@ export CARGO_TARGET_DIR="$demo/app-target"
 # The deployer writes only inside its deploy root.
 export DEPLOY_ROOT="$demo/release"
 mkdir -p "$DEPLOY_ROOT"
-inspect=$("$host" add --type inspect --target "$app" --priority 2 --description "Survey the crate")
-echo "$inspect"
-"$host" add --type test --target "$app" --priority 1 --timeout 5m --description "Run its tests"
-"$host" add --type deploy --target "$app" --priority 3 --description "Release it" \
-    --payload '{"destination": "demo-app"}'
+inspect=$(add --type inspect --target "$app" --priority 2 --description "Survey the crate")
+add --type test --target "$app" --priority 1 --timeout 5m --description "Run its tests" >/dev/null
+add --type deploy --target "$app" --priority 3 --description "Release it" \
+    --payload '{"destination": "demo-app"}' >/dev/null
 run_workers inspector tester deployer
 
 say "Status"

@@ -6,12 +6,14 @@ cd "$(dirname "$0")"
 # What the tests need from Debian: Chromium and ChromeDriver for the dashboard's browser test;
 # PostgreSQL's server programs for the PostgreSQL store's tests, which start a throwaway
 # cluster of their own (initdb in a temporary folder; nothing is installed as a service that
-# runs); iproute2 for the many-machines test's network namespaces.
+# runs); iproute2 for the many-machines test's network namespaces; util-linux's `script` for
+# the pseudo-terminal the colour test needs.
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 command -v ip >/dev/null || missing+=(iproute2)
+command -v script >/dev/null || missing+=(bsdutils)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi

@@ -85,6 +85,11 @@ pub struct GlobalArgs {
     /// Say more: full plugin load errors.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+
+    /// When to colour human output: auto (on a terminal, unless NO_COLOR is set), always or
+    /// never.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    pub color: clap::ColorChoice,
 }
 
 /// Options of worker mode (`host --role ROLE`).
@@ -646,7 +651,7 @@ impl Settings {
             .plugin_dirs
             .iter()
             .filter(|d| !d.as_os_str().is_empty())
-            .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()))
+            .map(|d| queue::normal_path(d).unwrap_or_else(|_| d.clone()))
             .collect();
         if plugin_path.is_empty() {
             // Plugins are local to each machine: a queue on a server has no folder for them.

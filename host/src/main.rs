@@ -19,6 +19,11 @@ use crate::cli::{Cli, Settings};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_checked();
+    match cli.global.color {
+        clap::ColorChoice::Always => anstream::ColorChoice::Always.write_global(),
+        clap::ColorChoice::Never => anstream::ColorChoice::Never.write_global(),
+        clap::ColorChoice::Auto => {}
+    }
     let creating = matches!(
         cli.command,
         Some(cli::Command::Init { .. } | cli::Command::Import { .. })

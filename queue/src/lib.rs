@@ -26,6 +26,7 @@ use serde_json::Value;
 
 pub use task_model::{
     Attempt, AttemptStatus, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Task, TaskStatus,
+    rfc3339_millis,
 };
 
 mod folder;
@@ -40,7 +41,7 @@ mod store;
 pub use folder::QueueFolder;
 pub use postgres::{PostgresStore, PostgresUrl, WorkListener, redact_url};
 pub use sqlite::SqliteStore;
-pub use store::{CONFIG_FILE, QueueAddress, Store, WorkSignal};
+pub use store::{CONFIG_FILE, QueueAddress, Store, WorkSignal, normal_path};
 
 /// How hard the store works to survive a power loss (a crashed process is always survived).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

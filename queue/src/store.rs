@@ -18,6 +18,21 @@ use crate::{
 /// The file in a queue folder that holds the queue's configuration.
 pub const CONFIG_FILE: &str = "host.toml";
 
+/// `path` made absolute without `.` or `..` in it, as the file system resolves them: the real
+/// path when it exists, else its folder's real path and its name, else a lexical cleaning.
+pub fn normal_path(path: &Path) -> std::io::Result<PathBuf> {
+    let path = std::path::absolute(path)?;
+    if let Ok(real) = path.canonicalize() {
+        return Ok(real);
+    }
+    let cleaned = path_clean::clean(&path);
+    let real_parent = cleaned.parent().and_then(|p| p.canonicalize().ok());
+    Ok(match (real_parent, cleaned.file_name()) {
+        (Some(parent), Some(name)) => parent.join(name),
+        _ => cleaned,
+    })
+}
+
 /// Where a queue lives.
 #[derive(Clone, Debug)]
 pub enum QueueAddress {
@@ -33,7 +48,7 @@ impl QueueAddress {
         if PostgresUrl::is_url(text) {
             return PostgresUrl::parse(text).map(|url| QueueAddress::Postgres(Box::new(url)));
         }
-        let path = std::path::absolute(text).map_err(|source| StoreError::Io {
+        let path = normal_path(Path::new(text)).map_err(|source| StoreError::Io {
             path: PathBuf::from(text),
             source,
         })?;

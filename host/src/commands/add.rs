@@ -315,9 +315,7 @@ fn not_before(at: Option<&str>, delay: Option<Duration>) -> anyhow::Result<Optio
 /// Makes a target absolute (relative to the current folder), resolving links when it exists, so
 /// that a worker started elsewhere finds the same path.
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
-    path.canonicalize()
-        .or_else(|_| std::path::absolute(path))
-        .with_context(|| format!("target {}", path.display()))
+    queue::normal_path(path).with_context(|| format!("target {}", path.display()))
 }
 
 /// The role that would run the task, by name and plugin role: the `host.toml` binding that

@@ -9,7 +9,8 @@ use queue::{PauseScope, QueueStore, Task, TaskQuery, TaskStatus};
 use serde_json::json;
 
 use crate::cli::{ListArgs, Settings};
-use crate::commands::{one_line, open_store, outln, print_json};
+use crate::commands::{ago, one_line, open_store, outln, paint, print_json};
+use crate::config::Config;
 
 /// The unfinished states, in the order `list` shows them.
 const UNFINISHED: [TaskStatus; 3] = [
@@ -19,7 +20,7 @@ const UNFINISHED: [TaskStatus; 3] = [
 ];
 
 /// Lists the unfinished tasks that pass every filter, in the order they would be claimed
-/// (running first, then by priority and id).
+/// (running first, then by aged priority and id).
 pub fn run(settings: &Settings, args: &ListArgs) -> anyhow::Result<()> {
     let store = open_store(settings)?;
     let statuses = match args.status.as_deref() {
@@ -32,13 +33,25 @@ pub fn run(settings: &Settings, args: &ListArgs) -> anyhow::Result<()> {
         worker: args.worker.clone(),
         ..TaskQuery::default()
     })?;
+    // Claims follow the priority a task has aged to (`[queue] aging`), and so does this order.
+    let aging = Config::load(&store)?.aging;
+    let now = Timestamp::now();
+    let claimed_at = |t: &Task| match aging {
+        Some(step) => queue::lifecycle::aged_priority(t.priority, t.created_at, now, step),
+        None => t.priority,
+    };
     let rank = |t: &Task| UNFINISHED.iter().position(|s| *s == t.status);
-    tasks.sort_by_key(|t| (rank(t), t.priority, t.id.parse::<u64>().unwrap_or(u64::MAX)));
+    tasks.sort_by_key(|t| {
+        (
+            rank(t),
+            claimed_at(t),
+            t.id.parse::<u64>().unwrap_or(u64::MAX),
+        )
+    });
     if let Some(limit) = args.limit {
         tasks.truncate(limit);
     }
     let paused = store.paused()?;
-    let now = Timestamp::now();
     let rows: Vec<(&Task, String)> = tasks
         .iter()
         .map(|t| (t, waits_for(&store, t, &paused, now)))
@@ -49,6 +62,7 @@ pub fn run(settings: &Settings, args: &ListArgs) -> anyhow::Result<()> {
             .map(|(task, waits)| {
                 let mut value = serde_json::to_value(task).expect("task serializes");
                 value["waitsFor"] = json!(waits);
+                value["agedPriority"] = json!(claimed_at(task));
                 value
             })
             .collect();
@@ -58,23 +72,22 @@ pub fn run(settings: &Settings, args: &ListArgs) -> anyhow::Result<()> {
         outln!("No unfinished tasks.");
         return Ok(());
     }
-    outln!(
-        "{:<6} {:<10} {:<8} {:>3} {:>6}  {:<30} DESCRIPTION",
-        "ID",
-        "TYPE",
-        "STATUS",
-        "PRI",
-        "AGE",
-        "WAITS FOR / HELD BY"
+    let header = format!(
+        "{:<6} {:<10} {:<8} {:>5} {:>8}  {:<30} DESCRIPTION",
+        "ID", "TYPE", "STATUS", "PRI", "ADDED", "WAITS FOR / HELD BY"
     );
+    outln!("{}", paint::heading(&header));
     for (t, waits) in &rows {
         outln!(
-            "{:<6} {:<10} {:<8} {:>3} {:>6}  {:<30} {}",
+            "{:<6} {:<10} {} {:>5} {}  {:<30} {}",
             t.id,
             t.task_type,
-            t.status.as_str(),
-            t.priority,
-            age(t.created_at, now),
+            paint::status(t.status, &format!("{:<8}", t.status.as_str())),
+            match claimed_at(t) {
+                aged if aged != t.priority => format!("{}→{aged}", t.priority),
+                _ => t.priority.to_string(),
+            },
+            paint::dim(&format!("{:>8}", ago(t.created_at, now))),
             one_line(waits, 30),
             one_line(t.description.as_deref().unwrap_or(""), 50)
         );
@@ -110,20 +123,9 @@ fn waits_for(store: &queue::Store, task: &Task, paused: &[PauseScope], now: Time
         return format!("paused ({scope})");
     }
     match task.retry_at.filter(|at| *at > now) {
-        Some(at) if task.attempts == 0 => format!("starts in {}", age(now, at)),
-        Some(at) => format!("retry in {}", age(now, at)),
+        Some(at) if task.attempts == 0 => format!("starts {}", ago(at, now)),
+        Some(at) => format!("retry {}", ago(at, now)),
         None => format!("a {} worker", task.task_type),
-    }
-}
-
-/// How long from `from` to `to`, short: 45s, 3m, 2h, 4d.
-fn age(from: Timestamp, to: Timestamp) -> String {
-    let secs = to.duration_since(from).as_secs().max(0);
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m", secs / 60),
-        3600..86400 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86400),
     }
 }
 

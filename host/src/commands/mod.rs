@@ -8,6 +8,7 @@ pub mod export;
 pub mod init;
 pub mod list;
 pub mod new_role;
+pub mod paint;
 pub mod plugins;
 pub mod results;
 pub mod selfserve;
@@ -181,19 +182,20 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     }
 }
 
-/// Like `print!`, but a failed write (a closed pipe) returns an error instead of panicking.
+/// Like `print!`, but a failed write (a closed pipe) returns an error instead of panicking,
+/// and colour (see [`paint`]) is dropped unless stdout is a terminal that should have it.
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        write!(std::io::stdout().lock(), $($arg)*)?
+        write!(anstream::stdout().lock(), $($arg)*)?
     }};
 }
 
-/// Like `println!`, but a failed write (a closed pipe) returns an error instead of panicking.
+/// Like `println!`, with what [`out!`] adds.
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)?
+        writeln!(anstream::stdout().lock(), $($arg)*)?
     }};
 }
 
@@ -214,6 +216,27 @@ pub fn human_ms(ms: u64) -> String {
     } else {
         let secs = ms / 1000;
         format!("{}m {}s", secs / 60, secs % 60)
+    }
+}
+
+/// A whole number of seconds, short: 45s, 3m, 2h, 4d.
+pub fn span(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+/// A moment relative to `now`, for human output: "3m ago", or "in 5m" for one to come.
+pub fn ago(at: jiff::Timestamp, now: jiff::Timestamp) -> String {
+    let secs = now.duration_since(at).as_secs();
+    if secs < 0 {
+        format!("in {}", span(-secs))
+    } else {
+        format!("{} ago", span(secs))
     }
 }
 

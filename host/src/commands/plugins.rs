@@ -102,7 +102,9 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
         } else if dir.exists() {
             "  (not a folder)"
         } else {
-            "  (missing)"
+            // Not an error: the queue's plugin folder is optional, the host's own folder is
+            // searched too.
+            "  (no such folder)"
         };
         outln!("  {}{note}", dir.display());
     }

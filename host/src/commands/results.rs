@@ -4,8 +4,7 @@ use jiff::{SignedDuration, Timestamp};
 use queue::{QueueStore, TaskQuery, TaskStatus};
 
 use crate::cli::{ResultsArgs, Settings};
-use crate::commands::outln;
-use crate::commands::{human_ms, one_line, open_store, print_json};
+use crate::commands::{ago, human_ms, one_line, open_store, outln, paint, print_json};
 
 /// The finished states.
 pub const FINISHED: [TaskStatus; 3] = [
@@ -51,27 +50,27 @@ pub fn run(settings: &Settings, args: &ResultsArgs) -> anyhow::Result<()> {
         outln!("No finished tasks.");
         return Ok(());
     }
-    outln!(
-        "{:<6} {:<10} {:<10} {:<28} {:>8}  OUTCOME",
-        "ID",
-        "TYPE",
-        "STATUS",
-        "WORKER",
-        "TIME"
+    let header = format!(
+        "{:<6} {:<10} {:<10} {:<28} {:>8} {:>9}  OUTCOME",
+        "ID", "TYPE", "STATUS", "WORKER", "TIME", "FINISHED"
     );
+    outln!("{}", paint::heading(&header));
+    let now = Timestamp::now();
     for t in &tasks {
         let outcome = match (&t.error, &t.result) {
-            (Some(error), _) => one_line(error, 70),
+            (Some(error), _) => paint::bad(&one_line(error, 70)),
             (None, Some(result)) => one_line(&result.to_string(), 70),
             (None, None) => String::new(),
         };
+        let finished = t.finished_at.map(|at| ago(at, now)).unwrap_or_default();
         outln!(
-            "{:<6} {:<10} {:<10} {:<28} {:>8}  {outcome}",
+            "{:<6} {:<10} {} {:<28} {:>8} {}  {outcome}",
             t.id,
             t.task_type,
-            t.status.as_str(),
+            paint::status(t.status, &format!("{:<10}", t.status.as_str())),
             t.worker.as_deref().unwrap_or("-"),
             t.duration_ms.map(human_ms).unwrap_or_else(|| "-".into()),
+            paint::dim(&format!("{finished:>9}")),
         );
     }
     Ok(())

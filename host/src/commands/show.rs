@@ -1,10 +1,10 @@
 //! `host show ID`: one task, whole.
 
-use queue::QueueStore;
+use jiff::Timestamp;
+use queue::{QueueStore, rfc3339_millis};
 
 use crate::cli::Settings;
-use crate::commands::outln;
-use crate::commands::{human_ms, open_store, print_json};
+use crate::commands::{ago, human_ms, open_store, outln, paint, print_json};
 
 /// Prints every field of the task.
 pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
@@ -21,7 +21,10 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
     };
     field("id", Some(task.id.clone()))?;
     field("type", Some(task.task_type.clone()))?;
-    field("status", Some(task.status.to_string()))?;
+    field(
+        "status",
+        Some(paint::status(task.status, task.status.as_str())),
+    )?;
     field("priority", Some(task.priority.to_string()))?;
     field(
         "target",
@@ -34,28 +37,37 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
     )?;
     field("timeout", task.timeout_secs.map(|s| format!("{s}s")))?;
     field("worker", task.worker.clone())?;
-    field("created", Some(task.created_at.to_string()))?;
-    field("started", task.started_at.map(|t| t.to_string()))?;
-    field("finished", task.finished_at.map(|t| t.to_string()))?;
+    // A relative age to read, the exact time (to the millisecond, as in --json) to compare.
+    let now = Timestamp::now();
+    let when = |at: Timestamp| {
+        format!(
+            "{} {}",
+            ago(at, now),
+            paint::dim(&format!("({})", rfc3339_millis::format(&at)))
+        )
+    };
+    field("created", Some(when(task.created_at)))?;
+    field("started", task.started_at.map(when))?;
+    field("finished", task.finished_at.map(when))?;
     field("duration", task.duration_ms.map(human_ms))?;
-    field("error", task.error.clone())?;
+    field("error", task.error.as_deref().map(paint::bad))?;
     field(
         "cancel",
         task.cancel_requested
             .then(|| "requested; the handler was told".to_string()),
     )?;
-    field("retry at", task.retry_at.map(|t| t.to_string()))?;
+    field("retry at", task.retry_at.map(when))?;
     if !task.history.is_empty() {
         outln!("history");
         for run in &task.history {
             let status = format!("{:?}", run.status).to_lowercase();
             let error = run.error.as_deref().unwrap_or_default();
             let line = format!(
-                "  #{:<3} {:<10} {:<24} {}  {error}",
+                "  #{:<3} {:<10} {:<24} {:<8}  {error}",
                 run.attempt,
                 status,
                 run.worker,
-                run.started_at.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+                ago(run.started_at, now)
             );
             outln!("{}", line.trim_end());
         }

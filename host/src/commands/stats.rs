@@ -207,6 +207,12 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     for (name, f) in &stats.by_worker {
         row(&mut text, name, f);
     }
+    let _ = writeln!(
+        text,
+        "\nCounts are of all time (per worker: the last hour). /min 1h is tasks finished \
+         (completed or failed) per minute over the last hour; run and wait times are over the \
+         tasks that finished in the last hour (at most the newest {SAMPLE})."
+    );
     out!("{text}");
     Ok(())
 }

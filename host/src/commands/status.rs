@@ -9,8 +9,7 @@ use queue::{PauseScope, QueueStore, TaskStatus, WorkerRecord};
 use serde::Serialize;
 
 use crate::cli::Settings;
-use crate::commands::out;
-use crate::commands::{open_store, print_json};
+use crate::commands::{ago, open_store, out, paint, print_json};
 
 /// A worker whose record is older than this is shown as dead.
 pub const WORKER_STALE_AFTER: Duration = Duration::from_secs(10);
@@ -87,9 +86,16 @@ impl StatusReport {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "Queue {}", self.queue);
-        for state in TaskStatus::ALL.map(TaskStatus::as_str) {
+        for status in TaskStatus::ALL {
+            let state = status.as_str();
             let count = self.counts.get(state).copied().unwrap_or(0);
-            let _ = write!(out, "  {state:<10} {count:>6}");
+            let label = format!("{state:<10}");
+            let label = if count > 0 {
+                paint::status(status, &label)
+            } else {
+                paint::dim(&label)
+            };
+            let _ = write!(out, "  {label} {count:>6}");
             if state == "pending" && !self.pending_by_type.is_empty() {
                 let by_type: Vec<String> = self
                     .pending_by_type
@@ -108,36 +114,34 @@ impl StatusReport {
             out.push_str("No workers. Start one with `host --role ROLE`.\n");
             return out;
         }
-        let _ = writeln!(
-            out,
+        let header = format!(
             "{:<28} {:<16} {:<12} {:<8} {:<10} {:<6} HEARTBEAT / PROGRESS",
             "WORKER", "HOST", "ROLE", "STATE", "TASK", "DONE"
         );
+        let _ = writeln!(out, "{}", paint::heading(&header));
         let now = Timestamp::now();
         for w in &self.workers {
             let r = &w.record;
             let state = if w.alive {
-                format!("{:?}", r.state).to_lowercase()
+                format!("{:<8}", format!("{:?}", r.state).to_lowercase())
             } else {
-                "dead".to_string()
+                paint::bad(&format!("{:<8}", "dead"))
             };
-            let ago = now.duration_since(r.heartbeat_at).as_secs();
-            let heartbeat = format!("{ago}s ago");
+            let heartbeat = paint::dim(&format!("{:<8}", ago(r.heartbeat_at, now)));
             if r.tasks.is_empty() {
                 let _ = writeln!(
                     out,
-                    "{:<28} {:<16} {:<12} {:<8} {:<10} {:<6} {heartbeat}",
-                    r.name, r.hostname, r.role, state, "-", "-"
+                    "{:<28} {:<16} {:<12} {state} {:<10} {:<6} {heartbeat}",
+                    r.name, r.hostname, r.role, "-", "-"
                 );
             }
             for t in &r.tasks {
                 let _ = writeln!(
                     out,
-                    "{:<28} {:<16} {:<12} {:<8} {:<10} {:<6} {heartbeat}  {}",
+                    "{:<28} {:<16} {:<12} {state} {:<10} {:<6} {heartbeat}  {}",
                     r.name,
                     r.hostname,
                     r.role,
-                    state,
                     format!("{} {}", t.id, t.task_type),
                     format!("{}%", t.progress),
                     t.message

@@ -35,8 +35,8 @@ pub fn run(settings: &Settings, interval: Duration, follow: bool) -> anyhow::Res
     let outcome = dashboard(&mut screen.terminal, settings, interval, follow);
     drop(screen);
     if let Some(report) = outcome? {
-        print!("{}", report.render());
-        println!("Nothing pending, blocked or running.");
+        anstream::print!("{}", report.render());
+        anstream::println!("Nothing pending, blocked or running.");
     }
     Ok(())
 }
@@ -269,7 +269,7 @@ fn bar(percent: u8) -> String {
 fn run_plain(settings: &Settings, interval: Duration, follow: bool) -> anyhow::Result<()> {
     loop {
         let report = StatusReport::read(settings)?;
-        let mut out = std::io::stdout().lock();
+        let mut out = anstream::stdout().lock();
         writeln!(out, "{}", report.render())?;
         if !follow && report.unfinished() == 0 {
             writeln!(out, "Nothing pending, blocked or running.")?;

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::cli::Settings;
 use crate::commands::status::WORKER_STALE_AFTER;
-use crate::commands::{open_store, outln, print_json};
+use crate::commands::{ago, open_store, outln, paint, print_json};
 
 /// A dead worker's record is dropped by the next worker that starts once it is this old.
 pub const DEAD_WORKER_KEPT: Duration = Duration::from_secs(24 * 3600);
@@ -62,24 +62,24 @@ pub fn run(settings: &Settings, prune_dead: bool, json_out: bool) -> anyhow::Res
         outln!("No workers. Start one with `host --role ROLE`.");
         return Ok(());
     }
-    outln!(
+    let header = format!(
         "{:<28} {:<16} {:<12} {:<6} {:>8}  LAST SEEN",
-        "WORKER",
-        "HOST",
-        "ROLE",
-        "STATE",
-        "PID"
+        "WORKER", "HOST", "ROLE", "STATE", "PID"
     );
+    outln!("{}", paint::heading(&header));
     for (w, alive) in &workers {
-        let state = if *alive { "alive" } else { "dead" };
-        let seen = now.duration_since(w.heartbeat_at).as_secs();
+        let state = if *alive {
+            format!("{:<6}", "alive")
+        } else {
+            paint::bad(&format!("{:<6}", "dead"))
+        };
         outln!(
-            "{:<28} {:<16} {:<12} {:<6} {:>8}  {seen}s ago",
+            "{:<28} {:<16} {:<12} {state} {:>8}  {}",
             w.name,
             w.hostname,
             w.role,
-            state,
-            w.pid
+            w.pid,
+            ago(w.heartbeat_at, now)
         );
     }
     Ok(())

@@ -1,5 +1,7 @@
 //! Around the queue: shell completions and the manual page.
 
+use std::time::Duration;
+
 use integration_tests::TestQueue;
 
 #[test]
@@ -336,4 +338,136 @@ fn the_writer_honours_the_umask() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o644);
+}
+
+/// `host ARGS` on a pseudo-terminal (through util-linux's `script`), with `env` added; returns
+/// what the terminal showed.
+fn on_terminal(q: &TestQueue, args: &str, env: &[(&str, &str)]) -> String {
+    let host = integration_tests::workspace().host();
+    let output = std::process::Command::new("script")
+        .args(["-qec", &format!("{} {args}", host.display()), "/dev/null"])
+        .current_dir(&q.scratch)
+        .env("HOST_QUEUE_DIR", &q.address)
+        .env("HOST_PLUGIN_PATH", &q.plugins)
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .env("TERM", "xterm")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux) runs");
+    assert!(output.status.success(), "host {args}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).replace("\r\n", "\n")
+}
+
+#[test]
+fn human_output_is_coloured_on_a_terminal_only_and_times_read_as_ages() {
+    let q = TestQueue::new();
+    let done = q.add(&["--type", "noop"]);
+    q.drain("noop", &[]);
+    q.add(&["--type", "noop", "--description", "still to do"]);
+    for command in ["status", "results", "list"] {
+        let shown = on_terminal(&q, command, &[]);
+        assert!(shown.contains("\x1b["), "{command} on a terminal: {shown}");
+        assert!(
+            !on_terminal(&q, command, &[("NO_COLOR", "1")]).contains('\x1b'),
+            "{command} with NO_COLOR"
+        );
+        assert!(
+            !on_terminal(&q, &format!("{command} --color never"), &[]).contains('\x1b'),
+            "{command} --color never"
+        );
+        assert!(!q.ok(&[command]).contains('\x1b'), "{command} into a pipe");
+        assert!(q.ok(&[command, "--color", "always"]).contains("\x1b["));
+    }
+    // Human output gives ages; JSON gives the time itself (checked in
+    // json_times_are_rfc3339_to_the_millisecond).
+    let results = q.ok(&["results"]);
+    assert!(
+        results.contains("FINISHED") && results.contains("s ago"),
+        "{results}"
+    );
+    let list = q.ok(&["list"]);
+    assert!(
+        list.contains("s ago") && list.contains("still to do"),
+        "{list}"
+    );
+    let shown = q.ok(&["show", &done]);
+    let finished = q.task(&done)["finishedAt"].as_str().unwrap().to_string();
+    assert!(
+        shown.contains(&format!("s ago ({finished})")),
+        "{shown}\nwants {finished}"
+    );
+    let stats = q.ok(&["stats"]);
+    assert!(stats.contains("per minute over the last hour"), "{stats}");
+}
+
+#[test]
+fn paths_are_shown_without_dots_and_an_absent_plugin_folder_is_not_an_error() {
+    let q = TestQueue::new();
+    std::fs::create_dir_all(q.scratch.join("app")).unwrap();
+    let dotted = q.scratch.join("app/../copilot-orchestration/.");
+    std::fs::rename(&q.queue, q.scratch.join("copilot-orchestration")).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&q.ok(&["status", "--json", "--queue", dotted.to_str().unwrap()]))
+            .unwrap();
+    let real = q
+        .scratch
+        .join("copilot-orchestration")
+        .canonicalize()
+        .unwrap();
+    assert_eq!(report["queue"], real.to_str().unwrap(), "{report}");
+
+    // A target that does not exist yet is cleaned too.
+    let queue = ["--queue", dotted.to_str().unwrap()];
+    let target = q.scratch.join("app/./new/../later");
+    let id = q.ok(&[
+        &queue[..],
+        &[
+            "add",
+            "--type",
+            "noop",
+            "--target",
+            target.to_str().unwrap(),
+        ],
+    ]
+    .concat());
+    let task: serde_json::Value =
+        serde_json::from_str(&q.ok(&[&queue[..], &["show", id.trim(), "--json"]].concat()))
+            .unwrap();
+    let app = q.scratch.join("app").canonicalize().unwrap();
+    assert_eq!(task["target"], app.join("later").to_str().unwrap());
+
+    // The queue's own plugin folder is optional: its absence is said plainly.
+    let said = q.ok(&[
+        "plugins",
+        "--plugin-dir",
+        q.scratch.join("nothing-here").to_str().unwrap(),
+    ]);
+    assert!(!said.contains("missing"), "{said}");
+    assert!(said.contains("nothing-here  (no such folder)"), "{said}");
+}
+
+#[test]
+fn a_cancelled_command_says_it_was_cancelled_not_killed_by_a_signal() {
+    let q = TestQueue::new();
+    let id = q.add(&[
+        "--type",
+        "test",
+        "--target",
+        q.scratch.to_str().unwrap(),
+        "--payload",
+        r#"{"command": ["sleep", "60"]}"#,
+    ]);
+    let worker = q.spawn_worker("tester", &["--drain"]);
+    q.wait_for("the command to start", Duration::from_secs(20), |q| {
+        q.task(&id)["status"] == "running"
+    });
+    q.ok(&["cancel", &id]);
+    assert!(worker.wait_with_output().unwrap().status.success());
+    let task = q.task(&id);
+    assert_eq!(task["status"], "cancelled", "{task:#}");
+    let error = task["error"].as_str().unwrap();
+    assert!(error.contains("the task was cancelled"), "{error}");
+    assert!(!error.contains("signal"), "{error}");
 }

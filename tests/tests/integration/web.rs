@@ -448,6 +448,47 @@ impl Browser {
         self.command(&format!("/element/{id}/click"), json!({}));
     }
 
+    /// Opens the dashboard as a user would: the URL `host serve` printed, after which the page
+    /// lives on the cookie it set; returns once the live connection is up.
+    fn open(&self, server: &Server) {
+        self.command(
+            "/url",
+            json!({"url": format!("{}/?token={}", server.url, server.token)}),
+        );
+        self.wait_for(
+            "the live connection",
+            "return document.getElementById('live').textContent.startsWith('live')",
+        );
+    }
+
+    /// Sets the size of the window's viewport, as a user's screen would give it.
+    fn resize(&self, width: u32, height: u32) {
+        // The window's outer size includes whatever the browser draws around the page.
+        let inner = self.script("return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight]");
+        let extra = |i: usize| inner[i].as_u64().unwrap_or(0) as u32;
+        self.command(
+            "/window/rect",
+            json!({"width": width + extra(0), "height": height + extra(1)}),
+        );
+        let size = self.script("return [window.innerWidth, window.innerHeight]");
+        assert_eq!(size, json!([width, height]), "the viewport's size");
+    }
+
+    /// Saves a screenshot of the page as `target/test-artifacts/NAME.png`.
+    fn screenshot(&self, name: &str) {
+        let (status, png) = get(&format!("{}/screenshot", self.base), &[]);
+        assert_eq!(status, 200, "{png}");
+        let png = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            png["value"].as_str().unwrap_or_default(),
+        )
+        .unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), &png).unwrap();
+    }
+
     fn wait_for(&self, what: &str, script: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.script(script) != true {
@@ -470,15 +511,7 @@ fn the_dashboard_adds_a_task_and_shows_it_complete_without_reloading() {
     let q = TestQueue::new();
     let server = serve(&q, &[]);
     let browser = Browser::start();
-    // The URL `host serve` printed; the page then lives on the cookie it set.
-    browser.command(
-        "/url",
-        json!({"url": format!("{}/?token={}", server.url, server.token)}),
-    );
-    browser.wait_for(
-        "the live connection",
-        "return document.getElementById('live').textContent.startsWith('live')",
-    );
+    browser.open(&server);
     // A marker that a reload would lose.
     browser.script("window.notReloaded = true; return true");
 
@@ -507,18 +540,192 @@ fn the_dashboard_adds_a_task_and_shows_it_complete_without_reloading() {
         "no reload"
     );
 
-    let (status, png) = get(&format!("{}/screenshot", browser.base), &[]);
-    assert_eq!(status, 200, "{png}");
-    let png = &png["value"];
-    let png = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        png.as_str().unwrap_or_default(),
-    )
-    .unwrap();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("dashboard.png"), &png).unwrap();
-    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    browser.screenshot("dashboard");
+}
+
+#[test]
+fn the_dashboard_of_an_empty_queue_says_what_to_do() {
+    let q = TestQueue::new();
+    let server = serve(&q, &[]);
+    let browser = Browser::start();
+    browser.resize(1400, 1000);
+    browser.open(&server);
+    let text = |selector: &str| {
+        browser.script(&format!(
+            "return document.querySelector('{selector}').textContent"
+        ))
+    };
+    browser.wait_for(
+        "the empty task list",
+        "return document.getElementById('tasks').textContent.includes('The queue is empty')",
+    );
+    let tasks = text("#tasks");
+    assert!(
+        tasks.as_str().unwrap().contains("host add --type TYPE"),
+        "{tasks}"
+    );
+    let chart = text("#chart");
+    assert_eq!(chart, "Nothing finished in the last hour.");
+    let workers = text("#workers");
+    assert!(
+        workers.as_str().unwrap().contains("host --role ROLE"),
+        "{workers}"
+    );
+    browser.click("#tab-graph");
+    let plan = text("#graph-empty");
+    assert!(
+        plan.as_str().unwrap().contains("host add --after ID"),
+        "{plan}"
+    );
+    browser.click("#tab-list");
+    // Filters that match nothing say so, rather than suggest adding a first task.
+    browser.type_into("#f-type", "nothing-like-this");
+    browser.wait_for(
+        "the filtered empty list",
+        "return document.getElementById('tasks').textContent.includes('No task matches these filters')",
+    );
+    browser.command(
+        &format!("/element/{}/clear", browser.find("#f-type")),
+        json!({}),
+    );
+    browser.wait_for(
+        "the empty list again",
+        "return document.getElementById('tasks').textContent.includes('The queue is empty')",
+    );
+    browser.screenshot("dashboard-empty");
+}
+
+#[test]
+fn the_dashboard_lays_out_a_busy_queue_and_draws_its_plan() {
+    let q = TestQueue::new();
+    // A plan: first, then second and third after it, then last after both.
+    let first = q.add(&["--type", "noop", "--description", "plan: first"]);
+    let second = q.add(&[
+        "--type",
+        "noop",
+        "--after",
+        &first,
+        "--description",
+        "plan: second",
+    ]);
+    let third = q.add(&[
+        "--type",
+        "sleep",
+        "--after",
+        &first,
+        "--description",
+        "plan: third",
+    ]);
+    // (`last` is not a noop: a noop worker's --drain would wait for it.)
+    let last = q.add(&[
+        "--type",
+        "sleep",
+        "--after",
+        &second,
+        "--after",
+        &third,
+        "--description",
+        "plan: last",
+    ]);
+    let failed = q.add_failing_once();
+    q.drain("noop", &[]);
+    q.drain("flaky", &[]);
+    // A busy queue: many tasks, some with descriptions longer than any screen is wide.
+    let long_word = "x".repeat(400);
+    for i in 0..60 {
+        let description = match i % 3 {
+            0 => format!("long {long_word}"),
+            1 => "words ".repeat(80),
+            _ => format!("task {i}"),
+        };
+        // Ahead of the plan's sleeps, so that the claims below take these.
+        q.add(&[
+            "--type",
+            "sleep",
+            "--priority",
+            "1",
+            "--description",
+            &description,
+        ]);
+    }
+    // Three assistants hold a task each.
+    for name in ["assistant-1", "assistant-2", "assistant-3"] {
+        q.ok(&["claim", "--role", "sleeper", "--name", name, "--json"]);
+    }
+    let server = serve(&q, &[]);
+    let browser = Browser::start();
+    browser.resize(1400, 1000);
+    browser.open(&server);
+    browser.wait_for(
+        "the task list",
+        "return document.querySelectorAll('#tasks tr.task').length >= 60",
+    );
+    let above_the_fold = browser.script(
+        "return [...document.querySelectorAll('#tasks tr.task')].filter(r => r.getBoundingClientRect().bottom <= window.innerHeight).length",
+    );
+    assert!(
+        above_the_fold.as_u64().unwrap() >= 20,
+        "task rows above the fold at 1400x1000: {above_the_fold}"
+    );
+    let workers = browser.script("return document.querySelectorAll('#workers tr').length");
+    assert_eq!(workers, 3, "one row per assistant");
+    browser.screenshot("dashboard-busy");
+
+    // Nothing pushes the page sideways at 1280 px, details of a long task included.
+    browser.resize(1280, 900);
+    browser.click("#tasks tr.task");
+    browser.wait_for(
+        "the details",
+        "return document.getElementById('details').textContent.includes('Log')",
+    );
+    let overflow = browser.script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+    );
+    assert_eq!(overflow, 0, "horizontal scroll at 1280 px");
+
+    // The plan as a graph: its four tasks, four edges, coloured by state.
+    browser.click("#tab-graph");
+    let nodes = browser.script(
+        "return [...document.querySelectorAll('#graph .node')].map(n => [n.dataset.id, n.classList[1]])",
+    );
+    assert_eq!(
+        nodes,
+        json!([
+            [first, "completed"],
+            [second, "completed"],
+            [third, "pending"],
+            [last, "blocked"]
+        ]),
+        "the failed task {failed} is in no plan"
+    );
+    let edges = browser.script(
+        "return [...document.querySelectorAll('#graph .edge')].map(e => e.dataset.from + '>' + e.dataset.to).sort()",
+    );
+    let mut want = vec![
+        format!("{first}>{second}"),
+        format!("{first}>{third}"),
+        format!("{second}>{last}"),
+        format!("{third}>{last}"),
+    ];
+    want.sort();
+    assert_eq!(edges, json!(want));
+    // A task stands right of what it comes after.
+    let x = |id: &str| {
+        browser
+            .script(&format!(
+                "return document.querySelector('#graph .node[data-id=\"{id}\"]').getBoundingClientRect().left"
+            ))
+            .as_f64()
+            .unwrap()
+    };
+    assert!(x(&first) < x(&second) && x(&second) < x(&last) && x(&third) < x(&last));
+    browser.click(&format!("#graph .node[data-id=\"{last}\"]"));
+    browser.wait_for(
+        "the plan's last task in the details",
+        &format!("return document.getElementById('details').textContent.includes('Task {last}')"),
+    );
+    browser.resize(1400, 1000);
+    browser.screenshot("dashboard-plan");
 }
 
 #[test]
