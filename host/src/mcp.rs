@@ -309,7 +309,7 @@ impl QueueServer {
             .enumerate()
             .map(|(index, task)| Ok((format!("task {}", index + 1), entry(task)?)))
             .collect::<Result<Vec<_>, String>>()?;
-        let tasks = add::tasks_from_entries(entries).map_err(one_line)?;
+        let tasks = add::tasks_from_entries("", entries).map_err(one_line)?;
         let store = open_store(&self.settings).map_err(one_line)?;
         add::add_checked(&self.settings, &store, tasks, |index, err| {
             err.context(format!("task {}", index + 1))

@@ -208,8 +208,9 @@ fn is_broken(status: TaskStatus) -> bool {
     matches!(status, TaskStatus::Failed | TaskStatus::Cancelled)
 }
 
-/// A cycle among the batch-internal `after` edges, as entry indexes, if there is one.
-fn batch_cycle(tasks: &[NewTask]) -> Option<Vec<usize>> {
+/// A cycle among the batch-internal `after` edges, as entry indexes (the first repeated at
+/// the end), if there is one.
+pub fn batch_cycle(tasks: &[NewTask]) -> Option<Vec<usize>> {
     // 0 = unvisited, 1 = on the current path, 2 = done.
     fn visit(i: usize, tasks: &[NewTask], state: &mut [u8], path: &mut Vec<usize>) -> bool {
         state[i] = 1;

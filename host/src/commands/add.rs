@@ -173,32 +173,46 @@ fn read_task_file(file: &Path) -> anyhow::Result<Vec<NewTask>> {
         values
             .into_iter()
             .enumerate()
-            .map(|(i, v)| (format!("{name}: entry {}", i + 1), v))
+            .map(|(i, v)| (format!("entry {}", i + 1), v))
             .collect()
     } else {
         text.lines()
             .enumerate()
             .filter(|(_, line)| !line.trim().is_empty())
             .map(|(i, line)| {
-                let at = format!("{name}: line {}", i + 1);
                 serde_json::from_str(line)
-                    .map(|v| (at.clone(), v))
-                    .map_err(|err| anyhow!("{at}: {err}"))
+                    .map(|v| (format!("line {}", i + 1), v))
+                    .map_err(|err| {
+                        // One position: serde_json's own counts lines within this one.
+                        let text = err.to_string();
+                        let why = text
+                            .strip_suffix(&format!(" at line 1 column {}", err.column()))
+                            .unwrap_or(&text);
+                        anyhow!("{name}: line {}, column {}: {why}", i + 1, err.column())
+                    })
             })
             .collect::<anyhow::Result<_>>()?
     };
     if entries.is_empty() {
         bail!("{name}: no tasks in the file");
     }
-    tasks_from_entries(entries)
+    tasks_from_entries(&name.to_string(), entries)
 }
 
-/// Tasks from the JSON entries of a task file (or of the MCP `add_tasks` tool), each labelled
-/// for errors: later entries may name earlier ones by `key` in their `after`.
-pub fn tasks_from_entries(entries: Vec<(String, Value)>) -> anyhow::Result<Vec<NewTask>> {
+/// Tasks from the JSON entries of a task file (or of the MCP `add_tasks` tool), each with its
+/// position in `source` for errors: entries may name others by `key` in their `after`.
+pub fn tasks_from_entries(
+    source: &str,
+    entries: Vec<(String, Value)>,
+) -> anyhow::Result<Vec<NewTask>> {
     let entries: Vec<(String, TaskEntry)> = entries
         .into_iter()
-        .map(|(at, value)| {
+        .map(|(position, value)| {
+            let at = if source.is_empty() {
+                position
+            } else {
+                format!("{source}: {position}")
+            };
             serde_json::from_value(value)
                 .map(|entry| (at.clone(), entry))
                 .map_err(|err| anyhow!("{at}: {err}"))
@@ -215,10 +229,38 @@ pub fn tasks_from_entries(entries: Vec<(String, Value)>) -> anyhow::Result<Vec<N
             }
         }
     }
-    entries
+    let named: Vec<(String, Option<String>)> = entries
+        .iter()
+        .map(|(at, entry)| (at.clone(), entry.key.clone()))
+        .collect();
+    let tasks: Vec<NewTask> = entries
         .into_iter()
         .map(|(at, entry)| new_task(entry, &keys).map_err(|err| anyhow!("{at}: {err:#}")))
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    if let Some(cycle) = queue::lifecycle::batch_cycle(&tasks) {
+        // The entries as their author wrote them: by key, where they sit.
+        let cycle: Vec<String> = cycle
+            .iter()
+            .map(|&i| {
+                let (at, key) = &named[i];
+                let position = at.strip_prefix(&format!("{source}: ")).unwrap_or(at);
+                match key {
+                    Some(key) => format!("{key:?} ({position})"),
+                    None => position.to_string(),
+                }
+            })
+            .collect();
+        let from = if source.is_empty() {
+            String::new()
+        } else {
+            format!("{source}: ")
+        };
+        bail!(
+            "{from}nothing was added: {} come after each other in a cycle",
+            cycle.join(" -> ")
+        );
+    }
+    Ok(tasks)
 }
 
 /// A task from the JSON of one task-file entry (its `after` may only name ids).

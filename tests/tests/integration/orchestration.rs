@@ -76,9 +76,18 @@ fn a_cycle_or_an_unknown_id_is_refused_and_nothing_is_added() {
     )
     .unwrap();
     let line = q.fails(&["add", "--file", file.to_str().unwrap()]);
-    assert!(line.contains("cycle"), "{line}");
+    // The file, the entries by key and position, and "nothing was added" once.
+    assert!(
+        line.contains(&format!(
+            "{}: nothing was added: \"a\" (entry 1) -> \"c\" (entry 3) -> \"b\" (entry 2) -> \"a\" (entry 1) come after each other in a cycle",
+            file.display()
+        )),
+        "{line}"
+    );
+    assert_eq!(line.matches("nothing was added").count(), 1, "{line}");
     let line = q.fails(&["add", "--type", "noop", "--after", "42"]);
     assert!(line.contains("no task with id 42"), "{line}");
+    assert!(line.contains("entry 1: after"), "{line}");
     fs::write(&file, r#"[{"type": "noop", "after": ["nope"]}]"#).unwrap();
     let line = q.fails(&["add", "--file", file.to_str().unwrap()]);
     assert!(line.contains("no entry with key \"nope\""), "{line}");
