@@ -265,6 +265,28 @@ pub enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// The change an agent task made on its branch (a worktree task), as a patch.
+    Diff {
+        /// The task id.
+        id: String,
+    },
+    /// Bring a worktree task's branch into its base branch, then delete the branch; a conflict
+    /// changes nothing and names the files.
+    Merge {
+        /// The task id.
+        id: String,
+        /// One commit of the whole change instead of a merge commit.
+        #[arg(long, conflicts_with = "rebase")]
+        squash: bool,
+        /// Replay the branch's commits on the base, then fast-forward.
+        #[arg(long)]
+        rebase: bool,
+    },
+    /// Delete a worktree task's branch.
+    Discard {
+        /// The task id.
+        id: String,
+    },
     /// A task's log (its handler's log lines, an agent's output).
     Logs {
         /// The task id.

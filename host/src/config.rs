@@ -9,6 +9,7 @@
 //! # command = ["my-cli", "{prompt}"]   # ... or a custom argv template
 //! # prompt = "..."          # ... and a prompt template
 //! # stall = "10m"           # ... and how long it may print nothing ("off": no limit)
+//! # isolation = "none"      # ... and where: a git worktree per task (the default in git) or not
 //! timeout = "10m"           # for tasks that set no timeout
 //!
 //! [limits]

@@ -38,6 +38,18 @@
 //! worker starts. A command with neither `{prompt}` nor `{prompt_file}` gets the prompt on
 //! standard input. The command is an argument vector, never a shell.
 //!
+//! Isolation: when the target is tracked in a git repository, each attempt runs in a fresh
+//! worktree of it on the branch `host/task-ID` (crate `worktrees`), so agents on one repository
+//! never touch each other's files or the user's checkout. Its base is the role's or the
+//! payload's `base` (a commit or branch), else the branches of the tasks it comes after (merged;
+//! a conflict between them fails the task, naming the files), else the repository's HEAD. The
+//! role's `setup` command runs in the worktree first; the ignored files that its `include`
+//! patterns or the repository's `.worktreeinclude` name (`.env`) are copied in. When the attempt
+//! ends, what the agent left uncommitted is committed, the result's `worktree` records the
+//! branch, its commits, a diffstat and the changed files, and the worktree is removed; the
+//! branch stays for `host diff`, `host merge` and `host discard`. `isolation = "none"` runs in
+//! the target itself.
+//!
 //! The output streams to the task's log (`host logs ID`). Result: `agent`, `program`,
 //! `exitCode`, `durationMs`, `timedOut`, `stalled`, `prompt` (`bytes`, `via`), `outputTail` and
 //! `changedFiles` (`created`, `modified`, `deleted`, relative to the target). The argv is not
@@ -49,7 +61,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use plugin_api::{Context, HandlerError, Role, Task, Value, json, serde_json};
+use plugin_api::{
+    Context, HandlerError, Role, Setting, SettingKind, Task, Value, json, serde_json,
+};
 
 use crate::command::{self, Limits, shorten};
 use crate::paths::target;
@@ -537,7 +551,33 @@ impl Role for Agent {
         target(task).map(drop)
     }
 
+    fn settings(&self) -> Vec<Setting> {
+        vec![
+            Setting::new(
+                "isolation",
+                SettingKind::String,
+                "\"worktree\" (the default where the target is tracked in git) or \"none\"",
+            ),
+            Setting::new(
+                "base",
+                SettingKind::String,
+                "the commit or branch each task's worktree starts from (default: HEAD)",
+            ),
+            Setting::new(
+                "setup",
+                SettingKind::List,
+                "a command run in each new worktree before the agent, e.g. [\"npm\", \"ci\"]",
+            ),
+            Setting::new(
+                "include",
+                SettingKind::List,
+                "ignored files copied into each worktree (gitignore patterns, e.g. \".env\")",
+            ),
+        ]
+    }
+
     fn check_settings(&self, settings: &Value) -> Result<(), String> {
+        Isolation::read(settings)?;
         let setup = Setup::read(settings)?;
         let program = &setup.command[0];
         if !runnable(program) {
@@ -551,12 +591,61 @@ impl Role for Agent {
     }
 
     fn handle(&self, task: &Task, ctx: &Context<'_>) -> Result<Value, HandlerError> {
-        let dir = target(task)?;
-        let setup = Setup::read(&ctx.settings())?;
+        let target = target(task)?;
+        let settings = ctx.settings();
+        let setup = Setup::read(&settings)?;
+        let prerequisites = ctx.prerequisites();
+        let checkout = match Isolation::read(&settings)?.repo(target)? {
+            Some(repo) => Some(open_worktree(&repo, task, &settings, &prerequisites, ctx)?),
+            None => None,
+        };
+        let dir = checkout
+            .as_ref()
+            .map_or_else(|| target.to_path_buf(), |c| c.folder_for(target));
+        // The prompt's {target} is where the agent works: its worktree, not the checkout.
+        let mut moved = task.clone();
+        moved.target = Some(dir.clone());
+        let outcome = self.run_agent(&moved, ctx, &setup, &prerequisites, &dir);
+        let Some(checkout) = checkout else {
+            return outcome;
+        };
+        let message = format!(
+            "host task {}: {}",
+            task.id,
+            task.description.as_deref().unwrap_or(&task.task_type)
+        );
+        let record = checkout
+            .finish(&message)
+            .map_err(|err| format!("worktree of task {}: {err}", task.id))?;
+        let record = serde_json::to_value(record).expect("a record serializes");
+        match outcome {
+            Ok(mut result) => {
+                result["worktree"] = record;
+                Ok(result)
+            }
+            Err(mut err) => {
+                let mut result = err.result.take().unwrap_or_else(|| json!({}));
+                result["worktree"] = record;
+                Err(err.with_result(result))
+            }
+        }
+    }
+}
+
+impl Agent {
+    /// Runs the CLI on the task in `dir`: the target, or its worktree.
+    fn run_agent(
+        &self,
+        task: &Task,
+        ctx: &Context<'_>,
+        setup: &Setup,
+        prerequisites: &[Task],
+        dir: &Path,
+    ) -> Result<Value, HandlerError> {
         let which = setup.describe();
-        let after = describe_prerequisites(&ctx.prerequisites());
+        let after = describe_prerequisites(prerequisites);
         let prompt = fill(&setup.prompt, task, &after, "", "");
-        let invocation = Invocation::new(&setup, task, &after, &prompt)
+        let invocation = Invocation::new(setup, task, &after, &prompt)
             .map_err(|err| format!("{which}: {err}"))?;
         let program = invocation.argv[0].clone();
         let limits = Limits::for_task(task, DEFAULT_TIMEOUT, setup.stall);
@@ -592,6 +681,96 @@ impl Role for Agent {
             Some(why) => Err(HandlerError::new(why).with_result(result)),
         }
     }
+}
+
+/// Where an attempt runs: a worktree or the target itself (`isolation`).
+enum Isolation {
+    /// A worktree where the target is tracked in git, else the target.
+    Auto,
+    Worktree,
+    None,
+}
+
+impl Isolation {
+    fn read(settings: &Value) -> Result<Isolation, String> {
+        match settings.get("isolation").and_then(Value::as_str) {
+            None => Ok(Isolation::Auto),
+            Some("worktree") => Ok(Isolation::Worktree),
+            Some("none") => Ok(Isolation::None),
+            Some(other) => Err(format!(
+                "isolation {other:?}: must be \"worktree\" or \"none\""
+            )),
+        }
+    }
+
+    /// The repository to make the attempt's worktree of, if any; `worktree` insists on one.
+    fn repo(&self, target: &Path) -> Result<Option<worktrees::Repo>, String> {
+        match self {
+            Isolation::None => Ok(None),
+            Isolation::Auto => Ok(worktrees::Repo::containing(target)),
+            Isolation::Worktree => worktrees::Repo::containing(target)
+                .map(Some)
+                .ok_or_else(|| {
+                    format!(
+                        "isolation = \"worktree\" but {} is tracked in no git repository",
+                        target.display()
+                    )
+                }),
+        }
+    }
+}
+
+/// Makes the attempt's worktree: from its base, with the included files copied in and the
+/// role's `setup` run.
+fn open_worktree(
+    repo: &worktrees::Repo,
+    task: &Task,
+    settings: &Value,
+    prerequisites: &[Task],
+    ctx: &Context<'_>,
+) -> Result<worktrees::Checkout, String> {
+    let strings = |key: &str| -> Vec<String> {
+        settings
+            .get(key)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    };
+    let named = task
+        .payload
+        .get("base")
+        .or_else(|| settings.get("base"))
+        .and_then(Value::as_str)
+        .map(String::from);
+    // The prerequisites' branches in this repository, as their results recorded them.
+    let after = prerequisites
+        .iter()
+        .filter_map(|t| t.result.as_ref()?.get("worktree").cloned())
+        .filter_map(|w| serde_json::from_value::<worktrees::Record>(w).ok())
+        .filter(|w| w.repository == repo.root)
+        .map(|w| w.branch)
+        .collect();
+    let base = worktrees::Base { named, after };
+    let checkout = worktrees::start(repo, &task.id, &base)
+        .map_err(|err| format!("worktree of task {}: {err}", task.id))?;
+    ctx.log(&format!(
+        "working in a worktree of {} on {}",
+        repo.root.display(),
+        worktrees::branch_of(&task.id)
+    ));
+    checkout
+        .copy_included(&strings("include"))
+        .map_err(|err| format!("worktree of task {}: {err}", task.id))?;
+    let setup = strings("setup");
+    if !setup.is_empty() {
+        let dir = checkout.folder_for(&repo.root);
+        let limits = Limits::for_task(task, DEFAULT_TIMEOUT, None);
+        let run =
+            command::run(&setup, &dir, None, limits, ctx).map_err(|err| format!("setup: {err}"))?;
+        if let Some(why) = run.failure(&format!("setup `{}`", setup[0]), limits) {
+            return Err(why);
+        }
+    }
+    Ok(checkout)
 }
 
 plugin_api::register_role!(Agent);

@@ -1,6 +1,7 @@
 //! One file per command; each takes the resolved [`Settings`] and does its whole job.
 
 pub mod add;
+pub mod branch;
 pub mod cancel;
 pub mod config;
 pub mod doctor;
@@ -68,6 +69,9 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
             outln!("removed {} task(s)", ids.len());
             Ok(())
         }
+        Command::Diff { id } => branch::diff(settings, &id),
+        Command::Merge { id, squash, rebase } => branch::merge(settings, &id, squash, rebase),
+        Command::Discard { id } => branch::discard(settings, &id),
         Command::Workers { prune, json } => workers::run(settings, prune, json),
         Command::Wait {
             ids,

@@ -58,7 +58,10 @@ fn malformed_task_file_adds_nothing() {
     fs::write(&file, "{\"type\": \"noop\"}\n{\"type\": \"noop\"\n").unwrap();
     let line = q.fails(&["add", "--file", file.to_str().unwrap()]);
     // One position: the file's line and the column in it, not serde's "line 1" of that line.
-    assert!(line.contains("plan.json: line 2, column 15: EOF while parsing"), "{line}");
+    assert!(
+        line.contains("plan.json: line 2, column 15: EOF while parsing"),
+        "{line}"
+    );
     assert!(!line.contains("line 1"), "{line}");
     assert_eq!(q.snapshot(), before);
 }

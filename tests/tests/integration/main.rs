@@ -20,3 +20,4 @@ mod reliability;
 mod roles;
 mod store_commands;
 mod web;
+mod worktrees;

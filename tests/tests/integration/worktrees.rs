@@ -1,0 +1,197 @@
+//! Agents side by side on one repository: a worktree and a branch per task, then diff, merge
+//! and discard (the `worktrees` crate behind the agent role and `host diff|merge|discard`).
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use integration_tests::TestQueue;
+use serde_json::Value;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "git {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A repository on branch `main` with one committed file, `shared.txt`, and an ignored `.env`.
+fn repository(q: &TestQueue) -> std::path::PathBuf {
+    let repo = q.scratch.join("repo");
+    fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "--quiet", "--initial-branch", "main"]);
+    git(&repo, &["config", "user.name", "Test User"]);
+    git(&repo, &["config", "user.email", "test@example.com"]);
+    fs::write(repo.join("shared.txt"), "original\n").unwrap();
+    fs::write(repo.join(".gitignore"), ".env\nsetup.out\n").unwrap();
+    fs::write(repo.join(".env"), "SECRET=1\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "--quiet", "-m", "start"]);
+    repo
+}
+
+/// Role `editor` (type `edit`): a fake agent that writes its task's id into `shared.txt`, waits
+/// a second, and fails unless the file still holds its id (nobody else wrote it meanwhile).
+/// It also checks that the role's setup ran and the ignored `.env` was copied in.
+fn bind_editor(q: &TestQueue) {
+    let script = "test -f .env && test -f setup.out || exit 3; echo \"$0\" > shared.txt; \
+                  sleep 1; test \"$(cat shared.txt)\" = \"$0\" || exit 4; \
+                  if [ \"$1\" = shared.txt ]; then echo more >> shared.txt; fi";
+    let toml = format!(
+        "[roles.editor]\nhandler = \"agent\"\ntypes = [\"edit\"]\n\
+         command = [\"sh\", \"-c\", {script:?}, \"{{id}}\", \"{{description}}\"]\n\
+         setup = [\"sh\", \"-c\", \"echo done > setup.out\"]\ninclude = [\".env\"]\n"
+    );
+    fs::write(q.queue.join("host.toml"), toml).unwrap();
+}
+
+fn result(q: &TestQueue, id: &str) -> Value {
+    let task = q.task(id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    task["result"]["worktree"].clone()
+}
+
+#[test]
+fn two_agents_on_one_repository_work_apart_and_their_branches_are_merged_or_discarded() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_editor(&q);
+    let target = repo.to_str().unwrap();
+    let first = q.add(&["--type", "edit", "--target", target]);
+    let second = q.add(&["--type", "edit", "--target", target]);
+    let output = q.drain("editor", &["--concurrency", "2"]);
+    assert!(output.status.success(), "{output:?}");
+
+    // They ran at the same time, each in its own worktree, on the same file.
+    let (a, b) = (q.task(&first), q.task(&second));
+    assert!(
+        a["startedAt"].as_str() < b["finishedAt"].as_str()
+            && b["startedAt"].as_str() < a["finishedAt"].as_str(),
+        "not at once: {a:#} {b:#}"
+    );
+    for id in [&first, &second] {
+        let record = result(&q, id);
+        assert_eq!(record["branch"], format!("host/task-{id}"));
+        assert_eq!(record["baseBranch"], "main");
+        assert_eq!(record["commits"].as_array().unwrap().len(), 1, "{record:#}");
+        assert_eq!(
+            record["changedFiles"],
+            serde_json::json!([{"status": "modified", "path": "shared.txt"}])
+        );
+        assert!(
+            record["diffstat"]
+                .as_str()
+                .unwrap()
+                .contains("1 file changed")
+        );
+        let branch = format!("host/task-{id}");
+        assert_eq!(
+            git(&repo, &["show", &format!("{branch}:shared.txt")]),
+            format!("{id}\n")
+        );
+    }
+    // The user's checkout was not touched, and no worktree is left.
+    assert_eq!(
+        fs::read_to_string(repo.join("shared.txt")).unwrap(),
+        "original\n"
+    );
+    assert_eq!(git(&repo, &["status", "--porcelain"]), "");
+    assert_eq!(git(&repo, &["worktree", "list"]).lines().count(), 1);
+
+    let patch = q.ok(&["diff", &first]);
+    assert!(
+        patch.contains("-original") && patch.contains(&format!("+{first}")),
+        "{patch}"
+    );
+
+    let said = q.ok(&["merge", &first]);
+    assert!(
+        said.contains(&format!("merged host/task-{first} into main")),
+        "{said}"
+    );
+    assert_eq!(
+        fs::read_to_string(repo.join("shared.txt")).unwrap(),
+        format!("{first}\n")
+    );
+    // The second changed the same line: the merge conflicts, names the file, changes nothing.
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+    let line = q.fails(&["merge", &second]);
+    assert!(
+        line.contains("conflicts in shared.txt; nothing was changed"),
+        "{line}"
+    );
+    assert_eq!(git(&repo, &["rev-parse", "HEAD"]), head);
+    assert_eq!(git(&repo, &["status", "--porcelain"]), "");
+    q.ok(&["discard", &second]);
+    let branches = git(&repo, &["branch", "--list", "host/*"]);
+    assert_eq!(branches, "", "merged and discarded branches are gone");
+    let line = q.fails(&["diff", &second]);
+    assert!(line.contains("no branch host/task-"), "{line}");
+}
+
+#[test]
+fn a_task_after_another_starts_from_its_branch() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_editor(&q);
+    let target = repo.to_str().unwrap();
+    let first = q.add(&["--type", "edit", "--target", target]);
+    // The fake agent appends to shared.txt when its description says so: the second sees the first's line.
+    let second = q.add(&[
+        "--type",
+        "edit",
+        "--target",
+        target,
+        "--after",
+        &first,
+        "--description",
+        "shared.txt",
+    ]);
+    q.drain("editor", &[]);
+    let record = result(&q, &second);
+    let first_commit = result(&q, &first)["commits"][0]["sha"].clone();
+    assert_eq!(record["base"], first_commit, "{record:#}");
+    let branch = record["branch"].as_str().unwrap();
+    assert_eq!(
+        git(&repo, &["show", &format!("{branch}:shared.txt")]),
+        format!("{second}\nmore\n")
+    );
+    q.ok(&["merge", &second, "--squash"]);
+    assert_eq!(
+        git(&repo, &["log", "--format=%s", "-1"]).trim(),
+        format!("host task {second}: shared.txt")
+    );
+}
+
+#[test]
+fn a_target_outside_git_or_with_isolation_none_runs_in_place() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    let toml = "[roles.editor]\nhandler = \"agent\"\ntypes = [\"edit\"]\nisolation = \"none\"\n\
+                command = [\"sh\", \"-c\", \"echo here > shared.txt\"]\n";
+    fs::write(q.queue.join("host.toml"), toml).unwrap();
+    let id = q.add(&["--type", "edit", "--target", repo.to_str().unwrap()]);
+    q.drain("editor", &[]);
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert!(task["result"].get("worktree").is_none(), "{task:#}");
+    assert_eq!(
+        fs::read_to_string(repo.join("shared.txt")).unwrap(),
+        "here\n"
+    );
+    let line = q.fails(&["diff", &id]);
+    assert!(line.contains("ran in no worktree"), "{line}");
+
+    fs::write(
+        q.queue.join("host.toml"),
+        toml.replace("isolation = \"none\"", "isolation = \"wortkree\""),
+    )
+    .unwrap();
+    let output = q.run(&["--role", "editor", "--drain"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("isolation \"wortkree\""));
+}
