@@ -256,7 +256,7 @@ pub enum Command {
         #[arg(long, value_name = "JSON", group = "change")]
         payload: Option<String>,
         /// A new time limit of one attempt, e.g. 90s, 10m.
-        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", group = "change")]
+        #[arg(long, value_parser = time_limit, value_name = "DURATION", group = "change")]
         timeout: Option<Duration>,
     },
     /// Remove finished tasks, with their logs: all the ids given, or none.
@@ -505,7 +505,7 @@ pub struct ResultsArgs {
     /// Only tasks that finished within this long, e.g. 10m, 2h.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub since: Option<Duration>,
-    /// Only the newest N (still printed oldest first).
+    /// Only the N that finished last (still printed in the order they finished).
     #[arg(long, short = 'n', value_name = "N")]
     pub limit: Option<usize>,
 }
@@ -604,7 +604,7 @@ pub struct AddArgs {
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u32>,
     /// Time limit of one attempt, e.g. 90s, 10m.
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = time_limit, value_name = "DURATION")]
     pub timeout: Option<Duration>,
     /// Start only after task ID has completed (repeatable). The task is `blocked` until then,
     /// and cancelled if ID fails or is cancelled.
@@ -624,6 +624,16 @@ pub struct AddArgs {
         conflicts_with_all = ["task_type", "target", "description", "priority", "payload", "max_attempts", "timeout", "after", "at", "delay"]
     )]
     pub file: Option<PathBuf>,
+}
+
+/// A task's time limit: a duration of at least a second ("90s", "10m"), or why not.
+pub fn time_limit(text: &str) -> Result<Duration, String> {
+    let limit = humantime::parse_duration(text)
+        .map_err(|err| format!("{text:?} is not a duration like 90s or 10m ({err})"))?;
+    if limit < Duration::from_secs(1) {
+        return Err(format!("{text:?}: a time limit must be at least 1s"));
+    }
+    Ok(limit)
 }
 
 /// What the command line resolves to, shared by every command.

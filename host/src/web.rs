@@ -179,8 +179,15 @@ async fn task_log(State(app): State<App>, Path(id): Path<String>) -> ApiResult<J
 }
 
 async fn add_task(State(app): State<App>, Json(entry): Json<Value>) -> ApiResult<Json<Value>> {
-    let task = add::task_from_json(entry)
-        .map_err(|err| ApiError(StatusCode::BAD_REQUEST, format!("{err:#}")))?;
+    let task = add::task_from_json(entry).map_err(|err| {
+        // JSON of the wrong shape is 422, as the README says; a bad value in the right
+        // shape (a duration that does not parse) is 400.
+        let status = match err.downcast_ref::<serde_json::Error>() {
+            Some(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            None => StatusCode::BAD_REQUEST,
+        };
+        ApiError(status, format!("{err:#}"))
+    })?;
     let store = open_store(&app.settings)?;
     let added = add::add_checked(&app.settings, &store, vec![task], |_, err| err)?;
     Ok(Json(json!({ "id": added[0].id })))
@@ -213,7 +220,10 @@ impl Scope {
 }
 
 async fn pause(State(app): State<App>, Json(scope): Json<Scope>) -> ApiResult<Json<Value>> {
-    open_store(&app.settings)?.pause(&scope.scope())?;
+    let store = open_store(&app.settings)?;
+    let scope = scope.scope();
+    crate::commands::cancel::check_pausable(&app.settings, &store, &scope)?;
+    store.pause(&scope)?;
     Ok(Json(json!({ "paused": true })))
 }
 

@@ -379,6 +379,9 @@ pub struct TaskQuery {
     pub text: Option<String>,
     /// Newest (highest id) first, instead of oldest first.
     pub newest_first: bool,
+    /// In the order the tasks finished (then by id), instead of by id; `after_id` pages by id,
+    /// so it is not for paging.
+    pub by_finish: bool,
     /// Only tasks past this id in the listing's order (the last id of the previous page).
     pub after_id: Option<u64>,
     /// At most this many.

@@ -1122,10 +1122,11 @@ impl QueueStore for PostgresStore {
         if !conditions.is_empty() {
             sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
         }
-        sql.push_str(if query.newest_first {
-            " ORDER BY id DESC"
-        } else {
-            " ORDER BY id"
+        sql.push_str(match (query.by_finish, query.newest_first) {
+            (true, true) => " ORDER BY finished_at DESC, id DESC",
+            (true, false) => " ORDER BY finished_at, id",
+            (false, true) => " ORDER BY id DESC",
+            (false, false) => " ORDER BY id",
         });
         if let Some(limit) = query.limit {
             sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));

@@ -868,12 +868,33 @@ pub fn listing_and_purge(engine: &dyn Engine) {
     let store = engine.open(&q, Policy::default());
     store.add(vec![new("alpha", 5); 5]).unwrap();
     store.add(vec![new("beta", 5); 2]).unwrap();
-    for _ in 0..3 {
-        let claim = store.claim("w", &types(&["alpha"])).unwrap().unwrap();
+    // Claimed 1, 2, 3 but finished 3, 2, 1 (apart in time: finish times are to the
+    // millisecond).
+    let claims: Vec<_> = (0..3)
+        .map(|_| store.claim("w", &types(&["alpha"])).unwrap().unwrap())
+        .collect();
+    for claim in claims.iter().rev() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
         store
             .finish(&claim.lease, Outcome::Success(json!({"marker": "needle"})))
             .unwrap();
     }
+    let by_finish = |newest_first| {
+        store
+            .list(&TaskQuery {
+                statuses: vec![TaskStatus::Completed],
+                by_finish: true,
+                newest_first,
+                limit: Some(2),
+                ..TaskQuery::default()
+            })
+            .unwrap()
+            .iter()
+            .map(|t| t.id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by_finish(false), ["3", "2"], "in the order they finished");
+    assert_eq!(by_finish(true), ["1", "2"], "the last to finish first");
     let page = |after, limit| {
         store
             .list(&TaskQuery {

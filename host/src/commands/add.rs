@@ -23,7 +23,11 @@ use crate::loader::{PluginRegistry, PluginRole};
 /// One entry of a task file: the same fields as the flags of `host add`, plus a `key` by which
 /// later entries of the same file can name it in their `after`.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a task: an object with at least \"type\""
+)]
 struct TaskEntry {
     key: Option<String>,
     #[serde(rename = "type")]
@@ -54,9 +58,13 @@ pub fn run(settings: &Settings, args: &AddArgs) -> anyhow::Result<()> {
         None => vec![task_from_flags(args)?],
     };
     let added = add_checked(settings, &store, tasks, |index, err| match &args.file {
-        Some(file) => anyhow!("{}: task {}: {err:#}", file.display(), index + 1),
+        Some(_) => anyhow!("entry {}: {err:#}", index + 1),
         None => err,
-    })?;
+    });
+    let added = match &args.file {
+        Some(file) => added.with_context(|| file.display().to_string())?,
+        None => added?,
+    };
     for task in &added {
         if task.status == queue::TaskStatus::Cancelled {
             // Added, but it will never run: say so, where a script's `$(host add ...)` does
@@ -149,7 +157,7 @@ fn task_from_flags(args: &AddArgs) -> anyhow::Result<NewTask> {
         priority: args.priority,
         payload,
         max_attempts: args.max_attempts,
-        timeout_secs: args.timeout.map(|t| t.as_secs().max(1)),
+        timeout_secs: args.timeout.map(|t| t.as_secs()),
         after: args.after.iter().cloned().map(Dependency::Task).collect(),
         not_before: not_before(args.at.as_deref(), args.delay)?,
     })
@@ -298,11 +306,11 @@ fn new_task(entry: TaskEntry, keys: &HashMap<String, usize>) -> anyhow::Result<N
     let timeout_secs = match (entry.timeout, entry.timeout_secs) {
         (Some(_), Some(_)) => bail!("give timeout or timeoutSecs, not both"),
         (Some(text), None) => Some(
-            humantime::parse_duration(&text)
-                .map_err(|err| anyhow!("timeout {text:?}: {err}"))?
-                .as_secs()
-                .max(1),
+            crate::cli::time_limit(&text)
+                .map_err(|err| anyhow!("timeout {err}"))?
+                .as_secs(),
         ),
+        (None, Some(0)) => bail!("timeoutSecs: a time limit must be at least 1"),
         (None, secs) => secs,
     };
     Ok(NewTask {

@@ -1,6 +1,6 @@
 //! `host cancel`, `host retry`, `host pause` and `host resume`: steer work by hand.
 
-use queue::{PauseScope, QueueStore, TaskQuery, TaskStatus};
+use queue::{PauseScope, QueueStore, Store, TaskQuery, TaskStatus};
 
 use crate::cli::Settings;
 use crate::commands::{open_store, outln};
@@ -21,13 +21,61 @@ fn ids_of(
     Ok(tasks.into_iter().map(|t| t.id).collect())
 }
 
+/// Refuses a type that no role claims and no task has, as `host add` does: it is most likely a
+/// typo, and acting on it would do nothing. `doing` completes "nothing was ...".
+pub fn check_type_known(
+    settings: &Settings,
+    store: &Store,
+    task_type: &str,
+    doing: &str,
+) -> anyhow::Result<()> {
+    let config = Config::load(store)?;
+    let mut known = PluginRegistry::discover(&settings.plugin_path).task_types();
+    known.extend(
+        config
+            .roles
+            .values()
+            .flat_map(|b| b.types.clone().unwrap_or_default()),
+    );
+    let queued = !ids_of(store, &TaskStatus::ALL, Some(task_type))?.is_empty();
+    if !known.iter().any(|k| k == task_type) && !queued {
+        known.sort();
+        known.dedup();
+        anyhow::bail!(
+            "unknown task type {task_type:?}: no role on the plugin path claims it and no task \
+             has it (known types: {}); nothing was {doing}",
+            known.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Checks every id before any is changed, so that a bad one changes nothing: each must name a
+/// task whose state `allowed` accepts (else the error says why).
+fn check_all(
+    store: &dyn QueueStore,
+    ids: &[String],
+    doing: &str,
+    allowed: impl Fn(TaskStatus) -> Result<(), String>,
+) -> anyhow::Result<()> {
+    for id in ids {
+        let task = store
+            .get(id)
+            .map_err(|err| anyhow::anyhow!("nothing was {doing}: {err}"))?;
+        allowed(task.status)
+            .map_err(|why| anyhow::anyhow!("nothing was {doing}: task {id} is {why}"))?;
+    }
+    Ok(())
+}
+
 /// Cancels tasks (`ids`, or every unfinished one of `task_type`): a pending one at once; the
-/// worker of a running one is asked to stop it. Stops at the first id that cannot be
-/// cancelled, having cancelled those before it.
+/// worker of a running one is asked to stop it. Ids are checked first: one that names no task
+/// or a finished one cancels nothing.
 pub fn cancel(settings: &Settings, ids: &[String], task_type: Option<&str>) -> anyhow::Result<()> {
     let store = open_store(settings)?;
     let ids = match task_type {
         Some(task_type) => {
+            check_type_known(settings, &store, task_type, "cancelled")?;
             let unfinished = [
                 TaskStatus::Pending,
                 TaskStatus::Blocked,
@@ -35,10 +83,21 @@ pub fn cancel(settings: &Settings, ids: &[String], task_type: Option<&str>) -> a
             ];
             ids_of(&store, &unfinished, Some(task_type))?
         }
-        None => ids.to_vec(),
+        None => {
+            check_all(&store, ids, "cancelled", |status| {
+                match status.is_finished() {
+                    true => Err(format!("{status} already")),
+                    false => Ok(()),
+                }
+            })?;
+            ids.to_vec()
+        }
     };
     if ids.is_empty() {
-        outln!("nothing to cancel");
+        outln!(
+            "nothing to cancel: no {} task is unfinished",
+            task_type.unwrap_or("?")
+        );
     }
     for id in &ids {
         // Cancelling a task cancels the tasks that come after it, which may be further down
@@ -67,12 +126,21 @@ pub fn retry(
 ) -> anyhow::Result<()> {
     let store = open_store(settings)?;
     let ids = if failed {
+        if let Some(task_type) = task_type {
+            check_type_known(settings, &store, task_type, "retried")?;
+        }
         ids_of(&store, &[TaskStatus::Failed], task_type)?
     } else {
+        check_all(&store, ids, "retried", |status| match status {
+            TaskStatus::Failed | TaskStatus::Cancelled => Ok(()),
+            _ => Err(format!(
+                "{status}: only failed or cancelled tasks are retried"
+            )),
+        })?;
         ids.to_vec()
     };
     if ids.is_empty() {
-        outln!("nothing to retry");
+        outln!("nothing to retry: no task failed");
     }
     for id in &ids {
         if failed && store.get(id)?.status != TaskStatus::Failed {
@@ -93,29 +161,29 @@ pub fn retry(
 /// add` refuses it: it is most likely a typo, and the pause would stop nothing.
 pub fn pause(settings: &Settings, scope: &PauseScope) -> anyhow::Result<()> {
     let store = open_store(settings)?;
-    if let PauseScope::Type(task_type) = scope {
-        let config = Config::load(&store)?;
-        let mut known = PluginRegistry::discover(&settings.plugin_path).task_types();
-        known.extend(
-            config
-                .roles
-                .values()
-                .flat_map(|b| b.types.clone().unwrap_or_default()),
-        );
-        let queued = !ids_of(&store, &TaskStatus::ALL, Some(task_type))?.is_empty();
-        if !known.contains(task_type) && !queued {
-            known.sort();
-            known.dedup();
-            anyhow::bail!(
-                "unknown task type {task_type:?}: no role on the plugin path claims it and no \
-                 task has it (known types: {}); nothing was paused",
-                known.join(", ")
-            );
-        }
-    }
+    check_pausable(settings, &store, scope)?;
     store.pause(scope)?;
     outln!("paused {scope}: nothing there is claimed until `host resume`");
     Ok(())
+}
+
+/// Refuses a pause that would stop nothing: of a type nothing knows, or of a finished task.
+pub fn check_pausable(
+    settings: &Settings,
+    store: &Store,
+    scope: &PauseScope,
+) -> anyhow::Result<()> {
+    match scope {
+        PauseScope::Type(task_type) => check_type_known(settings, store, task_type, "paused"),
+        PauseScope::Task(id) => {
+            let status = store.get(id)?.status;
+            if status.is_finished() {
+                anyhow::bail!("task {id} is {status}: pausing it would stop nothing");
+            }
+            Ok(())
+        }
+        PauseScope::Queue => Ok(()),
+    }
 }
 
 /// Lifts a pause.

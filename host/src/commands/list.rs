@@ -139,6 +139,9 @@ pub fn wait(
     timeout: Option<Duration>,
 ) -> anyhow::Result<()> {
     let store = open_store(settings)?;
+    if let Some(task_type) = task_type {
+        crate::commands::cancel::check_type_known(settings, &store, task_type, "waited for")?;
+    }
     let watched: Vec<String> = if ids.is_empty() {
         store
             .list(&TaskQuery {
@@ -152,6 +155,10 @@ pub fn wait(
     } else {
         ids.to_vec()
     };
+    if watched.is_empty() {
+        outln!("nothing to wait for: no task is pending, blocked or running");
+        return Ok(());
+    }
     let started = Instant::now();
     let tasks = loop {
         let tasks = watched

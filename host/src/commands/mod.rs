@@ -175,9 +175,15 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
 pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     match Store::open(&settings.queue) {
         Err(queue::StoreError::NotInitialized(path)) if !settings.queue_named => {
+            let above = match std::env::var("HOST_QUEUE_CEILING") {
+                Ok(ceiling) if !ceiling.is_empty() => {
+                    format!("a folder above it below HOST_QUEUE_CEILING ({ceiling})")
+                }
+                _ => "a folder above".to_string(),
+            };
             anyhow::bail!(
-                "no queue here: neither {} nor a folder above holds a {} queue (run `host init` \
-                 to make one here, or name one with --queue DIR or HOST_QUEUE_DIR)",
+                "no queue here: neither {} nor {above} holds a {} queue (run `host init` to make \
+                 one here, or name one with --queue DIR or HOST_QUEUE_DIR)",
                 path.parent().unwrap_or(&path).display(),
                 crate::cli::DEFAULT_QUEUE
             )

@@ -13,8 +13,8 @@ pub const FINISHED: [TaskStatus; 3] = [
     TaskStatus::Cancelled,
 ];
 
-/// Lists finished tasks, oldest first, that pass every filter given; with `--limit N`, the
-/// newest N of them.
+/// Lists finished tasks in the order they finished that pass every filter given; with
+/// `--limit N`, the N that finished last.
 pub fn run(settings: &Settings, args: &ResultsArgs) -> anyhow::Result<()> {
     let store = open_store(settings)?;
     let status = if args.failed {
@@ -36,6 +36,7 @@ pub fn run(settings: &Settings, args: &ResultsArgs) -> anyhow::Result<()> {
         worker: args.worker.clone(),
         finished_since,
         newest_first: args.limit.is_some(),
+        by_finish: true,
         limit: args.limit,
         ..TaskQuery::default()
     };

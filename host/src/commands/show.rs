@@ -32,10 +32,18 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
     )?;
     field("description", task.description.clone())?;
     field(
+        "after",
+        (!task.after.is_empty()).then(|| task.after.join(", ")),
+    )?;
+    field(
         "attempts",
         Some(format!("{} of {}", task.attempts, task.max_attempts)),
     )?;
-    field("timeout", task.timeout_secs.map(|s| format!("{s}s")))?;
+    field(
+        "timeout",
+        task.timeout_secs
+            .map(|s| humantime::format_duration(std::time::Duration::from_secs(s)).to_string()),
+    )?;
     field("worker", task.worker.clone())?;
     // A relative age to read, the exact time (to the millisecond, as in --json) to compare.
     let now = Timestamp::now();
@@ -56,7 +64,13 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
         task.cancel_requested
             .then(|| "requested; the handler was told".to_string()),
     )?;
-    field("retry at", task.retry_at.map(when))?;
+    // A task not yet tried waits for its start time (`add --in/--at`), a tried one for a retry.
+    let label = if task.attempts == 0 {
+        "starts"
+    } else {
+        "retry at"
+    };
+    field(label, task.retry_at.map(when))?;
     if !task.history.is_empty() {
         outln!("history");
         for run in &task.history {

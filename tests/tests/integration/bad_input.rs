@@ -74,7 +74,7 @@ fn a_task_file_with_an_unknown_type_adds_nothing() {
     fs::write(&file, "{\"type\": \"noop\"}\n{\"type\": \"nonsense\"}\n").unwrap();
     let line = q.fails(&["add", "--file", file.to_str().unwrap()]);
     assert!(
-        line.contains("task 2") && line.contains("nonsense"),
+        line.contains("plan.jsonl: entry 2") && line.contains("nonsense"),
         "{line}"
     );
     assert_eq!(q.snapshot(), before);

@@ -471,3 +471,106 @@ fn a_cancelled_command_says_it_was_cancelled_not_killed_by_a_signal() {
     assert!(error.contains("the task was cancelled"), "{error}");
     assert!(!error.contains("signal"), "{error}");
 }
+
+#[test]
+fn bulk_actions_check_every_id_first_and_refuse_unknown_types() {
+    let q = TestQueue::new();
+    let pending = q.add(&["--type", "noop"]);
+    // A bad id among good ones changes nothing.
+    let line = q.fails(&["cancel", &pending, "99"]);
+    assert!(
+        line.contains("nothing was cancelled: no task with id 99"),
+        "{line}"
+    );
+    assert_eq!(q.task(&pending)["status"], "pending");
+    let line = q.fails(&["retry", &pending]);
+    assert!(line.contains("nothing was retried"), "{line}");
+    // A type nothing knows is a typo, whatever the command.
+    for args in [
+        &["cancel", "--type", "nope"][..],
+        &["retry", "--failed", "--type", "nope"],
+        &["wait", "--type", "nope"],
+    ] {
+        let line = q.fails(args);
+        assert!(
+            line.contains("unknown task type \"nope\""),
+            "{args:?}: {line}"
+        );
+    }
+    q.drain("noop", &[]);
+    let said = q.ok(&["wait"]);
+    assert!(said.contains("nothing to wait for"), "{said}");
+    let line = q.fails(&["pause", "--task", &pending]);
+    assert!(
+        line.contains("is completed: pausing it would stop nothing"),
+        "{line}"
+    );
+    // A time limit of nothing is refused, not rounded up.
+    let output = q.run(&["add", "--type", "noop", "--timeout", "0s"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("at least 1s"));
+}
+
+#[test]
+fn results_follow_the_order_tasks_finished_in_and_show_names_what_a_task_waits_for() {
+    let q = TestQueue::new();
+    // Claimed by priority: the later task finishes first.
+    let slow = q.add(&["--type", "noop", "--priority", "9"]);
+    let quick = q.add(&["--type", "noop", "--priority", "1"]);
+    q.drain("noop", &[]);
+    let finished: Vec<String> = q
+        .results()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(finished, [quick.clone(), slow.clone()]);
+    let last = q.ok(&["results", "-n", "1"]);
+    assert!(last.lines().nth(1).unwrap().starts_with(&slow), "{last}");
+
+    let later = q.add(&[
+        "--type",
+        "noop",
+        "--in",
+        "10m",
+        "--after",
+        &slow,
+        "--timeout",
+        "5m",
+    ]);
+    let shown = q.ok(&["show", &later]);
+    assert!(shown.contains(&format!("after        {slow}")), "{shown}");
+    assert!(
+        shown.contains("starts       in 9m") || shown.contains("starts       in 10m"),
+        "{shown}"
+    );
+    assert!(shown.contains("timeout      5m"), "{shown}");
+}
+
+#[test]
+fn task_file_errors_name_the_file_and_the_entry() {
+    let q = TestQueue::new();
+    let file = q.scratch.join("plan.json");
+    let name = file.display().to_string();
+    let add_file = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        q.fails(&["add", "--file", &name])
+    };
+    let line = add_file(r#"[{"type": "noop"}, 5]"#);
+    assert!(line.contains(&format!("{name}: entry 2: ")), "{line}");
+    assert!(
+        line.contains("expected a task: an object with at least \"type\""),
+        "{line}"
+    );
+    let line = add_file(r#"[{"type": "noop", "after": ["99"]}]"#);
+    assert!(
+        line.contains(&format!(
+            "{name}: nothing was added: entry 1: after: no task with id 99"
+        )),
+        "{line}"
+    );
+    let line = add_file(r#"[{"type": "noop"}, {"type": "nope"}]"#);
+    assert!(
+        line.contains(&format!("{name}: entry 2: unknown task type \"nope\"")),
+        "{line}"
+    );
+}

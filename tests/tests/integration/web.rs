@@ -745,6 +745,27 @@ fn the_dashboard_serves_a_postgres_queue_without_showing_its_password() {
 }
 
 #[test]
+fn the_api_refuses_what_the_command_line_refuses_with_the_documented_status() {
+    let q = TestQueue::new();
+    let server = serve(&q, &[]);
+    let (status, body) = server.post("/api/pause", json!({"type": "typo"}));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown task type"),
+        "{body}"
+    );
+    assert!(q.status()["paused"].as_array().unwrap().is_empty());
+    // JSON of the wrong shape is 422; a bad value in the right shape is 400.
+    let (status, body) = server.post("/api/tasks", json!({"type": 5}));
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = server.post("/api/tasks", json!({"type": "noop", "timeout": "abc"}));
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
 fn a_self_serve_holder_is_among_the_dashboards_workers_with_its_progress() {
     let q = TestQueue::new();
     let id = q.add(&["--type", "noop"]);
