@@ -18,6 +18,10 @@
 //! [queue]
 //! aging = "10m"             # a pending task moves up one priority step per 10 minutes waited
 //! keep_finished = "30d"     # workers purge tasks that finished longer ago than this
+//!
+//! [hooks]                   # the task's JSON on stdin, HOST_EVENT=failed|conflict
+//! failed = ["notify-send", "host: a task failed"]     # a task failed for good
+//! conflict = ["notify-send", "host: a merge conflicts"] # `host merge` met a conflict
 //! ```
 //!
 //! A role not named here is looked up by name among the plugins. An unknown key or a bad value
@@ -45,6 +49,19 @@ pub struct Config {
     pub aging: Option<Duration>,
     /// Finished tasks are purged this long after they finished.
     pub keep_finished: Option<Duration>,
+    /// Commands run when a task needs someone's attention (`[hooks]`).
+    pub hooks: Hooks,
+}
+
+/// `[hooks]`: commands (argument vectors, never a shell) run with the task's JSON on stdin and
+/// `HOST_EVENT` set to the event's name.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Run by the worker when a task has failed for good (no attempt left).
+    pub failed: Option<Vec<String>>,
+    /// Run by `host merge` when a task's branch conflicts with its base.
+    pub conflict: Option<Vec<String>>,
 }
 
 /// `[roles.NAME]`.
@@ -98,6 +115,7 @@ struct RawConfig {
     limits: BTreeMap<String, Spanned<usize>>,
     #[serde(default)]
     queue: RawQueue,
+    hooks: Option<Spanned<Hooks>>,
 }
 
 /// A role's table; keys other than these are the handler's own settings.
@@ -263,6 +281,17 @@ impl Config {
                 ));
             }
             config.keep_finished = Some(keep_for);
+        }
+        if let Some(hooks) = raw.hooks {
+            let span = hooks.span();
+            let hooks = hooks.into_inner();
+            for (name, command) in [("failed", &hooks.failed), ("conflict", &hooks.conflict)] {
+                if command.as_ref().is_some_and(Vec::is_empty) {
+                    let message = format!("hooks.{name}: must name a program");
+                    return Err(error(Some(span.clone()), message));
+                }
+            }
+            config.hooks = hooks;
         }
         Ok(config)
     }

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod config;
 mod handler_process;
+mod hooks;
 mod library;
 mod loader;
 mod mcp;

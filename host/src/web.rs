@@ -8,6 +8,9 @@
 //! - `POST /api/tasks` adds a task from the JSON of a task-file entry and answers `{"id": ...}`;
 //!   `POST /api/tasks/ID/cancel`, `POST /api/tasks/ID/retry`; `POST /api/pause` and
 //!   `POST /api/resume` with `{}`, `{"type": T}` or `{"task": ID}`.
+//! - For a task that ran in a git worktree: `GET /api/tasks/ID/diff` its branch and patch;
+//!   `POST /api/tasks/ID/merge` with `{"style": "merge" | "squash" | "rebase"}` (409 on a
+//!   conflict, which changes nothing); `POST /api/tasks/ID/discard`.
 //! - `GET /api/events` server-sent events: a `change` event whenever the status changes.
 //!
 //! Nobody but the holder of the token gets in, on loopback too: without `--token` (or
@@ -37,7 +40,7 @@ use serde_json::{Value, json};
 
 use crate::cli::Settings;
 use crate::commands::status::StatusReport;
-use crate::commands::{add, open_store};
+use crate::commands::{add, branch, open_store};
 use access::Access;
 
 const PAGE: &str = include_str!("web/page.html");
@@ -78,6 +81,9 @@ pub fn serve(
             .route("/api/tasks/{id}/log", get(task_log))
             .route("/api/tasks/{id}/cancel", post(cancel_task))
             .route("/api/tasks/{id}/retry", post(retry_task))
+            .route("/api/tasks/{id}/diff", get(task_diff))
+            .route("/api/tasks/{id}/merge", post(merge_task))
+            .route("/api/tasks/{id}/discard", post(discard_task))
             .route("/api/pause", post(pause))
             .route("/api/resume", post(resume))
             .route("/api/events", get(events))
@@ -108,7 +114,10 @@ impl From<anyhow::Error> for ApiError {
         let status = match err.downcast_ref::<queue::StoreError>() {
             Some(queue::StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
             Some(queue::StoreError::WrongState { .. }) => StatusCode::CONFLICT,
-            _ => StatusCode::BAD_REQUEST,
+            _ => match err.downcast_ref::<worktrees::Error>() {
+                Some(worktrees::Error::Conflict { .. }) => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_REQUEST,
+            },
         };
         ApiError(status, format!("{err:#}").replace('\n', " "))
     }
@@ -199,6 +208,45 @@ async fn cancel_task(State(app): State<App>, Path(id): Path<String>) -> ApiResul
 
 async fn retry_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
     Ok(Json(open_store(&app.settings)?.retry(&id)?))
+}
+
+async fn task_diff(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let task = open_store(&app.settings)?.get(&id)?;
+    let record = branch::record(&task)?;
+    let patch = branch::patch(&app.settings, &id)?;
+    Ok(Json(json!({ "worktree": record, "patch": patch })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MergeRequest {
+    #[serde(default)]
+    style: Option<String>,
+}
+
+async fn merge_task(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(request): Json<MergeRequest>,
+) -> ApiResult<Json<Value>> {
+    let style = match request.style.as_deref().unwrap_or("merge") {
+        "merge" => worktrees::MergeStyle::Merge,
+        "squash" => worktrees::MergeStyle::Squash,
+        "rebase" => worktrees::MergeStyle::Rebase,
+        other => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("style {other:?}: merge, squash or rebase"),
+            ));
+        }
+    };
+    let said = branch::merge_task(&app.settings, &id, style)?;
+    Ok(Json(json!({ "said": said })))
+}
+
+async fn discard_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let said = branch::discard_task(&app.settings, &id)?;
+    Ok(Json(json!({ "said": said })))
 }
 
 #[derive(Deserialize)]

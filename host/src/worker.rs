@@ -52,6 +52,8 @@ pub struct WorkerOptions {
     pub binding: Option<String>,
     /// Tasks that finished longer ago than this are purged (`[queue] keep_finished`).
     pub keep_finished: Option<Duration>,
+    /// Run when a task this worker ran has failed for good (`[hooks] failed`).
+    pub on_failed: Option<Vec<String>>,
 }
 
 /// Why the claim loop ended.
@@ -498,7 +500,7 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
     match recorded {
         Ok((done, next)) => {
             let took = format!("{} ms", done.duration_ms.unwrap_or_default());
-            let line = match (done.status, done.error) {
+            let line = match (done.status, done.error.clone()) {
                 (TaskStatus::Completed, _) => format!("task {} completed in {took}", done.id),
                 (TaskStatus::Pending, error) => format!(
                     "task {} failed in {took}, will retry: {}",
@@ -512,6 +514,12 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
                 ),
             };
             say(shared, &line);
+            if let Some(hook) = shared.options.on_failed.as_deref()
+                && done.status == TaskStatus::Failed
+                && let Err(why) = crate::hooks::run(hook, "failed", &done)
+            {
+                say(shared, &format!("task {}: {why}", done.id));
+            }
             (survived, next)
         }
         Err(err) => {

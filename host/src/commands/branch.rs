@@ -1,5 +1,5 @@
 //! `host diff`, `host merge` and `host discard`: what becomes of the branch a worktree task
-//! leaves (see the `worktrees` crate).
+//! leaves (see the `worktrees` crate). The dashboard calls the same functions.
 
 use anyhow::{Context as _, anyhow};
 use queue::{QueueStore, Task, TaskStatus};
@@ -7,9 +7,10 @@ use worktrees::{MergeStyle, Record};
 
 use crate::cli::Settings;
 use crate::commands::{open_store, out, outln};
+use crate::config::Config;
 
 /// The branch record a task's result holds, or why there is none.
-fn record(task: &Task) -> anyhow::Result<Record> {
+pub fn record(task: &Task) -> anyhow::Result<Record> {
     let recorded = task.result.as_ref().and_then(|r| r.get("worktree"));
     let Some(recorded) = recorded else {
         let why = if task.status.is_finished() {
@@ -27,17 +28,17 @@ fn record(task: &Task) -> anyhow::Result<Record> {
     })
 }
 
-/// Prints the task's change as a patch.
-pub fn diff(settings: &Settings, id: &str) -> anyhow::Result<()> {
+/// The task's change as a patch.
+pub fn patch(settings: &Settings, id: &str) -> anyhow::Result<String> {
     let task = open_store(settings)?.get(id)?;
-    let patch = worktrees::diff(&record(&task)?).with_context(|| format!("task {id}"))?;
-    out!("{patch}");
-    Ok(())
+    worktrees::diff(&record(&task)?).with_context(|| format!("task {id}"))
 }
 
-/// Merges the task's branch into its base branch.
-pub fn merge(settings: &Settings, id: &str, squash: bool, rebase: bool) -> anyhow::Result<()> {
-    let task = open_store(settings)?.get(id)?;
+/// Merges a completed task's branch into its base branch; answers what was said. A conflict
+/// runs the `[hooks] conflict` command.
+pub fn merge_task(settings: &Settings, id: &str, style: MergeStyle) -> anyhow::Result<String> {
+    let store = open_store(settings)?;
+    let task = store.get(id)?;
     if task.status != TaskStatus::Completed {
         anyhow::bail!(
             "task {id} is {}: only a completed task's branch is merged (`host diff {id}` shows it, \
@@ -46,28 +47,51 @@ pub fn merge(settings: &Settings, id: &str, squash: bool, rebase: bool) -> anyho
         );
     }
     let record = record(&task)?;
+    let message = format!(
+        "host task {id}: {}",
+        task.description.as_deref().unwrap_or(&task.task_type)
+    );
+    let merged = worktrees::merge(&record, style, &message);
+    if let Err(worktrees::Error::Conflict { .. }) = &merged
+        && let Some(hook) = &Config::load(&store)?.hooks.conflict
+        && let Err(why) = crate::hooks::run(hook, "conflict", &task)
+    {
+        eprintln!("warning: task {id}: {why}");
+    }
+    let into = merged.with_context(|| format!("task {id}"))?;
+    Ok(format!(
+        "merged {} into {into} and deleted the branch",
+        record.branch
+    ))
+}
+
+/// Deletes the task's branch; answers what was said.
+pub fn discard_task(settings: &Settings, id: &str) -> anyhow::Result<String> {
+    let task = open_store(settings)?.get(id)?;
+    let record = record(&task)?;
+    worktrees::discard(&record).with_context(|| format!("task {id}"))?;
+    Ok(format!("deleted {}", record.branch))
+}
+
+/// `host diff`.
+pub fn diff(settings: &Settings, id: &str) -> anyhow::Result<()> {
+    out!("{}", patch(settings, id)?);
+    Ok(())
+}
+
+/// `host merge`.
+pub fn merge(settings: &Settings, id: &str, squash: bool, rebase: bool) -> anyhow::Result<()> {
     let style = match (squash, rebase) {
         (true, _) => MergeStyle::Squash,
         (_, true) => MergeStyle::Rebase,
         _ => MergeStyle::Merge,
     };
-    let message = format!(
-        "host task {id}: {}",
-        task.description.as_deref().unwrap_or(&task.task_type)
-    );
-    let into = worktrees::merge(&record, style, &message).with_context(|| format!("task {id}"))?;
-    outln!(
-        "merged {} into {into} and deleted the branch",
-        record.branch
-    );
+    outln!("{}", merge_task(settings, id, style)?);
     Ok(())
 }
 
-/// Deletes the task's branch.
+/// `host discard`.
 pub fn discard(settings: &Settings, id: &str) -> anyhow::Result<()> {
-    let task = open_store(settings)?.get(id)?;
-    let record = record(&task)?;
-    worktrees::discard(&record).with_context(|| format!("task {id}"))?;
-    outln!("deleted {}", record.branch);
+    outln!("{}", discard_task(settings, id)?);
     Ok(())
 }

@@ -574,3 +574,37 @@ fn task_file_errors_name_the_file_and_the_entry() {
         "{line}"
     );
 }
+
+#[test]
+fn a_failed_hook_gets_the_task_that_failed_for_good() {
+    let q = TestQueue::new();
+    let seen = q.scratch.join("failed.json");
+    std::fs::write(
+        q.queue.join("host.toml"),
+        format!(
+            "[hooks]\nfailed = [\"sh\", \"-c\", \"cat > \\\"$0\\\"; echo $HOST_EVENT $HOST_TASK_ID >> \\\"$0.event\\\"\", {:?}]\n",
+            seen.display().to_string()
+        ),
+    )
+    .unwrap();
+    // One that fails and will be retried does not call for attention; one with no attempt left
+    // does.
+    let retried = q.add(&["--type", "flaky", "--payload", r#"{"succeedOn": 2}"#]);
+    let failed = q.add_failing_once();
+    q.drain("flaky", &[]);
+    assert_eq!(q.task(&retried)["status"], "completed");
+    let task: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&seen).unwrap()).unwrap();
+    assert_eq!(task["id"], failed.as_str());
+    assert_eq!(task["status"], "failed");
+    let events = std::fs::read_to_string(q.scratch.join("failed.json.event")).unwrap();
+    assert_eq!(events, format!("failed {failed}\n"));
+
+    std::fs::write(q.queue.join("host.toml"), "[hooks]\nfailed = []\n").unwrap();
+    let line = q.fails(&["add", "--type", "noop"]);
+    assert!(
+        line.contains("host.toml:2: hooks.failed: must name a program")
+            || line.contains("hooks.failed: must name a program"),
+        "{line}"
+    );
+}

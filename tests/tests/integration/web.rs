@@ -142,8 +142,9 @@ fn every_api_route_answers_as_documented() {
             .unwrap()
             .contains("unknown task type")
     );
+    // An unknown field is JSON of the wrong shape.
     let (status, _) = server.post("/api/tasks", json!({"type": "noop", "colour": 1}));
-    assert_eq!(status, 400);
+    assert_eq!(status, 422);
 
     let (status, tasks) = server.get("/api/tasks?status=pending");
     assert_eq!(status, 200);
@@ -726,6 +727,62 @@ fn the_dashboard_lays_out_a_busy_queue_and_draws_its_plan() {
     );
     browser.resize(1400, 1000);
     browser.screenshot("dashboard-plan");
+}
+
+#[test]
+fn the_dashboard_shows_a_worktree_tasks_branch_and_merges_it() {
+    let q = TestQueue::new();
+    let repo = crate::worktrees::repository(&q);
+    crate::worktrees::bind_editor(&q);
+    let id = q.add(&["--type", "edit", "--target", repo.to_str().unwrap()]);
+    q.drain("editor", &[]);
+    let server = serve(&q, &[]);
+    let (status, diff) = server.get(&format!("/api/tasks/{id}/diff"));
+    assert_eq!(status, 200, "{diff}");
+    assert_eq!(diff["worktree"]["branch"], format!("host/task-{id}"));
+    assert!(
+        diff["patch"].as_str().unwrap().contains(&format!("+{id}")),
+        "{diff}"
+    );
+
+    let browser = Browser::start();
+    browser.resize(1400, 1000);
+    browser.open(&server);
+    let row = format!("#tasks tr.task[data-id=\"{id}\"]");
+    browser.wait_for(
+        "the task",
+        &format!("return document.querySelector('{row}') !== null"),
+    );
+    browser.click(&row);
+    browser.wait_for(
+        "the branch in the details",
+        &format!("return (document.getElementById('branch') || {{}}).textContent?.includes('host/task-{id}')"),
+    );
+    let files = browser.script("return document.getElementById('branch-files').textContent");
+    assert!(files.as_str().unwrap().contains("shared.txt"), "{files}");
+    browser.click("button[data-branch=diff]");
+    browser.wait_for(
+        "the patch",
+        &format!("return document.getElementById('branch-diff').textContent.includes('+{id}')"),
+    );
+    browser.screenshot("dashboard-branch");
+    browser.click("button[data-branch=merge]");
+    browser.wait_for(
+        "the merge",
+        &format!("return document.getElementById('branch-said').textContent.includes('merged host/task-{id} into main')"),
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.join("shared.txt")).unwrap(),
+        format!("{id}\n")
+    );
+    let (status, body) = server.post(&format!("/api/tasks/{id}/discard"), json!({}));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("merged or discarded already")
+    );
 }
 
 #[test]

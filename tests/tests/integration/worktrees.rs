@@ -20,7 +20,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A repository on branch `main` with one committed file, `shared.txt`, and an ignored `.env`.
-fn repository(q: &TestQueue) -> std::path::PathBuf {
+pub(crate) fn repository(q: &TestQueue) -> std::path::PathBuf {
     let repo = q.scratch.join("repo");
     fs::create_dir_all(&repo).unwrap();
     git(&repo, &["init", "--quiet", "--initial-branch", "main"]);
@@ -37,7 +37,7 @@ fn repository(q: &TestQueue) -> std::path::PathBuf {
 /// Role `editor` (type `edit`): a fake agent that writes its task's id into `shared.txt`, waits
 /// a second, and fails unless the file still holds its id (nobody else wrote it meanwhile).
 /// It also checks that the role's setup ran and the ignored `.env` was copied in.
-fn bind_editor(q: &TestQueue) {
+pub(crate) fn bind_editor(q: &TestQueue) {
     let script = "test -f .env && test -f setup.out || exit 3; echo \"$0\" > shared.txt; \
                   sleep 1; test \"$(cat shared.txt)\" = \"$0\" || exit 4; \
                   if [ \"$1\" = shared.txt ]; then echo more >> shared.txt; fi";
@@ -117,7 +117,15 @@ fn two_agents_on_one_repository_work_apart_and_their_branches_are_merged_or_disc
         fs::read_to_string(repo.join("shared.txt")).unwrap(),
         format!("{first}\n")
     );
-    // The second changed the same line: the merge conflicts, names the file, changes nothing.
+    // The second changed the same line: the merge conflicts, names the file, changes nothing,
+    // and the conflict hook hears of it.
+    let heard = q.scratch.join("conflict.json");
+    let toml = fs::read_to_string(q.queue.join("host.toml")).unwrap();
+    let hook = format!(
+        "\n[hooks]\nconflict = [\"sh\", \"-c\", \"cat > \\\"$0\\\"\", {:?}]\n",
+        heard.display().to_string()
+    );
+    fs::write(q.queue.join("host.toml"), toml + &hook).unwrap();
     let head = git(&repo, &["rev-parse", "HEAD"]);
     let line = q.fails(&["merge", &second]);
     assert!(
@@ -126,6 +134,8 @@ fn two_agents_on_one_repository_work_apart_and_their_branches_are_merged_or_disc
     );
     assert_eq!(git(&repo, &["rev-parse", "HEAD"]), head);
     assert_eq!(git(&repo, &["status", "--porcelain"]), "");
+    let task: Value = serde_json::from_str(&fs::read_to_string(&heard).unwrap()).unwrap();
+    assert_eq!(task["id"], second.as_str());
     q.ok(&["discard", &second]);
     let branches = git(&repo, &["branch", "--list", "host/*"]);
     assert_eq!(branches, "", "merged and discarded branches are gone");
