@@ -21,9 +21,14 @@
 //! | preset    | argv                                                                   | long prompt             |
 //! |-----------|------------------------------------------------------------------------|-------------------------|
 //! | `copilot` | `copilot -p PROMPT --allow-all-tools --no-ask-user`                    | stdin (no `-p`)         |
-//! | `claude`  | `claude -p PROMPT --permission-mode acceptEdits`                       | stdin (`-p` alone)      |
-//! | `codex`   | `codex exec --skip-git-repo-check --sandbox workspace-write PROMPT`    | stdin (`-`)             |
-//! | `gemini`  | `gemini -p PROMPT --approval-mode auto_edit --skip-trust`              | stdin, and a short `-p` |
+//! | `claude`  | `claude -p PROMPT --permission-mode acceptEdits --output-format stream-json --verbose` | stdin (`-p` alone) |
+//! | `codex`   | `codex exec --json --skip-git-repo-check --sandbox workspace-write PROMPT` | stdin (`-`)         |
+//! | `gemini`  | `gemini -p PROMPT --approval-mode auto_edit --skip-trust --output-format stream-json` | stdin, and a short `-p` |
+//!
+//! Claude Code, Codex and Gemini CLI run in their structured headless modes: each event they
+//! print becomes a readable log line (`assistant: ...`, `tool Edit: {...}`, `command: ls (exit
+//! 0)`), and the result keeps the final message (`finalMessage`) and the tokens and cost they
+//! report (`usage`: `inputTokens`, `outputTokens`, `costUsd` where given; see `stream`).
 //! | `aider`   | `aider --message PROMPT --yes-always`                                  | `--message-file FILE`   |
 //!
 //! Checked against GitHub Copilot CLI 1.0.102, Claude Code 2.1.197, codex-cli 0.169.0 and Gemini
@@ -67,6 +72,7 @@ use plugin_api::{
 
 use crate::command::{self, Limits, shorten};
 use crate::paths::target;
+use crate::stream::{Format, Transcript};
 
 /// Runs an AI coding CLI.
 pub struct Agent;
@@ -114,6 +120,8 @@ pub struct Preset {
     pub argv: &'static [&'static str],
     /// The argv for a prompt too long for one argument.
     long: LongPrompt,
+    /// The structured events its argv asks for, where it has them.
+    stream: Option<Format>,
 }
 
 /// How a CLI takes a prompt too long for its argument.
@@ -137,23 +145,38 @@ pub const PRESETS: [Preset; 5] = [
         ],
         // Without `-p`, the prompt is read from stdin (`-p -` would be the prompt "-").
         long: LongPrompt::Stdin(&["copilot", "--allow-all-tools", "--no-ask-user"]),
+        stream: None,
     },
     Preset {
         name: "claude",
+        // stream-json with -p needs --verbose (Claude Code says so and stops otherwise).
         argv: &[
             "claude",
             "-p",
             "{prompt}",
             "--permission-mode",
             "acceptEdits",
+            "--output-format",
+            "stream-json",
+            "--verbose",
         ],
-        long: LongPrompt::Stdin(&["claude", "-p", "--permission-mode", "acceptEdits"]),
+        long: LongPrompt::Stdin(&[
+            "claude",
+            "-p",
+            "--permission-mode",
+            "acceptEdits",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+        ]),
+        stream: Some(Format::Claude),
     },
     Preset {
         name: "codex",
         argv: &[
             "codex",
             "exec",
+            "--json",
             "--skip-git-repo-check",
             "--sandbox",
             "workspace-write",
@@ -162,11 +185,13 @@ pub const PRESETS: [Preset; 5] = [
         long: LongPrompt::Stdin(&[
             "codex",
             "exec",
+            "--json",
             "--skip-git-repo-check",
             "--sandbox",
             "workspace-write",
             "-",
         ]),
+        stream: Some(Format::Codex),
     },
     Preset {
         name: "gemini",
@@ -177,6 +202,8 @@ pub const PRESETS: [Preset; 5] = [
             "--approval-mode",
             "auto_edit",
             "--skip-trust",
+            "--output-format",
+            "stream-json",
         ],
         long: LongPrompt::Stdin(&[
             "gemini",
@@ -185,12 +212,16 @@ pub const PRESETS: [Preset; 5] = [
             "--approval-mode",
             "auto_edit",
             "--skip-trust",
+            "--output-format",
+            "stream-json",
         ]),
+        stream: Some(Format::Gemini),
     },
     Preset {
         name: "aider",
         argv: &["aider", "--message", "{prompt}", "--yes-always"],
         long: LongPrompt::File(&["aider", "--message-file", "{prompt_file}", "--yes-always"]),
+        stream: None,
     },
 ];
 
@@ -652,15 +683,22 @@ impl Agent {
 
         let before = snapshot(dir, None).unwrap_or_default();
         ctx.progress(0, &format!("running {program}"));
-        let run = command::run(
+        // A preset with structured output: its events become readable log lines, and its
+        // answer and usage go into the result.
+        let mut transcript = setup.preset.and_then(|p| p.stream).map(Transcript::new);
+        let run = command::run_rendered(
             &invocation.argv,
             dir,
             invocation.stdin.as_deref(),
             limits,
             ctx,
+            &mut |line| match &mut transcript {
+                Some(transcript) => transcript.line(line),
+                None => Some(line),
+            },
         )
         .map_err(|err| format!("{which}: {err}"))?;
-        let result = json!({
+        let mut result = json!({
             "agent": setup.preset.map(|p| p.name),
             "program": program,
             "exitCode": run.status.code(),
@@ -673,6 +711,10 @@ impl Agent {
             "changedFiles": snapshot(dir, run.stop.map(|_| Instant::now() + Duration::from_secs(1)))
                 .map(|after| changes(&before, &after)),
         });
+        if let Some(transcript) = &transcript {
+            result["finalMessage"] = json!(transcript.final_message());
+            result["usage"] = transcript.usage();
+        }
         ctx.progress(100, &format!("{program} finished"));
         match run.failure(&format!("{which}: `{program}`"), limits) {
             None => Ok(result),

@@ -105,6 +105,20 @@ pub fn run(
     limits: Limits,
     ctx: &Context<'_>,
 ) -> Result<Finished, String> {
+    run_rendered(argv, dir, stdin, limits, ctx, &mut Some)
+}
+
+/// [`run`], with each line of output passed through `render` before it is logged and kept:
+/// what it answers is logged instead (nothing for `None`), as a structured output's events
+/// become readable lines.
+pub fn run_rendered(
+    argv: &[String],
+    dir: &Path,
+    stdin: Option<&str>,
+    limits: Limits,
+    ctx: &Context<'_>,
+    render: &mut dyn FnMut(String) -> Option<String>,
+) -> Result<Finished, String> {
     if !dir.is_dir() {
         return Err(format!(
             "target folder {} does not exist (or is not a folder)",
@@ -169,7 +183,11 @@ pub fn run(
     let status = loop {
         match lines.recv_timeout(pause) {
             Ok(line) => {
-                heard.take(line, ctx);
+                // Any output counts against the stall limit, whether it is shown or not.
+                heard.at = Instant::now();
+                if let Some(line) = render(line) {
+                    heard.take(line, ctx);
+                }
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -201,7 +219,9 @@ pub fn run(
     kill_group();
     let grace = Instant::now() + OUTPUT_GRACE;
     while let Ok(line) = lines.recv_timeout(grace.saturating_duration_since(Instant::now())) {
-        heard.take(line, ctx);
+        if let Some(line) = render(line) {
+            heard.take(line, ctx);
+        }
     }
     Ok(Finished {
         status,

@@ -18,5 +18,6 @@ pub mod writer;
 
 mod command;
 mod paths;
+mod stream;
 
 plugin_api::export_plugin!();

@@ -37,6 +37,22 @@ pub struct Figures {
     pub wait_ms_p50: Option<u64>,
     /// See `wait_ms_p50`.
     pub wait_ms_p95: Option<u64>,
+    /// What agents reported using, summed (over the last hour's finished tasks).
+    pub usage: Usage,
+}
+
+/// Tokens and cost as agent CLIs report them in a task's `result.usage`.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// Tasks whose result reported usage.
+    pub tasks: usize,
+    /// Input tokens (cached ones included).
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Cost in US dollars, where the CLI reports one (Claude Code does).
+    pub cost_usd: f64,
 }
 
 /// `host stats --json`.
@@ -164,7 +180,7 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let header = |text: &mut String, title: &str| {
         let _ = writeln!(
             text,
-            "{title:<28} {:>6} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "{title:<28} {:>6} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
             "done",
             "failed",
             "open",
@@ -173,7 +189,9 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
             "run p50",
             "run p95",
             "wait p50",
-            "wait p95"
+            "wait p95",
+            "tokens",
+            "cost"
         );
     };
     let row = |text: &mut String, name: &str, f: &Figures| {
@@ -181,7 +199,7 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
         let open = f.counts["pending"] + f.counts["blocked"] + f.counts["running"];
         let _ = writeln!(
             text,
-            "{name:<28} {:>6} {:>6} {open:>6} {:>6} {:>8.1} {:>8} {:>8} {:>8} {:>8}",
+            "{name:<28} {:>6} {:>6} {open:>6} {:>6} {:>8.1} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
             f.counts["completed"],
             f.counts["failed"],
             f.counts.values().sum::<usize>(),
@@ -190,6 +208,14 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
             ms(f.run_ms_p95),
             ms(f.wait_ms_p50),
             ms(f.wait_ms_p95),
+            match f.usage.tasks {
+                0 => "-".to_string(),
+                _ => (f.usage.input_tokens + f.usage.output_tokens).to_string(),
+            },
+            match f.usage.cost_usd {
+                0.0 => "-".to_string(),
+                cost => format!("${cost:.2}"),
+            },
         );
     };
     header(&mut text, "ROLE");
@@ -210,8 +236,9 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let _ = writeln!(
         text,
         "\nCounts are of all time (per worker: the last hour). /min 1h is tasks finished \
-         (completed or failed) per minute over the last hour; run and wait times are over the \
-         tasks that finished in the last hour (at most the newest {SAMPLE})."
+         (completed or failed) per minute over the last hour; run and wait times, and the \
+         tokens and cost agents reported, are over the tasks that finished in the last hour (at \
+         most the newest {SAMPLE})."
     );
     out!("{text}");
     Ok(())
@@ -225,7 +252,19 @@ fn figures(tasks: &[&Task], window_minutes: f64) -> Figures {
     let mut run = Vec::new();
     let mut wait = Vec::new();
     let mut done = 0;
+    let mut usage = Usage::default();
     for task in tasks {
+        if let Some(used) = task
+            .result
+            .as_ref()
+            .map(|r| &r["usage"])
+            .filter(|u| u.is_object())
+        {
+            usage.tasks += 1;
+            usage.input_tokens += used["inputTokens"].as_u64().unwrap_or(0);
+            usage.output_tokens += used["outputTokens"].as_u64().unwrap_or(0);
+            usage.cost_usd += used["costUsd"].as_f64().unwrap_or(0.0);
+        }
         if task.status == TaskStatus::Completed {
             run.extend(task.duration_ms);
         }
@@ -243,6 +282,7 @@ fn figures(tasks: &[&Task], window_minutes: f64) -> Figures {
         run_ms_p95: percentile(&run, 0.95),
         wait_ms_p50: percentile(&wait, 0.5),
         wait_ms_p95: percentile(&wait, 0.95),
+        usage,
     }
 }
 

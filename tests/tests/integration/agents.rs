@@ -98,10 +98,20 @@ fn each_preset_runs_its_cli_with_the_documented_argv_in_the_target() {
                 "--allow-all-tools",
                 "--no-ask-user",
             ],
-            "claude" => vec!["claude", "-p", &prompt, "--permission-mode", "acceptEdits"],
+            "claude" => vec![
+                "claude",
+                "-p",
+                &prompt,
+                "--permission-mode",
+                "acceptEdits",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+            ],
             "codex" => vec![
                 "codex",
                 "exec",
+                "--json",
                 "--skip-git-repo-check",
                 "--sandbox",
                 "workspace-write",
@@ -114,6 +124,8 @@ fn each_preset_runs_its_cli_with_the_documented_argv_in_the_target() {
                 "--approval-mode",
                 "auto_edit",
                 "--skip-trust",
+                "--output-format",
+                "stream-json",
             ],
             "aider" => vec!["aider", "--message", &prompt, "--yes-always"],
             _ => unreachable!(),
@@ -775,5 +787,120 @@ fn a_self_serve_holder_waits_for_work_reports_on_it_and_is_listed_while_it_holds
     assert!(
         line.contains("no task to claim for role noop after waiting 1s"),
         "{line}"
+    );
+}
+
+/// Events as each CLI writes them in its structured headless mode (Claude Code's taken from a
+/// real run of 2.1.197, cut down; Codex's from codex-cli 0.169.0 `exec --json`; Gemini CLI's
+/// as its stream-json formatter documents them).
+fn events(cli: &str) -> Vec<Value> {
+    use serde_json::json;
+    match cli {
+        "claude" => vec![
+            json!({"type": "system", "subtype": "init", "model": "claude-opus", "session_id": "s"}),
+            json!({"type": "assistant", "message": {"content": [
+                {"type": "text", "text": "I will add the greeting."},
+                {"type": "tool_use", "name": "Write", "input": {"file_path": "hello.txt"}}]}}),
+            json!({"type": "user", "message": {"content": [{"type": "tool_result", "content": "ok"}]}}),
+            json!({"type": "result", "subtype": "success", "is_error": false, "result": "Added hello.txt.",
+                   "total_cost_usd": 0.125,
+                   "usage": {"input_tokens": 100, "cache_read_input_tokens": 20, "output_tokens": 30}}),
+        ],
+        "codex" => vec![
+            json!({"type": "thread.started", "thread_id": "t"}),
+            json!({"type": "turn.started"}),
+            json!({"type": "item.completed", "item": {"id": "i0", "type": "command_execution",
+                   "command": "ls", "aggregated_output": "", "exit_code": 0, "status": "completed"}}),
+            json!({"type": "item.completed", "item": {"id": "i1", "type": "agent_message", "text": "Added hello.txt."}}),
+            json!({"type": "turn.completed", "usage": {"input_tokens": 200, "cached_input_tokens": 50, "output_tokens": 40}}),
+        ],
+        "gemini" => vec![
+            json!({"type": "init", "session_id": "s", "model": "gemini-pro"}),
+            json!({"type": "message", "role": "user", "content": "the prompt"}),
+            json!({"type": "tool_use", "tool_name": "write_file", "tool_id": "w", "parameters": {"file_path": "hello.txt"}}),
+            json!({"type": "tool_result", "tool_id": "w", "status": "success"}),
+            json!({"type": "message", "role": "assistant", "content": "Added ", "delta": true}),
+            json!({"type": "message", "role": "assistant", "content": "hello.txt.", "delta": true}),
+            json!({"type": "result", "status": "success", "stats": {"total_tokens": 70, "input_tokens": 50, "output_tokens": 20}}),
+        ],
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn structured_output_is_logged_readably_and_its_answer_and_usage_are_kept_and_summed() {
+    let q = TestQueue::new();
+    let bin = fake_agents(&q);
+    bind_presets(&q, "");
+    let mut ids = Vec::new();
+    for cli in ["claude", "codex", "gemini"] {
+        let lines: Vec<String> = events(cli).iter().map(Value::to_string).collect();
+        let file = q.scratch.join(format!("{cli}.jsonl"));
+        fs::write(&file, lines.join("\n") + "\n").unwrap();
+        let target = q.scratch.join(format!("target-{cli}"));
+        fs::create_dir_all(&target).unwrap();
+        let id = q.add(&[
+            "--type",
+            &format!("t-{cli}"),
+            "--target",
+            target.to_str().unwrap(),
+        ]);
+        let record = q.scratch.join(format!("record-{cli}"));
+        drain_agent(
+            &q,
+            &format!("p-{cli}"),
+            &bin,
+            &record,
+            &[("FAKE_AGENT_EVENTS", file.to_str().unwrap())],
+        );
+        let task = q.task(&id);
+        assert_eq!(task["status"], "completed", "{task:#}");
+        assert_eq!(task["result"]["finalMessage"], "Added hello.txt.", "{cli}");
+        let log = q.ok(&["logs", &id]);
+        assert!(
+            !log.contains("{\"type\""),
+            "{cli}: raw events in the log:\n{log}"
+        );
+        ids.push((cli, id, log));
+    }
+    let (_, claude, log) = &ids[0];
+    assert!(log.contains("assistant: I will add the greeting."), "{log}");
+    assert!(
+        log.contains("tool Write: {\"file_path\":\"hello.txt\"}"),
+        "{log}"
+    );
+    assert_eq!(
+        q.task(claude)["result"]["usage"],
+        serde_json::json!({"inputTokens": 120, "outputTokens": 30, "costUsd": 0.125})
+    );
+    let (_, codex, log) = &ids[1];
+    assert!(log.contains("command: ls (exit 0)"), "{log}");
+    assert_eq!(
+        q.task(codex)["result"]["usage"],
+        serde_json::json!({"inputTokens": 200, "outputTokens": 40})
+    );
+    let (_, gemini, log) = &ids[2];
+    assert!(
+        log.contains("tool write_file: {\"file_path\":\"hello.txt\"}"),
+        "{log}"
+    );
+    assert_eq!(
+        q.task(gemini)["result"]["usage"],
+        serde_json::json!({"inputTokens": 50, "outputTokens": 20})
+    );
+
+    // Summed per role and per type by `host stats`.
+    let stats: Value = serde_json::from_str(&q.ok(&["stats", "--json"])).unwrap();
+    assert_eq!(
+        stats["byRole"]["p-claude"]["usage"]["costUsd"], 0.125,
+        "{stats:#}"
+    );
+    assert_eq!(stats["byType"]["t-codex"]["usage"]["inputTokens"], 200);
+    assert_eq!(stats["all"]["usage"]["tasks"], 3);
+    assert_eq!(stats["all"]["usage"]["outputTokens"], 90);
+    let human = q.ok(&["stats"]);
+    assert!(
+        human.contains("$0.12") || human.contains("$0.13"),
+        "{human}"
     );
 }

@@ -1,0 +1,300 @@
+//! The structured headless output of the CLIs that have one (Claude Code `--output-format
+//! stream-json`, Codex `exec --json`, Gemini CLI `--output-format stream-json`): one JSON event
+//! per line, turned into a readable log line each, with the final message and the tokens and
+//! cost the CLI reports kept for the result.
+
+use plugin_api::{Value, json};
+
+/// Which CLI's events these are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Claude Code: `system`, `assistant` and `user` messages, then one `result`.
+    Claude,
+    /// Codex: `item.completed` items and `turn.completed` with its usage.
+    Codex,
+    /// Gemini CLI: `message`, `tool_use`, `tool_result`, then one `result` with stats.
+    Gemini,
+}
+
+/// What a run's events said, as they arrive.
+#[derive(Debug)]
+pub struct Transcript {
+    format: Format,
+    /// The agent's last message: its answer.
+    final_message: Option<String>,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_usd: Option<f64>,
+    /// Whether any event carried usage.
+    usage_seen: bool,
+}
+
+/// The longest a log line made from an event gets.
+const LOG_LINE: usize = 2_000;
+
+impl Transcript {
+    /// An empty transcript for `format`.
+    pub fn new(format: Format) -> Transcript {
+        Transcript {
+            format,
+            final_message: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: None,
+            usage_seen: false,
+        }
+    }
+
+    /// Takes one line of output; answers what the log shows for it (the line itself when it
+    /// is not an event, nothing for an event that says nothing to a reader).
+    pub fn line(&mut self, raw: String) -> Option<String> {
+        let Ok(event) = plugin_api::serde_json::from_str::<Value>(&raw) else {
+            return Some(raw);
+        };
+        if !event.is_object() {
+            return Some(raw);
+        }
+        let shown = match self.format {
+            Format::Claude => self.claude(&event),
+            Format::Codex => self.codex(&event),
+            Format::Gemini => self.gemini(&event),
+        };
+        shown.map(|line| cut(&line))
+    }
+
+    fn claude(&mut self, event: &Value) -> Option<String> {
+        match text(event, "type") {
+            "system" if text(event, "subtype") == "init" => {
+                Some(format!("session started (model {})", text(event, "model")))
+            }
+            "assistant" => {
+                let items = event["message"]["content"].as_array()?;
+                let lines: Vec<String> = items
+                    .iter()
+                    .filter_map(|item| match text(item, "type") {
+                        "text" => Some(format!("assistant: {}", text(item, "text"))),
+                        "tool_use" => {
+                            Some(format!("tool {}: {}", text(item, "name"), item["input"]))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                (!lines.is_empty()).then(|| lines.join("\n"))
+            }
+            "result" => {
+                if let Some(result) = event["result"].as_str() {
+                    self.final_message = Some(result.to_string());
+                }
+                self.add_usage(
+                    &event["usage"],
+                    &[
+                        "input_tokens",
+                        "cache_creation_input_tokens",
+                        "cache_read_input_tokens",
+                    ],
+                    "output_tokens",
+                );
+                self.cost_usd = event["total_cost_usd"].as_f64().or(self.cost_usd);
+                // Claude Code marks a failed run `is_error`, whatever its subtype says.
+                if event["is_error"] == true {
+                    Some(format!("error: {}", text(event, "result")))
+                } else {
+                    Some(format!("result: {}", text(event, "subtype")))
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn codex(&mut self, event: &Value) -> Option<String> {
+        match text(event, "type") {
+            "item.completed" => {
+                let item = &event["item"];
+                match text(item, "type") {
+                    "agent_message" => {
+                        self.final_message = Some(text(item, "text").to_string());
+                        Some(format!("assistant: {}", text(item, "text")))
+                    }
+                    "command_execution" => Some(format!(
+                        "command: {} (exit {})",
+                        text(item, "command"),
+                        item["exit_code"]
+                    )),
+                    "file_change" => {
+                        let paths: Vec<&str> = item["changes"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|c| text(c, "path"))
+                            .collect();
+                        Some(format!("edited: {}", paths.join(", ")))
+                    }
+                    "error" => Some(format!("error: {}", text(item, "message"))),
+                    _ => None,
+                }
+            }
+            "turn.completed" => {
+                self.add_usage(&event["usage"], &["input_tokens"], "output_tokens");
+                None
+            }
+            "turn.failed" | "error" => Some(format!(
+                "error: {}",
+                event["error"]["message"]
+                    .as_str()
+                    .unwrap_or(text(event, "message"))
+            )),
+            _ => None,
+        }
+    }
+
+    fn gemini(&mut self, event: &Value) -> Option<String> {
+        match text(event, "type") {
+            "init" => Some(format!("session started (model {})", text(event, "model"))),
+            "message" if text(event, "role") == "assistant" => {
+                let content = text(event, "content");
+                // Replies arrive in pieces (`delta`): the answer is all of them.
+                let answer = self.final_message.get_or_insert_with(String::new);
+                if event["delta"] != true {
+                    answer.clear();
+                }
+                answer.push_str(content);
+                Some(format!("assistant: {content}"))
+            }
+            "tool_use" => Some(format!(
+                "tool {}: {}",
+                text(event, "tool_name"),
+                event["parameters"]
+            )),
+            "tool_result" => Some(format!("tool result: {}", text(event, "status"))),
+            "error" => Some(format!("error: {}", text(event, "message"))),
+            "result" => {
+                self.add_usage(&event["stats"], &["input_tokens"], "output_tokens");
+                Some(format!("result: {}", text(event, "status")))
+            }
+            _ => None,
+        }
+    }
+
+    fn add_usage(&mut self, usage: &Value, inputs: &[&str], output: &str) {
+        if !usage.is_object() {
+            return;
+        }
+        self.usage_seen = true;
+        self.input_tokens += inputs
+            .iter()
+            .filter_map(|key| usage[*key].as_u64())
+            .sum::<u64>();
+        self.output_tokens += usage[output].as_u64().unwrap_or(0);
+    }
+
+    /// The agent's final message, if it gave one.
+    pub fn final_message(&self) -> Option<&str> {
+        self.final_message.as_deref()
+    }
+
+    /// `{"inputTokens", "outputTokens", "costUsd"}` as the CLI reported them (cost only where
+    /// the CLI gives one), or null when it reported none.
+    pub fn usage(&self) -> Value {
+        if !self.usage_seen && self.cost_usd.is_none() {
+            return Value::Null;
+        }
+        let mut usage = json!({
+            "inputTokens": self.input_tokens,
+            "outputTokens": self.output_tokens,
+        });
+        if let Some(cost) = self.cost_usd {
+            usage["costUsd"] = json!(cost);
+        }
+        usage
+    }
+}
+
+fn text<'a>(value: &'a Value, key: &str) -> &'a str {
+    value[key].as_str().unwrap_or_default()
+}
+
+fn cut(line: &str) -> String {
+    if line.len() <= LOG_LINE {
+        return line.to_string();
+    }
+    let mut end = LOG_LINE;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &line[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(format: Format, lines: &[Value]) -> (Transcript, Vec<String>) {
+        let mut transcript = Transcript::new(format);
+        let shown = lines
+            .iter()
+            .filter_map(|l| transcript.line(l.to_string()))
+            .collect();
+        (transcript, shown)
+    }
+
+    #[test]
+    fn claude_events_become_readable_lines_an_answer_and_usage() {
+        let (t, shown) = feed(
+            Format::Claude,
+            &[
+                json!({"type": "system", "subtype": "init", "model": "claude-x"}),
+                json!({"type": "assistant", "message": {"content": [
+                    {"type": "text", "text": "Reading it."},
+                    {"type": "tool_use", "name": "Edit", "input": {"file_path": "a.rs"}}]}}),
+                json!({"type": "user", "message": {"content": [{"type": "tool_result"}]}}),
+                json!({"type": "result", "subtype": "success", "result": "Done.",
+                       "total_cost_usd": 0.25,
+                       "usage": {"input_tokens": 10, "cache_read_input_tokens": 5, "output_tokens": 7}}),
+            ],
+        );
+        assert_eq!(
+            shown,
+            [
+                "session started (model claude-x)",
+                "assistant: Reading it.\ntool Edit: {\"file_path\":\"a.rs\"}",
+                "result: success"
+            ]
+        );
+        assert_eq!(t.final_message(), Some("Done."));
+        assert_eq!(
+            t.usage(),
+            json!({"inputTokens": 15, "outputTokens": 7, "costUsd": 0.25})
+        );
+    }
+
+    #[test]
+    fn codex_and_gemini_events_are_read_too_and_plain_lines_pass_through() {
+        let (t, shown) = feed(
+            Format::Codex,
+            &[
+                json!({"type": "thread.started"}),
+                json!({"type": "item.completed", "item": {"type": "command_execution", "command": "ls", "exit_code": 0}}),
+                json!({"type": "item.completed", "item": {"type": "agent_message", "text": "All good."}}),
+                json!({"type": "turn.completed", "usage": {"input_tokens": 3, "cached_input_tokens": 1, "output_tokens": 2}}),
+            ],
+        );
+        assert_eq!(shown, ["command: ls (exit 0)", "assistant: All good."]);
+        assert_eq!(t.final_message(), Some("All good."));
+        assert_eq!(t.usage(), json!({"inputTokens": 3, "outputTokens": 2}));
+
+        let (t, _) = feed(
+            Format::Gemini,
+            &[
+                json!({"type": "message", "role": "assistant", "content": "Hel", "delta": true}),
+                json!({"type": "message", "role": "assistant", "content": "lo.", "delta": true}),
+                json!({"type": "result", "status": "success", "stats": {"input_tokens": 4, "output_tokens": 6}}),
+            ],
+        );
+        assert_eq!(t.final_message(), Some("Hello."));
+        assert_eq!(t.usage(), json!({"inputTokens": 4, "outputTokens": 6}));
+
+        let mut t = Transcript::new(Format::Claude);
+        assert_eq!(t.line("plain text".into()).as_deref(), Some("plain text"));
+        assert_eq!(t.usage(), Value::Null);
+    }
+}
