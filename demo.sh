@@ -13,14 +13,19 @@
 set -euo pipefail
 
 cd "$(dirname "$0")"
-cargo build --release
-host="$PWD/target/release/host"
+# DEMO_HOST and DEMO_DIR let the test suite play the demo with its own build, in its own folder.
+if [ -n "${DEMO_HOST:-}" ]; then
+    host="$DEMO_HOST"
+else
+    cargo build --release
+    host="$PWD/target/release/host"
+fi
 
 if [ "${1:-}" = "--postgres" ]; then
     exec ./demo-postgres.sh
 fi
 
-demo="$PWD/target/demo"
+demo="${DEMO_DIR:-$PWD/target/demo}"
 rm -rf "$demo"
 mkdir -p "$demo"
 export HOST_QUEUE_DIR="$demo/copilot-orchestration"

@@ -19,7 +19,7 @@
 //! aging = "10m"             # a pending task moves up one priority step per 10 minutes waited
 //! keep_finished = "30d"     # workers purge tasks that finished longer ago than this
 //!
-//! [hooks]                   # the task's JSON on stdin, HOST_EVENT=failed|conflict
+//! [hooks]                   # the task's JSON on stdin, HOST_EVENT=failed|conflict, HOST_TASK_ID
 //! failed = ["notify-send", "host: a task failed"]     # a task failed for good
 //! conflict = ["notify-send", "host: a merge conflicts"] # `host merge` met a conflict
 //! ```
@@ -53,8 +53,8 @@ pub struct Config {
     pub hooks: Hooks,
 }
 
-/// `[hooks]`: commands (argument vectors, never a shell) run with the task's JSON on stdin and
-/// `HOST_EVENT` set to the event's name.
+/// `[hooks]`: commands (argument vectors, never a shell) run with the task's JSON on stdin,
+/// `HOST_EVENT` set to the event's name and `HOST_TASK_ID` to the task's id.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hooks {

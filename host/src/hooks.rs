@@ -26,8 +26,11 @@ pub fn run(command: &[String], event: &str, task: &Task) -> Result<(), String> {
         .map_err(|err| fail(err.to_string()))?;
     let json = serde_json::to_vec(task).expect("a task serializes");
     if let Some(mut stdin) = child.stdin.take() {
-        // A hook that does not read its input is its own business.
-        let _ = stdin.write_all(&json);
+        // From a thread: a hook that does not read a task larger than the pipe holds must not
+        // stop the clock below. One that does not read its input is its own business.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&json);
+        });
     }
     let started = Instant::now();
     loop {

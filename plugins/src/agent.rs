@@ -24,12 +24,12 @@
 //! | `claude`  | `claude -p PROMPT --permission-mode acceptEdits --output-format stream-json --verbose` | stdin (`-p` alone) |
 //! | `codex`   | `codex exec --json --skip-git-repo-check --sandbox workspace-write PROMPT` | stdin (`-`)         |
 //! | `gemini`  | `gemini -p PROMPT --approval-mode auto_edit --skip-trust --output-format stream-json` | stdin, and a short `-p` |
+//! | `aider`   | `aider --message PROMPT --yes-always`                                  | `--message-file FILE`   |
 //!
 //! Claude Code, Codex and Gemini CLI run in their structured headless modes: each event they
 //! print becomes a readable log line (`assistant: ...`, `tool Edit: {...}`, `command: ls (exit
 //! 0)`), and the result keeps the final message (`finalMessage`) and the tokens and cost they
 //! report (`usage`: `inputTokens`, `outputTokens`, `costUsd` where given; see `stream`).
-//! | `aider`   | `aider --message PROMPT --yes-always`                                  | `--message-file FILE`   |
 //!
 //! Checked against GitHub Copilot CLI 1.0.102, Claude Code 2.1.197, codex-cli 0.169.0 and Gemini
 //! CLI 0.61.0 from the npm registry (their `--help`, and runs without credentials in a folder
@@ -43,8 +43,9 @@
 //! worker starts. A command with neither `{prompt}` nor `{prompt_file}` gets the prompt on
 //! standard input. The command is an argument vector, never a shell.
 //!
-//! Isolation: when the target is tracked in a git repository, each attempt runs in a fresh
-//! worktree of it on the branch `host/task-ID` (crate `worktrees`), so agents on one repository
+//! Isolation: when the target is tracked in a git repository (with a commit), each attempt runs
+//! in a fresh worktree of it, outside the repository, on the branch `host/task-ID` (crate
+//! `worktrees`), so agents on one repository
 //! never touch each other's files or the user's checkout. Its base is the role's or the
 //! payload's `base` (a commit or branch), else the branches of the tasks it comes after (merged;
 //! a conflict between them fails the task, naming the files), else the repository's HEAD. The

@@ -160,12 +160,19 @@ impl Transcript {
                 answer.push_str(content);
                 Some(format!("assistant: {content}"))
             }
-            "tool_use" => Some(format!(
-                "tool {}: {}",
-                text(event, "tool_name"),
-                event["parameters"]
-            )),
-            "tool_result" => Some(format!("tool result: {}", text(event, "status"))),
+            // The answer is the reply after the last tool: a new reply starts afresh.
+            "tool_use" => {
+                self.final_message = None;
+                Some(format!(
+                    "tool {}: {}",
+                    text(event, "tool_name"),
+                    event["parameters"]
+                ))
+            }
+            "tool_result" => {
+                self.final_message = None;
+                Some(format!("tool result: {}", text(event, "status")))
+            }
             "error" => Some(format!("error: {}", text(event, "message"))),
             "result" => {
                 self.add_usage(&event["stats"], &["input_tokens"], "output_tokens");

@@ -7,9 +7,10 @@
 //! describes the branch in a [`Record`] and removes the worktree. The branch stays, to be shown
 //! ([`diff`]), merged into its base ([`merge`]) or removed ([`discard`]).
 //!
-//! Worktrees live in the repository's git folder (`.git/host-worktrees/task-ID`), out of the
-//! user's checkout and of `git status`. Everything runs the `git` program; nothing here holds
-//! state of its own.
+//! Worktrees live outside the repository, under `$XDG_DATA_HOME/host/worktrees` (or
+//! `~/.local/share/host/worktrees`, else the temporary folder), one folder per repository:
+//! not in the user's checkout, and not under `.git`, which agent CLIs treat as protected.
+//! Everything runs the `git` program; nothing here holds state of its own.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,8 +41,8 @@ pub struct Repo {
 }
 
 impl Repo {
-    /// The repository `dir` is tracked in: none when `dir` is in no work tree, or is ignored
-    /// there (a build folder is not part of the project).
+    /// The repository `dir` is tracked in: none when `dir` is in no work tree, is ignored there
+    /// (a build folder is not part of the project), or the repository has no commit yet.
     pub fn containing(dir: &Path) -> Option<Repo> {
         let root = git_in(dir, &["rev-parse", "--show-toplevel"]).ok()?;
         let root = PathBuf::from(root.trim());
@@ -52,12 +53,52 @@ impl Repo {
             .arg(dir)
             .status()
             .is_ok_and(|s| s.success());
-        (!ignored).then_some(Repo { root })
+        // A repository with no commit yet has nothing to branch from.
+        let born = git_in(
+            &root,
+            &["rev-parse", "--verify", "--quiet", "HEAD^{commit}"],
+        )
+        .is_ok();
+        (!ignored && born).then_some(Repo { root })
     }
 
     /// Runs `git ARGS` in the repository; its standard output, or an error with its complaint.
     pub fn git(&self, args: &[&str]) -> Result<String, Error> {
         git_in(&self.root, args)
+    }
+
+    /// Where this repository's task worktrees are made: a folder named after the repository
+    /// and a hash of its path, so two repositories of one name do not share it.
+    fn worktrees_home(&self) -> PathBuf {
+        let data = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(std::env::temp_dir);
+        // FNV-1a: stable across runs and versions, unlike the standard library's hasher.
+        let hash = self
+            .root
+            .to_string_lossy()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        let name = self
+            .root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        data.join("host/worktrees")
+            .join(format!("{name}-{:08x}", hash as u32))
+    }
+
+    /// `-c user.name=host -c user.email=host@localhost` where git has no identity configured
+    /// in `dir`, so that commits and merges can be made.
+    fn identity(dir: &Path) -> Vec<&'static str> {
+        match git_in(dir, &["config", "user.email"]) {
+            Ok(_) => Vec::new(),
+            Err(_) => vec!["-c", "user.name=host", "-c", "user.email=host@localhost"],
+        }
     }
 
     fn has_branch(&self, branch: &str) -> bool {
@@ -79,10 +120,7 @@ impl Repo {
 
     /// Commits with the user's identity, or a stand-in one where git has none configured.
     fn commit(&self, dir: &Path, message: &str) -> Result<(), Error> {
-        let mut args = Vec::new();
-        if git_in(dir, &["config", "user.email"]).is_err() {
-            args.extend(["-c", "user.name=host", "-c", "user.email=host@localhost"]);
-        }
+        let mut args = Repo::identity(dir);
         args.extend(["commit", "--quiet", "--no-verify", "-m", message]);
         git_in(dir, &args).map(drop)
     }
@@ -101,6 +139,20 @@ pub struct Base {
 /// The branch of task `id`.
 pub fn branch_of(id: &str) -> String {
     format!("host/task-{id}")
+}
+
+/// Whether `branch` is one this crate makes for task `id`: its branch, or an earlier attempt's.
+pub fn is_branch_of(branch: &str, id: &str) -> bool {
+    let own = branch_of(id);
+    branch == own
+        || branch
+            .strip_prefix(&format!("{own}-attempt-"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The message of a commit made for task `id` about `what` (its description, else its type).
+pub fn commit_message(id: &str, what: &str) -> String {
+    format!("host task {id}: {what}")
 }
 
 /// A worktree made for one attempt.
@@ -128,15 +180,14 @@ pub fn start(repo: &Repo, id: &str, base: &Base) -> Result<Checkout, Error> {
             .expect("a free name");
         repo.git(&["branch", "-m", &branch, &kept])?;
     }
-    let (start, base_branch) = match (&base.named, base.after.first()) {
+    // A prerequisite's branch that was merged (its work is in HEAD now) or discarded is gone.
+    let after: Vec<&String> = base.after.iter().filter(|b| repo.has_branch(b)).collect();
+    let (start, base_branch) = match (&base.named, after.first()) {
         (Some(named), _) => (named.clone(), repo.has_branch(named).then(|| named.clone())),
-        (None, Some(first)) => (first.clone(), repo.current_branch()),
+        (None, Some(first)) => (first.to_string(), repo.current_branch()),
         (None, None) => ("HEAD".to_string(), repo.current_branch()),
     };
-    let common = repo.git(&["rev-parse", "--path-format=absolute", "--git-common-dir"])?;
-    let path = PathBuf::from(common.trim())
-        .join("host-worktrees")
-        .join(format!("task-{id}"));
+    let path = repo.worktrees_home().join(format!("task-{id}"));
     if path.exists() {
         // Left by a worker that was killed: nothing in it is anyone's work any more.
         let _ = repo.git(&["worktree", "remove", "--force", &path.to_string_lossy()]);
@@ -164,10 +215,9 @@ pub fn start(repo: &Repo, id: &str, base: &Base) -> Result<Checkout, Error> {
         base: base_commit,
         base_branch,
     };
-    for other in base.after.iter().skip(1) {
+    for other in after.iter().skip(1) {
         if let Err(err) = checkout.merge_in(other) {
-            checkout.remove();
-            let _ = repo.git(&["branch", "-D", &checkout.branch]);
+            checkout.abandon();
             return Err(err);
         }
     }
@@ -185,22 +235,10 @@ impl Checkout {
 
     /// Merges another prerequisite's branch into the new worktree.
     fn merge_in(&self, branch: &str) -> Result<(), Error> {
-        let mut args = vec!["merge", "--no-edit", "--quiet", branch];
-        if git_in(&self.path, &["config", "user.email"]).is_err() {
-            args.splice(
-                0..0,
-                ["-c", "user.name=host", "-c", "user.email=host@localhost"],
-            );
-        }
-        if git_in(&self.path, &args).is_ok() {
-            return Ok(());
-        }
-        let files = conflicted(&self.path);
-        let _ = git_in(&self.path, &["merge", "--abort"]);
-        Err(Error::Conflict {
-            what: format!("merging the branches of the tasks it comes after ({branch})"),
-            files,
-        })
+        let mut args = Repo::identity(&self.path);
+        args.extend(["merge", "--no-edit", "--quiet", branch]);
+        let what = format!("merging the branches of the tasks it comes after ({branch})");
+        attempt(&self.path, &args, &what, &["merge", "--abort"])
     }
 
     /// Copies the repository's ignored files that `patterns` (gitignore syntax: `.env`,
@@ -228,13 +266,14 @@ impl Checkout {
         }
         let listed = self.repo.git(&[
             "ls-files",
+            "-z",
             "--others",
             "--ignored",
             "--exclude-standard",
             "--directory",
         ])?;
         let mut copied = Vec::new();
-        for rel in listed.lines() {
+        for rel in listed.split('\0').filter(|r| !r.is_empty()) {
             let is_dir = rel.ends_with('/');
             let rel = rel.trim_end_matches('/');
             if !matcher.matched_path_or_any_parents(rel, is_dir).is_ignore() {
@@ -248,11 +287,26 @@ impl Checkout {
     }
 
     /// Commits what the agent left uncommitted (with `message`), describes the branch and
-    /// removes the worktree; the branch stays.
+    /// removes the worktree; the branch stays. When that fails (a lock a killed agent left, a
+    /// hook), the worktree is kept, so nothing the agent did is lost, and the error names it.
     pub fn finish(self, message: &str) -> Result<Record, Error> {
-        let outcome = self.commit_and_describe(message);
+        match self.commit_and_describe(message) {
+            Ok(record) => {
+                self.remove();
+                Ok(record)
+            }
+            Err(err) => Err(Error::Git(format!(
+                "{err}; the agent's work is left in {} (on {})",
+                self.path.display(),
+                self.branch
+            ))),
+        }
+    }
+
+    /// Removes the worktree and its branch: for an attempt that never got to run its agent.
+    pub fn abandon(self) {
         self.remove();
-        outcome
+        let _ = self.repo.git(&["branch", "-D", &self.branch]);
     }
 
     fn commit_and_describe(&self, message: &str) -> Result<Record, Error> {
@@ -274,11 +328,13 @@ impl Checkout {
                 subject: subject.to_string(),
             })
             .collect();
-        let changed_files = self
+        let listed = self
             .repo
-            .git(&["diff", "--name-status", "--no-renames", &range])?
-            .lines()
-            .filter_map(|line| line.split_once('\t'))
+            .git(&["diff", "-z", "--name-status", "--no-renames", &range])?;
+        let fields: Vec<&str> = listed.split('\0').filter(|f| !f.is_empty()).collect();
+        let changed_files = fields
+            .chunks(2)
+            .filter_map(|pair| Some((*pair.first()?, *pair.get(1)?)))
             .map(|(status, path)| ChangedFile {
                 status: match status {
                     "A" => "added",
@@ -403,50 +459,49 @@ pub fn merge(record: &Record, style: MergeStyle, message: &str) -> Result<String
         )));
     }
     let branch = record.branch.as_str();
-    let conflict = |dir: &Path| Error::Conflict {
-        what: format!("{branch} into {base}"),
-        files: conflicted(dir),
-    };
+    let what = format!("{branch} into {base}");
+    let mut identity = Repo::identity(&repo.root);
     match style {
         MergeStyle::Merge => {
-            if repo
-                .git(&["merge", "--no-ff", "--quiet", "-m", message, branch])
-                .is_err()
-            {
-                let err = conflict(&repo.root);
-                let _ = repo.git(&["merge", "--abort"]);
-                return Err(err);
-            }
+            identity.extend(["merge", "--no-ff", "--quiet", "-m", message, branch]);
+            attempt(&repo.root, &identity, &what, &["merge", "--abort"])?;
         }
         MergeStyle::Squash => {
-            if repo.git(&["merge", "--squash", "--quiet", branch]).is_err() {
-                let err = conflict(&repo.root);
-                let _ = repo.git(&["reset", "--merge"]);
-                return Err(err);
+            identity.extend(["merge", "--squash", "--quiet", branch]);
+            attempt(&repo.root, &identity, &what, &["reset", "--merge"])?;
+            // A branch whose change is in the base already leaves nothing to commit.
+            if repo.git(&["diff", "--cached", "--quiet"]).is_err() {
+                repo.commit(&repo.root, message)?;
             }
-            repo.commit(&repo.root, message)?;
         }
         MergeStyle::Rebase => {
-            // Replayed in a worktree of its own, so the user's checkout sees only the result.
-            let scratch = rebase_dir(&repo)?;
+            // Replayed in a worktree of its own, so the user's checkout sees only the result;
+            // the branch is moved only when the fast-forward is sure to follow.
+            let scratch = repo.worktrees_home().join(format!(
+                "rebase-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ));
+            let scratch_arg = scratch.to_string_lossy().into_owned();
             let outcome = (|| {
                 repo.git(&[
                     "worktree",
                     "add",
                     "--quiet",
-                    &scratch.to_string_lossy(),
+                    "--detach",
+                    &scratch_arg,
                     branch,
                 ])?;
-                if git_in(&scratch, &["rebase", "--quiet", base]).is_err() {
-                    let err = conflict(&scratch);
-                    let _ = git_in(&scratch, &["rebase", "--abort"]);
-                    return Err(err);
-                }
-                Ok(())
+                identity.extend(["rebase", "--quiet", base]);
+                attempt(&scratch, &identity, &what, &["rebase", "--abort"])?;
+                git_in(&scratch, &["rev-parse", "HEAD"]).map(|h| h.trim().to_string())
             })();
-            let _ = repo.git(&["worktree", "remove", "--force", &scratch.to_string_lossy()]);
-            outcome?;
-            repo.git(&["merge", "--ff-only", "--quiet", branch])?;
+            let _ = repo.git(&["worktree", "remove", "--force", &scratch_arg]);
+            let _ = repo.git(&["worktree", "prune"]);
+            let rebased = outcome?;
+            repo.git(&["merge", "--ff-only", "--quiet", &rebased])?;
         }
     }
     repo.git(&["branch", "-D", branch])?;
@@ -474,38 +529,59 @@ fn repo_of(record: &Record) -> Result<Repo, Error> {
     Ok(repo)
 }
 
-fn rebase_dir(repo: &Repo) -> Result<PathBuf, Error> {
-    let common = repo.git(&["rev-parse", "--path-format=absolute", "--git-common-dir"])?;
-    let dir = PathBuf::from(common.trim())
-        .join("host-worktrees")
-        .join(format!("rebase-{}", std::process::id()));
-    Ok(dir)
-}
-
 /// The files git left unmerged in `dir`.
 fn conflicted(dir: &Path) -> Vec<String> {
-    git_in(dir, &["diff", "--name-only", "--diff-filter=U"])
-        .map(|out| out.lines().map(String::from).collect())
+    git_in(dir, &["diff", "-z", "--name-only", "--diff-filter=U"])
+        .map(|out| {
+            out.split('\0')
+                .filter(|f| !f.is_empty())
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default()
+}
+
+/// Runs `git ARGS` in `dir`, which may stop on conflicts: then `abort` undoes it and the error
+/// names the files; any other failure is git's own error (after `abort` all the same).
+fn attempt(dir: &Path, args: &[&str], what: &str, abort: &[&str]) -> Result<(), Error> {
+    let Err(err) = git_in(dir, args) else {
+        return Ok(());
+    };
+    let files = conflicted(dir);
+    let _ = git_in(dir, abort);
+    if files.is_empty() {
+        return Err(err);
+    }
+    Err(Error::Conflict {
+        what: what.to_string(),
+        files,
+    })
 }
 
 fn git_in(dir: &Path, args: &[&str]) -> Result<String, Error> {
     let output = Command::new("git")
         .arg("-C")
         .arg(dir)
+        // File names as they are, not quoted and escaped.
+        .args(["-c", "core.quotePath=false"])
         .args(args)
         .output()
         .map_err(|err| Error::Git(format!("cannot run git: {err}")))?;
     if output.status.success() {
         return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
-    let said = String::from_utf8_lossy(&output.stderr);
-    let said = said
-        .lines()
-        .rev()
-        .find(|line| !line.trim().is_empty())
-        .unwrap_or("(it said nothing)")
-        .trim();
+    // Most complaints are on stderr; some ("nothing to commit") only on stdout.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = |text: &str| {
+        text.lines()
+            .rev()
+            .find(|line| !line.trim().is_empty())
+            .map(|line| line.trim().to_string())
+    };
+    let said = last(&stderr)
+        .or_else(|| last(&stdout))
+        .unwrap_or_else(|| "(it said nothing)".into());
     Err(Error::Git(format!(
         "git {} in {}: {said}",
         args.iter()

@@ -20,12 +20,21 @@ pub fn record(task: &Task) -> anyhow::Result<Record> {
         };
         return Err(anyhow!("task {} {why}", task.id));
     };
-    serde_json::from_value(recorded.clone()).with_context(|| {
+    let record: Record = serde_json::from_value(recorded.clone()).with_context(|| {
         format!(
             "task {}: its result's worktree record is unreadable",
             task.id
         )
-    })
+    })?;
+    // A result is what a handler said: only a branch made for this task is acted on.
+    if !worktrees::is_branch_of(&record.branch, &task.id) {
+        anyhow::bail!(
+            "task {}: its result names branch {:?}, which is not one made for it",
+            task.id,
+            record.branch
+        );
+    }
+    Ok(record)
 }
 
 /// The task's change as a patch.
@@ -47,14 +56,13 @@ pub fn merge_task(settings: &Settings, id: &str, style: MergeStyle) -> anyhow::R
         );
     }
     let record = record(&task)?;
-    let message = format!(
-        "host task {id}: {}",
-        task.description.as_deref().unwrap_or(&task.task_type)
-    );
+    let message =
+        worktrees::commit_message(id, task.description.as_deref().unwrap_or(&task.task_type));
     let merged = worktrees::merge(&record, style, &message);
     if let Err(worktrees::Error::Conflict { .. }) = &merged
-        && let Some(hook) = &Config::load(&store)?.hooks.conflict
-        && let Err(why) = crate::hooks::run(hook, "conflict", &task)
+        // A broken host.toml must not hide the conflict: the hook is skipped.
+        && let Some(hook) = Config::load(&store).ok().and_then(|c| c.hooks.conflict)
+        && let Err(why) = crate::hooks::run(&hook, "conflict", &task)
     {
         eprintln!("warning: task {id}: {why}");
     }

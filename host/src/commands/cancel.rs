@@ -140,7 +140,10 @@ pub fn retry(
         ids.to_vec()
     };
     if ids.is_empty() {
-        outln!("nothing to retry: no task failed");
+        match task_type {
+            Some(task_type) => outln!("nothing to retry: no {task_type} task failed"),
+            None => outln!("nothing to retry: no task failed"),
+        }
     }
     for id in &ids {
         if failed && store.get(id)?.status != TaskStatus::Failed {

@@ -608,3 +608,45 @@ fn a_failed_hook_gets_the_task_that_failed_for_good() {
         "{line}"
     );
 }
+
+#[test]
+fn the_demo_plays_to_the_end_and_its_log_is_plain_labelled_text() {
+    // The README's first command, with this suite's build instead of a release build, in a
+    // folder of its own, its output going to a pipe as a log's would.
+    let ws = integration_tests::workspace();
+    let dir = integration_tests::scratch_dir();
+    let output = std::process::Command::new("bash")
+        .arg(ws.root.join("demo.sh"))
+        .env("DEMO_HOST", ws.host())
+        .env("DEMO_DIR", dir.path().join("demo"))
+        .env("CARGO_TARGET_DIR", dir.path().join("cargo-target"))
+        .env_remove("HOST_QUEUE_DIR")
+        .env_remove("HOST_PLUGIN_PATH")
+        .env_remove("NO_COLOR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{log}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!log.contains('\x1b'), "escape codes in a log:\n{log}");
+    let said = String::from_utf8_lossy(&output.stderr);
+    for (id, kind) in [(1, "write"), (2, "inspect"), (3, "test"), (4, "deploy")] {
+        assert!(
+            said.contains(&format!("added task {id} ({kind})")),
+            "{said}"
+        );
+    }
+    assert!(
+        log.contains("(no such folder)") && !log.contains("(missing)"),
+        "{log}"
+    );
+    assert!(log.contains("completed       4"), "{log}");
+    assert!(
+        log.contains("demo-app/src/lib.rs"),
+        "the deployed copy:\n{log}"
+    );
+}

@@ -205,3 +205,76 @@ fn a_target_outside_git_or_with_isolation_none_runs_in_place() {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("isolation \"wortkree\""));
 }
+
+#[test]
+fn edge_cases_of_branches_are_handled_not_misreported() {
+    let q = TestQueue::new();
+    // A repository with no commit yet: nothing to branch from, so the agent runs in place.
+    let fresh = q.scratch.join("fresh");
+    fs::create_dir_all(&fresh).unwrap();
+    git(&fresh, &["init", "--quiet"]);
+    let toml = "[roles.editor]\nhandler = \"agent\"\ntypes = [\"edit\"]\n\
+                command = [\"sh\", \"-c\", \"echo hi > café.txt\"]\n";
+    fs::write(q.queue.join("host.toml"), toml).unwrap();
+    let id = q.add(&["--type", "edit", "--target", fresh.to_str().unwrap()]);
+    q.drain("editor", &[]);
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert!(task["result"].get("worktree").is_none(), "{task:#}");
+
+    // A file name that is not ASCII is recorded as it is, not quoted by git.
+    let repo = repository(&q);
+    let first = q.add(&["--type", "edit", "--target", repo.to_str().unwrap()]);
+    q.drain("editor", &[]);
+    assert_eq!(
+        result(&q, &first)["changedFiles"],
+        serde_json::json!([{"status": "added", "path": "café.txt"}])
+    );
+    // Merged (by rebase) where git has no identity configured at all.
+    git(&repo, &["config", "--unset", "user.name"]);
+    git(&repo, &["config", "--unset", "user.email"]);
+    let empty = q.scratch.join("empty-gitconfig");
+    fs::write(&empty, "").unwrap();
+    let output = q
+        .host()
+        .args(["merge", &first, "--rebase"])
+        .env("GIT_CONFIG_GLOBAL", &empty)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(fs::read_to_string(repo.join("café.txt")).unwrap(), "hi\n");
+
+    // A task after one whose branch was merged starts from HEAD, which has that work.
+    let second = q.add(&[
+        "--type",
+        "edit",
+        "--target",
+        repo.to_str().unwrap(),
+        "--after",
+        &first,
+    ]);
+    q.drain("editor", &[]);
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+    assert_eq!(result(&q, &second)["base"], head.trim());
+
+    // A result that names a branch not made for its task is not acted on.
+    let forged = q.add(&["--type", "noop"]);
+    let claimed: Value =
+        serde_json::from_str(&q.ok(&["claim", "--role", "noop", "--json"])).unwrap();
+    let token = claimed["leaseToken"].as_str().unwrap();
+    let record = serde_json::json!({"worktree": {
+        "repository": repo, "branch": "main", "base": head.trim(),
+        "commits": [], "diffstat": "", "changedFiles": []}});
+    q.ok(&[
+        "complete",
+        &forged,
+        "--token",
+        token,
+        "--result",
+        &record.to_string(),
+    ]);
+    let line = q.fails(&["discard", &forged]);
+    assert!(line.contains("not one made for it"), "{line}");
+    assert!(git(&repo, &["branch", "--list", "main"]).contains("main"));
+}
