@@ -615,13 +615,27 @@ fn the_demo_plays_to_the_end_and_its_log_is_plain_labelled_text() {
     // folder of its own, its output going to a pipe as a log's would.
     let ws = integration_tests::workspace();
     let dir = integration_tests::scratch_dir();
+    // The plugins the demo needs, from a folder only we can write to (a clone under /tmp
+    // would have the host refuse the ones beside it); first the queue's own plugin folder,
+    // which does not exist.
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    for name in ["builtin_roles", "deployer"] {
+        let file = integration_tests::library_file(name);
+        std::fs::copy(ws.library(name), plugins.join(&file)).unwrap();
+    }
+    let demo = dir.path().join("demo");
+    let plugin_path = format!(
+        "{}:{}",
+        demo.join("copilot-orchestration/plugins").display(),
+        plugins.display()
+    );
     let output = std::process::Command::new("bash")
         .arg(ws.root.join("demo.sh"))
         .env("DEMO_HOST", ws.host())
-        .env("DEMO_DIR", dir.path().join("demo"))
-        .env("CARGO_TARGET_DIR", dir.path().join("cargo-target"))
+        .env("DEMO_DIR", &demo)
+        .env("HOST_PLUGIN_PATH", plugin_path)
         .env_remove("HOST_QUEUE_DIR")
-        .env_remove("HOST_PLUGIN_PATH")
         .env_remove("NO_COLOR")
         .stdin(std::process::Stdio::null())
         .output()
