@@ -211,9 +211,8 @@ async fn retry_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult
 }
 
 async fn task_diff(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let task = open_store(&app.settings)?.get(&id)?;
-    let record = branch::record(&task)?;
-    let patch = branch::patch(&app.settings, &id)?;
+    let record = branch::recorded(&app.settings, &id)?;
+    let patch = branch::patch(&id, &record)?;
     Ok(Json(json!({ "worktree": record, "patch": patch })))
 }
 

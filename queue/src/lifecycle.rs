@@ -420,26 +420,31 @@ pub fn expire(task: &mut Task, now: Timestamp, policy: &Policy, found_by: &str) 
     }
 }
 
+/// Refuses a finished task, which cannot be cancelled: the rule [`cancel`] applies, for callers
+/// that check many tasks before changing any.
+pub fn check_cancellable(task: &Task) -> Result<(), StoreError> {
+    if task.status.is_finished() {
+        return Err(StoreError::WrongState {
+            id: task.id.clone(),
+            status: task.status,
+            hint: "only a pending, blocked or running task can be cancelled",
+        });
+    }
+    Ok(())
+}
+
 /// Cancels a task: a pending or blocked one is cancelled at once; a running one is asked to
 /// stop (its worker tells the handler). Finished tasks cannot be cancelled.
 pub fn cancel(task: &mut Task, now: Timestamp) -> Result<(), StoreError> {
-    match task.status {
-        TaskStatus::Pending | TaskStatus::Blocked => {
-            finish_as(task, TaskStatus::Cancelled, now);
-            task.success = None;
-            task.error = Some("cancelled before it started".into());
-            Ok(())
-        }
-        TaskStatus::Running => {
-            task.cancel_requested = true;
-            Ok(())
-        }
-        status => Err(StoreError::WrongState {
-            id: task.id.clone(),
-            status,
-            hint: "only a pending, blocked or running task can be cancelled",
-        }),
+    check_cancellable(task)?;
+    if task.status == TaskStatus::Running {
+        task.cancel_requested = true;
+    } else {
+        finish_as(task, TaskStatus::Cancelled, now);
+        task.success = None;
+        task.error = Some("cancelled before it started".into());
     }
+    Ok(())
 }
 
 /// Applies `edit` to task `id`, which must not have started yet, and writes it back.
@@ -470,10 +475,9 @@ pub fn edit(tx: &mut impl TaskTx, id: &str, edit: &crate::TaskEdit) -> Result<Ta
     Ok(task)
 }
 
-/// Puts a failed or cancelled task back: pending, or blocked while a task it comes after is
-/// unfinished, with at least one more attempt. Refused while a task it comes after has failed
-/// or was cancelled (retry that one instead).
-pub fn retry(tx: &mut impl TaskTx, task: &mut Task) -> Result<(), StoreError> {
+/// Refuses a task that is neither failed nor cancelled, which cannot be retried: the state rule
+/// [`retry`] applies, for callers that check many tasks before changing any.
+pub fn check_retryable(task: &Task) -> Result<(), StoreError> {
     if !matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled) {
         return Err(StoreError::WrongState {
             id: task.id.clone(),
@@ -481,6 +485,14 @@ pub fn retry(tx: &mut impl TaskTx, task: &mut Task) -> Result<(), StoreError> {
             hint: "only a failed or cancelled task can be retried",
         });
     }
+    Ok(())
+}
+
+/// Puts a failed or cancelled task back: pending, or blocked while a task it comes after is
+/// unfinished, with at least one more attempt. Refused while a task it comes after has failed
+/// or was cancelled (retry that one instead).
+pub fn retry(tx: &mut impl TaskTx, task: &mut Task) -> Result<(), StoreError> {
+    check_retryable(task)?;
     task.status = match prerequisites(tx, task)? {
         Prerequisites::Done => TaskStatus::Pending,
         Prerequisites::Waiting => TaskStatus::Blocked,

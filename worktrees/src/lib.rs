@@ -439,13 +439,13 @@ pub fn merge(record: &Record, style: MergeStyle, message: &str) -> Result<String
             record.branch
         ))
     })?;
-    if repo.current_branch().as_deref() != Some(base) {
+    let current = repo.current_branch();
+    if current.as_deref() != Some(base) {
         return Err(Error::Git(format!(
             "{} merges into {base}, but {} has {} checked out; check out {base} first",
             record.branch,
             repo.root.display(),
-            repo.current_branch()
-                .unwrap_or_else(|| "a detached HEAD".into())
+            current.unwrap_or_else(|| "a detached HEAD".into())
         )));
     }
     if !repo

@@ -213,56 +213,47 @@ pub fn tasks_from_entries(
     source: &str,
     entries: Vec<(String, Value)>,
 ) -> anyhow::Result<Vec<NewTask>> {
+    // Errors say where: "plan.json: entry 2", or "task 2" for MCP, which has no file.
+    let from = if source.is_empty() {
+        String::new()
+    } else {
+        format!("{source}: ")
+    };
     let entries: Vec<(String, TaskEntry)> = entries
         .into_iter()
         .map(|(position, value)| {
-            let at = if source.is_empty() {
-                position
-            } else {
-                format!("{source}: {position}")
-            };
             serde_json::from_value(value)
-                .map(|entry| (at.clone(), entry))
-                .map_err(|err| anyhow!("{at}: {err}"))
+                .map(|entry| (position.clone(), entry))
+                .map_err(|err| anyhow!("{from}{position}: {err}"))
         })
         .collect::<anyhow::Result<_>>()?;
     let mut keys = HashMap::new();
-    for (index, (at, entry)) in entries.iter().enumerate() {
+    for (index, (position, entry)) in entries.iter().enumerate() {
         if let Some(key) = &entry.key {
             if key.is_empty() || key.bytes().all(|b| b.is_ascii_digit()) {
-                bail!("{at}: key {key:?} must contain a character other than a digit");
+                bail!("{from}{position}: key {key:?} must contain a character other than a digit");
             }
             if keys.insert(key.clone(), index).is_some() {
-                bail!("{at}: key {key:?} is used twice");
+                bail!("{from}{position}: key {key:?} is used twice");
             }
         }
     }
-    let named: Vec<(String, Option<String>)> = entries
+    // The entries as their author wrote them, for a cycle: by key, where they sit.
+    let named: Vec<String> = entries
         .iter()
-        .map(|(at, entry)| (at.clone(), entry.key.clone()))
+        .map(|(position, entry)| match &entry.key {
+            Some(key) => format!("{key:?} ({position})"),
+            None => position.clone(),
+        })
         .collect();
     let tasks: Vec<NewTask> = entries
         .into_iter()
-        .map(|(at, entry)| new_task(entry, &keys).map_err(|err| anyhow!("{at}: {err:#}")))
+        .map(|(position, entry)| {
+            new_task(entry, &keys).map_err(|err| anyhow!("{from}{position}: {err:#}"))
+        })
         .collect::<anyhow::Result<_>>()?;
     if let Some(cycle) = queue::lifecycle::batch_cycle(&tasks) {
-        // The entries as their author wrote them: by key, where they sit.
-        let cycle: Vec<String> = cycle
-            .iter()
-            .map(|&i| {
-                let (at, key) = &named[i];
-                let position = at.strip_prefix(&format!("{source}: ")).unwrap_or(at);
-                match key {
-                    Some(key) => format!("{key:?} ({position})"),
-                    None => position.to_string(),
-                }
-            })
-            .collect();
-        let from = if source.is_empty() {
-            String::new()
-        } else {
-            format!("{source}: ")
-        };
+        let cycle: Vec<&str> = cycle.iter().map(|&i| named[i].as_str()).collect();
         bail!(
             "{from}nothing was added: {} come after each other in a cycle",
             cycle.join(" -> ")

@@ -10,7 +10,7 @@ use crate::commands::{open_store, out, outln};
 use crate::config::Config;
 
 /// The branch record a task's result holds, or why there is none.
-pub fn record(task: &Task) -> anyhow::Result<Record> {
+fn record(task: &Task) -> anyhow::Result<Record> {
     let recorded = task.result.as_ref().and_then(|r| r.get("worktree"));
     let Some(recorded) = recorded else {
         let why = if task.status.is_finished() {
@@ -37,10 +37,14 @@ pub fn record(task: &Task) -> anyhow::Result<Record> {
     Ok(record)
 }
 
-/// The task's change as a patch.
-pub fn patch(settings: &Settings, id: &str) -> anyhow::Result<String> {
-    let task = open_store(settings)?.get(id)?;
-    worktrees::diff(&record(&task)?).with_context(|| format!("task {id}"))
+/// The branch record of task `id`.
+pub fn recorded(settings: &Settings, id: &str) -> anyhow::Result<Record> {
+    record(&open_store(settings)?.get(id)?)
+}
+
+/// The change a branch record describes, as a patch.
+pub fn patch(id: &str, record: &Record) -> anyhow::Result<String> {
+    worktrees::diff(record).with_context(|| format!("task {id}"))
 }
 
 /// Merges a completed task's branch into its base branch; answers what was said. A conflict
@@ -75,15 +79,14 @@ pub fn merge_task(settings: &Settings, id: &str, style: MergeStyle) -> anyhow::R
 
 /// Deletes the task's branch; answers what was said.
 pub fn discard_task(settings: &Settings, id: &str) -> anyhow::Result<String> {
-    let task = open_store(settings)?.get(id)?;
-    let record = record(&task)?;
+    let record = recorded(settings, id)?;
     worktrees::discard(&record).with_context(|| format!("task {id}"))?;
     Ok(format!("deleted {}", record.branch))
 }
 
 /// `host diff`.
 pub fn diff(settings: &Settings, id: &str) -> anyhow::Result<()> {
-    out!("{}", patch(settings, id)?);
+    out!("{}", patch(id, &recorded(settings, id)?)?);
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! `host cancel`, `host retry`, `host pause` and `host resume`: steer work by hand.
 
-use queue::{PauseScope, QueueStore, Store, TaskQuery, TaskStatus};
+use queue::{PauseScope, QueueStore, Store, TaskQuery, TaskStatus, lifecycle};
 
 use crate::cli::Settings;
 use crate::commands::{open_store, outln};
@@ -51,19 +51,18 @@ pub fn check_type_known(
 }
 
 /// Checks every id before any is changed, so that a bad one changes nothing: each must name a
-/// task whose state `allowed` accepts (else the error says why).
+/// task that `check` (the store's own state rule, from `lifecycle`) accepts.
 fn check_all(
     store: &dyn QueueStore,
     ids: &[String],
     doing: &str,
-    allowed: impl Fn(TaskStatus) -> Result<(), String>,
+    check: impl Fn(&queue::Task) -> Result<(), queue::StoreError>,
 ) -> anyhow::Result<()> {
     for id in ids {
-        let task = store
+        store
             .get(id)
+            .and_then(|task| check(&task))
             .map_err(|err| anyhow::anyhow!("nothing was {doing}: {err}"))?;
-        allowed(task.status)
-            .map_err(|why| anyhow::anyhow!("nothing was {doing}: task {id} is {why}"))?;
     }
     Ok(())
 }
@@ -84,20 +83,13 @@ pub fn cancel(settings: &Settings, ids: &[String], task_type: Option<&str>) -> a
             ids_of(&store, &unfinished, Some(task_type))?
         }
         None => {
-            check_all(&store, ids, "cancelled", |status| {
-                match status.is_finished() {
-                    true => Err(format!("{status} already")),
-                    false => Ok(()),
-                }
-            })?;
+            check_all(&store, ids, "cancelled", lifecycle::check_cancellable)?;
             ids.to_vec()
         }
     };
-    if ids.is_empty() {
-        outln!(
-            "nothing to cancel: no {} task is unfinished",
-            task_type.unwrap_or("?")
-        );
+    // Only `--type` can come to nothing: ids are required otherwise.
+    if let (true, Some(task_type)) = (ids.is_empty(), task_type) {
+        outln!("nothing to cancel: no {task_type} task is unfinished");
     }
     for id in &ids {
         // Cancelling a task cancels the tasks that come after it, which may be further down
@@ -131,12 +123,7 @@ pub fn retry(
         }
         ids_of(&store, &[TaskStatus::Failed], task_type)?
     } else {
-        check_all(&store, ids, "retried", |status| match status {
-            TaskStatus::Failed | TaskStatus::Cancelled => Ok(()),
-            _ => Err(format!(
-                "{status}: only failed or cancelled tasks are retried"
-            )),
-        })?;
+        check_all(&store, ids, "retried", lifecycle::check_retryable)?;
         ids.to_vec()
     };
     if ids.is_empty() {
