@@ -185,7 +185,8 @@ pub enum Command {
     #[command(visible_alias = "tasks")]
     List(ListArgs),
     /// Wait until tasks are finished: the ids given, else those of --type, else every
-    /// unfinished one. Exits 1, naming them, when any did not complete or time ran out.
+    /// unfinished one. A task waiting for review (or behind one) ends the wait as not
+    /// completed. Exits 1, naming them, when any did not complete or time ran out.
     Wait {
         /// The task ids.
         ids: Vec<String>,
@@ -286,6 +287,22 @@ pub enum Command {
     Discard {
         /// The task id.
         id: String,
+    },
+    /// Approve the change of tasks waiting for review: they complete, and the tasks after them
+    /// may run.
+    Approve {
+        /// The task ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Reject the change of a task waiting for review: it runs again, and its next attempt is
+    /// told the reason.
+    Reject {
+        /// The task id.
+        id: String,
+        /// What is wrong, for the next attempt.
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
     },
     /// A task's log (its handler's log lines, an agent's output).
     Logs {
@@ -517,7 +534,7 @@ pub struct ListArgs {
     #[arg(long)]
     pub json: bool,
     /// Only tasks in this state.
-    #[arg(long, value_parser = ["pending", "blocked", "running"])]
+    #[arg(long, value_parser = ["review", "running", "pending", "blocked"])]
     pub status: Option<String>,
     /// Only tasks of this type.
     #[arg(long = "type", value_name = "TYPE")]
@@ -586,8 +603,14 @@ impl From<DurabilityArg> for queue::Durability {
 #[derive(Debug, Args)]
 pub struct AddArgs {
     /// The task type (a role claims it).
-    #[arg(long = "type", value_name = "TYPE", required_unless_present = "file")]
+    #[arg(long = "type", value_name = "TYPE", required_unless_present_any = ["file", "fanout"])]
     pub task_type: Option<String>,
+    /// The same task several times, for several agents to try side by side (each in its own
+    /// worktree): a number of copies (2-16) of TYPE, or a comma-separated list of roles, one
+    /// copy each, of a type only that role of the list claims. Merging one copy's branch
+    /// discards the others'.
+    #[arg(long, value_name = "N|ROLE,ROLE", value_parser = fan_out)]
+    pub fanout: Option<FanOut>,
     /// The file or folder the task is about (made absolute).
     #[arg(long, value_name = "PATH")]
     pub target: Option<PathBuf>,
@@ -621,9 +644,48 @@ pub struct AddArgs {
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["task_type", "target", "description", "priority", "payload", "max_attempts", "timeout", "after", "at", "delay"]
+        conflicts_with_all = ["task_type", "target", "description", "priority", "payload", "max_attempts", "timeout", "after", "at", "delay", "fanout"]
     )]
     pub file: Option<PathBuf>,
+}
+
+/// How `host add --fanout` copies a task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FanOut {
+    /// This many copies of the task's type.
+    Copies(usize),
+    /// One copy per role, each of a type the role claims.
+    Roles(Vec<String>),
+}
+
+/// The most copies `--fanout` makes.
+pub const MAX_FANOUT: usize = 16;
+
+/// `--fanout`: a number of copies, or a list of at least two different roles.
+pub fn fan_out(text: &str) -> Result<FanOut, String> {
+    if let Ok(n) = text.parse::<usize>() {
+        if !(2..=MAX_FANOUT).contains(&n) {
+            return Err(format!("{n} copies: give 2 to {MAX_FANOUT}"));
+        }
+        return Ok(FanOut::Copies(n));
+    }
+    let roles: Vec<String> = text.split(',').map(|r| r.trim().to_string()).collect();
+    if roles.len() < 2 || roles.iter().any(String::is_empty) {
+        return Err(format!(
+            "{text:?}: give a number of copies, or two or more roles separated by commas"
+        ));
+    }
+    if let Some(twice) = roles
+        .iter()
+        .enumerate()
+        .find(|(i, r)| roles[..*i].contains(r))
+    {
+        return Err(format!("role {} is named twice", twice.1));
+    }
+    if roles.len() > MAX_FANOUT {
+        return Err(format!("{} roles: give at most {MAX_FANOUT}", roles.len()));
+    }
+    Ok(FanOut::Roles(roles))
 }
 
 /// A task's time limit: a duration of at least a second ("90s", "10m"), or why not.

@@ -11,6 +11,7 @@
 //! # stall = "10m"           # ... and how long it may print nothing ("off": no limit)
 //! # isolation = "none"      # ... and where: a git worktree per task (the default in git) or not
 //! timeout = "10m"           # for tasks that set no timeout
+//! # review = "required"     # a success waits for `host approve` / `host reject` (any handler)
 //!
 //! [limits]
 //! deploy = 1                # at most one `deploy` task running at once, queue-wide
@@ -19,9 +20,10 @@
 //! aging = "10m"             # a pending task moves up one priority step per 10 minutes waited
 //! keep_finished = "30d"     # workers purge tasks that finished longer ago than this
 //!
-//! [hooks]                   # the task's JSON on stdin, HOST_EVENT=failed|conflict, HOST_TASK_ID
+//! [hooks]                   # the task's JSON on stdin, HOST_EVENT=its name, HOST_TASK_ID
 //! failed = ["notify-send", "host: a task failed"]     # a task failed for good
 //! conflict = ["notify-send", "host: a merge conflicts"] # `host merge` met a conflict
+//! review = ["notify-send", "host: a change to review"]  # a task waits for review
 //! ```
 //!
 //! A role not named here is looked up by name among the plugins. An unknown key or a bad value
@@ -62,6 +64,8 @@ pub struct Hooks {
     pub failed: Option<Vec<String>>,
     /// Run by `host merge` when a task's branch conflicts with its base.
     pub conflict: Option<Vec<String>>,
+    /// Run by the worker when a task's change waits for review (`review = "required"`).
+    pub review: Option<Vec<String>>,
 }
 
 /// `[roles.NAME]`.
@@ -73,6 +77,8 @@ pub struct RoleBinding {
     pub types: Option<Vec<String>>,
     /// The time limit of tasks that set none.
     pub timeout: Option<Duration>,
+    /// A success waits for a person's verdict (`review = "required"`) before it completes.
+    pub review: bool,
     /// What the handler is told (`agent`, `command`, `prompt`, `stallSecs`), as JSON.
     pub settings: serde_json::Value,
     /// The table's other keys: settings of the handler's own, checked against what it declares
@@ -92,8 +98,8 @@ pub struct ExtraSetting {
 }
 
 /// The keys of a `[roles.NAME]` table that the host reads itself.
-const HOST_KEYS: [&str; 7] = [
-    "handler", "types", "timeout", "agent", "command", "prompt", "stall",
+const HOST_KEYS: [&str; 8] = [
+    "handler", "types", "timeout", "agent", "command", "prompt", "stall", "review",
 ];
 
 /// Every key of every `[roles.NAME]` table, with where it is.
@@ -128,6 +134,7 @@ struct RawRole {
     command: Option<Spanned<Vec<String>>>,
     prompt: Option<String>,
     stall: Option<Spanned<String>>,
+    review: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -218,6 +225,19 @@ impl Config {
                 };
                 settings.insert("stallSecs".into(), secs.into());
             }
+            let review = match role
+                .review
+                .as_ref()
+                .map(|r| (r.get_ref().as_str(), r.span()))
+            {
+                None | Some(("none", _)) => false,
+                Some(("required", _)) => true,
+                Some((other, span)) => {
+                    let message =
+                        format!("roles.{name}.review: {other:?} is not \"required\" or \"none\"");
+                    return Err(error(Some(span), message));
+                }
+            };
             let extra = keys
                 .roles
                 .remove(&name)
@@ -244,6 +264,7 @@ impl Config {
                     handler: role.handler,
                     types: role.types,
                     timeout,
+                    review,
                     settings: if settings.is_empty() {
                         serde_json::Value::Null
                     } else {
@@ -285,7 +306,12 @@ impl Config {
         if let Some(hooks) = raw.hooks {
             let span = hooks.span();
             let hooks = hooks.into_inner();
-            for (name, command) in [("failed", &hooks.failed), ("conflict", &hooks.conflict)] {
+            let named = [
+                ("failed", &hooks.failed),
+                ("conflict", &hooks.conflict),
+                ("review", &hooks.review),
+            ];
+            for (name, command) in named {
                 if command.as_ref().is_some_and(Vec::is_empty) {
                     let message = format!("hooks.{name}: must name a program");
                     return Err(error(Some(span.clone()), message));

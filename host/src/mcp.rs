@@ -64,7 +64,7 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ListTasks {
-    /// Only tasks in this state: pending, blocked, running, completed, failed or cancelled.
+    /// Only tasks in this state: pending, blocked, running, review, completed, failed or cancelled.
     status: Option<String>,
     /// Only tasks of this type.
     #[serde(rename = "type")]

@@ -10,7 +10,9 @@
 //!   `POST /api/resume` with `{}`, `{"type": T}` or `{"task": ID}`.
 //! - For a task that ran in a git worktree: `GET /api/tasks/ID/diff` its branch and patch;
 //!   `POST /api/tasks/ID/merge` with `{"style": "merge" | "squash" | "rebase"}` (409 on a
-//!   conflict, which changes nothing); `POST /api/tasks/ID/discard`.
+//!   conflict, which changes nothing and is recorded on the task); `POST /api/tasks/ID/discard`.
+//! - For a task waiting for review: `POST /api/tasks/ID/approve`; `POST /api/tasks/ID/reject`
+//!   with `{"reason": TEXT}`.
 //! - `GET /api/events` server-sent events: a `change` event whenever the status changes.
 //!
 //! Nobody but the holder of the token gets in, on loopback too: without `--token` (or
@@ -84,6 +86,8 @@ pub fn serve(
             .route("/api/tasks/{id}/diff", get(task_diff))
             .route("/api/tasks/{id}/merge", post(merge_task))
             .route("/api/tasks/{id}/discard", post(discard_task))
+            .route("/api/tasks/{id}/approve", post(approve_task))
+            .route("/api/tasks/{id}/reject", post(reject_task))
             .route("/api/pause", post(pause))
             .route("/api/resume", post(resume))
             .route("/api/events", get(events))
@@ -210,10 +214,23 @@ async fn retry_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult
     Ok(Json(open_store(&app.settings)?.retry(&id)?))
 }
 
+/// Runs `work` (git, which may take a while on a large repository) off the server's threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
+        .map_err(ApiError::from)
+}
+
 async fn task_diff(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let record = branch::recorded(&app.settings, &id)?;
-    let patch = branch::patch(&id, &record)?;
-    Ok(Json(json!({ "worktree": record, "patch": patch })))
+    blocking(move || {
+        let record = branch::recorded(&app.settings, &id)?;
+        let patch = branch::patch(&id, &record)?;
+        Ok(Json(json!({ "worktree": record, "patch": patch })))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -239,12 +256,32 @@ async fn merge_task(
             ));
         }
     };
-    let said = branch::merge_task(&app.settings, &id, style)?;
+    let said = blocking(move || branch::merge_task(&app.settings, &id, style)).await?;
     Ok(Json(json!({ "said": said })))
 }
 
 async fn discard_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let said = branch::discard_task(&app.settings, &id)?;
+    let said = blocking(move || branch::discard_task(&app.settings, &id)).await?;
+    Ok(Json(json!({ "said": said })))
+}
+
+async fn approve_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let said = branch::approve_task(&app.settings, &id)?;
+    Ok(Json(json!({ "said": said })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rejection {
+    reason: String,
+}
+
+async fn reject_task(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(rejection): Json<Rejection>,
+) -> ApiResult<Json<Value>> {
+    let said = branch::reject_task(&app.settings, &id, &rejection.reason)?;
     Ok(Json(json!({ "said": said })))
 }
 

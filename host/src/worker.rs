@@ -52,8 +52,11 @@ pub struct WorkerOptions {
     pub binding: Option<String>,
     /// Tasks that finished longer ago than this are purged (`[queue] keep_finished`).
     pub keep_finished: Option<Duration>,
-    /// Run when a task this worker ran has failed for good (`[hooks] failed`).
-    pub on_failed: Option<Vec<String>>,
+    /// A success waits for a person's verdict (`review = "required"`).
+    pub review: bool,
+    /// Commands run when a task this worker ran failed for good or waits for review
+    /// (`[hooks] failed`, `review`).
+    pub hooks: crate::config::Hooks,
 }
 
 /// Why the claim loop ended.
@@ -471,6 +474,7 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
             result: record.result,
             retryable: false,
         },
+        RunEnd::Returned(Ok(result)) if shared.options.review => Outcome::ForReview(result),
         RunEnd::Returned(Ok(result)) => Outcome::Success(result),
         RunEnd::Returned(Err(record)) => Outcome::Failure {
             error: record.message,
@@ -502,6 +506,11 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
             let took = format!("{} ms", done.duration_ms.unwrap_or_default());
             let line = match (done.status, done.error.clone()) {
                 (TaskStatus::Completed, _) => format!("task {} completed in {took}", done.id),
+                (TaskStatus::Review, _) => format!(
+                    "task {} succeeded in {took} and waits for review (host approve {0} / host \
+                     reject {0} --reason ...)",
+                    done.id
+                ),
                 (TaskStatus::Pending, error) => format!(
                     "task {} failed in {took}, will retry: {}",
                     done.id,
@@ -514,9 +523,13 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
                 ),
             };
             say(shared, &line);
-            if let Some(hook) = shared.options.on_failed.as_deref()
-                && done.status == TaskStatus::Failed
-                && let Err(why) = crate::hooks::run(hook, "failed", &done)
+            let hook = match done.status {
+                TaskStatus::Failed => Some(("failed", &shared.options.hooks.failed)),
+                TaskStatus::Review => Some(("review", &shared.options.hooks.review)),
+                _ => None,
+            };
+            if let Some((event, Some(hook))) = hook
+                && let Err(why) = crate::hooks::run(hook, event, &done)
             {
                 say(shared, &format!("task {}: {why}", done.id));
             }

@@ -51,7 +51,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 pub use serde_json::{self, Value, json};
 /// A point in time, as [`Task`] and [`Attempt`] hold them (jiff's `Timestamp`).
 pub use task_model::Timestamp;
-pub use task_model::{Attempt, Task, TaskStatus};
+pub use task_model::{Attempt, BranchOutcome, BranchState, Review, Task, TaskStatus, Verdict};
 
 #[doc(hidden)]
 pub mod __private;

@@ -413,6 +413,31 @@ fn fill(template: &str, task: &Task, after: &str, prompt: &str, prompt_file: &st
     filled
 }
 
+/// What reviewers said of the task's earlier attempts when they rejected them (`host reject
+/// --reason`), for the end of the prompt; `None` when nobody did.
+fn review_notes(task: &Task) -> Option<String> {
+    let rejections: Vec<String> = task
+        .reviews
+        .iter()
+        .filter(|r| r.verdict == plugin_api::Verdict::Rejected)
+        .map(|r| {
+            format!(
+                "- attempt {}: {}",
+                r.attempt,
+                r.reason.as_deref().unwrap_or("(no reason given)")
+            )
+        })
+        .collect();
+    if rejections.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "A reviewer rejected the change of an earlier attempt at this task. What they said, \
+         oldest first:\n{}\nThis attempt starts afresh: address every point.",
+        rejections.join("\n")
+    ))
+}
+
 /// The results of the prerequisites, one paragraph each, each cut to [`PREREQUISITE_LIMIT`]
 /// characters and all together to [`PREREQUISITES_LIMIT`]: the whole results stay in the queue
 /// (`host show ID`).
@@ -676,7 +701,11 @@ impl Agent {
     ) -> Result<Value, HandlerError> {
         let which = setup.describe();
         let after = describe_prerequisites(prerequisites);
-        let prompt = fill(&setup.prompt, task, &after, "", "");
+        let mut prompt = fill(&setup.prompt, task, &after, "", "");
+        if let Some(notes) = review_notes(task) {
+            prompt.push_str("\n\n");
+            prompt.push_str(&notes);
+        }
         let invocation = Invocation::new(setup, task, &after, &prompt)
             .map_err(|err| format!("{which}: {err}"))?;
         let program = invocation.argv[0].clone();

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use task_model::{
-    Attempt, AttemptStatus, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Task, TaskStatus,
-    rfc3339_millis,
+    Attempt, AttemptStatus, BranchOutcome, BranchState, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY,
+    Review, Task, TaskStatus, Verdict, rfc3339_millis,
 };
 
 mod folder;
@@ -200,6 +200,9 @@ pub struct NewTask {
     pub after: Vec<Dependency>,
     /// Not claimed before this time (`host add --at`, `--in`).
     pub not_before: Option<Timestamp>,
+    /// The other entries of the same add that do the same work (`host add --fanout`), by
+    /// index (0-based).
+    pub siblings: Vec<usize>,
 }
 
 /// Changes to a task that has not started (`host edit`); `None` leaves a field as it is.
@@ -214,6 +217,9 @@ pub struct TaskEdit {
     /// A new time limit of one attempt.
     pub timeout_secs: Option<u64>,
 }
+
+/// A rule applied to one task by [`QueueStore::update`], at the time given.
+pub type TaskChange<'a> = dyn Fn(&mut Task, Timestamp) -> Result<(), StoreError> + Sync + 'a;
 
 /// A task that a new task comes after.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -277,6 +283,9 @@ impl NewTask {
             wait_ms: None,
             aged_priority: None,
             history: Vec::new(),
+            reviews: Vec::new(),
+            branch_state: None,
+            siblings: Vec::new(),
         }
     }
 }
@@ -310,6 +319,9 @@ pub struct Claim {
 pub enum Outcome {
     /// The handler succeeded with this result.
     Success(Value),
+    /// The handler succeeded with this result, and its role asks a person to approve the
+    /// change first: the task waits in [`TaskStatus::Review`].
+    ForReview(Value),
     /// The handler failed.
     Failure {
         /// One line.
@@ -375,6 +387,8 @@ pub struct TaskQuery {
     pub worker: Option<String>,
     /// Tasks that finished at or after this time.
     pub finished_since: Option<Timestamp>,
+    /// Only tasks whose branch's merge conflicted (see [`Task::in_conflict`]).
+    pub in_conflict: bool,
     /// Tasks whose JSON contains this text, ignoring ASCII case.
     pub text: Option<String>,
     /// Newest (highest id) first, instead of oldest first.
@@ -548,6 +562,11 @@ pub trait QueueStore: Send + Sync {
     /// Puts a failed or cancelled task back to pending, allowing it at least one more attempt.
     /// Its history is kept, and the tasks its failure cancelled are blocked on it again.
     fn retry(&self, id: &str) -> Result<Task, StoreError>;
+
+    /// Applies `change` (one of [`lifecycle`]'s rules, such as [`lifecycle::approve`]) to one
+    /// task in one transaction, writes it back, and lets the tasks after it follow its new
+    /// state. An error from `change` changes nothing.
+    fn update(&self, id: &str, change: &TaskChange<'_>) -> Result<Task, StoreError>;
 
     /// Stops claims in `scope` until [`QueueStore::resume`]; running tasks finish.
     fn pause(&self, scope: &PauseScope) -> Result<(), StoreError>;

@@ -13,8 +13,8 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::{
-    Attempt, AttemptStatus, Dependency, Lease, NewTask, Outcome, StoreError, Task, TaskStatus,
-    validate_name,
+    Attempt, AttemptStatus, BranchOutcome, BranchState, Dependency, Lease, NewTask, Outcome,
+    Review, StoreError, Task, TaskStatus, Verdict, validate_name,
 };
 
 /// How long a lease lasts unless renewed, when the store is not told otherwise.
@@ -102,11 +102,29 @@ pub fn new_tasks(
         }
     }
     let after = resolve_after(tx, &tasks, first)?;
+    let mut siblings = Vec::with_capacity(tasks.len());
+    for (index, task) in tasks.iter().enumerate() {
+        let mut ids = Vec::new();
+        for &other in &task.siblings {
+            if other >= tasks.len() {
+                return Err(invalid(index, format!("siblings: no entry {}", other + 1)));
+            }
+            if other != index {
+                ids.push((first + other as u64).to_string());
+            }
+        }
+        siblings.push(ids);
+    }
     let mut tasks: Vec<Task> = tasks
         .into_iter()
         .zip(after)
+        .zip(siblings)
         .zip(first..)
-        .map(|((new, after), id)| new.into_task(id.to_string(), after, now))
+        .map(|(((new, after), siblings), id)| {
+            let mut task = new.into_task(id.to_string(), after, now);
+            task.siblings = siblings;
+            task
+        })
         .collect();
     settle_new_tasks(tx, &mut tasks, now)?;
     Ok(tasks)
@@ -345,6 +363,15 @@ pub fn finish(task: &mut Task, outcome: Outcome, now: Timestamp, policy: &Policy
             task.result = Some(result);
             task.error = None;
         }
+        Outcome::ForReview(result) => {
+            end_attempt(task, AttemptStatus::Completed, None, now);
+            finish_as(task, TaskStatus::Review, now);
+            // It has not finished: the verdict finishes it, or runs it again.
+            task.finished_at = None;
+            task.success = Some(true);
+            task.result = Some(result);
+            task.error = None;
+        }
         Outcome::Failure {
             error,
             result,
@@ -437,13 +464,93 @@ pub fn check_cancellable(task: &Task) -> Result<(), StoreError> {
 /// stop (its worker tells the handler). Finished tasks cannot be cancelled.
 pub fn cancel(task: &mut Task, now: Timestamp) -> Result<(), StoreError> {
     check_cancellable(task)?;
-    if task.status == TaskStatus::Running {
-        task.cancel_requested = true;
-    } else {
-        finish_as(task, TaskStatus::Cancelled, now);
-        task.success = None;
-        task.error = Some("cancelled before it started".into());
+    let error = match task.status {
+        TaskStatus::Running => {
+            task.cancel_requested = true;
+            return Ok(());
+        }
+        TaskStatus::Review => "cancelled while its change waited for review",
+        _ => "cancelled before it started",
+    };
+    finish_as(task, TaskStatus::Cancelled, now);
+    task.success = None;
+    task.error = Some(error.into());
+    Ok(())
+}
+
+/// Refuses a task that does not wait for review.
+fn check_in_review(task: &Task) -> Result<(), StoreError> {
+    if task.status != TaskStatus::Review {
+        return Err(StoreError::WrongState {
+            id: task.id.clone(),
+            status: task.status,
+            hint: "only a task waiting for review can be approved or rejected",
+        });
     }
+    Ok(())
+}
+
+/// Approves the change of a task waiting for review: it completes, and the tasks after it may
+/// run. For [`crate::QueueStore::update`].
+pub fn approve(task: &mut Task, now: Timestamp) -> Result<(), StoreError> {
+    check_in_review(task)?;
+    task.reviews.push(Review {
+        attempt: task.attempts,
+        verdict: Verdict::Approved,
+        reason: None,
+        at: now,
+    });
+    finish_as(task, TaskStatus::Completed, now);
+    Ok(())
+}
+
+/// Rejects the change of a task waiting for review, saying why: the task is pending again with
+/// one more attempt, and the reason is kept in its `reviews` for the next attempt's prompt.
+/// For [`crate::QueueStore::update`].
+pub fn reject(task: &mut Task, reason: &str, now: Timestamp) -> Result<(), StoreError> {
+    check_in_review(task)?;
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(StoreError::InvalidTask(format!(
+            "task {}: a rejection needs a reason (the next attempt is told it)",
+            task.id
+        )));
+    }
+    task.reviews.push(Review {
+        attempt: task.attempts,
+        verdict: Verdict::Rejected,
+        reason: Some(reason.to_string()),
+        at: now,
+    });
+    task.status = TaskStatus::Pending;
+    task.max_attempts = task.max_attempts.max(task.attempts + 1);
+    task.success = None;
+    task.retry_at = None;
+    Ok(())
+}
+
+/// Records what became of a finished task's branch (`host merge`, `host discard`): `into` is
+/// the branch merged into, `files` the files of a conflict. For [`crate::QueueStore::update`].
+pub fn note_branch(
+    task: &mut Task,
+    state: BranchOutcome,
+    into: Option<&str>,
+    files: &[String],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    if !task.status.is_finished() {
+        return Err(StoreError::WrongState {
+            id: task.id.clone(),
+            status: task.status,
+            hint: "only a finished task's branch can be merged or discarded",
+        });
+    }
+    task.branch_state = Some(BranchState {
+        state,
+        into: into.map(str::to_string),
+        files: files.to_vec(),
+        at: now,
+    });
     Ok(())
 }
 
@@ -562,7 +669,7 @@ pub fn settle_dependents(
             revive_dependents(tx, &task.id)?;
             Ok(false)
         }
-        TaskStatus::Running => Ok(false),
+        TaskStatus::Running | TaskStatus::Review => Ok(false),
     }
 }
 

@@ -33,7 +33,6 @@ use postgres::{Client, Row, Statement};
 
 pub use connect::{PostgresUrl, redact_url};
 
-use crate::TaskEdit;
 use crate::lifecycle::{self, Policy, TaskTx};
 use crate::records::{
     ExpiryScan, Unreadable, millis, new_lease, parse_id, parse_task, pause_key, pause_scope,
@@ -43,9 +42,13 @@ use crate::{
     Claim, Durability, Lease, NewTask, Outcome, PauseScope, QueueStore, Renewal, StoreError,
     Summary, Task, TaskQuery, TaskStatus, WorkerRecord, validate_name,
 };
+use crate::{TaskChange, TaskEdit};
 
 /// The migrations, in order; the schema version is how many have been applied.
-const MIGRATIONS: [&str; 1] = [include_str!("postgres/migrations/0001_initial.sql")];
+const MIGRATIONS: [&str; 2] = [
+    include_str!("postgres/migrations/0001_initial.sql"),
+    include_str!("postgres/migrations/0002_review.sql"),
+];
 
 /// The channel on which work that became claimable is announced.
 const CHANNEL: &str = "host_work";
@@ -785,8 +788,8 @@ impl Tx<'_> {
         let row = TaskRow::of(task)?;
         self.change(
             "INSERT INTO tasks (id, type, status, priority, created_at, finished_at, retry_at, \
-                lease_expires_at, worker, body) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                lease_expires_at, worker, body, conflict) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             &row.params(),
         )?;
         self.work_appeared |= task.status == TaskStatus::Pending;
@@ -808,8 +811,8 @@ impl Tx<'_> {
         self.change(
             "UPDATE tasks SET type = $2, status = $3, priority = $4, created_at = $5, \
                 finished_at = $6, retry_at = $7, lease_expires_at = $8, worker = $9, \
-                body = $10, \
-                lease_token = CASE WHEN $3 = 'running' THEN COALESCE($11, lease_token) END \
+                body = $10, conflict = $11, \
+                lease_token = CASE WHEN $3 = 'running' THEN COALESCE($12, lease_token) END \
              WHERE id = $1",
             &params,
         )?;
@@ -853,6 +856,7 @@ struct TaskRow {
     times: [Option<i64>; 4],
     worker: Option<String>,
     body: String,
+    conflict: bool,
 }
 
 impl TaskRow {
@@ -871,6 +875,7 @@ impl TaskRow {
             ],
             worker: task.worker.clone(),
             body: task_body(task),
+            conflict: task.in_conflict(),
         })
     }
 
@@ -886,6 +891,7 @@ impl TaskRow {
             &self.times[3],
             &self.worker,
             &self.body,
+            &self.conflict,
         ]
     }
 }
@@ -1033,6 +1039,19 @@ impl QueueStore for PostgresStore {
         })
     }
 
+    fn update(&self, id: &str, change: &TaskChange<'_>) -> Result<Task, StoreError> {
+        self.write(|tx| {
+            let now = Timestamp::now();
+            let mut task = tx
+                .task(id)?
+                .ok_or_else(|| StoreError::NotFound(id.into()))?;
+            change(&mut task, now)?;
+            tx.put(&task)?;
+            lifecycle::settle_dependents(tx, &task, now)?;
+            Ok(task)
+        })
+    }
+
     fn pause(&self, scope: &PauseScope) -> Result<(), StoreError> {
         if let PauseScope::Type(task_type) = scope {
             validate_name("task type", task_type)?;
@@ -1084,6 +1103,9 @@ impl QueueStore for PostgresStore {
 
     fn list(&self, query: &TaskQuery) -> Result<Vec<Task>, StoreError> {
         let mut conditions: Vec<String> = Vec::new();
+        if query.in_conflict {
+            conditions.push("conflict".into());
+        }
         let mut values: Vec<Box<dyn ToSql + Sync>> = Vec::new();
         let mut bind = |condition: &str, value: Box<dyn ToSql + Sync>| {
             values.push(value);

@@ -30,7 +30,6 @@ use jiff::Timestamp;
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Params, params};
 
-use crate::TaskEdit;
 use crate::folder::io_err;
 use crate::lifecycle::{self, Policy, TaskTx};
 use crate::records::{
@@ -41,9 +40,13 @@ use crate::{
     Claim, Durability, Lease, NewTask, Outcome, PauseScope, QueueFolder, QueueStore, Renewal,
     StoreError, Summary, Task, TaskQuery, TaskStatus, WorkerRecord, validate_name,
 };
+use crate::{TaskChange, TaskEdit};
 
 /// The migrations, in order; the schema version is how many have been applied.
-const MIGRATIONS: [&str; 1] = [include_str!("sqlite/migrations/0001_initial.sql")];
+const MIGRATIONS: [&str; 2] = [
+    include_str!("sqlite/migrations/0001_initial.sql"),
+    include_str!("sqlite/migrations/0002_review.sql"),
+];
 
 /// How long a statement waits for a lock that another program (not a `host`, which queues on
 /// the folder's flock) holds on the database.
@@ -704,8 +707,8 @@ impl Tx<'_> {
     fn insert(&mut self, task: &Task) -> Result<(), StoreError> {
         self.db.change(
             "INSERT INTO tasks (id, type, status, priority, created_at, finished_at, retry_at, \
-                lease_expires_at, worker, body, lease_token) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                lease_expires_at, worker, body, lease_token, conflict) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             rusqlite::params_from_iter(columns(task, None)?),
         )?;
         self.work_appeared |= task.status == TaskStatus::Pending;
@@ -726,7 +729,7 @@ impl Tx<'_> {
         self.db.change(
             "UPDATE tasks SET type = ?2, status = ?3, priority = ?4, created_at = ?5, \
                 finished_at = ?6, retry_at = ?7, lease_expires_at = ?8, worker = ?9, \
-                body = ?10, \
+                body = ?10, conflict = ?12, \
                 lease_token = CASE WHEN ?3 = 'running' THEN COALESCE(?11, lease_token) END \
              WHERE id = ?1",
             rusqlite::params_from_iter(columns(task, token)?),
@@ -766,8 +769,9 @@ impl TaskTx for Tx<'_> {
 }
 
 /// A task's row, numbered as `insert` and `save` bind it: ?1 id, ?2 type, ?3 status,
-/// ?4 priority, ?5 to ?8 times, ?9 worker, ?10 the whole task as JSON, ?11 the lease's secret.
-fn columns(task: &Task, token: Option<&str>) -> Result<[Value; 11], StoreError> {
+/// ?4 priority, ?5 to ?8 times, ?9 worker, ?10 the whole task as JSON, ?11 the lease's secret,
+/// ?12 the conflict flag.
+fn columns(task: &Task, token: Option<&str>) -> Result<[Value; 12], StoreError> {
     let time = |at: Option<Timestamp>| at.map_or(Value::Null, |at| Value::Integer(millis(at)));
     let text = |text: Option<&str>| text.map_or(Value::Null, |t| Value::Text(t.to_string()));
     Ok([
@@ -782,6 +786,7 @@ fn columns(task: &Task, token: Option<&str>) -> Result<[Value; 11], StoreError> 
         text(task.worker.as_deref()),
         Value::Text(task_body(task)),
         text(token),
+        Value::Integer(task.in_conflict().into()),
     ])
 }
 
@@ -948,6 +953,19 @@ impl QueueStore for SqliteStore {
         })
     }
 
+    fn update(&self, id: &str, change: &TaskChange<'_>) -> Result<Task, StoreError> {
+        let now = Timestamp::now();
+        self.write(Commit::AsConfigured, |tx| {
+            let mut task = tx
+                .task(id)?
+                .ok_or_else(|| StoreError::NotFound(id.into()))?;
+            change(&mut task, now)?;
+            tx.put(&task)?;
+            lifecycle::settle_dependents(tx, &task, now)?;
+            Ok(task)
+        })
+    }
+
     fn pause(&self, scope: &PauseScope) -> Result<(), StoreError> {
         if let PauseScope::Type(task_type) = scope {
             validate_name("task type", task_type)?;
@@ -1000,6 +1018,9 @@ impl QueueStore for SqliteStore {
 
     fn list(&self, query: &TaskQuery) -> Result<Vec<Task>, StoreError> {
         let mut conditions: Vec<String> = Vec::new();
+        if query.in_conflict {
+            conditions.push("conflict = 1".into());
+        }
         let mut values: Vec<Value> = Vec::new();
         let mut bind = |condition: &str, value: Value| {
             values.push(value);
@@ -1235,6 +1256,71 @@ mod tests {
         assert!(
             matches!(err, StoreError::NewerSchema { found: 99, .. }),
             "{err}"
+        );
+    }
+
+    /// A queue of schema version 1 (before review) keeps its tasks, counts and id counter when
+    /// opened by this version, and takes the new state.
+    #[test]
+    fn a_version_1_queue_is_migrated_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("q");
+        drop(SqliteStore::init(&root).unwrap());
+        let conn = Connection::open(root.join("queue.db")).unwrap();
+        let tables: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for table in tables {
+            conn.execute_batch(&format!("DROP TABLE {table}")).unwrap();
+        }
+        conn.execute_batch("DELETE FROM sqlite_sequence").unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        let now = Timestamp::now();
+        for id in 1..=3 {
+            let task = NewTask {
+                task_type: "alpha".into(),
+                ..NewTask::default()
+            }
+            .into_task(id.to_string(), Vec::new(), now);
+            conn.execute(
+                "INSERT INTO tasks (id, type, status, priority, created_at, body) \
+                 VALUES (?1, 'alpha', 'pending', 5, 0, ?2)",
+                params![id, task_body(&task)],
+            )
+            .unwrap();
+        }
+        // Id 3 was purged: it is never given out again.
+        conn.execute_batch("DELETE FROM tasks WHERE id = 3; PRAGMA user_version = 1")
+            .unwrap();
+        drop(conn);
+
+        let store = SqliteStore::open(&root).unwrap();
+        assert_eq!(store.get("2").unwrap().task_type, "alpha");
+        assert_eq!(
+            store.summary().unwrap().counts.get(&TaskStatus::Pending),
+            Some(&2)
+        );
+        let added = store
+            .add(vec![NewTask {
+                task_type: "alpha".into(),
+                ..NewTask::default()
+            }])
+            .unwrap();
+        assert_eq!(added[0].id, "4");
+        let claim = store.claim("w", &["alpha".into()]).unwrap().unwrap();
+        let waiting = store
+            .finish(&claim.lease, Outcome::ForReview(serde_json::Value::Null))
+            .unwrap();
+        assert_eq!(waiting.status, TaskStatus::Review);
+        assert_eq!(
+            store.summary().unwrap().counts.get(&TaskStatus::Review),
+            Some(&1)
         );
     }
 }

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::TaskEdit;
 use crate::lifecycle::Policy;
 use crate::postgres::{PostgresStore, PostgresUrl, WorkListener};
 use crate::{
     Claim, Durability, Lease, NewTask, Outcome, PauseScope, QueueFolder, QueueStore, Renewal,
     SqliteStore, StoreError, Summary, Task, TaskQuery, TaskStatus, WorkerRecord,
 };
+use crate::{TaskChange, TaskEdit};
 
 /// The file in a queue folder that holds the queue's configuration.
 pub const CONFIG_FILE: &str = "host.toml";
@@ -235,6 +235,7 @@ impl QueueStore for Store {
         fn edit(&self, id: &str, edit: &TaskEdit) -> Result<Task, StoreError>;
         fn cancel(&self, id: &str) -> Result<Task, StoreError>;
         fn retry(&self, id: &str) -> Result<Task, StoreError>;
+        fn update(&self, id: &str, change: &TaskChange<'_>) -> Result<Task, StoreError>;
         fn pause(&self, scope: &PauseScope) -> Result<(), StoreError>;
         fn resume(&self, scope: &PauseScope) -> Result<(), StoreError>;
         fn paused(&self) -> Result<Vec<PauseScope>, StoreError>;

@@ -74,6 +74,9 @@ pub enum TaskStatus {
     Blocked,
     /// Claimed by a worker whose lease has not expired.
     Running,
+    /// Its handler succeeded and its role asks for review: it waits for `host approve` or
+    /// `host reject`, and the tasks after it wait with it.
+    Review,
     /// The handler succeeded.
     Completed,
     /// The handler failed (or the lease expired) and no attempt is left.
@@ -84,10 +87,11 @@ pub enum TaskStatus {
 
 impl TaskStatus {
     /// Every status, in the order `status` lists them.
-    pub const ALL: [TaskStatus; 6] = [
+    pub const ALL: [TaskStatus; 7] = [
         TaskStatus::Pending,
         TaskStatus::Blocked,
         TaskStatus::Running,
+        TaskStatus::Review,
         TaskStatus::Completed,
         TaskStatus::Failed,
         TaskStatus::Cancelled,
@@ -107,6 +111,7 @@ impl TaskStatus {
             TaskStatus::Pending => "pending",
             TaskStatus::Blocked => "blocked",
             TaskStatus::Running => "running",
+            TaskStatus::Review => "review",
             TaskStatus::Completed => "completed",
             TaskStatus::Failed => "failed",
             TaskStatus::Cancelled => "cancelled",
@@ -284,9 +289,95 @@ pub struct Task {
     /// Every claim of the task, oldest first, with how each ended.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Attempt>,
+    /// Every verdict on the task's change (`host approve`, `host reject`), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reviews: Vec<Review>,
+    /// What became of the task's branch after it finished (merged, discarded, or a merge that
+    /// conflicted); absent while nobody acted on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch_state: Option<BranchState>,
+    /// The other tasks added with this one by `host add --fanout`: the same work given to
+    /// several agents, of which one change is merged and the others discarded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub siblings: Vec<String>,
+}
+
+/// A person's verdict on a task's change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Review {
+    /// The attempt whose change was judged.
+    pub attempt: u32,
+    /// Approved or rejected.
+    pub verdict: Verdict,
+    /// Why, for a rejection: the next attempt's prompt includes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When.
+    #[serde(with = "rfc3339_millis")]
+    pub at: Timestamp,
+}
+
+/// Approved or rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The change may be merged; the task completed.
+    Approved,
+    /// The change is not good enough; the task runs again.
+    Rejected,
+}
+
+/// What became of a finished task's branch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BranchState {
+    /// Merged, discarded or in conflict.
+    pub state: BranchOutcome,
+    /// The branch merged into (merged, conflict).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub into: Option<String>,
+    /// The files that conflicted (conflict).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    /// When.
+    #[serde(with = "rfc3339_millis")]
+    pub at: Timestamp,
+}
+
+/// How a finished task's branch ended up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BranchOutcome {
+    /// Brought into its base branch; the branch was deleted.
+    Merged,
+    /// Deleted unmerged.
+    Discarded,
+    /// A merge was tried and conflicted; nothing changed. A flag `status` and the dashboard
+    /// show until the branch is merged or discarded.
+    Conflict,
+}
+
+impl BranchOutcome {
+    /// The lowercase name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BranchOutcome::Merged => "merged",
+            BranchOutcome::Discarded => "discarded",
+            BranchOutcome::Conflict => "conflict",
+        }
+    }
 }
 
 impl Task {
+    /// True while a merge of the task's branch conflicted and nobody has merged or discarded
+    /// it since.
+    pub fn in_conflict(&self) -> bool {
+        self.branch_state
+            .as_ref()
+            .is_some_and(|b| b.state == BranchOutcome::Conflict)
+    }
+
     /// How long the task has run (running) or ran (finished), if it started.
     pub fn elapsed_ms(&self, now: Timestamp) -> Option<u64> {
         if let Some(ms) = self.duration_ms {
@@ -332,6 +423,9 @@ mod tests {
             wait_ms: None,
             aged_priority: None,
             history: vec![],
+            reviews: vec![],
+            branch_state: None,
+            siblings: vec![],
         };
         let json = serde_json::to_value(&task).unwrap();
         assert_eq!(json["type"], "inspect");

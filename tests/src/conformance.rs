@@ -109,7 +109,7 @@ enum Op {
     Renew {
         pick: usize,
     },
-    /// `how`: 0 success, 1 retryable failure, 2 final failure.
+    /// `how`: 0 success, 1 retryable failure, 2 final failure, 3 success waiting for review.
     Finish {
         pick: usize,
         how: u8,
@@ -123,6 +123,11 @@ enum Op {
     },
     Retry {
         pick: usize,
+    },
+    /// Approves (`approve`) or rejects a task, as `host approve` and `host reject` do.
+    Verdict {
+        pick: usize,
+        approve: bool,
     },
     Pause {
         kind: usize,
@@ -138,11 +143,12 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(count, kind, priority, after)| Op::Add { count, kind, priority, after }),
         4 => (0..2usize, any::<bool>()).prop_map(|(kind, short)| Op::Claim { kind, short }),
         1 => any::<usize>().prop_map(|pick| Op::Renew { pick }),
-        3 => (any::<usize>(), 0..3u8).prop_map(|(pick, how)| Op::Finish { pick, how }),
+        3 => (any::<usize>(), 0..4u8).prop_map(|(pick, how)| Op::Finish { pick, how }),
         1 => any::<usize>().prop_map(|pick| Op::Release { pick }),
         1 => Just(Op::Expire),
         1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
         1 => any::<usize>().prop_map(|pick| Op::Retry { pick }),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(pick, approve)| Op::Verdict { pick, approve }),
         1 => (0..2usize).prop_map(|kind| Op::Pause { kind }),
         1 => (0..2usize).prop_map(|kind| Op::Resume { kind }),
     ]
@@ -177,7 +183,10 @@ fn check_invariants(store: &dyn QueueStore, added: usize) -> Result<(), TestCase
         let prerequisites: Vec<TaskStatus> =
             task.after.iter().map(|id| status_of[id.as_str()]).collect();
         match task.status {
-            TaskStatus::Pending | TaskStatus::Running | TaskStatus::Completed => prop_assert!(
+            TaskStatus::Pending
+            | TaskStatus::Running
+            | TaskStatus::Review
+            | TaskStatus::Completed => prop_assert!(
                 prerequisites.iter().all(|s| *s == TaskStatus::Completed),
                 "task {} started before the tasks it comes after completed",
                 &task.id
@@ -207,6 +216,10 @@ fn check_invariants(store: &dyn QueueStore, added: usize) -> Result<(), TestCase
             TaskStatus::Running => {
                 prop_assert!(task.lease_expires_at.is_some() && task.worker.is_some());
                 prop_assert!(task.retry_at.is_none());
+            }
+            TaskStatus::Review => {
+                prop_assert!(task.finished_at.is_none() && task.lease_expires_at.is_none());
+                prop_assert_eq!(task.success, Some(true));
             }
             _ => {
                 prop_assert!(task.finished_at.is_some(), "{:?}", task);
@@ -318,6 +331,7 @@ fn run_ops(engine: &dyn Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let lease = leases.swap_remove(i);
                     let outcome = match how {
                         0 => Outcome::Success(json!({"ok": true})),
+                        3 => Outcome::ForReview(json!({"ok": true})),
                         _ => Outcome::Failure {
                             error: "boom".into(),
                             result: None,
@@ -340,7 +354,16 @@ fn run_ops(engine: &dyn Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Retry { pick: n } if added > 0 => {
                 long.retry(&(n % added + 1).to_string()).map(drop)
             }
-            Op::Cancel { .. } | Op::Retry { .. } => Ok(()),
+            Op::Verdict { pick: n, approve } if added > 0 => {
+                let id = (n % added + 1).to_string();
+                if approve {
+                    long.update(&id, &|t, now| queue::lifecycle::approve(t, now))
+                } else {
+                    long.update(&id, &|t, now| queue::lifecycle::reject(t, "no", now))
+                }
+                .map(drop)
+            }
+            Op::Cancel { .. } | Op::Retry { .. } | Op::Verdict { .. } => Ok(()),
             Op::Pause { kind } => long.pause(&PauseScope::Type(TYPES[kind].into())),
             Op::Resume { kind } => long.resume(&PauseScope::Type(TYPES[kind].into())),
         };
@@ -352,8 +375,9 @@ fn run_ops(engine: &dyn Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Random sequences of add, claim, renew, finish, release, lease expiry, cancel, retry, pause
-/// and resume: the store's invariants hold after every step.
+/// Random sequences of add, claim, renew, finish (a success waiting for review among them),
+/// release, lease expiry, cancel, retry, approve or reject, pause and resume: the store's
+/// invariants hold after every step.
 pub fn store_invariants_hold_after_every_step(engine: &dyn Engine) {
     let config = ProptestConfig {
         cases: 128,
@@ -1023,5 +1047,170 @@ pub fn editing_a_task_before_it_starts(engine: &dyn Engine) {
     assert!(matches!(
         store.edit("99", &edit),
         Err(StoreError::NotFound(_))
+    ));
+}
+
+/// Review: a success its role asks to review waits (and the tasks after it with it) until it is
+/// approved (completed; they may run) or rejected (pending again, one more attempt, the reason
+/// kept); a merge's conflict flags the task for `status` until its branch is merged.
+pub fn review_and_branch_states(engine: &dyn Engine) {
+    let q = engine.fresh();
+    let store = engine.open(&q, Policy::default());
+    let alpha = types(&["alpha"]);
+    let tasks = store
+        .add(vec![
+            NewTask {
+                max_attempts: Some(1),
+                ..new("alpha", 1)
+            },
+            NewTask {
+                after: vec![Dependency::Batch(0)],
+                ..new("alpha", 1)
+            },
+        ])
+        .unwrap();
+    let (first, second) = (&tasks[0].id, &tasks[1].id);
+
+    let claim = store.claim("w", &alpha).unwrap().unwrap();
+    let waiting = store
+        .finish(&claim.lease, Outcome::ForReview(json!({"n": 1})))
+        .unwrap();
+    assert_eq!(waiting.status, TaskStatus::Review);
+    assert_eq!(
+        waiting.finished_at, None,
+        "waiting for review is not finished"
+    );
+    assert_eq!(status(store.as_ref(), second), TaskStatus::Blocked);
+    assert!(store.claim("w", &alpha).unwrap().is_none());
+    assert!(!store.has_work(&alpha).unwrap(), "nothing a worker can do");
+    assert_eq!(counted(store.as_ref(), TaskStatus::Review), 1);
+    assert!(matches!(
+        store.update(second, &|t, now| queue::lifecycle::approve(t, now)),
+        Err(StoreError::WrongState { .. })
+    ));
+    assert!(matches!(
+        store.update(first, &|t, now| queue::lifecycle::reject(t, " ", now)),
+        Err(StoreError::InvalidTask(_))
+    ));
+
+    let rejected = store
+        .update(first, &|t, now| {
+            queue::lifecycle::reject(t, "tests fail", now)
+        })
+        .unwrap();
+    assert_eq!(rejected.status, TaskStatus::Pending);
+    assert_eq!(
+        rejected.max_attempts, 2,
+        "a rejection gives one more attempt"
+    );
+    assert_eq!(rejected.reviews.len(), 1);
+    assert_eq!(rejected.reviews[0].reason.as_deref(), Some("tests fail"));
+    assert_eq!(rejected.reviews[0].verdict, queue::Verdict::Rejected);
+    let claim = store.claim("w", &alpha).unwrap().unwrap();
+    assert_eq!(&claim.task.id, first);
+    assert_eq!(
+        claim.task.reviews.len(),
+        1,
+        "the next attempt sees the reason"
+    );
+    store
+        .finish(&claim.lease, Outcome::ForReview(json!({"n": 2})))
+        .unwrap();
+    let approved = store
+        .update(first, &|t, now| queue::lifecycle::approve(t, now))
+        .unwrap();
+    assert_eq!(approved.status, TaskStatus::Completed);
+    assert!(approved.finished_at.is_some());
+    assert_eq!(approved.reviews[1].verdict, queue::Verdict::Approved);
+    assert_eq!(
+        status(store.as_ref(), second),
+        TaskStatus::Pending,
+        "approval lets the tasks after it run"
+    );
+
+    let conflicted = |store: &dyn QueueStore| -> Vec<String> {
+        let query = TaskQuery {
+            in_conflict: true,
+            ..TaskQuery::default()
+        };
+        store
+            .list(&query)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect()
+    };
+    assert!(conflicted(store.as_ref()).is_empty());
+    let files = vec!["a.txt".to_string()];
+    let flagged = store
+        .update(first, &|t, now| {
+            queue::lifecycle::note_branch(
+                t,
+                queue::BranchOutcome::Conflict,
+                Some("main"),
+                &files,
+                now,
+            )
+        })
+        .unwrap();
+    assert!(flagged.in_conflict());
+    assert_eq!(conflicted(store.as_ref()), vec![first.clone()]);
+    store
+        .update(first, &|t, now| {
+            queue::lifecycle::note_branch(t, queue::BranchOutcome::Merged, Some("main"), &[], now)
+        })
+        .unwrap();
+    assert!(conflicted(store.as_ref()).is_empty());
+    assert!(matches!(
+        store.update(second, &|t, now| {
+            queue::lifecycle::note_branch(t, queue::BranchOutcome::Discarded, None, &[], now)
+        }),
+        Err(StoreError::WrongState { .. })
+    ));
+
+    // Cancelling a task that waits for review cancels the tasks after it.
+    let more = store
+        .add(vec![
+            new("gamma", 1),
+            NewTask {
+                after: vec![Dependency::Batch(0)],
+                ..new("beta", 1)
+            },
+        ])
+        .unwrap();
+    let claim = store.claim("w", &types(&["gamma"])).unwrap().unwrap();
+    assert_eq!(claim.task.id, more[0].id);
+    store
+        .finish(&claim.lease, Outcome::ForReview(json!(null)))
+        .unwrap();
+    let cancelled = store.cancel(&more[0].id).unwrap();
+    assert_eq!(cancelled.status, TaskStatus::Cancelled);
+    assert_eq!(status(store.as_ref(), &more[1].id), TaskStatus::Cancelled);
+}
+
+/// Tasks added together by a fan-out name each other as siblings.
+pub fn fanned_out_tasks_name_their_siblings(engine: &dyn Engine) {
+    let q = engine.fresh();
+    let store = engine.open(&q, Policy::default());
+    store.add(vec![new("alpha", 1)]).unwrap();
+    let copies = store
+        .add(
+            (0..3)
+                .map(|_| NewTask {
+                    siblings: vec![0, 1, 2],
+                    ..new("alpha", 1)
+                })
+                .collect(),
+        )
+        .unwrap();
+    let ids: Vec<&str> = copies.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["2", "3", "4"]);
+    assert_eq!(store.get("3").unwrap().siblings, ["2", "4"]);
+    assert!(matches!(
+        store.add(vec![NewTask {
+            siblings: vec![5],
+            ..new("alpha", 1)
+        }]),
+        Err(StoreError::InvalidTask(_))
     ));
 }

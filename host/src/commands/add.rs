@@ -14,7 +14,7 @@ use queue::{Dependency, NewTask, QueueStore, Store};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cli::{AddArgs, Settings};
+use crate::cli::{AddArgs, FanOut, Settings};
 use crate::commands::open_store;
 use crate::commands::outln;
 use crate::config::Config;
@@ -53,9 +53,10 @@ struct TaskEntry {
 /// Adds the tasks and prints their ids, one per line.
 pub fn run(settings: &Settings, args: &AddArgs) -> anyhow::Result<()> {
     let store = open_store(settings)?;
-    let tasks = match &args.file {
-        Some(file) => read_task_file(file)?,
-        None => vec![task_from_flags(args)?],
+    let tasks = match (&args.file, &args.fanout) {
+        (Some(file), _) => read_task_file(file)?,
+        (None, None) => vec![task_from_flags(args)?],
+        (None, Some(fanout)) => fan_out(settings, &store, task_from_flags(args)?, fanout)?,
     };
     let added = add_checked(settings, &store, tasks, |index, err| match &args.file {
         Some(_) => anyhow!("entry {}: {err:#}", index + 1),
@@ -160,7 +161,65 @@ fn task_from_flags(args: &AddArgs) -> anyhow::Result<NewTask> {
         timeout_secs: args.timeout.map(|t| t.as_secs()),
         after: args.after.iter().cloned().map(Dependency::Task).collect(),
         not_before: not_before(args.at.as_deref(), args.delay)?,
+        siblings: Vec::new(),
     })
+}
+
+/// The copies of `task` that `--fanout` asks for, naming each other as siblings: of its type,
+/// or one per role, each of the first type that role claims and no other role of the list does.
+fn fan_out(
+    settings: &Settings,
+    store: &Store,
+    task: NewTask,
+    fanout: &FanOut,
+) -> anyhow::Result<Vec<NewTask>> {
+    let types =
+        match fanout {
+            FanOut::Copies(n) => vec![task.task_type.clone(); *n],
+            FanOut::Roles(roles) => {
+                if !task.task_type.is_empty() {
+                    bail!(
+                        "--type and --fanout with roles: the roles decide the types; drop --type"
+                    );
+                }
+                let config = Config::load(store)?;
+                let claimed: Vec<Vec<String>> = roles
+                    .iter()
+                    .map(|name| {
+                        let role = crate::commands::work::find_role(settings, &config, name)?;
+                        Ok(crate::commands::work::role_types(&config, name, &role))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                roles
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| {
+                        let others = |t: &String| {
+                            claimed
+                                .iter()
+                                .enumerate()
+                                .any(|(j, types)| j != i && types.contains(t))
+                        };
+                        claimed[i].iter().find(|t| !others(t)).cloned().ok_or_else(|| {
+                        anyhow!(
+                            "--fanout: role {name} claims no type that the other roles of the \
+                             list do not (it claims {}); give it one of its own in host.toml",
+                            claimed[i].join(", ")
+                        )
+                    })
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            }
+        };
+    let all: Vec<usize> = (0..types.len()).collect();
+    Ok(types
+        .into_iter()
+        .map(|task_type| NewTask {
+            task_type,
+            siblings: all.clone(),
+            ..task.clone()
+        })
+        .collect())
 }
 
 /// Reads a JSON array or JSON Lines of task entries; any bad entry fails the whole file.
@@ -314,6 +373,7 @@ fn new_task(entry: TaskEntry, keys: &HashMap<String, usize>) -> anyhow::Result<N
         timeout_secs,
         after,
         not_before: not_before(entry.at.as_deref(), delay)?,
+        siblings: Vec::new(),
     })
 }
 

@@ -2,7 +2,7 @@
 //! leaves (see the `worktrees` crate). The dashboard calls the same functions.
 
 use anyhow::{Context as _, anyhow};
-use queue::{QueueStore, Task, TaskStatus};
+use queue::{BranchOutcome, QueueStore, Store, Task, TaskStatus, lifecycle};
 use worktrees::{MergeStyle, Record};
 
 use crate::cli::Settings;
@@ -47,15 +47,20 @@ pub fn patch(id: &str, record: &Record) -> anyhow::Result<String> {
     worktrees::diff(record).with_context(|| format!("task {id}"))
 }
 
-/// Merges a completed task's branch into its base branch; answers what was said. A conflict
-/// runs the `[hooks] conflict` command.
+/// Merges a completed task's branch into its base branch and records it on the task; answers
+/// what was said. The branches of its fan-out siblings are discarded. A conflict is recorded on
+/// the task (`status` shows it) and runs the `[hooks] conflict` command.
 pub fn merge_task(settings: &Settings, id: &str, style: MergeStyle) -> anyhow::Result<String> {
     let store = open_store(settings)?;
     let task = store.get(id)?;
     if task.status != TaskStatus::Completed {
+        let hint = if task.status == TaskStatus::Review {
+            format!("approve it first (`host approve {id}`)")
+        } else {
+            format!("`host diff {id}` shows it, `host discard {id}` drops it")
+        };
         anyhow::bail!(
-            "task {id} is {}: only a completed task's branch is merged (`host diff {id}` shows it, \
-             `host discard {id}` drops it)",
+            "task {id} is {}: only a completed task's branch is merged ({hint})",
             task.status
         );
     }
@@ -63,25 +68,107 @@ pub fn merge_task(settings: &Settings, id: &str, style: MergeStyle) -> anyhow::R
     let message =
         worktrees::commit_message(id, task.description.as_deref().unwrap_or(&task.task_type));
     let merged = worktrees::merge(&record, style, &message);
-    if let Err(worktrees::Error::Conflict { .. }) = &merged
+    if let Err(worktrees::Error::Conflict { files, .. }) = &merged {
+        let flagged = store.update(id, &|t, now| {
+            lifecycle::note_branch(
+                t,
+                BranchOutcome::Conflict,
+                record.base_branch.as_deref(),
+                files,
+                now,
+            )
+        });
         // A broken host.toml must not hide the conflict: the hook is skipped.
-        && let Some(hook) = Config::load(&store).ok().and_then(|c| c.hooks.conflict)
-        && let Err(why) = crate::hooks::run(&hook, "conflict", &task)
-    {
-        eprintln!("warning: task {id}: {why}");
+        let hook = Config::load(&store).ok().and_then(|c| c.hooks.conflict);
+        if let Some(hook) = hook
+            && let Err(why) =
+                crate::hooks::run(&hook, "conflict", flagged.as_ref().unwrap_or(&task))
+        {
+            eprintln!("warning: task {id}: {why}");
+        }
+        if let Err(err) = flagged {
+            eprintln!("warning: task {id}: the conflict was not recorded on the task: {err}");
+        }
     }
     let into = merged.with_context(|| format!("task {id}"))?;
-    Ok(format!(
+    let mut said = format!(
         "merged {} into {into} and deleted the branch",
         record.branch
-    ))
+    );
+    store.update(id, &|t, now| {
+        lifecycle::note_branch(t, BranchOutcome::Merged, Some(&into), &[], now)
+    })?;
+    let mut dropped = Vec::new();
+    for sibling in &task.siblings {
+        match discard_sibling(&store, sibling) {
+            Ok(Some(branch)) => dropped.push(format!("{branch} (task {sibling})")),
+            Ok(None) => {}
+            Err(err) => eprintln!("warning: task {sibling}, fanned out with {id}: {err:#}"),
+        }
+    }
+    if !dropped.is_empty() {
+        said.push_str(&format!(
+            "; discarded the other fan-out branches: {}",
+            dropped.join(", ")
+        ));
+    }
+    Ok(said)
 }
 
-/// Deletes the task's branch; answers what was said.
+/// Deletes the branch of a fan-out sibling of a merged task, unless it has none or was merged
+/// or discarded already: the branch deleted, or `None`.
+fn discard_sibling(store: &Store, id: &str) -> anyhow::Result<Option<String>> {
+    let task = store.get(id)?;
+    let settled = task
+        .branch_state
+        .as_ref()
+        .is_some_and(|b| b.state != BranchOutcome::Conflict);
+    match record(&task) {
+        Ok(record) if !settled => drop_branch(store, &task, &record).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Deletes a task's branch and, when the task has finished, records that on it.
+fn drop_branch(store: &Store, task: &Task, record: &Record) -> anyhow::Result<String> {
+    worktrees::discard(record).with_context(|| format!("task {}", task.id))?;
+    if task.status.is_finished() {
+        store.update(&task.id, &|t, now| {
+            lifecycle::note_branch(t, BranchOutcome::Discarded, None, &[], now)
+        })?;
+    }
+    Ok(record.branch.clone())
+}
+
+/// Deletes the task's branch and records it; answers what was said.
 pub fn discard_task(settings: &Settings, id: &str) -> anyhow::Result<String> {
-    let record = recorded(settings, id)?;
-    worktrees::discard(&record).with_context(|| format!("task {id}"))?;
-    Ok(format!("deleted {}", record.branch))
+    let store = open_store(settings)?;
+    let task = store.get(id)?;
+    let branch = drop_branch(&store, &task, &record(&task)?)?;
+    Ok(format!("deleted {branch}"))
+}
+
+/// Approves a task waiting for review: it completes and the tasks after it may run; answers
+/// what was said.
+pub fn approve_task(settings: &Settings, id: &str) -> anyhow::Result<String> {
+    let store = open_store(settings)?;
+    let task = store.update(id, &lifecycle::approve)?;
+    let next = match record(&task) {
+        Ok(_) => format!("; `host merge {id}` brings its change in"),
+        Err(_) => String::new(),
+    };
+    Ok(format!("approved task {id}: completed{next}"))
+}
+
+/// Rejects a task waiting for review: it runs again, told `reason`; answers what was said.
+pub fn reject_task(settings: &Settings, id: &str, reason: &str) -> anyhow::Result<String> {
+    let store = open_store(settings)?;
+    let task = store.update(id, &|t, now| lifecycle::reject(t, reason, now))?;
+    Ok(format!(
+        "rejected task {id}: pending again for attempt {} of {}, told why",
+        task.attempts + 1,
+        task.max_attempts
+    ))
 }
 
 /// `host diff`.
@@ -104,5 +191,19 @@ pub fn merge(settings: &Settings, id: &str, squash: bool, rebase: bool) -> anyho
 /// `host discard`.
 pub fn discard(settings: &Settings, id: &str) -> anyhow::Result<()> {
     outln!("{}", discard_task(settings, id)?);
+    Ok(())
+}
+
+/// `host approve`.
+pub fn approve(settings: &Settings, ids: &[String]) -> anyhow::Result<()> {
+    for id in ids {
+        outln!("{}", approve_task(settings, id)?);
+    }
+    Ok(())
+}
+
+/// `host reject`.
+pub fn reject(settings: &Settings, id: &str, reason: &str) -> anyhow::Result<()> {
+    outln!("{}", reject_task(settings, id, reason)?);
     Ok(())
 }

@@ -13,7 +13,15 @@ use crate::commands::{ago, one_line, open_store, outln, paint, print_json};
 use crate::config::Config;
 
 /// The unfinished states, in the order `list` shows them.
-const UNFINISHED: [TaskStatus; 3] = [
+const UNFINISHED: [TaskStatus; 4] = [
+    TaskStatus::Review,
+    TaskStatus::Running,
+    TaskStatus::Pending,
+    TaskStatus::Blocked,
+];
+
+/// The states `host wait` waits out by default: those the workers move on.
+const IN_WORK: [TaskStatus; 3] = [
     TaskStatus::Running,
     TaskStatus::Pending,
     TaskStatus::Blocked,
@@ -95,9 +103,12 @@ pub fn run(settings: &Settings, args: &ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What keeps a task from finishing, in words: its holder, the tasks it comes after, a pause,
+/// What keeps a task from finishing, in words: a person's review, its holder, the tasks it comes after, a pause,
 /// a retry backoff, or nothing (it is next in line for a worker of its type).
 fn waits_for(store: &queue::Store, task: &Task, paused: &[PauseScope], now: Timestamp) -> String {
+    if task.status == TaskStatus::Review {
+        return format!("a review (host approve {})", task.id);
+    }
     if task.status == TaskStatus::Running {
         return format!("held by {}", task.worker.as_deref().unwrap_or("?"));
     }
@@ -129,8 +140,22 @@ fn waits_for(store: &queue::Store, task: &Task, paused: &[PauseScope], now: Time
     }
 }
 
+/// True for a task waiting for review, or blocked behind one (`depth` counts the steps back,
+/// so that a long chain is not walked for ever).
+fn waits_for_review(store: &queue::Store, task: &Task, depth: usize) -> bool {
+    match task.status {
+        TaskStatus::Review => true,
+        TaskStatus::Blocked if depth < 50 => task.after.iter().any(|id| {
+            store
+                .get(id)
+                .is_ok_and(|t| waits_for_review(store, &t, depth + 1))
+        }),
+        _ => false,
+    }
+}
+
 /// `host wait`: blocks until the tasks (`ids`, else the unfinished tasks of `task_type`, else
-/// every unfinished task, as of the start) are finished. Fails, naming them, when any of them
+/// every unfinished task, as of the start) are finished or wait for a person's review. Fails, naming them, when any of them
 /// did not complete, or when `timeout` passes first.
 pub fn wait(
     settings: &Settings,
@@ -145,7 +170,7 @@ pub fn wait(
     let watched: Vec<String> = if ids.is_empty() {
         store
             .list(&TaskQuery {
-                statuses: UNFINISHED.to_vec(),
+                statuses: IN_WORK.to_vec(),
                 task_type: task_type.map(String::from),
                 ..TaskQuery::default()
             })?
@@ -165,9 +190,11 @@ pub fn wait(
             .iter()
             .map(|id| store.get(id))
             .collect::<Result<Vec<Task>, _>>()?;
+        // A task waiting for review, and one blocked behind it, waits for a person, not for
+        // the workers: waiting for it would never end in a script.
         let open: Vec<&str> = tasks
             .iter()
-            .filter(|t| !t.status.is_finished())
+            .filter(|t| !t.status.is_finished() && !waits_for_review(&store, t, 0))
             .map(|t| t.id.as_str())
             .collect();
         if open.is_empty() {
@@ -189,8 +216,13 @@ pub fn wait(
         .map(|t| format!("{} {}", t.id, t.status))
         .collect();
     if !not_completed.is_empty() {
+        let hint = if tasks.iter().any(|t| t.status == TaskStatus::Review) {
+            " (a task in review waits for `host approve ID` or `host reject ID --reason TEXT`)"
+        } else {
+            ""
+        };
         bail!(
-            "{} of {} task(s) did not complete: {}",
+            "{} of {} task(s) did not complete: {}{hint}",
             not_completed.len(),
             tasks.len(),
             not_completed.join(", ")

@@ -72,6 +72,8 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Diff { id } => branch::diff(settings, &id),
         Command::Merge { id, squash, rebase } => branch::merge(settings, &id, squash, rebase),
         Command::Discard { id } => branch::discard(settings, &id),
+        Command::Approve { ids } => branch::approve(settings, &ids),
+        Command::Reject { id, reason } => branch::reject(settings, &id, &reason),
         Command::Workers { prune, json } => workers::run(settings, prune, json),
         Command::Wait {
             ids,

@@ -16,6 +16,7 @@ pub fn status(status: TaskStatus, text: &str) -> String {
         TaskStatus::Pending => AnsiColor::Cyan,
         TaskStatus::Blocked => AnsiColor::Magenta,
         TaskStatus::Running => AnsiColor::Yellow,
+        TaskStatus::Review => AnsiColor::Blue,
         TaskStatus::Completed => AnsiColor::Green,
         TaskStatus::Failed => AnsiColor::Red,
         TaskStatus::Cancelled => AnsiColor::BrightBlack,

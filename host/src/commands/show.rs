@@ -1,7 +1,7 @@
 //! `host show ID`: one task, whole.
 
 use jiff::Timestamp;
-use queue::{QueueStore, rfc3339_millis};
+use queue::{BranchOutcome, QueueStore, TaskStatus, rfc3339_millis};
 
 use crate::cli::Settings;
 use crate::commands::{ago, human_ms, open_store, outln, paint, print_json};
@@ -71,6 +71,49 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
         "retry at"
     };
     field(label, task.retry_at.map(when))?;
+    field(
+        "fanned out",
+        (!task.siblings.is_empty()).then(|| format!("with {}", task.siblings.join(", "))),
+    )?;
+    field(
+        "branch",
+        task.branch_state.as_ref().map(|b| {
+            let into = b
+                .into
+                .as_deref()
+                .map(|i| format!(" into {i}"))
+                .unwrap_or_default();
+            let files = if b.files.is_empty() {
+                String::new()
+            } else {
+                format!(" in {}", b.files.join(", "))
+            };
+            let text = format!("{}{into}{files} {}", b.state.as_str(), ago(b.at, now));
+            match b.state {
+                BranchOutcome::Conflict => paint::bad(&text),
+                _ => text,
+            }
+        }),
+    )?;
+    if task.status == TaskStatus::Review {
+        outln!(
+            "{:<12} host diff {id}; host approve {id} / host reject {id} --reason TEXT",
+            "waits for"
+        );
+    }
+    if !task.reviews.is_empty() {
+        outln!("reviews");
+        for review in &task.reviews {
+            let verdict = format!("{:?}", review.verdict).to_lowercase();
+            let line = format!(
+                "  #{:<3} {verdict:<10} {:<8}  {}",
+                review.attempt,
+                ago(review.at, now),
+                review.reason.as_deref().unwrap_or_default()
+            );
+            outln!("{}", line.trim_end());
+        }
+    }
     if !task.history.is_empty() {
         outln!("history");
         for run in &task.history {

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use queue::{PauseScope, QueueStore, TaskStatus, WorkerRecord};
+use queue::{PauseScope, QueueStore, TaskQuery, TaskStatus, WorkerRecord};
 use serde::Serialize;
 
 use crate::cli::Settings;
@@ -26,8 +26,27 @@ pub struct StatusReport {
     pub pending_by_type: BTreeMap<String, usize>,
     /// What `host pause` stopped: "queue", "type TYPE" or "task ID".
     pub paused: Vec<String>,
+    /// Tasks whose change waits for review (the oldest, at most [`ATTENTION_SHOWN`]).
+    pub review: Vec<String>,
+    /// Tasks whose branch's merge conflicted (at most [`ATTENTION_SHOWN`]), with the files.
+    pub conflicts: Vec<Conflict>,
     /// Every published worker.
     pub workers: Vec<WorkerView>,
+}
+
+/// How many tasks of each kind that needs a person `status` names.
+pub const ATTENTION_SHOWN: usize = 20;
+
+/// A task whose branch's merge conflicted.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Conflict {
+    /// The task.
+    pub id: String,
+    /// The branch it was to be merged into.
+    pub into: Option<String>,
+    /// The files that conflicted.
+    pub files: Vec<String>,
 }
 
 /// A worker record with its liveness.
@@ -59,6 +78,33 @@ impl StatusReport {
                 PauseScope::Task(id) => format!("task {id}"),
             })
             .collect();
+        let attention = |query: TaskQuery| {
+            store.list(&TaskQuery {
+                limit: Some(ATTENTION_SHOWN),
+                ..query
+            })
+        };
+        let review = attention(TaskQuery {
+            statuses: vec![TaskStatus::Review],
+            ..TaskQuery::default()
+        })?
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+        let conflicts = attention(TaskQuery {
+            in_conflict: true,
+            ..TaskQuery::default()
+        })?
+        .into_iter()
+        .filter_map(|t| {
+            let state = t.branch_state?;
+            Some(Conflict {
+                id: t.id,
+                into: state.into,
+                files: state.files,
+            })
+        })
+        .collect();
         let now = Timestamp::now();
         let workers = store
             .workers()?
@@ -73,6 +119,8 @@ impl StatusReport {
             counts,
             pending_by_type,
             paused,
+            review,
+            conflicts,
             workers,
         })
     }
@@ -108,6 +156,29 @@ impl StatusReport {
         }
         if !self.paused.is_empty() {
             let _ = writeln!(out, "  paused: {}", self.paused.join(", "));
+        }
+        if !self.review.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {} {}   (host diff ID; host approve ID / host reject ID --reason TEXT)",
+                paint::status(TaskStatus::Review, "waiting for review:"),
+                self.review.join(", ")
+            );
+        }
+        for conflict in &self.conflicts {
+            let into = conflict
+                .into
+                .as_deref()
+                .map(|b| format!(" into {b}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {} task {}{into} conflicts in {}   (merge it by hand, or drop it: host discard {})",
+                paint::bad("merge conflict:"),
+                conflict.id,
+                conflict.files.join(", "),
+                conflict.id
+            );
         }
         out.push('\n');
         if self.workers.is_empty() {

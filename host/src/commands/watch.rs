@@ -249,6 +249,7 @@ fn status_colour(status: TaskStatus) -> Color {
         TaskStatus::Pending => Color::Cyan,
         TaskStatus::Blocked => Color::Magenta,
         TaskStatus::Running => Color::Yellow,
+        TaskStatus::Review => Color::Blue,
         TaskStatus::Completed => Color::Green,
         TaskStatus::Failed => Color::Red,
         TaskStatus::Cancelled => Color::DarkGray,

@@ -39,7 +39,8 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
         settings: role_settings,
         binding: binding.map(|_| format!("{} [roles.{role_name}]", config.source)),
         keep_finished: config.keep_finished,
-        on_failed: config.hooks.failed.clone(),
+        review: binding.is_some_and(|b| b.review),
+        hooks: config.hooks.clone(),
     };
     let (wakeup, unavailable) = Wakeup::start(store.work_signal());
     let store: Arc<dyn QueueStore> = Arc::new(store);

@@ -77,6 +77,16 @@ mod sqlite {
     fn editing_a_task_before_it_starts() {
         conformance::editing_a_task_before_it_starts(&Sqlite);
     }
+
+    #[test]
+    fn review_and_branch_states() {
+        conformance::review_and_branch_states(&Sqlite);
+    }
+
+    #[test]
+    fn fanned_out_tasks_name_their_siblings() {
+        conformance::fanned_out_tasks_name_their_siblings(&Sqlite);
+    }
 }
 
 mod postgres {
@@ -155,5 +165,15 @@ mod postgres {
     #[test]
     fn editing_a_task_before_it_starts() {
         conformance::editing_a_task_before_it_starts(&Postgres);
+    }
+
+    #[test]
+    fn review_and_branch_states() {
+        conformance::review_and_branch_states(&Postgres);
+    }
+
+    #[test]
+    fn fanned_out_tasks_name_their_siblings() {
+        conformance::fanned_out_tasks_name_their_siblings(&Postgres);
     }
 }

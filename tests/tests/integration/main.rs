@@ -17,6 +17,7 @@ mod postgres;
 mod processes;
 mod queue_folder;
 mod reliability;
+mod review;
 mod roles;
 mod store_commands;
 mod web;

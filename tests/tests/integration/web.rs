@@ -792,6 +792,13 @@ fn the_dashboard_shows_a_worktree_tasks_branch_and_merges_it() {
         std::fs::read_to_string(repo.join("shared.txt")).unwrap(),
         format!("{id}\n")
     );
+    // The details say what became of the branch, and offer nothing more to do with it.
+    browser.wait_for(
+        "the branch's new state",
+        "return (document.getElementById('branch-state') || {}).textContent?.startsWith('merged into main')",
+    );
+    let buttons = browser.script("return document.querySelectorAll('#branch button').length");
+    assert_eq!(buttons, 0);
     let (status, body) = server.post(&format!("/api/tasks/{id}/discard"), json!({}));
     assert_eq!(status, 400, "{body}");
     assert!(
@@ -799,6 +806,83 @@ fn the_dashboard_shows_a_worktree_tasks_branch_and_merges_it() {
             .as_str()
             .unwrap()
             .contains("merged or discarded already")
+    );
+}
+
+#[test]
+fn the_dashboard_approves_and_rejects_a_change_waiting_for_review() {
+    let q = TestQueue::new();
+    let repo = crate::worktrees::repository(&q);
+    crate::worktrees::bind_editor(&q);
+    let toml = std::fs::read_to_string(q.queue.join("host.toml")).unwrap();
+    let toml = toml.replace(
+        "types = [\"edit\"]\n",
+        "types = [\"edit\"]\nreview = \"required\"\n",
+    );
+    std::fs::write(q.queue.join("host.toml"), toml).unwrap();
+    let target = repo.to_str().unwrap();
+    let id = q.add(&["--type", "edit", "--target", target]);
+    let pending = q.add(&["--type", "noop"]);
+    q.drain("editor", &[]);
+    assert_eq!(q.task(&id)["status"], "review");
+    let server = serve(&q, &[]);
+    let (status, body) = server.post(&format!("/api/tasks/{pending}/approve"), json!({}));
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = server.post(&format!("/api/tasks/{id}/reject"), json!({}));
+    assert_eq!(status, 422, "a rejection without a reason: {body}");
+    let (status, body) = server.post(&format!("/api/tasks/{id}/reject"), json!({"reason": ""}));
+    assert_eq!(status, 400, "{body}");
+    let (status, report) = server.get("/api/status");
+    assert_eq!(status, 200);
+    assert_eq!(report["review"], json!([id]));
+
+    let browser = Browser::start();
+    browser.resize(1400, 1000);
+    browser.open(&server);
+    browser.wait_for(
+        "the header's review count and list",
+        &format!(
+            "return document.getElementById('attention').textContent === 'to review: task {id}'"
+        ),
+    );
+    let row = format!("#tasks tr.task[data-id=\"{id}\"]");
+    browser.wait_for(
+        "the task",
+        &format!("return document.querySelector('{row}') !== null"),
+    );
+    browser.click(&row);
+    browser.wait_for(
+        "the review buttons",
+        "return document.querySelector('button[data-branch=approve]') !== null",
+    );
+    browser.screenshot("dashboard-review");
+    browser.script("document.getElementById('reject-reason').value = 'say why'; return null");
+    browser.click("button[data-branch=reject]");
+    browser.wait_for(
+        "the rejection",
+        "return (document.getElementById('branch-said') || {}).textContent?.includes('pending again')",
+    );
+    let task = q.task(&id);
+    assert_eq!(task["status"], "pending");
+    assert_eq!(task["reviews"][0]["reason"], "say why");
+
+    q.drain("editor", &[]);
+    // The list redraws as the task moves: open its details the way a click does.
+    browser.script(&format!("showDetails('{id}'); return null"));
+    browser.wait_for(
+        "the review buttons again",
+        "return document.querySelector('button[data-branch=approve]') !== null",
+    );
+    // Live updates may redraw the details between finding the button and clicking it.
+    browser.script("document.querySelector('button[data-branch=approve]').click(); return null");
+    browser.wait_for(
+        "the approval",
+        "return (document.getElementById('branch-said') || {}).textContent?.includes('approved')",
+    );
+    assert_eq!(q.task(&id)["status"], "completed");
+    browser.wait_for(
+        "the merge buttons once approved",
+        "return document.querySelector('button[data-branch=merge]') !== null",
     );
 }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use integration_tests::TestQueue;
 use serde_json::Value;
 
-fn git(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     let output = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -136,7 +136,25 @@ fn two_agents_on_one_repository_work_apart_and_their_branches_are_merged_or_disc
     assert_eq!(git(&repo, &["status", "--porcelain"]), "");
     let task: Value = serde_json::from_str(&fs::read_to_string(&heard).unwrap()).unwrap();
     assert_eq!(task["id"], second.as_str());
+    // The task shows the conflict, and `status` names it, until the branch is dealt with.
+    assert_eq!(task["branchState"]["state"], "conflict", "{task:#}");
+    let report: Value = serde_json::from_str(&q.ok(&["status", "--json"])).unwrap();
+    assert_eq!(
+        report["conflicts"],
+        serde_json::json!([{"id": second, "into": "main", "files": ["shared.txt"]}])
+    );
+    let human = q.ok(&["status"]);
+    assert!(
+        human.contains(&format!(
+            "merge conflict: task {second} into main conflicts in shared.txt"
+        )),
+        "{human}"
+    );
     q.ok(&["discard", &second]);
+    let report: Value = serde_json::from_str(&q.ok(&["status", "--json"])).unwrap();
+    assert_eq!(report["conflicts"], serde_json::json!([]));
+    assert_eq!(q.task(&second)["branchState"]["state"], "discarded");
+    assert_eq!(q.task(&first)["branchState"]["state"], "merged");
     let branches = git(&repo, &["branch", "--list", "host/*"]);
     assert_eq!(branches, "", "merged and discarded branches are gone");
     let line = q.fails(&["diff", &second]);
