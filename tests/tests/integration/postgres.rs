@@ -309,3 +309,41 @@ fn tls_as_sslmode_asks_and_passwords_from_the_environment_or_pgpass() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn a_version_1_database_is_migrated_keeping_its_tasks() {
+    let q = TestQueue::on_postgres();
+    let first = q.add(&["--type", "noop"]);
+    q.drain("noop", &[]);
+    let second = q.add(&["--type", "noop"]);
+    // Back to schema version 1 as it was: no `review` state, no conflict flag.
+    let mut client = postgres::Client::connect(&q.address, postgres::NoTls).unwrap();
+    client
+        .batch_execute(
+            "SET search_path = host; DROP INDEX tasks_conflicts; \
+             ALTER TABLE tasks DROP COLUMN conflict; \
+             ALTER TABLE tasks DROP CONSTRAINT tasks_status_check; \
+             ALTER TABLE tasks ADD CONSTRAINT tasks_status_check CHECK (status IN \
+                ('pending', 'blocked', 'running', 'completed', 'failed', 'cancelled')); \
+             UPDATE schema_version SET version = 1",
+        )
+        .unwrap();
+    drop(client);
+
+    let report: serde_json::Value = serde_json::from_str(&q.ok(&["status", "--json"])).unwrap();
+    assert_eq!(report["counts"]["completed"], 1, "{report:#}");
+    assert_eq!(report["counts"]["pending"], 1);
+    assert_eq!(q.task(&first)["status"], "completed");
+    // The new state works on the migrated schema.
+    let config = q.scratch.join("host.toml");
+    std::fs::write(
+        &config,
+        "[roles.noop]\nhandler = \"noop\"\nreview = \"required\"\n",
+    )
+    .unwrap();
+    q.ok(&["config", "set", config.to_str().unwrap()]);
+    q.drain("noop", &[]);
+    assert_eq!(q.task(&second)["status"], "review");
+    q.ok(&["approve", &second]);
+    assert_eq!(q.task(&second)["status"], "completed");
+}
