@@ -221,7 +221,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Cancel a task: a pending one never starts, a running one is told to stop.
+    /// Cancel a task: a pending one never starts, a running one is told to stop, one waiting for
+    /// review is dropped.
     Cancel {
         /// The task ids.
         #[arg(required_unless_present = "task_type")]

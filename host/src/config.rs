@@ -324,6 +324,21 @@ impl Config {
 }
 
 impl Config {
+    /// Whether a success of a task of `task_type` waits for review: as role `role` says when
+    /// it is bound here, else as any role bound to claim the type says.
+    pub fn review_for(&self, role: Option<&str>, task_type: &str) -> bool {
+        match role.and_then(|name| self.roles.get(name)) {
+            Some(binding) => binding.review,
+            None => self.roles.values().any(|binding| {
+                binding.review
+                    && binding
+                        .types
+                        .as_ref()
+                        .is_some_and(|types| types.iter().any(|t| t == task_type))
+            }),
+        }
+    }
+
     /// Checks every binding's own settings against what its handler declares, for the
     /// handlers found on this machine's plugin path (plugins are local to each machine; a
     /// handler not found here is judged where it runs).

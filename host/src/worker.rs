@@ -110,6 +110,9 @@ struct Shared {
     stopping: AtomicBool,
     exiting: AtomicBool,
     dirty: AtomicBool,
+    /// Hooks still running, each on a thread of its own so that a slow one does not hold up
+    /// the next claim's lease; the worker waits for them before it exits.
+    hooks: Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
 enum Event {
@@ -175,6 +178,7 @@ impl ClaimLoop {
                 stopping: AtomicBool::new(false),
                 exiting: AtomicBool::new(false),
                 dirty: AtomicBool::new(false),
+                hooks: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -306,6 +310,9 @@ impl ClaimLoop {
         let _ = heartbeat.join();
         if let Some(purge) = purge {
             let _ = purge.join();
+        }
+        for hook in std::mem::take(&mut *shared.hooks.lock().expect("hooks lock")) {
+            let _ = hook.join();
         }
         if let Err(err) = shared.store.remove_worker(&shared.options.name) {
             say(
@@ -523,15 +530,16 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
                 ),
             };
             say(shared, &line);
-            let hook = match done.status {
-                TaskStatus::Failed => Some(("failed", &shared.options.hooks.failed)),
-                TaskStatus::Review => Some(("review", &shared.options.hooks.review)),
-                _ => None,
-            };
-            if let Some((event, Some(hook))) = hook
-                && let Err(why) = crate::hooks::run(hook, event, &done)
-            {
-                say(shared, &format!("task {}: {why}", done.id));
+            if let Some((event, command)) = crate::hooks::for_state(&shared.options.hooks, &done) {
+                let name = shared.options.name.clone();
+                let hook = thread::spawn(move || {
+                    if let Err(why) = crate::hooks::run(&command, event, &done) {
+                        say_as(&name, &format!("task {}: {why}", done.id));
+                    }
+                });
+                let mut hooks = shared.hooks.lock().expect("hooks lock");
+                hooks.retain(|h| !h.is_finished());
+                hooks.push(hook);
             }
             (survived, next)
         }
@@ -729,11 +737,16 @@ fn publish_record(shared: &Shared, running: &[Arc<Running>]) {
 
 /// One line on stderr, prefixed with the time and the worker's name.
 fn say(shared: &Shared, line: &str) {
+    say_as(&shared.options.name, line);
+}
+
+/// [`say`] from where the worker's state is not at hand (a hook's thread).
+fn say_as(name: &str, line: &str) {
     use std::io::Write as _;
     let now = Timestamp::now().strftime("%H:%M:%S%.3f");
     // Formatted first and written whole: one write per line, never interleaved with another
     // slot's line.
-    let text = format!("{now} {}: {line}\n", shared.options.name);
+    let text = format!("{now} {name}: {line}\n");
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
 

@@ -273,6 +273,8 @@ pub fn claim(task: &mut Task, worker: &str, now: Timestamp, policy: &Policy) {
     task.success = None;
     task.result = None;
     task.retry_at = None;
+    // A new attempt makes a new branch: what became of an earlier one no longer describes it.
+    task.branch_state = None;
     task.lease_expires_at = Some(later(now, policy.lease));
     let waited = now.duration_since(task.created_at).as_millis().max(0);
     task.wait_ms = Some(u64::try_from(waited).unwrap_or(u64::MAX));
@@ -454,7 +456,7 @@ pub fn check_cancellable(task: &Task) -> Result<(), StoreError> {
         return Err(StoreError::WrongState {
             id: task.id.clone(),
             status: task.status,
-            hint: "only a pending, blocked or running task can be cancelled",
+            hint: "only a pending, blocked, running or review task can be cancelled",
         });
     }
     Ok(())
@@ -478,8 +480,9 @@ pub fn cancel(task: &mut Task, now: Timestamp) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Refuses a task that does not wait for review.
-fn check_in_review(task: &Task) -> Result<(), StoreError> {
+/// Refuses a task that does not wait for review: the rule [`approve`] and [`reject`] apply, for
+/// callers that check many tasks before changing any.
+pub fn check_in_review(task: &Task) -> Result<(), StoreError> {
     if task.status != TaskStatus::Review {
         return Err(StoreError::WrongState {
             id: task.id.clone(),
@@ -523,10 +526,64 @@ pub fn reject(task: &mut Task, reason: &str, now: Timestamp) -> Result<(), Store
         at: now,
     });
     task.status = TaskStatus::Pending;
-    task.max_attempts = task.max_attempts.max(task.attempts + 1);
-    task.success = None;
-    task.retry_at = None;
+    requeue(task);
     Ok(())
+}
+
+/// What a task put back in the queue by a person (retried, rejected) starts from: one more
+/// attempt, and nothing of the last attempt's ending (its cancel request, result, times).
+fn requeue(task: &mut Task) {
+    task.cancelled_by = None;
+    task.max_attempts = task.max_attempts.max(task.attempts + 1);
+    task.cancel_requested = false;
+    task.retry_at = None;
+    task.finished_at = None;
+    task.duration_ms = None;
+    task.success = None;
+    task.result = None;
+}
+
+/// Refuses a task whose branch cannot be merged: one not completed (a task waiting for review
+/// is approved first), or whose branch was merged or discarded already.
+pub fn check_mergeable(task: &Task) -> Result<(), StoreError> {
+    let hint = match task.status {
+        TaskStatus::Completed => return check_branch_left(task),
+        TaskStatus::Review => "approve it first (host approve)",
+        _ => "only a completed task's branch is merged",
+    };
+    Err(StoreError::WrongState {
+        id: task.id.clone(),
+        status: task.status,
+        hint,
+    })
+}
+
+/// Refuses a task whose branch cannot be discarded: one not finished (a running task is
+/// still making it; one waiting for review is rejected or cancelled first), or whose branch
+/// was merged or discarded already.
+pub fn check_discardable(task: &Task) -> Result<(), StoreError> {
+    let hint = match task.status {
+        status if status.is_finished() => return check_branch_left(task),
+        TaskStatus::Review => "reject or cancel it first",
+        _ => "its attempt has not ended (cancel it first)",
+    };
+    Err(StoreError::WrongState {
+        id: task.id.clone(),
+        status: task.status,
+        hint,
+    })
+}
+
+/// Refuses a task whose branch was merged or discarded.
+fn check_branch_left(task: &Task) -> Result<(), StoreError> {
+    match &task.branch_state {
+        Some(b) if b.state != BranchOutcome::Conflict => Err(StoreError::InvalidTask(format!(
+            "task {}: its branch was {} already",
+            task.id,
+            b.state.as_str()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Records what became of a finished task's branch (`host merge`, `host discard`): `into` is
@@ -538,12 +595,9 @@ pub fn note_branch(
     files: &[String],
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    if !task.status.is_finished() {
-        return Err(StoreError::WrongState {
-            id: task.id.clone(),
-            status: task.status,
-            hint: "only a finished task's branch can be merged or discarded",
-        });
+    match state {
+        BranchOutcome::Discarded => check_discardable(task)?,
+        BranchOutcome::Merged | BranchOutcome::Conflict => check_mergeable(task)?,
     }
     task.branch_state = Some(BranchState {
         state,
@@ -585,14 +639,16 @@ pub fn edit(tx: &mut impl TaskTx, id: &str, edit: &crate::TaskEdit) -> Result<Ta
 /// Refuses a task that is neither failed nor cancelled, which cannot be retried: the state rule
 /// [`retry`] applies, for callers that check many tasks before changing any.
 pub fn check_retryable(task: &Task) -> Result<(), StoreError> {
-    if !matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled) {
-        return Err(StoreError::WrongState {
-            id: task.id.clone(),
-            status: task.status,
-            hint: "only a failed or cancelled task can be retried",
-        });
-    }
-    Ok(())
+    let hint = match task.status {
+        TaskStatus::Failed | TaskStatus::Cancelled => return Ok(()),
+        TaskStatus::Review => "its change waits for review: reject it to run it again",
+        _ => "only a failed or cancelled task can be retried",
+    };
+    Err(StoreError::WrongState {
+        id: task.id.clone(),
+        status: task.status,
+        hint,
+    })
 }
 
 /// Puts a failed or cancelled task back: pending, or blocked while a task it comes after is
@@ -610,14 +666,7 @@ pub fn retry(tx: &mut impl TaskTx, task: &mut Task) -> Result<(), StoreError> {
             )));
         }
     };
-    task.cancelled_by = None;
-    task.max_attempts = task.max_attempts.max(task.attempts + 1);
-    task.cancel_requested = false;
-    task.retry_at = None;
-    task.finished_at = None;
-    task.duration_ms = None;
-    task.success = None;
-    task.result = None;
+    requeue(task);
     Ok(())
 }
 

@@ -175,6 +175,9 @@ fn fan_out(
 ) -> anyhow::Result<Vec<NewTask>> {
     let types =
         match fanout {
+            FanOut::Copies(n) if task.task_type.is_empty() => {
+                bail!("--fanout {n} copies a task: give its --type (or a list of roles instead)")
+            }
             FanOut::Copies(n) => vec![task.task_type.clone(); *n],
             FanOut::Roles(roles) => {
                 if !task.task_type.is_empty() {

@@ -48,21 +48,22 @@ pub fn patch(id: &str, record: &Record) -> anyhow::Result<String> {
 }
 
 /// Merges a completed task's branch into its base branch and records it on the task; answers
-/// what was said. The branches of its fan-out siblings are discarded. A conflict is recorded on
-/// the task (`status` shows it) and runs the `[hooks] conflict` command.
+/// what was said. Its fan-out siblings are settled: those not finished are cancelled, and
+/// their branches discarded. A conflict is recorded on the task (`status` shows it) and runs
+/// the `[hooks] conflict` command.
 pub fn merge_task(settings: &Settings, id: &str, style: MergeStyle) -> anyhow::Result<String> {
     let store = open_store(settings)?;
     let task = store.get(id)?;
-    if task.status != TaskStatus::Completed {
-        let hint = if task.status == TaskStatus::Review {
-            format!("approve it first (`host approve {id}`)")
-        } else {
-            format!("`host diff {id}` shows it, `host discard {id}` drops it")
-        };
-        anyhow::bail!(
-            "task {id} is {}: only a completed task's branch is merged ({hint})",
-            task.status
-        );
+    lifecycle::check_mergeable(&task)?;
+    for sibling in &task.siblings {
+        if let Ok(other) = store.get(sibling)
+            && other.branch_state.as_ref().map(|b| b.state) == Some(BranchOutcome::Merged)
+        {
+            anyhow::bail!(
+                "task {id}: task {sibling}, another copy of the same task (--fanout), was merged \
+                 already; `host discard {id}` drops this one"
+            );
+        }
     }
     let record = record(&task)?;
     let message =
@@ -95,55 +96,66 @@ pub fn merge_task(settings: &Settings, id: &str, style: MergeStyle) -> anyhow::R
         "merged {} into {into} and deleted the branch",
         record.branch
     );
-    store.update(id, &|t, now| {
+    // The merge is done: failing to record it must not say otherwise.
+    if let Err(err) = store.update(id, &|t, now| {
         lifecycle::note_branch(t, BranchOutcome::Merged, Some(&into), &[], now)
-    })?;
-    let mut dropped = Vec::new();
+    }) {
+        eprintln!("warning: task {id}: the merge was not recorded on the task: {err}");
+    }
+    let mut settled = Vec::new();
     for sibling in &task.siblings {
-        match discard_sibling(&store, sibling) {
-            Ok(Some(branch)) => dropped.push(format!("{branch} (task {sibling})")),
+        match settle_sibling(&store, sibling) {
+            Ok(Some(what)) => settled.push(what),
             Ok(None) => {}
-            Err(err) => eprintln!("warning: task {sibling}, fanned out with {id}: {err:#}"),
+            Err(err) => eprintln!("warning: task {sibling}, a copy of task {id}: {err:#}"),
         }
     }
-    if !dropped.is_empty() {
+    if !settled.is_empty() {
         said.push_str(&format!(
-            "; discarded the other fan-out branches: {}",
-            dropped.join(", ")
+            "; the other copies (--fanout): {}",
+            settled.join(", ")
         ));
     }
     Ok(said)
 }
 
-/// Deletes the branch of a fan-out sibling of a merged task, unless it has none or was merged
-/// or discarded already: the branch deleted, or `None`.
-fn discard_sibling(store: &Store, id: &str) -> anyhow::Result<Option<String>> {
-    let task = store.get(id)?;
-    let settled = task
-        .branch_state
-        .as_ref()
-        .is_some_and(|b| b.state != BranchOutcome::Conflict);
-    match record(&task) {
-        Ok(record) if !settled => drop_branch(store, &task, &record).map(Some),
-        _ => Ok(None),
+/// Settles a fan-out copy of a merged task: cancelled if it has not finished (a running one is
+/// asked to stop, and keeps what branch it makes), its branch discarded if it has one left.
+/// Says what was done, or `None` when nothing was left to do.
+fn settle_sibling(store: &Store, id: &str) -> anyhow::Result<Option<String>> {
+    let mut task = store.get(id)?;
+    let mut done = Vec::new();
+    if !task.status.is_finished() {
+        task = store.cancel(id)?;
+        done.push(if task.status == TaskStatus::Running {
+            "asked to stop"
+        } else {
+            "cancelled"
+        });
     }
+    if lifecycle::check_discardable(&task).is_ok()
+        && let Ok(record) = record(&task)
+    {
+        drop_branch(store, &task, &record)?;
+        done.push("branch discarded");
+    }
+    Ok((!done.is_empty()).then(|| format!("task {id} {}", done.join(", "))))
 }
 
-/// Deletes a task's branch and, when the task has finished, records that on it.
+/// Deletes a finished task's branch and records that on it.
 fn drop_branch(store: &Store, task: &Task, record: &Record) -> anyhow::Result<String> {
     worktrees::discard(record).with_context(|| format!("task {}", task.id))?;
-    if task.status.is_finished() {
-        store.update(&task.id, &|t, now| {
-            lifecycle::note_branch(t, BranchOutcome::Discarded, None, &[], now)
-        })?;
-    }
+    store.update(&task.id, &|t, now| {
+        lifecycle::note_branch(t, BranchOutcome::Discarded, None, &[], now)
+    })?;
     Ok(record.branch.clone())
 }
 
-/// Deletes the task's branch and records it; answers what was said.
+/// Deletes the branch of a finished task and records it; answers what was said.
 pub fn discard_task(settings: &Settings, id: &str) -> anyhow::Result<String> {
     let store = open_store(settings)?;
     let task = store.get(id)?;
+    lifecycle::check_discardable(&task)?;
     let branch = drop_branch(&store, &task, &record(&task)?)?;
     Ok(format!("deleted {branch}"))
 }
@@ -194,8 +206,16 @@ pub fn discard(settings: &Settings, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `host approve`.
+/// `host approve`: every id is checked first, so that one not waiting for review approves
+/// nothing.
 pub fn approve(settings: &Settings, ids: &[String]) -> anyhow::Result<()> {
+    let store = open_store(settings)?;
+    for id in ids {
+        store
+            .get(id)
+            .and_then(|task| lifecycle::check_in_review(&task))
+            .map_err(|err| anyhow!("nothing was approved: {err}"))?;
+    }
     for id in ids {
         outln!("{}", approve_task(settings, id)?);
     }

@@ -79,6 +79,7 @@ pub fn cancel(settings: &Settings, ids: &[String], task_type: Option<&str>) -> a
                 TaskStatus::Pending,
                 TaskStatus::Blocked,
                 TaskStatus::Running,
+                TaskStatus::Review,
             ];
             ids_of(&store, &unfinished, Some(task_type))?
         }

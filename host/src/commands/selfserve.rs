@@ -375,10 +375,25 @@ pub fn finish_task(
 ) -> anyhow::Result<Task> {
     let store = open_store(settings)?;
     let held = lease_of(&store, id, token)?;
+    // A success of a role that asks for review waits for it, as a worker's would.
+    let config = Config::load(&store)?;
+    let outcome = match outcome {
+        Outcome::Success(result) => {
+            let holder = store.workers()?.into_iter().find(|w| w.name == held.worker);
+            let task_type = store.get(id)?.task_type;
+            if config.review_for(holder.as_ref().map(|w| w.role.as_str()), &task_type) {
+                Outcome::ForReview(result)
+            } else {
+                Outcome::Success(result)
+            }
+        }
+        other => other,
+    };
     let task = store
         .finish(&held, outcome)
         .context("the outcome was not recorded")?;
     update_holder(&store, &held.worker, None, None, None)?;
+    crate::hooks::announce(&config.hooks, &task);
     Ok(task)
 }
 
@@ -437,10 +452,14 @@ pub fn logs(settings: &Settings, id: &str, follow: bool) -> anyhow::Result<()> {
             return Ok(());
         }
         let task = store.get(id)?;
-        if task.status.is_finished() {
+        // A task waiting for review waits for a person, not for more lines.
+        if task.status.is_finished() || task.status == queue::TaskStatus::Review {
             let (rest, _) = store.read_log(id, offset)?;
             crate::commands::out!("{rest}");
             // The exit status tells a script how the task ended.
+            if task.status == queue::TaskStatus::Review {
+                bail!("task {id} waits for review (host approve {id} / host reject {id})");
+            }
             if task.status != queue::TaskStatus::Completed {
                 bail!(
                     "task {id} {}: {}",

@@ -60,7 +60,8 @@ pub struct WorkerView {
 }
 
 impl StatusReport {
-    /// Reads the counts the store keeps and the worker records; no task is read.
+    /// Reads the counts the store keeps and the worker records; of the tasks, only those
+    /// waiting for a person (review, conflicts) are read, at most [`ATTENTION_SHOWN`] of each.
     pub fn read(settings: &Settings) -> anyhow::Result<StatusReport> {
         let store = open_store(settings)?;
         let summary = store.summary()?;
@@ -125,9 +126,15 @@ impl StatusReport {
         })
     }
 
-    /// Tasks that are pending, blocked or running.
+    /// Tasks that are pending, blocked or running: still to be done by workers. Tasks that
+    /// wait for review, and those blocked only behind them, wait for a person instead: with
+    /// nothing pending or running, none of them is counted.
     pub fn unfinished(&self) -> usize {
-        self.counts["pending"] + self.counts["blocked"] + self.counts["running"]
+        let moving = self.counts["pending"] + self.counts["running"];
+        if moving == 0 && self.counts["review"] > 0 {
+            return 0;
+        }
+        moving + self.counts["blocked"]
     }
 
     /// The human form.

@@ -273,7 +273,7 @@ fn run_plain(settings: &Settings, interval: Duration, follow: bool) -> anyhow::R
         let mut out = anstream::stdout().lock();
         writeln!(out, "{}", report.render())?;
         if !follow && report.unfinished() == 0 {
-            writeln!(out, "Nothing pending, blocked or running.")?;
+            writeln!(out, "Nothing pending, blocked or running for the workers.")?;
             return Ok(());
         }
         out.flush()?;

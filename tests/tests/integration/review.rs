@@ -80,9 +80,15 @@ fn a_change_waits_for_review_and_a_rejection_tells_the_next_attempt_why() {
     );
     let line = q.fails(&["merge", &id]);
     assert!(
-        line.contains(&format!("approve it first (`host approve {id}`)")),
+        line.contains(&format!(
+            "task {id} is review: approve it first (host approve)"
+        )),
         "{line}"
     );
+    let line = q.fails(&["discard", &id]);
+    assert!(line.contains("reject or cancel it first"), "{line}");
+    let line = q.fails(&["retry", &id]);
+    assert!(line.contains("reject it to run it again"), "{line}");
     let line = q.fails(&["approve", &after]);
     assert!(
         line.contains(&format!("task {after} is blocked")) && line.contains("waiting for review"),
@@ -181,7 +187,7 @@ fn a_fanned_out_task_runs_side_by_side_and_merging_one_discards_the_others() {
     let said = q.ok(&["merge", &ids[1]]);
     assert!(
         said.contains(&format!(
-            "discarded the other fan-out branches: host/task-{0} (task {0}), host/task-{1} (task {1})",
+            "the other copies (--fanout): task {} branch discarded, task {} branch discarded",
             ids[0], ids[2]
         )),
         "{said}"
@@ -198,6 +204,43 @@ fn a_fanned_out_task_runs_side_by_side_and_merging_one_discards_the_others() {
     ] {
         assert_eq!(q.task(id)["branchState"]["state"], state, "task {id}");
     }
+    let line = q.fails(&["merge", &ids[0]]);
+    assert!(line.contains("its branch was discarded already"), "{line}");
+
+    // Copies that have not run when one is merged are cancelled: their work is not wanted.
+    let more: Vec<String> = q
+        .ok(&["add", "--type", "edit", "--target", target, "--fanout", "2"])
+        .lines()
+        .map(String::from)
+        .collect();
+    let claimed: Value =
+        serde_json::from_str(&q.ok(&["claim", "--role", "editor", "--json"])).unwrap();
+    assert_eq!(claimed["id"], more[0].as_str());
+    let token = claimed["leaseToken"].as_str().unwrap();
+    git(&repo, &["branch", &format!("host/task-{}", more[0])]);
+    let record = json!({"worktree": {
+        "repository": repo, "branch": format!("host/task-{}", more[0]), "baseBranch": "main",
+        "base": git(&repo, &["rev-parse", "HEAD"]).trim(), "commits": [], "diffstat": "",
+        "changedFiles": []}});
+    q.ok(&[
+        "complete",
+        &more[0],
+        "--token",
+        token,
+        "--result",
+        &record.to_string(),
+    ]);
+    let said = q.ok(&["merge", &more[0]]);
+    assert!(
+        said.contains(&format!("task {} cancelled", more[1])),
+        "{said}"
+    );
+    assert_eq!(q.task(&more[1])["status"], "cancelled");
+    let line = q.fails(&["add", "--fanout", "2"]);
+    assert!(
+        line.contains("--fanout 2 copies a task: give its --type"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -243,4 +286,32 @@ fn a_fan_out_over_roles_gives_each_role_a_type_of_its_own() {
     assert_eq!(q.results().len(), 0);
     let listed: Vec<Value> = serde_json::from_str(&q.ok(&["list", "--json"])).unwrap();
     assert_eq!(listed.len(), 2, "nothing of a refused fan-out was added");
+}
+
+#[test]
+fn an_assistant_completing_a_reviewed_task_itself_leaves_it_waiting_for_review() {
+    let q = TestQueue::new();
+    let heard = q.scratch.join("review.json");
+    let toml = format!(
+        "[roles.noop]\nhandler = \"noop\"\nreview = \"required\"\n\n\
+         [hooks]\nreview = [\"sh\", \"-c\", \"cat > \\\"$0\\\"\", {:?}]\n",
+        heard.display().to_string()
+    );
+    fs::write(q.queue.join("host.toml"), toml).unwrap();
+    let id = q.add(&["--type", "noop"]);
+    let after = q.add(&["--type", "noop", "--after", &id]);
+    let claimed: Value =
+        serde_json::from_str(&q.ok(&["claim", "--role", "noop", "--json"])).unwrap();
+    let token = claimed["leaseToken"].as_str().unwrap();
+    let said = q.ok(&["complete", &id, "--token", token]);
+    assert_eq!(said.trim(), format!("task {id}: review"));
+    assert!(heard.exists(), "the review hook ran");
+    // Nothing is left for the workers: `watch` (plain, not on a terminal) ends rather than
+    // waiting for a person.
+    let watched = q.ok(&["watch"]);
+    assert!(watched.contains("waiting for review"), "{watched}");
+    let line = q.fails(&["logs", &id, "--follow"]);
+    assert!(line.contains("waits for review"), "{line}");
+    q.ok(&["approve", &id]);
+    assert_eq!(q.task(&after)["status"], "pending");
 }

@@ -805,7 +805,7 @@ fn the_dashboard_shows_a_worktree_tasks_branch_and_merges_it() {
         body["error"]
             .as_str()
             .unwrap()
-            .contains("merged or discarded already")
+            .contains("its branch was merged already")
     );
 }
 
