@@ -515,6 +515,26 @@ pub fn discard(record: &Record) -> Result<(), Error> {
         .map(drop)
 }
 
+/// Deletes the branches earlier attempts at task `id` left (`host/task-ID-attempt-N`), kept
+/// for inspection while the task was open; says which. For when its change was merged or
+/// discarded.
+pub fn discard_earlier_attempts(record: &Record, id: &str) -> Result<Vec<String>, Error> {
+    let repo = Repo {
+        root: record.repository.clone(),
+    };
+    let pattern = format!("refs/heads/{}-attempt-*", branch_of(id));
+    let listed = repo.git(&["for-each-ref", "--format=%(refname:short)", &pattern])?;
+    let earlier: Vec<String> = listed
+        .lines()
+        .filter(|b| is_branch_of(b, id) && *b != record.branch)
+        .map(str::to_string)
+        .collect();
+    for branch in &earlier {
+        repo.git(&["branch", "-D", branch])?;
+    }
+    Ok(earlier)
+}
+
 fn repo_of(record: &Record) -> Result<Repo, Error> {
     let repo = Repo {
         root: record.repository.clone(),

@@ -93,8 +93,9 @@ pub fn merge_task(settings: &Settings, id: &str, style: MergeStyle) -> anyhow::R
     }
     let into = merged.with_context(|| format!("task {id}"))?;
     let mut said = format!(
-        "merged {} into {into} and deleted the branch",
-        record.branch
+        "merged {} into {into} and deleted the branch{}",
+        record.branch,
+        earlier_attempts(&record, id)
     );
     // The merge is done: failing to record it must not say otherwise.
     if let Err(err) = store.update(id, &|t, now| {
@@ -142,13 +143,32 @@ fn settle_sibling(store: &Store, id: &str) -> anyhow::Result<Option<String>> {
     Ok((!done.is_empty()).then(|| format!("task {id} {}", done.join(", "))))
 }
 
-/// Deletes a finished task's branch and records that on it.
+/// Deletes a finished task's branch (and its earlier attempts') and records that on it; says
+/// what was deleted.
 fn drop_branch(store: &Store, task: &Task, record: &Record) -> anyhow::Result<String> {
     worktrees::discard(record).with_context(|| format!("task {}", task.id))?;
     store.update(&task.id, &|t, now| {
         lifecycle::note_branch(t, BranchOutcome::Discarded, None, &[], now)
     })?;
-    Ok(record.branch.clone())
+    Ok(format!(
+        "{}{}",
+        record.branch,
+        earlier_attempts(record, &task.id)
+    ))
+}
+
+/// Deletes the branches earlier attempts at a task left, now that its change was merged or
+/// discarded; says which, for the end of a sentence. A failure is only a warning: the task's
+/// own branch was dealt with.
+fn earlier_attempts(record: &Record, id: &str) -> String {
+    match worktrees::discard_earlier_attempts(record, id) {
+        Ok(earlier) if earlier.is_empty() => String::new(),
+        Ok(earlier) => format!(" (and the earlier attempts' {})", earlier.join(", ")),
+        Err(err) => {
+            eprintln!("warning: task {id}: earlier attempts' branches were kept: {err}");
+            String::new()
+        }
+    }
 }
 
 /// Deletes the branch of a finished task and records it; answers what was said.

@@ -130,7 +130,19 @@ fn a_change_waits_for_review_and_a_rejection_tells_the_next_attempt_why() {
     assert_eq!(task["status"], "completed");
     assert_eq!(task["reviews"][1]["verdict"], "approved");
     assert_eq!(q.task(&after)["status"], "pending");
-    q.ok(&["merge", &id]);
+    // The rejected attempt's branch stayed for inspection until now.
+    assert_eq!(
+        git(&repo, &["branch", "--list", "host/*"]),
+        format!("  host/task-{id}\n  host/task-{id}-attempt-1\n")
+    );
+    let said = q.ok(&["merge", &id]);
+    assert!(
+        said.contains(&format!(
+            "(and the earlier attempts' host/task-{id}-attempt-1)"
+        )),
+        "{said}"
+    );
+    assert_eq!(git(&repo, &["branch", "--list", "host/*"]), "");
     assert_eq!(q.task(&id)["branchState"]["state"], "merged");
     assert_eq!(
         fs::read_to_string(repo.join("shared.txt")).unwrap(),
