@@ -813,14 +813,7 @@ fn open_worktree(
         .or_else(|| settings.get("base"))
         .and_then(Value::as_str)
         .map(String::from);
-    // The prerequisites' branches in this repository, as their results recorded them.
-    let after = prerequisites
-        .iter()
-        .filter_map(|t| t.result.as_ref()?.get("worktree").cloned())
-        .filter_map(|w| serde_json::from_value::<worktrees::Record>(w).ok())
-        .filter(|w| w.repository == repo.root)
-        .map(|w| w.branch)
-        .collect();
+    let after = crate::paths::prerequisite_branches(repo, prerequisites);
     let base = worktrees::Base { named, after };
     let checkout = worktrees::start(repo, &task.id, &base)
         .map_err(|err| format!("worktree of task {}: {err}", task.id))?;

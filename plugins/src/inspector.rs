@@ -10,7 +10,7 @@ use std::path::Path;
 
 use plugin_api::{Context, HandlerError, Role, Task, Value, json};
 
-use crate::paths::target;
+use crate::paths::{Workplace, target};
 
 /// Describes the target.
 pub struct Inspector;
@@ -102,7 +102,9 @@ impl Role for Inspector {
     }
 
     fn handle(&self, task: &Task, ctx: &Context<'_>) -> Result<Value, HandlerError> {
-        let root = target(task)?;
+        // After agent tasks not merged yet, their changes are what is inspected.
+        let place = Workplace::for_task(task, target(task)?, &ctx.prerequisites(), ctx)?;
+        let root = place.dir();
         let keep_largest = task
             .payload
             .get("largest")
@@ -170,8 +172,8 @@ impl Role for Inspector {
                 )
             })
             .collect();
-        Ok(json!({
-            "target": root,
+        let mut result = json!({
+            "target": task.target,
             "files": files,
             "dirs": dirs,
             "bytes": bytes,
@@ -181,7 +183,11 @@ impl Role for Inspector {
                 .map(|(size, path)| json!({ "path": path, "bytes": size }))
                 .collect::<Vec<_>>(),
             "projects": projects,
-        }))
+        });
+        if !place.branches().is_empty() {
+            result["branches"] = json!(place.branches());
+        }
+        Ok(result)
     }
 }
 

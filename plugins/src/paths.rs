@@ -70,3 +70,88 @@ pub fn safe_parent(root: &Path, rel: &Path) -> Result<PathBuf, String> {
     }
     Ok(dir)
 }
+
+/// The branches that `prerequisites` (agent tasks run in worktrees) left in `repo` and that
+/// are still there (not merged or discarded yet), in their order.
+pub fn prerequisite_branches(repo: &worktrees::Repo, prerequisites: &[Task]) -> Vec<String> {
+    prerequisites
+        .iter()
+        .filter_map(|t| t.result.as_ref()?.get("worktree").cloned())
+        .filter_map(|w| plugin_api::serde_json::from_value::<worktrees::Record>(w).ok())
+        .filter(|w| w.repository == repo.root && repo.has_branch(&w.branch))
+        .map(|w| w.branch)
+        .collect()
+}
+
+/// Where a role that reads or runs the target without changing it (the tester, the inspector)
+/// works: the target itself, or, when tasks it comes after left their changes on worktree
+/// branches of the target's repository (agent tasks not merged yet), a throwaway worktree with
+/// those branches merged, so that a plan's `test` step tests the writer's change before anyone
+/// merges it. The worktree and its branch are removed when this is dropped.
+pub struct Workplace {
+    dir: PathBuf,
+    checkout: Option<worktrees::Checkout>,
+    branches: Vec<String>,
+}
+
+impl Workplace {
+    /// The place for `task`, whose target is `target`, coming after `prerequisites`.
+    pub fn for_task(
+        task: &Task,
+        target: &Path,
+        prerequisites: &[Task],
+        ctx: &plugin_api::Context<'_>,
+    ) -> Result<Workplace, String> {
+        let in_place = || Workplace {
+            dir: target.to_path_buf(),
+            checkout: None,
+            branches: Vec::new(),
+        };
+        let Some(repo) = worktrees::Repo::containing(target) else {
+            return Ok(in_place());
+        };
+        let branches = prerequisite_branches(&repo, prerequisites);
+        if branches.is_empty() {
+            return Ok(in_place());
+        }
+        let base = worktrees::Base {
+            named: None,
+            after: branches.clone(),
+        };
+        let checkout = worktrees::start(&repo, &task.id, &base)
+            .map_err(|err| format!("worktree of task {}: {err}", task.id))?;
+        let workplace = Workplace {
+            dir: checkout.folder_for(target),
+            checkout: Some(checkout),
+            branches,
+        };
+        if let Some(checkout) = &workplace.checkout {
+            checkout
+                .copy_included(&[])
+                .map_err(|err| format!("worktree of task {}: {err}", task.id))?;
+        }
+        ctx.log(&format!(
+            "working on {} as the tasks it comes after left it, in a throwaway worktree",
+            workplace.branches.join(" + ")
+        ));
+        Ok(workplace)
+    }
+
+    /// The folder to work in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The branches whose changes the folder holds (none: it is the target itself).
+    pub fn branches(&self) -> &[String] {
+        &self.branches
+    }
+}
+
+impl Drop for Workplace {
+    fn drop(&mut self) {
+        if let Some(checkout) = self.checkout.take() {
+            checkout.abandon();
+        }
+    }
+}

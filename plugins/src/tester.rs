@@ -7,8 +7,13 @@
 //! target). The command runs with the task's timeout (default 10 minutes) and is killed, with
 //! its whole process group, when it runs over or the task is cancelled.
 //!
-//! Result: `command`, `exitCode`, `durationMs`, `timedOut` and `outputTail` (the last lines of
-//! stdout and stderr together). A non-zero exit fails the task with the same result attached.
+//! A test task that comes after agent tasks whose changes are on worktree branches of the
+//! target's repository (not merged yet) runs on those changes, in a throwaway worktree of them
+//! (see [`Workplace`]), not in the user's checkout.
+//!
+//! Result: `command`, `exitCode`, `durationMs`, `timedOut`, `outputTail` (the last lines of
+//! stdout and stderr together) and `branches` (the branches tested, when not the target
+//! itself). A non-zero exit fails the task with the same result attached.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,7 +21,7 @@ use std::time::Duration;
 use plugin_api::{Context, HandlerError, Role, Task, Value, json};
 
 use crate::command::{self, Limits};
-use crate::paths::target;
+use crate::paths::{Workplace, target};
 
 /// Runs the target's tests.
 pub struct Tester;
@@ -75,7 +80,8 @@ impl Role for Tester {
     }
 
     fn handle(&self, task: &Task, ctx: &Context<'_>) -> Result<Value, HandlerError> {
-        let dir = target(task)?;
+        let place = Workplace::for_task(task, target(task)?, &ctx.prerequisites(), ctx)?;
+        let dir = place.dir();
         let argv = match payload_command(task)? {
             Some(argv) => argv,
             None => detect_command(dir).ok_or_else(|| {
@@ -90,13 +96,16 @@ impl Role for Tester {
         let shown = argv.join(" ");
         ctx.progress(0, &format!("running {shown}"));
         let run = command::run(&argv, dir, None, limits, ctx)?;
-        let result = json!({
+        let mut result = json!({
             "command": argv,
             "exitCode": run.status.code(),
             "durationMs": run.duration.as_millis() as u64,
             "timedOut": run.timed_out || run.stop == Some(plugin_api::StopReason::TimedOut),
             "outputTail": run.tail,
         });
+        if !place.branches().is_empty() {
+            result["branches"] = json!(place.branches());
+        }
         ctx.progress(100, &format!("{shown} finished"));
         match run.failure(&format!("`{shown}`"), limits) {
             None => Ok(result),

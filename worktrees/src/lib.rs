@@ -101,7 +101,8 @@ impl Repo {
         }
     }
 
-    fn has_branch(&self, branch: &str) -> bool {
+    /// Whether the repository has a local branch of this name.
+    pub fn has_branch(&self, branch: &str) -> bool {
         self.git(&[
             "rev-parse",
             "--verify",

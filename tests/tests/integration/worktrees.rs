@@ -196,6 +196,75 @@ fn a_task_after_another_starts_from_its_branch() {
 }
 
 #[test]
+fn a_test_after_an_agent_task_tests_its_change_before_it_is_merged() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_editor(&q);
+    // The repository's own list of ignored files a worktree gets (itself ignored).
+    fs::write(repo.join(".worktreeinclude"), ".env\n").unwrap();
+    fs::write(repo.join(".git/info/exclude"), ".worktreeinclude\n").unwrap();
+    let target = repo.to_str().unwrap();
+    let edit = q.add(&["--type", "edit", "--target", target]);
+    let command = r#"{"command": ["sh", "-c", "cat shared.txt; test -f .env"]}"#;
+    let test = q.add(&[
+        "--type",
+        "test",
+        "--target",
+        target,
+        "--after",
+        &edit,
+        "--payload",
+        command,
+    ]);
+    let inspect = q.add(&["--type", "inspect", "--target", target, "--after", &edit]);
+    q.drain("editor", &[]);
+    q.drain("tester", &[]);
+    q.drain("inspector", &[]);
+    let tested = q.task(&test);
+    assert_eq!(tested["status"], "completed", "{tested:#}");
+    assert_eq!(
+        tested["result"]["outputTail"].as_str().map(str::trim),
+        Some(edit.as_str()),
+        "the test saw the editor's change: {tested:#}"
+    );
+    assert_eq!(
+        tested["result"]["branches"],
+        serde_json::json!([format!("host/task-{edit}")])
+    );
+    let inspected = q.task(&inspect);
+    assert_eq!(
+        inspected["result"]["branches"],
+        serde_json::json!([format!("host/task-{edit}")])
+    );
+    assert_eq!(inspected["result"]["target"], target);
+    // Nothing of the throwaway worktrees is left, and the user's checkout is as it was.
+    assert_eq!(
+        git(&repo, &["branch", "--list", "host/*"]),
+        format!("  host/task-{edit}\n")
+    );
+    assert_eq!(git(&repo, &["worktree", "list"]).lines().count(), 1);
+    assert_eq!(
+        fs::read_to_string(repo.join("shared.txt")).unwrap(),
+        "original\n"
+    );
+
+    // Once merged, a test after it runs in the checkout itself, which has the change.
+    q.ok(&["merge", &edit]);
+    let again = q.add(&[
+        "--type",
+        "test",
+        "--target",
+        target,
+        "--after",
+        &edit,
+        "--payload",
+        command,
+    ]);
+    q.drain("tester", &[]);
+    assert!(q.task(&again)["result"].get("branches").is_none());
+}
+
+#[test]
 fn a_target_outside_git_or_with_isolation_none_runs_in_place() {
     let q = TestQueue::new();
     let repo = repository(&q);
