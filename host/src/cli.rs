@@ -180,8 +180,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The unfinished tasks (running, pending, blocked) in the order they would be claimed,
-    /// with their priority, age, and what each waits for or who holds it.
+    /// The unfinished tasks (waiting for review, running, pending, blocked) in the order they
+    /// would be claimed, with their priority, age, and what each waits for or who holds it.
     #[command(visible_alias = "tasks")]
     List(ListArgs),
     /// Wait until tasks are finished: the ids given, else those of --type, else every

@@ -588,7 +588,8 @@ pub trait QueueStore: Send + Sync {
 
     /// True while a worker of `types` has something to wait for: a task of its types that is
     /// pending (and not paused; a retry waiting out its backoff counts) or running, or blocked
-    /// behind a task that is pending or running.
+    /// behind a task that is pending or running. A task waiting for review waits for a person,
+    /// not for a worker.
     fn has_work(&self, types: &[String]) -> Result<bool, StoreError>;
 
     /// Returns the leases that ran out to pending (after a backoff), or fails their tasks when

@@ -124,7 +124,11 @@ pub fn merge_task(settings: &Settings, id: &str, style: MergeStyle) -> anyhow::R
 /// asked to stop, and keeps what branch it makes), its branch discarded if it has one left.
 /// Says what was done, or `None` when nothing was left to do.
 fn settle_sibling(store: &Store, id: &str) -> anyhow::Result<Option<String>> {
-    let mut task = store.get(id)?;
+    let mut task = match store.get(id) {
+        // Removed since (`host rm`, a purge): nothing is left of it.
+        Err(queue::StoreError::NotFound(_)) => return Ok(None),
+        found => found?,
+    };
     let mut done = Vec::new();
     if !task.status.is_finished() {
         task = store.cancel(id)?;

@@ -168,7 +168,7 @@ pub fn check_pausable(
         PauseScope::Type(task_type) => check_type_known(settings, store, task_type, "paused"),
         PauseScope::Task(id) => {
             let status = store.get(id)?.status;
-            if status.is_finished() {
+            if status.is_finished() || status == TaskStatus::Review {
                 anyhow::bail!("task {id} is {status}: pausing it would stop nothing");
             }
             Ok(())

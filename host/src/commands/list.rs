@@ -1,5 +1,5 @@
-//! `host list`: the unfinished tasks (pending, blocked, running) with what each waits for or
-//! who holds it; and `host wait`: block until tasks are finished.
+//! `host list`: the unfinished tasks (waiting for review, running, pending, blocked) with what
+//! each waits for or who holds it; and `host wait`: block until tasks are finished.
 
 use std::time::{Duration, Instant};
 
