@@ -15,10 +15,12 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+#[cfg(unix)]
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::StoreError;
+use crate::os::{self, private_file};
 
 /// The database's file name in the folder.
 pub const DATABASE: &str = "queue.db";
@@ -55,11 +57,7 @@ impl QueueFolder {
 
     /// Like [`QueueFolder::create`], in a folder of the earlier format too (to import it).
     pub fn create_over_old_format(root: &Path) -> Result<QueueFolder, StoreError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(io_err(root))?;
+        os::create_private_dir_all(root).map_err(io_err(root))?;
         let folder = QueueFolder::checked(root)?;
         folder.tighten_files()?;
         Ok(folder)
@@ -116,11 +114,11 @@ impl QueueFolder {
         }
     }
 
-    /// The folder itself, opened for an OS lock (flock) that serialises writers: it cannot be
-    /// deleted from under the workers as a lock file could, and it wakes the next waiter at
-    /// once instead of leaving it to sleep and retry.
+    /// What writers take an OS lock on, which serialises them and wakes the next waiter at
+    /// once instead of leaving it to sleep and retry: the folder itself on Unix (see
+    /// [`os::writers_lock`]).
     pub(crate) fn writers_lock(&self) -> Result<File, StoreError> {
-        File::open(&self.root).map_err(io_err(&self.root))
+        os::writers_lock(&self.root).map_err(io_err(&self.root))
     }
 
     /// The doorbell: a one-byte file rewritten whenever work may have become claimable. Idle
@@ -136,10 +134,14 @@ impl QueueFolder {
     /// Rewrites the doorbell in place (no new inode, no rename). A failure only delays pickup
     /// until the workers' next poll, so it is not an error of the operation.
     pub fn ring_doorbell(&self) {
-        use std::os::unix::fs::FileExt as _;
         let path = self.root.join(DOORBELL);
-        if let Ok(file) = private_file().create(true).write(true).open(&path) {
-            let _ = file.write_all_at(b"1", 0);
+        if let Ok(file) = private_file()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+        {
+            let _ = os::write_at(&file, b"1", 0);
         }
     }
 
@@ -167,11 +169,7 @@ impl QueueFolder {
     pub fn read_log(&self, id: &str, from: u64) -> Result<(String, u64), StoreError> {
         use std::io::{Read, Seek};
         let path = self.log_path(id);
-        let mut file = match File::options()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-        {
+        let mut file = match os::reading_no_follow().open(&path) {
             Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok((String::new(), 0)),
             Err(err) => return Err(io_err(&path)(err)),
@@ -199,9 +197,11 @@ impl QueueFolder {
             };
         };
         // A new file renamed over the old one: a reader sees the old text or the new, whole.
-        let mut file = tempfile::Builder::new()
-            .prefix(".host.toml.")
-            .permissions(fs::Permissions::from_mode(0o600))
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".host.toml.");
+        #[cfg(unix)]
+        builder.permissions(fs::Permissions::from_mode(0o600));
+        let mut file = builder
             .tempfile_in(&self.root)
             .map_err(io_err(&self.root))?;
         file.write_all(text.as_bytes())
@@ -250,16 +250,18 @@ impl QueueFolder {
             .into_iter()
             .filter_map(|(path, meta)| {
                 if meta.file_type().is_symlink() {
-                    Some(format!("{} is a symlink", path.display()))
-                } else if meta.is_file() && meta.mode() & 0o077 != 0 {
-                    Some(format!(
+                    return Some(format!("{} is a symlink", path.display()));
+                }
+                // On Windows the files inherit the folder's access control list.
+                #[cfg(unix)]
+                if meta.is_file() && meta.mode() & 0o077 != 0 {
+                    return Some(format!(
                         "{} has mode {:o} (`host init` makes it 0600)",
                         path.display(),
                         meta.mode() & 0o777
-                    ))
-                } else {
-                    None
+                    ));
                 }
+                None
             })
             .collect())
     }
@@ -267,6 +269,7 @@ impl QueueFolder {
     /// Makes the files at the top of the folder and its logs owner-only (0600), as a folder
     /// written by an earlier version, or by hand, may have them readable by others.
     fn tighten_files(&self) -> Result<(), StoreError> {
+        #[cfg(unix)]
         for (path, meta) in self.entries()? {
             let loose = meta.mode() & 0o077 != 0;
             if meta.is_file() && loose && meta.uid() == effective_uid() {
@@ -282,14 +285,7 @@ impl QueueFolder {
     }
 }
 
-/// Options for opening a file in the folder: owner-only when created, never through a
-/// symlink.
-fn private_file() -> fs::OpenOptions {
-    let mut options = File::options();
-    options.mode(0o600).custom_flags(nix::libc::O_NOFOLLOW);
-    options
-}
-
+#[cfg(unix)]
 fn effective_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
@@ -301,12 +297,13 @@ fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
             path: dir.to_path_buf(),
             reason: "is a symlink; the queue writes nothing through one (remove it)".into(),
         }),
+        #[cfg(unix)]
         Ok(meta) if meta.mode() & 0o077 != 0 && meta.uid() == effective_uid() => {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
         }
         Ok(_) => Ok(()),
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            match fs::DirBuilder::new().mode(0o700).create(dir) {
+            match os::create_private_dir(dir) {
                 // Another process opening the queue made it meanwhile: check that one.
                 Err(err) if err.kind() == io::ErrorKind::AlreadyExists => ensure_private_dir(dir),
                 created => created.map_err(io_err(dir)),
@@ -318,7 +315,39 @@ fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// Makes the folder owner-only (0700), or refuses it when others can get in and this user,
 /// not its owner, cannot change that.
+#[cfg(unix)]
 fn make_private(root: &Path) -> Result<(), StoreError> {
+    let meta = folder_metadata(root)?;
+    if meta.mode() & 0o077 == 0 {
+        return Ok(());
+    }
+    fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(|err| StoreError::Unsafe {
+        path: root.to_path_buf(),
+        reason: format!(
+            "other users can read this queue folder (mode {:o}) and it cannot be made \
+                 private ({err}); its owner (uid {}) must `chmod 700` it",
+            meta.mode() & 0o7777,
+            meta.uid()
+        ),
+    })
+}
+
+/// Makes the folder private to its user (an access control list of the user alone, which the
+/// files and folders made in it inherit), or refuses it when that cannot be done.
+#[cfg(windows)]
+fn make_private(root: &Path) -> Result<(), StoreError> {
+    folder_metadata(root)?;
+    os::restrict_to_user(root).map_err(|why| StoreError::Unsafe {
+        path: root.to_path_buf(),
+        reason: format!(
+            "the queue folder cannot be made private to this user ({why}); make it so with \
+             `icacls FOLDER /inheritance:r /grant:r %USERNAME%:(OI)(CI)F`"
+        ),
+    })
+}
+
+/// The folder's metadata; refuses what is not a folder.
+fn folder_metadata(root: &Path) -> Result<fs::Metadata, StoreError> {
     let meta = fs::metadata(root).map_err(io_err(root))?;
     if !meta.is_dir() {
         return Err(StoreError::Unsafe {
@@ -326,25 +355,11 @@ fn make_private(root: &Path) -> Result<(), StoreError> {
             reason: "is not a folder".into(),
         });
     }
-    if meta.mode() & 0o077 == 0 {
-        return Ok(());
-    }
-    let tightened = fs::set_permissions(root, fs::Permissions::from_mode(0o700));
-    match tightened {
-        Ok(()) => Ok(()),
-        Err(err) => Err(StoreError::Unsafe {
-            path: root.to_path_buf(),
-            reason: format!(
-                "other users can read this queue folder (mode {:o}) and it cannot be made \
-                 private ({err}); its owner (uid {}) must `chmod 700` it",
-                meta.mode() & 0o7777,
-                meta.uid()
-            ),
-        }),
-    }
+    Ok(meta)
 }
 
 /// What kind of file system a magic number of `statfs` names, when SQLite cannot work on it.
+#[cfg(any(target_os = "linux", test))]
 fn unsafe_file_system(magic: i64) -> Option<&'static str> {
     match magic {
         0x6969 => Some("NFS"),
@@ -359,6 +374,24 @@ fn unsafe_file_system(magic: i64) -> Option<&'static str> {
 /// Refuses a folder on a network file system: SQLite's locks and its WAL's shared memory do
 /// not work there (SQLite's own documentation), so two machines would corrupt the queue.
 fn refuse_network_file_system(root: &Path) -> Result<(), StoreError> {
+    // A UNC path (`\\server\share`, `\\wsl$\Ubuntu\...`) is a network share, or a WSL
+    // distribution's files seen from Windows over 9p.
+    #[cfg(windows)]
+    {
+        use std::path::{Component, Prefix};
+        if let Some(Component::Prefix(prefix)) = root.components().next()
+            && matches!(prefix.kind(), Prefix::UNC(..) | Prefix::VerbatimUNC(..))
+        {
+            return Err(StoreError::Unsafe {
+                path: root.to_path_buf(),
+                reason: "is on a network share (or in a WSL distribution seen from Windows), \
+                         where SQLite's locking does not work and two machines or systems \
+                         would corrupt the queue: keep the queue on a local disk, or use the \
+                         PostgreSQL store"
+                    .into(),
+            });
+        }
+    }
     #[cfg(target_os = "linux")]
     {
         let stat = nix::sys::statfs::statfs(root).map_err(|errno| StoreError::Io {

@@ -32,6 +32,7 @@ pub use task_model::{
 mod folder;
 pub mod legacy;
 pub mod lifecycle;
+mod os;
 mod postgres;
 mod records;
 pub mod secret;
@@ -481,14 +482,14 @@ pub struct LibraryFile {
     pub size: u64,
     /// When it was last modified, in milliseconds since the epoch.
     pub modified_ms: u64,
-    /// Its inode: a new file renamed over the old one has another.
+    /// Its inode: a new file renamed over the old one has another (0 on Windows, where none is
+    /// compared).
     pub inode: u64,
 }
 
 impl LibraryFile {
     /// The file at `path` as it is now; `None` when it cannot be read.
     pub fn of(path: &std::path::Path) -> Option<LibraryFile> {
-        use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(path).ok()?;
         let modified = meta
             .modified()
@@ -499,7 +500,7 @@ impl LibraryFile {
             path: path.to_path_buf(),
             size: meta.len(),
             modified_ms: modified.as_millis() as u64,
-            inode: meta.ino(),
+            inode: os::file_id(&meta),
         })
     }
 }

@@ -21,7 +21,6 @@
 //! What a claim, finish or cancel does to a task is decided by [`crate::lifecycle`]; this file
 //! only stores and fetches.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -256,9 +255,7 @@ impl SqliteStore {
             let mut log = self.log.lock().expect("log lock");
             if log.is_none() {
                 // SQLite keeps the log, same file, as long as a connection (this one) is open.
-                let file = std::fs::File::options()
-                    .read(true)
-                    .custom_flags(nix::libc::O_NOFOLLOW)
+                let file = crate::os::reading_no_follow()
                     .open(&path)
                     .map_err(io_err(&path))?;
                 *log = Some(Arc::new(file));

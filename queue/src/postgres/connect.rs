@@ -96,12 +96,7 @@ impl PostgresUrl {
         if config.get_user().is_none() {
             let user = std::env::var("PGUSER")
                 .ok()
-                .or_else(|| {
-                    nix::unistd::User::from_uid(nix::unistd::getuid())
-                        .ok()
-                        .flatten()
-                        .map(|u| u.name)
-                })
+                .or_else(crate::os::user_name)
                 .unwrap_or_else(|| "postgres".into());
             config.user(&user);
         }
@@ -230,13 +225,22 @@ fn password_from_environment(config: &Config) -> Option<String> {
     }
     let file = std::env::var_os("PGPASSFILE")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".pgpass")))?;
+        .or_else(default_pgpass)?;
     pgpass_lookup(&file, config)
 }
 
+/// Where libpq looks for the password file when `PGPASSFILE` is not set.
+fn default_pgpass() -> Option<PathBuf> {
+    #[cfg(windows)]
+    let file =
+        std::env::var_os("APPDATA").map(|dir| Path::new(&dir).join(r"postgresql\pgpass.conf"));
+    #[cfg(not(windows))]
+    let file = std::env::var_os("HOME").map(|home| Path::new(&home).join(".pgpass"));
+    file
+}
+
 fn pgpass_lookup(file: &Path, config: &Config) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata(file).ok()?.mode() & 0o077 != 0 {
+    if !crate::os::owner_only(&std::fs::metadata(file).ok()?) {
         return None;
     }
     let text = std::fs::read_to_string(file).ok()?;

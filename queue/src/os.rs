@@ -1,0 +1,167 @@
+//! What differs between operating systems for a queue folder and its files: how a file is made
+//! owner-only and opened without following a link, how the folder is kept private, what the
+//! writers lock, and what names the user. Unix uses modes, `O_NOFOLLOW` and a lock on the
+//! folder itself; Windows uses the folder's access control list (inherited by its files), opens
+//! reparse points rather than their targets, and locks a file in the folder.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::Path;
+
+pub use imp::*;
+
+/// Creates `path` and its parents; the new folders are owner-only where the system says so at
+/// creation (Unix modes; on Windows [`make_private`] restricts the folder afterwards).
+pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
+    private_dir_builder().recursive(true).create(path)
+}
+
+/// Creates the folder `path` (its parent must exist), owner-only as
+/// [`create_private_dir_all`] makes them.
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    private_dir_builder().create(path)
+}
+
+#[cfg(unix)]
+mod imp {
+    use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+
+    use super::*;
+
+    pub(super) fn private_dir_builder() -> fs::DirBuilder {
+        let mut builder = fs::DirBuilder::new();
+        builder.mode(0o700);
+        builder
+    }
+
+    /// Options that create a file owner-only (0600) and never open one through a symlink.
+    pub fn private_file() -> OpenOptions {
+        let mut options = File::options();
+        options.mode(0o600).custom_flags(nix::libc::O_NOFOLLOW);
+        options
+    }
+
+    /// Options that open a file for reading, never through a symlink.
+    pub fn reading_no_follow() -> OpenOptions {
+        let mut options = File::options();
+        options.read(true).custom_flags(nix::libc::O_NOFOLLOW);
+        options
+    }
+
+    /// Writes `bytes` at `offset` of `file`, in place.
+    pub fn write_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+        file.write_all_at(bytes, offset)
+    }
+
+    /// What the writers of a queue lock: the folder itself, which cannot be deleted from under
+    /// the workers as a lock file could.
+    pub fn writers_lock(root: &Path) -> io::Result<File> {
+        File::open(root)
+    }
+
+    /// The file's identity on its disk: a new file renamed over the old one has another.
+    pub fn file_id(meta: &fs::Metadata) -> u64 {
+        meta.ino()
+    }
+
+    /// Whether only the file's owner may read it (a password file).
+    pub fn owner_only(meta: &fs::Metadata) -> bool {
+        meta.mode() & 0o077 == 0
+    }
+
+    /// The name of the user running this process.
+    pub fn user_name() -> Option<String> {
+        nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+    }
+}
+
+#[cfg(windows)]
+mod imp {
+    use std::os::windows::fs::{FileExt, OpenOptionsExt};
+    use std::process::Command;
+
+    use super::*;
+
+    /// `FILE_FLAG_OPEN_REPARSE_POINT`: open a symbolic link or junction itself, not what it
+    /// points to.
+    const OPEN_REPARSE_POINT: u32 = 0x0020_0000;
+
+    pub(super) fn private_dir_builder() -> fs::DirBuilder {
+        fs::DirBuilder::new()
+    }
+
+    /// Options that never open a file through a symbolic link; the file gets the folder's
+    /// access control list, which [`make_private`] made owner-only.
+    pub fn private_file() -> OpenOptions {
+        let mut options = File::options();
+        options.custom_flags(OPEN_REPARSE_POINT);
+        options
+    }
+
+    /// Options that open a file for reading, never through a symbolic link.
+    pub fn reading_no_follow() -> OpenOptions {
+        let mut options = File::options();
+        options.read(true).custom_flags(OPEN_REPARSE_POINT);
+        options
+    }
+
+    /// Writes `bytes` at `offset` of `file`, in place.
+    pub fn write_at(file: &File, mut bytes: &[u8], mut offset: u64) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let written = file.seek_write(bytes, offset)?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            bytes = &bytes[written..];
+            offset += written as u64;
+        }
+        Ok(())
+    }
+
+    /// What the writers of a queue lock: a file in the folder (Windows opens no folder as a
+    /// file); a file open in one process cannot be deleted by another.
+    pub fn writers_lock(root: &Path) -> io::Result<File> {
+        private_file()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(root.join("writers.lock"))
+    }
+
+    /// Windows gives no stable file identity through the standard library: none is compared.
+    pub fn file_id(_meta: &fs::Metadata) -> u64 {
+        0
+    }
+
+    /// A password file's access is judged by the folder it is in (the user's profile).
+    pub fn owner_only(_meta: &fs::Metadata) -> bool {
+        true
+    }
+
+    /// The name of the user running this process.
+    pub fn user_name() -> Option<String> {
+        std::env::var("USERNAME").ok().filter(|u| !u.is_empty())
+    }
+
+    /// Restricts the folder to its user: inherited entries removed, full control for the user
+    /// alone, passed on to every file and folder made in it. Done with `icacls`, which every
+    /// Windows has, rather than the security API by hand.
+    pub fn restrict_to_user(root: &Path) -> Result<(), String> {
+        let user = user_name().ok_or("USERNAME is not set")?;
+        let output = Command::new("icacls")
+            .arg(root)
+            .args(["/inheritance:r", "/grant:r"])
+            .arg(format!("{user}:(OI)(CI)F"))
+            .output()
+            .map_err(|err| format!("icacls could not run: {err}"))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let said = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        Err(format!("icacls refused ({}): {said}", output.status))
+    }
+}
