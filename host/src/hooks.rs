@@ -36,7 +36,16 @@ pub fn run(command: &[String], event: &str, task: &Task) -> Result<(), String> {
     }
     let started = Instant::now();
     loop {
-        match child.try_wait().map_err(|err| fail(err.to_string()))? {
+        let waited = match child.try_wait() {
+            // A worker reaps the orphans its plugins leave, and may reap this child first: it
+            // has ended, and how is not known.
+            #[cfg(unix)]
+            Err(err) if err.raw_os_error() == Some(nix::errno::Errno::ECHILD as i32) => {
+                return Ok(());
+            }
+            waited => waited.map_err(|err| fail(err.to_string()))?,
+        };
+        match waited {
             Some(status) if status.success() => return Ok(()),
             Some(status) => return Err(fail(format!("it ended with {status}"))),
             None if started.elapsed() > HOOK_LIMIT => {

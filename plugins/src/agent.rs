@@ -424,7 +424,11 @@ fn review_notes(task: &Task) -> Option<String> {
             format!(
                 "- attempt {}: {}",
                 r.attempt,
-                r.reason.as_deref().unwrap_or("(no reason given)")
+                // A reason of several lines stays one item of the list.
+                r.reason
+                    .as_deref()
+                    .unwrap_or("(no reason given)")
+                    .replace('\n', "\n  ")
             )
         })
         .collect();

@@ -71,16 +71,33 @@ pub fn safe_parent(root: &Path, rel: &Path) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// The branches that `prerequisites` (agent tasks run in worktrees) left in `repo` and that
-/// are still there (not merged or discarded yet), in their order.
+/// The branches that `prerequisites` left in `repo` and that are still there (not merged or
+/// discarded yet), in their order: an agent task's own branch, and the branches a test or
+/// inspect task worked on (its result's `branches`), so that a plan of write, test, fix
+/// builds on the write through the test.
 pub fn prerequisite_branches(repo: &worktrees::Repo, prerequisites: &[Task]) -> Vec<String> {
-    prerequisites
-        .iter()
-        .filter_map(|t| t.result.as_ref()?.get("worktree").cloned())
-        .filter_map(|w| plugin_api::serde_json::from_value::<worktrees::Record>(w).ok())
-        .filter(|w| w.repository == repo.root && repo.has_branch(&w.branch))
-        .map(|w| w.branch)
-        .collect()
+    use plugin_api::serde_json::from_value;
+    let mut branches: Vec<String> = Vec::new();
+    for result in prerequisites.iter().filter_map(|t| t.result.as_ref()) {
+        let found: Vec<String> = match result.get("worktree") {
+            Some(record) => from_value::<worktrees::Record>(record.clone())
+                .ok()
+                .filter(|w| w.repository == repo.root)
+                .map(|w| w.branch)
+                .into_iter()
+                .collect(),
+            None => result
+                .get("branches")
+                .and_then(|b| from_value::<Vec<String>>(b.clone()).ok())
+                .unwrap_or_default(),
+        };
+        for branch in found {
+            if repo.has_branch(&branch) && !branches.contains(&branch) {
+                branches.push(branch);
+            }
+        }
+    }
+    branches
 }
 
 /// Where a role that reads or runs the target without changing it (the tester, the inspector)

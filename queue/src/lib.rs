@@ -146,7 +146,7 @@ pub enum StoreError {
     #[error("{0}")]
     InvalidTask(String),
     /// The task is not in a state the operation applies to.
-    #[error("task {id} is {status}: {hint}")]
+    #[error("task {id} {}: {hint}", .status.phrase())]
     WrongState {
         /// The task.
         id: String,

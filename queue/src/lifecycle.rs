@@ -574,14 +574,14 @@ pub fn check_discardable(task: &Task) -> Result<(), StoreError> {
     })
 }
 
-/// Refuses a task whose branch was merged or discarded.
+/// Refuses a task whose branch was merged or discarded (`host show` says which and when).
 fn check_branch_left(task: &Task) -> Result<(), StoreError> {
     match &task.branch_state {
-        Some(b) if b.state != BranchOutcome::Conflict => Err(StoreError::InvalidTask(format!(
-            "task {}: its branch was {} already",
-            task.id,
-            b.state.as_str()
-        ))),
+        Some(b) if b.state != BranchOutcome::Conflict => Err(StoreError::WrongState {
+            id: task.id.clone(),
+            status: task.status,
+            hint: "its branch was merged or discarded already (`host show` says which)",
+        }),
         _ => Ok(()),
     }
 }

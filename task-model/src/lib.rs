@@ -105,6 +105,20 @@ impl TaskStatus {
         )
     }
 
+    /// Where a task in this state is, after its name in a sentence: "is pending", "waits for
+    /// review".
+    pub fn phrase(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "is pending",
+            TaskStatus::Blocked => "is blocked",
+            TaskStatus::Running => "is running",
+            TaskStatus::Review => "waits for review",
+            TaskStatus::Completed => "is completed",
+            TaskStatus::Failed => "is failed",
+            TaskStatus::Cancelled => "is cancelled",
+        }
+    }
+
     /// The lowercase name used in JSON and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {

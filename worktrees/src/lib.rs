@@ -594,13 +594,23 @@ fn git_in(dir: &Path, args: &[&str]) -> Result<String, Error> {
     // Most complaints are on stderr; some ("nothing to commit") only on stdout.
     let stderr = String::from_utf8_lossy(&output.stderr);
     let stdout = String::from_utf8_lossy(&output.stdout);
+    // All of stderr on one line: the reason is often above git's last words ("untracked
+    // working tree files would be overwritten: new.txt" above "Merge ... failed").
+    let whole = |text: &str| {
+        let words: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        (!words.is_empty()).then(|| words.join(" "))
+    };
     let last = |text: &str| {
         text.lines()
             .rev()
             .find(|line| !line.trim().is_empty())
             .map(|line| line.trim().to_string())
     };
-    let said = last(&stderr)
+    let said = whole(&stderr)
         .or_else(|| last(&stdout))
         .unwrap_or_else(|| "(it said nothing)".into());
     Err(Error::Git(format!(

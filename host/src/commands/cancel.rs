@@ -169,7 +169,10 @@ pub fn check_pausable(
         PauseScope::Task(id) => {
             let status = store.get(id)?.status;
             if status.is_finished() || status == TaskStatus::Review {
-                anyhow::bail!("task {id} is {status}: pausing it would stop nothing");
+                anyhow::bail!(
+                    "task {id} {}: pausing it would stop nothing",
+                    status.phrase()
+                );
             }
             Ok(())
         }

@@ -20,13 +20,6 @@ const UNFINISHED: [TaskStatus; 4] = [
     TaskStatus::Blocked,
 ];
 
-/// The states `host wait` waits out by default: those the workers move on.
-const IN_WORK: [TaskStatus; 3] = [
-    TaskStatus::Running,
-    TaskStatus::Pending,
-    TaskStatus::Blocked,
-];
-
 /// Lists the unfinished tasks that pass every filter, in the order they would be claimed
 /// (running first, then by aged priority and id).
 pub fn run(settings: &Settings, args: &ListArgs) -> anyhow::Result<()> {
@@ -170,7 +163,7 @@ pub fn wait(
     let watched: Vec<String> = if ids.is_empty() {
         store
             .list(&TaskQuery {
-                statuses: IN_WORK.to_vec(),
+                statuses: UNFINISHED.to_vec(),
                 task_type: task_type.map(String::from),
                 ..TaskQuery::default()
             })?
@@ -181,7 +174,7 @@ pub fn wait(
         ids.to_vec()
     };
     if watched.is_empty() {
-        outln!("nothing to wait for: no task is pending, blocked or running");
+        outln!("nothing to wait for: no task is pending, blocked, running or in review");
         return Ok(());
     }
     let started = Instant::now();
@@ -213,10 +206,13 @@ pub fn wait(
     let not_completed: Vec<String> = tasks
         .iter()
         .filter(|t| t.status != TaskStatus::Completed)
-        .map(|t| format!("{} {}", t.id, t.status))
+        .map(|t| match t.status {
+            TaskStatus::Blocked => format!("{} blocked behind a task waiting for review", t.id),
+            status => format!("{} {status}", t.id),
+        })
         .collect();
     if !not_completed.is_empty() {
-        let hint = if tasks.iter().any(|t| t.status == TaskStatus::Review) {
+        let hint = if tasks.iter().any(|t| waits_for_review(&store, t, 0)) {
             " (a task in review waits for `host approve ID` or `host reject ID --reason TEXT`)"
         } else {
             ""

@@ -458,7 +458,9 @@ pub fn logs(settings: &Settings, id: &str, follow: bool) -> anyhow::Result<()> {
             crate::commands::out!("{rest}");
             // The exit status tells a script how the task ended.
             if task.status == queue::TaskStatus::Review {
-                bail!("task {id} waits for review (host approve {id} / host reject {id})");
+                bail!(
+                    "task {id} waits for review (host approve {id} / host reject {id} --reason TEXT)"
+                );
             }
             if task.status != queue::TaskStatus::Completed {
                 bail!(

@@ -109,7 +109,11 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
                 "  #{:<3} {verdict:<10} {:<8}  {}",
                 review.attempt,
                 ago(review.at, now),
-                review.reason.as_deref().unwrap_or_default()
+                review
+                    .reason
+                    .as_deref()
+                    .unwrap_or_default()
+                    .replace('\n', "\n                          ")
             );
             outln!("{}", line.trim_end());
         }

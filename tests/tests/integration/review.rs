@@ -40,6 +40,10 @@ fn a_change_waits_for_review_and_a_rejection_tells_the_next_attempt_why() {
     assert!(output.status.success(), "{output:?}");
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("waits for review"), "{log}");
+    assert!(
+        !log.contains("hook review"),
+        "the hook ran without complaint: {log}"
+    );
 
     // It succeeded, but waits; so does the task after it, and nothing is left for a worker.
     let task = q.task(&id);
@@ -81,7 +85,7 @@ fn a_change_waits_for_review_and_a_rejection_tells_the_next_attempt_why() {
     let line = q.fails(&["merge", &id]);
     assert!(
         line.contains(&format!(
-            "task {id} is review: approve it first (host approve)"
+            "task {id} waits for review: approve it first (host approve)"
         )),
         "{line}"
     );
@@ -217,7 +221,10 @@ fn a_fanned_out_task_runs_side_by_side_and_merging_one_discards_the_others() {
         assert_eq!(q.task(id)["branchState"]["state"], state, "task {id}");
     }
     let line = q.fails(&["merge", &ids[0]]);
-    assert!(line.contains("its branch was discarded already"), "{line}");
+    assert!(
+        line.contains("its branch was merged or discarded already"),
+        "{line}"
+    );
 
     // Copies that have not run when one is merged are cancelled: their work is not wanted.
     let more: Vec<String> = q
@@ -324,6 +331,13 @@ fn an_assistant_completing_a_reviewed_task_itself_leaves_it_waiting_for_review()
     assert!(watched.contains("waiting for review"), "{watched}");
     let line = q.fails(&["logs", &id, "--follow"]);
     assert!(line.contains("waits for review"), "{line}");
+    // `wait` for everything unfinished ends too, naming what waits for a person.
+    let line = q.fails(&["wait", "--timeout", "30s"]);
+    assert!(
+        line.contains(&format!("{id} review"))
+            && line.contains(&format!("{after} blocked behind a task waiting for review")),
+        "{line}"
+    );
     q.ok(&["approve", &id]);
     assert_eq!(q.task(&after)["status"], "pending");
 }

@@ -800,12 +800,12 @@ fn the_dashboard_shows_a_worktree_tasks_branch_and_merges_it() {
     let buttons = browser.script("return document.querySelectorAll('#branch button').length");
     assert_eq!(buttons, 0);
     let (status, body) = server.post(&format!("/api/tasks/{id}/discard"), json!({}));
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 409, "{body}");
     assert!(
         body["error"]
             .as_str()
             .unwrap()
-            .contains("its branch was merged already")
+            .contains("its branch was merged or discarded already")
     );
 }
 

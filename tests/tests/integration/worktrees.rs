@@ -216,7 +216,8 @@ fn a_test_after_an_agent_task_tests_its_change_before_it_is_merged() {
         "--payload",
         command,
     ]);
-    let inspect = q.add(&["--type", "inspect", "--target", target, "--after", &edit]);
+    // Inspected after the test: the test's branches are followed through it.
+    let inspect = q.add(&["--type", "inspect", "--target", target, "--after", &test]);
     q.drain("editor", &[]);
     q.drain("tester", &[]);
     q.drain("inspector", &[]);
