@@ -71,13 +71,14 @@ pub struct GlobalArgs {
     )]
     pub queue: Option<String>,
 
-    /// Where plugins are looked for (repeatable; the environment variable is colon-separated).
+    /// Where plugins are looked for (repeatable; the environment variable is colon-separated,
+    /// semicolon-separated on Windows).
     /// Default: <queue>/plugins, then the folder holding the host executable.
     #[arg(
         long = "plugin-dir",
         global = true,
         env = "HOST_PLUGIN_PATH",
-        value_delimiter = ':',
+        value_delimiter = PATH_LIST_SEPARATOR,
         value_name = "DIR"
     )]
     pub plugin_dirs: Vec<PathBuf>,
@@ -711,6 +712,9 @@ pub struct Settings {
     /// Whether the queue was named (`--queue`, `HOST_QUEUE_DIR`) rather than looked for.
     pub queue_named: bool,
 }
+
+/// What separates the folders of a list in an environment variable, as in `PATH`.
+const PATH_LIST_SEPARATOR: char = if cfg!(windows) { ';' } else { ':' };
 
 /// The coordination folder's name when none is given.
 pub const DEFAULT_QUEUE: &str = "copilot-orchestration";

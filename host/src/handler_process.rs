@@ -16,8 +16,12 @@
 //! a handler that prints cannot corrupt the protocol; what it prints lands in the worker's log.
 
 use std::io::{BufRead, BufReader, Write};
+#[cfg(unix)]
 use std::os::fd::AsFd;
+#[cfg(unix)]
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+#[cfg(windows)]
+use std::os::windows::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -123,7 +127,8 @@ impl HandlerProcess {
     pub fn start(role: &PluginRole, settings: &Value) -> anyhow::Result<HandlerProcess> {
         let exe = std::env::current_exe().context("cannot find the host executable")?;
         let mut live = LIVE.lock().expect("live handlers lock");
-        let mut child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .arg("handler-process")
             .arg("--role")
             .arg(role.name())
@@ -133,12 +138,19 @@ impl HandlerProcess {
             .arg(std::process::id().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            // Its own process group: a Ctrl+C in the terminal reaches the worker, which decides
-            // what happens to the running task, not the handler directly.
-            .process_group(0)
+            .stderr(Stdio::inherit());
+        // Its own process group: a Ctrl+C in the terminal reaches the worker, which decides
+        // what happens to the running task, not the handler directly.
+        #[cfg(unix)]
+        command.process_group(0);
+        #[cfg(windows)]
+        command.creation_flags(CREATE_NEW_PROCESS_GROUP);
+        let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", exe.display()))?;
+        #[cfg(windows)]
+        crate::process_tree::track(&child);
+        let mut child = child;
         live.push(child.id());
         drop(live);
         let stdin = child.stdin.take().expect("stdin is piped");
@@ -306,8 +318,27 @@ pub fn kill_all() {
     }
 }
 
+/// `CREATE_NEW_PROCESS_GROUP`: a Ctrl+C or Ctrl+Break in the console is not sent to the child.
+#[cfg(windows)]
+pub const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+
 /// Says in words how a child process (`what`: "handler", "plugin probe") ended.
 pub fn describe_exit(what: &str, status: ExitStatus) -> String {
+    #[cfg(windows)]
+    if let Some(code) = status.code() {
+        // What Windows reports for a crash: an NTSTATUS error code as the exit code.
+        let how = match code as u32 {
+            0xC000_0409 => Some("aborted"),
+            0xC000_0005 => Some("crashed with an access violation"),
+            0xC000_001D => Some("crashed on an illegal instruction"),
+            0xC000_00FD => Some("crashed with a stack overflow"),
+            _ => None,
+        };
+        if let Some(how) = how {
+            return format!("the {what} process {how} (status {:#010X})", code as u32);
+        }
+    }
+    #[cfg(unix)]
     if let Some(signal) = status.signal() {
         let name = nix::sys::signal::Signal::try_from(signal)
             .map(|s| s.as_str().to_string())
@@ -321,13 +352,36 @@ pub fn describe_exit(what: &str, status: ExitStatus) -> String {
             "SIGKILL" => "was killed",
             _ => "was ended by a signal",
         };
-        format!("the {what} process {how} ({name})")
-    } else {
-        match status.code() {
-            Some(code) => format!("the {what} process exited with status {code}"),
-            None => format!("the {what} process ended: {status}"),
-        }
+        return format!("the {what} process {how} ({name})");
     }
+    match status.code() {
+        Some(code) => format!("the {what} process exited with status {code}"),
+        None => format!("the {what} process ended: {status}"),
+    }
+}
+
+/// Where the child writes the protocol. On Unix, the real stdout, with fd 1 pointed at stderr
+/// so that whatever a handler prints goes to the worker's log instead of into the protocol.
+#[cfg(unix)]
+fn protocol_output() -> anyhow::Result<std::fs::File> {
+    let protocol = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate stdout")?;
+    nix::unistd::dup2_stdout(std::io::stderr()).context("cannot redirect stdout")?;
+    Ok(std::fs::File::from(protocol))
+}
+
+/// Where the child writes the protocol. On Windows, stdout as it is: a line a handler prints
+/// there that is not the protocol is dropped by the worker (log with the context instead).
+#[cfg(windows)]
+fn protocol_output() -> anyhow::Result<std::fs::File> {
+    use std::os::windows::io::AsHandle;
+    let handle = std::io::stdout()
+        .as_handle()
+        .try_clone_to_owned()
+        .context("cannot duplicate stdout")?;
+    Ok(std::fs::File::from(handle))
 }
 
 /// The child side (`host handler-process`): loads the role from `library` and runs the tasks
@@ -335,14 +389,7 @@ pub fn describe_exit(what: &str, status: ExitStatus) -> String {
 /// Dies with the worker, and ends every process a task started when the task returns.
 pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()> {
     crate::process_tree::die_with_parent(parent);
-    // Keep the real stdout for the protocol and point fd 1 at stderr, so that whatever a
-    // handler prints goes to the worker's log instead of into the protocol.
-    let protocol = std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .context("cannot duplicate stdout")?;
-    nix::unistd::dup2_stdout(std::io::stderr()).context("cannot redirect stdout")?;
-    let out = Arc::new(Mutex::new(std::fs::File::from(protocol)));
+    let out = Arc::new(Mutex::new(protocol_output()?));
 
     let role = match open_role(library, role_name) {
         Ok(role) => role,

@@ -171,7 +171,7 @@ impl PluginRegistry {
         let mut seen = HashSet::new();
         for dir in search_path {
             for path in library_files(dir) {
-                let key = path.canonicalize().unwrap_or_else(|_| path.clone());
+                let key = dunce::canonicalize(&path).unwrap_or_else(|_| path.clone());
                 if !seen.insert(key) {
                     continue;
                 }
@@ -206,7 +206,7 @@ impl PluginRegistry {
                 detail: answer["detail"].as_str().map(String::from),
             };
         }
-        let library = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let library = dunce::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let roles: Vec<PluginRole> =
             serde_json::from_value::<Vec<PluginRole>>(answer["roles"].clone())
                 .unwrap_or_default()
@@ -420,9 +420,26 @@ pub fn judge(path: &Path) -> Result<PathBuf, String> {
     Ok(resolved)
 }
 
-#[cfg(not(unix))]
+/// Says why the library at `path` must not be opened, or gives the path to open it by. Who may
+/// write a file on Windows is in access control lists, which the host does not read: a
+/// library is opened only from the user's profile (`%USERPROFILE%`), which by default only the
+/// user (and administrators) can write to, and refused elsewhere, saying so.
+#[cfg(windows)]
 pub fn judge(path: &Path) -> Result<PathBuf, String> {
-    Ok(path.to_path_buf())
+    let real = dunce::canonicalize(path)
+        .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    let profile = std::env::var_os("USERPROFILE")
+        .and_then(|p| dunce::canonicalize(p).ok())
+        .ok_or("USERPROFILE is not set: cannot tell where plugins are safe from other users")?;
+    if real.starts_with(&profile) {
+        return Ok(real);
+    }
+    Err(format!(
+        "{} is outside your profile ({}), and who may write there cannot be judged on Windows: \
+         keep plugins under your profile (such as %LOCALAPPDATA%\\host\\plugins)",
+        path.display(),
+        profile.display()
+    ))
 }
 
 /// A child `host plugin-probe` opening one library: to list its roles, or to validate tasks

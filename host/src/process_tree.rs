@@ -13,13 +13,24 @@
 //! is signalled only after checking, just before, that its parent is still in the tree: a pid
 //! that was reaped meanwhile and given to an unrelated program is left alone.
 //!
-//! Elsewhere than Linux (no subreapers, no parent-death signal) only the handler process's own
+//! On other Unix systems (no subreapers, no parent-death signal) only the handler process's own
 //! process group is killed, by the worker; what a plugin moves out of that group survives.
+//!
+//! On Windows, job objects do all of it: each handler process is put in a job of its own
+//! ([`track`]), which everything it starts joins, and killing the job kills them all; the
+//! worker puts itself in a job that kills everything in it when its last handle closes, which
+//! happens when the worker exits or dies.
 
-use std::collections::{HashMap, HashSet};
+#[cfg(target_os = "linux")]
+use std::collections::HashMap;
+#[cfg(unix)]
+use std::collections::HashSet;
+#[cfg(target_os = "linux")]
 use std::time::{Duration, Instant};
 
+#[cfg(unix)]
 use nix::sys::signal::{Signal, kill};
+#[cfg(unix)]
 use nix::unistd::Pid;
 
 /// Every process's children, by parent, from one pass over `/proc`; zombies (exited, not yet
@@ -124,7 +135,7 @@ pub fn kill_tree(root: u32, including_root: bool) {
 
 /// Kills the process group `root` leads, the portable stand-in for the Linux tree walk; a
 /// process never kills its own group this way.
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(unix, not(target_os = "linux")))]
 pub fn kill_tree(root: u32, including_root: bool) {
     if root == std::process::id() {
         return;
@@ -160,7 +171,7 @@ pub fn kill_orphans(keep: &HashSet<u32>) {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(unix, not(target_os = "linux")))]
 pub fn kill_orphans(_keep: &HashSet<u32>) {}
 
 /// Kills everything below this process and reaps it: for a process that runs plugin code,
@@ -192,9 +203,12 @@ pub fn end_descendants() {
 pub fn end_descendants() {}
 
 /// Makes this process the subreaper of everything it starts, so that orphans stay below it.
+/// On Windows, puts it in a job that kills everything in it when this process ends.
 pub fn become_subreaper() {
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_child_subreaper(true);
+    #[cfg(windows)]
+    windows::hold_everything();
 }
 
 /// For a process that runs plugin code: when `parent` (the process that started it) dies, for
@@ -223,4 +237,61 @@ pub fn die_with_parent(parent: u32) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = parent;
+}
+
+#[cfg(windows)]
+pub use windows::{kill_orphans, kill_tree, track};
+
+#[cfg(windows)]
+mod windows {
+    use std::process::Child;
+    use std::sync::{Mutex, OnceLock};
+
+    use win32job::{ExtendedLimitInfo, Job};
+
+    /// The job of each handler process, by its pid.
+    static JOBS: Mutex<Vec<(u32, Job)>> = Mutex::new(Vec::new());
+
+    /// The job this process put itself in; closed (killing what is in it) when it ends.
+    static EVERYTHING: OnceLock<Option<Job>> = OnceLock::new();
+
+    fn killing_job() -> Option<Job> {
+        let job = Job::create().ok()?;
+        let mut info = ExtendedLimitInfo::new();
+        info.limit_kill_on_job_close();
+        job.set_extended_limit_info(&info).ok()?;
+        Some(job)
+    }
+
+    pub(super) fn hold_everything() {
+        EVERYTHING.get_or_init(|| {
+            let job = killing_job()?;
+            job.assign_current_process().ok()?;
+            Some(job)
+        });
+    }
+
+    /// Puts a child that runs plugin code in a job of its own, so that [`kill_tree`] kills it
+    /// with everything it started. What it starts in the moment before is not in the job.
+    pub fn track(child: &Child) {
+        use std::os::windows::io::AsRawHandle;
+        if let Some(job) = killing_job()
+            && job.assign_process(child.as_raw_handle() as isize).is_ok()
+        {
+            JOBS.lock().expect("jobs lock").push((child.id(), job));
+        }
+    }
+
+    /// Kills what the tracked children not in `keep` (those that ended) left running.
+    pub fn kill_orphans(keep: &std::collections::HashSet<u32>) {
+        let mut jobs = JOBS.lock().expect("jobs lock");
+        jobs.retain(|(pid, _)| keep.contains(pid));
+    }
+
+    /// Kills a tracked child with everything it started (its job); `including_root` is always
+    /// so on Windows.
+    pub fn kill_tree(root: u32, _including_root: bool) {
+        let mut jobs = JOBS.lock().expect("jobs lock");
+        jobs.retain(|(pid, _)| *pid != root);
+    }
 }

@@ -190,21 +190,7 @@ impl ClaimLoop {
         crate::process_tree::become_subreaper();
         let shared = self.shared;
         let (events, inbox) = mpsc::channel();
-        let mut signals = signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-        ])?;
-        let signal_handle = signals.handle();
-        {
-            let events = events.clone();
-            thread::spawn(move || {
-                for _ in signals.forever() {
-                    if events.send(Event::Signal).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        let signals = listen_for_signals(events.clone())?;
         // Start every handler process before claiming anything, so that a plugin that cannot
         // run stops the worker at once rather than failing tasks.
         let processes = match (0..shared.options.concurrency)
@@ -306,7 +292,7 @@ impl ClaimLoop {
         shared.exiting.store(true, Ordering::SeqCst);
         // Handlers still running were released above; what they started ends now.
         crate::handler_process::kill_all();
-        signal_handle.close();
+        signals.close();
         let _ = heartbeat.join();
         if let Some(purge) = purge {
             let _ = purge.join();
@@ -750,22 +736,66 @@ fn say_as(name: &str, line: &str) {
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
+/// Sends an [`Event::Signal`] for every SIGINT and SIGTERM (on Windows, Ctrl+C, Ctrl+Break and
+/// the console closing); what is returned stops that on Unix when closed.
+#[cfg(unix)]
+fn listen_for_signals(
+    events: mpsc::Sender<Event>,
+) -> anyhow::Result<signal_hook::iterator::Handle> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    let handle = signals.handle();
+    thread::spawn(move || {
+        for _ in signals.forever() {
+            if events.send(Event::Signal).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(handle)
+}
+
+/// Sends an [`Event::Signal`] for every Ctrl+C, Ctrl+Break and the console closing.
+#[cfg(windows)]
+fn listen_for_signals(events: mpsc::Sender<Event>) -> anyhow::Result<ConsoleEvents> {
+    let events = Mutex::new(events);
+    ctrlc::set_handler(move || {
+        let _ = events.lock().map(|e| e.send(Event::Signal));
+    })?;
+    Ok(ConsoleEvents)
+}
+
+/// The console's events, heard for the rest of the process (a handler cannot be set twice).
+#[cfg(windows)]
+struct ConsoleEvents;
+
+#[cfg(windows)]
+impl ConsoleEvents {
+    /// Nothing to stop: the worker exits next.
+    fn close(&self) {}
+}
+
 /// This machine's name, reduced to what a worker name may contain.
 pub fn hostname() -> String {
-    nix::unistd::gethostname()
+    #[cfg(unix)]
+    let name = nix::unistd::gethostname()
         .ok()
-        .and_then(|h| h.into_string().ok())
-        .map(|h| {
-            h.chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' {
-                        c
-                    } else {
-                        '-'
-                    }
-                })
-                .collect()
-        })
-        .filter(|h: &String| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
+        .and_then(|h| h.into_string().ok());
+    #[cfg(windows)]
+    let name = std::env::var("COMPUTERNAME").ok();
+    name.map(|h| {
+        h.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    })
+    .filter(|h: &String| !h.is_empty())
+    .unwrap_or_else(|| "localhost".to_string())
 }

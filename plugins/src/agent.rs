@@ -334,12 +334,23 @@ fn placeholders(template: &str) -> impl Iterator<Item = &str> {
 
 /// Whether `program` can be started: a path to an executable file, or a name found on `PATH`.
 fn runnable(program: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
+    #[cfg(unix)]
     let executable = |path: &Path| {
+        use std::os::unix::fs::PermissionsExt;
         path.metadata()
             .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
-    if program.contains('/') {
+    // Windows finds `claude` as claude.exe, claude.cmd, ... (PATHEXT).
+    #[cfg(windows)]
+    let executable = |path: &Path| {
+        path.is_file()
+            || [".exe", ".cmd", ".bat", ".com"].iter().any(|ext| {
+                let mut named = path.as_os_str().to_os_string();
+                named.push(ext);
+                Path::new(&named).is_file()
+            })
+    };
+    if program.contains('/') || program.contains(std::path::MAIN_SEPARATOR) {
         // A relative path is resolved in each task's target; it cannot be judged here.
         return !Path::new(program).is_absolute() || executable(Path::new(program));
     }

@@ -4,13 +4,14 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use plugin_api::{Context, StopReason, Task};
+
+use crate::group::ProcessGroup;
 
 /// How many lines of output a result keeps.
 const TAIL_LINES: usize = 40;
@@ -144,9 +145,9 @@ pub fn run_rendered(
                 Stdio::null()
             })
             .stdout(output_writer)
-            .stderr(stderr)
-            // Its own process group, so a timeout kills what the command started too.
-            .process_group(0);
+            .stderr(stderr);
+        // Its own process group, so a timeout kills what the command started too.
+        ProcessGroup::prepare(&mut command);
         // The command (holding the pipe's write end) is dropped at the end of this block, so
         // the output ends when the child and what it started have closed theirs.
         command.spawn().map_err(|err| match err.kind() {
@@ -173,10 +174,7 @@ pub fn run_rendered(
         last_complaint: None,
         at: Instant::now(),
     };
-    let group = nix::unistd::Pid::from_raw(child.id() as i32);
-    let kill_group = || {
-        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-    };
+    let mut group = ProcessGroup::of(&child);
     let (mut timed_out, mut stalled, mut stop) = (false, false, None);
     // Short commands are common: look often at first, then back off.
     let mut pause = Duration::from_millis(1);
@@ -206,7 +204,7 @@ pub fn run_rendered(
         stalled = limits.stall.is_some_and(|s| heard.at.elapsed() > s);
         stop = ctx.stop_reason();
         if timed_out || stalled || stop.is_some() {
-            kill_group();
+            group.kill();
             break child
                 .wait()
                 .map_err(|err| format!("waiting for `{}`: {err}", argv[0]))?;
@@ -216,7 +214,7 @@ pub fn run_rendered(
     // The attempt is over, and so is what it started in its process group. Output still in
     // the pipe is read for a moment; a process that left the group and holds the pipe open is
     // not waited for.
-    kill_group();
+    group.kill();
     let grace = Instant::now() + OUTPUT_GRACE;
     while let Ok(line) = lines.recv_timeout(grace.saturating_duration_since(Instant::now())) {
         if let Some(line) = render(line) {

@@ -17,6 +17,7 @@ pub mod tester;
 pub mod writer;
 
 mod command;
+mod group;
 mod paths;
 mod stream;
 

@@ -6,6 +6,7 @@
 //! absolute path, or a link inside the target that points out) is refused.
 
 use std::io::Write;
+#[cfg(unix)]
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
@@ -49,6 +50,7 @@ fn files(task: &Task) -> Result<Vec<FileSpec>, String> {
         .collect()
 }
 
+#[cfg(unix)]
 /// This process's umask, read without changing it (`/proc/self/status`); 022 when unknown.
 fn umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")
@@ -102,9 +104,11 @@ impl Role for Writer {
             }
             // Made as any program makes a file: 0666 less the umask (a temporary file would be
             // 0600, and a project's files are not secrets).
-            let mut tmp = tempfile::Builder::new()
-                .permissions(std::fs::Permissions::from_mode(0o666 & !umask()))
-                .tempfile_in(&dir)?;
+            #[allow(unused_mut)] // set on Unix only
+            let mut builder = tempfile::Builder::new();
+            #[cfg(unix)]
+            builder.permissions(std::fs::Permissions::from_mode(0o666 & !umask()));
+            let mut tmp = builder.tempfile_in(&dir)?;
             tmp.write_all(spec.content.as_bytes())?;
             tmp.as_file().sync_all()?;
             staged.push((tmp, dest, spec));

@@ -366,7 +366,8 @@ fn unsafe_file_system(magic: i64) -> Option<&'static str> {
         0x517b => Some("SMB"),
         0xff53_4d42 => Some("CIFS"),
         0xfe53_4d42 => Some("SMB2"),
-        0x0102_1997 => Some("9p (a WSL mount of a Windows drive, or a VM share)"),
+        0x0102_1997 => Some("9p (a WSL 2 mount of a Windows drive, or a VM share)"),
+        0x5346_4846 => Some("drvfs (a WSL 1 mount of a Windows drive)"),
         _ => None,
     }
 }
@@ -404,9 +405,9 @@ fn refuse_network_file_system(root: &Path) -> Result<(), StoreError> {
             return Err(StoreError::Unsafe {
                 path: root.to_path_buf(),
                 reason: format!(
-                    "is on {kind}, where SQLite's locking does not work and two machines would \
-                     corrupt the queue: keep the queue on a local disk, or use the PostgreSQL \
-                     store for workers on several machines"
+                    "is on {kind}, where SQLite's locking does not work and two machines (or \
+                     Windows and WSL) would corrupt the queue: keep the queue on a local disk, or \
+                     use the PostgreSQL store for workers on several machines or systems"
                 ),
             });
         }

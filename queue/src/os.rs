@@ -48,6 +48,12 @@ mod imp {
         options
     }
 
+    /// Options that open a file to flush it to the disk (read access is enough), never
+    /// through a symlink.
+    pub fn for_flushing() -> OpenOptions {
+        reading_no_follow()
+    }
+
     /// Writes `bytes` at `offset` of `file`, in place.
     pub fn write_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
         file.write_all_at(bytes, offset)
@@ -105,6 +111,14 @@ mod imp {
     pub fn reading_no_follow() -> OpenOptions {
         let mut options = File::options();
         options.read(true).custom_flags(OPEN_REPARSE_POINT);
+        options
+    }
+
+    /// Options that open a file to flush it to the disk (which takes write access on Windows),
+    /// never through a symbolic link.
+    pub fn for_flushing() -> OpenOptions {
+        let mut options = reading_no_follow();
+        options.write(true);
         options
     }
 

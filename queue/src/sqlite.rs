@@ -255,7 +255,7 @@ impl SqliteStore {
             let mut log = self.log.lock().expect("log lock");
             if log.is_none() {
                 // SQLite keeps the log, same file, as long as a connection (this one) is open.
-                let file = crate::os::reading_no_follow()
+                let file = crate::os::for_flushing()
                     .open(&path)
                     .map_err(io_err(&path))?;
                 *log = Some(Arc::new(file));

@@ -22,11 +22,12 @@ pub const CONFIG_FILE: &str = "host.toml";
 /// path when it exists, else its folder's real path and its name, else a lexical cleaning.
 pub fn normal_path(path: &Path) -> std::io::Result<PathBuf> {
     let path = std::path::absolute(path)?;
-    if let Ok(real) = path.canonicalize() {
+    // dunce: on Windows, without the `\\?\` prefix that std's canonical paths carry.
+    if let Ok(real) = dunce::canonicalize(&path) {
         return Ok(real);
     }
     let cleaned = path_clean::clean(&path);
-    let real_parent = cleaned.parent().and_then(|p| p.canonicalize().ok());
+    let real_parent = cleaned.parent().and_then(|p| dunce::canonicalize(p).ok());
     Ok(match (real_parent, cleaned.file_name()) {
         (Some(parent), Some(name)) => parent.join(name),
         _ => cleaned,

@@ -98,7 +98,16 @@ fn source(task: &Task) -> Result<&Path, String> {
 fn copy_tree(from: &Path, to: &Path) -> io::Result<(u64, u64)> {
     let meta = fs::symlink_metadata(from)?;
     if meta.file_type().is_symlink() {
-        std::os::unix::fs::symlink(fs::read_link(from)?, to)?;
+        let target = fs::read_link(from)?;
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(target, to)?;
+        // Windows tells links to folders from links to files.
+        #[cfg(windows)]
+        if fs::metadata(from).is_ok_and(|m| m.is_dir()) {
+            std::os::windows::fs::symlink_dir(target, to)?;
+        } else {
+            std::os::windows::fs::symlink_file(target, to)?;
+        }
         return Ok((1, 0));
     }
     if meta.is_file() {
