@@ -759,7 +759,7 @@ impl Settings {
             }
             if let Some(dir) = std::env::current_exe()
                 .ok()
-                .and_then(|exe| exe.canonicalize().ok())
+                .and_then(|exe| dunce::canonicalize(exe).ok())
                 .and_then(|exe| exe.parent().map(PathBuf::from))
             {
                 plugin_path.push(dir);

@@ -269,6 +269,9 @@ impl HandlerProcess {
     /// Kills the child with every process below it, and says how it ended.
     fn kill(&mut self) -> String {
         crate::process_tree::kill_tree(self.child.id(), true);
+        // On Windows the child itself too, should its job not have been made.
+        #[cfg(windows)]
+        let _ = self.child.kill();
         self.wait_for_exit()
     }
 

@@ -512,6 +512,9 @@ impl Probe {
                 }
                 Ok(None) => {
                     crate::process_tree::kill_tree(self.child.id(), true);
+                    // On Windows a probe is in no job of the worker's: it is killed by itself.
+                    #[cfg(windows)]
+                    let _ = self.child.kill();
                     let _ = self.child.wait();
                     return Err(format!(
                         "it did not finish {doing} within {} (set HOST_PLUGIN_TIMEOUT to allow \

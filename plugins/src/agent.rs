@@ -340,11 +340,11 @@ fn runnable(program: &str) -> bool {
         path.metadata()
             .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
-    // Windows finds `claude` as claude.exe, claude.cmd, ... (PATHEXT).
+    // Windows runs `claude` as claude.exe or claude.com (not .cmd or .bat, which need a shell).
     #[cfg(windows)]
     let executable = |path: &Path| {
         path.is_file()
-            || [".exe", ".cmd", ".bat", ".com"].iter().any(|ext| {
+            || [".exe", ".com"].iter().any(|ext| {
                 let mut named = path.as_os_str().to_os_string();
                 named.push(ext);
                 Path::new(&named).is_file()

@@ -205,6 +205,8 @@ pub fn run_rendered(
         stop = ctx.stop_reason();
         if timed_out || stalled || stop.is_some() {
             group.kill();
+            // Where no group could be made (a Windows job), the command itself at least.
+            let _ = child.kill();
             break child
                 .wait()
                 .map_err(|err| format!("waiting for `{}`: {err}", argv[0]))?;

@@ -57,6 +57,7 @@ impl QueueFolder {
 
     /// Like [`QueueFolder::create`], in a folder of the earlier format too (to import it).
     pub fn create_over_old_format(root: &Path) -> Result<QueueFolder, StoreError> {
+        refuse_network_path(root)?;
         os::create_private_dir_all(root).map_err(io_err(root))?;
         let folder = QueueFolder::checked(root)?;
         folder.tighten_files()?;
@@ -80,8 +81,9 @@ impl QueueFolder {
     }
 
     fn checked(root: &Path) -> Result<QueueFolder, StoreError> {
-        make_private(root)?;
+        // Refused before anything is changed there.
         refuse_network_file_system(root)?;
+        make_private(root)?;
         Ok(QueueFolder {
             root: root.to_path_buf(),
         })
@@ -367,7 +369,6 @@ fn unsafe_file_system(magic: i64) -> Option<&'static str> {
         0xff53_4d42 => Some("CIFS"),
         0xfe53_4d42 => Some("SMB2"),
         0x0102_1997 => Some("9p (a WSL 2 mount of a Windows drive, or a VM share)"),
-        0x5346_4846 => Some("drvfs (a WSL 1 mount of a Windows drive)"),
         _ => None,
     }
 }
@@ -375,24 +376,7 @@ fn unsafe_file_system(magic: i64) -> Option<&'static str> {
 /// Refuses a folder on a network file system: SQLite's locks and its WAL's shared memory do
 /// not work there (SQLite's own documentation), so two machines would corrupt the queue.
 fn refuse_network_file_system(root: &Path) -> Result<(), StoreError> {
-    // A UNC path (`\\server\share`, `\\wsl$\Ubuntu\...`) is a network share, or a WSL
-    // distribution's files seen from Windows over 9p.
-    #[cfg(windows)]
-    {
-        use std::path::{Component, Prefix};
-        if let Some(Component::Prefix(prefix)) = root.components().next()
-            && matches!(prefix.kind(), Prefix::UNC(..) | Prefix::VerbatimUNC(..))
-        {
-            return Err(StoreError::Unsafe {
-                path: root.to_path_buf(),
-                reason: "is on a network share (or in a WSL distribution seen from Windows), \
-                         where SQLite's locking does not work and two machines or systems \
-                         would corrupt the queue: keep the queue on a local disk, or use the \
-                         PostgreSQL store"
-                    .into(),
-            });
-        }
-    }
+    refuse_network_path(root)?;
     #[cfg(target_os = "linux")]
     {
         let stat = nix::sys::statfs::statfs(root).map_err(|errno| StoreError::Io {
@@ -415,15 +399,27 @@ fn refuse_network_file_system(root: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn network_file_systems_are_named() {
-        assert_eq!(unsafe_file_system(0x6969), Some("NFS"));
-        assert!(unsafe_file_system(0xff53_4d42).is_some());
-        assert_eq!(unsafe_file_system(0xef53), None, "ext4 is fine");
-        assert_eq!(unsafe_file_system(0x0102_1994), None, "tmpfs is fine");
+/// Refuses, from the path alone and before anything is made there, a folder that is on a
+/// network share: on Windows a UNC path (`\\server\share`, or `\\wsl$\Ubuntu\...`, a WSL
+/// distribution's files seen from Windows over 9p).
+fn refuse_network_path(root: &Path) -> Result<(), StoreError> {
+    #[cfg(windows)]
+    {
+        use std::path::{Component, Prefix};
+        if let Some(Component::Prefix(prefix)) = root.components().next()
+            && matches!(prefix.kind(), Prefix::UNC(..) | Prefix::VerbatimUNC(..))
+        {
+            return Err(StoreError::Unsafe {
+                path: root.to_path_buf(),
+                reason: "is on a network share (or in a WSL distribution seen from Windows), \
+                         where SQLite's locking does not work and two machines or systems \
+                         would corrupt the queue: keep the queue on a local disk, or use the \
+                         PostgreSQL store"
+                    .into(),
+            });
+        }
     }
+    #[cfg(not(windows))]
+    let _ = root;
+    Ok(())
 }

@@ -136,7 +136,7 @@ mod imp {
     }
 
     /// What the writers of a queue lock: a file in the folder (Windows opens no folder as a
-    /// file); a file open in one process cannot be deleted by another.
+    /// file). SQLite's own locks keep the data safe whatever happens to it.
     pub fn writers_lock(root: &Path) -> io::Result<File> {
         private_file()
             .read(true)

@@ -27,7 +27,7 @@ fn live_workers(settings: &Settings) -> Vec<queue::WorkerRecord> {
 /// how. A library changed in place (same file, other bytes) can crash the worker that has it
 /// mapped; one renamed over the old is safe until the worker restarts.
 fn changed_under(workers: &[queue::WorkerRecord], path: &std::path::Path) -> Vec<Value> {
-    let Ok(resolved) = path.canonicalize() else {
+    let Ok(resolved) = dunce::canonicalize(path) else {
         return Vec::new();
     };
     let now = queue::LibraryFile::of(&resolved);
