@@ -234,12 +234,7 @@ pub fn discard(settings: &Settings, id: &str) -> anyhow::Result<()> {
 /// nothing.
 pub fn approve(settings: &Settings, ids: &[String]) -> anyhow::Result<()> {
     let store = open_store(settings)?;
-    for id in ids {
-        store
-            .get(id)
-            .and_then(|task| lifecycle::check_in_review(&task))
-            .map_err(|err| anyhow!("nothing was approved: {err}"))?;
-    }
+    crate::commands::cancel::check_all(&store, ids, "approved", lifecycle::check_in_review)?;
     for id in ids {
         outln!("{}", approve_task(settings, id)?);
     }

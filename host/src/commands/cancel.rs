@@ -52,7 +52,7 @@ pub fn check_type_known(
 
 /// Checks every id before any is changed, so that a bad one changes nothing: each must name a
 /// task that `check` (the store's own state rule, from `lifecycle`) accepts.
-fn check_all(
+pub fn check_all(
     store: &dyn QueueStore,
     ids: &[String],
     doing: &str,

@@ -255,13 +255,17 @@ pub fn claim(
 /// The lease that `token` claims on task `id`: checked by the store, which refuses anyone but
 /// the holder.
 fn lease_of(store: &dyn QueueStore, id: &str, token: &str) -> anyhow::Result<Lease> {
-    let task: Task = store.get(id)?;
-    Ok(Lease {
-        task_id: task.id,
+    Ok(lease_on(&store.get(id)?, token))
+}
+
+/// The lease that `token` claims on `task`, as [`lease_of`] reads it.
+fn lease_on(task: &Task, token: &str) -> Lease {
+    Lease {
+        task_id: task.id.clone(),
         attempt: task.attempts,
-        worker: task.worker.unwrap_or_default(),
+        worker: task.worker.clone().unwrap_or_default(),
         token: token.to_string(),
-    })
+    }
 }
 
 /// Extends the lease of a claimed task to `lease` from now, as the holder of `token`; says
@@ -374,14 +378,15 @@ pub fn finish_task(
     outcome: Outcome,
 ) -> anyhow::Result<Task> {
     let store = open_store(settings)?;
-    let held = lease_of(&store, id, token)?;
+    let claimed = store.get(id)?;
+    let held = lease_on(&claimed, token);
     // A success of a role that asks for review waits for it, as a worker's would.
     let config = Config::load(&store)?;
     let outcome = match outcome {
         Outcome::Success(result) => {
             let holder = store.workers()?.into_iter().find(|w| w.name == held.worker);
-            let task_type = store.get(id)?.task_type;
-            if config.review_for(holder.as_ref().map(|w| w.role.as_str()), &task_type) {
+            let role = holder.as_ref().map(|w| w.role.as_str());
+            if config.review_for(role, &claimed.task_type) {
                 Outcome::ForReview(result)
             } else {
                 Outcome::Success(result)
