@@ -30,7 +30,8 @@ CARGO_PROFILE_DEV_DEBUG=0 cargo build --quiet --target "$target" -p host -p noop
 built="target/$target/debug"
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+worker=""
+trap '[ -z "$worker" ] || kill -KILL "$worker" 2>/dev/null; rm -rf "$work"' EXIT
 export WINEPREFIX="$work/prefix" WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
 wine=/usr/lib/wine/wine64
 mkdir -p "$work/bin"
@@ -68,4 +69,49 @@ state() { host show "$1" --json | python3 -c 'import json,sys; t=json.load(sys.s
 [[ "$(state "$noop")" == "completed |"* ]] || fail "task $noop: $(state "$noop")"
 [[ "$(state "$crash")" == *"the handler process aborted"* ]] || fail "task $crash: $(state "$crash")"
 [[ "$(state "$sleep")" == *"timed out after 2s"*"was killed"* ]] || fail "task $sleep: $(state "$sleep")"
-echo "windows smoke test passed: host.exe under $("$wine" --version): init, add, a noop worker, status --json, a plugin that aborts, a task that times out"
+# What a task starts ends with it, also when the worker is stopped or killed: a spawner task
+# starts `ping -n 120` twice (one detached in a group of its own, one through `cmd /c start`).
+pings() { pgrep -fc -- '-n 120 127.0.0.1' || true; }
+handlers() { pgrep -fc 'host.exe handler-process' || true; }
+until_gone() { # what, seconds, how many handler processes stay (a live worker keeps one)
+    for _ in $(seq "$2"); do [ "$(pings)" = 0 ] && [ "$(handlers)" = "$3" ] && return 0; sleep 1; done
+    fail "$1: $(pings) ping.exe and $(handlers) handler processes are running (expected 0 and $3)"
+}
+spawning() { # task id: waits until its two commands run
+    for _ in $(seq 60); do
+        [ "$(pings)" -ge 2 ] && return 0
+        sleep 1
+    done
+    fail "task $1 did not start its two ping.exe (ping.exe running: $(pings))"
+}
+start_worker() { # log file; the worker's pid is the Windows process itself (wine execs it)
+    "$wine" "$work/bin/host.exe" --role spawner --grace 1s 2>"$1" &
+    worker=$!
+}
+spawn='["ping","-n","120","127.0.0.1"]'
+
+# A task that times out: its handler returns, and what it started is ended with it.
+timed=$(host add --type spawn --payload "{\"command\":$spawn}" --timeout 5s --max-attempts 1 | tr -d '\r')
+start_worker "$work/timed.log"
+spawning "$timed"
+until_gone "after task $timed timed out" 30 1
+[[ "$(state "$timed")" == "failed |"*"timed out after 5s"* ]] || fail "task $timed: $(state "$timed")"
+
+# Ctrl+C (Wine turns SIGINT into CTRL_C_EVENT): the worker returns its task to the queue and
+# exits; nothing it started is left.
+stopped=$(host add --type spawn --payload "{\"command\":$spawn}" | tr -d '\r')
+spawning "$stopped"
+kill -INT "$worker"
+wait "$worker" || fail "the worker stopped by Ctrl+C exited with $?: $(cat "$work/timed.log")"
+grep -q "task $stopped returned to the queue" "$work/timed.log" || fail "Ctrl+C: $(cat "$work/timed.log")"
+until_gone "after Ctrl+C" 30 0
+[[ "$(state "$stopped")" == "pending |"* ]] || fail "task $stopped after Ctrl+C: $(state "$stopped")"
+
+# A worker killed outright: its job ends the handler and everything below it.
+start_worker "$work/killed.log"
+spawning "$stopped"
+kill -KILL "$worker"
+wait "$worker" 2>/dev/null || true
+until_gone "after the worker was killed" 30 0
+
+echo "windows smoke test passed: host.exe under $("$wine" --version): init, add, a noop worker, status --json, a plugin that aborts, tasks that time out, Ctrl+C, a killed worker, nothing left running"

@@ -14,10 +14,13 @@
 //! The protocol is JSON lines: the parent writes [`ToChild`] on the child's stdin; the child
 //! answers with [`FromChild`] on its stdout. The child moves its own stdout to stderr first, so
 //! a handler that prints cannot corrupt the protocol; what it prints lands in the worker's log.
+//!
+//! On Windows the child runs in a console of its own with no window: the keys a user presses
+//! in the worker's console (Ctrl+C, Ctrl+Break) reach the worker, which decides what becomes of
+//! the running task, never the handler or the commands it runs. Its stderr comes to the worker
+//! through a pipe, line by line, as it cannot write to the worker's console.
 
 use std::io::{BufRead, BufReader, Write};
-#[cfg(unix)]
-use std::os::fd::AsFd;
 #[cfg(unix)]
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 #[cfg(windows)]
@@ -31,6 +34,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use filedescriptor::{FileDescriptor, StdioDescriptor};
 use plugin_api::__private::{ErrorRecord, decode_stop_reason, encode_stop_reason};
 use plugin_api::{StopReason, Task};
 use serde::{Deserialize, Serialize};
@@ -118,6 +122,10 @@ pub struct HandlerProcess {
     child: Child,
     stdin: ChildStdin,
     messages: Receiver<Option<FromChild>>,
+    /// How many processes its job held once it was ready: more after a task are what the task
+    /// left running.
+    #[cfg(windows)]
+    settled: Option<usize>,
 }
 
 impl HandlerProcess {
@@ -137,14 +145,15 @@ impl HandlerProcess {
             .arg("--parent")
             .arg(std::process::id().to_string())
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        // Its own process group: a Ctrl+C in the terminal reaches the worker, which decides
-        // what happens to the running task, not the handler directly.
+            .stdout(Stdio::piped());
+        // Its own process group (Windows: its own console): a Ctrl+C in the terminal reaches
+        // the worker, which decides what happens to the running task, not the handler directly.
         #[cfg(unix)]
-        command.process_group(0);
+        command.process_group(0).stderr(Stdio::inherit());
         #[cfg(windows)]
-        command.creation_flags(CREATE_NEW_PROCESS_GROUP);
+        command
+            .creation_flags(CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP)
+            .stderr(Stdio::piped());
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", exe.display()))?;
@@ -155,6 +164,10 @@ impl HandlerProcess {
         drop(live);
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
+        #[cfg(windows)]
+        if let Some(stderr) = child.stderr.take() {
+            thread::spawn(move || relay_lines(stderr));
+        }
         let (sender, messages) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -172,6 +185,8 @@ impl HandlerProcess {
             child,
             stdin,
             messages,
+            #[cfg(windows)]
+            settled: None,
         };
         let ready = process.messages.recv_timeout(START_TIMEOUT);
         let ready = match ready {
@@ -187,7 +202,13 @@ impl HandlerProcess {
             other => other,
         };
         match ready {
-            Ok(Some(FromChild::Checked { refusal: None })) => Ok(process),
+            Ok(Some(FromChild::Checked { refusal: None })) => {
+                #[cfg(windows)]
+                {
+                    process.settled = crate::process_tree::processes_of(process.child.id());
+                }
+                Ok(process)
+            }
             Ok(Some(FromChild::Checked {
                 refusal: Some(reason),
             })) => bail!("{reason}"),
@@ -221,13 +242,13 @@ impl HandlerProcess {
                     hooks.progress(percent, &message)
                 }
                 Ok(Some(FromChild::Log { line })) => hooks.log(&line),
-                Ok(Some(FromChild::Succeeded { result })) => return RunEnd::Returned(Ok(result)),
+                Ok(Some(FromChild::Succeeded { result })) => return self.returned(Ok(result)),
                 Ok(Some(FromChild::Failed {
                     message,
                     result,
                     retryable,
                 })) => {
-                    return RunEnd::Returned(Err(ErrorRecord {
+                    return self.returned(Err(ErrorRecord {
                         message,
                         result,
                         retryable,
@@ -257,6 +278,24 @@ impl HandlerProcess {
                 _ => {}
             }
         }
+    }
+
+    /// Whether the child is still running, to be given the next task.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The end of a run whose handler returned. On Windows, what the task left running is
+    /// ended first: a process cannot end the processes below it and stay up itself without
+    /// unsafe code, so the child goes with them (see [`HandlerProcess::alive`]).
+    fn returned(&mut self, outcome: Result<Value, ErrorRecord>) -> RunEnd {
+        #[cfg(windows)]
+        if self.settled.is_some_and(|settled| {
+            crate::process_tree::processes_of(self.child.id()).is_some_and(|now| now > settled)
+        }) {
+            self.kill();
+        }
+        RunEnd::Returned(outcome)
     }
 
     fn send(&mut self, message: &ToChild) -> std::io::Result<()> {
@@ -321,9 +360,30 @@ pub fn kill_all() {
     }
 }
 
-/// `CREATE_NEW_PROCESS_GROUP`: a Ctrl+C or Ctrl+Break in the console is not sent to the child.
+/// `CREATE_NEW_PROCESS_GROUP`: a Ctrl+C in the console is not sent to the child.
 #[cfg(windows)]
 pub const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+
+/// `CREATE_NO_WINDOW`: the child has a console of its own that is never shown, so no key
+/// pressed in the worker's console (Ctrl+Break included) and no closing of it reaches it; the
+/// commands it starts share that hidden console rather than each opening a window.
+#[cfg(windows)]
+pub const CREATE_NO_WINDOW: u32 = 0x0800_0000;
+
+/// Copies what a child writes to `from` to this process's stderr, a whole line per write so
+/// that lines of several children do not mix.
+#[cfg(windows)]
+fn relay_lines(from: impl std::io::Read) {
+    let mut reader = BufReader::new(from);
+    let mut line = Vec::new();
+    while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+        if !line.ends_with(b"\n") {
+            line.push(b'\n');
+        }
+        let _ = std::io::stderr().write_all(&line);
+        line.clear();
+    }
+}
 
 /// Says in words how a child process (`what`: "handler", "plugin probe") ended.
 pub fn describe_exit(what: &str, status: ExitStatus) -> String {
@@ -363,28 +423,12 @@ pub fn describe_exit(what: &str, status: ExitStatus) -> String {
     }
 }
 
-/// Where the child writes the protocol. On Unix, the real stdout, with fd 1 pointed at stderr
+/// Where the child writes the protocol: the real stdout, with stdout itself pointed at stderr
 /// so that whatever a handler prints goes to the worker's log instead of into the protocol.
-#[cfg(unix)]
 fn protocol_output() -> anyhow::Result<std::fs::File> {
-    let protocol = std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .context("cannot duplicate stdout")?;
-    nix::unistd::dup2_stdout(std::io::stderr()).context("cannot redirect stdout")?;
-    Ok(std::fs::File::from(protocol))
-}
-
-/// Where the child writes the protocol. On Windows, stdout as it is: a line a handler prints
-/// there that is not the protocol is dropped by the worker (log with the context instead).
-#[cfg(windows)]
-fn protocol_output() -> anyhow::Result<std::fs::File> {
-    use std::os::windows::io::AsHandle;
-    let handle = std::io::stdout()
-        .as_handle()
-        .try_clone_to_owned()
-        .context("cannot duplicate stdout")?;
-    Ok(std::fs::File::from(handle))
+    let protocol = FileDescriptor::redirect_stdio(&std::io::stderr(), StdioDescriptor::Stdout)
+        .context("cannot point stdout at stderr")?;
+    protocol.as_file().context("cannot duplicate stdout")
 }
 
 /// The child side (`host handler-process`): loads the role from `library` and runs the tasks

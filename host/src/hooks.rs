@@ -17,7 +17,15 @@ const HOOK_LIMIT: Duration = Duration::from_secs(30);
 /// says why it did not run or did not succeed, naming the event.
 pub fn run(command: &[String], event: &str, task: &Task) -> Result<(), String> {
     let fail = |why: String| format!("hook {event} ({}): {why}", command[0]);
-    let mut child = Command::new(&command[0])
+    let mut hook = Command::new(&command[0]);
+    // On Windows, a hidden console of its own: the Ctrl+Break that stops the worker does not
+    // end the hook mid-way.
+    #[cfg(windows)]
+    std::os::windows::process::CommandExt::creation_flags(
+        &mut hook,
+        crate::handler_process::CREATE_NO_WINDOW,
+    );
+    let mut child = hook
         .args(&command[1..])
         .env("HOST_EVENT", event)
         .env("HOST_TASK_ID", &task.id)

@@ -240,7 +240,7 @@ pub fn die_with_parent(parent: u32) {
 }
 
 #[cfg(windows)]
-pub use windows::{kill_orphans, kill_tree, track};
+pub use windows::{kill_orphans, kill_tree, processes_of, track};
 
 #[cfg(windows)]
 mod windows {
@@ -280,6 +280,14 @@ mod windows {
         {
             JOBS.lock().expect("jobs lock").push((child.id(), job));
         }
+    }
+
+    /// How many processes a tracked child's job holds: the child, what it started (with what
+    /// those started) and its console's host; `None` for a child without a job.
+    pub fn processes_of(root: u32) -> Option<usize> {
+        let jobs = JOBS.lock().expect("jobs lock");
+        let (_, job) = jobs.iter().find(|(pid, _)| *pid == root)?;
+        job.query_process_id_list().ok().map(|pids| pids.len())
     }
 
     /// Kills what the tracked children not in `keep` (those that ended) left running.

@@ -95,6 +95,10 @@ mod imp {
     /// points to.
     const OPEN_REPARSE_POINT: u32 = 0x0020_0000;
 
+    /// `FILE_SHARE_READ | FILE_SHARE_WRITE`: others may open the file, not delete or rename it
+    /// (the standard library's default also shares deletion).
+    const SHARE_READ_WRITE: u32 = 0x1 | 0x2;
+
     pub(super) fn private_dir_builder() -> fs::DirBuilder {
         fs::DirBuilder::new()
     }
@@ -136,9 +140,11 @@ mod imp {
     }
 
     /// What the writers of a queue lock: a file in the folder (Windows opens no folder as a
-    /// file). SQLite's own locks keep the data safe whatever happens to it.
+    /// file), which cannot be deleted or renamed while a process has it open. SQLite's own
+    /// locks keep the data safe whatever happens to it.
     pub fn writers_lock(root: &Path) -> io::Result<File> {
         private_file()
+            .share_mode(SHARE_READ_WRITE)
             .read(true)
             .write(true)
             .create(true)
@@ -163,10 +169,14 @@ mod imp {
 
     /// Restricts the folder to its user: inherited entries removed, full control for the user
     /// alone, passed on to every file and folder made in it. Done with `icacls`, which every
-    /// Windows has, rather than the security API by hand.
+    /// Windows has, rather than the security API by hand. The user is named by their security
+    /// identifier, which also holds for domain and Microsoft accounts.
     pub fn restrict_to_user(root: &Path) -> Result<(), String> {
-        let user = user_name().ok_or("USERNAME is not set")?;
-        let output = Command::new("icacls")
+        let user = match user_sid() {
+            Some(sid) => format!("*{sid}"),
+            None => qualified_user_name().ok_or("USERNAME is not set")?,
+        };
+        let output = Command::new(system_program("icacls.exe"))
             .arg(root)
             .args(["/inheritance:r", "/grant:r"])
             .arg(format!("{user}:(OI)(CI)F"))
@@ -175,7 +185,42 @@ mod imp {
         if output.status.success() {
             return Ok(());
         }
-        let said = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let mut said = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let errors = String::from_utf8_lossy(&output.stderr);
+        if !errors.trim().is_empty() {
+            said = format!("{said} {}", errors.trim()).trim().to_string();
+        }
         Err(format!("icacls refused ({}): {said}", output.status))
+    }
+
+    /// The security identifier of the user running this process (`S-1-5-21-...`), as
+    /// `whoami /user` gives it; `None` where it does not (Wine's `whoami`).
+    fn user_sid() -> Option<String> {
+        let output = Command::new(system_program("whoami.exe"))
+            .args(["/user", "/fo", "csv", "/nh"])
+            .output()
+            .ok()
+            .filter(|output| output.status.success())?;
+        // `"DOMAIN\\user","S-1-5-21-..."`: the last quoted field.
+        let text = String::from_utf8_lossy(&output.stdout);
+        let sid = text.trim().rsplit(',').next()?.trim_matches('"');
+        (sid.starts_with("S-1-") && sid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            .then(|| sid.to_string())
+    }
+
+    /// Windows's own program `name`, by its full path: never one of that name found first on
+    /// the search path or beside `host.exe`.
+    fn system_program(name: &str) -> std::path::PathBuf {
+        let root = std::env::var_os("SystemRoot").unwrap_or_else(|| "C:\\Windows".into());
+        Path::new(&root).join("System32").join(name)
+    }
+
+    /// `DOMAIN\user` (or the bare user name when no domain is set).
+    fn qualified_user_name() -> Option<String> {
+        let user = user_name()?;
+        Some(match std::env::var("USERDOMAIN") {
+            Ok(domain) if !domain.is_empty() => format!("{domain}\\{user}"),
+            _ => user,
+        })
     }
 }
