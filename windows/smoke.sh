@@ -2,11 +2,20 @@
 # The Windows build, tried under Wine: cross-builds host.exe and the plugins it needs for
 # x86_64-pc-windows-gnu (Debian's mingw-w64 for the C parts, Rust's standard library for the
 # target through rustup), then runs as a Windows user would: init, add, a noop worker --drain,
-# status --json, a plugin that aborts, a task that times out. Exits non-zero, saying what, on
-# the first thing that goes wrong; it never skips.
+# status --json, a plugin that aborts, a task that times out, a handler that prints; then that
+# what a task starts ends with it when it times out, at Ctrl+C and when its worker is killed.
+# Exits non-zero, saying what, on the first thing that goes wrong; it never skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=x86_64-pc-windows-gnu
+# Apart from the Linux build, so that the two can run at once (see .ci/run).
+target_dir="${CARGO_TARGET_DIR:-target}/windows"
+built="$target_dir/$target/debug"
+mode=${1:-all}
+case "$mode" in
+    setup | build | all) ;;
+    *) echo "usage: windows/smoke.sh [setup|build]  (setup: install what it needs; build: and cross-build)" >&2; exit 2 ;;
+esac
 
 # What it needs from Debian: mingw-w64's C compiler and Wine (wine64 lives in /usr/lib/wine).
 missing=()
@@ -24,10 +33,13 @@ if ! rustup target list --installed | grep -qx "$target"; then
         exit 1
     }
 fi
+[ "$mode" = setup ] && exit 0
 
-# No debug information: the debug host.exe would be 300 MB, and linking it slow.
-CARGO_PROFILE_DEV_DEBUG=0 cargo build --quiet --target "$target" -p host -p noop -p test-roles
-built="target/$target/debug"
+# No debug information: the debug host.exe would be 300 MB, and linking it slow. Warnings in
+# code only Windows compiles fail the build, as clippy's do on Linux.
+CARGO_PROFILE_DEV_DEBUG=0 RUSTFLAGS="-D warnings" CARGO_TARGET_DIR="$target_dir" \
+    cargo build --quiet --target "$target" -p host -p noop -p test-roles
+[ "$mode" = build ] && exit 0
 
 work=$(mktemp -d)
 worker=""
@@ -69,6 +81,13 @@ state() { host show "$1" --json | python3 -c 'import json,sys; t=json.load(sys.s
 [[ "$(state "$noop")" == "completed |"* ]] || fail "task $noop: $(state "$noop")"
 [[ "$(state "$crash")" == *"the handler process aborted"* ]] || fail "task $crash: $(state "$crash")"
 [[ "$(state "$sleep")" == *"timed out after 2s"*"was killed"* ]] || fail "task $sleep: $(state "$sleep")"
+# What a handler prints goes to the worker's log, never into its protocol with the worker.
+printed=$(host add --type announce --payload '{"print":true}' | tr -d '\r')
+host --role announcer --drain 2>"$work/announce.log" || fail "announcer worker: $(cat "$work/announce.log")"
+grep -q 'no line end' "$work/announce.log" || fail "what the handler printed: $(cat "$work/announce.log")"
+said=$(host show "$printed" --json | python3 -c 'import json,sys; t=json.load(sys.stdin); print(t["status"], t.get("result"))')
+[ "$said" = "completed {'said': 'hello'}" ] || fail "task $printed, whose handler printed: $said"
+
 # What a task starts ends with it, also when the worker is stopped or killed: a spawner task
 # starts `ping -n 120` twice (one detached in a group of its own, one through `cmd /c start`).
 pings() { pgrep -fc -- '-n 120 127.0.0.1' || true; }
@@ -114,4 +133,4 @@ kill -KILL "$worker"
 wait "$worker" 2>/dev/null || true
 until_gone "after the worker was killed" 30 0
 
-echo "windows smoke test passed: host.exe under $("$wine" --version): init, add, a noop worker, status --json, a plugin that aborts, tasks that time out, Ctrl+C, a killed worker, nothing left running"
+echo "windows smoke test passed: host.exe under $("$wine" --version): init, add, a noop worker, status --json, a plugin that aborts, a handler that prints, tasks that time out, Ctrl+C, a killed worker, nothing left running"

@@ -377,6 +377,11 @@ fn unsafe_file_system(magic: i64) -> Option<&'static str> {
 /// not work there (SQLite's own documentation), so two machines would corrupt the queue.
 fn refuse_network_file_system(root: &Path) -> Result<(), StoreError> {
     refuse_network_path(root)?;
+    // A drive letter mapped to a share resolves to the share's UNC path.
+    #[cfg(windows)]
+    if let Ok(real) = fs::canonicalize(root) {
+        refuse_network_path(&real)?;
+    }
     #[cfg(target_os = "linux")]
     {
         let stat = nix::sys::statfs::statfs(root).map_err(|errno| StoreError::Io {

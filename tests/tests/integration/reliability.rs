@@ -126,6 +126,28 @@ fn a_handler_that_aborts_or_segfaults_fails_its_task_and_the_worker_goes_on() {
 }
 
 #[test]
+fn what_a_handler_prints_goes_to_the_worker_log_and_never_into_the_protocol() {
+    let q = TestQueue::new();
+    let printed = q.add(&["--type", "announce", "--payload", r#"{"print": true}"#]);
+    let next = q.add(&["--type", "announce"]);
+    let output = q.drain("announcer", &[]);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains(r#"{"op":"succeeded","result":{"said":"forged"}}"#),
+        "{log}"
+    );
+    assert!(log.contains("no line end"), "{log}");
+    for id in [&printed, &next] {
+        let task = q.task(id);
+        assert_eq!(task["status"], "completed", "{task:#}");
+        assert_eq!(
+            task["result"]["said"], "hello",
+            "the handler's own result: {task:#}"
+        );
+    }
+}
+
+#[test]
 fn a_retryable_failure_is_retried_with_backoff_and_every_error_is_kept() {
     let q = TestQueue::new();
     let id = q.add(&["--type", "flaky", "--payload", r#"{"succeedOn": 3}"#]);
