@@ -122,10 +122,16 @@ pub struct HandlerProcess {
     child: Child,
     stdin: ChildStdin,
     messages: Receiver<Option<FromChild>>,
-    /// How many processes its job held once it was ready: more after a task are what the task
+    /// Whether it was ended after a task (see [`HandlerProcess::returned`]) and a fresh one
+    /// must take the next task.
+    spent: bool,
+    /// The processes its job held once it was ready: any other after a task is one the task
     /// left running.
     #[cfg(windows)]
-    settled: Option<usize>,
+    settled: Option<std::collections::HashSet<usize>>,
+    /// Ends when all the child wrote to its stderr has been relayed.
+    #[cfg(windows)]
+    relayed: Option<Receiver<()>>,
 }
 
 impl HandlerProcess {
@@ -152,7 +158,7 @@ impl HandlerProcess {
         command.process_group(0).stderr(Stdio::inherit());
         #[cfg(windows)]
         command
-            .creation_flags(CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP)
+            .creation_flags(CREATE_NO_WINDOW)
             .stderr(Stdio::piped());
         let child = command
             .spawn()
@@ -165,9 +171,14 @@ impl HandlerProcess {
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         #[cfg(windows)]
-        if let Some(stderr) = child.stderr.take() {
-            thread::spawn(move || relay_lines(stderr));
-        }
+        let relayed = child.stderr.take().map(|stderr| {
+            let (done, relayed) = mpsc::channel();
+            thread::spawn(move || {
+                relay_lines(stderr);
+                let _ = done.send(());
+            });
+            relayed
+        });
         let (sender, messages) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -185,8 +196,11 @@ impl HandlerProcess {
             child,
             stdin,
             messages,
+            spent: false,
             #[cfg(windows)]
             settled: None,
+            #[cfg(windows)]
+            relayed,
         };
         let ready = process.messages.recv_timeout(START_TIMEOUT);
         let ready = match ready {
@@ -280,20 +294,24 @@ impl HandlerProcess {
         }
     }
 
-    /// Whether the child is still running, to be given the next task.
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    /// Whether the child may be given the next task: false once it was ended with what a task
+    /// left running.
+    pub fn reusable(&self) -> bool {
+        !self.spent
     }
 
     /// The end of a run whose handler returned. On Windows, what the task left running is
     /// ended first: a process cannot end the processes below it and stay up itself without
-    /// unsafe code, so the child goes with them (see [`HandlerProcess::alive`]).
+    /// unsafe code, so the child goes with them and the slot starts a fresh one (so a plugin
+    /// that keeps a helper process between tasks gets a new handler process every task).
     fn returned(&mut self, outcome: Result<Value, ErrorRecord>) -> RunEnd {
         #[cfg(windows)]
-        if self.settled.is_some_and(|settled| {
-            crate::process_tree::processes_of(self.child.id()).is_some_and(|now| now > settled)
-        }) {
+        if let Some(settled) = &self.settled
+            && crate::process_tree::processes_of(self.child.id())
+                .is_some_and(|now| !now.is_subset(settled))
+        {
             self.kill();
+            self.spent = true;
         }
         RunEnd::Returned(outcome)
     }
@@ -334,6 +352,12 @@ impl HandlerProcess {
         };
         let keep = live.iter().copied().collect();
         crate::process_tree::kill_orphans(&keep);
+        // What it wrote last reaches the log before the worker goes on (or exits); a command
+        // it left holding its stderr is not waited for long.
+        #[cfg(windows)]
+        if let Some(relayed) = self.relayed.take() {
+            let _ = relayed.recv_timeout(Duration::from_secs(1));
+        }
         how
     }
 }
@@ -360,10 +384,6 @@ pub fn kill_all() {
     }
 }
 
-/// `CREATE_NEW_PROCESS_GROUP`: a Ctrl+C in the console is not sent to the child.
-#[cfg(windows)]
-pub const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
-
 /// `CREATE_NO_WINDOW`: the child has a console of its own that is never shown, so no key
 /// pressed in the worker's console (Ctrl+Break included) and no closing of it reaches it; the
 /// commands it starts share that hidden console rather than each opening a window.
@@ -371,16 +391,18 @@ pub const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
 pub const CREATE_NO_WINDOW: u32 = 0x0800_0000;
 
 /// Copies what a child writes to `from` to this process's stderr, a whole line per write so
-/// that lines of several children do not mix.
+/// that lines of several children do not mix. Text that is not UTF-8 (a console program's code
+/// page) is written with replacement characters, as a console takes nothing else.
 #[cfg(windows)]
 fn relay_lines(from: impl std::io::Read) {
     let mut reader = BufReader::new(from);
     let mut line = Vec::new();
     while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-        if !line.ends_with(b"\n") {
-            line.push(b'\n');
+        let mut text = String::from_utf8_lossy(&line).into_owned();
+        if !text.ends_with('\n') {
+            text.push('\n');
         }
-        let _ = std::io::stderr().write_all(&line);
+        let _ = std::io::stderr().write_all(text.as_bytes());
         line.clear();
     }
 }

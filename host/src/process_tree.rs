@@ -282,12 +282,14 @@ mod windows {
         }
     }
 
-    /// How many processes a tracked child's job holds: the child, what it started (with what
-    /// those started) and its console's host; `None` for a child without a job.
-    pub fn processes_of(root: u32) -> Option<usize> {
+    /// The processes a tracked child's job holds, by id: the child, what it started (with what
+    /// those started) and possibly its console's host; `None` for a child without a job.
+    pub fn processes_of(root: u32) -> Option<std::collections::HashSet<usize>> {
         let jobs = JOBS.lock().expect("jobs lock");
         let (_, job) = jobs.iter().find(|(pid, _)| *pid == root)?;
-        job.query_process_id_list().ok().map(|pids| pids.len())
+        job.query_process_id_list()
+            .ok()
+            .map(|pids| pids.into_iter().collect())
     }
 
     /// Kills what the tracked children not in `keep` (those that ended) left running.

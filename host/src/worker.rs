@@ -431,7 +431,7 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
     let mut given = task.clone();
     given.timeout_secs = running.timeout.map(|t| t.as_secs().max(1));
     let end = handler.run(&given, &hooks);
-    let survived = matches!(end, RunEnd::Returned(_)) && handler.alive();
+    let survived = matches!(end, RunEnd::Returned(_)) && handler.reusable();
 
     shared
         .running

@@ -377,11 +377,6 @@ fn unsafe_file_system(magic: i64) -> Option<&'static str> {
 /// not work there (SQLite's own documentation), so two machines would corrupt the queue.
 fn refuse_network_file_system(root: &Path) -> Result<(), StoreError> {
     refuse_network_path(root)?;
-    // A drive letter mapped to a share resolves to the share's UNC path.
-    #[cfg(windows)]
-    if let Ok(real) = fs::canonicalize(root) {
-        refuse_network_path(&real)?;
-    }
     #[cfg(target_os = "linux")]
     {
         let stat = nix::sys::statfs::statfs(root).map_err(|errno| StoreError::Io {
@@ -404,16 +399,23 @@ fn refuse_network_file_system(root: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Refuses, from the path alone and before anything is made there, a folder that is on a
-/// network share: on Windows a UNC path (`\\server\share`, or `\\wsl$\Ubuntu\...`, a WSL
-/// distribution's files seen from Windows over 9p).
+/// Refuses, before anything is made there, a folder that is on a network share: on Windows a
+/// UNC path (`\\server\share`, or `\\wsl$\Ubuntu\...`, a WSL distribution's files seen from
+/// Windows over 9p), or a path whose nearest existing folder resolves to one (a drive letter
+/// mapped to a share).
 fn refuse_network_path(root: &Path) -> Result<(), StoreError> {
     #[cfg(windows)]
     {
         use std::path::{Component, Prefix};
-        if let Some(Component::Prefix(prefix)) = root.components().next()
-            && matches!(prefix.kind(), Prefix::UNC(..) | Prefix::VerbatimUNC(..))
-        {
+        let is_unc = |path: &Path| {
+            matches!(path.components().next(), Some(Component::Prefix(prefix))
+                if matches!(prefix.kind(), Prefix::UNC(..) | Prefix::VerbatimUNC(..)))
+        };
+        let real = root
+            .ancestors()
+            .find(|folder| folder.exists())
+            .and_then(|folder| fs::canonicalize(folder).ok());
+        if is_unc(root) || real.as_deref().is_some_and(is_unc) {
             return Err(StoreError::Unsafe {
                 path: root.to_path_buf(),
                 reason: "is on a network share (or in a WSL distribution seen from Windows), \
