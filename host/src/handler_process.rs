@@ -160,12 +160,11 @@ impl HandlerProcess {
         command
             .creation_flags(CREATE_NO_WINDOW)
             .stderr(Stdio::piped());
-        let child = command
+        let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", exe.display()))?;
         #[cfg(windows)]
         crate::process_tree::track(&child);
-        let mut child = child;
         live.push(child.id());
         drop(live);
         let stdin = child.stdin.take().expect("stdin is piped");

@@ -430,3 +430,16 @@ fn refuse_network_path(root: &Path) -> Result<(), StoreError> {
     let _ = root;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_file_systems_are_named() {
+        assert_eq!(unsafe_file_system(0x6969), Some("NFS"));
+        assert!(unsafe_file_system(0xff53_4d42).is_some());
+        assert_eq!(unsafe_file_system(0xef53), None, "ext4 is fine");
+        assert_eq!(unsafe_file_system(0x0102_1994), None, "tmpfs is fine");
+    }
+}

@@ -194,18 +194,23 @@ mod imp {
     }
 
     /// The security identifier of the user running this process (`S-1-5-21-...`), as
-    /// `whoami /user` gives it; `None` where it does not (Wine's `whoami`).
+    /// `whoami /user` gives it, asked once per process; `None` where it does not (Wine's
+    /// `whoami`).
     fn user_sid() -> Option<String> {
-        let output = Command::new(system_program("whoami.exe"))
-            .args(["/user", "/fo", "csv", "/nh"])
-            .output()
-            .ok()
-            .filter(|output| output.status.success())?;
-        // `"DOMAIN\\user","S-1-5-21-..."`: the last quoted field.
-        let text = String::from_utf8_lossy(&output.stdout);
-        let sid = text.trim().rsplit(',').next()?.trim_matches('"');
-        (sid.starts_with("S-1-") && sid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-            .then(|| sid.to_string())
+        static SID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        SID.get_or_init(|| {
+            let output = Command::new(system_program("whoami.exe"))
+                .args(["/user", "/fo", "csv", "/nh"])
+                .output()
+                .ok()
+                .filter(|output| output.status.success())?;
+            // `"DOMAIN\\user","S-1-5-21-..."`: the last quoted field.
+            let text = String::from_utf8_lossy(&output.stdout);
+            let sid = text.trim().rsplit(',').next()?.trim_matches('"');
+            (sid.starts_with("S-1-") && sid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+                .then(|| sid.to_string())
+        })
+        .clone()
     }
 
     /// Windows's own program `name`, by its full path: never one of that name found first on
