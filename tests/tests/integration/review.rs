@@ -188,7 +188,7 @@ fn a_fanned_out_task_runs_side_by_side_and_merging_one_discards_the_others() {
     assert!(output.status.success(), "{output:?}");
     // Each copy made its own change on its own branch.
     for id in &ids {
-        assert_eq!(q.task(id)["status"], "completed");
+        assert_eq!(q.task(id)["status"], "completed", "{:#}", q.task(id));
         assert_eq!(
             git(&repo, &["show", &format!("host/task-{id}:shared.txt")]),
             format!("{id}\n")
