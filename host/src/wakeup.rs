@@ -9,18 +9,28 @@
 //! backoff and expired leases are found by polling too, as they become due by time, not by a
 //! change in the queue.
 
-use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use notify::event::ModifyKind;
 use notify::{EventKind, RecursiveMode, Watcher};
-use queue::{StoreError, WorkListener, WorkSignal};
+use queue::{QueueFolder, StoreError, WorkListener, WorkSignal};
 
 /// Wakes idle slots when something may have become claimable.
 pub struct Wakeup {
     generation: Arc<(Mutex<u64>, Condvar)>,
-    // Kept alive for as long as slots wait on it; `None` when notifications are unavailable.
-    _watcher: Option<notify::RecommendedWatcher>,
+    /// The doorbell watched, when it is; `None` when notifications are unavailable or the
+    /// store announces work otherwise.
+    doorbell: Option<Doorbell>,
+}
+
+/// The watch on a queue folder's doorbell, set again when the file was deleted or renamed
+/// (a watch follows the file, not its name).
+struct Doorbell {
+    folder: QueueFolder,
+    watcher: Mutex<notify::RecommendedWatcher>,
+    lost: Arc<AtomicBool>,
 }
 
 impl Wakeup {
@@ -28,7 +38,7 @@ impl Wakeup {
     /// and polls only.
     pub fn start(signal: WorkSignal) -> (Wakeup, Option<String>) {
         match signal {
-            WorkSignal::Doorbell(path) => Wakeup::watch(&path),
+            WorkSignal::Doorbell(folder) => Wakeup::watch(folder),
             WorkSignal::Listen(connect) => (Wakeup::listen(connect), None),
         }
     }
@@ -65,42 +75,73 @@ impl Wakeup {
         });
         Wakeup {
             generation,
-            _watcher: None,
+            doorbell: None,
         }
     }
 
     /// Watches the queue's `doorbell` file. If that fails, says why in the returned text and
     /// polls only.
-    fn watch(doorbell: &Path) -> (Wakeup, Option<String>) {
+    fn watch(folder: QueueFolder) -> (Wakeup, Option<String>) {
         let generation = Arc::new((Mutex::new(0u64), Condvar::new()));
         let signal = Arc::clone(&generation);
+        let lost = Arc::new(AtomicBool::new(false));
+        let noticed = Arc::clone(&lost);
         let handler = move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
             // The store rewrites the doorbell in place; opening and closing it is not a ring.
-            if event.is_ok_and(|e| matches!(e.kind, EventKind::Modify(_) | EventKind::Create(_))) {
+            // Deleted or renamed away, it is watched again at the next wait (slots wake now).
+            let ring = match event.kind {
+                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => {
+                    noticed.store(true, Ordering::SeqCst);
+                    true
+                }
+                EventKind::Modify(_) | EventKind::Create(_) => true,
+                _ => false,
+            };
+            if ring {
                 let (count, changed) = &*signal;
                 *count.lock().expect("wakeup lock") += 1;
                 changed.notify_all();
             }
         };
         let watched = notify::recommended_watcher(handler).and_then(|mut watcher| {
-            watcher.watch(doorbell, RecursiveMode::NonRecursive)?;
+            watcher.watch(&folder.doorbell(), RecursiveMode::NonRecursive)?;
             Ok(watcher)
         });
         match watched {
             Ok(watcher) => (
                 Wakeup {
                     generation,
-                    _watcher: Some(watcher),
+                    doorbell: Some(Doorbell {
+                        folder,
+                        watcher: Mutex::new(watcher),
+                        lost,
+                    }),
                 },
                 None,
             ),
             Err(err) => (
                 Wakeup {
                     generation,
-                    _watcher: None,
+                    doorbell: None,
                 },
                 Some(format!("file-system notifications unavailable ({err})")),
             ),
+        }
+    }
+
+    /// Makes the doorbell again and watches it, if it was deleted or renamed away; otherwise
+    /// pickup would fall back to polling for the worker's life.
+    fn rewatch_if_lost(&self) {
+        let Some(bell) = &self.doorbell else { return };
+        if bell.lost.swap(false, Ordering::SeqCst) {
+            let path = bell.folder.doorbell();
+            let mut watcher = bell.watcher.lock().expect("watcher lock");
+            let _ = watcher.unwatch(&path);
+            if watcher.watch(&path, RecursiveMode::NonRecursive).is_err() {
+                // Not there again yet (deleted as it was made): the next wait tries again.
+                bell.lost.store(true, Ordering::SeqCst);
+            }
         }
     }
 
@@ -112,6 +153,7 @@ impl Wakeup {
 
     /// Sleeps until the doorbell rang after `token` was taken, or `limit` passes.
     pub fn wait(&self, token: u64, limit: Duration) {
+        self.rewatch_if_lost();
         let (count, changed) = &*self.generation;
         let guard = count.lock().expect("wakeup lock");
         let _ = changed

@@ -118,6 +118,8 @@ struct Shared {
 enum Event {
     SlotDone,
     Signal,
+    /// The queue cannot be written any more (it was found damaged): the worker stops at once.
+    Damaged(StoreError),
 }
 
 /// The claim loop of one worker process.
@@ -151,6 +153,8 @@ impl ClaimLoop {
             store.as_ref(),
             crate::commands::workers::DEAD_WORKER_KEPT,
         );
+        // Damage found now stops the worker before it writes into the damaged file.
+        store.quick_check()?;
         let types = options.types.clone();
         let record = WorkerRecord {
             name: options.name.clone(),
@@ -215,18 +219,21 @@ impl ClaimLoop {
             thread::Builder::new()
                 .name(format!("slot-{slot}"))
                 .spawn(move || {
-                    slot_loop(&shared, process);
-                    let _ = events.send(Event::SlotDone);
+                    let _ = events.send(match slot_loop(&shared, process) {
+                        Some(damage) => Event::Damaged(damage),
+                        None => Event::SlotDone,
+                    });
                 })?;
         }
         let heartbeat = {
             let shared = Arc::clone(&shared);
             thread::spawn(move || heartbeat_loop(&shared))
         };
-        let purge = shared.options.keep_finished.map(|keep| {
+        let upkeep = {
             let shared = Arc::clone(&shared);
-            thread::spawn(move || purge_loop(&shared, keep))
-        });
+            let events = events.clone();
+            thread::spawn(move || upkeep_loop(&shared, &events))
+        };
         say(
             &shared,
             &format!(
@@ -241,6 +248,7 @@ impl ClaimLoop {
         let mut slots_done = 0;
         let mut signals_seen = 0;
         let mut deadline: Option<Instant> = None;
+        let mut damage = None;
         let exit = loop {
             let wait = deadline
                 .map(|d| d.saturating_duration_since(Instant::now()))
@@ -280,6 +288,16 @@ impl ClaimLoop {
                         break WorkerExit::Stopped;
                     }
                 }
+                Ok(Event::Damaged(err)) => {
+                    // Nothing more can be recorded: what runs ends now, and its leases run out
+                    // for the queue to hand the tasks out again once it is mended.
+                    shared.stopping.store(true, Ordering::SeqCst);
+                    for task in shared.running.lock().expect("running lock").iter() {
+                        task.request_stop(StopReason::Shutdown);
+                    }
+                    damage = Some(err);
+                    break WorkerExit::Stopped;
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         release_running(&shared);
@@ -294,8 +312,9 @@ impl ClaimLoop {
         crate::handler_process::kill_all();
         signals.close();
         let _ = heartbeat.join();
-        if let Some(purge) = purge {
-            let _ = purge.join();
+        let _ = upkeep.join();
+        if let Some(err) = damage {
+            return Err(anyhow::Error::new(err));
         }
         for hook in std::mem::take(&mut *shared.hooks.lock().expect("hooks lock")) {
             let _ = hook.join();
@@ -320,7 +339,9 @@ fn release_running(shared: &Shared) {
     }
 }
 
-fn slot_loop(shared: &Shared, process: HandlerProcess) {
+/// Claims and runs tasks until the worker stops; returns the damage that stopped it, if the
+/// queue was found damaged.
+fn slot_loop(shared: &Shared, process: HandlerProcess) -> Option<StoreError> {
     let mut process = Some(process);
     // A task claimed together with the last one's outcome, to run next.
     let mut next: Option<Claim> = None;
@@ -358,13 +379,14 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) {
             Ok(None) => {
                 if shared.options.drain {
                     match shared.store.has_work(&shared.types) {
-                        Ok(false) => return,
+                        Ok(false) => return None,
                         Ok(true) => {}
                         Err(err) => say(shared, &format!("error: {err}")),
                     }
                 }
                 shared.wakeup.wait(token, shared.options.poll);
             }
+            Err(err @ StoreError::Damaged { .. }) => return Some(err),
             Err(err) => {
                 say(shared, &format!("error: {err}"));
                 thread::sleep(shared.options.poll.max(Duration::from_millis(500)));
@@ -375,6 +397,7 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) {
     if let Some(claim) = next {
         release(shared, &claim.lease);
     }
+    None
 }
 
 /// Returns a task this worker holds to the queue, saying so.
@@ -659,17 +682,31 @@ fn heartbeat_loop(shared: &Shared) {
     }
 }
 
-/// How often a worker applies `[queue] keep_finished`.
-const PURGE_EVERY: Duration = Duration::from_secs(600);
+/// How often a worker checks the store ([`QueueStore::quick_check`]) and applies
+/// `[queue] keep_finished`.
+const UPKEEP_EVERY: Duration = Duration::from_secs(600);
 
-/// Applies `[queue] keep_finished` every [`PURGE_EVERY`], on a thread of its own so that a
-/// long purge never holds up lease renewals.
-fn purge_loop(shared: &Shared, keep: Duration) {
+/// Checks the store and applies `[queue] keep_finished` every [`UPKEEP_EVERY`] (the check ran
+/// at start), on a thread of its own so that neither holds up lease renewals. Damage found
+/// stops the worker.
+fn upkeep_loop(shared: &Shared, events: &mpsc::Sender<Event>) {
     let mut last: Option<Instant> = None;
     while !shared.exiting.load(Ordering::SeqCst) {
-        if last.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
+        if last.is_none_or(|at| at.elapsed() >= UPKEEP_EVERY) {
+            if last.is_some() {
+                match shared.store.quick_check() {
+                    Err(err @ StoreError::Damaged { .. }) => {
+                        let _ = events.send(Event::Damaged(err));
+                        return;
+                    }
+                    Err(err) => say(shared, &format!("could not check the queue: {err}")),
+                    Ok(()) => {}
+                }
+            }
             last = Some(Instant::now());
-            purge_finished(shared, keep);
+            if let Some(keep) = shared.options.keep_finished {
+                purge_finished(shared, keep);
+            }
         }
         thread::sleep(Duration::from_millis(200));
     }

@@ -8,6 +8,7 @@
 //!   queue.db               the tasks, leases, pauses, workers and settings (SQLite, WAL)
 //!   queue.db-wal, -shm     SQLite's write-ahead log and its index
 //!   doorbell               one byte, rewritten when work may have become claimable
+//!   damaged                (only after damage was found) what, and where: writes stop
 //!   logs/<id>.log          lines a task's handler logged
 //!   host.toml              (optional) role bindings, limits, aging, retention
 //!   plugins/               (optional) plugins for this queue
@@ -25,6 +26,8 @@ use crate::os::{self, private_file};
 /// The database's file name in the folder.
 pub const DATABASE: &str = "queue.db";
 const DOORBELL: &str = "doorbell";
+/// Written when damage was found, saying what; every process then stops writing.
+const DAMAGED: &str = "damaged";
 const LOGS: &str = "logs";
 /// What marked a folder of the earlier folder-of-files store.
 const OLD_FORMAT_MARKER: &str = "queue.json";
@@ -74,6 +77,9 @@ impl QueueFolder {
                 if root.join(OLD_FORMAT_MARKER).exists() {
                     return Err(StoreError::OldFormat(root.to_path_buf()));
                 }
+                if root.join(DOORBELL).exists() {
+                    return Err(StoreError::LostDatabase(database));
+                }
                 Err(StoreError::NotInitialized(root.to_path_buf()))
             }
             Err(err) => Err(io_err(root)(err)),
@@ -83,10 +89,92 @@ impl QueueFolder {
     fn checked(root: &Path) -> Result<QueueFolder, StoreError> {
         // Refused before anything is changed there.
         refuse_network_file_system(root)?;
+        refuse_other_owner(root)?;
         make_private(root)?;
         Ok(QueueFolder {
             root: root.to_path_buf(),
         })
+    }
+
+    /// What was found damaged, as [`QueueFolder::record_damage`] wrote it, if anything.
+    pub fn damage(&self) -> Option<StoreError> {
+        let mut text = String::new();
+        let path = self.root.join(DAMAGED);
+        io::Read::read_to_string(&mut os::reading_no_follow().open(&path).ok()?, &mut text).ok()?;
+        let (file, reason) = text.trim_end().split_once('\n').unwrap_or(("", &text));
+        Some(StoreError::Damaged {
+            path: PathBuf::from(file),
+            reason: format!(
+                "{} (recorded in {}: remove that file to write again, once every worker is \
+                 stopped and what the queue holds is checked)",
+                reason.trim_end(),
+                path.display()
+            ),
+        })
+    }
+
+    /// Records that `file` was found damaged, unless damage is already on record: the first
+    /// finding is the one that explains the rest. A failure to record only loses the note.
+    pub(crate) fn record_damage(&self, file: &Path, reason: &str) {
+        use std::io::Write;
+        if let Ok(mut marker) = private_file()
+            .create_new(true)
+            .write(true)
+            .open(self.root.join(DAMAGED))
+        {
+            let _ =
+                writeln!(marker, "{}\n{reason}", file.display()).and_then(|()| marker.sync_all());
+        }
+    }
+
+    /// Processes that still have one of the queue's SQLite files open after it was deleted,
+    /// one line each: they write into a log or index that no other process sees (Linux; read
+    /// from `/proc`, where this user sees their own processes).
+    pub fn holders_of_removed_files(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        #[cfg(target_os = "linux")]
+        for process in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = process.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            for fd in fs::read_dir(process.path().join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let Ok(target) = fs::read_link(fd.path()) else {
+                    continue;
+                };
+                let target = target.to_string_lossy();
+                let Some(file) = target.strip_suffix(" (deleted)") else {
+                    continue;
+                };
+                let file = Path::new(file);
+                let ours = file.parent() == Some(self.root.as_path())
+                    && file
+                        .file_name()
+                        .is_some_and(|name| name.to_string_lossy().starts_with(DATABASE));
+                if ours {
+                    found.push(format!(
+                        "process {pid} still has {} open, which was deleted: it and the \
+                         processes started since no longer share one queue; stop it",
+                        file.display()
+                    ));
+                    break;
+                }
+            }
+        }
+        found
+    }
+
+    /// The error for a database that holds no queue: lost, when the folder has the files a
+    /// queue leaves beside its database, or merely empty.
+    pub(crate) fn lost_or_empty_database(&self) -> StoreError {
+        if self.root.join(DOORBELL).exists() {
+            StoreError::LostDatabase(self.database())
+        } else {
+            StoreError::EmptyDatabase(self.database())
+        }
     }
 
     /// Whether `root` holds a queue (of this format or the earlier one), without opening it.
@@ -313,6 +401,56 @@ fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
         }
         Err(err) => Err(io_err(dir)(err)),
     }
+}
+
+/// The environment variable that lists queue folders owned by another user that this user
+/// means to use anyway, as git's `safe.directory` does for repositories (`*`: any).
+pub const SAFE_QUEUES: &str = "HOST_SAFE_QUEUES";
+
+/// Refuses a queue folder, or a database in it, owned by another user, unless
+/// [`SAFE_QUEUES`] names it: whoever works a queue runs its tasks' commands as themselves, so
+/// a queue that another user planted (in a shared folder above this one) must never be taken
+/// up by chance, as git refuses a repository another user owns.
+#[cfg(unix)]
+fn refuse_other_owner(root: &Path) -> Result<(), StoreError> {
+    let me = effective_uid();
+    let foreign = [root.to_path_buf(), root.join(DATABASE)]
+        .into_iter()
+        .filter_map(|path| fs::symlink_metadata(&path).ok().map(|meta| (path, meta)))
+        .find(|(_, meta)| meta.uid() != me);
+    let Some((path, meta)) = foreign else {
+        return Ok(());
+    };
+    let safe = std::env::var_os(SAFE_QUEUES).is_some_and(|list| {
+        std::env::split_paths(&list).any(|entry| {
+            entry.as_os_str() == "*" || fs::canonicalize(&entry).ok() == fs::canonicalize(root).ok()
+        })
+    });
+    if safe {
+        return Ok(());
+    }
+    let owner = nix::unistd::User::from_uid(meta.uid().into())
+        .ok()
+        .flatten()
+        .map_or_else(
+            || format!("uid {}", meta.uid()),
+            |user| format!("user {}", user.name),
+        );
+    Err(StoreError::Unsafe {
+        path,
+        reason: format!(
+            "is owned by {owner}, not by you: its tasks would run their commands as you, so \
+             host does not use another user's queue; if it is meant, name it in {SAFE_QUEUES} \
+             ({SAFE_QUEUES}={}), as git's safe.directory",
+            root.display()
+        ),
+    })
+}
+
+#[cfg(not(unix))]
+fn refuse_other_owner(_root: &Path) -> Result<(), StoreError> {
+    // Windows: the folder is made private to this user by its access control list.
+    Ok(())
 }
 
 /// Makes the folder owner-only (0700), or refuses it when others can get in and this user,

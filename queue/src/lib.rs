@@ -78,6 +78,14 @@ pub enum StoreError {
     /// The database holds no queue: `host init` creates its schema.
     #[error("{0} holds no queue (run `host init` to create one)")]
     EmptyDatabase(PathBuf),
+    /// The queue folder is there but its database is missing or empty: the queue was lost.
+    /// Nothing is made in its place but by `host init`, so the loss is never hidden.
+    #[error(
+        "{0} is missing or empty, although its folder holds a queue: the tasks are not there \
+         (nothing was changed; restore the file from a backup, or run `host init` to start a new, \
+         empty queue)"
+    )]
+    LostDatabase(PathBuf),
     /// The folder holds a queue of the folder-of-files format of earlier versions.
     #[error(
         "{0} holds a queue written by an earlier version of host (a folder of JSON files): run \
@@ -137,6 +145,19 @@ pub enum StoreError {
         /// The file (and record) at fault.
         path: PathBuf,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// The database is damaged, or SQLite's files beside it were deleted or replaced while the
+    /// queue was open: this process, and every one that opens the queue after it, stops
+    /// writing to it until a person has looked (the folder's `damaged` file says why).
+    #[error(
+        "{path}: {reason}; host stopped writing to this queue so as not to make it worse (reads \
+         still work: `host export` saves what is there); stop its workers and run `host doctor`"
+    )]
+    Damaged {
+        /// The file at fault.
+        path: PathBuf,
+        /// What was found.
         reason: String,
     },
     /// No task has this id.
@@ -652,6 +673,13 @@ pub trait QueueStore: Send + Sync {
     /// claim skipped), each reported once, for the caller to show.
     fn take_warnings(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// A check of the stored data cheap enough for a worker to run at start and now and then,
+    /// so that damage is found before writes land in it ([`StoreError::Damaged`]; every writer
+    /// then stops). Stores whose server checks its own pages have nothing to do.
+    fn quick_check(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 

@@ -1160,9 +1160,14 @@ impl QueueStore for PostgresStore {
                 .query(sql.as_str(), &params)
                 .map_err(|err| tx.fail(err))
         })?;
-        rows.iter()
-            .map(|row| parse_task(self.name(), row.get(0), row.get(1)))
-            .collect()
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let id = row.get(0);
+                self.unreadable
+                    .readable(id, parse_task(self.name(), id, row.get(1)))
+            })
+            .collect())
     }
 
     fn summary(&self) -> Result<Summary, StoreError> {
@@ -1180,23 +1185,35 @@ impl QueueStore for PostgresStore {
     }
 
     fn has_work(&self, types: &[String]) -> Result<bool, StoreError> {
+        // One task that is work, so that its record can be read: see the embedded store.
         let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM tasks t WHERE t.status = 'running' AND t.type = ANY($1)) \
-             OR EXISTS (SELECT 1 FROM tasks t WHERE t.status = 'pending' AND t.type = ANY($1) \
-                    AND t.id <> ALL($2) AND {NOT_PAUSED}) \
-             OR EXISTS ( \
+            "(SELECT t.id, t.body FROM tasks t WHERE t.status = 'running' AND t.type = ANY($1) \
+                    AND t.id <> ALL($2) LIMIT 1) \
+             UNION ALL (SELECT t.id, t.body FROM tasks t WHERE t.status = 'pending' \
+                    AND t.type = ANY($1) AND t.id <> ALL($2) AND {NOT_PAUSED} LIMIT 1) \
+             UNION ALL ( \
                 WITH RECURSIVE upstream(id) AS ( \
                     SELECT a.after_id FROM task_after a JOIN tasks b ON b.id = a.task_id \
                         WHERE b.status = 'blocked' AND b.type = ANY($1) \
                     UNION \
                     SELECT a.after_id FROM task_after a JOIN upstream u ON a.task_id = u.id) \
-                SELECT 1 FROM upstream u JOIN tasks t ON t.id = u.id \
-                    WHERE t.status = 'running' OR (t.status = 'pending' AND {NOT_PAUSED}))"
+                SELECT t.id, t.body FROM upstream u JOIN tasks t ON t.id = u.id \
+                    WHERE (t.status = 'running' OR (t.status = 'pending' AND {NOT_PAUSED})) \
+                    AND t.id <> ALL($2) LIMIT 1) \
+             LIMIT 1"
         );
         let types = types.to_vec();
-        let unreadable = self.unreadable.ids();
-        let row = self.read(|tx| tx.row(&sql, &[&types, &unreadable]))?;
-        Ok(row.is_some_and(|row| row.get(0)))
+        loop {
+            let unreadable = self.unreadable.ids();
+            let Some(row) = self.read(|tx| tx.row(&sql, &[&types, &unreadable]))? else {
+                return Ok(false);
+            };
+            let id: i64 = row.get(0);
+            match parse_task(self.name(), id, row.get(1)) {
+                Ok(_) => return Ok(true),
+                Err(err) => self.unreadable.note(id, &err),
+            }
+        }
     }
 
     fn expire_leases(&self) -> Result<usize, StoreError> {

@@ -114,6 +114,12 @@ impl Unreadable {
         }
     }
 
+    /// Task `id` as `parsed`, or `None` when its record could not be read, which is noted:
+    /// listings go on with the rest.
+    pub(crate) fn readable(&self, id: i64, parsed: Result<Task, StoreError>) -> Option<Task> {
+        parsed.map_err(|err| self.note(id, &err)).ok()
+    }
+
     /// The ids noted, in order.
     pub(crate) fn ids(&self) -> Vec<i64> {
         let mut ids: Vec<i64> = self

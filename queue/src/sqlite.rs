@@ -75,12 +75,25 @@ pub struct SqliteStore {
     /// so this descriptor cannot release SQLite's (POSIX locks go with any descriptor of a
     /// locked file).
     log: Mutex<Option<Arc<std::fs::File>>>,
+    /// The database and SQLite's files beside it, with their identity when this process
+    /// opened them: one deleted or replaced since means the processes of the queue no longer
+    /// share one log and one index, and a write now could lose or corrupt what others wrote.
+    opened: Vec<(PathBuf, u64)>,
 }
 
 /// The connection, and the folder held open for the writers' flock.
 struct Inner {
     conn: Connection,
     writers: std::fs::File,
+}
+
+/// Whether opening a database may create the queue's schema in it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Schema {
+    /// `host init`: an empty database becomes a new queue.
+    Create,
+    /// Everything else: an empty database is a lost queue, refused and left as it is.
+    Existing,
 }
 
 /// How a write transaction is committed.
@@ -108,16 +121,22 @@ impl SqliteStore {
     fn create(folder: QueueFolder) -> Result<SqliteStore, StoreError> {
         folder.create_database_file()?;
         folder.doorbell();
-        SqliteStore::connect(folder)
+        SqliteStore::connect(folder, Schema::Create)
     }
 
     /// Opens an existing queue, migrating its schema to this version if it is older.
     pub fn open(root: &Path) -> Result<SqliteStore, StoreError> {
-        SqliteStore::connect(QueueFolder::open(root)?)
+        SqliteStore::connect(QueueFolder::open(root)?, Schema::Existing)
     }
 
-    fn connect(folder: QueueFolder) -> Result<SqliteStore, StoreError> {
+    fn connect(folder: QueueFolder, schema: Schema) -> Result<SqliteStore, StoreError> {
         let path = folder.database();
+        if let Some(lost) = lost_log(&path) {
+            return Err(folder.damage().unwrap_or_else(|| {
+                folder.record_damage(&path, &lost);
+                StoreError::Damaged { path, reason: lost }
+            }));
+        }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_NOFOLLOW
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -135,7 +154,7 @@ impl SqliteStore {
             conn,
             writers: folder.writers_lock()?,
         };
-        migrate(&mut inner, &path)?;
+        migrate(&mut inner, &path, &folder, schema)?;
         let db = Db {
             conn: &inner.conn,
             path: &path,
@@ -151,6 +170,19 @@ impl SqliteStore {
             Some("relaxed") => Durability::Relaxed,
             _ => Durability::Durable,
         };
+        // After the first read: SQLite has opened its log and index by now.
+        let opened = [String::new(), "-wal".into(), "-shm".into()]
+            .into_iter()
+            .map(|suffix| {
+                folder
+                    .root()
+                    .join(format!("{}{suffix}", crate::folder::DATABASE))
+            })
+            .filter_map(|file| {
+                let id = crate::os::file_id(&std::fs::symlink_metadata(&file).ok()?);
+                Some((file, id))
+            })
+            .collect();
         Ok(SqliteStore {
             folder,
             path,
@@ -160,6 +192,7 @@ impl SqliteStore {
             unreadable: Unreadable::default(),
             expiry_scan: ExpiryScan::default(),
             log: Mutex::new(None),
+            opened,
         })
     }
 
@@ -215,6 +248,7 @@ impl SqliteStore {
         // Undoes an unfinished transaction and hands the lock on however this ends, a panic
         // in `work` included: other processes must never wait on a writer that is gone.
         let guard = WriteGuard(&inner);
+        self.refuse_if_damaged()?;
         let mut tx = Tx {
             db: Db {
                 conn: &inner.conn,
@@ -230,7 +264,7 @@ impl SqliteStore {
         let rang = tx.work_appeared;
         drop(guard);
         drop(inner);
-        let out = result?;
+        let out = result.map_err(|err| self.noted(err))?;
         if commit == Commit::AsConfigured && self.durability == Durability::Durable {
             self.sync_log()?;
         }
@@ -269,13 +303,54 @@ impl SqliteStore {
     /// Runs `read` on a consistent snapshot; never waits for writers.
     fn read<T>(&self, read: impl FnOnce(Db<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut inner = self.inner.lock().expect("connection lock");
-        let snapshot = inner.conn.transaction().map_err(db_err(&self.path))?;
-        let out = read(Db {
-            conn: &snapshot,
-            path: &self.path,
-        })?;
-        snapshot.commit().map_err(db_err(&self.path))?;
-        Ok(out)
+        let result = inner
+            .conn
+            .transaction()
+            .map_err(db_err(&self.path))
+            .and_then(|snapshot| {
+                let out = read(Db {
+                    conn: &snapshot,
+                    path: &self.path,
+                })?;
+                snapshot.commit().map_err(db_err(&self.path))?;
+                Ok(out)
+            });
+        result.map_err(|err| self.noted(err))
+    }
+
+    /// Refuses to write when the queue was found damaged (by this process or another), or when
+    /// the database, its log or its index is no longer the file this process opened. Checked
+    /// under the writers' lock: two `stat`s and a lookup per write.
+    fn refuse_if_damaged(&self) -> Result<(), StoreError> {
+        if let Some(found) = self.folder.damage() {
+            return Err(found);
+        }
+        for (file, id) in &self.opened {
+            let now = std::fs::symlink_metadata(file)
+                .ok()
+                .map(|meta| crate::os::file_id(&meta));
+            if now != Some(*id) {
+                let what = if now.is_none() { "deleted" } else { "replaced" };
+                return Err(self.noted(StoreError::Damaged {
+                    path: file.clone(),
+                    reason: format!(
+                        "{what} while process {} had the queue open (SQLite's files must never \
+                         be removed while the queue is in use; what they held may be lost)",
+                        std::process::id()
+                    ),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Passes `err` on; damage is first recorded in the folder, so that every process stops
+    /// writing and `host doctor` can say what was found.
+    fn noted(&self, err: StoreError) -> StoreError {
+        if let StoreError::Damaged { path, reason } = &err {
+            self.folder.record_damage(path, reason);
+        }
+        err
     }
 
     /// Returns the leases that ran out by `now`, as `found_by` noticed. Inside a write.
@@ -537,15 +612,67 @@ impl SqliteStore {
     }
 }
 
+/// Says what was lost when SQLite's index (`-shm`) records committed changes in a log (`-wal`)
+/// that is gone or cut short: the queue stopped uncleanly and the log was deleted or cut since.
+/// Opening now would silently drop those changes and give their ids out again. Read from the
+/// index's header (SQLite's `WalIndexHdr`: `isInit` at byte 12, the page size at 14 and the last
+/// valid frame `mxFrame` at 16, in the machine's byte order; the log's salts at 32), compared
+/// with the log's own header (its salts at byte 16). An index that a process is just creating
+/// is zeroed, and one older than the log (other salts) is rebuilt by SQLite: neither is a loss.
+fn lost_log(database: &Path) -> Option<String> {
+    let name = database.file_name()?.to_string_lossy().into_owned();
+    let first_bytes = |suffix: &str, buf: &mut [u8]| -> Option<u64> {
+        let path = database.with_file_name(format!("{name}{suffix}"));
+        let mut file = crate::os::reading_no_follow().open(path).ok()?;
+        std::io::Read::read_exact(&mut file, buf).ok()?;
+        Some(file.metadata().ok()?.len())
+    };
+    let mut index = [0u8; 48];
+    first_bytes("-shm", &mut index)?;
+    let frames = u64::from(u32::from_ne_bytes(index[16..20].try_into().ok()?));
+    if index[12] == 0 || frames == 0 {
+        return None;
+    }
+    let page = match u16::from_ne_bytes(index[14..16].try_into().ok()?) {
+        1 => 65_536,
+        size => u64::from(size),
+    };
+    let mut log = [0u8; 32];
+    let has = match first_bytes("-wal", &mut log) {
+        Some(_) if log[16..24] != index[32..40] => return None,
+        Some(len) => len,
+        None => 0,
+    };
+    // A log: a 32-byte header, then frames of a 24-byte header and a page each.
+    let needed = 32 + frames * (24 + page);
+    (has < needed).then(|| {
+        format!(
+            "{name}-wal holds {has} bytes where {name}-shm records {frames} committed page(s) in \
+             it ({needed} bytes): the log of committed changes was deleted or cut after the \
+             queue stopped uncleanly, and what it held is lost"
+        )
+    })
+}
+
 /// Brings the schema up to this version's, one migration at a time, under the writers' lock
 /// so that processes opening a new queue together do not race. Refuses a newer schema.
-fn migrate(inner: &mut Inner, path: &Path) -> Result<(), StoreError> {
+fn migrate(
+    inner: &mut Inner,
+    path: &Path,
+    folder: &QueueFolder,
+    schema: Schema,
+) -> Result<(), StoreError> {
     let known = MIGRATIONS.len() as i64;
     let version = |conn: &Connection| -> Result<i64, StoreError> {
         conn.pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(db_err(path))
     };
     let current = version(&inner.conn)?;
+    if current == 0 && schema == Schema::Existing {
+        // A database emptied or truncated since `host init` made it: making a new queue here
+        // would restart the ids and hide the loss.
+        return Err(folder.lost_or_empty_database());
+    }
     if current > known {
         return Err(StoreError::NewerSchema {
             path: path.to_path_buf(),
@@ -787,10 +914,16 @@ fn columns(task: &Task, token: Option<&str>) -> Result<[Value; 12], StoreError> 
     ])
 }
 
-/// Names the database in a read error; a damaged file is reported as such, never reset.
+/// Names the database in a read error; a damaged file is reported as such, never reset. A
+/// page found damaged inside a database that opened stops every writer (see
+/// [`SqliteStore::write`]); a file that is no database at all opens for nobody anyway.
 fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |err| match err.sqlite_error_code() {
-        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt {
+        Some(ErrorCode::DatabaseCorrupt) => StoreError::Damaged {
+            path: path.to_path_buf(),
+            reason: format!("SQLite found the database damaged ({err})"),
+        },
+        Some(ErrorCode::NotADatabase) => StoreError::Corrupt {
             path: path.to_path_buf(),
             reason: err.to_string(),
         },
@@ -1075,9 +1208,13 @@ impl QueueStore for SqliteStore {
                 Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
             })
         })?;
-        rows.iter()
-            .map(|(id, body)| parse_task(&self.path, *id, body))
-            .collect()
+        Ok(rows
+            .iter()
+            .filter_map(|(id, body)| {
+                self.unreadable
+                    .readable(*id, parse_task(&self.path, *id, body))
+            })
+            .collect())
     }
 
     fn summary(&self) -> Result<Summary, StoreError> {
@@ -1102,28 +1239,43 @@ impl QueueStore for SqliteStore {
     }
 
     fn has_work(&self, types: &[String]) -> Result<bool, StoreError> {
+        // One task that is work (running, claimable, or upstream of a blocked task of these
+        // types), so that its record can be read: an unreadable one is never finished, so it
+        // is no work to wait for.
         let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM tasks t WHERE t.status = 'running' \
-                    AND t.type IN (SELECT value FROM json_each(?1))) \
-             OR EXISTS (SELECT 1 FROM tasks t WHERE t.status = 'pending' \
+            "SELECT * FROM (SELECT t.id, t.body FROM tasks t WHERE t.status = 'running' \
                     AND t.type IN (SELECT value FROM json_each(?1)) \
-                    AND t.id NOT IN (SELECT value FROM json_each(?2)) AND NOT {PAUSED}) \
-             OR EXISTS ( \
+                    AND t.id NOT IN (SELECT value FROM json_each(?2)) LIMIT 1) \
+             UNION ALL SELECT * FROM (SELECT t.id, t.body FROM tasks t WHERE t.status = 'pending' \
+                    AND t.type IN (SELECT value FROM json_each(?1)) \
+                    AND t.id NOT IN (SELECT value FROM json_each(?2)) AND NOT {PAUSED} LIMIT 1) \
+             UNION ALL SELECT * FROM ( \
                 WITH RECURSIVE upstream(id) AS ( \
                     SELECT a.after_id FROM task_after a JOIN tasks b ON b.id = a.task_id \
                         WHERE b.status = 'blocked' AND b.type IN (SELECT value FROM json_each(?1)) \
                     UNION \
                     SELECT a.after_id FROM task_after a JOIN upstream u ON a.task_id = u.id) \
-                SELECT 1 FROM upstream u JOIN tasks t ON t.id = u.id \
-                    WHERE t.status = 'running' OR (t.status = 'pending' AND NOT {PAUSED}))"
+                SELECT t.id, t.body FROM upstream u JOIN tasks t ON t.id = u.id \
+                    WHERE (t.status = 'running' OR (t.status = 'pending' AND NOT {PAUSED})) \
+                    AND t.id NOT IN (SELECT value FROM json_each(?2)) LIMIT 1) \
+             LIMIT 1"
         );
-        let (types, unreadable) = (json_list(types), json_list(&self.unreadable.ids()));
-        let found = self.read(|db| {
-            db.row(&sql, params![types, unreadable], |row| {
-                row.get::<_, bool>(0)
-            })
-        })?;
-        Ok(found.unwrap_or(false))
+        let types = json_list(types);
+        loop {
+            let unreadable = json_list(&self.unreadable.ids());
+            let found = self.read(|db| {
+                db.row(&sql, params![types, unreadable], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                })
+            })?;
+            let Some((id, body)) = found else {
+                return Ok(false);
+            };
+            match parse_task(&self.path, id, &body) {
+                Ok(_) => return Ok(true),
+                Err(err) => self.unreadable.note(id, &err),
+            }
+        }
     }
 
     fn expire_leases(&self) -> Result<usize, StoreError> {
@@ -1229,6 +1381,19 @@ impl QueueStore for SqliteStore {
 
     fn lease_duration(&self) -> Duration {
         self.policy.lease
+    }
+
+    /// SQLite's `quick_check` (every page, not the indexes' contents).
+    fn quick_check(&self) -> Result<(), StoreError> {
+        let found =
+            self.read(|db| db.rows("PRAGMA quick_check", [], |row| row.get::<_, String>(0)))?;
+        match found.iter().find(|line| *line != "ok") {
+            None => Ok(()),
+            Some(first) => Err(self.noted(StoreError::Damaged {
+                path: self.path.clone(),
+                reason: format!("SQLite's quick check found the database damaged ({first})"),
+            })),
+        }
     }
 
     fn take_warnings(&self) -> Vec<String> {

@@ -77,8 +77,9 @@ impl std::fmt::Display for QueueAddress {
 
 /// How an idle worker hears that work may have become claimable.
 pub enum WorkSignal {
-    /// A file that the store rewrites in place (watch it for changes).
-    Doorbell(PathBuf),
+    /// The folder's doorbell, a file that the store rewrites in place (watch it for changes;
+    /// [`QueueFolder::doorbell`] makes it again if it was deleted).
+    Doorbell(QueueFolder),
     /// Announcements on a database connection: opens a listener, again after one is lost.
     Listen(Box<dyn Fn() -> Result<WorkListener, StoreError> + Send + Sync>),
 }
@@ -190,7 +191,7 @@ impl Store {
     /// How idle workers hear of new work.
     pub fn work_signal(&self) -> WorkSignal {
         match self {
-            Store::Sqlite(s) => WorkSignal::Doorbell(s.folder().doorbell()),
+            Store::Sqlite(s) => WorkSignal::Doorbell(s.folder().clone()),
             Store::Postgres(s) => {
                 let url = s.url().clone();
                 WorkSignal::Listen(Box::new(move || WorkListener::connect(&url)))
@@ -254,5 +255,6 @@ impl QueueStore for Store {
         fn read_log(&self, id: &str, from: u64) -> Result<(String, u64), StoreError>;
         fn lease_duration(&self) -> Duration;
         fn take_warnings(&self) -> Vec<String>;
+        fn quick_check(&self) -> Result<(), StoreError>;
     }
 }

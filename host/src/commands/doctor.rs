@@ -29,6 +29,12 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
                 folder.root().display()
             ),
         )?;
+        if let Some(damage) = folder.damage() {
+            report(false, damage.to_string())?;
+        }
+        for holder in folder.holders_of_removed_files() {
+            report(false, holder)?;
+        }
         let loose = folder.loose_files()?;
         report(
             loose.is_empty(),

@@ -10,7 +10,7 @@ use jiff::{SignedDuration, Timestamp};
 use queue::{QueueStore, SqliteStore, TaskQuery, TaskStatus};
 
 use crate::cli::Settings;
-use crate::commands::{open_store, out, outln};
+use crate::commands::{open_store, out, outln, unreadable_records};
 
 /// How many tasks `export` reads at a time.
 const PAGE: usize = 1000;
@@ -45,7 +45,7 @@ pub fn export(settings: &Settings, jsonl: bool) -> anyhow::Result<()> {
     if !jsonl {
         outln!("{}]", if first { "" } else { "\n" });
     }
-    Ok(())
+    unreadable_records(&store)
 }
 
 /// `host import DIR`: reads the old queue in DIR whole, then adds its tasks (ids, history and

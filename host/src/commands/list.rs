@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use jiff::Timestamp;
-use queue::{PauseScope, QueueStore, Task, TaskQuery, TaskStatus};
+use queue::{PauseScope, QueueStore, Store, Task, TaskQuery, TaskStatus};
 use serde_json::json;
 
 use crate::cli::{ListArgs, Settings};
-use crate::commands::{ago, one_line, open_store, outln, paint, print_json};
+use crate::commands::{ago, one_line, open_store, outln, paint, print_json, unreadable_records};
 use crate::config::Config;
 
 /// The unfinished states, in the order `list` shows them.
@@ -24,6 +24,11 @@ const UNFINISHED: [TaskStatus; 4] = [
 /// (running first, then by aged priority and id).
 pub fn run(settings: &Settings, args: &ListArgs) -> anyhow::Result<()> {
     let store = open_store(settings)?;
+    print(&store, args)?;
+    unreadable_records(&store)
+}
+
+fn print(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
     let statuses = match args.status.as_deref() {
         Some(name) => vec![name.parse().map_err(anyhow::Error::msg)?],
         None => UNFINISHED.to_vec(),
@@ -35,7 +40,7 @@ pub fn run(settings: &Settings, args: &ListArgs) -> anyhow::Result<()> {
         ..TaskQuery::default()
     })?;
     // Claims follow the priority a task has aged to (`[queue] aging`), and so does this order.
-    let aging = Config::load(&store)?.aging;
+    let aging = Config::load(store)?.aging;
     let now = Timestamp::now();
     let claimed_at = |t: &Task| match aging {
         Some(step) => queue::lifecycle::aged_priority(t.priority, t.created_at, now, step),
@@ -55,7 +60,7 @@ pub fn run(settings: &Settings, args: &ListArgs) -> anyhow::Result<()> {
     let paused = store.paused()?;
     let rows: Vec<(&Task, String)> = tasks
         .iter()
-        .map(|t| (t, waits_for(&store, t, &paused, now)))
+        .map(|t| (t, waits_for(store, t, &paused, now)))
         .collect();
     if args.json {
         let listed: Vec<_> = rows

@@ -194,6 +194,16 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     }
 }
 
+/// Fails, after a listing printed what could be read, when task records could not be: one
+/// line naming each, so that a backup or a script never takes a partial listing for the whole.
+pub fn unreadable_records(store: &dyn queue::QueueStore) -> anyhow::Result<()> {
+    let skipped = store.take_warnings();
+    if skipped.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!("{} (the rest was listed)", skipped.join("; "))
+}
+
 /// Like `print!`, but a failed write (a closed pipe) returns an error instead of panicking,
 /// and colour (see [`paint`]) is dropped unless stdout is a terminal that should have it.
 macro_rules! out {

@@ -1,10 +1,12 @@
 //! `host results`: finished tasks with outcome, worker and duration.
 
 use jiff::{SignedDuration, Timestamp};
-use queue::{QueueStore, TaskQuery, TaskStatus};
+use queue::{QueueStore, Store, TaskQuery, TaskStatus};
 
 use crate::cli::{ResultsArgs, Settings};
-use crate::commands::{ago, human_ms, one_line, open_store, outln, paint, print_json};
+use crate::commands::{
+    ago, human_ms, one_line, open_store, outln, paint, print_json, unreadable_records,
+};
 
 /// The finished states.
 pub const FINISHED: [TaskStatus; 3] = [
@@ -17,6 +19,11 @@ pub const FINISHED: [TaskStatus; 3] = [
 /// `--limit N`, the N that finished last.
 pub fn run(settings: &Settings, args: &ResultsArgs) -> anyhow::Result<()> {
     let store = open_store(settings)?;
+    print(&store, args)?;
+    unreadable_records(&store)
+}
+
+fn print(store: &Store, args: &ResultsArgs) -> anyhow::Result<()> {
     let status = if args.failed {
         Some("failed")
     } else {

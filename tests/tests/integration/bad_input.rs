@@ -143,6 +143,59 @@ fn a_corrupted_task_record_is_named_and_left_untouched() {
 }
 
 #[test]
+fn listings_report_a_corrupted_record_and_go_on_with_the_rest() {
+    let q = TestQueue::new();
+    let ids: Vec<String> = (0..3).map(|_| q.add(&["--type", "noop"])).collect();
+    q.drain("noop", &[]);
+    corrupt_record(&q, &ids[1]);
+    for args in [
+        &["export", "--jsonl"][..],
+        &["results", "--json"],
+        &["results"],
+    ] {
+        let output = q.run(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("corrupted") && stderr.contains(&format!("task {}", ids[1])),
+            "{stderr}"
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let flat = stdout.replace(' ', "");
+        for good in [&ids[0], &ids[2]] {
+            assert!(
+                flat.contains(&format!("\"id\":\"{good}\""))
+                    || stdout.contains(&format!("\n{good} ")),
+                "{args:?} lists task {good}:\n{stdout}"
+            );
+        }
+    }
+}
+
+#[test]
+fn drain_does_not_wait_for_unreadable_tasks_or_what_comes_after_them() {
+    let q = TestQueue::new();
+    let broken = q.add(&["--type", "noop", "--priority", "1"]);
+    let after = q.add(&["--type", "noop", "--after", &broken]);
+    let held = q.add(&["--type", "noop"]);
+    corrupt_record(&q, &broken);
+    // A running task whose record cannot be read: nobody can ever finish it.
+    let conn = rusqlite::Connection::open(q.queue.join("queue.db")).unwrap();
+    conn.execute(
+        "UPDATE tasks SET status = 'running', body = 'garbage', lease_expires_at = ?2 \
+         WHERE id = ?1",
+        rusqlite::params![held, i64::MAX],
+    )
+    .unwrap();
+    drop(conn);
+    let output = q.drain("noop", &["--poll", "20ms"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("task {broken}")), "{stderr}");
+    assert_eq!(q.task(&after)["status"], "blocked");
+}
+
+#[test]
 fn a_worker_skips_a_corrupted_task_says_so_once_and_drains() {
     let q = TestQueue::new();
     let bad = q.add(&["--type", "noop", "--priority", "1"]);

@@ -7,6 +7,7 @@ mod claiming;
 mod conformance;
 mod crashes;
 mod daily_use;
+mod damage;
 mod many_machines;
 mod mcp;
 mod orchestration;

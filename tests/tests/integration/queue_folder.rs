@@ -84,7 +84,8 @@ fn an_existing_folder_is_made_private_and_its_files_stay_owner_only() {
         assert_eq!(status.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&status.stderr).contains("Permission denied"));
 
-        // A folder that others can read and this user cannot tighten is refused, naming it.
+        // A folder that others can read and this user cannot tighten (another user's) is
+        // refused, naming it, before anything is changed.
         let loose = q.scratch.join("loose");
         fs::create_dir(&loose).unwrap();
         fs::set_permissions(&loose, fs::Permissions::from_mode(0o777)).unwrap();
@@ -92,9 +93,11 @@ fn an_existing_folder_is_made_private_and_its_files_stay_owner_only() {
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert_eq!(refused.status.code(), Some(1), "{stderr}");
         assert!(
-            stderr.contains(loose.to_str().unwrap()) && stderr.contains("other users can read"),
+            stderr.contains(loose.to_str().unwrap()) && stderr.contains("owned by user root"),
             "{stderr}"
         );
+        assert_eq!(mode(&loose), 0o777);
+        assert_eq!(fs::read_dir(&loose).unwrap().count(), 0);
     }
 }
 
@@ -281,5 +284,86 @@ fn without_queue_the_nearest_one_above_is_used_and_none_found_names_the_ways_to_
     assert!(
         !deep.join("copilot-orchestration").exists(),
         "no second queue"
+    );
+}
+
+#[test]
+fn a_queue_another_user_owns_is_refused_unless_named_safe() {
+    if !running_as_root("a queue planted by another user (needs chown)") {
+        return;
+    }
+    let q = TestQueue::new();
+    let uid = other_user();
+    // Another user's queue in a shared folder above the project, with a task planted in it.
+    let shared = q.scratch.join("shared");
+    let project = shared.join("project");
+    fs::create_dir_all(&project).unwrap();
+    let planted = shared.join("copilot-orchestration");
+    let ran = q.scratch.join("ran-as-me");
+    let host = |args: &[&str], safe: Option<&Path>| {
+        let mut cmd = Command::new(workspace().host());
+        cmd.args(args)
+            .current_dir(&project)
+            .env_remove("HOST_QUEUE_DIR")
+            .env("HOST_QUEUE_CEILING", &q.scratch)
+            .env("HOST_PLUGIN_PATH", &q.plugins);
+        if let Some(safe) = safe {
+            cmd.env("HOST_SAFE_QUEUES", safe);
+        }
+        cmd.output().unwrap()
+    };
+    let init = host(&["init", "--queue", planted.to_str().unwrap()], None);
+    assert!(init.status.success());
+    let payload = json!({"command": ["touch", ran.to_str().unwrap()]}).to_string();
+    let target = q.scratch.to_str().unwrap();
+    let add = host(
+        &[
+            "add",
+            "--queue",
+            planted.to_str().unwrap(),
+            "--type",
+            "test",
+            "--target",
+            target,
+            "--payload",
+            &payload,
+        ],
+        None,
+    );
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let chown = Command::new("chown")
+        .args(["-R", &uid.to_string()])
+        .arg(&planted)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+
+    // Found by walking up, or named: refused in one line that says how to mean it.
+    for args in [
+        &["--role", "tester", "--drain"][..],
+        &["status", "--queue", planted.to_str().unwrap()],
+    ] {
+        let output = host(args, None);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("owned by user host-test-other") && stderr.contains("HOST_SAFE_QUEUES"),
+            "{stderr}"
+        );
+    }
+    assert!(!ran.exists(), "the planted task did not run as root");
+    assert_eq!(mode(&planted) & 0o777, 0o700, "left as it was");
+
+    // Named as safe, it is used.
+    let status = host(&["status", "--json"], Some(&planted));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
     );
 }
