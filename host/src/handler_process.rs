@@ -66,6 +66,9 @@ enum ToChild {
     },
     /// Tell the running handler to stop (`StopReason` as plugin-api encodes it).
     Stop { reason: u8 },
+    /// The queue confirmed the running task's lease: `left_ms` of it are left from now. The
+    /// child stops the task when half of that passes with no newer word (see [`LeaseWatch`]).
+    Lease { left_ms: u64 },
     /// Check the role's settings before any task (answered with `Checked`).
     Check { settings: Value },
 }
@@ -249,7 +252,17 @@ impl HandlerProcess {
             return RunEnd::Died(self.wait_for_exit());
         }
         let mut stop_sent: Option<(StopReason, Instant)> = None;
+        let mut lease_told: Option<Instant> = None;
         loop {
+            if let Some((confirmed, lease)) = hooks.lease_confirmed()
+                && lease_told != Some(confirmed)
+            {
+                lease_told = Some(confirmed);
+                let left = (confirmed + lease).saturating_duration_since(Instant::now());
+                let left_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+                // A child that cannot be told dies of it, or stops the task on its own.
+                let _ = self.send(&ToChild::Lease { left_ms });
+            }
             match self.messages.recv_timeout(Duration::from_millis(50)) {
                 Ok(Some(FromChild::Progress { percent, message })) => {
                     hooks.progress(percent, &message)
@@ -469,16 +482,24 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
     reply(&out, &FromChild::Ready);
 
     let stop = Arc::new(AtomicU8::new(0));
+    let watch = Arc::new(LeaseWatch::default());
     let (jobs, inbox) = mpsc::channel();
     {
         let stop = Arc::clone(&stop);
+        let watch = Arc::clone(&watch);
         thread::spawn(move || {
             for line in std::io::stdin().lock().lines() {
                 let Ok(line) = line else { break };
                 match serde_json::from_str(&line) {
                     Ok(ToChild::Stop { reason }) => stop.store(reason, Ordering::SeqCst),
+                    Ok(ToChild::Lease { left_ms }) => {
+                        watch.confirmed(Duration::from_millis(left_ms));
+                    }
                     Ok(job) => {
                         stop.store(0, Ordering::SeqCst);
+                        if matches!(job, ToChild::Run { .. }) {
+                            watch.started();
+                        }
                         if jobs.send(job).is_err() {
                             break;
                         }
@@ -490,6 +511,10 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
             crate::process_tree::end_descendants();
             std::process::exit(0);
         });
+    }
+    {
+        let (stop, watch, out) = (Arc::clone(&stop), Arc::clone(&watch), Arc::clone(&out));
+        thread::spawn(move || watch.guard(&stop, &out));
     }
     for job in inbox {
         let (task, settings, prerequisites) = match job {
@@ -503,7 +528,7 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
                 reply(&out, &FromChild::Checked { refusal });
                 continue;
             }
-            ToChild::Stop { .. } => continue,
+            ToChild::Stop { .. } | ToChild::Lease { .. } => continue,
         };
         let hooks = ChildHooks {
             out: Arc::clone(&out),
@@ -537,10 +562,84 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
             }
         };
         // The attempt is over: so is everything it started.
+        watch.ended();
         crate::process_tree::end_descendants();
         reply(&out, &reply_message);
     }
     Ok(())
+}
+
+/// The child's own guard against two attempts at once: the worker tells it each time the queue
+/// confirms the running task's lease ([`ToChild::Lease`]); when half of the lease left then
+/// passes with no newer word, the worker is stopped (Ctrl+Z, SIGSTOP), hung or cut off from the
+/// queue, and cannot stop the task before its lease runs out and another worker starts it. So
+/// the child asks its handler to stop, and when three quarters have passed, ends what the task
+/// started and exits.
+#[derive(Default)]
+struct LeaseWatch(Mutex<Watched>);
+
+#[derive(Default)]
+struct Watched {
+    /// Whether a task runs: a confirmation the parent sent as the last task returned is stale.
+    running: bool,
+    /// When the running task must stop and when it is ended, once a lease was confirmed.
+    deadlines: Option<(Instant, Instant)>,
+}
+
+impl LeaseWatch {
+    /// A task was handed over (in order with the confirmations that follow it).
+    fn started(&self) {
+        let mut watched = self.0.lock().expect("lease watch lock");
+        *watched = Watched {
+            running: true,
+            deadlines: None,
+        };
+    }
+
+    /// The lease was confirmed with `left` of it remaining.
+    fn confirmed(&self, left: Duration) {
+        let mut watched = self.0.lock().expect("lease watch lock");
+        if watched.running {
+            let now = Instant::now();
+            watched.deadlines = Some((now + left / 2, now + left * 3 / 4));
+        }
+    }
+
+    /// The task returned: nothing to guard until the next one.
+    fn ended(&self) {
+        *self.0.lock().expect("lease watch lock") = Watched::default();
+    }
+
+    /// Watches the deadlines for the child's life.
+    fn guard(&self, stop: &AtomicU8, out: &Mutex<std::fs::File>) {
+        let mut asked = false;
+        loop {
+            thread::sleep(Duration::from_millis(100));
+            let Some((stop_at, end_at)) = self.0.lock().expect("lease watch lock").deadlines else {
+                asked = false;
+                continue;
+            };
+            let now = Instant::now();
+            if now >= end_at {
+                eprintln!(
+                    "the worker has not confirmed this task's lease in time: ending what the \
+                     task started before the lease runs out"
+                );
+                crate::process_tree::end_descendants();
+                std::process::exit(1);
+            }
+            if now >= stop_at && !asked {
+                asked = true;
+                let cancelled = encode_stop_reason(Some(StopReason::Cancelled));
+                let _ = stop.compare_exchange(0, cancelled, Ordering::SeqCst, Ordering::SeqCst);
+                let line = "the worker has not confirmed this task's lease in time (it is \
+                            stopped, hung or cut off from the queue): stopping the task before \
+                            the lease runs out"
+                    .to_string();
+                reply(out, &FromChild::Log { line });
+            }
+        }
+    }
 }
 
 /// Why a handler's result is not kept, when it is larger than [`MAX_RESULT`] as JSON: the queue

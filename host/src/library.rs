@@ -34,6 +34,12 @@ pub trait TaskHooks: Send + Sync {
     fn prerequisites(&self) -> Vec<Task> {
         Vec::new()
     }
+    /// When the queue last confirmed the task's lease (see [`crate::worker`]), and how long a
+    /// lease lasts: the handler process stops the task on its own when no confirmation comes,
+    /// whatever became of the worker. `None` where nobody holds a lease.
+    fn lease_confirmed(&self) -> Option<(std::time::Instant, std::time::Duration)> {
+        None
+    }
 }
 
 /// A library that was judged, opened and checked, with its roles.

@@ -19,6 +19,8 @@ use std::process::ExitCode;
 use crate::cli::{Cli, Settings};
 
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    stop_only_between_writes();
     let cli = Cli::parse_checked();
     match cli.global.color {
         clap::ColorChoice::Always => anstream::ColorChoice::Always.write_global(),
@@ -50,6 +52,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Ctrl+Z (SIGTSTP) stops this process only when it holds none of the queue's locks: the
+/// writes under way finish first, then it stops itself. A process stopped while holding the
+/// writers' lock would freeze every other command and worker of the queue until resumed.
+#[cfg(unix)]
+fn stop_only_between_writes() {
+    use nix::sys::signal::{Signal, raise};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTSTP])
+    else {
+        return;
+    };
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            let _held = queue::SqliteStore::hold_writes();
+            let _ = raise(Signal::SIGSTOP);
+        }
+    });
 }
 
 /// The error and its causes in one line, never a backtrace. A cause whose text its

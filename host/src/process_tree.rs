@@ -4,9 +4,10 @@
 //! On Linux, every process that runs plugin code (handler processes, plugin probes) and every
 //! worker is a *subreaper*: a process orphaned below it (a command whose parent exited, a daemon
 //! that double-forked) is re-parented to it rather than to init, so it stays findable as a
-//! descendant. Plugin processes also ask the kernel for a SIGTERM when their parent dies
-//! (`PR_SET_PDEATHSIG`), on which they kill everything below them and exit: a worker killed with
-//! SIGKILL takes its handlers' commands with it.
+//! descendant. Plugin processes also ask the kernel for a signal when their parent dies
+//! (`PR_SET_PDEATHSIG`; SIGCONT, which wakes even a stopped process), on which they kill
+//! everything below them and exit: a worker killed with SIGKILL takes its handlers' commands
+//! with it.
 //!
 //! A tree is killed by first stopping every process in it (SIGSTOP, repeated until no new
 //! process appears, so that nothing can fork its way out), then killing them all. Each process
@@ -218,13 +219,21 @@ pub fn die_with_parent(parent: u32) {
     become_subreaper();
     #[cfg(target_os = "linux")]
     {
-        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
-        if let Ok(mut signals) = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM])
-        {
+        // SIGCONT, not SIGTERM: a process stopped (SIGSTOP) when its parent dies holds any other
+        // signal pending for as long as it stays stopped, and the commands its task started
+        // would run on beside the task's next attempt; SIGCONT wakes it, whatever its state.
+        // A SIGCONT that is only a resume (the parent alive) changes nothing. The kernel sends
+        // it when the *thread* that started this process ends, too: hence the parent check.
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGCONT);
+        let signals = [signal_hook::consts::SIGTERM, signal_hook::consts::SIGCONT];
+        if let Ok(mut signals) = signal_hook::iterator::Signals::new(signals) {
             std::thread::spawn(move || {
-                if signals.forever().next().is_some() {
-                    kill_tree(std::process::id(), false);
-                    std::process::exit(143);
+                for signal in signals.forever() {
+                    let orphaned = nix::unistd::getppid().as_raw() as u32 != parent;
+                    if signal == signal_hook::consts::SIGTERM || orphaned {
+                        kill_tree(std::process::id(), false);
+                        std::process::exit(143);
+                    }
                 }
             });
         }

@@ -229,6 +229,10 @@ impl ClaimLoop {
             let shared = Arc::clone(&shared);
             thread::spawn(move || heartbeat_loop(&shared))
         };
+        let guard = {
+            let shared = Arc::clone(&shared);
+            thread::spawn(move || lease_guard_loop(&shared))
+        };
         let upkeep = {
             let shared = Arc::clone(&shared);
             let events = events.clone();
@@ -312,6 +316,7 @@ impl ClaimLoop {
         crate::handler_process::kill_all();
         signals.close();
         let _ = heartbeat.join();
+        let _ = guard.join();
         let _ = upkeep.join();
         if let Some(err) = damage {
             return Err(anyhow::Error::new(err));
@@ -593,6 +598,11 @@ impl TaskHooks for Hooks<'_> {
         self.shared.options.settings.clone()
     }
 
+    fn lease_confirmed(&self) -> Option<(Instant, Duration)> {
+        let confirmed = *self.running.confirmed.lock().expect("confirmed lock");
+        Some((confirmed, self.shared.store.lease_duration()))
+    }
+
     fn prerequisites(&self) -> Vec<plugin_api::Task> {
         let mut tasks = Vec::new();
         for id in &self.running.after {
@@ -606,6 +616,9 @@ impl TaskHooks for Hooks<'_> {
 }
 
 /// Renews leases, enforces timeouts and publishes the worker record, until the worker exits.
+/// Renews the leases of running tasks (which also brings news of `host cancel`) and keeps the
+/// worker's record fresh. Store calls may block (a PostgreSQL link being reconnected): the
+/// deadlines that must hold whatever the store does are kept by [`lease_guard_loop`].
 fn heartbeat_loop(shared: &Shared) {
     let tick = Duration::from_millis(100);
     let record_every = Duration::from_secs(1);
@@ -616,9 +629,57 @@ fn heartbeat_loop(shared: &Shared) {
         thread::sleep(tick);
         let running: Vec<Arc<Running>> = shared.running.lock().expect("running lock").clone();
         for task in &running {
-            if task.timeout.is_some_and(|t| task.started.elapsed() > t)
-                && task.stop_reason().is_none()
-            {
+            let mut renewed = task.renewed.lock().expect("renewed lock");
+            if renewed.elapsed() < renew_every {
+                continue;
+            }
+            *renewed = Instant::now();
+            match shared.store.renew(&task.lease) {
+                Ok(renewal) => {
+                    *task.confirmed.lock().expect("confirmed lock") = Instant::now();
+                    if renewal.cancel_requested && task.stop_reason().is_none() {
+                        task.request_stop(StopReason::Cancelled);
+                        say(
+                            shared,
+                            &format!(
+                                "task {} was cancelled; asking its handler to stop",
+                                task.lease.task_id
+                            ),
+                        );
+                    }
+                }
+                Err(err @ (StoreError::LeaseLost { .. } | StoreError::NotHolder { .. })) => {
+                    task.request_stop(StopReason::Cancelled);
+                    say(shared, &format!("{err}; asking its handler to stop"));
+                }
+                Err(err) => say(
+                    shared,
+                    &format!("task {}: lease renewal failed: {err}", task.lease.task_id),
+                ),
+            }
+        }
+        if shared.dirty.swap(false, Ordering::SeqCst) || last_record.elapsed() >= record_every {
+            last_record = Instant::now();
+            publish_record(shared, &running);
+        }
+    }
+}
+
+/// Keeps the running tasks' deadlines without touching the store, so that nothing the store
+/// does (a call waiting out a reconnection) delays them: a task past its time limit is asked to
+/// stop, and so is one whose lease the queue has not confirmed for a third of the lease. Cut
+/// off from the queue, the lease runs out and the task goes to another worker: its handler
+/// stops (and is killed if need be) before then, so that two attempts never run at once.
+fn lease_guard_loop(shared: &Shared) {
+    let lease = shared.store.lease_duration();
+    while !shared.exiting.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(100));
+        let running: Vec<Arc<Running>> = shared.running.lock().expect("running lock").clone();
+        for task in &running {
+            if task.stop_reason().is_some() {
+                continue;
+            }
+            if task.timeout.is_some_and(|t| task.started.elapsed() > t) {
                 task.request_stop(StopReason::TimedOut);
                 say(
                     shared,
@@ -627,57 +688,21 @@ fn heartbeat_loop(shared: &Shared) {
                         task.lease.task_id
                     ),
                 );
+                continue;
             }
-            let mut renewed = task.renewed.lock().expect("renewed lock");
-            if renewed.elapsed() >= renew_every {
-                *renewed = Instant::now();
-                match shared.store.renew(&task.lease) {
-                    Ok(renewal) => {
-                        *task.confirmed.lock().expect("confirmed lock") = Instant::now();
-                        if renewal.cancel_requested && task.stop_reason().is_none() {
-                            task.request_stop(StopReason::Cancelled);
-                            say(
-                                shared,
-                                &format!(
-                                    "task {} was cancelled; asking its handler to stop",
-                                    task.lease.task_id
-                                ),
-                            );
-                        }
-                    }
-                    Err(err @ (StoreError::LeaseLost { .. } | StoreError::NotHolder { .. })) => {
-                        task.request_stop(StopReason::Cancelled);
-                        say(shared, &format!("{err}; asking its handler to stop"));
-                    }
-                    Err(err) => {
-                        say(
-                            shared,
-                            &format!("task {}: lease renewal failed: {err}", task.lease.task_id),
-                        );
-                        // Cut off from the queue, the lease runs out and the task goes to
-                        // another worker: its handler stops (and is killed if need be) before
-                        // then, so that two attempts never run at once.
-                        let lease = shared.store.lease_duration();
-                        let unconfirmed = task.confirmed.lock().expect("confirmed lock").elapsed();
-                        if unconfirmed >= lease / 3 && task.stop_reason().is_none() {
-                            task.request_stop(StopReason::Cancelled);
-                            say(
-                                shared,
-                                &format!(
-                                    "task {}: the queue has not confirmed its lease for {}s; \
-                                     stopping its handler before the lease runs out",
-                                    task.lease.task_id,
-                                    unconfirmed.as_secs()
-                                ),
-                            );
-                        }
-                    }
-                }
+            let unconfirmed = task.confirmed.lock().expect("confirmed lock").elapsed();
+            if unconfirmed >= lease / 3 {
+                task.request_stop(StopReason::Cancelled);
+                say(
+                    shared,
+                    &format!(
+                        "task {}: the queue has not confirmed its lease for {}s; stopping its \
+                         handler before the lease runs out",
+                        task.lease.task_id,
+                        unconfirmed.as_secs()
+                    ),
+                );
             }
-        }
-        if shared.dirty.swap(false, Ordering::SeqCst) || last_record.elapsed() >= record_every {
-            last_record = Instant::now();
-            publish_record(shared, &running);
         }
     }
 }

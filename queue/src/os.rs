@@ -70,6 +70,43 @@ mod imp {
         meta.ino()
     }
 
+    /// Who holds the flock on `path`, in words (`process 1234 (host), stopped`), from the
+    /// kernel's list of locks; `None` where that cannot be told.
+    pub fn lock_holder(path: &Path) -> Option<String> {
+        #[cfg(target_os = "linux")]
+        {
+            let meta = fs::metadata(path).ok()?;
+            let (major, minor) = (
+                nix::sys::stat::major(meta.dev()),
+                nix::sys::stat::minor(meta.dev()),
+            );
+            let device = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+            let locks = fs::read_to_string("/proc/locks").ok()?;
+            let pid = locks.lines().find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // `1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`; waiters are marked `->`.
+                (fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&device.as_str()))
+                    .then(|| fields.get(4).copied())
+                    .flatten()
+            })?;
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (name, rest) = stat.split_once(" (")?.1.rsplit_once(')')?;
+            let state = match rest.split_whitespace().next()? {
+                "T" | "t" => "stopped",
+                "R" => "running",
+                "D" => "waiting for the disk",
+                "Z" => "exited",
+                _ => "sleeping",
+            };
+            Some(format!("process {pid} ({name}), {state}"))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = path;
+            None
+        }
+    }
+
     /// Whether only the file's owner may read it (a password file).
     pub fn owner_only(meta: &fs::Metadata) -> bool {
         meta.mode() & 0o077 == 0
@@ -150,6 +187,11 @@ mod imp {
             .create(true)
             .truncate(false)
             .open(root.join("writers.lock"))
+    }
+
+    /// Windows does not say who holds a lock.
+    pub fn lock_holder(_path: &Path) -> Option<String> {
+        None
     }
 
     /// Windows gives no stable file identity through the standard library: none is compared.

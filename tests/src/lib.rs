@@ -534,6 +534,46 @@ impl Default for TestQueue {
     }
 }
 
+/// Whether process `pid` is alive (not gone, not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_string();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// A `test` task whose first attempt writes its shell's pid to `pids` and sleeps for five
+/// minutes, and whose later attempts write their pid and succeed at once: the pids file says
+/// which attempts ran and when.
+pub fn add_long_first_attempt(q: &TestQueue) -> (String, std::path::PathBuf) {
+    let pids = q.scratch.join("pids");
+    let script = format!(
+        "echo $$ >> {0}; [ $(wc -l < {0}) -gt 1 ] && exit 0; exec sleep 300",
+        pids.display()
+    );
+    let payload = serde_json::json!({"command": ["sh", "-c", script]}).to_string();
+    let target = q.scratch.to_str().unwrap().to_string();
+    let id = q.add(&["--type", "test", "--target", &target, "--payload", &payload]);
+    (id, pids)
+}
+
+/// The pids the attempts wrote so far.
+pub fn attempt_pids(pids: &std::path::Path) -> Vec<u32> {
+    std::fs::read_to_string(pids)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
 /// Sends a signal to a child process.
 pub fn signal(child: &Child, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();

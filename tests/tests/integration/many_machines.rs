@@ -144,3 +144,62 @@ fn three_machines_drain_10000_tasks_while_one_is_cut_off_and_its_workers_killed(
     }
     eprintln!("completed by machine: {by_machine:?}; run again after an expired lease: {rerun}");
 }
+
+#[test]
+fn a_worker_cut_off_from_postgresql_stops_its_task_at_a_third_of_the_lease() {
+    if !running_as_root("a worker cut off from PostgreSQL (network namespaces)") {
+        return;
+    }
+    let cluster = PgCluster::start("*").unwrap_or_else(|why| panic!("{why}"));
+    let name = cluster.database();
+    let q = TestQueue::at_url(&name);
+    let database = name.rsplit('/').next().unwrap().split('?').next().unwrap();
+    let machine = Machine::new(9);
+    let (id, pids) = integration_tests::add_long_first_attempt(&q);
+    let url = cluster.url_at(&machine.server, database);
+    let cut_off = machine
+        .command(&workspace().host())
+        .args([
+            "--queue", &url, "--role", "tester", "--lease", "9s", "--name", "cut-off",
+        ])
+        .env("HOST_PLUGIN_PATH", &q.plugins)
+        .env_remove("HOST_QUEUE_DIR")
+        .current_dir(&q.scratch)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(q.scratch.join("cut-off.log")).unwrap())
+        .spawn()
+        .expect("host starts on the machine");
+    let mut workers = Workers(vec![(9, cut_off)]);
+    q.wait_for("the first attempt", Duration::from_secs(30), |_| {
+        integration_tests::attempt_pids(&pids).len() == 1
+    });
+    let command = integration_tests::attempt_pids(&pids)[0];
+    machine.cut();
+    let cut_at = std::time::Instant::now();
+    q.wait_for(
+        "the cut-off worker's command to end",
+        Duration::from_secs(60),
+        |_| !integration_tests::alive(command),
+    );
+    let ended_after = cut_at.elapsed();
+    assert!(
+        ended_after < Duration::from_secs(9),
+        "the command ended {ended_after:?} after the link was cut, after its lease of 9s:\n{}",
+        logs(&q)
+    );
+    // The task comes back after the lease and runs once more, on a worker that can reach it.
+    let output = q.run(&["--role", "tester", "--drain", "--name", "reachable"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(integration_tests::attempt_pids(&pids).len(), 2);
+    assert!(
+        workers.0[0].1.try_wait().unwrap().is_none(),
+        "the cut-off worker goes on"
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::{TestQueue, signal};
+use integration_tests::{TestQueue, add_long_first_attempt, alive, attempt_pids, signal};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -235,4 +235,141 @@ fn a_cancelled_running_task_that_ignores_the_flag_is_stopped() {
         task["error"].as_str().unwrap().contains("was killed"),
         "{task:#}"
     );
+}
+
+#[test]
+fn a_stopped_worker_s_task_ends_before_its_lease_runs_out_and_never_runs_twice_at_once() {
+    let q = TestQueue::new();
+    let (id, pids) = add_long_first_attempt(&q);
+    let mut first = q.spawn_worker("tester", &["--name", "first", "--lease", "6s"]);
+    q.wait_for("the first attempt", Duration::from_secs(20), |_| {
+        attempt_pids(&pids).len() == 1
+    });
+    let command = attempt_pids(&pids)[0];
+    // Ctrl+Z or SIGSTOP: the worker can neither renew the lease nor stop its handler.
+    signal(&first, Signal::SIGSTOP);
+    let stopped_at = Instant::now();
+    q.wait_for(
+        "the stopped worker's command to end",
+        Duration::from_secs(20),
+        |_| !alive(command),
+    );
+    let ended_after = stopped_at.elapsed();
+    assert!(
+        ended_after < Duration::from_secs(6),
+        "the attempt ended {ended_after:?} after its worker stopped: after its lease of 6s"
+    );
+    let second = q.spawn_worker("tester", &["--name", "second", "--drain"]);
+    let output = second.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(attempt_pids(&pids).len(), 2);
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["worker"], "second");
+    signal(&first, Signal::SIGCONT);
+    signal(&first, Signal::SIGKILL);
+    let _ = first.wait();
+}
+
+#[test]
+fn a_stopped_handler_process_still_takes_its_command_along_when_its_worker_is_killed() {
+    let q = TestQueue::new();
+    let (_, pids) = add_long_first_attempt(&q);
+    let mut worker = q.spawn_worker("tester", &[]);
+    q.wait_for("the attempt", Duration::from_secs(20), |_| {
+        attempt_pids(&pids).len() == 1
+    });
+    let command = attempt_pids(&pids)[0];
+    let stat = std::fs::read_to_string(format!("/proc/{command}/stat")).unwrap();
+    let handler: i32 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let handler = nix::unistd::Pid::from_raw(handler);
+    nix::sys::signal::kill(handler, Signal::SIGSTOP).unwrap();
+    signal(&worker, Signal::SIGKILL);
+    let _ = worker.wait();
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !alive(command)
+    });
+    let _ = nix::sys::signal::kill(handler, Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(command as i32), Signal::SIGKILL);
+    assert!(gone, "the task's command ran on after its worker died");
+}
+
+#[test]
+fn ctrl_z_never_stops_a_worker_while_it_holds_the_writers_lock() {
+    let q = TestQueue::new();
+    let file = q.scratch.join("tasks.jsonl");
+    std::fs::write(&file, "{\"type\":\"noop\"}\n".repeat(20_000)).unwrap();
+    q.ok(&["add", "--file", file.to_str().unwrap()]);
+    let mut worker = q.spawn_worker("noop", &["--concurrency", "2"]);
+    for round in 0..15 {
+        std::thread::sleep(Duration::from_millis(50 + fastrand::u64(0..100)));
+        signal(&worker, Signal::SIGTSTP);
+        // Stopped, however it got there.
+        let pid = worker.id();
+        q.wait_for("the worker to stop", Duration::from_secs(10), |_| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .unwrap()
+                    .1
+                    .trim_start()
+                    .starts_with('T')
+            })
+        });
+        let started = Instant::now();
+        let output = q.host().args(["add", "--type", "noop"]).output().unwrap();
+        assert!(
+            output.status.success() && started.elapsed() < Duration::from_secs(2),
+            "round {round}: an add beside a stopped worker took {:?}: {}",
+            started.elapsed(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        signal(&worker, Signal::SIGCONT);
+    }
+    signal(&worker, Signal::SIGKILL);
+    let _ = worker.wait();
+}
+
+#[test]
+fn a_writer_waiting_on_a_stopped_holder_says_who_and_gives_up_in_one_line() {
+    let q = TestQueue::new();
+    // Held by this test process, as a stopped worker would hold it.
+    let folder = std::fs::File::open(&q.queue).unwrap();
+    folder.lock().unwrap();
+    let started = Instant::now();
+    let output = q
+        .host()
+        .args(["add", "--type", "noop"])
+        .env("HOST_LOCK_WAIT", "4s")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    folder.unlock().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let me = format!("process {}", std::process::id());
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "a notice, then the error: {stderr}");
+    assert!(
+        lines[0].starts_with("waiting for the queue's writers' lock") && lines[0].contains(&me),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains(&me) && lines[1].contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "gave up after the limit set ({took:?})"
+    );
+    assert_eq!(q.status()["counts"]["pending"].as_u64().unwrap_or(0), 0);
+    q.add(&["--type", "noop"]);
 }
