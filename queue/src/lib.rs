@@ -151,8 +151,8 @@ pub enum StoreError {
     /// queue was open: this process, and every one that opens the queue after it, stops
     /// writing to it until a person has looked (the folder's `damaged` file says why).
     #[error(
-        "{path}: {reason}; host stopped writing to this queue so as not to make it worse (reads \
-         still work: `host export` saves what is there); stop its workers and run `host doctor`"
+        "{path}: {reason}; host stopped writing to this queue so as not to make it worse (`host \
+         export` saves what can still be read); stop its workers and run `host doctor`"
     )]
     Damaged {
         /// The file at fault.

@@ -131,6 +131,32 @@ impl SqliteStore {
 
     fn connect(folder: QueueFolder, schema: Schema) -> Result<SqliteStore, StoreError> {
         let path = folder.database();
+        // SQLite says only "unable to open database file" for a link, a folder or a file this
+        // user may not read: say which.
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(StoreError::Unsafe {
+                    path,
+                    reason: "is a symlink; the queue opens nothing through one (put the \
+                             database itself in the queue folder)"
+                        .into(),
+                });
+            }
+            Ok(meta) if !meta.is_file() => {
+                return Err(StoreError::Unsafe {
+                    path,
+                    reason: "is not a file".into(),
+                });
+            }
+            _ => {}
+        }
+        if let Err(err) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        {
+            return Err(io_err(&path)(err));
+        }
         if let Some(lost) = lost_log(&path) {
             return Err(folder.damage().unwrap_or_else(|| {
                 folder.record_damage(&path, &lost);

@@ -282,3 +282,41 @@ fn usage_errors_exit_2() {
         assert_eq!(output.status.code(), Some(2), "{args:?}");
     }
 }
+
+#[test]
+fn a_database_that_is_a_link_a_folder_or_cut_short_is_named_for_what_it_is() {
+    let q = queue_with_a_task();
+    let payload = format!(r#"{{"filler":"{}"}}"#, "x".repeat(3000));
+    for _ in 0..40 {
+        q.add(&["--type", "noop", "--payload", &payload]);
+    }
+    let db = q.queue.join("queue.db");
+    let real = q.scratch.join("elsewhere.db");
+    fs::rename(&db, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &db).unwrap();
+    let line = q.fails(&["status"]);
+    assert!(
+        line.contains("queue.db") && line.contains("is a symlink"),
+        "{line}"
+    );
+
+    fs::remove_file(&db).unwrap();
+    fs::create_dir(&db).unwrap();
+    let line = q.fails(&["status"]);
+    assert!(
+        line.contains("queue.db") && line.contains("is not a file"),
+        "{line}"
+    );
+
+    fs::remove_dir(&db).unwrap();
+    fs::rename(&real, &db).unwrap();
+    let file = fs::OpenOptions::new().write(true).open(&db).unwrap();
+    file.set_len(fs::metadata(&db).unwrap().len() / 3).unwrap();
+    drop(file);
+    let line = q.fails(&["status"]);
+    assert!(
+        line.contains("queue.db") && line.contains("damaged"),
+        "{line}"
+    );
+    assert!(!line.contains("locked"), "{line}");
+}

@@ -204,19 +204,37 @@ fn an_idle_worker_hears_of_new_work_at_once() {
 }
 
 #[test]
-fn workers_reconnect_and_finish_when_the_server_restarts_mid_drain() {
+fn a_server_crash_mid_drain_loses_nothing_runs_nothing_twice_at_once_and_commands_say_one_line() {
     let cluster = PgCluster::start("127.0.0.1").unwrap_or_else(|why| panic!("{why}"));
     let q = TestQueue::at_url(&cluster.database());
+    // Each attempt holds a lock of its task's own for its run: an attempt that finds it taken
+    // runs beside another attempt of the same task, and says so.
+    let locks = q.scratch.join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let overlaps = q.scratch.join("overlaps");
     let file = q.scratch.join("tasks.jsonl");
     let lines: Vec<String> = (0..300)
-        .map(|i| format!(r#"{{"type":"sleep","payload":{{"ms":20,"n":{i}}},"maxAttempts":10}}"#))
+        .map(|i| {
+            let script = format!(
+                "flock -n {}/{i} sleep 0.03 || echo {i} >> {}",
+                locks.display(),
+                overlaps.display()
+            );
+            serde_json::json!({
+                "type": "test",
+                "target": q.scratch,
+                "payload": {"command": ["sh", "-c", script]},
+                "maxAttempts": 10,
+            })
+            .to_string()
+        })
         .collect();
     std::fs::write(&file, lines.join("\n")).unwrap();
     q.ok(&["add", "--file", file.to_str().unwrap()]);
-    let workers: Vec<_> = (0..2)
+    let workers: Vec<_> = (0..3)
         .map(|i| {
             q.spawn_worker(
-                "sleeper",
+                "tester",
                 &["--drain", "--lease", "4s", "--name", &format!("r{i}")],
             )
         })
@@ -225,7 +243,18 @@ fn workers_reconnect_and_finish_when_the_server_restarts_mid_drain() {
         q.status()["counts"]["completed"].as_u64().unwrap_or(0) >= 100
     });
     cluster.stop().unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // During the outage, a command says what is wrong in one line and exits 1, at once.
+    for args in [&["status"][..], &["add", "--type", "noop"]] {
+        let started = Instant::now();
+        let line = q.fails(args);
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+        assert!(!line.contains(PASSWORD), "{line}");
+    }
+    std::thread::sleep(Duration::from_secs(1));
     cluster.start_server().unwrap();
     for worker in workers {
         let output = worker.wait_with_output().unwrap();
@@ -246,6 +275,8 @@ fn workers_reconnect_and_finish_when_the_server_restarts_mid_drain() {
             assert_ne!(attempt["status"], "completed", "{task}");
         }
     }
+    let twice = std::fs::read_to_string(&overlaps).unwrap_or_default();
+    assert!(twice.is_empty(), "tasks that ran twice at once: {twice}");
 }
 
 #[test]
