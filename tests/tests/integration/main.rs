@@ -15,6 +15,7 @@ mod plugin_authors;
 mod plugin_safety;
 mod plugins;
 mod postgres;
+mod power_cuts;
 mod processes;
 mod queue_folder;
 mod reliability;
