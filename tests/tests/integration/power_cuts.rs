@@ -6,8 +6,9 @@
 //! The loop: a queue on that file system, `host add` processes and workers running, a cut at a
 //! random moment (the file system fails every operation from then on and every process of the
 //! queue is killed), the file system mounted again, then the checks. `POWER_CUTS` sets how many
-//! cuts (the suite makes 100 of a durable queue and 20 of a relaxed one; the README's long run
-//! makes 1,000), and the figures are printed.
+//! cuts (the suite makes 100 of a durable queue and 20 of a relaxed one; the README's long run,
+//! `POWER_CUTS=1000 cargo test --workspace power_cuts -- --nocapture`, makes 1,000 and 200), and
+//! the figures are printed.
 //!
 //! Needs root and /dev/fuse, which CI has; elsewhere each test says loudly that it skipped.
 
@@ -37,12 +38,13 @@ fn can_mount(what: &str) -> bool {
 
 /// A queue folder on a power-cut file system, with the plugins of the suite's queues.
 struct CutQueue {
+    /// First, so that it is unmounted before the folders below are removed.
+    fs: Option<PowerCutFs>,
     /// Scratch space and plugins, on the real disk.
     base: TestQueue,
     /// What the file system keeps: the disk, as it would be after the power came back.
     backing: PathBuf,
     mountpoint: PathBuf,
-    fs: Option<PowerCutFs>,
 }
 
 impl CutQueue {
