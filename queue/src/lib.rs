@@ -160,6 +160,14 @@ pub enum StoreError {
         /// What was found.
         reason: String,
     },
+    /// The queue was given as a libpq key=value connection string, which is not taken; the
+    /// message never repeats the string, which may hold a password.
+    #[error(
+        "a PostgreSQL key=value connection string is not taken as a queue: give a URL, \
+         postgres://USER@HOST:PORT/DBNAME, with the password in PGPASSWORD or ~/.pgpass (a \
+         folder whose name looks like one: write it as ./NAME)"
+    )]
+    KeyValueAddress,
     /// No task has this id.
     #[error("no task with id {0}")]
     NotFound(String),
