@@ -54,6 +54,13 @@ impl Cli {
     }
 }
 
+/// A command line that clap accepted but whose values do not make sense (a dashboard token of
+/// spaces): `main` prints it in one line and exits 2, as for clap's own usage errors. Its text
+/// never repeats the value, which may be a secret.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// Options valid with every command; each command's help lists its own first.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]

@@ -56,14 +56,19 @@ struct App {
 }
 
 /// Serves until interrupted. `token` is the one every request must carry (one is made when
-/// none is given); `allowed_hosts` are host names accepted in `Host` besides loopback names and
-/// the bound address.
+/// none is given; one given is refused with a [`crate::cli::UsageError`] unless it is at least
+/// 16 visible ASCII characters); `allowed_hosts` are host names accepted in `Host` besides
+/// loopback names and the bound address.
 pub fn serve(
     settings: &Settings,
     addr: SocketAddr,
     token: Option<String>,
     allowed_hosts: Vec<String>,
 ) -> anyhow::Result<()> {
+    // A mistyped token is a usage error, said before anything is opened.
+    if let Some(token) = &token {
+        access::check_token(token)?;
+    }
     open_store(settings)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

@@ -314,20 +314,72 @@ fn a_rebinding_page_another_origin_and_weak_tokens_are_refused() {
         vec!["serve", "--addr", "0.0.0.0:0", "--token", ""],
         vec!["serve", "--addr", "127.0.0.1:0", "--token", "short"],
     ] {
-        let line = q.fails(&args);
+        let line = usage_error(&q, &args, None);
         assert!(line.contains("at least 16 characters"), "{line}");
     }
-    let output = q
-        .host()
-        .args(["serve", "--addr", "0.0.0.0:0"])
-        .env("HOST_WEB_TOKEN", "")
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "an empty HOST_WEB_TOKEN is refused"
+    let line = usage_error(&q, &["serve", "--addr", "0.0.0.0:0"], Some(""));
+    assert!(
+        line.contains("at least 16 characters"),
+        "an empty HOST_WEB_TOKEN: {line}"
     );
+}
+
+/// Runs `host ARGS` (with `HOST_WEB_TOKEN` set to `token` when given), insists on a usage error
+/// (exit 2) in one line, and returns that line.
+fn usage_error(q: &TestQueue, args: &[&str], token: Option<&str>) -> String {
+    let mut command = q.host();
+    command.args(args);
+    if let Some(token) = token {
+        command.env("HOST_WEB_TOKEN", token);
+    }
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    stderr.trim().to_string()
+}
+
+#[test]
+fn a_blank_token_is_refused_and_the_bearer_scheme_is_case_insensitive() {
+    let q = TestQueue::new();
+    let blank = " ".repeat(16);
+    for token in [
+        blank.as_str(),
+        "0123456789 abcdef",
+        "0123456789abcdef\t",
+        "\u{3000}".repeat(16).as_str(),
+    ] {
+        for (args, env) in [
+            (
+                vec!["serve", "--addr", "127.0.0.1:0", "--token", token],
+                None,
+            ),
+            (vec!["serve", "--addr", "127.0.0.1:0"], Some(token)),
+        ] {
+            let line = usage_error(&q, &args, env);
+            assert!(line.starts_with("error: "), "{line}");
+            assert!(
+                line.contains("at least 16 characters") && line.contains("no spaces"),
+                "{token:?}: {line}"
+            );
+        }
+    }
+
+    let token = "0123456789abcdef-token";
+    let server = serve(&q, &["--token", token]);
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let value = format!("{scheme} {token}");
+        let (status, body) = get(
+            &format!("{}/api/status", server.url),
+            &[("Authorization", &value)],
+        );
+        assert_eq!(status, 200, "{scheme}: {body}");
+    }
+    let (status, _) = get(
+        &format!("{}/api/status", server.url),
+        &[("Authorization", &format!("Basic {token}"))],
+    );
+    assert_eq!(status, 401, "another scheme is not a bearer token");
 }
 
 #[test]
