@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -46,6 +46,11 @@ use crate::commands::{add, branch, open_store};
 use access::Access;
 
 const PAGE: &str = include_str!("web/page.html");
+
+/// The largest request body taken: a task at [`queue::MAX_TASK_BYTES`] with room for its other
+/// fields and for JSON's escapes, so that a task over the limit is refused by the same check,
+/// with the same message, as by every other way in.
+const MAX_BODY: usize = queue::MAX_TASK_BYTES + queue::MAX_TASK_BYTES / 4;
 
 mod access;
 
@@ -97,6 +102,7 @@ pub fn serve(
             .route("/api/resume", post(resume))
             .route("/api/events", get(events))
             .with_state(app)
+            .layer(DefaultBodyLimit::max(MAX_BODY))
             .layer(middleware::from_fn_with_state(
                 Arc::clone(&access),
                 access::guard,
@@ -123,6 +129,7 @@ impl From<anyhow::Error> for ApiError {
         let status = match err.downcast_ref::<queue::StoreError>() {
             Some(queue::StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
             Some(queue::StoreError::WrongState { .. }) => StatusCode::CONFLICT,
+            Some(queue::StoreError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             _ => match err.downcast_ref::<worktrees::Error>() {
                 Some(worktrees::Error::Conflict { .. }) => StatusCode::CONFLICT,
                 _ => StatusCode::BAD_REQUEST,

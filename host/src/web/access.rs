@@ -259,7 +259,15 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
         .await
         .unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes).trim().replace('\n', " ");
-    let message = if text.is_empty() {
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // axum's own words say nothing of the limit.
+        format!(
+            "the request is over the {} bytes taken: a task's description and payload may take \
+             at most {} bytes (2 MiB) together",
+            super::MAX_BODY,
+            queue::MAX_TASK_BYTES
+        )
+    } else if text.is_empty() {
         status.canonical_reason().unwrap_or("error").to_lowercase()
     } else {
         text

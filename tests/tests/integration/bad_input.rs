@@ -104,6 +104,30 @@ fn task_file_from_stdin_adds_all() {
 }
 
 #[test]
+fn a_task_over_the_size_limit_is_refused_from_a_task_file() {
+    let q = queue_with_a_task();
+    let before = q.snapshot();
+    let file = q.scratch.join("big.json");
+    let big = "x".repeat(3 * 1024 * 1024);
+    let entries = serde_json::json!([{"type": "noop"}, {"type": "noop", "description": big}]);
+    fs::write(&file, entries.to_string()).unwrap();
+    let line = q.fails(&["add", "--file", file.to_str().unwrap()]);
+    assert!(
+        line.contains("big.json: entry 2") && line.contains("limit of 2097152 bytes (2 MiB)"),
+        "{line}"
+    );
+    assert_eq!(q.snapshot(), before);
+    // Just under the limit is taken, payload included.
+    let under = serde_json::json!([{
+        "type": "noop",
+        "description": "x".repeat(2 * 1024 * 1024 - 100),
+        "payload": {"n": 1},
+    }]);
+    fs::write(&file, under.to_string()).unwrap();
+    q.ok(&["add", "--file", file.to_str().unwrap()]);
+}
+
+#[test]
 fn a_libpq_connection_string_is_refused_without_showing_its_password() {
     let q = TestQueue::new();
     let password = "pw-that-must-not-show";

@@ -428,6 +428,13 @@ fn every_error_is_json() {
         })
         .expect("an answer to an oversized body within five tries");
     is_error(status, &body, 413);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("2097152 bytes (2 MiB)"),
+        "the limit is named: {body}"
+    );
     let mut response = agent()
         .delete(&url("/api/status"))
         .header(name, &bearer)
@@ -952,6 +959,27 @@ fn the_dashboard_serves_a_postgres_queue_without_showing_its_password() {
     let queue = report["queue"].as_str().unwrap();
     assert!(queue.starts_with("postgres://host_test:***@"), "{report}");
     assert!(!report.to_string().contains(integration_tests::pg::PASSWORD));
+}
+
+#[test]
+fn the_dashboard_takes_a_task_up_to_the_size_limit_that_every_way_in_applies() {
+    let q = TestQueue::new();
+    let server = serve(&q, &[]);
+    let limit = 2 * 1024 * 1024;
+    let under = json!({"type": "noop", "description": "x".repeat(limit - 1000)});
+    let (status, body) = server.post("/api/tasks", under);
+    assert_eq!(status, 200, "{body}");
+    // Over the limit, but within what the server reads: the store's check, as for MCP and
+    // `host add` (`every_error_is_json` sends one far over it).
+    let over = json!({"type": "noop", "description": "x".repeat(limit + 1000)});
+    let (status, body) = server.post("/api/tasks", over);
+    assert_eq!(status, 413, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("over the limit of 2097152 bytes (2 MiB)"),
+        "{error}"
+    );
+    assert_eq!(q.status()["counts"]["pending"], 1);
 }
 
 #[test]
