@@ -335,11 +335,25 @@ fn a_rebinding_page_another_origin_and_weak_tokens_are_refused() {
 /// (exit 2) in one line, and returns that line.
 fn usage_error(q: &TestQueue, args: &[&str], token: Option<&str>) -> String {
     let mut command = q.host();
-    command.args(args);
+    command
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     if let Some(token) = token {
         command.env("HOST_WEB_TOKEN", token);
     }
-    let output = command.output().unwrap();
+    let mut child = command.spawn().unwrap();
+    // A server that took the token serves until stopped: stop it, and say so.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} (token {token:?}) started serving instead of refusing the token");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
@@ -1203,7 +1217,7 @@ fn cpu_time(pid: u32) -> Duration {
 fn idle_event_streams_cost_little_and_still_hear_of_changes() {
     let q = TestQueue::new();
     let server = serve(&q, &[]);
-    let mut streams: Vec<TcpStream> = (0..50)
+    let mut streams: Vec<TcpStream> = (0..100)
         .map(|_| {
             let mut stream = connect(&server);
             raw_get(&server, &mut stream, "/api/events");
@@ -1216,9 +1230,11 @@ fn idle_event_streams_cost_little_and_still_hear_of_changes() {
     std::thread::sleep(Duration::from_secs(4));
     let used = cpu_time(pid) - cpu;
     let share = used.as_secs_f64() / start.elapsed().as_secs_f64();
+    // Each stream reading the status itself took about a third of a core here (debug build);
+    // one read for all of them, a few percent.
     assert!(
-        share < 0.2,
-        "50 idle event streams took {:.0} % of a core ({used:?} in {:?})",
+        share < 0.1,
+        "100 idle event streams took {:.0} % of a core ({used:?} in {:?})",
         share * 100.0,
         start.elapsed()
     );
