@@ -54,6 +54,13 @@ impl Cli {
     }
 }
 
+/// A command line that clap accepted but whose values do not make sense (a dashboard token of
+/// spaces): `main` prints it in one line and exits 2, as for clap's own usage errors. Its text
+/// never repeats the value, which may be a secret.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// Options valid with every command; each command's help lists its own first.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
@@ -472,6 +479,28 @@ pub enum Command {
         /// it is reached by); loopback names and its own address are always accepted.
         #[arg(long = "allow-host", value_name = "NAME")]
         allow_hosts: Vec<String>,
+        /// How long a new connection may take to send its first request's headers before it
+        /// is closed. Hidden: the default suits every client; tests shorten it.
+        #[arg(
+            long,
+            hide = true,
+            env = "HOST_SERVE_HEADER_TIMEOUT",
+            default_value = "10s",
+            value_parser = time_limit,
+            value_name = "DURATION"
+        )]
+        header_timeout: Duration,
+        /// How long a connection may stay idle between requests before it is closed. Hidden,
+        /// as --header-timeout.
+        #[arg(
+            long,
+            hide = true,
+            env = "HOST_SERVE_IDLE_TIMEOUT",
+            default_value = "60s",
+            value_parser = time_limit,
+            value_name = "DURATION"
+        )]
+        idle_timeout: Duration,
     },
     /// Internal: runs a role's handler for a worker, isolated in its own process.
     #[command(hide = true)]

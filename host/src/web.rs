@@ -15,6 +15,9 @@
 //!   with `{"reason": TEXT}`.
 //! - `GET /api/events` server-sent events: a `change` event whenever the status changes.
 //!
+//! Connections are limited in number and in how long they may stay silent (see
+//! [`connections`]); the event streams share one reader of the status (see [`events`]).
+//!
 //! Nobody but the holder of the token gets in, on loopback too: without `--token` (or
 //! `HOST_WEB_TOKEN`) a random one is made at start and printed in the URL to open, as Jupyter
 //! does. Opening that URL sets the token as an HttpOnly, SameSite=Strict cookie, so the page, its
@@ -23,19 +26,15 @@
 //! name or an `--allow-host` name are refused (DNS rebinding), as are requests whose `Origin` is
 //! another site. State-changing requests must be JSON. Every error is `{"error": ...}` JSON.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::middleware;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::stream::{self, Stream};
 use queue::{PauseScope, QueueStore, Task, TaskQuery};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -44,26 +43,43 @@ use crate::cli::Settings;
 use crate::commands::status::StatusReport;
 use crate::commands::{add, branch, open_store};
 use access::Access;
+use events::StatusFeed;
+
+pub use connections::Limits;
 
 const PAGE: &str = include_str!("web/page.html");
 
+/// The largest request body taken: a task at [`queue::MAX_TASK_BYTES`] with room for its other
+/// fields and for JSON's escapes, so that a task over the limit is refused by the same check,
+/// with the same message, as by every other way in.
+const MAX_BODY: usize = queue::MAX_TASK_BYTES + queue::MAX_TASK_BYTES / 4;
+
 mod access;
+mod connections;
+mod events;
 
 /// What the handlers share.
 #[derive(Clone)]
 struct App {
     settings: Settings,
+    feed: Arc<StatusFeed>,
 }
 
 /// Serves until interrupted. `token` is the one every request must carry (one is made when
-/// none is given); `allowed_hosts` are host names accepted in `Host` besides loopback names and
-/// the bound address.
+/// none is given; one given is refused with a [`crate::cli::UsageError`] unless it is at least
+/// 16 visible ASCII characters); `allowed_hosts` are host names accepted in `Host` besides
+/// loopback names and the bound address; `limits` say how long connections may stay silent.
 pub fn serve(
     settings: &Settings,
     addr: SocketAddr,
     token: Option<String>,
     allowed_hosts: Vec<String>,
+    limits: Limits,
 ) -> anyhow::Result<()> {
+    // A mistyped token is a usage error, said before anything is opened.
+    if let Some(token) = &token {
+        access::check_token(token)?;
+    }
     open_store(settings)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -73,6 +89,7 @@ pub fn serve(
         let access = Arc::new(Access::new(token, listener.local_addr()?, allowed_hosts)?);
         let app = App {
             settings: settings.clone(),
+            feed: StatusFeed::start(settings.clone()),
         };
         let router = Router::new()
             .route("/", get(|| async { Html(PAGE) }))
@@ -92,6 +109,7 @@ pub fn serve(
             .route("/api/resume", post(resume))
             .route("/api/events", get(events))
             .with_state(app)
+            .layer(DefaultBodyLimit::max(MAX_BODY))
             .layer(middleware::from_fn_with_state(
                 Arc::clone(&access),
                 access::guard,
@@ -99,7 +117,7 @@ pub fn serve(
             .layer(middleware::from_fn(access::json_errors));
         // The first line says where to go; tests read the address and token from it.
         println!("serving the dashboard on {}", access.url());
-        axum::serve(listener, router).await?;
+        connections::serve(listener, router, limits).await;
         Ok(())
     })
 }
@@ -118,6 +136,7 @@ impl From<anyhow::Error> for ApiError {
         let status = match err.downcast_ref::<queue::StoreError>() {
             Some(queue::StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
             Some(queue::StoreError::WrongState { .. }) => StatusCode::CONFLICT,
+            Some(queue::StoreError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             _ => match err.downcast_ref::<worktrees::Error>() {
                 Some(worktrees::Error::Conflict { .. }) => StatusCode::CONFLICT,
                 _ => StatusCode::BAD_REQUEST,
@@ -317,23 +336,7 @@ async fn resume(State(app): State<App>, Json(scope): Json<Scope>) -> ApiResult<J
 }
 
 /// A `change` event whenever the status (counts, workers, pauses) differs from the last one
-/// sent, checked four times a second; comments keep the connection alive meanwhile.
-async fn events(State(app): State<App>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = stream::unfold(
-        (app.settings, String::new()),
-        |(settings, last)| async move {
-            loop {
-                let now = StatusReport::read(&settings)
-                    .ok()
-                    .and_then(|r| serde_json::to_string(&r).ok())
-                    .unwrap_or_default();
-                if now != last {
-                    let event = Event::default().event("change").data(now.clone());
-                    return Some((Ok(event), (settings, now)));
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        },
-    );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+/// sent; comments keep the connection alive meanwhile.
+async fn events(State(app): State<App>) -> impl IntoResponse {
+    app.feed.events()
 }

@@ -160,6 +160,26 @@ pub enum StoreError {
         /// What was found.
         reason: String,
     },
+    /// The queue was given as a libpq key=value connection string, which is not taken; the
+    /// message never repeats the string, which may hold a password.
+    #[error(
+        "a PostgreSQL key=value connection string is not taken as a queue: give a URL, \
+         postgres://USER@HOST:PORT/DBNAME, with the password in PGPASSWORD or ~/.pgpass (a \
+         folder whose name looks like one: write it as ./NAME)"
+    )]
+    KeyValueAddress,
+    /// A task's description and payload take more than [`MAX_TASK_BYTES`]; nothing was
+    /// stored.
+    #[error(
+        "the task's description and payload take {size} bytes together, over the limit of \
+         {limit} bytes (2 MiB): put large inputs in a file and give its path as the task's \
+         target",
+        limit = MAX_TASK_BYTES
+    )]
+    TooLarge {
+        /// The bytes they take.
+        size: usize,
+    },
     /// No task has this id.
     #[error("no task with id {0}")]
     NotFound(String),
@@ -200,6 +220,13 @@ pub enum StoreError {
         attempt: u32,
     },
 }
+
+/// The most bytes a task's description and payload (as JSON) may take together, however the
+/// task comes in: `host add` and its task files, the dashboard, MCP, `host edit`. 2 MiB, what
+/// the dashboard has always taken (axum's default limit of a request): room for a long prompt
+/// with its context, while listings and claims read tasks whole, so that a much larger one
+/// would slow every reader. Larger inputs belong in a file that the task's target names.
+pub const MAX_TASK_BYTES: usize = 2 * 1024 * 1024;
 
 /// A task to be added; the store fills in the id, status and times.
 #[derive(Clone, Debug, Default, PartialEq)]

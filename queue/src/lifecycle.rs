@@ -11,10 +11,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
+use serde_json::Value;
 
 use crate::{
-    Attempt, AttemptStatus, BranchOutcome, BranchState, Dependency, Lease, NewTask, Outcome,
-    Review, StoreError, Task, TaskStatus, Verdict, validate_name,
+    Attempt, AttemptStatus, BranchOutcome, BranchState, Dependency, Lease, MAX_TASK_BYTES, NewTask,
+    Outcome, Review, StoreError, Task, TaskStatus, Verdict, validate_name,
 };
 
 /// How long a lease lasts unless renewed, when the store is not told otherwise.
@@ -97,6 +98,8 @@ pub fn new_tasks(
 ) -> Result<Vec<Task>, StoreError> {
     for (index, task) in tasks.iter().enumerate() {
         validate_name("task type", &task.task_type).map_err(|err| invalid(index, err))?;
+        check_size(task.description.as_deref(), &task.payload)
+            .map_err(|err| invalid(index, err))?;
         if task.max_attempts == Some(0) {
             return Err(invalid(index, "maxAttempts must be at least 1"));
         }
@@ -128,6 +131,20 @@ pub fn new_tasks(
         .collect();
     settle_new_tasks(tx, &mut tasks, now)?;
     Ok(tasks)
+}
+
+/// Refuses a description and payload that take more than [`MAX_TASK_BYTES`] together (the
+/// payload counted as its JSON), with [`StoreError::TooLarge`].
+pub fn check_size(description: Option<&str>, payload: &Value) -> Result<(), StoreError> {
+    let payload = match payload {
+        Value::Null => 0,
+        other => serde_json::to_string(other).map_or(0, |json| json.len()),
+    };
+    let size = description.map_or(0, str::len) + payload;
+    if size > MAX_TASK_BYTES {
+        return Err(StoreError::TooLarge { size });
+    }
+    Ok(())
 }
 
 fn invalid(index: usize, message: impl std::fmt::Display) -> StoreError {
@@ -632,6 +649,7 @@ pub fn edit(tx: &mut impl TaskTx, id: &str, edit: &crate::TaskEdit) -> Result<Ta
     if let Some(secs) = edit.timeout_secs {
         task.timeout_secs = Some(secs);
     }
+    check_size(task.description.as_deref(), &task.payload)?;
     tx.put(&task)?;
     Ok(task)
 }

@@ -44,10 +44,15 @@ pub enum QueueAddress {
 }
 
 impl QueueAddress {
-    /// A `postgres://` or `postgresql://` URL, else a folder (made absolute).
+    /// A `postgres://` or `postgresql://` URL, else a folder (made absolute). A libpq
+    /// key=value string (`host=db dbname=q`) is refused, in an error that does not repeat it
+    /// (it may hold a password), rather than taken for a folder of that name.
     pub fn parse(text: &str) -> Result<QueueAddress, StoreError> {
         if PostgresUrl::is_url(text) {
             return PostgresUrl::parse(text).map(|url| QueueAddress::Postgres(Box::new(url)));
+        }
+        if PostgresUrl::is_key_value(text) {
+            return Err(StoreError::KeyValueAddress);
         }
         let path = normal_path(Path::new(text)).map_err(|source| StoreError::Io {
             path: PathBuf::from(text),

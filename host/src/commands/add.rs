@@ -98,6 +98,9 @@ pub fn add_checked(
     // Each role validates all of its tasks in one child process.
     let mut by_role: Vec<(String, &PluginRole, Vec<usize>)> = Vec::new();
     for (index, task) in tasks.iter().enumerate() {
+        // Before the role sees it: a task over the limit is not sent to a plugin process.
+        queue::lifecycle::check_size(task.description.as_deref(), &task.payload)
+            .map_err(|err| at_fault(index, err.into()))?;
         let (name, role) =
             role_for(&registry, &config, task).map_err(|err| at_fault(index, err))?;
         match by_role

@@ -110,12 +110,18 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
             addr,
             token,
             allow_hosts,
+            header_timeout,
+            idle_timeout,
         } => {
             // clap reads an empty variable as no value; an empty token is a mistake to report,
             // not a reason to make one up.
             let empty_env = std::env::var_os("HOST_WEB_TOKEN").is_some_and(|v| v.is_empty());
             let token = token.or_else(|| empty_env.then(String::new));
-            crate::web::serve(settings, addr, token, allow_hosts)
+            let limits = crate::web::Limits {
+                headers: header_timeout,
+                idle: idle_timeout,
+            };
+            crate::web::serve(settings, addr, token, allow_hosts, limits)
         }
         Command::Logs { id, follow } => selfserve::logs(settings, &id, follow),
         Command::Claim {

@@ -7,16 +7,31 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use anyhow::bail;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 
 use super::ApiError;
+use crate::cli::UsageError;
 
 /// The shortest token accepted: anything shorter could be guessed by another local user.
 pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Refuses a token given with `--token` or `HOST_WEB_TOKEN` that is too short, or that is not
+/// all visible ASCII: a blank one (16 spaces) is no secret, and a space, control or non-ASCII
+/// character does not travel unchanged in the `Authorization` header or the cookie. A usage
+/// error (exit 2), whose text does not repeat the token.
+pub fn check_token(token: &str) -> Result<(), UsageError> {
+    if token.chars().count() >= MIN_TOKEN_LEN && token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "the dashboard token must be at least {MIN_TOKEN_LEN} characters, all letters, digits \
+         or ASCII punctuation, with no spaces (leave out --token and HOST_WEB_TOKEN to have one \
+         made)"
+    )))
+}
 
 /// What a request must show to be served.
 pub struct Access {
@@ -30,19 +45,18 @@ pub struct Access {
 }
 
 impl Access {
-    /// The rules for a server bound to `bound`: `token` when given (refused when empty or
-    /// shorter than [`MIN_TOKEN_LEN`]), else a new random one.
+    /// The rules for a server bound to `bound`: `token` when given (refused unless
+    /// [`check_token`] accepts it), else a new random one.
     pub fn new(
         token: Option<String>,
         bound: SocketAddr,
         allowed_hosts: Vec<String>,
     ) -> anyhow::Result<Access> {
         let token = match token {
-            Some(token) if token.chars().count() < MIN_TOKEN_LEN => bail!(
-                "the dashboard token must be at least {MIN_TOKEN_LEN} characters (leave out \
-                 --token and HOST_WEB_TOKEN to have one made)"
-            ),
-            Some(token) => token,
+            Some(token) => {
+                check_token(&token)?;
+                token
+            }
             None => queue::secret::random_hex(32)
                 .map_err(|err| anyhow::anyhow!("cannot make a token: {err}"))?,
         };
@@ -87,7 +101,7 @@ impl Access {
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer_token);
         if bearer.is_some_and(|t| self.is(t)) {
             return Some(Presented::Header);
         }
@@ -208,6 +222,15 @@ fn check_host_and_origin(access: &Access, headers: &HeaderMap) -> Result<(), Api
     }
 }
 
+/// The token of an `Authorization: Bearer TOKEN` value. The scheme's name is
+/// case-insensitive (RFC 7235: `bearer` and `BEARER` too), and one or more spaces follow it.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
 /// The host name of a `Host` header value, without the port.
 fn host_name(host: &str) -> &str {
     if host.starts_with('[') {
@@ -236,7 +259,15 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
         .await
         .unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes).trim().replace('\n', " ");
-    let message = if text.is_empty() {
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // axum's own words say nothing of the limit.
+        format!(
+            "the request is over the {} bytes taken: a task's description and payload may take \
+             at most {} bytes (2 MiB) together",
+            super::MAX_BODY,
+            queue::MAX_TASK_BYTES
+        )
+    } else if text.is_empty() {
         status.canonical_reason().unwrap_or("error").to_lowercase()
     } else {
         text
@@ -286,10 +317,34 @@ mod tests {
     }
 
     #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in [
+            "Bearer abc",
+            "bearer abc",
+            "BEARER abc",
+            "Bearer   abc",
+            " bEaReR abc ",
+        ] {
+            assert_eq!(bearer_token(value), Some("abc"), "{value:?}");
+        }
+        for value in ["Basic abc", "Bearerabc", "Bearer", ""] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
+    }
+
+    #[test]
     fn tokens_are_long_and_random() {
         let bound: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert!(Access::new(Some(String::new()), bound, vec![]).is_err());
         assert!(Access::new(Some("short".into()), bound, vec![]).is_err());
+        for weak in [
+            " ".repeat(16),
+            "0123456789 abcdef".into(),
+            "0123456789abcdéf".into(),
+        ] {
+            assert!(check_token(&weak).is_err(), "{weak:?}");
+        }
+        assert!(check_token("0123456789abcdef").is_ok());
         let (a, b) = (access("127.0.0.1:1", &[]), access("127.0.0.1:1", &[]));
         assert_eq!(a.token.len(), 64);
         assert_ne!(a.token, b.token);

@@ -48,6 +48,14 @@ impl PostgresUrl {
         text.starts_with("postgres://") || text.starts_with("postgresql://")
     }
 
+    /// Whether `text` is a libpq key=value connection string (`host=db dbname=q ...`): some
+    /// word of it starts with a libpq keyword and `=`. Such a text is neither a URL nor a
+    /// folder a person means (a folder of that name is still reached as `./host=...`), and it
+    /// may hold a password, so it must never be echoed.
+    pub fn is_key_value(text: &str) -> bool {
+        key_value_spans(text).next().is_some()
+    }
+
     /// Parses a queue URL. The password comes from the URL, else `PGPASSWORD`, else a
     /// matching line of `~/.pgpass` (or `PGPASSFILE`), as libpq looks for it.
     pub fn parse(text: &str) -> Result<PostgresUrl, StoreError> {
@@ -189,10 +197,114 @@ pub(crate) fn describe(err: &postgres::Error) -> String {
     }
 }
 
-/// `text` with the password of its user-info part replaced by `***`.
+/// The keywords of a libpq connection string (`host=db dbname=q`), as libpq's documentation
+/// lists them.
+const LIBPQ_KEYWORDS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "require_auth",
+    "channel_binding",
+    "connect_timeout",
+    "client_encoding",
+    "options",
+    "application_name",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "replication",
+    "gssencmode",
+    "sslmode",
+    "requiressl",
+    "sslnegotiation",
+    "sslcompression",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslcertmode",
+    "sslrootcert",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "requirepeer",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "service",
+    "target_session_attrs",
+    "load_balance_hosts",
+];
+
+/// The keyword=value pairs of a libpq connection string found in `text`, each as the keyword
+/// and the byte range of its value: a keyword at the start or after whitespace, then `=`
+/// (spaces around it allowed, as libpq allows them), then a value up to the next whitespace,
+/// or in single quotes with `\'` and `\\` inside.
+fn key_value_spans(text: &str) -> impl Iterator<Item = (&'static str, std::ops::Range<usize>)> {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at < bytes.len() {
+            let start = at;
+            let word_start = start == 0 || bytes[start - 1].is_ascii_whitespace();
+            at += 1;
+            if !word_start || bytes[start].is_ascii_whitespace() {
+                continue;
+            }
+            let Some(keyword) = LIBPQ_KEYWORDS.iter().copied().find(|k| {
+                text[start..].starts_with(k) && {
+                    let after = text[start + k.len()..].trim_start();
+                    after.starts_with('=')
+                }
+            }) else {
+                continue;
+            };
+            let after_key = start + keyword.len();
+            let eq = after_key + text[after_key..].find('=').unwrap_or(0);
+            let mut value = eq + 1;
+            while value < bytes.len() && bytes[value].is_ascii_whitespace() {
+                value += 1;
+            }
+            let mut end = value;
+            if bytes.get(value) == Some(&b'\'') {
+                end += 1;
+                while end < bytes.len() && bytes[end] != b'\'' {
+                    end += if bytes[end] == b'\\' { 2 } else { 1 };
+                }
+                end = (end + 1).min(bytes.len());
+            } else {
+                while end < bytes.len() && !bytes[end].is_ascii_whitespace() {
+                    end += 1;
+                }
+            }
+            at = end.max(at);
+            return Some((keyword, value..end));
+        }
+        None
+    })
+}
+
+/// `text` with its passwords replaced by `***`: of a URL's user-info part and `password=`
+/// parameter, or of a libpq key=value string's `password` (and `sslpassword`).
 pub fn redact_url(text: &str) -> String {
     let Some((scheme, rest)) = text.split_once("://") else {
-        return text.to_string();
+        let mut shown = text.to_string();
+        let secrets: Vec<std::ops::Range<usize>> = key_value_spans(text)
+            .filter(|(keyword, _)| keyword.ends_with("password"))
+            .map(|(_, value)| value)
+            .collect();
+        for value in secrets.into_iter().rev() {
+            shown.replace_range(value, "***");
+        }
+        return shown;
     };
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
@@ -374,6 +486,36 @@ mod tests {
             "postgresql://db/q?user=ann&password=***"
         );
         assert_eq!(redact_url("postgres://ann@db/q"), "postgres://ann@db/q");
+        assert_eq!(
+            redact_url("host=db password=s3cr3t dbname=q"),
+            "host=db password=*** dbname=q"
+        );
+        assert_eq!(
+            redact_url("password = 'it\\'s s3cr3t' sslpassword=k3y host=db"),
+            "password = *** sslpassword=*** host=db"
+        );
+    }
+
+    #[test]
+    fn key_value_strings_are_told_from_folders() {
+        for libpq in [
+            "host=db dbname=q",
+            "dbname = q",
+            "  user=ann password=x",
+            "service=queue",
+        ] {
+            assert!(PostgresUrl::is_key_value(libpq), "{libpq}");
+        }
+        for folder in [
+            "./host=db",
+            "/srv/queues/dbname=q",
+            "copilot-orchestration",
+            "hostname=x",
+            "my host",
+            "",
+        ] {
+            assert!(!PostgresUrl::is_key_value(folder), "{folder}");
+        }
     }
 
     #[test]

@@ -103,6 +103,64 @@ fn task_file_from_stdin_adds_all() {
     assert_eq!(q.task("2")["timeoutSecs"], 90);
 }
 
+#[test]
+fn a_task_over_the_size_limit_is_refused_from_a_task_file() {
+    let q = queue_with_a_task();
+    let before = q.snapshot();
+    let file = q.scratch.join("big.json");
+    let big = "x".repeat(3 * 1024 * 1024);
+    let entries = serde_json::json!([{"type": "noop"}, {"type": "noop", "description": big}]);
+    fs::write(&file, entries.to_string()).unwrap();
+    let line = q.fails(&["add", "--file", file.to_str().unwrap()]);
+    assert!(
+        line.contains("big.json: entry 2") && line.contains("limit of 2097152 bytes (2 MiB)"),
+        "{line}"
+    );
+    assert_eq!(q.snapshot(), before);
+    // Just under the limit is taken, payload included.
+    let under = serde_json::json!([{
+        "type": "noop",
+        "description": "x".repeat(2 * 1024 * 1024 - 100),
+        "payload": {"n": 1},
+    }]);
+    fs::write(&file, under.to_string()).unwrap();
+    q.ok(&["add", "--file", file.to_str().unwrap()]);
+}
+
+#[test]
+fn a_libpq_connection_string_is_refused_without_showing_its_password() {
+    let q = TestQueue::new();
+    let password = "pw-that-must-not-show";
+    let address = format!("host=db.example port=5432 password={password} dbname=q user=ann");
+    for (args, env) in [
+        (vec!["--queue", address.as_str(), "status"], None),
+        (vec!["--queue", address.as_str(), "init"], None),
+        (vec!["status"], Some(address.as_str())),
+        (vec!["init"], Some(address.as_str())),
+    ] {
+        let mut command = q.host();
+        command.args(&args);
+        if let Some(address) = env {
+            command.env("HOST_QUEUE_DIR", address);
+        }
+        let output = command.output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("postgres://"), "{stderr}");
+        assert!(
+            !stdout.contains(password) && !stderr.contains(password),
+            "the password shows: {stdout}{stderr}"
+        );
+    }
+    // Not taken for a folder of that name either.
+    let made: Vec<_> = fs::read_dir(&q.scratch).unwrap().collect();
+    assert!(made.is_empty(), "{made:?}");
+}
+
 /// Replaces task `id`'s record in the queue's database with text that is not a task.
 fn corrupt_record(q: &TestQueue, id: &str) {
     let conn = rusqlite::Connection::open(q.queue.join("queue.db")).unwrap();

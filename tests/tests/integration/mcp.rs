@@ -238,3 +238,44 @@ fn lines_no_client_should_send_get_json_rpc_errors_not_silence() {
     drop(stdin);
     assert!(server.wait().unwrap().success());
 }
+
+#[test]
+fn a_task_over_the_size_limit_is_refused_as_by_the_dashboard() {
+    let q = TestQueue::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut command = tokio::process::Command::from(q.host());
+        command.arg("mcp");
+        let client = ().serve(TokioChildProcess::new(command).unwrap()).await.unwrap();
+        let big = "x".repeat(3 * 1024 * 1024);
+        let refused = call(
+            &client,
+            "add_task",
+            json!({"type": "noop", "description": big}),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            refused.contains("over the limit of 2097152 bytes (2 MiB)"),
+            "{}",
+            &refused[..refused.len().min(500)]
+        );
+        let refused = call(
+            &client,
+            "add_tasks",
+            json!({"tasks": [{"type": "noop"}, {"type": "noop", "payload": {"text": big}}]}),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            refused.contains("task 2") && refused.contains("2097152 bytes"),
+            "{}",
+            &refused[..refused.len().min(500)]
+        );
+        client.cancel().await.unwrap();
+    });
+    assert_eq!(q.status()["counts"]["pending"], 0, "nothing was added");
+}
