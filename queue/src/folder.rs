@@ -131,40 +131,42 @@ impl QueueFolder {
     /// one line each: they write into a log or index that no other process sees (Linux; read
     /// from `/proc`, where this user sees their own processes).
     pub fn holders_of_removed_files(&self) -> Vec<String> {
-        let mut found = Vec::new();
         #[cfg(target_os = "linux")]
-        for process in fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = process.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            for fd in fs::read_dir(process.path().join("fd"))
+        {
+            fs::read_dir("/proc")
                 .into_iter()
                 .flatten()
                 .flatten()
-            {
-                let Ok(target) = fs::read_link(fd.path()) else {
-                    continue;
-                };
-                let target = target.to_string_lossy();
-                let Some(file) = target.strip_suffix(" (deleted)") else {
-                    continue;
-                };
-                let file = Path::new(file);
+                .filter_map(|process| {
+                    let pid: u32 = process.file_name().to_string_lossy().parse().ok()?;
+                    let file = self.removed_file_held_by(&process.path())?;
+                    Some(format!(
+                        "process {pid} still has {}, which was deleted, open: it and the \
+                         processes started since no longer share one queue; stop it",
+                        file.display()
+                    ))
+                })
+                .collect()
+        }
+        #[cfg(not(target_os = "linux"))]
+        Vec::new()
+    }
+
+    /// The first deleted file of this queue's database that the process at `/proc/PID` holds.
+    #[cfg(target_os = "linux")]
+    fn removed_file_held_by(&self, process: &Path) -> Option<PathBuf> {
+        fs::read_dir(process.join("fd"))
+            .ok()?
+            .flatten()
+            .filter_map(|fd| fs::read_link(fd.path()).ok())
+            .find_map(|target| {
+                let file = PathBuf::from(target.to_string_lossy().strip_suffix(" (deleted)")?);
                 let ours = file.parent() == Some(self.root.as_path())
                     && file
                         .file_name()
                         .is_some_and(|name| name.to_string_lossy().starts_with(DATABASE));
-                if ours {
-                    found.push(format!(
-                        "process {pid} still has {} open, which was deleted: it and the \
-                         processes started since no longer share one queue; stop it",
-                        file.display()
-                    ));
-                    break;
-                }
-            }
-        }
-        found
+                ours.then_some(file)
+            })
     }
 
     /// The error for a database that holds no queue: lost, when the folder has the files a
