@@ -407,6 +407,7 @@ fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// The environment variable that lists queue folders owned by another user that this user
 /// means to use anyway, as git's `safe.directory` does for repositories (`*`: any).
+#[cfg(unix)]
 pub const SAFE_QUEUES: &str = "HOST_SAFE_QUEUES";
 
 /// Refuses a queue folder, or a database in it, owned by another user, unless
