@@ -101,6 +101,20 @@ impl CutQueue {
         String::from_utf8(output.stdout).unwrap()
     }
 
+    /// Runs a noop worker until nothing is left to do, insisting that it exits 0.
+    fn drain(&self) {
+        let output = self
+            .host()
+            .args(["--role", "noop", "--drain", "--lease", "1s"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "a draining worker: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// Cuts the power, kills `processes`, and mounts the file system again.
     fn cut_and_remount(&mut self, processes: &Processes) -> power_cut_fs::CutReport {
         let report = self.fs().cut().expect("the cut reverts the backing folder");
@@ -308,16 +322,7 @@ fn one_cut(relaxed: bool, run_for: Duration) -> CutFindings {
         .min();
 
     // A worker started afterwards drains what is left.
-    let output = q
-        .host()
-        .args(["--role", "noop", "--drain", "--lease", "1s"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "a worker after the cut: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    q.drain();
     phases.push(("drain", phase.elapsed()));
     if std::env::var_os("POWER_CUTS_PHASES").is_some() {
         eprintln!("phases: {phases:?}");
@@ -499,16 +504,7 @@ fn failing_writes_and_flushes_are_said_in_one_line_and_the_queue_works_again() {
 
     // The disk works again: so does the queue.
     q.ok(&["add", "--type", "noop"]);
-    let output = q
-        .host()
-        .args(["--role", "noop", "--drain", "--lease", "1s"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    q.drain();
     let status: serde_json::Value = serde_json::from_str(&q.ok(&["status", "--json"])).unwrap();
     assert!(
         status["counts"]["completed"].as_u64().unwrap_or(0) >= 2,
