@@ -24,8 +24,7 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .expect("bench/ is inside the workspace")
         .to_path_buf();
-    build_release(&root)?;
-    let bin = root.join("target/release");
+    let bin = build_release(&root)?;
     let scratch = tempfile::Builder::new().prefix("host-bench").tempdir()?;
     let bench = Bench {
         host: bin.join("host"),
@@ -189,9 +188,12 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_release(root: &Path) -> anyhow::Result<()> {
+/// Builds the release host and plugins of the workspace at `root`, and returns the folder they
+/// are in: `release` in the target folder cargo uses, wherever `CARGO_TARGET_DIR` or a cargo
+/// configuration puts it (cargo says where).
+fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+    let status = Command::new(&cargo)
         .current_dir(root)
         .args(["build", "--release", "--quiet"])
         .status()
@@ -199,7 +201,23 @@ fn build_release(root: &Path) -> anyhow::Result<()> {
     if !status.success() {
         bail!("cargo build --release failed");
     }
-    Ok(())
+    let metadata = Command::new(&cargo)
+        .current_dir(root)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("cannot run cargo metadata")?;
+    if !metadata.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&metadata.stderr).trim()
+        );
+    }
+    let metadata: Value =
+        serde_json::from_slice(&metadata.stdout).context("cargo metadata printed no JSON")?;
+    let target = metadata["target_directory"]
+        .as_str()
+        .context("cargo metadata named no target directory")?;
+    Ok(Path::new(target).join("release"))
 }
 
 /// Prints what the figures were measured on.
