@@ -10,11 +10,26 @@ use crate::commands::outln;
 /// Creates the queue (owner-only permissions, made so on an existing folder too) or checks an
 /// existing one; with `durability`, sets it.
 pub fn run(settings: &Settings, durability: Option<Durability>) -> anyhow::Result<()> {
+    // A folder can be told before; a database's schema is made idempotently by the store.
+    let existed = settings
+        .queue
+        .folder()
+        .is_some_and(queue::QueueFolder::holds_queue);
     let store = Store::init(&settings.queue, durability).context("cannot initialise the queue")?;
-    let durability = match store.durability() {
+    let setting = match store.durability() {
         Durability::Durable => "durable",
         Durability::Relaxed => "relaxed (a power loss can lose the last seconds of changes)",
     };
-    outln!("{} ({durability})", settings.queue);
+    match (existed, durability) {
+        (true, None) => outln!(
+            "{} ({setting}): a queue already, left as it was",
+            settings.queue
+        ),
+        (true, Some(_)) => outln!(
+            "{} ({setting}): a queue already, durability set",
+            settings.queue
+        ),
+        (false, _) => outln!("{} ({setting})", settings.queue),
+    }
     Ok(())
 }
