@@ -77,7 +77,7 @@ impl QueueFolder {
                 if root.join(OLD_FORMAT_MARKER).exists() {
                     return Err(StoreError::OldFormat(root.to_path_buf()));
                 }
-                if root.join(DOORBELL).exists() {
+                if held_a_queue(root) {
                     return Err(StoreError::LostDatabase(database));
                 }
                 Err(StoreError::NotInitialized(root.to_path_buf()))
@@ -172,7 +172,7 @@ impl QueueFolder {
     /// The error for a database that holds no queue: lost, when the folder has the files a
     /// queue leaves beside its database, or merely empty.
     pub(crate) fn lost_or_empty_database(&self) -> StoreError {
-        if self.root.join(DOORBELL).exists() {
+        if held_a_queue(&self.root) {
             StoreError::LostDatabase(self.database())
         } else {
             StoreError::EmptyDatabase(self.database())
@@ -377,6 +377,12 @@ impl QueueFolder {
     }
 }
 
+/// Whether `root` held a queue, whatever became of its database: `host init` makes the doorbell
+/// beside the database, and the queue's processes make it again if it goes.
+fn held_a_queue(root: &Path) -> bool {
+    root.join(DOORBELL).exists()
+}
+
 #[cfg(unix)]
 fn effective_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
@@ -408,7 +414,7 @@ fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
 /// The environment variable that lists queue folders owned by another user that this user
 /// means to use anyway, as git's `safe.directory` does for repositories (`*`: any).
 #[cfg(unix)]
-pub const SAFE_QUEUES: &str = "HOST_SAFE_QUEUES";
+const SAFE_QUEUES: &str = "HOST_SAFE_QUEUES";
 
 /// Refuses a queue folder, or a database in it, owned by another user, unless
 /// [`SAFE_QUEUES`] names it: whoever works a queue runs its tasks' commands as themselves, so

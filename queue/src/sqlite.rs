@@ -756,7 +756,7 @@ const LOCK_NOTICE_AFTER: Duration = Duration::from_secs(2);
 const LOCK_LIMIT: Duration = Duration::from_secs(30);
 
 /// The environment variable that sets how long a writer waits for the writers' lock.
-pub const LOCK_WAIT_VAR: &str = "HOST_LOCK_WAIT";
+const LOCK_WAIT_VAR: &str = "HOST_LOCK_WAIT";
 
 /// [`LOCK_LIMIT`], or what [`LOCK_WAIT_VAR`] says (a duration such as `10s`).
 fn lock_limit() -> Duration {
