@@ -517,13 +517,18 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
         shared
             .store
             .finish(&lease, outcome)
-            .map(|done| (done, None))
+            .map(|done| (done, Ok(None)))
     } else {
         let (name, types) = (&shared.options.name, &shared.types);
         shared.store.finish_and_claim(&lease, outcome, name, types)
     };
     match recorded {
         Ok((done, next)) => {
+            // The outcome stands; a claim that failed with it is tried again by the loop.
+            let next = next.unwrap_or_else(|err| {
+                say(shared, &format!("error: {err}"));
+                None
+            });
             let took = format!("{} ms", done.duration_ms.unwrap_or_default());
             let line = match (done.status, done.error.clone()) {
                 (TaskStatus::Completed, _) => format!("task {} completed in {took}", done.id),

@@ -29,6 +29,8 @@ pub use task_model::{
     Review, Task, TaskStatus, Verdict, rfc3339_millis,
 };
 
+pub mod driver;
+mod engine;
 mod folder;
 pub mod legacy;
 pub mod lifecycle;
@@ -39,9 +41,13 @@ pub mod secret;
 mod sqlite;
 mod store;
 
+pub use engine::Engine;
 pub use folder::QueueFolder;
-pub use postgres::{PostgresStore, PostgresUrl, WorkListener, redact_url};
-pub use sqlite::SqliteStore;
+pub use postgres::{
+    PostgresDriver, PostgresStore, PostgresUrl, WorkListener, migrate as migrate_postgres,
+    migration_plan as postgres_migration_plan, redact_url,
+};
+pub use sqlite::{SqliteDriver, SqliteStore};
 pub use store::{CONFIG_FILE, QueueAddress, Store, WorkSignal, normal_path};
 
 /// How hard the store works to survive a power loss (a crashed process is always survived).
@@ -102,6 +108,20 @@ pub enum StoreError {
         /// Its schema version.
         found: i64,
         /// The newest this host knows.
+        known: i64,
+    },
+    /// The queue's schema is older than this host's; on a database many machines share, only
+    /// `host migrate` upgrades it.
+    #[error(
+        "{path} has schema version {found}, older than this host's ({known}): run `host migrate` \
+         to upgrade it (stop the workers of the older version first)"
+    )]
+    OlderSchema {
+        /// The database.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+        /// The version this host uses.
         known: i64,
     },
     /// The folder cannot hold a queue safely (others can read it, a network file system).
@@ -567,8 +587,8 @@ impl WorkerRecord {
     }
 }
 
-/// The store a worker and the orchestrator share. One trait, so that another engine can serve
-/// the same workers and commands; its rules come from [`lifecycle`].
+/// The queue a worker and the orchestrator share, as [`Engine`] implements it over each
+/// database; its rules come from [`lifecycle`].
 pub trait QueueStore: Send + Sync {
     /// Adds tasks, all or nothing, returning them as stored (ids in order).
     fn add(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, StoreError>;
@@ -588,18 +608,17 @@ pub trait QueueStore: Send + Sync {
     fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError>;
 
     /// Records how one attempt ended, as [`QueueStore::finish`] does, and claims the next task
-    /// for `worker`, as [`QueueStore::claim`] does: what a worker does between two tasks, which
-    /// a store may do in one transaction. A refused finish claims nothing.
+    /// for `worker`, as [`QueueStore::claim`] does: what a worker does between two tasks, in one
+    /// transaction. A refused finish claims nothing; a claim that fails leaves the outcome
+    /// recorded, and its error is returned beside it.
+    #[allow(clippy::type_complexity)]
     fn finish_and_claim(
         &self,
         lease: &Lease,
         outcome: Outcome,
         worker: &str,
         types: &[String],
-    ) -> Result<(Task, Option<Claim>), StoreError> {
-        let done = self.finish(lease, outcome)?;
-        Ok((done, self.claim(worker, types)?))
-    }
+    ) -> Result<(Task, Result<Option<Claim>, StoreError>), StoreError>;
 
     /// Returns the task to pending without counting the attempt (the worker is shutting down).
     fn release(&self, lease: &Lease) -> Result<(), StoreError>;

@@ -76,6 +76,84 @@ pub fn aged_priority(priority: u32, created: Timestamp, now: Timestamp, step: Du
     priority.saturating_sub(steps.min(f64::from(u32::MAX)) as u32)
 }
 
+/// Where a pending task stands in the claim order at `now`: lower first. By its priority
+/// (aged, when the policy ages tasks), then by id (oldest first). Claims and `host list`
+/// both order by this.
+pub fn claim_rank(
+    priority: u32,
+    created: Timestamp,
+    id: i64,
+    now: Timestamp,
+    policy: &Policy,
+) -> (u32, i64) {
+    let priority = match policy.aging {
+        Some(step) => aged_priority(priority, created, now, step),
+        None => priority,
+    };
+    (priority, id)
+}
+
+/// What is paused (`host pause`): the whole queue, some types, some tasks. A paused task is
+/// not claimed; one already running finishes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PauseSet {
+    queue: bool,
+    types: Vec<String>,
+    tasks: Vec<i64>,
+}
+
+impl PauseSet {
+    /// The pauses as stored, (kind, name) pairs of kind `queue`, `type` or `task`.
+    pub fn new(pauses: &[(String, String)]) -> PauseSet {
+        let mut set = PauseSet::default();
+        for (kind, name) in pauses {
+            match kind.as_str() {
+                "queue" => set.queue = true,
+                "type" => set.types.push(name.clone()),
+                _ => set.tasks.extend(name.parse::<i64>().ok()),
+            }
+        }
+        set
+    }
+
+    /// The pauses as `host pause` names them.
+    pub fn of_scopes(scopes: &[crate::PauseScope]) -> PauseSet {
+        let pairs: Vec<(String, String)> = scopes
+            .iter()
+            .map(|scope| {
+                let (kind, name) = crate::records::pause_key(scope);
+                (kind.to_string(), name.to_string())
+            })
+            .collect();
+        PauseSet::new(&pairs)
+    }
+
+    /// Whether a task of `task_type` with id `id` is paused: by the queue, its type or itself.
+    pub fn holds(&self, task_type: &str, id: i64) -> bool {
+        self.holds_type(task_type) || self.tasks.contains(&id)
+    }
+
+    /// Whether every task of `task_type` is paused (the queue or the type).
+    pub fn holds_type(&self, task_type: &str) -> bool {
+        self.queue || self.types.iter().any(|t| t == task_type)
+    }
+
+    /// Whether the whole queue is paused.
+    pub fn queue(&self) -> bool {
+        self.queue
+    }
+
+    /// The paused types.
+    pub fn types(&self) -> &[String] {
+        &self.types
+    }
+
+    /// The tasks paused one by one.
+    pub fn tasks(&self) -> Vec<i64> {
+        self.tasks.clone()
+    }
+}
+
 /// The delay before the retry that follows failed attempt `attempt` (1-based): `base` doubled
 /// per earlier attempt, capped at [`MAX_BACKOFF`], then scaled by a random 50-100 % so that
 /// tasks failing together do not retry together.

@@ -1,27 +1,24 @@
-//! The many-machines store: PostgreSQL, for workers on several machines sharing one queue.
+//! The many-machines driver: PostgreSQL, for workers on several machines sharing one queue.
 //!
 //! - **Schema** in the database's `host` schema, from numbered migrations
-//!   (`postgres/migrations/NNNN_*.sql`) applied under an advisory lock, so that workers starting
-//!   together do not race; the version is kept in `host.schema_version`, and a newer one is
-//!   refused.
-//! - **Claims** lock the best pending task with `FOR UPDATE SKIP LOCKED` in one statement (a
-//!   CTE): claimers on every machine pass each other instead of queueing. A type with a
-//!   `[limits]` entry is claimed under a transaction-scoped advisory lock of its own, so the
-//!   count of its running tasks holds across machines.
-//! - **Pickup**: a transaction that makes work claimable sends one `NOTIFY host_work` (never
-//!   one per task: a notification takes a database-wide lock at commit); idle workers `LISTEN`
-//!   (see [`WorkListener`]), and poll as the fallback.
-//! - **Durability**: `durable` commits with `synchronous_commit = on`, `relaxed` with `off`
-//!   (the server may lose the last fraction of a second of commits in a crash, never half a
-//!   transaction).
+//!   (`postgres/migrations/NNNN_*.sql`), recorded in `host.schema_version`. `host init` creates
+//!   it; a queue of an older schema is upgraded only by `host migrate` ([`migrate`]), under an
+//!   advisory lock, and refused by everything else: many machines share the database, and a
+//!   worker of the old version must not meet a schema it cannot read. A newer one is refused.
+//! - **Claims** lock the best pending tasks with `FOR UPDATE SKIP LOCKED`: claimers on every
+//!   machine pass each other instead of queueing. A type with a `[limits]` entry is claimed
+//!   under a transaction-scoped advisory lock of its own, so its running count holds across
+//!   machines. Rows are written in batches, one statement per batch (`unnest`).
+//! - **Pickup**: a transaction that makes work claimable sends one `NOTIFY host_work`; idle
+//!   workers `LISTEN` ([`WorkListener`]), and poll as the fallback.
+//! - **Durability**: `durable` commits with `synchronous_commit = on`, `relaxed` with `off`.
 //! - **Connections** are re-established with backoff when the server restarts; a transaction
-//!   that failed before its commit was sent, or lost a deadlock, is run again. What a claim,
-//!   finish or cancel does is decided in [`crate::lifecycle`], as for every store.
+//!   that failed before its commit was sent, or lost a deadlock, is run again.
 
 mod connect;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -33,21 +30,27 @@ use postgres::{Client, Row, Statement};
 
 pub use connect::{PostgresUrl, redact_url};
 
-use crate::lifecycle::{self, Policy, TaskTx};
-use crate::records::{
-    ExpiryScan, Unreadable, millis, new_lease, parse_id, parse_task, pause_key, pause_scope,
-    purgeable, task_body,
-};
-use crate::{
-    Claim, Durability, Lease, NewTask, Outcome, PauseScope, QueueStore, Renewal, StoreError,
-    Summary, Task, TaskQuery, TaskStatus, WorkerRecord, validate_name,
-};
-use crate::{TaskChange, TaskEdit};
+use crate::driver::{Candidate, Commit, Driver, DriverTx, Finished, StoredTask, TaskRow};
+use crate::engine::Engine;
+use crate::lifecycle::PauseSet;
+use crate::records::millis;
+use crate::sqlite::{like_pattern, query_sql};
+use crate::{Durability, StoreError, TaskQuery};
 
 /// The migrations, in order; the schema version is how many have been applied.
-const MIGRATIONS: [&str; 2] = [
-    include_str!("postgres/migrations/0001_initial.sql"),
-    include_str!("postgres/migrations/0002_review.sql"),
+const MIGRATIONS: [(&str, &str); 3] = [
+    (
+        "0001_initial.sql",
+        include_str!("postgres/migrations/0001_initial.sql"),
+    ),
+    (
+        "0002_review.sql",
+        include_str!("postgres/migrations/0002_review.sql"),
+    ),
+    (
+        "0003_counts.sql",
+        include_str!("postgres/migrations/0003_counts.sql"),
+    ),
 ];
 
 /// The channel on which work that became claimable is announced.
@@ -60,26 +63,18 @@ const LIMIT_LOCK: i32 = 0x686f_0003;
 /// How long a transaction is tried again after losing its connection or a deadlock.
 const RETRY_WINDOW: Duration = Duration::from_secs(30);
 
-/// How many finished tasks one purge transaction removes.
-const PURGE_BATCH: i64 = 10_000;
+/// The queue on PostgreSQL: the engine over a database shared by many machines.
+pub type PostgresStore = Engine<PostgresDriver>;
 
-/// The SQL condition that a task `t` is paused, by itself, its type or the whole queue.
-const NOT_PAUSED: &str = "NOT EXISTS (SELECT 1 FROM pauses p WHERE p.kind = 'queue' \
-    OR (p.kind = 'type' AND p.name = t.type) \
-    OR (p.kind = 'task' AND p.name = t.id::text))";
-
-/// The PostgreSQL queue store.
-pub struct PostgresStore {
+/// A PostgreSQL database holding a queue in its `host` schema.
+pub struct PostgresDriver {
     url: PostgresUrl,
     /// `None` after the connection was lost, until the next operation reconnects.
     conn: Mutex<Option<Conn>>,
-    policy: Policy,
     durability: Durability,
-    unreadable: Unreadable,
-    expiry_scan: ExpiryScan,
 }
 
-impl Drop for PostgresStore {
+impl Drop for PostgresDriver {
     fn drop(&mut self) {
         // Closing the connection blocks on the client's runtime too.
         let conn = self.conn.get_mut().map(Option::take).unwrap_or(None);
@@ -102,49 +97,57 @@ enum Failure {
     Final(StoreError),
 }
 
-impl PostgresStore {
-    /// Creates the queue's schema in the database (idempotent), migrating it to this version.
+impl Engine<PostgresDriver> {
+    /// Creates the queue's schema in the database when it holds none, and opens it. A queue
+    /// already there is opened as [`PostgresStore::open`] does.
     pub fn init(url: &PostgresUrl) -> Result<PostgresStore, StoreError> {
-        PostgresStore::connect(url, true)
+        blocking(|| PostgresDriver::connect(url, true)).map(Engine::new)
     }
 
-    /// Opens an existing queue, migrating its schema to this version if it is older.
+    /// Opens an existing queue of this version's schema; an older one is refused, naming
+    /// `host migrate`.
     pub fn open(url: &PostgresUrl) -> Result<PostgresStore, StoreError> {
-        PostgresStore::connect(url, false)
+        blocking(|| PostgresDriver::connect(url, false)).map(Engine::new)
     }
 
-    fn connect(url: &PostgresUrl, create: bool) -> Result<PostgresStore, StoreError> {
-        blocking(|| PostgresStore::connect_here(url, create))
+    /// The queue's address, its password hidden.
+    pub fn url(&self) -> &PostgresUrl {
+        &self.driver().url
     }
+}
 
-    fn connect_here(url: &PostgresUrl, create: bool) -> Result<PostgresStore, StoreError> {
+impl PostgresDriver {
+    fn connect(url: &PostgresUrl, create: bool) -> Result<PostgresDriver, StoreError> {
         let mut client = url.connect()?;
-        migrate(&mut client, url, create)?;
-        let mut store = PostgresStore {
-            url: url.clone(),
-            conn: Mutex::new(None),
-            policy: Policy::default(),
-            durability: Durability::Durable,
-            unreadable: Unreadable::default(),
-            expiry_scan: ExpiryScan::default(),
-        };
-        let durability = client
+        let error = |err: postgres::Error| url.error(connect::describe(&err));
+        match schema_version(&mut client, url)? {
+            None if create => create_schema(&mut client, url)?,
+            None => return Err(StoreError::EmptyDatabase(PathBuf::from(url.shown()))),
+            Some(found) => check_version(url, found)?,
+        }
+        let durability = match client
             .query_opt(
                 "SELECT value FROM host.settings WHERE key = 'durability'",
                 &[],
             )
-            .map_err(|err| store.error(&err))?
-            .map(|row| row.get::<_, String>(0));
-        store.durability = match durability.as_deref() {
+            .map_err(error)?
+            .map(|row| row.get::<_, String>(0))
+            .as_deref()
+        {
             Some("relaxed") => Durability::Relaxed,
             _ => Durability::Durable,
         };
-        store.prepare(&mut client)?;
-        *store.conn.get_mut().expect("connection lock") = Some(Conn {
+        let driver = PostgresDriver {
+            url: url.clone(),
+            conn: Mutex::new(None),
+            durability,
+        };
+        driver.prepare(&mut client)?;
+        *driver.conn.lock().expect("connection lock") = Some(Conn {
             client,
             statements: HashMap::new(),
         });
-        Ok(store)
+        Ok(driver)
     }
 
     /// Sets a new connection up: the queue's schema first on the search path, commits as the
@@ -168,133 +171,36 @@ impl PostgresStore {
             .map_err(|err| self.error(&err))
     }
 
-    /// Applies the queue-wide rules: lease length, backoff, per-type limits, aging.
-    pub fn with_policy(mut self, policy: Policy) -> PostgresStore {
-        self.policy = policy;
-        self
-    }
-
-    /// The queue's durability setting.
-    pub fn durability(&self) -> Durability {
-        self.durability
-    }
-
-    /// Changes the queue's durability setting, for every connection made from now on.
-    pub fn set_durability(mut self, durability: Durability) -> Result<PostgresStore, StoreError> {
-        self.write(|tx| {
-            tx.change(
-                "UPDATE settings SET value = $1 WHERE key = 'durability'",
-                &[&durability.as_str()],
-            )
-        })?;
-        self.durability = durability;
-        // The open connection follows the new setting too.
-        *self.conn.get_mut().expect("connection lock") = None;
-        Ok(self)
-    }
-
-    /// The queue's address, its password hidden.
-    pub fn url(&self) -> &PostgresUrl {
-        &self.url
-    }
-
-    /// The rules this store applies.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
-    /// The queue-wide configuration (`host.toml`'s text), if one was set.
-    pub fn config(&self) -> Result<Option<String>, StoreError> {
-        self.read(|tx| {
-            Ok(tx
-                .row("SELECT value FROM settings WHERE key = 'host.toml'", &[])?
-                .map(|row| row.get(0)))
-        })
-    }
-
-    /// Sets (or with `None`, removes) the queue-wide configuration.
-    pub fn set_config(&self, text: Option<&str>) -> Result<(), StoreError> {
-        self.write(|tx| match text {
-            Some(text) => tx.change(
-                "INSERT INTO settings (key, value) VALUES ('host.toml', $1) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                &[&text],
-            ),
-            None => tx.change("DELETE FROM settings WHERE key = 'host.toml'", &[]),
-        })?;
-        Ok(())
-    }
-
-    /// Consistency checks for `host doctor`: each problem found, in one line.
-    pub fn check(&self) -> Result<Vec<String>, StoreError> {
-        let rows = self.read(|tx| tx.rows("SELECT id, body FROM tasks ORDER BY id", &[]))?;
-        Ok(rows
-            .iter()
-            .filter_map(|row| parse_task(self.name(), row.get(0), row.get(1)).err())
-            .map(|err| err.to_string())
-            .collect())
-    }
-
-    fn name(&self) -> &std::path::Path {
-        std::path::Path::new(self.url.shown())
-    }
-
     fn error(&self, err: &postgres::Error) -> StoreError {
         self.url.error(connect::describe(err))
     }
 
-    /// Runs `work` in a transaction and commits it, announcing new work when it made some
-    /// claimable. A transaction that failed before its commit was sent (a lost connection, a
-    /// deadlock) runs again, with backoff, for up to [`RETRY_WINDOW`]; so `work` may run more
-    /// than once, and must decide afresh each time. On error nothing of it is applied, except
-    /// when the connection broke during the commit itself, which the error says.
-    fn write<T: Send>(
-        &self,
-        work: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send,
-    ) -> Result<T, StoreError> {
-        self.write_within(RETRY_WINDOW, work)
-    }
-
-    /// [`PostgresStore::write`], tried again for no longer than `window`.
-    fn write_within<T: Send>(
+    /// Runs `work` again, with backoff, while it fails in a way that passes, for up to
+    /// `window`.
+    fn retrying<T>(
         &self,
         window: Duration,
-        work: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send,
-    ) -> Result<T, StoreError> {
-        blocking(|| self.write_here(window, work))
-    }
-
-    fn write_here<T>(
-        &self,
-        window: Duration,
-        mut work: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+        writing: bool,
+        work: &mut (dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send),
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(50);
         loop {
-            match self.transaction(&mut work) {
+            match self.transaction(writing, work) {
                 Ok(out) => return Ok(out),
-                Err(Failure::Again(err)) if started.elapsed() < window => {
+                Err(Failure::Again(_)) if started.elapsed() < window => {
                     std::thread::sleep(pause.mul_f64(0.5 + fastrand::f64() / 2.0));
                     pause = (pause * 2).min(Duration::from_secs(2));
-                    drop(err);
                 }
                 Err(Failure::Again(err) | Failure::Final(err)) => return Err(err),
             }
         }
     }
 
-    /// A transaction that changes nothing.
-    fn read<T: Send>(
-        &self,
-        mut read: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send,
-    ) -> Result<T, StoreError> {
-        self.write(&mut read)
-    }
-
     fn transaction<T>(
         &self,
-        work: &mut impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+        writing: bool,
+        work: &mut (dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send),
     ) -> Result<T, Failure> {
         let mut slot = self.conn.lock().expect("connection lock");
         if slot.as_ref().is_some_and(|conn| conn.client.is_closed()) {
@@ -309,38 +215,39 @@ impl PostgresStore {
                 statements: HashMap::new(),
             });
         }
-        let (result, lost) = self.run_transaction(slot.as_mut().expect("connected"), work);
+        let (result, lost) = self.attempt(slot.as_mut().expect("connected"), writing, work);
         if lost {
             *slot = None;
         }
         result
     }
 
-    /// One try of a transaction on `conn`; also says whether the connection is lost.
-    fn run_transaction<T>(
+    /// One try of a transaction on `conn`, announcing work when `work` asked to; also says
+    /// whether the connection is lost.
+    fn attempt<T>(
         &self,
         conn: &mut Conn,
-        work: &mut impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+        writing: bool,
+        work: &mut (dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send),
     ) -> (Result<T, Failure>, bool) {
-        let transaction = match conn.client.transaction() {
-            Ok(transaction) => transaction,
+        let tx = match conn.client.transaction() {
+            Ok(tx) => tx,
             Err(err) => {
                 let (failure, lost) = self.classify(&err);
                 return (Err(failure), lost);
             }
         };
         let mut tx = Tx {
-            tx: transaction,
+            tx,
             statements: &mut conn.statements,
-            store: self,
-            work_appeared: false,
+            driver: self,
+            writing,
+            announced: false,
             trouble: None,
-            without_dependents: None,
         };
         let done = work(&mut tx).and_then(|out| {
-            if tx.work_appeared {
-                let notify = format!("NOTIFY {CHANNEL}");
-                tx.tx.batch_execute(&notify).map_err(|err| tx.fail(err))?;
+            if tx.announced {
+                tx.change(&format!("NOTIFY {CHANNEL}"), &[])?;
             }
             Ok(out)
         });
@@ -379,175 +286,92 @@ impl PostgresStore {
         };
         (failure, lost)
     }
+}
 
-    /// Returns the leases that ran out by `now`, as `found_by` noticed, skipping those another
-    /// transaction holds. Inside a write.
-    fn expire_due(
+impl Driver for PostgresDriver {
+    type Tx<'t> = Tx<'t>;
+
+    fn name(&self) -> &Path {
+        Path::new(self.url.shown())
+    }
+
+    fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    fn use_durability(&mut self, durability: Durability) {
+        self.durability = durability;
+        // The open connection follows the new setting too.
+        *self.conn.get_mut().expect("connection lock") = None;
+    }
+
+    fn write<T: Send>(
         &self,
-        tx: &mut Tx<'_>,
-        now: Timestamp,
-        found_by: &str,
-    ) -> Result<usize, StoreError> {
-        let rows = tx.rows(
-            "SELECT id, body FROM tasks \
-             WHERE status = 'running' AND lease_expires_at < $1 FOR UPDATE SKIP LOCKED",
-            &[&millis(now)],
-        )?;
-        let mut expired = 0;
+        _commit: Commit,
+        work: &mut (dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send),
+    ) -> Result<T, StoreError> {
+        blocking(|| self.retrying(RETRY_WINDOW, true, work))
+    }
+
+    fn read<T: Send>(
+        &self,
+        read: &mut (dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send),
+    ) -> Result<T, StoreError> {
+        blocking(|| self.retrying(RETRY_WINDOW, false, read))
+    }
+
+    /// Tried once: the worker renews again within a second, and must see soon when it cannot
+    /// (it stops the task's handler before the lease runs out).
+    fn write_once<T: Send>(
+        &self,
+        _commit: Commit,
+        work: &mut (dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send),
+    ) -> Result<T, StoreError> {
+        blocking(|| self.retrying(Duration::ZERO, true, work))
+    }
+
+    fn append_log(&self, id: i64, line: &str) -> Result<(), StoreError> {
+        let chunk = format!("{line}\n");
+        self.write(Commit::Lazy, &mut |tx| {
+            tx.change(
+                "INSERT INTO task_logs (task_id, start, chunk) \
+                 SELECT $1, COALESCE(MAX(start + octet_length(chunk)), 0), $2 \
+                 FROM task_logs WHERE task_id = $1",
+                &[&id, &chunk],
+            )
+        })
+    }
+
+    fn read_log(&self, id: i64, from: u64) -> Result<(String, u64), StoreError> {
+        let from_i = i64::try_from(from).unwrap_or(i64::MAX);
+        let rows = self.read(&mut |tx| {
+            tx.rows(
+                "SELECT start, chunk FROM task_logs \
+                 WHERE task_id = $1 AND start + octet_length(chunk) > $2 ORDER BY start",
+                &[&id, &from_i],
+            )
+        })?;
+        let mut bytes = Vec::new();
+        let mut next = from;
         for row in rows {
-            let id: i64 = row.get(0);
-            let mut task = match parse_task(self.name(), id, row.get(1)) {
-                Ok(task) => task,
-                Err(err) => {
-                    self.unreadable.note(id, &err);
-                    continue;
-                }
-            };
-            lifecycle::expire(&mut task, now, &self.policy, found_by);
-            tx.put(&task)?;
-            if task.status.is_finished() {
-                tx.work_appeared |= lifecycle::settle_dependents(tx, &task, now)?;
-            }
-            tx.work_appeared |= self.policy.limits.contains_key(&task.task_type);
-            expired += 1;
+            let start = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+            let chunk: &str = row.get(1);
+            let skip = usize::try_from(next.saturating_sub(start)).unwrap_or(usize::MAX);
+            let part = chunk.as_bytes().get(skip..).unwrap_or_default();
+            bytes.extend_from_slice(part);
+            next += part.len() as u64;
         }
-        Ok(expired)
+        Ok((String::from_utf8_lossy(&bytes).into_owned(), next))
     }
 
-    /// A claim, inside a write: see [`QueueStore::claim`].
-    fn claim_in(
-        &self,
-        tx: &mut Tx<'_>,
-        worker: &str,
-        types: &[String],
-        now: Timestamp,
-    ) -> Result<Option<Claim>, StoreError> {
-        if self.expiry_scan.due(self.policy.lease) {
-            self.expire_due(tx, now, worker)?;
-        }
-        let mut eligible: Vec<String> = Vec::new();
-        for task_type in types {
-            if let Some(limit) = self.policy.limits.get(task_type) {
-                // Claimers of a limited type take turns, on every machine, until they commit.
-                tx.change(
-                    "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                    &[&LIMIT_LOCK, task_type],
-                )?;
-                let running: i64 = tx
-                    .row(
-                        "SELECT count(*) FROM tasks WHERE status = 'running' AND type = $1",
-                        &[task_type],
-                    )?
-                    .map_or(0, |row| row.get(0));
-                if usize::try_from(running).unwrap_or(0) >= *limit {
-                    continue;
-                }
-            }
-            eligible.push(task_type.clone());
-        }
-        if eligible.is_empty() {
-            return Ok(None);
-        }
-        let mut skip = self.unreadable.ids();
-        loop {
-            let Some((id, body)) = self.best_candidate(tx, &eligible, now, &skip)? else {
-                return Ok(None);
-            };
-            let mut task = match parse_task(self.name(), id, &body) {
-                Ok(task) => task,
-                Err(err) => {
-                    self.unreadable.note(id, &err);
-                    skip.push(id);
-                    continue;
-                }
-            };
-            lifecycle::claim(&mut task, worker, now, &self.policy);
-            let lease = new_lease(&task, worker)?;
-            tx.save(&task, Some(&lease.token))?;
-            return Ok(Some(Claim { task, lease }));
-        }
+    /// Logs live in the database and go with their tasks.
+    fn forget_logs(&self, _ids: &[i64]) -> Result<(), StoreError> {
+        Ok(())
     }
 
-    /// The best claimable task among `types` that is not in `skip`, locked until the commit:
-    /// lowest (aged) priority, then lowest id. Tasks that other claimers hold locked are passed
-    /// over. One indexed lookup per type (per priority level, with aging): a single statement
-    /// over several types could not walk the index in order, and would sort every pending task.
-    fn best_candidate(
-        &self,
-        tx: &mut Tx<'_>,
-        types: &[String],
-        now: Timestamp,
-        skip: &[i64],
-    ) -> Result<Option<(i64, String)>, StoreError> {
-        let pending = format!(
-            "status = 'pending' AND type = $1 AND (retry_at IS NULL OR retry_at <= $2) \
-             AND id <> ALL($3) AND {NOT_PAUSED}"
-        );
-        let now_ms = millis(now);
-        let Some(step) = self.policy.aging else {
-            // The best of each type, locked (a type's runner-up stays locked until the commit,
-            // which only makes other claimers pass it over meanwhile).
-            let sql = format!(
-                "WITH next AS ( \
-                    SELECT id, priority, body FROM tasks t WHERE {pending} \
-                    ORDER BY priority, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                 SELECT id, priority, body FROM next"
-            );
-            let mut best: Option<((i32, i64), String)> = None;
-            for task_type in types {
-                if let Some(row) = tx.row(&sql, &[task_type, &now_ms, &skip])? {
-                    let key = (row.get::<_, i32>(1), row.get::<_, i64>(0));
-                    if best.as_ref().is_none_or(|(best, _)| key < *best) {
-                        best = Some((key, row.get(2)));
-                    }
-                }
-            }
-            return Ok(best.map(|((_, id), body)| (id, body)));
-        };
-        // The oldest task of each priority is the one that has aged most.
-        let sql = format!(
-            "SELECT DISTINCT ON (priority) id, priority, created_at FROM tasks t WHERE {pending} \
-             ORDER BY priority, id"
-        );
-        let mut candidates: Vec<(u32, i64)> = Vec::new();
-        for task_type in types {
-            for row in tx.rows(&sql, &[task_type, &now_ms, &skip])? {
-                let priority = u32::try_from(row.get::<_, i32>(1)).unwrap_or(0);
-                let created = crate::records::from_millis(row.get(2));
-                let aged = lifecycle::aged_priority(priority, created, now, step);
-                candidates.push((aged, row.get(0)));
-            }
-        }
-        candidates.sort_unstable();
-        for (_, id) in candidates {
-            let locked = tx.row(
-                "SELECT body FROM tasks WHERE id = $1 AND status = 'pending' \
-                 FOR UPDATE SKIP LOCKED",
-                &[&id],
-            )?;
-            if let Some(row) = locked {
-                return Ok(Some((id, row.get(0))));
-            }
-        }
-        Ok(None)
-    }
-
-    /// A finish, inside a write: see [`QueueStore::finish`].
-    fn finish_in(
-        &self,
-        tx: &mut Tx<'_>,
-        lease: &Lease,
-        outcome: Outcome,
-        now: Timestamp,
-    ) -> Result<Task, StoreError> {
-        let mut task = tx.leased(lease, now)?;
-        lifecycle::finish(&mut task, outcome, now, &self.policy);
-        tx.put(&task)?;
-        tx.work_appeared |= self.policy.limits.contains_key(&task.task_type);
-        if task.status != TaskStatus::Pending {
-            tx.work_appeared |= lifecycle::settle_dependents(tx, &task, now)?;
-        }
-        Ok(task)
+    /// The server checks its own pages.
+    fn check_database(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
     }
 }
 
@@ -564,68 +388,125 @@ fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// Brings the schema up to this version's under an advisory lock, so that processes starting
-/// together do not race. Refuses a newer schema; without `create`, refuses a database that
-/// holds no queue.
-fn migrate(client: &mut Client, url: &PostgresUrl, create: bool) -> Result<(), StoreError> {
-    let known = MIGRATIONS.len() as i32;
+/// The schema version of the queue in the database, `None` when it holds none.
+fn schema_version(client: &mut Client, url: &PostgresUrl) -> Result<Option<i32>, StoreError> {
     let error = |err: postgres::Error| url.error(connect::describe(&err));
-    let version = |client: &mut Client| -> Result<Option<i32>, StoreError> {
-        let exists: bool = client
-            .query_one("SELECT to_regclass('host.schema_version') IS NOT NULL", &[])
-            .map_err(error)?
-            .get(0);
-        if !exists {
-            return Ok(None);
-        }
-        Ok(client
-            .query_opt("SELECT version FROM host.schema_version", &[])
-            .map_err(error)?
-            .map(|row| row.get(0)))
-    };
-    let check = |found: Option<i32>| match found {
-        Some(found) if found > known => Err(StoreError::NewerSchema {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('host.schema_version') IS NOT NULL", &[])
+        .map_err(error)?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    Ok(client
+        .query_opt("SELECT version FROM host.schema_version", &[])
+        .map_err(error)?
+        .map(|row| row.get(0)))
+}
+
+/// Refuses a schema other than this version's: a newer one needs a newer host, an older one
+/// `host migrate`.
+fn check_version(url: &PostgresUrl, found: i32) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as i32;
+    if found > known {
+        return Err(StoreError::NewerSchema {
             path: PathBuf::from(url.shown()),
             found: found.into(),
             known: known.into(),
-        }),
-        None if !create => Err(StoreError::EmptyDatabase(PathBuf::from(url.shown()))),
-        _ => Ok(()),
-    };
-    let found = version(client)?;
-    check(found)?;
-    if found == Some(known) {
-        return Ok(());
+        });
     }
+    if found < known {
+        return Err(StoreError::OlderSchema {
+            path: PathBuf::from(url.shown()),
+            found: found.into(),
+            known: known.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Creates the queue's schema in a database that holds none, under the migration lock.
+fn create_schema(client: &mut Client, url: &PostgresUrl) -> Result<(), StoreError> {
+    apply_migrations(client, url, true).map(drop)
+}
+
+/// What `host migrate` does to a PostgreSQL queue: the migrations from its version to this
+/// host's, by name, and whether the queue is at this version already (nothing to do).
+pub fn migration_plan(url: &PostgresUrl) -> Result<(i32, Vec<&'static str>), StoreError> {
+    blocking(|| {
+        let mut client = url.connect()?;
+        let found = schema_version(&mut client, url)?
+            .ok_or_else(|| StoreError::EmptyDatabase(PathBuf::from(url.shown())))?;
+        let known = MIGRATIONS.len() as i32;
+        if found > known {
+            check_version(url, found)?;
+        }
+        let names = MIGRATIONS
+            .iter()
+            .skip(found as usize)
+            .map(|(name, _)| *name)
+            .collect();
+        Ok((found, names))
+    })
+}
+
+/// Upgrades a PostgreSQL queue to this host's schema, under the advisory lock that keeps two
+/// migrations apart; returns the version it was at. What `host migrate` does.
+pub fn migrate(url: &PostgresUrl) -> Result<i32, StoreError> {
+    blocking(|| {
+        let mut client = url.connect()?;
+        apply_migrations(&mut client, url, false)
+    })
+}
+
+/// Applies the migrations the queue lacks in one transaction, holding the migration lock;
+/// with `create`, to a database without a queue. Returns the version found.
+fn apply_migrations(
+    client: &mut Client,
+    url: &PostgresUrl,
+    create: bool,
+) -> Result<i32, StoreError> {
+    let error = |err: postgres::Error| url.error(connect::describe(&err));
     let mut tx = client.transaction().map_err(error)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .map_err(error)?;
-    tx.batch_execute(
-        "CREATE SCHEMA IF NOT EXISTS host; \
-         CREATE TABLE IF NOT EXISTS host.schema_version (version INTEGER NOT NULL); \
-         INSERT INTO host.schema_version (version) \
-            SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM host.schema_version); \
-         SET LOCAL search_path = host",
-    )
-    .map_err(error)?;
-    // Another process may have migrated meanwhile.
+    if create {
+        tx.batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS host; \
+             CREATE TABLE IF NOT EXISTS host.schema_version (version INTEGER NOT NULL); \
+             INSERT INTO host.schema_version (version) \
+                SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM host.schema_version)",
+        )
+        .map_err(error)?;
+    }
+    tx.batch_execute("SET LOCAL search_path = host")
+        .map_err(error)?;
+    // Another process may have migrated, or created the queue, meanwhile.
     let from: i32 = tx
-        .query_one("SELECT version FROM schema_version", &[])
+        .query_opt("SELECT version FROM schema_version", &[])
         .map_err(error)?
-        .get(0);
-    check(Some(from))?;
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        .map_or(0, |row| row.get(0));
+    if create && from > 0 {
+        return check_version(url, from).map(|()| from);
+    }
+    if from > MIGRATIONS.len() as i32 {
+        check_version(url, from)?;
+    }
+    for (name, sql) in MIGRATIONS.iter().skip(from as usize) {
         tx.batch_execute(sql).map_err(|err| {
             url.error(format!(
-                "schema migration {} failed: {}",
-                index + 1,
+                "schema migration {name} failed: {}; nothing was changed",
                 connect::describe(&err)
             ))
         })?;
     }
-    tx.execute("UPDATE schema_version SET version = $1", &[&known])
-        .map_err(error)?;
-    tx.commit().map_err(error)
+    tx.execute(
+        "UPDATE schema_version SET version = $1",
+        &[&(MIGRATIONS.len() as i32)],
+    )
+    .map_err(error)?;
+    tx.commit().map_err(error)?;
+    Ok(from)
 }
 
 /// Waits for work to become claimable, on a connection of its own.
@@ -677,29 +558,16 @@ enum Trouble {
     Conflict,
 }
 
-/// A transaction, as the rules see it.
-/// Deletes what refers to removed tasks: their dependency rows, logs and pauses.
-fn forget_rows(tx: &mut Tx<'_>, ids: &[i64]) -> Result<(), StoreError> {
-    let names: Vec<String> = ids.iter().map(i64::to_string).collect();
-    let ids = ids.to_vec();
-    tx.change("DELETE FROM task_after WHERE task_id = ANY($1)", &[&ids])?;
-    tx.change("DELETE FROM task_logs WHERE task_id = ANY($1)", &[&ids])?;
-    tx.change(
-        "DELETE FROM pauses WHERE kind = 'task' AND name = ANY($1)",
-        &[&names],
-    )?;
-    Ok(())
-}
-
-struct Tx<'c> {
+/// A transaction on the connection.
+pub struct Tx<'c> {
     tx: postgres::Transaction<'c>,
     statements: &'c mut HashMap<String, Statement>,
-    store: &'c PostgresStore,
+    driver: &'c PostgresDriver,
+    /// A write locks the rows it reads; a read does not.
+    writing: bool,
     /// Set when some task became claimable; announced at the commit.
-    work_appeared: bool,
+    announced: bool,
     trouble: Option<Trouble>,
-    /// A task locked in this transaction that no task comes after.
-    without_dependents: Option<i64>,
 }
 
 impl Tx<'_> {
@@ -709,7 +577,7 @@ impl Tx<'_> {
         } else if is_conflict(&err) {
             self.trouble = Some(Trouble::Conflict);
         }
-        self.store.error(&err)
+        self.driver.error(&err)
     }
 
     /// The statement for `sql`, prepared once per connection.
@@ -729,17 +597,6 @@ impl Tx<'_> {
             .map_err(|err| self.fail(err))
     }
 
-    fn row(
-        &mut self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<Row>, StoreError> {
-        let statement = self.statement(sql)?;
-        self.tx
-            .query_opt(&statement, params)
-            .map_err(|err| self.fail(err))
-    }
-
     fn change(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(), StoreError> {
         let statement = self.statement(sql)?;
         self.tx
@@ -748,139 +605,69 @@ impl Tx<'_> {
             .map_err(|err| self.fail(err))
     }
 
-    /// The task with this id and its lease's secret, locked until the commit.
-    fn task_and_token(&mut self, id: &str) -> Result<Option<(Task, Option<String>)>, StoreError> {
-        let Ok(id) = parse_id(id) else {
-            return Ok(None);
-        };
-        let row = self.row(
-            "SELECT body, lease_token FROM tasks WHERE id = $1 FOR UPDATE",
-            &[&id],
-        )?;
-        row.map(|row| Ok((parse_task(self.store.name(), id, row.get(0))?, row.get(1))))
-            .transpose()
-    }
-
-    /// The task a lease names, checked to be the lease's (see [`lifecycle::check_lease`]).
-    /// Also notes whether any task comes after it, which saves a query when its outcome
-    /// settles them: no task can be added after it while this transaction holds it locked.
-    fn leased(&mut self, lease: &Lease, now: Timestamp) -> Result<Task, StoreError> {
-        let id = parse_id(&lease.task_id)?;
-        let row = self
-            .row(
-                "SELECT body, lease_token, \
-                    EXISTS (SELECT 1 FROM task_after WHERE after_id = $1) \
-                 FROM tasks WHERE id = $1 FOR UPDATE",
-                &[&id],
-            )?
-            .ok_or_else(|| StoreError::NotFound(lease.task_id.clone()))?;
-        let task = parse_task(self.store.name(), id, row.get(0))?;
-        let token: Option<String> = row.get(1);
-        if !row.get::<_, bool>(2) {
-            self.without_dependents = Some(id);
-        }
-        lifecycle::check_lease(&task, lease, token.as_deref(), now)?;
-        Ok(task)
-    }
-
-    /// Stores a new task and the edges to the tasks it comes after.
-    fn insert(&mut self, task: &Task) -> Result<(), StoreError> {
-        let row = TaskRow::of(task)?;
-        self.change(
-            "INSERT INTO tasks (id, type, status, priority, created_at, finished_at, retry_at, \
-                lease_expires_at, worker, body, conflict) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            &row.params(),
-        )?;
-        self.work_appeared |= task.status == TaskStatus::Pending;
-        for after in &task.after {
-            self.change(
-                "INSERT INTO task_after (task_id, after_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&row.id, &parse_id(after).unwrap_or(0)],
-            )?;
-        }
-        Ok(())
-    }
-
-    /// Writes back a task that exists. A running task's lease keeps its secret, or gets
-    /// `token` (a claim); the secret goes when the attempt ends.
-    fn save(&mut self, task: &Task, token: Option<&str>) -> Result<(), StoreError> {
-        let row = TaskRow::of(task)?;
-        let mut params = row.params();
-        params.push(&token);
-        self.change(
-            "UPDATE tasks SET type = $2, status = $3, priority = $4, created_at = $5, \
-                finished_at = $6, retry_at = $7, lease_expires_at = $8, worker = $9, \
-                body = $10, conflict = $11, \
-                lease_token = CASE WHEN $3 = 'running' THEN COALESCE($12, lease_token) END \
-             WHERE id = $1",
-            &params,
-        )?;
-        self.work_appeared |= task.status == TaskStatus::Pending;
-        Ok(())
-    }
-}
-
-impl TaskTx for Tx<'_> {
-    fn task(&mut self, id: &str) -> Result<Option<Task>, StoreError> {
-        Ok(self.task_and_token(id)?.map(|(task, _)| task))
-    }
-
-    fn put(&mut self, task: &Task) -> Result<(), StoreError> {
-        self.save(task, None)
-    }
-
-    fn dependents(&mut self, id: &str) -> Result<Vec<String>, StoreError> {
-        let id = parse_id(id)?;
-        if self.without_dependents == Some(id) {
-            return Ok(Vec::new());
-        }
-        let rows = self.rows(
-            "SELECT task_id FROM task_after WHERE after_id = $1 ORDER BY task_id",
-            &[&id],
-        )?;
-        Ok(rows
+    /// (id, body) rows of a query.
+    fn records(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        Ok(self
+            .rows(sql, params)?
             .iter()
-            .map(|row| row.get::<_, i64>(0).to_string())
+            .map(|row| (row.get(0), row.get(1)))
             .collect())
     }
+
+    /// Rows of `sql` with `FOR UPDATE` added in a write.
+    fn locking(&self, sql: &str) -> String {
+        if self.writing {
+            format!("{sql} FOR UPDATE")
+        } else {
+            sql.to_string()
+        }
+    }
 }
 
-/// A task's columns, as `insert` and `save` bind them: $1 id, $2 type, $3 status, $4 priority,
-/// $5 to $8 times, $9 worker, $10 the whole task as JSON.
-struct TaskRow {
-    id: i64,
-    task_type: String,
-    status: &'static str,
-    priority: i32,
-    times: [Option<i64>; 4],
-    worker: Option<String>,
-    body: String,
-    conflict: bool,
+/// Tasks' columns as arrays, one element per row, for statements that take a batch of rows
+/// with `unnest`: $1 id, $2 type, $3 status, $4 priority, $5 to $8 times, $9 worker, $10 the
+/// whole task as JSON, $11 the conflict flag, $12 the lease's secret.
+struct Columns {
+    id: Vec<i64>,
+    task_type: Vec<String>,
+    status: Vec<&'static str>,
+    priority: Vec<i32>,
+    times: [Vec<Option<i64>>; 4],
+    worker: Vec<Option<String>>,
+    body: Vec<String>,
+    conflict: Vec<bool>,
+    token: Vec<Option<String>>,
 }
 
-impl TaskRow {
-    fn of(task: &Task) -> Result<TaskRow, StoreError> {
-        let time = |at: Option<Timestamp>| at.map(millis);
-        Ok(TaskRow {
-            id: parse_id(&task.id)?,
-            task_type: task.task_type.clone(),
-            status: task.status.as_str(),
-            priority: i32::try_from(task.priority).unwrap_or(i32::MAX),
+impl Columns {
+    fn of(rows: &[TaskRow]) -> Columns {
+        Columns {
+            id: rows.iter().map(|r| r.id).collect(),
+            task_type: rows.iter().map(|r| r.task_type.clone()).collect(),
+            status: rows.iter().map(|r| r.status).collect(),
+            priority: rows
+                .iter()
+                .map(|r| i32::try_from(r.priority).unwrap_or(i32::MAX))
+                .collect(),
             times: [
-                Some(millis(task.created_at)),
-                time(task.finished_at),
-                time(task.retry_at),
-                time(task.lease_expires_at),
+                rows.iter().map(|r| Some(r.created_at)).collect(),
+                rows.iter().map(|r| r.finished_at).collect(),
+                rows.iter().map(|r| r.retry_at).collect(),
+                rows.iter().map(|r| r.lease_expires_at).collect(),
             ],
-            worker: task.worker.clone(),
-            body: task_body(task),
-            conflict: task.in_conflict(),
-        })
+            worker: rows.iter().map(|r| r.worker.clone()).collect(),
+            body: rows.iter().map(|r| r.body.clone()).collect(),
+            conflict: rows.iter().map(|r| r.conflict).collect(),
+            token: rows.iter().map(|r| r.token.clone()).collect(),
+        }
     }
 
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        vec![
+    fn params(&self) -> [&(dyn ToSql + Sync); 12] {
+        [
             &self.id,
             &self.task_type,
             &self.status,
@@ -892,7 +679,361 @@ impl TaskRow {
             &self.worker,
             &self.body,
             &self.conflict,
+            &self.token,
         ]
+    }
+}
+
+/// The rows of a batch, as a table named `u`.
+const UNNEST: &str = "unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::bigint[], \
+    $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::bool[], $12::text[]) \
+    AS u(id, type, status, priority, created_at, finished_at, retry_at, lease_expires_at, \
+         worker, body, conflict, token)";
+
+impl DriverTx for Tx<'_> {
+    fn tasks(&mut self, ids: &[i64]) -> Result<Vec<StoredTask>, StoreError> {
+        let sql = self.locking(
+            "SELECT id, body, lease_token, \
+                EXISTS (SELECT 1 FROM task_after a WHERE a.after_id = t.id) \
+             FROM tasks t WHERE id = ANY($1) ORDER BY id",
+        );
+        let rows = self.rows(&sql, &[&ids])?;
+        Ok(rows
+            .iter()
+            .map(|row| StoredTask {
+                id: row.get(0),
+                body: row.get(1),
+                token: row.get(2),
+                has_dependents: row.get(3),
+            })
+            .collect())
+    }
+
+    fn dependents(&mut self, ids: &[i64]) -> Result<Vec<(i64, i64)>, StoreError> {
+        let rows = self.rows(
+            "SELECT after_id, task_id FROM task_after WHERE after_id = ANY($1) ORDER BY task_id",
+            &[&ids],
+        )?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    fn reserve_ids(&mut self, count: usize) -> Result<i64, StoreError> {
+        // The counter's row lock makes adds take turns until they commit, so each gets
+        // consecutive ids.
+        let count = count as i64;
+        let rows = self.rows(
+            "UPDATE next_task_id SET id = id + $1 RETURNING id - $1",
+            &[&count],
+        )?;
+        Ok(rows.first().map_or(1, |row| row.get(0)))
+    }
+
+    fn advance_ids(&mut self, last: i64) -> Result<(), StoreError> {
+        self.change(
+            "UPDATE next_task_id SET id = GREATEST(id, $1 + 1)",
+            &[&last],
+        )
+    }
+
+    fn insert(&mut self, rows: &[TaskRow]) -> Result<(), StoreError> {
+        let columns = Columns::of(rows);
+        self.change(
+            &format!(
+                "INSERT INTO tasks (id, type, status, priority, created_at, finished_at, \
+                    retry_at, lease_expires_at, worker, body, conflict, lease_token) \
+                 SELECT * FROM {UNNEST}"
+            ),
+            &columns.params(),
+        )?;
+        let (tasks, afters): (Vec<i64>, Vec<i64>) = rows
+            .iter()
+            .flat_map(|row| row.after.iter().map(|after| (row.id, *after)))
+            .unzip();
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        self.change(
+            "INSERT INTO task_after (task_id, after_id) \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[]) ON CONFLICT DO NOTHING",
+            &[&tasks, &afters],
+        )
+    }
+
+    fn update(&mut self, rows: &[TaskRow]) -> Result<(), StoreError> {
+        let columns = Columns::of(rows);
+        self.change(
+            &format!(
+                "UPDATE tasks t SET type = u.type, status = u.status, priority = u.priority, \
+                    created_at = u.created_at, finished_at = u.finished_at, \
+                    retry_at = u.retry_at, lease_expires_at = u.lease_expires_at, \
+                    worker = u.worker, body = u.body, conflict = u.conflict, \
+                    lease_token = CASE WHEN u.status = 'running' \
+                        THEN COALESCE(u.token, t.lease_token) END \
+                 FROM {UNNEST} WHERE t.id = u.id"
+            ),
+            &columns.params(),
+        )
+    }
+
+    fn candidates(
+        &mut self,
+        types: &[String],
+        now: Timestamp,
+        per_type: usize,
+        skip: &[i64],
+        by_age: bool,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        const PENDING: &str = "status = 'pending' AND type = $1 \
+            AND (retry_at IS NULL OR retry_at <= $2) AND id <> ALL($3)";
+        let now = millis(now);
+        let limit = per_type as i64;
+        let mut found = Vec::new();
+        for task_type in types {
+            let rows = if by_age {
+                // The oldest task of each priority is the one that has aged most; locked
+                // apart, as DISTINCT cannot lock.
+                let oldest: Vec<i64> = self
+                    .rows(
+                        &format!(
+                            "SELECT DISTINCT ON (priority) id FROM tasks WHERE {PENDING} \
+                             ORDER BY priority, id"
+                        ),
+                        &[task_type, &now, &skip],
+                    )?
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect();
+                self.rows(
+                    "SELECT id, priority, created_at, body FROM tasks \
+                     WHERE id = ANY($1) AND status = 'pending' FOR UPDATE SKIP LOCKED",
+                    &[&oldest],
+                )?
+            } else {
+                self.rows(
+                    &format!(
+                        "SELECT id, priority, created_at, body FROM tasks WHERE {PENDING} \
+                         ORDER BY priority, id LIMIT $4 FOR UPDATE SKIP LOCKED"
+                    ),
+                    &[task_type, &now, &skip, &limit],
+                )?
+            };
+            found.extend(rows.iter().map(|row| Candidate {
+                id: row.get(0),
+                priority: u32::try_from(row.get::<_, i32>(1)).unwrap_or(0),
+                created_at: row.get(2),
+                body: row.get(3),
+            }));
+        }
+        Ok(found)
+    }
+
+    fn running(&mut self, task_type: &str) -> Result<usize, StoreError> {
+        // Claimers of a limited type take turns, on every machine, until they commit.
+        self.change(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&LIMIT_LOCK, &task_type],
+        )?;
+        let rows = self.rows(
+            "SELECT COALESCE(SUM(n), 0)::bigint FROM counts WHERE status = 'running' AND type = $1",
+            &[&task_type],
+        )?;
+        let n: i64 = rows.first().map_or(0, |row| row.get(0));
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    fn expired(&mut self, now: Timestamp) -> Result<Vec<(i64, String)>, StoreError> {
+        self.records(
+            "SELECT id, body FROM tasks \
+             WHERE status = 'running' AND lease_expires_at < $1 FOR UPDATE SKIP LOCKED",
+            &[&millis(now)],
+        )
+    }
+
+    fn set_pause(&mut self, kind: &str, name: &str, on: bool) -> Result<(), StoreError> {
+        let sql = if on {
+            "INSERT INTO pauses (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM pauses WHERE kind = $1 AND name = $2"
+        };
+        self.change(sql, &[&kind, &name])
+    }
+
+    fn pauses(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = self.rows("SELECT kind, name FROM pauses", &[])?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    fn select(&mut self, query: &TaskQuery) -> Result<Vec<(i64, String)>, StoreError> {
+        let mut conditions: Vec<String> = Vec::new();
+        if query.in_conflict {
+            conditions.push("conflict".into());
+        }
+        let mut values: Vec<Box<dyn ToSql + Sync>> = Vec::new();
+        let mut bind = |condition: &str, value: Box<dyn ToSql + Sync>| {
+            values.push(value);
+            conditions.push(condition.replace('?', &format!("${}", values.len())));
+        };
+        if !query.statuses.is_empty() {
+            let names: Vec<String> = query.statuses.iter().map(|s| s.as_str().into()).collect();
+            bind("status = ANY(?)", Box::new(names));
+        }
+        if let Some(task_type) = query.task_type.as_ref().filter(|t| !t.is_empty()) {
+            bind("type = ?", Box::new(task_type.clone()));
+        }
+        if let Some(worker) = query.worker.as_ref().filter(|w| !w.is_empty()) {
+            bind("worker = ?", Box::new(worker.clone()));
+        }
+        if let Some(since) = query.finished_since {
+            bind("finished_at >= ?", Box::new(millis(since)));
+        }
+        if let Some(text) = query.text.as_ref().filter(|t| !t.is_empty()) {
+            bind("body ILIKE ?", Box::new(like_pattern(text)));
+        }
+        if let Some(after) = query.after_id {
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let condition = if query.newest_first {
+                "id < ?"
+            } else {
+                "id > ?"
+            };
+            bind(condition, Box::new(after));
+        }
+        let sql = query_sql(&conditions, query);
+        let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref()).collect();
+        // Not prepared: each combination of filters is a statement of its own.
+        let rows = self
+            .tx
+            .query(sql.as_str(), &params)
+            .map_err(|err| self.fail(err))?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    fn counts(&mut self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows = self.rows(
+            "SELECT status, type, SUM(n)::bigint FROM counts GROUP BY status, type \
+             HAVING SUM(n) > 0",
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect())
+    }
+
+    fn wrong_counts(&mut self) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
+        let rows = self.rows(
+            "SELECT status, type, COALESCE(c.n, 0)::bigint, COALESCE(t.n, 0)::bigint FROM \
+                (SELECT status, type, count(*) AS n FROM tasks GROUP BY status, type) t \
+                FULL JOIN (SELECT status, type, SUM(n) AS n FROM counts GROUP BY status, type) c \
+                USING (status, type) \
+             WHERE COALESCE(c.n, 0) <> COALESCE(t.n, 0)",
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+            .collect())
+    }
+
+    fn first_work(
+        &mut self,
+        types: &[String],
+        skip: &[i64],
+        paused: &PauseSet,
+    ) -> Result<Option<(i64, String)>, StoreError> {
+        const NOT_PAUSED: &str = "NOT ($3 OR t.type = ANY($4) OR t.id = ANY($5))";
+        let sql = format!(
+            "(SELECT t.id, t.body FROM tasks t WHERE t.status = 'running' AND t.type = ANY($1) \
+                    AND t.id <> ALL($2) LIMIT 1) \
+             UNION ALL (SELECT t.id, t.body FROM tasks t WHERE t.status = 'pending' \
+                    AND t.type = ANY($1) AND t.id <> ALL($2) AND {NOT_PAUSED} LIMIT 1) \
+             UNION ALL ( \
+                WITH RECURSIVE upstream(id) AS ( \
+                    SELECT a.after_id FROM task_after a JOIN tasks b ON b.id = a.task_id \
+                        WHERE b.status = 'blocked' AND b.type = ANY($1) \
+                    UNION \
+                    SELECT a.after_id FROM task_after a JOIN upstream u ON a.task_id = u.id) \
+                SELECT t.id, t.body FROM upstream u JOIN tasks t ON t.id = u.id \
+                    WHERE (t.status = 'running' OR (t.status = 'pending' AND {NOT_PAUSED})) \
+                    AND t.id <> ALL($2) LIMIT 1) \
+             LIMIT 1"
+        );
+        let found = self.records(
+            &sql,
+            &[
+                &types,
+                &skip,
+                &paused.queue(),
+                &paused.types(),
+                &paused.tasks(),
+            ],
+        )?;
+        Ok(found.into_iter().next())
+    }
+
+    fn delete_finished(&mut self, which: Finished<'_>) -> Result<Vec<i64>, StoreError> {
+        let rows = match which {
+            Finished::Before {
+                before,
+                statuses,
+                limit,
+            } => self.rows(
+                "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+                    WHERE finished_at < $1 AND status = ANY($2) LIMIT $3) RETURNING id",
+                &[&before, &statuses, &(limit as i64)],
+            )?,
+            Finished::Ids(ids) => self.rows(
+                "DELETE FROM tasks WHERE id = ANY($1) \
+                    AND status IN ('completed', 'failed', 'cancelled') RETURNING id",
+                &[&ids],
+            )?,
+        };
+        let ids: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+        let names: Vec<String> = ids.iter().map(i64::to_string).collect();
+        self.change("DELETE FROM task_after WHERE task_id = ANY($1)", &[&ids])?;
+        self.change("DELETE FROM task_logs WHERE task_id = ANY($1)", &[&ids])?;
+        self.change(
+            "DELETE FROM pauses WHERE kind = 'task' AND name = ANY($1)",
+            &[&names],
+        )?;
+        Ok(ids)
+    }
+
+    fn put_worker(&mut self, name: &str, record: &str) -> Result<(), StoreError> {
+        self.change(
+            "INSERT INTO workers (name, record) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET record = excluded.record",
+            &[&name, &record],
+        )
+    }
+
+    fn remove_worker(&mut self, name: &str) -> Result<(), StoreError> {
+        self.change("DELETE FROM workers WHERE name = $1", &[&name])
+    }
+
+    fn workers(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = self.rows("SELECT name, record FROM workers ORDER BY name", &[])?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    fn setting(&mut self, key: &str) -> Result<Option<String>, StoreError> {
+        let rows = self.rows("SELECT value FROM settings WHERE key = $1", &[&key])?;
+        Ok(rows.first().map(|row| row.get(0)))
+    }
+
+    fn set_setting(&mut self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+        match value {
+            Some(value) => self.change(
+                "INSERT INTO settings (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&key, &value],
+            ),
+            None => self.change("DELETE FROM settings WHERE key = $1", &[&key]),
+        }
+    }
+
+    fn announce(&mut self) {
+        self.announced = true;
     }
 }
 
@@ -921,417 +1062,4 @@ fn is_conflict(err: &postgres::Error) -> bool {
     err.code().is_some_and(|code| {
         *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE
     })
-}
-
-impl QueueStore for PostgresStore {
-    fn add(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, StoreError> {
-        if tasks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let now = Timestamp::now();
-        self.write(|tx| {
-            // The counter's row lock makes adds take turns until they commit, so each gets
-            // consecutive ids (the rules number a batch from its first id).
-            let count = tasks.len() as i64;
-            let first: i64 = tx
-                .row(
-                    "UPDATE next_task_id SET id = id + $1 RETURNING id - $1",
-                    &[&count],
-                )?
-                .map_or(1, |row| row.get(0));
-            let tasks = lifecycle::new_tasks(tx, tasks.clone(), first as u64, now)?;
-            for task in &tasks {
-                tx.insert(task)?;
-            }
-            Ok(tasks)
-        })
-    }
-
-    fn claim(&self, worker: &str, types: &[String]) -> Result<Option<Claim>, StoreError> {
-        validate_name("worker name", worker)?;
-        let now = Timestamp::now();
-        self.write(|tx| self.claim_in(tx, worker, types, now))
-    }
-
-    fn renew(&self, lease: &Lease) -> Result<Renewal, StoreError> {
-        // Tried once: the worker renews again within a second, and must see soon when it
-        // cannot (it stops the task's handler before the lease runs out).
-        self.write_within(Duration::ZERO, |tx| {
-            let now = Timestamp::now();
-            let mut task = tx.leased(lease, now)?;
-            lifecycle::renew(&mut task, now, &self.policy);
-            tx.put(&task)?;
-            Ok(Renewal {
-                cancel_requested: task.cancel_requested,
-            })
-        })
-    }
-
-    fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError> {
-        self.write(|tx| self.finish_in(tx, lease, outcome.clone(), Timestamp::now()))
-    }
-
-    fn finish_and_claim(
-        &self,
-        lease: &Lease,
-        outcome: Outcome,
-        worker: &str,
-        types: &[String],
-    ) -> Result<(Task, Option<Claim>), StoreError> {
-        validate_name("worker name", worker)?;
-        let together = self.write(|tx| {
-            let now = Timestamp::now();
-            let done = self.finish_in(tx, lease, outcome.clone(), now)?;
-            let next = self.claim_in(tx, worker, types, now)?;
-            Ok((done, next))
-        });
-        match together {
-            Ok(both) => Ok(both),
-            // Nothing was applied: the outcome is recorded on its own (and fails again, with
-            // its own error, if it was the outcome that failed). No savepoint around the claim:
-            // two more round trips for every task, for a failure that is rare.
-            Err(_) => Ok((self.finish(lease, outcome)?, None)),
-        }
-    }
-
-    fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        self.write(|tx| {
-            let now = Timestamp::now();
-            let mut task = tx.leased(lease, now)?;
-            lifecycle::release(&mut task, now);
-            tx.put(&task)?;
-            if task.status == TaskStatus::Cancelled {
-                lifecycle::settle_dependents(tx, &task, now)?;
-            }
-            Ok(())
-        })
-    }
-
-    fn edit(&self, id: &str, edit: &TaskEdit) -> Result<Task, StoreError> {
-        self.write(|tx| lifecycle::edit(tx, id, edit))
-    }
-
-    fn cancel(&self, id: &str) -> Result<Task, StoreError> {
-        self.write(|tx| {
-            let now = Timestamp::now();
-            let mut task = tx
-                .task(id)?
-                .ok_or_else(|| StoreError::NotFound(id.into()))?;
-            lifecycle::cancel(&mut task, now)?;
-            tx.put(&task)?;
-            if task.status == TaskStatus::Cancelled {
-                lifecycle::settle_dependents(tx, &task, now)?;
-            }
-            Ok(task)
-        })
-    }
-
-    fn retry(&self, id: &str) -> Result<Task, StoreError> {
-        self.write(|tx| {
-            let now = Timestamp::now();
-            let mut task = tx
-                .task(id)?
-                .ok_or_else(|| StoreError::NotFound(id.into()))?;
-            lifecycle::retry(tx, &mut task)?;
-            tx.put(&task)?;
-            lifecycle::settle_dependents(tx, &task, now)?;
-            Ok(task)
-        })
-    }
-
-    fn update(&self, id: &str, change: &TaskChange<'_>) -> Result<Task, StoreError> {
-        self.write(|tx| {
-            let now = Timestamp::now();
-            let mut task = tx
-                .task(id)?
-                .ok_or_else(|| StoreError::NotFound(id.into()))?;
-            change(&mut task, now)?;
-            tx.put(&task)?;
-            lifecycle::settle_dependents(tx, &task, now)?;
-            Ok(task)
-        })
-    }
-
-    fn pause(&self, scope: &PauseScope) -> Result<(), StoreError> {
-        if let PauseScope::Type(task_type) = scope {
-            validate_name("task type", task_type)?;
-        }
-        let (kind, name) = pause_key(scope);
-        self.write(|tx| {
-            if let PauseScope::Task(id) = scope
-                && tx.task(id)?.is_none()
-            {
-                return Err(StoreError::NotFound(id.clone()));
-            }
-            tx.change(
-                "INSERT INTO pauses (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&kind, &name],
-            )
-        })
-    }
-
-    fn resume(&self, scope: &PauseScope) -> Result<(), StoreError> {
-        let (kind, name) = pause_key(scope);
-        self.write(|tx| {
-            tx.change(
-                "DELETE FROM pauses WHERE kind = $1 AND name = $2",
-                &[&kind, &name],
-            )?;
-            tx.work_appeared = true;
-            Ok(())
-        })
-    }
-
-    fn paused(&self) -> Result<Vec<PauseScope>, StoreError> {
-        let rows = self.read(|tx| tx.rows("SELECT kind, name FROM pauses", &[]))?;
-        let mut scopes: Vec<PauseScope> = rows
-            .iter()
-            .map(|row| pause_scope(row.get(0), row.get(1)))
-            .collect();
-        scopes.sort();
-        Ok(scopes)
-    }
-
-    fn get(&self, id: &str) -> Result<Task, StoreError> {
-        let numeric = parse_id(id)?;
-        let row = self.read(|tx| tx.row("SELECT body FROM tasks WHERE id = $1", &[&numeric]))?;
-        match row {
-            Some(row) => parse_task(self.name(), numeric, row.get(0)),
-            None => Err(StoreError::NotFound(id.to_string())),
-        }
-    }
-
-    fn list(&self, query: &TaskQuery) -> Result<Vec<Task>, StoreError> {
-        let mut conditions: Vec<String> = Vec::new();
-        if query.in_conflict {
-            conditions.push("conflict".into());
-        }
-        let mut values: Vec<Box<dyn ToSql + Sync>> = Vec::new();
-        let mut bind = |condition: &str, value: Box<dyn ToSql + Sync>| {
-            values.push(value);
-            conditions.push(condition.replace('?', &format!("${}", values.len())));
-        };
-        if !query.statuses.is_empty() {
-            let names: Vec<String> = query.statuses.iter().map(|s| s.as_str().into()).collect();
-            bind("status = ANY(?)", Box::new(names));
-        }
-        if let Some(task_type) = query.task_type.as_ref().filter(|t| !t.is_empty()) {
-            bind("type = ?", Box::new(task_type.clone()));
-        }
-        if let Some(worker) = query.worker.as_ref().filter(|w| !w.is_empty()) {
-            bind("worker = ?", Box::new(worker.clone()));
-        }
-        if let Some(since) = query.finished_since {
-            bind("finished_at >= ?", Box::new(millis(since)));
-        }
-        if let Some(text) = query.text.as_ref().filter(|t| !t.is_empty()) {
-            let escaped = text
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            bind("body ILIKE ?", Box::new(format!("%{escaped}%")));
-        }
-        if let Some(after) = query.after_id {
-            let after = i64::try_from(after).unwrap_or(i64::MAX);
-            let condition = if query.newest_first {
-                "id < ?"
-            } else {
-                "id > ?"
-            };
-            bind(condition, Box::new(after));
-        }
-        let mut sql = "SELECT id, body FROM tasks".to_string();
-        if !conditions.is_empty() {
-            sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
-        }
-        sql.push_str(match (query.by_finish, query.newest_first) {
-            (true, true) => " ORDER BY finished_at DESC, id DESC",
-            (true, false) => " ORDER BY finished_at, id",
-            (false, true) => " ORDER BY id DESC",
-            (false, false) => " ORDER BY id",
-        });
-        if let Some(limit) = query.limit {
-            sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
-        }
-        let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref()).collect();
-        // Not cached: each combination of filters is a statement of its own.
-        let rows = self.read(|tx| {
-            tx.tx
-                .query(sql.as_str(), &params)
-                .map_err(|err| tx.fail(err))
-        })?;
-        Ok(rows
-            .iter()
-            .filter_map(|row| {
-                let id = row.get(0);
-                self.unreadable
-                    .readable(id, parse_task(self.name(), id, row.get(1)))
-            })
-            .collect())
-    }
-
-    fn summary(&self) -> Result<Summary, StoreError> {
-        let rows = self.read(|tx| {
-            tx.rows(
-                "SELECT status, type, count(*) FROM tasks GROUP BY status, type",
-                &[],
-            )
-        })?;
-        let mut summary = Summary::default();
-        for row in rows {
-            summary.count(row.get(0), row.get(1), row.get(2));
-        }
-        Ok(summary)
-    }
-
-    fn has_work(&self, types: &[String]) -> Result<bool, StoreError> {
-        // One task that is work, so that its record can be read: see the embedded store.
-        let sql = format!(
-            "(SELECT t.id, t.body FROM tasks t WHERE t.status = 'running' AND t.type = ANY($1) \
-                    AND t.id <> ALL($2) LIMIT 1) \
-             UNION ALL (SELECT t.id, t.body FROM tasks t WHERE t.status = 'pending' \
-                    AND t.type = ANY($1) AND t.id <> ALL($2) AND {NOT_PAUSED} LIMIT 1) \
-             UNION ALL ( \
-                WITH RECURSIVE upstream(id) AS ( \
-                    SELECT a.after_id FROM task_after a JOIN tasks b ON b.id = a.task_id \
-                        WHERE b.status = 'blocked' AND b.type = ANY($1) \
-                    UNION \
-                    SELECT a.after_id FROM task_after a JOIN upstream u ON a.task_id = u.id) \
-                SELECT t.id, t.body FROM upstream u JOIN tasks t ON t.id = u.id \
-                    WHERE (t.status = 'running' OR (t.status = 'pending' AND {NOT_PAUSED})) \
-                    AND t.id <> ALL($2) LIMIT 1) \
-             LIMIT 1"
-        );
-        let types = types.to_vec();
-        loop {
-            let unreadable = self.unreadable.ids();
-            let Some(row) = self.read(|tx| tx.row(&sql, &[&types, &unreadable]))? else {
-                return Ok(false);
-            };
-            let id: i64 = row.get(0);
-            match parse_task(self.name(), id, row.get(1)) {
-                Ok(_) => return Ok(true),
-                Err(err) => self.unreadable.note(id, &err),
-            }
-        }
-    }
-
-    fn expire_leases(&self) -> Result<usize, StoreError> {
-        self.write(|tx| self.expire_due(tx, Timestamp::now(), "host expire"))
-    }
-
-    fn purge(&self, before: Timestamp, statuses: &[TaskStatus]) -> Result<usize, StoreError> {
-        let finished: Vec<String> = purgeable(statuses).into_iter().map(String::from).collect();
-        let mut purged = 0;
-        // In batches, each its own transaction, so that no lock is held long.
-        loop {
-            let removed = self.write(|tx| {
-                let ids: Vec<i64> = tx
-                    .rows(
-                        "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
-                            WHERE finished_at < $1 AND status = ANY($2) LIMIT $3) RETURNING id",
-                        &[&millis(before), &finished, &PURGE_BATCH],
-                    )?
-                    .iter()
-                    .map(|row| row.get(0))
-                    .collect();
-                forget_rows(tx, &ids)?;
-                Ok(ids.len())
-            })?;
-            purged += removed;
-            if (removed as i64) < PURGE_BATCH {
-                return Ok(purged);
-            }
-        }
-    }
-
-    fn forget_finished(&self, ids: &[i64]) -> Result<(), StoreError> {
-        let ids = ids.to_vec();
-        self.write(|tx| {
-            let removed: Vec<i64> = tx
-                .rows(
-                    "DELETE FROM tasks WHERE id = ANY($1) \
-                        AND status IN ('completed', 'failed', 'cancelled') RETURNING id",
-                    &[&ids],
-                )?
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
-            forget_rows(tx, &removed)
-        })
-    }
-
-    fn put_worker(&self, record: &WorkerRecord) -> Result<(), StoreError> {
-        validate_name("worker name", &record.name)?;
-        let json = serde_json::to_string(record).expect("worker record serializes");
-        self.write(|tx| {
-            tx.change(
-                "INSERT INTO workers (name, record) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET record = excluded.record",
-                &[&record.name, &json],
-            )
-        })
-    }
-
-    fn remove_worker(&self, name: &str) -> Result<(), StoreError> {
-        self.write(|tx| tx.change("DELETE FROM workers WHERE name = $1", &[&name]))
-    }
-
-    fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
-        let rows =
-            self.read(|tx| tx.rows("SELECT name, record FROM workers ORDER BY name", &[]))?;
-        rows.iter()
-            .map(|row| {
-                serde_json::from_str(row.get(1)).map_err(|err| StoreError::Corrupt {
-                    path: PathBuf::from(format!("{}, worker {}", self.url, row.get::<_, &str>(0))),
-                    reason: err.to_string(),
-                })
-            })
-            .collect()
-    }
-
-    fn append_log(&self, id: &str, line: &str) -> Result<(), StoreError> {
-        let id = parse_id(id)?;
-        let chunk = format!("{line}\n");
-        self.write(|tx| {
-            tx.change(
-                "INSERT INTO task_logs (task_id, start, chunk) \
-                 SELECT $1, COALESCE(MAX(start + octet_length(chunk)), 0), $2 \
-                 FROM task_logs WHERE task_id = $1",
-                &[&id, &chunk],
-            )
-        })
-    }
-
-    fn read_log(&self, id: &str, from: u64) -> Result<(String, u64), StoreError> {
-        self.get(id)?;
-        let numeric = parse_id(id)?;
-        let from_i = i64::try_from(from).unwrap_or(i64::MAX);
-        let rows = self.read(|tx| {
-            tx.rows(
-                "SELECT start, chunk FROM task_logs \
-                 WHERE task_id = $1 AND start + octet_length(chunk) > $2 ORDER BY start",
-                &[&numeric, &from_i],
-            )
-        })?;
-        let mut bytes = Vec::new();
-        let mut next = from;
-        for row in rows {
-            let start = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
-            let chunk: &str = row.get(1);
-            let skip = usize::try_from(next.saturating_sub(start)).unwrap_or(usize::MAX);
-            let part = chunk.as_bytes().get(skip..).unwrap_or_default();
-            bytes.extend_from_slice(part);
-            next += part.len() as u64;
-        }
-        Ok((String::from_utf8_lossy(&bytes).into_owned(), next))
-    }
-
-    fn lease_duration(&self) -> Duration {
-        self.policy.lease
-    }
-
-    fn take_warnings(&self) -> Vec<String> {
-        self.unreadable.take_warnings()
-    }
 }

@@ -1,45 +1,37 @@
-//! The embedded store: SQLite (WAL) in the coordination folder, so a queue needs no server.
+//! The embedded driver: SQLite (WAL) in the coordination folder, so a queue needs no server.
 //!
 //! - **Schema** in numbered migrations (`sqlite/migrations/NNNN_*.sql`), applied in order under
-//!   the writers' lock and recorded in SQLite's `user_version`; a database newer than this
-//!   binary is refused.
-//! - **Writers** queue on an OS lock (flock) on the folder around each write transaction
-//!   (`BEGIN IMMEDIATE`), which hands the database to the next waiter at once; SQLite's own busy
-//!   handler, which sleeps 1, 2, 5 ... 100 ms, let one worker of four take nearly every task.
-//!   Readers never wait (WAL).
+//!   the writers' lock and recorded in SQLite's `user_version`, after the database was copied
+//!   to `queue.db.schema-N` (N the old version); a database newer than this binary is refused.
+//! - **Writers** queue on the folder's writers' lock ([`writers`]) around each write
+//!   transaction (`BEGIN IMMEDIATE`). Readers never wait (WAL).
 //! - **Durability**: every commit is made with `synchronous = NORMAL` (the log written, not
 //!   flushed); in a `durable` queue, an operation that adds work or records an outcome then
 //!   flushes the log before it returns, after releasing the writers' lock, so that workers
 //!   finishing at once share one flush: as durable as `FULL`, without holding the next writer
-//!   up for the disk. Claims and lease renewals are not flushed: losing one to a power loss
-//!   only means the task runs again, which at-least-once execution allows, and the next flush
-//!   covers them (the log is written in order).
-//! - **Claims** read one row per task type from a partial index on pending tasks, ordered by
-//!   priority then id; finishing touches one row and the tasks after it. Neither looks at
-//!   finished tasks, and `status` reads counts that triggers keep.
-//!
-//! What a claim, finish or cancel does to a task is decided by [`crate::lifecycle`]; this file
-//! only stores and fetches.
+//!   up for the disk. Claims and renewals are not flushed: losing one to a power loss only
+//!   means the task runs again, and the next flush covers them (the log is written in order).
+//! - **Damage**: a write is refused once the queue was found damaged, or once the database,
+//!   its log or its index is no longer the file this process opened.
+//! - **Claims** read from a partial index on pending tasks, ordered by priority then id;
+//!   `status` reads counts that triggers keep.
+
+mod files;
+mod writers;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use jiff::Timestamp;
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Params, params};
 
+use crate::driver::{Candidate, Commit, Driver, DriverTx, Finished, StoredTask, TaskRow};
+use crate::engine::Engine;
 use crate::folder::io_err;
-use crate::lifecycle::{self, Policy, TaskTx};
-use crate::records::{
-    ExpiryScan, Unreadable, from_millis, millis, new_lease, parse_id, parse_task, pause_key,
-    pause_scope, purgeable, task_body,
-};
-use crate::{
-    Claim, Durability, Lease, NewTask, Outcome, PauseScope, QueueFolder, QueueStore, Renewal,
-    StoreError, Summary, Task, TaskQuery, TaskStatus, WorkerRecord, validate_name,
-};
-use crate::{TaskChange, TaskEdit};
+use crate::lifecycle::PauseSet;
+use crate::records::millis;
+use crate::{Durability, QueueFolder, StoreError, TaskQuery};
 
 /// The migrations, in order; the schema version is how many have been applied.
 const MIGRATIONS: [&str; 2] = [
@@ -49,28 +41,20 @@ const MIGRATIONS: [&str; 2] = [
 
 /// How long a statement waits for a lock that another program (not a `host`, which queues on
 /// the folder's flock) holds on the database.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The WAL is truncated back to this size after a checkpoint, so it stays bounded.
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
-/// How many finished tasks one purge transaction removes.
-const PURGE_BATCH: usize = 10_000;
+/// The embedded queue: the engine over SQLite in a coordination folder.
+pub type SqliteStore = Engine<SqliteDriver>;
 
-/// The SQL condition that a task `t` is paused, by itself, its type or the whole queue.
-const PAUSED: &str = "EXISTS (SELECT 1 FROM pauses p WHERE p.kind = 'queue' \
-    OR (p.kind = 'type' AND p.name = t.type) \
-    OR (p.kind = 'task' AND p.name = CAST(t.id AS TEXT)))";
-
-/// The embedded queue store.
-pub struct SqliteStore {
+/// SQLite in a coordination folder.
+pub struct SqliteDriver {
     folder: QueueFolder,
     path: PathBuf,
     inner: Mutex<Inner>,
-    policy: Policy,
     durability: Durability,
-    unreadable: Unreadable,
-    expiry_scan: ExpiryScan,
     /// The write-ahead log, opened for flushing durable commits. No lock is ever taken on it,
     /// so this descriptor cannot release SQLite's (POSIX locks go with any descriptor of a
     /// locked file).
@@ -96,40 +80,45 @@ enum Schema {
     Existing,
 }
 
-/// How a write transaction is committed.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Commit {
-    /// As the queue's durability says.
-    AsConfigured,
-    /// Without waiting for the disk (claims, renewals, worker records).
-    Lazy,
-}
-
-impl SqliteStore {
+impl Engine<SqliteDriver> {
     /// Creates the queue folder and database (idempotent): the folder owner-only, the schema
     /// migrated to this version.
     pub fn init(root: &Path) -> Result<SqliteStore, StoreError> {
-        SqliteStore::create(QueueFolder::create(root)?)
+        SqliteDriver::create(QueueFolder::create(root)?).map(Engine::new)
     }
 
     /// Like [`SqliteStore::init`], also in a folder that holds a queue of the earlier format:
     /// for `host import`, which brings that queue in.
     pub fn init_for_import(root: &Path) -> Result<SqliteStore, StoreError> {
-        SqliteStore::create(QueueFolder::create_over_old_format(root)?)
+        SqliteDriver::create(QueueFolder::create_over_old_format(root)?).map(Engine::new)
     }
 
-    fn create(folder: QueueFolder) -> Result<SqliteStore, StoreError> {
+    /// Opens an existing queue, migrating its schema to this version if it is older (after
+    /// copying the database aside).
+    pub fn open(root: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteDriver::connect(QueueFolder::open(root)?, Schema::Existing).map(Engine::new)
+    }
+
+    /// The coordination folder.
+    pub fn folder(&self) -> &QueueFolder {
+        &self.driver().folder
+    }
+
+    /// Waits for this process's writes under way and keeps new ones from starting until the
+    /// guard is dropped (see [`writers::hold_writes`]).
+    pub fn hold_writes() -> std::sync::RwLockWriteGuard<'static, ()> {
+        writers::hold_writes()
+    }
+}
+
+impl SqliteDriver {
+    fn create(folder: QueueFolder) -> Result<SqliteDriver, StoreError> {
         folder.create_database_file()?;
         folder.doorbell();
-        SqliteStore::connect(folder, Schema::Create)
+        SqliteDriver::connect(folder, Schema::Create)
     }
 
-    /// Opens an existing queue, migrating its schema to this version if it is older.
-    pub fn open(root: &Path) -> Result<SqliteStore, StoreError> {
-        SqliteStore::connect(QueueFolder::open(root)?, Schema::Existing)
-    }
-
-    fn connect(folder: QueueFolder, schema: Schema) -> Result<SqliteStore, StoreError> {
+    fn connect(folder: QueueFolder, schema: Schema) -> Result<SqliteDriver, StoreError> {
         let path = folder.database();
         // SQLite says only "unable to open database file" for a link, a folder or a file this
         // user may not read: say which.
@@ -157,7 +146,7 @@ impl SqliteStore {
         {
             return Err(io_err(&path)(err));
         }
-        if let Some(lost) = lost_log(&path) {
+        if let Some(lost) = files::lost_log(&path) {
             return Err(folder.damage().unwrap_or_else(|| {
                 folder.record_damage(&path, &lost);
                 StoreError::Damaged { path, reason: lost }
@@ -168,7 +157,7 @@ impl SqliteStore {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&path, flags).map_err(db_err(&path))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err(&path))?;
-        // Every task type has its own claim statement (see `best_candidate`).
+        // Every task type has its own claim statement (see `candidates`).
         conn.set_prepared_statement_cache_capacity(64);
         // Every commit leaves the log unflushed; a durable one is flushed after the writers'
         // lock is released (see `write`). Per connection: the log is cut back to its limit
@@ -181,23 +170,12 @@ impl SqliteStore {
             writers: folder.writers_lock()?,
         };
         migrate(&mut inner, &path, &folder, schema)?;
-        let db = Db {
-            conn: &inner.conn,
-            path: &path,
-        };
-        let durability = match db
-            .row(
-                "SELECT value FROM settings WHERE key = 'durability'",
-                [],
-                |row| row.get::<_, String>(0),
-            )?
-            .as_deref()
-        {
-            Some("relaxed") => Durability::Relaxed,
+        let durability = match (Tx::reading(&inner.conn, &path)).setting("durability")? {
+            Some(value) if value == "relaxed" => Durability::Relaxed,
             _ => Durability::Durable,
         };
         // After the first read: SQLite has opened its log and index by now.
-        let opened = [String::new(), "-wal".into(), "-shm".into()]
+        let opened = ["", "-wal", "-shm"]
             .into_iter()
             .map(|suffix| {
                 folder
@@ -209,106 +187,20 @@ impl SqliteStore {
                 Some((file, id))
             })
             .collect();
-        Ok(SqliteStore {
+        Ok(SqliteDriver {
             folder,
             path,
             inner: Mutex::new(inner),
-            policy: Policy::default(),
             durability,
-            unreadable: Unreadable::default(),
-            expiry_scan: ExpiryScan::default(),
             log: Mutex::new(None),
             opened,
         })
     }
 
-    /// Applies the queue-wide rules: lease length, backoff, per-type limits, aging.
-    pub fn with_policy(mut self, policy: Policy) -> SqliteStore {
-        self.policy = policy;
-        self
-    }
-
-    /// Sets how long a lease lasts unless renewed.
-    pub fn with_lease(mut self, lease: Duration) -> SqliteStore {
-        self.policy.lease = lease;
-        self
-    }
-
-    /// The rules this store applies.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
-    /// The coordination folder.
-    pub fn folder(&self) -> &QueueFolder {
-        &self.folder
-    }
-
-    /// The queue's durability setting.
-    pub fn durability(&self) -> Durability {
-        self.durability
-    }
-
-    /// Changes the queue's durability setting, for every process that opens it from now on.
-    pub fn set_durability(mut self, durability: Durability) -> Result<SqliteStore, StoreError> {
-        self.write(Commit::AsConfigured, |tx| {
-            tx.db.change(
-                "UPDATE settings SET value = ?1 WHERE key = 'durability'",
-                [durability.as_str()],
-            )
-        })?;
-        self.durability = durability;
-        Ok(self)
-    }
-
-    /// Runs `work` in a write transaction, queued behind other writers on the folder's flock.
-    /// On error nothing of it is applied. Rings the doorbell after the commit when `work` made
-    /// some task claimable.
-    fn write<T>(
-        &self,
-        commit: Commit,
-        work: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let inner = self.inner.lock().expect("connection lock");
-        let _writing = WRITING
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        lock_writers(&inner.writers, self.folder.root())?;
-        // Undoes an unfinished transaction and hands the lock on however this ends, a panic
-        // in `work` included: other processes must never wait on a writer that is gone.
-        let guard = WriteGuard(&inner);
-        self.refuse_if_damaged()?;
-        let mut tx = Tx {
-            db: Db {
-                conn: &inner.conn,
-                path: &self.path,
-            },
-            work_appeared: false,
-        };
-        let result = tx.db.run("BEGIN IMMEDIATE").and_then(|()| {
-            let out = work(&mut tx)?;
-            tx.db.run("COMMIT")?;
-            Ok(out)
-        });
-        let rang = tx.work_appeared;
-        drop(guard);
-        drop(inner);
-        let out = result.map_err(|err| self.noted(err))?;
-        if commit == Commit::AsConfigured && self.durability == Durability::Durable {
-            self.sync_log()?;
-        }
-        if rang {
-            self.folder.ring_doorbell();
-        }
-        Ok(out)
-    }
-
     /// Makes every committed change durable: flushes the write-ahead log, which holds them in
     /// order (what `synchronous = FULL` does inside each commit). Done after the writers' lock
     /// is released, so the next writer need not wait for the disk, and workers committing at
-    /// the same moment share one flush (group commit across processes). Until it returns, the
-    /// caller has not reported the change done; if power fails before, the change may be lost,
-    /// never half applied.
+    /// the same moment share one flush (group commit across processes).
     fn sync_log(&self) -> Result<(), StoreError> {
         let path = self
             .folder
@@ -329,27 +221,9 @@ impl SqliteStore {
             .map_err(|source| StoreError::NotFlushed { path, source })
     }
 
-    /// Runs `read` on a consistent snapshot; never waits for writers.
-    fn read<T>(&self, read: impl FnOnce(Db<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut inner = self.inner.lock().expect("connection lock");
-        let result = inner
-            .conn
-            .transaction()
-            .map_err(db_err(&self.path))
-            .and_then(|snapshot| {
-                let out = read(Db {
-                    conn: &snapshot,
-                    path: &self.path,
-                })?;
-                snapshot.commit().map_err(db_err(&self.path))?;
-                Ok(out)
-            });
-        result.map_err(|err| self.noted(err))
-    }
-
     /// Refuses to write when the queue was found damaged (by this process or another), or when
     /// the database, its log or its index is no longer the file this process opened. Checked
-    /// under the writers' lock: two `stat`s and a lookup per write.
+    /// under the writers' lock: a few `stat`s per write.
     fn refuse_if_damaged(&self) -> Result<(), StoreError> {
         if let Some(found) = self.folder.damage() {
             return Err(found);
@@ -372,9 +246,110 @@ impl SqliteStore {
         }
         Ok(())
     }
+}
 
-    /// Passes `err` on; damage is first recorded in the folder, so that every process stops
-    /// writing and `host doctor` can say what was found.
+impl Driver for SqliteDriver {
+    type Tx<'t> = Tx<'t>;
+
+    fn name(&self) -> &Path {
+        &self.path
+    }
+
+    fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    fn use_durability(&mut self, durability: Durability) {
+        self.durability = durability;
+    }
+
+    /// Queued behind other writers on the folder's flock; rings the doorbell after the commit
+    /// when work was announced.
+    fn write<T: Send>(
+        &self,
+        commit: Commit,
+        work: &mut (dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send),
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.lock().expect("connection lock");
+        let _writing = writers::WRITING
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        writers::lock_writers(&inner.writers, self.folder.root())?;
+        // Undoes an unfinished transaction and hands the lock on however this ends, a panic
+        // in `work` included: other processes must never wait on a writer that is gone.
+        let guard = WriteGuard(&inner);
+        self.refuse_if_damaged()?;
+        let mut tx = Tx::reading(&inner.conn, &self.path);
+        let result = tx.run("BEGIN IMMEDIATE").and_then(|()| {
+            let out = work(&mut tx)?;
+            tx.run("COMMIT")?;
+            Ok(out)
+        });
+        let announced = tx.announced;
+        drop(guard);
+        drop(inner);
+        let out = result.map_err(|err| self.noted(err))?;
+        if commit == Commit::AsConfigured && self.durability == Durability::Durable {
+            self.sync_log()?;
+        }
+        if announced {
+            self.folder.ring_doorbell();
+        }
+        Ok(out)
+    }
+
+    /// Never waits for writers.
+    fn read<T: Send>(
+        &self,
+        read: &mut (dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send),
+    ) -> Result<T, StoreError> {
+        let mut inner = self.inner.lock().expect("connection lock");
+        let result = inner
+            .conn
+            .transaction()
+            .map_err(db_err(&self.path))
+            .and_then(|snapshot| {
+                let out = read(&mut Tx::reading(&snapshot, &self.path))?;
+                snapshot.commit().map_err(db_err(&self.path))?;
+                Ok(out)
+            });
+        result.map_err(|err| self.noted(err))
+    }
+
+    fn append_log(&self, id: i64, line: &str) -> Result<(), StoreError> {
+        self.folder.append_log(&id.to_string(), line)
+    }
+
+    fn read_log(&self, id: i64, from: u64) -> Result<(String, u64), StoreError> {
+        self.folder.read_log(&id.to_string(), from)
+    }
+
+    fn forget_logs(&self, ids: &[i64]) -> Result<(), StoreError> {
+        for id in ids {
+            self.folder.remove_log(&id.to_string())?;
+        }
+        if !ids.is_empty() {
+            // Gives back what the log grew to, without waiting for readers.
+            let inner = self.inner.lock().expect("connection lock");
+            let _ = inner.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+        }
+        Ok(())
+    }
+
+    /// SQLite's `quick_check` (every page, not the indexes' contents).
+    fn quick_check(&self) -> Result<(), StoreError> {
+        let found = self.read(&mut |tx| tx.rows("PRAGMA quick_check", [], |row| row.get(0)))?;
+        match found.iter().find(|line: &&String| *line != "ok") {
+            None => Ok(()),
+            Some(first) => Err(self.noted(StoreError::Damaged {
+                path: self.path.clone(),
+                reason: format!("SQLite's quick check found the database damaged ({first})"),
+            })),
+        }
+    }
+
+    /// Damage is first recorded in the folder, so that every process stops writing and
+    /// `host doctor` can say what was found.
     fn noted(&self, err: StoreError) -> StoreError {
         if let StoreError::Damaged { path, reason } = &err {
             self.folder.record_damage(path, reason);
@@ -382,309 +357,19 @@ impl SqliteStore {
         err
     }
 
-    /// Returns the leases that ran out by `now`, as `found_by` noticed. Inside a write.
-    fn expire_due(
-        &self,
-        tx: &mut Tx<'_>,
-        now: Timestamp,
-        found_by: &str,
-    ) -> Result<usize, StoreError> {
-        let ids: Vec<i64> = tx.db.rows(
-            "SELECT id FROM tasks WHERE status = 'running' AND lease_expires_at < ?1",
-            [millis(now)],
-            |row| row.get(0),
-        )?;
-        let mut expired = 0;
-        for id in ids {
-            let mut task = match tx.task(&id.to_string()) {
-                Ok(Some(task)) => task,
-                Ok(None) => continue,
-                Err(err @ StoreError::Corrupt { .. }) => {
-                    self.unreadable.note(id, &err);
-                    continue;
-                }
-                Err(err) => return Err(err),
-            };
-            lifecycle::expire(&mut task, now, &self.policy, found_by);
-            tx.put(&task)?;
-            if task.status.is_finished() {
-                tx.work_appeared |= lifecycle::settle_dependents(tx, &task, now)?;
-            }
-            tx.work_appeared |= self.policy.limits.contains_key(&task.task_type);
-            expired += 1;
-        }
-        Ok(expired)
+    fn check_database(&self) -> Result<Vec<String>, StoreError> {
+        let lines = self.read(&mut |tx| tx.rows("PRAGMA integrity_check", [], |row| row.get(0)))?;
+        Ok(lines
+            .into_iter()
+            .filter(|line: &String| line != "ok")
+            .map(|line| format!("{}: {line}", self.path.display()))
+            .collect())
     }
-
-    /// Returns expired leases (see [`SqliteStore::expire_due`]) when a scan is due.
-    fn expire_if_due(
-        &self,
-        tx: &mut Tx<'_>,
-        now: Timestamp,
-        found_by: &str,
-    ) -> Result<(), StoreError> {
-        if !self.expiry_scan.due(self.policy.lease) {
-            return Ok(());
-        }
-        self.expire_due(tx, now, found_by).map(drop)
-    }
-
-    /// The best claimable task among `types` that is not in `skip`: lowest (aged) priority,
-    /// then lowest id, read whole. One indexed lookup per type (per priority level, with
-    /// aging).
-    fn best_candidate(
-        &self,
-        db: Db<'_>,
-        types: &[String],
-        now: Timestamp,
-        skip: &[i64],
-    ) -> Result<Option<(i64, String)>, StoreError> {
-        let mut best: Option<((u32, i64), String)> = None;
-        for task_type in types {
-            // The type is written into the statement rather than bound: SQLite (built with
-            // STAT4) re-prepares a statement with a bound value that its plan's index order
-            // depends on after every reset, which cost a fifth of each claim. Types are plain
-            // names (validated), and each gets its own cached statement.
-            let skipped = if skip.is_empty() {
-                String::new()
-            } else {
-                let ids: Vec<String> = skip.iter().map(i64::to_string).collect();
-                format!(" AND id NOT IN ({})", ids.join(", "))
-            };
-            let pending = format!(
-                "status = 'pending' AND type = {} \
-                 AND (retry_at IS NULL OR retry_at <= ?1) AND NOT {PAUSED}{skipped}",
-                sql_text(task_type),
-            );
-            let sql = match self.policy.aging {
-                None => format!(
-                    "SELECT priority, id, created_at, body FROM tasks t WHERE {pending} \
-                     ORDER BY priority, id LIMIT 1"
-                ),
-                // The oldest task of each priority is the one that has aged most.
-                Some(_) => format!(
-                    "SELECT priority, MIN(id), created_at, body FROM tasks t WHERE {pending} \
-                     GROUP BY priority"
-                ),
-            };
-            let candidates = db.rows(&sql, [millis(now)], |row| {
-                Ok((
-                    row.get::<_, u32>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, String>(3)?,
-                ))
-            })?;
-            for (priority, id, created, body) in candidates {
-                let priority = match self.policy.aging {
-                    Some(step) => {
-                        lifecycle::aged_priority(priority, from_millis(created), now, step)
-                    }
-                    None => priority,
-                };
-                if best.as_ref().is_none_or(|(key, _)| (priority, id) < *key) {
-                    best = Some(((priority, id), body));
-                }
-            }
-        }
-        Ok(best.map(|((_, id), body)| (id, body)))
-    }
-
-    /// A claim, inside a write: see [`QueueStore::claim`].
-    fn claim_in(
-        &self,
-        tx: &mut Tx<'_>,
-        worker: &str,
-        types: &[String],
-        now: Timestamp,
-    ) -> Result<Option<Claim>, StoreError> {
-        self.expire_if_due(tx, now, worker)?;
-        let mut eligible = Vec::new();
-        for task_type in types {
-            if let Some(limit) = self.policy.limits.get(task_type) {
-                let running = tx.db.row(
-                    "SELECT n FROM counts WHERE status = 'running' AND type = ?1",
-                    [task_type],
-                    |row| row.get::<_, i64>(0),
-                )?;
-                if usize::try_from(running.unwrap_or(0)).unwrap_or(0) >= *limit {
-                    continue;
-                }
-            }
-            eligible.push(task_type.clone());
-        }
-        let mut skip = self.unreadable.ids();
-        loop {
-            let Some((id, body)) = self.best_candidate(tx.db, &eligible, now, &skip)? else {
-                return Ok(None);
-            };
-            let mut task = match parse_task(tx.db.path, id, &body) {
-                Ok(task) => task,
-                Err(err) => {
-                    self.unreadable.note(id, &err);
-                    skip.push(id);
-                    continue;
-                }
-            };
-            lifecycle::claim(&mut task, worker, now, &self.policy);
-            let lease = new_lease(&task, worker)?;
-            tx.save(&task, Some(&lease.token))?;
-            return Ok(Some(Claim { task, lease }));
-        }
-    }
-
-    /// A finish, inside a write: see [`QueueStore::finish`].
-    fn finish_in(
-        &self,
-        tx: &mut Tx<'_>,
-        lease: &Lease,
-        outcome: Outcome,
-        now: Timestamp,
-    ) -> Result<Task, StoreError> {
-        let mut task = tx.leased(lease, now)?;
-        lifecycle::finish(&mut task, outcome, now, &self.policy);
-        tx.put(&task)?;
-        // A slot of a limited type is free: a worker waiting for one may claim now.
-        tx.work_appeared |= self.policy.limits.contains_key(&task.task_type);
-        // A task pending again (a retry after a backoff) leaves the tasks after it as they are.
-        if task.status != TaskStatus::Pending {
-            tx.work_appeared |= lifecycle::settle_dependents(tx, &task, now)?;
-        }
-        Ok(task)
-    }
-
-    /// Integrity checks of the database for `host doctor`: each problem found, in one line.
-    pub fn check(&self) -> Result<Vec<String>, StoreError> {
-        self.read(|db| {
-            let mut problems: Vec<String> = db
-                .rows("PRAGMA integrity_check", [], |row| row.get::<_, String>(0))?
-                .into_iter()
-                .filter(|line| line != "ok")
-                .map(|line| format!("{}: {line}", db.path.display()))
-                .collect();
-            let counts = db.rows(
-                "SELECT status, type, COALESCE(c.n, 0), COALESCE(t.n, 0) FROM \
-                    (SELECT status, type, COUNT(*) AS n FROM tasks GROUP BY status, type) t \
-                    FULL JOIN counts c USING (status, type) \
-                 WHERE COALESCE(c.n, 0) != COALESCE(t.n, 0)",
-                [],
-                |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, i64>(2)?,
-                        row.get::<_, i64>(3)?,
-                    ))
-                },
-            )?;
-            problems.extend(counts.into_iter().map(|(status, task_type, kept, real)| {
-                format!("the count of {status} {task_type} tasks says {kept}, there are {real}")
-            }));
-            let tasks = db.rows("SELECT id, body FROM tasks", [], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-            })?;
-            problems.extend(
-                tasks
-                    .iter()
-                    .filter_map(|(id, body)| parse_task(db.path, *id, body).err())
-                    .map(|err| err.to_string()),
-            );
-            Ok(problems)
-        })
-    }
-
-    /// Brings in tasks (with their ids, history and state) and pauses from a queue of the
-    /// earlier folder-of-files store, all or nothing. Refused when any of their ids is taken.
-    /// Ids given out afterwards continue after `next_id - 1`. A running task's old worker
-    /// cannot renew it: its lease ends now at the latest, so the next claim returns it to the
-    /// queue. Returns how many tasks.
-    pub fn import(
-        &self,
-        tasks: Vec<Task>,
-        paused: Vec<PauseScope>,
-        next_id: u64,
-    ) -> Result<usize, StoreError> {
-        let count = tasks.len();
-        let now = Timestamp::now();
-        self.write(Commit::AsConfigured, |tx| {
-            for mut task in tasks {
-                if tx.task(&task.id)?.is_some() {
-                    return Err(StoreError::InvalidTask(format!(
-                        "task {} already exists in this queue; import into a new queue",
-                        task.id
-                    )));
-                }
-                if task.status == TaskStatus::Running {
-                    task.lease_expires_at =
-                        Some(task.lease_expires_at.map_or(now, |at| at.min(now)));
-                }
-                tx.insert(&task)?;
-            }
-            for scope in &paused {
-                tx.pause(scope)?;
-            }
-            // sqlite_sequence has no key: update its row, or add one when there is none.
-            let last = i64::try_from(next_id.saturating_sub(1)).unwrap_or(i64::MAX);
-            tx.db.change(
-                "UPDATE sqlite_sequence SET seq = MAX(seq, ?1) WHERE name = 'tasks'",
-                [last],
-            )?;
-            tx.db.change(
-                "INSERT INTO sqlite_sequence (name, seq) SELECT 'tasks', ?1 \
-                 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'tasks')",
-                [last],
-            )?;
-            tx.work_appeared = true;
-            Ok(())
-        })?;
-        Ok(count)
-    }
-}
-
-/// Says what was lost when SQLite's index (`-shm`) records committed changes in a log (`-wal`)
-/// that is gone or cut short: the queue stopped uncleanly and the log was deleted or cut since.
-/// Opening now would silently drop those changes and give their ids out again. Read from the
-/// index's header (SQLite's `WalIndexHdr`: `isInit` at byte 12, the page size at 14 and the last
-/// valid frame `mxFrame` at 16, in the machine's byte order; the log's salts at 32), compared
-/// with the log's own header (its salts at byte 16). An index that a process is just creating
-/// is zeroed, and one older than the log (other salts) is rebuilt by SQLite: neither is a loss.
-fn lost_log(database: &Path) -> Option<String> {
-    let name = database.file_name()?.to_string_lossy().into_owned();
-    let first_bytes = |suffix: &str, buf: &mut [u8]| -> Option<u64> {
-        let path = database.with_file_name(format!("{name}{suffix}"));
-        let mut file = crate::os::reading_no_follow().open(path).ok()?;
-        std::io::Read::read_exact(&mut file, buf).ok()?;
-        Some(file.metadata().ok()?.len())
-    };
-    let mut index = [0u8; 48];
-    first_bytes("-shm", &mut index)?;
-    let frames = u64::from(u32::from_ne_bytes(index[16..20].try_into().ok()?));
-    if index[12] == 0 || frames == 0 {
-        return None;
-    }
-    let page = match u16::from_ne_bytes(index[14..16].try_into().ok()?) {
-        1 => 65_536,
-        size => u64::from(size),
-    };
-    let mut log = [0u8; 32];
-    let has = match first_bytes("-wal", &mut log) {
-        Some(_) if log[16..24] != index[32..40] => return None,
-        Some(len) => len,
-        None => 0,
-    };
-    // A log: a 32-byte header, then frames of a 24-byte header and a page each.
-    let needed = 32 + frames * (24 + page);
-    (has < needed).then(|| {
-        format!(
-            "{name}-wal holds {has} bytes where {name}-shm records {frames} committed page(s) in \
-             it ({needed} bytes): the log of committed changes was deleted or cut after the \
-             queue stopped uncleanly, and what it held is lost"
-        )
-    })
 }
 
 /// Brings the schema up to this version's, one migration at a time, under the writers' lock
-/// so that processes opening a new queue together do not race. Refuses a newer schema.
+/// so that processes opening a new queue together do not race; an existing queue is first
+/// copied to `queue.db.schema-N`. Refuses a newer schema.
 fn migrate(
     inner: &mut Inner,
     path: &Path,
@@ -712,12 +397,9 @@ fn migrate(
     if current == known {
         return Ok(());
     }
-    lock_writers(&inner.writers, folder.root())?;
+    writers::lock_writers(&inner.writers, folder.root())?;
     let _guard = WriteGuard(inner);
-    let db = Db {
-        conn: &inner.conn,
-        path,
-    };
+    let tx = Tx::reading(&inner.conn, path);
     // WAL is a property of the file, set once; it cannot change inside a transaction.
     let mode: String = inner
         .conn
@@ -729,9 +411,12 @@ fn migrate(
             message: format!("cannot use write-ahead logging (journal mode stays {mode})"),
         });
     }
-    db.run("BEGIN IMMEDIATE")?;
     // Another process may have migrated meanwhile.
     let from = version(&inner.conn)?;
+    if from > 0 && from < known {
+        copy_aside(&inner.conn, path, from)?;
+    }
+    tx.run("BEGIN IMMEDIATE")?;
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
         inner
             .conn
@@ -745,113 +430,30 @@ fn migrate(
         .conn
         .pragma_update(None, "user_version", known)
         .map_err(write_err(path))?;
-    db.run("COMMIT")
+    tx.run("COMMIT")
 }
 
-/// How long a writer waits for the writers' lock before it says who holds it.
-const LOCK_NOTICE_AFTER: Duration = Duration::from_secs(2);
-
-/// How long a writer waits for the writers' lock at most, unless `HOST_LOCK_WAIT` says
-/// otherwise. A write holds it for milliseconds; this long means its holder is stopped or hung.
-const LOCK_LIMIT: Duration = Duration::from_secs(30);
-
-/// The environment variable that sets how long a writer waits for the writers' lock.
-const LOCK_WAIT_VAR: &str = "HOST_LOCK_WAIT";
-
-/// [`LOCK_LIMIT`], or what [`LOCK_WAIT_VAR`] says (a duration such as `10s`).
-fn lock_limit() -> Duration {
-    static LIMIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        std::env::var(LOCK_WAIT_VAR)
-            .ok()
-            .and_then(|text| humantime::parse_duration(&text).ok())
-            .unwrap_or(LOCK_LIMIT)
-    })
-}
-
-/// Held (shared) by this process's writes while they hold the writers' lock; taken whole by
-/// [`SqliteStore::hold_writes`], so that a process stopping itself holds no lock while stopped.
-static WRITING: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-impl SqliteStore {
-    /// Waits for this process's writes under way to finish and keeps new ones from starting
-    /// until the guard is dropped: what a process takes before it stops itself (Ctrl+Z), so that
-    /// it never holds the queue's writers' lock while stopped, which would freeze every other
-    /// process of the queue.
-    pub fn hold_writes() -> std::sync::RwLockWriteGuard<'static, ()> {
-        WRITING
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// Takes the writers' lock on the queue folder `root`: at once when it is free, else by a thread
-/// that waits for it (the OS wakes the next waiter as soon as it is released), while this one
-/// says after [`LOCK_NOTICE_AFTER`] who holds it and gives up after [`lock_limit`].
-fn lock_writers(writers: &std::fs::File, root: &Path) -> Result<(), StoreError> {
-    match writers.try_lock() {
-        Ok(()) => return Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => {}
-        Err(std::fs::TryLockError::Error(err)) => return Err(io_err(root)(err)),
-    }
-    // The same open file, so the lock the thread takes is this one's.
-    let waiter = writers.try_clone().map_err(io_err(root))?;
-    let (sender, taken) = std::sync::mpsc::channel();
-    // Whoever takes the sender out decides: the waiting thread hands the lock over with it; a
-    // caller that gave up takes it first, and the thread then releases what it got.
-    let hand_over = Arc::new(Mutex::new(Some(sender)));
-    let handed = Arc::clone(&hand_over);
-    std::thread::spawn(move || {
-        let got = waiter.lock();
-        match handed.lock().expect("hand-over lock").take() {
-            Some(sender) => {
-                let _ = sender.send(got);
-            }
-            None => {
-                let _ = waiter.unlock();
-            }
-        }
-    });
-    let started = std::time::Instant::now();
-    let mut told = false;
-    loop {
-        let limit = lock_limit();
-        let wait = if told {
-            limit
-        } else {
-            LOCK_NOTICE_AFTER.min(limit)
-        };
-        match taken.recv_timeout(wait.saturating_sub(started.elapsed())) {
-            Ok(got) => return got.map_err(io_err(root)),
-            Err(_) if !told && started.elapsed() < limit => {
-                told = true;
-                // The one thing the store says on its own: a command that hangs silently on a
-                // stopped worker is worse.
-                eprintln!(
-                    "waiting for the queue's writers' lock on {}, held by {}",
-                    root.display(),
-                    crate::os::lock_holder(root).unwrap_or_else(|| "another process".into())
-                );
-            }
-            Err(_) => {
-                if hand_over.lock().expect("hand-over lock").take().is_none() {
-                    // Handed over just now: released, as this write is given up.
-                    if let Ok(Ok(())) = taken.recv() {
-                        let _ = writers.unlock();
-                    }
-                }
-                return Err(StoreError::Database {
-                    path: root.to_path_buf(),
-                    message: format!(
-                        "the queue's writers' lock has been held by {} for {}s; nothing was \
-                         changed (resume or stop that process, then try again)",
-                        crate::os::lock_holder(root).unwrap_or_else(|| "another process".into()),
-                        limit.as_secs()
-                    ),
-                });
-            }
-        }
-    }
+/// Copies the database, before migrating it from schema `version`, to `queue.db.schema-N`
+/// beside it (`-2`, `-3` ... after the name when one is there already), so that an older host
+/// can still be given the queue as it was.
+fn copy_aside(conn: &Connection, path: &Path, version: i64) -> Result<PathBuf, StoreError> {
+    let base = format!("{}.schema-{version}", path.display());
+    let copy = (1..)
+        .map(|n| match n {
+            1 => PathBuf::from(&base),
+            n => PathBuf::from(format!("{base}-{n}")),
+        })
+        .find(|candidate| std::fs::symlink_metadata(candidate).is_err())
+        .expect("a free name");
+    conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()])
+        .map_err(|err| StoreError::Database {
+            path: copy.clone(),
+            message: format!(
+                "could not copy the queue aside before upgrading its schema ({err}); nothing \
+                 was changed"
+            ),
+        })?;
+    Ok(copy)
 }
 
 /// The writers' lock, held: on drop, a transaction still open is rolled back and the lock
@@ -868,15 +470,24 @@ impl Drop for WriteGuard<'_> {
     }
 }
 
-/// A connection and the database it names in errors, with the few ways the store uses it.
-/// Statements are cached: parsing them anew (BEGIN and COMMIT included) showed in profiles.
-#[derive(Clone, Copy)]
-struct Db<'c> {
+/// A transaction on the connection. Statements are cached: parsing them anew (BEGIN and
+/// COMMIT included) showed in profiles.
+pub struct Tx<'c> {
     conn: &'c Connection,
     path: &'c Path,
+    /// Set when some task became claimable; the doorbell rings after the commit.
+    announced: bool,
 }
 
-impl Db<'_> {
+impl<'c> Tx<'c> {
+    fn reading(conn: &'c Connection, path: &'c Path) -> Tx<'c> {
+        Tx {
+            conn,
+            path,
+            announced: false,
+        }
+    }
+
     /// Every row of a query.
     fn rows<T>(
         &self,
@@ -914,144 +525,426 @@ impl Db<'_> {
             .map_err(write_err(self.path))
     }
 
-    /// Runs a statement without parameters.
     fn run(&self, sql: &str) -> Result<(), StoreError> {
         self.change(sql, [])
     }
-}
 
-/// A write transaction, as the rules see it.
-struct Tx<'c> {
-    db: Db<'c>,
-    /// Set when some task became claimable; the doorbell rings after the commit.
-    work_appeared: bool,
-}
+    /// (id, body) rows of a query.
+    fn records(&self, sql: &str, params: impl Params) -> Result<Vec<(i64, String)>, StoreError> {
+        self.rows(sql, params, |row| Ok((row.get(0)?, row.get(1)?)))
+    }
 
-impl Tx<'_> {
-    /// The task with this id and its lease's secret.
-    fn task_and_token(&self, id: &str) -> Result<Option<(Task, Option<String>)>, StoreError> {
-        let Ok(id) = parse_id(id) else {
-            return Ok(None);
-        };
-        let row = self.db.row(
-            "SELECT body, lease_token FROM tasks WHERE id = ?1",
-            [id],
-            |row| Ok((row.get::<_, String>(0)?, row.get(1)?)),
+    /// Deletes what refers to removed tasks: their dependency rows and their pauses.
+    fn forget_rows(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let json = json_list(ids);
+        self.change(
+            "DELETE FROM task_after WHERE task_id IN (SELECT value FROM json_each(?1))",
+            [&json],
         )?;
-        row.map(|(body, token)| Ok((parse_task(self.db.path, id, &body)?, token)))
-            .transpose()
+        self.change(
+            "DELETE FROM pauses WHERE kind = 'task' \
+                AND name IN (SELECT CAST(value AS TEXT) FROM json_each(?1))",
+            [&json],
+        )
+    }
+}
+
+/// A task's columns, as `insert` and `update` bind them: ?1 id, ?2 type, ?3 status,
+/// ?4 priority, ?5 to ?8 times, ?9 worker, ?10 the whole task as JSON, ?11 the lease's secret,
+/// ?12 the conflict flag.
+fn columns(row: &TaskRow) -> [Value; 12] {
+    let time = |at: Option<i64>| at.map_or(Value::Null, Value::Integer);
+    let text = |text: Option<&str>| text.map_or(Value::Null, |t| Value::Text(t.to_string()));
+    [
+        Value::Integer(row.id),
+        Value::Text(row.task_type.clone()),
+        Value::Text(row.status.to_string()),
+        Value::Integer(row.priority),
+        Value::Integer(row.created_at),
+        time(row.finished_at),
+        time(row.retry_at),
+        time(row.lease_expires_at),
+        text(row.worker.as_deref()),
+        Value::Text(row.body.clone()),
+        text(row.token.as_deref()),
+        Value::Integer(row.conflict.into()),
+    ]
+}
+
+impl DriverTx for Tx<'_> {
+    fn tasks(&mut self, ids: &[i64]) -> Result<Vec<StoredTask>, StoreError> {
+        let stored = |row: &rusqlite::Row<'_>| {
+            Ok(StoredTask {
+                id: row.get(0)?,
+                body: row.get(1)?,
+                token: row.get(2)?,
+                has_dependents: row.get(3)?,
+            })
+        };
+        let columns = "SELECT id, body, lease_token, \
+            EXISTS (SELECT 1 FROM task_after a WHERE a.after_id = t.id) FROM tasks t";
+        match ids {
+            [id] => self.rows(&format!("{columns} WHERE id = ?1"), [id], stored),
+            _ => self.rows(
+                &format!("{columns} WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id"),
+                [json_list(ids)],
+                stored,
+            ),
+        }
     }
 
-    /// The task a lease names, checked to be the lease's (see [`lifecycle::check_lease`]).
-    fn leased(&self, lease: &Lease, now: Timestamp) -> Result<Task, StoreError> {
-        let (task, token) = self
-            .task_and_token(&lease.task_id)?
-            .ok_or_else(|| StoreError::NotFound(lease.task_id.clone()))?;
-        lifecycle::check_lease(&task, lease, token.as_deref(), now)?;
-        Ok(task)
+    fn dependents(&mut self, ids: &[i64]) -> Result<Vec<(i64, i64)>, StoreError> {
+        let pair = |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?));
+        // In task id order, as the primary key is; an ORDER BY would make SQLite re-prepare
+        // the statement each time (see `candidates`).
+        match ids {
+            [id] => self.rows(
+                "SELECT after_id, task_id FROM task_after WHERE after_id = ?1",
+                [id],
+                pair,
+            ),
+            _ => self.rows(
+                "SELECT after_id, task_id FROM task_after \
+                 WHERE after_id IN (SELECT value FROM json_each(?1)) ORDER BY task_id",
+                [json_list(ids)],
+                pair,
+            ),
+        }
     }
 
-    /// The id the next added task gets: ids are never given out twice, even when purged.
-    fn next_id(&self) -> Result<u64, StoreError> {
-        let last = self.db.row(
+    fn reserve_ids(&mut self, _count: usize) -> Result<i64, StoreError> {
+        // AUTOINCREMENT: the inserts move the counter; the writers' lock keeps adds apart.
+        let last = self.row(
             "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'tasks'), 0), \
                         COALESCE((SELECT MAX(id) FROM tasks), 0))",
             [],
             |row| row.get::<_, i64>(0),
         )?;
-        Ok(u64::try_from(last.unwrap_or(0)).unwrap_or(0) + 1)
+        Ok(last.unwrap_or(0) + 1)
     }
 
-    /// Stores a new task and the edges to the tasks it comes after.
-    fn insert(&mut self, task: &Task) -> Result<(), StoreError> {
-        self.db.change(
-            "INSERT INTO tasks (id, type, status, priority, created_at, finished_at, retry_at, \
-                lease_expires_at, worker, body, lease_token, conflict) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            rusqlite::params_from_iter(columns(task, None)?),
+    fn advance_ids(&mut self, last: i64) -> Result<(), StoreError> {
+        // sqlite_sequence has no key: update its row, or add one when there is none.
+        self.change(
+            "UPDATE sqlite_sequence SET seq = MAX(seq, ?1) WHERE name = 'tasks'",
+            [last],
         )?;
-        self.work_appeared |= task.status == TaskStatus::Pending;
-        for after in &task.after {
-            self.db.change(
-                "INSERT OR IGNORE INTO task_after (task_id, after_id) VALUES (?1, ?2)",
-                params![parse_id(&task.id)?, parse_id(after).unwrap_or(0)],
+        self.change(
+            "INSERT INTO sqlite_sequence (name, seq) SELECT 'tasks', ?1 \
+             WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'tasks')",
+            [last],
+        )
+    }
+
+    fn insert(&mut self, rows: &[TaskRow]) -> Result<(), StoreError> {
+        for row in rows {
+            self.change(
+                "INSERT INTO tasks (id, type, status, priority, created_at, finished_at, \
+                    retry_at, lease_expires_at, worker, body, lease_token, conflict) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                rusqlite::params_from_iter(columns(row)),
+            )?;
+            for after in &row.after {
+                self.change(
+                    "INSERT OR IGNORE INTO task_after (task_id, after_id) VALUES (?1, ?2)",
+                    params![row.id, after],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// (Not an upsert shared with `insert`: an INSERT into an AUTOINCREMENT table also writes
+    /// its sequence, a page more in every claim and finish.)
+    fn update(&mut self, rows: &[TaskRow]) -> Result<(), StoreError> {
+        for row in rows {
+            self.change(
+                "UPDATE tasks SET type = ?2, status = ?3, priority = ?4, created_at = ?5, \
+                    finished_at = ?6, retry_at = ?7, lease_expires_at = ?8, worker = ?9, \
+                    body = ?10, conflict = ?12, \
+                    lease_token = CASE WHEN ?3 = 'running' THEN COALESCE(?11, lease_token) END \
+                 WHERE id = ?1",
+                rusqlite::params_from_iter(columns(row)),
             )?;
         }
         Ok(())
     }
 
-    /// Writes back a task that exists. A running task's lease keeps its secret, or gets
-    /// `token` (a claim); the secret goes when the attempt ends. (Not an upsert shared with
-    /// `insert`: an INSERT into an AUTOINCREMENT table also writes its sequence, a page more
-    /// in every claim and finish.)
-    fn save(&mut self, task: &Task, token: Option<&str>) -> Result<(), StoreError> {
-        self.db.change(
-            "UPDATE tasks SET type = ?2, status = ?3, priority = ?4, created_at = ?5, \
-                finished_at = ?6, retry_at = ?7, lease_expires_at = ?8, worker = ?9, \
-                body = ?10, conflict = ?12, \
-                lease_token = CASE WHEN ?3 = 'running' THEN COALESCE(?11, lease_token) END \
-             WHERE id = ?1",
-            rusqlite::params_from_iter(columns(task, token)?),
-        )?;
-        self.work_appeared |= task.status == TaskStatus::Pending;
-        Ok(())
+    fn candidates(
+        &mut self,
+        types: &[String],
+        now: Timestamp,
+        per_type: usize,
+        skip: &[i64],
+        by_age: bool,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        let skipped = if skip.is_empty() {
+            String::new()
+        } else {
+            let ids: Vec<String> = skip.iter().map(i64::to_string).collect();
+            format!(" AND id NOT IN ({})", ids.join(", "))
+        };
+        let mut found = Vec::new();
+        for task_type in types {
+            // The type is written into the statement rather than bound: SQLite (built with
+            // STAT4) re-prepares a statement with a bound value that its plan's index order
+            // depends on after every reset, which cost a fifth of each claim. Types are plain
+            // names (validated), and each gets its own cached statement.
+            let pending = format!(
+                "status = 'pending' AND type = {} AND (retry_at IS NULL OR retry_at <= ?1){skipped}",
+                sql_text(task_type),
+            );
+            let sql = if by_age {
+                // The oldest task of each priority is the one that has aged most (SQLite
+                // takes the other columns from the row MIN picks).
+                format!(
+                    "SELECT MIN(id), priority, created_at, body FROM tasks WHERE {pending} \
+                     GROUP BY priority"
+                )
+            } else {
+                format!(
+                    "SELECT id, priority, created_at, body FROM tasks WHERE {pending} \
+                     ORDER BY priority, id LIMIT {per_type}"
+                )
+            };
+            found.extend(self.rows(&sql, [millis(now)], |row| {
+                Ok(Candidate {
+                    id: row.get(0)?,
+                    priority: row.get(1)?,
+                    created_at: row.get(2)?,
+                    body: row.get(3)?,
+                })
+            })?);
+        }
+        Ok(found)
     }
 
-    fn pause(&self, scope: &PauseScope) -> Result<(), StoreError> {
-        let (kind, name) = pause_key(scope);
-        self.db.change(
-            "INSERT OR IGNORE INTO pauses (kind, name) VALUES (?1, ?2)",
-            params![kind, name],
-        )
-    }
-}
-
-impl TaskTx for Tx<'_> {
-    fn task(&mut self, id: &str) -> Result<Option<Task>, StoreError> {
-        Ok(self.task_and_token(id)?.map(|(task, _)| task))
-    }
-
-    fn put(&mut self, task: &Task) -> Result<(), StoreError> {
-        self.save(task, None)
-    }
-
-    fn dependents(&mut self, id: &str) -> Result<Vec<String>, StoreError> {
-        // In task id order, as the primary key is; an ORDER BY would make SQLite re-prepare
-        // the statement each time (see `best_candidate`).
-        let ids = self.db.rows(
-            "SELECT task_id FROM task_after WHERE after_id = ?1",
-            [parse_id(id)?],
+    fn running(&mut self, task_type: &str) -> Result<usize, StoreError> {
+        let n = self.row(
+            "SELECT n FROM counts WHERE status = 'running' AND type = ?1",
+            [task_type],
             |row| row.get::<_, i64>(0),
         )?;
-        Ok(ids.iter().map(i64::to_string).collect())
+        Ok(usize::try_from(n.unwrap_or(0)).unwrap_or(0))
+    }
+
+    fn expired(&mut self, now: Timestamp) -> Result<Vec<(i64, String)>, StoreError> {
+        self.records(
+            "SELECT id, body FROM tasks WHERE status = 'running' AND lease_expires_at < ?1",
+            [millis(now)],
+        )
+    }
+
+    fn set_pause(&mut self, kind: &str, name: &str, on: bool) -> Result<(), StoreError> {
+        let sql = if on {
+            "INSERT OR IGNORE INTO pauses (kind, name) VALUES (?1, ?2)"
+        } else {
+            "DELETE FROM pauses WHERE kind = ?1 AND name = ?2"
+        };
+        self.change(sql, params![kind, name])
+    }
+
+    fn pauses(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        self.rows("SELECT kind, name FROM pauses", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+    }
+
+    fn select(&mut self, query: &TaskQuery) -> Result<Vec<(i64, String)>, StoreError> {
+        let mut conditions: Vec<String> = Vec::new();
+        if query.in_conflict {
+            conditions.push("conflict = 1".into());
+        }
+        let mut values: Vec<Value> = Vec::new();
+        let mut bind = |condition: &str, value: Value| {
+            values.push(value);
+            conditions.push(condition.replace('?', &format!("?{}", values.len())));
+        };
+        if !query.statuses.is_empty() {
+            let names: Vec<&str> = query.statuses.iter().map(|s| s.as_str()).collect();
+            bind(
+                "status IN (SELECT value FROM json_each(?))",
+                json_list(&names).into(),
+            );
+        }
+        if let Some(task_type) = query.task_type.as_ref().filter(|t| !t.is_empty()) {
+            bind("type = ?", task_type.clone().into());
+        }
+        if let Some(worker) = query.worker.as_ref().filter(|w| !w.is_empty()) {
+            bind("worker = ?", worker.clone().into());
+        }
+        if let Some(since) = query.finished_since {
+            bind("finished_at >= ?", millis(since).into());
+        }
+        if let Some(text) = query.text.as_ref().filter(|t| !t.is_empty()) {
+            bind("body LIKE ? ESCAPE '\\'", like_pattern(text).into());
+        }
+        if let Some(after) = query.after_id {
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            bind(
+                if query.newest_first {
+                    "id < ?"
+                } else {
+                    "id > ?"
+                },
+                after.into(),
+            );
+        }
+        let sql = query_sql(&conditions, query);
+        self.records(&sql, rusqlite::params_from_iter(values.iter()))
+    }
+
+    fn counts(&mut self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.rows(
+            "SELECT status, type, n FROM counts WHERE n > 0",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+    }
+
+    fn wrong_counts(&mut self) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
+        self.rows(
+            "SELECT status, type, COALESCE(c.n, 0), COALESCE(t.n, 0) FROM \
+                (SELECT status, type, COUNT(*) AS n FROM tasks GROUP BY status, type) t \
+                FULL JOIN counts c USING (status, type) \
+             WHERE COALESCE(c.n, 0) != COALESCE(t.n, 0)",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
+    }
+
+    fn first_work(
+        &mut self,
+        types: &[String],
+        skip: &[i64],
+        paused: &PauseSet,
+    ) -> Result<Option<(i64, String)>, StoreError> {
+        const NOT_PAUSED: &str = "NOT (?3 OR t.type IN (SELECT value FROM json_each(?4)) \
+            OR t.id IN (SELECT value FROM json_each(?5)))";
+        let sql = format!(
+            "SELECT * FROM (SELECT t.id, t.body FROM tasks t WHERE t.status = 'running' \
+                    AND t.type IN (SELECT value FROM json_each(?1)) \
+                    AND t.id NOT IN (SELECT value FROM json_each(?2)) LIMIT 1) \
+             UNION ALL SELECT * FROM (SELECT t.id, t.body FROM tasks t WHERE t.status = 'pending' \
+                    AND t.type IN (SELECT value FROM json_each(?1)) \
+                    AND t.id NOT IN (SELECT value FROM json_each(?2)) AND {NOT_PAUSED} LIMIT 1) \
+             UNION ALL SELECT * FROM ( \
+                WITH RECURSIVE upstream(id) AS ( \
+                    SELECT a.after_id FROM task_after a JOIN tasks b ON b.id = a.task_id \
+                        WHERE b.status = 'blocked' AND b.type IN (SELECT value FROM json_each(?1)) \
+                    UNION \
+                    SELECT a.after_id FROM task_after a JOIN upstream u ON a.task_id = u.id) \
+                SELECT t.id, t.body FROM upstream u JOIN tasks t ON t.id = u.id \
+                    WHERE (t.status = 'running' OR (t.status = 'pending' AND {NOT_PAUSED})) \
+                    AND t.id NOT IN (SELECT value FROM json_each(?2)) LIMIT 1) \
+             LIMIT 1"
+        );
+        let found = self.records(
+            &sql,
+            params![
+                json_list(types),
+                json_list(skip),
+                paused.queue(),
+                json_list(paused.types()),
+                json_list(&paused.tasks())
+            ],
+        )?;
+        Ok(found.into_iter().next())
+    }
+
+    fn delete_finished(&mut self, which: Finished<'_>) -> Result<Vec<i64>, StoreError> {
+        let ids: Vec<i64> = match which {
+            Finished::Before {
+                before,
+                statuses,
+                limit,
+            } => self.rows(
+                "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE finished_at < ?1 \
+                    AND status IN (SELECT value FROM json_each(?2)) LIMIT ?3) RETURNING id",
+                params![before, json_list(statuses), limit as i64],
+                |row| row.get(0),
+            )?,
+            Finished::Ids(ids) => self.rows(
+                "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1)) \
+                    AND status IN ('completed', 'failed', 'cancelled') RETURNING id",
+                [json_list(ids)],
+                |row| row.get(0),
+            )?,
+        };
+        self.forget_rows(&ids)?;
+        Ok(ids)
+    }
+
+    fn put_worker(&mut self, name: &str, record: &str) -> Result<(), StoreError> {
+        self.change(
+            "INSERT OR REPLACE INTO workers (name, record) VALUES (?1, ?2)",
+            params![name, record],
+        )
+    }
+
+    fn remove_worker(&mut self, name: &str) -> Result<(), StoreError> {
+        self.change("DELETE FROM workers WHERE name = ?1", [name])
+    }
+
+    fn workers(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        self.rows(
+            "SELECT name, record FROM workers ORDER BY name",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+    }
+
+    fn setting(&mut self, key: &str) -> Result<Option<String>, StoreError> {
+        self.row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
+            row.get(0)
+        })
+    }
+
+    fn set_setting(&mut self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+        match value {
+            Some(value) => self.change(
+                "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
+                [key, value],
+            ),
+            None => self.change("DELETE FROM settings WHERE key = ?1", [key]),
+        }
+    }
+
+    fn announce(&mut self) {
+        self.announced = true;
     }
 }
 
-/// A task's row, numbered as `insert` and `save` bind it: ?1 id, ?2 type, ?3 status,
-/// ?4 priority, ?5 to ?8 times, ?9 worker, ?10 the whole task as JSON, ?11 the lease's secret,
-/// ?12 the conflict flag.
-fn columns(task: &Task, token: Option<&str>) -> Result<[Value; 12], StoreError> {
-    let time = |at: Option<Timestamp>| at.map_or(Value::Null, |at| Value::Integer(millis(at)));
-    let text = |text: Option<&str>| text.map_or(Value::Null, |t| Value::Text(t.to_string()));
-    Ok([
-        Value::Integer(parse_id(&task.id)?),
-        Value::Text(task.task_type.clone()),
-        Value::Text(task.status.as_str().to_string()),
-        Value::Integer(task.priority.into()),
-        time(Some(task.created_at)),
-        time(task.finished_at),
-        time(task.retry_at),
-        time(task.lease_expires_at),
-        text(task.worker.as_deref()),
-        Value::Text(task_body(task)),
-        text(token),
-        Value::Integer(task.in_conflict().into()),
-    ])
+/// A listing's statement: its conditions, order and limit.
+pub(crate) fn query_sql(conditions: &[String], query: &TaskQuery) -> String {
+    let mut sql = "SELECT id, body FROM tasks".to_string();
+    if !conditions.is_empty() {
+        sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
+    }
+    sql.push_str(match (query.by_finish, query.newest_first) {
+        (true, true) => " ORDER BY finished_at DESC, id DESC",
+        (true, false) => " ORDER BY finished_at, id",
+        (false, true) => " ORDER BY id DESC",
+        (false, false) => " ORDER BY id",
+    });
+    if let Some(limit) = query.limit {
+        sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
+    }
+    sql
+}
+
+/// A LIKE pattern that finds `text` anywhere, its wildcards escaped with `\`.
+pub(crate) fn like_pattern(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
 }
 
 /// Names the database in a read error; a damaged file is reported as such, never reset. A
 /// page found damaged inside a database that opened stops every writer (see
-/// [`SqliteStore::write`]); a file that is no database at all opens for nobody anyway.
+/// [`SqliteDriver::write`]); a file that is no database at all opens for nobody anyway.
 fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |err| match err.sqlite_error_code() {
         Some(ErrorCode::DatabaseCorrupt) => StoreError::Damaged {
@@ -1091,533 +984,6 @@ fn sql_text(text: &str) -> String {
 }
 
 /// A JSON array of `items`, for `json_each`.
-/// Deletes what refers to removed tasks: their dependency rows and their pauses.
-fn forget_rows(tx: &Tx<'_>, ids: &[i64]) -> Result<(), StoreError> {
-    let json = json_list(ids);
-    tx.db.change(
-        "DELETE FROM task_after WHERE task_id IN (SELECT value FROM json_each(?1))",
-        [&json],
-    )?;
-    tx.db.change(
-        "DELETE FROM pauses WHERE kind = 'task' \
-            AND name IN (SELECT CAST(value AS TEXT) FROM json_each(?1))",
-        [&json],
-    )?;
-    Ok(())
-}
-
 fn json_list<T: serde::Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).expect("a list serializes")
-}
-
-impl QueueStore for SqliteStore {
-    fn add(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, StoreError> {
-        if tasks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let now = Timestamp::now();
-        self.write(Commit::AsConfigured, |tx| {
-            let first = tx.next_id()?;
-            let tasks = lifecycle::new_tasks(tx, tasks, first, now)?;
-            for task in &tasks {
-                tx.insert(task)?;
-            }
-            Ok(tasks)
-        })
-    }
-
-    fn claim(&self, worker: &str, types: &[String]) -> Result<Option<Claim>, StoreError> {
-        validate_name("worker name", worker)?;
-        let now = Timestamp::now();
-        self.write(Commit::Lazy, |tx| self.claim_in(tx, worker, types, now))
-    }
-
-    fn renew(&self, lease: &Lease) -> Result<Renewal, StoreError> {
-        let now = Timestamp::now();
-        self.write(Commit::Lazy, |tx| {
-            let mut task = tx.leased(lease, now)?;
-            lifecycle::renew(&mut task, now, &self.policy);
-            tx.put(&task)?;
-            Ok(Renewal {
-                cancel_requested: task.cancel_requested,
-            })
-        })
-    }
-
-    fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError> {
-        let now = Timestamp::now();
-        self.write(Commit::AsConfigured, |tx| {
-            self.finish_in(tx, lease, outcome, now)
-        })
-    }
-
-    fn finish_and_claim(
-        &self,
-        lease: &Lease,
-        outcome: Outcome,
-        worker: &str,
-        types: &[String],
-    ) -> Result<(Task, Option<Claim>), StoreError> {
-        validate_name("worker name", worker)?;
-        let now = Timestamp::now();
-        self.write(Commit::AsConfigured, |tx| {
-            let done = self.finish_in(tx, lease, outcome, now)?;
-            // The claim must not take the recorded outcome down with it if it fails.
-            tx.db.run("SAVEPOINT next_claim")?;
-            let next = self.claim_in(tx, worker, types, now);
-            if next.is_err() {
-                tx.db.run("ROLLBACK TO next_claim")?;
-            }
-            tx.db.run("RELEASE next_claim")?;
-            Ok((done, next.unwrap_or(None)))
-        })
-    }
-
-    fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let now = Timestamp::now();
-        self.write(Commit::AsConfigured, |tx| {
-            let mut task = tx.leased(lease, now)?;
-            lifecycle::release(&mut task, now);
-            tx.put(&task)?;
-            if task.status == TaskStatus::Cancelled {
-                lifecycle::settle_dependents(tx, &task, now)?;
-            }
-            Ok(())
-        })
-    }
-
-    fn edit(&self, id: &str, edit: &TaskEdit) -> Result<Task, StoreError> {
-        self.write(Commit::AsConfigured, |tx| lifecycle::edit(tx, id, edit))
-    }
-
-    fn cancel(&self, id: &str) -> Result<Task, StoreError> {
-        let now = Timestamp::now();
-        self.write(Commit::AsConfigured, |tx| {
-            let mut task = tx
-                .task(id)?
-                .ok_or_else(|| StoreError::NotFound(id.into()))?;
-            lifecycle::cancel(&mut task, now)?;
-            tx.put(&task)?;
-            if task.status == TaskStatus::Cancelled {
-                lifecycle::settle_dependents(tx, &task, now)?;
-            }
-            Ok(task)
-        })
-    }
-
-    fn retry(&self, id: &str) -> Result<Task, StoreError> {
-        let now = Timestamp::now();
-        self.write(Commit::AsConfigured, |tx| {
-            let mut task = tx
-                .task(id)?
-                .ok_or_else(|| StoreError::NotFound(id.into()))?;
-            lifecycle::retry(tx, &mut task)?;
-            tx.put(&task)?;
-            lifecycle::settle_dependents(tx, &task, now)?;
-            Ok(task)
-        })
-    }
-
-    fn update(&self, id: &str, change: &TaskChange<'_>) -> Result<Task, StoreError> {
-        let now = Timestamp::now();
-        self.write(Commit::AsConfigured, |tx| {
-            let mut task = tx
-                .task(id)?
-                .ok_or_else(|| StoreError::NotFound(id.into()))?;
-            change(&mut task, now)?;
-            tx.put(&task)?;
-            lifecycle::settle_dependents(tx, &task, now)?;
-            Ok(task)
-        })
-    }
-
-    fn pause(&self, scope: &PauseScope) -> Result<(), StoreError> {
-        if let PauseScope::Type(task_type) = scope {
-            validate_name("task type", task_type)?;
-        }
-        self.write(Commit::AsConfigured, |tx| {
-            if let PauseScope::Task(id) = scope
-                && tx.task(id)?.is_none()
-            {
-                return Err(StoreError::NotFound(id.clone()));
-            }
-            tx.pause(scope)
-        })
-    }
-
-    fn resume(&self, scope: &PauseScope) -> Result<(), StoreError> {
-        self.write(Commit::AsConfigured, |tx| {
-            let (kind, name) = pause_key(scope);
-            tx.db.change(
-                "DELETE FROM pauses WHERE kind = ?1 AND name = ?2",
-                params![kind, name],
-            )?;
-            tx.work_appeared = true;
-            Ok(())
-        })
-    }
-
-    fn paused(&self) -> Result<Vec<PauseScope>, StoreError> {
-        let mut scopes = self.read(|db| {
-            db.rows("SELECT kind, name FROM pauses", [], |row| {
-                let name = row.get::<_, String>(1)?;
-                Ok(pause_scope(&row.get::<_, String>(0)?, name))
-            })
-        })?;
-        scopes.sort();
-        Ok(scopes)
-    }
-
-    fn get(&self, id: &str) -> Result<Task, StoreError> {
-        let numeric = parse_id(id)?;
-        let body = self.read(|db| {
-            db.row("SELECT body FROM tasks WHERE id = ?1", [numeric], |row| {
-                row.get::<_, String>(0)
-            })
-        })?;
-        match body {
-            Some(body) => parse_task(&self.path, numeric, &body),
-            None => Err(StoreError::NotFound(id.to_string())),
-        }
-    }
-
-    fn list(&self, query: &TaskQuery) -> Result<Vec<Task>, StoreError> {
-        let mut conditions: Vec<String> = Vec::new();
-        if query.in_conflict {
-            conditions.push("conflict = 1".into());
-        }
-        let mut values: Vec<Value> = Vec::new();
-        let mut bind = |condition: &str, value: Value| {
-            values.push(value);
-            conditions.push(condition.replace('?', &format!("?{}", values.len())));
-        };
-        if !query.statuses.is_empty() {
-            let names: Vec<&str> = query.statuses.iter().map(|s| s.as_str()).collect();
-            bind(
-                "status IN (SELECT value FROM json_each(?))",
-                json_list(&names).into(),
-            );
-        }
-        if let Some(task_type) = query.task_type.as_ref().filter(|t| !t.is_empty()) {
-            bind("type = ?", task_type.clone().into());
-        }
-        if let Some(worker) = query.worker.as_ref().filter(|w| !w.is_empty()) {
-            bind("worker = ?", worker.clone().into());
-        }
-        if let Some(since) = query.finished_since {
-            bind("finished_at >= ?", millis(since).into());
-        }
-        if let Some(text) = query.text.as_ref().filter(|t| !t.is_empty()) {
-            let escaped = text
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            bind("body LIKE ? ESCAPE '\\'", format!("%{escaped}%").into());
-        }
-        if let Some(after) = query.after_id {
-            let after = i64::try_from(after).unwrap_or(i64::MAX);
-            bind(
-                if query.newest_first {
-                    "id < ?"
-                } else {
-                    "id > ?"
-                },
-                after.into(),
-            );
-        }
-        let mut sql = "SELECT id, body FROM tasks".to_string();
-        if !conditions.is_empty() {
-            sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
-        }
-        sql.push_str(match (query.by_finish, query.newest_first) {
-            (true, true) => " ORDER BY finished_at DESC, id DESC",
-            (true, false) => " ORDER BY finished_at, id",
-            (false, true) => " ORDER BY id DESC",
-            (false, false) => " ORDER BY id",
-        });
-        if let Some(limit) = query.limit {
-            sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
-        }
-        let rows = self.read(|db| {
-            db.rows(&sql, rusqlite::params_from_iter(values.iter()), |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-            })
-        })?;
-        Ok(rows
-            .iter()
-            .filter_map(|(id, body)| {
-                self.unreadable
-                    .readable(*id, parse_task(&self.path, *id, body))
-            })
-            .collect())
-    }
-
-    fn summary(&self) -> Result<Summary, StoreError> {
-        let rows = self.read(|db| {
-            db.rows(
-                "SELECT status, type, n FROM counts WHERE n > 0",
-                [],
-                |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, i64>(2)?,
-                    ))
-                },
-            )
-        })?;
-        let mut summary = Summary::default();
-        for (status, task_type, n) in rows {
-            summary.count(&status, task_type, n);
-        }
-        Ok(summary)
-    }
-
-    fn has_work(&self, types: &[String]) -> Result<bool, StoreError> {
-        // One task that is work (running, claimable, or upstream of a blocked task of these
-        // types), so that its record can be read: an unreadable one is never finished, so it
-        // is no work to wait for.
-        let sql = format!(
-            "SELECT * FROM (SELECT t.id, t.body FROM tasks t WHERE t.status = 'running' \
-                    AND t.type IN (SELECT value FROM json_each(?1)) \
-                    AND t.id NOT IN (SELECT value FROM json_each(?2)) LIMIT 1) \
-             UNION ALL SELECT * FROM (SELECT t.id, t.body FROM tasks t WHERE t.status = 'pending' \
-                    AND t.type IN (SELECT value FROM json_each(?1)) \
-                    AND t.id NOT IN (SELECT value FROM json_each(?2)) AND NOT {PAUSED} LIMIT 1) \
-             UNION ALL SELECT * FROM ( \
-                WITH RECURSIVE upstream(id) AS ( \
-                    SELECT a.after_id FROM task_after a JOIN tasks b ON b.id = a.task_id \
-                        WHERE b.status = 'blocked' AND b.type IN (SELECT value FROM json_each(?1)) \
-                    UNION \
-                    SELECT a.after_id FROM task_after a JOIN upstream u ON a.task_id = u.id) \
-                SELECT t.id, t.body FROM upstream u JOIN tasks t ON t.id = u.id \
-                    WHERE (t.status = 'running' OR (t.status = 'pending' AND NOT {PAUSED})) \
-                    AND t.id NOT IN (SELECT value FROM json_each(?2)) LIMIT 1) \
-             LIMIT 1"
-        );
-        let types = json_list(types);
-        loop {
-            let unreadable = json_list(&self.unreadable.ids());
-            let found = self.read(|db| {
-                db.row(&sql, params![types, unreadable], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-                })
-            })?;
-            let Some((id, body)) = found else {
-                return Ok(false);
-            };
-            match parse_task(&self.path, id, &body) {
-                Ok(_) => return Ok(true),
-                Err(err) => self.unreadable.note(id, &err),
-            }
-        }
-    }
-
-    fn expire_leases(&self) -> Result<usize, StoreError> {
-        let now = Timestamp::now();
-        self.write(Commit::AsConfigured, |tx| {
-            self.expire_due(tx, now, "host expire")
-        })
-    }
-
-    fn purge(&self, before: Timestamp, statuses: &[TaskStatus]) -> Result<usize, StoreError> {
-        let finished = json_list(&purgeable(statuses));
-        let mut purged = 0;
-        // In batches, each its own transaction, so that no writer (a lease renewal) waits long.
-        loop {
-            let ids: Vec<i64> = self.write(Commit::AsConfigured, |tx| {
-                let ids: Vec<i64> = tx.db.rows(
-                    "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE finished_at < ?1 \
-                        AND status IN (SELECT value FROM json_each(?2)) LIMIT ?3) RETURNING id",
-                    params![millis(before), finished, PURGE_BATCH as i64],
-                    |row| row.get(0),
-                )?;
-                forget_rows(tx, &ids)?;
-                Ok(ids)
-            })?;
-            for id in &ids {
-                self.folder.remove_log(&id.to_string())?;
-            }
-            purged += ids.len();
-            if ids.len() < PURGE_BATCH {
-                break;
-            }
-        }
-        if purged > 0 {
-            // Gives back what the log grew to, without waiting for readers.
-            let inner = self.inner.lock().expect("connection lock");
-            let _ = inner.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
-        }
-        Ok(purged)
-    }
-
-    fn forget_finished(&self, ids: &[i64]) -> Result<(), StoreError> {
-        let json = json_list(ids);
-        let removed: Vec<i64> = self.write(Commit::AsConfigured, |tx| {
-            let removed: Vec<i64> = tx.db.rows(
-                "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1)) \
-                    AND status IN ('completed', 'failed', 'cancelled') RETURNING id",
-                [&json],
-                |row| row.get(0),
-            )?;
-            forget_rows(tx, &removed)?;
-            Ok(removed)
-        })?;
-        for id in &removed {
-            self.folder.remove_log(&id.to_string())?;
-        }
-        Ok(())
-    }
-
-    fn put_worker(&self, record: &WorkerRecord) -> Result<(), StoreError> {
-        validate_name("worker name", &record.name)?;
-        let json = serde_json::to_string(record).expect("worker record serializes");
-        self.write(Commit::Lazy, |tx| {
-            tx.db.change(
-                "INSERT OR REPLACE INTO workers (name, record) VALUES (?1, ?2)",
-                params![record.name, json],
-            )
-        })
-    }
-
-    fn remove_worker(&self, name: &str) -> Result<(), StoreError> {
-        self.write(Commit::Lazy, |tx| {
-            tx.db.change("DELETE FROM workers WHERE name = ?1", [name])
-        })
-    }
-
-    fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
-        let rows = self.read(|db| {
-            db.rows(
-                "SELECT name, record FROM workers ORDER BY name",
-                [],
-                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
-            )
-        })?;
-        rows.into_iter()
-            .map(|(name, record)| {
-                serde_json::from_str(&record).map_err(|err| StoreError::Corrupt {
-                    path: PathBuf::from(format!("{}, worker {name}", self.path.display())),
-                    reason: err.to_string(),
-                })
-            })
-            .collect()
-    }
-
-    fn append_log(&self, id: &str, line: &str) -> Result<(), StoreError> {
-        parse_id(id)?;
-        self.folder.append_log(id, line)
-    }
-
-    fn read_log(&self, id: &str, from: u64) -> Result<(String, u64), StoreError> {
-        self.get(id)?;
-        self.folder.read_log(id, from)
-    }
-
-    fn lease_duration(&self) -> Duration {
-        self.policy.lease
-    }
-
-    /// SQLite's `quick_check` (every page, not the indexes' contents).
-    fn quick_check(&self) -> Result<(), StoreError> {
-        let found =
-            self.read(|db| db.rows("PRAGMA quick_check", [], |row| row.get::<_, String>(0)))?;
-        match found.iter().find(|line| *line != "ok") {
-            None => Ok(()),
-            Some(first) => Err(self.noted(StoreError::Damaged {
-                path: self.path.clone(),
-                reason: format!("SQLite's quick check found the database damaged ({first})"),
-            })),
-        }
-    }
-
-    fn take_warnings(&self) -> Vec<String> {
-        self.unreadable.take_warnings()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_newer_schema_is_refused_and_left_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(SqliteStore::init(&dir.path().join("q")).unwrap());
-        let db = dir.path().join("q").join("queue.db");
-        Connection::open(&db)
-            .unwrap()
-            .pragma_update(None, "user_version", 99)
-            .unwrap();
-        let err = SqliteStore::open(&dir.path().join("q")).err().unwrap();
-        assert!(
-            matches!(err, StoreError::NewerSchema { found: 99, .. }),
-            "{err}"
-        );
-    }
-
-    /// A queue of schema version 1 (before review) keeps its tasks, counts and id counter when
-    /// opened by this version, and takes the new state.
-    #[test]
-    fn a_version_1_queue_is_migrated_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("q");
-        drop(SqliteStore::init(&root).unwrap());
-        let conn = Connection::open(root.join("queue.db")).unwrap();
-        let tables: Vec<String> = conn
-            .prepare(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
-            )
-            .unwrap()
-            .query_map([], |row| row.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        for table in tables {
-            conn.execute_batch(&format!("DROP TABLE {table}")).unwrap();
-        }
-        conn.execute_batch("DELETE FROM sqlite_sequence").unwrap();
-        conn.execute_batch(MIGRATIONS[0]).unwrap();
-        let now = Timestamp::now();
-        for id in 1..=3 {
-            let task = NewTask {
-                task_type: "alpha".into(),
-                ..NewTask::default()
-            }
-            .into_task(id.to_string(), Vec::new(), now);
-            conn.execute(
-                "INSERT INTO tasks (id, type, status, priority, created_at, body) \
-                 VALUES (?1, 'alpha', 'pending', 5, 0, ?2)",
-                params![id, task_body(&task)],
-            )
-            .unwrap();
-        }
-        // Id 3 was purged: it is never given out again.
-        conn.execute_batch("DELETE FROM tasks WHERE id = 3; PRAGMA user_version = 1")
-            .unwrap();
-        drop(conn);
-
-        let store = SqliteStore::open(&root).unwrap();
-        assert_eq!(store.get("2").unwrap().task_type, "alpha");
-        assert_eq!(
-            store.summary().unwrap().counts.get(&TaskStatus::Pending),
-            Some(&2)
-        );
-        let added = store
-            .add(vec![NewTask {
-                task_type: "alpha".into(),
-                ..NewTask::default()
-            }])
-            .unwrap();
-        assert_eq!(added[0].id, "4");
-        let claim = store.claim("w", &["alpha".into()]).unwrap().unwrap();
-        let waiting = store
-            .finish(&claim.lease, Outcome::ForReview(serde_json::Value::Null))
-            .unwrap();
-        assert_eq!(waiting.status, TaskStatus::Review);
-        assert_eq!(
-            store.summary().unwrap().counts.get(&TaskStatus::Review),
-            Some(&1)
-        );
-    }
 }

@@ -180,7 +180,7 @@ impl Store {
                 }
             }
             Store::Postgres(s) => Ok(s
-                .config()?
+                .setting(CONFIG_FILE)?
                 .map(|text| (text, format!("{CONFIG_FILE} in {}", s.url())))),
         }
     }
@@ -189,7 +189,7 @@ impl Store {
     pub fn set_config(&self, text: Option<&str>) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.folder().write_config(CONFIG_FILE, text),
-            Store::Postgres(s) => s.set_config(text),
+            Store::Postgres(s) => s.set_setting(CONFIG_FILE, text),
         }
     }
 
@@ -201,6 +201,30 @@ impl Store {
                 let url = s.url().clone();
                 WorkSignal::Listen(Box::new(move || WorkListener::connect(&url)))
             }
+        }
+    }
+
+    /// Claims up to `count` tasks in one transaction (see [`crate::Engine::claim_up_to`]).
+    pub fn claim_up_to(
+        &self,
+        worker: &str,
+        types: &[String],
+        count: usize,
+    ) -> Result<Vec<Claim>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.claim_up_to(worker, types, count),
+            Store::Postgres(s) => s.claim_up_to(worker, types, count),
+        }
+    }
+
+    /// Records several outcomes in one transaction (see [`crate::Engine::finish_many`]).
+    pub fn finish_many(
+        &self,
+        outcomes: &[(Lease, Outcome)],
+    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.finish_many(outcomes),
+            Store::Postgres(s) => s.finish_many(outcomes),
         }
     }
 
@@ -237,7 +261,7 @@ impl QueueStore for Store {
             outcome: Outcome,
             worker: &str,
             types: &[String]
-        ) -> Result<(Task, Option<Claim>), StoreError>;
+        ) -> Result<(Task, Result<Option<Claim>, StoreError>), StoreError>;
         fn release(&self, lease: &Lease) -> Result<(), StoreError>;
         fn edit(&self, id: &str, edit: &TaskEdit) -> Result<Task, StoreError>;
         fn cancel(&self, id: &str) -> Result<Task, StoreError>;

@@ -695,14 +695,14 @@ pub fn finish_and_claim(engine: &dyn Engine) {
         .finish_and_claim(&first.lease, Outcome::Success(json!(1)), "w", &alpha)
         .unwrap();
     assert_eq!(done.status, TaskStatus::Completed);
-    let next = next.expect("the second task");
+    let next = next.unwrap().expect("the second task");
     assert_eq!(next.task.id, tasks[1].id);
     assert_eq!(status(store.as_ref(), &next.task.id), TaskStatus::Running);
     let (done, none) = store
         .finish_and_claim(&next.lease, Outcome::Success(json!(2)), "w", &alpha)
         .unwrap();
     assert_eq!(done.status, TaskStatus::Completed);
-    assert!(none.is_none());
+    assert!(none.unwrap().is_none());
     assert!(matches!(
         store.finish_and_claim(&first.lease, Outcome::Success(json!(3)), "w", &alpha),
         Err(StoreError::LeaseLost { .. })

@@ -1,0 +1,115 @@
+//! The queue folder's writers' lock: an OS lock (flock) that writers queue on around each
+//! write transaction, handed to the next waiter the moment it is released. SQLite's own busy
+//! handler sleeps 1, 2, 5 ... 100 ms between tries, which let one worker of four take nearly
+//! every task.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::StoreError;
+use crate::folder::io_err;
+
+/// How long a writer waits for the writers' lock before it says who holds it.
+const LOCK_NOTICE_AFTER: Duration = Duration::from_secs(2);
+
+/// How long a writer waits for the writers' lock at most, unless `HOST_LOCK_WAIT` says
+/// otherwise. A write holds it for milliseconds; this long means its holder is stopped or hung.
+const LOCK_LIMIT: Duration = Duration::from_secs(30);
+
+/// The environment variable that sets how long a writer waits for the writers' lock.
+const LOCK_WAIT_VAR: &str = "HOST_LOCK_WAIT";
+
+/// [`LOCK_LIMIT`], or what [`LOCK_WAIT_VAR`] says (a duration such as `10s`).
+fn lock_limit() -> Duration {
+    static LIMIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var(LOCK_WAIT_VAR)
+            .ok()
+            .and_then(|text| humantime::parse_duration(&text).ok())
+            .unwrap_or(LOCK_LIMIT)
+    })
+}
+
+/// Held (shared) by this process's writes while they hold the writers' lock; taken whole by
+/// [`hold_writes`], so that a process stopping itself holds no lock while stopped.
+pub(super) static WRITING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Waits for this process's writes under way to finish and keeps new ones from starting
+/// until the guard is dropped: what a process takes before it stops itself (Ctrl+Z), so that
+/// it never holds the queue's writers' lock while stopped, which would freeze every other
+/// process of the queue.
+pub fn hold_writes() -> std::sync::RwLockWriteGuard<'static, ()> {
+    WRITING
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Takes the writers' lock on the queue folder `root`: at once when it is free, else by a thread
+/// that waits for it (the OS wakes the next waiter as soon as it is released), while this one
+/// says after [`LOCK_NOTICE_AFTER`] who holds it and gives up after [`lock_limit`].
+pub(super) fn lock_writers(writers: &std::fs::File, root: &Path) -> Result<(), StoreError> {
+    match writers.try_lock() {
+        Ok(()) => return Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(err)) => return Err(io_err(root)(err)),
+    }
+    // The same open file, so the lock the thread takes is this one's.
+    let waiter = writers.try_clone().map_err(io_err(root))?;
+    let (sender, taken) = std::sync::mpsc::channel();
+    // Whoever takes the sender out decides: the waiting thread hands the lock over with it; a
+    // caller that gave up takes it first, and the thread then releases what it got.
+    let hand_over = Arc::new(Mutex::new(Some(sender)));
+    let handed = Arc::clone(&hand_over);
+    std::thread::spawn(move || {
+        let got = waiter.lock();
+        match handed.lock().expect("hand-over lock").take() {
+            Some(sender) => {
+                let _ = sender.send(got);
+            }
+            None => {
+                let _ = waiter.unlock();
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        let limit = lock_limit();
+        let wait = if told {
+            limit
+        } else {
+            LOCK_NOTICE_AFTER.min(limit)
+        };
+        match taken.recv_timeout(wait.saturating_sub(started.elapsed())) {
+            Ok(got) => return got.map_err(io_err(root)),
+            Err(_) if !told && started.elapsed() < limit => {
+                told = true;
+                // The one thing the store says on its own: a command that hangs silently on a
+                // stopped worker is worse.
+                eprintln!(
+                    "waiting for the queue's writers' lock on {}, held by {}",
+                    root.display(),
+                    crate::os::lock_holder(root).unwrap_or_else(|| "another process".into())
+                );
+            }
+            Err(_) => {
+                if hand_over.lock().expect("hand-over lock").take().is_none() {
+                    // Handed over just now: released, as this write is given up.
+                    if let Ok(Ok(())) = taken.recv() {
+                        let _ = writers.unlock();
+                    }
+                }
+                return Err(StoreError::Database {
+                    path: root.to_path_buf(),
+                    message: format!(
+                        "the queue's writers' lock has been held by {} for {}s; nothing was \
+                         changed (resume or stop that process, then try again)",
+                        crate::os::lock_holder(root).unwrap_or_else(|| "another process".into()),
+                        limit.as_secs()
+                    ),
+                });
+            }
+        }
+    }
+}
