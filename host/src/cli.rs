@@ -430,6 +430,11 @@ pub enum Command {
     },
     /// Check the queue: its folder's permissions and file system, the database's integrity.
     Doctor,
+    /// Upgrade the queue's schema to this host's version, saying first what it will do. On
+    /// PostgreSQL only this command upgrades (the other commands refuse an older schema), so
+    /// stop the workers of the older version first; the embedded store upgrades itself when
+    /// opened, after copying its database to `queue.db.schema-N`.
+    Migrate,
     /// Show or replace the queue's configuration (host.toml): the file in a queue folder, or
     /// kept in the database on PostgreSQL, so that every machine reads the same.
     #[command(subcommand)]

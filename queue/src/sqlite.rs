@@ -99,6 +99,18 @@ impl Engine<SqliteDriver> {
         SqliteDriver::connect(QueueFolder::open(root)?, Schema::Existing).map(Engine::new)
     }
 
+    /// The schema version of the queue database in folder `root`, read without changing it,
+    /// and this host's.
+    pub fn schema_version(root: &Path) -> Result<(i64, i64), StoreError> {
+        let path = QueueFolder::open(root)?.database();
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let conn = Connection::open_with_flags(&path, flags).map_err(db_err(&path))?;
+        let found = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(db_err(&path))?;
+        Ok((found, MIGRATIONS.len() as i64))
+    }
+
     /// The coordination folder.
     pub fn folder(&self) -> &QueueFolder {
         &self.driver().folder
@@ -986,4 +998,104 @@ fn sql_text(text: &str) -> String {
 /// A JSON array of `items`, for `json_each`.
 fn json_list<T: serde::Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).expect("a list serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::task_body;
+    use crate::{NewTask, Outcome, QueueStore, TaskStatus};
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::init(&dir.path().join("q")).unwrap());
+        let db = dir.path().join("q").join("queue.db");
+        Connection::open(&db)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let err = SqliteStore::open(&dir.path().join("q")).err().unwrap();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found: 99, .. }),
+            "{err}"
+        );
+    }
+
+    /// A queue of schema version 1 (before review) keeps its tasks, counts and id counter when
+    /// opened by this version, and takes the new state; the database as it was is kept in
+    /// `queue.db.schema-1`.
+    #[test]
+    fn a_version_1_queue_is_migrated_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("q");
+        drop(SqliteStore::init(&root).unwrap());
+        let conn = Connection::open(root.join("queue.db")).unwrap();
+        let tables: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for table in tables {
+            conn.execute_batch(&format!("DROP TABLE {table}")).unwrap();
+        }
+        conn.execute_batch("DELETE FROM sqlite_sequence").unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        let now = Timestamp::now();
+        for id in 1..=3 {
+            let task = NewTask {
+                task_type: "alpha".into(),
+                ..NewTask::default()
+            }
+            .into_task(id.to_string(), Vec::new(), now);
+            conn.execute(
+                "INSERT INTO tasks (id, type, status, priority, created_at, body) \
+                 VALUES (?1, 'alpha', 'pending', 5, 0, ?2)",
+                params![id, task_body(&task)],
+            )
+            .unwrap();
+        }
+        // Id 3 was purged: it is never given out again.
+        conn.execute_batch("DELETE FROM tasks WHERE id = 3; PRAGMA user_version = 1")
+            .unwrap();
+        drop(conn);
+
+        assert_eq!(SqliteStore::schema_version(&root).unwrap(), (1, 2));
+        let store = SqliteStore::open(&root).unwrap();
+        assert_eq!(SqliteStore::schema_version(&root).unwrap(), (2, 2));
+        let kept = Connection::open(root.join("queue.db.schema-1")).unwrap();
+        let (version, tasks): (i64, i64) = kept
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version), COUNT(*) FROM tasks",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((version, tasks), (1, 2), "the copy is the queue as it was");
+        assert_eq!(store.get("2").unwrap().task_type, "alpha");
+        assert_eq!(
+            store.summary().unwrap().counts.get(&TaskStatus::Pending),
+            Some(&2)
+        );
+        let added = store
+            .add(vec![NewTask {
+                task_type: "alpha".into(),
+                ..NewTask::default()
+            }])
+            .unwrap();
+        assert_eq!(added[0].id, "4");
+        let claim = store.claim("w", &["alpha".into()]).unwrap().unwrap();
+        let waiting = store
+            .finish(&claim.lease, Outcome::ForReview(serde_json::Value::Null))
+            .unwrap();
+        assert_eq!(waiting.status, TaskStatus::Review);
+        assert_eq!(
+            store.summary().unwrap().counts.get(&TaskStatus::Review),
+            Some(&1)
+        );
+    }
 }

@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod export;
 pub mod init;
 pub mod list;
+mod migrate;
 pub mod new_role;
 pub mod paint;
 pub mod plugins;
@@ -163,6 +164,7 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Export { jsonl } => export::export(settings, jsonl),
         Command::Import { dir } => export::import(settings, &dir),
         Command::Doctor => doctor::run(settings),
+        Command::Migrate => migrate::run(settings),
         Command::Config(action) => config::run(settings, action),
         Command::Pause(args) => cancel::pause(settings, &args.scope()),
         Command::Resume(args) => cancel::resume(settings, &args.scope()),

@@ -341,18 +341,21 @@ fn tls_as_sslmode_asks_and_passwords_from_the_environment_or_pgpass() {
     );
 }
 
+/// A queue of an older schema (here version 1: no `review` state, no conflict flag, no kept
+/// counts) is refused by every command but `host migrate`, in one line naming it; `host
+/// migrate` says what it will do, upgrades it keeping its tasks, and the new state works.
 #[test]
-fn a_version_1_database_is_migrated_keeping_its_tasks() {
+fn an_older_database_is_refused_until_host_migrate_upgrades_it_keeping_its_tasks() {
     let q = TestQueue::on_postgres();
     let first = q.add(&["--type", "noop"]);
     q.drain("noop", &[]);
     let second = q.add(&["--type", "noop"]);
-    // Back to schema version 1 as it was: no `review` state, no conflict flag.
     let mut client = postgres::Client::connect(&q.address, postgres::NoTls).unwrap();
     client
         .batch_execute(
-            "SET search_path = host; DROP INDEX tasks_conflicts; \
-             ALTER TABLE tasks DROP COLUMN conflict; \
+            "SET search_path = host; DROP TRIGGER tasks_counted ON tasks; \
+             DROP FUNCTION count_tasks(); DROP TABLE counts; \
+             DROP INDEX tasks_conflicts; ALTER TABLE tasks DROP COLUMN conflict; \
              ALTER TABLE tasks DROP CONSTRAINT tasks_status_check; \
              ALTER TABLE tasks ADD CONSTRAINT tasks_status_check CHECK (status IN \
                 ('pending', 'blocked', 'running', 'completed', 'failed', 'cancelled')); \
@@ -360,6 +363,28 @@ fn a_version_1_database_is_migrated_keeping_its_tasks() {
         )
         .unwrap();
     drop(client);
+
+    for args in [
+        &["status"][..],
+        &["add", "--type", "noop"],
+        &["--role", "noop", "--drain"],
+    ] {
+        let output = q.run(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "host {args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains("schema version 1") && stderr.contains("run `host migrate`"),
+            "{stderr}"
+        );
+    }
+    let said = printed(&q, &["migrate"]);
+    assert!(
+        said.contains("upgrading schema version 1 to 3")
+            && said.contains("0002_review.sql, 0003_counts.sql"),
+        "{said}"
+    );
+    assert!(printed(&q, &["migrate"]).contains("nothing to do"));
 
     let report: serde_json::Value = serde_json::from_str(&q.ok(&["status", "--json"])).unwrap();
     assert_eq!(report["counts"]["completed"], 1, "{report:#}");
