@@ -4,7 +4,7 @@
 //! [`lifecycle`]'s, and the SQL is the driver's.
 //!
 //! Claims take up to N tasks in one transaction, and outcomes are recorded N at a time
-//! ([`Engine::finish_many`]), each with one read and one write of the rows involved.
+//! ([`QueueStore::finish_many`]), each with one read and one write of the rows involved.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -106,8 +106,9 @@ impl<D: Driver> Engine<D> {
         }
     }
 
-    /// The database under this queue.
-    pub(crate) fn driver(&self) -> &D {
+    /// The database under this queue, for what only it knows (its folder, its URL) and for
+    /// the driver conformance suite.
+    pub fn driver(&self) -> &D {
         &self.driver
     }
 
@@ -380,36 +381,6 @@ impl<D: Driver> Engine<D> {
         Ok(results)
     }
 
-    /// Claims up to `count` tasks of `types` for `worker` in one transaction, best first (see
-    /// [`QueueStore::claim`]): what a worker with `count` free slots does.
-    pub fn claim_up_to(
-        &self,
-        worker: &str,
-        types: &[String],
-        count: usize,
-    ) -> Result<Vec<Claim>, StoreError> {
-        validate_name("worker name", worker)?;
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        let now = Timestamp::now();
-        self.write(Commit::Lazy, |rules| {
-            self.claim_in(rules, worker, types, count, now)
-        })
-    }
-
-    /// Records several outcomes in one transaction (and, when durable, one flush): one result
-    /// per outcome, in order, as [`QueueStore::finish`] would give it.
-    pub fn finish_many(
-        &self,
-        outcomes: &[(Lease, Outcome)],
-    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
-        let now = Timestamp::now();
-        self.write(Commit::AsConfigured, |rules| {
-            self.finish_in(rules, outcomes, now)
-        })
-    }
-
     /// Applies `change` to task `id` and settles the tasks after it, in one write.
     fn change_one<F>(&self, id: &str, change: F) -> Result<Task, StoreError>
     where
@@ -490,6 +461,32 @@ impl<D: Driver> QueueStore for Engine<D> {
 
     fn claim(&self, worker: &str, types: &[String]) -> Result<Option<Claim>, StoreError> {
         Ok(self.claim_up_to(worker, types, 1)?.pop())
+    }
+
+    fn claim_up_to(
+        &self,
+        worker: &str,
+        types: &[String],
+        count: usize,
+    ) -> Result<Vec<Claim>, StoreError> {
+        validate_name("worker name", worker)?;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let now = Timestamp::now();
+        self.write(Commit::Lazy, |rules| {
+            self.claim_in(rules, worker, types, count, now)
+        })
+    }
+
+    fn finish_many(
+        &self,
+        outcomes: &[(Lease, Outcome)],
+    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+        let now = Timestamp::now();
+        self.write(Commit::AsConfigured, |rules| {
+            self.finish_in(rules, outcomes, now)
+        })
     }
 
     fn renew(&self, lease: &Lease) -> Result<Renewal, StoreError> {

@@ -597,6 +597,25 @@ pub trait QueueStore: Send + Sync {
     /// aging is on), oldest first, for `worker`. `None` when there is none.
     fn claim(&self, worker: &str, types: &[String]) -> Result<Option<Claim>, StoreError>;
 
+    /// Claims up to `count` tasks of `types` for `worker` in one transaction, best first as
+    /// [`QueueStore::claim`] orders them and within the per-type limits: what a worker with
+    /// `count` free slots does.
+    fn claim_up_to(
+        &self,
+        worker: &str,
+        types: &[String],
+        count: usize,
+    ) -> Result<Vec<Claim>, StoreError>;
+
+    /// Records several outcomes in one transaction (and, when durable, one flush): one result
+    /// per outcome, in order, as [`QueueStore::finish`] would give it; a refused one changes
+    /// nothing and does not hold the others back.
+    #[allow(clippy::type_complexity)]
+    fn finish_many(
+        &self,
+        outcomes: &[(Lease, Outcome)],
+    ) -> Result<Vec<Result<Task, StoreError>>, StoreError>;
+
     /// Extends the lease to a full lease from now. Fails with [`StoreError::NotHolder`] for a
     /// lease that is not the task's, and [`StoreError::LeaseLost`] for one that expired or was
     /// superseded: an expired lease stays lost.

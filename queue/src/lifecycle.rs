@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::{
     Attempt, AttemptStatus, BranchOutcome, BranchState, Dependency, Lease, MAX_TASK_BYTES, NewTask,
-    Outcome, Review, StoreError, Task, TaskStatus, Verdict, validate_name,
+    Outcome, PauseScope, Review, StoreError, Task, TaskStatus, Verdict, validate_name,
 };
 
 /// How long a lease lasts unless renewed, when the store is not told otherwise.
@@ -94,63 +94,67 @@ pub fn claim_rank(
 }
 
 /// What is paused (`host pause`): the whole queue, some types, some tasks. A paused task is
-/// not claimed; one already running finishes.
+/// not claimed; one already running finishes. Claims, `has_work` and `host list` all decide
+/// by this.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PauseSet {
-    queue: bool,
-    types: Vec<String>,
-    tasks: Vec<i64>,
-}
+pub struct PauseSet(Vec<PauseScope>);
 
 impl PauseSet {
     /// The pauses as stored, (kind, name) pairs of kind `queue`, `type` or `task`.
     pub fn new(pauses: &[(String, String)]) -> PauseSet {
-        let mut set = PauseSet::default();
-        for (kind, name) in pauses {
-            match kind.as_str() {
-                "queue" => set.queue = true,
-                "type" => set.types.push(name.clone()),
-                _ => set.tasks.extend(name.parse::<i64>().ok()),
-            }
-        }
-        set
+        PauseSet(
+            pauses
+                .iter()
+                .map(|(kind, name)| crate::records::pause_scope(kind, name.clone()))
+                .collect(),
+        )
     }
 
     /// The pauses as `host pause` names them.
-    pub fn of_scopes(scopes: &[crate::PauseScope]) -> PauseSet {
-        let pairs: Vec<(String, String)> = scopes
-            .iter()
-            .map(|scope| {
-                let (kind, name) = crate::records::pause_key(scope);
-                (kind.to_string(), name.to_string())
-            })
-            .collect();
-        PauseSet::new(&pairs)
+    pub fn of_scopes(scopes: &[PauseScope]) -> PauseSet {
+        PauseSet(scopes.to_vec())
     }
 
-    /// Whether a task of `task_type` with id `id` is paused: by the queue, its type or itself.
-    pub fn holds(&self, task_type: &str, id: i64) -> bool {
-        self.holds_type(task_type) || self.tasks.contains(&id)
+    /// The pause that holds a task of `task_type` with id `id`, if one does: the queue's, its
+    /// type's or its own.
+    pub fn holder(&self, task_type: &str, id: &str) -> Option<&PauseScope> {
+        self.0.iter().find(|scope| match scope {
+            PauseScope::Queue => true,
+            PauseScope::Type(t) => t == task_type,
+            PauseScope::Task(paused) => paused == id,
+        })
     }
 
     /// Whether every task of `task_type` is paused (the queue or the type).
     pub fn holds_type(&self, task_type: &str) -> bool {
-        self.queue || self.types.iter().any(|t| t == task_type)
+        self.holder(task_type, "").is_some()
     }
 
     /// Whether the whole queue is paused.
     pub fn queue(&self) -> bool {
-        self.queue
+        self.0.contains(&PauseScope::Queue)
     }
 
     /// The paused types.
-    pub fn types(&self) -> &[String] {
-        &self.types
+    pub fn types(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .filter_map(|scope| match scope {
+                PauseScope::Type(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The tasks paused one by one.
     pub fn tasks(&self) -> Vec<i64> {
-        self.tasks.clone()
+        self.0
+            .iter()
+            .filter_map(|scope| match scope {
+                PauseScope::Task(id) => id.parse().ok(),
+                _ => None,
+            })
+            .collect()
     }
 }
 

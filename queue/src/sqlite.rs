@@ -857,7 +857,7 @@ impl DriverTx for Tx<'_> {
                 json_list(types),
                 json_list(skip),
                 paused.queue(),
-                json_list(paused.types()),
+                json_list(&paused.types()),
                 json_list(&paused.tasks())
             ],
         )?;

@@ -204,30 +204,6 @@ impl Store {
         }
     }
 
-    /// Claims up to `count` tasks in one transaction (see [`crate::Engine::claim_up_to`]).
-    pub fn claim_up_to(
-        &self,
-        worker: &str,
-        types: &[String],
-        count: usize,
-    ) -> Result<Vec<Claim>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.claim_up_to(worker, types, count),
-            Store::Postgres(s) => s.claim_up_to(worker, types, count),
-        }
-    }
-
-    /// Records several outcomes in one transaction (see [`crate::Engine::finish_many`]).
-    pub fn finish_many(
-        &self,
-        outcomes: &[(Lease, Outcome)],
-    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.finish_many(outcomes),
-            Store::Postgres(s) => s.finish_many(outcomes),
-        }
-    }
-
     /// Integrity checks of the stored tasks for `host doctor`: each problem, in one line.
     pub fn check(&self) -> Result<Vec<String>, StoreError> {
         match self {
@@ -253,6 +229,16 @@ impl QueueStore for Store {
     delegate! {
         fn add(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, StoreError>;
         fn claim(&self, worker: &str, types: &[String]) -> Result<Option<Claim>, StoreError>;
+        fn claim_up_to(
+            &self,
+            worker: &str,
+            types: &[String],
+            count: usize
+        ) -> Result<Vec<Claim>, StoreError>;
+        fn finish_many(
+            &self,
+            outcomes: &[(Lease, Outcome)]
+        ) -> Result<Vec<Result<Task, StoreError>>, StoreError>;
         fn renew(&self, lease: &Lease) -> Result<Renewal, StoreError>;
         fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError>;
         fn finish_and_claim(

@@ -793,6 +793,71 @@ pub fn per_type_limits(engine: &dyn Engine) {
     b.release(&second.lease).unwrap();
 }
 
+/// A worker with free slots claims several tasks in one step, in claim order and within the
+/// per-type limits; several outcomes are recorded in one step, a stale one refused alone.
+pub fn batched_claims_and_outcomes(engine: &dyn Engine) {
+    let q = engine.fresh();
+    let store = engine.open(
+        &q,
+        Policy {
+            limits: [("beta".to_string(), 1)].into(),
+            ..Policy::default()
+        },
+    );
+    let added = store
+        .add(vec![
+            new("alpha", 5),
+            new("alpha", 1),
+            new("beta", 0),
+            new("beta", 0),
+            new("alpha", 9),
+        ])
+        .unwrap();
+    let ids: Vec<&str> = added.iter().map(|t| t.id.as_str()).collect();
+    let claims = store
+        .claim_up_to("w", &types(&["alpha", "beta"]), 3)
+        .unwrap();
+    let claimed: Vec<&str> = claims.iter().map(|c| c.task.id.as_str()).collect();
+    assert_eq!(
+        claimed,
+        vec![ids[2], ids[1], ids[0]],
+        "by priority then id, one beta for its limit of 1"
+    );
+    assert!(claims.iter().all(|c| c.task.status == TaskStatus::Running));
+    let stale = Lease {
+        token: "not-the-token".into(),
+        ..claims[1].lease.clone()
+    };
+    let results = store
+        .finish_many(&[
+            (claims[0].lease.clone(), Outcome::Success(json!(0))),
+            (stale, Outcome::Success(json!(1))),
+            (claims[2].lease.clone(), Outcome::Success(json!(2))),
+        ])
+        .unwrap();
+    assert!(matches!(&results[0], Ok(t) if t.status == TaskStatus::Completed));
+    assert!(
+        matches!(&results[1], Err(StoreError::NotHolder { .. })),
+        "{results:?}"
+    );
+    assert!(matches!(&results[2], Ok(t) if t.status == TaskStatus::Completed));
+    assert_eq!(
+        status(store.as_ref(), ids[2]),
+        TaskStatus::Completed,
+        "recorded"
+    );
+    assert_eq!(
+        status(store.as_ref(), ids[1]),
+        TaskStatus::Running,
+        "left alone"
+    );
+    let rest = store
+        .claim_up_to("w", &types(&["alpha", "beta"]), 10)
+        .unwrap();
+    let rest: Vec<&str> = rest.iter().map(|c| c.task.id.as_str()).collect();
+    assert_eq!(rest, vec![ids[3], ids[4]], "the beta slot is free again");
+}
+
 /// A lease that is not renewed expires: the task returns after the backoff, counted, and the
 /// old holder can neither renew nor finish it; only the holder's token acts on a lease.
 pub fn lease_expiry_and_fencing(engine: &dyn Engine) {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod conformance;
+pub mod driver_conformance;
 pub mod netns;
 pub mod pg;
 

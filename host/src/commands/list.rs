@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use jiff::Timestamp;
-use queue::{PauseScope, QueueStore, Store, Task, TaskQuery, TaskStatus};
+use queue::lifecycle::{self, PauseSet, Policy};
+use queue::{QueueStore, Store, Task, TaskQuery, TaskStatus};
 use serde_json::json;
 
 use crate::cli::{ListArgs, Settings};
@@ -39,25 +40,24 @@ fn print(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
         worker: args.worker.clone(),
         ..TaskQuery::default()
     })?;
-    // Claims follow the priority a task has aged to (`[queue] aging`), and so does this order.
-    let aging = Config::load(store)?.aging;
-    let now = Timestamp::now();
-    let claimed_at = |t: &Task| match aging {
-        Some(step) => queue::lifecycle::aged_priority(t.priority, t.created_at, now, step),
-        None => t.priority,
+    // In the claim order (the priority a task has aged to, `[queue] aging`, then its id),
+    // as the queue decides it.
+    let policy = Policy {
+        aging: Config::load(store)?.aging,
+        ..Policy::default()
     };
+    let now = Timestamp::now();
+    let claim_rank = |t: &Task| {
+        let id = t.id.parse::<i64>().unwrap_or(i64::MAX);
+        lifecycle::claim_rank(t.priority, t.created_at, id, now, &policy)
+    };
+    let claimed_at = |t: &Task| claim_rank(t).0;
     let rank = |t: &Task| UNFINISHED.iter().position(|s| *s == t.status);
-    tasks.sort_by_key(|t| {
-        (
-            rank(t),
-            claimed_at(t),
-            t.id.parse::<u64>().unwrap_or(u64::MAX),
-        )
-    });
+    tasks.sort_by_key(|t| (rank(t), claim_rank(t)));
     if let Some(limit) = args.limit {
         tasks.truncate(limit);
     }
-    let paused = store.paused()?;
+    let paused = PauseSet::of_scopes(&store.paused()?);
     let rows: Vec<(&Task, String)> = tasks
         .iter()
         .map(|t| (t, waits_for(store, t, &paused, now)))
@@ -103,7 +103,7 @@ fn print(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
 
 /// What keeps a task from finishing, in words: a person's review, its holder, the tasks it comes after, a pause,
 /// a retry backoff, or nothing (it is next in line for a worker of its type).
-fn waits_for(store: &queue::Store, task: &Task, paused: &[PauseScope], now: Timestamp) -> String {
+fn waits_for(store: &queue::Store, task: &Task, paused: &PauseSet, now: Timestamp) -> String {
     if task.status == TaskStatus::Review {
         return format!("a review (host approve {})", task.id);
     }
@@ -123,12 +123,7 @@ fn waits_for(store: &queue::Store, task: &Task, paused: &[PauseScope], now: Time
             .collect();
         return format!("after {}", open.join(", "));
     }
-    let scope = paused.iter().find(|scope| match scope {
-        PauseScope::Queue => true,
-        PauseScope::Type(t) => *t == task.task_type,
-        PauseScope::Task(id) => *id == task.id,
-    });
-    if let Some(scope) = scope {
+    if let Some(scope) = paused.holder(&task.task_type, &task.id) {
         return format!("paused ({scope})");
     }
     match task.retry_at.filter(|at| *at > now) {

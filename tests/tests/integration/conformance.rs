@@ -54,6 +54,11 @@ mod sqlite {
     }
 
     #[test]
+    fn batched_claims_and_outcomes() {
+        conformance::batched_claims_and_outcomes(&Sqlite);
+    }
+
+    #[test]
     fn lease_expiry_and_fencing() {
         conformance::lease_expiry_and_fencing(&Sqlite);
     }
@@ -143,6 +148,11 @@ mod postgres {
     }
 
     #[test]
+    fn batched_claims_and_outcomes() {
+        conformance::batched_claims_and_outcomes(&Postgres);
+    }
+
+    #[test]
     fn lease_expiry_and_fencing() {
         conformance::lease_expiry_and_fencing(&Postgres);
     }
@@ -177,3 +187,41 @@ mod postgres {
         conformance::fanned_out_tasks_name_their_siblings(&Postgres);
     }
 }
+
+/// The driver conformance suite (`integration_tests::driver_conformance`): one test per
+/// primitive per driver, each on a fresh queue.
+macro_rules! driver_suites {
+    ($($name:ident),*) => {
+        mod sqlite_driver {
+            $(#[test]
+            fn $name() {
+                let queue = integration_tests::TestQueue::new();
+                let store = queue::SqliteStore::open(&queue.queue).unwrap();
+                integration_tests::driver_conformance::$name(store.driver());
+            })*
+        }
+
+        mod postgres_driver {
+            $(#[test]
+            fn $name() {
+                let queue = integration_tests::TestQueue::on_postgres();
+                let url = queue::PostgresUrl::parse(&queue.address).unwrap();
+                let store = queue::PostgresStore::open(&url).unwrap();
+                integration_tests::driver_conformance::$name(store.driver());
+            })*
+        }
+    };
+}
+
+driver_suites!(
+    ids_rows_and_edges_round_trip,
+    a_failed_write_applies_nothing,
+    lease_secrets_stay_while_running,
+    candidates_come_in_claim_order,
+    counts_follow_the_rows,
+    expired_leases_are_found,
+    pauses_settings_and_workers,
+    listings_filter_order_and_page,
+    first_work_is_found_upstream_and_not_when_paused,
+    purging_by_age_respects_states_time_and_limit
+);
