@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod completer;
 mod config;
 mod handler_process;
 mod hooks;

@@ -20,6 +20,7 @@ use queue::{
 };
 
 use crate::commands::status::WORKER_STALE_AFTER;
+use crate::completer::{Completer, Request, Response};
 use crate::handler_process::{HandlerProcess, KILL_AFTER, RunEnd};
 use crate::library::TaskHooks;
 use crate::loader::PluginRole;
@@ -101,6 +102,8 @@ impl Running {
 /// State shared by the slots, the heartbeat and the signal handling.
 struct Shared {
     store: Arc<dyn QueueStore>,
+    /// Records the slots' outcomes and claims their next tasks, in batches.
+    completer: Completer,
     role: PluginRole,
     types: Vec<String>,
     options: WorkerOptions,
@@ -172,6 +175,7 @@ impl ClaimLoop {
         store.put_worker(&record)?;
         Ok(ClaimLoop {
             shared: Arc::new(Shared {
+                completer: Completer::new(Arc::clone(&store), options.name.clone(), types.clone()),
                 store,
                 role,
                 types,
@@ -368,7 +372,15 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) -> Option<StoreError> {
         let token = shared.wakeup.token();
         let claimed = match next.take() {
             Some(claim) => Ok(Some(claim)),
-            None => shared.store.claim(&shared.options.name, &shared.types),
+            None => {
+                shared
+                    .completer
+                    .submit(Request {
+                        outcome: None,
+                        claim: true,
+                    })
+                    .next
+            }
         };
         for warning in shared.store.take_warnings() {
             say(shared, &format!("warning: {warning}"));
@@ -513,22 +525,17 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
             humantime::format_duration(KILL_AFTER)
         )),
     };
-    let recorded = if shared.stopping.load(Ordering::SeqCst) {
-        shared
-            .store
-            .finish(&lease, outcome)
-            .map(|done| (done, Ok(None)))
-    } else {
-        let (name, types) = (&shared.options.name, &shared.types);
-        shared.store.finish_and_claim(&lease, outcome, name, types)
-    };
-    match recorded {
-        Ok((done, next)) => {
-            // The outcome stands; a claim that failed with it is tried again by the loop.
-            let next = next.unwrap_or_else(|err| {
-                say(shared, &format!("error: {err}"));
-                None
-            });
+    let Response { done, next } = shared.completer.submit(Request {
+        outcome: Some((lease.clone(), outcome)),
+        claim: !shared.stopping.load(Ordering::SeqCst),
+    });
+    // A claim that failed is tried again by the loop.
+    let next = next.unwrap_or_else(|err| {
+        say(shared, &format!("error: {err}"));
+        None
+    });
+    match done.expect("an outcome handed in has a result") {
+        Ok(done) => {
             let took = format!("{} ms", done.duration_ms.unwrap_or_default());
             let line = match (done.status, done.error.clone()) {
                 (TaskStatus::Completed, _) => format!("task {} completed in {took}", done.id),
@@ -567,7 +574,7 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
                 shared,
                 &format!("task {}: outcome not recorded: {err}", lease.task_id),
             );
-            (survived, None)
+            (survived, next)
         }
     }
 }

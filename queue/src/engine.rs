@@ -19,8 +19,9 @@ use crate::records::{
     purgeable,
 };
 use crate::{
-    Claim, Durability, Lease, NewTask, Outcome, PauseScope, QueueStore, Renewal, StoreError,
-    Summary, Task, TaskChange, TaskEdit, TaskQuery, TaskStatus, WorkerRecord, validate_name,
+    Claim, Durability, Lease, NewTask, Outcome, PauseScope, QueueStore, Recorded, Renewal,
+    StoreError, Summary, Task, TaskChange, TaskEdit, TaskQuery, TaskStatus, WorkerRecord,
+    validate_name,
 };
 
 /// How many finished tasks one purge transaction removes, so that no writer waits long.
@@ -521,25 +522,30 @@ impl<D: Driver> QueueStore for Engine<D> {
 
     fn finish_and_claim(
         &self,
-        lease: &Lease,
-        outcome: Outcome,
+        outcomes: &[(Lease, Outcome)],
         worker: &str,
         types: &[String],
-    ) -> Result<(Task, Result<Option<Claim>, StoreError>), StoreError> {
+        count: usize,
+    ) -> Result<Recorded, StoreError> {
         validate_name("worker name", worker)?;
-        let outcomes = [(lease.clone(), outcome.clone())];
-        // The claim's error, when it was the claim that failed: the outcome is then recorded
-        // on its own, and the error handed back beside it.
+        let commit = if outcomes.is_empty() {
+            Commit::Lazy
+        } else {
+            Commit::AsConfigured
+        };
+        // Set when it was the claim that failed: the outcomes are then recorded on their own,
+        // and the claim's error handed back beside them.
         let mut claim_failed = false;
-        let together = self.write(Commit::AsConfigured, |rules| {
+        let together = self.write(commit, |rules| {
             claim_failed = false;
             let now = Timestamp::now();
-            let done = self
-                .finish_in(rules, &outcomes, now)?
-                .pop()
-                .expect("one result")?;
-            match self.claim_in(rules, worker, types, 1, now) {
-                Ok(mut next) => Ok((done, next.pop())),
+            let done = if outcomes.is_empty() {
+                Vec::new()
+            } else {
+                self.finish_in(rules, outcomes, now)?
+            };
+            match self.claim_in(rules, worker, types, count, now) {
+                Ok(claims) => Ok((done, claims)),
                 Err(err) => {
                     claim_failed = true;
                     Err(err)
@@ -547,8 +553,9 @@ impl<D: Driver> QueueStore for Engine<D> {
             }
         });
         match together {
-            Ok((done, next)) => Ok((done, Ok(next))),
-            Err(claim_err) if claim_failed => Ok((self.finish(lease, outcome)?, Err(claim_err))),
+            Ok((done, claims)) => Ok((done, Ok(claims))),
+            Err(err) if claim_failed && outcomes.is_empty() => Ok((Vec::new(), Err(err))),
+            Err(err) if claim_failed => Ok((self.finish_many(outcomes)?, Err(err))),
             Err(err) => Err(err),
         }
     }

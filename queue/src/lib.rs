@@ -403,6 +403,13 @@ pub enum Outcome {
     },
 }
 
+/// What [`QueueStore::finish_and_claim`] did: each outcome's result, in order, and the tasks
+/// claimed (or why the claim failed, the outcomes being recorded all the same).
+pub type Recorded = (
+    Vec<Result<Task, StoreError>>,
+    Result<Vec<Claim>, StoreError>,
+);
+
 /// What a worker learns when it renews a lease.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Renewal {
@@ -626,18 +633,18 @@ pub trait QueueStore: Send + Sync {
     /// `failed` (`cancelled` if a cancel was requested).
     fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError>;
 
-    /// Records how one attempt ended, as [`QueueStore::finish`] does, and claims the next task
-    /// for `worker`, as [`QueueStore::claim`] does: what a worker does between two tasks, in one
-    /// transaction. A refused finish claims nothing; a claim that fails leaves the outcome
-    /// recorded, and its error is returned beside it.
-    #[allow(clippy::type_complexity)]
+    /// Records outcomes, as [`QueueStore::finish_many`] does, and claims up to `count` tasks
+    /// for `worker`, as [`QueueStore::claim_up_to`] does, in one transaction: what a worker does
+    /// between tasks. A refused outcome does not hold the claims back (its slot is free all the
+    /// same); a claim that fails leaves the outcomes recorded, and its error is returned beside
+    /// them.
     fn finish_and_claim(
         &self,
-        lease: &Lease,
-        outcome: Outcome,
+        outcomes: &[(Lease, Outcome)],
         worker: &str,
         types: &[String],
-    ) -> Result<(Task, Result<Option<Claim>, StoreError>), StoreError>;
+        count: usize,
+    ) -> Result<Recorded, StoreError>;
 
     /// Returns the task to pending without counting the attempt (the worker is shutting down).
     fn release(&self, lease: &Lease) -> Result<(), StoreError>;

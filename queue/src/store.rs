@@ -10,8 +10,8 @@ use jiff::Timestamp;
 use crate::lifecycle::Policy;
 use crate::postgres::{PostgresStore, PostgresUrl, WorkListener};
 use crate::{
-    Claim, Durability, Lease, NewTask, Outcome, PauseScope, QueueFolder, QueueStore, Renewal,
-    SqliteStore, StoreError, Summary, Task, TaskQuery, TaskStatus, WorkerRecord,
+    Claim, Durability, Lease, NewTask, Outcome, PauseScope, QueueFolder, QueueStore, Recorded,
+    Renewal, SqliteStore, StoreError, Summary, Task, TaskQuery, TaskStatus, WorkerRecord,
 };
 use crate::{TaskChange, TaskEdit};
 
@@ -243,11 +243,11 @@ impl QueueStore for Store {
         fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError>;
         fn finish_and_claim(
             &self,
-            lease: &Lease,
-            outcome: Outcome,
+            outcomes: &[(Lease, Outcome)],
             worker: &str,
-            types: &[String]
-        ) -> Result<(Task, Result<Option<Claim>, StoreError>), StoreError>;
+            types: &[String],
+            count: usize
+        ) -> Result<Recorded, StoreError>;
         fn release(&self, lease: &Lease) -> Result<(), StoreError>;
         fn edit(&self, id: &str, edit: &TaskEdit) -> Result<Task, StoreError>;
         fn cancel(&self, id: &str) -> Result<Task, StoreError>;

@@ -683,30 +683,54 @@ pub fn cancel_and_retry(engine: &dyn Engine) {
     assert!(store.claim("w", &types(&["alpha"])).unwrap().is_none());
 }
 
-/// A worker records an outcome and takes its next task in one step; the outcome stands
-/// whatever the claim finds.
+/// A worker records outcomes and takes its next tasks in one step; the outcomes stand whatever
+/// the claim finds, and a refused outcome does not keep the slot from its next task.
 pub fn finish_and_claim(engine: &dyn Engine) {
     let q = engine.fresh();
     let store = engine.open(&q, Policy::default());
-    let tasks = store.add(vec![new("alpha", 1), new("alpha", 2)]).unwrap();
-    let alpha = types(&["alpha"]);
-    let first = store.claim("w", &alpha).unwrap().unwrap();
-    let (done, next) = store
-        .finish_and_claim(&first.lease, Outcome::Success(json!(1)), "w", &alpha)
+    let tasks = store
+        .add(vec![new("alpha", 1), new("alpha", 2), new("alpha", 3)])
         .unwrap();
-    assert_eq!(done.status, TaskStatus::Completed);
-    let next = next.unwrap().expect("the second task");
+    let alpha = types(&["alpha"]);
+    let (none, first) = store.finish_and_claim(&[], "w", &alpha, 1).unwrap();
+    assert!(none.is_empty());
+    let first = first.unwrap().pop().expect("the first task");
+    let (done, next) = store
+        .finish_and_claim(
+            &[(first.lease.clone(), Outcome::Success(json!(1)))],
+            "w",
+            &alpha,
+            1,
+        )
+        .unwrap();
+    assert!(matches!(&done[..], [Ok(t)] if t.status == TaskStatus::Completed));
+    let next = next.unwrap().pop().expect("the second task");
     assert_eq!(next.task.id, tasks[1].id);
     assert_eq!(status(store.as_ref(), &next.task.id), TaskStatus::Running);
-    let (done, none) = store
-        .finish_and_claim(&next.lease, Outcome::Success(json!(2)), "w", &alpha)
+    // A stale outcome is refused, alone: the slot still gets the third task.
+    let (done, third) = store
+        .finish_and_claim(
+            &[(first.lease.clone(), Outcome::Success(json!(3)))],
+            "w",
+            &alpha,
+            1,
+        )
         .unwrap();
-    assert_eq!(done.status, TaskStatus::Completed);
-    assert!(none.unwrap().is_none());
-    assert!(matches!(
-        store.finish_and_claim(&first.lease, Outcome::Success(json!(3)), "w", &alpha),
-        Err(StoreError::LeaseLost { .. })
-    ));
+    assert!(
+        matches!(&done[..], [Err(StoreError::LeaseLost { .. })]),
+        "{done:?}"
+    );
+    assert_eq!(third.unwrap()[0].task.id, tasks[2].id);
+    let (done, none) = store
+        .finish_and_claim(
+            &[(next.lease.clone(), Outcome::Success(json!(2)))],
+            "w",
+            &alpha,
+            1,
+        )
+        .unwrap();
+    assert!(matches!(&done[..], [Ok(t)] if t.status == TaskStatus::Completed));
+    assert!(none.unwrap().is_empty());
 }
 
 /// Pause stops claims of the queue, a type or a task until resumed.
