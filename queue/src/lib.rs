@@ -44,8 +44,8 @@ mod store;
 pub use engine::Engine;
 pub use folder::QueueFolder;
 pub use postgres::{
-    PostgresDriver, PostgresStore, PostgresUrl, WorkListener, migrate as migrate_postgres,
-    migration_plan as postgres_migration_plan, redact_url,
+    POOL_SIZE as POSTGRES_POOL_SIZE, PostgresDriver, PostgresStore, PostgresUrl, WorkListener,
+    migrate as migrate_postgres, migration_plan as postgres_migration_plan, redact_url,
 };
 pub use sqlite::{SqliteDriver, SqliteStore};
 pub use store::{CONFIG_FILE, QueueAddress, Store, WorkSignal, normal_path};

@@ -19,7 +19,7 @@ mod connect;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -63,22 +63,36 @@ const LIMIT_LOCK: i32 = 0x686f_0003;
 /// How long a transaction is tried again after losing its connection or a deadlock.
 const RETRY_WINDOW: Duration = Duration::from_secs(30);
 
+/// The most connections one process holds to the queue's database: transactions of its
+/// threads (a worker's slots, a server's requests) run side by side up to this many, and wait
+/// for a free connection beyond.
+pub const POOL_SIZE: usize = 4;
+
 /// The queue on PostgreSQL: the engine over a database shared by many machines.
 pub type PostgresStore = Engine<PostgresDriver>;
 
 /// A PostgreSQL database holding a queue in its `host` schema.
 pub struct PostgresDriver {
     url: PostgresUrl,
-    /// `None` after the connection was lost, until the next operation reconnects.
-    conn: Mutex<Option<Conn>>,
+    pool: Mutex<Pool>,
+    /// Signalled when a connection is handed back.
+    freed: Condvar,
     durability: Durability,
+}
+
+/// The connections: those idle, and how many exist (idle or in use). A connection found lost
+/// is dropped; the next transaction makes a new one.
+#[derive(Default)]
+struct Pool {
+    idle: Vec<Conn>,
+    open: usize,
 }
 
 impl Drop for PostgresDriver {
     fn drop(&mut self) {
-        // Closing the connection blocks on the client's runtime too.
-        let conn = self.conn.get_mut().map(Option::take).unwrap_or(None);
-        blocking(move || drop(conn));
+        // Closing the connections blocks on the client's runtime too.
+        let idle = std::mem::take(&mut self.pool.get_mut().expect("pool lock").idle);
+        blocking(move || drop(idle));
     }
 }
 
@@ -139,14 +153,18 @@ impl PostgresDriver {
         };
         let driver = PostgresDriver {
             url: url.clone(),
-            conn: Mutex::new(None),
+            pool: Mutex::new(Pool::default()),
+            freed: Condvar::new(),
             durability,
         };
         driver.prepare(&mut client)?;
-        *driver.conn.lock().expect("connection lock") = Some(Conn {
+        let mut pool = driver.pool.lock().expect("pool lock");
+        pool.idle.push(Conn {
             client,
             statements: HashMap::new(),
         });
+        pool.open = 1;
+        drop(pool);
         Ok(driver)
     }
 
@@ -202,24 +220,49 @@ impl PostgresDriver {
         writing: bool,
         work: &mut (dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send),
     ) -> Result<T, Failure> {
-        let mut slot = self.conn.lock().expect("connection lock");
-        if slot.as_ref().is_some_and(|conn| conn.client.is_closed()) {
-            *slot = None;
+        let mut conn = self.take_connection()?;
+        let (result, lost) = self.attempt(&mut conn, writing, work);
+        let mut pool = self.pool.lock().expect("pool lock");
+        if lost || conn.client.is_closed() {
+            pool.open -= 1;
+            drop(pool);
+            blocking(move || drop(conn));
+        } else {
+            pool.idle.push(conn);
         }
-        if slot.is_none() {
-            // The connection was lost: the server may be restarting.
-            let mut client = self.url.connect().map_err(Failure::Again)?;
-            self.prepare(&mut client).map_err(Failure::Again)?;
-            *slot = Some(Conn {
-                client,
-                statements: HashMap::new(),
-            });
-        }
-        let (result, lost) = self.attempt(slot.as_mut().expect("connected"), writing, work);
-        if lost {
-            *slot = None;
-        }
+        self.freed.notify_one();
         result
+    }
+
+    /// An idle connection of the pool, a new one while the pool has room, else the next one
+    /// handed back.
+    fn take_connection(&self) -> Result<Conn, Failure> {
+        let mut pool = self.pool.lock().expect("pool lock");
+        loop {
+            if let Some(conn) = pool.idle.pop() {
+                return Ok(conn);
+            }
+            if pool.open < POOL_SIZE {
+                pool.open += 1;
+                drop(pool);
+                // The server may be restarting: a failure to connect passes.
+                let connected = self.url.connect().and_then(|mut client| {
+                    self.prepare(&mut client)?;
+                    Ok(client)
+                });
+                return connected
+                    .map(|client| Conn {
+                        client,
+                        statements: HashMap::new(),
+                    })
+                    .map_err(|err| {
+                        self.pool.lock().expect("pool lock").open -= 1;
+                        self.freed.notify_one();
+                        Failure::Again(err)
+                    });
+            }
+            pool = self.freed.wait(pool).expect("pool lock");
+        }
     }
 
     /// One try of a transaction on `conn`, announcing work when `work` asked to; also says
@@ -301,8 +344,11 @@ impl Driver for PostgresDriver {
 
     fn use_durability(&mut self, durability: Durability) {
         self.durability = durability;
-        // The open connection follows the new setting too.
-        *self.conn.get_mut().expect("connection lock") = None;
+        // The connections follow the new setting too: new ones are made with it.
+        let pool = self.pool.get_mut().expect("pool lock");
+        let idle = std::mem::take(&mut pool.idle);
+        pool.open -= idle.len();
+        blocking(move || drop(idle));
     }
 
     fn write<T: Send>(
