@@ -20,11 +20,11 @@ pub fn section(bench: &Bench, rate: f64) -> anyhow::Result<()> {
     let cluster = PgCluster::start("*").map_err(anyhow::Error::msg)?;
     for durability in [Durability::Durable, Durability::Relaxed] {
         let queue = bench.init(cluster.database().into(), durability)?;
-        let (add, drain, _) = bench.drain_noop_on(&queue, 10_000, 4)?;
+        let (add, drain, _) = bench.drain_noop_on(&queue, 10_000, 4, 1)?;
         let per_sec = 10_000.0 / drain.as_secs_f64();
         let target = match durability {
             Durability::Durable => format!(
-                "{:.2}x the durable-operation rate (target >= 2x)",
+                "target >= 5,000 tasks/s; {:.2}x the durable-operation rate",
                 per_sec / rate
             ),
             Durability::Relaxed => "target >= 7,000 tasks/s".into(),

@@ -63,6 +63,10 @@ enum ToChild {
         settings: Value,
         #[serde(default)]
         prerequisites: Vec<Task>,
+        /// The lease as confirmed when the task was handed over (as `Lease` says), so that
+        /// a task costs one message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease_left_ms: Option<u64>,
     },
     /// Tell the running handler to stop (`StopReason` as plugin-api encodes it).
     Stop { reason: u8 },
@@ -243,25 +247,30 @@ impl HandlerProcess {
     /// requests from `hooks` to the handler, until it returns, dies or is killed. The role's
     /// settings and the task's prerequisites come from `hooks` too.
     pub fn run(&mut self, task: &Task, hooks: &dyn TaskHooks) -> RunEnd {
+        let left_ms = |(confirmed, lease): (Instant, Duration)| {
+            let left = (confirmed + lease).saturating_duration_since(Instant::now());
+            u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
+        };
+        let mut lease_told = hooks.lease_confirmed();
         let run = ToChild::Run {
             task: Box::new(task.clone()),
             settings: hooks.settings(),
             prerequisites: hooks.prerequisites(),
+            lease_left_ms: lease_told.map(left_ms),
         };
         if self.send(&run).is_err() {
             return RunEnd::Died(self.wait_for_exit());
         }
         let mut stop_sent: Option<(StopReason, Instant)> = None;
-        let mut lease_told: Option<Instant> = None;
         loop {
-            if let Some((confirmed, lease)) = hooks.lease_confirmed()
-                && lease_told != Some(confirmed)
+            if let Some(confirmed) = hooks.lease_confirmed()
+                && lease_told.map(|(at, _)| at) != Some(confirmed.0)
             {
                 lease_told = Some(confirmed);
-                let left = (confirmed + lease).saturating_duration_since(Instant::now());
-                let left_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
                 // A child that cannot be told dies of it, or stops the task on its own.
-                let _ = self.send(&ToChild::Lease { left_ms });
+                let _ = self.send(&ToChild::Lease {
+                    left_ms: left_ms(confirmed),
+                });
             }
             match self.messages.recv_timeout(Duration::from_millis(50)) {
                 Ok(Some(FromChild::Progress { percent, message })) => {
@@ -497,8 +506,11 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
                     }
                     Ok(job) => {
                         stop.store(0, Ordering::SeqCst);
-                        if matches!(job, ToChild::Run { .. }) {
+                        if let ToChild::Run { lease_left_ms, .. } = &job {
                             watch.started();
+                            if let Some(left) = lease_left_ms {
+                                watch.confirmed(Duration::from_millis(*left));
+                            }
                         }
                         if jobs.send(job).is_err() {
                             break;
@@ -522,6 +534,7 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
                 task,
                 settings,
                 prerequisites,
+                ..
             } => (task, settings, prerequisites),
             ToChild::Check { settings } => {
                 let refusal = role.check_settings(&settings).err();
