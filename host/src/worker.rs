@@ -15,8 +15,7 @@ use jiff::Timestamp;
 use plugin_api::__private::{decode_stop_reason, encode_stop_reason};
 use plugin_api::StopReason;
 use queue::{
-    ActiveTask, Claim, Lease, Outcome, QueueStore, StoreError, TaskStatus, WorkerRecord,
-    WorkerState,
+    ActiveTask, Claim, Lease, Outcome, QueueStore, StoreError, TaskState, WorkerRecord, WorkerState,
 };
 
 use crate::commands::status::WORKER_STALE_AFTER;
@@ -537,23 +536,27 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
     match done.expect("an outcome handed in has a result") {
         Ok(done) => {
             let took = format!("{} ms", done.duration_ms.unwrap_or_default());
-            let line = match (done.status, done.error.clone()) {
-                (TaskStatus::Completed, _) => format!("task {} completed in {took}", done.id),
-                (TaskStatus::Review, _) => format!(
+            let line = match done.state() {
+                TaskState::Completed { .. } => format!("task {} completed in {took}", done.id),
+                TaskState::Review { .. } => format!(
                     "task {} succeeded in {took} and waits for review (host approve {0} / host \
                      reject {0} --reason ...)",
                     done.id
                 ),
-                (TaskStatus::Pending, error) => format!(
+                TaskState::Pending { .. } => format!(
                     "task {} failed in {took}, will retry: {}",
                     done.id,
-                    error.unwrap_or_default()
+                    done.error.as_deref().unwrap_or_default()
                 ),
-                (status, error) => format!(
-                    "task {} {status} in {took}: {}",
+                TaskState::Failed { error } => {
+                    format!("task {} failed in {took}: {error}", done.id)
+                }
+                TaskState::Cancelled { reason, .. } => format!(
+                    "task {} cancelled in {took}: {}",
                     done.id,
-                    error.unwrap_or_default()
+                    reason.unwrap_or_default()
                 ),
+                other => format!("task {} {} in {took}", done.id, other.status()),
             };
             say(shared, &line);
             if let Some((event, command)) = crate::hooks::for_state(&shared.options.hooks, &done) {

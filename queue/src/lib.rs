@@ -26,7 +26,7 @@ use serde_json::Value;
 
 pub use task_model::{
     Attempt, AttemptStatus, BranchOutcome, BranchState, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY,
-    Review, Task, TaskStatus, Verdict, rfc3339_millis,
+    Review, Task, TaskState, TaskStatus, Verdict, rfc3339_millis,
 };
 
 pub mod driver;

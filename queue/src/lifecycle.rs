@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::{
     Attempt, AttemptStatus, BranchOutcome, BranchState, Dependency, Lease, MAX_TASK_BYTES, NewTask,
-    Outcome, PauseScope, Review, StoreError, Task, TaskStatus, Verdict, validate_name,
+    Outcome, PauseScope, Review, StoreError, Task, TaskState, TaskStatus, Verdict, validate_name,
 };
 
 /// How long a lease lasts unless renewed, when the store is not told otherwise.
@@ -405,18 +405,27 @@ pub fn check_lease(
         attempt: lease.attempt,
         why,
     };
-    if task.status != TaskStatus::Running || task.attempts != lease.attempt {
+    let TaskState::Running {
+        holder,
+        attempt,
+        lease_ends,
+        ..
+    } = task.state()
+    else {
+        return Err(lost("the task was reclaimed or finished since"));
+    };
+    if attempt != lease.attempt {
         return Err(lost("the task was reclaimed or finished since"));
     }
     let holds = holder_token.is_some_and(|token| crate::secret::same(token, &lease.token));
     if !holds {
         return Err(StoreError::NotHolder {
             id: task.id.clone(),
-            holder: task.worker.clone().unwrap_or_else(|| "?".into()),
-            attempt: task.attempts,
+            holder: holder.to_string(),
+            attempt,
         });
     }
-    if task.lease_expires_at.is_none_or(|until| until < now) {
+    if lease_ends.is_none_or(|until| until < now) {
         return Err(lost("it expired"));
     }
     Ok(())

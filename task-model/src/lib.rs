@@ -383,7 +383,105 @@ impl BranchOutcome {
     }
 }
 
+/// A task's state with what that state has, read from its record: a running task its holder
+/// and lease, a finished one its outcome. The record keeps the flat fields that the JSON users,
+/// the API and plugins see; code that decides by a task's state matches on this, and so never
+/// reads a field that its state does not set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TaskState<'t> {
+    /// Waiting to be claimed, not before `not_before` (a retry's backoff, a delayed start).
+    Pending {
+        /// Not claimed before this time.
+        not_before: Option<Timestamp>,
+        /// Attempts made so far (0: it never ran).
+        attempts: u32,
+    },
+    /// Waiting for the tasks it comes after.
+    Blocked {
+        /// Their ids.
+        after: &'t [String],
+    },
+    /// Held by a worker for one attempt.
+    Running {
+        /// The worker that holds it.
+        holder: &'t str,
+        /// The attempt it holds.
+        attempt: u32,
+        /// When its lease ends unless renewed.
+        lease_ends: Option<Timestamp>,
+        /// Whether `host cancel` asked it to stop.
+        cancel_requested: bool,
+    },
+    /// Its handler succeeded; a person's verdict decides.
+    Review {
+        /// What the handler returned.
+        result: Option<&'t Value>,
+    },
+    /// Finished well.
+    Completed {
+        /// What the handler returned.
+        result: Option<&'t Value>,
+    },
+    /// Finished badly, with no attempt left.
+    Failed {
+        /// Why.
+        error: &'t str,
+    },
+    /// Cancelled, by a person or because a task it came after failed (`by`).
+    Cancelled {
+        /// The task whose failure cancelled it.
+        by: Option<&'t str>,
+        /// What was said.
+        reason: Option<&'t str>,
+    },
+}
+
+impl TaskState<'_> {
+    /// The state's name.
+    pub fn status(&self) -> TaskStatus {
+        match self {
+            TaskState::Pending { .. } => TaskStatus::Pending,
+            TaskState::Blocked { .. } => TaskStatus::Blocked,
+            TaskState::Running { .. } => TaskStatus::Running,
+            TaskState::Review { .. } => TaskStatus::Review,
+            TaskState::Completed { .. } => TaskStatus::Completed,
+            TaskState::Failed { .. } => TaskStatus::Failed,
+            TaskState::Cancelled { .. } => TaskStatus::Cancelled,
+        }
+    }
+}
+
 impl Task {
+    /// The task's state with what that state has.
+    pub fn state(&self) -> TaskState<'_> {
+        match self.status {
+            TaskStatus::Pending => TaskState::Pending {
+                not_before: self.retry_at,
+                attempts: self.attempts,
+            },
+            TaskStatus::Blocked => TaskState::Blocked { after: &self.after },
+            TaskStatus::Running => TaskState::Running {
+                holder: self.worker.as_deref().unwrap_or("?"),
+                attempt: self.attempts,
+                lease_ends: self.lease_expires_at,
+                cancel_requested: self.cancel_requested,
+            },
+            TaskStatus::Review => TaskState::Review {
+                result: self.result.as_ref(),
+            },
+            TaskStatus::Completed => TaskState::Completed {
+                result: self.result.as_ref(),
+            },
+            TaskStatus::Failed => TaskState::Failed {
+                error: self.error.as_deref().unwrap_or("failed"),
+            },
+            TaskStatus::Cancelled => TaskState::Cancelled {
+                by: self.cancelled_by.as_deref(),
+                reason: self.error.as_deref(),
+            },
+        }
+    }
+
     /// True while a merge of the task's branch conflicted and nobody has merged or discarded
     /// it since.
     pub fn in_conflict(&self) -> bool {

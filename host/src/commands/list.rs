@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use jiff::Timestamp;
 use queue::lifecycle::{self, PauseSet, Policy};
-use queue::{QueueStore, Store, Task, TaskQuery, TaskStatus};
+use queue::{QueueStore, Store, Task, TaskQuery, TaskState, TaskStatus};
 use serde_json::json;
 
 use crate::cli::{ListArgs, Settings};
@@ -104,32 +104,33 @@ fn print(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
 /// What keeps a task from finishing, in words: a person's review, its holder, the tasks it comes after, a pause,
 /// a retry backoff, or nothing (it is next in line for a worker of its type).
 fn waits_for(store: &queue::Store, task: &Task, paused: &PauseSet, now: Timestamp) -> String {
-    if task.status == TaskStatus::Review {
-        return format!("a review (host approve {})", task.id);
-    }
-    if task.status == TaskStatus::Running {
-        return format!("held by {}", task.worker.as_deref().unwrap_or("?"));
-    }
-    if task.status == TaskStatus::Blocked {
-        let open: Vec<&str> = task
-            .after
-            .iter()
-            .filter(|id| {
-                store
-                    .get(id)
-                    .is_ok_and(|t| t.status != TaskStatus::Completed)
-            })
-            .map(String::as_str)
-            .collect();
-        return format!("after {}", open.join(", "));
-    }
-    if let Some(scope) = paused.holder(&task.task_type, &task.id) {
-        return format!("paused ({scope})");
-    }
-    match task.retry_at.filter(|at| *at > now) {
-        Some(at) if task.attempts == 0 => format!("starts {}", ago(at, now)),
-        Some(at) => format!("retry {}", ago(at, now)),
-        None => format!("a {} worker", task.task_type),
+    match task.state() {
+        TaskState::Review { .. } => format!("a review (host approve {})", task.id),
+        TaskState::Running { holder, .. } => format!("held by {holder}"),
+        TaskState::Blocked { after } => {
+            let open: Vec<&str> = after
+                .iter()
+                .filter(|id| {
+                    store
+                        .get(id)
+                        .is_ok_and(|t| t.status != TaskStatus::Completed)
+                })
+                .map(String::as_str)
+                .collect();
+            format!("after {}", open.join(", "))
+        }
+        TaskState::Pending {
+            not_before,
+            attempts,
+        } => match (paused.holder(&task.task_type, &task.id), not_before) {
+            (Some(scope), _) => format!("paused ({scope})"),
+            (None, Some(at)) if at > now && attempts == 0 => format!("starts {}", ago(at, now)),
+            (None, Some(at)) if at > now => format!("retry {}", ago(at, now)),
+            _ => format!("a {} worker", task.task_type),
+        },
+        TaskState::Completed { .. } | TaskState::Failed { .. } | TaskState::Cancelled { .. } => {
+            "nothing (finished)".into()
+        }
     }
 }
 
