@@ -22,6 +22,11 @@ fn row(id: i64, task_type: &str, priority: u32, created: Timestamp) -> TaskRow {
     row
 }
 
+/// `n` rows like [`row`]'s, to be given ids by [`insert`].
+fn rows(n: usize, task_type: &str, now: Timestamp) -> Vec<TaskRow> {
+    vec![row(0, task_type, 5, now); n]
+}
+
 /// `row` with id `id`, its record too.
 fn with_id(mut row: TaskRow, id: i64) -> TaskRow {
     let mut task: Task = serde_json::from_str(&row.body).unwrap();
@@ -187,14 +192,7 @@ pub fn candidates_come_in_claim_order<D: Driver>(driver: &D) {
 /// Counts follow every insert, move and delete; `running` reads them; nothing is wrong.
 pub fn counts_follow_the_rows<D: Driver>(driver: &D) {
     let now = Timestamp::now();
-    let ids = insert(
-        driver,
-        vec![
-            row(0, "a", 5, now),
-            row(0, "a", 5, now),
-            row(0, "b", 5, now),
-        ],
-    );
+    let ids = insert(driver, [rows(2, "a", now), rows(1, "b", now)].concat());
     write(driver, |tx| {
         tx.update(&[moved(
             row(ids[0], "a", 5, now),
@@ -229,14 +227,7 @@ pub fn counts_follow_the_rows<D: Driver>(driver: &D) {
 /// Expired leases: running tasks whose lease ended, no others.
 pub fn expired_leases_are_found<D: Driver>(driver: &D) {
     let now = Timestamp::now();
-    let ids = insert(
-        driver,
-        vec![
-            row(0, "a", 5, now),
-            row(0, "a", 5, now),
-            row(0, "a", 5, now),
-        ],
-    );
+    let ids = insert(driver, rows(3, "a", now));
     let mut gone = moved(row(ids[0], "a", 5, now), TaskStatus::Running, Some("s"));
     gone.lease_expires_at = Some((now - SignedDuration::from_secs(1)).as_millisecond());
     let live = moved(row(ids[1], "a", 5, now), TaskStatus::Running, Some("t"));
@@ -381,15 +372,7 @@ pub fn first_work_is_found_upstream_and_not_when_paused<D: Driver>(driver: &D) {
 /// time, with their pauses.
 pub fn purging_by_age_respects_states_time_and_limit<D: Driver>(driver: &D) {
     let now = Timestamp::now();
-    let ids = insert(
-        driver,
-        vec![
-            row(0, "a", 5, now),
-            row(0, "a", 5, now),
-            row(0, "a", 5, now),
-            row(0, "a", 5, now),
-        ],
-    );
+    let ids = insert(driver, rows(4, "a", now));
     let done: Vec<TaskRow> = ids[..3]
         .iter()
         .map(|id| moved(row(*id, "a", 5, now), TaskStatus::Completed, None))
