@@ -20,7 +20,7 @@
 //! the running task, never the handler or the commands it runs. Its stderr comes to the worker
 //! through a pipe, line by line, as it cannot write to the worker's console.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 #[cfg(unix)]
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 #[cfg(windows)]
@@ -28,7 +28,9 @@ use std::os::windows::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+#[cfg(not(unix))]
+use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -108,6 +110,93 @@ enum FromChild {
     },
 }
 
+/// The child's protocol messages as they arrive on its stdout. On Unix the slot's own thread
+/// waits for them (poll(2)), which spares a thread hop per message; elsewhere a reader thread
+/// hands them over.
+struct Messages {
+    #[cfg(unix)]
+    stdout: std::process::ChildStdout,
+    /// Bytes read past the last whole line.
+    #[cfg(unix)]
+    pending: Vec<u8>,
+    #[cfg(unix)]
+    closed: bool,
+    #[cfg(not(unix))]
+    inbox: Receiver<Option<FromChild>>,
+}
+
+impl Messages {
+    #[cfg(unix)]
+    fn new(stdout: std::process::ChildStdout) -> Messages {
+        Messages {
+            stdout,
+            pending: Vec::new(),
+            closed: false,
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn new(stdout: std::process::ChildStdout) -> Messages {
+        let (sender, inbox) = mpsc::channel();
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(message) = serde_json::from_str(&line)
+                    && sender.send(Some(message)).is_err()
+                {
+                    return;
+                }
+            }
+            let _ = sender.send(None);
+        });
+        Messages { inbox }
+    }
+
+    /// The next message, waiting up to `limit`; `Ok(None)` once the child closed its output.
+    /// A line that is not the protocol is a bug of the child, not of the task: it is skipped.
+    #[cfg(unix)]
+    fn recv_timeout(&mut self, limit: Duration) -> Result<Option<FromChild>, RecvTimeoutError> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let deadline = Instant::now() + limit;
+        loop {
+            while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                if let Ok(message) = serde_json::from_slice(&line[..end]) {
+                    return Ok(Some(message));
+                }
+            }
+            if self.closed {
+                return Ok(None);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            let mut ready = [PollFd::new(self.stdout.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut ready, wait) {
+                Ok(0) => return Err(RecvTimeoutError::Timeout),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => self.closed = true,
+            }
+            if self.closed || ready[0].revents().is_none_or(|r| r.is_empty()) {
+                continue;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stdout.read(&mut chunk) {
+                Ok(0) => self.closed = true,
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => self.closed = true,
+            }
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn recv_timeout(&mut self, limit: Duration) -> Result<Option<FromChild>, RecvTimeoutError> {
+        self.inbox.recv_timeout(limit)
+    }
+}
+
 /// How a handler run ended, seen from the parent.
 #[derive(Debug)]
 pub enum RunEnd {
@@ -128,7 +217,7 @@ static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 pub struct HandlerProcess {
     child: Child,
     stdin: ChildStdin,
-    messages: Receiver<Option<FromChild>>,
+    messages: Messages,
     /// Whether it was ended after a task (see [`HandlerProcess::returned`]) and a fresh one
     /// must take the next task.
     spent: bool,
@@ -185,19 +274,7 @@ impl HandlerProcess {
             });
             relayed
         });
-        let (sender, messages) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // A line that is not the protocol is a bug of the child, not of the task.
-                if let Ok(message) = serde_json::from_str(&line)
-                    && sender.send(Some(message)).is_err()
-                {
-                    return;
-                }
-            }
-            let _ = sender.send(None);
-        });
+        let messages = Messages::new(stdout);
         let mut process = HandlerProcess {
             child,
             stdin,
@@ -416,7 +493,7 @@ pub const CREATE_NO_WINDOW: u32 = 0x0800_0000;
 /// page) is written with replacement characters, as a console takes nothing else.
 #[cfg(windows)]
 fn relay_lines(from: impl std::io::Read) {
-    let mut reader = BufReader::new(from);
+    let mut reader = std::io::BufReader::new(from);
     let mut line = Vec::new();
     while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
         let mut text = String::from_utf8_lossy(&line).into_owned();
