@@ -279,3 +279,45 @@ fn a_task_over_the_size_limit_is_refused_as_by_the_dashboard() {
     });
     assert_eq!(q.status()["counts"]["pending"], 0, "nothing was added");
 }
+
+#[test]
+fn the_tools_work_on_a_postgres_queue() {
+    let q = TestQueue::on_postgres();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut command = tokio::process::Command::from(q.host());
+        command.arg("mcp");
+        let transport = TokioChildProcess::new(command).unwrap();
+        let client = ().serve(transport).await.unwrap();
+        let json = |text: Result<String, String>| -> Value {
+            serde_json::from_str(&text.unwrap()).unwrap()
+        };
+
+        let first = json(call(&client, "add_task", json!({"type": "noop"})).await);
+        let id = first["id"].as_str().unwrap().to_string();
+        let second = json(call(&client, "add_task", json!({"type": "noop", "after": [id]})).await);
+        let got = json(call(&client, "get_task", json!({"id": second["id"]})).await);
+        assert_eq!(got["prerequisites"][0]["id"], id.as_str(), "{got}");
+        let paused = json(call(&client, "pause", json!({"type": "noop"})).await);
+        assert_eq!(paused["paused"], json!(["type noop"]));
+        let status = json(call(&client, "status", json!({})).await);
+        assert_eq!(status["counts"]["pending"], 1, "{status}");
+        assert_eq!(status["paused"], json!(["type noop"]));
+        let resumed = json(call(&client, "resume", json!({"type": "noop"})).await);
+        assert_eq!(resumed["paused"], json!([]));
+        let cancelled = json(call(&client, "cancel_task", json!({"id": id})).await);
+        assert_eq!(cancelled["status"], "cancelled");
+        let retried = json(call(&client, "retry_task", json!({"id": id})).await);
+        assert_eq!(retried["status"], "pending");
+        let missing = call(&client, "get_task", json!({"id": "999"})).await;
+        assert!(missing.unwrap_err().contains("999"));
+        let listed = json(call(&client, "list_tasks", json!({"status": "pending"})).await);
+        assert_eq!(listed["tasks"][0]["id"], id.as_str(), "{listed}");
+        client.cancel().await.unwrap();
+    });
+    // The server's answers and the command line's agree.
+    assert_eq!(q.status()["counts"]["pending"], 1);
+}
