@@ -1298,7 +1298,8 @@ fn pg_number(cluster: &integration_tests::pg::PgCluster, sql: &str, database: &s
 /// (a session's count reaches the statistics by its end at the latest).
 fn sessions_made(cluster: &integration_tests::pg::PgCluster, database: &str) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let open = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1";
+    let open = "SELECT count(*) FROM pg_stat_activity \
+                WHERE datname = $1 AND backend_type = 'client backend'";
     while pg_number(cluster, open, database) > 0 {
         assert!(
             Instant::now() < deadline,
