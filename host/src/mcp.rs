@@ -6,6 +6,12 @@
 //! the same checks, leases and rules apply. Every answer is a JSON object, as structured
 //! content with a text copy; a refusal is a tool error with one line of text. Nothing but the
 //! protocol may reach stdout.
+//!
+//! On PostgreSQL the server opens the queue's store once, at its start, and the tools use it
+//! (the self-serve ones excepted: the command-line functions they share open their own); on
+//! SQLite each use opens the store (see [`ServerStore`] for why). Tools run their store calls on
+//! the runtime's blocking threads, so that one call waiting on the database or on a plugin's
+//! check never holds up the others or the protocol.
 
 mod transport;
 
@@ -26,12 +32,12 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use queue::{Outcome, PauseScope, QueueStore, TaskQuery, TaskStatus};
+use queue::{Outcome, PauseScope, QueueStore, Store, TaskQuery, TaskStatus};
 
 use crate::cli::Settings;
-use crate::commands::status::StatusReport;
-use crate::commands::{add, open_store, selfserve};
+use crate::commands::{add, selfserve};
 use crate::wakeup::Wakeup;
+use crate::web::ServerStore;
 
 /// How long a task claimed through MCP is held without a heartbeat, unless the claim says.
 const CLAIM_LEASE: Duration = Duration::from_secs(30 * 60);
@@ -43,11 +49,11 @@ const MAX_WAIT: Duration = Duration::from_secs(50);
 /// Serves until the client closes stdin.
 pub fn serve(settings: &Settings) -> anyhow::Result<()> {
     // Fail now, with the usual one-line error, rather than inside the protocol.
-    open_store(settings)?;
+    let store = ServerStore::open(settings)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let queue_server = QueueServer::new(settings.clone());
+    let queue_server = QueueServer::new(settings.clone(), store);
     let closing = Arc::clone(&queue_server.closing);
     let served = runtime.block_on(async {
         let server = queue_server.serve(transport::CheckedStdio::new()).await?;
@@ -228,6 +234,7 @@ impl Scope {
 #[derive(Clone)]
 struct QueueServer {
     settings: Settings,
+    store: ServerStore,
     tool_router: ToolRouter<Self>,
     /// What wakes waiting claims, made at the first one and shared by all: on PostgreSQL it
     /// holds a connection.
@@ -254,6 +261,32 @@ fn answer(value: &impl serde::Serialize) -> ToolResult {
 
 fn one_line(err: anyhow::Error) -> String {
     format!("{err:#}").replace('\n', " ")
+}
+
+/// Runs `work` with the server's settings and store on a blocking thread of the runtime: store
+/// calls wait on a file or a database, plugin checks on a child process. A panic in it is a
+/// refusal in one line, not the server's end.
+async fn blocking<T: Send + 'static>(
+    server: &QueueServer,
+    work: impl FnOnce(&Settings, &Store) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let (settings, store) = (server.settings.clone(), server.store.clone());
+    tokio::task::spawn_blocking(move || store.with(|store| work(&settings, store)))
+        .await
+        .map_err(|err| err.to_string())?
+        .map_err(one_line)?
+}
+
+/// Runs `work` with the server's settings on a blocking thread of the runtime: for the
+/// functions shared with the command line that open the store themselves.
+async fn blocking_settings<T: Send + 'static>(
+    server: &QueueServer,
+    work: impl FnOnce(&Settings) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let settings = server.settings.clone();
+    tokio::task::spawn_blocking(move || work(&settings))
+        .await
+        .map_err(|err| err.to_string())?
 }
 
 fn lease(secs: Option<u64>) -> Duration {
@@ -293,9 +326,10 @@ fn entry(task: AddTask) -> Result<Value, String> {
 
 #[tool_router]
 impl QueueServer {
-    fn new(settings: Settings) -> QueueServer {
+    fn new(settings: Settings, store: ServerStore) -> QueueServer {
         QueueServer {
             settings,
+            store,
             tool_router: Self::tool_router(),
             wakeup: Arc::default(),
             closing: Arc::default(),
@@ -303,18 +337,20 @@ impl QueueServer {
     }
 
     /// Adds the tasks all or none, through the same checks as `host add --file`.
-    fn add(&self, tasks: Vec<AddTask>) -> Result<Vec<queue::Task>, String> {
+    async fn add(&self, tasks: Vec<AddTask>) -> Result<Vec<queue::Task>, String> {
         let entries = tasks
             .into_iter()
             .enumerate()
             .map(|(index, task)| Ok((format!("task {}", index + 1), entry(task)?)))
             .collect::<Result<Vec<_>, String>>()?;
         let tasks = add::tasks_from_entries("", entries).map_err(one_line)?;
-        let store = open_store(&self.settings).map_err(one_line)?;
-        add::add_checked(&self.settings, &store, tasks, |index, err| {
-            err.context(format!("task {}", index + 1))
+        blocking(self, move |settings, store| {
+            add::add_checked(settings, store, tasks, |index, err| {
+                err.context(format!("task {}", index + 1))
+            })
+            .map_err(one_line)
         })
-        .map_err(one_line)
+        .await
     }
 
     #[tool(
@@ -322,8 +358,12 @@ impl QueueServer {
         output_schema = object_schema(),
         annotations(read_only_hint = true, open_world_hint = false)
     )]
-    fn status(&self) -> ToolResult {
-        answer(&StatusReport::read(&self.settings).map_err(one_line)?)
+    async fn status(&self) -> ToolResult {
+        let report = blocking(self, |settings, store| {
+            crate::web::status_report(settings, store).map_err(one_line)
+        })
+        .await?;
+        answer(&report)
     }
 
     #[tool(
@@ -331,7 +371,7 @@ impl QueueServer {
         output_schema = object_schema(),
         annotations(read_only_hint = true, open_world_hint = false)
     )]
-    fn list_tasks(&self, Parameters(filter): Parameters<ListTasks>) -> ToolResult {
+    async fn list_tasks(&self, Parameters(filter): Parameters<ListTasks>) -> ToolResult {
         let statuses = match filter.status.as_deref().filter(|s| !s.is_empty()) {
             Some(name) => vec![name.parse::<TaskStatus>().map_err(|err| err.to_string())?],
             None => Vec::new(),
@@ -346,9 +386,10 @@ impl QueueServer {
             limit: Some(limit + 1),
             ..TaskQuery::default()
         };
-        let mut tasks = open_store(&self.settings)
-            .and_then(|store| Ok(store.list(&query)?))
-            .map_err(one_line)?;
+        let mut tasks = blocking(self, move |_, store| {
+            store.list(&query).map_err(|err| one_line(err.into()))
+        })
+        .await?;
         let next = (tasks.len() > limit).then(|| {
             tasks.truncate(limit);
             tasks.last().map(|t| t.id.clone())
@@ -361,15 +402,19 @@ impl QueueServer {
         output_schema = object_schema(),
         annotations(read_only_hint = true, open_world_hint = false)
     )]
-    fn get_task(&self, Parameters(TaskId { id }): Parameters<TaskId>) -> ToolResult {
-        let store = open_store(&self.settings).map_err(one_line)?;
-        let task = store.get(&id).map_err(|err| err.to_string())?;
-        // A prerequisite purged since (`keep_finished`) is left out, as workers leave it out.
-        let prerequisites: Vec<queue::Task> = task
-            .after
-            .iter()
-            .filter_map(|id| store.get(id).ok())
-            .collect();
+    async fn get_task(&self, Parameters(TaskId { id }): Parameters<TaskId>) -> ToolResult {
+        let (task, prerequisites) = blocking(self, move |_, store| {
+            let task = store.get(&id).map_err(|err| err.to_string())?;
+            // A prerequisite purged since (`keep_finished`) is left out, as workers leave it
+            // out.
+            let prerequisites: Vec<queue::Task> = task
+                .after
+                .iter()
+                .filter_map(|id| store.get(id).ok())
+                .collect();
+            Ok((task, prerequisites))
+        })
+        .await?;
         answer(&json!({ "task": task, "prerequisites": prerequisites }))
     }
 
@@ -378,8 +423,8 @@ impl QueueServer {
         output_schema = object_schema(),
         annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
     )]
-    fn add_task(&self, Parameters(task): Parameters<AddTask>) -> ToolResult {
-        let added = self.add(vec![task])?;
+    async fn add_task(&self, Parameters(task): Parameters<AddTask>) -> ToolResult {
+        let added = self.add(vec![task]).await?;
         answer(&added[0])
     }
 
@@ -388,11 +433,11 @@ impl QueueServer {
         output_schema = object_schema(),
         annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
     )]
-    fn add_tasks(&self, Parameters(AddTasks { tasks }): Parameters<AddTasks>) -> ToolResult {
+    async fn add_tasks(&self, Parameters(AddTasks { tasks }): Parameters<AddTasks>) -> ToolResult {
         if tasks.is_empty() {
             return Err("no tasks given".into());
         }
-        answer(&json!({ "tasks": self.add(tasks)? }))
+        answer(&json!({ "tasks": self.add(tasks).await? }))
     }
 
     #[tool(
@@ -405,7 +450,7 @@ impl QueueServer {
         Parameters(claim): Parameters<ClaimTask>,
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
-        let settings = self.settings.clone();
+        let (settings, store) = (self.settings.clone(), self.store.clone());
         let wait = Duration::from_secs(claim.wait_secs.unwrap_or(0)).min(MAX_WAIT);
         let lease = lease(claim.lease_secs);
         let role = claim.role.clone();
@@ -415,7 +460,7 @@ impl QueueServer {
         // A wait blocks: on a thread of its own, so the server keeps answering meanwhile.
         let mut job = tokio::task::spawn_blocking(move || {
             if !wait.is_zero() && wakeups.get().is_none() {
-                let _ = wakeups.set(Wakeup::start(open_store(&settings)?.work_signal()).0);
+                let _ = wakeups.set(Wakeup::start(store.work_signal()?).0);
             }
             let abandoned = || gone.load(Ordering::SeqCst) || closing.load(Ordering::SeqCst);
             let waiting = selfserve::Waiting {
@@ -431,8 +476,10 @@ impl QueueServer {
                 // Nobody will hear the answer: a task claimed in the meantime goes back.
                 cancelled.store(true, Ordering::SeqCst);
                 if let Ok(Ok(Some(claimed))) = job.await {
-                    let store = open_store(&self.settings).map_err(one_line)?;
-                    store.release(&claimed.lease).map_err(|err| err.to_string())?;
+                    blocking(self, move |_, store| {
+                        store.release(&claimed.lease).map_err(|err| err.to_string())
+                    })
+                    .await?;
                 }
                 return Err("the claim was cancelled".into());
             }
@@ -449,11 +496,13 @@ impl QueueServer {
         output_schema = object_schema(),
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
     )]
-    fn heartbeat_task(&self, Parameters(held): Parameters<HeldTask>) -> ToolResult {
+    async fn heartbeat_task(&self, Parameters(held): Parameters<HeldTask>) -> ToolResult {
         let lease = lease(held.lease_secs);
-        let cancelled =
-            selfserve::heartbeat_task(&self.settings, &held.id, &held.lease_token, lease)
-                .map_err(one_line)?;
+        let (id, token) = (held.id.clone(), held.lease_token);
+        let cancelled = blocking_settings(self, move |settings| {
+            selfserve::heartbeat_task(settings, &id, &token, lease).map_err(one_line)
+        })
+        .await?;
         answer(&json!({ "id": held.id, "cancelRequested": cancelled }))
     }
 
@@ -462,11 +511,13 @@ impl QueueServer {
         output_schema = object_schema(),
         annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
     )]
-    fn log_task(&self, Parameters(log): Parameters<LogTask>) -> ToolResult {
+    async fn log_task(&self, Parameters(log): Parameters<LogTask>) -> ToolResult {
         let lease = lease(log.lease_secs);
-        let cancelled =
-            selfserve::log_task(&self.settings, &log.id, &log.lease_token, lease, &log.lines)
-                .map_err(one_line)?;
+        let (id, token, lines) = (log.id.clone(), log.lease_token, log.lines);
+        let cancelled = blocking_settings(self, move |settings| {
+            selfserve::log_task(settings, &id, &token, lease, &lines).map_err(one_line)
+        })
+        .await?;
         answer(&json!({ "id": log.id, "cancelRequested": cancelled }))
     }
 
@@ -475,19 +526,18 @@ impl QueueServer {
         output_schema = object_schema(),
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
     )]
-    fn progress_task(&self, Parameters(progress): Parameters<ProgressTask>) -> ToolResult {
+    async fn progress_task(&self, Parameters(progress): Parameters<ProgressTask>) -> ToolResult {
         if progress.percent > 100 {
             return Err(format!("percent {} is over 100", progress.percent));
         }
-        let message = progress.message.as_deref().unwrap_or("");
-        let cancelled = selfserve::report_progress(
-            &self.settings,
-            &progress.id,
-            &progress.lease_token,
-            lease(progress.lease_secs),
-            Some((progress.percent, message)),
-        )
-        .map_err(one_line)?;
+        let lease = lease(progress.lease_secs);
+        let (id, token) = (progress.id.clone(), progress.lease_token);
+        let (percent, message) = (progress.percent, progress.message.unwrap_or_default());
+        let cancelled = blocking_settings(self, move |settings| {
+            selfserve::report_progress(settings, &id, &token, lease, Some((percent, &message)))
+                .map_err(one_line)
+        })
+        .await?;
         answer(&json!({ "id": progress.id, "cancelRequested": cancelled }))
     }
 
@@ -496,12 +546,9 @@ impl QueueServer {
         output_schema = object_schema(),
         annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
     )]
-    fn complete_task(&self, Parameters(done): Parameters<CompleteTask>) -> ToolResult {
+    async fn complete_task(&self, Parameters(done): Parameters<CompleteTask>) -> ToolResult {
         let outcome = Outcome::Success(done.result.unwrap_or(Value::Null));
-        answer(
-            &selfserve::finish_task(&self.settings, &done.id, &done.lease_token, outcome)
-                .map_err(one_line)?,
-        )
+        self.finish(done.id, done.lease_token, outcome).await
     }
 
     #[tool(
@@ -509,16 +556,22 @@ impl QueueServer {
         output_schema = object_schema(),
         annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
     )]
-    fn fail_task(&self, Parameters(failed): Parameters<FailTask>) -> ToolResult {
+    async fn fail_task(&self, Parameters(failed): Parameters<FailTask>) -> ToolResult {
         let outcome = Outcome::Failure {
             error: failed.error,
             result: None,
             retryable: failed.retryable.unwrap_or(false),
         };
-        answer(
-            &selfserve::finish_task(&self.settings, &failed.id, &failed.lease_token, outcome)
-                .map_err(one_line)?,
-        )
+        self.finish(failed.id, failed.lease_token, outcome).await
+    }
+
+    /// Records how a claimed task ended, as the holder of `token`.
+    async fn finish(&self, id: String, token: String, outcome: Outcome) -> ToolResult {
+        let task = blocking_settings(self, move |settings| {
+            selfserve::finish_task(settings, &id, &token, outcome).map_err(one_line)
+        })
+        .await?;
+        answer(&task)
     }
 
     #[tool(
@@ -526,9 +579,12 @@ impl QueueServer {
         output_schema = object_schema(),
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false)
     )]
-    fn cancel_task(&self, Parameters(TaskId { id }): Parameters<TaskId>) -> ToolResult {
-        let store = open_store(&self.settings).map_err(one_line)?;
-        answer(&store.cancel(&id).map_err(|err| err.to_string())?)
+    async fn cancel_task(&self, Parameters(TaskId { id }): Parameters<TaskId>) -> ToolResult {
+        let task = blocking(self, move |_, store| {
+            store.cancel(&id).map_err(|err| err.to_string())
+        })
+        .await?;
+        answer(&task)
     }
 
     #[tool(
@@ -536,9 +592,12 @@ impl QueueServer {
         output_schema = object_schema(),
         annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
     )]
-    fn retry_task(&self, Parameters(TaskId { id }): Parameters<TaskId>) -> ToolResult {
-        let store = open_store(&self.settings).map_err(one_line)?;
-        answer(&store.retry(&id).map_err(|err| err.to_string())?)
+    async fn retry_task(&self, Parameters(TaskId { id }): Parameters<TaskId>) -> ToolResult {
+        let task = blocking(self, move |_, store| {
+            store.retry(&id).map_err(|err| err.to_string())
+        })
+        .await?;
+        answer(&task)
     }
 
     #[tool(
@@ -546,12 +605,14 @@ impl QueueServer {
         output_schema = object_schema(),
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
     )]
-    fn pause(&self, Parameters(scope): Parameters<Scope>) -> ToolResult {
-        let store = open_store(&self.settings).map_err(one_line)?;
-        store
-            .pause(&scope.parse()?)
-            .map_err(|err| err.to_string())?;
-        self.paused(&store)
+    async fn pause(&self, Parameters(scope): Parameters<Scope>) -> ToolResult {
+        let scope = scope.parse()?;
+        let paused = blocking(self, move |_, store| {
+            store.pause(&scope).map_err(|err| err.to_string())?;
+            paused(store)
+        })
+        .await?;
+        answer(&json!({ "paused": paused }))
     }
 
     #[tool(
@@ -559,30 +620,32 @@ impl QueueServer {
         output_schema = object_schema(),
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
     )]
-    fn resume(&self, Parameters(scope): Parameters<Scope>) -> ToolResult {
-        let store = open_store(&self.settings).map_err(one_line)?;
+    async fn resume(&self, Parameters(scope): Parameters<Scope>) -> ToolResult {
         let scope = scope.parse()?;
-        if !store
-            .paused()
-            .map_err(|err| err.to_string())?
-            .contains(&scope)
-        {
-            return Err(format!("{scope} is not paused"));
-        }
-        store.resume(&scope).map_err(|err| err.to_string())?;
-        self.paused(&store)
-    }
-
-    /// What is paused now, as the pause tools answer.
-    fn paused(&self, store: &queue::Store) -> ToolResult {
-        let paused: Vec<String> = store
-            .paused()
-            .map_err(|err| err.to_string())?
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let paused = blocking(self, move |_, store| {
+            if !store
+                .paused()
+                .map_err(|err| err.to_string())?
+                .contains(&scope)
+            {
+                return Err(format!("{scope} is not paused"));
+            }
+            store.resume(&scope).map_err(|err| err.to_string())?;
+            paused(store)
+        })
+        .await?;
         answer(&json!({ "paused": paused }))
     }
+}
+
+/// What is paused now, as the pause tools answer.
+fn paused(store: &Store) -> Result<Vec<String>, String> {
+    Ok(store
+        .paused()
+        .map_err(|err| err.to_string())?
+        .iter()
+        .map(ToString::to_string)
+        .collect())
 }
 
 #[tool_handler(router = self.tool_router)]

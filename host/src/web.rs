@@ -16,7 +16,14 @@
 //! - `GET /api/events` server-sent events: a `change` event whenever the status changes.
 //!
 //! Connections are limited in number and in how long they may stay silent (see
-//! [`connections`]); the event streams share one reader of the status (see [`events`]).
+//! [`connections`]); the event streams share one reader of the status, which reads when the
+//! queue signals a change (see [`events`]).
+//!
+//! On PostgreSQL the server opens the queue's store once, at its start, and every request uses
+//! it, its small pool of connections serving requests side by side; on SQLite each use opens
+//! the store, which costs a few file operations (see [`store`] for why it is not kept). Store
+//! calls block: they run on the runtime's blocking threads, never on the threads that serve
+//! connections.
 //!
 //! Nobody but the holder of the token gets in, on loopback too: without `--token` (or
 //! `HOST_WEB_TOKEN`) a random one is made at start and printed in the URL to open, as Jupyter
@@ -29,9 +36,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
-use axum::middleware;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -41,7 +48,7 @@ use serde_json::{Value, json};
 
 use crate::cli::Settings;
 use crate::commands::status::StatusReport;
-use crate::commands::{add, branch, open_store};
+use crate::commands::{add, branch};
 use access::Access;
 use events::StatusFeed;
 
@@ -57,11 +64,17 @@ const MAX_BODY: usize = queue::MAX_TASK_BYTES + queue::MAX_TASK_BYTES / 4;
 mod access;
 mod connections;
 mod events;
+mod status;
+mod store;
+
+pub(crate) use status::report as status_report;
+pub(crate) use store::ServerStore;
 
 /// What the handlers share.
 #[derive(Clone)]
 struct App {
     settings: Settings,
+    store: ServerStore,
     feed: Arc<StatusFeed>,
 }
 
@@ -80,16 +93,19 @@ pub fn serve(
     if let Some(token) = &token {
         access::check_token(token)?;
     }
-    open_store(settings)?;
+    // Before anything is served: a queue that cannot be opened is said in one line.
+    let store = ServerStore::open(settings)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|err| anyhow::anyhow!("cannot listen on {addr}: {err}"))?;
         let access = Arc::new(Access::new(token, listener.local_addr()?, allowed_hosts)?);
+        let feed = StatusFeed::start(settings.clone(), store.clone());
         let app = App {
             settings: settings.clone(),
-            feed: StatusFeed::start(settings.clone()),
+            store,
+            feed: Arc::clone(&feed),
         };
         let router = Router::new()
             .route("/", get(|| async { Html(PAGE) }))
@@ -109,6 +125,7 @@ pub fn serve(
             .route("/api/resume", post(resume))
             .route("/api/events", get(events))
             .with_state(app)
+            .layer(middleware::from_fn_with_state(feed, tell_the_feed))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .layer(middleware::from_fn_with_state(
                 Arc::clone(&access),
@@ -154,12 +171,38 @@ impl From<queue::StoreError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Runs `work` off the server's threads: store calls and git block (a file, a database
+/// connection, a large repository). A panic in it is an error answered, not a crash.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
+        .map_err(ApiError::from)
+}
+
+/// After a request that changed the queue, the event streams hear of it now rather than at
+/// their next slow read: a cancel or a pause rings nothing in the store.
+async fn tell_the_feed(
+    State(feed): State<Arc<StatusFeed>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let changing = request.method() == Method::POST;
+    let response = next.run(request).await;
+    if changing && response.status().is_success() {
+        feed.changed();
+    }
+    response
+}
+
 async fn status(State(app): State<App>) -> ApiResult<Json<StatusReport>> {
-    Ok(Json(StatusReport::read(&app.settings)?))
+    blocking(move || Ok(Json(app.store.with(|s| status_report(&app.settings, s))??))).await
 }
 
 async fn stats(State(app): State<App>) -> ApiResult<Json<crate::commands::stats::Stats>> {
-    Ok(Json(crate::commands::stats::collect(&app.settings)?))
+    blocking(move || Ok(Json(crate::commands::stats::collect(&app.settings)?))).await
 }
 
 #[derive(Deserialize)]
@@ -195,19 +238,22 @@ async fn list_tasks(
         limit: Some(filter.limit.unwrap_or(200).min(1000)),
         ..TaskQuery::default()
     };
-    Ok(Json(open_store(&app.settings)?.list(&query)?))
+    blocking(move || Ok(Json(app.store.with(|s| s.list(&query))??))).await
 }
 
 async fn show_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
-    Ok(Json(open_store(&app.settings)?.get(&id)?))
+    blocking(move || Ok(Json(app.store.with(|s| s.get(&id))??))).await
 }
 
 async fn task_log(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let (text, _) = open_store(&app.settings)?.read_log(&id, 0)?;
-    // The tail is what a page shows.
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(200)..].join("\n");
-    Ok(Json(json!({ "id": id, "log": tail })))
+    blocking(move || {
+        let (text, _) = app.store.with(|s| s.read_log(&id, 0))??;
+        // The tail is what a page shows.
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(200)..].join("\n");
+        Ok(Json(json!({ "id": id, "log": tail })))
+    })
+    .await
 }
 
 async fn add_task(State(app): State<App>, Json(entry): Json<Value>) -> ApiResult<Json<Value>> {
@@ -220,27 +266,22 @@ async fn add_task(State(app): State<App>, Json(entry): Json<Value>) -> ApiResult
         };
         ApiError(status, format!("{err:#}"))
     })?;
-    let store = open_store(&app.settings)?;
-    let added = add::add_checked(&app.settings, &store, vec![task], |_, err| err)?;
-    Ok(Json(json!({ "id": added[0].id })))
+    // The task's plugin checks it in a child process: blocking too.
+    blocking(move || {
+        let added = app
+            .store
+            .with(|s| add::add_checked(&app.settings, s, vec![task], |_, err| err))??;
+        Ok(Json(json!({ "id": added[0].id })))
+    })
+    .await
 }
 
 async fn cancel_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
-    Ok(Json(open_store(&app.settings)?.cancel(&id)?))
+    blocking(move || Ok(Json(app.store.with(|s| s.cancel(&id))??))).await
 }
 
 async fn retry_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
-    Ok(Json(open_store(&app.settings)?.retry(&id)?))
-}
-
-/// Runs `work` (git, which may take a while on a large repository) off the server's threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> ApiResult<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
-        .map_err(ApiError::from)
+    blocking(move || Ok(Json(app.store.with(|s| s.retry(&id))??))).await
 }
 
 async fn task_diff(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
@@ -285,7 +326,7 @@ async fn discard_task(State(app): State<App>, Path(id): Path<String>) -> ApiResu
 }
 
 async fn approve_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let said = branch::approve_task(&app.settings, &id)?;
+    let said = blocking(move || branch::approve_task(&app.settings, &id)).await?;
     Ok(Json(json!({ "said": said })))
 }
 
@@ -300,7 +341,7 @@ async fn reject_task(
     Path(id): Path<String>,
     Json(rejection): Json<Rejection>,
 ) -> ApiResult<Json<Value>> {
-    let said = branch::reject_task(&app.settings, &id, &rejection.reason)?;
+    let said = blocking(move || branch::reject_task(&app.settings, &id, &rejection.reason)).await?;
     Ok(Json(json!({ "said": said })))
 }
 
@@ -323,16 +364,23 @@ impl Scope {
 }
 
 async fn pause(State(app): State<App>, Json(scope): Json<Scope>) -> ApiResult<Json<Value>> {
-    let store = open_store(&app.settings)?;
-    let scope = scope.scope();
-    crate::commands::cancel::check_pausable(&app.settings, &store, &scope)?;
-    store.pause(&scope)?;
-    Ok(Json(json!({ "paused": true })))
+    blocking(move || {
+        let scope = scope.scope();
+        app.store.with(|s| {
+            crate::commands::cancel::check_pausable(&app.settings, s, &scope)?;
+            anyhow::Ok(s.pause(&scope)?)
+        })??;
+        Ok(Json(json!({ "paused": true })))
+    })
+    .await
 }
 
 async fn resume(State(app): State<App>, Json(scope): Json<Scope>) -> ApiResult<Json<Value>> {
-    open_store(&app.settings)?.resume(&scope.scope())?;
-    Ok(Json(json!({ "paused": false })))
+    blocking(move || {
+        app.store.with(|s| s.resume(&scope.scope()))??;
+        Ok(Json(json!({ "paused": false })))
+    })
+    .await
 }
 
 /// A `change` event whenever the status (counts, workers, pauses) differs from the last one

@@ -11,12 +11,27 @@ use rmcp::model::CallToolRequestParams;
 use rmcp::transport::TokioChildProcess;
 use serde_json::{Value, json};
 
+/// rmcp's client, talking to `host mcp`.
+type Client = rmcp::service::RunningService<rmcp::RoleClient, ()>;
+
+/// Starts `host mcp` on queue `q`, runs `talk` with rmcp's client of it, then closes it.
+fn talk_to_server(q: &TestQueue, talk: impl AsyncFnOnce(&Client)) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut command = tokio::process::Command::from(q.host());
+        command.arg("mcp");
+        let transport = TokioChildProcess::new(command).unwrap();
+        let client = ().serve(transport).await.unwrap();
+        talk(&client).await;
+        client.cancel().await.unwrap();
+    });
+}
+
 /// Calls a tool and returns its text answer, or the error text when the tool failed.
-async fn call(
-    client: &rmcp::service::RunningService<rmcp::RoleClient, ()>,
-    tool: &'static str,
-    arguments: Value,
-) -> Result<String, String> {
+async fn call(client: &Client, tool: &'static str, arguments: Value) -> Result<String, String> {
     let params = CallToolRequestParams::new(tool).with_arguments(
         arguments
             .as_object()
@@ -42,16 +57,7 @@ async fn call(
 #[test]
 fn an_mcp_client_lists_tools_adds_claims_and_completes_a_task() {
     let q = TestQueue::new();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut command = tokio::process::Command::from(q.host());
-        command.arg("mcp");
-        let transport = TokioChildProcess::new(command).unwrap();
-        let client = ().serve(transport).await.unwrap();
-
+    talk_to_server(&q, async |client| {
         let info = client.peer_info().expect("the server introduced itself");
         assert_eq!(info.server_info.as_ref().unwrap().name, "host");
         let tools = client.list_all_tools().await.unwrap();
@@ -73,7 +79,7 @@ fn an_mcp_client_lists_tools_adds_claims_and_completes_a_task() {
 
         let added: Value = serde_json::from_str(
             &call(
-                &client,
+                client,
                 "add_task",
                 json!({"type": "noop", "description": "from mcp"}),
             )
@@ -82,12 +88,12 @@ fn an_mcp_client_lists_tools_adds_claims_and_completes_a_task() {
         )
         .unwrap();
         let id = added["id"].as_str().unwrap().to_string();
-        let refused = call(&client, "add_task", json!({"type": "nonsense"})).await;
+        let refused = call(client, "add_task", json!({"type": "nonsense"})).await;
         assert!(refused.unwrap_err().contains("unknown task type"));
 
         let claimed: Value = serde_json::from_str(
             &call(
-                &client,
+                client,
                 "claim_task",
                 json!({"role": "noop", "name": "mcp-agent"}),
             )
@@ -98,38 +104,37 @@ fn an_mcp_client_lists_tools_adds_claims_and_completes_a_task() {
         assert_eq!(claimed["id"], id.as_str());
         assert_eq!(claimed["worker"], "mcp-agent");
         let token = claimed["leaseToken"].as_str().unwrap().to_string();
-        let none = call(&client, "claim_task", json!({"role": "noop"})).await;
+        let none = call(client, "claim_task", json!({"role": "noop"})).await;
         assert!(none.unwrap_err().contains("no task to claim"));
 
         call(
-            &client,
+            client,
             "heartbeat_task",
             json!({"id": id, "leaseToken": token}),
         )
         .await
         .unwrap();
         let stolen = call(
-            &client,
+            client,
             "complete_task",
             json!({"id": id, "leaseToken": "0".repeat(32), "result": {"stolen": true}}),
         )
         .await;
         assert!(stolen.unwrap_err().contains("held by mcp-agent"));
         call(
-            &client,
+            client,
             "complete_task",
             json!({"id": id, "leaseToken": token, "result": {"done": true}}),
         )
         .await
         .unwrap();
         let listed: Value = serde_json::from_str(
-            &call(&client, "list_tasks", json!({"status": "completed"}))
+            &call(client, "list_tasks", json!({"status": "completed"}))
                 .await
                 .unwrap(),
         )
         .unwrap();
         assert_eq!(listed["tasks"][0]["id"], id.as_str());
-        client.cancel().await.unwrap();
     });
     assert_eq!(q.status()["counts"]["completed"], 1);
     let status = q.ok(&["status"]);
@@ -242,17 +247,10 @@ fn lines_no_client_should_send_get_json_rpc_errors_not_silence() {
 #[test]
 fn a_task_over_the_size_limit_is_refused_as_by_the_dashboard() {
     let q = TestQueue::new();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut command = tokio::process::Command::from(q.host());
-        command.arg("mcp");
-        let client = ().serve(TokioChildProcess::new(command).unwrap()).await.unwrap();
+    talk_to_server(&q, async |client| {
         let big = "x".repeat(3 * 1024 * 1024);
         let refused = call(
-            &client,
+            client,
             "add_task",
             json!({"type": "noop", "description": big}),
         )
@@ -264,7 +262,7 @@ fn a_task_over_the_size_limit_is_refused_as_by_the_dashboard() {
             &refused[..refused.len().min(500)]
         );
         let refused = call(
-            &client,
+            client,
             "add_tasks",
             json!({"tasks": [{"type": "noop"}, {"type": "noop", "payload": {"text": big}}]}),
         )
@@ -275,7 +273,39 @@ fn a_task_over_the_size_limit_is_refused_as_by_the_dashboard() {
             "{}",
             &refused[..refused.len().min(500)]
         );
-        client.cancel().await.unwrap();
     });
     assert_eq!(q.status()["counts"]["pending"], 0, "nothing was added");
+}
+
+#[test]
+fn the_tools_work_on_a_postgres_queue() {
+    let q = TestQueue::on_postgres();
+    talk_to_server(&q, async |client| {
+        let json = |text: Result<String, String>| -> Value {
+            serde_json::from_str(&text.unwrap()).unwrap()
+        };
+
+        let first = json(call(client, "add_task", json!({"type": "noop"})).await);
+        let id = first["id"].as_str().unwrap().to_string();
+        let second = json(call(client, "add_task", json!({"type": "noop", "after": [id]})).await);
+        let got = json(call(client, "get_task", json!({"id": second["id"]})).await);
+        assert_eq!(got["prerequisites"][0]["id"], id.as_str(), "{got}");
+        let paused = json(call(client, "pause", json!({"type": "noop"})).await);
+        assert_eq!(paused["paused"], json!(["type noop"]));
+        let status = json(call(client, "status", json!({})).await);
+        assert_eq!(status["counts"]["pending"], 1, "{status}");
+        assert_eq!(status["paused"], json!(["type noop"]));
+        let resumed = json(call(client, "resume", json!({"type": "noop"})).await);
+        assert_eq!(resumed["paused"], json!([]));
+        let cancelled = json(call(client, "cancel_task", json!({"id": id})).await);
+        assert_eq!(cancelled["status"], "cancelled");
+        let retried = json(call(client, "retry_task", json!({"id": id})).await);
+        assert_eq!(retried["status"], "pending");
+        let missing = call(client, "get_task", json!({"id": "999"})).await;
+        assert!(missing.unwrap_err().contains("999"));
+        let listed = json(call(client, "list_tasks", json!({"status": "pending"})).await);
+        assert_eq!(listed["tasks"][0]["id"], id.as_str(), "{listed}");
+    });
+    // The server's answers and the command line's agree.
+    assert_eq!(q.status()["counts"]["pending"], 1);
 }

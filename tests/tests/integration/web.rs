@@ -179,9 +179,11 @@ fn every_api_route_answers_as_documented() {
     let (status, _) = server.post(&format!("/api/tasks/{id}/retry"), json!({}));
     assert_eq!(status, 409, "a pending task cannot be retried");
 
-    assert_eq!(server.post("/api/pause", json!({"type": "noop"})).0, 200);
+    let (status, paused) = server.post("/api/pause", json!({"type": "noop"}));
+    assert_eq!(status, 200, "{paused}");
     assert_eq!(q.status()["paused"][0], "type noop");
-    assert_eq!(server.post("/api/resume", json!({"type": "noop"})).0, 200);
+    let (status, resumed) = server.post("/api/resume", json!({"type": "noop"}));
+    assert_eq!(status, 200, "{resumed}");
     assert_eq!(q.status()["paused"].as_array().unwrap().len(), 0);
 
     let (name, value) = server.bearer();
@@ -980,6 +982,7 @@ fn the_dashboard_serves_a_postgres_queue_without_showing_its_password() {
     let queue = report["queue"].as_str().unwrap();
     assert!(queue.starts_with("postgres://host_test:***@"), "{report}");
     assert!(!report.to_string().contains(integration_tests::pg::PASSWORD));
+    assert_eq!(report, q.status(), "the same JSON as `status --json`");
 }
 
 #[test]
@@ -1242,4 +1245,131 @@ fn idle_event_streams_cost_little_and_still_hear_of_changes() {
     for stream in &mut streams {
         read_until(stream, "\"pending\":1");
     }
+}
+
+/// Opens `count` event streams, each read up to its first event, as dashboards do.
+fn open_event_streams(server: &Server, count: usize) -> Vec<TcpStream> {
+    (0..count)
+        .map(|_| {
+            let mut stream = connect(server);
+            raw_get(server, &mut stream, "/api/events");
+            read_until(&mut stream, "event: change");
+            stream
+        })
+        .collect()
+}
+
+#[test]
+fn an_event_reaches_open_streams_promptly_after_host_add() {
+    let q = TestQueue::new();
+    let server = serve(&q, &[]);
+    let mut streams = open_event_streams(&server, 3);
+    for pending in 1..=3 {
+        // A moment after an event, when the reads that the streams' opening asked for are
+        // done, the feed's slow fallback read is still far away: only the queue's signal (the
+        // doorbell that `host add` rings) brings the next event in time.
+        std::thread::sleep(Duration::from_millis(400));
+        q.add(&["--type", "noop"]);
+        let added = Instant::now();
+        for stream in &mut streams {
+            read_until(stream, &format!("\"pending\":{pending}"));
+        }
+        let took = added.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "task {pending} reached the open streams {took:?} after `host add` returned"
+        );
+    }
+}
+
+/// A query of one number, as the cluster's superuser over its Unix socket.
+fn pg_number(cluster: &integration_tests::pg::PgCluster, sql: &str, database: &str) -> i64 {
+    let mut client = postgres::Config::new()
+        .host_path(&cluster.socket_dir)
+        .port(cluster.port)
+        .user(integration_tests::pg::USER)
+        .dbname("postgres")
+        .connect(postgres::NoTls)
+        .unwrap();
+    client.query_one(sql, &[&database]).unwrap().get(0)
+}
+
+/// How many sessions PostgreSQL has established to `database`, counted once none is left open
+/// (a session's count reaches the statistics by its end at the latest).
+fn sessions_made(cluster: &integration_tests::pg::PgCluster, database: &str) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let open = "SELECT count(*) FROM pg_stat_activity \
+                WHERE datname = $1 AND backend_type = 'client backend'";
+    while pg_number(cluster, open, database) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "sessions to {database} stay open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The last session's count may reach the statistics just after it ends.
+    std::thread::sleep(Duration::from_millis(500));
+    let made = "SELECT sessions FROM pg_stat_database WHERE datname = $1";
+    pg_number(cluster, made, database)
+}
+
+#[test]
+fn event_streams_on_postgres_keep_to_the_stores_pool_and_one_listener() {
+    let q = TestQueue::on_postgres();
+    let cluster = integration_tests::pg::PgCluster::shared();
+    let database = q
+        .address
+        .rsplit_once('/')
+        .and_then(|(_, rest)| rest.split('?').next())
+        .unwrap()
+        .to_string();
+    let before = sessions_made(cluster, &database);
+    let server = serve(&q, &[]);
+    let mut streams = open_event_streams(&server, 20);
+    std::thread::sleep(Duration::from_secs(10));
+    // The streams are live: a task added is on all of them.
+    let (status, added) = server.post("/api/tasks", json!({"type": "noop"}));
+    assert_eq!(status, 200, "{added}");
+    for stream in &mut streams {
+        read_until(stream, "\"pending\":1");
+    }
+    drop(streams);
+    drop(server);
+    let made = sessions_made(cluster, &database) - before;
+    // One store for the server's life: its pool's connections and the one that listens for
+    // work, however many pages watch and for however long. (A store opened for each read of
+    // the status made a connection four times a second.)
+    let most = queue::POSTGRES_POOL_SIZE as i64 + 1;
+    assert!(
+        (1..=most).contains(&made),
+        "the dashboard made {made} connections to its database for 20 event streams over 10 s \
+         (at most {most}: its store's pool and one listener)"
+    );
+}
+
+#[test]
+fn a_dashboard_on_sqlite_leaves_the_queue_whole_beside_the_command_line() {
+    let q = TestQueue::new();
+    let server = serve(&q, &[]);
+    let (status, added) = server.post("/api/tasks", json!({"type": "noop"}));
+    assert_eq!(status, 200, "{added}");
+    let id = added["id"].as_str().unwrap().to_string();
+    // Each of these opens the store inside the server once more, beside any it holds; a
+    // command closing the queue in between must not take the server's write-ahead log away.
+    for path in ["/api/stats", "/api/status", &format!("/api/tasks/{id}")] {
+        let (status, body) = server.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        q.status();
+    }
+    let (status, body) = server.post(&format!("/api/tasks/{id}/cancel"), json!({}));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.post(&format!("/api/tasks/{id}/retry"), json!({}));
+    assert_eq!(status, 200, "{body}");
+    let doctor = q.run(&["doctor"]);
+    assert!(
+        doctor.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&doctor.stdout),
+        String::from_utf8_lossy(&doctor.stderr)
+    );
 }
