@@ -360,7 +360,7 @@ impl QueueServer {
     )]
     async fn status(&self) -> ToolResult {
         let report = blocking(self, |settings, store| {
-            crate::web::status_report(settings, store).map_err(one_line)
+            crate::commands::status::StatusReport::of(settings, store).map_err(one_line)
         })
         .await?;
         answer(&report)

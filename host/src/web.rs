@@ -64,10 +64,8 @@ const MAX_BODY: usize = queue::MAX_TASK_BYTES + queue::MAX_TASK_BYTES / 4;
 mod access;
 mod connections;
 mod events;
-mod status;
 mod store;
 
-pub(crate) use status::report as status_report;
 pub(crate) use store::ServerStore;
 
 /// What the handlers share.
@@ -198,11 +196,21 @@ async fn tell_the_feed(
 }
 
 async fn status(State(app): State<App>) -> ApiResult<Json<StatusReport>> {
-    blocking(move || Ok(Json(app.store.with(|s| status_report(&app.settings, s))??))).await
+    blocking(move || {
+        Ok(Json(
+            app.store.with(|s| StatusReport::of(&app.settings, s))??,
+        ))
+    })
+    .await
 }
 
 async fn stats(State(app): State<App>) -> ApiResult<Json<crate::commands::stats::Stats>> {
-    blocking(move || Ok(Json(crate::commands::stats::collect(&app.settings)?))).await
+    blocking(move || {
+        Ok(Json(app.store.with(|s| {
+            crate::commands::stats::collect_from(&app.settings, s)
+        })??))
+    })
+    .await
 }
 
 #[derive(Deserialize)]

@@ -65,6 +65,24 @@ pub struct SqliteDriver {
     opened: Vec<(PathBuf, u64)>,
 }
 
+/// How many drivers of this process have each database open (see [`SqliteDriver::connect`]).
+static OPEN_HERE: Mutex<std::collections::BTreeMap<PathBuf, usize>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
+impl Drop for SqliteDriver {
+    fn drop(&mut self) {
+        let mut open_here = OPEN_HERE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open_here.get_mut(&self.path) {
+            *count -= 1;
+            if *count == 0 {
+                open_here.remove(&self.path);
+            }
+        }
+    }
+}
+
 /// The connection, and the folder held open for the writers' flock.
 struct Inner {
     conn: Connection,
@@ -151,18 +169,26 @@ impl SqliteDriver {
             }
             _ => {}
         }
-        if let Err(err) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-        {
-            return Err(io_err(&path)(err));
-        }
-        if let Some(lost) = files::lost_log(&path) {
-            return Err(folder.damage().unwrap_or_else(|| {
-                folder.record_damage(&path, &lost);
-                StoreError::Damaged { path, reason: lost }
-            }));
+        // Closing any descriptor of a file drops every POSIX lock this process holds on it,
+        // SQLite's included: the files are opened outside SQLite only while no connection of
+        // this process has the queue open (the registry is held until this one is open).
+        let mut open_here = OPEN_HERE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !open_here.contains_key(&path) {
+            if let Err(err) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+            {
+                return Err(io_err(&path)(err));
+            }
+            if let Some(lost) = files::lost_log(&path) {
+                return Err(folder.damage().unwrap_or_else(|| {
+                    folder.record_damage(&path, &lost);
+                    StoreError::Damaged { path, reason: lost }
+                }));
+            }
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_NOFOLLOW
@@ -199,6 +225,8 @@ impl SqliteDriver {
                 Some((file, id))
             })
             .collect();
+        *open_here.entry(path.clone()).or_default() += 1;
+        drop(open_here);
         Ok(SqliteDriver {
             folder,
             path,
@@ -1097,5 +1125,40 @@ mod tests {
             store.summary().unwrap().counts.get(&TaskStatus::Review),
             Some(&1)
         );
+    }
+
+    /// A second store opened and dropped in a process that keeps one open leaves the kept
+    /// one's locks in place: another process closing the queue then leaves SQLite's log alone,
+    /// and the kept store goes on writing.
+    #[test]
+    fn a_second_store_in_the_same_process_leaves_the_first_ones_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("q");
+        let kept = SqliteStore::init(&root).unwrap();
+        kept.add(vec![NewTask {
+            task_type: "alpha".into(),
+            ..NewTask::default()
+        }])
+        .unwrap();
+        drop(SqliteStore::open(&root).unwrap());
+        // Another process opens and closes the queue: were the kept store's locks gone, it
+        // would be the last connection, checkpoint and delete the log.
+        let db = root.join("queue.db");
+        let status = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+                 c.execute('SELECT count(*) FROM tasks').fetchall(); c.close()",
+            )
+            .arg(&db)
+            .status()
+            .expect("python3 runs");
+        assert!(status.success());
+        assert!(root.join("queue.db-wal").exists(), "the log is still there");
+        kept.add(vec![NewTask {
+            task_type: "alpha".into(),
+            ..NewTask::default()
+        }])
+        .expect("the kept store writes on");
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use jiff::{SignedDuration, Timestamp};
-use queue::{QueueStore, Task, TaskQuery, TaskStatus};
+use queue::{QueueStore, Store, Task, TaskQuery, TaskStatus};
 use serde::Serialize;
 
 use crate::cli::Settings;
@@ -71,7 +71,11 @@ pub struct Stats {
 
 /// Reads the counts and the last hour's finished tasks and computes the figures.
 pub fn collect(settings: &Settings) -> anyhow::Result<Stats> {
-    let store = open_store(settings)?;
+    collect_from(settings, &open_store(settings)?)
+}
+
+/// [`collect`] from a store already open (a server keeps one).
+pub fn collect_from(settings: &Settings, store: &Store) -> anyhow::Result<Stats> {
     let summary = store.summary()?;
     let now = Timestamp::now();
     let hour_ago = now.saturating_sub(SignedDuration::from_hours(1))?;
@@ -117,7 +121,7 @@ pub fn collect(settings: &Settings) -> anyhow::Result<Stats> {
             .iter()
             .map(|role| (role.name().to_string(), role.task_types().to_vec()))
             .collect();
-    for (name, binding) in Config::load(&store)?.roles {
+    for (name, binding) in Config::load(store)?.roles {
         if let Some(types) = binding.types {
             role_types.insert(name, types);
         }

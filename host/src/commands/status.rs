@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use queue::{PauseScope, QueueStore, TaskQuery, TaskStatus, WorkerRecord};
+use queue::{PauseScope, QueueStore, Store, TaskQuery, TaskStatus, WorkerRecord};
 use serde::Serialize;
 
 use crate::cli::Settings;
@@ -63,7 +63,11 @@ impl StatusReport {
     /// Reads the counts the store keeps and the worker records; of the tasks, only those
     /// waiting for a person (review, conflicts) are read, at most [`ATTENTION_SHOWN`] of each.
     pub fn read(settings: &Settings) -> anyhow::Result<StatusReport> {
-        let store = open_store(settings)?;
+        StatusReport::of(settings, &open_store(settings)?)
+    }
+
+    /// [`StatusReport::read`] from a store already open (a server keeps one).
+    pub fn of(settings: &Settings, store: &Store) -> anyhow::Result<StatusReport> {
         let summary = store.summary()?;
         let counts = TaskStatus::ALL
             .iter()

@@ -143,7 +143,8 @@ async fn read_while_watched(feed: Arc<StatusFeed>, settings: Settings, store: Se
         let (reading, from) = (Arc::clone(&settings), store.clone());
         // Reading the store is file or database work: off the server's threads.
         let read = tokio::task::spawn_blocking(move || {
-            let report = from.with(|s| super::status::report(&reading, s))??;
+            let report =
+                from.with(|s| crate::commands::status::StatusReport::of(&reading, s))??;
             anyhow::Ok(serde_json::to_string(&report)?)
         })
         .await
