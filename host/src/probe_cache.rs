@@ -60,6 +60,7 @@ impl FileId {
 }
 
 /// The cache file's contents.
+#[cfg(unix)]
 #[derive(Default, Serialize, Deserialize)]
 struct CacheFile {
     /// The host executable whose probes gave these answers.
@@ -85,6 +86,8 @@ pub struct ProbeCache {
     /// Where the cache file is; `None` when there is no safe place for it.
     #[cfg(unix)]
     file: Option<PathBuf>,
+    /// The identity of this host executable, which made the answers.
+    #[cfg(unix)]
     host: Option<FileId>,
     entries: Vec<Entry>,
     /// Whether something was stored since it was read.
@@ -95,6 +98,7 @@ impl ProbeCache {
     /// The cache as the file holds it: empty when there is none, it is not safe to read, or
     /// it was made by another host executable.
     pub fn load() -> ProbeCache {
+        #[cfg(unix)]
         let host = std::env::current_exe()
             .ok()
             .and_then(|exe| FileId::of(&exe));
@@ -113,6 +117,7 @@ impl ProbeCache {
         ProbeCache {
             #[cfg(unix)]
             file,
+            #[cfg(unix)]
             host,
             entries,
             changed: false,
