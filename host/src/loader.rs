@@ -14,6 +14,10 @@
 //!   library that aborts or hangs costs that library or that add one line of error, never the
 //!   worker, `host add`, `host serve` or `host mcp` that asked.
 //!
+//! What a library that loaded lists is remembered between runs, under the file's identity
+//! ([`crate::probe_cache`]): a command starts a listing probe only for a library it has not
+//! seen as it is now. The judgement is not remembered: it runs every time, first.
+//!
 //! The rest of the host sees [`PluginRegistry`] and [`PluginRole`], plain data; only
 //! [`crate::library`], in child processes, knows abi_stable.
 
@@ -28,6 +32,8 @@ use anyhow::Context as _;
 use plugin_api::Task;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use crate::probe_cache::{FileId, ProbeCache};
 
 /// How long a plugin may take to list its roles or to validate the tasks of one add, unless
 /// `HOST_PLUGIN_TIMEOUT` says otherwise.
@@ -162,12 +168,25 @@ pub struct PluginRegistry {
 }
 
 impl PluginRegistry {
-    /// Judges every library in the folders, then lists the roles of those that pass, each in a
-    /// child process, all at once. A role name already provided by an earlier library is kept
-    /// from the earlier one (the later one is reported as shadowed). Folders that do not exist
-    /// are skipped.
+    /// Judges every library in the folders, then lists the roles of those that pass: from the
+    /// answers remembered for them as they are now ([`ProbeCache`]), else each in a child
+    /// process, all at once. A role name already provided by an earlier library is kept from
+    /// the earlier one (the later one is reported as shadowed). Folders that do not exist are
+    /// skipped.
     pub fn discover(search_path: &[PathBuf]) -> PluginRegistry {
-        let mut found: Vec<(PathBuf, Result<Probe, String>)> = Vec::new();
+        PluginRegistry::discover_with(search_path, true)
+    }
+
+    /// [`PluginRegistry::discover`], probing every library that passes whatever was
+    /// remembered of it (what is learnt is remembered): for `host plugins`, which shows what
+    /// the libraries say now.
+    pub fn discover_afresh(search_path: &[PathBuf]) -> PluginRegistry {
+        PluginRegistry::discover_with(search_path, false)
+    }
+
+    fn discover_with(search_path: &[PathBuf], remembered: bool) -> PluginRegistry {
+        let mut cache = ProbeCache::load();
+        let mut found: Vec<(PathBuf, Result<Asked, String>)> = Vec::new();
         let mut seen = HashSet::new();
         for dir in search_path {
             for path in library_files(dir) {
@@ -175,8 +194,18 @@ impl PluginRegistry {
                 if !seen.insert(key) {
                     continue;
                 }
-                let probe = judge(&path).and_then(|resolved| Probe::start(&resolved, None));
-                found.push((path, probe));
+                // Judged every time, whatever the cache says: who may have changed the file
+                // or a folder on its way is not part of its identity.
+                let asked = judge(&path).and_then(|resolved| {
+                    let id = FileId::of(&resolved);
+                    if remembered
+                        && let Some(answer) = id.as_ref().and_then(|id| cache.get(&resolved, id))
+                    {
+                        return Ok(Asked::Remembered(answer.clone()));
+                    }
+                    Probe::start(&resolved, None).map(|probe| Asked::Probing(probe, resolved, id))
+                });
+                found.push((path, asked));
             }
         }
         let mut registry = PluginRegistry {
@@ -185,8 +214,23 @@ impl PluginRegistry {
             roles: Vec::new(),
             shadowed: Vec::new(),
         };
-        for (path, probe) in found {
-            let status = match probe.and_then(|p| p.finish("listing its roles")) {
+        for (path, asked) in found {
+            let answer = asked.and_then(|asked| match asked {
+                Asked::Remembered(answer) => Ok(answer),
+                Asked::Probing(probe, resolved, id) => {
+                    let answer = probe.finish("listing its roles")?;
+                    // Kept only when the library loaded and is still the file that was
+                    // probed (the identity taken before the probe started).
+                    if answer["refused"].is_null()
+                        && let Some(id) = id
+                        && FileId::of(&resolved).as_ref() == Some(&id)
+                    {
+                        cache.put(&resolved, id, answer.clone());
+                    }
+                    Ok(answer)
+                }
+            });
+            let status = match answer {
                 Ok(answer) => registry.listed(&path, answer),
                 Err(reason) => LibraryStatus::Refused {
                     reason,
@@ -195,6 +239,7 @@ impl PluginRegistry {
             };
             registry.reports.push(LibraryReport { path, status });
         }
+        cache.save();
         registry
     }
 
@@ -442,6 +487,13 @@ pub fn judge(path: &Path) -> Result<PathBuf, String> {
     ))
 }
 
+/// How a library's roles are learnt: remembered, or from a probe under way of the library at
+/// the resolved path, whose identity was this before it started.
+enum Asked {
+    Remembered(Value),
+    Probing(Probe, PathBuf, Option<FileId>),
+}
+
 /// A child `host plugin-probe` opening one library: to list its roles, or to validate tasks
 /// with one of them.
 struct Probe {
@@ -504,26 +556,21 @@ impl Probe {
     fn finish(mut self, doing: &str) -> Result<Value, String> {
         let limit = plugin_time_limit();
         let deadline = Instant::now() + limit;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2))
-                }
-                Ok(None) => {
-                    crate::process_tree::kill_tree(self.child.id(), true);
-                    // On Windows a probe is in no job of the worker's: it is killed by itself.
-                    #[cfg(windows)]
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return Err(format!(
-                        "it did not finish {doing} within {} (set HOST_PLUGIN_TIMEOUT to allow \
-                         longer)",
-                        humantime::format_duration(limit)
-                    ));
-                }
-                Err(err) => return Err(format!("cannot wait for the plugin probe: {err}")),
+        let status = match wait_until(&mut self.child, deadline) {
+            Ok(Some(status)) => status,
+            Ok(None) => {
+                crate::process_tree::kill_tree(self.child.id(), true);
+                // On Windows a probe is in no job of the worker's: it is killed by itself.
+                #[cfg(windows)]
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(format!(
+                    "it did not finish {doing} within {} (set HOST_PLUGIN_TIMEOUT to allow \
+                     longer)",
+                    humantime::format_duration(limit)
+                ));
             }
+            Err(err) => return Err(format!("cannot wait for the plugin probe: {err}")),
         };
         let grace = Duration::from_secs(1);
         let stdout = self.stdout.recv_timeout(grace).unwrap_or_default();
@@ -550,6 +597,41 @@ impl Probe {
             .unwrap_or_default();
         let how = crate::handler_process::describe_exit("plugin probe", status);
         Err(format!("{how} while {doing}{said}"))
+    }
+}
+
+/// Waits for `child` to exit until `deadline`: its status, or `None` when the time ran out
+/// first. On Linux the wait is on a pidfd, so the answer comes the moment the child exits (a
+/// probe is on the path of every `host add`); elsewhere, or without pidfds, it looks every 2 ms.
+fn wait_until(
+    child: &mut Child,
+    deadline: Instant,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        use rustix::process::{Pid, PidfdFlags, pidfd_open};
+        // The child is not waited for until the pidfd says it exited, so its id stays its own.
+        if let Ok(pidfd) = pidfd_open(Pid::from_child(child), PidfdFlags::empty()) {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let left = Timespec::try_from(left).unwrap_or_default();
+                let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+                match poll(&mut fds, Some(&left)) {
+                    Ok(0) if Instant::now() >= deadline => return Ok(None),
+                    Ok(0) | Err(rustix::io::Errno::INTR) => {}
+                    Ok(_) => return child.wait().map(Some),
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+    }
+    loop {
+        match child.try_wait()? {
+            Some(status) => return Ok(Some(status)),
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            None => return Ok(None),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod hooks;
 mod library;
 mod loader;
 mod mcp;
+mod probe_cache;
 mod process_tree;
 mod wakeup;
 mod web;

@@ -10,6 +10,9 @@ pub struct ProcessGroup {
     leader: nix::unistd::Pid,
     #[cfg(windows)]
     job: Option<win32job::Job>,
+    /// The command's process id, to kill it by where no job could be made.
+    #[cfg(windows)]
+    pid: u32,
 }
 
 impl ProcessGroup {
@@ -38,8 +41,30 @@ impl ProcessGroup {
                 job.set_extended_limit_info(&info).is_ok()
                     && job.assign_process(child.as_raw_handle() as isize).is_ok()
             });
-            ProcessGroup { job }
+            ProcessGroup {
+                job,
+                pid: child.id(),
+            }
         }
+    }
+
+    /// Kills every process of the group, and the command itself even where it is not in the
+    /// group: on Unix one that left it (`setsid`), on Windows one for which no job could be
+    /// made (with what it started, as far as `taskkill` finds them). Only until the command has
+    /// been waited for: after that its id may be another process's.
+    pub fn kill_all(&mut self) {
+        #[cfg(unix)]
+        let _ = nix::sys::signal::kill(self.leader, nix::sys::signal::Signal::SIGKILL);
+        #[cfg(windows)]
+        if self.job.is_none() {
+            let _ = std::process::Command::new("taskkill")
+                .args(["/F", "/T", "/PID", &self.pid.to_string()])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        self.kill();
     }
 
     /// Kills every process of the group.

@@ -100,6 +100,13 @@ pub fn prerequisite_branches(repo: &worktrees::Repo, prerequisites: &[Task]) -> 
     branches
 }
 
+/// Whether a task's result names branches it left (see [`prerequisite_branches`]).
+fn left_branches(task: &Task) -> bool {
+    task.result
+        .as_ref()
+        .is_some_and(|result| result.get("worktree").is_some() || result.get("branches").is_some())
+}
+
 /// Where a role that reads or runs the target without changing it (the tester, the inspector)
 /// works: the target itself, or, when tasks it comes after left their changes on worktree
 /// branches of the target's repository (agent tasks not merged yet), a throwaway worktree with
@@ -124,6 +131,11 @@ impl Workplace {
             checkout: None,
             branches: Vec::new(),
         };
+        // Only a task after others that left branches can need a worktree: the rest (most
+        // tasks) need not ask git where the target's repository is, which costs a process.
+        if !prerequisites.iter().any(left_branches) {
+            return Ok(in_place());
+        }
         let Some(repo) = worktrees::Repo::containing(target) else {
             return Ok(in_place());
         };

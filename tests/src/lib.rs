@@ -341,6 +341,9 @@ pub struct TestQueue {
     pub plugins: PathBuf,
     /// What `host` is given as the queue: the coordination folder, or a PostgreSQL URL.
     pub address: String,
+    /// The user's cache folder as `host` sees it (`XDG_CACHE_HOME`), one per queue so that
+    /// tests do not share what the host remembers of plugins.
+    pub cache: PathBuf,
 }
 
 impl TestQueue {
@@ -375,6 +378,7 @@ impl TestQueue {
         let queue = dir.path().join("queue");
         let plugins = dir.path().join("plugins");
         let scratch = dir.path().join("scratch");
+        let cache = dir.path().join("cache");
         fs::create_dir_all(&plugins).unwrap();
         fs::create_dir_all(&scratch).unwrap();
         for name in crates {
@@ -387,6 +391,7 @@ impl TestQueue {
             queue,
             plugins,
             address,
+            cache,
         };
         q.ok(&["init"]);
         q
@@ -399,6 +404,7 @@ impl TestQueue {
         cmd.current_dir(&self.scratch)
             .env("HOST_QUEUE_DIR", &self.address)
             .env("HOST_PLUGIN_PATH", &self.plugins)
+            .env("XDG_CACHE_HOME", &self.cache)
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null());
         cmd

@@ -52,9 +52,10 @@ fn changed_under(workers: &[queue::WorkerRecord], path: &std::path::Path) -> Vec
         .collect()
 }
 
-/// Lists the plugin path, loading every library on it.
+/// Lists the plugin path, loading every library on it (whatever was remembered of it: this
+/// listing shows what the libraries say now).
 pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
-    let registry = PluginRegistry::discover(&settings.plugin_path);
+    let registry = PluginRegistry::discover_afresh(&settings.plugin_path);
     let workers = live_workers(settings);
     let libraries: Vec<Value> = registry
         .reports()

@@ -3,6 +3,7 @@
 //! serve` or the worker.
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -320,4 +321,99 @@ fn a_validate_that_aborts_or_hangs_fails_that_add_and_nothing_else() {
     assert_eq!(status.status().as_u16(), 200, "the server is still up");
     let _ = server.kill();
     let _ = server.wait();
+}
+
+#[test]
+fn what_a_library_lists_is_remembered_until_the_file_changes() {
+    use std::os::unix::fs::PermissionsExt;
+    let q = TestQueue::with_plugins(&["noop", "bad_plugin"]);
+    let bad = q.plugins.join(library_file("bad_plugin"));
+    // The bad plugin writes the marker whenever its roles are listed, that is whenever a
+    // probe opens it: an add of a noop task opens it only to learn what it provides.
+    let marker = q.scratch.join("marker");
+    let add = || {
+        let output = q
+            .host()
+            .env("BAD_PLUGIN_MARKER", &marker)
+            .args(["add", "--type", "noop"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let probed = || {
+        let was = marker.exists();
+        let _ = fs::remove_file(&marker);
+        was
+    };
+    let mode = |path: &std::path::Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+
+    add();
+    assert!(probed(), "the first add lists the library's roles");
+    add();
+    assert!(!probed(), "the second add remembers them");
+    let cache = q.cache.join("host/plugins.json");
+    assert_eq!(mode(&cache), 0o600, "the cache is the user's alone");
+    assert_eq!(mode(cache.parent().unwrap()), 0o700);
+
+    // A new modification time (same size), then a new size: probed again, then remembered.
+    let file = fs::File::options().write(true).open(&bad).unwrap();
+    file.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60))
+        .unwrap();
+    drop(file);
+    add();
+    assert!(
+        probed(),
+        "a library with a new modification time is probed again"
+    );
+    add();
+    assert!(!probed());
+    fs::File::options()
+        .append(true)
+        .open(&bad)
+        .unwrap()
+        .write_all(b"\0")
+        .unwrap();
+    add();
+    assert!(probed(), "a library of a new size is probed again");
+    add();
+    assert!(!probed());
+
+    // A cache others could have written is not read, and is replaced by one they cannot.
+    fs::set_permissions(&cache, fs::Permissions::from_mode(0o666)).unwrap();
+    add();
+    assert!(probed(), "a world-writable cache is ignored");
+    assert_eq!(mode(&cache), 0o600);
+    add();
+    assert!(!probed());
+    // So is one that is not a cache.
+    fs::write(&cache, "not a cache").unwrap();
+    add();
+    assert!(probed(), "a corrupt cache is ignored");
+    add();
+    assert!(!probed());
+
+    // The ownership and permission checks still run every time: a library made writable by
+    // others is refused, remembered or not.
+    fs::set_permissions(&bad, fs::Permissions::from_mode(0o666)).unwrap();
+    let output = q.host().args(["--role", "bad"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("writable by its group or other users"),
+        "{stderr}"
+    );
+    fs::set_permissions(&bad, fs::Permissions::from_mode(0o644)).unwrap();
+
+    // `host plugins` shows what the libraries say now: it always asks them.
+    add();
+    let _ = probed();
+    q.host()
+        .env("BAD_PLUGIN_MARKER", &marker)
+        .args(["plugins"])
+        .output()
+        .unwrap();
+    assert!(probed(), "host plugins probes every library");
 }
