@@ -1,7 +1,7 @@
-//! The task queue: what can be done to it ([`QueueStore`]), the rules of a task's life that
-//! every store follows ([`lifecycle`]), and the two stores: the embedded one
-//! ([`SqliteStore`]: SQLite in the coordination folder, no server to start) and the one for
-//! many machines ([`PostgresStore`]). [`Store`] opens either from a [`QueueAddress`].
+//! The task queue: what can be done to it ([`QueueStore`]), written once in the [`Engine`],
+//! which applies the rules of a task's life ([`lifecycle`]) over a database [`driver`]: the
+//! embedded one ([`SqliteStore`]: SQLite in the coordination folder, no server to start) or the
+//! one for many machines ([`PostgresStore`]). [`Store`] opens either from a [`QueueAddress`].
 //!
 //! The data path reads in one direction: [`QueueStore::add`] stores [`NewTask`]s as
 //! [`Task`]s; [`QueueStore::claim`] hands the best pending task of some types to a worker
@@ -11,8 +11,9 @@
 //! nothing. Every lease operation is fenced by the lease's secret token and its attempt number:
 //! only the holder of the current, unexpired lease may extend or finish a task.
 //!
-//! A store only stores and fetches: what a claim, a finish, a cancel or a retry does to a task,
-//! and how the tasks after it follow, is decided in [`lifecycle`], written once.
+//! A driver only stores and fetches, each operation one statement or one transaction: what a
+//! claim, a finish, a cancel or a retry does to a task, and how the tasks after it follow, is
+//! decided in [`lifecycle`] and sequenced by the [`Engine`], written once for both databases.
 //!
 //! Workers also publish a [`WorkerRecord`] that `status` shows.
 

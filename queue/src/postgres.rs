@@ -175,6 +175,8 @@ impl PostgresDriver {
             Durability::Durable => "on",
             Durability::Relaxed => "off",
         };
+        // Generic plans: the statements here are few and simple, and planning each execution
+        // anew (custom plans, for array parameters always) cost as much as running it.
         // A machine cut off in the middle of a transaction holds its row locks until the
         // server gives up on it: claims pass over locked tasks and the lease scan over locked
         // leases, so that must be soon. Transactions here never wait on their client for more
@@ -182,6 +184,7 @@ impl PostgresDriver {
         client
             .batch_execute(&format!(
                 "SET search_path = host; SET synchronous_commit = {commit}; \
+                 SET plan_cache_mode = force_generic_plan; \
                  SET idle_in_transaction_session_timeout = '10s'; \
                  SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
                  SET tcp_keepalives_count = 3; SET tcp_user_timeout = 10000"
@@ -806,19 +809,47 @@ impl DriverTx for Tx<'_> {
     }
 
     fn update(&mut self, rows: &[TaskRow]) -> Result<(), StoreError> {
-        let columns = Columns::of(rows);
-        self.change(
-            &format!(
-                "UPDATE tasks t SET type = u.type, status = u.status, priority = u.priority, \
-                    created_at = u.created_at, finished_at = u.finished_at, \
-                    retry_at = u.retry_at, lease_expires_at = u.lease_expires_at, \
-                    worker = u.worker, body = u.body, conflict = u.conflict, \
-                    lease_token = CASE WHEN u.status = 'running' \
-                        THEN COALESCE(u.token, t.lease_token) END \
-                 FROM {UNNEST} WHERE t.id = u.id"
+        const SET: &str = "type = u.type, status = u.status, priority = u.priority, \
+            created_at = u.created_at, finished_at = u.finished_at, retry_at = u.retry_at, \
+            lease_expires_at = u.lease_expires_at, worker = u.worker, body = u.body, \
+            conflict = u.conflict, \
+            lease_token = CASE WHEN u.status = 'running' THEN COALESCE(u.token, t.lease_token) END";
+        // One row (most writes) by its key: a join with `unnest` costs the server twice as
+        // much for one row.
+        let sql = match rows {
+            [_] => format!(
+                "UPDATE tasks t SET {SET} FROM (SELECT $1::bigint AS id, $2::text AS type, \
+                    $3::text AS status, $4::int AS priority, $5::bigint AS created_at, \
+                    $6::bigint AS finished_at, $7::bigint AS retry_at, \
+                    $8::bigint AS lease_expires_at, $9::text AS worker, $10::text AS body, \
+                    $11::bool AS conflict, $12::text AS token) u WHERE t.id = $1"
             ),
-            &columns.params(),
-        )
+            _ => format!("UPDATE tasks t SET {SET} FROM {UNNEST} WHERE t.id = u.id"),
+        };
+        let columns = Columns::of(rows);
+        match rows {
+            [row] => {
+                let priority = i32::try_from(row.priority).unwrap_or(i32::MAX);
+                self.change(
+                    &sql,
+                    &[
+                        &row.id,
+                        &row.task_type,
+                        &row.status,
+                        &priority,
+                        &row.created_at,
+                        &row.finished_at,
+                        &row.retry_at,
+                        &row.lease_expires_at,
+                        &row.worker,
+                        &row.body,
+                        &row.conflict,
+                        &row.token,
+                    ],
+                )
+            }
+            _ => self.change(&sql, &columns.params()),
+        }
     }
 
     fn candidates(
