@@ -37,6 +37,21 @@ pub struct Completer {
     written: Condvar,
 }
 
+/// Ends a write that panicked: another slot may write next.
+struct Unwinding<'c>(&'c Completer);
+
+impl Drop for Unwinding<'_> {
+    fn drop(&mut self) {
+        let mut state = self
+            .0
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.writing = false;
+        self.0.written.notify_all();
+    }
+}
+
 #[derive(Default)]
 struct State {
     next_ticket: u64,
@@ -72,10 +87,22 @@ impl Completer {
                 state = self.written.wait(state).expect("completer lock");
                 continue;
             }
-            state.writing = true;
             let batch = std::mem::take(&mut state.waiting);
+            if batch.is_empty() {
+                // This request went with a write that panicked: nothing is known of it.
+                let lost = || StoreError::InvalidTask("the write of this outcome failed".into());
+                return Response {
+                    done: Some(Err(lost())),
+                    next: Err(lost()),
+                };
+            }
+            state.writing = true;
             drop(state);
+            // Should the write panic, the next slot may still write: the others must not wait
+            // for ever.
+            let unwinding = Unwinding(self);
             let answers = self.write(batch);
+            std::mem::forget(unwinding);
             state = self.state.lock().expect("completer lock");
             state.writing = false;
             state.answers.extend(answers);

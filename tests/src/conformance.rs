@@ -432,7 +432,8 @@ pub fn claims_are_exactly_once_under_contention(engine: &dyn Engine) {
     );
 }
 
-/// Four `host` worker processes drain 500 tasks: each task runs exactly once.
+/// Four `host` worker processes drain 500 tasks, two of them with four slots: each task runs
+/// exactly once.
 pub fn four_workers_drain_500_tasks_each_exactly_once(engine: &dyn Engine) {
     let q = engine.fresh();
     let file = q.scratch.join("tasks.jsonl");
@@ -446,8 +447,16 @@ pub fn four_workers_drain_500_tasks_each_exactly_once(engine: &dyn Engine) {
             .count(),
         500
     );
+    // Two of one slot, two of four, whose slots' outcomes and claims the completer batches.
     let workers: Vec<_> = (0..4)
-        .map(|i| q.spawn_worker("noop", &["--drain", "--name", &format!("w{i}")]))
+        .map(|i| {
+            let slots = if i < 2 { "1" } else { "4" };
+            let name = format!("w{i}");
+            q.spawn_worker(
+                "noop",
+                &["--drain", "--name", &name, "--concurrency", slots],
+            )
+        })
         .collect();
     let mut claims: BTreeMap<String, usize> = BTreeMap::new();
     for worker in workers {
