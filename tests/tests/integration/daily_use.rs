@@ -514,10 +514,21 @@ fn bulk_actions_check_every_id_first_and_refuse_unknown_types() {
 #[test]
 fn results_follow_the_order_tasks_finished_in_and_show_names_what_a_task_waits_for() {
     let q = TestQueue::new();
-    // Claimed by priority: the later task finishes first.
-    let slow = q.add(&["--type", "noop", "--priority", "9"]);
-    let quick = q.add(&["--type", "noop", "--priority", "1"]);
-    q.drain("noop", &[]);
+    // Claimed by priority: the later task finishes first (each takes 20 ms, so that the two
+    // finish in different milliseconds, which is what the finishing times record).
+    let task = |priority| {
+        q.add(&[
+            "--type",
+            "sleep",
+            "--priority",
+            priority,
+            "--payload",
+            r#"{"ms": 20}"#,
+        ])
+    };
+    let slow = task("9");
+    let quick = task("1");
+    q.drain("sleeper", &[]);
     let finished: Vec<String> = q
         .results()
         .iter()
