@@ -242,6 +242,26 @@ impl<D: Driver> Engine<D> {
         Ok(())
     }
 
+    /// Takes the turn of claimers of each limited type among `types` (on a database shared by
+    /// many machines, a lock held until the commit), before the transaction writes anything:
+    /// taken after a write, a claimer holding one type's turn could wait for a row that this
+    /// transaction wrote (the kept counts), while this one waits for its turn.
+    fn take_limit_turns<T: DriverTx>(
+        &self,
+        rules: &mut Rules<'_, T>,
+        types: &[String],
+    ) -> Result<(), StoreError> {
+        let mut limited: Vec<&String> = types
+            .iter()
+            .filter(|t| self.policy.limits.contains_key(*t))
+            .collect();
+        limited.sort();
+        for task_type in limited {
+            rules.tx.running(task_type)?;
+        }
+        Ok(())
+    }
+
     /// Up to `count` claims for `worker` of `types`, inside a write: the claim order and the
     /// limits are applied here, to candidates the driver found.
     fn claim_in<T: DriverTx>(
@@ -476,6 +496,7 @@ impl<D: Driver> QueueStore for Engine<D> {
         }
         let now = Timestamp::now();
         self.write(Commit::Lazy, |rules| {
+            self.take_limit_turns(rules, types)?;
             self.claim_in(rules, worker, types, count, now)
         })
     }
@@ -539,11 +560,17 @@ impl<D: Driver> QueueStore for Engine<D> {
         let together = self.write(commit, |rules| {
             claim_failed = false;
             let now = Timestamp::now();
+            if count > 0 {
+                self.take_limit_turns(rules, types)?;
+            }
             let done = if outcomes.is_empty() {
                 Vec::new()
             } else {
                 self.finish_in(rules, outcomes, now)?
             };
+            if count == 0 {
+                return Ok((done, Vec::new()));
+            }
             match self.claim_in(rules, worker, types, count, now) {
                 Ok(claims) => Ok((done, claims)),
                 Err(err) => {

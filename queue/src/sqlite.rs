@@ -70,10 +70,19 @@ static OPEN_HERE: Mutex<std::collections::BTreeMap<PathBuf, usize>> =
     Mutex::new(std::collections::BTreeMap::new());
 
 impl Drop for SqliteDriver {
+    /// Closes the connection while the registry is held, so that no other connection of this
+    /// process opens the files outside SQLite before this one's locks are gone.
     fn drop(&mut self) {
         let mut open_here = OPEN_HERE
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let inner = self
+            .inner
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Ok(nothing) = Connection::open_in_memory() {
+            drop(std::mem::replace(&mut inner.conn, nothing));
+        }
         if let Some(count) = open_here.get_mut(&self.path) {
             *count -= 1;
             if *count == 0 {
