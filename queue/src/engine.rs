@@ -549,15 +549,12 @@ impl<D: Driver> QueueStore for Engine<D> {
         count: usize,
     ) -> Result<Recorded, StoreError> {
         validate_name("worker name", worker)?;
-        let commit = if outcomes.is_empty() {
-            Commit::Lazy
-        } else {
-            Commit::AsConfigured
-        };
+        // Committed lazily and flushed after: should the flush fail, the claims were made all
+        // the same and go to their slots, while no outcome is reported as recorded.
         // Set when it was the claim that failed: the outcomes are then recorded on their own,
         // and the claim's error handed back beside them.
         let mut claim_failed = false;
-        let together = self.write(commit, |rules| {
+        let together = self.write(Commit::Lazy, |rules| {
             claim_failed = false;
             let now = Timestamp::now();
             if count > 0 {
@@ -580,7 +577,28 @@ impl<D: Driver> QueueStore for Engine<D> {
             }
         });
         match together {
-            Ok((done, claims)) => Ok((done, Ok(claims))),
+            Ok((done, claims)) if outcomes.is_empty() => Ok((done, Ok(claims))),
+            Ok((done, claims)) => match self.driver.flush() {
+                Ok(()) => Ok((done, Ok(claims))),
+                Err(err) => {
+                    // Each recorded outcome is told, as a finish of its own would have been.
+                    let told = |err: &StoreError| match err {
+                        StoreError::NotFlushed { path, source } => StoreError::NotFlushed {
+                            path: path.clone(),
+                            source: std::io::Error::new(source.kind(), source.to_string()),
+                        },
+                        other => StoreError::Database {
+                            path: self.driver.name().to_path_buf(),
+                            message: other.to_string(),
+                        },
+                    };
+                    let done = done
+                        .into_iter()
+                        .map(|result| result.and_then(|_| Err(told(&err))))
+                        .collect();
+                    Ok((done, Ok(claims)))
+                }
+            },
             Err(err) if claim_failed && outcomes.is_empty() => Ok((Vec::new(), Err(err))),
             Err(err) if claim_failed => Ok((self.finish_many(outcomes)?, Err(err))),
             Err(err) => Err(err),

@@ -338,8 +338,8 @@ impl Driver for SqliteDriver {
         drop(guard);
         drop(inner);
         let out = result.map_err(|err| self.noted(err))?;
-        if commit == Commit::AsConfigured && self.durability == Durability::Durable {
-            self.sync_log()?;
+        if commit == Commit::AsConfigured {
+            self.flush()?;
         }
         if announced {
             self.folder.ring_doorbell();
@@ -363,6 +363,13 @@ impl Driver for SqliteDriver {
                 Ok(out)
             });
         result.map_err(|err| self.noted(err))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        if self.durability == Durability::Durable {
+            self.sync_log()?;
+        }
+        Ok(())
     }
 
     fn append_log(&self, id: i64, line: &str) -> Result<(), StoreError> {
