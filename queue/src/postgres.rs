@@ -826,7 +826,6 @@ impl DriverTx for Tx<'_> {
             ),
             _ => format!("UPDATE tasks t SET {SET} FROM {UNNEST} WHERE t.id = u.id"),
         };
-        let columns = Columns::of(rows);
         match rows {
             [row] => {
                 let priority = i32::try_from(row.priority).unwrap_or(i32::MAX);
@@ -848,7 +847,7 @@ impl DriverTx for Tx<'_> {
                     ],
                 )
             }
-            _ => self.change(&sql, &columns.params()),
+            _ => self.change(&sql, &Columns::of(rows).params()),
         }
     }
 
