@@ -128,6 +128,18 @@ pub struct Candidate {
     pub body: String,
 }
 
+/// What a claim chooses from, read together ([`DriverTx::claim_view`]).
+#[derive(Clone, Debug, Default)]
+pub struct ClaimView {
+    /// The leased tasks whose outcomes the same transaction records, as
+    /// [`DriverTx::tasks`] reads them.
+    pub leased: Vec<StoredTask>,
+    /// The claimable tasks, as [`DriverTx::candidates`] finds them.
+    pub candidates: Vec<Candidate>,
+    /// Every pause, as [`DriverTx::pauses`] reads them.
+    pub pauses: Vec<(String, String)>,
+}
+
 /// A task's row: the columns the queries use, taken from the task, and its whole record.
 #[derive(Clone, Debug)]
 pub struct TaskRow {
@@ -215,8 +227,8 @@ pub trait DriverTx {
     fn update(&mut self, rows: &[TaskRow]) -> Result<(), StoreError>;
 
     /// Up to `per_type` claimable tasks of each of `types` not in `skip` (pending, backoff
-    /// over by `now`; the engine leaves paused types and tasks out), best first by priority then id, locked on a database with
-    /// row locks (tasks other claimers hold are passed over). With `by_age`, the oldest task
+    /// over by `now`; paused ones included: the engine passes them over), best first by
+    /// priority then id, locked on a database with row locks (tasks other claimers hold are passed over). With `by_age`, the oldest task
     /// of each priority instead, for aging to choose among.
     fn candidates(
         &mut self,
@@ -226,6 +238,29 @@ pub trait DriverTx {
         skip: &[i64],
         by_age: bool,
     ) -> Result<Vec<Candidate>, StoreError>;
+
+    /// The tasks `leased` (as [`DriverTx::tasks`]), the candidates (as
+    /// [`DriverTx::candidates`]) and the pauses, read in one statement where the database
+    /// allows: what a worker that records outcomes and claims again in one transaction reads.
+    fn claim_view(
+        &mut self,
+        leased: &[i64],
+        types: &[String],
+        now: Timestamp,
+        per_type: usize,
+        skip: &[i64],
+        by_age: bool,
+    ) -> Result<ClaimView, StoreError> {
+        Ok(ClaimView {
+            leased: if leased.is_empty() {
+                Vec::new()
+            } else {
+                self.tasks(leased)?
+            },
+            candidates: self.candidates(types, now, per_type, skip, by_age)?,
+            pauses: self.pauses()?,
+        })
+    }
 
     /// How many tasks of `task_type` are running; on a database shared by many machines,
     /// claimers of the type take turns from here until they commit, so that a limit holds.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::driver::{Commit, Driver, DriverTx, Finished, StoredTask, TaskRow};
+use crate::driver::{ClaimView, Commit, Driver, DriverTx, Finished, StoredTask, TaskRow};
 use crate::lifecycle::{self, PauseSet, Policy, TaskTx};
 use crate::records::{
     ExpiryScan, Unreadable, from_millis, new_lease, parse_id, parse_task, pause_key, pause_scope,
@@ -23,6 +23,40 @@ use crate::{
     StoreError, Summary, Task, TaskChange, TaskEdit, TaskQuery, TaskStatus, WorkerRecord,
     validate_name,
 };
+
+/// The ids of the tasks whose leases `outcomes` hold (malformed ones left out: they are
+/// reported as not found).
+fn lease_ids(outcomes: &[(Lease, Outcome)]) -> Vec<i64> {
+    outcomes
+        .iter()
+        .filter_map(|(lease, _)| parse_id(&lease.task_id).ok())
+        .collect()
+}
+
+/// Writes the claimed tasks with their leases' secrets, and `ended` tasks beside them, in one
+/// statement.
+fn save_claims<T: DriverTx>(
+    rules: &mut Rules<'_, T>,
+    claims: &[Claim],
+    ended: Vec<&Task>,
+) -> Result<(), StoreError> {
+    let rows: Vec<(&Task, Option<&str>)> = ended
+        .into_iter()
+        .map(|task| (task, None))
+        .chain(
+            claims
+                .iter()
+                .map(|c| (&c.task, Some(c.lease.token.as_str()))),
+        )
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    rules.save(&rows)
+}
+
+/// One result per recorded outcome, in order.
+type Outcomes = Vec<Result<Task, StoreError>>;
 
 /// How many finished tasks one purge transaction removes, so that no writer waits long.
 const PURGE_BATCH: usize = 10_000;
@@ -262,8 +296,7 @@ impl<D: Driver> Engine<D> {
         Ok(())
     }
 
-    /// Up to `count` claims for `worker` of `types`, inside a write: the claim order and the
-    /// limits are applied here, to candidates the driver found.
+    /// Up to `count` claims for `worker` of `types`, inside a write, written.
     fn claim_in<T: DriverTx>(
         &self,
         rules: &mut Rules<'_, T>,
@@ -272,62 +305,126 @@ impl<D: Driver> Engine<D> {
         count: usize,
         now: Timestamp,
     ) -> Result<Vec<Claim>, StoreError> {
-        if self.expiry_scan.due(self.policy.lease) {
-            self.expire_due(rules, now, worker)?;
-        }
-        // How many more of each type may run.
-        let mut room: HashMap<&str, usize> = HashMap::new();
-        for task_type in types {
-            let free = match self.policy.limits.get(task_type) {
-                Some(limit) => limit.saturating_sub(rules.tx.running(task_type)?),
-                None => count,
-            };
-            if free > 0 {
-                room.insert(task_type, free.min(count));
-            }
-        }
-        let paused = PauseSet::new(&rules.tx.pauses()?);
+        self.expire_if_due(rules, now, worker)?;
+        let room = self.room(rules, types, count, &[])?;
         let eligible: Vec<String> = types
             .iter()
-            .filter(|t| room.contains_key(t.as_str()) && !paused.holds_type(t))
+            .filter(|t| room.contains_key(t.as_str()))
             .cloned()
             .collect();
         if eligible.is_empty() {
             return Ok(Vec::new());
         }
-        let mut skip = self.unreadable.ids();
-        skip.extend(paused.tasks());
-        let chosen = loop {
-            let candidates =
-                rules
-                    .tx
-                    .candidates(&eligible, now, count, &skip, self.policy.aging.is_some())?;
+        let skip = self.unreadable.ids();
+        let view = rules.tx.claim_view(
+            &[],
+            &eligible,
+            now,
+            count,
+            &skip,
+            self.policy.aging.is_some(),
+        )?;
+        let claims = self.choose(rules, worker, eligible, room, count, now, skip, view)?;
+        save_claims(rules, &claims, Vec::new())?;
+        Ok(claims)
+    }
+
+    /// Scans for leases that ran out when the scan is due (it runs at most once per
+    /// fraction of a lease per process).
+    fn expire_if_due<T: DriverTx>(
+        &self,
+        rules: &mut Rules<'_, T>,
+        now: Timestamp,
+        found_by: &str,
+    ) -> Result<(), StoreError> {
+        if self.expiry_scan.due(self.policy.lease) {
+            self.expire_due(rules, now, found_by)?;
+        }
+        Ok(())
+    }
+
+    /// How many more tasks of each of `types` may be claimed, at most `count` each (types with
+    /// no room left out): a limited type's limit less its running tasks, of which `ended` (this
+    /// transaction's finished attempts, not yet written) no longer count.
+    fn room<'t, T: DriverTx>(
+        &self,
+        rules: &mut Rules<'_, T>,
+        types: &'t [String],
+        count: usize,
+        ended: &[&Task],
+    ) -> Result<HashMap<&'t str, usize>, StoreError> {
+        let mut room = HashMap::new();
+        for task_type in types {
+            let free = match self.policy.limits.get(task_type) {
+                Some(limit) => {
+                    let running = rules.tx.running(task_type)?;
+                    let ending = ended.iter().filter(|t| t.task_type == *task_type).count();
+                    limit.saturating_sub(running.saturating_sub(ending))
+                }
+                None => count,
+            };
+            if free > 0 {
+                room.insert(task_type.as_str(), free.min(count));
+            }
+        }
+        Ok(room)
+    }
+
+    /// Chooses up to `count` tasks for `worker` among `view`'s candidates, in claim order and
+    /// within `room`, and leases them (nothing is written). Unreadable and paused candidates are
+    /// passed over; when that left slots empty, the driver is asked again without them.
+    #[allow(clippy::too_many_arguments)]
+    fn choose<T: DriverTx>(
+        &self,
+        rules: &mut Rules<'_, T>,
+        worker: &str,
+        mut eligible: Vec<String>,
+        mut room: HashMap<&str, usize>,
+        count: usize,
+        now: Timestamp,
+        mut skip: Vec<i64>,
+        view: ClaimView,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let paused = PauseSet::new(&view.pauses);
+        let mut candidates = view.candidates;
+        let mut chosen = loop {
             let mut readable = Vec::with_capacity(candidates.len());
-            let mut skipped_some = false;
+            let mut passed_over = false;
             for candidate in candidates {
-                match parse_task(rules.name, candidate.id, &candidate.body) {
-                    Ok(task) => readable.push((
-                        lifecycle::claim_rank(
-                            candidate.priority,
-                            from_millis(candidate.created_at),
-                            candidate.id,
-                            now,
-                            &self.policy,
-                        ),
-                        task,
-                    )),
+                let task = match parse_task(rules.name, candidate.id, &candidate.body) {
+                    Ok(task) => task,
                     Err(err) => {
                         self.unreadable.note(candidate.id, &err);
                         skip.push(candidate.id);
-                        skipped_some = true;
+                        passed_over = true;
+                        continue;
                     }
+                };
+                if let Some(holder) = paused.holder(&task.task_type, &task.id) {
+                    match holder {
+                        PauseScope::Task(_) => skip.push(candidate.id),
+                        _ => eligible.retain(|t| *t != task.task_type),
+                    }
+                    passed_over = true;
+                    continue;
                 }
+                let rank = lifecycle::claim_rank(
+                    candidate.priority,
+                    from_millis(candidate.created_at),
+                    candidate.id,
+                    now,
+                    &self.policy,
+                );
+                readable.push((rank, task));
             }
-            if !skipped_some || !readable.is_empty() {
+            if !passed_over || readable.len() >= count || eligible.is_empty() {
                 break readable;
             }
+            candidates =
+                rules
+                    .tx
+                    .candidates(&eligible, now, count, &skip, self.policy.aging.is_some())?;
         };
-        let mut chosen = chosen;
         chosen.sort_by_key(|(rank, _)| *rank);
         let mut claims = Vec::new();
         for (_, mut task) in chosen {
@@ -342,14 +439,36 @@ impl<D: Driver> Engine<D> {
             let lease = new_lease(&task, worker)?;
             claims.push(Claim { task, lease });
         }
-        let rows: Vec<(&Task, Option<&str>)> = claims
-            .iter()
-            .map(|c| (&c.task, Some(c.lease.token.as_str())))
-            .collect();
-        if !rows.is_empty() {
-            rules.save(&rows)?;
-        }
         Ok(claims)
+    }
+
+    /// Checks each outcome against its leased task (`stored`, read in this transaction) and
+    /// applies it; nothing is written. One result per outcome, in order; a refused one changes
+    /// nothing.
+    fn apply_outcomes<T: DriverTx>(
+        &self,
+        rules: &mut Rules<'_, T>,
+        outcomes: &[(Lease, Outcome)],
+        stored: Vec<StoredTask>,
+        now: Timestamp,
+    ) -> Vec<Result<Task, StoreError>> {
+        let stored: HashMap<i64, StoredTask> = stored.into_iter().map(|s| (s.id, s)).collect();
+        outcomes
+            .iter()
+            .map(|(lease, outcome)| {
+                let s = parse_id(&lease.task_id)
+                    .ok()
+                    .and_then(|id| stored.get(&id))
+                    .ok_or_else(|| StoreError::NotFound(lease.task_id.clone()))?;
+                if !s.has_dependents {
+                    rules.without_dependents.push(s.id);
+                }
+                let mut task = rules.parsed(s)?;
+                lifecycle::check_lease(&task, lease, s.token.as_deref(), now)?;
+                lifecycle::finish(&mut task, outcome.clone(), now, &self.policy);
+                Ok(task)
+            })
+            .collect()
     }
 
     /// Records outcomes, inside a write: the leased tasks read in one statement, each checked
@@ -361,45 +480,99 @@ impl<D: Driver> Engine<D> {
         outcomes: &[(Lease, Outcome)],
         now: Timestamp,
     ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
-        let ids: Vec<i64> = outcomes
-            .iter()
-            .filter_map(|(lease, _)| parse_id(&lease.task_id).ok())
-            .collect();
-        let stored: HashMap<i64, StoredTask> = rules
-            .tx
-            .tasks(&ids)?
-            .into_iter()
-            .map(|s| (s.id, s))
-            .collect();
-        let mut results = Vec::with_capacity(outcomes.len());
-        for (lease, outcome) in outcomes {
-            let found = parse_id(&lease.task_id)
-                .ok()
-                .and_then(|id| stored.get(&id))
-                .ok_or_else(|| StoreError::NotFound(lease.task_id.clone()));
-            results.push(found.and_then(|s| {
-                if !s.has_dependents {
-                    rules.without_dependents.push(s.id);
-                }
-                let mut task = rules.parsed(s)?;
-                lifecycle::check_lease(&task, lease, s.token.as_deref(), now)?;
-                lifecycle::finish(&mut task, outcome.clone(), now, &self.policy);
-                Ok(task)
-            }));
-        }
-        let ended: Vec<(&Task, Option<&str>)> = results
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .map(|t| (t, None))
-            .collect();
-        if ended.is_empty() {
-            return Ok(results);
-        }
-        rules.save(&ended)?;
-        for task in results.iter().filter_map(|r| r.as_ref().ok()) {
-            self.settle(rules, task, now, true)?;
+        let stored = rules.tx.tasks(&lease_ids(outcomes))?;
+        let results = self.apply_outcomes(rules, outcomes, stored, now);
+        let ended: Vec<&Task> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        if !ended.is_empty() {
+            rules.save(&ended.iter().map(|t| (*t, None)).collect::<Vec<_>>())?;
+            for task in ended {
+                self.settle(rules, task, now, true)?;
+            }
         }
         Ok(results)
+    }
+
+    /// Records outcomes and claims up to `count` tasks in one write, reading the leased tasks,
+    /// the candidates and the pauses together and writing the ended and the claimed tasks
+    /// together. When a task comes after one that ended, the ended ones are written and
+    /// settled first and the claim reads again, so that a task they unblocked may be claimed.
+    /// An error of the claim's sets `claim_failed`.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_and_claim_in<T: DriverTx>(
+        &self,
+        rules: &mut Rules<'_, T>,
+        outcomes: &[(Lease, Outcome)],
+        worker: &str,
+        types: &[String],
+        count: usize,
+        now: Timestamp,
+        claim_failed: &mut bool,
+    ) -> Result<(Outcomes, Vec<Claim>), StoreError> {
+        let failed = |err: StoreError, flag: &mut bool| {
+            *flag = true;
+            err
+        };
+        self.expire_if_due(rules, now, worker)?;
+        // Every type is asked for: the room of a limited one is known once the ended tasks are.
+        let skip = self.unreadable.ids();
+        let ClaimView {
+            leased,
+            candidates,
+            pauses,
+        } = rules
+            .tx
+            .claim_view(
+                &lease_ids(outcomes),
+                types,
+                now,
+                count,
+                &skip,
+                self.policy.aging.is_some(),
+            )
+            .map_err(|err| failed(err, claim_failed))?;
+        let results = self.apply_outcomes(rules, outcomes, leased, now);
+        let ended: Vec<&Task> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let unblocks = ended
+            .iter()
+            .any(|task| parse_id(&task.id).is_ok_and(|id| !rules.without_dependents.contains(&id)));
+        let claims = if unblocks {
+            rules.save(&ended.iter().map(|t| (*t, None)).collect::<Vec<_>>())?;
+            for task in &ended {
+                self.settle(rules, task, now, true)?;
+            }
+            self.claim_in(rules, worker, types, count, now)
+                .map_err(|err| failed(err, claim_failed))?
+        } else {
+            let room = self
+                .room(rules, types, count, &ended)
+                .map_err(|err| failed(err, claim_failed))?;
+            let eligible: Vec<String> = types
+                .iter()
+                .filter(|t| room.contains_key(t.as_str()))
+                .cloned()
+                .collect();
+            let view = ClaimView {
+                leased: Vec::new(),
+                candidates,
+                pauses,
+            };
+            let claims = self
+                .choose(rules, worker, eligible, room, count, now, skip, view)
+                .map_err(|err| failed(err, claim_failed))?;
+            // Should the write fail, the outcomes are tried again on their own.
+            save_claims(rules, &claims, ended.clone()).map_err(|err| {
+                if claims.is_empty() {
+                    err
+                } else {
+                    failed(err, claim_failed)
+                }
+            })?;
+            for task in &ended {
+                self.settle(rules, task, now, true)?;
+            }
+            claims
+        };
+        Ok((results, claims))
     }
 
     /// Applies `change` to task `id` and settles the tasks after it, in one write.
@@ -557,24 +730,19 @@ impl<D: Driver> QueueStore for Engine<D> {
         let together = self.write(Commit::Lazy, |rules| {
             claim_failed = false;
             let now = Timestamp::now();
-            if count > 0 {
-                self.take_limit_turns(rules, types)?;
-            }
-            let done = if outcomes.is_empty() {
-                Vec::new()
-            } else {
-                self.finish_in(rules, outcomes, now)?
-            };
             if count == 0 {
-                return Ok((done, Vec::new()));
+                return Ok((self.finish_in(rules, outcomes, now)?, Vec::new()));
             }
-            match self.claim_in(rules, worker, types, count, now) {
-                Ok(claims) => Ok((done, claims)),
-                Err(err) => {
-                    claim_failed = true;
-                    Err(err)
-                }
-            }
+            self.take_limit_turns(rules, types)?;
+            self.finish_and_claim_in(
+                rules,
+                outcomes,
+                worker,
+                types,
+                count,
+                now,
+                &mut claim_failed,
+            )
         });
         match together {
             Ok((done, claims)) if outcomes.is_empty() => Ok((done, Ok(claims))),

@@ -30,7 +30,9 @@ use postgres::{Client, Row, Statement};
 
 pub use connect::{PostgresUrl, redact_url};
 
-use crate::driver::{Candidate, Commit, Driver, DriverTx, Finished, StoredTask, TaskRow};
+use crate::driver::{
+    Candidate, ClaimView, Commit, Driver, DriverTx, Finished, StoredTask, TaskRow,
+};
 use crate::engine::Engine;
 use crate::lifecycle::PauseSet;
 use crate::records::millis;
@@ -100,6 +102,34 @@ impl Drop for PostgresDriver {
 struct Conn {
     client: Client,
     statements: HashMap<String, Statement>,
+}
+
+/// A connection taken from the pool, handed back when dropped: to the idle ones, or closed
+/// and its place freed when it was lost. A transaction that panics (its `work` did) drops it
+/// as lost, so that the pool never shrinks for good.
+struct Checkout<'d> {
+    driver: &'d PostgresDriver,
+    conn: Option<Conn>,
+    /// Whether the connection is of no more use; true until the transaction says otherwise.
+    lost: bool,
+}
+
+impl Drop for Checkout<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let driver = self.driver;
+        let mut pool = driver.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if self.lost || conn.client.is_closed() {
+            pool.open -= 1;
+            drop(pool);
+            blocking(move || drop(conn));
+        } else {
+            pool.idle.push(conn);
+        }
+        driver.freed.notify_one();
+    }
 }
 
 /// Why a transaction did not happen.
@@ -223,17 +253,15 @@ impl PostgresDriver {
         writing: bool,
         work: &mut (dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send),
     ) -> Result<T, Failure> {
-        let mut conn = self.take_connection()?;
-        let (result, lost) = self.attempt(&mut conn, writing, work);
-        let mut pool = self.pool.lock().expect("pool lock");
-        if lost || conn.client.is_closed() {
-            pool.open -= 1;
-            drop(pool);
-            blocking(move || drop(conn));
-        } else {
-            pool.idle.push(conn);
-        }
-        self.freed.notify_one();
+        let mut checkout = Checkout {
+            driver: self,
+            conn: Some(self.take_connection()?),
+            lost: true,
+        };
+        let conn = checkout.conn.as_mut().expect("taken above");
+        let (result, lost) = self.attempt(conn, writing, work);
+        checkout.lost = lost;
+        drop(checkout);
         result
     }
 
@@ -859,40 +887,35 @@ impl DriverTx for Tx<'_> {
         skip: &[i64],
         by_age: bool,
     ) -> Result<Vec<Candidate>, StoreError> {
+        if !by_age {
+            // Every type in one statement (see `claim_view`).
+            return Ok(self
+                .claim_view(&[], types, now, per_type, skip, false)?
+                .candidates);
+        }
         const PENDING: &str = "status = 'pending' AND type = $1 \
             AND (retry_at IS NULL OR retry_at <= $2) AND id <> ALL($3)";
         let now = millis(now);
-        let limit = per_type as i64;
         let mut found = Vec::new();
         for task_type in types {
-            let rows = if by_age {
-                // The oldest task of each priority is the one that has aged most; locked
-                // apart, as DISTINCT cannot lock.
-                let oldest: Vec<i64> = self
-                    .rows(
-                        &format!(
-                            "SELECT DISTINCT ON (priority) id FROM tasks WHERE {PENDING} \
-                             ORDER BY priority, id"
-                        ),
-                        &[task_type, &now, &skip],
-                    )?
-                    .iter()
-                    .map(|row| row.get(0))
-                    .collect();
-                self.rows(
-                    "SELECT id, priority, created_at, body FROM tasks \
-                     WHERE id = ANY($1) AND status = 'pending' FOR UPDATE SKIP LOCKED",
-                    &[&oldest],
-                )?
-            } else {
-                self.rows(
+            // The oldest task of each priority is the one that has aged most; locked apart, as
+            // DISTINCT cannot lock.
+            let oldest: Vec<i64> = self
+                .rows(
                     &format!(
-                        "SELECT id, priority, created_at, body FROM tasks WHERE {PENDING} \
-                         ORDER BY priority, id LIMIT $4 FOR UPDATE SKIP LOCKED"
+                        "SELECT DISTINCT ON (priority) id FROM tasks WHERE {PENDING} \
+                         ORDER BY priority, id"
                     ),
-                    &[task_type, &now, &skip, &limit],
+                    &[task_type, &now, &skip],
                 )?
-            };
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            let rows = self.rows(
+                "SELECT id, priority, created_at, body FROM tasks \
+                 WHERE id = ANY($1) AND status = 'pending' FOR UPDATE SKIP LOCKED",
+                &[&oldest],
+            )?;
             found.extend(rows.iter().map(|row| Candidate {
                 id: row.get(0),
                 priority: u32::try_from(row.get::<_, i32>(1)).unwrap_or(0),
@@ -901,6 +924,67 @@ impl DriverTx for Tx<'_> {
             }));
         }
         Ok(found)
+    }
+
+    /// One statement (one round trip) for the three: rows tagged 0 are leased tasks, 1
+    /// candidates, 2 pauses. With aging, the candidates need two statements per type (see
+    /// `candidates`), read apart.
+    fn claim_view(
+        &mut self,
+        leased: &[i64],
+        types: &[String],
+        now: Timestamp,
+        per_type: usize,
+        skip: &[i64],
+        by_age: bool,
+    ) -> Result<ClaimView, StoreError> {
+        if by_age {
+            return Ok(ClaimView {
+                leased: self.tasks(leased)?,
+                candidates: self.candidates(types, now, per_type, skip, by_age)?,
+                pauses: self.pauses()?,
+            });
+        }
+        // Each type's best, walking the claim index in order, locked; other claimers' locked
+        // tasks passed over.
+        let rows = self.rows(
+            "WITH leased AS ( \
+                SELECT id, body, lease_token, \
+                    EXISTS (SELECT 1 FROM task_after a WHERE a.after_id = t.id) AS has_dependents \
+                FROM tasks t WHERE id = ANY($1) FOR UPDATE), \
+             candidates AS ( \
+                SELECT c.* FROM unnest($2::text[]) AS k(type) CROSS JOIN LATERAL ( \
+                    SELECT id, priority, created_at, body FROM tasks \
+                    WHERE status = 'pending' AND type = k.type \
+                        AND (retry_at IS NULL OR retry_at <= $3) AND id <> ALL($4) \
+                    ORDER BY priority, id LIMIT $5 FOR UPDATE SKIP LOCKED) c) \
+             SELECT 0, id, body, lease_token, has_dependents, NULL::int, NULL::bigint, \
+                    NULL::text, NULL::text FROM leased \
+             UNION ALL SELECT 1, id, body, NULL, NULL, priority, created_at, NULL, NULL \
+                    FROM candidates \
+             UNION ALL SELECT 2, NULL, NULL, NULL, NULL, NULL, NULL, kind, name FROM pauses",
+            &[&leased, &types, &millis(now), &skip, &(per_type as i64)],
+        )?;
+        let mut view = ClaimView::default();
+        for row in &rows {
+            match row.get::<_, i32>(0) {
+                0 => view.leased.push(StoredTask {
+                    id: row.get(1),
+                    body: row.get(2),
+                    token: row.get(3),
+                    has_dependents: row.get(4),
+                }),
+                1 => view.candidates.push(Candidate {
+                    id: row.get(1),
+                    priority: u32::try_from(row.get::<_, i32>(5)).unwrap_or(0),
+                    created_at: row.get(6),
+                    body: row.get(2),
+                }),
+                _ => view.pauses.push((row.get(7), row.get(8))),
+            }
+        }
+        view.leased.sort_by_key(|task| task.id);
+        Ok(view)
     }
 
     fn running(&mut self, task_type: &str) -> Result<usize, StoreError> {

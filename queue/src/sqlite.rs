@@ -95,7 +95,7 @@ impl Drop for SqliteDriver {
 /// The connection, and the folder held open for the writers' flock.
 struct Inner {
     conn: Connection,
-    writers: std::fs::File,
+    writers: writers::WritersLock,
 }
 
 /// Whether opening a database may create the queue's schema in it.
@@ -151,6 +151,15 @@ impl Engine<SqliteDriver> {
 }
 
 impl SqliteDriver {
+    /// The connection, for this thread alone. A write that panicked left it whole (its guard
+    /// rolled the transaction back and released the writers' lock), so a lock it poisoned is
+    /// taken all the same: one panic must not make every later write panic.
+    fn connection(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn create(folder: QueueFolder) -> Result<SqliteDriver, StoreError> {
         folder.create_database_file()?;
         folder.doorbell();
@@ -214,7 +223,7 @@ impl SqliteDriver {
             .map_err(db_err(&path))?;
         let mut inner = Inner {
             conn,
-            writers: folder.writers_lock()?,
+            writers: writers::WritersLock::new(folder.writers_lock()?),
         };
         migrate(&mut inner, &path, &folder, schema)?;
         let durability = match (Tx::reading(&inner.conn, &path)).setting("durability")? {
@@ -319,11 +328,11 @@ impl Driver for SqliteDriver {
         commit: Commit,
         work: &mut (dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send),
     ) -> Result<T, StoreError> {
-        let inner = self.inner.lock().expect("connection lock");
+        let inner = self.connection();
         let _writing = writers::WRITING
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        writers::lock_writers(&inner.writers, self.folder.root())?;
+        inner.writers.lock(self.folder.root())?;
         // Undoes an unfinished transaction and hands the lock on however this ends, a panic
         // in `work` included: other processes must never wait on a writer that is gone.
         let guard = WriteGuard(&inner);
@@ -352,7 +361,7 @@ impl Driver for SqliteDriver {
         &self,
         read: &mut (dyn FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send),
     ) -> Result<T, StoreError> {
-        let mut inner = self.inner.lock().expect("connection lock");
+        let mut inner = self.connection();
         let result = inner
             .conn
             .transaction()
@@ -386,7 +395,7 @@ impl Driver for SqliteDriver {
         }
         if !ids.is_empty() {
             // Gives back what the log grew to, without waiting for readers.
-            let inner = self.inner.lock().expect("connection lock");
+            let inner = self.connection();
             let _ = inner.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
         }
         Ok(())
@@ -453,7 +462,7 @@ fn migrate(
     if current == known {
         return Ok(());
     }
-    writers::lock_writers(&inner.writers, folder.root())?;
+    inner.writers.lock(folder.root())?;
     let _guard = WriteGuard(inner);
     let tx = Tx::reading(&inner.conn, path);
     // WAL is a property of the file, set once; it cannot change inside a transaction.
@@ -522,7 +531,7 @@ impl Drop for WriteGuard<'_> {
             // The work failed, or its commit did: nothing of it stays.
             let _ = self.0.conn.execute_batch("ROLLBACK");
         }
-        let _ = self.0.writers.unlock();
+        self.0.writers.unlock();
     }
 }
 

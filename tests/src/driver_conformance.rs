@@ -127,6 +127,47 @@ pub fn a_failed_write_applies_nothing<D: Driver>(driver: &D) {
     assert!(read(driver, |tx| tx.pauses()).is_empty());
 }
 
+/// A write whose work panics applies nothing and leaves the driver whole: more of them than a
+/// pool holds connections, and a write after them still runs (a connection lost to each panic
+/// would leave it waiting for ever).
+pub fn a_panicking_write_leaves_the_driver_usable<D: Driver>(driver: &D) {
+    let now = Timestamp::now();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for _ in 0..queue::POSTGRES_POOL_SIZE + 2 {
+                let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let _ = driver.write::<()>(Commit::AsConfigured, &mut |tx| {
+                        let id = tx.reserve_ids(1)?;
+                        tx.insert(&[row(id, "a", 5, now)])?;
+                        panic!("a handler bug");
+                    });
+                }));
+                assert!(panicked.is_err());
+            }
+            let id = insert(driver, vec![row(0, "a", 5, now)])[0];
+            let _ = done.send(id);
+        });
+        match finished.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(id) => {
+                let ids: Vec<i64> = read(driver, |tx| tx.select(&TaskQuery::default()))
+                    .iter()
+                    .map(|(id, _)| *id)
+                    .collect();
+                assert_eq!(ids, vec![id], "nothing of the panicking writes stayed");
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("a write after panicking writes failed")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // The writes hang: failing here is the only way out of the scope.
+                eprintln!("writes after panicking writes did not finish in 60 s");
+                std::process::exit(1);
+            }
+        }
+    });
+}
+
 /// A running task's lease secret stays through updates that give none, and goes when it stops
 /// running; a claim's update gives a new one.
 pub fn lease_secrets_stay_while_running<D: Driver>(driver: &D) {
@@ -187,6 +228,71 @@ pub fn candidates_come_in_claim_order<D: Driver>(driver: &D) {
         vec![ids[0], ids[1]],
         "the oldest of priorities 5 and 1"
     );
+}
+
+/// A claim view holds what `tasks`, `candidates` and `pauses` read apart: the leased tasks
+/// with their secrets and whether tasks come after them, the candidates in claim order, and
+/// every pause (paused tasks are still candidates: the engine passes them over).
+pub fn claim_view_reads_what_the_primitives_read<D: Driver>(driver: &D) {
+    let now = Timestamp::now();
+    let mut ids = insert(driver, [rows(3, "a", now), rows(2, "b", now)].concat());
+    write(driver, |tx| {
+        tx.update(&[moved(
+            row(ids[0], "a", 5, now),
+            TaskStatus::Running,
+            Some("secret"),
+        )])
+    });
+    let mut after = row(0, "c", 5, now);
+    after.after = vec![ids[0]];
+    insert(driver, vec![moved(after, TaskStatus::Blocked, None)]);
+    write(driver, |tx| tx.set_pause("task", &ids[2].to_string(), true));
+    let types = vec!["a".to_string(), "b".to_string()];
+    let leased = vec![ids[0], ids[1]];
+    let (view, apart) = write(driver, |tx| {
+        let view = tx.claim_view(&leased, &types, now, 5, &[ids[4]], false)?;
+        let apart = (
+            tx.tasks(&leased)?,
+            tx.candidates(&types, now, 5, &[ids[4]], false)?,
+            tx.pauses()?,
+        );
+        Ok((view, apart))
+    });
+    let summary = |tasks: &[queue::driver::StoredTask]| {
+        tasks
+            .iter()
+            .map(|t| (t.id, t.token.clone(), t.has_dependents, t.body.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(summary(&view.leased), summary(&apart.0));
+    assert_eq!(
+        summary(&view.leased)
+            .iter()
+            .map(|(id, token, deps, _)| (*id, token.clone(), *deps))
+            .collect::<Vec<_>>(),
+        vec![(ids[0], Some("secret".into()), true), (ids[1], None, false)]
+    );
+    let candidates = |c: &[queue::driver::Candidate]| {
+        let mut found: Vec<(i64, u32, i64)> =
+            c.iter().map(|c| (c.id, c.priority, c.created_at)).collect();
+        found.sort_unstable();
+        found
+    };
+    assert_eq!(candidates(&view.candidates), candidates(&apart.1));
+    ids.sort_unstable();
+    assert_eq!(
+        candidates(&view.candidates)
+            .iter()
+            .map(|(id, ..)| *id)
+            .collect::<Vec<_>>(),
+        vec![ids[1], ids[2], ids[3]],
+        "pending a and b, the running one and the skipped one left out, the paused one in"
+    );
+    assert_eq!(view.pauses, vec![("task".into(), ids[2].to_string())]);
+    assert_eq!(view.pauses, apart.2);
+    let empty = write(driver, |tx| tx.claim_view(&[], &[], now, 5, &[], false));
+    assert!(empty.leased.is_empty() && empty.candidates.is_empty());
+    assert_eq!(empty.pauses.len(), 1);
 }
 
 /// Counts follow every insert, move and delete; `running` reads them; nothing is wrong.

@@ -216,8 +216,10 @@ macro_rules! driver_suites {
 driver_suites!(
     ids_rows_and_edges_round_trip,
     a_failed_write_applies_nothing,
+    a_panicking_write_leaves_the_driver_usable,
     lease_secrets_stay_while_running,
     candidates_come_in_claim_order,
+    claim_view_reads_what_the_primitives_read,
     counts_follow_the_rows,
     expired_leases_are_found,
     pauses_settings_and_workers,
