@@ -904,3 +904,69 @@ fn structured_output_is_logged_readably_and_its_answer_and_usage_are_kept_and_su
         "{human}"
     );
 }
+
+/// Runs one task of `cli`'s preset whose fake CLI prints `events` and exits with `exit`;
+/// answers the task.
+fn run_events(q: &TestQueue, cli: &str, events: &[Value], exit: &str) -> Value {
+    let bin = fake_agents(q);
+    bind_presets(q, "");
+    let lines: Vec<String> = events.iter().map(Value::to_string).collect();
+    let file = q.scratch.join(format!("{cli}.jsonl"));
+    fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let target = q.scratch.join(format!("target-{cli}"));
+    fs::create_dir_all(&target).unwrap();
+    let id = q.add(&[
+        "--type",
+        &format!("t-{cli}"),
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    drain_agent(
+        q,
+        &format!("p-{cli}"),
+        &bin,
+        &q.scratch.join(format!("record-{cli}")),
+        &[
+            ("FAKE_AGENT_EVENTS", file.to_str().unwrap()),
+            ("FAKE_AGENT_EXIT", exit),
+        ],
+    );
+    q.task(&id)
+}
+
+#[test]
+fn a_final_answer_longer_than_64_kib_keeps_the_answer_its_tokens_and_cost() {
+    use serde_json::json;
+    let q = TestQueue::new();
+    let answer: String = (0..8_000)
+        .map(|n| format!("line {n:05}\n"))
+        .collect::<String>();
+    assert!(answer.len() > 80_000);
+    let task = run_events(
+        &q,
+        "claude",
+        &[
+            json!({"type": "system", "subtype": "init", "model": "claude-opus"}),
+            json!({"type": "result", "subtype": "success", "is_error": false, "result": answer,
+                   "total_cost_usd": 0.5,
+                   "usage": {"input_tokens": 1000, "output_tokens": 20000}}),
+        ],
+        "0",
+    );
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let kept = task["result"]["finalMessage"].as_str().unwrap_or_default();
+    assert!(
+        kept == answer,
+        "the answer kept is {} bytes of {}",
+        kept.len(),
+        answer.len()
+    );
+    assert_eq!(
+        task["result"]["usage"],
+        json!({"inputTokens": 1000, "outputTokens": 20000, "costUsd": 0.5})
+    );
+    let log = q.ok(&["logs", task["id"].as_str().unwrap()]);
+    assert!(log.contains("result: success"), "{log}");
+    assert!(!log.contains("{\"type\""), "raw events in the log:\n{log}");
+}
+
