@@ -970,3 +970,51 @@ fn a_final_answer_longer_than_64_kib_keeps_the_answer_its_tokens_and_cost() {
     assert!(!log.contains("{\"type\""), "raw events in the log:\n{log}");
 }
 
+#[test]
+fn the_reasons_a_cli_gives_for_failing_are_in_the_tasks_error() {
+    use serde_json::json;
+    let q = TestQueue::new();
+    let task = run_events(
+        &q,
+        "gemini",
+        &[
+            json!({"type": "init", "session_id": "s", "model": "gemini-pro"}),
+            json!({"type": "result", "status": "error",
+                   "error": {"type": "FatalAuthenticationError",
+                             "message": "API key not valid. Please pass a valid API key."},
+                   "stats": {"input_tokens": 0, "output_tokens": 0}}),
+        ],
+        "144",
+    );
+    assert_eq!(task["status"], "failed", "{task:#}");
+    let error = task["error"].as_str().unwrap();
+    assert!(
+        error.contains("`gemini` exited with code 144: error: API key not valid."),
+        "{error}"
+    );
+
+    // Claude Code's turn limit and errors during execution give their reasons in `errors`.
+    for (subtype, reason) in [
+        ("error_max_turns", "Reached maximum number of turns (3)"),
+        ("error_during_execution", "Tool Bash failed to start"),
+    ] {
+        let q = TestQueue::new();
+        let task = run_events(
+            &q,
+            "claude",
+            &[
+                json!({"type": "result", "subtype": subtype, "is_error": true,
+                     "errors": [reason], "total_cost_usd": 0.01,
+                     "usage": {"input_tokens": 10, "output_tokens": 1}}),
+            ],
+            "1",
+        );
+        assert_eq!(task["status"], "failed", "{task:#}");
+        let error = task["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("`claude` exited with code 1: error: {reason}")),
+            "{error}"
+        );
+    }
+}
+
