@@ -85,15 +85,32 @@ impl Transcript {
                 if let Some(result) = event["result"].as_str() {
                     self.final_message = Some(result.to_string());
                 }
-                self.add_usage(
-                    &event["usage"],
-                    &[
-                        "input_tokens",
-                        "cache_creation_input_tokens",
-                        "cache_read_input_tokens",
-                    ],
-                    "output_tokens",
-                );
+                // `usage` counts the main model's last calls only; `modelUsage` counts every
+                // call of every model (a subagent's, a smaller model's), as the cost does.
+                match event["modelUsage"].as_object() {
+                    Some(models) if !models.is_empty() => {
+                        for usage in models.values() {
+                            self.add_usage(
+                                usage,
+                                &[
+                                    "inputTokens",
+                                    "cacheCreationInputTokens",
+                                    "cacheReadInputTokens",
+                                ],
+                                "outputTokens",
+                            );
+                        }
+                    }
+                    _ => self.add_usage(
+                        &event["usage"],
+                        &[
+                            "input_tokens",
+                            "cache_creation_input_tokens",
+                            "cache_read_input_tokens",
+                        ],
+                        "output_tokens",
+                    ),
+                }
                 self.cost_usd = event["total_cost_usd"].as_f64().or(self.cost_usd);
                 // Claude Code marks a failed run `is_error`, whatever its subtype says; a run
                 // stopped at its turn limit or by an error gives its reasons in `errors`.

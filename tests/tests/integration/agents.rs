@@ -1018,3 +1018,32 @@ fn the_reasons_a_cli_gives_for_failing_are_in_the_tasks_error() {
     }
 }
 
+#[test]
+fn claude_tokens_count_every_model_call_as_its_cost_does() {
+    use serde_json::json;
+    let q = TestQueue::new();
+    // As a real run reports them: `usage` the main model's last call, `modelUsage` all calls.
+    let task = run_events(
+        &q,
+        "claude",
+        &[
+            json!({"type": "result", "subtype": "success", "is_error": false, "result": "Done.",
+                 "total_cost_usd": 0.03,
+                 "usage": {"input_tokens": 2000, "cache_read_input_tokens": 1000,
+                           "output_tokens": 100},
+                 "modelUsage": {
+                     "claude-opus": {"inputTokens": 2000, "cacheReadInputTokens": 1000,
+                                     "cacheCreationInputTokens": 500, "outputTokens": 120,
+                                     "costUSD": 0.025},
+                     "claude-haiku": {"inputTokens": 1000, "cacheReadInputTokens": 0,
+                                      "cacheCreationInputTokens": 0, "outputTokens": 30,
+                                      "costUSD": 0.005}}}),
+        ],
+        "0",
+    );
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(
+        task["result"]["usage"],
+        json!({"inputTokens": 4500, "outputTokens": 150, "costUsd": 0.03})
+    );
+}
