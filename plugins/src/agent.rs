@@ -51,7 +51,8 @@
 //! payload's `base` (a commit or branch), else the branches of the tasks it comes after (merged;
 //! a conflict between them fails the task, naming the files), else the repository's HEAD. The
 //! role's `setup` command runs in the worktree first; the ignored files that its `include`
-//! patterns or the repository's `.worktreeinclude` name (`.env`) are copied in. When the attempt
+//! patterns or the repository's `.worktreeinclude` name (`.env`) are copied in. When either
+//! fails, the worktree and its branch are removed: the agent never ran. When the attempt
 //! ends, what the agent left uncommitted is committed, the result's `worktree` records the
 //! branch, its commits, a diffstat and the changed files, and the worktree is removed; the
 //! branch stays for `host diff`, `host merge` and `host discard`. `isolation = "none"` runs in
@@ -855,7 +856,15 @@ fn open_worktree(
         }
         Ok(())
     })();
-    prepared.map(|()| checkout)
+    match prepared {
+        Ok(()) => Ok(checkout),
+        // The agent never ran: nothing in the worktree is anyone's work, and the branch holds
+        // nothing but its base.
+        Err(why) => {
+            checkout.abandon();
+            Err(why)
+        }
+    }
 }
 
 plugin_api::register_role!(Agent);

@@ -14,7 +14,9 @@ fn record(store: &Store, task: &Task) -> anyhow::Result<Record> {
     let recorded = task.result.as_ref().and_then(|r| r.get("worktree"));
     let Some(recorded) = recorded else {
         let why = if task.status.is_finished() {
-            "ran in no worktree (its role's isolation is none, or its target is not in git)"
+            "left no branch: it ran in no worktree (its role's isolation is none, or its target \
+             is not in git), or its attempt failed before its agent ran (a worktree's setup \
+             failed, and its worktree and branch were removed)"
         } else {
             "has not finished an attempt yet"
         };

@@ -523,3 +523,40 @@ fn a_queue_made_before_queues_had_ids_keeps_the_branches_its_tasks_recorded() {
         "old\n"
     );
 }
+
+#[test]
+fn a_failed_setup_leaves_no_worktree_or_branch_behind() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    let toml = "[roles.editor]\nhandler = \"agent\"\ntypes = [\"edit\"]\n\
+                command = [\"sh\", \"-c\", \"echo hi > shared.txt\"]\n\
+                setup = [\"sh\", \"-c\", \"echo cannot install >&2; exit 5\"]\n";
+    fs::write(q.queue.join("host.toml"), toml).unwrap();
+    let id = q.add(&["--type", "edit", "--target", repo.to_str().unwrap()]);
+    let data = q.scratch.join("data");
+    let output = q
+        .host()
+        .args(["--role", "editor", "--drain"])
+        .env("XDG_DATA_HOME", &data)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let task = q.task(&id);
+    assert_eq!(task["status"], "failed", "{task:#}");
+    let error = task["error"].as_str().unwrap();
+    assert!(
+        error.contains("setup `sh` exited with code 5: cannot install"),
+        "{error}"
+    );
+    assert_eq!(git(&repo, &["branch", "--list", "host/*"]), "");
+    assert_eq!(git(&repo, &["worktree", "list"]).lines().count(), 1);
+    let folders: Vec<_> = fs::read_dir(data.join("host/worktrees"))
+        .into_iter()
+        .flatten()
+        .flat_map(|repo_home| fs::read_dir(repo_home.unwrap().path()).unwrap())
+        .collect();
+    assert!(folders.is_empty(), "worktrees left: {folders:?}");
+    // Nothing is left to discard, and `discard` says why.
+    let line = q.fails(&["discard", &id]);
+    assert!(line.contains("before its agent ran"), "{line}");
+}
