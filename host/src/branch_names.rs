@@ -36,8 +36,10 @@ pub fn queue_id(store: &Store) -> Result<Option<String>, StoreError> {
     }
 }
 
-/// The queue's id, made and kept now if it has none. Two processes doing this at once agree:
-/// the one that writes second finds the first's id and keeps it.
+/// The queue's id, made and kept now if it has none. Two processes doing this at once agree
+/// where the database serialises writes (SQLite): the one that writes second finds the first's
+/// id. PostgreSQL's transactions may both find none; the id is read again after the write, so
+/// that both go on with the one that was kept last.
 pub fn ensure_queue_id(store: &Store) -> Result<String, StoreError> {
     fn ensure<D: Driver>(driver: &D, fresh: &str) -> Result<String, StoreError> {
         driver.write(
@@ -55,10 +57,11 @@ pub fn ensure_queue_id(store: &Store) -> Result<String, StoreError> {
         return Ok(id);
     }
     let fresh = fresh_id();
-    match store {
-        Store::Sqlite(s) => ensure(s.driver(), &fresh),
-        Store::Postgres(s) => ensure(s.driver(), &fresh),
-    }
+    let written = match store {
+        Store::Sqlite(s) => ensure(s.driver(), &fresh)?,
+        Store::Postgres(s) => ensure(s.driver(), &fresh)?,
+    };
+    Ok(queue_id(store)?.unwrap_or(written))
 }
 
 /// Where the queue's task branches go, `PREFIX/QUEUE-ID`, giving the queue an id if it has none.
