@@ -912,6 +912,55 @@ mod runs {
     }
 
     #[test]
+    fn a_long_line_is_rendered_whole_and_one_past_the_bound_is_cut_and_the_log_says_so() {
+        let long = 200 * 1024;
+        let script = format!(
+            "head -c {long} /dev/zero | tr '\\0' a; echo; \
+             head -c {} /dev/zero | tr '\\0' b; echo; echo end",
+            MAX_LINE + 5
+        );
+        let recorder = Recorder::default();
+        let mut rendered = Vec::new();
+        let run = run_watched(
+            &sh(&script),
+            &std::env::temp_dir(),
+            None,
+            Limits::default(),
+            &recorder,
+            &mut |line| {
+                rendered.push(line.len());
+                Some(line)
+            },
+            Waiting::Best,
+        )
+        .unwrap();
+        assert_eq!(run.status.code(), Some(0));
+        assert_eq!(rendered, [long, MAX_LINE, 3]);
+        let logged = recorder.lines.into_inner().unwrap();
+        assert_eq!(
+            logged.len(),
+            4,
+            "{:?}",
+            logged.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert!(
+            logged[0].starts_with("aaa")
+                && logged[0].ends_with(&format!("… ({long} bytes in all)")),
+            "{}",
+            &logged[0][logged[0].len() - 40..]
+        );
+        assert!(logged[0].len() < LOG_LINE + 100);
+        assert_eq!(
+            logged[2],
+            format!(
+                "(a line of output of {} bytes was cut to its first 16 MiB: the rest was dropped)",
+                MAX_LINE + 5
+            )
+        );
+        assert_eq!(logged[3], "end");
+    }
+
+    #[test]
     fn a_command_that_prints_before_it_reads_gets_all_its_input() {
         // More than any pipe holds, both ways: neither side may wait for the other.
         let input: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
