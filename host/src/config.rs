@@ -19,6 +19,7 @@
 //! [queue]
 //! aging = "10m"             # a pending task moves up one priority step per 10 minutes waited
 //! keep_finished = "30d"     # workers purge tasks that finished longer ago than this
+//! branch_prefix = "host"    # worktree tasks' branches: `host/QUEUE-ID/task-ID`
 //!
 //! [hooks]                   # the task's JSON on stdin, HOST_EVENT=its name, HOST_TASK_ID
 //! failed = ["notify-send", "host: a task failed"]     # a task failed for good
@@ -51,6 +52,9 @@ pub struct Config {
     pub aging: Option<Duration>,
     /// Finished tasks are purged this long after they finished.
     pub keep_finished: Option<Duration>,
+    /// What worktree tasks' branch names start with (`PREFIX/QUEUE-ID/task-ID`); `host` when
+    /// unset (see `branch_names`).
+    pub branch_prefix: Option<String>,
     /// Commands run when a task needs someone's attention (`[hooks]`).
     pub hooks: Hooks,
 }
@@ -142,6 +146,7 @@ struct RawRole {
 struct RawQueue {
     aging: Option<Spanned<String>>,
     keep_finished: Option<Spanned<String>>,
+    branch_prefix: Option<Spanned<String>>,
 }
 
 /// A problem in `host.toml`, with where it is.
@@ -303,6 +308,13 @@ impl Config {
             }
             config.keep_finished = Some(keep_for);
         }
+        if let Some(prefix) = &raw.queue.branch_prefix {
+            if let Err(why) = check_branch_prefix(prefix.get_ref()) {
+                let message = format!("queue.branch_prefix: {:?} {why}", prefix.get_ref());
+                return Err(error(Some(prefix.span()), message));
+            }
+            config.branch_prefix = Some(prefix.get_ref().clone());
+        }
         if let Some(hooks) = raw.hooks {
             let span = hooks.span();
             let hooks = hooks.into_inner();
@@ -374,6 +386,13 @@ impl Config {
                 line: extra.line,
                 message: format!("roles.{role_name}.{}: {message}", extra.key),
             };
+            if extra.key == crate::branch_names::NAMESPACE_SETTING {
+                return Err(at_fault(
+                    "is set by the host (the queue's branch namespace); `[queue] branch_prefix` \
+                     sets how it starts"
+                        .to_string(),
+                ));
+            }
             let Some(declared) = role.settings().iter().find(|s| s.name == extra.key) else {
                 let mut takes: Vec<String> =
                     role.settings().iter().map(|s| s.name.clone()).collect();
@@ -406,6 +425,30 @@ impl Config {
             settings.into()
         })
     }
+}
+
+/// Refuses a branch prefix git would refuse, or that would read as something else: empty
+/// parts, `..`, a part starting with `.` or ending with `.lock`, characters other than letters,
+/// digits, `-`, `_`, `.` and `/`.
+fn check_branch_prefix(prefix: &str) -> Result<(), &'static str> {
+    if prefix.is_empty() {
+        return Err("is empty");
+    }
+    for part in prefix.split('/') {
+        if part.is_empty() {
+            return Err("has an empty part (a leading, trailing or doubled `/`)");
+        }
+        if part.starts_with('.') || part.ends_with(".lock") || part.contains("..") {
+            return Err("has a part git refuses (starting with `.`, ending with `.lock`, or `..`)");
+        }
+        if !part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err("may hold only letters, digits, `-`, `_`, `.` and `/`");
+        }
+    }
+    Ok(())
 }
 
 /// Whether `key` is one or two edits away from `meant` (and long enough for that to mean a

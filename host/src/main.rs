@@ -1,6 +1,7 @@
 //! `host`: wires the command line to the queue store, the plugin loader and the worker loop.
 //! The logic lives in those modules and in one file per command under `commands/`.
 
+mod branch_names;
 mod cli;
 mod commands;
 mod completer;

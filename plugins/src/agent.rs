@@ -44,13 +44,15 @@
 //! standard input. The command is an argument vector, never a shell.
 //!
 //! Isolation: when the target is tracked in a git repository (with a commit), each attempt runs
-//! in a fresh worktree of it, outside the repository, on the branch `host/task-ID` (crate
-//! `worktrees`), so agents on one repository
-//! never touch each other's files or the user's checkout. Its base is the role's or the
+//! in a fresh worktree of it, outside the repository, on the branch `host/QUEUE-ID/task-ID`
+//! (crate `worktrees`; the host gives the queue's namespace in the `branchNamespace` setting),
+//! so agents on one repository, of one queue or of several, never touch each other's files,
+//! branches or the user's checkout. Its base is the role's or the
 //! payload's `base` (a commit or branch), else the branches of the tasks it comes after (merged;
 //! a conflict between them fails the task, naming the files), else the repository's HEAD. The
 //! role's `setup` command runs in the worktree first; the ignored files that its `include`
-//! patterns or the repository's `.worktreeinclude` name (`.env`) are copied in. When the attempt
+//! patterns or the repository's `.worktreeinclude` name (`.env`) are copied in. When either
+//! fails, the worktree and its branch are removed: the agent never ran. When the attempt
 //! ends, what the agent left uncommitted is committed, the result's `worktree` records the
 //! branch, its commits, a diffstat and the changed files, and the worktree is removed; the
 //! branch stays for `host diff`, `host merge` and `host discard`. `isolation = "none"` runs in
@@ -645,6 +647,7 @@ impl Role for Agent {
                 SettingKind::List,
                 "ignored files copied into each worktree (gitignore patterns, e.g. \".env\")",
             ),
+            crate::paths::branch_setting(),
         ]
     }
 
@@ -830,27 +833,38 @@ fn open_worktree(
         .map(String::from);
     let after = crate::paths::prerequisite_branches(repo, prerequisites);
     let base = worktrees::Base { named, after };
-    let checkout = worktrees::start(repo, &task.id, &base)
+    let branch = crate::paths::task_branch(task, settings);
+    let checkout = worktrees::start(repo, &branch, &base)
         .map_err(|err| format!("worktree of task {}: {err}", task.id))?;
     ctx.log(&format!(
-        "working in a worktree of {} on {}",
-        repo.root.display(),
-        worktrees::branch_of(&task.id)
+        "working in a worktree of {} on {branch}",
+        repo.root.display()
     ));
-    checkout
-        .copy_included(&strings("include"))
-        .map_err(|err| format!("worktree of task {}: {err}", task.id))?;
-    let setup = strings("setup");
-    if !setup.is_empty() {
-        let dir = checkout.folder_for(&repo.root);
-        let limits = Limits::for_task(task, DEFAULT_TIMEOUT, None);
-        let run =
-            command::run(&setup, &dir, None, limits, ctx).map_err(|err| format!("setup: {err}"))?;
-        if let Some(why) = run.failure(&format!("setup `{}`", setup[0]), limits) {
-            return Err(why);
+    let prepared = (|| {
+        checkout
+            .copy_included(&strings("include"))
+            .map_err(|err| format!("worktree of task {}: {err}", task.id))?;
+        let setup = strings("setup");
+        if !setup.is_empty() {
+            let dir = checkout.folder_for(&repo.root);
+            let limits = Limits::for_task(task, DEFAULT_TIMEOUT, None);
+            let run = command::run(&setup, &dir, None, limits, ctx)
+                .map_err(|err| format!("setup: {err}"))?;
+            if let Some(why) = run.failure(&format!("setup `{}`", setup[0]), limits) {
+                return Err(why);
+            }
+        }
+        Ok(())
+    })();
+    match prepared {
+        Ok(()) => Ok(checkout),
+        // The agent never ran: nothing in the worktree is anyone's work, and the branch holds
+        // nothing but its base.
+        Err(why) => {
+            checkout.abandon();
+            Err(why)
         }
     }
-    Ok(checkout)
 }
 
 plugin_api::register_role!(Agent);

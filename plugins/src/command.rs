@@ -261,8 +261,14 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// The longest the watching thread goes without asking whether the task should stop.
 const STOP_CHECK: Duration = Duration::from_millis(50);
 
-/// The longest line kept whole; the rest of a longer one is dropped.
-const MAX_LINE: usize = 64 * 1024;
+/// The longest line read whole: a structured CLI prints its whole answer as one line of JSON,
+/// which can be long. Of a longer line the first this many bytes are kept, and the log says how
+/// much was dropped.
+const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// The longest line logged and kept in the tail as it is; a longer one is shortened there,
+/// marked (what `render` is given is the whole line).
+const LOG_LINE: usize = 64 * 1024;
 
 /// How much output is read at once.
 const READ_SIZE: usize = 64 * 1024;
@@ -308,11 +314,18 @@ impl Watch<'_> {
         }
     }
 
-    fn line(&mut self, line: String) {
+    fn line(&mut self, line: Line) {
         // Any output counts against the stall limit, whether it is shown or not.
         self.heard.at = Instant::now();
-        if let Some(line) = (self.render)(line) {
-            self.heard.take(line, self.ctx);
+        if let Some(shown) = (self.render)(line.text) {
+            self.heard.take(shown, self.ctx);
+        }
+        if line.dropped > 0 {
+            self.ctx.log(&format!(
+                "(a line of output of {} bytes was cut to its first {} MiB: the rest was dropped)",
+                MAX_LINE + line.dropped,
+                MAX_LINE >> 20
+            ));
         }
     }
 
@@ -359,17 +372,30 @@ impl Watch<'_> {
     }
 }
 
+/// A line of output.
+#[derive(Debug, PartialEq)]
+struct Line {
+    /// The line, at most [`MAX_LINE`] bytes of it.
+    text: String,
+    /// How many bytes of it past [`MAX_LINE`] were dropped.
+    dropped: usize,
+}
+
 /// Cuts output into lines as it arrives: without the line end (`\n` or `\r\n`), invalid UTF-8
-/// replaced, cut at [`MAX_LINE`] bytes (the rest of a longer line is dropped, not kept).
+/// replaced, cut at [`MAX_LINE`] bytes (the rest of a longer line is dropped and counted).
 #[derive(Default)]
 struct Lines {
     /// The start of the line being read.
     partial: Vec<u8>,
+    /// How long the line being read is so far, with what did not fit.
+    length: usize,
+    /// Whether its last byte so far is a `\r`.
+    ends_in_cr: bool,
 }
 
 impl Lines {
     /// Adds `bytes`, putting each line they complete in `complete`.
-    fn push(&mut self, mut bytes: &[u8], complete: &mut Vec<String>) {
+    fn push(&mut self, mut bytes: &[u8], complete: &mut Vec<Line>) {
         while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
             self.keep(&bytes[..end]);
             complete.push(self.take());
@@ -379,23 +405,33 @@ impl Lines {
     }
 
     /// The last line, when the output ended without a line end.
-    fn finish(&mut self) -> Option<String> {
-        (!self.partial.is_empty()).then(|| self.take())
+    fn finish(&mut self) -> Option<Line> {
+        (self.length > 0).then(|| self.take())
     }
 
     /// Keeps what fits of a piece of the current line: one byte more than a line may have, so
     /// that a `\r` ending a line of exactly [`MAX_LINE`] bytes is still seen as its end.
     fn keep(&mut self, piece: &[u8]) {
+        if let Some(&last) = piece.last() {
+            self.ends_in_cr = last == b'\r';
+        }
+        self.length += piece.len();
         let room = (MAX_LINE + 1).saturating_sub(self.partial.len());
         self.partial
             .extend_from_slice(&piece[..piece.len().min(room)]);
     }
 
-    fn take(&mut self) -> String {
-        let line = self.partial.strip_suffix(b"\r").unwrap_or(&self.partial);
-        let line = String::from_utf8_lossy(&line[..line.len().min(MAX_LINE)]).into_owned();
+    fn take(&mut self) -> Line {
+        let length = self.length - usize::from(self.ends_in_cr);
+        let kept = length.min(MAX_LINE);
+        let text = String::from_utf8_lossy(&self.partial[..kept]).into_owned();
         self.partial.clear();
-        line
+        self.length = 0;
+        self.ends_in_cr = false;
+        Line {
+            text,
+            dropped: length - kept,
+        }
     }
 }
 
@@ -665,6 +701,15 @@ struct Heard {
 impl Heard {
     /// Logs a line, keeping it in the tail and noting what it says.
     fn take(&mut self, line: String, ctx: &dyn Reporter) {
+        let line = if line.len() > LOG_LINE {
+            let mut end = LOG_LINE;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}… ({} bytes in all)", &line[..end], line.len())
+        } else {
+            line
+        };
         ctx.log(&line);
         self.at = Instant::now();
         let plain = without_escapes(&line);
@@ -765,19 +810,29 @@ mod tests {
                 lines.push(chunk, &mut complete);
             }
             complete.extend(lines.finish());
+            let texts: Vec<&str> = complete.iter().map(|l| l.text.as_str()).collect();
             assert_eq!(
-                complete,
+                texts,
                 ["one", "two", "", "thr\u{fffd}ee", "last"],
                 "{piece}"
             );
         }
+        // A line of hundreds of KiB (a CLI's whole answer in one event) is kept whole.
         let mut lines = Lines::default();
         let mut complete = Vec::new();
-        lines.push(&vec![b'x'; MAX_LINE * 3], &mut complete);
+        for _ in 0..5 {
+            lines.push(&vec![b'x'; READ_SIZE], &mut complete);
+        }
         lines.push(b"\r\nnext\n", &mut complete);
         assert_eq!(complete.len(), 2);
-        assert_eq!(complete[0].len(), MAX_LINE);
-        assert_eq!(complete[1], "next");
+        assert_eq!(complete[0].text.len(), 5 * READ_SIZE);
+        assert_eq!(complete[0].dropped, 0);
+        assert_eq!(complete[1].text, "next");
+        // One past the bound is cut, and how much was dropped is told.
+        lines.push(&vec![b'x'; MAX_LINE + 10], &mut complete);
+        lines.push(b"\r\n", &mut complete);
+        assert_eq!(complete[2].text.len(), MAX_LINE);
+        assert_eq!(complete[2].dropped, 10);
         assert_eq!(lines.finish(), None);
     }
 
@@ -854,6 +909,55 @@ mod runs {
                 "{how:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_long_line_is_rendered_whole_and_one_past_the_bound_is_cut_and_the_log_says_so() {
+        let long = 200 * 1024;
+        let script = format!(
+            "head -c {long} /dev/zero | tr '\\0' a; echo; \
+             head -c {} /dev/zero | tr '\\0' b; echo; echo end",
+            MAX_LINE + 5
+        );
+        let recorder = Recorder::default();
+        let mut rendered = Vec::new();
+        let run = run_watched(
+            &sh(&script),
+            &std::env::temp_dir(),
+            None,
+            Limits::default(),
+            &recorder,
+            &mut |line| {
+                rendered.push(line.len());
+                Some(line)
+            },
+            Waiting::Best,
+        )
+        .unwrap();
+        assert_eq!(run.status.code(), Some(0));
+        assert_eq!(rendered, [long, MAX_LINE, 3]);
+        let logged = recorder.lines.into_inner().unwrap();
+        assert_eq!(
+            logged.len(),
+            4,
+            "{:?}",
+            logged.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert!(
+            logged[0].starts_with("aaa")
+                && logged[0].ends_with(&format!("… ({long} bytes in all)")),
+            "{}",
+            &logged[0][logged[0].len() - 40..]
+        );
+        assert!(logged[0].len() < LOG_LINE + 100);
+        assert_eq!(
+            logged[2],
+            format!(
+                "(a line of output of {} bytes was cut to its first 16 MiB: the rest was dropped)",
+                MAX_LINE + 5
+            )
+        );
+        assert_eq!(logged[3], "end");
     }
 
     #[test]

@@ -92,6 +92,10 @@ impl Role for Inspector {
         vec!["inspect".into()]
     }
 
+    fn settings(&self) -> Vec<plugin_api::Setting> {
+        vec![crate::paths::branch_setting()]
+    }
+
     fn validate(&self, task: &Task) -> Result<(), String> {
         let root = target(task)?;
         if root.exists() {

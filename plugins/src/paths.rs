@@ -2,7 +2,31 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use plugin_api::Task;
+use plugin_api::{Setting, SettingKind, Task, Value};
+
+/// The setting the host fills with where the queue's task branches go (`host/QUEUE-ID`); a
+/// role that makes worktrees declares it (see [`branch_setting`]).
+pub const BRANCH_NAMESPACE: &str = "branchNamespace";
+
+/// The declaration of [`BRANCH_NAMESPACE`], for the roles that make worktrees.
+pub fn branch_setting() -> Setting {
+    Setting::new(
+        BRANCH_NAMESPACE,
+        SettingKind::String,
+        "set by the host, not in host.toml: where this queue's task branches go \
+         (`[queue] branch_prefix`, then the queue's id)",
+    )
+}
+
+/// The branch of `task` in a worktree: `NAMESPACE/task-ID`, in the namespace the host gave (the
+/// queue's), else in the one every queue shared before queues had ids.
+pub fn task_branch(task: &Task, settings: &Value) -> String {
+    let namespace = settings
+        .get(BRANCH_NAMESPACE)
+        .and_then(Value::as_str)
+        .unwrap_or(worktrees::LEGACY_NAMESPACE);
+    worktrees::branch_of(namespace, &task.id)
+}
 
 /// The task's target, which these roles require.
 pub fn target(task: &Task) -> Result<&Path, String> {
@@ -147,7 +171,8 @@ impl Workplace {
             named: None,
             after: branches.clone(),
         };
-        let checkout = worktrees::start(&repo, &task.id, &base)
+        let branch = task_branch(task, &ctx.settings());
+        let checkout = worktrees::start(&repo, &branch, &base)
             .map_err(|err| format!("worktree of task {}: {err}", task.id))?;
         let workplace = Workplace {
             dir: checkout.folder_for(target),

@@ -85,19 +85,37 @@ impl Transcript {
                 if let Some(result) = event["result"].as_str() {
                     self.final_message = Some(result.to_string());
                 }
-                self.add_usage(
-                    &event["usage"],
-                    &[
-                        "input_tokens",
-                        "cache_creation_input_tokens",
-                        "cache_read_input_tokens",
-                    ],
-                    "output_tokens",
-                );
+                // `usage` counts the main model's last calls only; `modelUsage` counts every
+                // call of every model (a subagent's, a smaller model's), as the cost does.
+                match event["modelUsage"].as_object() {
+                    Some(models) if !models.is_empty() => {
+                        for usage in models.values() {
+                            self.add_usage(
+                                usage,
+                                &[
+                                    "inputTokens",
+                                    "cacheCreationInputTokens",
+                                    "cacheReadInputTokens",
+                                ],
+                                "outputTokens",
+                            );
+                        }
+                    }
+                    _ => self.add_usage(
+                        &event["usage"],
+                        &[
+                            "input_tokens",
+                            "cache_creation_input_tokens",
+                            "cache_read_input_tokens",
+                        ],
+                        "output_tokens",
+                    ),
+                }
                 self.cost_usd = event["total_cost_usd"].as_f64().or(self.cost_usd);
-                // Claude Code marks a failed run `is_error`, whatever its subtype says.
-                if event["is_error"] == true {
-                    Some(format!("error: {}", text(event, "result")))
+                // Claude Code marks a failed run `is_error`, whatever its subtype says; a run
+                // stopped at its turn limit or by an error gives its reasons in `errors`.
+                if event["is_error"] == true || text(event, "subtype").starts_with("error") {
+                    Some(format!("error: {}", claude_failure(event)))
                 } else {
                     Some(format!("result: {}", text(event, "subtype")))
                 }
@@ -176,7 +194,13 @@ impl Transcript {
             "error" => Some(format!("error: {}", text(event, "message"))),
             "result" => {
                 self.add_usage(&event["stats"], &["input_tokens"], "output_tokens");
-                Some(format!("result: {}", text(event, "status")))
+                // A failed run's result says why in `error` ({"type", "message"}).
+                let error = &event["error"];
+                let reason = error["message"].as_str().or(error.as_str());
+                match reason {
+                    Some(reason) => Some(format!("error: {reason}")),
+                    None => Some(format!("result: {}", text(event, "status"))),
+                }
             }
             _ => None,
         }
@@ -213,6 +237,34 @@ impl Transcript {
             usage["costUsd"] = json!(cost);
         }
         usage
+    }
+}
+
+/// Why a Claude Code run failed, as its result event says: its `result` text, else its
+/// `errors` (a turn limit, an error during execution), else its subtype.
+fn claude_failure(event: &Value) -> String {
+    let result = text(event, "result").trim();
+    if !result.is_empty() {
+        return result.to_string();
+    }
+    let errors: Vec<String> = event["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|error| match error.as_str() {
+            Some(said) => said.to_string(),
+            None => error["message"]
+                .as_str()
+                .map_or_else(|| error.to_string(), str::to_string),
+        })
+        .filter(|said| !said.trim().is_empty())
+        .collect();
+    if !errors.is_empty() {
+        return errors.join("; ");
+    }
+    match text(event, "subtype") {
+        "" => "the run failed (it gave no reason)".to_string(),
+        subtype => subtype.to_string(),
     }
 }
 

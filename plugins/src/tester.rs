@@ -74,6 +74,10 @@ impl Role for Tester {
         vec!["test".into()]
     }
 
+    fn settings(&self) -> Vec<plugin_api::Setting> {
+        vec![crate::paths::branch_setting()]
+    }
+
     fn validate(&self, task: &Task) -> Result<(), String> {
         target(task)?;
         payload_command(task).map(|_| ())

@@ -1,9 +1,11 @@
 //! A git worktree per task, so that agents working on one repository at once never touch each
 //! other's files or the user's own checkout.
 //!
-//! An attempt [`start`]s a fresh worktree on the branch `host/task-ID`, made from a base (the
-//! repository's HEAD, a named commit or branch, or the branches of the tasks it comes after,
-//! merged). The agent works in it; [`Checkout::finish`] commits what it left uncommitted,
+//! An attempt [`start`]s a fresh worktree on the branch `NAMESPACE/task-ID`, made from a base
+//! (the repository's HEAD, a named commit or branch, or the branches of the tasks it comes after,
+//! merged). The namespace is the queue's own (`host/QUEUE-ID`, see [`namespace`]), so that two
+//! queues on one repository, whose task ids both start at 1, never share a branch or a
+//! worktree; queues made before queues had an id used `host` ([`LEGACY_NAMESPACE`]). The agent works in it; [`Checkout::finish`] commits what it left uncommitted,
 //! describes the branch in a [`Record`] and removes the worktree. The branch stays, to be shown
 //! ([`diff`]), merged into its base ([`merge`]) or removed ([`discard`]).
 //!
@@ -137,18 +139,35 @@ pub struct Base {
     pub after: Vec<String>,
 }
 
-/// The branch of task `id`.
-pub fn branch_of(id: &str) -> String {
-    format!("host/task-{id}")
+/// Where the branches of a queue without an id went (`host/task-ID`): every such queue shared it.
+pub const LEGACY_NAMESPACE: &str = "host";
+
+/// Where the branches of the queue `queue_id` go: `PREFIX/QUEUE-ID`.
+pub fn namespace(prefix: &str, queue_id: &str) -> String {
+    format!("{prefix}/{queue_id}")
 }
 
-/// Whether `branch` is one this crate makes for task `id`: its branch, or an earlier attempt's.
-pub fn is_branch_of(branch: &str, id: &str) -> bool {
-    let own = branch_of(id);
-    branch == own
-        || branch
-            .strip_prefix(&format!("{own}-attempt-"))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+/// The branch of task `id` of the queue whose branches go in `namespace`.
+pub fn branch_of(namespace: &str, id: &str) -> String {
+    format!("{namespace}/task-{id}")
+}
+
+/// Whether `branch` is one this crate makes for task `id` of the queue `queue_id` (under any
+/// prefix), or of a queue that had no id yet: its branch, or an earlier attempt's.
+pub fn is_branch_of(branch: &str, queue_id: Option<&str>, id: &str) -> bool {
+    let own = match branch.rsplit_once("-attempt-") {
+        Some((own, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => own,
+        _ => branch,
+    };
+    let Some(space) = own.strip_suffix(&format!("/task-{id}")) else {
+        return false;
+    };
+    space == LEGACY_NAMESPACE
+        || queue_id.is_some_and(|q| {
+            space
+                .strip_suffix(q)
+                .is_some_and(|prefix| prefix.len() > 1 && prefix.ends_with('/'))
+        })
 }
 
 /// The message of a commit made for task `id` about `what` (its description, else its type).
@@ -170,10 +189,11 @@ pub struct Checkout {
     base_branch: Option<String>,
 }
 
-/// Makes a fresh worktree for an attempt at task `id`. A branch left by an earlier attempt is
-/// kept, renamed `host/task-ID-attempt-N`.
-pub fn start(repo: &Repo, id: &str, base: &Base) -> Result<Checkout, Error> {
-    let branch = branch_of(id);
+/// Makes a fresh worktree for an attempt on `branch` (see [`branch_of`]), in a folder named
+/// after it. A branch of that name left by an earlier attempt is kept, renamed
+/// `BRANCH-attempt-N`: the name is the queue's own, so the branch is this task's.
+pub fn start(repo: &Repo, branch: &str, base: &Base) -> Result<Checkout, Error> {
+    let branch = branch.to_string();
     if repo.has_branch(&branch) {
         let kept = (1..)
             .map(|n| format!("{branch}-attempt-{n}"))
@@ -188,9 +208,11 @@ pub fn start(repo: &Repo, id: &str, base: &Base) -> Result<Checkout, Error> {
         (None, Some(first)) => (first.to_string(), repo.current_branch()),
         (None, None) => ("HEAD".to_string(), repo.current_branch()),
     };
-    let path = repo.worktrees_home().join(format!("task-{id}"));
+    // Named after the branch, so that another queue's task of the same id has another folder.
+    let path = repo.worktrees_home().join(branch.replace('/', "-"));
     if path.exists() {
-        // Left by a worker that was killed: nothing in it is anyone's work any more.
+        // Left by a killed worker of this queue (the name is the queue's own): nothing in it
+        // is anyone's work any more.
         let _ = repo.git(&["worktree", "remove", "--force", &path.to_string_lossy()]);
         let _ = std::fs::remove_dir_all(&path);
         repo.git(&["worktree", "prune"])?;
@@ -356,10 +378,26 @@ impl Checkout {
             branch: self.branch.clone(),
             base: self.base.clone(),
             base_branch: self.base_branch.clone(),
+            earlier_attempts: self.earlier_attempts()?,
             commits,
             diffstat,
             changed_files,
         })
+    }
+
+    /// The branches earlier attempts on this branch left (renamed `BRANCH-attempt-N`).
+    fn earlier_attempts(&self) -> Result<Vec<String>, Error> {
+        let pattern = format!("refs/heads/{}-attempt-*", self.branch);
+        Ok(self
+            .repo
+            .git(&["for-each-ref", "--format=%(refname:short)", &pattern])?
+            .lines()
+            .filter(|b| {
+                b.strip_prefix(&format!("{}-attempt-", self.branch))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .map(str::to_string)
+            .collect())
     }
 
     fn remove(&self) {
@@ -387,6 +425,10 @@ pub struct Record {
     /// The branch that commit was the head of: what [`merge`] merges into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_branch: Option<String>,
+    /// The branches earlier attempts at the task left: what
+    /// [`discard_earlier_attempts`] deletes, and nothing else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_attempts: Vec<String>,
     /// Its commits, oldest first.
     pub commits: Vec<Commit>,
     /// `git diff --shortstat` from the base ("2 files changed, 10 insertions(+)"), or empty.
@@ -516,19 +558,19 @@ pub fn discard(record: &Record) -> Result<(), Error> {
         .map(drop)
 }
 
-/// Deletes the branches earlier attempts at task `id` left (`host/task-ID-attempt-N`), kept
-/// for inspection while the task was open; says which. For when its change was merged or
-/// discarded.
-pub fn discard_earlier_attempts(record: &Record, id: &str) -> Result<Vec<String>, Error> {
+/// Deletes the branches earlier attempts at the task left (`BRANCH-attempt-N`), kept for
+/// inspection while the task was open, as its record lists them; says which. For when its
+/// change was merged or discarded. A branch the record does not list is never touched: a
+/// record made before records listed them deletes nothing.
+pub fn discard_earlier_attempts(record: &Record) -> Result<Vec<String>, Error> {
     let repo = Repo {
         root: record.repository.clone(),
     };
-    let pattern = format!("refs/heads/{}-attempt-*", branch_of(id));
-    let listed = repo.git(&["for-each-ref", "--format=%(refname:short)", &pattern])?;
-    let earlier: Vec<String> = listed
-        .lines()
-        .filter(|b| is_branch_of(b, id) && *b != record.branch)
-        .map(str::to_string)
+    let earlier: Vec<String> = record
+        .earlier_attempts
+        .iter()
+        .filter(|b| **b != record.branch && repo.has_branch(b))
+        .cloned()
         .collect();
     for branch in &earlier {
         repo.git(&["branch", "-D", branch])?;
@@ -635,5 +677,36 @@ fn copy_all(from: &Path, to: &Path) -> std::io::Result<()> {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::copy(from, to).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_branch_is_a_tasks_only_in_its_queues_namespace_or_the_old_shared_one() {
+        let ours = branch_of(&namespace("agents/work", "3f9a2c1b"), "7");
+        assert_eq!(ours, "agents/work/3f9a2c1b/task-7");
+        assert!(is_branch_of(&ours, Some("3f9a2c1b"), "7"));
+        assert!(is_branch_of(
+            &format!("{ours}-attempt-2"),
+            Some("3f9a2c1b"),
+            "7"
+        ));
+        assert!(!is_branch_of(&ours, Some("3f9a2c1b"), "71"));
+        // Another queue's task of the same id is not this one's.
+        assert!(!is_branch_of("host/00000000/task-7", Some("3f9a2c1b"), "7"));
+        assert!(!is_branch_of(
+            "host/x3f9a2c1b/task-7",
+            Some("3f9a2c1b"),
+            "7"
+        ));
+        assert!(!is_branch_of("3f9a2c1b/task-7", Some("3f9a2c1b"), "7"));
+        // What a queue recorded before queues had ids is used as recorded.
+        assert!(is_branch_of("host/task-7", None, "7"));
+        assert!(is_branch_of("host/task-7", Some("3f9a2c1b"), "7"));
+        assert!(!is_branch_of("main", Some("3f9a2c1b"), "7"));
+        assert!(!is_branch_of("host/task-7-attempt-", None, "7"));
     }
 }

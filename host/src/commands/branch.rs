@@ -10,11 +10,13 @@ use crate::commands::{open_store, out, outln};
 use crate::config::Config;
 
 /// The branch record a task's result holds, or why there is none.
-fn record(task: &Task) -> anyhow::Result<Record> {
+fn record(store: &Store, task: &Task) -> anyhow::Result<Record> {
     let recorded = task.result.as_ref().and_then(|r| r.get("worktree"));
     let Some(recorded) = recorded else {
         let why = if task.status.is_finished() {
-            "ran in no worktree (its role's isolation is none, or its target is not in git)"
+            "left no branch: it ran in no worktree (its role's isolation is none, or its target \
+             is not in git), or its attempt failed before its agent ran (a worktree's setup \
+             failed, and its worktree and branch were removed)"
         } else {
             "has not finished an attempt yet"
         };
@@ -26,8 +28,10 @@ fn record(task: &Task) -> anyhow::Result<Record> {
             task.id
         )
     })?;
-    // A result is what a handler said: only a branch made for this task is acted on.
-    if !worktrees::is_branch_of(&record.branch, &task.id) {
+    // A result is what a handler said: only a branch made for this task of this queue (or of
+    // this queue before it had an id, named as recorded then) is acted on.
+    let queue_id = crate::branch_names::queue_id(store)?;
+    if !worktrees::is_branch_of(&record.branch, queue_id.as_deref(), &task.id) {
         anyhow::bail!(
             "task {}: its result names branch {:?}, which is not one made for it",
             task.id,
@@ -39,7 +43,8 @@ fn record(task: &Task) -> anyhow::Result<Record> {
 
 /// The branch record of task `id`.
 pub fn recorded(settings: &Settings, id: &str) -> anyhow::Result<Record> {
-    record(&open_store(settings)?.get(id)?)
+    let store = open_store(settings)?;
+    record(&store, &store.get(id)?)
 }
 
 /// The change a branch record describes, as a patch.
@@ -65,7 +70,7 @@ pub fn merge_task(settings: &Settings, id: &str, style: MergeStyle) -> anyhow::R
             );
         }
     }
-    let record = record(&task)?;
+    let record = record(&store, &task)?;
     let message =
         worktrees::commit_message(id, task.description.as_deref().unwrap_or(&task.task_type));
     let merged = worktrees::merge(&record, style, &message);
@@ -139,7 +144,7 @@ fn settle_sibling(store: &Store, id: &str) -> anyhow::Result<Option<String>> {
         });
     }
     if lifecycle::check_discardable(&task).is_ok()
-        && let Ok(record) = record(&task)
+        && let Ok(record) = record(store, &task)
     {
         drop_branch(store, &task, &record)?;
         done.push("branch discarded");
@@ -165,7 +170,7 @@ fn drop_branch(store: &Store, task: &Task, record: &Record) -> anyhow::Result<St
 /// discarded; says which, for the end of a sentence. A failure is only a warning: the task's
 /// own branch was dealt with.
 fn earlier_attempts(record: &Record, id: &str) -> String {
-    match worktrees::discard_earlier_attempts(record, id) {
+    match worktrees::discard_earlier_attempts(record) {
         Ok(earlier) if earlier.is_empty() => String::new(),
         Ok(earlier) => format!(" (and the earlier attempts' {})", earlier.join(", ")),
         Err(err) => {
@@ -180,7 +185,7 @@ pub fn discard_task(settings: &Settings, id: &str) -> anyhow::Result<String> {
     let store = open_store(settings)?;
     let task = store.get(id)?;
     lifecycle::check_discardable(&task)?;
-    let branch = drop_branch(&store, &task, &record(&task)?)?;
+    let branch = drop_branch(&store, &task, &record(&store, &task)?)?;
     Ok(format!("deleted {branch}"))
 }
 
@@ -189,7 +194,7 @@ pub fn discard_task(settings: &Settings, id: &str) -> anyhow::Result<String> {
 pub fn approve_task(settings: &Settings, id: &str) -> anyhow::Result<String> {
     let store = open_store(settings)?;
     let task = store.update(id, &lifecycle::approve)?;
-    let next = match record(&task) {
+    let next = match record(&store, &task) {
         Ok(_) => format!("; `host merge {id}` brings its change in"),
         Err(_) => String::new(),
     };

@@ -16,6 +16,8 @@ pub fn run(settings: &Settings, durability: Option<Durability>) -> anyhow::Resul
         .folder()
         .is_some_and(queue::QueueFolder::holds_queue);
     let store = Store::init(&settings.queue, durability).context("cannot initialise the queue")?;
+    // The queue's own namespace for its tasks' branches (an existing queue without one gets it).
+    crate::branch_names::ensure_queue_id(&store).context("cannot give the queue an id")?;
     let setting = match store.durability() {
         Durability::Durable => "durable",
         Durability::Relaxed => "relaxed (a power loss can lose the last seconds of changes)",

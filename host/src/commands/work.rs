@@ -23,7 +23,19 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
     policy.backoff = args.backoff;
     let store = store.with_policy(policy);
     let role = find_role(settings, &config, role_name)?;
-    let role_settings = config.role_settings(role_name, &role)?;
+    let mut role_settings = config.role_settings(role_name, &role)?;
+    // A handler that makes worktrees is told where this queue's branches go.
+    if role
+        .settings()
+        .iter()
+        .any(|s| s.name == crate::branch_names::NAMESPACE_SETTING)
+    {
+        let namespace = crate::branch_names::namespace(&store, &config)?;
+        if !role_settings.is_object() {
+            role_settings = serde_json::json!({});
+        }
+        role_settings[crate::branch_names::NAMESPACE_SETTING] = namespace.into();
+    }
     let options = WorkerOptions {
         name: args
             .name

@@ -904,3 +904,146 @@ fn structured_output_is_logged_readably_and_its_answer_and_usage_are_kept_and_su
         "{human}"
     );
 }
+
+/// Runs one task of `cli`'s preset whose fake CLI prints `events` and exits with `exit`;
+/// answers the task.
+fn run_events(q: &TestQueue, cli: &str, events: &[Value], exit: &str) -> Value {
+    let bin = fake_agents(q);
+    bind_presets(q, "");
+    let lines: Vec<String> = events.iter().map(Value::to_string).collect();
+    let file = q.scratch.join(format!("{cli}.jsonl"));
+    fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let target = q.scratch.join(format!("target-{cli}"));
+    fs::create_dir_all(&target).unwrap();
+    let id = q.add(&[
+        "--type",
+        &format!("t-{cli}"),
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    drain_agent(
+        q,
+        &format!("p-{cli}"),
+        &bin,
+        &q.scratch.join(format!("record-{cli}")),
+        &[
+            ("FAKE_AGENT_EVENTS", file.to_str().unwrap()),
+            ("FAKE_AGENT_EXIT", exit),
+        ],
+    );
+    q.task(&id)
+}
+
+#[test]
+fn a_final_answer_longer_than_64_kib_keeps_the_answer_its_tokens_and_cost() {
+    use serde_json::json;
+    let q = TestQueue::new();
+    let answer: String = (0..8_000)
+        .map(|n| format!("line {n:05}\n"))
+        .collect::<String>();
+    assert!(answer.len() > 80_000);
+    let task = run_events(
+        &q,
+        "claude",
+        &[
+            json!({"type": "system", "subtype": "init", "model": "claude-opus"}),
+            json!({"type": "result", "subtype": "success", "is_error": false, "result": answer,
+                   "total_cost_usd": 0.5,
+                   "usage": {"input_tokens": 1000, "output_tokens": 20000}}),
+        ],
+        "0",
+    );
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let kept = task["result"]["finalMessage"].as_str().unwrap_or_default();
+    assert!(
+        kept == answer,
+        "the answer kept is {} bytes of {}",
+        kept.len(),
+        answer.len()
+    );
+    assert_eq!(
+        task["result"]["usage"],
+        json!({"inputTokens": 1000, "outputTokens": 20000, "costUsd": 0.5})
+    );
+    let log = q.ok(&["logs", task["id"].as_str().unwrap()]);
+    assert!(log.contains("result: success"), "{log}");
+    assert!(!log.contains("{\"type\""), "raw events in the log:\n{log}");
+}
+
+#[test]
+fn the_reasons_a_cli_gives_for_failing_are_in_the_tasks_error() {
+    use serde_json::json;
+    let q = TestQueue::new();
+    let task = run_events(
+        &q,
+        "gemini",
+        &[
+            json!({"type": "init", "session_id": "s", "model": "gemini-pro"}),
+            json!({"type": "result", "status": "error",
+                   "error": {"type": "FatalAuthenticationError",
+                             "message": "API key not valid. Please pass a valid API key."},
+                   "stats": {"input_tokens": 0, "output_tokens": 0}}),
+        ],
+        "144",
+    );
+    assert_eq!(task["status"], "failed", "{task:#}");
+    let error = task["error"].as_str().unwrap();
+    assert!(
+        error.contains("`gemini` exited with code 144: error: API key not valid."),
+        "{error}"
+    );
+
+    // Claude Code's turn limit and errors during execution give their reasons in `errors`.
+    for (subtype, reason) in [
+        ("error_max_turns", "Reached maximum number of turns (3)"),
+        ("error_during_execution", "Tool Bash failed to start"),
+    ] {
+        let q = TestQueue::new();
+        let task = run_events(
+            &q,
+            "claude",
+            &[
+                json!({"type": "result", "subtype": subtype, "is_error": true,
+                     "errors": [reason], "total_cost_usd": 0.01,
+                     "usage": {"input_tokens": 10, "output_tokens": 1}}),
+            ],
+            "1",
+        );
+        assert_eq!(task["status"], "failed", "{task:#}");
+        let error = task["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("`claude` exited with code 1: error: {reason}")),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn claude_tokens_count_every_model_call_as_its_cost_does() {
+    use serde_json::json;
+    let q = TestQueue::new();
+    // As a real run reports them: `usage` the main model's last call, `modelUsage` all calls.
+    let task = run_events(
+        &q,
+        "claude",
+        &[
+            json!({"type": "result", "subtype": "success", "is_error": false, "result": "Done.",
+                 "total_cost_usd": 0.03,
+                 "usage": {"input_tokens": 2000, "cache_read_input_tokens": 1000,
+                           "output_tokens": 100},
+                 "modelUsage": {
+                     "claude-opus": {"inputTokens": 2000, "cacheReadInputTokens": 1000,
+                                     "cacheCreationInputTokens": 500, "outputTokens": 120,
+                                     "costUSD": 0.025},
+                     "claude-haiku": {"inputTokens": 1000, "cacheReadInputTokens": 0,
+                                      "cacheCreationInputTokens": 0, "outputTokens": 30,
+                                      "costUSD": 0.005}}}),
+        ],
+        "0",
+    );
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(
+        task["result"]["usage"],
+        json!({"inputTokens": 4500, "outputTokens": 150, "costUsd": 0.03})
+    );
+}

@@ -6,7 +6,7 @@ use std::fs;
 use integration_tests::TestQueue;
 use serde_json::{Value, json};
 
-use crate::worktrees::{git, repository};
+use crate::worktrees::{git, repository, task_branch};
 
 /// Role `editor` (type `edit`) asking for review: a fake agent that appends the prompt it was
 /// given to `prompts.txt` in the scratch folder and changes `shared.txt`; `[hooks] review`
@@ -49,10 +49,8 @@ fn a_change_waits_for_review_and_a_rejection_tells_the_next_attempt_why() {
     let task = q.task(&id);
     assert_eq!(task["status"], "review", "{task:#}");
     assert_eq!(task["success"], true);
-    assert_eq!(
-        task["result"]["worktree"]["branch"],
-        format!("host/task-{id}")
-    );
+    let branch = task_branch(&q, &id);
+    assert_eq!(task["result"]["worktree"]["branch"], branch.as_str());
     assert_eq!(q.task(&after)["status"], "blocked");
     let report = status_json(&q);
     assert_eq!(report["counts"]["review"], 1, "{report:#}");
@@ -137,13 +135,11 @@ fn a_change_waits_for_review_and_a_rejection_tells_the_next_attempt_why() {
     // The rejected attempt's branch stayed for inspection until now.
     assert_eq!(
         git(&repo, &["branch", "--list", "host/*"]),
-        format!("  host/task-{id}\n  host/task-{id}-attempt-1\n")
+        format!("  {branch}\n  {branch}-attempt-1\n")
     );
     let said = q.ok(&["merge", &id]);
     assert!(
-        said.contains(&format!(
-            "(and the earlier attempts' host/task-{id}-attempt-1)"
-        )),
+        said.contains(&format!("(and the earlier attempts' {branch}-attempt-1)")),
         "{said}"
     );
     assert_eq!(git(&repo, &["branch", "--list", "host/*"]), "");
@@ -190,7 +186,10 @@ fn a_fanned_out_task_runs_side_by_side_and_merging_one_discards_the_others() {
     for id in &ids {
         assert_eq!(q.task(id)["status"], "completed", "{:#}", q.task(id));
         assert_eq!(
-            git(&repo, &["show", &format!("host/task-{id}:shared.txt")]),
+            git(
+                &repo,
+                &["show", &format!("{}:shared.txt", task_branch(&q, id))]
+            ),
             format!("{id}\n")
         );
     }
@@ -236,9 +235,10 @@ fn a_fanned_out_task_runs_side_by_side_and_merging_one_discards_the_others() {
         serde_json::from_str(&q.ok(&["claim", "--role", "editor", "--json"])).unwrap();
     assert_eq!(claimed["id"], more[0].as_str());
     let token = claimed["leaseToken"].as_str().unwrap();
-    git(&repo, &["branch", &format!("host/task-{}", more[0])]);
+    let branch = task_branch(&q, &more[0]);
+    git(&repo, &["branch", &branch]);
     let record = json!({"worktree": {
-        "repository": repo, "branch": format!("host/task-{}", more[0]), "baseBranch": "main",
+        "repository": repo, "branch": branch, "baseBranch": "main",
         "base": git(&repo, &["rev-parse", "HEAD"]).trim(), "commits": [], "diffstat": "",
         "changedFiles": []}});
     q.ok(&[

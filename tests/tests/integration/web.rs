@@ -838,7 +838,8 @@ fn the_dashboard_shows_a_worktree_tasks_branch_and_merges_it() {
     let server = serve(&q, &[]);
     let (status, diff) = server.get(&format!("/api/tasks/{id}/diff"));
     assert_eq!(status, 200, "{diff}");
-    assert_eq!(diff["worktree"]["branch"], format!("host/task-{id}"));
+    let branch = crate::worktrees::task_branch(&q, &id);
+    assert_eq!(diff["worktree"]["branch"], branch.as_str());
     assert!(
         diff["patch"].as_str().unwrap().contains(&format!("+{id}")),
         "{diff}"
@@ -855,7 +856,9 @@ fn the_dashboard_shows_a_worktree_tasks_branch_and_merges_it() {
     browser.click(&row);
     browser.wait_for(
         "the branch in the details",
-        &format!("return (document.getElementById('branch') || {{}}).textContent?.includes('host/task-{id}')"),
+        &format!(
+            "return (document.getElementById('branch') || {{}}).textContent?.includes('{branch}')"
+        ),
     );
     let files = browser.script("return document.getElementById('branch-files').textContent");
     assert!(files.as_str().unwrap().contains("shared.txt"), "{files}");
@@ -868,7 +871,7 @@ fn the_dashboard_shows_a_worktree_tasks_branch_and_merges_it() {
     browser.click("button[data-branch=merge]");
     browser.wait_for(
         "the merge",
-        &format!("return document.getElementById('branch-said').textContent.includes('merged host/task-{id} into main')"),
+        &format!("return document.getElementById('branch-said').textContent.includes('merged {branch} into main')"),
     );
     assert_eq!(
         std::fs::read_to_string(repo.join("shared.txt")).unwrap(),

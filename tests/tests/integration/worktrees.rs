@@ -4,6 +4,7 @@
 use std::fs;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use integration_tests::TestQueue;
 use serde_json::Value;
@@ -49,6 +50,22 @@ pub(crate) fn bind_editor(q: &TestQueue) {
     fs::write(q.queue.join("host.toml"), toml).unwrap();
 }
 
+/// The id `host init` gave the queue, as the queue keeps it among its settings.
+pub(crate) fn queue_id(q: &TestQueue) -> String {
+    let conn = rusqlite::Connection::open(q.queue.join("queue.db")).unwrap();
+    conn.query_row(
+        "SELECT value FROM settings WHERE key = 'queue_id'",
+        [],
+        |row| row.get(0),
+    )
+    .unwrap()
+}
+
+/// The branch of task `id` of queue `q`: in the queue's own namespace.
+pub(crate) fn task_branch(q: &TestQueue, id: &str) -> String {
+    format!("host/{}/task-{id}", queue_id(q))
+}
+
 fn result(q: &TestQueue, id: &str) -> Value {
     let task = q.task(id);
     assert_eq!(task["status"], "completed", "{task:#}");
@@ -75,7 +92,8 @@ fn two_agents_on_one_repository_work_apart_and_their_branches_are_merged_or_disc
     );
     for id in [&first, &second] {
         let record = result(&q, id);
-        assert_eq!(record["branch"], format!("host/task-{id}"));
+        let branch = task_branch(&q, id);
+        assert_eq!(record["branch"], branch.as_str());
         assert_eq!(record["baseBranch"], "main");
         assert_eq!(record["commits"].as_array().unwrap().len(), 1, "{record:#}");
         assert_eq!(
@@ -88,7 +106,6 @@ fn two_agents_on_one_repository_work_apart_and_their_branches_are_merged_or_disc
                 .unwrap()
                 .contains("1 file changed")
         );
-        let branch = format!("host/task-{id}");
         assert_eq!(
             git(&repo, &["show", &format!("{branch}:shared.txt")]),
             format!("{id}\n")
@@ -110,7 +127,7 @@ fn two_agents_on_one_repository_work_apart_and_their_branches_are_merged_or_disc
 
     let said = q.ok(&["merge", &first]);
     assert!(
-        said.contains(&format!("merged host/task-{first} into main")),
+        said.contains(&format!("merged {} into main", task_branch(&q, &first))),
         "{said}"
     );
     assert_eq!(
@@ -158,7 +175,10 @@ fn two_agents_on_one_repository_work_apart_and_their_branches_are_merged_or_disc
     let branches = git(&repo, &["branch", "--list", "host/*"]);
     assert_eq!(branches, "", "merged and discarded branches are gone");
     let line = q.fails(&["diff", &second]);
-    assert!(line.contains("no branch host/task-"), "{line}");
+    assert!(
+        line.contains(&format!("no branch {}", task_branch(&q, &second))),
+        "{line}"
+    );
 }
 
 #[test]
@@ -228,20 +248,15 @@ fn a_test_after_an_agent_task_tests_its_change_before_it_is_merged() {
         Some(edit.as_str()),
         "the test saw the editor's change: {tested:#}"
     );
-    assert_eq!(
-        tested["result"]["branches"],
-        serde_json::json!([format!("host/task-{edit}")])
-    );
+    let branch = task_branch(&q, &edit);
+    assert_eq!(tested["result"]["branches"], serde_json::json!([branch]));
     let inspected = q.task(&inspect);
-    assert_eq!(
-        inspected["result"]["branches"],
-        serde_json::json!([format!("host/task-{edit}")])
-    );
+    assert_eq!(inspected["result"]["branches"], serde_json::json!([branch]));
     assert_eq!(inspected["result"]["target"], target);
     // Nothing of the throwaway worktrees is left, and the user's checkout is as it was.
     assert_eq!(
         git(&repo, &["branch", "--list", "host/*"]),
-        format!("  host/task-{edit}\n")
+        format!("  {branch}\n")
     );
     assert_eq!(git(&repo, &["worktree", "list"]).lines().count(), 1);
     assert_eq!(
@@ -365,4 +380,183 @@ fn edge_cases_of_branches_are_handled_not_misreported() {
     let line = q.fails(&["discard", &forged]);
     assert!(line.contains("not one made for it"), "{line}");
     assert!(git(&repo, &["branch", "--list", "main"]).contains("main"));
+}
+
+/// A `host.toml` whose role `editor` (type `edit`) writes its task's description into
+/// `shared.txt`, waits two seconds and fails unless the file still holds it (its worktree was
+/// neither removed nor written by another task meanwhile); `extra` is appended.
+fn bind_slow_editor(q: &TestQueue, extra: &str) {
+    let script = "echo \"$0\" > shared.txt; sleep 2; test \"$(cat shared.txt)\" = \"$0\" || exit 4";
+    let toml = format!(
+        "[roles.editor]\nhandler = \"agent\"\ntypes = [\"edit\"]\n\
+         command = [\"sh\", \"-c\", {script:?}, \"{{description}}\"]\n{extra}"
+    );
+    fs::write(q.queue.join("host.toml"), toml).unwrap();
+}
+
+#[test]
+fn two_queues_on_one_repository_never_touch_each_others_branches_or_worktrees() {
+    let a = TestQueue::new();
+    let b = TestQueue::new();
+    let repo = repository(&a);
+    let target = repo.to_str().unwrap();
+    bind_slow_editor(&a, "");
+    bind_slow_editor(&b, "");
+    let id = a.add(&["--type", "edit", "--target", target, "--description", "A"]);
+    let same = b.add(&["--type", "edit", "--target", target, "--description", "B"]);
+    assert_eq!(id, same, "both queues number their tasks from 1");
+    assert_ne!(queue_id(&a), queue_id(&b));
+
+    // At once: B's worker starts its task 1 while A's task 1 runs in its worktree.
+    let mut worker = a.spawn_worker("editor", &["--drain"]);
+    a.wait_for("A's task to run", Duration::from_secs(30), |q| {
+        q.task(&id)["status"] == "running"
+    });
+    b.drain("editor", &[]);
+    assert!(worker.wait().unwrap().success());
+    let (ours, theirs) = (result(&a, &id), result(&b, &same));
+    assert_eq!(ours["branch"], task_branch(&a, &id).as_str(), "{ours:#}");
+    assert_eq!(
+        theirs["branch"],
+        task_branch(&b, &id).as_str(),
+        "{theirs:#}"
+    );
+    let (ours, theirs) = (
+        ours["branch"].as_str().unwrap().to_string(),
+        theirs["branch"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(git(&repo, &["show", &format!("{ours}:shared.txt")]), "A\n");
+    assert_eq!(
+        git(&repo, &["show", &format!("{theirs}:shared.txt")]),
+        "B\n"
+    );
+
+    // A queue folder made again (its ids restart at 1), with its own prefix: B's unmerged
+    // branch is neither renamed nor reset.
+    let c = TestQueue::new();
+    bind_slow_editor(&c, "[queue]\nbranch_prefix = \"agents/work\"\n");
+    let again = c.add(&["--type", "edit", "--target", target, "--description", "C"]);
+    assert_eq!(again, id);
+    c.drain("editor", &[]);
+    let made = result(&c, &again);
+    assert_eq!(
+        made["branch"],
+        format!("agents/work/{}/task-{id}", queue_id(&c)),
+        "{made:#}"
+    );
+    assert_eq!(
+        git(&repo, &["show", &format!("{theirs}:shared.txt")]),
+        "B\n"
+    );
+    assert_eq!(git(&repo, &["branch", "--list", "*-attempt-*"]), "");
+
+    // Merging A's task merges A's change and deletes A's branch only.
+    let said = a.ok(&["merge", &id]);
+    assert!(said.contains(&format!("merged {ours} into main")), "{said}");
+    assert!(!said.contains("earlier attempts"), "{said}");
+    assert_eq!(fs::read_to_string(repo.join("shared.txt")).unwrap(), "A\n");
+    assert_eq!(
+        git(&repo, &["show", &format!("{theirs}:shared.txt")]),
+        "B\n"
+    );
+    let patch = c.ok(&["diff", &again]);
+    assert!(patch.contains("+C"), "{patch}");
+    // Nor does discarding B's delete anyone else's.
+    b.ok(&["discard", &same]);
+    let left = git(&repo, &["branch", "--list", "--format=%(refname:short)"]);
+    assert_eq!(
+        left.lines().collect::<Vec<_>>(),
+        [made["branch"].as_str().unwrap(), "main"]
+    );
+
+    // A branch prefix git would refuse is refused, naming the file and key.
+    bind_slow_editor(&c, "[queue]\nbranch_prefix = \"a..b\"\n");
+    let line = c.fails(&["--role", "editor", "--drain"]);
+    assert!(line.contains("queue.branch_prefix"), "{line}");
+}
+
+#[test]
+fn a_queue_made_before_queues_had_ids_keeps_the_branches_its_tasks_recorded() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_slow_editor(&q, "");
+    // As an earlier version left it: no id, and a completed task whose branch is host/task-1.
+    let conn = rusqlite::Connection::open(q.queue.join("queue.db")).unwrap();
+    conn.execute("DELETE FROM settings WHERE key = 'queue_id'", [])
+        .unwrap();
+    drop(conn);
+    let old = q.add(&["--type", "noop"]);
+    let claimed: Value =
+        serde_json::from_str(&q.ok(&["claim", "--role", "noop", "--json"])).unwrap();
+    let token = claimed["leaseToken"].as_str().unwrap();
+    let legacy = format!("host/task-{old}");
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+    git(&repo, &["checkout", "--quiet", "-b", &legacy]);
+    fs::write(repo.join("shared.txt"), "old\n").unwrap();
+    git(&repo, &["commit", "--quiet", "-am", "old"]);
+    git(&repo, &["checkout", "--quiet", "main"]);
+    let record = serde_json::json!({"worktree": {
+        "repository": repo, "branch": legacy, "baseBranch": "main", "base": head.trim(),
+        "commits": [], "diffstat": "", "changedFiles": []}});
+    q.ok(&[
+        "complete",
+        &old,
+        "--token",
+        token,
+        "--result",
+        &record.to_string(),
+    ]);
+
+    // Its first worker gives it an id; its new tasks branch in the queue's namespace.
+    let new = q.add(&["--type", "edit", "--target", repo.to_str().unwrap()]);
+    q.drain("editor", &[]);
+    assert_eq!(result(&q, &new)["branch"], task_branch(&q, &new).as_str());
+    // The old task's branch is used as recorded.
+    assert!(q.ok(&["diff", &old]).contains("+old"));
+    let said = q.ok(&["merge", &old]);
+    assert!(
+        said.contains(&format!("merged {legacy} into main")),
+        "{said}"
+    );
+    assert_eq!(
+        fs::read_to_string(repo.join("shared.txt")).unwrap(),
+        "old\n"
+    );
+}
+
+#[test]
+fn a_failed_setup_leaves_no_worktree_or_branch_behind() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    let toml = "[roles.editor]\nhandler = \"agent\"\ntypes = [\"edit\"]\n\
+                command = [\"sh\", \"-c\", \"echo hi > shared.txt\"]\n\
+                setup = [\"sh\", \"-c\", \"echo cannot install >&2; exit 5\"]\n";
+    fs::write(q.queue.join("host.toml"), toml).unwrap();
+    let id = q.add(&["--type", "edit", "--target", repo.to_str().unwrap()]);
+    let data = q.scratch.join("data");
+    let output = q
+        .host()
+        .args(["--role", "editor", "--drain"])
+        .env("XDG_DATA_HOME", &data)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let task = q.task(&id);
+    assert_eq!(task["status"], "failed", "{task:#}");
+    let error = task["error"].as_str().unwrap();
+    assert!(
+        error.contains("setup `sh` exited with code 5: cannot install"),
+        "{error}"
+    );
+    assert_eq!(git(&repo, &["branch", "--list", "host/*"]), "");
+    assert_eq!(git(&repo, &["worktree", "list"]).lines().count(), 1);
+    let folders: Vec<_> = fs::read_dir(data.join("host/worktrees"))
+        .into_iter()
+        .flatten()
+        .flat_map(|repo_home| fs::read_dir(repo_home.unwrap().path()).unwrap())
+        .collect();
+    assert!(folders.is_empty(), "worktrees left: {folders:?}");
+    // Nothing is left to discard, and `discard` says why.
+    let line = q.fails(&["discard", &id]);
+    assert!(line.contains("before its agent ran"), "{line}");
 }
