@@ -10,13 +10,9 @@
 
 use std::hash::{BuildHasher, Hasher};
 
-use queue::driver::{Commit, Driver, DriverTx};
 use queue::{Store, StoreError};
 
 use crate::config::Config;
-
-/// The key of the queue's id among the queue's settings.
-const QUEUE_ID: &str = "queue_id";
 
 /// The handler setting the worker fills with the queue's branch namespace.
 pub const NAMESPACE_SETTING: &str = "branchNamespace";
@@ -27,41 +23,13 @@ pub const DEFAULT_PREFIX: &str = "host";
 /// The queue's id, if it has one yet (a queue made before queues had ids has none until a
 /// worker or `host init` gives it one).
 pub fn queue_id(store: &Store) -> Result<Option<String>, StoreError> {
-    fn read<D: Driver>(driver: &D) -> Result<Option<String>, StoreError> {
-        driver.read(&mut |tx| tx.setting(QUEUE_ID))
-    }
-    match store {
-        Store::Sqlite(s) => read(s.driver()),
-        Store::Postgres(s) => read(s.driver()),
-    }
+    store.known_queue_id()
 }
 
-/// The queue's id, made and kept now if it has none. Two processes doing this at once agree
-/// where the database serialises writes (SQLite): the one that writes second finds the first's
-/// id. PostgreSQL's transactions may both find none; the id is read again after the write, so
-/// that both go on with the one that was kept last.
+/// The queue's id, made and kept now if it has none; processes doing this at once all get the
+/// one that was kept first.
 pub fn ensure_queue_id(store: &Store) -> Result<String, StoreError> {
-    fn ensure<D: Driver>(driver: &D, fresh: &str) -> Result<String, StoreError> {
-        driver.write(
-            Commit::AsConfigured,
-            &mut |tx| match tx.setting(QUEUE_ID)? {
-                Some(id) => Ok(id),
-                None => {
-                    tx.set_setting(QUEUE_ID, Some(fresh))?;
-                    Ok(fresh.to_string())
-                }
-            },
-        )
-    }
-    if let Some(id) = queue_id(store)? {
-        return Ok(id);
-    }
-    let fresh = fresh_id();
-    let written = match store {
-        Store::Sqlite(s) => ensure(s.driver(), &fresh)?,
-        Store::Postgres(s) => ensure(s.driver(), &fresh)?,
-    };
-    Ok(queue_id(store)?.unwrap_or(written))
+    store.queue_id(fresh_id)
 }
 
 /// Where the queue's task branches go, `PREFIX/QUEUE-ID`, giving the queue an id if it has none.

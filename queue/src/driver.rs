@@ -315,6 +315,10 @@ pub trait DriverTx {
     /// Sets (or with `None`, removes) a queue-wide setting.
     fn set_setting(&mut self, key: &str, value: Option<&str>) -> Result<(), StoreError>;
 
+    /// Sets `key` to `value` unless it is set, and returns the value it keeps: of
+    /// transactions doing this at once, every one returns the first's.
+    fn keep_setting(&mut self, key: &str, value: &str) -> Result<String, StoreError>;
+
     /// Tells idle workers, once this transaction commits, that work may have become
     /// claimable.
     fn announce(&mut self);

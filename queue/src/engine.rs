@@ -212,6 +212,11 @@ impl<D: Driver> Engine<D> {
         })
     }
 
+    /// The setting `key`, set to `value` unless it was set: the value kept.
+    pub(crate) fn keep_setting(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        self.write(Commit::AsConfigured, |rules| rules.tx.keep_setting(key, value))
+    }
+
     /// Integrity checks for `host doctor`: the database's own, the kept counts against the
     /// tasks, and every record readable. Each problem in one line.
     pub fn check(&self) -> Result<Vec<String>, StoreError> {

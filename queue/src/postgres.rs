@@ -1192,6 +1192,16 @@ impl DriverTx for Tx<'_> {
         }
     }
 
+    fn keep_setting(&mut self, key: &str, value: &str) -> Result<String, StoreError> {
+        // A concurrent insert of the key makes this one wait for its commit and then do
+        // nothing; the read after it, a statement of its own, sees the committed value.
+        self.change(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&key, &value],
+        )?;
+        Ok(self.setting(key)?.unwrap_or_else(|| value.to_string()))
+    }
+
     fn announce(&mut self) {
         self.announced = true;
     }

@@ -975,6 +975,15 @@ impl DriverTx for Tx<'_> {
         }
     }
 
+    fn keep_setting(&mut self, key: &str, value: &str) -> Result<String, StoreError> {
+        // Writers take turns: nobody else's insert can come between.
+        self.change(
+            "INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)",
+            [key, value],
+        )?;
+        Ok(self.setting(key)?.unwrap_or_else(|| value.to_string()))
+    }
+
     fn announce(&mut self) {
         self.announced = true;
     }

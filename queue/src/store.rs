@@ -18,6 +18,9 @@ use crate::{TaskChange, TaskEdit};
 /// The file in a queue folder that holds the queue's configuration.
 pub const CONFIG_FILE: &str = "host.toml";
 
+/// The key of the queue's id among its settings.
+const QUEUE_ID: &str = "queue_id";
+
 /// `path` made absolute without `.` or `..` in it, as the file system resolves them: the real
 /// path when it exists, else its folder's real path and its name, else a lexical cleaning.
 pub fn normal_path(path: &Path) -> std::io::Result<PathBuf> {
@@ -190,6 +193,29 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.folder().write_config(CONFIG_FILE, text),
             Store::Postgres(s) => s.set_setting(CONFIG_FILE, text),
+        }
+    }
+
+    /// The queue's id, if it has one yet: what names its task branches apart from other
+    /// queues' on one repository (a queue made before queues had ids has none until
+    /// [`Store::queue_id`] gives it one).
+    pub fn known_queue_id(&self) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.setting(QUEUE_ID),
+            Store::Postgres(s) => s.setting(QUEUE_ID),
+        }
+    }
+
+    /// The queue's id, made from `fresh` and kept when it has none: of processes doing this at
+    /// once, on any database, every one gets the same id.
+    pub fn queue_id(&self, fresh: impl FnOnce() -> String) -> Result<String, StoreError> {
+        if let Some(id) = self.known_queue_id()? {
+            return Ok(id);
+        }
+        let fresh = fresh();
+        match self {
+            Store::Sqlite(s) => s.keep_setting(QUEUE_ID, &fresh),
+            Store::Postgres(s) => s.keep_setting(QUEUE_ID, &fresh),
         }
     }
 
