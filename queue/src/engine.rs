@@ -214,7 +214,9 @@ impl<D: Driver> Engine<D> {
 
     /// The setting `key`, set to `value` unless it was set: the value kept.
     pub(crate) fn keep_setting(&self, key: &str, value: &str) -> Result<String, StoreError> {
-        self.write(Commit::AsConfigured, |rules| rules.tx.keep_setting(key, value))
+        self.write(Commit::AsConfigured, |rules| {
+            rules.tx.keep_setting(key, value)
+        })
     }
 
     /// Integrity checks for `host doctor`: the database's own, the kept counts against the
@@ -408,7 +410,8 @@ impl<D: Driver> Engine<D> {
                 if let Some(holder) = paused.holder(&task.task_type, &task.id) {
                     match holder {
                         PauseScope::Task(_) => skip.push(candidate.id),
-                        _ => eligible.retain(|t| *t != task.task_type),
+                        PauseScope::Type(_) => eligible.retain(|t| *t != task.task_type),
+                        PauseScope::Queue => eligible.clear(),
                     }
                     passed_over = true;
                     continue;

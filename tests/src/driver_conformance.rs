@@ -367,8 +367,15 @@ pub fn pauses_settings_and_workers<D: Driver>(driver: &D) {
     write(driver, |tx| tx.set_setting("k", None));
     assert_eq!(read(driver, |tx| tx.setting("k")), None);
     assert_eq!(write(driver, |tx| tx.keep_setting("id", "first")), "first");
-    assert_eq!(write(driver, |tx| tx.keep_setting("id", "second")), "first", "kept");
-    assert_eq!(read(driver, |tx| tx.setting("id")).as_deref(), Some("first"));
+    assert_eq!(
+        write(driver, |tx| tx.keep_setting("id", "second")),
+        "first",
+        "kept"
+    );
+    assert_eq!(
+        read(driver, |tx| tx.setting("id")).as_deref(),
+        Some("first")
+    );
 
     write(driver, |tx| tx.put_worker("w2", "{}"));
     write(driver, |tx| tx.put_worker("w1", "{\"a\":1}"));

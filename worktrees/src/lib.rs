@@ -5,8 +5,9 @@
 //! (the repository's HEAD, a named commit or branch, or the branches of the tasks it comes after,
 //! merged). The namespace is the queue's own (`host/QUEUE-ID`, see [`namespace`]), so that two
 //! queues on one repository, whose task ids both start at 1, never share a branch or a
-//! worktree; queues made before queues had an id used `host` ([`LEGACY_NAMESPACE`]). The agent works in it; [`Checkout::finish`] commits what it left uncommitted,
-//! describes the branch in a [`Record`] and removes the worktree. The branch stays, to be shown
+//! worktree; queues made before queues had an id used `host` ([`LEGACY_NAMESPACE`]). The agent
+//! works in it; [`Checkout::finish`] commits what it left uncommitted, describes the branch in a
+//! [`Record`] and removes the worktree. The branch stays, to be shown
 //! ([`diff`]), merged into its base ([`merge`]) or removed ([`discard`]).
 //!
 //! Worktrees live outside the repository, under `$XDG_DATA_HOME/host/worktrees` (or
