@@ -229,8 +229,8 @@ pub trait DriverTx {
     /// Up to `per_type` claimable tasks of each of `types` not in `skip` (pending, backoff
     /// over by `now`; paused ones included: the engine passes them over), best first by
     /// priority then id, locked on a database with row locks (tasks other claimers hold are
-    /// passed over). With `by_age`, the oldest task of each priority instead, for aging to
-    /// choose among.
+    /// passed over). With `by_age`, the oldest `per_type` of each priority instead, for aging
+    /// to choose among.
     fn candidates(
         &mut self,
         types: &[String],

@@ -898,15 +898,18 @@ impl DriverTx for Tx<'_> {
         let now = millis(now);
         let mut found = Vec::new();
         for task_type in types {
-            // The oldest task of each priority is the one that has aged most; locked apart, as
-            // DISTINCT cannot lock.
+            // The oldest of each priority are the ones that have aged most: the best
+            // `per_type` under aging are among each priority's first `per_type`. Locked apart,
+            // as a window cannot lock.
             let oldest: Vec<i64> = self
                 .rows(
                     &format!(
-                        "SELECT DISTINCT ON (priority) id FROM tasks WHERE {PENDING} \
-                         ORDER BY priority, id"
+                        "SELECT id FROM ( \
+                            SELECT id, row_number() OVER (PARTITION BY priority ORDER BY id) \
+                                AS n FROM tasks WHERE {PENDING}) AS ranked \
+                         WHERE n <= $4"
                     ),
-                    &[task_type, &now, &skip],
+                    &[task_type, &now, &skip, &(per_type as i64)],
                 )?
                 .iter()
                 .map(|row| row.get(0))

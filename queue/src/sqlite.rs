@@ -760,11 +760,14 @@ impl DriverTx for Tx<'_> {
                 sql_text(task_type),
             );
             let sql = if by_age {
-                // The oldest task of each priority is the one that has aged most (SQLite
-                // takes the other columns from the row MIN picks).
+                // The oldest of each priority are the ones that have aged most: the best
+                // `per_type` under aging are among each priority's first `per_type`.
                 format!(
-                    "SELECT MIN(id), priority, created_at, body FROM tasks WHERE {pending} \
-                     GROUP BY priority"
+                    "SELECT id, priority, created_at, body FROM tasks WHERE id IN ( \
+                        SELECT id FROM ( \
+                            SELECT id, row_number() OVER (PARTITION BY priority ORDER BY id) \
+                                AS n FROM tasks WHERE {pending}) \
+                        WHERE n <= {per_type})"
                 )
             } else {
                 format!(

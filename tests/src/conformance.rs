@@ -791,6 +791,16 @@ pub fn priority_aging(engine: &dyn Engine) {
     assert_eq!(claim.task.aged_priority, Some(0));
     let plain = store.claim("w", &types(&["alpha"])).unwrap().unwrap();
     assert_eq!(plain.task.priority, 1);
+    // A batch takes as many as asked, several of one priority among them.
+    let more = aging.add(vec![new("alpha", 2); 3]).unwrap();
+    let batch = aging.claim_up_to("w", &types(&["alpha"]), 3).unwrap();
+    let claimed: Vec<&str> = batch.iter().map(|c| c.task.id.as_str()).collect();
+    let newest: Vec<&str> = more.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(claimed.len(), 3, "not one per priority: {claimed:?}");
+    assert!(
+        claimed.contains(&newest[0]) && claimed.contains(&newest[1]),
+        "the remaining priority-1 task, then the two oldest of priority 2: {claimed:?}"
+    );
 }
 
 /// A per-type limit caps running tasks of that type across every store on the queue.

@@ -190,7 +190,8 @@ pub fn lease_secrets_stay_while_running<D: Driver>(driver: &D) {
 }
 
 /// Candidates: claimable tasks of each type (pending, backoff over, not skipped), best first by
-/// priority then id, at most so many per type; with `by_age`, the oldest of each priority.
+/// priority then id, at most so many per type; with `by_age`, the oldest so many of each
+/// priority.
 pub fn candidates_come_in_claim_order<D: Driver>(driver: &D) {
     let now = Timestamp::now();
     let mut later = row(0, "a", 1, now);
@@ -221,12 +222,19 @@ pub fn candidates_come_in_claim_order<D: Driver>(driver: &D) {
     let mut both = found(&["a", "b"], 1, &[], false);
     both.sort_unstable();
     assert_eq!(both, vec![ids[1], ids[4]], "one per type, c not asked");
-    let mut by_age = found(&["a"], 10, &[], true);
+    let mut by_age = found(&["a"], 1, &[], true);
     by_age.sort_unstable();
     assert_eq!(
         by_age,
         vec![ids[0], ids[1]],
         "the oldest of priorities 5 and 1"
+    );
+    let mut by_age = found(&["a"], 2, &[], true);
+    by_age.sort_unstable();
+    assert_eq!(
+        by_age,
+        vec![ids[0], ids[1], ids[2]],
+        "the two oldest of each priority"
     );
 }
 
