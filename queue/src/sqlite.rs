@@ -53,6 +53,8 @@ pub type SqliteStore = Engine<SqliteDriver>;
 pub struct SqliteDriver {
     folder: QueueFolder,
     path: PathBuf,
+    /// The database's name in [`OPEN_HERE`]: its path with links resolved.
+    registered: PathBuf,
     inner: Mutex<Inner>,
     durability: Durability,
     /// The write-ahead log, opened for flushing durable commits. No lock is ever taken on it,
@@ -83,10 +85,10 @@ impl Drop for SqliteDriver {
         if let Ok(nothing) = Connection::open_in_memory() {
             drop(std::mem::replace(&mut inner.conn, nothing));
         }
-        if let Some(count) = open_here.get_mut(&self.path) {
+        if let Some(count) = open_here.get_mut(&self.registered) {
             *count -= 1;
             if *count == 0 {
-                open_here.remove(&self.path);
+                open_here.remove(&self.registered);
             }
         }
     }
@@ -193,7 +195,9 @@ impl SqliteDriver {
         let mut open_here = OPEN_HERE
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !open_here.contains_key(&path) {
+        // By the file's own name: the same queue reached through a linked folder is the same.
+        let registered = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        if !open_here.contains_key(&registered) {
             if let Err(err) = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -243,11 +247,12 @@ impl SqliteDriver {
                 Some((file, id))
             })
             .collect();
-        *open_here.entry(path.clone()).or_default() += 1;
+        *open_here.entry(registered.clone()).or_default() += 1;
         drop(open_here);
         Ok(SqliteDriver {
             folder,
             path,
+            registered,
             inner: Mutex::new(inner),
             durability,
             log: Mutex::new(None),
