@@ -81,7 +81,7 @@ impl Access {
         } else {
             self.bound.to_string()
         };
-        format!("http://{host}/?token={}", self.token)
+        format!("http://{host}/?token={}", encoded(&self.token))
     }
 
     /// Whether `Host` names this server: a loopback name or address, the address it is bound
@@ -112,7 +112,9 @@ impl Access {
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(name, _)| *name == self.cookie);
-        if cookie.is_some_and(|(_, t)| self.is(t)) {
+        let decoded =
+            cookie.map(|(_, t)| percent_encoding::percent_decode_str(t).decode_utf8_lossy());
+        if decoded.is_some_and(|t| self.is(&t)) {
             return Some(Presented::Header);
         }
         let query = request.uri().query().unwrap_or_default();
@@ -133,10 +135,18 @@ impl Access {
     fn set_cookie(&self) -> HeaderValue {
         let cookie = format!(
             "{}={}; HttpOnly; SameSite=Strict; Path=/",
-            self.cookie, self.token
+            self.cookie,
+            encoded(&self.token)
         );
         HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
+}
+
+/// The token as it travels in the printed URL and in the cookie: every character but letters
+/// and digits percent-encoded, since a token may hold `+ & # % ;` (any ASCII punctuation), which
+/// a URL or a cookie would otherwise cut or change.
+fn encoded(token: &str) -> String {
+    percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// How a request showed the token.

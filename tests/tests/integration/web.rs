@@ -405,6 +405,37 @@ fn a_blank_token_is_refused_and_the_bearer_scheme_is_case_insensitive() {
     assert_eq!(status, 401, "another scheme is not a bearer token");
 }
 
+/// A token of any ASCII punctuation (`+ & # % ;` among them) travels whole: the printed URL
+/// opens the dashboard and its cookie is accepted.
+#[test]
+fn a_token_with_punctuation_works_from_the_printed_url_and_its_cookie() {
+    let q = TestQueue::new();
+    let token = "0123456789+a&b#c%d;e=f/g?h";
+    let server = serve(&q, &["--token", token]);
+    let printed = format!("{}/?token={}", server.url, server.token);
+    let response = agent()
+        .get(&printed)
+        .config()
+        .max_redirects(0)
+        .build()
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 303, "{printed}");
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let response = agent()
+        .get(&format!("{}/api/status", server.url))
+        .header("Cookie", &pair)
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200, "with the cookie {pair}");
+    let (status, _) = get(
+        &format!("{}/api/status", server.url),
+        &[("Authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(status, 200, "the token itself as a bearer token");
+}
+
 #[test]
 fn every_error_is_json() {
     let q = TestQueue::new();
