@@ -841,9 +841,14 @@ fn open_worktree(
         repo.root.display()
     ));
     let prepared = (|| {
-        checkout
+        let included = checkout
             .copy_included(&strings("include"))
             .map_err(|err| format!("worktree of task {}: {err}", task.id))?;
+        for pattern in &included.unmatched {
+            ctx.log(&format!(
+                "include pattern {pattern:?} matched no untracked or ignored file: nothing copied for it"
+            ));
+        }
         let setup = strings("setup");
         if !setup.is_empty() {
             let dir = checkout.folder_for(&repo.root);
