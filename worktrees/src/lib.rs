@@ -484,6 +484,15 @@ pub fn diff(record: &Record) -> Result<String, Error> {
     repo_of(record)?.git(&["diff", &format!("{}...{}", record.base, record.branch)])
 }
 
+/// The change a task's branch made up to commit `head`, as a patch from the point it left its
+/// base: for a branch merged and deleted since, from the commits its record names.
+pub fn diff_to(record: &Record, head: &str) -> Result<String, Error> {
+    let repo = Repo {
+        root: record.repository.clone(),
+    };
+    repo.git(&["diff", &format!("{}...{head}", record.base)])
+}
+
 /// How [`merge`] brings a branch in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MergeStyle {

@@ -935,6 +935,27 @@ fn run_events(q: &TestQueue, cli: &str, events: &[Value], exit: &str) -> Value {
 }
 
 #[test]
+fn a_cost_no_cli_reported_is_left_out_of_stats_and_results_show_the_final_message() {
+    let q = TestQueue::new();
+    let task = run_events(&q, "codex", &events("codex"), "0");
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let stats: Value = serde_json::from_str(&q.ok(&["stats", "--json"])).unwrap();
+    let usage = &stats["byRole"]["p-codex"]["usage"];
+    assert_eq!(usage["inputTokens"], 200, "{stats:#}");
+    assert!(
+        usage.get("costUsd").is_none(),
+        "no cost was reported: {usage}"
+    );
+    assert!(stats["all"]["usage"].get("costUsd").is_none(), "{stats:#}");
+    let results = q.ok(&["results"]);
+    assert!(results.contains("Added hello.txt."), "{results}");
+    assert!(
+        !results.contains("{\"finalMessage\""),
+        "raw JSON: {results}"
+    );
+}
+
+#[test]
 fn a_final_answer_longer_than_64_kib_keeps_the_answer_its_tokens_and_cost() {
     use serde_json::json;
     let q = TestQueue::new();

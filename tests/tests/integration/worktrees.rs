@@ -593,3 +593,21 @@ fn include_copies_matching_files_of_a_folder_ignored_whole_and_logs_a_pattern_th
     assert_eq!(named.len(), 1, "{logs}");
     assert!(named[0].contains("config/*.missing"), "{logs}");
 }
+
+#[test]
+fn diff_after_a_merge_shows_the_merged_change() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_editor(&q);
+    let id = q.add(&["--type", "edit", "--target", repo.to_str().unwrap()]);
+    let output = q.drain("editor", &[]);
+    assert!(output.status.success(), "{output:?}");
+    let before = q.ok(&["diff", &id]);
+    assert!(before.contains(&format!("+{id}")), "{before}");
+    q.ok(&["merge", &id]);
+    let after = q.ok(&["diff", &id]);
+    assert_eq!(
+        after, before,
+        "the merged change, as it was before the merge"
+    );
+}
