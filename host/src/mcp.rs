@@ -79,8 +79,32 @@ struct ListTasks {
     text: Option<String>,
     /// At most this many, newest first; default 100, at most 1000.
     limit: Option<usize>,
-    /// For the next page: the `next` of the previous answer (only tasks older than it).
-    before: Option<u64>,
+    /// For the next page: the `next` of the previous answer (only tasks older than it). A
+    /// task id, as a number or as the string `id` of a task.
+    before: Option<TaskNumber>,
+}
+
+/// A task id given as a number (`next` of `list_tasks`) or as a string (a task's `id`), so
+/// that either round-trips.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum TaskNumber {
+    /// The id as a number.
+    Number(u64),
+    /// The id as a string of digits.
+    Text(String),
+}
+
+impl TaskNumber {
+    fn value(&self) -> Result<u64, String> {
+        match self {
+            TaskNumber::Number(number) => Ok(*number),
+            TaskNumber::Text(text) => text
+                .trim()
+                .parse()
+                .map_err(|_| format!("before: {text:?} is not a task id")),
+        }
+    }
 }
 
 /// A task to add: the fields of a line of `host add --file`.
@@ -104,10 +128,12 @@ struct AddTask {
     /// same call.
     after: Option<Vec<Value>>,
     /// How many times it may be tried; default 3.
+    #[schemars(range(min = 1))]
     max_attempts: Option<u32>,
     /// Time limit of one attempt, such as "90s" or "10m".
     timeout: Option<String>,
     /// Time limit of one attempt in seconds.
+    #[schemars(range(min = 1))]
     timeout_secs: Option<u64>,
     /// Not before this time: 2026-12-01T09:00:00Z.
     at: Option<String>,
@@ -192,6 +218,7 @@ struct ProgressTask {
     /// The leaseToken that claim_task returned with the task.
     lease_token: String,
     /// How far along, 0 to 100.
+    #[schemars(range(max = 100))]
     percent: u8,
     /// What it is doing now.
     message: Option<String>,
@@ -367,7 +394,7 @@ impl QueueServer {
     }
 
     #[tool(
-        description = "List tasks, newest first: at most `limit` (default 100), filtered by state, type and text. When more remain, `next` is the `before` of the next page.",
+        description = "List tasks, newest first: at most `limit` (default 100), filtered by state, type and text. When more remain, `next` (a number) is the `before` of the next page.",
         output_schema = object_schema(),
         annotations(read_only_hint = true, open_world_hint = false)
     )]
@@ -376,13 +403,14 @@ impl QueueServer {
             Some(name) => vec![name.parse::<TaskStatus>().map_err(|err| err.to_string())?],
             None => Vec::new(),
         };
+        let before = filter.before.as_ref().map(TaskNumber::value).transpose()?;
         let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
         let query = TaskQuery {
             statuses,
             task_type: filter.task_type,
             text: filter.text,
             newest_first: true,
-            after_id: filter.before,
+            after_id: before,
             limit: Some(limit + 1),
             ..TaskQuery::default()
         };
@@ -390,9 +418,10 @@ impl QueueServer {
             store.list(&query).map_err(|err| one_line(err.into()))
         })
         .await?;
+        // `next` is a number, the type `before` declares (ids are numbers in text).
         let next = (tasks.len() > limit).then(|| {
             tasks.truncate(limit);
-            tasks.last().map(|t| t.id.clone())
+            tasks.last().and_then(|t| t.id.parse::<u64>().ok())
         });
         answer(&json!({ "tasks": tasks, "next": next.flatten() }))
     }

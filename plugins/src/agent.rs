@@ -11,7 +11,9 @@
 //! agent = "copilot"          # a preset, or:
 //! # command = ["my-cli", "--prompt", "{prompt}"]
 //! # prompt = "..."          # the prompt template
-//! # stall = "10m"           # no output for this long fails the attempt (retryable); "off"
+//! # stall = "10m"           # no progress for this long fails the attempt (retryable); "off"
+//! #                         # (progress: a line, or for a preset with structured output an
+//! #                         # event of work, not a retry or an error)
 //! ```
 //!
 //! Presets, each the tool's documented non-interactive form with flags that let it edit files in
@@ -83,7 +85,8 @@ pub struct Agent;
 /// The time limit of a task that sets none and whose role sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// How long a CLI may print nothing before the attempt fails as stalled, unless the role's
+/// How long a CLI may make no progress (print nothing; with structured output, print no event
+/// of work) before the attempt fails as stalled, unless the role's
 /// `stall` says otherwise; Claude Code's `-p` prints nothing until it is done, so its preset
 /// has no stall limit by default.
 const DEFAULT_STALL: Duration = Duration::from_secs(10 * 60);
@@ -727,7 +730,9 @@ impl Agent {
         let invocation = Invocation::new(setup, task, &after, &prompt)
             .map_err(|err| format!("{which}: {err}"))?;
         let program = invocation.argv[0].clone();
-        let limits = Limits::for_task(task, DEFAULT_TIMEOUT, setup.stall);
+        let mut limits = Limits::for_task(task, DEFAULT_TIMEOUT, setup.stall);
+        // With structured output, the stall limit measures events of work, not any line.
+        limits.progress = setup.preset.and_then(|p| p.stream);
 
         let before = snapshot(dir, None).unwrap_or_default();
         ctx.progress(0, &format!("running {program}"));
@@ -841,9 +846,14 @@ fn open_worktree(
         repo.root.display()
     ));
     let prepared = (|| {
-        checkout
+        let included = checkout
             .copy_included(&strings("include"))
             .map_err(|err| format!("worktree of task {}: {err}", task.id))?;
+        for pattern in &included.unmatched {
+            ctx.log(&format!(
+                "include pattern {pattern:?} matched no untracked or ignored file: nothing copied for it"
+            ));
+        }
         let setup = strings("setup");
         if !setup.is_empty() {
             let dir = checkout.folder_for(&repo.root);

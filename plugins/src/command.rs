@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use plugin_api::{Context, StopReason, Task};
 
+use crate::stream::Format;
+
 use crate::group::ProcessGroup;
 /// How many lines of output a result keeps.
 const TAIL_LINES: usize = 40;
@@ -28,8 +30,12 @@ const TAIL_LINES: usize = 40;
 pub struct Limits {
     /// The longest the command may run.
     pub timeout: Option<Duration>,
-    /// The longest the command may go without printing a line.
+    /// The longest the command may go without progress: a line of output, or with
+    /// [`Limits::progress`] an event of work.
     pub stall: Option<Duration>,
+    /// The structured output whose events of work are the progress the stall limit measures
+    /// (see [`Format::is_work`]); without it, any line is.
+    pub progress: Option<Format>,
 }
 
 /// How a command run ended.
@@ -40,7 +46,7 @@ pub struct Finished {
     pub duration: Duration,
     /// Whether it was killed because [`Limits::timeout`] ran out.
     pub timed_out: bool,
-    /// Whether it was killed because it printed nothing for [`Limits::stall`].
+    /// Whether it was killed because it made no progress for [`Limits::stall`].
     pub stalled: bool,
     /// Why it was killed at the host's request (cancel, the worker's timeout, shutdown).
     pub stop: Option<StopReason>,
@@ -61,6 +67,7 @@ impl Limits {
         Limits {
             timeout: task.timeout_secs.is_none().then_some(default),
             stall,
+            progress: None,
         }
     }
 }
@@ -75,6 +82,11 @@ impl Finished {
             _ if self.timed_out => format!(
                 "{what} ran past its time limit of {}s and was killed",
                 secs(limits.timeout)
+            ),
+            _ if self.stalled && limits.progress.is_some() => format!(
+                "{what} printed no event of work for {}s (retries and errors are not work) and \
+                 was killed as stalled",
+                secs(limits.stall)
             ),
             _ if self.stalled => format!(
                 "{what} printed nothing for {}s and was killed as stalled",
@@ -315,8 +327,15 @@ impl Watch<'_> {
     }
 
     fn line(&mut self, line: Line) {
-        // Any output counts against the stall limit, whether it is shown or not.
-        self.heard.at = Instant::now();
+        // Progress puts off the stall limit, whether it is shown or not: any line, or with
+        // structured output an event of work.
+        if self
+            .limits
+            .progress
+            .is_none_or(|format| format.is_work(&line.text))
+        {
+            self.heard.at = Instant::now();
+        }
         if let Some(shown) = (self.render)(line.text) {
             self.heard.take(shown, self.ctx);
         }
@@ -694,7 +713,8 @@ struct Heard {
     tail: VecDeque<String>,
     last_words: Option<String>,
     last_complaint: Option<String>,
-    /// When it last printed a line (or started).
+    /// When it last made progress (a line, or an event of work: see [`Limits::progress`]), or
+    /// started.
     at: Instant,
 }
 
@@ -711,7 +731,6 @@ impl Heard {
             line
         };
         ctx.log(&line);
-        self.at = Instant::now();
         let plain = without_escapes(&line);
         if plain.chars().any(char::is_alphanumeric) {
             let words = shorten(plain.trim(), 300);
@@ -984,7 +1003,7 @@ mod runs {
     fn a_command_is_killed_with_what_it_started_when_its_time_runs_out_or_it_stalls() {
         let limits = Limits {
             timeout: Some(Duration::from_millis(300)),
-            stall: None,
+            ..Limits::default()
         };
         for (how, run, _) in both_ways(&sh("sleep 30 & sleep 30"), None, limits, None) {
             assert!(run.timed_out, "{how:?}");
@@ -996,8 +1015,8 @@ mod runs {
             assert_eq!(run.status.code(), None, "{how:?}: killed by a signal");
         }
         let limits = Limits {
-            timeout: None,
             stall: Some(Duration::from_millis(300)),
+            ..Limits::default()
         };
         for (how, run, lines) in both_ways(&sh("echo hello; sleep 30"), None, limits, None) {
             assert!(run.stalled && !run.timed_out, "{how:?}");

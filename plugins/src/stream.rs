@@ -16,6 +16,41 @@ pub enum Format {
     Gemini,
 }
 
+impl Format {
+    /// Whether a line of output is an event of work: a message, a tool call or its result, a
+    /// finished item or turn. This is what the stall limit measures for a CLI with structured
+    /// output: a CLI that only says it is retrying (Codex without network reconnects every
+    /// minute or so, on stderr and as `error` events) makes no progress, however much it
+    /// prints. Plain lines and error events are not work.
+    pub fn is_work(self, line: &str) -> bool {
+        if !line.trim_start().starts_with('{') {
+            return false;
+        }
+        let Ok(event) = plugin_api::serde_json::from_str::<Value>(line) else {
+            return false;
+        };
+        let kind = text(&event, "type");
+        match self {
+            Format::Claude => match kind {
+                "assistant" | "user" | "result" => true,
+                "system" => text(&event, "subtype") == "init",
+                _ => false,
+            },
+            Format::Codex => match kind {
+                "item.started" | "item.updated" | "item.completed" => {
+                    text(&event["item"], "type") != "error"
+                }
+                "turn.completed" => true,
+                _ => false,
+            },
+            Format::Gemini => matches!(
+                kind,
+                "init" | "message" | "tool_use" | "tool_result" | "result"
+            ),
+        }
+    }
+}
+
 /// What a run's events said, as they arrive.
 #[derive(Debug)]
 pub struct Transcript {

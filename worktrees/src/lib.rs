@@ -267,9 +267,10 @@ impl Checkout {
 
     /// Copies the repository's ignored files that `patterns` (gitignore syntax: `.env`,
     /// `config/*.local`) match into the worktree, as Claude Code's `.worktreeinclude` does;
-    /// the patterns of the repository's own `.worktreeinclude` are added. Returns what it
-    /// copied, relative to the top.
-    pub fn copy_included(&self, patterns: &[String]) -> Result<Vec<String>, Error> {
+    /// the patterns of the repository's own `.worktreeinclude` are added. A folder ignored as a
+    /// whole (`secrets/`) is looked into for the files the patterns name (`secrets/*.local`).
+    /// Returns what it copied, relative to the top, and which of `patterns` matched nothing.
+    pub fn copy_included(&self, patterns: &[String]) -> Result<Included, Error> {
         let mut builder = ignore::gitignore::GitignoreBuilder::new(&self.repo.root);
         let include = self.repo.root.join(".worktreeinclude");
         if include.is_file()
@@ -277,16 +278,21 @@ impl Checkout {
         {
             return Err(Error::Git(format!("{}: {err}", include.display())));
         }
+        let mut each = Vec::with_capacity(patterns.len());
         for pattern in patterns {
-            builder
-                .add_line(None, pattern)
-                .map_err(|err| Error::Git(format!("include pattern {pattern:?}: {err}")))?;
+            let bad =
+                |err: ignore::Error| Error::Git(format!("include pattern {pattern:?}: {err}"));
+            builder.add_line(None, pattern).map_err(bad)?;
+            let mut one = ignore::gitignore::GitignoreBuilder::new(&self.repo.root);
+            one.add_line(None, pattern).map_err(bad)?;
+            each.push((pattern, one.build().map_err(bad)?, false));
         }
         let matcher = builder
             .build()
             .map_err(|err| Error::Git(format!("include patterns: {err}")))?;
+        let mut included = Included::default();
         if matcher.is_empty() {
-            return Ok(Vec::new());
+            return Ok(included);
         }
         let listed = self.repo.git(&[
             "ls-files",
@@ -296,18 +302,36 @@ impl Checkout {
             "--exclude-standard",
             "--directory",
         ])?;
-        let mut copied = Vec::new();
-        for rel in listed.split('\0').filter(|r| !r.is_empty()) {
-            let is_dir = rel.ends_with('/');
-            let rel = rel.trim_end_matches('/');
-            if !matcher.matched_path_or_any_parents(rel, is_dir).is_ignore() {
+        // Each listed path, and what is in a listed folder that does not match as a whole.
+        let mut pending: Vec<(String, bool)> = listed
+            .split('\0')
+            .filter(|r| !r.is_empty())
+            .map(|rel| (rel.trim_end_matches('/').to_string(), rel.ends_with('/')))
+            .collect();
+        while let Some((rel, is_dir)) = pending.pop() {
+            if !matcher
+                .matched_path_or_any_parents(&rel, is_dir)
+                .is_ignore()
+            {
+                if is_dir {
+                    pending.extend(folder_entries(&self.repo.root, &rel));
+                }
                 continue;
             }
-            copy_all(&self.repo.root.join(rel), &self.path.join(rel))
+            copy_all(&self.repo.root.join(&rel), &self.path.join(&rel))
                 .map_err(|err| Error::Git(format!("copying {rel} into the worktree: {err}")))?;
-            copied.push(rel.to_string());
+            for (_, one, hit) in &mut each {
+                *hit |= one.matched_path_or_any_parents(&rel, is_dir).is_ignore();
+            }
+            included.copied.push(rel);
         }
-        Ok(copied)
+        included.copied.sort();
+        included.unmatched = each
+            .into_iter()
+            .filter(|(_, _, hit)| !hit)
+            .map(|(pattern, _, _)| pattern.clone())
+            .collect();
+        Ok(included)
     }
 
     /// Commits what the agent left uncommitted (with `message`), describes the branch and
@@ -459,6 +483,15 @@ pub struct ChangedFile {
 /// The change a task's branch makes, as a patch from the point it left its base.
 pub fn diff(record: &Record) -> Result<String, Error> {
     repo_of(record)?.git(&["diff", &format!("{}...{}", record.base, record.branch)])
+}
+
+/// The change a task's branch made up to commit `head`, as a patch from the point it left its
+/// base: for a branch merged and deleted since, from the commits its record names.
+pub fn diff_to(record: &Record, head: &str) -> Result<String, Error> {
+    let repo = Repo {
+        root: record.repository.clone(),
+    };
+    repo.git(&["diff", &format!("{}...{head}", record.base)])
 }
 
 /// How [`merge`] brings a branch in.
@@ -663,6 +696,31 @@ fn git_in(dir: &Path, args: &[&str]) -> Result<String, Error> {
             .unwrap_or(&""),
         dir.display()
     )))
+}
+
+/// What [`Checkout::copy_included`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Included {
+    /// The files and folders copied, relative to the top of the repository.
+    pub copied: Vec<String>,
+    /// The patterns given that matched nothing to copy.
+    pub unmatched: Vec<String>,
+}
+
+/// The entries of folder `rel` of `root`, relative to `root`, each with whether it is a
+/// folder (a link is not one: it is not followed). An unreadable folder has none.
+fn folder_entries(root: &Path, rel: &str) -> Vec<(String, bool)> {
+    let Ok(entries) = std::fs::read_dir(root.join(rel)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| {
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let name = entry.file_name().to_string_lossy().into_owned();
+            (format!("{rel}/{name}"), is_dir)
+        })
+        .collect()
 }
 
 fn copy_all(from: &Path, to: &Path) -> std::io::Result<()> {

@@ -17,6 +17,9 @@ fn record(store: &Store, task: &Task) -> anyhow::Result<Record> {
             "left no branch: it ran in no worktree (its role's isolation is none, or its target \
              is not in git), or its attempt failed before its agent ran (a worktree's setup \
              failed, and its worktree and branch were removed)"
+        } else if task.status == TaskStatus::Review {
+            "ran without a worktree, so it has no branch: its change, if any, is in its target \
+             (its role's isolation is none, or its target is not in git)"
         } else {
             "has not finished an attempt yet"
         };
@@ -212,9 +215,36 @@ pub fn reject_task(settings: &Settings, id: &str, reason: &str) -> anyhow::Resul
     ))
 }
 
-/// `host diff`.
+/// `host diff`: the change of a task's branch; once merged, the change as its recorded
+/// commits made it (the branch itself is deleted by then).
 pub fn diff(settings: &Settings, id: &str) -> anyhow::Result<()> {
-    out!("{}", patch(id, &recorded(settings, id)?)?);
+    let store = open_store(settings)?;
+    let task = store.get(id)?;
+    let record = record(&store, &task)?;
+    match task.branch_state.as_ref().map(|b| b.state) {
+        Some(BranchOutcome::Merged) => {
+            let into = task
+                .branch_state
+                .as_ref()
+                .and_then(|b| b.into.clone())
+                .or_else(|| record.base_branch.clone())
+                .unwrap_or_else(|| "its base branch".into());
+            // The branch is gone; its last commit is what was merged (a merge keeps it, a
+            // squash or rebase leaves it until git collects it).
+            let head = match record.commits.last() {
+                Some(head) => head.sha.clone(),
+                None => record.base.clone(),
+            };
+            let patch = worktrees::diff_to(&record, &head).map_err(|_| {
+                anyhow!(
+                    "task {id} was merged into {into}, and the commits it recorded are no longer \
+                     in the repository: `git log {into}` shows the change"
+                )
+            })?;
+            out!("{patch}");
+        }
+        _ => out!("{}", patch(id, &record)?),
+    }
     Ok(())
 }
 

@@ -67,7 +67,7 @@ fn print(store: &Store, args: &ResultsArgs) -> anyhow::Result<()> {
     for t in &tasks {
         let outcome = match (&t.error, &t.result) {
             (Some(error), _) => paint::bad(&one_line(error, 70)),
-            (None, Some(result)) => one_line(&result.to_string(), 70),
+            (None, Some(result)) => one_line(&readable(result), 70),
             (None, None) => String::new(),
         };
         let finished = t.finished_at.map(|at| ago(at, now)).unwrap_or_default();
@@ -82,4 +82,37 @@ fn print(store: &Store, args: &ResultsArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A result as a line for people: an agent's final message where it left one; for an agent
+/// that left none, what it ran and changed; else the JSON.
+fn readable(result: &serde_json::Value) -> String {
+    use serde_json::Value;
+    if let Some(message) = result.get("finalMessage").and_then(Value::as_str)
+        && !message.trim().is_empty()
+    {
+        return message.to_string();
+    }
+    let Some(program) = result.get("program").and_then(Value::as_str) else {
+        return result.to_string();
+    };
+    let mut said = match result.get("exitCode").and_then(Value::as_i64) {
+        Some(code) => format!("{program} exited {code}"),
+        None => format!("{program} ran"),
+    };
+    if let Some(stat) = result
+        .pointer("/worktree/diffstat")
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
+    {
+        said.push_str(&format!("; {}", stat.trim()));
+    } else if let Some(changes) = result.get("changedFiles").and_then(Value::as_object) {
+        let files: usize = changes
+            .values()
+            .filter_map(Value::as_array)
+            .map(Vec::len)
+            .sum();
+        said.push_str(&format!("; {files} files changed"));
+    }
+    said
 }

@@ -51,8 +51,10 @@ pub struct Usage {
     pub input_tokens: u64,
     /// Output tokens.
     pub output_tokens: u64,
-    /// Cost in US dollars, where the CLI reports one (Claude Code does).
-    pub cost_usd: f64,
+    /// Cost in US dollars, summed over the tasks whose CLI reported one (Claude Code does);
+    /// absent when none did: a cost not reported is not a cost of zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }
 
 /// `host stats --json`.
@@ -217,8 +219,8 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
                 _ => (f.usage.input_tokens + f.usage.output_tokens).to_string(),
             },
             match f.usage.cost_usd {
-                0.0 => "-".to_string(),
-                cost => format!("${cost:.2}"),
+                None => "-".to_string(),
+                Some(cost) => format!("${cost:.2}"),
             },
         );
     };
@@ -267,7 +269,9 @@ fn figures(tasks: &[&Task], window_minutes: f64) -> Figures {
             usage.tasks += 1;
             usage.input_tokens += used["inputTokens"].as_u64().unwrap_or(0);
             usage.output_tokens += used["outputTokens"].as_u64().unwrap_or(0);
-            usage.cost_usd += used["costUsd"].as_f64().unwrap_or(0.0);
+            if let Some(cost) = used["costUsd"].as_f64() {
+                usage.cost_usd = Some(usage.cost_usd.unwrap_or(0.0) + cost);
+            }
         }
         if task.status == TaskStatus::Completed {
             run.extend(task.duration_ms);

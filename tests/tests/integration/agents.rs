@@ -287,16 +287,60 @@ fn a_cli_that_prints_nothing_for_the_stall_limit_fails_its_attempt_as_retryable(
     assert_eq!(task["attempts"], 2, "retried once: {task:#}");
     let error = task["error"].as_str().unwrap();
     assert!(
-        error.contains("`gemini` printed nothing for 2s and was killed as stalled"),
+        error.contains("`gemini` printed no event of work for 2s")
+            && error.contains("was killed as stalled"),
         "{error}"
     );
     assert_eq!(task["result"]["stalled"], true);
 
-    // Output, however slow the work, keeps it alive.
-    let chatty = q.add(&["--type", "t-gemini", "--target", target]);
+    // Output, however slow the work, keeps a CLI without structured output alive.
+    let chatty = q.add(&["--type", "t-aider", "--target", target]);
     let env = [("FAKE_AGENT_SLEEP", "4"), ("FAKE_AGENT_CHATTY", "1")];
-    drain_agent(&q, "p-gemini", &bin, &q.scratch.join("r2"), &env);
+    drain_agent(&q, "p-aider", &bin, &q.scratch.join("r2"), &env);
     assert_eq!(q.task(&chatty)["status"], "completed");
+}
+
+#[test]
+fn a_structured_cli_that_only_retries_stalls_and_one_that_works_slowly_does_not() {
+    let q = TestQueue::new();
+    let bin = fake_agents(&q);
+    bind_presets(&q, "stall = \"2s\"");
+    let target = q.scratch.join("t");
+    fs::create_dir_all(&target).unwrap();
+    let target = target.to_str().unwrap();
+    // Codex without network: a retry on stderr and an `error` event, again and again.
+    for (n, retry) in [
+        "stream error: error sending request; retrying 1/5 in 200ms",
+        r#"{"type":"error","message":"Reconnecting... 1/5"}"#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = q.add(&[
+            "--type",
+            "t-codex",
+            "--target",
+            target,
+            "--max-attempts",
+            "1",
+        ]);
+        let started = std::time::Instant::now();
+        let env = [("FAKE_AGENT_SLEEP", "20"), ("FAKE_AGENT_CHATTY", retry)];
+        drain_agent(&q, "p-codex", &bin, &q.scratch.join(format!("r{n}")), &env);
+        assert!(started.elapsed().as_secs() < 15, "{:?}", started.elapsed());
+        let task = q.task(&id);
+        assert_eq!(task["status"], "failed", "{retry}: {task:#}");
+        assert_eq!(task["result"]["stalled"], true, "{retry}");
+        let error = task["error"].as_str().unwrap();
+        assert!(error.contains("killed as stalled"), "{error}");
+    }
+    // Events of work, however slow the work, keep it alive.
+    let working = q.add(&["--type", "t-codex", "--target", target]);
+    let event =
+        r#"{"type":"item.completed","item":{"id":"i","type":"reasoning","text":"thinking"}}"#;
+    let env = [("FAKE_AGENT_SLEEP", "4"), ("FAKE_AGENT_CHATTY", event)];
+    drain_agent(&q, "p-codex", &bin, &q.scratch.join("r9"), &env);
+    assert_eq!(q.task(&working)["status"], "completed");
 }
 
 #[test]
@@ -932,6 +976,27 @@ fn run_events(q: &TestQueue, cli: &str, events: &[Value], exit: &str) -> Value {
         ],
     );
     q.task(&id)
+}
+
+#[test]
+fn a_cost_no_cli_reported_is_left_out_of_stats_and_results_show_the_final_message() {
+    let q = TestQueue::new();
+    let task = run_events(&q, "codex", &events("codex"), "0");
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let stats: Value = serde_json::from_str(&q.ok(&["stats", "--json"])).unwrap();
+    let usage = &stats["byRole"]["p-codex"]["usage"];
+    assert_eq!(usage["inputTokens"], 200, "{stats:#}");
+    assert!(
+        usage.get("costUsd").is_none(),
+        "no cost was reported: {usage}"
+    );
+    assert!(stats["all"]["usage"].get("costUsd").is_none(), "{stats:#}");
+    let results = q.ok(&["results"]);
+    assert!(results.contains("Added hello.txt."), "{results}");
+    assert!(
+        !results.contains("{\"finalMessage\""),
+        "raw JSON: {results}"
+    );
 }
 
 #[test]

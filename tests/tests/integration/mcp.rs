@@ -278,6 +278,61 @@ fn a_task_over_the_size_limit_is_refused_as_by_the_dashboard() {
 }
 
 #[test]
+fn list_tasks_pages_round_trip_and_the_schemas_state_the_limits_the_tools_keep() {
+    let q = TestQueue::new();
+    talk_to_server(&q, async |client| {
+        let json = |text: Result<String, String>| -> Value {
+            serde_json::from_str(&text.unwrap()).unwrap()
+        };
+        for _ in 0..3 {
+            call(client, "add_task", json!({"type": "noop"}))
+                .await
+                .unwrap();
+        }
+        let first = json(call(client, "list_tasks", json!({"limit": 2})).await);
+        assert_eq!(first["tasks"].as_array().unwrap().len(), 2, "{first}");
+        // `next` has the type `before` declares, and goes back as it came.
+        assert!(first["next"].is_u64(), "next is a number: {first}");
+        let second = json(
+            call(
+                client,
+                "list_tasks",
+                json!({"limit": 2, "before": first["next"]}),
+            )
+            .await,
+        );
+        assert_eq!(second["tasks"].as_array().unwrap().len(), 1, "{second}");
+        assert_eq!(second["tasks"][0]["id"], "1", "{second}");
+        assert_eq!(second["next"], Value::Null, "{second}");
+        // A task's id, a string, is a `before` too.
+        let by_text = json(call(client, "list_tasks", json!({"before": "2"})).await);
+        assert_eq!(by_text["tasks"][0]["id"], "1", "{by_text}");
+        let refused = call(client, "list_tasks", json!({"before": "two"})).await;
+        assert!(refused.unwrap_err().contains("not a task id"));
+
+        let tools = client.list_all_tools().await.unwrap();
+        let schema = |tool: &str, field: &str| -> Value {
+            let tool = tools.iter().find(|t| t.name == tool).unwrap();
+            Value::Object((*tool.input_schema).clone())["properties"][field].clone()
+        };
+        let percent = schema("progress_task", "percent");
+        assert_eq!(percent["maximum"], 100, "{percent}");
+        let attempts = schema("add_task", "maxAttempts");
+        assert_eq!(attempts["minimum"], 1, "{attempts}");
+        let timeout = schema("add_task", "timeoutSecs");
+        assert_eq!(timeout["minimum"], 1, "{timeout}");
+        // And the tools refuse what the schemas leave out.
+        let refused = call(
+            client,
+            "add_task",
+            json!({"type": "noop", "maxAttempts": 0}),
+        )
+        .await;
+        assert!(refused.unwrap_err().contains("at least 1"));
+    });
+}
+
+#[test]
 fn the_tools_work_on_a_postgres_queue() {
     let q = TestQueue::on_postgres();
     talk_to_server(&q, async |client| {

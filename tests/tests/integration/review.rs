@@ -341,3 +341,22 @@ fn an_assistant_completing_a_reviewed_task_itself_leaves_it_waiting_for_review()
     q.ok(&["approve", &id]);
     assert_eq!(q.task(&after)["status"], "pending");
 }
+
+#[test]
+fn diff_of_a_task_in_review_that_ran_without_a_worktree_says_so() {
+    let q = TestQueue::new();
+    fs::write(
+        q.queue.join("host.toml"),
+        "[roles.noop]\nhandler = \"noop\"\nreview = \"required\"\n",
+    )
+    .unwrap();
+    let id = q.add(&["--type", "noop"]);
+    let output = q.drain("noop", &[]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(q.task(&id)["status"], "review");
+    let line = q.fails(&["diff", &id]);
+    assert!(
+        line.contains("ran without a worktree") && !line.contains("has not finished"),
+        "{line}"
+    );
+}

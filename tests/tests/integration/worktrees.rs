@@ -560,3 +560,54 @@ fn a_failed_setup_leaves_no_worktree_or_branch_behind() {
     let line = q.fails(&["discard", &id]);
     assert!(line.contains("before its agent ran"), "{line}");
 }
+
+#[test]
+fn include_copies_matching_files_of_a_folder_ignored_whole_and_logs_a_pattern_that_matched_nothing()
+{
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    fs::write(repo.join(".gitignore"), ".env\nsecrets/\n").unwrap();
+    git(&repo, &["commit", "--quiet", "-am", "ignore secrets"]);
+    fs::create_dir_all(repo.join("secrets")).unwrap();
+    fs::write(repo.join("secrets/db.local"), "PASSWORD=1\n").unwrap();
+    fs::write(repo.join("secrets/keep-out.txt"), "not this\n").unwrap();
+    // The agent fails unless the matching file is there and the other one is not.
+    let script = "test -f secrets/db.local && test ! -e secrets/keep-out.txt || exit 3; \
+                  echo done > shared.txt";
+    let toml = format!(
+        "[roles.editor]\nhandler = \"agent\"\ntypes = [\"edit\"]\n\
+         command = [\"sh\", \"-c\", {script:?}]\n\
+         include = [\"secrets/*.local\", \"config/*.missing\"]\n"
+    );
+    fs::write(q.queue.join("host.toml"), toml).unwrap();
+    let id = q.add(&["--type", "edit", "--target", repo.to_str().unwrap()]);
+    let output = q.drain("editor", &[]);
+    assert!(output.status.success(), "{output:?}");
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let logs = q.ok(&["logs", &id]);
+    let named: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("matched no"))
+        .collect();
+    assert_eq!(named.len(), 1, "{logs}");
+    assert!(named[0].contains("config/*.missing"), "{logs}");
+}
+
+#[test]
+fn diff_after_a_merge_shows_the_merged_change() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_editor(&q);
+    let id = q.add(&["--type", "edit", "--target", repo.to_str().unwrap()]);
+    let output = q.drain("editor", &[]);
+    assert!(output.status.success(), "{output:?}");
+    let before = q.ok(&["diff", &id]);
+    assert!(before.contains(&format!("+{id}")), "{before}");
+    q.ok(&["merge", &id]);
+    let after = q.ok(&["diff", &id]);
+    assert_eq!(
+        after, before,
+        "the merged change, as it was before the merge"
+    );
+}
