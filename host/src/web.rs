@@ -294,8 +294,7 @@ async fn retry_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult
 
 async fn task_diff(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     blocking(move || {
-        let record = branch::recorded(&app.settings, &id)?;
-        let patch = branch::patch(&id, &record)?;
+        let (record, patch) = app.store.with(|s| branch::task_patch(s, &id))??;
         Ok(Json(json!({ "worktree": record, "patch": patch })))
     })
     .await

@@ -44,12 +44,6 @@ fn record(store: &Store, task: &Task) -> anyhow::Result<Record> {
     Ok(record)
 }
 
-/// The branch record of task `id`.
-pub fn recorded(settings: &Settings, id: &str) -> anyhow::Result<Record> {
-    let store = open_store(settings)?;
-    record(&store, &store.get(id)?)
-}
-
 /// The change a branch record describes, as a patch.
 pub fn patch(id: &str, record: &Record) -> anyhow::Result<String> {
     worktrees::diff(record).with_context(|| format!("task {id}"))
@@ -219,9 +213,17 @@ pub fn reject_task(settings: &Settings, id: &str, reason: &str) -> anyhow::Resul
 /// commits made it (the branch itself is deleted by then).
 pub fn diff(settings: &Settings, id: &str) -> anyhow::Result<()> {
     let store = open_store(settings)?;
+    out!("{}", task_patch(&store, id)?.1);
+    Ok(())
+}
+
+/// The branch record of task `id` and its change as a patch: the branch's, or once merged, the
+/// change as its recorded commits made it (the branch is deleted by then). What `host diff`
+/// prints and the dashboard shows.
+pub fn task_patch(store: &Store, id: &str) -> anyhow::Result<(Record, String)> {
     let task = store.get(id)?;
-    let record = record(&store, &task)?;
-    match task.branch_state.as_ref().map(|b| b.state) {
+    let record = record(store, &task)?;
+    let patch = match task.branch_state.as_ref().map(|b| b.state) {
         Some(BranchOutcome::Merged) => {
             let into = task
                 .branch_state
@@ -235,17 +237,16 @@ pub fn diff(settings: &Settings, id: &str) -> anyhow::Result<()> {
                 Some(head) => head.sha.clone(),
                 None => record.base.clone(),
             };
-            let patch = worktrees::diff_to(&record, &head).map_err(|_| {
+            worktrees::diff_to(&record, &head).map_err(|_| {
                 anyhow!(
                     "task {id} was merged into {into}, and the commits it recorded are no longer \
                      in the repository: `git log {into}` shows the change"
                 )
-            })?;
-            out!("{patch}");
+            })?
         }
-        _ => out!("{}", patch(id, &record)?),
-    }
-    Ok(())
+        _ => patch(id, &record)?,
+    };
+    Ok((record, patch))
 }
 
 /// `host merge`.

@@ -915,6 +915,12 @@ fn the_dashboard_shows_a_worktree_tasks_branch_and_merges_it() {
     );
     let buttons = browser.script("return document.querySelectorAll('#branch button').length");
     assert_eq!(buttons, 0);
+    let (status, diff) = server.get(&format!("/api/tasks/{id}/diff"));
+    assert_eq!(status, 200, "the merged change is still shown: {diff}");
+    assert!(
+        diff["patch"].as_str().unwrap().contains(&format!("+{id}")),
+        "{diff}"
+    );
     let (status, body) = server.post(&format!("/api/tasks/{id}/discard"), json!({}));
     assert_eq!(status, 409, "{body}");
     assert!(
