@@ -323,17 +323,17 @@ async fn merge_task(
             ));
         }
     };
-    let said = blocking(move || branch::merge_task(&app.settings, &id, style)).await?;
+    let said = blocking(move || app.store.with(|s| branch::merge_task(s, &id, style))?).await?;
     Ok(Json(json!({ "said": said })))
 }
 
 async fn discard_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let said = blocking(move || branch::discard_task(&app.settings, &id)).await?;
+    let said = blocking(move || app.store.with(|s| branch::discard_task(s, &id))?).await?;
     Ok(Json(json!({ "said": said })))
 }
 
 async fn approve_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let said = blocking(move || branch::approve_task(&app.settings, &id)).await?;
+    let said = blocking(move || app.store.with(|s| branch::approve_task(s, &id))?).await?;
     Ok(Json(json!({ "said": said })))
 }
 
@@ -348,7 +348,11 @@ async fn reject_task(
     Path(id): Path<String>,
     Json(rejection): Json<Rejection>,
 ) -> ApiResult<Json<Value>> {
-    let said = blocking(move || branch::reject_task(&app.settings, &id, &rejection.reason)).await?;
+    let said = blocking(move || {
+        app.store
+            .with(|s| branch::reject_task(s, &id, &rejection.reason))?
+    })
+    .await?;
     Ok(Json(json!({ "said": said })))
 }
 

@@ -53,8 +53,7 @@ pub fn patch(id: &str, record: &Record) -> anyhow::Result<String> {
 /// what was said. Its fan-out siblings are settled: those not finished are cancelled, and
 /// their branches discarded. A conflict is recorded on the task (`status` shows it) and runs
 /// the `[hooks] conflict` command.
-pub fn merge_task(settings: &Settings, id: &str, style: MergeStyle) -> anyhow::Result<String> {
-    let store = open_store(settings)?;
+pub fn merge_task(store: &Store, id: &str, style: MergeStyle) -> anyhow::Result<String> {
     let task = store.get(id)?;
     lifecycle::check_mergeable(&task)?;
     for sibling in &task.siblings {
@@ -67,7 +66,7 @@ pub fn merge_task(settings: &Settings, id: &str, style: MergeStyle) -> anyhow::R
             );
         }
     }
-    let record = record(&store, &task)?;
+    let record = record(store, &task)?;
     let message =
         worktrees::commit_message(id, task.description.as_deref().unwrap_or(&task.task_type));
     let merged = worktrees::merge(&record, style, &message);
@@ -82,7 +81,7 @@ pub fn merge_task(settings: &Settings, id: &str, style: MergeStyle) -> anyhow::R
             )
         });
         // A broken host.toml must not hide the conflict: the hook is skipped.
-        let hook = Config::load(&store).ok().and_then(|c| c.hooks.conflict);
+        let hook = Config::load(store).ok().and_then(|c| c.hooks.conflict);
         if let Some(hook) = hook
             && let Err(why) =
                 crate::hooks::run(&hook, "conflict", flagged.as_ref().unwrap_or(&task))
@@ -107,7 +106,7 @@ pub fn merge_task(settings: &Settings, id: &str, style: MergeStyle) -> anyhow::R
     }
     let mut settled = Vec::new();
     for sibling in &task.siblings {
-        match settle_sibling(&store, sibling) {
+        match settle_sibling(store, sibling) {
             Ok(Some(what)) => settled.push(what),
             Ok(None) => {}
             Err(err) => eprintln!("warning: task {sibling}, a copy of task {id}: {err:#}"),
@@ -178,20 +177,18 @@ fn earlier_attempts(record: &Record, id: &str) -> String {
 }
 
 /// Deletes the branch of a finished task and records it; answers what was said.
-pub fn discard_task(settings: &Settings, id: &str) -> anyhow::Result<String> {
-    let store = open_store(settings)?;
+pub fn discard_task(store: &Store, id: &str) -> anyhow::Result<String> {
     let task = store.get(id)?;
     lifecycle::check_discardable(&task)?;
-    let branch = drop_branch(&store, &task, &record(&store, &task)?)?;
+    let branch = drop_branch(store, &task, &record(store, &task)?)?;
     Ok(format!("deleted {branch}"))
 }
 
 /// Approves a task waiting for review: it completes and the tasks after it may run; answers
 /// what was said.
-pub fn approve_task(settings: &Settings, id: &str) -> anyhow::Result<String> {
-    let store = open_store(settings)?;
+pub fn approve_task(store: &Store, id: &str) -> anyhow::Result<String> {
     let task = store.update(id, &lifecycle::approve)?;
-    let next = match record(&store, &task) {
+    let next = match record(store, &task) {
         Ok(_) => format!("; `host merge {id}` brings its change in"),
         Err(_) => String::new(),
     };
@@ -199,8 +196,7 @@ pub fn approve_task(settings: &Settings, id: &str) -> anyhow::Result<String> {
 }
 
 /// Rejects a task waiting for review: it runs again, told `reason`; answers what was said.
-pub fn reject_task(settings: &Settings, id: &str, reason: &str) -> anyhow::Result<String> {
-    let store = open_store(settings)?;
+pub fn reject_task(store: &Store, id: &str, reason: &str) -> anyhow::Result<String> {
     let task = store.update(id, &|t, now| lifecycle::reject(t, reason, now))?;
     Ok(format!(
         "rejected task {id}: pending again for attempt {} of {}, told why",
@@ -256,13 +252,13 @@ pub fn merge(settings: &Settings, id: &str, squash: bool, rebase: bool) -> anyho
         (_, true) => MergeStyle::Rebase,
         _ => MergeStyle::Merge,
     };
-    outln!("{}", merge_task(settings, id, style)?);
+    outln!("{}", merge_task(&open_store(settings)?, id, style)?);
     Ok(())
 }
 
 /// `host discard`.
 pub fn discard(settings: &Settings, id: &str) -> anyhow::Result<()> {
-    outln!("{}", discard_task(settings, id)?);
+    outln!("{}", discard_task(&open_store(settings)?, id)?);
     Ok(())
 }
 
@@ -272,13 +268,13 @@ pub fn approve(settings: &Settings, ids: &[String]) -> anyhow::Result<()> {
     let store = open_store(settings)?;
     crate::commands::cancel::check_all(&store, ids, "approved", lifecycle::check_in_review)?;
     for id in ids {
-        outln!("{}", approve_task(settings, id)?);
+        outln!("{}", approve_task(&store, id)?);
     }
     Ok(())
 }
 
 /// `host reject`.
 pub fn reject(settings: &Settings, id: &str, reason: &str) -> anyhow::Result<()> {
-    outln!("{}", reject_task(settings, id, reason)?);
+    outln!("{}", reject_task(&open_store(settings)?, id, reason)?);
     Ok(())
 }
