@@ -33,28 +33,6 @@ fn lease_ids(outcomes: &[(Lease, Outcome)]) -> Vec<i64> {
         .collect()
 }
 
-/// Writes the claimed tasks with their leases' secrets, and `ended` tasks beside them, in one
-/// statement.
-fn save_claims<T: DriverTx>(
-    rules: &mut Rules<'_, T>,
-    claims: &[Claim],
-    ended: Vec<&Task>,
-) -> Result<(), StoreError> {
-    let rows: Vec<(&Task, Option<&str>)> = ended
-        .into_iter()
-        .map(|task| (task, None))
-        .chain(
-            claims
-                .iter()
-                .map(|c| (&c.task, Some(c.lease.token.as_str()))),
-        )
-        .collect();
-    if rows.is_empty() {
-        return Ok(());
-    }
-    rules.save(&rows)
-}
-
 /// One result per recorded outcome, in order.
 type Outcomes = Vec<Result<Task, StoreError>>;
 
@@ -332,7 +310,7 @@ impl<D: Driver> Engine<D> {
             self.policy.aging.is_some(),
         )?;
         let claims = self.choose(rules, worker, eligible, room, count, now, skip, view)?;
-        save_claims(rules, &claims, Vec::new())?;
+        self.write_ended(rules, &[], &claims, now)?;
         Ok(claims)
     }
 
@@ -479,6 +457,34 @@ impl<D: Driver> Engine<D> {
             .collect()
     }
 
+    /// Writes the `ended` tasks and the `claims` (with their leases' secrets) in one statement,
+    /// then settles the tasks after the ended ones.
+    fn write_ended<T: DriverTx>(
+        &self,
+        rules: &mut Rules<'_, T>,
+        ended: &[&Task],
+        claims: &[Claim],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let rows: Vec<(&Task, Option<&str>)> = ended
+            .iter()
+            .map(|task| (*task, None))
+            .chain(
+                claims
+                    .iter()
+                    .map(|c| (&c.task, Some(c.lease.token.as_str()))),
+            )
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        rules.save(&rows)?;
+        for task in ended {
+            self.settle(rules, task, now, true)?;
+        }
+        Ok(())
+    }
+
     /// Records outcomes, inside a write: the leased tasks read in one statement, each checked
     /// against its lease, the ended ones written back in one statement, then the tasks after
     /// them settled. One result per outcome, in order; a refused one changes nothing.
@@ -491,12 +497,7 @@ impl<D: Driver> Engine<D> {
         let stored = rules.tx.tasks(&lease_ids(outcomes))?;
         let results = self.apply_outcomes(rules, outcomes, stored, now);
         let ended: Vec<&Task> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-        if !ended.is_empty() {
-            rules.save(&ended.iter().map(|t| (*t, None)).collect::<Vec<_>>())?;
-            for task in ended {
-                self.settle(rules, task, now, true)?;
-            }
-        }
+        self.write_ended(rules, &ended, &[], now)?;
         Ok(results)
     }
 
@@ -544,10 +545,7 @@ impl<D: Driver> Engine<D> {
             .iter()
             .any(|task| parse_id(&task.id).is_ok_and(|id| !rules.without_dependents.contains(&id)));
         let claims = if unblocks {
-            rules.save(&ended.iter().map(|t| (*t, None)).collect::<Vec<_>>())?;
-            for task in &ended {
-                self.settle(rules, task, now, true)?;
-            }
+            self.write_ended(rules, &ended, &[], now)?;
             self.claim_in(rules, worker, types, count, now)
                 .map_err(|err| failed(err, claim_failed))?
         } else {
@@ -568,16 +566,14 @@ impl<D: Driver> Engine<D> {
                 .choose(rules, worker, eligible, room, count, now, skip, view)
                 .map_err(|err| failed(err, claim_failed))?;
             // Should the write fail, the outcomes are tried again on their own.
-            save_claims(rules, &claims, ended.clone()).map_err(|err| {
-                if claims.is_empty() {
-                    err
-                } else {
-                    failed(err, claim_failed)
-                }
-            })?;
-            for task in &ended {
-                self.settle(rules, task, now, true)?;
-            }
+            self.write_ended(rules, &ended, &claims, now)
+                .map_err(|err| {
+                    if claims.is_empty() {
+                        err
+                    } else {
+                        failed(err, claim_failed)
+                    }
+                })?;
             claims
         };
         Ok((results, claims))
