@@ -406,6 +406,26 @@ pub enum Command {
         #[arg(long, env = "HOST_LEASE_TOKEN", hide_env_values = true)]
         token: String,
     },
+    /// Put a task off until later without spending an attempt: a waiting task (pending or
+    /// blocked) by anyone; a claimed one by its holder, with its lease token.
+    #[command(group = clap::ArgGroup::new("when").required(true))]
+    Snooze {
+        /// The task id.
+        id: String,
+        /// For this long from now, e.g. 2h, 30m.
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration, group = "when")]
+        wait: Option<Duration>,
+        /// Until this time: 2026-12-01T09:00:00Z, "2026-12-01 09:00" or 14:00 (local time;
+        /// the next 14:00).
+        #[arg(long, value_name = "TIME", group = "when")]
+        until: Option<String>,
+        /// Why, kept on the attempt (a claimed task's).
+        #[arg(long, value_name = "TEXT", default_value = "snoozed")]
+        reason: String,
+        /// The lease token `host claim` printed, for a task claimed with it.
+        #[arg(long, env = "HOST_LEASE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Remove finished tasks (and their logs) that finished longer ago than a given age.
     Purge {
         /// The age, e.g. 30d, 12h: tasks that finished before now minus this are removed.

@@ -32,7 +32,9 @@ pub struct Response {
 pub struct Completer {
     store: Arc<dyn QueueStore>,
     worker: String,
-    types: Vec<String>,
+    /// The types claimed: the role's, and while the roles it stands in for are out of quota,
+    /// theirs too.
+    types: Mutex<Vec<String>>,
     state: Mutex<State>,
     written: Condvar,
 }
@@ -66,10 +68,15 @@ impl Completer {
         Completer {
             store,
             worker,
-            types,
+            types: Mutex::new(types),
             state: Mutex::new(State::default()),
             written: Condvar::new(),
         }
+    }
+
+    /// Claims tasks of `types` from the next write on.
+    pub fn claim_types(&self, types: Vec<String>) {
+        *self.types.lock().expect("types lock") = types;
     }
 
     /// Hands `request` in and waits until it is written, with the writes of whatever other
@@ -119,9 +126,10 @@ impl Completer {
             .filter_map(|(_, request)| request.outcome.clone())
             .collect();
         let wanting = batch.iter().filter(|(_, request)| request.claim).count();
+        let types = self.types.lock().expect("types lock").clone();
         let written = self
             .store
-            .finish_and_claim(&outcomes, &self.worker, &self.types, wanting);
+            .finish_and_claim(&outcomes, &self.worker, &types, wanting);
         let (done, claims) = match written {
             Ok(written) => written,
             Err(err) if batch.len() == 1 => {

@@ -88,6 +88,9 @@ pub struct RoleBinding {
     /// The table's other keys: settings of the handler's own, checked against what it declares
     /// (see [`Config::role_settings`]).
     pub extra: Vec<ExtraSetting>,
+    /// The roles that claim this role's task types while its account is out of quota
+    /// (`fallback = ["codex"]`).
+    pub fallback: Vec<String>,
 }
 
 /// A key of a `[roles.NAME]` table that is not one of the host's.
@@ -102,8 +105,8 @@ pub struct ExtraSetting {
 }
 
 /// The keys of a `[roles.NAME]` table that the host reads itself.
-const HOST_KEYS: [&str; 8] = [
-    "handler", "types", "timeout", "agent", "command", "prompt", "stall", "review",
+const HOST_KEYS: [&str; 9] = [
+    "handler", "types", "timeout", "agent", "command", "prompt", "stall", "review", "fallback",
 ];
 
 /// Every key of every `[roles.NAME]` table, with where it is.
@@ -139,6 +142,7 @@ struct RawRole {
     prompt: Option<String>,
     stall: Option<Spanned<String>>,
     review: Option<Spanned<String>>,
+    fallback: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -243,6 +247,18 @@ impl Config {
                     return Err(error(Some(span), message));
                 }
             };
+            let fallback = role
+                .fallback
+                .map(|f| {
+                    if f.get_ref().contains(&name) {
+                        let message =
+                            format!("roles.{name}.fallback: a role cannot stand in for itself");
+                        return Err(error(Some(f.span()), message));
+                    }
+                    Ok(f.into_inner())
+                })
+                .transpose()?
+                .unwrap_or_default();
             let extra = keys
                 .roles
                 .remove(&name)
@@ -276,6 +292,7 @@ impl Config {
                         settings.into()
                     },
                     extra,
+                    fallback,
                 },
             );
         }

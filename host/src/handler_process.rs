@@ -107,6 +107,12 @@ enum FromChild {
         message: String,
         result: Option<Value>,
         retryable: bool,
+        /// The handler put the task off until then (milliseconds since the epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snooze_until_ms: Option<i64>,
+        /// ... because its account is out of quota.
+        #[serde(default)]
+        usage_limit: bool,
     },
 }
 
@@ -359,11 +365,17 @@ impl HandlerProcess {
                     message,
                     result,
                     retryable,
+                    snooze_until_ms,
+                    usage_limit,
                 })) => {
+                    let snooze = snooze_until_ms
+                        .and_then(|ms| plugin_api::Timestamp::from_millisecond(ms).ok())
+                        .map(|until| plugin_api::Snooze { until, usage_limit });
                     return self.returned(Err(ErrorRecord {
                         message,
                         result,
                         retryable,
+                        snooze,
                     }));
                 }
                 Ok(Some(
@@ -633,6 +645,8 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
                     message,
                     result: None,
                     retryable: false,
+                    snooze_until_ms: None,
+                    usage_limit: false,
                 },
             },
             Err(record) => {
@@ -648,6 +662,8 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
                         record.result
                     },
                     retryable: record.retryable,
+                    snooze_until_ms: record.snooze.map(|s| s.until.as_millisecond()),
+                    usage_limit: record.snooze.is_some_and(|s| s.usage_limit),
                 }
             }
         };

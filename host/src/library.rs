@@ -129,6 +129,7 @@ impl LoadedRole {
                 ),
                 result: None,
                 retryable: false,
+                snooze: None,
             }),
             RResult::RErr(text) => Err(ErrorRecord::from_json(text.as_str())),
         }

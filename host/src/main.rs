@@ -13,6 +13,7 @@ mod loader;
 mod mcp;
 mod probe_cache;
 mod process_tree;
+mod usage_limits;
 mod wakeup;
 mod web;
 mod worker;

@@ -23,6 +23,7 @@ use crate::completer::{Completer, Request, Response};
 use crate::handler_process::{HandlerProcess, KILL_AFTER, RunEnd};
 use crate::library::TaskHooks;
 use crate::loader::PluginRole;
+use crate::usage_limits::LimitWatch;
 use crate::wakeup::Wakeup;
 
 /// How a worker runs.
@@ -57,6 +58,10 @@ pub struct WorkerOptions {
     /// Commands run when a task this worker ran failed for good or waits for review
     /// (`[hooks] failed`, `review`).
     pub hooks: crate::config::Hooks,
+    /// The roles that take this role's tasks while its account is out of quota (`fallback`).
+    pub fallback: Vec<String>,
+    /// The roles whose `fallback` names this one: it claims their types while they are out.
+    pub stands_in_for: Vec<String>,
 }
 
 /// Why the claim loop ended.
@@ -115,6 +120,8 @@ struct Shared {
     /// Hooks still running, each on a thread of its own so that a slow one does not hold up
     /// the next claim's lease; the worker waits for them before it exits.
     hooks: Mutex<Vec<thread::JoinHandle<()>>>,
+    /// The usage limits that hold this role, or the roles it stands in for.
+    limits: LimitWatch,
 }
 
 enum Event {
@@ -158,6 +165,7 @@ impl ClaimLoop {
         // Damage found now stops the worker before it writes into the damaged file.
         store.quick_check()?;
         let types = options.types.clone();
+        let limits = LimitWatch::new(&options.role, options.stands_in_for.clone());
         let record = WorkerRecord {
             name: options.name.clone(),
             role: options.role.clone(),
@@ -186,6 +194,7 @@ impl ClaimLoop {
                 exiting: AtomicBool::new(false),
                 dirty: AtomicBool::new(false),
                 hooks: Mutex::new(Vec::new()),
+                limits,
             }),
         })
     }
@@ -369,6 +378,15 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) -> Option<StoreError> {
             continue;
         };
         let token = shared.wakeup.token();
+        if next.is_none()
+            && let Some(limit) = shared.limits.holding(Timestamp::now())
+        {
+            // The account is out: every task would meet the same limit until it resets.
+            let left = limit.until.duration_since(Timestamp::now());
+            let left = Duration::try_from(left).unwrap_or_default();
+            shared.wakeup.wait(token, left.min(shared.options.poll));
+            continue;
+        }
         let claimed = match next.take() {
             Some(claim) => Ok(Some(claim)),
             None => {
@@ -506,6 +524,21 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
             result: record.result,
             retryable: false,
         },
+        RunEnd::Returned(Err(record)) if record.snooze.is_some() => {
+            let snooze = record.snooze.expect("matched");
+            let mut until = snooze.until;
+            if snooze.usage_limit {
+                limit_met(shared, &task.id, until, &record.message);
+                // The roles standing in take the task now rather than at the reset.
+                if !shared.options.fallback.is_empty() {
+                    until = Timestamp::now();
+                }
+            }
+            Outcome::Snooze {
+                until,
+                reason: record.message,
+            }
+        }
         RunEnd::Returned(Ok(result)) if shared.options.review => Outcome::ForReview(result),
         RunEnd::Returned(Ok(result)) => Outcome::Success(result),
         RunEnd::Returned(Err(record)) => Outcome::Failure {
@@ -524,9 +557,10 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
             humantime::format_duration(KILL_AFTER)
         )),
     };
+    let limited = shared.limits.holding(Timestamp::now()).is_some();
     let Response { done, next } = shared.completer.submit(Request {
         outcome: Some((lease.clone(), outcome)),
-        claim: !shared.stopping.load(Ordering::SeqCst),
+        claim: !shared.stopping.load(Ordering::SeqCst) && !limited,
     });
     // A claim that failed is tried again by the loop.
     let next = next.unwrap_or_else(|err| {
@@ -543,6 +577,31 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
                      reject {0} --reason ...)",
                     done.id
                 ),
+                TaskState::Pending {
+                    snoozed: true,
+                    not_before: Some(until),
+                    ..
+                } => format!(
+                    "task {} snoozed until {} ({took}, attempt not counted): {}",
+                    done.id,
+                    crate::commands::clock(until, Timestamp::now()),
+                    done.history
+                        .last()
+                        .and_then(|a| a.error.as_deref())
+                        .unwrap_or_default()
+                ),
+                TaskState::Pending { .. }
+                    if done
+                        .history
+                        .last()
+                        .is_some_and(|a| a.status == queue::AttemptStatus::Snoozed) =>
+                {
+                    format!(
+                        "task {} returned to the queue for role(s) {}, attempt not counted",
+                        done.id,
+                        shared.options.fallback.join(", ")
+                    )
+                }
                 TaskState::Pending { .. } => format!(
                     "task {} failed in {took}, will retry: {}",
                     done.id,
@@ -748,8 +807,56 @@ fn upkeep_loop(shared: &Shared, events: &mpsc::Sender<Event>) {
                 purge_finished(shared, keep);
             }
         }
+        watch_limits(shared);
         thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Records the usage limit a task of this worker met: this role's workers claim nothing until
+/// `until`, and say so.
+fn limit_met(shared: &Shared, task: &str, until: Timestamp, reason: &str) {
+    let limit = queue::UsageLimit {
+        role: shared.options.role.clone(),
+        types: shared.types.clone(),
+        until,
+        reason: reason.to_string(),
+        task: task.to_string(),
+        worker: shared.options.name.clone(),
+    };
+    if let Err(err) = shared.limits.met(shared.store.as_ref(), limit) {
+        say(shared, &format!("could not record the usage limit: {err}"));
+    }
+    let fallback = match shared.options.fallback.as_slice() {
+        [] => String::new(),
+        roles => format!("; role(s) {} take its tasks meanwhile", roles.join(", ")),
+    };
+    say(
+        shared,
+        &format!(
+            "role {}: usage limit until {} ({reason}); claiming nothing until then{fallback}",
+            shared.options.role,
+            crate::commands::clock(until, Timestamp::now()),
+        ),
+    );
+}
+
+/// Keeps the worker's view of the usage limits fresh, and claims the types of the roles it
+/// stands in for while they are out.
+fn watch_limits(shared: &Shared) {
+    if let Err(err) = shared.limits.refresh(shared.store.as_ref()) {
+        say(shared, &format!("could not read the usage limits: {err}"));
+        return;
+    }
+    if shared.options.stands_in_for.is_empty() {
+        return;
+    }
+    let mut types = shared.types.clone();
+    for extra in shared.limits.standing_in_for(Timestamp::now()) {
+        if !types.contains(&extra) {
+            types.push(extra);
+        }
+    }
+    shared.completer.claim_types(types);
 }
 
 /// Removes the tasks that finished longer than `keep` ago.

@@ -128,6 +128,8 @@ pub struct ErrorRecord {
     pub result: Option<Value>,
     /// Whether another attempt may succeed.
     pub retryable: bool,
+    /// The handler put the task off instead of failing it.
+    pub snooze: Option<crate::Snooze>,
 }
 
 impl From<HandlerError> for ErrorRecord {
@@ -136,6 +138,7 @@ impl From<HandlerError> for ErrorRecord {
             message: err.message,
             result: err.result,
             retryable: err.retryable,
+            snooze: err.snooze,
         }
     }
 }
@@ -143,8 +146,13 @@ impl From<HandlerError> for ErrorRecord {
 impl ErrorRecord {
     /// The wire form.
     pub fn to_json(&self) -> String {
-        json!({ "message": self.message, "result": self.result, "retryable": self.retryable })
-            .to_string()
+        let mut wire =
+            json!({ "message": self.message, "result": self.result, "retryable": self.retryable });
+        if let Some(snooze) = self.snooze {
+            wire["snoozeUntilMs"] = json!(snooze.until.as_millisecond());
+            wire["usageLimit"] = json!(snooze.usage_limit);
+        }
+        wire.to_string()
     }
 
     /// Reads the wire form; text that is not the wire form becomes the message itself.
@@ -158,12 +166,21 @@ impl ErrorRecord {
                         .get("retryable")
                         .and_then(Value::as_bool)
                         .unwrap_or(false),
+                    snooze: map
+                        .get("snoozeUntilMs")
+                        .and_then(Value::as_i64)
+                        .and_then(|ms| crate::Timestamp::from_millisecond(ms).ok())
+                        .map(|until| crate::Snooze {
+                            until,
+                            usage_limit: map.get("usageLimit") == Some(&Value::Bool(true)),
+                        }),
                 }
             }
             _ => ErrorRecord {
                 message: text.to_string(),
                 result: None,
                 retryable: false,
+                snooze: None,
             },
         }
     }
@@ -195,8 +212,15 @@ mod tests {
             message: "boom".into(),
             result: Some(json!({"exitCode": 2})),
             retryable: true,
+            snooze: None,
         };
         assert_eq!(ErrorRecord::from_json(&rec.to_json()), rec);
+        let limited = ErrorRecord::from(
+            crate::HandlerError::new("out")
+                .usage_limit(crate::Timestamp::from_second(1_900_000_000).unwrap()),
+        );
+        assert_eq!(ErrorRecord::from_json(&limited.to_json()), limited);
+        assert!(limited.snooze.is_some_and(|s| s.usage_limit));
         assert_eq!(ErrorRecord::from_json("plain").message, "plain");
     }
 }

@@ -43,8 +43,9 @@
 //! `0.x`, a host refuses a plugin built against an older minor version, and any change of the
 //! major version is refused. Bump the minor version whenever the root module or the traits in
 //! the hidden FFI layer change shape (0.2 added the host calls behind [`Context::settings`] and
-//! [`Context::prerequisites`]; 0.3 [`Role::check_settings`]; 0.4 [`Role::settings`]). Adding a `Task` field needs no bump: the task crosses the
-//! boundary as JSON.
+//! [`Context::prerequisites`]; 0.3 [`Role::check_settings`]; 0.4 [`Role::settings`]). Adding a
+//! field to a `Task` or to what a [`HandlerError`] carries (such as its [`Snooze`]) needs no
+//! bump: both cross the boundary as JSON, and an older host reads what it knows.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -189,6 +190,19 @@ pub struct HandlerError {
     pub result: Option<Value>,
     /// Whether another attempt could succeed (a flaky network, a busy resource).
     pub retryable: bool,
+    /// Put the task off instead of failing it: see [`HandlerError::snooze_until`].
+    pub snooze: Option<Snooze>,
+}
+
+/// A handler's request to put its task off: the attempt is not counted and the task waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snooze {
+    /// The task is not claimed again before this time.
+    pub until: Timestamp,
+    /// The account the role runs under is out of quota until then (a subscription's usage
+    /// window): the role's workers stop claiming until `until`, and the role's `fallback`
+    /// roles take its tasks meanwhile.
+    pub usage_limit: bool,
 }
 
 impl HandlerError {
@@ -198,7 +212,35 @@ impl HandlerError {
             message: message.into(),
             result: None,
             retryable: false,
+            snooze: None,
         }
+    }
+
+    /// Puts the task off until `until` instead of failing it: it goes back to the queue with
+    /// its attempt not counted, and no worker claims it before then. The message says why.
+    pub fn snooze_until(mut self, until: Timestamp) -> Self {
+        self.snooze = Some(Snooze {
+            until,
+            usage_limit: false,
+        });
+        self
+    }
+
+    /// Puts the task off for `wait` from now: [`HandlerError::snooze_until`].
+    pub fn snooze_for(self, wait: std::time::Duration) -> Self {
+        let until = Timestamp::now().checked_add(wait).unwrap_or(Timestamp::MAX);
+        self.snooze_until(until)
+    }
+
+    /// The role's account is out of quota until `until` (a CLI's usage limit): the task is
+    /// snoozed until then, and the role's workers stop claiming until then too (every task
+    /// would meet the same limit), handing its tasks to the role's `fallback` meanwhile.
+    pub fn usage_limit(mut self, until: Timestamp) -> Self {
+        self.snooze = Some(Snooze {
+            until,
+            usage_limit: true,
+        });
+        self
     }
 
     /// Attaches detail that is recorded as the task's `result`.

@@ -76,6 +76,7 @@ use plugin_api::{
 };
 
 use crate::command::{self, Limits, shorten};
+use crate::limits::{UNKNOWN_RESET, usage_limit_in};
 use crate::paths::target;
 use crate::stream::{Format, Transcript};
 
@@ -769,7 +770,32 @@ impl Agent {
             result["usage"] = transcript.usage();
         }
         ctx.progress(100, &format!("{program} finished"));
-        match run.failure(&format!("{which}: `{program}`"), limits) {
+        let failure = run.failure(&format!("{which}: `{program}`"), limits);
+        // The account is out, not the task: the task waits for the reset, its attempt not
+        // spent, and the role's workers stop claiming (a custom command's words are its own).
+        if let Some(why) = &failure
+            && setup.preset.is_some()
+        {
+            let now = plugin_api::Timestamp::now();
+            let hit = transcript
+                .as_ref()
+                .and_then(|t| t.limit().cloned())
+                .filter(|hit| hit.resets_at.is_some())
+                .or_else(|| usage_limit_in(&run.tail, now))
+                .or_else(|| transcript.as_ref().and_then(|t| t.limit().cloned()));
+            if let Some(hit) = hit {
+                let until = hit
+                    .resets_at
+                    .filter(|at| *at > now)
+                    .unwrap_or_else(|| now + UNKNOWN_RESET);
+                return Err(
+                    HandlerError::new(format!("{why}: usage limit: {}", hit.said))
+                        .with_result(result)
+                        .usage_limit(until),
+                );
+            }
+        }
+        match failure {
             None => Ok(result),
             // A stalled CLI (waiting on a network, a prompt) may well run on another attempt.
             Some(why) if run.stalled => Err(HandlerError::new(why).with_result(result).retryable()),

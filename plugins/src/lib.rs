@@ -18,6 +18,7 @@ pub mod writer;
 
 mod command;
 mod group;
+mod limits;
 mod paths;
 mod stream;
 

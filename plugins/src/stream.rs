@@ -3,7 +3,9 @@
 //! per line, turned into a readable log line each, with the final message and the tokens and
 //! cost the CLI reports kept for the result.
 
-use plugin_api::{Value, json};
+use plugin_api::{Timestamp, Value, json};
+
+use crate::limits::LimitHit;
 
 /// Which CLI's events these are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +64,8 @@ pub struct Transcript {
     cost_usd: Option<f64>,
     /// Whether any event carried usage.
     usage_seen: bool,
+    /// The usage limit an event reported (Claude's `rate_limit_event`, rejected).
+    limit: Option<LimitHit>,
 }
 
 /// The longest a log line made from an event gets.
@@ -77,6 +81,7 @@ impl Transcript {
             output_tokens: 0,
             cost_usd: None,
             usage_seen: false,
+            limit: None,
         }
     }
 
@@ -115,6 +120,29 @@ impl Transcript {
                     })
                     .collect();
                 (!lines.is_empty()).then(|| lines.join("\n"))
+            }
+            // Sent as the window fills; `rejected` once it is spent, with its reset time.
+            "rate_limit_event" => {
+                let info = &event["rate_limit_info"];
+                if text(info, "status") != "rejected" {
+                    return None;
+                }
+                let window = match text(info, "rateLimitType") {
+                    "" => "usage".to_string(),
+                    window => window.replace('_', "-"),
+                };
+                let hit = LimitHit {
+                    said: format!("{window} limit reached"),
+                    resets_at: info["resetsAt"]
+                        .as_i64()
+                        .and_then(|secs| Timestamp::from_second(secs).ok()),
+                };
+                let line = match hit.resets_at {
+                    Some(at) => format!("{} (resets {at})", hit.said),
+                    None => hit.said.clone(),
+                };
+                self.limit = Some(hit);
+                Some(line)
             }
             "result" => {
                 if let Some(result) = event["result"].as_str() {
@@ -251,6 +279,11 @@ impl Transcript {
             .filter_map(|key| usage[*key].as_u64())
             .sum::<u64>();
         self.output_tokens += usage[output].as_u64().unwrap_or(0);
+    }
+
+    /// The usage limit an event reported, if one did.
+    pub fn limit(&self) -> Option<&LimitHit> {
+        self.limit.as_ref()
     }
 
     /// The agent's final message, if it gave one.

@@ -6,7 +6,7 @@
 //! Claims take up to N tasks in one transaction, and outcomes are recorded N at a time
 //! ([`QueueStore::finish_many`]), each with one read and one write of the rows involved.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,8 +20,8 @@ use crate::records::{
 };
 use crate::{
     Claim, Durability, Lease, NewTask, Outcome, PauseScope, QueueStore, Recorded, Renewal,
-    StoreError, Summary, Task, TaskChange, TaskEdit, TaskQuery, TaskStatus, WorkerRecord,
-    validate_name,
+    StoreError, Summary, Task, TaskChange, TaskEdit, TaskQuery, TaskStatus, UsageLimit,
+    WorkerRecord, validate_name,
 };
 
 /// The ids of the tasks whose leases `outcomes` hold (malformed ones left out: they are
@@ -35,6 +35,9 @@ fn lease_ids(outcomes: &[(Lease, Outcome)]) -> Vec<i64> {
 
 /// One result per recorded outcome, in order.
 type Outcomes = Vec<Result<Task, StoreError>>;
+
+/// The setting that keeps the roles' usage limits: a JSON object by role.
+const USAGE_LIMITS: &str = "usageLimits";
 
 /// How many finished tasks one purge transaction removes, so that no writer waits long.
 const PURGE_BATCH: usize = 10_000;
@@ -194,6 +197,22 @@ impl<D: Driver> Engine<D> {
     pub(crate) fn keep_setting(&self, key: &str, value: &str) -> Result<String, StoreError> {
         self.write(Commit::AsConfigured, |rules| {
             rules.tx.keep_setting(key, value)
+        })
+    }
+
+    /// The usage limits kept under [`USAGE_LIMITS`], by role.
+    fn parse_usage_limits(
+        &self,
+        kept: Option<&str>,
+    ) -> Result<BTreeMap<String, UsageLimit>, StoreError> {
+        kept.map_or(Ok(BTreeMap::new()), |text| {
+            serde_json::from_str(text).map_err(|err| StoreError::Corrupt {
+                path: PathBuf::from(format!(
+                    "{}, setting {USAGE_LIMITS}",
+                    self.driver.name().display()
+                )),
+                reason: err.to_string(),
+            })
         })
     }
 
@@ -941,6 +960,24 @@ impl<D: Driver> QueueStore for Engine<D> {
                 })
             })
             .collect()
+    }
+
+    fn usage_limits(&self) -> Result<Vec<UsageLimit>, StoreError> {
+        let kept = self.setting(USAGE_LIMITS)?;
+        Ok(self
+            .parse_usage_limits(kept.as_deref())?
+            .into_values()
+            .collect())
+    }
+
+    fn set_usage_limit(&self, limit: &UsageLimit) -> Result<(), StoreError> {
+        self.write(Commit::AsConfigured, |rules| {
+            let kept = rules.tx.setting(USAGE_LIMITS)?;
+            let mut limits = self.parse_usage_limits(kept.as_deref())?;
+            limits.insert(limit.role.clone(), limit.clone());
+            let text = serde_json::to_string(&limits).expect("limits serialize");
+            rules.tx.set_setting(USAGE_LIMITS, Some(&text))
+        })
     }
 
     fn append_log(&self, id: &str, line: &str) -> Result<(), StoreError> {

@@ -348,6 +348,7 @@ impl NewTask {
             lease_expires_at: None,
             // A claim waits for `retry_at` whatever set it: a backoff, or a delayed start.
             retry_at: self.not_before,
+            snoozed_until: None,
             cancel_requested: false,
             cancelled_by: None,
             wait_ms: None,
@@ -401,6 +402,14 @@ pub enum Outcome {
         /// Whether another attempt may succeed: a retryable failure returns the task to pending
         /// after a backoff while attempts are left; any other failure is final.
         retryable: bool,
+    },
+    /// The attempt is put off, not counted: the task is pending again, not claimed before
+    /// `until` (the handler's account is out of quota until then, or the work is not due).
+    Snooze {
+        /// Not claimed before this time.
+        until: Timestamp,
+        /// Why, one line; kept on the attempt.
+        reason: String,
     },
 }
 
@@ -505,6 +514,26 @@ pub struct ActiveTask {
     /// The handler's last progress message.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+}
+
+/// A role's account out of quota (a subscription CLI's usage window), as a worker of the role
+/// reported it: the role's workers claim nothing until `until`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageLimit {
+    /// The role whose account is out.
+    pub role: String,
+    /// The task types that role claims: its `fallback` roles claim them meanwhile.
+    pub types: Vec<String>,
+    /// When the limit resets.
+    #[serde(with = "task_model::rfc3339_millis")]
+    pub until: Timestamp,
+    /// What the CLI said, one line.
+    pub reason: String,
+    /// The task that met it.
+    pub task: String,
+    /// The worker that met it.
+    pub worker: String,
 }
 
 /// What a worker publishes about itself.
@@ -731,6 +760,13 @@ pub trait QueueStore: Send + Sync {
 
     /// Every published worker record.
     fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError>;
+
+    /// The usage limits roles met, one per role, those that have reset included.
+    fn usage_limits(&self) -> Result<Vec<UsageLimit>, StoreError>;
+
+    /// Records that a role's account is out until `limit.until`, replacing what was known of
+    /// that role.
+    fn set_usage_limit(&self, limit: &UsageLimit) -> Result<(), StoreError>;
 
     /// Appends one line to a task's log.
     fn append_log(&self, id: &str, line: &str) -> Result<(), StoreError>;

@@ -372,6 +372,7 @@ pub fn claim(task: &mut Task, worker: &str, now: Timestamp, policy: &Policy) {
     task.success = None;
     task.result = None;
     task.retry_at = None;
+    task.snoozed_until = None;
     // A new attempt makes a new branch: what became of an earlier one no longer describes it.
     task.branch_state = None;
     task.lease_expires_at = Some(later(now, policy.lease));
@@ -503,7 +504,48 @@ pub fn finish(task: &mut Task, outcome: Outcome, now: Timestamp, policy: &Policy
                 finish_as(task, TaskStatus::Failed, now);
             }
         }
+        Outcome::Snooze { until, reason } => {
+            if task.cancel_requested {
+                release(task, now);
+                return;
+            }
+            end_attempt(task, AttemptStatus::Snoozed, Some(reason), now);
+            give_back(task);
+            snooze_until(task, until, now);
+        }
     }
+}
+
+/// Puts a task that waits (pending, or blocked on its prerequisites) off until `until`, its
+/// attempts not spent: `host snooze`. A time already past only marks nothing.
+pub fn snooze(task: &mut Task, until: Timestamp, now: Timestamp) -> Result<(), StoreError> {
+    if !matches!(task.status, TaskStatus::Pending | TaskStatus::Blocked) {
+        return Err(StoreError::WrongState {
+            id: task.id.clone(),
+            status: task.status,
+            hint: "only a waiting task can be snoozed; a running one is snoozed by its handler \
+                   or, with its lease token, by `host snooze ID --token`",
+        });
+    }
+    snooze_until(task, until, now);
+    Ok(())
+}
+
+/// Sets the time a pending task waits for, and marks it a snooze when it lies ahead.
+fn snooze_until(task: &mut Task, until: Timestamp, now: Timestamp) {
+    let until = until.max(now);
+    task.retry_at = Some(until);
+    task.snoozed_until = (until > now).then_some(until);
+}
+
+/// A running task pending again with its attempt not counted, as a release or a snooze
+/// leaves it.
+fn give_back(task: &mut Task) {
+    task.status = TaskStatus::Pending;
+    task.attempts = task.attempts.saturating_sub(1);
+    task.worker = None;
+    task.started_at = None;
+    task.lease_expires_at = None;
 }
 
 /// Returns a running task to pending without counting the attempt: its worker is shutting down.
@@ -520,11 +562,7 @@ pub fn release(task: &mut Task, now: Timestamp) {
         return;
     }
     end_attempt(task, AttemptStatus::Released, None, now);
-    task.status = TaskStatus::Pending;
-    task.attempts = task.attempts.saturating_sub(1);
-    task.worker = None;
-    task.started_at = None;
-    task.lease_expires_at = None;
+    give_back(task);
 }
 
 /// A running task whose lease ran out (its worker was killed, or its machine slept or lost the

@@ -11,7 +11,8 @@ use crate::lifecycle::Policy;
 use crate::postgres::{PostgresStore, PostgresUrl, WorkListener};
 use crate::{
     Claim, Durability, Lease, NewTask, Outcome, PauseScope, QueueFolder, QueueStore, Recorded,
-    Renewal, SqliteStore, StoreError, Summary, Task, TaskQuery, TaskStatus, WorkerRecord,
+    Renewal, SqliteStore, StoreError, Summary, Task, TaskQuery, TaskStatus, UsageLimit,
+    WorkerRecord,
 };
 use crate::{TaskChange, TaskEdit};
 
@@ -292,6 +293,8 @@ impl QueueStore for Store {
         fn put_worker(&self, record: &WorkerRecord) -> Result<(), StoreError>;
         fn remove_worker(&self, name: &str) -> Result<(), StoreError>;
         fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError>;
+        fn usage_limits(&self) -> Result<Vec<UsageLimit>, StoreError>;
+        fn set_usage_limit(&self, limit: &UsageLimit) -> Result<(), StoreError>;
         fn append_log(&self, id: &str, line: &str) -> Result<(), StoreError>;
         fn read_log(&self, id: &str, from: u64) -> Result<(String, u64), StoreError>;
         fn lease_duration(&self) -> Duration;

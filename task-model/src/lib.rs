@@ -168,6 +168,9 @@ pub enum AttemptStatus {
     Expired,
     /// The worker shut down and gave the task back; the attempt was not counted.
     Released,
+    /// The handler (or a self-serve client) put the task off until a later time, its account
+    /// out of quota or the work not due yet; the attempt was not counted.
+    Snoozed,
     /// The task was cancelled while this attempt ran.
     Cancelled,
 }
@@ -285,6 +288,14 @@ pub struct Task {
         with = "rfc3339_millis::option"
     )]
     pub retry_at: Option<Timestamp>,
+    /// A pending task put off by `host snooze` or by its handler (a usage limit): not claimed
+    /// before this time, its attempts not spent. Cleared by the next claim.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339_millis::option"
+    )]
+    pub snoozed_until: Option<Timestamp>,
     /// Set by `host cancel` on a running task; its handler sees it through its context.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
@@ -393,6 +404,9 @@ pub enum TaskState<'t> {
     Pending {
         /// Not claimed before this time.
         not_before: Option<Timestamp>,
+        /// Whether that time is a snooze's (`host snooze`, a usage limit) rather than a
+        /// backoff or a delayed start.
+        snoozed: bool,
         /// Attempts made so far (0: it never ran).
         attempts: u32,
     },
@@ -457,6 +471,7 @@ impl Task {
         match self.status {
             TaskStatus::Pending => TaskState::Pending {
                 not_before: self.retry_at,
+                snoozed: self.snoozed_until.is_some(),
                 attempts: self.attempts,
             },
             TaskStatus::Blocked => TaskState::Blocked { after: &self.after },
@@ -530,6 +545,7 @@ mod tests {
             error: None,
             lease_expires_at: None,
             retry_at: None,
+            snoozed_until: None,
             cancel_requested: false,
             cancelled_by: None,
             wait_ms: None,

@@ -385,7 +385,7 @@ fn new_task(entry: TaskEntry, keys: &HashMap<String, usize>) -> anyhow::Result<N
 
 /// When a task may start, from `--at TIME` or `--in DURATION`. A time without a date is the
 /// next time the clock shows it; one without an offset is local time.
-fn not_before(at: Option<&str>, delay: Option<Duration>) -> anyhow::Result<Option<Timestamp>> {
+pub fn not_before(at: Option<&str>, delay: Option<Duration>) -> anyhow::Result<Option<Timestamp>> {
     let now = Timestamp::now();
     if let Some(delay) = delay {
         return Ok(Some(queue::lifecycle::later(now, delay)));

@@ -121,9 +121,13 @@ fn waits_for(store: &queue::Store, task: &Task, paused: &PauseSet, now: Timestam
         }
         TaskState::Pending {
             not_before,
+            snoozed,
             attempts,
         } => match (paused.holder(&task.task_type, &task.id), not_before) {
             (Some(scope), _) => format!("paused ({scope})"),
+            (None, Some(at)) if at > now && snoozed => {
+                format!("snoozed until {}", super::clock(at, now))
+            }
             (None, Some(at)) if at > now && attempts == 0 => format!("starts {}", ago(at, now)),
             (None, Some(at)) if at > now => format!("retry {}", ago(at, now)),
             _ => format!("a {} worker", task.task_type),

@@ -15,6 +15,7 @@ pub mod plugins;
 pub mod results;
 pub mod selfserve;
 pub mod show;
+pub mod snooze;
 pub mod stats;
 pub mod status;
 pub mod watch;
@@ -157,6 +158,19 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
             retryable,
             token,
         } => selfserve::fail(settings, &id, &token, &error, retryable),
+        Command::Snooze {
+            id,
+            wait,
+            until,
+            reason,
+            token,
+        } => snooze::run(
+            settings,
+            &id,
+            add::not_before(until.as_deref(), wait)?.expect("clap requires one"),
+            &reason,
+            token.as_deref(),
+        ),
         Command::Purge {
             finished_before,
             status,
@@ -267,6 +281,17 @@ pub fn ago(at: jiff::Timestamp, now: jiff::Timestamp) -> String {
         format!("in {}", span(-secs))
     } else {
         format!("{} ago", span(secs))
+    }
+}
+
+/// A moment to come as a wall-clock time in the local time zone: "14:00" within a day, else
+/// "2026-12-08 14:00".
+pub fn clock(at: jiff::Timestamp, now: jiff::Timestamp) -> String {
+    let local = at.to_zoned(jiff::tz::TimeZone::system());
+    if at.duration_since(now).as_secs() < 86_400 {
+        local.strftime("%H:%M").to_string()
+    } else {
+        local.strftime("%Y-%m-%d %H:%M").to_string()
     }
 }
 

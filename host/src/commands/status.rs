@@ -30,6 +30,9 @@ pub struct StatusReport {
     pub review: Vec<String>,
     /// Tasks whose branch's merge conflicted (at most [`ATTENTION_SHOWN`]), with the files.
     pub conflicts: Vec<Conflict>,
+    /// The roles out of quota now (a CLI's usage limit), each claiming nothing until its
+    /// limit resets.
+    pub usage_limits: Vec<queue::UsageLimit>,
     /// Every published worker.
     pub workers: Vec<WorkerView>,
 }
@@ -111,6 +114,7 @@ impl StatusReport {
         })
         .collect();
         let now = Timestamp::now();
+        let usage_limits = crate::usage_limits::in_force(store, now)?;
         let workers = store
             .workers()?
             .into_iter()
@@ -126,6 +130,7 @@ impl StatusReport {
             paused,
             review,
             conflicts,
+            usage_limits,
             workers,
         })
     }
@@ -191,6 +196,16 @@ impl StatusReport {
                 conflict.id
             );
         }
+        let now = Timestamp::now();
+        for limit in &self.usage_limits {
+            let _ = writeln!(
+                out,
+                "  {} usage limit until {}   ({})",
+                paint::bad(&format!("{}:", limit.role)),
+                super::clock(limit.until, now),
+                super::one_line(&limit.reason, 100)
+            );
+        }
         out.push('\n');
         if self.workers.is_empty() {
             out.push_str("No workers. Start one with `host --role ROLE`.\n");
@@ -201,7 +216,6 @@ impl StatusReport {
             "WORKER", "HOST", "ROLE", "STATE", "TASK", "DONE"
         );
         let _ = writeln!(out, "{}", paint::heading(&header));
-        let now = Timestamp::now();
         for w in &self.workers {
             let r = &w.record;
             let state = if w.alive {

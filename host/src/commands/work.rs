@@ -53,6 +53,13 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
         keep_finished: config.keep_finished,
         review: binding.is_some_and(|b| b.review),
         hooks: config.hooks.clone(),
+        fallback: binding.map(|b| b.fallback.clone()).unwrap_or_default(),
+        stands_in_for: config
+            .roles
+            .iter()
+            .filter(|(_, b)| b.fallback.iter().any(|f| f == role_name))
+            .map(|(name, _)| name.clone())
+            .collect(),
     };
     let (wakeup, unavailable) = Wakeup::start(store.work_signal());
     let store: Arc<dyn QueueStore> = Arc::new(store);

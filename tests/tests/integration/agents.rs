@@ -1096,3 +1096,151 @@ fn claude_tokens_count_every_model_call_as_its_cost_does() {
         json!({"inputTokens": 4500, "outputTokens": 150, "costUsd": 0.03})
     );
 }
+
+/// A worker of `role` with the fake agents first on `PATH`, printing `events` and exiting with
+/// `exit`; its stderr is captured.
+fn spawn_agent(q: &TestQueue, role: &str, events: &[Value], exit: &str) -> std::process::Child {
+    let bin = fake_agents(q);
+    let lines: Vec<String> = events.iter().map(Value::to_string).collect();
+    let file = q.scratch.join(format!("{role}.jsonl"));
+    fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    q.host()
+        .args(["--role", role, "--poll", "100ms"])
+        .env("PATH", path)
+        .env(
+            "FAKE_AGENT_RECORD",
+            q.scratch.join(format!("record-{role}")),
+        )
+        .env("FAKE_AGENT_EVENTS", &file)
+        .env("FAKE_AGENT_EXIT", exit)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Claude Code's events when the five-hour window is spent, resetting at `resets_at`.
+fn claude_limit_events(resets_at: i64) -> Vec<Value> {
+    use serde_json::json;
+    vec![
+        json!({"type": "system", "subtype": "init", "model": "claude-opus"}),
+        json!({"type": "rate_limit_event", "rate_limit_info": {"status": "rejected",
+               "resetsAt": resets_at, "rateLimitType": "five_hour"}}),
+        json!({"type": "result", "subtype": "success", "is_error": true,
+               "result": "You've hit your limit · resets 2pm (Europe/Paris)",
+               "total_cost_usd": 0, "usage": {"input_tokens": 0, "output_tokens": 0}}),
+    ]
+}
+
+fn stop(worker: std::process::Child) -> String {
+    integration_tests::signal(&worker, nix::sys::signal::Signal::SIGTERM);
+    let output = worker.wait_with_output().unwrap();
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_usage_limit_snoozes_the_task_without_an_attempt_and_holds_the_role_until_it_resets() {
+    let q = TestQueue::new();
+    bind_presets(&q, "");
+    let resets_at = jiff::Timestamp::now().as_second() + 7200;
+    let first = q.add(&[
+        "--type",
+        "t-claude",
+        "--target",
+        q.scratch.to_str().unwrap(),
+    ]);
+    let second = q.add(&[
+        "--type",
+        "t-claude",
+        "--target",
+        q.scratch.to_str().unwrap(),
+    ]);
+    let worker = spawn_agent(&q, "p-claude", &claude_limit_events(resets_at), "1");
+    q.wait_for("the limit to be met", Duration::from_secs(30), |q| {
+        q.task(&first)["snoozedUntil"].is_string()
+    });
+    // The account is out: the worker claims nothing more, though a task waits.
+    std::thread::sleep(Duration::from_millis(1500));
+    let task = q.task(&first);
+    let said = stop(worker);
+    assert_eq!(task["status"], "pending", "{task:#}");
+    assert_eq!(task["attempts"], 0, "no attempt spent: {task:#}");
+    let until: jiff::Timestamp = task["snoozedUntil"].as_str().unwrap().parse().unwrap();
+    assert_eq!(until.as_second(), resets_at, "{task:#}");
+    assert_eq!(task["retryAt"], task["snoozedUntil"]);
+    let attempt = task["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(attempt["status"], "snoozed", "{task:#}");
+    assert!(
+        attempt["error"]
+            .as_str()
+            .unwrap()
+            .contains("usage limit: five-hour limit reached"),
+        "{attempt:#}"
+    );
+    assert_eq!(
+        q.task(&second)["attempts"],
+        0,
+        "claimed after the limit: {said}"
+    );
+    assert!(said.contains("role p-claude: usage limit until"), "{said}");
+
+    let status = q.ok(&["status"]);
+    assert!(status.contains("p-claude: usage limit until"), "{status}");
+    let report: Value = serde_json::from_str(&q.ok(&["status", "--json"])).unwrap();
+    assert_eq!(report["usageLimits"][0]["role"], "p-claude", "{report:#}");
+    assert_eq!(
+        report["usageLimits"][0]["types"][0], "t-claude",
+        "{report:#}"
+    );
+    let list = q.ok(&["list"]);
+    assert!(list.contains("snoozed until"), "{list}");
+
+    // Another worker of the role, started later, reads the limit and claims nothing either.
+    let late = spawn_agent(&q, "p-claude", &events("claude"), "0");
+    std::thread::sleep(Duration::from_millis(2500));
+    let said = stop(late);
+    assert_eq!(q.task(&second)["attempts"], 0, "{said}");
+}
+
+#[test]
+fn a_role_out_of_quota_hands_its_tasks_to_its_fallback_meanwhile() {
+    let q = TestQueue::new();
+    bind_presets(&q, "");
+    let toml = fs::read_to_string(q.queue.join("host.toml"))
+        .unwrap()
+        .replace(
+            "agent = \"claude\"\n",
+            "agent = \"claude\"\nfallback = [\"p-codex\"]\n",
+        );
+    fs::write(q.queue.join("host.toml"), toml).unwrap();
+    let resets_at = jiff::Timestamp::now().as_second() + 7200;
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            q.add(&[
+                "--type",
+                "t-claude",
+                "--target",
+                q.scratch.to_str().unwrap(),
+            ])
+        })
+        .collect();
+    let claude = spawn_agent(&q, "p-claude", &claude_limit_events(resets_at), "1");
+    let codex = spawn_agent(&q, "p-codex", &events("codex"), "0");
+    q.wait_for("codex to take both tasks", Duration::from_secs(30), |q| {
+        ids.iter().all(|id| q.task(id)["status"] == "completed")
+    });
+    let said = format!("{}\n{}", stop(claude), stop(codex));
+    for id in &ids {
+        let task = q.task(id);
+        assert_eq!(task["result"]["agent"], "codex", "{task:#}\n{said}");
+        assert_eq!(
+            task["attempts"], 1,
+            "the snoozed attempt is not counted: {task:#}"
+        );
+    }
+    assert!(
+        said.contains("role(s) p-codex take its tasks meanwhile"),
+        "{said}"
+    );
+}
