@@ -227,6 +227,22 @@ struct ProgressTask {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SnoozeTask {
+    /// The task id.
+    id: String,
+    /// For this many seconds from now (give this or `until`).
+    #[schemars(range(min = 1))]
+    secs: Option<u64>,
+    /// Until this time, RFC 3339 (give this or `secs`).
+    until: Option<String>,
+    /// Why, kept on the attempt of a held task.
+    reason: Option<String>,
+    /// For a task held through claim_task: its leaseToken. A waiting task needs none.
+    lease_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct TaskId {
     /// The task id.
@@ -592,6 +608,35 @@ impl QueueServer {
             retryable: failed.retryable.unwrap_or(false),
         };
         self.finish(failed.id, failed.lease_token, outcome).await
+    }
+
+    #[tool(
+        description = "Put a task off until later without spending an attempt: a waiting (pending or blocked) task by anyone, a held one with its leaseToken. Give secs or until.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn snooze_task(&self, Parameters(snooze): Parameters<SnoozeTask>) -> ToolResult {
+        let until = match (snooze.secs, &snooze.until) {
+            (Some(secs), None) => {
+                queue::lifecycle::later(jiff::Timestamp::now(), Duration::from_secs(secs))
+            }
+            (None, Some(text)) => text
+                .parse::<jiff::Timestamp>()
+                .map_err(|err| format!("until: {text:?} is not an RFC 3339 time ({err})"))?,
+            _ => return Err("give one of secs and until".into()),
+        };
+        let task = blocking_settings(self, move |settings| {
+            crate::commands::snooze::snooze_task(
+                settings,
+                &snooze.id,
+                until,
+                snooze.reason.as_deref().unwrap_or("snoozed"),
+                snooze.lease_token.as_deref(),
+            )
+            .map_err(one_line)
+        })
+        .await?;
+        answer(&task)
     }
 
     /// Records how a claimed task ended, as the holder of `token`.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use integration_tests::TestQueue;
+use serde_json::Value;
 
 #[test]
 fn completions_load_in_their_shell_and_the_manual_page_names_every_command() {
@@ -674,4 +675,60 @@ fn the_demo_plays_to_the_end_and_its_log_is_plain_labelled_text() {
         log.contains("demo-app/src/lib.rs"),
         "the deployed copy:\n{log}"
     );
+}
+
+#[test]
+fn host_snooze_puts_a_task_off_without_spending_an_attempt() {
+    let q = TestQueue::new();
+    // A waiting task, by anyone: not claimed before the time, shown as snoozed.
+    let waiting = q.add(&["--type", "noop"]);
+    let said = q.ok(&["snooze", &waiting, "--for", "2h"]);
+    assert!(
+        said.contains(&format!("task {waiting}: snoozed until")),
+        "{said}"
+    );
+    let task = q.task(&waiting);
+    assert_eq!(task["status"], "pending");
+    assert!(task["snoozedUntil"].is_string(), "{task:#}");
+    assert!(q.ok(&["list"]).contains("snoozed until"));
+    let none = q.fails(&["claim", "--role", "noop"]);
+    assert!(none.contains("no task to claim"), "{none}");
+    // Snoozing it to a time past makes it claimable again.
+    q.ok(&["snooze", &waiting, "--until", "2020-01-01T00:00:00Z"]);
+    assert!(q.task(&waiting).get("snoozedUntil").is_none());
+
+    // A claimed task: only with its lease token, and the attempt is not counted.
+    let claimed: Value =
+        serde_json::from_str(&q.ok(&["claim", "--role", "noop", "--name", "me", "--json"]))
+            .unwrap();
+    let id = claimed["id"].as_str().unwrap().to_string();
+    let refused = q.fails(&["snooze", &id, "--for", "1h"]);
+    assert!(
+        refused.contains(&format!("task {id}")) && refused.contains("--token"),
+        "{refused}"
+    );
+    let token = claimed["leaseToken"].as_str().unwrap();
+    q.ok(&[
+        "snooze",
+        &id,
+        "--for",
+        "1h",
+        "--reason",
+        "the API is down",
+        "--token",
+        token,
+    ]);
+    let task = q.task(&id);
+    assert_eq!(task["status"], "pending", "{task:#}");
+    assert_eq!(task["attempts"], 0, "{task:#}");
+    assert_eq!(task["history"][0]["status"], "snoozed");
+    assert_eq!(task["history"][0]["error"], "the API is down");
+
+    // Neither or both of --for and --until is a usage error.
+    let output = q.run(&["snooze", &id]);
+    assert_eq!(output.status.code(), Some(2));
+    let finished = q.add(&["--type", "noop"]);
+    q.ok(&["cancel", &finished]);
+    let refused = q.fails(&["snooze", &finished, "--for", "1h"]);
+    assert!(refused.contains(&format!("task {finished}")), "{refused}");
 }

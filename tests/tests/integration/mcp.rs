@@ -364,3 +364,46 @@ fn the_tools_work_on_a_postgres_queue() {
     // The server's answers and the command line's agree.
     assert_eq!(q.status()["counts"]["pending"], 1);
 }
+
+#[test]
+fn snooze_task_puts_a_waiting_or_held_task_off_without_spending_an_attempt() {
+    let q = TestQueue::new();
+    talk_to_server(&q, async |client| {
+        let json = |text: Result<String, String>| -> Value {
+            serde_json::from_str(&text.unwrap()).unwrap()
+        };
+        let waiting = json(call(client, "add_task", json!({"type": "noop"})).await);
+        let snoozed = json(
+            call(
+                client,
+                "snooze_task",
+                json!({"id": waiting["id"], "secs": 3600}),
+            )
+            .await,
+        );
+        assert!(snoozed["snoozedUntil"].is_string(), "{snoozed}");
+        let none = call(client, "claim_task", json!({"role": "noop"})).await;
+        assert!(none.unwrap_err().contains("no task to claim"));
+
+        let held = json(call(client, "add_task", json!({"type": "noop"})).await);
+        let claimed = json(call(client, "claim_task", json!({"role": "noop"})).await);
+        assert_eq!(claimed["id"], held["id"]);
+        let snoozed = json(
+            call(
+                client,
+                "snooze_task",
+                json!({"id": held["id"], "until": "2999-01-01T00:00:00Z",
+                       "leaseToken": claimed["leaseToken"], "reason": "quota"}),
+            )
+            .await,
+        );
+        assert_eq!(snoozed["status"], "pending", "{snoozed}");
+        assert_eq!(snoozed["attempts"], 0, "{snoozed}");
+        assert_eq!(
+            snoozed["snoozedUntil"], "2999-01-01T00:00:00.000Z",
+            "{snoozed}"
+        );
+        let neither = call(client, "snooze_task", json!({"id": held["id"]})).await;
+        assert!(neither.unwrap_err().contains("secs"));
+    });
+}
