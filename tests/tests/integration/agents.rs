@@ -1244,3 +1244,86 @@ fn a_role_out_of_quota_hands_its_tasks_to_its_fallback_meanwhile() {
         "{said}"
     );
 }
+
+#[test]
+fn codex_gemini_and_copilot_limits_are_read_from_what_each_says() {
+    use serde_json::json;
+    let codex_said =
+        "You've hit your usage limit. Upgrade to Pro or try again in 3 hours 20 minutes.";
+    let cases = [
+        (
+            "codex",
+            vec![
+                json!({"type": "thread.started"}),
+                json!({"type": "error", "message": codex_said}),
+                json!({"type": "turn.failed", "error": {"message": codex_said}}),
+            ],
+            3 * 3600 + 20 * 60,
+        ),
+        (
+            "gemini",
+            vec![
+                json!({"type": "init", "session_id": "s", "model": "gemini-pro"}),
+                json!({"type": "result", "status": "error",
+                       "error": {"type": "QuotaError", "message":
+                           "RESOURCE_EXHAUSTED: Quota exceeded for quota metric 'Requests per day'. Please retry in 2h."}}),
+            ],
+            7200,
+        ),
+        // Copilot says it in plain text; no reset time: an hour, then the role looks again.
+        ("copilot", Vec::new(), 3600),
+    ];
+    for (cli, events, resets_in) in cases {
+        let q = TestQueue::new();
+        bind_presets(&q, "");
+        let id = q.add(&[
+            "--type",
+            &format!("t-{cli}"),
+            "--target",
+            q.scratch.to_str().unwrap(),
+        ]);
+        let mut worker = {
+            let bin = fake_agents(&q);
+            let file = q.scratch.join("events.jsonl");
+            let lines: Vec<String> = events.iter().map(Value::to_string).collect();
+            fs::write(&file, lines.join("\n") + "\n").unwrap();
+            let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+            let mut cmd = q.host();
+            cmd.args(["--role", &format!("p-{cli}"), "--poll", "100ms"])
+                .env("PATH", path)
+                .env("FAKE_AGENT_RECORD", q.scratch.join("record"))
+                .env("FAKE_AGENT_EXIT", "1")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            if events.is_empty() {
+                cmd.env(
+                    "FAKE_AGENT_STDERR",
+                    "Error: You have exceeded your premium request allowance for this month.",
+                );
+            } else {
+                cmd.env("FAKE_AGENT_EVENTS", &file);
+            }
+            cmd.spawn().unwrap()
+        };
+        let started = jiff::Timestamp::now().as_second();
+        q.wait_for(&format!("{cli}'s limit"), Duration::from_secs(30), |q| {
+            q.task(&id)["snoozedUntil"].is_string()
+        });
+        let _ = worker.kill();
+        let _ = worker.wait();
+        let task = q.task(&id);
+        assert_eq!(task["attempts"], 0, "{task:#}");
+        let until: jiff::Timestamp = task["snoozedUntil"].as_str().unwrap().parse().unwrap();
+        let waits = until.as_second() - started;
+        assert!(
+            (resets_in - 60..=resets_in + 60).contains(&waits),
+            "{cli}: snoozed for {waits}s, not about {resets_in}s: {task:#}"
+        );
+        let report: Value = serde_json::from_str(&q.ok(&["status", "--json"])).unwrap();
+        assert_eq!(
+            report["usageLimits"][0]["role"],
+            format!("p-{cli}"),
+            "{report:#}"
+        );
+    }
+}

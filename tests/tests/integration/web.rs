@@ -1413,3 +1413,40 @@ fn a_dashboard_on_sqlite_leaves_the_queue_whole_beside_the_command_line() {
         String::from_utf8_lossy(&doctor.stderr)
     );
 }
+
+#[test]
+fn the_dashboard_shows_a_snoozed_task_and_a_role_out_of_quota() {
+    use queue::QueueStore as _;
+    let q = TestQueue::new();
+    let id = q.add(&["--type", "noop"]);
+    q.ok(&["snooze", &id, "--for", "2h"]);
+    // A limit as a worker of role `claude` records it when its CLI says the account is out.
+    let store = queue::SqliteStore::open(&q.queue).unwrap();
+    store
+        .set_usage_limit(&queue::UsageLimit {
+            role: "claude".into(),
+            types: vec!["write".into()],
+            until: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(3),
+            reason: "five-hour limit reached".into(),
+            task: "9".into(),
+            worker: "claude-1".into(),
+        })
+        .unwrap();
+    drop(store);
+    let server = serve(&q, &[]);
+    let (code, api) = server.get("/api/status");
+    assert_eq!(code, 200);
+    assert_eq!(api["usageLimits"][0]["role"], "claude", "{api:#}");
+    let browser = Browser::start();
+    browser.open(&server);
+    browser.wait_for(
+        "the snoozed task",
+        &format!(
+            "return [...document.querySelectorAll('#tasks tr.task')].some(r => r.dataset.id === '{id}' && r.querySelector('.status').textContent.includes('snoozed until'))"
+        ),
+    );
+    browser.wait_for(
+        "the role out of quota",
+        "return document.getElementById('attention').textContent.includes('claude: usage limit until')",
+    );
+}
