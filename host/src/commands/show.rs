@@ -95,6 +95,21 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
             }
         }),
     )?;
+    let result = task.result.as_ref();
+    field(
+        "worktree",
+        result
+            .and_then(|r| r.pointer("/worktree/folder"))
+            .and_then(|f| f.as_str())
+            .map(|f| format!("{f} (kept)")),
+    )?;
+    field(
+        "pull request",
+        result
+            .and_then(|r| r.pointer("/pullRequest/url"))
+            .and_then(|u| u.as_str())
+            .map(String::from),
+    )?;
     if task.status == TaskStatus::Review {
         outln!(
             "{:<12} host diff {id}; host approve {id} / host reject {id} --reason TEXT",
