@@ -1079,4 +1079,25 @@ mod tests {
         assert!(!is_branch_of("main", Some("3f9a2c1b"), "7"));
         assert!(!is_branch_of("host/task-7-attempt-", None, "7"));
     }
+
+    #[test]
+    fn a_queues_branches_are_told_by_its_id_under_any_prefix() {
+        let q = "3f9a2c1b";
+        assert_eq!(task_of("host/3f9a2c1b/task-7", q), Some(("7".into(), None)));
+        assert_eq!(
+            task_of("agents/work/3f9a2c1b/task-12-attempt-2", q),
+            Some(("12".into(), Some(2)))
+        );
+        for other in [
+            "host/task-7",
+            "host/00000000/task-7",
+            "3f9a2c1b/task-7",
+            "host/x3f9a2c1b/task-7",
+            "host/3f9a2c1b/task-",
+            "host/3f9a2c1b/task-7/more",
+            "main",
+        ] {
+            assert_eq!(task_of(other, q), None, "{other}");
+        }
+    }
 }

@@ -101,7 +101,15 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
         result
             .and_then(|r| r.pointer("/worktree/folder"))
             .and_then(|f| f.as_str())
-            .map(|f| format!("{f} (kept)")),
+            .map(|f| {
+                // Kept after the attempt; merging or discarding the branch removes it.
+                let now = if std::path::Path::new(f).is_dir() {
+                    "kept"
+                } else {
+                    "removed since"
+                };
+                format!("{f} ({now})")
+            }),
     )?;
     field(
         "pull request",
