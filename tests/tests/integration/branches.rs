@@ -73,17 +73,48 @@ fn branches_lists_this_queues_branches_and_prune_deletes_only_those_nothing_need
     git(&repo, &["branch", &foreign]);
     git(&repo, &["branch", "host/task-3"]);
 
+    // A leftover of the merged task's branch, an earlier attempt's branch its finished task
+    // does not record, and the branch of a task that has not run yet.
+    let unrecorded = format!("{}-attempt-5", task_branch(&q, &waiting));
+    let pending = q.add(&["--type", "edit", "--target", target]);
+    for made in [
+        task_branch(&q, &merged),
+        unrecorded.clone(),
+        task_branch(&q, &pending),
+    ] {
+        git(&repo, &["branch", &made]);
+    }
+
     let rows = branches(&q, &data, &[]);
     assert_eq!(
         names(&rows),
-        [task_branch(&q, &waiting), task_branch(&q, &removed)],
+        [
+            task_branch(&q, &merged),
+            task_branch(&q, &waiting),
+            unrecorded.clone(),
+            task_branch(&q, &removed),
+            task_branch(&q, &pending),
+        ],
         "{rows:#?}"
     );
-    assert_eq!(rows[0]["taskState"], "completed");
-    assert_eq!(rows[0]["prunable"], false);
-    assert_eq!(rows[1]["taskState"], Value::Null);
-    assert_eq!(rows[1]["prunable"], true);
-    assert_eq!(rows[1]["worktree"], opened.to_str().unwrap());
+    let verdicts: Vec<(&Value, &Value, &str)> = rows
+        .iter()
+        .map(|r| (&r["taskState"], &r["prunable"], r["why"].as_str().unwrap()))
+        .collect();
+    assert_eq!(verdicts[0].1, true, "{verdicts:?}");
+    assert!(verdicts[0].2.contains("merged"), "{verdicts:?}");
+    assert_eq!(
+        (verdicts[1].0, verdicts[1].1),
+        (&"completed".into(), &false.into())
+    );
+    assert_eq!(verdicts[2].1, true, "{verdicts:?}");
+    assert!(verdicts[2].2.contains("does not name it"), "{verdicts:?}");
+    assert_eq!((verdicts[3].0, verdicts[3].1), (&Value::Null, &true.into()));
+    assert_eq!(rows[3]["worktree"], opened.to_str().unwrap());
+    assert_eq!(
+        (verdicts[4].0, verdicts[4].1),
+        (&"pending".into(), &false.into())
+    );
     let human = ok(&q, &data, &["branches"]);
     assert!(human.contains("task gone"), "{human}");
 
@@ -102,16 +133,29 @@ fn branches_lists_this_queues_branches_and_prune_deletes_only_those_nothing_need
             && said.contains(opened.to_str().unwrap()),
         "{said}"
     );
-    assert!(!said.contains(&task_branch(&q, &waiting)), "{said}");
     assert!(!opened.exists());
-    assert!(!repo_has(&repo, &task_branch(&q, &removed)));
-    for kept in [task_branch(&q, &waiting), foreign, "host/task-3".into()] {
+    for gone in [
+        task_branch(&q, &removed),
+        task_branch(&q, &merged),
+        unrecorded,
+    ] {
+        assert!(!repo_has(&repo, &gone), "{gone} was kept: {said}");
+    }
+    let kept = [
+        task_branch(&q, &waiting),
+        task_branch(&q, &pending),
+        foreign,
+        "host/task-3".into(),
+    ];
+    for kept in kept {
         assert!(repo_has(&repo, &kept), "{kept} was deleted");
     }
     assert_eq!(git(&repo, &["worktree", "list"]).lines().count(), 1);
     // Found from the repository alone too, once no task records it.
     q.ok(&["discard", &waiting]);
-    q.ok(&["rm", &waiting, &merged]);
+    q.ok(&["cancel", &pending]);
+    git(&repo, &["branch", "-D", &task_branch(&q, &pending)]);
+    q.ok(&["rm", &waiting, &merged, &pending]);
     git(&repo, &["branch", &task_branch(&q, &waiting)]);
     assert!(branches(&q, &data, &[]).is_empty());
     let rows = branches(&q, &data, &["--repo", target]);
