@@ -297,6 +297,18 @@ pub enum Command {
         /// The task id.
         id: String,
     },
+    /// The branches this queue made for its tasks (in the repository of the current folder,
+    /// those of --repo, and those its tasks recorded), with each task's state; --prune deletes
+    /// those nothing needs any more.
+    Branches(BranchesArgs),
+    /// Make a worktree again on the branch a finished task left, and print its folder.
+    Open {
+        /// The task id.
+        id: String,
+    },
+    /// Push a task's branch and open a pull request with the GitHub CLI (`gh`); without `gh`,
+    /// push it and print where to open one.
+    Pr(PrArgs),
     /// Approve the change of tasks waiting for review: they complete, and the tasks after them
     /// may run.
     Approve {
@@ -601,6 +613,40 @@ pub struct ListArgs {
     /// At most N, the first in line.
     #[arg(long, short = 'n', value_name = "N")]
     pub limit: Option<usize>,
+}
+
+/// `host branches`.
+#[derive(Debug, Args)]
+pub struct BranchesArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Delete the branches nothing needs any more: those whose task is gone (`host rm`, `host
+    /// purge`), whose change was merged or discarded, or that their finished task's result
+    /// does not name; with the worktree folder left on them. Never a branch whose task is
+    /// unfinished or in review, nor one a finished task records and that was neither merged
+    /// nor discarded (`host discard` it).
+    #[arg(long)]
+    pub prune: bool,
+    /// With --prune: say what would be deleted, delete nothing.
+    #[arg(long, requires = "prune")]
+    pub dry_run: bool,
+    /// Also look in the git repository holding DIR (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub repo: Vec<PathBuf>,
+}
+
+/// `host pr`.
+#[derive(Debug, Args)]
+pub struct PrArgs {
+    /// The task id.
+    pub id: String,
+    /// Open the pull request as a draft.
+    #[arg(long)]
+    pub draft: bool,
+    /// The remote to push to [default: origin].
+    #[arg(long, value_name = "NAME")]
+    pub remote: Option<String>,
 }
 
 /// `host config` actions.

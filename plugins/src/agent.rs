@@ -55,8 +55,10 @@
 //! role's `setup` command runs in the worktree first; the ignored files that its `include`
 //! patterns or the repository's `.worktreeinclude` name (`.env`) are copied in. When either
 //! fails, the worktree and its branch are removed: the agent never ran. When the attempt
-//! ends, what the agent left uncommitted is committed, the result's `worktree` records the
-//! branch, its commits, a diffstat and the changed files, and the worktree is removed; the
+//! ends, what the agent left uncommitted is committed (not what setup created or modified,
+//! unless the agent changed it again), the result's `worktree` records the
+//! branch, its commits, a diffstat and the changed files, and the worktree is removed (kept
+//! with `keep_worktree = true`, its folder in the record); the
 //! branch stays for `host diff`, `host merge` and `host discard`. `isolation = "none"` runs in
 //! the target itself.
 //!
@@ -651,6 +653,11 @@ impl Role for Agent {
                 SettingKind::List,
                 "ignored files copied into each worktree (gitignore patterns, e.g. \".env\")",
             ),
+            Setting::new(
+                "keep_worktree",
+                SettingKind::Boolean,
+                "keep each task's worktree folder after its attempt (its path is in the result)",
+            ),
             crate::paths::branch_setting(),
         ]
     }
@@ -865,8 +872,11 @@ fn open_worktree(
     let after = crate::paths::prerequisite_branches(repo, prerequisites);
     let base = worktrees::Base { named, after };
     let branch = crate::paths::task_branch(task, settings);
-    let checkout = worktrees::start(repo, &branch, &base)
+    let mut checkout = worktrees::start(repo, &branch, &base)
         .map_err(|err| format!("worktree of task {}: {err}", task.id))?;
+    if settings.get("keep_worktree").and_then(Value::as_bool) == Some(true) {
+        checkout.keep();
+    }
     ctx.log(&format!(
         "working in a worktree of {} on {branch}",
         repo.root.display()
@@ -892,6 +902,12 @@ fn open_worktree(
         }
         Ok(())
     })();
+    // What setup left is not the task's change: committed only if the agent changes it.
+    let prepared = prepared.and_then(|()| {
+        checkout
+            .note_prepared()
+            .map_err(|err| format!("worktree of task {}: {err}", task.id))
+    });
     match prepared {
         Ok(()) => Ok(checkout),
         // The agent never ran: nothing in the worktree is anyone's work, and the branch holds

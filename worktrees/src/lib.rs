@@ -188,6 +188,11 @@ pub struct Checkout {
     base: String,
     /// The branch that commit was the head of, where there was one: what `merge` merges into.
     base_branch: Option<String>,
+    /// What preparing the worktree left in it (see [`Checkout::note_prepared`]): each path
+    /// with the blob it held then (`None`: deleted), not committed unless changed again.
+    prepared: Vec<(String, Option<String>)>,
+    /// Whether [`Checkout::finish`] leaves the worktree in place.
+    keep: bool,
 }
 
 /// Makes a fresh worktree for an attempt on `branch` (see [`branch_of`]), in a folder named
@@ -238,6 +243,8 @@ pub fn start(repo: &Repo, branch: &str, base: &Base) -> Result<Checkout, Error> 
         branch,
         base: base_commit,
         base_branch,
+        prepared: Vec::new(),
+        keep: false,
     };
     for other in after.iter().skip(1) {
         if let Err(err) = checkout.merge_in(other) {
@@ -334,13 +341,40 @@ impl Checkout {
         Ok(included)
     }
 
+    /// The worktree's top folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Notes what preparing the worktree (a role's `setup`, included files) left in it, created,
+    /// modified or deleted: [`Checkout::finish`] commits none of it unless it was changed again
+    /// since (by the agent). Setup's outputs and bookkeeping are not the task's change.
+    pub fn note_prepared(&mut self) -> Result<(), Error> {
+        let paths = changed_paths(&self.path)?;
+        self.prepared = paths
+            .iter()
+            .cloned()
+            .zip(blobs(&self.path, &paths)?)
+            .collect();
+        Ok(())
+    }
+
+    /// Makes [`Checkout::finish`] leave the worktree in place (its folder is in the record).
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
     /// Commits what the agent left uncommitted (with `message`), describes the branch and
-    /// removes the worktree; the branch stays. When that fails (a lock a killed agent left, a
+    /// removes the worktree (unless [`Checkout::keep`] was called); the branch stays. When that fails (a lock a killed agent left, a
     /// hook), the worktree is kept, so nothing the agent did is lost, and the error names it.
     pub fn finish(self, message: &str) -> Result<Record, Error> {
         match self.commit_and_describe(message) {
-            Ok(record) => {
-                self.remove();
+            Ok(mut record) => {
+                if self.keep {
+                    record.folder = Some(self.path.clone());
+                } else {
+                    self.remove();
+                }
                 Ok(record)
             }
             Err(err) => Err(Error::Git(format!(
@@ -363,7 +397,38 @@ impl Checkout {
             .is_empty();
         if dirty {
             git_in(&self.path, &["add", "--all"])?;
-            self.repo.commit(&self.path, message)?;
+            // What preparing the worktree left, and the agent did not change since, stays out.
+            if !self.prepared.is_empty() {
+                let paths: Vec<String> = self.prepared.iter().map(|(p, _)| p.clone()).collect();
+                let now = blobs(&self.path, &paths)?;
+                let untouched: Vec<&str> = self
+                    .prepared
+                    .iter()
+                    .zip(&now)
+                    .filter(|((_, then), now)| then == *now)
+                    .map(|((path, _), _)| path.as_str())
+                    .collect();
+                if !untouched.is_empty() {
+                    let list = untouched
+                        .iter()
+                        .map(|p| format!(":(literal){p}"))
+                        .collect::<Vec<_>>()
+                        .join("\0");
+                    git_with_input(
+                        &self.path,
+                        &[
+                            "reset",
+                            "--quiet",
+                            "--pathspec-from-file=-",
+                            "--pathspec-file-nul",
+                        ],
+                        &list,
+                    )?;
+                }
+            }
+            if git_in(&self.path, &["diff", "--cached", "--quiet"]).is_err() {
+                self.repo.commit(&self.path, message)?;
+            }
         }
         let range = format!("{}..{}", self.base, self.branch);
         let commits = self
@@ -407,6 +472,7 @@ impl Checkout {
             commits,
             diffstat,
             changed_files,
+            folder: None,
         })
     }
 
@@ -460,6 +526,9 @@ pub struct Record {
     pub diffstat: String,
     /// The files it changed from the base.
     pub changed_files: Vec<ChangedFile>,
+    /// The worktree's folder, when it was kept after the attempt (a role's `keep_worktree`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<PathBuf>,
 }
 
 /// One commit of a task's branch.
@@ -536,6 +605,8 @@ pub fn merge(record: &Record, style: MergeStyle, message: &str) -> Result<String
         )));
     }
     let branch = record.branch.as_str();
+    // A worktree kept on the branch would stop its deletion after the merge: freed first.
+    release(&repo, branch)?;
     let what = format!("{branch} into {base}");
     let mut identity = Repo::identity(&repo.root);
     match style {
@@ -585,11 +656,9 @@ pub fn merge(record: &Record, style: MergeStyle, message: &str) -> Result<String
     Ok(base.to_string())
 }
 
-/// Deletes a task's branch.
+/// Deletes a task's branch, and the worktree kept on it when nothing in it is uncommitted.
 pub fn discard(record: &Record) -> Result<(), Error> {
-    repo_of(record)?
-        .git(&["branch", "-D", &record.branch])
-        .map(drop)
+    delete_branch(&repo_of(record)?, &record.branch).map(drop)
 }
 
 /// Deletes the branches earlier attempts at the task left (`BRANCH-attempt-N`), kept for
@@ -626,6 +695,224 @@ fn repo_of(record: &Record) -> Result<Repo, Error> {
     Ok(repo)
 }
 
+/// The paths `git status` lists as created, modified or deleted in the worktree at `dir`
+/// (each file of a new folder, not the folder), relative to its top.
+fn changed_paths(dir: &Path) -> Result<Vec<String>, Error> {
+    let listed = git_in(
+        dir,
+        &[
+            "status",
+            "--porcelain",
+            "-z",
+            "--no-renames",
+            "--untracked-files=all",
+        ],
+    )?;
+    Ok(listed
+        .split('\0')
+        .filter_map(|entry| entry.get(3..))
+        .filter(|path| !path.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+/// What each of `paths` (relative to `dir`) holds: its git blob hash, `None` when it is gone,
+/// and `"folder"` for a folder (a repository inside the worktree).
+fn blobs(dir: &Path, paths: &[String]) -> Result<Vec<Option<String>>, Error> {
+    let kinds: Vec<Option<bool>> = paths
+        .iter()
+        .map(|p| {
+            dir.join(p)
+                .symlink_metadata()
+                .ok()
+                .map(|m| m.is_file() || m.file_type().is_symlink())
+        })
+        .collect();
+    let files: Vec<&str> = paths
+        .iter()
+        .zip(&kinds)
+        .filter(|(_, kind)| **kind == Some(true))
+        .map(|(p, _)| p.as_str())
+        .collect();
+    let hashed = if files.is_empty() {
+        String::new()
+    } else {
+        git_with_input(
+            dir,
+            &["hash-object", "--no-filters", "--stdin-paths"],
+            &(files.join("\n") + "\n"),
+        )?
+    };
+    let mut hashes = hashed.lines().map(str::to_string);
+    Ok(kinds
+        .iter()
+        .map(|kind| match kind {
+            Some(true) => hashes.next(),
+            Some(false) => Some("folder".to_string()),
+            None => None,
+        })
+        .collect())
+}
+
+/// The folder where the worktree of `branch` of `repo` is made: outside the repository, named
+/// after the branch.
+pub fn worktree_folder(repo: &Repo, branch: &str) -> PathBuf {
+    repo.worktrees_home().join(branch.replace('/', "-"))
+}
+
+/// Makes a worktree again on an existing task branch, in its usual folder (see
+/// [`worktree_folder`]); returns the folder. Refuses when the branch is gone or the folder
+/// exists already.
+pub fn open(repo: &Repo, branch: &str) -> Result<PathBuf, Error> {
+    if !repo.has_branch(branch) {
+        return Err(Error::Git(format!(
+            "{} has no branch {branch} (merged or discarded already?)",
+            repo.root.display()
+        )));
+    }
+    let path = worktree_folder(repo, branch);
+    if path.exists() {
+        return Err(Error::Git(format!(
+            "{} exists already: the worktree of {branch} is open there (remove the folder first \
+             to make it again)",
+            path.display()
+        )));
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|err| Error::Git(format!("{}: {err}", parent.display())))?;
+    }
+    let _ = repo.git(&["worktree", "prune"]);
+    repo.git(&[
+        "worktree",
+        "add",
+        "--quiet",
+        &path.to_string_lossy(),
+        branch,
+    ])?;
+    Ok(path)
+}
+
+/// Where each branch of `repo` is checked out: its worktrees' folders, by branch name.
+fn checked_out(repo: &Repo) -> Result<Vec<(String, PathBuf)>, Error> {
+    let listed = repo.git(&["worktree", "list", "--porcelain"])?;
+    let mut found = Vec::new();
+    let mut path = None;
+    for line in listed.lines() {
+        if let Some(p) = line.strip_prefix("worktree ") {
+            path = Some(PathBuf::from(p));
+        } else if let Some(b) = line.strip_prefix("branch refs/heads/")
+            && let Some(p) = &path
+        {
+            found.push((b.to_string(), p.clone()));
+        }
+    }
+    Ok(found)
+}
+
+/// Frees a task's branch of the worktree it is checked out in, so that it can be merged,
+/// renamed or deleted: a worktree in the branch's own folder (kept after its attempt, or made
+/// again by `open`) is removed when no tracked file in it has uncommitted changes; one with
+/// such changes, or any other checkout of the branch (the user's), is an error naming it. A leftover folder
+/// git no longer knows as a worktree is removed. Says which folder it removed.
+pub fn release(repo: &Repo, branch: &str) -> Result<Option<PathBuf>, Error> {
+    let own = worktree_folder(repo, branch);
+    let mut removed = None;
+    for (checked, path) in checked_out(repo)? {
+        if checked != branch {
+            continue;
+        }
+        if path != own || !path.exists() {
+            if path.exists() {
+                return Err(Error::Git(format!(
+                    "{branch} is checked out in {}; check out another branch there first",
+                    path.display()
+                )));
+            }
+            continue;
+        }
+        // Untracked files there (setup's outputs, builds) go with it; edits of tracked files
+        // are someone's work.
+        let edited = git_in(&path, &["status", "--porcelain", "--untracked-files=no"])?;
+        if !edited.trim().is_empty() {
+            return Err(Error::Git(format!(
+                "{branch} is checked out in {}, which has uncommitted changes; commit them or \
+                 remove the folder first",
+                path.display()
+            )));
+        }
+        repo.git(&["worktree", "remove", "--force", &path.to_string_lossy()])?;
+        removed = Some(path);
+    }
+    if own.exists() && removed.is_none() {
+        // Not a worktree of this repository any more: a leftover of a killed attempt.
+        std::fs::remove_dir_all(&own)
+            .map_err(|err| Error::Git(format!("{}: {err}", own.display())))?;
+        removed = Some(own);
+    }
+    let _ = repo.git(&["worktree", "prune"]);
+    Ok(removed)
+}
+
+/// A branch a queue made in a repository (see [`queue_branches`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueBranch {
+    /// Its name.
+    pub branch: String,
+    /// The task it was made for.
+    pub task: String,
+    /// The attempt it kept, for an earlier attempt's branch (`-attempt-N`).
+    pub attempt: Option<u32>,
+    /// When its last commit was made, in seconds since 1970.
+    pub committed_at: i64,
+}
+
+/// The task (and earlier attempt) a branch was made for, when it is a branch of the queue
+/// `queue_id`: `PREFIX/QUEUE-ID/task-ID`, or that with `-attempt-N`.
+pub fn task_of(branch: &str, queue_id: &str) -> Option<(String, Option<u32>)> {
+    let (own, attempt) = match branch.rsplit_once("-attempt-") {
+        Some((own, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+            (own, Some(n.parse().ok()?))
+        }
+        _ => (branch, None),
+    };
+    let (space, id) = own.rsplit_once("/task-")?;
+    let prefix = space.strip_suffix(queue_id)?.strip_suffix('/')?;
+    let good = !prefix.is_empty() && !id.is_empty() && !id.contains('/');
+    good.then(|| (id.to_string(), attempt))
+}
+
+/// The branches of `repo` that the queue `queue_id` made (under any prefix), by name.
+pub fn queue_branches(repo: &Repo, queue_id: &str) -> Result<Vec<QueueBranch>, Error> {
+    let listed = repo.git(&[
+        "for-each-ref",
+        "--format=%(refname:short)%00%(committerdate:unix)",
+        "refs/heads/",
+    ])?;
+    let mut found: Vec<QueueBranch> = listed
+        .lines()
+        .filter_map(|line| {
+            let (branch, at) = line.split_once('\0')?;
+            let (task, attempt) = task_of(branch, queue_id)?;
+            Some(QueueBranch {
+                branch: branch.to_string(),
+                task,
+                attempt,
+                committed_at: at.trim().parse().unwrap_or(0),
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| a.branch.cmp(&b.branch));
+    Ok(found)
+}
+
+/// Deletes a branch of `repo` after [`release`]-ing it; says which worktree folder went too.
+pub fn delete_branch(repo: &Repo, branch: &str) -> Result<Option<PathBuf>, Error> {
+    let removed = release(repo, branch)?;
+    repo.git(&["branch", "-D", branch])?;
+    Ok(removed)
+}
+
 /// The files git left unmerged in `dir`.
 fn conflicted(dir: &Path) -> Vec<String> {
     git_in(dir, &["diff", "-z", "--name-only", "--diff-filter=U"])
@@ -656,13 +943,37 @@ fn attempt(dir: &Path, args: &[&str], what: &str, abort: &[&str]) -> Result<(), 
 }
 
 fn git_in(dir: &Path, args: &[&str]) -> Result<String, Error> {
-    let output = Command::new("git")
+    git_with(dir, args, None)
+}
+
+/// [`git_in`], with `input` on git's standard input.
+fn git_with_input(dir: &Path, args: &[&str], input: &str) -> Result<String, Error> {
+    git_with(dir, args, Some(input))
+}
+
+fn git_with(dir: &Path, args: &[&str], input: Option<&str>) -> Result<String, Error> {
+    use std::io::Write as _;
+    let mut child = Command::new("git")
         .arg("-C")
         .arg(dir)
         // File names as they are, not quoted and escaped.
         .args(["-c", "core.quotePath=false"])
         .args(args)
-        .output()
+        .stdin(if input.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|err| Error::Git(format!("cannot run git: {err}")))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        // A git that stopped reading has failed, and says why below.
+        let _ = stdin.write_all(text.as_bytes());
+    }
+    let output = child
+        .wait_with_output()
         .map_err(|err| Error::Git(format!("cannot run git: {err}")))?;
     if output.status.success() {
         return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
@@ -767,5 +1078,26 @@ mod tests {
         assert!(is_branch_of("host/task-7", Some("3f9a2c1b"), "7"));
         assert!(!is_branch_of("main", Some("3f9a2c1b"), "7"));
         assert!(!is_branch_of("host/task-7-attempt-", None, "7"));
+    }
+
+    #[test]
+    fn a_queues_branches_are_told_by_its_id_under_any_prefix() {
+        let q = "3f9a2c1b";
+        assert_eq!(task_of("host/3f9a2c1b/task-7", q), Some(("7".into(), None)));
+        assert_eq!(
+            task_of("agents/work/3f9a2c1b/task-12-attempt-2", q),
+            Some(("12".into(), Some(2)))
+        );
+        for other in [
+            "host/task-7",
+            "host/00000000/task-7",
+            "3f9a2c1b/task-7",
+            "host/x3f9a2c1b/task-7",
+            "host/3f9a2c1b/task-",
+            "host/3f9a2c1b/task-7/more",
+            "main",
+        ] {
+            assert_eq!(task_of(other, q), None, "{other}");
+        }
     }
 }

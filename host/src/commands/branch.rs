@@ -10,7 +10,7 @@ use crate::commands::{open_store, out, outln};
 use crate::config::Config;
 
 /// The branch record a task's result holds, or why there is none.
-fn record(store: &Store, task: &Task) -> anyhow::Result<Record> {
+pub(crate) fn record(store: &Store, task: &Task) -> anyhow::Result<Record> {
     let recorded = task.result.as_ref().and_then(|r| r.get("worktree"));
     let Some(recorded) = recorded else {
         let why = if task.status.is_finished() {

@@ -97,6 +97,14 @@ fn print(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
             one_line(waits, 30),
             one_line(t.description.as_deref().unwrap_or(""), 50)
         );
+        if let Some(url) = t
+            .result
+            .as_ref()
+            .and_then(|r| r.pointer("/pullRequest/url"))
+            .and_then(|u| u.as_str())
+        {
+            outln!("{:<6} pull request {url}", "");
+        }
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 pub mod add;
 pub mod branch;
+pub mod branches;
 pub mod cancel;
 pub mod config;
 pub mod doctor;
@@ -12,6 +13,7 @@ mod migrate;
 pub mod new_role;
 pub mod paint;
 pub mod plugins;
+pub mod pr;
 pub mod results;
 pub mod selfserve;
 pub mod show;
@@ -74,6 +76,9 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Diff { id } => branch::diff(settings, &id),
         Command::Merge { id, squash, rebase } => branch::merge(settings, &id, squash, rebase),
         Command::Discard { id } => branch::discard(settings, &id),
+        Command::Branches(args) => branches::run(settings, &args),
+        Command::Open { id } => branches::open(settings, &id),
+        Command::Pr(args) => pr::run(settings, &args),
         Command::Approve { ids } => branch::approve(settings, &ids),
         Command::Reject { id, reason } => branch::reject(settings, &id, &reason),
         Command::Workers { prune, json } => workers::run(settings, prune, json),

@@ -95,6 +95,29 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
             }
         }),
     )?;
+    let result = task.result.as_ref();
+    field(
+        "worktree",
+        result
+            .and_then(|r| r.pointer("/worktree/folder"))
+            .and_then(|f| f.as_str())
+            .map(|f| {
+                // Kept after the attempt; merging or discarding the branch removes it.
+                let now = if std::path::Path::new(f).is_dir() {
+                    "kept"
+                } else {
+                    "removed since"
+                };
+                format!("{f} ({now})")
+            }),
+    )?;
+    field(
+        "pull request",
+        result
+            .and_then(|r| r.pointer("/pullRequest/url"))
+            .and_then(|u| u.as_str())
+            .map(String::from),
+    )?;
     if task.status == TaskStatus::Review {
         outln!(
             "{:<12} host diff {id}; host approve {id} / host reject {id} --reason TEXT",

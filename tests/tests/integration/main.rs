@@ -3,6 +3,7 @@
 
 mod agents;
 mod bad_input;
+mod branches;
 mod claiming;
 mod conformance;
 mod crashes;
