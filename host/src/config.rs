@@ -12,6 +12,7 @@
 //! # isolation = "none"      # ... and where: a git worktree per task (the default in git) or not
 //! timeout = "10m"           # for tasks that set no timeout
 //! # review = "required"     # a success waits for `host approve` / `host reject` (any handler)
+//! # fallback = ["writer"]   # roles that claim these types while this one's account is out
 //!
 //! [limits]
 //! deploy = 1                # at most one `deploy` task running at once, queue-wide
