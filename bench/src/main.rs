@@ -360,6 +360,7 @@ fn build_history(dir: &Path, finished: usize, pending: usize) -> anyhow::Result<
                     status: AttemptStatus::Completed,
                     error: None,
                     finished_by: Some("bench".into()),
+                    session: None,
                 });
                 task
             })

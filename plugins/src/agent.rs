@@ -131,6 +131,21 @@ pub struct Preset {
     long: LongPrompt,
     /// The structured events its argv asks for, where it has them.
     stream: Option<Format>,
+    /// How it is told to go on with an earlier session.
+    resume: Resume,
+}
+
+/// How a CLI resumes an earlier session (see [`earlier_session`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// It cannot be told which one: Gemini CLI resumes by an index within a folder, Copilot
+    /// CLI and aider name no session in their output.
+    Unable,
+    /// `PROGRAM --resume ID ...` (Claude Code; sessions are kept per folder, and an attempt
+    /// again of the same task works in the same folder).
+    Flag,
+    /// `... resume ID PROMPT`: Codex's `codex exec [OPTIONS] resume ID PROMPT`.
+    BeforePrompt,
 }
 
 /// How a CLI takes a prompt too long for its argument.
@@ -155,6 +170,7 @@ pub const PRESETS: [Preset; 5] = [
         // Without `-p`, the prompt is read from stdin (`-p -` would be the prompt "-").
         long: LongPrompt::Stdin(&["copilot", "--allow-all-tools", "--no-ask-user"]),
         stream: None,
+        resume: Resume::Unable,
     },
     Preset {
         name: "claude",
@@ -179,6 +195,7 @@ pub const PRESETS: [Preset; 5] = [
             "--verbose",
         ]),
         stream: Some(Format::Claude),
+        resume: Resume::Flag,
     },
     Preset {
         name: "codex",
@@ -201,6 +218,7 @@ pub const PRESETS: [Preset; 5] = [
             "-",
         ]),
         stream: Some(Format::Codex),
+        resume: Resume::BeforePrompt,
     },
     Preset {
         name: "gemini",
@@ -225,12 +243,14 @@ pub const PRESETS: [Preset; 5] = [
             "stream-json",
         ]),
         stream: Some(Format::Gemini),
+        resume: Resume::Unable,
     },
     Preset {
         name: "aider",
         argv: &["aider", "--message", "{prompt}", "--yes-always"],
         long: LongPrompt::File(&["aider", "--message-file", "{prompt_file}", "--yes-always"]),
         stream: None,
+        resume: Resume::Unable,
     },
 ];
 
@@ -461,6 +481,26 @@ fn review_notes(task: &Task) -> Option<String> {
     ))
 }
 
+/// The session to resume: that of the attempt just before this one, when a reviewer rejected
+/// its change, so that the agent keeps what it learned (the queue keeps it on the attempt, from
+/// the result's `sessionId`).
+fn earlier_session(task: &Task) -> Option<&str> {
+    let previous = task.attempts.checked_sub(1)?;
+    let rejected = task
+        .reviews
+        .last()
+        .is_some_and(|r| r.attempt == previous && r.verdict == plugin_api::Verdict::Rejected);
+    if !rejected {
+        return None;
+    }
+    task.history
+        .iter()
+        .rev()
+        .find(|a| a.attempt == previous)?
+        .session
+        .as_deref()
+}
+
 /// The results of the prerequisites, one paragraph each, each cut to [`PREREQUISITE_LIMIT`]
 /// characters and all together to [`PREREQUISITES_LIMIT`]: the whole results stay in the queue
 /// (`host show ID`).
@@ -563,7 +603,13 @@ struct Invocation {
 }
 
 impl Invocation {
-    fn new(setup: &Setup, task: &Task, after: &str, prompt: &str) -> Result<Invocation, String> {
+    fn new(
+        setup: &Setup,
+        task: &Task,
+        after: &str,
+        prompt: &str,
+        session: Option<&str>,
+    ) -> Result<Invocation, String> {
         let long = prompt.len() > ARGUMENT_LIMIT;
         let template: Vec<String> = match (long, setup.preset) {
             (true, Some(preset)) => match preset.long {
@@ -606,11 +652,23 @@ impl Invocation {
         } else {
             ("stdin", Some(prompt.to_string()))
         };
+        let mut argv: Vec<String> = template
+            .iter()
+            .map(|arg| fill(arg, task, after, prompt, &file_name))
+            .collect();
+        if let (Some(preset), Some(session)) = (setup.preset, session) {
+            let resume = [String::from("--resume"), session.to_string()];
+            match preset.resume {
+                Resume::Unable => {}
+                Resume::Flag => drop(argv.splice(1..1, resume)),
+                Resume::BeforePrompt => {
+                    let prompt_at = argv.len() - 1;
+                    drop(argv.splice(prompt_at..prompt_at, ["resume".into(), session.into()]));
+                }
+            }
+        }
         Ok(Invocation {
-            argv: template
-                .iter()
-                .map(|arg| fill(arg, task, after, prompt, &file_name))
-                .collect(),
+            argv,
             stdin,
             via,
             _file: file,
@@ -731,11 +789,24 @@ impl Agent {
         let which = setup.describe();
         let after = describe_prerequisites(prerequisites);
         let mut prompt = fill(&setup.prompt, task, &after, "", "");
+        let session = earlier_session(task)
+            .filter(|_| setup.preset.is_some_and(|p| p.resume != Resume::Unable));
         if let Some(notes) = review_notes(task) {
             prompt.push_str("\n\n");
             prompt.push_str(&notes);
+            if session.is_some() {
+                prompt.push_str(
+                    " This is the session of that attempt, resumed; its files are back as they \
+                     were before it.",
+                );
+            }
         }
-        let invocation = Invocation::new(setup, task, &after, &prompt)
+        if let Some(session) = session {
+            ctx.log(&format!(
+                "resuming session {session} of the rejected attempt"
+            ));
+        }
+        let invocation = Invocation::new(setup, task, &after, &prompt, session)
             .map_err(|err| format!("{which}: {err}"))?;
         let program = invocation.argv[0].clone();
         let mut limits = Limits::for_task(task, DEFAULT_TIMEOUT, setup.stall);
@@ -773,6 +844,9 @@ impl Agent {
                 .map(|after| changes(&before, &after)),
         });
         if let Some(transcript) = &transcript {
+            if let Some(session) = transcript.session() {
+                result["sessionId"] = json!(session);
+            }
             result["finalMessage"] = json!(transcript.final_message());
             result["usage"] = transcript.usage();
         }

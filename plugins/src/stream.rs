@@ -66,6 +66,8 @@ pub struct Transcript {
     usage_seen: bool,
     /// The usage limit an event reported (Claude's `rate_limit_event`, rejected).
     limit: Option<LimitHit>,
+    /// The CLI's session (conversation) id, for a later attempt to resume.
+    session: Option<String>,
 }
 
 /// The longest a log line made from an event gets.
@@ -82,6 +84,7 @@ impl Transcript {
             cost_usd: None,
             usage_seen: false,
             limit: None,
+            session: None,
         }
     }
 
@@ -93,6 +96,16 @@ impl Transcript {
         };
         if !event.is_object() {
             return Some(raw);
+        }
+        // Claude Code and Gemini CLI name the session on their first event, Codex its thread.
+        let session = match self.format {
+            Format::Claude | Format::Gemini => event["session_id"].as_str(),
+            Format::Codex => event["thread_id"].as_str(),
+        };
+        if self.session.is_none()
+            && let Some(id) = session
+        {
+            self.session = Some(id.to_string());
         }
         let shown = match self.format {
             Format::Claude => self.claude(&event),
@@ -279,6 +292,11 @@ impl Transcript {
             .filter_map(|key| usage[*key].as_u64())
             .sum::<u64>();
         self.output_tokens += usage[output].as_u64().unwrap_or(0);
+    }
+
+    /// The CLI's session id, if an event named it.
+    pub fn session(&self) -> Option<&str> {
+        self.session.as_deref()
     }
 
     /// The usage limit an event reported, if one did.

@@ -390,6 +390,7 @@ pub fn claim(task: &mut Task, worker: &str, now: Timestamp, policy: &Policy) {
         status: AttemptStatus::Running,
         error: None,
         finished_by: None,
+        session: None,
     });
 }
 
@@ -467,6 +468,21 @@ fn finish_as(task: &mut Task, status: TaskStatus, now: Timestamp) {
 /// after a backoff when the failure is retryable and attempts are left. A task whose cancel was
 /// requested ends cancelled unless it succeeded.
 pub fn finish(task: &mut Task, outcome: Outcome, now: Timestamp, policy: &Policy) {
+    // A handler that ran in a session of its own names it, for a later attempt to resume.
+    let session = match &outcome {
+        Outcome::Success(result) | Outcome::ForReview(result) => Some(result),
+        Outcome::Failure { result, .. } => result.as_ref(),
+        Outcome::Snooze { .. } => None,
+    }
+    .and_then(|result| result.get("sessionId")?.as_str().map(String::from));
+    if let Some(entry) = task
+        .history
+        .iter_mut()
+        .rev()
+        .find(|a| a.attempt == task.attempts && a.status == AttemptStatus::Running)
+    {
+        entry.session = session;
+    }
     match outcome {
         Outcome::Success(result) => {
             end_attempt(task, AttemptStatus::Completed, None, now);

@@ -201,6 +201,10 @@ pub struct Attempt {
     /// Who ended it: its holder, or for an expired lease the worker that found it expired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_by: Option<String>,
+    /// The session the handler ran it in (an agent CLI's conversation), as its result named
+    /// it (`sessionId`): a later attempt may resume it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// The priority a task gets when none is given. Lower numbers are claimed first.

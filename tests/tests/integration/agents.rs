@@ -1327,3 +1327,76 @@ fn codex_gemini_and_copilot_limits_are_read_from_what_each_says() {
         );
     }
 }
+
+#[test]
+fn a_rejected_change_resumes_the_agents_session_where_its_cli_can() {
+    use serde_json::json;
+    for (cli, first_event, resumed) in [
+        (
+            "claude",
+            json!({"type": "system", "subtype": "init", "model": "m", "session_id": "sess-123"}),
+            vec!["claude", "--resume", "sess-123", "-p"],
+        ),
+        (
+            "codex",
+            json!({"type": "thread.started", "thread_id": "thread-9"}),
+            vec!["resume", "thread-9"],
+        ),
+    ] {
+        let q = TestQueue::new();
+        let bin = fake_agents(&q);
+        bind_presets(&q, "review = \"required\"\nisolation = \"none\"");
+        let events = q.scratch.join("events.jsonl");
+        let finished = match cli {
+            "claude" => json!({"type": "result", "subtype": "success", "result": "Done.",
+                               "session_id": "sess-123"}),
+            _ => {
+                json!({"type": "item.completed", "item": {"type": "agent_message", "text": "Done."}})
+            }
+        };
+        fs::write(&events, format!("{first_event}\n{finished}\n")).unwrap();
+        let id = q.add(&[
+            "--type",
+            &format!("t-{cli}"),
+            "--target",
+            q.scratch.to_str().unwrap(),
+        ]);
+        let record = q.scratch.join("record");
+        let env = [("FAKE_AGENT_EVENTS", events.to_str().unwrap())];
+        drain_agent(&q, &format!("p-{cli}"), &bin, &record, &env);
+        let task = q.task(&id);
+        assert_eq!(task["status"], "review", "{task:#}");
+        let session = if cli == "claude" {
+            "sess-123"
+        } else {
+            "thread-9"
+        };
+        assert_eq!(task["result"]["sessionId"], session, "{task:#}");
+        assert_eq!(task["history"][0]["session"], session, "{task:#}");
+        assert!(
+            !recorded_argv(&record).contains(&"resume".to_string())
+                && !recorded_argv(&record).contains(&"--resume".to_string()),
+            "a first attempt starts a session"
+        );
+
+        q.ok(&["reject", &id, "--reason", "keep the old line"]);
+        drain_agent(&q, &format!("p-{cli}"), &bin, &record, &env);
+        let argv = recorded_argv(&record);
+        let found = argv.windows(resumed.len()).any(|w| w == resumed.as_slice());
+        assert!(found, "{cli}: {resumed:?} not in {argv:?}");
+        if cli == "codex" {
+            // `codex exec [OPTIONS] resume ID PROMPT`: the prompt comes last.
+            assert_eq!(argv[argv.len() - 3], "resume", "{argv:?}");
+            assert!(
+                argv.last().unwrap().contains("keep the old line"),
+                "{argv:?}"
+            );
+        }
+        let prompt = argv.last().unwrap();
+        let prompt = if cli == "claude" { &argv[4] } else { prompt };
+        assert!(
+            prompt.contains("session of that attempt, resumed"),
+            "{prompt}"
+        );
+    }
+}

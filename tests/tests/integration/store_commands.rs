@@ -44,6 +44,7 @@ fn old_queue(dir: &Path) {
         status: AttemptStatus::Completed,
         error: None,
         finished_by: None,
+        session: None,
     });
     let waiting = new("waiting").into_task("2".into(), vec![], now);
     let mut blocked = new("blocked").into_task("3".into(), vec!["2".into()], now);
