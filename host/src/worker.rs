@@ -166,6 +166,8 @@ impl ClaimLoop {
         store.quick_check()?;
         let types = options.types.clone();
         let limits = LimitWatch::new(&options.role, options.stands_in_for.clone());
+        // Before the first claim: a worker started while its role is out claims nothing.
+        limits.refresh(store.as_ref())?;
         let record = WorkerRecord {
             name: options.name.clone(),
             role: options.role.clone(),
@@ -225,6 +227,7 @@ impl ClaimLoop {
                 }));
             }
         };
+        watch_limits(&shared);
         for (slot, process) in processes.into_iter().enumerate() {
             let shared = Arc::clone(&shared);
             let events = events.clone();
