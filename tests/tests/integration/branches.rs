@@ -66,7 +66,11 @@ fn branches_lists_this_queues_branches_and_prune_deletes_only_those_nothing_need
     // A worktree made again on the branch of the task about to be removed: it goes with it.
     let opened = PathBuf::from(ok(&q, &data, &["open", &removed]).trim());
     assert!(opened.is_dir(), "{opened:?}");
-    q.ok(&["rm", &removed]);
+    let said = q.ok(&["rm", &removed]);
+    assert!(
+        said.contains("1 of them left a branch") && said.contains("host branches --prune"),
+        "{said}"
+    );
     // Branches this queue did not make: another queue's, and the shared one of queues without
     // an id.
     let foreign = "host/0badc0de/task-3".to_string();
