@@ -54,9 +54,9 @@ pub struct WorkerOptions {
     pub keep_finished: Option<Duration>,
     /// A success waits for a person's verdict (`review = "required"`).
     pub review: bool,
-    /// Commands run when a task this worker ran failed for good or waits for review
-    /// (`[hooks] failed`, `review`).
-    pub hooks: crate::config::Hooks,
+    /// Who hears of a task this worker ran that failed for good or waits for review, and of
+    /// the queue drained (`[hooks]`, `[notify]`).
+    pub attention: crate::attention::Attention,
 }
 
 /// Why the claim loop ended.
@@ -112,8 +112,9 @@ struct Shared {
     stopping: AtomicBool,
     exiting: AtomicBool,
     dirty: AtomicBool,
-    /// Hooks still running, each on a thread of its own so that a slow one does not hold up
-    /// the next claim's lease; the worker waits for them before it exits.
+    /// Hooks and notifications still running, each outcome's on a thread of its own so that a
+    /// slow one does not hold up the next claim's lease; the worker waits for them before it
+    /// exits.
     hooks: Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
@@ -559,11 +560,13 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
                 other => format!("task {} {} in {took}", done.id, other.status()),
             };
             say(shared, &line);
-            if let Some((event, command)) = crate::hooks::for_state(&shared.options.hooks, &done) {
+            if shared.options.attention.wants_outcome(&done) {
                 let name = shared.options.name.clone();
+                let attention = shared.options.attention.clone();
+                let store = Arc::clone(&shared.store);
                 let hook = thread::spawn(move || {
-                    if let Err(why) = crate::hooks::run(&command, event, &done) {
-                        say_as(&name, &format!("task {}: {why}", done.id));
+                    for line in attention.after_outcome(store.as_ref(), &done) {
+                        say_as(&name, &line);
                     }
                 });
                 let mut hooks = shared.hooks.lock().expect("hooks lock");
