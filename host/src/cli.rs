@@ -471,6 +471,9 @@ pub enum Command {
     /// kept in the database on PostgreSQL, so that every machine reads the same.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Desktop notifications and webhooks (`[notify]` in host.toml).
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Stop claims of the whole queue, of one task type, or of one task; running tasks finish.
     Pause(PauseArgs),
     /// Lift a pause made with `host pause` (the same scope).
@@ -661,6 +664,14 @@ pub enum ConfigCommand {
     },
     /// Remove the configuration: the defaults apply.
     Unset,
+}
+
+/// `host notify` actions.
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Send a test notification through every sink of `[notify]`, whatever events it takes;
+    /// exit 1 if one was not delivered.
+    Test,
 }
 
 /// What `host pause` and `host resume` apply to; neither flag means the whole queue.

@@ -26,6 +26,15 @@
 //! failed = ["notify-send", "host: a task failed"]     # a task failed for good
 //! conflict = ["notify-send", "host: a merge conflicts"] # `host merge` met a conflict
 //! review = ["notify-send", "host: a change to review"]  # a task waits for review
+//! # usage_limit = [...]     # a role's agent reached its usage limit
+//! # drained = [...]         # nothing is left pending, running or blocked (the last task's JSON)
+//!
+//! [notify]                  # desktop notifications and webhooks (see `notify`)
+//! events = ["failed", "review", "conflict", "usage_limit", "drained"]  # the default: all
+//! desktop = true
+//! [[notify.webhook]]
+//! url = "https://ntfy.sh/my-topic"
+//! format = "ntfy"           # slack | discord | ntfy | json (the default)
 //! ```
 //!
 //! A role not named here is looked up by name among the plugins. An unknown key or a bad value
@@ -58,6 +67,8 @@ pub struct Config {
     pub branch_prefix: Option<String>,
     /// Commands run when a task needs someone's attention (`[hooks]`).
     pub hooks: Hooks,
+    /// Desktop notifications and webhooks for the same events (`[notify]`).
+    pub notify: crate::notify::Notify,
 }
 
 /// `[hooks]`: commands (argument vectors, never a shell) run with the task's JSON on stdin,
@@ -71,6 +82,10 @@ pub struct Hooks {
     pub conflict: Option<Vec<String>>,
     /// Run by the worker when a task's change waits for review (`review = "required"`).
     pub review: Option<Vec<String>>,
+    /// Run when a role's agent reached its usage limit.
+    pub usage_limit: Option<Vec<String>>,
+    /// Run when an outcome leaves no task pending, running or blocked (with the last task).
+    pub drained: Option<Vec<String>>,
 }
 
 /// `[roles.NAME]`.
@@ -130,6 +145,7 @@ struct RawConfig {
     #[serde(default)]
     queue: RawQueue,
     hooks: Option<Spanned<Hooks>>,
+    notify: Option<crate::notify::RawNotify>,
 }
 
 /// A role's table; keys other than these are the handler's own settings.
@@ -340,6 +356,8 @@ impl Config {
                 ("failed", &hooks.failed),
                 ("conflict", &hooks.conflict),
                 ("review", &hooks.review),
+                ("usage_limit", &hooks.usage_limit),
+                ("drained", &hooks.drained),
             ];
             for (name, command) in named {
                 if command.as_ref().is_some_and(Vec::is_empty) {
@@ -348,6 +366,10 @@ impl Config {
                 }
             }
             config.hooks = hooks;
+        }
+        if let Some(notify) = raw.notify {
+            let at = |span: std::ops::Range<usize>, message: String| error(Some(span), message);
+            config.notify = crate::notify::Notify::from_raw(notify, &at)?;
         }
         Ok(config)
     }

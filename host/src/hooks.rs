@@ -1,14 +1,13 @@
 //! `[hooks]` of `host.toml`: a command run when a task needs someone's attention (it failed
 //! for good, its change waits for review, its merge conflicts), with the task's JSON on stdin,
-//! as a desktop notification or a chat message would want it.
+//! as a desktop notification or a chat message would want it. Which hook runs when is decided
+//! by [`crate::attention`], which announces the same events to `[notify]`.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use queue::{Task, TaskStatus};
-
-use crate::config::Hooks;
+use queue::Task;
 
 /// How long a hook may run before it is killed: it must not hold up a worker or a merge.
 const HOOK_LIMIT: Duration = Duration::from_secs(30);
@@ -66,26 +65,5 @@ pub fn run(command: &[String], event: &str, task: &Task) -> Result<(), String> {
             }
             None => std::thread::sleep(Duration::from_millis(50)),
         }
-    }
-}
-
-/// The hook a task's new state calls for (`failed` for a task that failed for good, `review`
-/// for one waiting for review), with its event's name; `None` when none is set.
-pub fn for_state(hooks: &Hooks, task: &Task) -> Option<(&'static str, Vec<String>)> {
-    let (event, command) = match task.status {
-        TaskStatus::Failed => ("failed", &hooks.failed),
-        TaskStatus::Review => ("review", &hooks.review),
-        _ => return None,
-    };
-    Some((event, command.clone()?))
-}
-
-/// Runs the hook a task's new state calls for, if any, and waits for it; a hook that fails is
-/// reported on stderr, naming the task.
-pub fn announce(hooks: &Hooks, task: &Task) {
-    if let Some((event, command)) = for_state(hooks, task)
-        && let Err(why) = run(&command, event, task)
-    {
-        eprintln!("warning: task {}: {why}", task.id);
     }
 }

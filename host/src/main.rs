@@ -1,6 +1,7 @@
 //! `host`: wires the command line to the queue store, the plugin loader and the worker loop.
 //! The logic lives in those modules and in one file per command under `commands/`.
 
+mod attention;
 mod branch_names;
 mod cli;
 mod commands;
@@ -11,6 +12,7 @@ mod hooks;
 mod library;
 mod loader;
 mod mcp;
+mod notify;
 mod probe_cache;
 mod process_tree;
 mod usage_limits;

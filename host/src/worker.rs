@@ -55,9 +55,9 @@ pub struct WorkerOptions {
     pub keep_finished: Option<Duration>,
     /// A success waits for a person's verdict (`review = "required"`).
     pub review: bool,
-    /// Commands run when a task this worker ran failed for good or waits for review
-    /// (`[hooks] failed`, `review`).
-    pub hooks: crate::config::Hooks,
+    /// Who hears of a task this worker ran that failed for good or waits for review, of a
+    /// usage limit, and of the queue drained (`[hooks]`, `[notify]`).
+    pub attention: crate::attention::Attention,
     /// The roles that take this role's tasks while its account is out of quota (`fallback`).
     pub fallback: Vec<String>,
     /// The roles whose `fallback` names this one: it claims their types while they are out.
@@ -117,8 +117,9 @@ struct Shared {
     stopping: AtomicBool,
     exiting: AtomicBool,
     dirty: AtomicBool,
-    /// Hooks still running, each on a thread of its own so that a slow one does not hold up
-    /// the next claim's lease; the worker waits for them before it exits.
+    /// Hooks and notifications still running, each outcome's on a thread of its own so that a
+    /// slow one does not hold up the next claim's lease; the worker waits for them before it
+    /// exits.
     hooks: Mutex<Vec<thread::JoinHandle<()>>>,
     /// The usage limits that hold this role, or the roles it stands in for.
     limits: LimitWatch,
@@ -531,7 +532,7 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
             let snooze = record.snooze.expect("matched");
             let mut until = snooze.until;
             if snooze.usage_limit {
-                limit_met(shared, &task.id, until, &record.message);
+                limit_met(shared, &task, until, &record.message);
                 // The roles standing in take the task now rather than at the reset.
                 if !shared.options.fallback.is_empty() {
                     until = Timestamp::now();
@@ -621,11 +622,13 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
                 other => format!("task {} {} in {took}", done.id, other.status()),
             };
             say(shared, &line);
-            if let Some((event, command)) = crate::hooks::for_state(&shared.options.hooks, &done) {
+            if shared.options.attention.wants_outcome(&done) {
                 let name = shared.options.name.clone();
+                let attention = shared.options.attention.clone();
+                let store = Arc::clone(&shared.store);
                 let hook = thread::spawn(move || {
-                    if let Err(why) = crate::hooks::run(&command, event, &done) {
-                        say_as(&name, &format!("task {}: {why}", done.id));
+                    for line in attention.after_outcome(store.as_ref(), &done) {
+                        say_as(&name, &line);
                     }
                 });
                 let mut hooks = shared.hooks.lock().expect("hooks lock");
@@ -817,13 +820,13 @@ fn upkeep_loop(shared: &Shared, events: &mpsc::Sender<Event>) {
 
 /// Records the usage limit a task of this worker met: this role's workers claim nothing until
 /// `until`, and say so.
-fn limit_met(shared: &Shared, task: &str, until: Timestamp, reason: &str) {
+fn limit_met(shared: &Shared, task: &queue::Task, until: Timestamp, reason: &str) {
     let limit = queue::UsageLimit {
         role: shared.options.role.clone(),
         types: shared.types.clone(),
         until,
         reason: reason.to_string(),
-        task: task.to_string(),
+        task: task.id.clone(),
         worker: shared.options.name.clone(),
     };
     if let Err(err) = shared.limits.met(shared.store.as_ref(), limit) {
@@ -841,6 +844,21 @@ fn limit_met(shared: &Shared, task: &str, until: Timestamp, reason: &str) {
             crate::commands::clock(until, Timestamp::now()),
         ),
     );
+    // Off the slot's thread, as the outcome's hooks are: a slow webhook holds nothing up.
+    let (attention, role, task) = (
+        shared.options.attention.clone(),
+        shared.options.role.clone(),
+        task.clone(),
+    );
+    let name = shared.options.name.clone();
+    let announcing = thread::spawn(move || {
+        for line in attention.usage_limit(&role, until, &task) {
+            say_as(&name, &line);
+        }
+    });
+    let mut hooks = shared.hooks.lock().expect("hooks lock");
+    hooks.retain(|h| !h.is_finished());
+    hooks.push(announcing);
 }
 
 /// Keeps the worker's view of the usage limits fresh, and claims the types of the roles it

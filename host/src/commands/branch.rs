@@ -51,8 +51,8 @@ pub fn patch(id: &str, record: &Record) -> anyhow::Result<String> {
 
 /// Merges a completed task's branch into its base branch and records it on the task; answers
 /// what was said. Its fan-out siblings are settled: those not finished are cancelled, and
-/// their branches discarded. A conflict is recorded on the task (`status` shows it) and runs
-/// the `[hooks] conflict` command.
+/// their branches discarded. A conflict is recorded on the task (`status` shows it) and
+/// announced (`[hooks] conflict`, `[notify]`).
 pub fn merge_task(store: &Store, id: &str, style: MergeStyle) -> anyhow::Result<String> {
     let task = store.get(id)?;
     lifecycle::check_mergeable(&task)?;
@@ -80,13 +80,13 @@ pub fn merge_task(store: &Store, id: &str, style: MergeStyle) -> anyhow::Result<
                 now,
             )
         });
-        // A broken host.toml must not hide the conflict: the hook is skipped.
-        let hook = Config::load(store).ok().and_then(|c| c.hooks.conflict);
-        if let Some(hook) = hook
-            && let Err(why) =
-                crate::hooks::run(&hook, "conflict", flagged.as_ref().unwrap_or(&task))
-        {
-            eprintln!("warning: task {id}: {why}");
+        // A broken host.toml must not hide the conflict: nobody is told.
+        if let Ok(config) = Config::load(store) {
+            let flagged = flagged.as_ref().unwrap_or(&task).clone();
+            let event = crate::attention::Event::Conflict(flagged);
+            for line in crate::attention::Attention::new(&config).announce(&event) {
+                eprintln!("warning: {line}");
+            }
         }
         if let Err(err) = flagged {
             eprintln!("warning: task {id}: the conflict was not recorded on the task: {err}");

@@ -11,6 +11,7 @@ pub mod init;
 pub mod list;
 mod migrate;
 pub mod new_role;
+pub mod notify;
 pub mod paint;
 pub mod plugins;
 pub mod pr;
@@ -206,6 +207,7 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Doctor => doctor::run(settings),
         Command::Migrate => migrate::run(settings),
         Command::Config(action) => config::run(settings, action),
+        Command::Notify(crate::cli::NotifyCommand::Test) => notify::test(settings),
         Command::Pause(args) => cancel::pause(settings, &args.scope()),
         Command::Resume(args) => cancel::resume(settings, &args.scope()),
         Command::HandlerProcess {

@@ -398,7 +398,9 @@ pub fn finish_task(
         .finish(&held, outcome)
         .context("the outcome was not recorded")?;
     update_holder(&store, &held.worker, None, None, None)?;
-    crate::hooks::announce(&config.hooks, &task);
+    for line in crate::attention::Attention::new(&config).after_outcome(&store, &task) {
+        eprintln!("warning: {line}");
+    }
     Ok(task)
 }
 

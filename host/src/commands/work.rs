@@ -52,7 +52,7 @@ pub fn run(settings: &Settings, role_name: &str, args: &WorkerArgs) -> anyhow::R
         binding: binding.map(|_| format!("{} [roles.{role_name}]", config.source)),
         keep_finished: config.keep_finished,
         review: binding.is_some_and(|b| b.review),
-        hooks: config.hooks.clone(),
+        attention: crate::attention::Attention::new(&config),
         fallback: binding.map(|b| b.fallback.clone()).unwrap_or_default(),
         stands_in_for: config
             .roles

@@ -11,6 +11,7 @@ mod daily_use;
 mod damage;
 mod many_machines;
 mod mcp;
+mod notify;
 mod orchestration;
 mod plugin_authors;
 mod plugin_safety;
