@@ -655,7 +655,7 @@ impl QueueServer {
     }
 
     #[tool(
-        description = "Cancel a task: a pending or blocked one never starts (nor do the tasks that come after it); a running one's holder is told to stop; one waiting for review is dropped.",
+        description = "Cancel a task: a pending or blocked one never starts (nor do the tasks that come after it by `after`; those by `afterAny` may then run); a running one's holder is told to stop; one waiting for review is dropped.",
         output_schema = object_schema(),
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false)
     )]
