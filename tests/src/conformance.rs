@@ -94,12 +94,14 @@ const TYPES: [&str; 2] = ["alpha", "beta"];
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// `after`: comes after an existing task (picked from this number) when some.
+    /// `after`: comes after an existing task (picked from this number) when some; whatever
+    /// its outcome (`afterAny`) when `any_outcome`.
     Add {
         count: usize,
         kind: usize,
         priority: u32,
         after: Option<usize>,
+        any_outcome: bool,
     },
     /// Claims with a lease that expires at once when `short`, else one that lasts an hour.
     Claim {
@@ -139,8 +141,14 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (1..4usize, 0..2usize, 0..3u32, prop::option::of(any::<usize>()))
-            .prop_map(|(count, kind, priority, after)| Op::Add { count, kind, priority, after }),
+        3 => (1..4usize, 0..2usize, 0..3u32, prop::option::of(any::<usize>()), any::<bool>())
+            .prop_map(|(count, kind, priority, after, any_outcome)| Op::Add {
+                count,
+                kind,
+                priority,
+                after,
+                any_outcome,
+            }),
         4 => (0..2usize, any::<bool>()).prop_map(|(kind, short)| Op::Claim { kind, short }),
         1 => any::<usize>().prop_map(|pick| Op::Renew { pick }),
         3 => (any::<usize>(), 0..4u8).prop_map(|(pick, how)| Op::Finish { pick, how }),
@@ -182,6 +190,17 @@ fn check_invariants(store: &dyn QueueStore, added: usize) -> Result<(), TestCase
             .or_default() += 1;
         let prerequisites: Vec<TaskStatus> =
             task.after.iter().map(|id| status_of[id.as_str()]).collect();
+        let any_open = task
+            .after_any
+            .iter()
+            .any(|id| !status_of[id.as_str()].is_finished());
+        // A task that never started has waited for every `afterAny` prerequisite to finish
+        // (one that started is not stopped when such a prerequisite is retried).
+        prop_assert!(
+            !(task.status == TaskStatus::Pending && task.history.is_empty() && any_open),
+            "task {} is pending before the tasks it comes after whatever the outcome finished",
+            &task.id
+        );
         match task.status {
             TaskStatus::Pending
             | TaskStatus::Running
@@ -192,7 +211,7 @@ fn check_invariants(store: &dyn QueueStore, added: usize) -> Result<(), TestCase
                 &task.id
             ),
             TaskStatus::Blocked => prop_assert!(
-                prerequisites.iter().any(|s| *s != TaskStatus::Completed)
+                (any_open || prerequisites.iter().any(|s| *s != TaskStatus::Completed))
                     && !prerequisites
                         .iter()
                         .any(|s| matches!(s, TaskStatus::Failed | TaskStatus::Cancelled)),
@@ -298,12 +317,18 @@ fn run_ops(engine: &dyn Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 kind,
                 priority,
                 after,
+                any_outcome,
             } => {
-                let after: Vec<Dependency> = after
+                let deps: Vec<Dependency> = after
                     .filter(|_| added > 0)
                     .map(|n| Dependency::Task((n % added + 1).to_string()))
                     .into_iter()
                     .collect();
+                let (after, after_any) = if any_outcome {
+                    (Vec::new(), deps)
+                } else {
+                    (deps, Vec::new())
+                };
                 let tasks = (0..count)
                     .map(|_| NewTask {
                         task_type: TYPES[kind].into(),
@@ -311,6 +336,7 @@ fn run_ops(engine: &dyn Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         max_attempts: Some(3),
                         payload: json!({}),
                         after: after.clone(),
+                        after_any: after_any.clone(),
                         ..NewTask::default()
                     })
                     .collect();
