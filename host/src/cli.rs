@@ -746,6 +746,11 @@ pub struct AddArgs {
     /// and cancelled if ID fails or is cancelled.
     #[arg(long, value_name = "ID")]
     pub after: Vec<String>,
+    /// Start only after task ID has finished, whatever its outcome: completed, failed or
+    /// cancelled (repeatable; ids may be comma-separated). Never cancelled by ID; an agent's
+    /// prompt gives ID's status, error and result (write, test, then fix what the test found).
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    pub after_any: Vec<String>,
     /// Not before this time: 2026-12-01T09:00:00Z, "2026-12-01 09:00" or 18:30 (local time;
     /// the next 18:30).
     #[arg(long, value_name = "TIME", conflicts_with = "delay")]
@@ -757,7 +762,7 @@ pub struct AddArgs {
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["task_type", "target", "description", "priority", "payload", "max_attempts", "timeout", "after", "at", "delay", "fanout"]
+        conflicts_with_all = ["task_type", "target", "description", "priority", "payload", "max_attempts", "timeout", "after", "after_any", "at", "delay", "fanout"]
     )]
     pub file: Option<PathBuf>,
 }

@@ -111,7 +111,8 @@ impl TaskNumber {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct AddTask {
-    /// A name for this task that later tasks of the same call can put in their `after`.
+    /// A name for this task that later tasks of the same call can put in their `after` or
+    /// `afterAny`.
     key: Option<String>,
     /// The task type; a role claims it.
     #[serde(rename = "type")]
@@ -127,6 +128,10 @@ struct AddTask {
     /// Tasks that must complete first: ids of queued tasks, or keys of earlier tasks of the
     /// same call.
     after: Option<Vec<Value>>,
+    /// Tasks that must finish first, whatever their outcome (completed, failed or cancelled):
+    /// ids or keys, as in `after`. Their status, error and result reach an agent's prompt, so
+    /// that a fix can run after the test that found what to fix.
+    after_any: Option<Vec<Value>>,
     /// How many times it may be tried; default 3.
     #[schemars(range(min = 1))]
     max_attempts: Option<u32>,
@@ -355,6 +360,7 @@ fn entry(task: AddTask) -> Result<Value, String> {
         "priority": task.priority,
         "payload": task.payload,
         "after": task.after.unwrap_or_default(),
+        "afterAny": task.after_any.unwrap_or_default(),
         "maxAttempts": task.max_attempts,
         "timeout": task.timeout,
         "timeoutSecs": task.timeout_secs,
@@ -453,7 +459,7 @@ impl QueueServer {
             // A prerequisite purged since (`keep_finished`) is left out, as workers leave it
             // out.
             let prerequisites: Vec<queue::Task> = task
-                .after
+                .prerequisites()
                 .iter()
                 .filter_map(|id| store.get(id).ok())
                 .collect();
@@ -474,7 +480,7 @@ impl QueueServer {
     }
 
     #[tool(
-        description = "Add several tasks at once, all or none; a task's `after` may name an earlier one of the same call by its `key`. Returns them with their ids, in order.",
+        description = "Add several tasks at once, all or none; a task's `after` may name an earlier one of the same call by its `key` (and so may its `afterAny`). Returns them with their ids, in order.",
         output_schema = object_schema(),
         annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
     )]
@@ -649,7 +655,7 @@ impl QueueServer {
     }
 
     #[tool(
-        description = "Cancel a task: a pending or blocked one never starts (nor do the tasks that come after it); a running one's holder is told to stop; one waiting for review is dropped.",
+        description = "Cancel a task: a pending or blocked one never starts (nor do the tasks that come after it by `after`; those by `afterAny` may then run); a running one's holder is told to stop; one waiting for review is dropped.",
         output_schema = object_schema(),
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false)
     )]

@@ -456,7 +456,7 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
     let Claim { task, lease } = claim;
     let running = Arc::new(Running {
         lease: lease.clone(),
-        after: task.after.clone(),
+        after: task.prerequisites(),
         task_type: task.task_type.clone(),
         progress: AtomicU8::new(0),
         message: Mutex::new(String::new()),

@@ -337,7 +337,9 @@ impl Context<'_> {
         serde_json::from_str(self.host.settings().as_str()).unwrap_or(Value::Null)
     }
 
-    /// The tasks this one comes after (its `after`), whole, with their results.
+    /// The tasks this one comes after, whole, with their results: those of its `after`
+    /// (completed), then those of its `afterAny` (finished whatever their outcome: see each
+    /// one's `status` and `error`). One purged from the queue since is left out.
     pub fn prerequisites(&self) -> Vec<Task> {
         serde_json::from_str(self.host.prerequisites().as_str()).unwrap_or_default()
     }

@@ -501,10 +501,11 @@ fn earlier_session(task: &Task) -> Option<&str> {
         .as_deref()
 }
 
-/// The results of the prerequisites, one paragraph each, each cut to [`PREREQUISITE_LIMIT`]
-/// characters and all together to [`PREREQUISITES_LIMIT`]: the whole results stay in the queue
-/// (`host show ID`).
-fn describe_prerequisites(tasks: &[Task]) -> String {
+/// The results of the prerequisites of `task`, one paragraph each with its status and error,
+/// each cut to [`PREREQUISITE_LIMIT`] characters and all together to [`PREREQUISITES_LIMIT`]:
+/// the whole results stay in the queue (`host show ID`). One that `task` runs after whatever
+/// its outcome (`afterAny`: a fix after a test) says so, and its final message comes first.
+fn describe_prerequisites(task: &Task, tasks: &[Task]) -> String {
     if tasks.is_empty() {
         return "(none)".into();
     }
@@ -533,7 +534,26 @@ fn describe_prerequisites(tasks: &[Task]) -> String {
         if let Some(error) = &t.error {
             paragraph.push_str(&format!(" ({error})"));
         }
+        let any_outcome = task.after_any.contains(&t.id);
+        if any_outcome {
+            paragraph.push_str(
+                "\n  This task runs after it whatever its outcome: if it failed, what it found \
+                 is this task's to fix.",
+            );
+        }
         paragraph.push('\n');
+        if let Some(message) = t
+            .result
+            .as_ref()
+            .and_then(|r| r.get("finalMessage"))
+            .and_then(|m| m.as_str())
+            .filter(|_| any_outcome)
+        {
+            paragraph.push_str(&format!(
+                "Its final message: {}\n",
+                shorten(message, PREREQUISITE_LIMIT / 2)
+            ));
+        }
         paragraph.push_str(&result);
         paragraph.push('\n');
         if text.len() + paragraph.len() > PREREQUISITES_LIMIT {
@@ -787,7 +807,7 @@ impl Agent {
         dir: &Path,
     ) -> Result<Value, HandlerError> {
         let which = setup.describe();
-        let after = describe_prerequisites(prerequisites);
+        let after = describe_prerequisites(task, prerequisites);
         let mut prompt = fill(&setup.prompt, task, &after, "", "");
         let session = earlier_session(task)
             .filter(|_| setup.preset.is_some_and(|p| p.resume != Resume::Unable));

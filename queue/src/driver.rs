@@ -168,7 +168,8 @@ pub struct TaskRow {
     /// A new lease secret (a claim); `None` keeps a running task's secret. The secret goes
     /// when the task stops running.
     pub token: Option<String>,
-    /// The tasks it comes after (written on insert only).
+    /// The tasks it comes after, of either kind (`after` and `afterAny`: the kind is in the
+    /// body), written on insert only.
     pub after: Vec<i64>,
 }
 
@@ -189,7 +190,7 @@ impl TaskRow {
             conflict: task.in_conflict(),
             token: token.map(str::to_string),
             after: task
-                .after
+                .prerequisites()
                 .iter()
                 .filter_map(|id| parse_id(id).ok())
                 .collect(),
@@ -209,8 +210,8 @@ pub trait DriverTx {
     /// locked until the commit. Missing ids are left out.
     fn tasks(&mut self, ids: &[i64]) -> Result<Vec<StoredTask>, StoreError>;
 
-    /// The tasks that come after these, as (prerequisite, dependent) pairs in dependent
-    /// order.
+    /// The tasks that come after these, of either kind (`after`, `afterAny`), as
+    /// (prerequisite, dependent) pairs in dependent order.
     fn dependents(&mut self, ids: &[i64]) -> Result<Vec<(i64, i64)>, StoreError>;
 
     /// Reserves `count` consecutive new ids and returns the first: ids are never given out

@@ -266,8 +266,12 @@ pub struct NewTask {
     pub max_attempts: Option<u32>,
     /// Time limit of one attempt.
     pub timeout_secs: Option<u64>,
-    /// The tasks this one comes after: it stays blocked until they have all completed.
+    /// The tasks this one comes after: it stays blocked until they have all completed, and is
+    /// cancelled when one fails or is cancelled.
     pub after: Vec<Dependency>,
+    /// The tasks this one comes after whatever their outcome: it stays blocked until they
+    /// have all finished (completed, failed or cancelled), and is never cancelled by them.
+    pub after_any: Vec<Dependency>,
     /// Not claimed before this time (`host add --at`, `--in`).
     pub not_before: Option<Timestamp>,
     /// The other entries of the same add that do the same work (`host add --fanout`), by
@@ -323,7 +327,8 @@ impl std::fmt::Display for PauseScope {
 
 impl NewTask {
     /// The task as it is stored when added with this id at this time, coming after the tasks
-    /// `after` (its dependencies, resolved to ids).
+    /// `after` (its dependencies, resolved to ids); its `afterAny` is left to the caller to
+    /// resolve.
     pub fn into_task(self, id: String, after: Vec<String>, now: Timestamp) -> Task {
         Task {
             id,
@@ -333,6 +338,7 @@ impl NewTask {
             priority: self.priority.unwrap_or(DEFAULT_PRIORITY),
             payload: self.payload,
             after,
+            after_any: Vec::new(),
             status: TaskStatus::Pending,
             attempts: 0,
             max_attempts: self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),

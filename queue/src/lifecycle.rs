@@ -2,7 +2,8 @@
 //! finish, a release, a lost lease, a cancel and a retry do to a task; who may extend or finish
 //! it; how long a failed task waits before its next attempt; how priorities age; and how the
 //! tasks that come after a task follow it (unblocked when it completes, cancelled when it fails
-//! for good, revived when it is retried).
+//! for good, revived when it is retried). A task may also come after another whatever its
+//! outcome (`afterAny`): it waits until that one has finished, and is never cancelled by it.
 //!
 //! A store brings the transaction ([`TaskTx`]: read a task, write it back, find the tasks after
 //! it) and the queries that find candidates; the decisions are made here.
@@ -58,7 +59,8 @@ pub trait TaskTx {
     fn task(&mut self, id: &str) -> Result<Option<Task>, StoreError>;
     /// Writes back a task that exists.
     fn put(&mut self, task: &Task) -> Result<(), StoreError>;
-    /// The ids of the tasks that come after this one.
+    /// The ids of the tasks that come after this one, of either kind (`after`, `afterAny`: the
+    /// rules read which from the dependent).
     fn dependents(&mut self, id: &str) -> Result<Vec<String>, StoreError>;
 }
 
@@ -169,8 +171,9 @@ pub fn backoff_for(base: Duration, attempt: u32) -> Duration {
 }
 
 /// Checks and prepares tasks to be added with ids from `first` on: names, attempts, the tasks
-/// they come after (which must exist, without cycles), and the state each starts in
-/// (cancelled when a task it comes after already failed, blocked while one is unfinished).
+/// they come after (which must exist, without cycles; a task named in both `after` and
+/// `afterAny` is refused), and the state each starts in (cancelled when a task of its `after`
+/// already failed, blocked while one of either kind is unfinished).
 /// Nothing is stored; an error means nothing may be.
 pub fn new_tasks(
     tx: &mut impl TaskTx,
@@ -186,7 +189,23 @@ pub fn new_tasks(
             return Err(invalid(index, "maxAttempts must be at least 1"));
         }
     }
-    let after = resolve_after(tx, &tasks, first)?;
+    let after = resolve_after(tx, &tasks, first, "after", |t| &t.after)?;
+    let after_any = resolve_after(tx, &tasks, first, "afterAny", |t| &t.after_any)?;
+    for (index, (after, any)) in after.iter().zip(&after_any).enumerate() {
+        if let Some(id) = any.iter().find(|id| after.contains(id)) {
+            return Err(invalid(
+                index,
+                format!("task {id} is in both after and afterAny: name it in one"),
+            ));
+        }
+    }
+    if let Some(cycle) = batch_cycle(&tasks) {
+        let entries: Vec<String> = cycle.iter().map(|i| (i + 1).to_string()).collect();
+        return Err(StoreError::InvalidTask(format!(
+            "entries {} come after each other in a cycle",
+            entries.join(" -> ")
+        )));
+    }
     let mut siblings = Vec::with_capacity(tasks.len());
     for (index, task) in tasks.iter().enumerate() {
         let mut ids = Vec::new();
@@ -203,10 +222,12 @@ pub fn new_tasks(
     let mut tasks: Vec<Task> = tasks
         .into_iter()
         .zip(after)
+        .zip(after_any)
         .zip(siblings)
         .zip(first..)
-        .map(|(((new, after), siblings), id)| {
+        .map(|((((new, after), after_any), siblings), id)| {
             let mut task = new.into_task(id.to_string(), after, now);
+            task.after_any = after_any;
             task.siblings = siblings;
             task
         })
@@ -233,27 +254,29 @@ fn invalid(index: usize, message: impl std::fmt::Display) -> StoreError {
     StoreError::InvalidTask(format!("entry {}: {message}", index + 1))
 }
 
-/// Resolves the `after` of tasks about to get ids from `first` on, refusing unknown ids and
-/// cycles.
+/// Resolves one kind of dependency (`field`, read by `deps`) of tasks about to get ids from
+/// `first` on, refusing unknown ids.
 fn resolve_after(
     tx: &mut impl TaskTx,
     tasks: &[NewTask],
     first: u64,
+    field: &str,
+    deps: fn(&NewTask) -> &Vec<Dependency>,
 ) -> Result<Vec<Vec<String>>, StoreError> {
     let mut resolved = Vec::with_capacity(tasks.len());
     for (index, task) in tasks.iter().enumerate() {
         let mut ids = Vec::new();
-        for dep in &task.after {
+        for dep in deps(task) {
             let id = match dep {
                 Dependency::Batch(other) if *other < tasks.len() => {
                     (first + *other as u64).to_string()
                 }
                 Dependency::Batch(other) => {
-                    return Err(invalid(index, format!("after: no entry {}", other + 1)));
+                    return Err(invalid(index, format!("{field}: no entry {}", other + 1)));
                 }
                 Dependency::Task(id) => {
                     if tx.task(id)?.is_none() {
-                        return Err(invalid(index, format!("after: no task with id {id}")));
+                        return Err(invalid(index, format!("{field}: no task with id {id}")));
                     }
                     id.clone()
                 }
@@ -263,13 +286,6 @@ fn resolve_after(
             }
         }
         resolved.push(ids);
-    }
-    if let Some(cycle) = batch_cycle(tasks) {
-        let entries: Vec<String> = cycle.iter().map(|i| (i + 1).to_string()).collect();
-        return Err(StoreError::InvalidTask(format!(
-            "entries {} come after each other in a cycle",
-            entries.join(" -> ")
-        )));
     }
     Ok(resolved)
 }
@@ -294,23 +310,30 @@ fn settle_new_tasks(
                 continue;
             }
             let waits_on_batch = task
-                .after
+                .prerequisites()
                 .iter()
                 .any(|dep| batch.contains_key(dep) && !settled.contains_key(dep));
             if waits_on_batch {
                 continue;
             }
-            let mut statuses = Vec::new();
-            for dep in &task.after {
-                let status = match settled.get(dep) {
+            // A purged task completed or failed long ago: it holds nothing up.
+            let mut status_of = |dep: &String| -> Result<TaskStatus, StoreError> {
+                Ok(match settled.get(dep) {
                     Some(status) => *status,
                     None => tx.task(dep)?.map_or(TaskStatus::Completed, |t| t.status),
-                };
-                statuses.push((dep.clone(), status));
+                })
+            };
+            let mut statuses = Vec::new();
+            for dep in &task.after {
+                statuses.push((dep.clone(), status_of(dep)?));
+            }
+            let mut any_open = false;
+            for dep in &task.after_any {
+                any_open |= !status_of(dep)?.is_finished();
             }
             if let Some((dep, status)) = statuses.iter().find(|(_, s)| is_broken(*s)) {
                 cancel_for(task, dep, *status, now);
-            } else if statuses.iter().any(|(_, s)| *s != TaskStatus::Completed) {
+            } else if any_open || statuses.iter().any(|(_, s)| *s != TaskStatus::Completed) {
                 task.status = TaskStatus::Blocked;
             }
             settled.insert(task.id.clone(), task.status);
@@ -325,14 +348,14 @@ fn is_broken(status: TaskStatus) -> bool {
     matches!(status, TaskStatus::Failed | TaskStatus::Cancelled)
 }
 
-/// A cycle among the batch-internal `after` edges, as entry indexes (the first repeated at
-/// the end), if there is one.
+/// A cycle among the batch-internal `after` and `afterAny` edges, as entry indexes (the first
+/// repeated at the end), if there is one.
 pub fn batch_cycle(tasks: &[NewTask]) -> Option<Vec<usize>> {
     // 0 = unvisited, 1 = on the current path, 2 = done.
     fn visit(i: usize, tasks: &[NewTask], state: &mut [u8], path: &mut Vec<usize>) -> bool {
         state[i] = 1;
         path.push(i);
-        for dep in &tasks[i].after {
+        for dep in tasks[i].after.iter().chain(&tasks[i].after_any) {
             if let Dependency::Batch(j) = *dep
                 && j < tasks.len()
             {
@@ -835,16 +858,18 @@ pub fn retry(tx: &mut impl TaskTx, task: &mut Task) -> Result<(), StoreError> {
 
 /// Where the tasks a task comes after stand.
 pub enum Prerequisites {
-    /// All completed (or purged): the task may run.
+    /// Those of its `after` all completed, those of its `afterAny` all finished (or purged):
+    /// the task may run.
     Done,
     /// Some still to finish.
     Waiting,
-    /// This one failed or was cancelled: the task cannot run until it is retried.
+    /// This one of its `after` failed or was cancelled: the task cannot run until it is
+    /// retried.
     Broken(String, TaskStatus),
 }
 
 /// Where the tasks `task` comes after stand. A task purged from the history has completed or
-/// failed long ago; it no longer holds anything up.
+/// failed long ago; it no longer holds anything up. One waiting for review has not finished.
 pub fn prerequisites(tx: &mut impl TaskTx, task: &Task) -> Result<Prerequisites, StoreError> {
     let mut waiting = false;
     for dep in &task.after {
@@ -856,6 +881,11 @@ pub fn prerequisites(tx: &mut impl TaskTx, task: &Task) -> Result<Prerequisites,
             Some(_) => waiting = true,
         }
     }
+    for dep in &task.after_any {
+        if tx.task(dep)?.is_some_and(|t| !t.status.is_finished()) {
+            waiting = true;
+        }
+    }
     Ok(if waiting {
         Prerequisites::Waiting
     } else {
@@ -863,9 +893,10 @@ pub fn prerequisites(tx: &mut impl TaskTx, task: &Task) -> Result<Prerequisites,
     })
 }
 
-/// Brings the tasks after `task` in line with its new state: unblocked when it completed,
-/// cancelled (and theirs after them) when it failed or was cancelled for good, revived when it
-/// waits to run again. Returns whether some task became claimable.
+/// Brings the tasks after `task` in line with its new state: unblocked when it completed;
+/// when it failed or was cancelled for good, those of whose `after` it is cancelled (and theirs
+/// after them) and those of whose `afterAny` it is unblocked; revived when it waits to run
+/// again. Returns whether some task became claimable.
 pub fn settle_dependents(
     tx: &mut impl TaskTx,
     task: &Task,
@@ -873,10 +904,7 @@ pub fn settle_dependents(
 ) -> Result<bool, StoreError> {
     match task.status {
         TaskStatus::Completed => unblock_dependents(tx, &task.id),
-        TaskStatus::Failed | TaskStatus::Cancelled => {
-            cancel_dependents(tx, task, now)?;
-            Ok(false)
-        }
+        TaskStatus::Failed | TaskStatus::Cancelled => cancel_dependents(tx, task, now),
         TaskStatus::Pending | TaskStatus::Blocked => {
             revive_dependents(tx, &task.id)?;
             Ok(false)
@@ -890,48 +918,71 @@ pub fn settle_dependents(
 fn unblock_dependents(tx: &mut impl TaskTx, id: &str) -> Result<bool, StoreError> {
     let mut unblocked = false;
     for dependent in tx.dependents(id)? {
-        let Some(mut task) = tx.task(&dependent)? else {
+        let Some(task) = tx.task(&dependent)? else {
             continue;
         };
-        if task.status == TaskStatus::Blocked
-            && matches!(prerequisites(tx, &task)?, Prerequisites::Done)
-        {
-            task.status = TaskStatus::Pending;
-            tx.put(&task)?;
-            unblocked = true;
-        }
+        unblocked |= unblock(tx, task)?;
     }
     Ok(unblocked)
 }
 
-/// `prerequisite` failed or was cancelled for good: every task that comes after it, directly or
-/// not, and has not run is cancelled, naming it.
+/// Makes `task` pending if it is blocked and all it comes after allows it to run. Returns
+/// whether it did.
+fn unblock(tx: &mut impl TaskTx, mut task: Task) -> Result<bool, StoreError> {
+    if task.status == TaskStatus::Blocked
+        && matches!(prerequisites(tx, &task)?, Prerequisites::Done)
+    {
+        task.status = TaskStatus::Pending;
+        tx.put(&task)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// `prerequisite` failed or was cancelled for good: every task that comes after it (`after`),
+/// directly or not, and has not run is cancelled, naming it; a task that comes after one of
+/// them whatever its outcome (`afterAny`) may run once the rest of what it waits for allows.
+/// Returns whether some task became claimable.
 fn cancel_dependents(
     tx: &mut impl TaskTx,
     prerequisite: &Task,
     now: Timestamp,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
+    let mut unblocked = false;
     for dependent in tx.dependents(&prerequisite.id)? {
         let Some(mut task) = tx.task(&dependent)? else {
             continue;
         };
+        if !task.after.contains(&prerequisite.id) {
+            unblocked |= unblock(tx, task)?;
+            continue;
+        }
         if !matches!(task.status, TaskStatus::Blocked | TaskStatus::Pending) {
             continue;
         }
         cancel_for(&mut task, &prerequisite.id, prerequisite.status, now);
         tx.put(&task)?;
-        cancel_dependents(tx, &task, now)?;
+        unblocked |= cancel_dependents(tx, &task, now)?;
     }
-    Ok(())
+    Ok(unblocked)
 }
 
 /// `prerequisite` is being retried: the tasks its failure cancelled are blocked on it again,
-/// and so on down the chain.
+/// and so on down the chain; a task that comes after it whatever its outcome (`afterAny`) and
+/// has not started waits again for the new outcome.
 fn revive_dependents(tx: &mut impl TaskTx, prerequisite: &str) -> Result<(), StoreError> {
     for dependent in tx.dependents(prerequisite)? {
         let Some(mut task) = tx.task(&dependent)? else {
             continue;
         };
+        if task.status == TaskStatus::Pending
+            && task.attempts == 0
+            && task.after_any.iter().any(|id| id == prerequisite)
+        {
+            task.status = TaskStatus::Blocked;
+            tx.put(&task)?;
+            continue;
+        }
         if task.status != TaskStatus::Cancelled
             || task.cancelled_by.as_deref() != Some(prerequisite)
         {

@@ -70,7 +70,8 @@ use serde_json::Value;
 pub enum TaskStatus {
     /// Waiting to be claimed.
     Pending,
-    /// Waiting for the tasks it comes after (`after`) to complete.
+    /// Waiting for the tasks it comes after: those of `after` to complete, those of
+    /// `afterAny` to finish.
     Blocked,
     /// Claimed by a worker whose lease has not expired.
     Running,
@@ -233,9 +234,15 @@ pub struct Task {
     /// Handler-specific input, any JSON.
     #[serde(default)]
     pub payload: Value,
-    /// Ids of tasks this one comes after.
+    /// Ids of tasks this one comes after: it runs once they have all completed, and is
+    /// cancelled when one of them fails or is cancelled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<String>,
+    /// Ids of tasks this one runs after whatever their outcome (`host add --after-any`): it
+    /// waits until they have all finished (completed, failed or cancelled), and is never
+    /// cancelled by them. A fix after a test, given the test's error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_any: Vec<String>,
     /// Where the task is in its life.
     pub status: TaskStatus,
     /// How many times the task has been claimed.
@@ -416,8 +423,10 @@ pub enum TaskState<'t> {
     },
     /// Waiting for the tasks it comes after.
     Blocked {
-        /// Their ids.
+        /// The ids of those that must complete.
         after: &'t [String],
+        /// The ids of those that must finish, whatever their outcome.
+        after_any: &'t [String],
     },
     /// Held by a worker for one attempt.
     Running {
@@ -478,7 +487,10 @@ impl Task {
                 snoozed: self.snoozed_until.is_some(),
                 attempts: self.attempts,
             },
-            TaskStatus::Blocked => TaskState::Blocked { after: &self.after },
+            TaskStatus::Blocked => TaskState::Blocked {
+                after: &self.after,
+                after_any: &self.after_any,
+            },
             TaskStatus::Running => TaskState::Running {
                 holder: self.worker.as_deref().unwrap_or("?"),
                 attempt: self.attempts,
@@ -499,6 +511,18 @@ impl Task {
                 reason: self.error.as_deref(),
             },
         }
+    }
+
+    /// The ids of every task this one comes after, of either kind (`after`, then `afterAny`),
+    /// each once.
+    pub fn prerequisites(&self) -> Vec<String> {
+        let mut ids = self.after.clone();
+        for id in &self.after_any {
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
+        }
+        ids
     }
 
     /// True while a merge of the task's branch conflicted and nobody has merged or discarded
@@ -535,6 +559,7 @@ mod tests {
             priority: 1,
             payload: serde_json::json!({"k": 1}),
             after: vec![],
+            after_any: vec![],
             status: TaskStatus::Pending,
             attempts: 0,
             max_attempts: 3,

@@ -94,12 +94,14 @@ const TYPES: [&str; 2] = ["alpha", "beta"];
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// `after`: comes after an existing task (picked from this number) when some.
+    /// `after`: comes after an existing task (picked from this number) when some; whatever
+    /// its outcome (`afterAny`) when `any_outcome`.
     Add {
         count: usize,
         kind: usize,
         priority: u32,
         after: Option<usize>,
+        any_outcome: bool,
     },
     /// Claims with a lease that expires at once when `short`, else one that lasts an hour.
     Claim {
@@ -139,8 +141,14 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (1..4usize, 0..2usize, 0..3u32, prop::option::of(any::<usize>()))
-            .prop_map(|(count, kind, priority, after)| Op::Add { count, kind, priority, after }),
+        3 => (1..4usize, 0..2usize, 0..3u32, prop::option::of(any::<usize>()), any::<bool>())
+            .prop_map(|(count, kind, priority, after, any_outcome)| Op::Add {
+                count,
+                kind,
+                priority,
+                after,
+                any_outcome,
+            }),
         4 => (0..2usize, any::<bool>()).prop_map(|(kind, short)| Op::Claim { kind, short }),
         1 => any::<usize>().prop_map(|pick| Op::Renew { pick }),
         3 => (any::<usize>(), 0..4u8).prop_map(|(pick, how)| Op::Finish { pick, how }),
@@ -182,6 +190,17 @@ fn check_invariants(store: &dyn QueueStore, added: usize) -> Result<(), TestCase
             .or_default() += 1;
         let prerequisites: Vec<TaskStatus> =
             task.after.iter().map(|id| status_of[id.as_str()]).collect();
+        let any_open = task
+            .after_any
+            .iter()
+            .any(|id| !status_of[id.as_str()].is_finished());
+        // A task that never started has waited for every `afterAny` prerequisite to finish
+        // (one that started is not stopped when such a prerequisite is retried).
+        prop_assert!(
+            !(task.status == TaskStatus::Pending && task.history.is_empty() && any_open),
+            "task {} is pending before the tasks it comes after whatever the outcome finished",
+            &task.id
+        );
         match task.status {
             TaskStatus::Pending
             | TaskStatus::Running
@@ -192,7 +211,7 @@ fn check_invariants(store: &dyn QueueStore, added: usize) -> Result<(), TestCase
                 &task.id
             ),
             TaskStatus::Blocked => prop_assert!(
-                prerequisites.iter().any(|s| *s != TaskStatus::Completed)
+                (any_open || prerequisites.iter().any(|s| *s != TaskStatus::Completed))
                     && !prerequisites
                         .iter()
                         .any(|s| matches!(s, TaskStatus::Failed | TaskStatus::Cancelled)),
@@ -298,12 +317,18 @@ fn run_ops(engine: &dyn Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 kind,
                 priority,
                 after,
+                any_outcome,
             } => {
-                let after: Vec<Dependency> = after
+                let deps: Vec<Dependency> = after
                     .filter(|_| added > 0)
                     .map(|n| Dependency::Task((n % added + 1).to_string()))
                     .into_iter()
                     .collect();
+                let (after, after_any) = if any_outcome {
+                    (Vec::new(), deps)
+                } else {
+                    (deps, Vec::new())
+                };
                 let tasks = (0..count)
                     .map(|_| NewTask {
                         task_type: TYPES[kind].into(),
@@ -311,6 +336,7 @@ fn run_ops(engine: &dyn Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         max_attempts: Some(3),
                         payload: json!({}),
                         after: after.clone(),
+                        after_any: after_any.clone(),
                         ..NewTask::default()
                     })
                     .collect();
@@ -643,6 +669,147 @@ pub fn dependencies_unblock_cancel_and_revive(engine: &dyn Engine) {
         5,
         "nothing of a refused add was added"
     );
+}
+
+/// `afterAny`: blocked until every such prerequisite has finished, whatever its outcome (a
+/// review is not an outcome yet); never cancelled by one that failed or was cancelled, nor by
+/// a cascade; blocked again, if it has not started, when one is retried. Beside it, `after`
+/// keeps its meaning. A task named in both kinds, unknown ids and cycles through either kind
+/// are refused.
+pub fn dependencies_after_any_run_whatever_the_outcome(engine: &dyn Engine) {
+    let q = engine.fresh();
+    let store = engine.open(&q, Policy::default());
+    let alpha = types(&["alpha"]);
+    let any = |deps: &[usize]| NewTask {
+        after_any: deps.iter().map(|&i| Dependency::Batch(i)).collect(),
+        ..new("beta", 5)
+    };
+    let after = |i| NewTask {
+        after: vec![Dependency::Batch(i)],
+        ..new("alpha", 5)
+    };
+    // 0 the test; 1 the fix (after any outcome of 0); 2 a deploy (after 0); 3 after 2; 4
+    // after any outcome of 2.
+    let tasks = store
+        .add(vec![
+            new("alpha", 1),
+            any(&[0]),
+            after(0),
+            after(2),
+            any(&[2]),
+        ])
+        .unwrap();
+    let id = |i: usize| tasks[i].id.clone();
+    let status_of = |i: usize| status(store.as_ref(), &id(i));
+    assert_eq!(tasks[1].after_any, vec![id(0)]);
+    assert!(tasks[1].after.is_empty());
+    for i in 1..5 {
+        assert_eq!(status_of(i), TaskStatus::Blocked, "task {i}");
+    }
+
+    let test = store.claim("w", &alpha).unwrap().unwrap();
+    assert_eq!(test.task.id, id(0));
+    let failure = Outcome::Failure {
+        error: "2 tests failed".into(),
+        result: Some(json!({"outputTail": "assertion failed"})),
+        retryable: false,
+    };
+    store.finish(&test.lease, failure).unwrap();
+    assert_eq!(
+        status_of(1),
+        TaskStatus::Pending,
+        "the fix runs after a failure"
+    );
+    assert_eq!(
+        status_of(2),
+        TaskStatus::Cancelled,
+        "`after` is cancelled as before"
+    );
+    assert_eq!(status_of(3), TaskStatus::Cancelled, "and down its chain");
+    assert_eq!(
+        status_of(4),
+        TaskStatus::Pending,
+        "a cascade's cancel is an outcome too"
+    );
+    let fix = store.get(&id(1)).unwrap();
+    assert!(fix.cancelled_by.is_none() && fix.error.is_none(), "{fix:?}");
+
+    store.retry(&id(0)).unwrap();
+    for i in 1..5 {
+        assert_eq!(status_of(i), TaskStatus::Blocked, "task {i} waits again");
+    }
+    let test = store.claim("w", &alpha).unwrap().unwrap();
+    assert_eq!(test.task.id, id(0));
+    store
+        .finish(&test.lease, Outcome::Success(Value::Null))
+        .unwrap();
+    assert_eq!(status_of(1), TaskStatus::Pending, "and after a success");
+    assert_eq!(status_of(2), TaskStatus::Pending);
+    let deploy = store.claim("w", &alpha).unwrap().unwrap();
+    assert_eq!(deploy.task.id, id(2));
+    store
+        .finish(&deploy.lease, Outcome::Success(Value::Null))
+        .unwrap();
+    assert_eq!(status_of(3), TaskStatus::Pending);
+    assert_eq!(status_of(4), TaskStatus::Pending);
+
+    // A cancelled prerequisite: its after-any dependents run, whenever they were added; a
+    // review is no outcome yet.
+    let more = store
+        .add(vec![new("alpha", 1), any(&[0]), new("alpha", 2), any(&[2])])
+        .unwrap();
+    store.cancel(&more[0].id).unwrap();
+    assert_eq!(status(store.as_ref(), &more[1].id), TaskStatus::Pending);
+    let born = store
+        .add(vec![
+            NewTask {
+                after_any: vec![Dependency::Task(more[0].id.clone())],
+                ..new("beta", 5)
+            },
+            NewTask {
+                after: vec![Dependency::Task(more[0].id.clone())],
+                ..new("beta", 5)
+            },
+        ])
+        .unwrap();
+    assert_eq!(born[0].status, TaskStatus::Pending);
+    assert_eq!(born[1].status, TaskStatus::Cancelled);
+    let reviewed = store.claim("w", &alpha).unwrap().unwrap();
+    assert_eq!(reviewed.task.id, more[2].id);
+    store
+        .finish(&reviewed.lease, Outcome::ForReview(Value::Null))
+        .unwrap();
+    assert_eq!(status(store.as_ref(), &more[3].id), TaskStatus::Blocked);
+    store.cancel(&more[2].id).unwrap();
+    assert_eq!(status(store.as_ref(), &more[3].id), TaskStatus::Pending);
+
+    let count = all(store.as_ref()).len();
+    let both = store
+        .add(vec![NewTask {
+            after: vec![Dependency::Task(id(0))],
+            after_any: vec![Dependency::Task(id(0))],
+            ..new("beta", 5)
+        }])
+        .unwrap_err();
+    assert!(
+        both.to_string().contains("both after and afterAny"),
+        "{both}"
+    );
+    let unknown = store
+        .add(vec![NewTask {
+            after_any: vec![Dependency::Task("999".into())],
+            ..new("beta", 5)
+        }])
+        .unwrap_err();
+    assert!(
+        unknown
+            .to_string()
+            .contains("afterAny: no task with id 999"),
+        "{unknown}"
+    );
+    let cycle = store.add(vec![any(&[1]), after(0)]).unwrap_err();
+    assert!(cycle.to_string().contains("cycle"), "{cycle}");
+    assert_eq!(all(store.as_ref()).len(), count, "nothing of a refused add");
 }
 
 /// Cancel: a pending task never starts, a running one is flagged and ends cancelled; retry

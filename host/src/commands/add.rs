@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::loader::{PluginRegistry, PluginRole};
 
 /// One entry of a task file: the same fields as the flags of `host add`, plus a `key` by which
-/// later entries of the same file can name it in their `after`.
+/// later entries of the same file can name it in their `after` or `afterAny`.
 #[derive(Debug, Deserialize)]
 #[serde(
     rename_all = "camelCase",
@@ -35,6 +35,9 @@ struct TaskEntry {
     /// Keys of entries of the same file, or ids of tasks already in the queue.
     #[serde(default)]
     after: Vec<AfterRef>,
+    /// The same, for the tasks it runs after whatever their outcome.
+    #[serde(default)]
+    after_any: Vec<AfterRef>,
     target: Option<PathBuf>,
     description: Option<String>,
     priority: Option<u32>,
@@ -163,6 +166,12 @@ fn task_from_flags(args: &AddArgs) -> anyhow::Result<NewTask> {
         max_attempts: args.max_attempts,
         timeout_secs: args.timeout.map(|t| t.as_secs()),
         after: args.after.iter().cloned().map(Dependency::Task).collect(),
+        after_any: args
+            .after_any
+            .iter()
+            .cloned()
+            .map(Dependency::Task)
+            .collect(),
         not_before: not_before(args.at.as_deref(), args.delay)?,
         siblings: Vec::new(),
     })
@@ -333,10 +342,14 @@ pub fn task_from_json(entry: Value) -> anyhow::Result<NewTask> {
     new_task(entry, &HashMap::new())
 }
 
-fn new_task(entry: TaskEntry, keys: &HashMap<String, usize>) -> anyhow::Result<NewTask> {
-    let after = entry
-        .after
-        .iter()
+/// The tasks a task-file entry names in its `field` (`refs`): keys of entries of the same file,
+/// or ids of tasks in the queue.
+fn dependencies(
+    field: &str,
+    refs: &[AfterRef],
+    keys: &HashMap<String, usize>,
+) -> anyhow::Result<Vec<Dependency>> {
+    refs.iter()
         .map(|dep| match dep {
             AfterRef::Id(id) => Ok(Dependency::Task(id.to_string())),
             AfterRef::Text(text) => match keys.get(text) {
@@ -345,11 +358,16 @@ fn new_task(entry: TaskEntry, keys: &HashMap<String, usize>) -> anyhow::Result<N
                     Ok(Dependency::Task(text.clone()))
                 }
                 None => Err(anyhow!(
-                    "after: no entry with key {text:?} among these tasks"
+                    "{field}: no entry with key {text:?} among these tasks"
                 )),
             },
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect()
+}
+
+fn new_task(entry: TaskEntry, keys: &HashMap<String, usize>) -> anyhow::Result<NewTask> {
+    let after = dependencies("after", &entry.after, keys)?;
+    let after_any = dependencies("afterAny", &entry.after_any, keys)?;
     let delay = match &entry.delay {
         Some(text) => {
             Some(humantime::parse_duration(text).map_err(|err| anyhow!("in {text:?}: {err}"))?)
@@ -378,6 +396,7 @@ fn new_task(entry: TaskEntry, keys: &HashMap<String, usize>) -> anyhow::Result<N
         max_attempts: entry.max_attempts,
         timeout_secs,
         after,
+        after_any,
         not_before: not_before(entry.at.as_deref(), delay)?,
         siblings: Vec::new(),
     })

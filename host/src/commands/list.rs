@@ -115,17 +115,26 @@ fn waits_for(store: &queue::Store, task: &Task, paused: &PauseSet, now: Timestam
     match task.state() {
         TaskState::Review { .. } => format!("a review (host approve {})", task.id),
         TaskState::Running { holder, .. } => format!("held by {holder}"),
-        TaskState::Blocked { after } => {
-            let open: Vec<&str> = after
-                .iter()
-                .filter(|id| {
-                    store
-                        .get(id)
-                        .is_ok_and(|t| t.status != TaskStatus::Completed)
-                })
-                .map(String::as_str)
-                .collect();
-            format!("after {}", open.join(", "))
+        TaskState::Blocked { after, after_any } => {
+            // Those still open: an `after` one until it completes, an `afterAny` one until it
+            // finishes whatever the outcome.
+            let open = |ids: &[String], done: fn(TaskStatus) -> bool| -> Vec<String> {
+                ids.iter()
+                    .filter(|id| store.get(id).is_ok_and(|t| !done(t.status)))
+                    .cloned()
+                    .collect()
+            };
+            let after = open(after, |s| s == TaskStatus::Completed);
+            let any = open(after_any, TaskStatus::is_finished);
+            match (after.is_empty(), any.is_empty()) {
+                (_, true) => format!("after {}", after.join(", ")),
+                (true, false) => format!("after any outcome of {}", any.join(", ")),
+                (false, false) => format!(
+                    "after {}; after any outcome of {}",
+                    after.join(", "),
+                    any.join(", ")
+                ),
+            }
         }
         TaskState::Pending {
             not_before,
@@ -151,7 +160,7 @@ fn waits_for(store: &queue::Store, task: &Task, paused: &PauseSet, now: Timestam
 fn waits_for_review(store: &queue::Store, task: &Task, depth: usize) -> bool {
     match task.status {
         TaskStatus::Review => true,
-        TaskStatus::Blocked if depth < 50 => task.after.iter().any(|id| {
+        TaskStatus::Blocked if depth < 50 => task.prerequisites().iter().any(|id| {
             store
                 .get(id)
                 .is_ok_and(|t| waits_for_review(store, &t, depth + 1))

@@ -36,6 +36,10 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
         (!task.after.is_empty()).then(|| task.after.join(", ")),
     )?;
     field(
+        "after any",
+        (!task.after_any.is_empty()).then(|| task.after_any.join(", ")),
+    )?;
+    field(
         "attempts",
         Some(format!("{} of {}", task.attempts, task.max_attempts)),
     )?;

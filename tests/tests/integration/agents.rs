@@ -1400,3 +1400,53 @@ fn a_rejected_change_resumes_the_agents_session_where_its_cli_can() {
         );
     }
 }
+
+#[test]
+fn a_fix_after_any_outcome_of_a_failed_test_runs_with_the_test_error_in_its_prompt() {
+    let q = TestQueue::new();
+    let bin = fake_agents(&q);
+    bind_presets(&q, "");
+    let target = q.scratch.join("t");
+    fs::create_dir_all(&target).unwrap();
+    let target = target.to_str().unwrap();
+    let test = q.add(&[
+        "--type",
+        "test",
+        "--target",
+        target,
+        "--max-attempts",
+        "1",
+        "--payload",
+        r#"{"command": ["sh", "-c", "echo 'assertion failed: left 2, right 3'; exit 1"]}"#,
+    ]);
+    let fix = q.add(&[
+        "--type",
+        "t-copilot",
+        "--target",
+        target,
+        "--description",
+        "fix what the test found",
+        "--after-any",
+        &test,
+    ]);
+    let deploy = q.add(&["--type", "noop", "--after", &test]);
+    q.drain("tester", &[]);
+    let failed = q.task(&test);
+    assert_eq!(failed["status"], "failed", "{failed:#}");
+    assert_eq!(q.task(&deploy)["status"], "cancelled", "`after` as before");
+    assert_eq!(q.task(&fix)["status"], "pending");
+
+    let record = q.scratch.join("record");
+    drain_agent(&q, "p-copilot", &bin, &record, &[]);
+    assert_eq!(q.task(&fix)["status"], "completed");
+    let prompt = &recorded_argv(&record)[2];
+    assert!(prompt.contains("fix what the test found"), "{prompt}");
+    assert!(prompt.contains(&format!("task {test} (test)")), "{prompt}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(prompt.contains(&format!(": failed ({error})")), "{prompt}");
+    assert!(
+        prompt.contains("assertion failed: left 2, right 3"),
+        "{prompt}"
+    );
+    assert!(prompt.contains("whatever its outcome"), "{prompt}");
+}

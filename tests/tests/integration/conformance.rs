@@ -29,6 +29,11 @@ mod sqlite {
     }
 
     #[test]
+    fn dependencies_after_any_run_whatever_the_outcome() {
+        conformance::dependencies_after_any_run_whatever_the_outcome(&Sqlite);
+    }
+
+    #[test]
     fn cancel_and_retry() {
         conformance::cancel_and_retry(&Sqlite);
     }
@@ -120,6 +125,11 @@ mod postgres {
     #[test]
     fn dependencies_unblock_cancel_and_revive() {
         conformance::dependencies_unblock_cancel_and_revive(&Postgres);
+    }
+
+    #[test]
+    fn dependencies_after_any_run_whatever_the_outcome() {
+        conformance::dependencies_after_any_run_whatever_the_outcome(&Postgres);
     }
 
     #[test]

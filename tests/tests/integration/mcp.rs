@@ -407,3 +407,56 @@ fn snooze_task_puts_a_waiting_or_held_task_off_without_spending_an_attempt() {
         assert!(neither.unwrap_err().contains("secs"));
     });
 }
+
+#[test]
+fn add_tasks_takes_after_any_by_key_and_get_task_gives_those_prerequisites() {
+    let q = TestQueue::new();
+    talk_to_server(&q, async |client| {
+        let json = |text: Result<String, String>| -> Value {
+            serde_json::from_str(&text.unwrap()).unwrap()
+        };
+        let added = json(
+            call(
+                client,
+                "add_tasks",
+                json!({"tasks": [
+                    {"key": "test", "type": "noop"},
+                    {"type": "noop", "afterAny": ["test"], "description": "fix"}
+                ]}),
+            )
+            .await,
+        );
+        let test = added["tasks"][0]["id"].as_str().unwrap().to_string();
+        let fix = &added["tasks"][1];
+        assert_eq!(fix["afterAny"], json!([test]), "{added}");
+        assert_eq!(fix["status"], "blocked", "{added}");
+        assert!(fix.get("after").is_none(), "{added}");
+        let got = json(call(client, "get_task", json!({"id": fix["id"]})).await);
+        assert_eq!(got["prerequisites"][0]["id"], test.as_str(), "{got}");
+        let one = json(
+            call(
+                client,
+                "add_task",
+                json!({"type": "noop", "afterAny": [test]}),
+            )
+            .await,
+        );
+        assert_eq!(one["status"], "blocked", "{one}");
+        let cancelled = json(call(client, "cancel_task", json!({"id": test})).await);
+        assert_eq!(cancelled["status"], "cancelled");
+        let fix = json(call(client, "get_task", json!({"id": fix["id"]})).await);
+        assert_eq!(fix["task"]["status"], "pending", "{fix}");
+        let refused = call(
+            client,
+            "add_task",
+            json!({"type": "noop", "afterAny": ["nope"]}),
+        )
+        .await;
+        assert!(
+            refused
+                .unwrap_err()
+                .contains("afterAny: no entry with key \"nope\""),
+            "a key of no entry is named"
+        );
+    });
+}

@@ -130,6 +130,120 @@ fn a_failed_prerequisite_cancels_its_dependents_and_retrying_it_revives_them() {
 }
 
 #[test]
+fn an_after_any_task_runs_after_a_failed_or_cancelled_prerequisite_where_after_is_cancelled() {
+    let q = TestQueue::new();
+    let flaky = q.add_failing_once();
+    let fix = q.add(&["--type", "noop", "--after-any", &flaky]);
+    let deploy = q.add(&["--type", "noop", "--after", &flaky]);
+    let both = q.add(&["--type", "noop", "--after", &fix, "--after-any", &flaky]);
+    assert_eq!(q.task(&fix)["status"], "blocked");
+    assert_eq!(q.task(&fix)["afterAny"], serde_json::json!([flaky]));
+    let list = q.ok(&["list"]);
+    assert!(
+        list.contains(&format!("after any outcome of {flaky}")),
+        "{list}"
+    );
+    let shown = q.ok(&["show", &both]);
+    assert!(
+        shown.contains(&format!("{:<12} {flaky}", "after any")),
+        "{shown}"
+    );
+    assert!(shown.contains(&format!("{:<12} {fix}", "after")), "{shown}");
+
+    q.drain("flaky", &[]);
+    assert_eq!(q.task(&flaky)["status"], "failed");
+    assert_eq!(q.task(&fix)["status"], "pending", "after any outcome");
+    let cancelled = q.task(&deploy);
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled:#}");
+    q.drain("noop", &[]);
+    for id in [&fix, &both] {
+        assert_eq!(q.task(id)["status"], "completed", "task {id}");
+    }
+
+    // A cancelled prerequisite is an outcome too; cancelling it never cancels such a task.
+    // Of a type no worker here claims: they are cancelled before they could run.
+    let first = q.add(&["--type", "flaky"]);
+    let second = q.add(&["--type", "flaky"]);
+    let any = q.add(&["--type", "noop", &format!("--after-any={first},{second}")]);
+    assert_eq!(q.task(&any)["afterAny"], serde_json::json!([first, second]));
+    q.ok(&["cancel", &first]);
+    assert_eq!(
+        q.task(&any)["status"],
+        "blocked",
+        "still waits for {second}"
+    );
+    q.ok(&["cancel", &second]);
+    assert_eq!(q.task(&any)["status"], "pending");
+    q.drain("noop", &[]);
+    assert_eq!(q.task(&any)["status"], "completed");
+
+    let line = q.fails(&[
+        "add",
+        "--type",
+        "noop",
+        "--after",
+        &fix,
+        "--after-any",
+        &fix,
+    ]);
+    assert!(
+        line.contains(&format!("task {fix} is in both after and afterAny")),
+        "{line}"
+    );
+    let line = q.fails(&["add", "--type", "noop", "--after-any", "4242"]);
+    assert!(line.contains("afterAny: no task with id 4242"), "{line}");
+}
+
+#[test]
+fn a_task_file_names_earlier_entries_in_after_any_by_key() {
+    let q = TestQueue::new();
+    let file = q.scratch.join("plan.json");
+    fs::write(
+        &file,
+        r#"[{"key": "test", "type": "flaky", "maxAttempts": 1, "payload": {"succeedOn": 2}},
+            {"key": "fix", "type": "noop", "afterAny": ["test"]},
+            {"type": "noop", "after": ["test"]},
+            {"type": "noop", "after": ["fix"], "afterAny": ["test"]}]"#,
+    )
+    .unwrap();
+    let ids: Vec<String> = q
+        .ok(&["add", "--file", file.to_str().unwrap()])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(q.task(&ids[1])["afterAny"], serde_json::json!([ids[0]]));
+    assert_eq!(q.task(&ids[3])["after"], serde_json::json!([ids[1]]));
+    q.drain("flaky", &[]);
+    q.drain("noop", &[]);
+    let statuses: Vec<Value> = ids.iter().map(|id| q.task(id)["status"].clone()).collect();
+    assert_eq!(
+        statuses,
+        ["failed", "completed", "cancelled", "completed"],
+        "{ids:?}"
+    );
+
+    let before = q.snapshot();
+    fs::write(
+        &file,
+        r#"[{"key": "a", "type": "noop", "afterAny": ["b"]},
+            {"key": "b", "type": "noop", "after": ["a"]}]"#,
+    )
+    .unwrap();
+    let line = q.fails(&["add", "--file", file.to_str().unwrap()]);
+    assert!(line.contains("come after each other in a cycle"), "{line}");
+    fs::write(&file, r#"[{"type": "noop", "afterAny": ["nope"]}]"#).unwrap();
+    let line = q.fails(&["add", "--file", file.to_str().unwrap()]);
+    assert!(
+        line.contains(&format!(
+            "{}: entry 1: afterAny: no entry with key \"nope\"",
+            file.display()
+        )),
+        "{line}"
+    );
+    assert_eq!(q.snapshot(), before);
+}
+
+#[test]
 fn a_paused_type_is_not_claimed_until_resumed() {
     let q = TestQueue::new();
     let id = q.add(&["--type", "noop"]);
