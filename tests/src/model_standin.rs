@@ -1,0 +1,453 @@
+//! A stand-in for the model APIs the agent CLIs call, served on 127.0.0.1, so that the real
+//! CLIs run in the suite without a network or an account.
+//!
+//! [`ModelStandIn::start`] serves one [`Api`] on a free port with a [`Script`]: asked by the
+//! CLI with its tools, it calls the CLI's file-writing tool once (the file and content of the
+//! script); once the conversation holds the tool's result, it answers with the script's final
+//! message. Any other model call (a title, a check) gets a short text. Each answer reports
+//! token counts, tallied in [`ModelStandIn::usage`], so that a test can compare what the CLI
+//! reported with what it was told. With [`Script::limit`] it answers every model call with
+//! the API's usage-limit response instead.
+//!
+//! Every request is recorded ([`ModelStandIn::requests`]) for assertions and for the message
+//! of a failing test. The HTTP is the least the CLIs need: HTTP/1.1, a body by length or in
+//! chunks, one answer per connection (`Connection: close`), a streamed answer sent whole.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use serde_json::{Value, json};
+
+/// The API a CLI speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// Anthropic's Messages API, streamed (Claude Code).
+    Anthropic,
+    /// OpenAI's Responses API, streamed (Codex).
+    OpenAiResponses,
+    /// OpenAI's Chat Completions API, streamed (Copilot's own-key mode).
+    OpenAiChat,
+    /// Google's Generative Language API, `streamGenerateContent` with SSE (Gemini CLI).
+    Gemini,
+}
+
+/// What the stand-in makes the model do.
+#[derive(Clone, Debug)]
+pub struct Script {
+    /// The file the tool call writes, relative to where the CLI runs.
+    pub file: String,
+    /// What it writes there.
+    pub content: String,
+    /// The final answer, after the tool's result.
+    pub answer: String,
+    /// Answer every model call with the API's usage limit, resetting at this Unix time.
+    pub limit: Option<i64>,
+}
+
+/// One request as it arrived.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path and query.
+    pub path: String,
+    /// The headers, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The body as text (lossy).
+    pub body: String,
+    /// The status the stand-in answered with.
+    pub status: u16,
+}
+
+impl Request {
+    /// The header `name` (lower case), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (null when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// Tokens the stand-in reported, summed over the model calls it answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Input (prompt) tokens.
+    pub input: u64,
+    /// Output (completion) tokens.
+    pub output: u64,
+    /// Model calls answered with a model's output.
+    pub calls: u64,
+}
+
+/// An answer: status, headers and body.
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn json(status: u16, body: &Value) -> Response {
+        Response {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    /// Server-sent events: `(event name, data)`; a name of `None` sends `data:` alone.
+    fn sse(events: &[(Option<&str>, Value)]) -> Response {
+        let mut body = String::new();
+        for (name, data) in events {
+            if let Some(name) = name {
+                body.push_str(&format!("event: {name}\n"));
+            }
+            body.push_str(&format!("data: {data}\n\n"));
+        }
+        Response {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), "text/event-stream".into()),
+                ("cache-control".into(), "no-cache".into()),
+            ],
+            body: body.into_bytes(),
+        }
+    }
+
+    fn header(mut self, name: &str, value: impl Into<String>) -> Response {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+struct State {
+    api: Api,
+    script: Script,
+    requests: Mutex<Vec<Request>>,
+    usage: Mutex<Usage>,
+}
+
+/// The stand-in, serving until dropped.
+pub struct ModelStandIn {
+    state: Arc<State>,
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ModelStandIn {
+    /// Serves `api` with `script` on a free port of 127.0.0.1.
+    pub fn start(api: Api, script: Script) -> ModelStandIn {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port on 127.0.0.1");
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(State {
+            api,
+            script,
+            requests: Mutex::new(Vec::new()),
+            usage: Mutex::new(Usage::default()),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (state, stop) = (state.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let state = state.clone();
+                    // CLIs make calls side by side (a title beside the turn).
+                    std::thread::spawn(move || {
+                        let _ = serve(&state, stream);
+                    });
+                }
+            })
+        };
+        ModelStandIn {
+            state,
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every request so far, in the order they arrived.
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// The tokens reported so far.
+    pub fn usage(&self) -> Usage {
+        *self.state.usage.lock().unwrap()
+    }
+
+    /// The requests, one line each (method, path, status, the body's start): for the message
+    /// of a failing assertion.
+    pub fn summary(&self) -> String {
+        self.requests()
+            .iter()
+            .map(|r| {
+                let body: String = r.body.chars().take(300).collect();
+                format!("{} {} -> {}: {body}", r.method, r.path, r.status)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for ModelStandIn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the stop.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve(state: &State, stream: TcpStream) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(());
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_string();
+    let path = parts.next().unwrap_or_default().to_string();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            headers.push((name.trim().to_lowercase(), value.trim().to_string()));
+        }
+    }
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v): &(String, String)| v.clone())
+    };
+    let mut body = Vec::new();
+    if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
+                .unwrap_or(0);
+            if size == 0 {
+                line.clear();
+                reader.read_line(&mut line)?;
+                break;
+            }
+            let mut chunk = vec![0; size];
+            reader.read_exact(&mut chunk)?;
+            body.extend_from_slice(&chunk);
+            line.clear();
+            reader.read_line(&mut line)?;
+        }
+    } else if let Some(length) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(length, 0);
+        reader.read_exact(&mut body)?;
+    }
+    let mut request = Request {
+        method,
+        path,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        status: 0,
+    };
+    let response = answer(state, &request);
+    request.status = response.status;
+    state.requests.lock().unwrap().push(request);
+
+    let mut out = stream;
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-length: {}\r\nconnection: close\r\n",
+        response.status,
+        reason(response.status),
+        response.body.len()
+    );
+    for (name, value) in &response.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    out.write_all(head.as_bytes())?;
+    out.write_all(&response.body)?;
+    out.flush()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        _ => "Status",
+    }
+}
+
+/// What the model does on this turn.
+enum Turn {
+    /// Call the tool that writes the script's file.
+    Write,
+    /// Give the script's answer.
+    Answer,
+    /// A call that is not the task's turn (a title, a check): a short text.
+    Aside,
+}
+
+fn answer(state: &State, request: &Request) -> Response {
+    let body = request.json();
+    let model_call = match state.api {
+        Api::Anthropic => {
+            request.path.starts_with("/v1/messages") && !request.path.contains("count_tokens")
+        }
+        Api::OpenAiResponses => request.path.ends_with("/responses"),
+        Api::OpenAiChat => request.path.ends_with("/chat/completions"),
+        Api::Gemini => {
+            request.path.contains(":streamGenerateContent")
+                || request.path.contains(":generateContent")
+        }
+    };
+    if !model_call {
+        return match request.method.as_str() {
+            "HEAD" => Response::json(200, &json!({})),
+            _ => Response::json(
+                404,
+                &json!({"error": {"message": "not served by the stand-in"}}),
+            ),
+        };
+    }
+    if let Some(reset) = state.script.limit {
+        return limit(state.api, reset);
+    }
+    let serialized = &request.body;
+    let turn = match state.api {
+        Api::Anthropic => {
+            let tools = names(&body["tools"], "/name");
+            if serialized.contains("\"tool_result\"") {
+                Turn::Answer
+            } else if tools.iter().any(|t| t == "Write") {
+                Turn::Write
+            } else {
+                Turn::Aside
+            }
+        }
+        _ => Turn::Aside,
+    };
+    // Distinct counts per turn, so that a sum is told from any one of them.
+    let (input, output) = match turn {
+        Turn::Write => (1200, 45),
+        Turn::Answer => (1300, 12),
+        Turn::Aside => (50, 3),
+    };
+    {
+        let mut usage = state.usage.lock().unwrap();
+        usage.input += input;
+        usage.output += output;
+        usage.calls += 1;
+    }
+    let script = &state.script;
+    match state.api {
+        Api::Anthropic => anthropic(&body, turn, script, input, output),
+        _ => Response::json(404, &json!({"error": {"message": "not yet"}})),
+    }
+}
+
+/// The values at `pointer` in each element of `list`, as strings.
+fn names(list: &Value, pointer: &str) -> Vec<String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item.pointer(pointer).and_then(Value::as_str))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The API's answer when the account's usage limit is spent, resetting at `reset`.
+fn limit(api: Api, reset: i64) -> Response {
+    match api {
+        // As the API answers a subscription whose five-hour window is spent: the unified
+        // rate-limit headers Claude Code reads.
+        Api::Anthropic => Response::json(
+            429,
+            &json!({"type": "error", "error": {"type": "rate_limit_error",
+                "message": "This request would exceed your account's rate limit. Please try again later."}}),
+        )
+        .header("anthropic-ratelimit-unified-status", "rejected")
+        .header("anthropic-ratelimit-unified-reset", reset.to_string())
+        .header("anthropic-ratelimit-unified-representative-claim", "five_hour")
+        .header("anthropic-ratelimit-unified-5h-status", "rejected")
+        .header("anthropic-ratelimit-unified-5h-reset", reset.to_string()),
+        _ => Response::json(429, &json!({"error": {"message": "not yet"}})),
+    }
+}
+
+fn anthropic(body: &Value, turn: Turn, script: &Script, input: u64, output: u64) -> Response {
+    let model = body["model"].as_str().unwrap_or("claude");
+    let (block, delta, stop) = match turn {
+        Turn::Write => (
+            json!({"type": "tool_use", "id": "toolu_standin_1", "name": "Write", "input": {}}),
+            json!({"type": "input_json_delta", "partial_json":
+                json!({"file_path": script.file, "content": script.content}).to_string()}),
+            "tool_use",
+        ),
+        Turn::Answer => (
+            json!({"type": "text", "text": ""}),
+            json!({"type": "text_delta", "text": script.answer}),
+            "end_turn",
+        ),
+        Turn::Aside => (
+            json!({"type": "text", "text": ""}),
+            json!({"type": "text_delta", "text": "Writing a file"}),
+            "end_turn",
+        ),
+    };
+    Response::sse(&[
+        (
+            Some("message_start"),
+            json!({"type": "message_start", "message": {"id": "msg_standin", "type": "message",
+                "role": "assistant", "model": model, "content": [], "stop_reason": null,
+                "stop_sequence": null, "usage": {"input_tokens": input, "output_tokens": 1}}}),
+        ),
+        (
+            Some("content_block_start"),
+            json!({"type": "content_block_start", "index": 0, "content_block": block}),
+        ),
+        (
+            Some("content_block_delta"),
+            json!({"type": "content_block_delta", "index": 0, "delta": delta}),
+        ),
+        (
+            Some("content_block_stop"),
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        (
+            Some("message_delta"),
+            json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+                "usage": {"output_tokens": output}}),
+        ),
+        (Some("message_stop"), json!({"type": "message_stop"})),
+    ])
+}

@@ -1,0 +1,240 @@
+//! The real agent CLIs (from npm, at the versions `integration_tests::AGENT_CLIS` names) run by
+//! their presets against a stand-in for their model APIs on 127.0.0.1
+//! (`integration_tests::model_standin`): the file the model asks for is written on the task's
+//! branch, the answer and the tokens the CLI reports reach the result, and each API's usage
+//! limit snoozes the task. A CLI release that changes its flags, its events or its limit
+//! message fails here.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use integration_tests::model_standin::{Api, ModelStandIn, Script};
+use integration_tests::{TestQueue, agent_clis};
+use serde_json::Value;
+
+use crate::worktrees::{git, repository, task_branch};
+
+/// What the stand-in has the model do: write `hello.txt`, then say so.
+fn script() -> Script {
+    Script {
+        file: "hello.txt".into(),
+        content: "Hello from the stand-in model.\n".into(),
+        answer: "I wrote hello.txt as asked.".into(),
+        limit: None,
+    }
+}
+
+/// Binds role `r-CLI` (type `write`) to the preset `cli`.
+fn bind(q: &TestQueue, cli: &str) -> String {
+    let role = format!("r-{cli}");
+    fs::write(
+        q.queue.join("host.toml"),
+        format!("[roles.{role}]\nhandler = \"agent\"\ntypes = [\"write\"]\nagent = \"{cli}\"\n"),
+    )
+    .unwrap();
+    role
+}
+
+/// A worker of `role` whose environment is only what it needs: the queue, the installed CLIs
+/// first on `PATH`, a fresh `HOME` under the scratch folder (nothing of the user's is read or
+/// written), no telemetry or updates, and `env` (the CLI's base URL and key).
+fn worker(q: &TestQueue, role: &str, env: &[(&str, String)]) -> Command {
+    let home = q.scratch.join("home");
+    fs::create_dir_all(&home).unwrap();
+    let mut cmd = q.host();
+    cmd.env_clear()
+        .env("HOST_QUEUE_DIR", &q.address)
+        .env("HOST_PLUGIN_PATH", &q.plugins)
+        .env("XDG_CACHE_HOME", &q.cache)
+        .env(
+            "PATH",
+            format!("{}:/usr/local/bin:/usr/bin:/bin", agent_clis().display()),
+        )
+        .env("HOME", &home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("TMPDIR", std::env::temp_dir())
+        .env("LANG", "C.UTF-8")
+        .env("NO_COLOR", "1")
+        .env("DISABLE_TELEMETRY", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .args(["--role", role]);
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
+    cmd
+}
+
+/// Adds a `write` task on a fresh repository, drains `role` with `env`, and checks what every
+/// CLI must do: the task completed, the file the model asked for is on the task's branch with
+/// its content, the final message is the model's answer, and the log reads as lines. Returns
+/// the task.
+fn writes_the_file(
+    q: &TestQueue,
+    role: &str,
+    standin: &ModelStandIn,
+    env: &[(&str, String)],
+) -> Value {
+    let repo = repository(q);
+    let id = q.add(&[
+        "--type",
+        "write",
+        "--target",
+        repo.to_str().unwrap(),
+        "--description",
+        "Write hello.txt saying hello",
+    ]);
+    let started = Instant::now();
+    let output = worker(q, role, env).arg("--drain").output().unwrap();
+    let took = started.elapsed();
+    let task = q.task(&id);
+    let log = q.ok(&["logs", &id]);
+    let context = format!(
+        "{task:#}\nworker: {}\nlog:\n{log}\nrequests:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        standin.summary()
+    );
+    assert!(output.status.success(), "{context}");
+    assert_eq!(task["status"], "completed", "{context}");
+    assert!(took < Duration::from_secs(60), "took {took:?}: {context}");
+    let written = git(
+        &repo,
+        &["show", &format!("{}:hello.txt", task_branch(q, &id))],
+    );
+    assert_eq!(written, script().content, "{context}");
+    assert!(
+        !repo.join("hello.txt").exists(),
+        "written in the task's worktree, not the checkout"
+    );
+    assert_eq!(task["result"]["finalMessage"], script().answer, "{context}");
+    assert!(log.lines().count() >= 3, "{context}");
+    assert!(
+        !log.contains("{\"type\""),
+        "raw events in the log: {context}"
+    );
+    task
+}
+
+/// Starts a worker of `role` with `env` against a stand-in that answers with its API's usage
+/// limit, waits for the task to be snoozed, stops the worker, and checks the snooze: no
+/// attempt spent, the role held in `status --json`. Returns the task.
+fn the_limit_snoozes(
+    q: &TestQueue,
+    role: &str,
+    standin: &ModelStandIn,
+    env: &[(&str, String)],
+) -> Value {
+    let target = q.scratch.join("target");
+    fs::create_dir_all(&target).unwrap();
+    let id = q.add(&["--type", "write", "--target", target.to_str().unwrap()]);
+    let mut child = worker(q, role, env)
+        .args(["--poll", "100ms"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !q.task(&id)["snoozedUntil"].is_string() {
+        if started.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
+            integration_tests::signal(&child, nix::sys::signal::Signal::SIGTERM);
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "not snoozed after {:?}: {:#}\nworker: {}\nlog:\n{}\nrequests:\n{}",
+                started.elapsed(),
+                q.task(&id),
+                String::from_utf8_lossy(&output.stderr),
+                q.ok(&["logs", &id]),
+                standin.summary()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    integration_tests::signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let said = String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).into_owned();
+    let task = q.task(&id);
+    assert_eq!(task["status"], "pending", "{task:#}");
+    assert_eq!(task["attempts"], 0, "no attempt spent: {task:#}");
+    assert!(
+        said.contains(&format!("role {role}: usage limit until")),
+        "{said}"
+    );
+    let report = q.status();
+    assert_eq!(report["usageLimits"][0]["role"], role, "{report:#}");
+    task
+}
+
+fn claude_env(standin: &ModelStandIn, home: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("ANTHROPIC_BASE_URL", standin.url()),
+        (
+            "CLAUDE_CONFIG_DIR",
+            home.join(".claude").display().to_string(),
+        ),
+    ]
+}
+
+#[test]
+fn claude_code_writes_the_file_and_reports_its_answer_tokens_and_cost() {
+    let q = TestQueue::new();
+    let role = bind(&q, "claude");
+    let standin = ModelStandIn::start(Api::Anthropic, script());
+    let mut env = claude_env(&standin, &q.scratch.join("home"));
+    env.push(("ANTHROPIC_API_KEY", "sk-ant-api03-standin".into()));
+    let task = writes_the_file(&q, &role, &standin, &env);
+    let sent = standin.usage();
+    assert!(sent.calls >= 2, "{}", standin.summary());
+    // Claude Code prices the tokens itself: Opus 4.8, its default for an API key, at $5 and
+    // $25 per million input and output tokens.
+    let models: Vec<Value> = standin
+        .requests()
+        .iter()
+        .map(|r| r.json()["model"].clone())
+        .filter(|m| !m.is_null())
+        .collect();
+    assert!(models.iter().all(|m| m == "claude-opus-4-8"), "{models:?}");
+    let cost = (sent.input * 5 + sent.output * 25) as f64 / 1e6;
+    let usage = &task["result"]["usage"];
+    assert_eq!(usage["inputTokens"], sent.input, "{task:#}");
+    assert_eq!(usage["outputTokens"], sent.output, "{task:#}");
+    let reported = usage["costUsd"].as_f64().unwrap();
+    assert!((reported - cost).abs() < 1e-9, "{reported} for {sent:?}");
+    let log = q.ok(&["logs", task["id"].as_str().unwrap()]);
+    for line in [
+        "session started (model claude-opus-4-8",
+        "tool Write: {",
+        "assistant: I wrote hello.txt",
+        "result: success",
+    ] {
+        assert!(log.contains(line), "{line:?} in:\n{log}");
+    }
+}
+
+#[test]
+fn claude_codes_five_hour_limit_snoozes_the_task_until_the_api_says_it_resets() {
+    let q = TestQueue::new();
+    let role = bind(&q, "claude");
+    let resets = jiff::Timestamp::now().as_second() + 7200;
+    let standin = ModelStandIn::start(
+        Api::Anthropic,
+        Script {
+            limit: Some(resets),
+            ..script()
+        },
+    );
+    // A subscription (the limits are a subscription's): Claude Code does not retry a 429 then.
+    let mut env = claude_env(&standin, &q.scratch.join("home"));
+    env.push(("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-standin".into()));
+    let task = the_limit_snoozes(&q, &role, &standin, &env);
+    let until: jiff::Timestamp = task["snoozedUntil"].as_str().unwrap().parse().unwrap();
+    assert_eq!(until.as_second(), resets, "{task:#}");
+    let attempt = task["history"].as_array().unwrap().last().unwrap();
+    assert!(
+        attempt["error"]
+            .as_str()
+            .unwrap()
+            .contains("usage limit: five-hour limit reached"),
+        "{attempt:#}"
+    );
+}
