@@ -354,6 +354,17 @@ fn answer(state: &State, request: &Request) -> Response {
                 Turn::Aside
             }
         }
+        Api::OpenAiResponses => {
+            let tools = names(&body["tools"], "/name");
+            let items = names(&body["input"], "/type");
+            if items.iter().any(|t| t.ends_with("_call_output")) {
+                Turn::Answer
+            } else if tools.iter().any(|t| t == "apply_patch") {
+                Turn::Write
+            } else {
+                Turn::Aside
+            }
+        }
         _ => Turn::Aside,
     };
     // Distinct counts per turn, so that a sum is told from any one of them.
@@ -371,6 +382,7 @@ fn answer(state: &State, request: &Request) -> Response {
     let script = &state.script;
     match state.api {
         Api::Anthropic => anthropic(&body, turn, script, input, output),
+        Api::OpenAiResponses => openai_responses(turn, script, input, output),
         _ => Response::json(404, &json!({"error": {"message": "not yet"}})),
     }
 }
@@ -400,6 +412,14 @@ fn limit(api: Api, reset: i64) -> Response {
         .header("anthropic-ratelimit-unified-representative-claim", "five_hour")
         .header("anthropic-ratelimit-unified-5h-status", "rejected")
         .header("anthropic-ratelimit-unified-5h-reset", reset.to_string()),
+        // As the API answers a ChatGPT plan whose window is spent.
+        Api::OpenAiResponses => Response::json(
+            429,
+            &json!({"error": {"type": "usage_limit_reached",
+                "message": "The usage limit has been reached", "plan_type": "plus",
+                "resets_at": reset,
+                "resets_in_seconds": reset - jiff::Timestamp::now().as_second()}}),
+        ),
         _ => Response::json(429, &json!({"error": {"message": "not yet"}})),
     }
 }
@@ -449,5 +469,48 @@ fn anthropic(body: &Value, turn: Turn, script: &Script, input: u64, output: u64)
                 "usage": {"output_tokens": output}}),
         ),
         (Some("message_stop"), json!({"type": "message_stop"})),
+    ])
+}
+
+/// An `apply_patch` that adds the script's file.
+fn add_file_patch(script: &Script) -> String {
+    let mut patch = format!("*** Begin Patch\n*** Add File: {}\n", script.file);
+    for line in script.content.lines() {
+        patch.push_str(&format!("+{line}\n"));
+    }
+    patch.push_str("*** End Patch\n");
+    patch
+}
+
+fn openai_responses(turn: Turn, script: &Script, input: u64, output: u64) -> Response {
+    let item = match turn {
+        // Codex's freeform `apply_patch` tool.
+        Turn::Write => json!({"type": "custom_tool_call", "id": "ctc_standin_1",
+            "call_id": "call_standin_1", "name": "apply_patch", "status": "completed",
+            "input": add_file_patch(script)}),
+        Turn::Answer | Turn::Aside => json!({"type": "message", "id": "msg_standin_1",
+        "role": "assistant", "status": "completed",
+        "content": [{"type": "output_text", "annotations": [], "text": match turn {
+            Turn::Answer => script.answer.as_str(),
+            _ => "Writing a file",
+        }}]}),
+    };
+    let response = json!({"id": "resp_standin", "object": "response", "status": "completed",
+        "usage": {"input_tokens": input, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input + output}});
+    Response::sse(&[
+        (
+            Some("response.created"),
+            json!({"type": "response.created", "response": {"id": "resp_standin"}}),
+        ),
+        (
+            Some("response.output_item.done"),
+            json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
+        ),
+        (
+            Some("response.completed"),
+            json!({"type": "response.completed", "response": response}),
+        ),
     ])
 }

@@ -238,3 +238,80 @@ fn claude_codes_five_hour_limit_snoozes_the_task_until_the_api_says_it_resets() 
         "{attempt:#}"
     );
 }
+
+/// Codex's `CODEX_HOME` with a model provider at the stand-in (the Responses API, the one
+/// Codex speaks), its key from `STANDIN_API_KEY`, no update check and no analytics.
+fn codex_env(q: &TestQueue, standin: &ModelStandIn) -> Vec<(&'static str, String)> {
+    let codex_home = q.scratch.join("home/.codex");
+    fs::create_dir_all(&codex_home).unwrap();
+    fs::write(
+        codex_home.join("config.toml"),
+        format!(
+            "model = \"gpt-5.5\"\nmodel_provider = \"standin\"\n\
+             check_for_update_on_startup = false\n\n\
+             [model_providers.standin]\nname = \"Stand-in\"\nbase_url = \"{}/v1\"\n\
+             env_key = \"STANDIN_API_KEY\"\nwire_api = \"responses\"\n\
+             request_max_retries = 0\nstream_max_retries = 0\n\n\
+             [analytics]\nenabled = false\n",
+            standin.url()
+        ),
+    )
+    .unwrap();
+    vec![
+        ("CODEX_HOME", codex_home.display().to_string()),
+        ("STANDIN_API_KEY", "sk-standin".into()),
+    ]
+}
+
+#[test]
+fn codex_applies_the_patch_and_reports_its_answer_and_tokens() {
+    let q = TestQueue::new();
+    let role = bind(&q, "codex");
+    let standin = ModelStandIn::start(Api::OpenAiResponses, script());
+    let env = codex_env(&q, &standin);
+    let task = writes_the_file(&q, &role, &standin, &env);
+    let sent = standin.usage();
+    let usage = &task["result"]["usage"];
+    assert_eq!(
+        usage["inputTokens"],
+        sent.input,
+        "{task:#}\n{}",
+        standin.summary()
+    );
+    assert_eq!(usage["outputTokens"], sent.output, "{task:#}");
+    assert!(
+        usage.get("costUsd").is_none(),
+        "Codex reports no cost: {usage}"
+    );
+    let log = q.ok(&["logs", task["id"].as_str().unwrap()]);
+    for line in ["edited: ", "assistant: I wrote hello.txt"] {
+        assert!(log.contains(line), "{line:?} in:\n{log}");
+    }
+}
+
+#[test]
+fn codexs_usage_limit_snoozes_the_task_until_the_api_says_it_resets() {
+    let q = TestQueue::new();
+    let role = bind(&q, "codex");
+    let resets = jiff::Timestamp::now().as_second() + 3 * 3600;
+    let standin = ModelStandIn::start(
+        Api::OpenAiResponses,
+        Script {
+            limit: Some(resets),
+            ..script()
+        },
+    );
+    let env = codex_env(&q, &standin);
+    let task = the_limit_snoozes(&q, &role, &standin, &env);
+    let until: jiff::Timestamp = task["snoozedUntil"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (until.as_second() - resets).abs() <= 60,
+        "snoozed until {until}, the API said {resets}: {task:#}"
+    );
+    let attempt = task["history"].as_array().unwrap().last().unwrap();
+    let error = attempt["error"].as_str().unwrap();
+    assert!(
+        error.contains("usage limit: error: You’ve hit your usage limit"),
+        "{error}"
+    );
+}
