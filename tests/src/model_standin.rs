@@ -365,6 +365,16 @@ fn answer(state: &State, request: &Request) -> Response {
                 Turn::Aside
             }
         }
+        Api::Gemini => {
+            let tools = names(&body["tools"][0]["functionDeclarations"], "/name");
+            if serialized.contains("\"functionResponse\"") {
+                Turn::Answer
+            } else if tools.iter().any(|t| t == "write_file") {
+                Turn::Write
+            } else {
+                Turn::Aside
+            }
+        }
         _ => Turn::Aside,
     };
     // Distinct counts per turn, so that a sum is told from any one of them.
@@ -383,6 +393,7 @@ fn answer(state: &State, request: &Request) -> Response {
     match state.api {
         Api::Anthropic => anthropic(&body, turn, script, input, output),
         Api::OpenAiResponses => openai_responses(turn, script, input, output),
+        Api::Gemini => gemini(&request.path, turn, script, input, output),
         _ => Response::json(404, &json!({"error": {"message": "not yet"}})),
     }
 }
@@ -420,6 +431,30 @@ fn limit(api: Api, reset: i64) -> Response {
                 "resets_at": reset,
                 "resets_in_seconds": reset - jiff::Timestamp::now().as_second()}}),
         ),
+        // As the API answers a project whose daily requests are spent: the quota failure and
+        // when to retry, in the message and as `RetryInfo`.
+        Api::Gemini => {
+            let wait = reset - jiff::Timestamp::now().as_second();
+            Response::json(
+                429,
+                &json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                    "message": format!("You exceeded your current quota, please check your plan \
+                        and billing details. For more information on this error, head to: \
+                        https://ai.google.dev/gemini-api/docs/rate-limits. \
+                        * Quota exceeded for metric: \
+                        generativelanguage.googleapis.com/generate_content_paid_tier_requests, \
+                        limit: 1000, model: gemini-2.5-pro\nPlease retry in {wait}s."),
+                    "details": [
+                        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+                            {"quotaMetric":
+                                "generativelanguage.googleapis.com/generate_content_paid_tier_requests",
+                             "quotaId": "GenerateRequestsPerDayPerProjectPerModel",
+                             "quotaDimensions": {"location": "global", "model": "gemini-2.5-pro"},
+                             "quotaValue": "1000"}]},
+                        {"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                         "retryDelay": format!("{wait}s")}]}}),
+            )
+        }
         _ => Response::json(429, &json!({"error": {"message": "not yet"}})),
     }
 }
@@ -513,4 +548,25 @@ fn openai_responses(turn: Turn, script: &Script, input: u64, output: u64) -> Res
             json!({"type": "response.completed", "response": response}),
         ),
     ])
+}
+
+fn gemini(path: &str, turn: Turn, script: &Script, input: u64, output: u64) -> Response {
+    let part = match turn {
+        Turn::Write => json!({"functionCall": {"name": "write_file",
+            "args": {"file_path": script.file, "content": script.content}}}),
+        Turn::Answer => json!({"text": script.answer}),
+        Turn::Aside => json!({"text": "Writing a file"}),
+    };
+    let answer = json!({
+        "candidates": [{"content": {"role": "model", "parts": [part]}, "finishReason": "STOP",
+            "index": 0}],
+        "usageMetadata": {"promptTokenCount": input, "candidatesTokenCount": output,
+            "totalTokenCount": input + output},
+        "modelVersion": "gemini-2.5-pro",
+    });
+    if path.contains(":streamGenerateContent") {
+        Response::sse(&[(None, answer)])
+    } else {
+        Response::json(200, &answer)
+    }
 }

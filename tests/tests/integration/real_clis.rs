@@ -43,6 +43,9 @@ fn bind(q: &TestQueue, cli: &str) -> String {
 fn worker(q: &TestQueue, role: &str, env: &[(&str, String)]) -> Command {
     let home = q.scratch.join("home");
     fs::create_dir_all(&home).unwrap();
+    // Where the CLIs leave their error reports and scratch files.
+    let tmp = q.scratch.join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
     let mut cmd = q.host();
     cmd.env_clear()
         .env("HOST_QUEUE_DIR", &q.address)
@@ -54,7 +57,7 @@ fn worker(q: &TestQueue, role: &str, env: &[(&str, String)]) -> Command {
         )
         .env("HOME", &home)
         .env("XDG_CONFIG_HOME", home.join(".config"))
-        .env("TMPDIR", std::env::temp_dir())
+        .env("TMPDIR", &tmp)
         .env("LANG", "C.UTF-8")
         .env("NO_COLOR", "1")
         .env("DISABLE_TELEMETRY", "1")
@@ -312,6 +315,80 @@ fn codexs_usage_limit_snoozes_the_task_until_the_api_says_it_resets() {
     let error = attempt["error"].as_str().unwrap();
     assert!(
         error.contains("usage limit: error: You’ve hit your usage limit"),
+        "{error}"
+    );
+}
+
+/// Gemini CLI's settings: the API-key auth type (with `GOOGLE_GEMINI_BASE_URL` set it would
+/// otherwise take the gateway type, which a non-interactive run refuses), a fixed model (no
+/// routing call), no usage statistics, telemetry or update check.
+fn gemini_env(q: &TestQueue, standin: &ModelStandIn) -> Vec<(&'static str, String)> {
+    let settings = q.scratch.join("home/.gemini");
+    fs::create_dir_all(&settings).unwrap();
+    let json = serde_json::json!({
+        "security": {"auth": {"selectedType": "gemini-api-key"}},
+        "model": {"name": "gemini-2.5-pro"},
+        "privacy": {"usageStatisticsEnabled": false},
+        "telemetry": {"enabled": false},
+        "general": {"disableAutoUpdate": true, "disableUpdateNag": true},
+    });
+    fs::write(settings.join("settings.json"), json.to_string()).unwrap();
+    vec![
+        ("GOOGLE_GEMINI_BASE_URL", standin.url()),
+        ("GEMINI_API_KEY", "standin-key".into()),
+    ]
+}
+
+#[test]
+fn gemini_cli_writes_the_file_and_reports_its_answer_and_tokens() {
+    let q = TestQueue::new();
+    let role = bind(&q, "gemini");
+    let standin = ModelStandIn::start(Api::Gemini, script());
+    let env = gemini_env(&q, &standin);
+    let task = writes_the_file(&q, &role, &standin, &env);
+    let sent = standin.usage();
+    let usage = &task["result"]["usage"];
+    assert_eq!(
+        usage["inputTokens"],
+        sent.input,
+        "{task:#}\n{}",
+        standin.summary()
+    );
+    assert_eq!(usage["outputTokens"], sent.output, "{task:#}");
+    let log = q.ok(&["logs", task["id"].as_str().unwrap()]);
+    for line in [
+        "session started (model gemini-2.5-pro)",
+        "tool write_file: {",
+        "assistant: I wrote hello.txt",
+        "result: success",
+    ] {
+        assert!(log.contains(line), "{line:?} in:\n{log}");
+    }
+}
+
+#[test]
+fn gemini_clis_exhausted_quota_snoozes_the_task_until_the_api_says_to_retry() {
+    let q = TestQueue::new();
+    let role = bind(&q, "gemini");
+    let resets = jiff::Timestamp::now().as_second() + 2 * 3600;
+    let standin = ModelStandIn::start(
+        Api::Gemini,
+        Script {
+            limit: Some(resets),
+            ..script()
+        },
+    );
+    let env = gemini_env(&q, &standin);
+    let task = the_limit_snoozes(&q, &role, &standin, &env);
+    let until: jiff::Timestamp = task["snoozedUntil"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (until.as_second() - resets).abs() <= 60,
+        "snoozed until {until}, the API said {resets}: {task:#}"
+    );
+    let attempt = task["history"].as_array().unwrap().last().unwrap();
+    let error = attempt["error"].as_str().unwrap();
+    assert!(
+        error.contains("usage limit:") && error.contains("exhausted your daily quota"),
         "{error}"
     );
 }
