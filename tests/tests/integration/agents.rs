@@ -101,6 +101,10 @@ fn each_preset_runs_its_cli_with_the_documented_argv_in_the_target() {
                 &prompt,
                 "--allow-all-tools",
                 "--no-ask-user",
+                "--output-format",
+                "json",
+                "--usage-output-file",
+                argv.last().unwrap(),
             ],
             "claude" => vec![
                 "claude",
@@ -135,6 +139,13 @@ fn each_preset_runs_its_cli_with_the_documented_argv_in_the_target() {
             _ => unreachable!(),
         };
         assert_eq!(argv, want);
+        if name == "copilot" {
+            let file = Path::new(argv.last().unwrap());
+            assert!(
+                file.is_absolute() && !file.exists(),
+                "{file:?}: removed after"
+            );
+        }
         let cwd = fs::read_to_string(record.join("cwd")).unwrap();
         assert_eq!(
             Path::new(cwd.trim()).canonicalize().unwrap(),
