@@ -123,6 +123,14 @@ impl Response {
         }
     }
 
+    /// Server-sent events of `data:` lines alone, then `data: [DONE]`.
+    fn sse_done(chunks: &[Value]) -> Response {
+        let mut response =
+            Response::sse(&chunks.iter().map(|c| (None, c.clone())).collect::<Vec<_>>());
+        response.body.extend_from_slice(b"data: [DONE]\n\n");
+        response
+    }
+
     fn header(mut self, name: &str, value: impl Into<String>) -> Response {
         self.headers.push((name.into(), value.into()));
         self
@@ -375,7 +383,17 @@ fn answer(state: &State, request: &Request) -> Response {
                 Turn::Aside
             }
         }
-        _ => Turn::Aside,
+        Api::OpenAiChat => {
+            let tools = names(&body["tools"], "/function/name");
+            let roles = names(&body["messages"], "/role");
+            if roles.iter().any(|r| r == "tool") {
+                Turn::Answer
+            } else if tools.iter().any(|t| t == "create") {
+                Turn::Write
+            } else {
+                Turn::Aside
+            }
+        }
     };
     // Distinct counts per turn, so that a sum is told from any one of them.
     let (input, output) = match turn {
@@ -394,7 +412,7 @@ fn answer(state: &State, request: &Request) -> Response {
         Api::Anthropic => anthropic(&body, turn, script, input, output),
         Api::OpenAiResponses => openai_responses(turn, script, input, output),
         Api::Gemini => gemini(&request.path, turn, script, input, output),
-        _ => Response::json(404, &json!({"error": {"message": "not yet"}})),
+        Api::OpenAiChat => openai_chat(&body, turn, script, input, output),
     }
 }
 
@@ -455,7 +473,18 @@ fn limit(api: Api, reset: i64) -> Response {
                          "retryDelay": format!("{wait}s")}]}}),
             )
         }
-        _ => Response::json(429, &json!({"error": {"message": "not yet"}})),
+        // As the API answers an account whose credit is spent (it gives no reset time).
+        Api::OpenAiChat => Response::json(
+            429,
+            &json!({"error": {"message": "You exceeded your current quota, please check your \
+                plan and billing details. For more information on this error, read the docs: \
+                https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                "type": "insufficient_quota", "param": null, "code": "insufficient_quota"}}),
+        )
+        // Copilot retries a 429 five times, after the wait the answer asks for, as
+        // OpenAI-compatible APIs give it (Azure OpenAI's `retry-after-ms`); without one it
+        // waits a minute in all.
+        .header("retry-after-ms", "100"),
     }
 }
 
@@ -569,4 +598,66 @@ fn gemini(path: &str, turn: Turn, script: &Script, input: u64, output: u64) -> R
     } else {
         Response::json(200, &answer)
     }
+}
+
+/// The folder the CLI runs in, as Copilot's system prompt names it (its `create` tool takes an
+/// absolute path).
+fn working_directory(body: &Value) -> String {
+    body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["content"].as_str())
+        .find_map(|text| {
+            let rest = &text[text.find("Current working directory: ")? + 27..];
+            Some(rest.lines().next()?.trim().to_string())
+        })
+        .unwrap_or_else(|| ".".into())
+}
+
+fn openai_chat(body: &Value, turn: Turn, script: &Script, input: u64, output: u64) -> Response {
+    let base = json!({"id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": 1,
+        "model": body["model"]});
+    let chunk = |choices: Value, usage: Option<Value>| {
+        let mut chunk = base.clone();
+        chunk["choices"] = choices;
+        if let Some(usage) = usage {
+            chunk["usage"] = usage;
+        }
+        chunk
+    };
+    let (delta, finish) = match turn {
+        Turn::Write => {
+            let path = format!("{}/{}", working_directory(body), script.file);
+            (
+                json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0,
+                    "id": "call_standin_1", "type": "function", "function": {"name": "create",
+                    "arguments": json!({"path": path, "file_text": script.content}).to_string()}}]}),
+                "tool_calls",
+            )
+        }
+        Turn::Answer => (
+            json!({"role": "assistant", "content": script.answer}),
+            "stop",
+        ),
+        Turn::Aside => (
+            json!({"role": "assistant", "content": "Writing a file"}),
+            "stop",
+        ),
+    };
+    Response::sse_done(&[
+        chunk(
+            json!([{"index": 0, "delta": delta, "finish_reason": null}]),
+            None,
+        ),
+        chunk(
+            json!([{"index": 0, "delta": {}, "finish_reason": finish}]),
+            None,
+        ),
+        chunk(
+            json!([]),
+            Some(json!({"prompt_tokens": input, "completion_tokens": output,
+                "total_tokens": input + output})),
+        ),
+    ])
 }

@@ -392,3 +392,70 @@ fn gemini_clis_exhausted_quota_snoozes_the_task_until_the_api_says_to_retry() {
         "{error}"
     );
 }
+
+/// Copilot CLI in its own-key mode (BYOK): an OpenAI-compatible provider at the stand-in
+/// (Chat Completions, its default wire API), offline (no GitHub sign-in, telemetry or update).
+fn copilot_env(standin: &ModelStandIn) -> Vec<(&'static str, String)> {
+    vec![
+        ("COPILOT_PROVIDER_BASE_URL", format!("{}/v1", standin.url())),
+        ("COPILOT_PROVIDER_API_KEY", "sk-standin".into()),
+        ("COPILOT_MODEL", "gpt-4.1".into()),
+        ("COPILOT_OFFLINE", "true".into()),
+    ]
+}
+
+#[test]
+fn copilot_cli_creates_the_file_and_reports_its_answer_and_tokens() {
+    let q = TestQueue::new();
+    let role = bind(&q, "copilot");
+    let standin = ModelStandIn::start(Api::OpenAiChat, script());
+    let env = copilot_env(&standin);
+    let task = writes_the_file(&q, &role, &standin, &env);
+    let sent = standin.usage();
+    let usage = &task["result"]["usage"];
+    assert_eq!(
+        usage["inputTokens"],
+        sent.input,
+        "{task:#}\n{}",
+        standin.summary()
+    );
+    assert_eq!(usage["outputTokens"], sent.output, "{task:#}");
+    let log = q.ok(&["logs", task["id"].as_str().unwrap()]);
+    for line in [
+        "tool create: {",
+        "tool result: success",
+        "assistant: I wrote hello.txt",
+        "result: success",
+    ] {
+        assert!(log.contains(line), "{line:?} in:\n{log}");
+    }
+}
+
+#[test]
+fn copilot_clis_exhausted_quota_snoozes_the_task_for_an_hour() {
+    let q = TestQueue::new();
+    let role = bind(&q, "copilot");
+    // OpenAI's answer names no reset time.
+    let standin = ModelStandIn::start(
+        Api::OpenAiChat,
+        Script {
+            limit: Some(0),
+            ..script()
+        },
+    );
+    let env = copilot_env(&standin);
+    let started = jiff::Timestamp::now().as_second();
+    let task = the_limit_snoozes(&q, &role, &standin, &env);
+    let until: jiff::Timestamp = task["snoozedUntil"].as_str().unwrap().parse().unwrap();
+    let waits = until.as_second() - started;
+    assert!(
+        (3540..=3660).contains(&waits),
+        "snoozed for {waits}s: {task:#}"
+    );
+    let attempt = task["history"].as_array().unwrap().last().unwrap();
+    let error = attempt["error"].as_str().unwrap();
+    assert!(
+        error.contains("usage limit:") && error.contains("exceeded your current quota"),
+        "{error}"
+    );
+}
