@@ -9,6 +9,10 @@
 //! reported with what it was told. With [`Script::limit`] it answers every model call with
 //! the API's usage-limit response instead.
 //!
+//! It is also the CLIs' HTTP(S) proxy ([`ModelStandIn::proxy_env`]): a request for any other
+//! server is refused and recorded ([`ModelStandIn::elsewhere`]), so that a CLI reaches nothing
+//! but the stand-in, network or not.
+//!
 //! Every request is recorded ([`ModelStandIn::requests`]) for assertions and for the message
 //! of a failing test. The HTTP is the least the CLIs need: HTTP/1.1, a body by length or in
 //! chunks, one answer per connection (`Connection: close`), a streamed answer sent whole.
@@ -69,6 +73,12 @@ impl Request {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether it asked the stand-in, as a proxy, for another server (`CONNECT host:443`, or
+    /// an absolute URL).
+    pub fn is_elsewhere(&self) -> bool {
+        self.method == "CONNECT" || self.path.starts_with("http://")
     }
 
     /// The body as JSON (null when it is not JSON).
@@ -188,6 +198,27 @@ impl ModelStandIn {
         }
     }
 
+    /// The variables that make the stand-in a CLI's proxy for every other server.
+    pub fn proxy_env(&self) -> Vec<(&'static str, String)> {
+        let url = self.url();
+        [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+        ]
+        .into_iter()
+        .map(|name| (name, url.clone()))
+        .chain(
+            ["NO_PROXY", "no_proxy"]
+                .into_iter()
+                .map(|name| (name, "127.0.0.1,localhost".to_string())),
+        )
+        .collect()
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -196,6 +227,15 @@ impl ModelStandIn {
     /// Every request so far, in the order they arrived.
     pub fn requests(&self) -> Vec<Request> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// The servers other than the stand-in that were asked for through it as a proxy.
+    pub fn elsewhere(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter(|r| r.is_elsewhere())
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect()
     }
 
     /// The tokens reported so far.
@@ -309,6 +349,7 @@ fn serve(state: &State, stream: TcpStream) -> std::io::Result<()> {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        403 => "Forbidden",
         404 => "Not Found",
         429 => "Too Many Requests",
         _ => "Status",
@@ -326,6 +367,10 @@ enum Turn {
 }
 
 fn answer(state: &State, request: &Request) -> Response {
+    // The CLIs' proxy too: a request for anywhere else is refused.
+    if request.is_elsewhere() {
+        return Response::json(403, &json!({"error": "the stand-in is the only server"}));
+    }
     let body = request.json();
     let model_call = match state.api {
         Api::Anthropic => {

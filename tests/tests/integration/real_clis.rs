@@ -39,8 +39,9 @@ fn bind(q: &TestQueue, cli: &str) -> String {
 
 /// A worker of `role` whose environment is only what it needs: the queue, the installed CLIs
 /// first on `PATH`, a fresh `HOME` under the scratch folder (nothing of the user's is read or
-/// written), no telemetry or updates, and `env` (the CLI's base URL and key).
-fn worker(q: &TestQueue, role: &str, env: &[(&str, String)]) -> Command {
+/// written), no telemetry or updates, the stand-in as the proxy for any other server, and `env`
+/// (the CLI's base URL and key).
+fn worker(q: &TestQueue, role: &str, standin: &ModelStandIn, env: &[(&str, String)]) -> Command {
     let home = q.scratch.join("home");
     fs::create_dir_all(&home).unwrap();
     // Where the CLIs leave their error reports and scratch files.
@@ -64,7 +65,7 @@ fn worker(q: &TestQueue, role: &str, env: &[(&str, String)]) -> Command {
         .env("DISABLE_AUTOUPDATER", "1")
         .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
         .args(["--role", role]);
-    for (name, value) in env {
+    for (name, value) in standin.proxy_env().iter().chain(env) {
         cmd.env(name, value);
     }
     cmd
@@ -90,7 +91,10 @@ fn writes_the_file(
         "Write hello.txt saying hello",
     ]);
     let started = Instant::now();
-    let output = worker(q, role, env).arg("--drain").output().unwrap();
+    let output = worker(q, role, standin, env)
+        .arg("--drain")
+        .output()
+        .unwrap();
     let took = started.elapsed();
     let task = q.task(&id);
     let log = q.ok(&["logs", &id]);
@@ -112,6 +116,7 @@ fn writes_the_file(
         "written in the task's worktree, not the checkout"
     );
     assert_eq!(task["result"]["finalMessage"], script().answer, "{context}");
+    assert_eq!(standin.elsewhere(), Vec::<String>::new(), "{context}");
     assert!(log.lines().count() >= 3, "{context}");
     assert!(
         !log.contains("{\"type\""),
@@ -132,7 +137,7 @@ fn the_limit_snoozes(
     let target = q.scratch.join("target");
     fs::create_dir_all(&target).unwrap();
     let id = q.add(&["--type", "write", "--target", target.to_str().unwrap()]);
-    let mut child = worker(q, role, env)
+    let mut child = worker(q, role, standin, env)
         .args(["--poll", "100ms"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -165,6 +170,7 @@ fn the_limit_snoozes(
     );
     let report = q.status();
     assert_eq!(report["usageLimits"][0]["role"], role, "{report:#}");
+    assert_eq!(standin.elsewhere(), Vec::<String>::new());
     task
 }
 
@@ -243,7 +249,8 @@ fn claude_codes_five_hour_limit_snoozes_the_task_until_the_api_says_it_resets() 
 }
 
 /// Codex's `CODEX_HOME` with a model provider at the stand-in (the Responses API, the one
-/// Codex speaks), its key from `STANDIN_API_KEY`, no update check and no analytics.
+/// Codex speaks), its key from `STANDIN_API_KEY`, no update check, no analytics, and no plugins
+/// (it would fetch its curated plugins from github.com and chatgpt.com at every start).
 fn codex_env(q: &TestQueue, standin: &ModelStandIn) -> Vec<(&'static str, String)> {
     let codex_home = q.scratch.join("home/.codex");
     fs::create_dir_all(&codex_home).unwrap();
@@ -255,7 +262,7 @@ fn codex_env(q: &TestQueue, standin: &ModelStandIn) -> Vec<(&'static str, String
              [model_providers.standin]\nname = \"Stand-in\"\nbase_url = \"{}/v1\"\n\
              env_key = \"STANDIN_API_KEY\"\nwire_api = \"responses\"\n\
              request_max_retries = 0\nstream_max_retries = 0\n\n\
-             [analytics]\nenabled = false\n",
+             [analytics]\nenabled = false\n\n[features]\nplugins = false\n",
             standin.url()
         ),
     )
