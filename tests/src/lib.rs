@@ -7,6 +7,8 @@
 //!   an older minor version, one against a copy whose host-context methods are reordered (a
 //!   layout change), and a library that is not a plugin at all.
 //! - [`TestQueue`] is a fresh coordination folder with its own plugin folder.
+//! - [`agent_clis`] installs the real agent CLIs from npm, once per machine, and
+//!   [`model_standin`] serves a stand-in for their model APIs on 127.0.0.1.
 
 use std::collections::BTreeMap;
 use std::fs;
