@@ -22,16 +22,18 @@
 //!
 //! | preset    | argv                                                                   | long prompt             |
 //! |-----------|------------------------------------------------------------------------|-------------------------|
-//! | `copilot` | `copilot -p PROMPT --allow-all-tools --no-ask-user`                    | stdin (no `-p`)         |
+//! | `copilot` | `copilot -p PROMPT --allow-all-tools --no-ask-user --output-format json --usage-output-file FILE` | stdin (no `-p`) |
 //! | `claude`  | `claude -p PROMPT --permission-mode acceptEdits --output-format stream-json --verbose` | stdin (`-p` alone) |
 //! | `codex`   | `codex exec --json --skip-git-repo-check --sandbox workspace-write PROMPT` | stdin (`-`)         |
 //! | `gemini`  | `gemini -p PROMPT --approval-mode auto_edit --skip-trust --output-format stream-json` | stdin, and a short `-p` |
 //! | `aider`   | `aider --message PROMPT --yes-always`                                  | `--message-file FILE`   |
 //!
-//! Claude Code, Codex and Gemini CLI run in their structured headless modes: each event they
-//! print becomes a readable log line (`assistant: ...`, `tool Edit: {...}`, `command: ls (exit
-//! 0)`), and the result keeps the final message (`finalMessage`) and the tokens and cost they
-//! report (`usage`: `inputTokens`, `outputTokens`, `costUsd` where given; see `stream`).
+//! Claude Code, Codex, Gemini CLI and Copilot CLI run in their structured headless modes: each
+//! event they print becomes a readable log line (`assistant: ...`, `tool Edit: {...}`, `command:
+//! ls (exit 0)`), and the result keeps the final message (`finalMessage`) and the tokens and
+//! cost they report (`usage`: `inputTokens`, `outputTokens`, `costUsd` where given; see
+//! `stream`). Copilot's events carry no tokens: it writes them to the attempt's usage file as it
+//! exits.
 //!
 //! Checked against GitHub Copilot CLI 1.0.102, Claude Code 2.1.197, codex-cli 0.169.0 and Gemini
 //! CLI 0.61.0 from the npm registry (their `--help`, and runs without credentials in a folder
@@ -131,6 +133,9 @@ pub struct Preset {
     long: LongPrompt,
     /// The structured events its argv asks for, where it has them.
     stream: Option<Format>,
+    /// The flag naming a file where it writes its tokens as it exits, for a CLI whose events
+    /// carry none (Copilot): given a file of the attempt's.
+    usage_file: Option<&'static str>,
     /// How it is told to go on with an earlier session.
     resume: Resume,
 }
@@ -138,11 +143,11 @@ pub struct Preset {
 /// How a CLI resumes an earlier session (see [`earlier_session`]).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Resume {
-    /// It cannot be told which one: Gemini CLI resumes by an index within a folder, Copilot
-    /// CLI and aider name no session in their output.
+    /// It cannot be told which one: Gemini CLI resumes by an index within a folder, aider
+    /// names no session.
     Unable,
-    /// `PROGRAM --resume ID ...` (Claude Code; sessions are kept per folder, and an attempt
-    /// again of the same task works in the same folder).
+    /// `PROGRAM --resume ID ...` (Claude Code, whose sessions are kept per folder: an attempt
+    /// again of the same task works in the same folder; Copilot CLI).
     Flag,
     /// `... resume ID PROMPT`: Codex's `codex exec [OPTIONS] resume ID PROMPT`.
     BeforePrompt,
@@ -166,11 +171,20 @@ pub const PRESETS: [Preset; 5] = [
             "{prompt}",
             "--allow-all-tools",
             "--no-ask-user",
+            "--output-format",
+            "json",
         ],
         // Without `-p`, the prompt is read from stdin (`-p -` would be the prompt "-").
-        long: LongPrompt::Stdin(&["copilot", "--allow-all-tools", "--no-ask-user"]),
-        stream: None,
-        resume: Resume::Unable,
+        long: LongPrompt::Stdin(&[
+            "copilot",
+            "--allow-all-tools",
+            "--no-ask-user",
+            "--output-format",
+            "json",
+        ]),
+        stream: Some(Format::Copilot),
+        usage_file: Some("--usage-output-file"),
+        resume: Resume::Flag,
     },
     Preset {
         name: "claude",
@@ -195,6 +209,7 @@ pub const PRESETS: [Preset; 5] = [
             "--verbose",
         ]),
         stream: Some(Format::Claude),
+        usage_file: None,
         resume: Resume::Flag,
     },
     Preset {
@@ -218,6 +233,7 @@ pub const PRESETS: [Preset; 5] = [
             "-",
         ]),
         stream: Some(Format::Codex),
+        usage_file: None,
         resume: Resume::BeforePrompt,
     },
     Preset {
@@ -243,6 +259,7 @@ pub const PRESETS: [Preset; 5] = [
             "stream-json",
         ]),
         stream: Some(Format::Gemini),
+        usage_file: None,
         resume: Resume::Unable,
     },
     Preset {
@@ -250,6 +267,7 @@ pub const PRESETS: [Preset; 5] = [
         argv: &["aider", "--message", "{prompt}", "--yes-always"],
         long: LongPrompt::File(&["aider", "--message-file", "{prompt_file}", "--yes-always"]),
         stream: None,
+        usage_file: None,
         resume: Resume::Unable,
     },
 ];
@@ -826,8 +844,21 @@ impl Agent {
                 "resuming session {session} of the rejected attempt"
             ));
         }
-        let invocation = Invocation::new(setup, task, &after, &prompt, session)
+        let mut invocation = Invocation::new(setup, task, &after, &prompt, session)
             .map_err(|err| format!("{which}: {err}"))?;
+        let usage_file = match setup.preset.and_then(|p| p.usage_file) {
+            Some(flag) => {
+                let file = tempfile::Builder::new()
+                    .prefix("host-usage-")
+                    .suffix(".json")
+                    .tempfile()
+                    .map_err(|err| format!("{which}: cannot make the usage file: {err}"))?;
+                invocation.argv.push(flag.to_string());
+                invocation.argv.push(file.path().display().to_string());
+                Some(file)
+            }
+            None => None,
+        };
         let program = invocation.argv[0].clone();
         let mut limits = Limits::for_task(task, DEFAULT_TIMEOUT, setup.stall);
         // With structured output, the stall limit measures events of work, not any line.
@@ -863,6 +894,12 @@ impl Agent {
             "changedFiles": snapshot(dir, run.stop.map(|_| Instant::now() + Duration::from_secs(1)))
                 .map(|after| changes(&before, &after)),
         });
+        if let (Some(transcript), Some(file)) = (&mut transcript, &usage_file)
+            && let Ok(report) = std::fs::read_to_string(file.path())
+            && let Ok(report) = serde_json::from_str::<Value>(&report)
+        {
+            transcript.usage_report(&report);
+        }
         if let Some(transcript) = &transcript {
             if let Some(session) = transcript.session() {
                 result["sessionId"] = json!(session);

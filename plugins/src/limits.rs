@@ -56,11 +56,64 @@ pub fn usage_limit_in(text: &str, now: Timestamp) -> Option<LimitHit> {
             now.checked_add(std::time::Duration::from_secs_f64(secs))
                 .ok()
         });
-    let said = text.lines().find(|l| !l.trim().is_empty()).unwrap_or(text);
+    // The line that says it, not whatever the CLI printed first.
+    let said = text
+        .lines()
+        .find(|l| SIGNS.iter().any(|sign| l.to_lowercase().contains(sign)))
+        .or_else(|| text.lines().find(|l| !l.trim().is_empty()))
+        .unwrap_or(text);
     Some(LimitHit {
         said: said.trim().chars().take(300).collect(),
-        resets_at: epoch.or(in_seconds),
+        resets_at: epoch
+            .or(in_seconds)
+            .or_else(|| clock_time_after(&lower, "try again at ", now)),
     })
+}
+
+/// The local clock time after `key`, as Codex gives its reset: "5:42 pm" (today, or
+/// tomorrow once past) or "dec 8th, 2026 5:42 pm", in the system's time zone, which is the
+/// CLI's too.
+fn clock_time_after(lower: &str, key: &str, now: Timestamp) -> Option<Timestamp> {
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
+    let mut words = lower[lower.find(key)? + key.len()..].split_whitespace();
+    let tz = jiff::tz::TimeZone::system();
+    let mut word = words.next()?;
+    let date = match MONTHS.iter().position(|m| word.starts_with(m)) {
+        Some(month) => {
+            let digits = |word: &str| {
+                word.trim_end_matches(|c: char| !c.is_ascii_digit())
+                    .to_string()
+            };
+            let day: i8 = digits(words.next()?).parse().ok()?;
+            let year: i16 = digits(words.next()?).parse().ok()?;
+            word = words.next()?;
+            Some(jiff::civil::Date::new(year, month as i8 + 1, day).ok()?)
+        }
+        None => None,
+    };
+    let (hour, minute) = word.split_once(':')?;
+    let (hour, minute): (i8, i8) = (hour.parse().ok()?, minute.parse().ok()?);
+    let hour = match words
+        .next()?
+        .trim_end_matches(|c: char| !c.is_ascii_alphabetic())
+    {
+        "am" => hour % 12,
+        "pm" => hour % 12 + 12,
+        _ => return None,
+    };
+    let today = now.to_zoned(tz.clone()).date();
+    let at = date
+        .unwrap_or(today)
+        .at(hour, minute, 0, 0)
+        .to_zoned(tz)
+        .ok()?
+        .timestamp();
+    match date {
+        None if at < now => at.checked_add(jiff::SignedDuration::from_hours(24)).ok(),
+        _ => Some(at),
+    }
 }
 
 /// The number right after `key` in `text` (spaces allowed between).
@@ -150,6 +203,22 @@ mod tests {
                 r#"{"type":"usage_limit_reached","resets_at":1800000600,"resets_in_seconds":9}"#
             ),
             Some(600)
+        );
+        // Codex 0.171 gives a local clock time, today's or with its date.
+        let local = |text: &str| {
+            let at = usage_limit_in(text, now())
+                .expect("a limit")
+                .resets_at
+                .unwrap();
+            at.to_zoned(jiff::tz::TimeZone::system()).datetime()
+        };
+        let today = now().to_zoned(jiff::tz::TimeZone::system());
+        let at = local("You’ve hit your usage limit. Upgrade to Pro or try again at 5:42 PM.");
+        assert_eq!((at.hour(), at.minute()), (17, 42));
+        assert!(at.date() == today.date() || at.date() == today.date().tomorrow().unwrap());
+        assert_eq!(
+            local("You’ve hit your usage limit. Try again at Dec 8th, 2026 12:05 AM."),
+            jiff::civil::date(2026, 12, 8).at(0, 5, 0, 0)
         );
         // Gemini.
         assert_eq!(

@@ -1,7 +1,7 @@
 //! The structured headless output of the CLIs that have one (Claude Code `--output-format
-//! stream-json`, Codex `exec --json`, Gemini CLI `--output-format stream-json`): one JSON event
-//! per line, turned into a readable log line each, with the final message and the tokens and
-//! cost the CLI reports kept for the result.
+//! stream-json`, Codex `exec --json`, Gemini CLI `--output-format stream-json`, Copilot CLI
+//! `--output-format json`): one JSON event per line, turned into a readable log line each, with
+//! the final message and the tokens and cost the CLI reports kept for the result.
 
 use plugin_api::{Timestamp, Value, json};
 
@@ -16,6 +16,10 @@ pub enum Format {
     Codex,
     /// Gemini CLI: `message`, `tool_use`, `tool_result`, then one `result` with stats.
     Gemini,
+    /// Copilot CLI: `assistant.message` (with its tool requests), `tool.execution_complete`,
+    /// `session.error`, then one `result`. Its events carry no tokens: those come from the
+    /// file of `--usage-output-file` ([`Transcript::usage_report`]).
+    Copilot,
 }
 
 impl Format {
@@ -48,6 +52,16 @@ impl Format {
             Format::Gemini => matches!(
                 kind,
                 "init" | "message" | "tool_use" | "tool_result" | "result"
+            ),
+            Format::Copilot => matches!(
+                kind,
+                "user.message"
+                    | "assistant.message"
+                    | "assistant.message_delta"
+                    | "tool.execution_start"
+                    | "tool.execution_complete"
+                    | "assistant.turn_end"
+                    | "result"
             ),
         }
     }
@@ -97,10 +111,12 @@ impl Transcript {
         if !event.is_object() {
             return Some(raw);
         }
-        // Claude Code and Gemini CLI name the session on their first event, Codex its thread.
+        // Claude Code and Gemini CLI name the session on their first event, Codex its thread,
+        // Copilot CLI its session on its result.
         let session = match self.format {
             Format::Claude | Format::Gemini => event["session_id"].as_str(),
             Format::Codex => event["thread_id"].as_str(),
+            Format::Copilot => event["sessionId"].as_str(),
         };
         if self.session.is_none()
             && let Some(id) = session
@@ -111,6 +127,7 @@ impl Transcript {
             Format::Claude => self.claude(&event),
             Format::Codex => self.codex(&event),
             Format::Gemini => self.gemini(&event),
+            Format::Copilot => self.copilot(&event),
         };
         shown.map(|line| cut(&line))
     }
@@ -282,6 +299,52 @@ impl Transcript {
         }
     }
 
+    fn copilot(&mut self, event: &Value) -> Option<String> {
+        let data = &event["data"];
+        match text(event, "type") {
+            "assistant.message" => {
+                let content = text(data, "content");
+                let mut lines = Vec::new();
+                if !content.trim().is_empty() {
+                    self.final_message = Some(content.to_string());
+                    lines.push(format!("assistant: {content}"));
+                }
+                for request in data["toolRequests"].as_array().into_iter().flatten() {
+                    lines.push(format!(
+                        "tool {}: {}",
+                        text(request, "name"),
+                        request["arguments"]
+                    ));
+                }
+                (!lines.is_empty()).then(|| lines.join("\n"))
+            }
+            "tool.execution_complete" => Some(format!(
+                "tool result: {}",
+                if data["success"] == true {
+                    "success"
+                } else {
+                    "failed"
+                }
+            )),
+            "session.error" => Some(format!("error: {}", text(data, "message"))),
+            "result" => match event["exitCode"].as_i64() {
+                Some(0) => Some("result: success".into()),
+                Some(code) => Some(format!("result: exit code {code}")),
+                None => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Takes the usage a CLI wrote to a file when it finished (Copilot CLI's
+    /// `--usage-output-file`: `modelMetrics` by model, each with `usage` `inputTokens` and
+    /// `outputTokens`).
+    pub fn usage_report(&mut self, report: &Value) {
+        for metrics in report["modelMetrics"].as_object().into_iter().flatten() {
+            self.add_usage(&metrics.1["usage"], &["inputTokens"], "outputTokens");
+        }
+    }
+
     fn add_usage(&mut self, usage: &Value, inputs: &[&str], output: &str) {
         if !usage.is_object() {
             return;
@@ -440,6 +503,49 @@ mod tests {
 
         let mut t = Transcript::new(Format::Claude);
         assert_eq!(t.line("plain text".into()).as_deref(), Some("plain text"));
+        assert_eq!(t.usage(), Value::Null);
+    }
+
+    #[test]
+    fn copilot_json_from_a_real_run_becomes_lines_an_answer_and_with_its_usage_file_tokens() {
+        // Copilot CLI 1.0.102 `-p ... --output-format json` in its own-key mode, as it printed
+        // it (the list of skills cut to one).
+        let stream = include_str!("../fixtures/copilot-1.0.102-byok.jsonl");
+        let mut t = Transcript::new(Format::Copilot);
+        let shown: Vec<String> = stream
+            .lines()
+            .filter_map(|l| t.line(l.to_string()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "tool create: {\"file_text\":\"hi\\n\",\"path\":\"/tmp/probe/p/work/hello.txt\"}",
+                "tool result: success",
+                "assistant: I wrote hello.txt.",
+                "result: success",
+            ]
+        );
+        let work = stream
+            .lines()
+            .filter(|l| Format::Copilot.is_work(l))
+            .count();
+        assert_eq!(work, 9);
+        assert_eq!(t.final_message(), Some("I wrote hello.txt."));
+        // Its events carry no tokens; the usage file, written as it exits, does.
+        assert_eq!(t.usage(), Value::Null);
+        t.usage_report(&json!({"totalPremiumRequestCost": 0, "modelMetrics": {
+            "gpt-4.1": {"requests": {"count": 2, "cost": 0},
+                        "usage": {"inputTokens": 2500, "outputTokens": 57,
+                                  "cacheReadTokens": 0, "cacheWriteTokens": 0}}}}));
+        assert_eq!(t.usage(), json!({"inputTokens": 2500, "outputTokens": 57}));
+
+        let mut t = Transcript::new(Format::Copilot);
+        let error = json!({"type": "session.error", "data": {"errorType": "query",
+            "message": "Model 'gpt-4.1' not found on provider (HTTP 404).", "statusCode": 404}});
+        assert_eq!(
+            t.line(error.to_string()).as_deref(),
+            Some("error: Model 'gpt-4.1' not found on provider (HTTP 404).")
+        );
         assert_eq!(t.usage(), Value::Null);
     }
 }

@@ -7,6 +7,8 @@
 //!   an older minor version, one against a copy whose host-context methods are reordered (a
 //!   layout change), and a library that is not a plugin at all.
 //! - [`TestQueue`] is a fresh coordination folder with its own plugin folder.
+//! - [`agent_clis`] installs the real agent CLIs from npm, once per machine, and
+//!   [`model_standin`] serves a stand-in for their model APIs on 127.0.0.1.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,6 +21,7 @@ use serde_json::Value;
 
 pub mod conformance;
 pub mod driver_conformance;
+pub mod model_standin;
 pub mod netns;
 pub mod pg;
 
@@ -676,6 +679,80 @@ pub fn python_with_mcp() -> &'static Path {
         }
         python
     })
+}
+
+/// The agent CLIs the suite runs, from npm, at the versions it checks: (package, version).
+pub const AGENT_CLIS: [(&str, &str); 4] = [
+    ("@anthropic-ai/claude-code", "2.1.197"),
+    ("@openai/codex", "0.171.0"),
+    ("@google/gemini-cli", "0.61.0"),
+    ("@github/copilot", "1.0.102"),
+];
+
+/// The folder holding the real agent CLIs (`claude`, `codex`, `gemini`, `copilot`), installed
+/// from the npm registry under the target folder (`agent-clis/node_modules/.bin`) at the
+/// versions of [`AGENT_CLIS`], once per machine and kept: a lock file keeps test processes
+/// from installing at once, and an install at other versions is replaced. Without npm or the
+/// registry this panics, saying why: the tests that need the CLIs fail, never skip.
+pub fn agent_clis() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let prefix = workspace()
+            .bin_dir
+            .parent()
+            .expect("target dir")
+            .join("agent-clis");
+        fs::create_dir_all(&prefix).unwrap();
+        let lock = fs::File::create(prefix.join("lock")).unwrap();
+        lock.lock().unwrap();
+        let installed = |(package, version): &(&str, &str)| {
+            let manifest = prefix
+                .join("node_modules")
+                .join(package)
+                .join("package.json");
+            fs::read_to_string(manifest)
+                .ok()
+                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+                .is_some_and(|m| m["version"] == *version)
+        };
+        if !AGENT_CLIS.iter().all(installed) {
+            let started = Instant::now();
+            let output = Command::new("npm")
+                .args([
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                    "--prefix",
+                ])
+                .arg(&prefix)
+                .args(AGENT_CLIS.map(|(package, version)| format!("{package}@{version}")))
+                .output()
+                .expect("npm runs (the real-CLI tests need Node.js 20 or later and npm)");
+            assert!(
+                output.status.success(),
+                "cannot install the agent CLIs from npm into {}: {}",
+                prefix.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(
+                AGENT_CLIS.iter().all(installed),
+                "npm installed other versions"
+            );
+            note(&format!(
+                "installed the agent CLIs in {:.0?}",
+                started.elapsed()
+            ));
+        }
+        let _ = lock.unlock();
+        prefix.join("node_modules/.bin")
+    })
+}
+
+/// Says on the terminal, past the test harness's capture, something worth knowing.
+fn note(what: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "NOTE: {what}");
 }
 
 /// Builds the standalone plugin crate in `dir` as its author would outside this workspace

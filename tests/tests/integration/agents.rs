@@ -101,6 +101,10 @@ fn each_preset_runs_its_cli_with_the_documented_argv_in_the_target() {
                 &prompt,
                 "--allow-all-tools",
                 "--no-ask-user",
+                "--output-format",
+                "json",
+                "--usage-output-file",
+                argv.last().unwrap(),
             ],
             "claude" => vec![
                 "claude",
@@ -135,6 +139,13 @@ fn each_preset_runs_its_cli_with_the_documented_argv_in_the_target() {
             _ => unreachable!(),
         };
         assert_eq!(argv, want);
+        if name == "copilot" {
+            let file = Path::new(argv.last().unwrap());
+            assert!(
+                file.is_absolute() && !file.exists(),
+                "{file:?}: removed after"
+            );
+        }
         let cwd = fs::read_to_string(record.join("cwd")).unwrap();
         assert_eq!(
             Path::new(cwd.trim()).canonicalize().unwrap(),
@@ -1342,6 +1353,11 @@ fn a_rejected_change_resumes_the_agents_session_where_its_cli_can() {
             json!({"type": "thread.started", "thread_id": "thread-9"}),
             vec!["resume", "thread-9"],
         ),
+        (
+            "copilot",
+            json!({"type": "assistant.message", "data": {"content": "Working."}}),
+            vec!["copilot", "--resume", "cop-7", "-p"],
+        ),
     ] {
         let q = TestQueue::new();
         let bin = fake_agents(&q);
@@ -1350,6 +1366,7 @@ fn a_rejected_change_resumes_the_agents_session_where_its_cli_can() {
         let finished = match cli {
             "claude" => json!({"type": "result", "subtype": "success", "result": "Done.",
                                "session_id": "sess-123"}),
+            "copilot" => json!({"type": "result", "sessionId": "cop-7", "exitCode": 0}),
             _ => {
                 json!({"type": "item.completed", "item": {"type": "agent_message", "text": "Done."}})
             }
@@ -1366,10 +1383,10 @@ fn a_rejected_change_resumes_the_agents_session_where_its_cli_can() {
         drain_agent(&q, &format!("p-{cli}"), &bin, &record, &env);
         let task = q.task(&id);
         assert_eq!(task["status"], "review", "{task:#}");
-        let session = if cli == "claude" {
-            "sess-123"
-        } else {
-            "thread-9"
+        let session = match cli {
+            "claude" => "sess-123",
+            "codex" => "thread-9",
+            _ => "cop-7",
         };
         assert_eq!(task["result"]["sessionId"], session, "{task:#}");
         assert_eq!(task["history"][0]["session"], session, "{task:#}");
@@ -1393,7 +1410,7 @@ fn a_rejected_change_resumes_the_agents_session_where_its_cli_can() {
             );
         }
         let prompt = argv.last().unwrap();
-        let prompt = if cli == "claude" { &argv[4] } else { prompt };
+        let prompt = if cli == "codex" { prompt } else { &argv[4] };
         assert!(
             prompt.contains("session of that attempt, resumed"),
             "{prompt}"

@@ -20,6 +20,7 @@ mod postgres;
 mod power_cuts;
 mod processes;
 mod queue_folder;
+mod real_clis;
 mod reliability;
 mod review;
 mod roles;
