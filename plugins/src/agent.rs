@@ -138,6 +138,8 @@ pub struct Preset {
     usage_file: Option<&'static str>,
     /// How it is told to go on with an earlier session.
     resume: Resume,
+    /// Files it writes in its folder for itself (a history, a cache): never committed.
+    own_files: &'static [&'static str],
 }
 
 /// How a CLI resumes an earlier session (see [`earlier_session`]).
@@ -185,6 +187,7 @@ pub const PRESETS: [Preset; 5] = [
         stream: Some(Format::Copilot),
         usage_file: Some("--usage-output-file"),
         resume: Resume::Flag,
+        own_files: &[],
     },
     Preset {
         name: "claude",
@@ -211,6 +214,7 @@ pub const PRESETS: [Preset; 5] = [
         stream: Some(Format::Claude),
         usage_file: None,
         resume: Resume::Flag,
+        own_files: &[],
     },
     Preset {
         name: "codex",
@@ -235,6 +239,7 @@ pub const PRESETS: [Preset; 5] = [
         stream: Some(Format::Codex),
         usage_file: None,
         resume: Resume::BeforePrompt,
+        own_files: &[],
     },
     Preset {
         name: "gemini",
@@ -261,14 +266,30 @@ pub const PRESETS: [Preset; 5] = [
         stream: Some(Format::Gemini),
         usage_file: None,
         resume: Resume::Unable,
+        own_files: &[],
     },
     Preset {
         name: "aider",
-        argv: &["aider", "--message", "{prompt}", "--yes-always"],
-        long: LongPrompt::File(&["aider", "--message-file", "{prompt_file}", "--yes-always"]),
+        // Without `--no-gitignore` it adds `.aider*` to the repository's .gitignore, which
+        // would land on the task's branch; its `.aider*` files are left out instead.
+        argv: &[
+            "aider",
+            "--message",
+            "{prompt}",
+            "--yes-always",
+            "--no-gitignore",
+        ],
+        long: LongPrompt::File(&[
+            "aider",
+            "--message-file",
+            "{prompt_file}",
+            "--yes-always",
+            "--no-gitignore",
+        ]),
         stream: None,
         usage_file: None,
         resume: Resume::Unable,
+        own_files: &[".aider*"],
     },
 ];
 
@@ -781,6 +802,12 @@ impl Role for Agent {
             Some(repo) => Some(open_worktree(&repo, task, &settings, &prerequisites, ctx)?),
             None => None,
         };
+        let checkout = checkout.map(|mut checkout| {
+            if let Some(preset) = setup.preset {
+                checkout.leave_out(preset.own_files);
+            }
+            checkout
+        });
         let dir = checkout
             .as_ref()
             .map_or_else(|| target.to_path_buf(), |c| c.folder_for(target));

@@ -461,15 +461,19 @@ pub fn renew(task: &mut Task, now: Timestamp, policy: &Policy) {
     task.lease_expires_at = Some(later(now, policy.lease));
 }
 
+/// The task's running attempt in its history.
+fn running_attempt(task: &mut Task) -> Option<&mut Attempt> {
+    let attempt = task.attempts;
+    task.history
+        .iter_mut()
+        .rev()
+        .find(|a| a.attempt == attempt && a.status == AttemptStatus::Running)
+}
+
 /// Ends the task's running attempt in its history.
 fn end_attempt(task: &mut Task, status: AttemptStatus, error: Option<String>, now: Timestamp) {
     let finished_by = task.worker.clone();
-    if let Some(entry) = task
-        .history
-        .iter_mut()
-        .rev()
-        .find(|a| a.attempt == task.attempts && a.status == AttemptStatus::Running)
-    {
+    if let Some(entry) = running_attempt(task) {
         entry.status = status;
         entry.finished_at = Some(now);
         entry.error = error;
@@ -498,12 +502,7 @@ pub fn finish(task: &mut Task, outcome: Outcome, now: Timestamp, policy: &Policy
         Outcome::Snooze { .. } => None,
     }
     .and_then(|result| result.get("sessionId")?.as_str().map(String::from));
-    if let Some(entry) = task
-        .history
-        .iter_mut()
-        .rev()
-        .find(|a| a.attempt == task.attempts && a.status == AttemptStatus::Running)
-    {
+    if let Some(entry) = running_attempt(task) {
         entry.session = session;
     }
     match outcome {

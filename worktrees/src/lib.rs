@@ -193,6 +193,9 @@ pub struct Checkout {
     prepared: Vec<(String, Option<String>)>,
     /// Whether [`Checkout::finish`] leaves the worktree in place.
     keep: bool,
+    /// Git pathspec globs of files never committed: what a CLI writes for itself (aider's
+    /// `.aider*` history), see [`Checkout::leave_out`].
+    left_out: Vec<String>,
 }
 
 /// Makes a fresh worktree for an attempt on `branch` (see [`branch_of`]), in a folder named
@@ -245,6 +248,7 @@ pub fn start(repo: &Repo, branch: &str, base: &Base) -> Result<Checkout, Error> 
         base_branch,
         prepared: Vec::new(),
         keep: false,
+        left_out: Vec::new(),
     };
     for other in after.iter().skip(1) {
         if let Err(err) = checkout.merge_in(other) {
@@ -364,6 +368,13 @@ impl Checkout {
         self.keep = true;
     }
 
+    /// Never commits files matching these globs (`.aider*`): what the program run in the
+    /// worktree writes for itself rather than as its change. They go with the worktree.
+    pub fn leave_out(&mut self, globs: &[&str]) {
+        self.left_out
+            .extend(globs.iter().map(|g| format!(":(glob){g}")));
+    }
+
     /// Commits what the agent left uncommitted (with `message`), describes the branch and
     /// removes the worktree (unless [`Checkout::keep`] was called); the branch stays. When that fails (a lock a killed agent left, a
     /// hook), the worktree is kept, so nothing the agent did is lost, and the error names it.
@@ -397,6 +408,11 @@ impl Checkout {
             .is_empty();
         if dirty {
             git_in(&self.path, &["add", "--all"])?;
+            if !self.left_out.is_empty() {
+                let mut reset = vec!["reset", "--quiet", "--"];
+                reset.extend(self.left_out.iter().map(String::as_str));
+                git_in(&self.path, &reset)?;
+            }
             // What preparing the worktree left, and the agent did not change since, stays out.
             if !self.prepared.is_empty() {
                 let paths: Vec<String> = self.prepared.iter().map(|(p, _)| p.clone()).collect();

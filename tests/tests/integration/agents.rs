@@ -135,7 +135,13 @@ fn each_preset_runs_its_cli_with_the_documented_argv_in_the_target() {
                 "--output-format",
                 "stream-json",
             ],
-            "aider" => vec!["aider", "--message", &prompt, "--yes-always"],
+            "aider" => vec![
+                "aider",
+                "--message",
+                &prompt,
+                "--yes-always",
+                "--no-gitignore",
+            ],
             _ => unreachable!(),
         };
         assert_eq!(argv, want);
@@ -151,9 +157,12 @@ fn each_preset_runs_its_cli_with_the_documented_argv_in_the_target() {
             Path::new(cwd.trim()).canonicalize().unwrap(),
             target.canonicalize().unwrap()
         );
-        assert_eq!(
-            task["result"]["changedFiles"]["created"][0],
-            "agent-was-here.txt"
+        let created = task["result"]["changedFiles"]["created"]
+            .as_array()
+            .unwrap();
+        assert!(
+            created.contains(&"agent-was-here.txt".into()),
+            "{created:?}"
         );
         assert_eq!(task["result"]["agent"], name);
         assert_eq!(task["result"]["program"], name);
@@ -1466,4 +1475,47 @@ fn a_fix_after_any_outcome_of_a_failed_test_runs_with_the_test_error_in_its_prom
         "{prompt}"
     );
     assert!(prompt.contains("whatever its outcome"), "{prompt}");
+}
+
+#[test]
+fn files_a_cli_keeps_for_itself_stay_off_the_tasks_branch() {
+    let q = TestQueue::new();
+    let bin = fake_agents(&q);
+    bind_presets(&q, "");
+    let repo = q.scratch.join("repo");
+    fs::create_dir_all(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "base",
+    ]);
+    let id = q.add(&["--type", "t-aider", "--target", repo.to_str().unwrap()]);
+    drain_agent(&q, "p-aider", &bin, &q.scratch.join("record"), &[]);
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let branch = task["result"]["worktree"]["branch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let files = git(&["ls-tree", "-r", "--name-only", &branch]);
+    assert_eq!(
+        files, "agent-was-here.txt\n",
+        "aider's history is its own: {files}"
+    );
 }
