@@ -1519,3 +1519,37 @@ fn files_a_cli_keeps_for_itself_stay_off_the_tasks_branch() {
         "aider's history is its own: {files}"
     );
 }
+
+#[test]
+fn a_usage_limit_is_notified_naming_the_role_and_the_reset() {
+    let q = TestQueue::new();
+    bind_presets(&q, "");
+    let hooks = crate::notify::Receiver::start(Some(200));
+    let toml = fs::read_to_string(q.queue.join("host.toml")).unwrap();
+    let url = hooks.url("/hook");
+    fs::write(
+        q.queue.join("host.toml"),
+        format!("{toml}\n[notify]\n[[notify.webhook]]\nurl = {url:?}\n"),
+    )
+    .unwrap();
+    let resets_at = jiff::Timestamp::now().as_second() + 7200;
+    let id = q.add(&[
+        "--type",
+        "t-claude",
+        "--target",
+        q.scratch.to_str().unwrap(),
+    ]);
+    let worker = spawn_agent(&q, "p-claude", &claude_limit_events(resets_at), "1");
+    q.wait_for("the notification", Duration::from_secs(30), |_| {
+        !hooks.at("/hook").is_empty()
+    });
+    let said = stop(worker);
+    let body = hooks.at("/hook")[0].json();
+    assert_eq!(body["event"], "usage_limit", "{body:#}\n{said}");
+    assert_eq!(body["task"]["id"], id.as_str(), "{body:#}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("p-claude") && message.contains("usage limit"),
+        "{message}"
+    );
+}

@@ -16,7 +16,7 @@ use crate::worktrees::{bind_editor, repository};
 
 /// One request a [`Receiver`] got.
 #[derive(Clone, Debug)]
-struct Request {
+pub(crate) struct Request {
     path: String,
     /// Header names in lower case.
     headers: Vec<(String, String)>,
@@ -24,7 +24,7 @@ struct Request {
 }
 
 impl Request {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|err| panic!("{err}: {}", self.body))
     }
 
@@ -39,14 +39,14 @@ impl Request {
 /// A webhook receiver on 127.0.0.1: answers each request with `status` (or, for `None`, never
 /// answers, holding the connection for up to 10 s) and keeps what it was sent. It stops when
 /// dropped.
-struct Receiver {
+pub(crate) struct Receiver {
     port: u16,
     got: Arc<Mutex<Vec<Request>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Receiver {
-    fn start(status: Option<u16>) -> Receiver {
+    pub(crate) fn start(status: Option<u16>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -67,12 +67,12 @@ impl Receiver {
         Receiver { port, got, stop }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
     /// What was posted to `path`, in the order it came.
-    fn at(&self, path: &str) -> Vec<Request> {
+    pub(crate) fn at(&self, path: &str) -> Vec<Request> {
         let got = self.got.lock().unwrap();
         got.iter().filter(|r| r.path == path).cloned().collect()
     }
