@@ -1552,4 +1552,6 @@ fn a_usage_limit_is_notified_naming_the_role_and_the_reset() {
         message.contains("p-claude") && message.contains("usage limit"),
         "{message}"
     );
+    let reset = jiff::Timestamp::from_second(resets_at).unwrap();
+    assert!(message.contains(&format!("until {reset:.0}")), "{message}");
 }
