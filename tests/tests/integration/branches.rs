@@ -288,7 +288,7 @@ fn keep_worktree_keeps_the_folder_and_open_makes_one_again_or_says_why_not() {
 
 /// A folder holding a fake `gh` that records its arguments and standard input in `calls` and
 /// prints a pull request's address, or, with `logged_out`, complains as gh does without a login.
-fn fake_gh(q: &TestQueue, logged_out: bool) -> (PathBuf, PathBuf) {
+pub(crate) fn fake_gh(q: &TestQueue, logged_out: bool) -> (PathBuf, PathBuf) {
     let bin = q.scratch.join(if logged_out { "gh-out" } else { "gh-in" });
     fs::create_dir_all(&bin).unwrap();
     let calls = bin.join("calls");

@@ -866,6 +866,33 @@ fn the_dashboard_shows_a_worktree_tasks_branch_and_merges_it() {
     crate::worktrees::bind_editor(&q);
     let id = q.add(&["--type", "edit", "--target", repo.to_str().unwrap()]);
     q.drain("editor", &[]);
+    // A pull request opened with `host pr` (a bare origin, a fake gh) is linked from the task.
+    let origin = q.scratch.join("origin.git");
+    let git = |dir: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(
+        &q.scratch,
+        &["init", "--quiet", "--bare", origin.to_str().unwrap()],
+    );
+    git(
+        &repo,
+        &["remote", "add", "origin", origin.to_str().unwrap()],
+    );
+    let (gh, _) = crate::branches::fake_gh(&q, false);
+    let path = format!("{}:{}", gh.display(), std::env::var("PATH").unwrap());
+    let opened = q
+        .host()
+        .args(["pr", &id])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(opened.status.success(), "{opened:?}");
     let server = serve(&q, &[]);
     let (status, diff) = server.get(&format!("/api/tasks/{id}/diff"));
     assert_eq!(status, 200, "{diff}");
@@ -891,6 +918,8 @@ fn the_dashboard_shows_a_worktree_tasks_branch_and_merges_it() {
             "return (document.getElementById('branch') || {{}}).textContent?.includes('{branch}')"
         ),
     );
+    let pr = browser.script("return document.querySelector('#branch-pr a').href");
+    assert_eq!(pr, "https://github.com/acme/app/pull/7");
     let files = browser.script("return document.getElementById('branch-files').textContent");
     assert!(files.as_str().unwrap().contains("shared.txt"), "{files}");
     browser.click("button[data-branch=diff]");
