@@ -138,6 +138,9 @@ pub struct Preset {
     usage_file: Option<&'static str>,
     /// How it is told to go on with an earlier session.
     resume: Resume,
+    /// Whether it finds a session by its id from any folder (Codex keeps its sessions in one
+    /// place; Claude Code per folder), so that a task may go on with a prerequisite's session.
+    resume_elsewhere: bool,
     /// Files it writes in its folder for itself (a history, a cache): never committed.
     own_files: &'static [&'static str],
 }
@@ -187,6 +190,7 @@ pub const PRESETS: [Preset; 5] = [
         stream: Some(Format::Copilot),
         usage_file: Some("--usage-output-file"),
         resume: Resume::Flag,
+        resume_elsewhere: false,
         own_files: &[],
     },
     Preset {
@@ -214,6 +218,7 @@ pub const PRESETS: [Preset; 5] = [
         stream: Some(Format::Claude),
         usage_file: None,
         resume: Resume::Flag,
+        resume_elsewhere: false,
         own_files: &[],
     },
     Preset {
@@ -239,6 +244,7 @@ pub const PRESETS: [Preset; 5] = [
         stream: Some(Format::Codex),
         usage_file: None,
         resume: Resume::BeforePrompt,
+        resume_elsewhere: true,
         own_files: &[],
     },
     Preset {
@@ -266,6 +272,7 @@ pub const PRESETS: [Preset; 5] = [
         stream: Some(Format::Gemini),
         usage_file: None,
         resume: Resume::Unable,
+        resume_elsewhere: false,
         own_files: &[],
     },
     Preset {
@@ -289,6 +296,7 @@ pub const PRESETS: [Preset; 5] = [
         stream: None,
         usage_file: None,
         resume: Resume::Unable,
+        resume_elsewhere: false,
         own_files: &[".aider*"],
     },
 ];
@@ -520,24 +528,55 @@ fn review_notes(task: &Task) -> Option<String> {
     ))
 }
 
-/// The session to resume: that of the attempt just before this one, when a reviewer rejected
-/// its change, so that the agent keeps what it learned (the queue keeps it on the attempt, from
-/// the result's `sessionId`).
-fn earlier_session(task: &Task) -> Option<&str> {
-    let previous = task.attempts.checked_sub(1)?;
+/// An earlier session a task goes on with.
+struct EarlierSession<'t> {
+    /// The CLI's id of it.
+    id: &'t str,
+    /// The prerequisite that ran it; `None`: the task's own rejected attempt.
+    of: Option<&'t str>,
+}
+
+/// The session to resume, the queue keeping each attempt's (from the result's `sessionId`):
+/// that of the attempt just before this one, when a reviewer rejected its change, so that the
+/// agent keeps what it learned; else, where the CLI finds a session from any folder, that of
+/// the latest prerequisite the same CLI ran (a fix after a test goes on with the writer's).
+fn earlier_session<'t>(
+    task: &'t Task,
+    prerequisites: &'t [Task],
+    preset: &Preset,
+) -> Option<EarlierSession<'t>> {
+    if preset.resume == Resume::Unable {
+        return None;
+    }
+    let session_of = |task: &'t Task, attempt: u32| {
+        task.history
+            .iter()
+            .rev()
+            .find(|a| a.attempt == attempt)?
+            .session
+            .as_deref()
+    };
+    let previous = task.attempts.saturating_sub(1);
     let rejected = task
         .reviews
         .last()
         .is_some_and(|r| r.attempt == previous && r.verdict == plugin_api::Verdict::Rejected);
-    if !rejected {
+    if rejected {
+        return session_of(task, previous).map(|id| EarlierSession { id, of: None });
+    }
+    if !preset.resume_elsewhere {
         return None;
     }
-    task.history
+    prerequisites
         .iter()
-        .rev()
-        .find(|a| a.attempt == previous)?
-        .session
-        .as_deref()
+        .filter(|p| p.result.as_ref().and_then(|r| r["agent"].as_str()) == Some(preset.name))
+        .max_by_key(|p| p.finished_at)
+        .and_then(|p| {
+            Some(EarlierSession {
+                id: session_of(p, p.attempts)?,
+                of: Some(&p.id),
+            })
+        })
 }
 
 /// The results of the prerequisites of `task`, one paragraph each with its status and error,
@@ -854,24 +893,34 @@ impl Agent {
         let which = setup.describe();
         let after = describe_prerequisites(task, prerequisites);
         let mut prompt = fill(&setup.prompt, task, &after, "", "");
-        let session = earlier_session(task)
-            .filter(|_| setup.preset.is_some_and(|p| p.resume != Resume::Unable));
+        let session = setup
+            .preset
+            .and_then(|preset| earlier_session(task, prerequisites, preset));
         if let Some(notes) = review_notes(task) {
             prompt.push_str("\n\n");
             prompt.push_str(&notes);
-            if session.is_some() {
+        }
+        match &session {
+            Some(EarlierSession { id, of: None }) => {
                 prompt.push_str(
                     " This is the session of that attempt, resumed; its files are back as they \
                      were before it.",
                 );
+                ctx.log(&format!("resuming session {id} of the rejected attempt"));
             }
+            Some(EarlierSession {
+                id,
+                of: Some(other),
+            }) => {
+                prompt.push_str(&format!(
+                    "\n\nThis session is task {other}'s, resumed: what you did there is the \
+                     work the tasks above were about."
+                ));
+                ctx.log(&format!("resuming session {id} of task {other}"));
+            }
+            None => {}
         }
-        if let Some(session) = session {
-            ctx.log(&format!(
-                "resuming session {session} of the rejected attempt"
-            ));
-        }
-        let mut invocation = Invocation::new(setup, task, &after, &prompt, session)
+        let mut invocation = Invocation::new(setup, task, &after, &prompt, session.map(|s| s.id))
             .map_err(|err| format!("{which}: {err}"))?;
         let usage_file = match setup.preset.and_then(|p| p.usage_file) {
             Some(flag) => {

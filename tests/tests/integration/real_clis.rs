@@ -466,3 +466,136 @@ fn copilot_clis_exhausted_quota_snoozes_the_task_for_an_hour() {
         "{error}"
     );
 }
+
+/// Whether the first model call after the first `before` requests carries earlier tool
+/// output: the conversation went on from an earlier session rather than starting afresh.
+fn went_on_from_a_session(standin: &ModelStandIn, before: usize) -> bool {
+    let first = standin
+        .requests()
+        .into_iter()
+        .skip(before)
+        .find(|r| r.path.ends_with("/responses") || r.path.contains("/v1/messages"))
+        .expect("a model call");
+    first.body.contains("_call_output") || first.body.contains("\"tool_result\"")
+}
+
+#[test]
+fn claude_code_goes_on_with_its_session_after_a_rejection() {
+    let q = TestQueue::new();
+    fs::write(
+        q.queue.join("host.toml"),
+        "[roles.r-claude]\nhandler = \"agent\"\ntypes = [\"write\"]\nagent = \"claude\"\n\
+         review = \"required\"\n",
+    )
+    .unwrap();
+    let standin = ModelStandIn::start(Api::Anthropic, script());
+    let mut env = claude_env(&standin, &q.scratch.join("home"));
+    env.push(("ANTHROPIC_API_KEY", "sk-ant-api03-standin".into()));
+    let repo = repository(&q);
+    let id = q.add(&["--type", "write", "--target", repo.to_str().unwrap()]);
+    let drain = || {
+        let output = worker(&q, "r-claude", &standin, &env)
+            .arg("--drain")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", standin.summary());
+    };
+    drain();
+    let task = q.task(&id);
+    assert_eq!(task["status"], "review", "{task:#}");
+    let session = task["result"]["sessionId"].as_str().expect("a session id");
+    assert!(
+        !went_on_from_a_session(&standin, 0),
+        "a first attempt starts afresh"
+    );
+    q.ok(&["reject", &id, "--reason", "say hello twice"]);
+    let before = standin.requests().len();
+    drain();
+    let task = q.task(&id);
+    assert_eq!(task["status"], "review", "{task:#}\n{}", standin.summary());
+    assert!(
+        went_on_from_a_session(&standin, before),
+        "resumed {session}: {}",
+        standin.summary()
+    );
+}
+
+#[test]
+fn codex_goes_on_with_its_session_after_a_rejection_and_in_a_fix_after_the_task() {
+    let q = TestQueue::new();
+    fs::write(
+        q.queue.join("host.toml"),
+        "[roles.r-codex]\nhandler = \"agent\"\ntypes = [\"write\"]\nagent = \"codex\"\n\
+         review = \"required\"\n\n[roles.fixer]\nhandler = \"agent\"\ntypes = [\"fix\"]\n\
+         agent = \"codex\"\n",
+    )
+    .unwrap();
+    let standin = ModelStandIn::start(Api::OpenAiResponses, script());
+    let env = codex_env(&q, &standin);
+    let repo = repository(&q);
+    let target = repo.to_str().unwrap();
+    let id = q.add(&[
+        "--type",
+        "write",
+        "--target",
+        target,
+        "--description",
+        "Write hello.txt",
+    ]);
+    let drain = |role: &str| {
+        let output = worker(&q, role, &standin, &env)
+            .arg("--drain")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            standin.summary()
+        );
+    };
+    drain("r-codex");
+    let task = q.task(&id);
+    assert_eq!(task["status"], "review", "{task:#}");
+    let session = task["result"]["sessionId"]
+        .as_str()
+        .expect("codex names its thread");
+    assert!(
+        !went_on_from_a_session(&standin, 0),
+        "a first attempt starts afresh"
+    );
+
+    // Rejected: the next attempt goes on in the same session.
+    q.ok(&["reject", &id, "--reason", "say hello twice"]);
+    let before = standin.requests().len();
+    drain("r-codex");
+    assert_eq!(q.task(&id)["status"], "review");
+    assert!(
+        went_on_from_a_session(&standin, before),
+        "resumed {session}: {}",
+        standin.summary()
+    );
+    assert!(
+        q.ok(&["logs", &id])
+            .contains(&format!("resuming session {session}"))
+    );
+
+    // A fix after it goes on with the session of its latest attempt, from another worktree.
+    q.ok(&["approve", &id]);
+    let fix = q.add(&["--type", "fix", "--target", target, "--after", &id]);
+    let before = standin.requests().len();
+    drain("fixer");
+    let task = q.task(&fix);
+    assert_eq!(
+        task["status"],
+        "completed",
+        "{task:#}\n{}",
+        standin.summary()
+    );
+    assert!(
+        went_on_from_a_session(&standin, before),
+        "{}",
+        standin.summary()
+    );
+    assert!(q.ok(&["logs", &fix]).contains(&format!("of task {id}")));
+}
