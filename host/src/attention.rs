@@ -80,6 +80,8 @@ pub enum Event {
         until: Timestamp,
         /// The task that met the limit.
         task: Task,
+        /// The roles that take its tasks meanwhile (`fallback`); none: the task waits.
+        fallback: Vec<String>,
     },
     /// Nothing is left pending, running or blocked; `last` is the task that ended last.
     Drained {
@@ -153,12 +155,26 @@ impl Event {
                     ),
                 )
             }
-            Event::UsageLimit { role, until, task } => (
+            Event::UsageLimit {
+                role,
+                until,
+                task,
+                fallback,
+            } => (
                 format!("role {} reached its usage limit", ascii(role)),
-                format!(
-                    "role {role} reached its usage limit until {until:.0}; {} waits until then",
-                    about(task)
-                ),
+                match fallback.as_slice() {
+                    [] => format!(
+                        "role {role} reached its usage limit until {until:.0}; {} waits until \
+                         then",
+                        about(task)
+                    ),
+                    roles => format!(
+                        "role {role} reached its usage limit until {until:.0}; {} goes to role(s) \
+                         {} meanwhile",
+                        about(task),
+                        roles.join(", ")
+                    ),
+                },
             ),
             Event::Drained { last } => (
                 "the queue is drained".to_string(),
@@ -322,12 +338,20 @@ impl Attention {
     }
 
     /// Announces that `role`'s agent reached its usage limit until `until`, with `task`, the
-    /// task that met it, waiting meanwhile. Answers one line per failure.
-    pub fn usage_limit(&self, role: &str, until: Timestamp, task: &Task) -> Vec<String> {
+    /// task that met it, waiting meanwhile or handed to the `fallback` roles. Answers one line
+    /// per failure.
+    pub fn usage_limit(
+        &self,
+        role: &str,
+        until: Timestamp,
+        task: &Task,
+        fallback: &[String],
+    ) -> Vec<String> {
         self.announce(&Event::UsageLimit {
             role: role.to_string(),
             until,
             task: task.clone(),
+            fallback: fallback.to_vec(),
         })
     }
 
@@ -431,6 +455,22 @@ mod tests {
         .unwrap()
     }
 
+    #[test]
+    fn a_usage_limit_with_a_fallback_says_where_the_task_goes() {
+        let until: Timestamp = "2025-06-01T12:00:00Z".parse().unwrap();
+        let event = Event::UsageLimit {
+            role: "writer".into(),
+            until,
+            task: task(),
+            fallback: vec!["codex-writer".into()],
+        };
+        assert_eq!(
+            event.message().line,
+            "role writer reached its usage limit until 2025-06-01T12:00:00Z; task 7 (write: Add \
+             a README) goes to role(s) codex-writer meanwhile"
+        );
+    }
+
     /// Accepts one request and answers it with `status`; hands back its headers and body.
     fn receive_one(
         listener: TcpListener,
@@ -474,7 +514,7 @@ mod tests {
         )));
         let until: Timestamp = "2025-06-01T12:00:00Z".parse().unwrap();
         assert_eq!(
-            attention.usage_limit("writer", until, &task()),
+            attention.usage_limit("writer", until, &task(), &[]),
             Vec::<String>::new()
         );
         let (head, body) = heard.join().unwrap();
@@ -504,7 +544,11 @@ mod tests {
         )));
         let until = Timestamp::now() + Duration::from_secs(60);
         assert!(!attention.wants(EventKind::UsageLimit));
-        assert!(attention.usage_limit("writer", until, &task()).is_empty());
+        assert!(
+            attention
+                .usage_limit("writer", until, &task(), &[])
+                .is_empty()
+        );
         let mut failed = task();
         failed.status = TaskStatus::Failed;
         failed.error = Some("exit 3".into());

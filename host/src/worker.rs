@@ -850,9 +850,9 @@ fn limit_met(shared: &Shared, task: &queue::Task, until: Timestamp, reason: &str
         shared.options.role.clone(),
         task.clone(),
     );
-    let name = shared.options.name.clone();
+    let (name, fallback) = (shared.options.name.clone(), shared.options.fallback.clone());
     let announcing = thread::spawn(move || {
-        for line in attention.usage_limit(&role, until, &task) {
+        for line in attention.usage_limit(&role, until, &task, &fallback) {
             say_as(&name, &line);
         }
     });
