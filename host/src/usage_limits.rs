@@ -48,10 +48,10 @@ impl LimitWatch {
             .read_at
             .is_none_or(|at| at.elapsed() >= REFRESH);
         if due {
+            // Tried again after REFRESH, not at once: a failing read is said once per try.
+            self.known().read_at = Some(Instant::now());
             let limits = store.usage_limits()?;
-            let mut known = self.known();
-            known.limits = limits;
-            known.read_at = Some(Instant::now());
+            self.known().limits = limits;
         }
         Ok(())
     }

@@ -385,6 +385,10 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) -> Option<StoreError> {
         if next.is_none()
             && let Some(limit) = shared.limits.holding(Timestamp::now())
         {
+            // Drained meanwhile (the fallback roles did the rest): nothing to wait for.
+            if shared.options.drain && matches!(shared.store.has_work(&shared.types), Ok(false)) {
+                return None;
+            }
             // The account is out: every task would meet the same limit until it resets.
             let left = limit.until.duration_since(Timestamp::now());
             let left = Duration::try_from(left).unwrap_or_default();

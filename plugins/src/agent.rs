@@ -890,7 +890,6 @@ impl Agent {
         prerequisites: &[Task],
         dir: &Path,
     ) -> Result<Value, HandlerError> {
-        let which = setup.describe();
         let after = describe_prerequisites(task, prerequisites);
         let mut prompt = fill(&setup.prompt, task, &after, "", "");
         let session = setup
@@ -900,9 +899,10 @@ impl Agent {
             prompt.push_str("\n\n");
             prompt.push_str(&notes);
         }
+        let mut resumed = prompt.clone();
         match &session {
             Some(EarlierSession { id, of: None }) => {
-                prompt.push_str(
+                resumed.push_str(
                     " This is the session of that attempt, resumed; its files are back as they \
                      were before it.",
                 );
@@ -912,15 +912,44 @@ impl Agent {
                 id,
                 of: Some(other),
             }) => {
-                prompt.push_str(&format!(
+                resumed.push_str(&format!(
                     "\n\nThis session is task {other}'s, resumed: what you did there is the \
                      work the tasks above were about."
                 ));
                 ctx.log(&format!("resuming session {id} of task {other}"));
             }
-            None => {}
+            None => return self.run_once(task, ctx, setup, dir, &after, &prompt, None),
         }
-        let mut invocation = Invocation::new(setup, task, &after, &prompt, session.map(|s| s.id))
+        let id = session.as_ref().map(|s| s.id);
+        let outcome = self.run_once(task, ctx, setup, dir, &after, &resumed, id);
+        // A session the CLI cannot go on with (another CLI's, after a fallback role ran the
+        // attempt; another machine's) fails at once with nothing done: start afresh instead.
+        match &outcome {
+            Err(err) if err.snooze.is_none() && did_nothing(err.result.as_ref()) => {
+                ctx.log(&format!(
+                    "the session could not be resumed ({}); starting afresh",
+                    err.message
+                ));
+                self.run_once(task, ctx, setup, dir, &after, &prompt, None)
+            }
+            _ => outcome,
+        }
+    }
+
+    /// Runs the CLI once with `prompt`, going on with session `session` where given.
+    #[allow(clippy::too_many_arguments)]
+    fn run_once(
+        &self,
+        task: &Task,
+        ctx: &Context<'_>,
+        setup: &Setup,
+        dir: &Path,
+        after: &str,
+        prompt: &str,
+        session: Option<&str>,
+    ) -> Result<Value, HandlerError> {
+        let which = setup.describe();
+        let mut invocation = Invocation::new(setup, task, after, prompt, session)
             .map_err(|err| format!("{which}: {err}"))?;
         let usage_file = match setup.preset.and_then(|p| p.usage_file) {
             Some(flag) => {
@@ -995,7 +1024,13 @@ impl Agent {
                 .as_ref()
                 .and_then(|t| t.limit().cloned())
                 .filter(|hit| hit.resets_at.is_some())
-                .or_else(|| usage_limit_in(&run.tail, now))
+                .or_else(|| {
+                    // With events, what the CLI said itself; else its output.
+                    let said = transcript
+                        .as_ref()
+                        .map_or_else(|| run.tail.clone(), Transcript::said);
+                    usage_limit_in(&said, now)
+                })
                 .or_else(|| transcript.as_ref().and_then(|t| t.limit().cloned()));
             if let Some(hit) = hit {
                 let until = hit
@@ -1016,6 +1051,19 @@ impl Agent {
             Some(why) => Err(HandlerError::new(why).with_result(result)),
         }
     }
+}
+
+/// Whether a failed run did nothing: it neither timed out nor stalled, and changed no file.
+fn did_nothing(result: Option<&Value>) -> bool {
+    let Some(result) = result else {
+        return false;
+    };
+    let untouched = ["created", "modified", "deleted"].iter().all(|kind| {
+        result["changedFiles"][kind]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+    });
+    result["timedOut"] != true && result["stalled"] != true && untouched
 }
 
 /// Where an attempt runs: a worktree or the target itself (`isolation`).

@@ -82,7 +82,12 @@ pub struct Transcript {
     limit: Option<LimitHit>,
     /// The CLI's session (conversation) id, for a later attempt to resume.
     session: Option<String>,
+    /// The last lines the CLI said itself (see [`Transcript::said`]).
+    said: std::collections::VecDeque<String>,
 }
+
+/// How many of the CLI's own lines a transcript keeps.
+const SAID_KEPT: usize = 40;
 
 /// The longest a log line made from an event gets.
 const LOG_LINE: usize = 2_000;
@@ -99,6 +104,7 @@ impl Transcript {
             usage_seen: false,
             limit: None,
             session: None,
+            said: std::collections::VecDeque::new(),
         }
     }
 
@@ -106,9 +112,11 @@ impl Transcript {
     /// is not an event, nothing for an event that says nothing to a reader).
     pub fn line(&mut self, raw: String) -> Option<String> {
         let Ok(event) = plugin_api::serde_json::from_str::<Value>(&raw) else {
+            self.heard(&raw);
             return Some(raw);
         };
         if !event.is_object() {
+            self.heard(&raw);
             return Some(raw);
         }
         // Claude Code and Gemini CLI name the session on their first event, Codex its thread,
@@ -129,7 +137,26 @@ impl Transcript {
             Format::Gemini => self.gemini(&event),
             Format::Copilot => self.copilot(&event),
         };
+        if let Some(error) = shown.as_deref().and_then(|l| l.strip_prefix("error: ")) {
+            self.heard(error);
+        }
         shown.map(|line| cut(&line))
+    }
+
+    /// Keeps a line the CLI said itself (a plain line, an error event), the last
+    /// [`SAID_KEPT`] of them.
+    fn heard(&mut self, line: &str) {
+        if self.said.len() == SAID_KEPT {
+            self.said.pop_front();
+        }
+        self.said.push_back(cut(line));
+    }
+
+    /// What the CLI said itself, its errors and plain lines, without the agent's messages and
+    /// tool calls: where a usage limit is read from, so that an agent that writes about quotas
+    /// is not taken for one out of quota.
+    pub fn said(&self) -> String {
+        Vec::from(self.said.clone()).join("\n")
     }
 
     fn claude(&mut self, event: &Value) -> Option<String> {
@@ -501,8 +528,20 @@ mod tests {
         assert_eq!(t.final_message(), Some("Hello."));
         assert_eq!(t.usage(), json!({"inputTokens": 4, "outputTokens": 6}));
 
+        // What the agent writes is not what the CLI says: only the latter is read for limits.
+        let (t, _) = feed(
+            Format::Codex,
+            &[
+                json!({"type": "item.completed", "item": {"type": "agent_message",
+                       "text": "I added a usage limit check."}}),
+                json!({"type": "error", "message": "You've hit your usage limit."}),
+            ],
+        );
+        assert_eq!(t.said(), "You've hit your usage limit.");
+
         let mut t = Transcript::new(Format::Claude);
         assert_eq!(t.line("plain text".into()).as_deref(), Some("plain text"));
+        assert_eq!(t.said(), "plain text");
         assert_eq!(t.usage(), Value::Null);
     }
 

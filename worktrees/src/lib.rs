@@ -811,16 +811,23 @@ pub fn open(repo: &Repo, branch: &str) -> Result<PathBuf, Error> {
 
 /// Where each branch of `repo` is checked out: its worktrees' folders, by branch name.
 fn checked_out(repo: &Repo) -> Result<Vec<(String, PathBuf)>, Error> {
+    Ok(worktrees_of(repo)?
+        .into_iter()
+        .filter_map(|(path, branch)| Some((branch?, path)))
+        .collect())
+}
+
+/// Every worktree of the repository, with the branch checked out there (`None`: detached).
+fn worktrees_of(repo: &Repo) -> Result<Vec<(PathBuf, Option<String>)>, Error> {
     let listed = repo.git(&["worktree", "list", "--porcelain"])?;
-    let mut found = Vec::new();
-    let mut path = None;
+    let mut found: Vec<(PathBuf, Option<String>)> = Vec::new();
     for line in listed.lines() {
         if let Some(p) = line.strip_prefix("worktree ") {
-            path = Some(PathBuf::from(p));
+            found.push((PathBuf::from(p), None));
         } else if let Some(b) = line.strip_prefix("branch refs/heads/")
-            && let Some(p) = &path
+            && let Some(last) = found.last_mut()
         {
-            found.push((b.to_string(), p.clone()));
+            last.1 = Some(b.to_string());
         }
     }
     Ok(found)
@@ -861,6 +868,13 @@ pub fn release(repo: &Repo, branch: &str) -> Result<Option<PathBuf>, Error> {
         removed = Some(path);
     }
     if own.exists() && removed.is_none() {
+        // Someone switched the folder to another branch, or detached it: their work.
+        if worktrees_of(repo)?.iter().any(|(path, _)| *path == own) {
+            return Err(Error::Git(format!(
+                "{} is a worktree on another branch now; remove it yourself if it can go",
+                own.display()
+            )));
+        }
         // Not a worktree of this repository any more: a leftover of a killed attempt.
         std::fs::remove_dir_all(&own)
             .map_err(|err| Error::Git(format!("{}: {err}", own.display())))?;
@@ -984,13 +998,18 @@ fn git_with(dir: &Path, args: &[&str], input: Option<&str>) -> Result<String, Er
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|err| Error::Git(format!("cannot run git: {err}")))?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        // A git that stopped reading has failed, and says why below.
-        let _ = stdin.write_all(text.as_bytes());
-    }
-    let output = child
-        .wait_with_output()
-        .map_err(|err| Error::Git(format!("cannot run git: {err}")))?;
+    // Written from a thread while the output is read: git answers as it reads (hash-object
+    // a line per path), and both pipes full would wait for each other for ever.
+    let output = std::thread::scope(|scope| {
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            // A git that stopped reading has failed, and says why below.
+            scope.spawn(move || {
+                let _ = stdin.write_all(text.as_bytes());
+            });
+        }
+        child.wait_with_output()
+    })
+    .map_err(|err| Error::Git(format!("cannot run git: {err}")))?;
     if output.status.success() {
         return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
@@ -1069,6 +1088,19 @@ fn copy_all(from: &Path, to: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn git_answering_as_it_reads_a_long_input_does_not_wait_for_ever() {
+        // hash-object writes a line per path it reads: with both pipes full, writing all of
+        // the input before reading the output would never end.
+        let dir = tempfile::tempdir().unwrap();
+        let name = "f".repeat(100);
+        std::fs::write(dir.path().join(&name), "x").unwrap();
+        // Half a megabyte in, 200 KiB out: each more than a pipe holds.
+        let paths = format!("{name}\n").repeat(5_000);
+        let out = git_with(dir.path(), &["hash-object", "--stdin-paths"], Some(&paths));
+        assert_eq!(out.unwrap().lines().count(), 5_000);
+    }
 
     #[test]
     fn a_branch_is_a_tasks_only_in_its_queues_namespace_or_the_old_shared_one() {

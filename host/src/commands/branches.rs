@@ -214,7 +214,20 @@ fn judge(store: &Store, branch: &QueueBranch, task: Option<&Task>) -> (bool, Str
         Some(BranchOutcome::Discarded) => return (true, "its change was discarded".into()),
         _ => {}
     }
-    let recorded = super::branch::record(store, task).ok();
+    let recorded = match super::branch::record(store, task) {
+        Ok(record) => Some(record),
+        // A task that ran in no worktree names no branch; any other error (the store busy, a
+        // record unreadable) decides nothing.
+        Err(_)
+            if task
+                .result
+                .as_ref()
+                .is_none_or(|r| r.get("worktree").is_none()) =>
+        {
+            None
+        }
+        Err(err) => return (false, format!("kept: {err:#}")),
+    };
     let named = recorded.as_ref().is_some_and(|r: &Record| {
         r.branch == branch.branch || r.earlier_attempts.contains(&branch.branch)
     });

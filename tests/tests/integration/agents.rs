@@ -1263,6 +1263,21 @@ fn a_role_out_of_quota_hands_its_tasks_to_its_fallback_meanwhile() {
         said.contains("role(s) p-codex take its tasks meanwhile"),
         "{said}"
     );
+    // Out of quota with nothing left to do, a draining worker of the role stops at once.
+    let mut draining = q
+        .host()
+        .args(["--role", "p-claude", "--drain", "--poll", "100ms"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while draining.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = draining.kill();
+            panic!("a draining worker of a role out of quota waited for the reset");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -1554,4 +1569,38 @@ fn a_usage_limit_is_notified_naming_the_role_and_the_reset() {
     );
     let reset = jiff::Timestamp::from_second(resets_at).unwrap();
     assert!(message.contains(&format!("until {reset:.0}")), "{message}");
+}
+
+#[test]
+fn a_session_the_cli_cannot_resume_is_left_and_the_attempt_starts_afresh() {
+    use serde_json::json;
+    let q = TestQueue::new();
+    let bin = fake_agents(&q);
+    bind_presets(&q, "review = \"required\"\nisolation = \"none\"");
+    let events = q.scratch.join("events.jsonl");
+    let init = json!({"type": "system", "subtype": "init", "model": "m", "session_id": "gone"});
+    let done = json!({"type": "result", "subtype": "success", "result": "Done."});
+    fs::write(&events, format!("{init}\n{done}\n")).unwrap();
+    // A folder of its own: the record the fake CLI writes is no change of the task's.
+    let target = q.scratch.join("target");
+    fs::create_dir_all(&target).unwrap();
+    let id = q.add(&["--type", "t-claude", "--target", target.to_str().unwrap()]);
+    let record = q.scratch.join("record");
+    let env = [
+        ("FAKE_AGENT_EVENTS", events.to_str().unwrap()),
+        ("FAKE_AGENT_FAIL_IF_ARG", "--resume"),
+    ];
+    drain_agent(&q, "p-claude", &bin, &record, &env);
+    q.ok(&["reject", &id, "--reason", "again"]);
+    drain_agent(&q, "p-claude", &bin, &record, &env);
+    let task = q.task(&id);
+    assert_eq!(task["status"], "review", "{task:#}");
+    assert_eq!(task["attempts"], 2, "{task:#}");
+    let argv = recorded_argv(&record);
+    assert!(
+        !argv.contains(&"--resume".to_string()),
+        "the last run started afresh: {argv:?}"
+    );
+    let log = q.ok(&["logs", &id]);
+    assert!(log.contains("the session could not be resumed"), "{log}");
 }

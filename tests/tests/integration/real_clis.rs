@@ -321,7 +321,7 @@ fn codexs_usage_limit_snoozes_the_task_until_the_api_says_it_resets() {
     let attempt = task["history"].as_array().unwrap().last().unwrap();
     let error = attempt["error"].as_str().unwrap();
     assert!(
-        error.contains("usage limit: error: You’ve hit your usage limit"),
+        error.contains("usage limit: You’ve hit your usage limit"),
         "{error}"
     );
 }
