@@ -35,7 +35,7 @@
 //! `stream`). Copilot's events carry no tokens: it writes them to the attempt's usage file as it
 //! exits.
 //!
-//! Checked against GitHub Copilot CLI 1.0.102, Claude Code 2.1.197, codex-cli 0.169.0 and Gemini
+//! Checked against GitHub Copilot CLI 1.0.102, Claude Code 2.1.197, codex-cli 0.171.0 and Gemini
 //! CLI 0.61.0 from the npm registry (their `--help`, and runs without credentials in a folder
 //! that is not a git repository, with the prompt as an argument and on stdin), and against the
 //! argument parser of aider-chat 0.86.2 (`aider/args.py`, from PyPI).
