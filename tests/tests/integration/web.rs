@@ -864,8 +864,15 @@ fn the_dashboard_shows_a_worktree_tasks_branch_and_merges_it() {
     let q = TestQueue::new();
     let repo = crate::worktrees::repository(&q);
     crate::worktrees::bind_editor(&q);
+    // The worktree is kept (`keep_worktree`): the details say where.
+    let toml = std::fs::read_to_string(q.queue.join("host.toml")).unwrap();
+    std::fs::write(q.queue.join("host.toml"), toml + "keep_worktree = true\n").unwrap();
     let id = q.add(&["--type", "edit", "--target", repo.to_str().unwrap()]);
     q.drain("editor", &[]);
+    let kept = q.task(&id)["result"]["worktree"]["folder"]
+        .as_str()
+        .expect("the kept folder is recorded")
+        .to_string();
     // A pull request opened with `host pr` (a bare origin, a fake gh) is linked from the task.
     let origin = q.scratch.join("origin.git");
     let git = |dir: &std::path::Path, args: &[&str]| {
@@ -918,6 +925,8 @@ fn the_dashboard_shows_a_worktree_tasks_branch_and_merges_it() {
             "return (document.getElementById('branch') || {{}}).textContent?.includes('{branch}')"
         ),
     );
+    let folder = browser.script("return document.getElementById('branch-folder').textContent");
+    assert_eq!(folder, format!("worktree kept in {kept}").as_str());
     let pr = browser.script("return document.querySelector('#branch-pr a').href");
     assert_eq!(pr, "https://github.com/acme/app/pull/7");
     let files = browser.script("return document.getElementById('branch-files').textContent");
@@ -936,6 +945,10 @@ fn the_dashboard_shows_a_worktree_tasks_branch_and_merges_it() {
     assert_eq!(
         std::fs::read_to_string(repo.join("shared.txt")).unwrap(),
         format!("{id}\n")
+    );
+    assert!(
+        !std::path::Path::new(&kept).exists(),
+        "merged: the kept worktree is gone"
     );
     // The details say what became of the branch, and offer nothing more to do with it.
     browser.wait_for(
