@@ -80,14 +80,23 @@ impl LimitWatch {
         types
     }
 
-    /// Records a limit this worker met, in the queue for the role's other workers, and here at
-    /// once.
-    pub fn met(&self, store: &dyn QueueStore, limit: UsageLimit) -> Result<(), StoreError> {
-        let recorded = store.set_usage_limit(&limit);
-        let mut known = self.known();
-        known.limits.retain(|kept| kept.role != limit.role);
-        known.limits.push(limit);
-        recorded
+    /// Records a limit this worker met, here at once and in the queue for the role's other
+    /// workers; answers whether it is news (no limit known of the role lasts as long), so that
+    /// slots meeting the same limit together say it once.
+    pub fn met(&self, store: &dyn QueueStore, limit: UsageLimit) -> Result<bool, StoreError> {
+        {
+            let mut known = self.known();
+            let news = !known
+                .limits
+                .iter()
+                .any(|kept| kept.role == limit.role && kept.until >= limit.until);
+            if !news {
+                return Ok(false);
+            }
+            known.limits.retain(|kept| kept.role != limit.role);
+            known.limits.push(limit.clone());
+        }
+        store.set_usage_limit(&limit).map(|()| true)
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, Known> {

@@ -833,8 +833,11 @@ fn limit_met(shared: &Shared, task: &queue::Task, until: Timestamp, reason: &str
         task: task.id.clone(),
         worker: shared.options.name.clone(),
     };
-    if let Err(err) = shared.limits.met(shared.store.as_ref(), limit) {
-        say(shared, &format!("could not record the usage limit: {err}"));
+    match shared.limits.met(shared.store.as_ref(), limit) {
+        // Another slot met it first, and said so.
+        Ok(false) => return,
+        Ok(true) => {}
+        Err(err) => say(shared, &format!("could not record the usage limit: {err}")),
     }
     let fallback = match shared.options.fallback.as_slice() {
         [] => String::new(),

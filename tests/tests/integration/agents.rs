@@ -1604,3 +1604,66 @@ fn a_session_the_cli_cannot_resume_is_left_and_the_attempt_starts_afresh() {
     let log = q.ok(&["logs", &id]);
     assert!(log.contains("the session could not be resumed"), "{log}");
 }
+
+#[test]
+fn slots_that_meet_the_same_limit_together_notify_once() {
+    let q = TestQueue::new();
+    bind_presets(&q, "");
+    let hooks = crate::notify::Receiver::start(Some(200));
+    let toml = fs::read_to_string(q.queue.join("host.toml")).unwrap();
+    let url = hooks.url("/hook");
+    fs::write(
+        q.queue.join("host.toml"),
+        format!(
+            "{toml}\n[notify]\n[[notify.webhook]]\nurl = {url:?}\nevents = [\"usage_limit\"]\n"
+        ),
+    )
+    .unwrap();
+    let resets_at = jiff::Timestamp::now().as_second() + 7200;
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            q.add(&[
+                "--type",
+                "t-claude",
+                "--target",
+                q.scratch.to_str().unwrap(),
+            ])
+        })
+        .collect();
+    let events = q.scratch.join("limit.jsonl");
+    let lines: Vec<String> = claude_limit_events(resets_at)
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    fs::write(&events, lines.join("\n") + "\n").unwrap();
+    let path = format!(
+        "{}:{}",
+        fake_agents(&q).display(),
+        std::env::var("PATH").unwrap()
+    );
+    let worker = q
+        .host()
+        .args([
+            "--role",
+            "p-claude",
+            "--concurrency",
+            "2",
+            "--poll",
+            "100ms",
+        ])
+        .env("PATH", path)
+        .env("FAKE_AGENT_RECORD", q.scratch.join("record"))
+        .env("FAKE_AGENT_EVENTS", &events)
+        .env("FAKE_AGENT_EXIT", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    q.wait_for("both snoozed", Duration::from_secs(30), |q| {
+        ids.iter().all(|id| q.task(id)["snoozedUntil"].is_string())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let said = stop(worker);
+    assert_eq!(hooks.at("/hook").len(), 1, "{said}");
+    assert_eq!(said.matches("usage limit until").count(), 1, "{said}");
+}
