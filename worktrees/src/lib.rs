@@ -973,21 +973,7 @@ fn attempt(dir: &Path, args: &[&str], what: &str, abort: &[&str]) -> Result<(), 
 }
 
 fn git_in(dir: &Path, args: &[&str]) -> Result<String, Error> {
-    // Git reads every worktree's record while it adds one, and fails on a record that another
-    // slot or worker is writing at that moment ("failed to read .git/worktrees/NAME/commondir"):
-    // that race is git's, and trying again shortly gets past it.
-    let mut tries = 0;
-    loop {
-        match git_with(dir, args, None) {
-            Err(Error::Git(why))
-                if tries < 5 && why.contains("failed to read") && why.contains("/worktrees/") =>
-            {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(20 * tries));
-            }
-            done => return done,
-        }
-    }
+    git_with(dir, args, None)
 }
 
 /// [`git_in`], with `input` on git's standard input.
