@@ -973,7 +973,30 @@ fn attempt(dir: &Path, args: &[&str], what: &str, abort: &[&str]) -> Result<(), 
 }
 
 fn git_in(dir: &Path, args: &[&str]) -> Result<String, Error> {
+    // Git reads every worktree's record while it adds or lists one, and fails on a record
+    // another slot or worker is writing at that moment ("failed to read
+    // .git/worktrees/NAME/commondir"): worktree commands of one repository take turns.
+    let _turn = (args.first() == Some(&"worktree"))
+        .then(|| worktree_turn(dir))
+        .flatten();
     git_with(dir, args, None)
+}
+
+/// An exclusive lock on the repository's `.git/host-worktrees.lock`, held until dropped;
+/// `None` where there is no `.git` folder to hold it (a worktree's own `.git` is a file).
+fn worktree_turn(dir: &Path) -> Option<std::fs::File> {
+    let git = dir.join(".git");
+    if !git.is_dir() {
+        return None;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(git.join("host-worktrees.lock"))
+        .ok()?;
+    file.lock().ok()?;
+    Some(file)
 }
 
 /// [`git_in`], with `input` on git's standard input.
