@@ -627,17 +627,10 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
             };
             say(shared, &line);
             if shared.options.attention.wants_outcome(&done) {
-                let name = shared.options.name.clone();
-                let attention = shared.options.attention.clone();
                 let store = Arc::clone(&shared.store);
-                let hook = thread::spawn(move || {
-                    for line in attention.after_outcome(store.as_ref(), &done) {
-                        say_as(&name, &line);
-                    }
+                announce_aside(shared, move |attention| {
+                    attention.after_outcome(store.as_ref(), &done)
                 });
-                let mut hooks = shared.hooks.lock().expect("hooks lock");
-                hooks.retain(|h| !h.is_finished());
-                hooks.push(hook);
             }
             (survived, next)
         }
@@ -851,15 +844,29 @@ fn limit_met(shared: &Shared, task: &queue::Task, until: Timestamp, reason: &str
             crate::commands::clock(until, Timestamp::now()),
         ),
     );
-    // Off the slot's thread, as the outcome's hooks are: a slow webhook holds nothing up.
-    let (attention, role, task) = (
-        shared.options.attention.clone(),
+    let (role, task, fallback) = (
         shared.options.role.clone(),
         task.clone(),
+        shared.options.fallback.clone(),
     );
-    let (name, fallback) = (shared.options.name.clone(), shared.options.fallback.clone());
+    announce_aside(shared, move |attention| {
+        attention.usage_limit(&role, until, &task, &fallback)
+    });
+}
+
+/// Runs `announce` (hooks and notifications) on a thread of its own, saying each line it
+/// answers (a sink that failed), so that a slow hook or webhook holds up no claim's lease; the
+/// worker waits for it before it exits.
+fn announce_aside(
+    shared: &Shared,
+    announce: impl FnOnce(&crate::attention::Attention) -> Vec<String> + Send + 'static,
+) {
+    let (name, attention) = (
+        shared.options.name.clone(),
+        shared.options.attention.clone(),
+    );
     let announcing = thread::spawn(move || {
-        for line in attention.usage_limit(&role, until, &task, &fallback) {
+        for line in announce(&attention) {
             say_as(&name, &line);
         }
     });

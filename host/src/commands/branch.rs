@@ -44,6 +44,31 @@ pub(crate) fn record(store: &Store, task: &Task) -> anyhow::Result<Record> {
     Ok(record)
 }
 
+/// The branch record of a task whose branch is still there to act on (not merged nor
+/// discarded; a conflicted one is), and its repository; else why not, ending with `refusal`
+/// ("nothing to open").
+pub(crate) fn live_branch(
+    store: &Store,
+    task: &Task,
+    refusal: &str,
+) -> anyhow::Result<(Record, worktrees::Repo)> {
+    let record = record(store, task)?;
+    if let Some(b) = &task.branch_state
+        && b.state != BranchOutcome::Conflict
+    {
+        anyhow::bail!(
+            "task {}: its branch {} was {} already; {refusal}",
+            task.id,
+            record.branch,
+            b.state.as_str()
+        );
+    }
+    let repo = worktrees::Repo {
+        root: record.repository.clone(),
+    };
+    Ok((record, repo))
+}
+
 /// The change a branch record describes, as a patch.
 pub fn patch(id: &str, record: &Record) -> anyhow::Result<String> {
     worktrees::diff(record).with_context(|| format!("task {id}"))

@@ -318,19 +318,7 @@ pub fn open(settings: &Settings, id: &str) -> anyhow::Result<()> {
             task.status.phrase()
         );
     }
-    let record = super::branch::record(&store, &task)?;
-    if let Some(b) = &task.branch_state
-        && b.state != BranchOutcome::Conflict
-    {
-        bail!(
-            "task {id}: its branch {} was {} already; nothing to open",
-            record.branch,
-            b.state.as_str()
-        );
-    }
-    let repo = Repo {
-        root: record.repository.clone(),
-    };
+    let (record, repo) = super::branch::live_branch(&store, &task, "nothing to open")?;
     let folder = worktrees::open(&repo, &record.branch).with_context(|| format!("task {id}"))?;
     // The folder of the task's target inside the worktree, as the agent saw it.
     let target = task

@@ -115,3 +115,23 @@ pub fn purge(settings: &Settings, age: Duration, statuses: &[String]) -> anyhow:
     outln!("purged {purged} task(s) that finished before {before}");
     Ok(())
 }
+
+/// `host rm`: removes finished tasks, all the ids given or none, saying how many left a branch
+/// behind (their branches outlive them; merged or discarded ones are gone already).
+pub fn rm(settings: &Settings, ids: &[String]) -> anyhow::Result<()> {
+    let store = open_store(settings)?;
+    let unsettled = ids
+        .iter()
+        .filter_map(|id| store.get(id).ok())
+        .filter(|task| super::branch::live_branch(&store, task, "").is_ok())
+        .count();
+    store.remove(ids)?;
+    outln!("removed {} task(s)", ids.len());
+    if unsettled > 0 {
+        outln!(
+            "{unsettled} of them left a branch neither merged nor discarded: `host branches` \
+             lists it, `host branches --prune` deletes it"
+        );
+    }
+    Ok(())
+}

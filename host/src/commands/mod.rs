@@ -69,32 +69,7 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Rm { ids } => {
-            use queue::QueueStore as _;
-            let store = open_store(settings)?;
-            // Their branches outlive them: merged or discarded ones are gone already.
-            let unsettled = ids
-                .iter()
-                .filter_map(|id| store.get(id).ok())
-                .filter(|task| {
-                    task.branch_state.as_ref().is_none_or(|b| {
-                        !matches!(
-                            b.state,
-                            queue::BranchOutcome::Merged | queue::BranchOutcome::Discarded
-                        )
-                    }) && branch::record(&store, task).is_ok()
-                })
-                .count();
-            store.remove(&ids)?;
-            outln!("removed {} task(s)", ids.len());
-            if unsettled > 0 {
-                outln!(
-                    "{unsettled} of them left a branch neither merged nor discarded: \
-                     `host branches` lists it, `host branches --prune` deletes it"
-                );
-            }
-            Ok(())
-        }
+        Command::Rm { ids } => export::rm(settings, &ids),
         Command::Diff { id } => branch::diff(settings, &id),
         Command::Merge { id, squash, rebase } => branch::merge(settings, &id, squash, rebase),
         Command::Discard { id } => branch::discard(settings, &id),

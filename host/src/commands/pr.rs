@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, anyhow, bail};
-use queue::{BranchOutcome, QueueStore, Task};
+use queue::{QueueStore, Task};
 use serde_json::{Value, json};
-use worktrees::{Record, Repo};
+use worktrees::Record;
 
 use crate::cli::{PrArgs, Settings};
 use crate::commands::{open_store, outln};
@@ -20,19 +20,7 @@ pub fn run(settings: &Settings, args: &PrArgs) -> anyhow::Result<()> {
     let store = open_store(settings)?;
     let id = args.id.as_str();
     let task = store.get(id)?;
-    let record = super::branch::record(&store, &task)?;
-    if let Some(b) = &task.branch_state
-        && b.state != BranchOutcome::Conflict
-    {
-        bail!(
-            "task {id}: its branch {} was {} already; there is nothing to push",
-            record.branch,
-            b.state.as_str()
-        );
-    }
-    let repo = Repo {
-        root: record.repository.clone(),
-    };
+    let (record, repo) = super::branch::live_branch(&store, &task, "there is nothing to push")?;
     let branch = record.branch.as_str();
     if !repo.has_branch(branch) {
         bail!(
