@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::TestQueue;
@@ -1117,27 +1118,34 @@ fn claude_tokens_count_every_model_call_as_its_cost_does() {
     );
 }
 
-/// A worker of `role` with the fake agents first on `PATH`, printing `events` and exiting with
-/// `exit`; its stderr is captured.
-fn spawn_agent(q: &TestQueue, role: &str, events: &[Value], exit: &str) -> std::process::Child {
+/// A worker of `role` with the fake agents first on `PATH`, printing `events` (when there are
+/// any) and exiting with `exit`; its stderr is captured. Not started yet.
+fn agent_worker(q: &TestQueue, role: &str, events: &[Value], exit: &str) -> Command {
     let bin = fake_agents(q);
-    let lines: Vec<String> = events.iter().map(Value::to_string).collect();
-    let file = q.scratch.join(format!("{role}.jsonl"));
-    fs::write(&file, lines.join("\n") + "\n").unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    q.host()
+    let mut worker = q.host();
+    worker
         .args(["--role", role, "--poll", "100ms"])
         .env("PATH", path)
         .env(
             "FAKE_AGENT_RECORD",
             q.scratch.join(format!("record-{role}")),
         )
-        .env("FAKE_AGENT_EVENTS", &file)
         .env("FAKE_AGENT_EXIT", exit)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(std::process::Stdio::piped());
+    if !events.is_empty() {
+        let lines: Vec<String> = events.iter().map(Value::to_string).collect();
+        let file = q.scratch.join(format!("{role}.jsonl"));
+        fs::write(&file, lines.join("\n") + "\n").unwrap();
+        worker.env("FAKE_AGENT_EVENTS", &file);
+    }
+    worker
+}
+
+/// [`agent_worker`], started.
+fn spawn_agent(q: &TestQueue, role: &str, events: &[Value], exit: &str) -> std::process::Child {
+    agent_worker(q, role, events, exit).spawn().unwrap()
 }
 
 /// Claude Code's events when the five-hour window is spent, resetting at `resets_at`.
@@ -1317,29 +1325,14 @@ fn codex_gemini_and_copilot_limits_are_read_from_what_each_says() {
             "--target",
             q.scratch.to_str().unwrap(),
         ]);
-        let mut worker = {
-            let bin = fake_agents(&q);
-            let file = q.scratch.join("events.jsonl");
-            let lines: Vec<String> = events.iter().map(Value::to_string).collect();
-            fs::write(&file, lines.join("\n") + "\n").unwrap();
-            let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-            let mut cmd = q.host();
-            cmd.args(["--role", &format!("p-{cli}"), "--poll", "100ms"])
-                .env("PATH", path)
-                .env("FAKE_AGENT_RECORD", q.scratch.join("record"))
-                .env("FAKE_AGENT_EXIT", "1")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped());
-            if events.is_empty() {
-                cmd.env(
-                    "FAKE_AGENT_STDERR",
-                    "Error: You have exceeded your premium request allowance for this month.",
-                );
-            } else {
-                cmd.env("FAKE_AGENT_EVENTS", &file);
-            }
-            cmd.spawn().unwrap()
-        };
+        let mut worker = agent_worker(&q, &format!("p-{cli}"), &events, "1");
+        if events.is_empty() {
+            worker.env(
+                "FAKE_AGENT_STDERR",
+                "Error: You have exceeded your premium request allowance for this month.",
+            );
+        }
+        let mut worker = worker.spawn().unwrap();
         let started = jiff::Timestamp::now().as_second();
         q.wait_for(&format!("{cli}'s limit"), Duration::from_secs(30), |q| {
             q.task(&id)["snoozedUntil"].is_string()
@@ -1497,29 +1490,7 @@ fn files_a_cli_keeps_for_itself_stay_off_the_tasks_branch() {
     let q = TestQueue::new();
     let bin = fake_agents(&q);
     bind_presets(&q, "");
-    let repo = q.scratch.join("repo");
-    fs::create_dir_all(&repo).unwrap();
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(args)
-            .current_dir(&repo)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
-    git(&["init", "-q", "-b", "main"]);
-    git(&[
-        "-c",
-        "user.name=t",
-        "-c",
-        "user.email=t@t",
-        "commit",
-        "-q",
-        "--allow-empty",
-        "-m",
-        "base",
-    ]);
+    let repo = crate::worktrees::repository(&q);
     let id = q.add(&["--type", "t-aider", "--target", repo.to_str().unwrap()]);
     drain_agent(&q, "p-aider", &bin, &q.scratch.join("record"), &[]);
     let task = q.task(&id);
@@ -1528,7 +1499,7 @@ fn files_a_cli_keeps_for_itself_stay_off_the_tasks_branch() {
         .as_str()
         .unwrap()
         .to_string();
-    let files = git(&["ls-tree", "-r", "--name-only", &branch]);
+    let files = crate::worktrees::git(&repo, &["diff", "--name-only", "main", &branch]);
     assert_eq!(
         files, "agent-was-here.txt\n",
         "aider's history is its own: {files}"
@@ -1540,13 +1511,11 @@ fn a_usage_limit_is_notified_naming_the_role_and_the_reset() {
     let q = TestQueue::new();
     bind_presets(&q, "");
     let hooks = crate::notify::Receiver::start(Some(200));
-    let toml = fs::read_to_string(q.queue.join("host.toml")).unwrap();
     let url = hooks.url("/hook");
-    fs::write(
-        q.queue.join("host.toml"),
-        format!("{toml}\n[notify]\n[[notify.webhook]]\nurl = {url:?}\n"),
-    )
-    .unwrap();
+    crate::notify::append_config(
+        &q,
+        &format!("\n[notify]\n[[notify.webhook]]\nurl = {url:?}\n"),
+    );
     let resets_at = jiff::Timestamp::now().as_second() + 7200;
     let id = q.add(&[
         "--type",
@@ -1610,15 +1579,11 @@ fn slots_that_meet_the_same_limit_together_notify_once() {
     let q = TestQueue::new();
     bind_presets(&q, "");
     let hooks = crate::notify::Receiver::start(Some(200));
-    let toml = fs::read_to_string(q.queue.join("host.toml")).unwrap();
     let url = hooks.url("/hook");
-    fs::write(
-        q.queue.join("host.toml"),
-        format!(
-            "{toml}\n[notify]\n[[notify.webhook]]\nurl = {url:?}\nevents = [\"usage_limit\"]\n"
-        ),
-    )
-    .unwrap();
+    crate::notify::append_config(
+        &q,
+        &format!("\n[notify]\n[[notify.webhook]]\nurl = {url:?}\nevents = [\"usage_limit\"]\n"),
+    );
     let resets_at = jiff::Timestamp::now().as_second() + 7200;
     let ids: Vec<String> = (0..2)
         .map(|_| {
@@ -1630,33 +1595,8 @@ fn slots_that_meet_the_same_limit_together_notify_once() {
             ])
         })
         .collect();
-    let events = q.scratch.join("limit.jsonl");
-    let lines: Vec<String> = claude_limit_events(resets_at)
-        .iter()
-        .map(Value::to_string)
-        .collect();
-    fs::write(&events, lines.join("\n") + "\n").unwrap();
-    let path = format!(
-        "{}:{}",
-        fake_agents(&q).display(),
-        std::env::var("PATH").unwrap()
-    );
-    let worker = q
-        .host()
-        .args([
-            "--role",
-            "p-claude",
-            "--concurrency",
-            "2",
-            "--poll",
-            "100ms",
-        ])
-        .env("PATH", path)
-        .env("FAKE_AGENT_RECORD", q.scratch.join("record"))
-        .env("FAKE_AGENT_EVENTS", &events)
-        .env("FAKE_AGENT_EXIT", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+    let worker = agent_worker(&q, "p-claude", &claude_limit_events(resets_at), "1")
+        .args(["--concurrency", "2"])
         .spawn()
         .unwrap();
     q.wait_for("both snoozed", Duration::from_secs(30), |q| {

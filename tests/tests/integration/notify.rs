@@ -154,7 +154,7 @@ fn serve(stream: TcpStream, status: Option<u16>, keep: &Mutex<Vec<Request>>, sto
 }
 
 /// Appends `text` to the queue's host.toml (made if there is none).
-fn append_config(q: &TestQueue, text: &str) {
+pub(crate) fn append_config(q: &TestQueue, text: &str) {
     let path = q.queue.join("host.toml");
     let before = std::fs::read_to_string(&path).unwrap_or_default();
     std::fs::write(&path, before + text).unwrap();

@@ -125,6 +125,13 @@ fn writes_the_file(
     task
 }
 
+/// When a snoozed task waits until, and the error its snoozed attempt keeps.
+fn snoozed(task: &Value) -> (jiff::Timestamp, String) {
+    let until = task["snoozedUntil"].as_str().unwrap().parse().unwrap();
+    let attempt = task["history"].as_array().unwrap().last().unwrap();
+    (until, attempt["error"].as_str().unwrap().to_string())
+}
+
 /// Starts a worker of `role` with `env` against a stand-in that answers with its API's usage
 /// limit, waits for the task to be snoozed, stops the worker, and checks the snooze: no
 /// attempt spent, the role held in `status --json`. Returns the task.
@@ -236,15 +243,11 @@ fn claude_codes_five_hour_limit_snoozes_the_task_until_the_api_says_it_resets() 
     let mut env = claude_env(&standin, &q.scratch.join("home"));
     env.push(("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-standin".into()));
     let task = the_limit_snoozes(&q, &role, &standin, &env);
-    let until: jiff::Timestamp = task["snoozedUntil"].as_str().unwrap().parse().unwrap();
+    let (until, error) = snoozed(&task);
     assert_eq!(until.as_second(), resets, "{task:#}");
-    let attempt = task["history"].as_array().unwrap().last().unwrap();
     assert!(
-        attempt["error"]
-            .as_str()
-            .unwrap()
-            .contains("usage limit: five-hour limit reached"),
-        "{attempt:#}"
+        error.contains("usage limit: five-hour limit reached"),
+        "{task:#}"
     );
 }
 
@@ -313,13 +316,11 @@ fn codexs_usage_limit_snoozes_the_task_until_the_api_says_it_resets() {
     );
     let env = codex_env(&q, &standin);
     let task = the_limit_snoozes(&q, &role, &standin, &env);
-    let until: jiff::Timestamp = task["snoozedUntil"].as_str().unwrap().parse().unwrap();
+    let (until, error) = snoozed(&task);
     assert!(
         (until.as_second() - resets).abs() <= 60,
         "snoozed until {until}, the API said {resets}: {task:#}"
     );
-    let attempt = task["history"].as_array().unwrap().last().unwrap();
-    let error = attempt["error"].as_str().unwrap();
     assert!(
         error.contains("usage limit: You’ve hit your usage limit"),
         "{error}"
@@ -387,13 +388,11 @@ fn gemini_clis_exhausted_quota_snoozes_the_task_until_the_api_says_to_retry() {
     );
     let env = gemini_env(&q, &standin);
     let task = the_limit_snoozes(&q, &role, &standin, &env);
-    let until: jiff::Timestamp = task["snoozedUntil"].as_str().unwrap().parse().unwrap();
+    let (until, error) = snoozed(&task);
     assert!(
         (until.as_second() - resets).abs() <= 60,
         "snoozed until {until}, the API said {resets}: {task:#}"
     );
-    let attempt = task["history"].as_array().unwrap().last().unwrap();
-    let error = attempt["error"].as_str().unwrap();
     assert!(
         error.contains("usage limit:") && error.contains("exhausted your daily quota"),
         "{error}"
@@ -453,14 +452,12 @@ fn copilot_clis_exhausted_quota_snoozes_the_task_for_an_hour() {
     let env = copilot_env(&standin);
     let started = jiff::Timestamp::now().as_second();
     let task = the_limit_snoozes(&q, &role, &standin, &env);
-    let until: jiff::Timestamp = task["snoozedUntil"].as_str().unwrap().parse().unwrap();
+    let (until, error) = snoozed(&task);
     let waits = until.as_second() - started;
     assert!(
         (3540..=3660).contains(&waits),
         "snoozed for {waits}s: {task:#}"
     );
-    let attempt = task["history"].as_array().unwrap().last().unwrap();
-    let error = attempt["error"].as_str().unwrap();
     assert!(
         error.contains("usage limit:") && error.contains("exceeded your current quota"),
         "{error}"

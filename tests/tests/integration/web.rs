@@ -875,14 +875,7 @@ fn the_dashboard_shows_a_worktree_tasks_branch_and_merges_it() {
         .to_string();
     // A pull request opened with `host pr` (a bare origin, a fake gh) is linked from the task.
     let origin = q.scratch.join("origin.git");
-    let git = |dir: &std::path::Path, args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-    };
+    let git = crate::worktrees::git;
     git(
         &q.scratch,
         &["init", "--quiet", "--bare", origin.to_str().unwrap()],
