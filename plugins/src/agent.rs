@@ -40,6 +40,11 @@
 //! that is not a git repository, with the prompt as an argument and on stdin), and against the
 //! argument parser of aider-chat 0.86.2 (`aider/args.py`, from PyPI).
 //!
+//! `protocol = "acp"` drives the agent through the Agent Client Protocol instead (see
+//! [`crate::acp`]): `copilot --acp`, `gemini --acp`, Claude Code through `claude-agent-acp` and
+//! Codex through `codex-acp` (their adapters from npm), or a `command` that speaks ACP; what it
+//! asks is answered by the role's `permissions`.
+//!
 //! A `command` template replaces the preset; in it, and in the prompt template, `{prompt}`,
 //! `{prompt_file}` (a file holding the prompt), `{id}`, `{type}`, `{target}`, `{description}`,
 //! `{payload}`, `{after}` (the results of the tasks this one comes after) and `{instructions}`
@@ -79,6 +84,7 @@ use plugin_api::{
     Context, HandlerError, Role, Setting, SettingKind, Task, Value, json, serde_json,
 };
 
+use crate::acp::{self, AcpRole};
 use crate::command::{self, Limits, shorten};
 use crate::limits::{UNKNOWN_RESET, usage_limit_in};
 use crate::paths::target;
@@ -143,6 +149,12 @@ pub struct Preset {
     resume_elsewhere: bool,
     /// Files it writes in its folder for itself (a history, a cache): never committed.
     own_files: &'static [&'static str],
+    /// The argv that runs it as an ACP agent (`protocol = "acp"`): natively, or through its
+    /// adapter from npm.
+    acp: Option<&'static [&'static str]>,
+    /// The ACP session mode it is put in unless the role names one: the mode in which it asks
+    /// before it acts, so that the role's `permissions` decide.
+    acp_mode: Option<&'static str>,
 }
 
 /// How a CLI resumes an earlier session (see [`earlier_session`]).
@@ -192,6 +204,8 @@ pub const PRESETS: [Preset; 5] = [
         resume: Resume::Flag,
         resume_elsewhere: false,
         own_files: &[],
+        acp: Some(&["copilot", "--acp"]),
+        acp_mode: None,
     },
     Preset {
         name: "claude",
@@ -220,6 +234,8 @@ pub const PRESETS: [Preset; 5] = [
         resume: Resume::Flag,
         resume_elsewhere: false,
         own_files: &[],
+        acp: Some(&["claude-agent-acp"]),
+        acp_mode: Some("default"),
     },
     Preset {
         name: "codex",
@@ -246,6 +262,8 @@ pub const PRESETS: [Preset; 5] = [
         resume: Resume::BeforePrompt,
         resume_elsewhere: true,
         own_files: &[],
+        acp: Some(&["codex-acp"]),
+        acp_mode: None,
     },
     Preset {
         name: "gemini",
@@ -274,6 +292,8 @@ pub const PRESETS: [Preset; 5] = [
         resume: Resume::Unable,
         resume_elsewhere: false,
         own_files: &[],
+        acp: Some(&["gemini", "--acp"]),
+        acp_mode: None,
     },
     Preset {
         name: "aider",
@@ -298,6 +318,8 @@ pub const PRESETS: [Preset; 5] = [
         resume: Resume::Unable,
         resume_elsewhere: false,
         own_files: &[".aider*"],
+        acp: None,
+        acp_mode: None,
     },
 ];
 
@@ -315,6 +337,8 @@ struct Setup {
     /// The prompt template.
     prompt: String,
     stall: Option<Duration>,
+    /// With `protocol = "acp"`: the agent is driven through ACP, as the role's table says.
+    acp: Option<AcpRole>,
 }
 
 impl Setup {
@@ -322,6 +346,27 @@ impl Setup {
     /// an unknown placeholder.
     fn read(settings: &Value) -> Result<Setup, String> {
         let preset_name = settings.get("agent").and_then(Value::as_str);
+        let acp = match settings.get("protocol").and_then(Value::as_str) {
+            None | Some("print") => None,
+            Some("acp") => Some(AcpRole::read(
+                settings,
+                preset_name.and_then(preset).and_then(|p| p.acp_mode),
+            )?),
+            Some(other) => {
+                return Err(format!(
+                    "protocol {other:?}: must be \"acp\" (the Agent Client Protocol) or \"print\" \
+                     (the CLI's headless mode, the default)"
+                ));
+            }
+        };
+        if let Some(key) = ["permissions", "mode"]
+            .into_iter()
+            .find(|key| acp.is_none() && settings.get(*key).is_some())
+        {
+            return Err(format!(
+                "`{key}` applies to agents driven through ACP: add protocol = \"acp\""
+            ));
+        }
         let (preset, command) = match (settings.get("command"), preset_name) {
             (Some(command), _) => {
                 let command: Vec<String> = serde_json::from_value(command.clone())
@@ -339,10 +384,17 @@ impl Setup {
                         known.join(", ")
                     )
                 })?;
-                (
-                    Some(preset),
-                    preset.argv.iter().map(|s| s.to_string()).collect(),
-                )
+                let argv = match (&acp, preset.acp) {
+                    (None, _) => preset.argv,
+                    (Some(_), Some(argv)) => argv,
+                    (Some(_), None) => {
+                        return Err(format!(
+                            "agent preset {name} speaks no ACP: drop protocol = \"acp\", or \
+                             give the `command` of an ACP adapter"
+                        ));
+                    }
+                };
+                (Some(preset), argv.iter().map(|s| s.to_string()).collect())
             }
             (None, None) => {
                 return Err(
@@ -380,6 +432,7 @@ impl Setup {
             command,
             prompt,
             stall,
+            acp,
         })
     }
 
@@ -814,6 +867,24 @@ impl Role for Agent {
                 SettingKind::Boolean,
                 "keep each task's worktree folder after its attempt (its path is in the result)",
             ),
+            Setting::new(
+                "protocol",
+                SettingKind::String,
+                "\"print\" (the CLI's headless mode, the default) or \"acp\" (driven through the \
+                 Agent Client Protocol)",
+            ),
+            Setting::new(
+                "mode",
+                SettingKind::String,
+                "with protocol = \"acp\": the agent's session mode to work in (one of its own mode \
+                 ids; claude: \"default\", asking before it acts)",
+            ),
+            Setting::new(
+                "permissions",
+                SettingKind::Any,
+                "with protocol = \"acp\": \"allow\" or \"deny\" what the agent asks, or a table by \
+                 tool kind (read, edit, execute, ..., default)",
+            ),
             crate::paths::branch_setting(),
         ]
     }
@@ -892,8 +963,10 @@ impl Agent {
     ) -> Result<Value, HandlerError> {
         let after = describe_prerequisites(task, prerequisites);
         let mut prompt = fill(&setup.prompt, task, &after, "", "");
+        // An ACP session is not resumed (yet): each attempt opens its own.
         let session = setup
             .preset
+            .filter(|_| setup.acp.is_none())
             .and_then(|preset| earlier_session(task, prerequisites, preset));
         if let Some(notes) = review_notes(task) {
             prompt.push_str("\n\n");
@@ -949,6 +1022,9 @@ impl Agent {
         session: Option<&str>,
     ) -> Result<Value, HandlerError> {
         let which = setup.describe();
+        if let Some(role) = &setup.acp {
+            return self.run_acp(task, ctx, setup, role, dir, after, prompt);
+        }
         let mut invocation = Invocation::new(setup, task, after, prompt, session)
             .map_err(|err| format!("{which}: {err}"))?;
         let usage_file = match setup.preset.and_then(|p| p.usage_file) {
@@ -1050,6 +1126,76 @@ impl Agent {
             Some(why) if run.stalled => Err(HandlerError::new(why).with_result(result).retryable()),
             Some(why) => Err(HandlerError::new(why).with_result(result)),
         }
+    }
+
+    /// Runs the agent once through ACP on `prompt` (see [`crate::acp`]).
+    #[allow(clippy::too_many_arguments)]
+    fn run_acp(
+        &self,
+        task: &Task,
+        ctx: &Context<'_>,
+        setup: &Setup,
+        role: &AcpRole,
+        dir: &Path,
+        after: &str,
+        prompt: &str,
+    ) -> Result<Value, HandlerError> {
+        let which = setup.describe();
+        let argv: Vec<String> = setup
+            .command
+            .iter()
+            .map(|arg| fill(arg, task, after, prompt, ""))
+            .collect();
+        let program = argv[0].clone();
+        let limits = Limits::for_task(task, DEFAULT_TIMEOUT, setup.stall);
+        let before = snapshot(dir, None).unwrap_or_default();
+        ctx.progress(0, &format!("running {program} (ACP)"));
+        let run = acp::run(&argv, dir, prompt, role, limits, ctx)
+            .map_err(|err| format!("{which}: {err}"))?;
+        let mut result = json!({
+            "agent": setup.preset.map(|p| p.name),
+            "program": program,
+            "protocol": "acp",
+            "stopReason": run.stop_reason.as_ref().map(|r| serde_json::to_value(r).unwrap_or_default()),
+            "durationMs": run.duration.as_millis() as u64,
+            "timedOut": run.timed_out || run.stop == Some(plugin_api::StopReason::TimedOut),
+            "stalled": run.stalled,
+            "prompt": { "bytes": prompt.len(), "via": "acp" },
+            "finalMessage": run.final_message,
+            "usage": run.usage,
+            "outputTail": run.tail,
+            "changedFiles": snapshot(dir, run.stop.map(|_| Instant::now() + Duration::from_secs(1)))
+                .map(|after| changes(&before, &after)),
+        });
+        if !run.plan.is_empty() {
+            result["plan"] = json!(run.plan);
+        }
+        if let Some(session) = &run.session {
+            result["sessionId"] = json!(session);
+        }
+        ctx.progress(100, &format!("{program} finished"));
+        let Some(why) = run.failure(&format!("{which}: `{program}`"), limits) else {
+            return Ok(result);
+        };
+        let now = plugin_api::Timestamp::now();
+        let said = format!("{}\n{}", run.error.as_deref().unwrap_or(""), run.tail);
+        if setup.preset.is_some()
+            && let Some(hit) = usage_limit_in(&said, now)
+        {
+            let until = hit
+                .resets_at
+                .filter(|at| *at > now)
+                .unwrap_or_else(|| now + UNKNOWN_RESET);
+            return Err(
+                HandlerError::new(format!("{why}: usage limit: {}", hit.said))
+                    .with_result(result)
+                    .usage_limit(until),
+            );
+        }
+        if run.stalled {
+            return Err(HandlerError::new(why).with_result(result).retryable());
+        }
+        Err(HandlerError::new(why).with_result(result))
     }
 }
 

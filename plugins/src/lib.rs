@@ -16,6 +16,7 @@ pub mod inspector;
 pub mod tester;
 pub mod writer;
 
+mod acp;
 mod command;
 mod group;
 mod limits;

@@ -145,6 +145,21 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
             outln!("{}", line.trim_end());
         }
     }
+    // An agent driven through ACP records the plan it followed, each step with its state.
+    if let Some(plan) = result
+        .and_then(|r| r.get("plan"))
+        .and_then(|p| p.as_array())
+    {
+        outln!("plan");
+        for entry in plan {
+            let mark = match entry["status"].as_str() {
+                Some("completed") => "[x]",
+                Some("in_progress") => "[>]",
+                _ => "[ ]",
+            };
+            outln!("  {mark} {}", entry["content"].as_str().unwrap_or_default());
+        }
+    }
     if !task.history.is_empty() {
         outln!("history");
         for run in &task.history {

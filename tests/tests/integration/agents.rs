@@ -1161,7 +1161,7 @@ fn claude_limit_events(resets_at: i64) -> Vec<Value> {
     ]
 }
 
-fn stop(worker: std::process::Child) -> String {
+pub(crate) fn stop(worker: std::process::Child) -> String {
     integration_tests::signal(&worker, nix::sys::signal::Signal::SIGTERM);
     let output = worker.wait_with_output().unwrap();
     String::from_utf8_lossy(&output.stderr).into_owned()

@@ -1,6 +1,7 @@
 //! The integration suite: every test drives the real `host` binary and plugin libraries on a
 //! fresh queue folder (see `integration_tests::TestQueue`).
 
+mod acp;
 mod agents;
 mod bad_input;
 mod branches;

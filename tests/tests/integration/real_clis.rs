@@ -28,10 +28,17 @@ fn script() -> Script {
 
 /// Binds role `r-CLI` (type `write`) to the preset `cli`.
 fn bind(q: &TestQueue, cli: &str) -> String {
+    bind_with(q, cli, "")
+}
+
+/// [`bind`], with `extra` lines in the role's table.
+fn bind_with(q: &TestQueue, cli: &str, extra: &str) -> String {
     let role = format!("r-{cli}");
     fs::write(
         q.queue.join("host.toml"),
-        format!("[roles.{role}]\nhandler = \"agent\"\ntypes = [\"write\"]\nagent = \"{cli}\"\n"),
+        format!(
+            "[roles.{role}]\nhandler = \"agent\"\ntypes = [\"write\"]\nagent = \"{cli}\"\n{extra}"
+        ),
     )
     .unwrap();
     role
@@ -595,4 +602,112 @@ fn codex_goes_on_with_its_session_after_a_rejection_and_in_a_fix_after_the_task(
         standin.summary()
     );
     assert!(q.ok(&["logs", &fix]).contains(&format!("of task {id}")));
+}
+
+/// Adds a `write` task on a fresh repository and drains `role` with `env`, through ACP with
+/// every write denied: the CLI asked before it wrote, was refused, and wrote nothing. Returns
+/// the task's log.
+fn is_refused_the_write(
+    q: &TestQueue,
+    role: &str,
+    standin: &ModelStandIn,
+    env: &[(&str, String)],
+) -> String {
+    let repo = repository(q);
+    let id = q.add(&[
+        "--type",
+        "write",
+        "--target",
+        repo.to_str().unwrap(),
+        "--description",
+        "Write hello.txt saying hello",
+        "--max-attempts",
+        "1",
+    ]);
+    let output = worker(q, role, standin, env)
+        .arg("--drain")
+        .output()
+        .unwrap();
+    let task = q.task(&id);
+    let log = q.ok(&["logs", &id]);
+    let context = format!(
+        "{task:#}\nworker: {}\nlog:\n{log}\nrequests:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        standin.summary()
+    );
+    assert!(output.status.success(), "{context}");
+    assert_eq!(task["result"]["protocol"], "acp", "{context}");
+    assert!(
+        log.contains("denied by the role's permissions (option "),
+        "{context}"
+    );
+    let files = git(&repo, &["ls-tree", "--name-only", &task_branch(q, &id)]);
+    assert!(!files.contains("hello.txt"), "{files}\n{context}");
+    log
+}
+
+#[test]
+fn copilot_cli_through_acp_asks_before_it_writes_and_the_roles_permissions_answer() {
+    let q = TestQueue::new();
+    let role = bind_with(&q, "copilot", "protocol = \"acp\"\n");
+    let standin = ModelStandIn::start(Api::OpenAiChat, script());
+    let env = copilot_env(&standin);
+    let task = writes_the_file(&q, &role, &standin, &env);
+    assert_eq!(task["result"]["protocol"], "acp", "{task:#}");
+    assert_eq!(task["result"]["stopReason"], "end_turn", "{task:#}");
+    let log = q.ok(&["logs", task["id"].as_str().unwrap()]);
+    assert!(log.contains("allowed by the role's permissions"), "{log}");
+
+    let q = TestQueue::new();
+    let role = bind_with(
+        &q,
+        "copilot",
+        "protocol = \"acp\"\npermissions = \"deny\"\n",
+    );
+    let standin = ModelStandIn::start(Api::OpenAiChat, script());
+    let env = copilot_env(&standin);
+    is_refused_the_write(&q, &role, &standin, &env);
+}
+
+#[test]
+fn gemini_cli_through_acp_asks_before_it_writes_and_the_roles_permissions_answer() {
+    let q = TestQueue::new();
+    let role = bind_with(&q, "gemini", "protocol = \"acp\"\n");
+    let standin = ModelStandIn::start(Api::Gemini, script());
+    let env = gemini_env(&q, &standin);
+    let task = writes_the_file(&q, &role, &standin, &env);
+    assert_eq!(task["result"]["protocol"], "acp", "{task:#}");
+    assert_eq!(task["result"]["stopReason"], "end_turn", "{task:#}");
+    let log = q.ok(&["logs", task["id"].as_str().unwrap()]);
+    assert!(log.contains("allowed by the role's permissions"), "{log}");
+
+    let q = TestQueue::new();
+    let role = bind_with(&q, "gemini", "protocol = \"acp\"\npermissions = \"deny\"\n");
+    let standin = ModelStandIn::start(Api::Gemini, script());
+    let env = gemini_env(&q, &standin);
+    is_refused_the_write(&q, &role, &standin, &env);
+}
+
+#[test]
+fn claude_code_through_its_acp_adapter_asks_before_it_writes_and_the_roles_permissions_answer() {
+    let q = TestQueue::new();
+    let role = bind_with(&q, "claude", "protocol = \"acp\"\n");
+    let standin = ModelStandIn::start(Api::Anthropic, script());
+    let mut env = claude_env(&standin, &q.scratch.join("home"));
+    env.push(("ANTHROPIC_API_KEY", "sk-ant-api03-standin".into()));
+    let task = writes_the_file(&q, &role, &standin, &env);
+    assert_eq!(task["result"]["protocol"], "acp", "{task:#}");
+    assert_eq!(task["result"]["program"], "claude-agent-acp", "{task:#}");
+    assert_eq!(task["result"]["stopReason"], "end_turn", "{task:#}");
+    let log = q.ok(&["logs", task["id"].as_str().unwrap()]);
+    // Its own first mode decides alone; the preset's asks.
+    assert!(log.contains("acp: switching to mode default"), "{log}");
+    assert!(log.contains("allowed by the role's permissions"), "{log}");
+
+    let q = TestQueue::new();
+    let role = bind_with(&q, "claude", "protocol = \"acp\"\npermissions = \"deny\"\n");
+    let standin = ModelStandIn::start(Api::Anthropic, script());
+    let mut env = claude_env(&standin, &q.scratch.join("home"));
+    env.push(("ANTHROPIC_API_KEY", "sk-ant-api03-standin".into()));
+    is_refused_the_write(&q, &role, &standin, &env);
 }

@@ -1,0 +1,371 @@
+//! The agent role driven through the Agent Client Protocol (`protocol = "acp"`), against the
+//! suite's scripted ACP agent (`tests/src/bin/acp_agent.rs`, written with the protocol crate's
+//! own types): each task's description holds the agent's script, `[[acp VERB ARGS]]` steps.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use integration_tests::TestQueue;
+use serde_json::Value;
+
+use crate::worktrees::{git, repository, task_branch};
+
+/// The suite's ACP agent.
+const AGENT: &str = env!("CARGO_BIN_EXE_acp-agent");
+
+/// Role `supervised` (type `work`): the ACP agent, recording what it receives, with `extra`
+/// lines in its table.
+fn bind_acp_agent(q: &TestQueue, extra: &str) {
+    let toml = format!(
+        "[roles.supervised]\nhandler = \"agent\"\ntypes = [\"work\"]\nprotocol = \"acp\"\n\
+         command = [{AGENT:?}]\nstall = \"30s\"\n{extra}\n"
+    );
+    fs::write(q.queue.join("host.toml"), toml).unwrap();
+}
+
+/// The file the agent records every message it receives in, one JSON line each.
+fn record(q: &TestQueue) -> PathBuf {
+    q.scratch.join("acp-record.jsonl")
+}
+
+/// Adds a `work` task on the test repository with the agent's script as its description.
+fn add_script(q: &TestQueue, repo: &Path, script: &str) -> String {
+    q.add(&[
+        "--type",
+        "work",
+        "--target",
+        repo.to_str().unwrap(),
+        "--description",
+        script,
+        "--max-attempts",
+        "1",
+    ])
+}
+
+/// Drains role `supervised` with the agent recording into [`record`].
+fn drain(q: &TestQueue) {
+    let output = q
+        .host()
+        .args(["--role", "supervised", "--drain"])
+        .env("ACP_AGENT_RECORD", record(q))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The messages the agent received, by method.
+fn received(q: &TestQueue, method: &str) -> Vec<Value> {
+    fs::read_to_string(record(q))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|m| m["method"] == method)
+        .collect()
+}
+
+fn logs(q: &TestQueue, id: &str) -> String {
+    q.ok(&["logs", id])
+}
+
+#[test]
+fn an_acp_agent_works_in_its_worktree_its_updates_are_logged_and_its_plan_kept() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_acp_agent(&q, "");
+    let id = add_script(
+        &q,
+        &repo,
+        "[[acp plan completed:read the code; in_progress:write the notes]] \
+         [[acp think about the notes]] [[acp say I will write the notes.]] \
+         [[acp write notes.txt hello from acp]] [[acp read notes.txt]] \
+         [[acp plan completed:read the code; completed:write the notes]] [[acp say All done.]]",
+    );
+    drain(&q);
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let result = &task["result"];
+    assert_eq!(result["protocol"], "acp");
+    assert_eq!(result["stopReason"], "end_turn");
+    // The final message is what the agent said after its last step.
+    assert_eq!(result["finalMessage"], "All done.");
+    let plan = result["plan"].as_array().unwrap();
+    assert_eq!(plan.len(), 2, "{plan:?}");
+    assert!(plan.iter().all(|e| e["status"] == "completed"), "{plan:?}");
+
+    // The session was opened in the task's worktree, never in the user's checkout, with the
+    // client's file system and terminals offered.
+    let initialize = &received(&q, "initialize")[0]["params"];
+    assert_eq!(
+        initialize["clientCapabilities"]["fs"]["writeTextFile"],
+        true
+    );
+    assert_eq!(initialize["clientCapabilities"]["terminal"], true);
+    let cwd = received(&q, "session/new")[0]["params"]["cwd"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(Path::new(&cwd), repo, "the agent ran in the checkout");
+    assert!(!repo.join("notes.txt").exists());
+    let branch = task_branch(&q, &id);
+    assert_eq!(
+        git(&repo, &["show", &format!("{branch}:notes.txt")]),
+        "hello from acp"
+    );
+
+    let log = logs(&q, &id);
+    for expected in [
+        "acp: session",
+        "thinking: about the notes",
+        "assistant: I will write the notes.",
+        "tool Write notes.txt (edit): pending",
+        "permission for Write notes.txt (edit): allowed by the role's permissions (option allow_once)",
+        "wrote notes.txt",
+        "assistant: read notes.txt: hello from acp",
+        "[>] write the notes",
+        "[x] write the notes",
+        "acp: turn ended: end_turn",
+    ] {
+        assert!(log.contains(expected), "no {expected:?} in the log:\n{log}");
+    }
+    let shown = q.ok(&["show", &id]);
+    assert!(
+        shown.contains("plan\n  [x] read the code\n  [x] write the notes"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn denied_requests_and_paths_outside_the_worktree_are_refused_and_logged() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_acp_agent(&q, "permissions = { read = \"allow\", edit = \"allow\" }\n");
+    let outside = q.scratch.join("outside.txt");
+    fs::write(&outside, "secret\n").unwrap();
+    // A link in the repository to a file that does not exist, outside it: writing through it
+    // would create that file.
+    let nowhere = q.scratch.join("created-through-a-link.txt");
+    std::os::unix::fs::symlink(&nowhere, repo.join("link")).unwrap();
+    git(&repo, &["add", "link"]);
+    git(&repo, &["commit", "--quiet", "-m", "a link"]);
+    let id = add_script(
+        &q,
+        &repo,
+        &format!(
+            "[[acp run touch ran.txt]] [[acp read {}]] [[acp write ../escaped.txt out]] \
+             [[acp write {} overwritten]] [[acp write link through]] [[acp write inside.txt fine]]",
+            outside.display(),
+            outside.display()
+        ),
+    );
+    drain(&q);
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "secret\n");
+    assert!(!q.scratch.join("escaped.txt").exists());
+    assert!(
+        !nowhere.exists(),
+        "written through a link out of the worktree"
+    );
+    assert!(!repo.parent().unwrap().join("escaped.txt").exists());
+    let branch = task_branch(&q, &id);
+    let files = git(&repo, &["ls-tree", "--name-only", &branch]);
+    assert!(files.contains("inside.txt"), "{files}");
+    assert!(!files.contains("ran.txt"), "{files}");
+    // The agent got its own reject option back.
+    let answers: Vec<Value> = fs::read_to_string(record(&q))
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|m| m["result"]["outcome"]["outcome"] == "selected")
+        .collect();
+    assert_eq!(answers.len(), 5, "{answers:?}");
+    assert_eq!(answers[0]["result"]["outcome"]["optionId"], "reject_once");
+
+    let log = logs(&q, &id);
+    for expected in [
+        "(execute): denied by the role's permissions (option reject_once)",
+        // What the agent was told: its own words about each refusal.
+        "assistant: permission rejected for run touch ran.txt",
+        "assistant: read refused: ",
+        "assistant: write refused: ",
+        &format!(
+            "refused: read {}: outside the task's folder",
+            outside.display()
+        ),
+        &format!(
+            "refused: write {}: outside the task's folder",
+            outside.display()
+        ),
+        "escaped.txt: outside the task's folder",
+        "link: a link to a place that does not exist",
+    ] {
+        assert!(log.contains(expected), "no {expected:?} in the log:\n{log}");
+    }
+}
+
+#[test]
+fn a_terminal_runs_in_the_worktree_and_its_output_and_exit_code_reach_the_agent() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_acp_agent(&q, "permissions = \"allow\"\n");
+    // A command that leaves a process behind in the background, which ends with the attempt.
+    fs::write(repo.join("bg.sh"), "sleep 1000 &\necho $! > bg.pid\n").unwrap();
+    git(&repo, &["add", "bg.sh"]);
+    git(&repo, &["commit", "--quiet", "-m", "bg"]);
+    let id = add_script(
+        &q,
+        &repo,
+        "[[acp run sh bg.sh]] [[acp sleep 4000]] [[acp run sh -c pwd;false]]",
+    );
+    let worker = q
+        .host()
+        .args(["--role", "supervised", "--drain"])
+        .env("ACP_AGENT_RECORD", record(&q))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Released by the agent, the terminal took its background process with it, while the
+    // agent still works.
+    let mut pid = None;
+    q.wait_for("the background sleep's pid", Duration::from_secs(30), |q| {
+        pid = received(q, "session/new")
+            .first()
+            .and_then(|m| m["params"]["cwd"].as_str().map(PathBuf::from))
+            .and_then(|cwd| fs::read_to_string(cwd.join("bg.pid")).ok())
+            .and_then(|text| text.trim().parse::<u32>().ok());
+        pid.is_some()
+    });
+    q.wait_for(
+        "the background sleep to end",
+        Duration::from_secs(2),
+        |_| !integration_tests::alive(pid.unwrap()),
+    );
+    assert_eq!(
+        q.task(&id)["status"],
+        "running",
+        "ended with the task, not the terminal"
+    );
+    let output = worker.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let cwd = received(&q, "session/new")[0]["params"]["cwd"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let message = task["result"]["finalMessage"].as_str().unwrap();
+    assert!(message.contains("exit 1"), "{message}");
+    assert!(message.contains(&cwd), "not run in {cwd}: {message}");
+    assert!(logs(&q, &id).contains("exited with code 1"));
+}
+
+#[test]
+fn cancel_asks_the_agent_to_end_its_turn_and_nothing_it_started_is_left_running() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_acp_agent(&q, "");
+    let id = add_script(&q, &repo, "[[acp spawn-sleeper]] [[acp wait-cancel]]");
+    let worker = q
+        .host()
+        .args(["--role", "supervised", "--poll", "100ms"])
+        .env("ACP_AGENT_RECORD", record(&q))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sleeper = None;
+    q.wait_for("the agent's sleeper", Duration::from_secs(30), |q| {
+        sleeper = logs(q, &id)
+            .lines()
+            .find_map(|l| l.split("sleeper ").nth(1)?.trim().parse::<u32>().ok());
+        sleeper.is_some()
+    });
+    let sleeper = sleeper.unwrap();
+    assert!(integration_tests::alive(sleeper));
+    q.ok(&["cancel", &id]);
+    q.wait_for("the task to be cancelled", Duration::from_secs(30), |q| {
+        q.task(&id)["status"] == "cancelled"
+    });
+    assert_eq!(received(&q, "session/cancel").len(), 1);
+    let log = logs(&q, &id);
+    assert!(log.contains("cancelling the turn"), "{log}");
+    assert!(log.contains("turn ended: cancelled"), "{log}");
+    q.wait_for("the sleeper to end", Duration::from_secs(10), |_| {
+        !integration_tests::alive(sleeper)
+    });
+    let stderr = crate::agents::stop(worker);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_turn_that_ends_early_an_error_answer_and_an_agent_that_exits_fail_the_task_saying_why() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_acp_agent(&q, "");
+    let refused = add_script(&q, &repo, "[[acp stop refusal]]");
+    let error = add_script(&q, &repo, "[[acp error the model is unavailable]]");
+    let exited = add_script(&q, &repo, "[[acp exit 3]]");
+    drain(&q);
+    let failed = |id: &str| {
+        let task = q.task(id);
+        assert_eq!(task["status"], "failed", "{task:#}");
+        task["error"].as_str().unwrap().to_string()
+    };
+    let why = failed(&refused);
+    assert!(why.contains("ended its turn early: refusal"), "{why}");
+    let why = failed(&error);
+    assert!(
+        why.contains("answered session/prompt with an error: the model is unavailable"),
+        "{why}"
+    );
+    let why = failed(&exited);
+    assert!(
+        why.contains("exited with code 3 before ending its turn"),
+        "{why}"
+    );
+}
+
+#[test]
+fn acp_settings_that_cannot_work_are_refused_when_the_worker_starts() {
+    let q = TestQueue::new();
+    for (table, expected) in [
+        (
+            "agent = \"aider\"\nprotocol = \"acp\"\n",
+            "agent preset aider speaks no ACP",
+        ),
+        (
+            "agent = \"copilot\"\nprotocol = \"acp\"\npermissions = \"ask\"\n",
+            "`permissions` must be \"allow\" or \"deny\"",
+        ),
+        (
+            "agent = \"copilot\"\nprotocol = \"acp\"\npermissions = { exec = \"allow\" }\n",
+            "`permissions.exec`: unknown tool kind",
+        ),
+        (
+            "agent = \"copilot\"\npermissions = \"allow\"\n",
+            "add protocol = \"acp\"",
+        ),
+        (
+            "agent = \"copilot\"\nprotocol = \"rpc\"\n",
+            "protocol \"rpc\"",
+        ),
+    ] {
+        fs::write(
+            q.queue.join("host.toml"),
+            format!("[roles.supervised]\nhandler = \"agent\"\ntypes = [\"work\"]\n{table}"),
+        )
+        .unwrap();
+        let line = q.fails(&["--role", "supervised", "--drain"]);
+        assert!(line.contains(expected), "{table}: {line}");
+    }
+}
