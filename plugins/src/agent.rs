@@ -86,7 +86,7 @@ use plugin_api::{
 
 use crate::acp::{self, AcpRole};
 use crate::command::{self, Limits, shorten};
-use crate::limits::{UNKNOWN_RESET, usage_limit_in};
+use crate::limits::{LimitHit, UNKNOWN_RESET, usage_limit_in};
 use crate::paths::target;
 use crate::stream::{Format, Transcript};
 
@@ -1109,15 +1109,7 @@ impl Agent {
                 })
                 .or_else(|| transcript.as_ref().and_then(|t| t.limit().cloned()));
             if let Some(hit) = hit {
-                let until = hit
-                    .resets_at
-                    .filter(|at| *at > now)
-                    .unwrap_or_else(|| now + UNKNOWN_RESET);
-                return Err(
-                    HandlerError::new(format!("{why}: usage limit: {}", hit.said))
-                        .with_result(result)
-                        .usage_limit(until),
-                );
+                return Err(usage_limit(why, &hit, result, now));
             }
         }
         match failure {
@@ -1182,21 +1174,30 @@ impl Agent {
         if setup.preset.is_some()
             && let Some(hit) = usage_limit_in(&said, now)
         {
-            let until = hit
-                .resets_at
-                .filter(|at| *at > now)
-                .unwrap_or_else(|| now + UNKNOWN_RESET);
-            return Err(
-                HandlerError::new(format!("{why}: usage limit: {}", hit.said))
-                    .with_result(result)
-                    .usage_limit(until),
-            );
+            return Err(usage_limit(&why, &hit, result, now));
         }
         if run.stalled {
             return Err(HandlerError::new(why).with_result(result).retryable());
         }
         Err(HandlerError::new(why).with_result(result))
     }
+}
+
+/// The error of an attempt that met its account's usage limit: the task waits for the reset
+/// (an hour when the CLI named none), its attempt not spent.
+fn usage_limit(
+    why: &str,
+    hit: &LimitHit,
+    result: Value,
+    now: plugin_api::Timestamp,
+) -> HandlerError {
+    let until = hit
+        .resets_at
+        .filter(|at| *at > now)
+        .unwrap_or_else(|| now + UNKNOWN_RESET);
+    HandlerError::new(format!("{why}: usage limit: {}", hit.said))
+        .with_result(result)
+        .usage_limit(until)
 }
 
 /// Whether a failed run did nothing: it neither timed out nor stalled, and changed no file.

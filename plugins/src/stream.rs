@@ -558,7 +558,7 @@ mod tests {
         assert_eq!(
             shown,
             [
-                "tool create: {\"file_text\":\"hi\\n\",\"path\":\"/tmp/probe/p/work/hello.txt\"}",
+                "tool create: {\"path\":\"/tmp/probe/p/work/hello.txt\",\"file_text\":\"hi\\n\"}",
                 "tool result: success",
                 "assistant: I wrote hello.txt.",
                 "result: success",

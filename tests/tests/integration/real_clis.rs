@@ -78,25 +78,38 @@ fn worker(q: &TestQueue, role: &str, standin: &ModelStandIn, env: &[(&str, Strin
     cmd
 }
 
-/// Adds a `write` task on a fresh repository, drains `role` with `env`, and checks what every
-/// CLI must do: the task completed, the file the model asked for is on the task's branch with
-/// its content, the final message is the model's answer, and the log reads as lines. Returns
-/// the task.
-fn writes_the_file(
+/// What a `write` task on a fresh repository came to, drained by one worker.
+struct WriteRun {
+    repo: std::path::PathBuf,
+    id: String,
+    task: Value,
+    log: String,
+    /// Everything to show when a check fails: the task, the worker's output, the log and what
+    /// the stand-in was asked.
+    context: String,
+}
+
+/// Adds a `write` task ("Write hello.txt saying hello", `extra` arguments to `host add`) on a
+/// fresh repository and drains `role` with `env`, insisting that the worker exits 0 within a
+/// minute.
+fn run_write_task(
     q: &TestQueue,
     role: &str,
     standin: &ModelStandIn,
     env: &[(&str, String)],
-) -> Value {
+    extra: &[&str],
+) -> WriteRun {
     let repo = repository(q);
-    let id = q.add(&[
+    let mut args = vec![
         "--type",
         "write",
         "--target",
         repo.to_str().unwrap(),
         "--description",
         "Write hello.txt saying hello",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let id = q.add(&args);
     let started = Instant::now();
     let output = worker(q, role, standin, env)
         .arg("--drain")
@@ -111,8 +124,34 @@ fn writes_the_file(
         standin.summary()
     );
     assert!(output.status.success(), "{context}");
-    assert_eq!(task["status"], "completed", "{context}");
     assert!(took < Duration::from_secs(60), "took {took:?}: {context}");
+    WriteRun {
+        repo,
+        id,
+        task,
+        log,
+        context,
+    }
+}
+
+/// Adds a `write` task on a fresh repository, drains `role` with `env`, and checks what every
+/// CLI must do: the task completed, the file the model asked for is on the task's branch with
+/// its content, the final message is the model's answer, and the log reads as lines. Returns
+/// the task.
+fn writes_the_file(
+    q: &TestQueue,
+    role: &str,
+    standin: &ModelStandIn,
+    env: &[(&str, String)],
+) -> Value {
+    let WriteRun {
+        repo,
+        id,
+        task,
+        log,
+        context,
+    } = run_write_task(q, role, standin, env, &[]);
+    assert_eq!(task["status"], "completed", "{context}");
     let written = git(
         &repo,
         &["show", &format!("{}:hello.txt", task_branch(q, &id))],
@@ -605,37 +644,15 @@ fn codex_goes_on_with_its_session_after_a_rejection_and_in_a_fix_after_the_task(
 }
 
 /// Adds a `write` task on a fresh repository and drains `role` with `env`, through ACP with
-/// every write denied: the CLI asked before it wrote, was refused, and wrote nothing. Returns
-/// the task's log.
-fn is_refused_the_write(
-    q: &TestQueue,
-    role: &str,
-    standin: &ModelStandIn,
-    env: &[(&str, String)],
-) -> String {
-    let repo = repository(q);
-    let id = q.add(&[
-        "--type",
-        "write",
-        "--target",
-        repo.to_str().unwrap(),
-        "--description",
-        "Write hello.txt saying hello",
-        "--max-attempts",
-        "1",
-    ]);
-    let output = worker(q, role, standin, env)
-        .arg("--drain")
-        .output()
-        .unwrap();
-    let task = q.task(&id);
-    let log = q.ok(&["logs", &id]);
-    let context = format!(
-        "{task:#}\nworker: {}\nlog:\n{log}\nrequests:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        standin.summary()
-    );
-    assert!(output.status.success(), "{context}");
+/// every write denied: the CLI asked before it wrote, was refused, and wrote nothing.
+fn is_refused_the_write(q: &TestQueue, role: &str, standin: &ModelStandIn, env: &[(&str, String)]) {
+    let WriteRun {
+        repo,
+        id,
+        task,
+        log,
+        context,
+    } = run_write_task(q, role, standin, env, &["--max-attempts", "1"]);
     assert_eq!(task["result"]["protocol"], "acp", "{context}");
     assert!(
         log.contains("denied by the role's permissions (option "),
@@ -643,7 +660,6 @@ fn is_refused_the_write(
     );
     let files = git(&repo, &["ls-tree", "--name-only", &task_branch(q, &id)]);
     assert!(!files.contains("hello.txt"), "{files}\n{context}");
-    log
 }
 
 #[test]
