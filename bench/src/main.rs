@@ -19,7 +19,12 @@ use queue::{
 };
 use serde_json::{Value, json};
 
+mod floor;
+
 fn main() -> anyhow::Result<()> {
+    if floor::serve(&std::env::args().collect::<Vec<_>>())? {
+        return Ok(());
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("bench/ is inside the workspace")
@@ -61,6 +66,17 @@ fn main() -> anyhow::Result<()> {
             .map(|(worker, n)| format!("{worker} {:.0} %", *n as f64 / 100.0))
             .collect();
         println!("  each worker's share: {}", shares.join(", "));
+    }
+    println!(
+        "- the floor: 4 processes whose task is one transaction (finish and claim with \
+         `UPDATE ... RETURNING`, the queue's indexes) and a pipe round trip to a handler:"
+    );
+    for (name, sync) in [
+        ("durable, a flush per commit", "FULL"),
+        ("relaxed", "NORMAL"),
+    ] {
+        let rate = floor::drain(&bench.scratch, 10_000, 4, sync)?;
+        println!("  {name}: {rate:.0} tasks/s");
     }
     println!(
         "- the same with slots, whose outcomes and next claims the completer batches (relaxed):"
