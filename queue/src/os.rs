@@ -70,6 +70,31 @@ mod imp {
         meta.ino()
     }
 
+    /// Whether another process has the SQLite database of `index` (its `-shm` file) open: every
+    /// connection holds a shared lock on the index's byte 128 (SQLite's unix VFS, `UNIX_SHM_DMS`)
+    /// while it is open. Locks of this process are not seen (POSIX locks never conflict with
+    /// their own process's).
+    #[cfg(target_os = "linux")]
+    pub fn connected_elsewhere(index: &File) -> bool {
+        use std::os::fd::AsFd;
+        let mut lock = nix::libc::flock {
+            l_type: nix::libc::F_WRLCK as nix::libc::c_short,
+            l_whence: nix::libc::SEEK_SET as nix::libc::c_short,
+            l_start: 128,
+            l_len: 1,
+            l_pid: 0,
+        };
+        nix::fcntl::fcntl(index.as_fd(), nix::fcntl::FcntlArg::F_GETLK(&mut lock))
+            .is_ok_and(|_| lock.l_type != nix::libc::F_UNLCK as nix::libc::c_short)
+    }
+
+    /// Whether another process has the database of `index` open: not told on this system (its
+    /// `struct flock` differs), so never.
+    #[cfg(not(target_os = "linux"))]
+    pub fn connected_elsewhere(_index: &File) -> bool {
+        false
+    }
+
     /// Who holds the flock on `path`, in words (`process 1234 (host), stopped`), from the
     /// kernel's list of locks; `None` where that cannot be told.
     pub fn lock_holder(path: &Path) -> Option<String> {
@@ -187,6 +212,12 @@ mod imp {
             .create(true)
             .truncate(false)
             .open(root.join("writers.lock"))
+    }
+
+    /// Whether another process has the database of `index` open: not told here (SQLite's
+    /// Windows locks are not read), so never.
+    pub fn connected_elsewhere(_index: &File) -> bool {
+        false
     }
 
     /// Windows does not say who holds a lock.

@@ -681,35 +681,17 @@ fn drive(
     let mut cancelled_at: Option<Instant> = None;
     loop {
         // The host's stop, the time limit and the stall limit, checked between messages.
-        if cancelled_at.is_none() {
-            let why = if let Some(stop) = session.ctx.stop_reason() {
-                finished.stop = Some(stop);
-                true
-            } else if limits.timeout.is_some_and(|t| started.elapsed() > t) {
-                finished.timed_out = true;
-                true
-            } else if limits.stall.is_some_and(|s| session.last_update.elapsed() > s)
-                // An agent waiting for a command it ran is not stalled.
-                && session.waiting.is_empty()
-            {
-                finished.stalled = true;
-                true
-            } else {
-                false
+        if cancelled_at.is_none() && stop_due(session, limits, started, finished) {
+            cancelled_at = Some(Instant::now());
+            session.cancelled = true;
+            let Some(id) = session.session_id.clone() else {
+                return Ok(());
             };
-            if why {
-                cancelled_at = Some(Instant::now());
-                session.cancelled = true;
-                if let Some(id) = session.session_id.clone() {
-                    session.ctx.log("acp: cancelling the turn (session/cancel)");
-                    let _ = session.notify(
-                        "session/cancel",
-                        serde_json::to_value(acp::CancelNotification::new(id)).unwrap_or_default(),
-                    );
-                } else {
-                    return Ok(());
-                }
-            }
+            session.ctx.log("acp: cancelling the turn (session/cancel)");
+            let _ = session.notify(
+                "session/cancel",
+                serde_json::to_value(acp::CancelNotification::new(id)).unwrap_or_default(),
+            );
         }
         if cancelled_at.is_some_and(|at| at.elapsed() > CANCEL_GRACE) {
             session
@@ -776,56 +758,7 @@ fn drive(
                     Stage::NewSession => {
                         let created: acp::NewSessionResponse = serde_json::from_value(result)
                             .map_err(|err| format!("answered session/new with {err}"))?;
-                        let id = created.session_id.to_string();
-                        let modes = created
-                            .modes
-                            .as_ref()
-                            .map(|m| {
-                                let ids: Vec<String> =
-                                    m.available_modes.iter().map(|m| m.id.to_string()).collect();
-                                format!(" (mode {} of {})", m.current_mode_id, ids.join(", "))
-                            })
-                            .unwrap_or_default();
-                        session.ctx.log(&format!("acp: session {id}{modes}"));
-                        session.session_id = Some(id.clone());
-                        let offered = |mode: &str| {
-                            created.modes.as_ref().is_some_and(|m| {
-                                m.available_modes.iter().any(|a| a.id.to_string() == mode)
-                            })
-                        };
-                        let current = created
-                            .modes
-                            .as_ref()
-                            .map(|m| m.current_mode_id.to_string());
-                        match role.mode.as_deref() {
-                            Some(mode) if current.as_deref() == Some(mode) => {}
-                            Some(mode) if offered(mode) => {
-                                session.ctx.log(&format!("acp: switching to mode {mode}"));
-                                let request = acp::SetSessionModeRequest::new(id, mode.to_string());
-                                waiting_for = session.request(
-                                    "session/set_mode",
-                                    serde_json::to_value(request).map_err(|e| e.to_string())?,
-                                )?;
-                                stage = Stage::SetMode;
-                                continue;
-                            }
-                            Some(mode) if role.mode_required => {
-                                return Err(format!(
-                                    "offers no mode {mode:?} (the role's `mode`){}",
-                                    if modes.is_empty() {
-                                        " (it names no modes)".into()
-                                    } else {
-                                        modes
-                                    }
-                                ));
-                            }
-                            Some(mode) => session.ctx.log(&format!(
-                                "acp: the agent offers no mode {mode} (the preset's): left as it is"
-                            )),
-                            None => {}
-                        }
-                        waiting_for = send_prompt(session, prompt)?;
-                        stage = Stage::Prompt;
+                        (waiting_for, stage) = opened(session, created, role, prompt)?;
                     }
                     // Stopped while it switched: no turn is started.
                     Stage::SetMode if session.cancelled => return Ok(()),
@@ -851,6 +784,79 @@ fn drive(
             _ => {}
         }
     }
+}
+
+/// Whether the attempt must end now: the host stopped it, or its time or stall limit ran out
+/// (noted in `finished`).
+fn stop_due(
+    session: &Session<'_, '_>,
+    limits: Limits,
+    started: Instant,
+    finished: &mut Finished,
+) -> bool {
+    if let Some(stop) = session.ctx.stop_reason() {
+        finished.stop = Some(stop);
+    } else if limits.timeout.is_some_and(|t| started.elapsed() > t) {
+        finished.timed_out = true;
+    } else if limits
+        .stall
+        .is_some_and(|s| session.last_update.elapsed() > s)
+        // An agent waiting for a command it ran is not stalled.
+        && session.waiting.is_empty()
+    {
+        finished.stalled = true;
+    } else {
+        return false;
+    }
+    true
+}
+
+/// Takes the session the agent opened: puts it in the role's mode where it is not (the next
+/// step waits for that), else sends the prompt. Returns the request waited for and its stage.
+fn opened(
+    session: &mut Session<'_, '_>,
+    created: acp::NewSessionResponse,
+    role: &AcpRole,
+    prompt: &str,
+) -> Result<(i64, Stage), String> {
+    let id = created.session_id.to_string();
+    let modes = created.modes.as_ref();
+    let offered = modes.map(|m| {
+        let ids: Vec<String> = m.available_modes.iter().map(|a| a.id.to_string()).collect();
+        format!(" (mode {} of {})", m.current_mode_id, ids.join(", "))
+    });
+    session.ctx.log(&format!(
+        "acp: session {id}{}",
+        offered.as_deref().unwrap_or("")
+    ));
+    session.session_id = Some(id.clone());
+    let is_offered = |mode: &str| {
+        modes.is_some_and(|m| m.available_modes.iter().any(|a| a.id.to_string() == mode))
+    };
+    let current = modes.map(|m| m.current_mode_id.to_string());
+    match role.mode.as_deref() {
+        Some(mode) if current.as_deref() == Some(mode) => {}
+        Some(mode) if is_offered(mode) => {
+            session.ctx.log(&format!("acp: switching to mode {mode}"));
+            let request = acp::SetSessionModeRequest::new(id, mode.to_string());
+            let waiting_for = session.request(
+                "session/set_mode",
+                serde_json::to_value(request).map_err(|e| e.to_string())?,
+            )?;
+            return Ok((waiting_for, Stage::SetMode));
+        }
+        Some(mode) if role.mode_required => {
+            return Err(format!(
+                "offers no mode {mode:?} (the role's `mode`){}",
+                offered.unwrap_or_else(|| " (it names no modes)".into())
+            ));
+        }
+        Some(mode) => session.ctx.log(&format!(
+            "acp: the agent offers no mode {mode} (the preset's): left as it is"
+        )),
+        None => {}
+    }
+    Ok((send_prompt(session, prompt)?, Stage::Prompt))
 }
 
 /// Sends the task's prompt in the session; returns the request's id.
