@@ -662,68 +662,50 @@ fn is_refused_the_write(q: &TestQueue, role: &str, standin: &ModelStandIn, env: 
     assert!(!files.contains("hello.txt"), "{files}\n{context}");
 }
 
-#[test]
-fn copilot_cli_through_acp_asks_before_it_writes_and_the_roles_permissions_answer() {
+/// The environment a CLI needs to reach the stand-in, for a queue.
+type CliEnv = fn(&TestQueue, &ModelStandIn) -> Vec<(&'static str, String)>;
+
+/// Runs preset `cli` through ACP against a stand-in of `api` twice: allowed, it writes the file
+/// as in print mode, with its permission request allowed in the log; with
+/// `permissions = "deny"`, it asks before the write, is refused, and writes nothing. Returns
+/// the allowed run's task and log.
+fn through_acp_allowed_then_denied(cli: &str, api: Api, env: CliEnv) -> (Value, String) {
     let q = TestQueue::new();
-    let role = bind_with(&q, "copilot", "protocol = \"acp\"\n");
-    let standin = ModelStandIn::start(Api::OpenAiChat, script());
-    let env = copilot_env(&standin);
-    let task = writes_the_file(&q, &role, &standin, &env);
+    let role = bind_with(&q, cli, "protocol = \"acp\"\n");
+    let standin = ModelStandIn::start(api, script());
+    let task = writes_the_file(&q, &role, &standin, &env(&q, &standin));
     assert_eq!(task["result"]["protocol"], "acp", "{task:#}");
     assert_eq!(task["result"]["stopReason"], "end_turn", "{task:#}");
     let log = q.ok(&["logs", task["id"].as_str().unwrap()]);
     assert!(log.contains("allowed by the role's permissions"), "{log}");
 
     let q = TestQueue::new();
-    let role = bind_with(
-        &q,
-        "copilot",
-        "protocol = \"acp\"\npermissions = \"deny\"\n",
-    );
-    let standin = ModelStandIn::start(Api::OpenAiChat, script());
-    let env = copilot_env(&standin);
-    is_refused_the_write(&q, &role, &standin, &env);
+    let role = bind_with(&q, cli, "protocol = \"acp\"\npermissions = \"deny\"\n");
+    let standin = ModelStandIn::start(api, script());
+    is_refused_the_write(&q, &role, &standin, &env(&q, &standin));
+    (task, log)
+}
+
+#[test]
+fn copilot_cli_through_acp_asks_before_it_writes_and_the_roles_permissions_answer() {
+    through_acp_allowed_then_denied("copilot", Api::OpenAiChat, |_, standin| {
+        copilot_env(standin)
+    });
 }
 
 #[test]
 fn gemini_cli_through_acp_asks_before_it_writes_and_the_roles_permissions_answer() {
-    let q = TestQueue::new();
-    let role = bind_with(&q, "gemini", "protocol = \"acp\"\n");
-    let standin = ModelStandIn::start(Api::Gemini, script());
-    let env = gemini_env(&q, &standin);
-    let task = writes_the_file(&q, &role, &standin, &env);
-    assert_eq!(task["result"]["protocol"], "acp", "{task:#}");
-    assert_eq!(task["result"]["stopReason"], "end_turn", "{task:#}");
-    let log = q.ok(&["logs", task["id"].as_str().unwrap()]);
-    assert!(log.contains("allowed by the role's permissions"), "{log}");
-
-    let q = TestQueue::new();
-    let role = bind_with(&q, "gemini", "protocol = \"acp\"\npermissions = \"deny\"\n");
-    let standin = ModelStandIn::start(Api::Gemini, script());
-    let env = gemini_env(&q, &standin);
-    is_refused_the_write(&q, &role, &standin, &env);
+    through_acp_allowed_then_denied("gemini", Api::Gemini, gemini_env);
 }
 
 #[test]
 fn claude_code_through_its_acp_adapter_asks_before_it_writes_and_the_roles_permissions_answer() {
-    let q = TestQueue::new();
-    let role = bind_with(&q, "claude", "protocol = \"acp\"\n");
-    let standin = ModelStandIn::start(Api::Anthropic, script());
-    let mut env = claude_env(&standin, &q.scratch.join("home"));
-    env.push(("ANTHROPIC_API_KEY", "sk-ant-api03-standin".into()));
-    let task = writes_the_file(&q, &role, &standin, &env);
-    assert_eq!(task["result"]["protocol"], "acp", "{task:#}");
+    let (task, log) = through_acp_allowed_then_denied("claude", Api::Anthropic, |q, standin| {
+        let mut env = claude_env(standin, &q.scratch.join("home"));
+        env.push(("ANTHROPIC_API_KEY", "sk-ant-api03-standin".into()));
+        env
+    });
     assert_eq!(task["result"]["program"], "claude-agent-acp", "{task:#}");
-    assert_eq!(task["result"]["stopReason"], "end_turn", "{task:#}");
-    let log = q.ok(&["logs", task["id"].as_str().unwrap()]);
     // Its own first mode decides alone; the preset's asks.
     assert!(log.contains("acp: switching to mode default"), "{log}");
-    assert!(log.contains("allowed by the role's permissions"), "{log}");
-
-    let q = TestQueue::new();
-    let role = bind_with(&q, "claude", "protocol = \"acp\"\npermissions = \"deny\"\n");
-    let standin = ModelStandIn::start(Api::Anthropic, script());
-    let mut env = claude_env(&standin, &q.scratch.join("home"));
-    env.push(("ANTHROPIC_API_KEY", "sk-ant-api03-standin".into()));
-    is_refused_the_write(&q, &role, &standin, &env);
 }
