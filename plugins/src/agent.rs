@@ -1021,10 +1021,10 @@ impl Agent {
         prompt: &str,
         session: Option<&str>,
     ) -> Result<Value, HandlerError> {
-        let which = setup.describe();
         if let Some(role) = &setup.acp {
             return self.run_acp(task, ctx, setup, role, dir, after, prompt);
         }
+        let which = setup.describe();
         let mut invocation = Invocation::new(setup, task, after, prompt, session)
             .map_err(|err| format!("{which}: {err}"))?;
         let usage_file = match setup.preset.and_then(|p| p.usage_file) {

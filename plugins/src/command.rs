@@ -276,14 +276,14 @@ const STOP_CHECK: Duration = Duration::from_millis(50);
 /// The longest line read whole: a structured CLI prints its whole answer as one line of JSON,
 /// which can be long. Of a longer line the first this many bytes are kept, and the log says how
 /// much was dropped.
-const MAX_LINE: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_LINE: usize = 16 * 1024 * 1024;
 
 /// The longest line logged and kept in the tail as it is; a longer one is shortened there,
 /// marked (what `render` is given is the whole line).
 const LOG_LINE: usize = 64 * 1024;
 
 /// How much output is read at once.
-const READ_SIZE: usize = 64 * 1024;
+pub(crate) const READ_SIZE: usize = 64 * 1024;
 
 /// What is to be written to the command's input, and the pipe to write it to.
 struct Input {
@@ -393,17 +393,17 @@ impl Watch<'_> {
 
 /// A line of output.
 #[derive(Debug, PartialEq)]
-struct Line {
+pub(crate) struct Line {
     /// The line, at most [`MAX_LINE`] bytes of it.
-    text: String,
+    pub(crate) text: String,
     /// How many bytes of it past [`MAX_LINE`] were dropped.
-    dropped: usize,
+    pub(crate) dropped: usize,
 }
 
 /// Cuts output into lines as it arrives: without the line end (`\n` or `\r\n`), invalid UTF-8
 /// replaced, cut at [`MAX_LINE`] bytes (the rest of a longer line is dropped and counted).
 #[derive(Default)]
-struct Lines {
+pub(crate) struct Lines {
     /// The start of the line being read.
     partial: Vec<u8>,
     /// How long the line being read is so far, with what did not fit.
@@ -414,7 +414,7 @@ struct Lines {
 
 impl Lines {
     /// Adds `bytes`, putting each line they complete in `complete`.
-    fn push(&mut self, mut bytes: &[u8], complete: &mut Vec<Line>) {
+    pub(crate) fn push(&mut self, mut bytes: &[u8], complete: &mut Vec<Line>) {
         while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
             self.keep(&bytes[..end]);
             complete.push(self.take());
@@ -424,7 +424,7 @@ impl Lines {
     }
 
     /// The last line, when the output ended without a line end.
-    fn finish(&mut self) -> Option<Line> {
+    pub(crate) fn finish(&mut self) -> Option<Line> {
         (self.length > 0).then(|| self.take())
     }
 

@@ -33,7 +33,7 @@ mod terminals;
 pub use permissions::{AcpRole, Permissions};
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use agent_client_protocol_schema::v1 as acp;
 use plugin_api::{Context, StopReason, Value, json, serde_json};
 
-use crate::command::{Limits, shorten};
+use crate::command::{Limits, Line, Lines, MAX_LINE, READ_SIZE, shorten};
 use crate::group::ProcessGroup;
 use terminals::Terminal;
 
@@ -625,31 +625,49 @@ pub fn run(
     Ok(finished)
 }
 
-/// Reads `stream` line by line into `sender`, each line made into a message by `make`;
-/// `Closed` follows the last when `report_close`.
+/// Reads `stream` line by line into `sender` (cut as a command's output is: see
+/// [`Lines`]), each line made into a message by `make`; `Closed` follows the last when
+/// `report_close`. A line over [`MAX_LINE`] is not passed on whole: the log says it was dropped.
 fn read_lines<R: Read + Send + 'static>(
-    stream: R,
+    mut stream: R,
     sender: Sender<Incoming>,
     make: fn(String) -> Incoming,
     report_close: bool,
 ) {
+    let closed = sender.clone();
+    let pass = move |line: Line| {
+        sender.send(if line.dropped == 0 {
+            make(line.text)
+        } else {
+            Incoming::Stderr(format!(
+                "acp: a line of {} bytes from the agent is over the {} MiB a line may have: \
+                 dropped",
+                MAX_LINE + line.dropped,
+                MAX_LINE >> 20
+            ))
+        })
+    };
     std::thread::spawn(move || {
-        let mut reader = BufReader::new(stream);
-        let mut line = Vec::new();
+        let mut lines = Lines::default();
+        let mut complete = Vec::new();
+        let mut buffer = vec![0u8; READ_SIZE];
         loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
+            let read = match stream.read(&mut buffer) {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                    if sender.send(make(text)).is_err() {
-                        return;
-                    }
+                Ok(read) => read,
+            };
+            lines.push(&buffer[..read], &mut complete);
+            for line in complete.drain(..) {
+                if pass(line).is_err() {
+                    return;
                 }
             }
         }
+        if let Some(line) = lines.finish() {
+            let _ = pass(line);
+        }
         if report_close {
-            let _ = sender.send(Incoming::Closed);
+            let _ = closed.send(Incoming::Closed);
         }
     });
 }
@@ -908,6 +926,36 @@ fn usage(result: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_cut_as_a_commands_output_is_and_one_over_the_limit_is_dropped_saying_so() {
+        let mut input = b"{\"a\":1}\r\n".to_vec();
+        input.extend(vec![b'x'; MAX_LINE + 5]);
+        input.extend(b"\nlast");
+        let (sender, incoming) = mpsc::channel();
+        read_lines(std::io::Cursor::new(input), sender, Incoming::Message, true);
+        let got: Vec<String> = incoming
+            .iter()
+            .map(|message| match message {
+                Incoming::Message(text) => format!("message {text}"),
+                Incoming::Stderr(text) => format!("stderr {text}"),
+                Incoming::Closed => "closed".into(),
+            })
+            .collect();
+        assert_eq!(
+            got.len(),
+            4,
+            "{:?}",
+            got.iter().map(|g| shorten(g, 80)).collect::<Vec<_>>()
+        );
+        assert_eq!(got[0], "message {\"a\":1}");
+        assert!(
+            got[1].starts_with(&format!("stderr acp: a line of {} bytes", MAX_LINE + 5)),
+            "{}",
+            shorten(&got[1], 200)
+        );
+        assert_eq!(got[2..], ["message last", "closed"]);
+    }
 
     #[test]
     fn a_plan_is_a_checklist() {
