@@ -708,6 +708,19 @@ mod threaded {
     }
 }
 
+/// `line` as the log and the tail keep it: at most [`LOG_LINE`] bytes, a longer one cut at a
+/// character and marked with its length.
+pub(crate) fn loggable(line: String) -> String {
+    if line.len() <= LOG_LINE {
+        return line;
+    }
+    let mut end = LOG_LINE;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &line[..end], line.len())
+}
+
 /// What the command has printed so far.
 struct Heard {
     tail: VecDeque<String>,
@@ -721,15 +734,7 @@ struct Heard {
 impl Heard {
     /// Logs a line, keeping it in the tail and noting what it says.
     fn take(&mut self, line: String, ctx: &dyn Reporter) {
-        let line = if line.len() > LOG_LINE {
-            let mut end = LOG_LINE;
-            while !line.is_char_boundary(end) {
-                end -= 1;
-            }
-            format!("{}… ({} bytes in all)", &line[..end], line.len())
-        } else {
-            line
-        };
+        let line = loggable(line);
         ctx.log(&line);
         let plain = without_escapes(&line);
         if plain.chars().any(char::is_alphanumeric) {

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use agent_client_protocol_schema::v1 as acp;
 use plugin_api::{Context, StopReason, Value, json, serde_json};
 
-use crate::command::{Limits, Line, Lines, MAX_LINE, READ_SIZE, shorten};
+use crate::command::{Limits, Line, Lines, MAX_LINE, READ_SIZE, loggable, shorten};
 use crate::group::ProcessGroup;
 use terminals::Terminal;
 
@@ -404,7 +404,10 @@ impl Session<'_, '_> {
         self.answer(id, result)
     }
 
+    /// Logs a line the agent wrote outside the protocol (its stderr, or stdout that is not
+    /// JSON), cut as a command's lines are, keeping it in the tail.
     fn note_stderr(&mut self, line: String) {
+        let line = loggable(line);
         self.ctx.log(&line);
         self.tail.push_back(line);
         if self.tail.len() > TAIL_LINES {
