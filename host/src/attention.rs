@@ -1,7 +1,7 @@
 //! What needs a person's attention, announced in one place to everything set to hear of it: the
 //! `[hooks]` command of its event (see [`crate::hooks`]) and the `[notify]` sinks that take it
-//! (see [`crate::notify`]). An [`Event`] is one of [`EventKind::ALL`]: a task waits for review,
-//! failed for good, its merge conflicts, a role reached its usage limit, the queue drained.
+//! (see [`crate::notify`]). An [`Event`] is one of [`EventKind::ALL`]: a task waits for review
+//! or for a person's answer, failed for good, its merge conflicts, a role reached its usage limit, the queue drained.
 //! [`Attention::announce`] sends one; [`Attention::after_outcome`] sends what a task's new
 //! state calls for, the drain included.
 //!
@@ -26,6 +26,8 @@ use crate::notify::{Message, Notify};
 pub enum EventKind {
     /// A task's success waits for `host approve` or `host reject`.
     Review,
+    /// A running task's agent asks a person (`host answer`).
+    Input,
     /// A task failed with no attempt left.
     Failed,
     /// `host merge` met a conflict.
@@ -38,8 +40,9 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in the order the README lists them.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::Review,
+        EventKind::Input,
         EventKind::Failed,
         EventKind::Conflict,
         EventKind::UsageLimit,
@@ -50,6 +53,7 @@ impl EventKind {
     pub fn name(self) -> &'static str {
         match self {
             EventKind::Review => "review",
+            EventKind::Input => "input",
             EventKind::Failed => "failed",
             EventKind::Conflict => "conflict",
             EventKind::UsageLimit => "usage_limit",
@@ -68,6 +72,8 @@ impl EventKind {
 pub enum Event {
     /// The task waits for review.
     Review(Task),
+    /// The running task waits for a person's answer (its `input`).
+    Input(Task),
     /// The task failed for good.
     Failed(Task),
     /// The task's branch conflicts with the branch it was to be merged into.
@@ -97,6 +103,7 @@ impl Event {
     pub fn kind(&self) -> Option<EventKind> {
         Some(match self {
             Event::Review(_) => EventKind::Review,
+            Event::Input(_) => EventKind::Input,
             Event::Failed(_) => EventKind::Failed,
             Event::Conflict(_) => EventKind::Conflict,
             Event::UsageLimit { .. } => EventKind::UsageLimit,
@@ -109,6 +116,7 @@ impl Event {
     pub fn task(&self) -> Option<&Task> {
         match self {
             Event::Review(task)
+            | Event::Input(task)
             | Event::Failed(task)
             | Event::Conflict(task)
             | Event::UsageLimit { task, .. }
@@ -128,6 +136,24 @@ impl Event {
                     about(task)
                 ),
             ),
+            Event::Input(task) => {
+                let input = task.input.as_ref();
+                let options: Vec<&str> = input
+                    .map(|i| i.options.iter().map(|o| o.id.as_str()).collect())
+                    .unwrap_or_default();
+                (
+                    format!(
+                        "task {id} asks: {}",
+                        clip(input.map_or("", |i| &i.title), 80)
+                    ),
+                    format!(
+                        "{} asks a person: {} (host answer {id} {})",
+                        about(task),
+                        clip(input.map_or("", |i| &i.title), 200),
+                        options.join("|")
+                    ),
+                )
+            }
             Event::Failed(task) => (
                 format!("task {id} failed"),
                 format!(
@@ -261,6 +287,7 @@ impl Attention {
     fn hook(&self, kind: EventKind) -> Option<&Vec<String>> {
         match kind {
             EventKind::Review => self.hooks.review.as_ref(),
+            EventKind::Input => self.hooks.input.as_ref(),
             EventKind::Failed => self.hooks.failed.as_ref(),
             EventKind::Conflict => self.hooks.conflict.as_ref(),
             EventKind::UsageLimit => self.hooks.usage_limit.as_ref(),

@@ -309,6 +309,30 @@ pub enum Command {
     /// Push a task's branch and open a pull request with the GitHub CLI (`gh`); without `gh`,
     /// push it and print where to open one.
     Pr(PrArgs),
+    /// Everything that waits for a person, oldest first: agents' questions (input), changes to
+    /// review, merges that conflicted, roles out of quota; each with the command that settles
+    /// it.
+    Inbox {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Answer the question a running task's agent asks (its permission request, or a form):
+    /// with one of the options it offered (`host inbox` lists them); the agent resumes.
+    #[command(arg_required_else_help = true)]
+    Answer {
+        /// The task id.
+        id: String,
+        /// The option chosen, one of the agent's own (e.g. allow_once); may be left out with
+        /// --text or --field, which answer a form with its accepting option.
+        option: Option<String>,
+        /// A value of the question's form (repeatable).
+        #[arg(long = "field", value_name = "NAME=VALUE")]
+        fields: Vec<String>,
+        /// The text the question asks for (its text field).
+        #[arg(long, value_name = "TEXT")]
+        text: Option<String>,
+    },
     /// Approve the change of tasks waiting for review: they complete, and the tasks after them
     /// may run.
     Approve {
@@ -604,8 +628,8 @@ pub struct ListArgs {
     /// Print JSON (each task with `waitsFor`).
     #[arg(long)]
     pub json: bool,
-    /// Only tasks in this state.
-    #[arg(long, value_parser = ["review", "running", "pending", "blocked"])]
+    /// Only tasks in this state (input: running, waiting for a person's answer).
+    #[arg(long, value_parser = ["review", "input", "running", "pending", "blocked"])]
     pub status: Option<String>,
     /// Only tasks of this type.
     #[arg(long = "type", value_name = "TYPE")]

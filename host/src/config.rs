@@ -26,11 +26,12 @@
 //! failed = ["notify-send", "host: a task failed"]     # a task failed for good
 //! conflict = ["notify-send", "host: a merge conflicts"] # `host merge` met a conflict
 //! review = ["notify-send", "host: a change to review"]  # a task waits for review
+//! # input = [...]           # a running task's agent asks a person (`host answer`)
 //! # usage_limit = [...]     # a role's agent reached its usage limit
 //! # drained = [...]         # nothing is left pending, running or blocked (the last task's JSON)
 //!
 //! [notify]                  # desktop notifications and webhooks (see `notify`)
-//! events = ["failed", "review", "conflict", "usage_limit", "drained"]  # the default: all
+//! events = ["failed", "review", "input", "conflict", "usage_limit", "drained"]  # default: all
 //! desktop = true
 //! [[notify.webhook]]
 //! url = "https://ntfy.sh/my-topic"
@@ -82,6 +83,8 @@ pub struct Hooks {
     pub conflict: Option<Vec<String>>,
     /// Run by the worker when a task's change waits for review (`review = "required"`).
     pub review: Option<Vec<String>>,
+    /// Run by the worker when a running task's agent asks a person (`host answer`).
+    pub input: Option<Vec<String>>,
     /// Run when a role's agent reached its usage limit.
     pub usage_limit: Option<Vec<String>>,
     /// Run when an outcome leaves no task pending, running or blocked (with the last task).
@@ -356,6 +359,7 @@ impl Config {
                 ("failed", &hooks.failed),
                 ("conflict", &hooks.conflict),
                 ("review", &hooks.review),
+                ("input", &hooks.input),
                 ("usage_limit", &hooks.usage_limit),
                 ("drained", &hooks.drained),
             ];

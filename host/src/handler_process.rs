@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use filedescriptor::{FileDescriptor, StdioDescriptor};
 use plugin_api::__private::{ErrorRecord, decode_stop_reason, encode_stop_reason};
-use plugin_api::{StopReason, Task};
+use plugin_api::{Answer, Question, StopReason, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -77,6 +77,8 @@ enum ToChild {
     Lease { left_ms: u64 },
     /// Check the role's settings before any task (answered with `Checked`).
     Check { settings: Value },
+    /// What became of the running handler's question (`Ask`).
+    Answer { answer: Answer },
 }
 
 /// What the child tells the parent.
@@ -99,6 +101,10 @@ enum FromChild {
     },
     Log {
         line: String,
+    },
+    /// The handler asks a person (`Context::ask`) and waits for `Answer`.
+    Ask {
+        question: Question,
     },
     Succeeded {
         result: Value,
@@ -345,7 +351,14 @@ impl HandlerProcess {
             return RunEnd::Died(self.wait_for_exit());
         }
         let mut stop_sent: Option<(StopReason, Instant)> = None;
+        // Whether the handler waits for the answer to a question it asked.
+        let mut asking = false;
         loop {
+            if asking && let Some(answer) = hooks.answer() {
+                asking = false;
+                // A child that cannot be told dies of it, or is killed when it is stopped.
+                let _ = self.send(&ToChild::Answer { answer });
+            }
             if let Some(confirmed) = hooks.lease_confirmed()
                 && lease_told.map(|(at, _)| at) != Some(confirmed.0)
             {
@@ -360,6 +373,12 @@ impl HandlerProcess {
                     hooks.progress(percent, &message)
                 }
                 Ok(Some(FromChild::Log { line })) => hooks.log(&line),
+                Ok(Some(FromChild::Ask { question })) => match hooks.ask(&question) {
+                    Ok(()) => asking = true,
+                    Err(answer) => {
+                        let _ = self.send(&ToChild::Answer { answer });
+                    }
+                },
                 Ok(Some(FromChild::Succeeded { result })) => return self.returned(Ok(result)),
                 Ok(Some(FromChild::Failed {
                     message,
@@ -582,6 +601,8 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
     let stop = Arc::new(AtomicU8::new(0));
     let watch = Arc::new(LeaseWatch::default());
     let (jobs, inbox) = mpsc::channel();
+    let (answer_sender, answers) = mpsc::channel();
+    let answers = Arc::new(Mutex::new(answers));
     {
         let stop = Arc::clone(&stop);
         let watch = Arc::clone(&watch);
@@ -592,6 +613,9 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
                     Ok(ToChild::Stop { reason }) => stop.store(reason, Ordering::SeqCst),
                     Ok(ToChild::Lease { left_ms }) => {
                         watch.confirmed(Duration::from_millis(left_ms));
+                    }
+                    Ok(ToChild::Answer { answer }) => {
+                        let _ = answer_sender.send(answer);
                     }
                     Ok(job) => {
                         stop.store(0, Ordering::SeqCst);
@@ -630,11 +654,12 @@ pub fn serve(role_name: &str, library: &Path, parent: u32) -> anyhow::Result<()>
                 reply(&out, &FromChild::Checked { refusal });
                 continue;
             }
-            ToChild::Stop { .. } | ToChild::Lease { .. } => continue,
+            ToChild::Stop { .. } | ToChild::Lease { .. } | ToChild::Answer { .. } => continue,
         };
         let hooks = ChildHooks {
             out: Arc::clone(&out),
             stop: Arc::clone(&stop),
+            answers: Arc::clone(&answers),
             settings,
             prerequisites,
         };
@@ -772,10 +797,12 @@ fn reply(out: &Mutex<std::fs::File>, message: &FromChild) {
         .write_all(line.as_bytes());
 }
 
-/// The child's hooks: progress and log lines travel to the parent; stop requests come from it.
+/// The child's hooks: progress and log lines travel to the parent; stop requests and answers
+/// come from it.
 struct ChildHooks {
     out: Arc<Mutex<std::fs::File>>,
     stop: Arc<AtomicU8>,
+    answers: Arc<Mutex<mpsc::Receiver<Answer>>>,
     settings: Value,
     prerequisites: Vec<Task>,
 }
@@ -801,5 +828,18 @@ impl TaskHooks for ChildHooks {
 
     fn prerequisites(&self) -> Vec<Task> {
         self.prerequisites.clone()
+    }
+
+    fn ask(&self, question: &Question) -> Result<(), Answer> {
+        // An answer that came after an earlier question was given up on is not this one's.
+        let answers = self.answers.lock().expect("answers lock");
+        while answers.try_recv().is_ok() {}
+        let question = question.clone();
+        reply(&self.out, &FromChild::Ask { question });
+        Ok(())
+    }
+
+    fn answer(&self) -> Option<Answer> {
+        self.answers.lock().expect("answers lock").try_recv().ok()
     }
 }

@@ -15,7 +15,7 @@ use plugin_api::__private::{
     API_VERSION, ErrorRecord, HostContext, HostContext_TO, PluginModule_Ref, RoleDescriptor,
     encode_stop_reason,
 };
-use plugin_api::{StopReason, Task};
+use plugin_api::{Answer, Question, StopReason, Task};
 use serde_json::Value;
 
 /// What a worker offers a running handler. The library adapts it to the plugin's ABI.
@@ -34,6 +34,12 @@ pub trait TaskHooks: Send + Sync {
     fn prerequisites(&self) -> Vec<Task> {
         Vec::new()
     }
+    /// Puts the handler's question to a person; `Err` answers it at once (it could not be
+    /// put). [`TaskHooks::answer`] says what became of it.
+    fn ask(&self, question: &Question) -> Result<(), Answer>;
+    /// What became of the question asked last, once something did (an answer, its timeout,
+    /// the task stopping); `None` while it waits. Cheap: called every few milliseconds.
+    fn answer(&self) -> Option<Answer>;
     /// When the queue last confirmed the task's lease (see [`crate::worker`]), and how long a
     /// lease lasts: the handler process stops the task on its own when no confirmation comes,
     /// whatever became of the worker. `None` where nobody holds a lease.
@@ -158,6 +164,26 @@ impl HostContext for HooksBridge<'_> {
     fn prerequisites(&self) -> RString {
         serde_json::to_string(&self.0.prerequisites())
             .expect("tasks serialize")
+            .into()
+    }
+
+    fn ask(&self, question: RStr<'_>) -> RString {
+        let answer = match serde_json::from_str::<Question>(question.as_str()) {
+            Ok(question) => match self.0.ask(&question) {
+                Ok(()) => loop {
+                    if let Some(answer) = self.0.answer() {
+                        break answer;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                },
+                Err(answer) => answer,
+            },
+            Err(err) => Answer::Failed {
+                reason: format!("the plugin's question could not be read: {err}"),
+            },
+        };
+        serde_json::to_string(&answer)
+            .expect("an answer serializes")
             .into()
     }
 }

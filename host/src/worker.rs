@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use plugin_api::__private::{decode_stop_reason, encode_stop_reason};
-use plugin_api::StopReason;
+use plugin_api::{Answer, Question, StopReason};
 use queue::{
     ActiveTask, Claim, Lease, Outcome, QueueStore, StoreError, TaskState, WorkerRecord, WorkerState,
 };
 
+use crate::attention::EventKind;
 use crate::commands::status::WORKER_STALE_AFTER;
 use crate::completer::{Completer, Request, Response};
 use crate::handler_process::{HandlerProcess, KILL_AFTER, RunEnd};
@@ -86,9 +87,34 @@ struct Running {
     renewed: Mutex<Instant>,
     /// When a renewal last succeeded (or the task was claimed).
     confirmed: Mutex<Instant>,
+    /// The question the handler waits to have answered.
+    asking: Mutex<Option<Asking>>,
+    /// A renewal found the question answered.
+    answered: AtomicBool,
+    /// How long the handler has waited for answers: not counted against its timeout.
+    waited: Mutex<Duration>,
+}
+
+/// A question of the handler's that waits for a person.
+struct Asking {
+    since: Instant,
+    until: Instant,
 }
 
 impl Running {
+    /// How long the task has worked: its time since the claim, less the time it waited for
+    /// people to answer its questions.
+    fn worked(&self) -> Duration {
+        let asking = self
+            .asking
+            .lock()
+            .expect("asking lock")
+            .as_ref()
+            .map_or(Duration::ZERO, |a| a.since.elapsed());
+        let waited = *self.waited.lock().expect("waited lock");
+        self.started.elapsed().saturating_sub(waited + asking)
+    }
+
     fn stop_reason(&self) -> Option<StopReason> {
         decode_stop_reason(self.stop.load(Ordering::SeqCst))
     }
@@ -472,6 +498,9 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
             .or(shared.options.default_timeout),
         renewed: Mutex::new(Instant::now()),
         confirmed: Mutex::new(Instant::now()),
+        asking: Mutex::new(None),
+        answered: AtomicBool::new(false),
+        waited: Mutex::new(Duration::ZERO),
     });
     shared
         .running
@@ -680,6 +709,108 @@ impl TaskHooks for Hooks<'_> {
         Some((confirmed, self.shared.store.lease_duration()))
     }
 
+    fn ask(&self, question: &Question) -> Result<(), Answer> {
+        let lease = &self.running.lease;
+        let now = Timestamp::now();
+        let wait = Duration::from_secs(question.timeout_secs);
+        let input = queue::Input {
+            attempt: lease.attempt,
+            asked_at: now,
+            expires_at: now.checked_add(wait).ok(),
+            title: question.title.clone(),
+            tool: question.tool.clone(),
+            detail: question.detail.clone(),
+            options: question.options.clone(),
+            fields: question.fields.clone(),
+            answer: None,
+        };
+        let task = self
+            .shared
+            .store
+            .ask(lease, input)
+            .map_err(|err| Answer::Failed {
+                reason: err.to_string(),
+            })?;
+        self.running.answered.store(false, Ordering::SeqCst);
+        *self.running.asking.lock().expect("asking lock") = Some(Asking {
+            since: Instant::now(),
+            until: Instant::now() + wait,
+        });
+        let id = &lease.task_id;
+        let options: Vec<&str> = question.options.iter().map(|o| o.id.as_str()).collect();
+        let line = format!(
+            "input: asks a person: {} (answer within {}: host answer {id} {})",
+            question.title,
+            humantime::format_duration(wait),
+            options.join("|")
+        );
+        self.log(&line);
+        say(
+            self.shared,
+            &format!("task {id} waits for input: {}", question.title),
+        );
+        self.shared.dirty.store(true, Ordering::SeqCst);
+        if self.shared.options.attention.wants(EventKind::Input) {
+            announce_aside(self.shared, move |attention| {
+                attention.announce(&crate::attention::Event::Input(task))
+            });
+        }
+        Ok(())
+    }
+
+    fn answer(&self) -> Option<Answer> {
+        let running = self.running;
+        let (timed_out, stopped) = {
+            let asking = running.asking.lock().expect("asking lock");
+            let asking = asking.as_ref()?;
+            (
+                Instant::now() >= asking.until,
+                running.stop_reason().is_some(),
+            )
+        };
+        if !(timed_out || stopped || running.answered.swap(false, Ordering::SeqCst)) {
+            return None;
+        }
+        let lease = &running.lease;
+        let answer = match self.shared.store.end_input(lease) {
+            Ok(Some(answer)) => {
+                self.log(&format!(
+                    "input: answered {}{}",
+                    answer.option,
+                    answer
+                        .by
+                        .as_deref()
+                        .map(|by| format!(" by {by}"))
+                        .unwrap_or_default()
+                ));
+                Answer::Chosen {
+                    option: answer.option,
+                    fields: answer.fields,
+                    by: answer.by,
+                }
+            }
+            // The renewal saw an answer that is gone since: a newer question's, or nothing.
+            Ok(None) if !timed_out && !stopped => return None,
+            Ok(None) if stopped => Answer::Stopped,
+            Ok(None) => {
+                self.log("input: nobody answered in time");
+                Answer::TimedOut
+            }
+            Err(err) if stopped => {
+                self.log(&format!("input: withdrawn as the task stops ({err})"));
+                Answer::Stopped
+            }
+            Err(err) => Answer::Failed {
+                reason: err.to_string(),
+            },
+        };
+        if let Some(asking) = running.asking.lock().expect("asking lock").take() {
+            *running.waited.lock().expect("waited lock") += asking.since.elapsed();
+        }
+        self.shared.dirty.store(true, Ordering::SeqCst);
+        Some(answer)
+    }
+
     fn prerequisites(&self) -> Vec<plugin_api::Task> {
         let mut tasks = Vec::new();
         for id in &self.running.after {
@@ -714,6 +845,9 @@ fn heartbeat_loop(shared: &Shared) {
             match shared.store.renew(&task.lease) {
                 Ok(renewal) => {
                     *task.confirmed.lock().expect("confirmed lock") = Instant::now();
+                    if renewal.answered {
+                        task.answered.store(true, Ordering::SeqCst);
+                    }
                     if renewal.cancel_requested && task.stop_reason().is_none() {
                         task.request_stop(StopReason::Cancelled);
                         say(
@@ -756,7 +890,7 @@ fn lease_guard_loop(shared: &Shared) {
             if task.stop_reason().is_some() {
                 continue;
             }
-            if task.timeout.is_some_and(|t| task.started.elapsed() > t) {
+            if task.timeout.is_some_and(|t| task.worked() > t) {
                 task.request_stop(StopReason::TimedOut);
                 say(
                     shared,

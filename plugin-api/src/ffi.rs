@@ -29,8 +29,10 @@ pub trait HostContext: Send + Sync {
     /// The role's settings from `host.toml`, as JSON (`null` when there are none).
     fn settings(&self) -> RString;
     /// The tasks this one comes after, as a JSON array of tasks.
-    #[sabi(last_prefix_field)]
     fn prerequisites(&self) -> RString;
+    /// Puts a question (JSON of `Question`) to a person and waits: the JSON of `Answer`.
+    #[sabi(last_prefix_field)]
+    fn ask(&self, question: RStr<'_>) -> RString;
 }
 
 /// A borrowed host context, as passed to [`RoleHandler::handle`].

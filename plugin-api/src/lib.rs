@@ -43,7 +43,8 @@
 //! `0.x`, a host refuses a plugin built against an older minor version, and any change of the
 //! major version is refused. Bump the minor version whenever the root module or the traits in
 //! the hidden FFI layer change shape (0.2 added the host calls behind [`Context::settings`] and
-//! [`Context::prerequisites`]; 0.3 [`Role::check_settings`]; 0.4 [`Role::settings`]). Adding a
+//! [`Context::prerequisites`]; 0.3 [`Role::check_settings`]; 0.4 [`Role::settings`]; 0.5
+//! [`Context::ask`]). Adding a
 //! field to a `Task` or to what a [`HandlerError`] carries (such as its [`Snooze`]) needs no
 //! bump: both cross the boundary as JSON, and an older host reads what it knows.
 
@@ -52,7 +53,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 pub use serde_json::{self, Value, json};
 /// A point in time, as [`Task`] and [`Attempt`] hold them (jiff's `Timestamp`).
 pub use task_model::Timestamp;
-pub use task_model::{Attempt, BranchOutcome, BranchState, Review, Task, TaskStatus, Verdict};
+pub use task_model::{
+    Attempt, BranchOutcome, BranchState, InputField, InputOption, Review, Task, TaskStatus, Verdict,
+};
 
 #[doc(hidden)]
 pub mod __private;
@@ -281,6 +284,59 @@ impl From<serde_json::Error> for HandlerError {
     }
 }
 
+/// A question a handler puts to a person through the queue ([`Context::ask`]): an agent's
+/// permission request, or a question it asks. The person sees it in `host inbox`, `host show`
+/// and the dashboard, and answers with one of its options (`host answer ID OPTION`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Question {
+    /// What is asked, in one line ("Run cargo test").
+    pub title: String,
+    /// The kind of tool that asks (ACP's words: `read`, `edit`, `execute`, ...), if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// More about it: a summary of the tool's input, or the question's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The answers offered; at least one.
+    pub options: Vec<InputOption>,
+    /// Values asked for beside the option (a form), each answered by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<InputField>,
+    /// How long to wait for a person, in seconds: [`Answer::TimedOut`] after.
+    pub timeout_secs: u64,
+}
+
+/// What became of a [`Question`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "answer", rename_all = "camelCase")]
+pub enum Answer {
+    /// A person chose `option` (the id of one of the question's options), with values for the
+    /// question's fields.
+    #[serde(rename_all = "camelCase")]
+    Chosen {
+        /// The option's id.
+        option: String,
+        /// The fields' values, by name.
+        #[serde(default)]
+        fields: serde_json::Map<String, Value>,
+        /// Who answered, when known.
+        #[serde(default)]
+        by: Option<String>,
+    },
+    /// Nobody answered within the question's timeout.
+    TimedOut,
+    /// The task is stopping (cancelled, out of time, its worker shutting down) before an
+    /// answer came: see [`Context::stop_reason`].
+    Stopped,
+    /// The question could not be put to anyone (the queue refused or could not be reached):
+    /// why, in one line.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
 /// Why the host asks a handler to stop early.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -335,6 +391,18 @@ impl Context<'_> {
     /// `[roles.writer] agent = "copilot"`), as JSON; `null` when the role has none.
     pub fn settings(&self) -> Value {
         serde_json::from_str(self.host.settings().as_str()).unwrap_or(Value::Null)
+    }
+
+    /// Puts `question` to a person and waits for the answer: the task is listed as `input`
+    /// (its worker's slot and lease held) until someone answers it with `host answer`, the
+    /// dashboard or MCP, the question's timeout passes, or the task must stop. Time spent
+    /// waiting does not count against the task's timeout. Blocks the calling thread.
+    pub fn ask(&self, question: &Question) -> Answer {
+        let json = serde_json::to_string(question).expect("a question serializes");
+        let reply = self.host.ask(json.as_str().into());
+        serde_json::from_str(reply.as_str()).unwrap_or_else(|err| Answer::Failed {
+            reason: format!("the host's answer could not be read: {err}"),
+        })
     }
 
     /// The tasks this one comes after, whole, with their results: those of its `after`

@@ -359,7 +359,7 @@ impl Setup {
                 ));
             }
         };
-        if let Some(key) = ["permissions", "mode"]
+        if let Some(key) = ["permissions", "mode", "ask_timeout"]
             .into_iter()
             .find(|key| acp.is_none() && settings.get(*key).is_some())
         {
@@ -882,8 +882,15 @@ impl Role for Agent {
             Setting::new(
                 "permissions",
                 SettingKind::Any,
-                "with protocol = \"acp\": \"allow\" or \"deny\" what the agent asks, or a table by \
-                 tool kind (read, edit, execute, ..., default)",
+                "with protocol = \"acp\": \"allow\", \"deny\" or \"ask\" (a person answers: host \
+                 answer) what the agent asks, or a table by tool kind (read, edit, execute, ..., \
+                 default)",
+            ),
+            Setting::new(
+                "ask_timeout",
+                SettingKind::String,
+                "with permissions \"ask\": how long a question waits for a person before the \
+                 agent is refused (default \"1h\")",
             ),
             crate::paths::branch_setting(),
         ]

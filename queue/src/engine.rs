@@ -19,9 +19,9 @@ use crate::records::{
     purgeable,
 };
 use crate::{
-    Claim, Durability, Lease, NewTask, Outcome, PauseScope, QueueStore, Recorded, Renewal,
-    StoreError, Summary, Task, TaskChange, TaskEdit, TaskQuery, TaskStatus, UsageLimit,
-    WorkerRecord, validate_name,
+    Claim, Durability, Input, InputAnswer, Lease, NewTask, Outcome, PauseScope, QueueStore,
+    Recorded, Renewal, StoreError, Summary, Task, TaskChange, TaskEdit, TaskQuery, TaskStatus,
+    UsageLimit, WorkerRecord, validate_name,
 };
 
 /// The ids of the tasks whose leases `outcomes` hold (malformed ones left out: they are
@@ -598,6 +598,25 @@ impl<D: Driver> Engine<D> {
         Ok((results, claims))
     }
 
+    /// Applies `change` to the running task that `lease` holds, in one write fenced by the
+    /// lease; the task as written.
+    fn with_lease_held(
+        &self,
+        lease: &Lease,
+        mut change: impl FnMut(&mut Task, Timestamp) + Send,
+    ) -> Result<Task, StoreError> {
+        self.write(Commit::AsConfigured, |rules| {
+            let now = Timestamp::now();
+            let (mut task, token) = rules
+                .task_and_token(&lease.task_id)?
+                .ok_or_else(|| StoreError::NotFound(lease.task_id.clone()))?;
+            lifecycle::check_lease(&task, lease, token.as_deref(), now)?;
+            change(&mut task, now);
+            rules.put(&task)?;
+            Ok(task)
+        })
+    }
+
     /// Applies `change` to task `id` and settles the tasks after it, in one write.
     fn change_one<F>(&self, id: &str, change: F) -> Result<Task, StoreError>
     where
@@ -724,8 +743,23 @@ impl<D: Driver> QueueStore for Engine<D> {
             rules.put(&task)?;
             Ok(Renewal {
                 cancel_requested: task.cancel_requested,
+                answered: task.input.as_ref().is_some_and(|i| i.answer.is_some()),
             })
         })
+    }
+
+    fn ask(&self, lease: &Lease, input: Input) -> Result<Task, StoreError> {
+        self.with_lease_held(lease, |task, now| lifecycle::ask(task, input.clone(), now))
+    }
+
+    fn answer(&self, id: &str, answer: InputAnswer) -> Result<Task, StoreError> {
+        self.change_one(id, |_, task, _| lifecycle::answer(task, answer.clone()))
+    }
+
+    fn end_input(&self, lease: &Lease) -> Result<Option<InputAnswer>, StoreError> {
+        let mut answer = None;
+        self.with_lease_held(lease, |task, _| answer = lifecycle::end_input(task))?;
+        Ok(answer)
     }
 
     fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<Task, StoreError> {

@@ -27,7 +27,8 @@ use serde_json::Value;
 
 pub use task_model::{
     Attempt, AttemptStatus, BranchOutcome, BranchState, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY,
-    Review, Task, TaskState, TaskStatus, Verdict, rfc3339_millis,
+    Input, InputAnswer, InputField, InputOption, Review, Task, TaskState, TaskStatus, Verdict,
+    rfc3339_millis,
 };
 
 pub mod driver;
@@ -363,6 +364,7 @@ impl NewTask {
             reviews: Vec::new(),
             branch_state: None,
             siblings: Vec::new(),
+            input: None,
         }
     }
 }
@@ -431,6 +433,9 @@ pub type Recorded = (
 pub struct Renewal {
     /// `host cancel` asked for the task to stop; the handler should be told.
     pub cancel_requested: bool,
+    /// A person answered the question the task asked ([`QueueStore::ask`]): the worker takes
+    /// the answer with [`QueueStore::end_input`].
+    pub answered: bool,
 }
 
 /// How many tasks are in each state, per type, read from counts the store keeps rather than
@@ -684,6 +689,17 @@ pub trait QueueStore: Send + Sync {
 
     /// Returns the task to pending without counting the attempt (the worker is shutting down).
     fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Puts a question of the running attempt to a person, fenced by its lease: the task stays
+    /// running, listed as `input`, until [`QueueStore::end_input`].
+    fn ask(&self, lease: &Lease, input: Input) -> Result<Task, StoreError>;
+
+    /// Records a person's answer to the question task `id` waits for; refused when it waits
+    /// for none or the answer is not one it offered.
+    fn answer(&self, id: &str, answer: InputAnswer) -> Result<Task, StoreError>;
+
+    /// Ends the running attempt's question, fenced by its lease: the answer if one was given.
+    fn end_input(&self, lease: &Lease) -> Result<Option<InputAnswer>, StoreError>;
 
     /// Cancels a task: a pending one never starts; a running one is flagged so that its worker
     /// tells the handler, and ends `cancelled` unless the handler completes anyway.

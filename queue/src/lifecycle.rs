@@ -15,8 +15,9 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
 use crate::{
-    Attempt, AttemptStatus, BranchOutcome, BranchState, Dependency, Lease, MAX_TASK_BYTES, NewTask,
-    Outcome, PauseScope, Review, StoreError, Task, TaskState, TaskStatus, Verdict, validate_name,
+    Attempt, AttemptStatus, BranchOutcome, BranchState, Dependency, Input, InputAnswer, Lease,
+    MAX_TASK_BYTES, NewTask, Outcome, PauseScope, Review, StoreError, Task, TaskState, TaskStatus,
+    Verdict, validate_name,
 };
 
 /// How long a lease lasts unless renewed, when the store is not told otherwise.
@@ -398,6 +399,7 @@ pub fn claim(task: &mut Task, worker: &str, now: Timestamp, policy: &Policy) {
     task.snoozed_until = None;
     // A new attempt makes a new branch: what became of an earlier one no longer describes it.
     task.branch_state = None;
+    task.input = None;
     task.lease_expires_at = Some(later(now, policy.lease));
     let waited = now.duration_since(task.created_at).as_millis().max(0);
     task.wait_ms = Some(u64::try_from(waited).unwrap_or(u64::MAX));
@@ -456,6 +458,50 @@ pub fn check_lease(
     Ok(())
 }
 
+/// Puts the running attempt's question to a person (its lease was checked): it waits in
+/// `host inbox` until answered. One question at a time: a new one replaces the last.
+pub fn ask(task: &mut Task, mut input: Input, now: Timestamp) {
+    input.attempt = task.attempts;
+    input.asked_at = now;
+    input.answer = None;
+    task.input = Some(input);
+}
+
+/// Records a person's answer to the question task waits for; the worker takes it at its next
+/// renewal. Refused when the task waits for no answer, or when the answer does not fit.
+pub fn answer(task: &mut Task, answer: InputAnswer) -> Result<(), StoreError> {
+    let Some(input) = task.waiting_input() else {
+        return Err(match &task.input {
+            Some(input) if input.answer.is_some() && task.status == TaskStatus::Running => {
+                StoreError::InvalidTask(format!(
+                    "task {} was already answered ({}); its worker takes the answer within a \
+                     second",
+                    task.id,
+                    input.answer.as_ref().map_or("", |a| a.option.as_str())
+                ))
+            }
+            _ => StoreError::InvalidTask(format!(
+                "task {} {} and waits for no answer (`host inbox` lists what does)",
+                task.id,
+                task.status.phrase()
+            )),
+        });
+    };
+    input
+        .check_answer(&answer.option, &answer.fields)
+        .map_err(|why| StoreError::InvalidTask(format!("task {}: {why}", task.id)))?;
+    if let Some(input) = task.input.as_mut() {
+        input.answer = Some(answer);
+    }
+    Ok(())
+}
+
+/// Ends the running attempt's question (its lease was checked): returns the answer, if one was
+/// given; the question is gone either way (answered, or given up on by its handler).
+pub fn end_input(task: &mut Task) -> Option<InputAnswer> {
+    task.input.take().and_then(|input| input.answer)
+}
+
 /// Extends a running task's lease to a full lease from `now`.
 pub fn renew(task: &mut Task, now: Timestamp, policy: &Policy) {
     task.lease_expires_at = Some(later(now, policy.lease));
@@ -470,8 +516,9 @@ fn running_attempt(task: &mut Task) -> Option<&mut Attempt> {
         .find(|a| a.attempt == attempt && a.status == AttemptStatus::Running)
 }
 
-/// Ends the task's running attempt in its history.
+/// Ends the task's running attempt in its history; a question it asked goes with it.
 fn end_attempt(task: &mut Task, status: AttemptStatus, error: Option<String>, now: Timestamp) {
+    task.input = None;
     let finished_by = task.worker.clone();
     if let Some(entry) = running_attempt(task) {
         entry.status = status;

@@ -14,7 +14,7 @@ use crate::{
     Renewal, SqliteStore, StoreError, Summary, Task, TaskQuery, TaskStatus, UsageLimit,
     WorkerRecord,
 };
-use crate::{TaskChange, TaskEdit};
+use crate::{Input, InputAnswer, TaskChange, TaskEdit};
 
 /// The file in a queue folder that holds the queue's configuration.
 pub const CONFIG_FILE: &str = "host.toml";
@@ -276,6 +276,9 @@ impl QueueStore for Store {
             count: usize
         ) -> Result<Recorded, StoreError>;
         fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+        fn ask(&self, lease: &Lease, input: Input) -> Result<Task, StoreError>;
+        fn answer(&self, id: &str, answer: InputAnswer) -> Result<Task, StoreError>;
+        fn end_input(&self, lease: &Lease) -> Result<Option<InputAnswer>, StoreError>;
         fn edit(&self, id: &str, edit: &TaskEdit) -> Result<Task, StoreError>;
         fn cancel(&self, id: &str) -> Result<Task, StoreError>;
         fn retry(&self, id: &str) -> Result<Task, StoreError>;

@@ -336,6 +336,164 @@ pub struct Task {
     /// several agents, of which one change is merged and the others discarded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub siblings: Vec<String>,
+    /// What the running attempt's handler asked a person and waits for (an agent's permission
+    /// request or question): while it is set the task stays `running`, its worker's slot and
+    /// lease held, and listings show it as `input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Input>,
+}
+
+/// A question a running task put to a person, kept on the task until its worker takes the
+/// answer: what `host inbox` lists and `host answer` answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Input {
+    /// The attempt that asked: an answer is for it alone.
+    pub attempt: u32,
+    /// When it asked.
+    #[serde(with = "rfc3339_millis")]
+    pub asked_at: Timestamp,
+    /// When the handler stops waiting and answers on its own (the agent's reject option).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339_millis::option"
+    )]
+    pub expires_at: Option<Timestamp>,
+    /// What is asked, in one line ("Run cargo test").
+    pub title: String,
+    /// The kind of tool that asks, in ACP's words (`read`, `edit`, `execute`, ...), if a tool
+    /// asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// More about it: a summary of the tool's input, or the question's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The answers offered, one of which is chosen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<InputOption>,
+    /// Values asked for beside the option (a form): each answered by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<InputField>,
+    /// The answer, once given and until the worker takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<InputAnswer>,
+}
+
+/// One answer a question offers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InputOption {
+    /// What `host answer ID OPTION` names (the agent's own option id, e.g. `allow_once`).
+    pub id: String,
+    /// Its label.
+    pub name: String,
+    /// What it does, in ACP's words (`allow_once`, `allow_always`, `reject_once`,
+    /// `reject_always`), when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// One value a question asks for (a form's field).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InputField {
+    /// Its name, as `host answer --field NAME=VALUE` gives it.
+    pub name: String,
+    /// Its label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// `string`, `number`, `integer` or `boolean`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The values it may take, when it is a choice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
+    /// Whether an answer must give it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+}
+
+/// A person's answer to an [`Input`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InputAnswer {
+    /// The option chosen.
+    pub option: String,
+    /// The values given for the question's fields, by name.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub fields: serde_json::Map<String, Value>,
+    /// Who answered (`host answer` gives the user, the dashboard and MCP say so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// When.
+    #[serde(with = "rfc3339_millis")]
+    pub at: Timestamp,
+}
+
+impl Input {
+    /// Checks that `option` and `fields` answer this question: the option one of those
+    /// offered, every field known and of its type, every required one given. The error says
+    /// what is wrong in one line, naming what would do.
+    pub fn check_answer(
+        &self,
+        option: &str,
+        fields: &serde_json::Map<String, Value>,
+    ) -> Result<(), String> {
+        if !self.options.iter().any(|o| o.id == option) {
+            let ids: Vec<&str> = self.options.iter().map(|o| o.id.as_str()).collect();
+            return Err(format!(
+                "{option:?} is not one of the options offered: {}",
+                ids.join(", ")
+            ));
+        }
+        for (name, value) in fields {
+            let Some(field) = self.fields.iter().find(|f| &f.name == name) else {
+                let names: Vec<&str> = self.fields.iter().map(|f| f.name.as_str()).collect();
+                return Err(if names.is_empty() {
+                    format!("field {name:?}: the question asks for no fields")
+                } else {
+                    format!(
+                        "field {name:?}: not asked for (asked: {})",
+                        names.join(", ")
+                    )
+                });
+            };
+            let fits = match field.kind.as_str() {
+                "boolean" => value.is_boolean(),
+                "integer" => value.is_i64() || value.is_u64(),
+                "number" => value.is_number(),
+                _ => value.as_str().is_some_and(|text| {
+                    field.choices.is_empty() || field.choices.iter().any(|c| c == text)
+                }),
+            };
+            if !fits {
+                return Err(if field.choices.is_empty() {
+                    format!("field {name:?} takes a {}, not {value}", field.kind)
+                } else {
+                    format!(
+                        "field {name:?} takes one of {}, not {value}",
+                        field.choices.join(", ")
+                    )
+                });
+            }
+        }
+        // A form is filled when its accepting option is chosen; a refusal needs no values.
+        let accepting = self
+            .options
+            .iter()
+            .find(|o| o.id == option)
+            .is_some_and(|o| o.kind.as_deref() == Some("accept"));
+        if accepting
+            && let Some(missing) = self
+                .fields
+                .iter()
+                .find(|f| f.required && !fields.contains_key(&f.name))
+        {
+            return Err(format!("field {:?} is required", missing.name));
+        }
+        Ok(())
+    }
 }
 
 /// A person's verdict on a task's change.
@@ -525,6 +683,26 @@ impl Task {
         ids
     }
 
+    /// The question the running attempt waits for a person to answer, if it waits for one
+    /// (asked, not yet answered).
+    pub fn waiting_input(&self) -> Option<&Input> {
+        self.input.as_ref().filter(|input| {
+            self.status == TaskStatus::Running
+                && input.attempt == self.attempts
+                && input.answer.is_none()
+        })
+    }
+
+    /// The state's name as lists show it: `input` for a running task that waits for a person,
+    /// else its status.
+    pub fn shown_status(&self) -> &'static str {
+        if self.waiting_input().is_some() {
+            "input"
+        } else {
+            self.status.as_str()
+        }
+    }
+
     /// True while a merge of the task's branch conflicted and nobody has merged or discarded
     /// it since.
     pub fn in_conflict(&self) -> bool {
@@ -583,6 +761,7 @@ mod tests {
             reviews: vec![],
             branch_state: None,
             siblings: vec![],
+            input: None,
         };
         let json = serde_json::to_value(&task).unwrap();
         assert_eq!(json["type"], "inspect");

@@ -30,7 +30,10 @@ pub fn run(settings: &Settings, args: &ListArgs) -> anyhow::Result<()> {
 }
 
 fn print(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
+    // `input` is a running task that waits for a person's answer.
+    let input_only = args.status.as_deref() == Some("input");
     let statuses = match args.status.as_deref() {
+        Some("input") => vec![TaskStatus::Running],
         Some(name) => vec![name.parse().map_err(anyhow::Error::msg)?],
         None => UNFINISHED.to_vec(),
     };
@@ -40,6 +43,9 @@ fn print(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
         worker: args.worker.clone(),
         ..TaskQuery::default()
     })?;
+    if input_only {
+        tasks.retain(|t| t.waiting_input().is_some());
+    }
     // In the claim order (the priority a task has aged to, `[queue] aging`, then its id),
     // as the queue decides it.
     let policy = Policy {
@@ -88,7 +94,7 @@ fn print(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
             "{:<6} {:<10} {} {:>5} {}  {:<30} {}",
             t.id,
             t.task_type,
-            paint::status(t.status, &format!("{:<8}", t.status.as_str())),
+            paint::status(t.status, &format!("{:<8}", t.shown_status())),
             match claimed_at(t) {
                 aged if aged != t.priority => format!("{}→{aged}", t.priority),
                 _ => t.priority.to_string(),
@@ -114,6 +120,9 @@ fn print(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
 fn waits_for(store: &queue::Store, task: &Task, paused: &PauseSet, now: Timestamp) -> String {
     match task.state() {
         TaskState::Review { .. } => format!("a review (host approve {})", task.id),
+        TaskState::Running { .. } if task.waiting_input().is_some() => {
+            format!("an answer (host answer {})", task.id)
+        }
         TaskState::Running { holder, .. } => format!("held by {holder}"),
         TaskState::Blocked { after, after_any } => {
             // Those still open: an `after` one until it completes, an `afterAny` one until it

@@ -7,6 +7,7 @@ pub mod cancel;
 pub mod config;
 pub mod doctor;
 pub mod export;
+pub mod inbox;
 pub mod init;
 pub mod list;
 mod migrate;
@@ -76,6 +77,13 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Branches(args) => branches::run(settings, &args),
         Command::Open { id } => branches::open(settings, &id),
         Command::Pr(args) => pr::run(settings, &args),
+        Command::Inbox { json } => inbox::run(settings, json),
+        Command::Answer {
+            id,
+            option,
+            fields,
+            text,
+        } => inbox::answer(settings, &id, option.as_deref(), &fields, text.as_deref()),
         Command::Approve { ids } => branch::approve(settings, &ids),
         Command::Reject { id, reason } => branch::reject(settings, &id, &reason),
         Command::Workers { prune, json } => workers::run(settings, prune, json),

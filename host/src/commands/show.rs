@@ -23,7 +23,7 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
     field("type", Some(task.task_type.clone()))?;
     field(
         "status",
-        Some(paint::status(task.status, task.status.as_str())),
+        Some(paint::status(task.status, task.shown_status())),
     )?;
     field("priority", Some(task.priority.to_string()))?;
     field(
@@ -63,6 +63,45 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
     field("finished", task.finished_at.map(when))?;
     field("duration", task.duration_ms.map(human_ms))?;
     field("error", task.error.as_deref().map(paint::bad))?;
+    if let Some(input) = task.waiting_input() {
+        let tool = input
+            .tool
+            .as_deref()
+            .map(|t| format!(" ({t})"))
+            .unwrap_or_default();
+        field("asks", Some(format!("{}{tool}", input.title)))?;
+        field("asked", Some(when(input.asked_at)))?;
+        field("detail", input.detail.clone())?;
+        for option in &input.options {
+            field("option", Some(format!("{:<16} {}", option.id, option.name)))?;
+        }
+        for f in &input.fields {
+            let required = if f.required { ", required" } else { "" };
+            let title = f.title.as_deref().unwrap_or(&f.name);
+            field(
+                "field",
+                Some(format!("{:<16} {title} ({}{required})", f.name, f.kind)),
+            )?;
+        }
+        field(
+            "answer with",
+            Some(format!(
+                "host answer {} OPTION{}",
+                task.id,
+                if input.fields.is_empty() {
+                    ""
+                } else {
+                    " --field NAME=VALUE"
+                }
+            )),
+        )?;
+        field(
+            "unanswered",
+            input
+                .expires_at
+                .map(|at| format!("the agent is refused {}", ago(at, now))),
+        )?;
+    }
     field(
         "cancel",
         task.cancel_requested

@@ -28,6 +28,8 @@ pub struct StatusReport {
     pub paused: Vec<String>,
     /// Tasks whose change waits for review (the oldest, at most [`ATTENTION_SHOWN`]).
     pub review: Vec<String>,
+    /// Running tasks whose agent waits for a person's answer (`host answer`).
+    pub input: Vec<Waiting>,
     /// Tasks whose branch's merge conflicted (at most [`ATTENTION_SHOWN`]), with the files.
     pub conflicts: Vec<Conflict>,
     /// The roles out of quota now (a CLI's usage limit), each claiming nothing until its
@@ -39,6 +41,16 @@ pub struct StatusReport {
 
 /// How many tasks of each kind that needs a person `status` names.
 pub const ATTENTION_SHOWN: usize = 20;
+
+/// A running task that waits for a person's answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Waiting {
+    /// The task.
+    pub id: String,
+    /// What it asks.
+    pub title: String,
+}
 
 /// A task whose branch's merge conflicted.
 #[derive(Debug, Serialize)]
@@ -99,6 +111,18 @@ impl StatusReport {
         .into_iter()
         .map(|t| t.id)
         .collect();
+        // Running tasks are as many as the workers' slots: all of them are read.
+        let input = store
+            .list(&TaskQuery {
+                statuses: vec![TaskStatus::Running],
+                ..TaskQuery::default()
+            })?
+            .into_iter()
+            .filter_map(|t| {
+                let title = t.waiting_input()?.title.clone();
+                Some(Waiting { id: t.id, title })
+            })
+            .collect();
         let conflicts = attention(TaskQuery {
             in_conflict: true,
             ..TaskQuery::default()
@@ -129,6 +153,7 @@ impl StatusReport {
             pending_by_type,
             paused,
             review,
+            input,
             conflicts,
             usage_limits,
             workers,
@@ -179,6 +204,16 @@ impl StatusReport {
                 "  {} {}   (host diff ID; host approve ID / host reject ID --reason TEXT)",
                 paint::status(TaskStatus::Review, "waiting for review:"),
                 self.review.join(", ")
+            );
+        }
+        for waiting in &self.input {
+            let _ = writeln!(
+                out,
+                "  {} task {} asks: {}   (host inbox; host answer {} OPTION)",
+                paint::status(TaskStatus::Running, "waiting for input:"),
+                waiting.id,
+                super::one_line(&waiting.title, 60),
+                waiting.id
             );
         }
         for conflict in &self.conflicts {

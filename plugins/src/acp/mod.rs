@@ -10,7 +10,8 @@
 //!
 //! What the agent asks of the client is answered here, under the role's rules:
 //! - `session/request_permission`: by the role's `permissions` (see [`Permissions`]), with one of
-//!   the agent's own options; the decision is logged.
+//!   the agent's own options, or by a person from the queue (`"ask"`: the task waits as
+//!   `input` until `host answer`); the decision is logged.
 //! - `fs/read_text_file`, `fs/write_text_file`: only inside the attempt's folder (its worktree);
 //!   any other path, a link out of it included, is refused with an error to the agent and a log
 //!   line (see `files`).
@@ -195,6 +196,8 @@ struct Session<'a, 'c> {
     tail: VecDeque<String>,
     /// When the agent last sent an update or a request: what the stall limit measures.
     last_update: Instant,
+    /// How long the session waited for people to answer: not counted against the time limit.
+    waited: Duration,
 }
 
 /// A tool call as the agent announced it.
@@ -559,6 +562,7 @@ pub fn run(
         waiting: Vec::new(),
         tail: VecDeque::new(),
         last_update: Instant::now(),
+        waited: Duration::ZERO,
     };
     let mut finished = Finished {
         stop_reason: None,
@@ -817,7 +821,10 @@ fn stop_due(
 ) -> bool {
     if let Some(stop) = session.ctx.stop_reason() {
         finished.stop = Some(stop);
-    } else if limits.timeout.is_some_and(|t| started.elapsed() > t) {
+    } else if limits
+        .timeout
+        .is_some_and(|t| started.elapsed().saturating_sub(session.waited) > t)
+    {
         finished.timed_out = true;
     } else if limits
         .stall

@@ -2,21 +2,28 @@
 //! table says of its ACP sessions (`mode`).
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use agent_client_protocol_schema::v1 as acp;
-use plugin_api::{Value, serde_json};
+use plugin_api::{Answer, InputOption, Question, Value, serde_json};
 
 use super::{Session, internal, invalid, wire_name};
 
-/// What a role lets an agent do when it asks: `permissions = "allow"` or `"deny"` for
-/// everything, or a table by the kind of tool the agent names (ACP's tool kinds: `read`,
-/// `edit`, `delete`, `move`, `search`, `execute`, `think`, `fetch`, `switch_mode`, `other`),
-/// with `default` for the kinds it leaves out (`deny` unless given).
+/// What a role lets an agent do when it asks: `permissions = "allow"`, `"deny"` or `"ask"` (a
+/// person answers from the queue: `host answer`) for everything, or a table by the kind of
+/// tool the agent names (ACP's tool kinds: `read`, `edit`, `delete`, `move`, `search`,
+/// `execute`, `think`, `fetch`, `switch_mode`, `other`), with `default` for the kinds it leaves
+/// out (`deny` unless given). A request a person leaves unanswered for `ask_timeout` (default
+/// one hour) is answered with the agent's reject option.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Permissions {
     by_kind: BTreeMap<String, Decision>,
     default: Decision,
+    ask_timeout: Duration,
 }
+
+/// How long a question waits for a person unless the role's `ask_timeout` says otherwise.
+pub const DEFAULT_ASK_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// One answer to a permission request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +32,8 @@ pub enum Decision {
     Allow,
     /// One of the agent's reject options (once rather than always).
     Deny,
+    /// The option a person chooses from the queue (`host answer`).
+    Ask,
 }
 
 /// ACP's tool kinds, the keys a `permissions` table may use besides `default`.
@@ -42,14 +51,14 @@ const TOOL_KINDS: [&str; 10] = [
 ];
 
 impl Decision {
-    /// `"allow"` or `"deny"` as the table's `key` says.
+    /// `"allow"`, `"deny"` or `"ask"` as the table's `key` says.
     fn read(value: &Value, key: &str) -> Result<Decision, String> {
         match value.as_str() {
             Some("allow") => Ok(Decision::Allow),
             Some("deny") => Ok(Decision::Deny),
+            Some("ask") => Ok(Decision::Ask),
             _ => Err(format!(
-                "`{key}` must be \"allow\" or \"deny\" (answering from the queue is not built \
-                 yet), not {value}"
+                "`{key}` must be \"allow\", \"deny\" or \"ask\", not {value}"
             )),
         }
     }
@@ -59,9 +68,26 @@ impl Permissions {
     /// The role's `permissions`: everything allowed when it has none, as the stream modes'
     /// auto-approving flags do.
     pub fn read(settings: &Value) -> Result<Permissions, String> {
+        let ask_timeout = match settings.get("ask_timeout") {
+            None => DEFAULT_ASK_TIMEOUT,
+            Some(Value::String(text)) => text
+                .parse::<jiff::SignedDuration>()
+                .ok()
+                .and_then(|d| Duration::try_from(d).ok())
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    format!("`ask_timeout` must be a length of time such as \"30m\", not {text:?}")
+                })?,
+            Some(other) => {
+                return Err(format!(
+                    "`ask_timeout` must be a length of time such as \"30m\", not {other}"
+                ));
+            }
+        };
         let allow_all = Permissions {
             by_kind: BTreeMap::new(),
             default: Decision::Allow,
+            ask_timeout,
         };
         match settings.get("permissions") {
             None => Ok(allow_all),
@@ -69,6 +95,7 @@ impl Permissions {
                 let mut permissions = Permissions {
                     by_kind: BTreeMap::new(),
                     default: Decision::Deny,
+                    ask_timeout,
                 };
                 for (kind, value) in table {
                     let decision = Decision::read(value, &format!("permissions.{kind}"))?;
@@ -88,6 +115,7 @@ impl Permissions {
             Some(value) => Ok(Permissions {
                 by_kind: BTreeMap::new(),
                 default: Decision::read(value, "permissions")?,
+                ask_timeout,
             }),
         }
     }
@@ -161,45 +189,127 @@ impl Session<'_, '_> {
             ))
             .map_err(internal);
         }
-        let decision = self.permissions.decide(&kind);
-        let wanted: [acp::PermissionOptionKind; 2] = match decision {
-            Decision::Allow => [
-                acp::PermissionOptionKind::AllowOnce,
-                acp::PermissionOptionKind::AllowAlways,
-            ],
-            Decision::Deny => [
-                acp::PermissionOptionKind::RejectOnce,
-                acp::PermissionOptionKind::RejectAlways,
-            ],
-        };
-        let chosen = wanted
-            .iter()
-            .find_map(|kind| request.options.iter().find(|o| o.kind == *kind));
-        let verb = match decision {
-            Decision::Allow => "allowed",
-            Decision::Deny => "denied",
-        };
-        let outcome = match chosen {
-            Some(option) => {
-                self.ctx.log(&format!(
-                    "permission for {title} ({kind}): {verb} by the role's permissions \
-                     (option {})",
-                    option.option_id
-                ));
-                acp::RequestPermissionOutcome::Selected(acp::SelectedPermissionOutcome::new(
-                    option.option_id.clone(),
-                ))
-            }
-            None => {
-                // Neither allowed nor refused as the rules say: the request is withdrawn.
-                self.ctx.log(&format!(
-                    "permission for {title} ({kind}): the role's permissions say {verb}, but \
-                     the agent offered no such option; answered cancelled"
-                ));
-                acp::RequestPermissionOutcome::Cancelled
+        let about = format!("permission for {title} ({kind})");
+        let outcome = match self.permissions.decide(&kind) {
+            Decision::Ask => self.ask_person(&request, &title, &kind),
+            decision => {
+                let by = "by the role's permissions";
+                choose(self.ctx, &about, &request.options, decision, by)
             }
         };
         serde_json::to_value(acp::RequestPermissionResponse::new(outcome)).map_err(internal)
+    }
+
+    /// Puts a permission request to a person through the queue and answers with their choice;
+    /// with the agent's reject option when nobody answers in time, `cancelled` when the task
+    /// stops meanwhile.
+    fn ask_person(
+        &mut self,
+        request: &acp::RequestPermissionRequest,
+        title: &str,
+        kind: &str,
+    ) -> acp::RequestPermissionOutcome {
+        let about = format!("permission for {title} ({kind})");
+        let question = Question {
+            title: title.to_string(),
+            tool: Some(kind.to_string()),
+            detail: request
+                .tool_call
+                .fields
+                .raw_input
+                .as_ref()
+                .map(|input| crate::command::shorten(&input.to_string(), 2000)),
+            options: request
+                .options
+                .iter()
+                .map(|o| InputOption {
+                    id: o.option_id.to_string(),
+                    name: o.name.clone(),
+                    kind: Some(wire_name(&o.kind)),
+                })
+                .collect(),
+            fields: Vec::new(),
+            timeout_secs: self.permissions.ask_timeout.as_secs().max(1),
+        };
+        let asked = Instant::now();
+        let answer = self.ctx.ask(&question);
+        // Waiting for a person is neither work nor a stall.
+        self.waited += asked.elapsed();
+        self.last_update = Instant::now();
+        match answer {
+            Answer::Chosen { option, by, .. } => {
+                self.ctx.log(&format!(
+                    "{about}: option {option} chosen by {}",
+                    by.as_deref().unwrap_or("a person")
+                ));
+                acp::RequestPermissionOutcome::Selected(acp::SelectedPermissionOutcome::new(option))
+            }
+            Answer::TimedOut => {
+                let waited = format!(
+                    "as nobody answered within {}s",
+                    self.permissions.ask_timeout.as_secs()
+                );
+                choose(self.ctx, &about, &request.options, Decision::Deny, &waited)
+            }
+            Answer::Stopped => {
+                self.ctx.log(&format!(
+                    "{about}: answered cancelled (the task is stopping)"
+                ));
+                acp::RequestPermissionOutcome::Cancelled
+            }
+            Answer::Failed { reason } => {
+                let why = format!("as it could not be put to a person ({reason})");
+                choose(self.ctx, &about, &request.options, Decision::Deny, &why)
+            }
+        }
+    }
+}
+
+/// The agent's option for `decision` (allow or deny, once rather than always), logged with
+/// `why`; `cancelled` when the agent offered none such.
+fn choose(
+    ctx: &plugin_api::Context<'_>,
+    about: &str,
+    options: &[acp::PermissionOption],
+    decision: Decision,
+    why: &str,
+) -> acp::RequestPermissionOutcome {
+    let (wanted, verb) = match decision {
+        Decision::Allow => (
+            [
+                acp::PermissionOptionKind::AllowOnce,
+                acp::PermissionOptionKind::AllowAlways,
+            ],
+            "allowed",
+        ),
+        Decision::Deny | Decision::Ask => (
+            [
+                acp::PermissionOptionKind::RejectOnce,
+                acp::PermissionOptionKind::RejectAlways,
+            ],
+            "denied",
+        ),
+    };
+    match wanted
+        .iter()
+        .find_map(|kind| options.iter().find(|o| o.kind == *kind))
+    {
+        Some(option) => {
+            ctx.log(&format!(
+                "{about}: {verb} {why} (option {})",
+                option.option_id
+            ));
+            acp::RequestPermissionOutcome::Selected(acp::SelectedPermissionOutcome::new(
+                option.option_id.clone(),
+            ))
+        }
+        None => {
+            // Neither allowed nor refused as the rules say: the request is withdrawn.
+            ctx.log(&format!(
+                "{about}: {verb} {why}, but the agent offered no such option; answered cancelled"
+            ));
+            acp::RequestPermissionOutcome::Cancelled
+        }
     }
 }
 
@@ -225,7 +335,17 @@ mod tests {
             err.contains("permissions.exec") && err.contains("execute"),
             "{err}"
         );
-        let err = Permissions::read(&json!({"permissions": "ask"})).unwrap_err();
-        assert!(err.contains("\"allow\" or \"deny\""), "{err}");
+        let ask = Permissions::read(&json!({"permissions": {"execute": "ask"}})).unwrap();
+        assert_eq!(ask.decide("execute"), Decision::Ask);
+        assert_eq!(ask.ask_timeout, DEFAULT_ASK_TIMEOUT);
+        let soon = json!({"permissions": "ask", "ask_timeout": "90s"});
+        assert_eq!(
+            Permissions::read(&soon).unwrap().ask_timeout,
+            Duration::from_secs(90)
+        );
+        let err = Permissions::read(&json!({"permissions": "maybe"})).unwrap_err();
+        assert!(err.contains("\"allow\", \"deny\" or \"ask\""), "{err}");
+        let err = Permissions::read(&json!({"ask_timeout": "soon"})).unwrap_err();
+        assert!(err.contains("ask_timeout"), "{err}");
     }
 }

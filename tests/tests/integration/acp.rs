@@ -344,8 +344,16 @@ fn acp_settings_that_cannot_work_are_refused_when_the_worker_starts() {
             "agent preset aider speaks no ACP",
         ),
         (
-            "agent = \"copilot\"\nprotocol = \"acp\"\npermissions = \"ask\"\n",
-            "`permissions` must be \"allow\" or \"deny\"",
+            "agent = \"copilot\"\nprotocol = \"acp\"\npermissions = \"sometimes\"\n",
+            "`permissions` must be \"allow\", \"deny\" or \"ask\"",
+        ),
+        (
+            "agent = \"copilot\"\nprotocol = \"acp\"\nask_timeout = \"soon\"\n",
+            "`ask_timeout` must be a length of time",
+        ),
+        (
+            "agent = \"copilot\"\nask_timeout = \"1h\"\n",
+            "`ask_timeout` applies to agents driven through ACP",
         ),
         (
             "agent = \"copilot\"\nprotocol = \"acp\"\npermissions = { exec = \"allow\" }\n",
@@ -368,4 +376,177 @@ fn acp_settings_that_cannot_work_are_refused_when_the_worker_starts() {
         let line = q.fails(&["--role", "supervised", "--drain"]);
         assert!(line.contains(expected), "{table}: {line}");
     }
+}
+
+/// Starts a worker of role `supervised` that drains the queue, the agent recording.
+fn spawn_drain(q: &TestQueue) -> std::process::Child {
+    q.host()
+        .args(["--role", "supervised", "--drain"])
+        .env("ACP_AGENT_RECORD", record(q))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until task `id` waits for an answer to a question titled `title`.
+fn wait_for_question(q: &TestQueue, id: &str, title: &str) {
+    q.wait_for(
+        &format!("task {id} to ask {title:?}"),
+        Duration::from_secs(30),
+        |q| {
+            let task = q.task(id);
+            task["input"]["title"] == title && task["input"]["answer"].is_null()
+        },
+    );
+}
+
+#[test]
+fn a_person_answers_an_agents_permission_requests_from_the_inbox_and_the_agent_resumes() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_acp_agent(&q, "permissions = { edit = \"ask\", default = \"allow\" }");
+    let id = add_script(
+        &q,
+        &repo,
+        "[[acp write notes.txt allowed by a person]] [[acp write second.txt refused]] \
+         [[acp say All done.]]",
+    );
+    let worker = spawn_drain(&q);
+    wait_for_question(&q, &id, "Write notes.txt");
+
+    // The task waits as `input`, its lease held, with the agent's own options on record.
+    let task = q.task(&id);
+    assert_eq!(task["status"], "running", "{task:#}");
+    assert_eq!(task["input"]["tool"], "edit");
+    let options: Vec<&str> = task["input"]["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        options,
+        ["allow_once", "allow_always", "reject_once", "reject_always"]
+    );
+    let listed = q.ok(&["list"]);
+    let row = listed.lines().find(|l| l.starts_with(&id)).unwrap();
+    assert!(
+        row.contains("input") && row.contains("an answer"),
+        "{listed}"
+    );
+    let inputs: Value =
+        serde_json::from_str(&q.ok(&["list", "--status", "input", "--json"])).unwrap();
+    assert_eq!(inputs.as_array().unwrap().len(), 1, "{inputs:#}");
+    let inbox = q.ok(&["inbox"]);
+    assert!(
+        inbox.contains("Write notes.txt (edit)")
+            && inbox.contains(&format!(
+                "host answer {id} allow_once|allow_always|reject_once|reject_always"
+            )),
+        "{inbox}"
+    );
+    let inbox: Value = serde_json::from_str(&q.ok(&["inbox", "--json"])).unwrap();
+    assert_eq!(inbox[0]["kind"], "input");
+    assert_eq!(inbox[0]["task"], id.as_str());
+    let shown = q.ok(&["show", &id]);
+    assert!(
+        shown.contains("input") && shown.contains("asks         Write notes.txt (edit)"),
+        "{shown}"
+    );
+    let status = q.status();
+    assert_eq!(status["input"][0]["id"], id.as_str(), "{status:#}");
+
+    // An option the agent did not offer is refused, naming those it did.
+    let err = q.fails(&["answer", &id, "yes"]);
+    assert!(
+        err.contains("\"yes\" is not one of the options offered: allow_once, allow_always"),
+        "{err}"
+    );
+    let said = q.ok(&["answer", &id, "allow_once"]);
+    assert!(
+        said.contains(&format!("task {id}: answered allow_once")),
+        "{said}"
+    );
+
+    wait_for_question(&q, &id, "Write second.txt");
+    q.ok(&["answer", &id, "reject_once"]);
+    let output = worker.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert!(task["input"].is_null(), "{task:#}");
+    let branch = task_branch(&q, &id);
+    assert_eq!(
+        git(&repo, &["show", &format!("{branch}:notes.txt")]),
+        "allowed by a person"
+    );
+    assert!(git_fails(&repo, &format!("{branch}:second.txt")));
+    let log = logs(&q, &id);
+    for expected in [
+        "input: asks a person: Write notes.txt",
+        "input: answered allow_once by ",
+        "permission for Write notes.txt (edit): option allow_once chosen by ",
+        "permission for Write second.txt (edit): option reject_once chosen by ",
+        "assistant: permission rejected for write second.txt",
+    ] {
+        assert!(log.contains(expected), "no {expected:?} in the log:\n{log}");
+    }
+    // Nothing waits any more, and a finished task takes no answer.
+    assert_eq!(q.ok(&["inbox"]).trim(), "Nothing waits for a person.");
+    let err = q.fails(&["answer", &id, "allow_once"]);
+    assert!(err.contains("waits for no answer"), "{err}");
+}
+
+/// Whether `git show SPEC` fails in `repo` (the file is not in that commit).
+fn git_fails(repo: &Path, spec: &str) -> bool {
+    !std::process::Command::new("git")
+        .args(["show", spec])
+        .current_dir(repo)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn an_unanswered_request_is_refused_after_ask_timeout_and_a_cancel_withdraws_one() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_acp_agent(&q, "permissions = \"ask\"\nask_timeout = \"1s\"");
+    let id = add_script(&q, &repo, "[[acp write notes.txt nobody said yes]]");
+    drain(&q);
+    let task = q.task(&id);
+    // The agent was refused and went on: its turn ended well.
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let log = logs(&q, &id);
+    for expected in [
+        "input: nobody answered in time",
+        "permission for Write notes.txt (edit): denied as nobody answered within 1s (option \
+         reject_once)",
+        "assistant: permission rejected for write notes.txt",
+    ] {
+        assert!(log.contains(expected), "no {expected:?} in the log:\n{log}");
+    }
+
+    // A cancel while the task waits for a person ends it, the question withdrawn.
+    bind_acp_agent(&q, "permissions = \"ask\"");
+    let id = add_script(&q, &repo, "[[acp write notes.txt never]]");
+    let mut worker = spawn_drain(&q);
+    wait_for_question(&q, &id, "Write notes.txt");
+    q.ok(&["cancel", &id]);
+    assert!(worker.wait().unwrap().success());
+    let task = q.task(&id);
+    assert_eq!(task["status"], "cancelled", "{task:#}");
+    assert!(task["input"].is_null(), "{task:#}");
+    let log = logs(&q, &id);
+    assert!(
+        log.contains("answered cancelled (the task is stopping)"),
+        "{log}"
+    );
 }
