@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use filedescriptor::{FileDescriptor, StdioDescriptor};
 use plugin_api::__private::{ErrorRecord, decode_stop_reason, encode_stop_reason};
-use plugin_api::{Answer, Question, StopReason, Task};
+use plugin_api::{Answer, PlanStep, Question, StopReason, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -101,6 +101,10 @@ enum FromChild {
     },
     Log {
         line: String,
+    },
+    /// The plan the handler follows now (`Context::plan`).
+    Plan {
+        steps: Vec<PlanStep>,
     },
     /// The handler asks a person (`Context::ask`) and waits for `Answer`.
     Ask {
@@ -373,6 +377,7 @@ impl HandlerProcess {
                     hooks.progress(percent, &message)
                 }
                 Ok(Some(FromChild::Log { line })) => hooks.log(&line),
+                Ok(Some(FromChild::Plan { steps })) => hooks.plan(steps),
                 Ok(Some(FromChild::Ask { question })) => match hooks.ask(&question) {
                     Ok(()) => asking = true,
                     Err(answer) => {
@@ -828,6 +833,10 @@ impl TaskHooks for ChildHooks {
 
     fn prerequisites(&self) -> Vec<Task> {
         self.prerequisites.clone()
+    }
+
+    fn plan(&self, steps: Vec<PlanStep>) {
+        reply(&self.out, &FromChild::Plan { steps });
     }
 
     fn ask(&self, question: &Question) -> Result<(), Answer> {

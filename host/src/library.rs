@@ -15,7 +15,7 @@ use plugin_api::__private::{
     API_VERSION, ErrorRecord, HostContext, HostContext_TO, PluginModule_Ref, RoleDescriptor,
     encode_stop_reason,
 };
-use plugin_api::{Answer, Question, StopReason, Task};
+use plugin_api::{Answer, PlanStep, Question, StopReason, Task};
 use serde_json::Value;
 
 /// What a worker offers a running handler. The library adapts it to the plugin's ABI.
@@ -34,6 +34,8 @@ pub trait TaskHooks: Send + Sync {
     fn prerequisites(&self) -> Vec<Task> {
         Vec::new()
     }
+    /// The handler reported the plan it follows.
+    fn plan(&self, steps: Vec<PlanStep>);
     /// Puts the handler's question to a person; `Err` answers it at once (it could not be
     /// put). [`TaskHooks::answer`] says what became of it.
     fn ask(&self, question: &Question) -> Result<(), Answer>;
@@ -165,6 +167,13 @@ impl HostContext for HooksBridge<'_> {
         serde_json::to_string(&self.0.prerequisites())
             .expect("tasks serialize")
             .into()
+    }
+
+    fn plan(&self, steps: RStr<'_>) {
+        // A plan that cannot be read is left out: it is shown, never acted on.
+        if let Ok(steps) = serde_json::from_str(steps.as_str()) {
+            self.0.plan(steps);
+        }
     }
 
     fn ask(&self, question: RStr<'_>) -> RString {

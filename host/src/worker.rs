@@ -87,6 +87,8 @@ struct Running {
     renewed: Mutex<Instant>,
     /// When a renewal last succeeded (or the task was claimed).
     confirmed: Mutex<Instant>,
+    /// The plan the handler reported last.
+    plan: Mutex<Vec<plugin_api::PlanStep>>,
     /// The question the handler waits to have answered.
     asking: Mutex<Option<Asking>>,
     /// A renewal found the question answered.
@@ -498,6 +500,7 @@ fn run_task(shared: &Shared, handler: &mut HandlerProcess, claim: Claim) -> (boo
             .or(shared.options.default_timeout),
         renewed: Mutex::new(Instant::now()),
         confirmed: Mutex::new(Instant::now()),
+        plan: Mutex::new(Vec::new()),
         asking: Mutex::new(None),
         answered: AtomicBool::new(false),
         waited: Mutex::new(Duration::ZERO),
@@ -707,6 +710,11 @@ impl TaskHooks for Hooks<'_> {
     fn lease_confirmed(&self) -> Option<(Instant, Duration)> {
         let confirmed = *self.running.confirmed.lock().expect("confirmed lock");
         Some((confirmed, self.shared.store.lease_duration()))
+    }
+
+    fn plan(&self, steps: Vec<plugin_api::PlanStep>) {
+        *self.running.plan.lock().expect("plan lock") = steps;
+        self.shared.dirty.store(true, Ordering::SeqCst);
     }
 
     fn ask(&self, question: &Question) -> Result<(), Answer> {
@@ -1064,6 +1072,7 @@ fn publish_record(shared: &Shared, running: &[Arc<Running>]) {
             task_type: r.task_type.clone(),
             progress: r.progress.load(Ordering::SeqCst),
             message: r.message.lock().expect("message lock").clone(),
+            plan: r.plan.lock().expect("plan lock").clone(),
         })
         .collect();
     if let Err(err) = shared.store.put_worker(&record) {

@@ -30,6 +30,8 @@ pub trait HostContext: Send + Sync {
     fn settings(&self) -> RString;
     /// The tasks this one comes after, as a JSON array of tasks.
     fn prerequisites(&self) -> RString;
+    /// The plan the handler follows now (a JSON array of `PlanStep`).
+    fn plan(&self, steps: RStr<'_>);
     /// Puts a question (JSON of `Question`) to a person and waits: the JSON of `Answer`.
     #[sabi(last_prefix_field)]
     fn ask(&self, question: RStr<'_>) -> RString;

@@ -44,7 +44,7 @@
 //! major version is refused. Bump the minor version whenever the root module or the traits in
 //! the hidden FFI layer change shape (0.2 added the host calls behind [`Context::settings`] and
 //! [`Context::prerequisites`]; 0.3 [`Role::check_settings`]; 0.4 [`Role::settings`]; 0.5
-//! [`Context::ask`]). Adding a
+//! [`Context::ask`] and [`Context::plan`]). Adding a
 //! field to a `Task` or to what a [`HandlerError`] carries (such as its [`Snooze`]) needs no
 //! bump: both cross the boundary as JSON, and an older host reads what it knows.
 
@@ -54,7 +54,8 @@ pub use serde_json::{self, Value, json};
 /// A point in time, as [`Task`] and [`Attempt`] hold them (jiff's `Timestamp`).
 pub use task_model::Timestamp;
 pub use task_model::{
-    Attempt, BranchOutcome, BranchState, InputField, InputOption, Review, Task, TaskStatus, Verdict,
+    Attempt, BranchOutcome, BranchState, InputField, InputOption, PlanStep, Review, Task,
+    TaskStatus, Verdict, checklist,
 };
 
 #[doc(hidden)]
@@ -391,6 +392,14 @@ impl Context<'_> {
     /// `[roles.writer] agent = "copilot"`), as JSON; `null` when the role has none.
     pub fn settings(&self) -> Value {
         serde_json::from_str(self.host.settings().as_str()).unwrap_or(Value::Null)
+    }
+
+    /// Shows the plan the handler follows, each step with its state, while the task runs: `host
+    /// show` and the dashboard print it as a checklist that updates as it changes. Replaces the
+    /// plan reported before.
+    pub fn plan(&self, steps: &[PlanStep]) {
+        let json = serde_json::to_string(steps).expect("a plan serializes");
+        self.host.plan(json.as_str().into());
     }
 
     /// Puts `question` to a person and waits for the answer: the task is listed as `input`

@@ -27,8 +27,8 @@ use serde_json::Value;
 
 pub use task_model::{
     Attempt, AttemptStatus, BranchOutcome, BranchState, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY,
-    Input, InputAnswer, InputField, InputOption, Review, Task, TaskState, TaskStatus, Verdict,
-    rfc3339_millis,
+    Input, InputAnswer, InputField, InputOption, PlanStep, Review, Task, TaskState, TaskStatus,
+    Verdict, rfc3339_millis,
 };
 
 pub mod driver;
@@ -525,6 +525,9 @@ pub struct ActiveTask {
     /// The handler's last progress message.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// The plan the handler follows, as it last reported it (an ACP agent's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plan: Vec<PlanStep>,
 }
 
 /// A role's account out of quota (a subscription CLI's usage window), as a worker of the role

@@ -343,6 +343,35 @@ pub struct Task {
     pub input: Option<Input>,
 }
 
+/// One step of the plan a handler follows (an ACP agent's plan entry), as its result and its
+/// worker's record keep it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanStep {
+    /// What the step does.
+    pub content: String,
+    /// `pending`, `in_progress` or `completed`.
+    pub status: String,
+    /// `high`, `medium` or `low`, where the handler says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+}
+
+/// A plan as a checklist, one step a line, indented: `[x]` done, `[>]` under way, `[ ]` to do.
+pub fn checklist(plan: &[PlanStep]) -> String {
+    plan.iter()
+        .map(|step| {
+            let mark = match step.status.as_str() {
+                "completed" => "[x]",
+                "in_progress" => "[>]",
+                _ => "[ ]",
+            };
+            format!("  {mark} {}", step.content)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A question a running task put to a person, kept on the task until its worker takes the
 /// answer: what `host inbox` lists and `host answer` answers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -468,8 +497,14 @@ impl Input {
                 }),
             };
             if !fits {
+                let wanted = match field.kind.as_str() {
+                    "boolean" => "true or false",
+                    "integer" => "a whole number",
+                    "number" => "a number",
+                    _ => "text",
+                };
                 return Err(if field.choices.is_empty() {
-                    format!("field {name:?} takes a {}, not {value}", field.kind)
+                    format!("field {name:?} takes {wanted}, not {value}")
                 } else {
                     format!(
                         "field {name:?} takes one of {}, not {value}",

@@ -156,6 +156,7 @@ fn update_holder(
                 task_type: task.task_type,
                 progress: percent.min(100),
                 message,
+                plan: known.map(|t| t.plan.clone()).unwrap_or_default(),
             }
         })
         .collect();

@@ -1,7 +1,8 @@
 //! `host show ID`: one task, whole.
 
 use jiff::Timestamp;
-use queue::{BranchOutcome, QueueStore, TaskStatus, rfc3339_millis};
+use plugin_api::{PlanStep, checklist};
+use queue::{BranchOutcome, QueueStore, TaskState, TaskStatus, rfc3339_millis};
 
 use crate::cli::Settings;
 use crate::commands::{ago, human_ms, open_store, outln, paint, print_json};
@@ -184,20 +185,28 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
             outln!("{}", line.trim_end());
         }
     }
-    // An agent driven through ACP records the plan it followed, each step with its state.
-    if let Some(plan) = result
+    // An agent driven through ACP records the plan it followed, each step with its state;
+    // while it runs, its worker publishes the plan as it stands.
+    let live = match task.state() {
+        TaskState::Running { holder, .. } => store
+            .workers()?
+            .into_iter()
+            .filter(|w| w.name == holder)
+            .flat_map(|w| w.tasks)
+            .find(|t| t.id == task.id)
+            .map(|t| t.plan)
+            .filter(|plan| !plan.is_empty()),
+        _ => None,
+    };
+    let kept = result
         .and_then(|r| r.get("plan"))
-        .and_then(|p| p.as_array())
-    {
+        .and_then(|p| serde_json::from_value::<Vec<PlanStep>>(p.clone()).ok());
+    if let Some(plan) = &live {
+        outln!("plan (as the agent follows it now)");
+        outln!("{}", checklist(plan));
+    } else if let Some(plan) = kept {
         outln!("plan");
-        for entry in plan {
-            let mark = match entry["status"].as_str() {
-                Some("completed") => "[x]",
-                Some("in_progress") => "[>]",
-                _ => "[ ]",
-            };
-            outln!("  {mark} {}", entry["content"].as_str().unwrap_or_default());
-        }
+        outln!("{}", checklist(&plan));
     }
     if !task.history.is_empty() {
         outln!("history");

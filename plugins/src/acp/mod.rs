@@ -12,6 +12,9 @@
 //! - `session/request_permission`: by the role's `permissions` (see [`Permissions`]), with one of
 //!   the agent's own options, or by a person from the queue (`"ask"`: the task waits as
 //!   `input` until `host answer`); the decision is logged.
+//! - `elicitation/create` (a form the agent wants filled): by a person from the queue when the
+//!   role asks people anything, its fields answered with `host answer ID --field NAME=VALUE`;
+//!   declined otherwise.
 //! - `fs/read_text_file`, `fs/write_text_file`: only inside the attempt's folder (its worktree);
 //!   any other path, a link out of it included, is refused with an error to the agent and a log
 //!   line (see `files`).
@@ -41,7 +44,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use agent_client_protocol_schema::v1 as acp;
-use plugin_api::{Context, StopReason, Value, json, serde_json};
+use plugin_api::{Context, PlanStep, StopReason, Value, checklist, json, serde_json};
 
 use crate::command::{Limits, Line, Lines, MAX_LINE, READ_SIZE, loggable, shorten};
 use crate::group::ProcessGroup;
@@ -88,8 +91,8 @@ pub struct Finished {
     pub duration: Duration,
     /// The agent's messages of the turn, joined.
     pub final_message: String,
-    /// The latest plan: `content`, `status` and `priority` of each entry.
-    pub plan: Vec<Value>,
+    /// The latest plan.
+    pub plan: Vec<PlanStep>,
     /// The tokens the agent reported for the turn, where it did.
     pub usage: Value,
     /// The session's id.
@@ -185,7 +188,7 @@ struct Session<'a, 'c> {
     /// Whether a step (a thought, a tool call, a plan) came after the agent's last words, so
     /// that what it says next is a new message.
     message_ended: bool,
-    plan: Vec<Value>,
+    plan: Vec<PlanStep>,
     /// The tool calls announced, by id: for the log lines of their updates, and the kind of a
     /// permission request that names none.
     tools: HashMap<String, ToolInfo>,
@@ -347,26 +350,20 @@ impl Session<'_, '_> {
                 self.plan = plan
                     .entries
                     .iter()
-                    .map(|e| {
-                        json!({
-                            "content": e.content,
-                            "status": serde_json::to_value(&e.status).unwrap_or_default(),
-                            "priority": serde_json::to_value(&e.priority).unwrap_or_default(),
-                        })
+                    .map(|e| PlanStep {
+                        content: e.content.clone(),
+                        status: wire_name(&e.status),
+                        priority: Some(wire_name(&e.priority)),
                     })
                     .collect();
                 self.ctx.log(&format!("plan:\n{}", checklist(&self.plan)));
-                let done = self
-                    .plan
-                    .iter()
-                    .filter(|e| e["status"] == "completed")
-                    .count();
+                self.ctx.plan(&self.plan);
+                let done = self.plan.iter().filter(|e| e.status == "completed").count();
                 let doing = self
                     .plan
                     .iter()
-                    .find(|e| e["status"] == "in_progress")
-                    .and_then(|e| e["content"].as_str())
-                    .unwrap_or("");
+                    .find(|e| e.status == "in_progress")
+                    .map_or("", |e| e.content.as_str());
                 let total = self.plan.len().max(1);
                 self.ctx.progress(
                     (done * 100 / total).min(99) as u8,
@@ -384,6 +381,7 @@ impl Session<'_, '_> {
         self.flush_speech(true);
         let result = match method {
             "session/request_permission" => self.permission(params),
+            "elicitation/create" => self.elicit(params),
             "fs/read_text_file" => self.read_file(params),
             "fs/write_text_file" => self.write_file(params),
             "terminal/create" => self.create_terminal(params),
@@ -481,21 +479,6 @@ fn tool_output(content: &[acp::ToolCallContent]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// A plan as a checklist, one entry a line: `[x]` done, `[>]` under way, `[ ]` to do.
-pub fn checklist(plan: &[Value]) -> String {
-    plan.iter()
-        .map(|entry| {
-            let mark = match entry["status"].as_str() {
-                Some("completed") => "[x]",
-                Some("in_progress") => "[>]",
-                _ => "[ ]",
-            };
-            format!("  {mark} {}", entry["content"].as_str().unwrap_or(""))
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Runs `argv` as an ACP agent in `dir` on `prompt`, answering its requests under
@@ -695,7 +678,10 @@ fn drive(
         .fs(acp::FileSystemCapabilities::new()
             .read_text_file(true)
             .write_text_file(true))
-        .terminal(true);
+        .terminal(true)
+        .elicitation(
+            acp::ElicitationCapabilities::new().form(acp::ElicitationFormCapabilities::new()),
+        );
     let initialize = acp::InitializeRequest::new(agent_client_protocol_schema::ProtocolVersion::V1)
         .client_capabilities(capabilities);
     let mut waiting_for = session.request(
@@ -965,15 +951,5 @@ mod tests {
             shorten(&got[1], 200)
         );
         assert_eq!(got[2..], ["message last", "closed"]);
-    }
-
-    #[test]
-    fn a_plan_is_a_checklist() {
-        let plan = vec![
-            json!({"content": "read", "status": "completed"}),
-            json!({"content": "write", "status": "in_progress"}),
-            json!({"content": "test", "status": "pending"}),
-        ];
-        assert_eq!(checklist(&plan), "  [x] read\n  [>] write\n  [ ] test");
     }
 }

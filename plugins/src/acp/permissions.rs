@@ -1,11 +1,12 @@
-//! The role's answers to an agent's permission requests (`permissions`), and what else a role's
-//! table says of its ACP sessions (`mode`).
+//! The role's answers to an agent's permission requests (`permissions`) and questions
+//! (elicitation forms, put to a person when the role asks people anything), and what else a
+//! role's table says of its ACP sessions (`mode`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use agent_client_protocol_schema::v1 as acp;
-use plugin_api::{Answer, InputOption, Question, Value, serde_json};
+use plugin_api::{Answer, InputField, InputOption, Question, Value, serde_json};
 
 use super::{Session, internal, invalid, wire_name};
 
@@ -120,6 +121,12 @@ impl Permissions {
         }
     }
 
+    /// Whether a person answers anything for this role: then the agent's questions
+    /// (elicitation) go to them too; otherwise they are declined, as nobody watches.
+    pub fn asks_people(&self) -> bool {
+        self.default == Decision::Ask || self.by_kind.values().any(|d| *d == Decision::Ask)
+    }
+
     /// The decision for a tool of `kind` (`other` when the agent names none).
     pub fn decide(&self, kind: &str) -> Decision {
         self.by_kind.get(kind).copied().unwrap_or(self.default)
@@ -200,6 +207,137 @@ impl Session<'_, '_> {
         serde_json::to_value(acp::RequestPermissionResponse::new(outcome)).map_err(internal)
     }
 
+    /// Answers `elicitation/create`: a form's question goes to a person through the queue
+    /// when the role asks people anything (its fields to fill, `accept` or `decline`); it is
+    /// declined when nobody is asked, when nobody answers in time, and for modes other than a
+    /// form; cancelled when the task stops.
+    pub(super) fn elicit(&mut self, params: Value) -> Result<Value, (i64, String)> {
+        let request: acp::CreateElicitationRequest =
+            serde_json::from_value(params).map_err(invalid)?;
+        let about = format!(
+            "question {:?}",
+            crate::command::shorten(&request.message, 200)
+        );
+        let action = if self.cancelled {
+            self.ctx.log(&format!(
+                "{about}: answered cancel (the turn is being cancelled)"
+            ));
+            acp::ElicitationAction::Cancel
+        } else if !self.permissions.asks_people() {
+            self.ctx.log(&format!(
+                "{about}: declined (the role asks no person: permissions = \"ask\" would)"
+            ));
+            acp::ElicitationAction::Decline
+        } else if let acp::ElicitationMode::Form(form) = &request.mode {
+            self.ask_form(&about, &request.message, &form.requested_schema)
+        } else {
+            self.ctx.log(&format!(
+                "{about}: declined (only forms are answered from the queue)"
+            ));
+            acp::ElicitationAction::Decline
+        };
+        serde_json::to_value(acp::CreateElicitationResponse::new(action)).map_err(internal)
+    }
+
+    /// Puts a form to a person and turns their answer into the agent's.
+    fn ask_form(
+        &mut self,
+        about: &str,
+        message: &str,
+        schema: &acp::ElicitationSchema,
+    ) -> acp::ElicitationAction {
+        let required = schema.required.clone().unwrap_or_default();
+        let fields = schema
+            .properties
+            .iter()
+            .map(|(name, property)| {
+                let (kind, title, choices) = match property {
+                    acp::ElicitationPropertySchema::String(s) => (
+                        "string",
+                        s.title.clone(),
+                        s.enum_values.clone().unwrap_or_else(|| {
+                            s.one_of.iter().flatten().map(|o| o.value.clone()).collect()
+                        }),
+                    ),
+                    acp::ElicitationPropertySchema::Number(n) => {
+                        ("number", n.title.clone(), vec![])
+                    }
+                    acp::ElicitationPropertySchema::Integer(i) => {
+                        ("integer", i.title.clone(), vec![])
+                    }
+                    acp::ElicitationPropertySchema::Boolean(b) => {
+                        ("boolean", b.title.clone(), vec![])
+                    }
+                    _ => ("string", None, vec![]),
+                };
+                InputField {
+                    name: name.clone(),
+                    title,
+                    kind: kind.to_string(),
+                    choices,
+                    required: required.contains(name),
+                }
+            })
+            .collect();
+        let option = |id: &str, name: &str| InputOption {
+            id: id.to_string(),
+            name: name.to_string(),
+            kind: Some(id.to_string()),
+        };
+        let question = Question {
+            title: message.to_string(),
+            tool: None,
+            detail: schema.description.clone(),
+            options: vec![option("accept", "Answer"), option("decline", "Decline")],
+            fields,
+            timeout_secs: self.permissions.ask_timeout.as_secs().max(1),
+        };
+        match self.ask(&question) {
+            Answer::Chosen { option, fields, by } if option == "accept" => {
+                self.ctx.log(&format!(
+                    "{about}: answered by {}",
+                    by.as_deref().unwrap_or("a person")
+                ));
+                let content = serde_json::from_value(Value::Object(fields)).ok();
+                acp::ElicitationAction::Accept(acp::ElicitationAcceptAction::new().content(content))
+            }
+            Answer::Chosen { by, .. } => {
+                self.ctx.log(&format!(
+                    "{about}: declined by {}",
+                    by.as_deref().unwrap_or("a person")
+                ));
+                acp::ElicitationAction::Decline
+            }
+            Answer::TimedOut => {
+                self.ctx.log(&format!(
+                    "{about}: declined as nobody answered within {}s",
+                    self.permissions.ask_timeout.as_secs()
+                ));
+                acp::ElicitationAction::Decline
+            }
+            Answer::Stopped => {
+                self.ctx
+                    .log(&format!("{about}: answered cancel (the task is stopping)"));
+                acp::ElicitationAction::Cancel
+            }
+            Answer::Failed { reason } => {
+                self.ctx.log(&format!(
+                    "{about}: declined as it could not be put to a person ({reason})"
+                ));
+                acp::ElicitationAction::Decline
+            }
+        }
+    }
+
+    /// Puts `question` to a person and waits; the wait counts neither as work nor as a stall.
+    fn ask(&mut self, question: &Question) -> Answer {
+        let asked = Instant::now();
+        let answer = self.ctx.ask(question);
+        self.waited += asked.elapsed();
+        self.last_update = Instant::now();
+        answer
+    }
+
     /// Puts a permission request to a person through the queue and answers with their choice;
     /// with the agent's reject option when nobody answers in time, `cancelled` when the task
     /// stops meanwhile.
@@ -231,12 +369,7 @@ impl Session<'_, '_> {
             fields: Vec::new(),
             timeout_secs: self.permissions.ask_timeout.as_secs().max(1),
         };
-        let asked = Instant::now();
-        let answer = self.ctx.ask(&question);
-        // Waiting for a person is neither work nor a stall.
-        self.waited += asked.elapsed();
-        self.last_update = Instant::now();
-        match answer {
+        match self.ask(&question) {
             Answer::Chosen { option, by, .. } => {
                 self.ctx.log(&format!(
                     "{about}: option {option} chosen by {}",

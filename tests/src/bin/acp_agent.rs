@@ -30,6 +30,9 @@
 //!   sends `terminal/kill` and `terminal/release` (answers not awaited).
 //! - `ask TEXT`: a permission request for a tool call titled TEXT (kind other), then
 //!   the message "answer: OPTION_ID" (or "answer: cancelled").
+//! - `elicit TEXT`: `elicitation/create`, a form titled TEXT asking for `answer` (a
+//!   string, required) and `count` (an integer), then the message "elicited: ACTION"
+//!   followed by the content's fields as `NAME=VALUE`, comma-separated.
 //! - `sleep MS`, `wait-cancel`: wait; a `session/cancel` ends the prompt `cancelled`.
 //! - `usage INPUT OUTPUT`: the message "usage INPUT OUTPUT" (the `PromptResponse`
 //!   usage field is behind an unstable feature of the crate).
@@ -304,6 +307,33 @@ impl Agent {
                     Err(e) => format!("error: {e}"),
                 };
                 self.message(&format!("answer: {answer}"));
+            }
+            "elicit" => {
+                let schema = ElicitationSchema::new()
+                    .string("answer", true)
+                    .integer("count", 0, 100, false);
+                let form =
+                    ElicitationFormMode::new(ElicitationSessionScope::new(SESSION_ID), schema);
+                let req = CreateElicitationRequest::new(form, args.to_owned());
+                let said = match call!(self, "elicitation/create", req => CreateElicitationResponse)?
+                {
+                    Ok(resp) => match resp.action {
+                        ElicitationAction::Accept(accept) => {
+                            let content: Vec<String> = accept
+                                .content
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(name, value)| format!("{name}={}", json!(value)))
+                                .collect();
+                            format!("elicited: accept {}", content.join(","))
+                        }
+                        ElicitationAction::Decline => "elicited: decline".to_owned(),
+                        ElicitationAction::Cancel => "elicited: cancel".to_owned(),
+                        other => format!("elicited: {other:?}"),
+                    },
+                    Err(e) => format!("elicit failed: {e}"),
+                };
+                self.message(&said);
             }
             "sleep" => {
                 let ms = args.parse().unwrap_or_else(|_| {

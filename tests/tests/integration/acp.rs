@@ -550,3 +550,123 @@ fn an_unanswered_request_is_refused_after_ask_timeout_and_a_cancel_withdraws_one
         "{log}"
     );
 }
+
+#[test]
+fn an_agents_question_is_answered_from_the_inbox_with_the_fields_its_form_asks_for() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_acp_agent(
+        &q,
+        "permissions = { execute = \"ask\", default = \"allow\" }",
+    );
+    let id = add_script(
+        &q,
+        &repo,
+        "[[acp elicit Which branch should I use?]] [[acp elicit Anything else?]]",
+    );
+    let worker = spawn_drain(&q);
+    wait_for_question(&q, &id, "Which branch should I use?");
+    let fields = q.task(&id)["input"]["fields"].clone();
+    assert_eq!(fields[0]["name"], "answer", "{fields:#}");
+    assert_eq!(fields[0]["required"], true, "{fields:#}");
+    assert_eq!(fields[1]["type"], "integer", "{fields:#}");
+    let shown = q.ok(&["show", &id]);
+    assert!(shown.contains("--field NAME=VALUE"), "{shown}");
+
+    // Values that do not fit the form are refused, saying why.
+    let err = q.fails(&["answer", &id, "--field", "count=lots", "--text", "main"]);
+    assert!(
+        err.contains("field \"count\" takes a whole number"),
+        "{err}"
+    );
+    let err = q.fails(&["answer", &id, "--field", "count=2"]);
+    assert!(err.contains("field \"answer\" is required"), "{err}");
+    q.ok(&["answer", &id, "--text", "main", "--field", "count=3"]);
+
+    // The second question is declined.
+    wait_for_question(&q, &id, "Anything else?");
+    q.ok(&["answer", &id, "decline"]);
+    let output = worker.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(q.task(&id)["status"], "completed");
+    let log = logs(&q, &id);
+    for expected in [
+        "question \"Which branch should I use?\": answered by ",
+        "assistant: elicited: accept answer=\"main\",count=3",
+        "question \"Anything else?\": declined by ",
+        "assistant: elicited: decline",
+    ] {
+        assert!(log.contains(expected), "no {expected:?} in the log:\n{log}");
+    }
+
+    // A role that asks no person declines the agent's questions at once.
+    bind_acp_agent(&q, "permissions = \"allow\"");
+    let id = add_script(&q, &repo, "[[acp elicit Which branch?]]");
+    drain(&q);
+    let log = logs(&q, &id);
+    assert!(
+        log.contains("declined (the role asks no person") && log.contains("elicited: decline"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_worker_killed_while_its_agent_waits_for_an_answer_gives_the_task_back_and_leaves_nothing_running()
+ {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_acp_agent(&q, "permissions = \"ask\"");
+    let id = q.add(&[
+        "--type",
+        "work",
+        "--target",
+        repo.to_str().unwrap(),
+        "--description",
+        "[[acp spawn-sleeper]] [[acp plan in_progress:ask first; pending:write the notes]] \
+         [[acp write notes.txt written on the second attempt]]",
+        "--max-attempts",
+        "2",
+    ]);
+    let worker = q
+        .host()
+        .args(["--role", "supervised", "--lease", "2s", "--name", "victim"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_question(&q, &id, "Write notes.txt");
+    // While it runs, the plan the agent follows is shown as it stands.
+    q.wait_for("the live plan", Duration::from_secs(10), |q| {
+        q.ok(&["show", &id])
+            .contains("plan (as the agent follows it now)\n  [>] ask first\n  [ ] write the notes")
+    });
+    let sleeper = logs(&q, &id)
+        .lines()
+        .find_map(|l| l.split("sleeper ").nth(1)?.trim().parse::<u32>().ok())
+        .unwrap();
+    assert!(integration_tests::alive(sleeper));
+
+    integration_tests::signal(&worker, nix::sys::signal::Signal::SIGKILL);
+    let _ = worker.wait_with_output();
+    q.wait_for(
+        "the agent's sleeper to end",
+        Duration::from_secs(10),
+        |_| !integration_tests::alive(sleeper),
+    );
+
+    // The lease runs out and the next worker takes the task again, the question gone with
+    // the attempt that asked it.
+    std::thread::sleep(Duration::from_millis(2500));
+    bind_acp_agent(&q, "");
+    drain(&q);
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["attempts"], 2, "{task:#}");
+    assert_eq!(task["history"][0]["status"], "expired", "{task:#}");
+    assert!(task["input"].is_null(), "{task:#}");
+    assert_eq!(q.ok(&["inbox"]).trim(), "Nothing waits for a person.");
+}
