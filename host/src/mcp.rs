@@ -254,6 +254,21 @@ struct TaskId {
     id: String,
 }
 
+/// A person's (or a reviewing agent's) answer to the question a running task asks.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct AnswerTask {
+    /// The task id.
+    id: String,
+    /// The option chosen: the id of one of the options the question offers (see `inbox` or
+    /// the task's `input.options`), e.g. `allow_once`. Leave it out to fill a form with its
+    /// accepting option.
+    option: Option<String>,
+    /// Values of the question's form, by field name.
+    #[serde(default)]
+    fields: serde_json::Map<String, Value>,
+}
+
 /// What to pause or resume: one task, one type, or the whole queue.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -678,6 +693,39 @@ impl QueueServer {
         })
         .await?;
         answer(&task)
+    }
+
+    #[tool(
+        description = "Everything that waits for a person, oldest first: agents' questions (kind input, with the question and its options), changes to review, merges that conflicted, roles out of quota; each with the command that settles it.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn inbox(&self) -> ToolResult {
+        let items = blocking(self, |_, store| {
+            crate::commands::inbox::read(store).map_err(one_line)
+        })
+        .await?;
+        answer(&json!({ "items": items }))
+    }
+
+    #[tool(
+        description = "Answer the question a running task's agent asks (a permission request or a form, listed by `inbox` as kind input) with one of the options it offers; the agent resumes. Refused when the task waits for no answer or the option is not one offered.",
+        output_schema = object_schema(),
+        annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
+    )]
+    async fn answer_task(&self, Parameters(reply): Parameters<AnswerTask>) -> ToolResult {
+        let said = blocking(self, move |_, store| {
+            crate::commands::inbox::answer_task(
+                store,
+                &reply.id,
+                reply.option.as_deref(),
+                reply.fields,
+                "an MCP client",
+            )
+            .map_err(one_line)
+        })
+        .await?;
+        answer(&json!({ "answered": said }))
     }
 
     #[tool(

@@ -16,7 +16,7 @@ const AGENT: &str = env!("CARGO_BIN_EXE_acp-agent");
 
 /// Role `supervised` (type `work`): the ACP agent, recording what it receives, with `extra`
 /// lines in its table.
-fn bind_acp_agent(q: &TestQueue, extra: &str) {
+pub(crate) fn bind_acp_agent(q: &TestQueue, extra: &str) {
     let toml = format!(
         "[roles.supervised]\nhandler = \"agent\"\ntypes = [\"work\"]\nprotocol = \"acp\"\n\
          command = [{AGENT:?}]\nstall = \"30s\"\n{extra}\n"
@@ -30,7 +30,7 @@ fn record(q: &TestQueue) -> PathBuf {
 }
 
 /// Adds a `work` task on the test repository with the agent's script as its description.
-fn add_script(q: &TestQueue, repo: &Path, script: &str) -> String {
+pub(crate) fn add_script(q: &TestQueue, repo: &Path, script: &str) -> String {
     q.add(&[
         "--type",
         "work",
@@ -379,7 +379,7 @@ fn acp_settings_that_cannot_work_are_refused_when_the_worker_starts() {
 }
 
 /// Starts a worker of role `supervised` that drains the queue, the agent recording.
-fn spawn_drain(q: &TestQueue) -> std::process::Child {
+pub(crate) fn spawn_drain(q: &TestQueue) -> std::process::Child {
     q.host()
         .args(["--role", "supervised", "--drain"])
         .env("ACP_AGENT_RECORD", record(q))
@@ -390,7 +390,7 @@ fn spawn_drain(q: &TestQueue) -> std::process::Child {
 }
 
 /// Waits until task `id` waits for an answer to a question titled `title`.
-fn wait_for_question(q: &TestQueue, id: &str, title: &str) {
+pub(crate) fn wait_for_question(q: &TestQueue, id: &str, title: &str) {
     q.wait_for(
         &format!("task {id} to ask {title:?}"),
         Duration::from_secs(30),
@@ -406,6 +406,15 @@ fn a_person_answers_an_agents_permission_requests_from_the_inbox_and_the_agent_r
     let q = TestQueue::new();
     let repo = repository(&q);
     bind_acp_agent(&q, "permissions = { edit = \"ask\", default = \"allow\" }");
+    // Whoever listens for `input` hears of each question.
+    let hooks = crate::notify::Receiver::start(None);
+    crate::notify::append_config(
+        &q,
+        &format!(
+            "\n[notify]\nevents = [\"input\"]\n[[notify.webhook]]\nurl = {:?}\n",
+            hooks.url("/hook")
+        ),
+    );
     let id = add_script(
         &q,
         &repo,
@@ -456,6 +465,19 @@ fn a_person_answers_an_agents_permission_requests_from_the_inbox_and_the_agent_r
     );
     let status = q.status();
     assert_eq!(status["input"][0]["id"], id.as_str(), "{status:#}");
+
+    q.wait_for("the notification", Duration::from_secs(10), |_| {
+        !hooks.at("/hook").is_empty()
+    });
+    let told = hooks.at("/hook")[0].json();
+    assert_eq!(told["event"], "input", "{told:#}");
+    assert_eq!(told["task"]["id"], id.as_str(), "{told:#}");
+    assert!(
+        told["message"].as_str().unwrap().contains(&format!(
+            "asks a person: Write notes.txt (host answer {id} allow_once|"
+        )),
+        "{told:#}"
+    );
 
     // An option the agent did not offer is refused, naming those it did.
     let err = q.fails(&["answer", &id, "yes"]);

@@ -460,3 +460,46 @@ fn add_tasks_takes_after_any_by_key_and_get_task_gives_those_prerequisites() {
         );
     });
 }
+
+#[test]
+fn another_agent_answers_a_running_agents_permission_request_through_inbox_and_answer_task() {
+    use crate::acp::{add_script, bind_acp_agent, spawn_drain, wait_for_question};
+    let q = TestQueue::new();
+    let repo = crate::worktrees::repository(&q);
+    bind_acp_agent(&q, "permissions = \"ask\"");
+    let id = add_script(&q, &repo, "[[acp write notes.txt allowed by a reviewer]]");
+    let worker = spawn_drain(&q);
+    wait_for_question(&q, &id, "Write notes.txt");
+    talk_to_server(&q, async |client| {
+        let inbox: Value =
+            serde_json::from_str(&call(client, "inbox", json!({})).await.unwrap()).unwrap();
+        let item = &inbox["items"][0];
+        assert_eq!(item["kind"], "input", "{inbox:#}");
+        assert_eq!(item["task"], id.as_str(), "{inbox:#}");
+        assert_eq!(item["input"]["options"][0]["id"], "allow_once", "{inbox:#}");
+        let refused = call(client, "answer_task", json!({"id": id, "option": "sure"}))
+            .await
+            .unwrap_err();
+        assert!(
+            refused.contains("\"sure\" is not one of the options offered"),
+            "{refused}"
+        );
+        let said = call(
+            client,
+            "answer_task",
+            json!({"id": id, "option": "allow_once"}),
+        )
+        .await
+        .unwrap();
+        assert!(said.contains("answered allow_once"), "{said}");
+    });
+    let output = worker.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let log = q.ok(&["logs", &id]);
+    assert!(
+        log.contains("option allow_once chosen by an MCP client"),
+        "{log}"
+    );
+}
