@@ -3,8 +3,9 @@
 //! - `GET /` the page (compiled into the binary; no build step).
 //! - `GET /api/status` the same JSON as `host status --json`; `GET /api/stats` as `host stats
 //!   --json`.
-//! - `GET /api/tasks?status=&type=&worker=&q=&limit=` tasks, newest first; `GET /api/tasks/ID`
-//!   one task; `GET /api/tasks/ID/log` its log.
+//! - `GET /api/tasks?status=&type=&worker=&q=&limit=` tasks, newest first (`status=input`: the
+//!   running tasks that wait for an answer); `GET /api/tasks/ID` one task;
+//!   `GET /api/tasks/ID/log` its log.
 //! - `POST /api/tasks` adds a task from the JSON of a task-file entry and answers `{"id": ...}`;
 //!   `POST /api/tasks/ID/cancel`, `POST /api/tasks/ID/retry`; `POST /api/pause` and
 //!   `POST /api/resume` with `{}`, `{"type": T}` or `{"task": ID}`.
@@ -13,6 +14,10 @@
 //!   conflict, which changes nothing and is recorded on the task); `POST /api/tasks/ID/discard`.
 //! - For a task waiting for review: `POST /api/tasks/ID/approve`; `POST /api/tasks/ID/reject`
 //!   with `{"reason": TEXT}`.
+//! - `GET /api/inbox` everything that waits for a person, oldest first, as `host inbox --json`;
+//!   for a task whose agent asked a question, `POST /api/tasks/ID/answer` with
+//!   `{"option": ID, "fields": {NAME: VALUE}}` (the option may be left out when fields are
+//!   given: the question's accepting option is meant), as `host answer` does.
 //! - `GET /api/events` server-sent events: a `change` event whenever the status changes.
 //!
 //! Connections are limited in number and in how long they may stay silent (see
@@ -42,13 +47,13 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use queue::{PauseScope, QueueStore, Task, TaskQuery};
+use queue::{PauseScope, QueueStore, Task, TaskQuery, TaskStatus};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::cli::Settings;
 use crate::commands::status::StatusReport;
-use crate::commands::{add, branch};
+use crate::commands::{add, branch, inbox};
 use access::Access;
 use events::StatusFeed;
 
@@ -119,6 +124,8 @@ pub fn serve(
             .route("/api/tasks/{id}/discard", post(discard_task))
             .route("/api/tasks/{id}/approve", post(approve_task))
             .route("/api/tasks/{id}/reject", post(reject_task))
+            .route("/api/tasks/{id}/answer", post(answer_task))
+            .route("/api/inbox", get(inbox))
             .route("/api/pause", post(pause))
             .route("/api/resume", post(resume))
             .route("/api/events", get(events))
@@ -229,7 +236,12 @@ async fn list_tasks(
     State(app): State<App>,
     Query(filter): Query<TaskFilter>,
 ) -> ApiResult<Json<Vec<Task>>> {
+    let limit = filter.limit.unwrap_or(200).min(1000);
+    // `input` is no status of its own: a running task that waits for an answer, as `host list
+    // --status input` shows it. Running tasks are as many as the workers' slots: all are read.
+    let input_only = filter.status.as_deref() == Some("input");
     let statuses = match filter.status.as_deref().filter(|s| !s.is_empty()) {
+        Some("input") => vec![TaskStatus::Running],
         Some(name) => vec![
             name.parse()
                 .map_err(|err: String| ApiError(StatusCode::BAD_REQUEST, err))?,
@@ -243,10 +255,18 @@ async fn list_tasks(
         text: filter.q,
         newest_first: true,
         after_id: filter.before,
-        limit: Some(filter.limit.unwrap_or(200).min(1000)),
+        limit: (!input_only).then_some(limit),
         ..TaskQuery::default()
     };
-    blocking(move || Ok(Json(app.store.with(|s| s.list(&query))??))).await
+    blocking(move || {
+        let mut tasks = app.store.with(|s| s.list(&query))??;
+        if input_only {
+            tasks.retain(|t| t.waiting_input().is_some());
+            tasks.truncate(limit);
+        }
+        Ok(Json(tasks))
+    })
+    .await
 }
 
 async fn show_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
@@ -353,6 +373,44 @@ async fn reject_task(
             .with(|s| branch::reject_task(s, &id, &rejection.reason))?
     })
     .await?;
+    Ok(Json(json!({ "said": said })))
+}
+
+/// Who answers from the dashboard, as the task's record keeps it: the server knows a token, not
+/// a person.
+const ANSWERED_BY: &str = "dashboard";
+
+async fn inbox(State(app): State<App>) -> ApiResult<Json<Vec<inbox::InboxItem>>> {
+    blocking(move || Ok(Json(app.store.with(inbox::read)??))).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Answer {
+    /// The option chosen; when left out, `fields` fill the question's form.
+    #[serde(default)]
+    option: Option<String>,
+    #[serde(default)]
+    fields: Map<String, Value>,
+}
+
+/// Answers the question a running task's agent waits on, as `host answer` does. Refusals: a
+/// task that waits for no answer (it never asked, it finished, or it was answered already) is
+/// 409, a state the request does not apply to, as for approving a task not in review; an
+/// answer that does not fit the question (an option not offered, a field of the wrong type, a
+/// required one missing) is 400, a bad value; JSON of the wrong shape is 422.
+async fn answer_task(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(answer): Json<Answer>,
+) -> ApiResult<Json<Value>> {
+    let said = blocking(move || {
+        app.store.with(|s| {
+            inbox::answer_task(s, &id, answer.option.as_deref(), answer.fields, ANSWERED_BY)
+                .map_err(ApiError::from)
+        })
+    })
+    .await??;
     Ok(Json(json!({ "said": said })))
 }
 

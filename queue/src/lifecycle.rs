@@ -470,23 +470,7 @@ pub fn ask(task: &mut Task, mut input: Input, now: Timestamp) {
 /// Records a person's answer to the question task waits for; the worker takes it at its next
 /// renewal. Refused when the task waits for no answer, or when the answer does not fit.
 pub fn answer(task: &mut Task, answer: InputAnswer) -> Result<(), StoreError> {
-    let Some(input) = task.waiting_input() else {
-        return Err(match &task.input {
-            Some(input) if input.answer.is_some() && task.status == TaskStatus::Running => {
-                StoreError::InvalidTask(format!(
-                    "task {} was already answered ({}); its worker takes the answer within a \
-                     second",
-                    task.id,
-                    input.answer.as_ref().map_or("", |a| a.option.as_str())
-                ))
-            }
-            _ => StoreError::InvalidTask(format!(
-                "task {} {} and waits for no answer (`host inbox` lists what does)",
-                task.id,
-                task.status.phrase()
-            )),
-        });
-    };
+    let input = waiting_input(task)?;
     input
         .check_answer(&answer.option, &answer.fields)
         .map_err(|why| StoreError::InvalidTask(format!("task {}: {why}", task.id)))?;
@@ -494,6 +478,24 @@ pub fn answer(task: &mut Task, answer: InputAnswer) -> Result<(), StoreError> {
         input.answer = Some(answer);
     }
     Ok(())
+}
+
+/// The question the task waits to have answered; refused, saying why, when it waits for none.
+pub fn waiting_input(task: &Task) -> Result<&Input, StoreError> {
+    let Some(input) = task.waiting_input() else {
+        let answered = task.status == TaskStatus::Running
+            && task.input.as_ref().is_some_and(|i| i.answer.is_some());
+        return Err(StoreError::WrongState {
+            id: task.id.clone(),
+            status: task.status,
+            hint: if answered {
+                "its question was answered already; its worker takes the answer within a second"
+            } else {
+                "it waits for no answer (`host inbox` lists what does)"
+            },
+        });
+    };
+    Ok(input)
 }
 
 /// Ends the running attempt's question (its lease was checked): returns the answer, if one was

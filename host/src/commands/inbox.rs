@@ -193,12 +193,7 @@ pub fn answer_task(
         Some(option) => option.to_string(),
         None => {
             let task = store.get(id)?;
-            let Some(input) = task.waiting_input() else {
-                bail!(
-                    "task {id} {} and waits for no answer (`host inbox` lists what does)",
-                    task.shown_status()
-                );
-            };
+            let input = queue::lifecycle::waiting_input(&task)?;
             let accept = input
                 .options
                 .iter()
@@ -239,10 +234,7 @@ pub fn answer(
     let mut fields = Map::new();
     if !given.is_empty() || text.is_some() {
         let task = store.get(id)?;
-        let asked = task
-            .waiting_input()
-            .map(|i| i.fields.clone())
-            .unwrap_or_default();
+        let asked = &queue::lifecycle::waiting_input(&task)?.fields;
         for pair in given {
             let (name, value) = pair
                 .split_once('=')

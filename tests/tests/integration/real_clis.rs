@@ -665,19 +665,60 @@ fn is_refused_the_write(q: &TestQueue, role: &str, standin: &ModelStandIn, env: 
 /// The environment a CLI needs to reach the stand-in, for a queue.
 type CliEnv = fn(&TestQueue, &ModelStandIn) -> Vec<(&'static str, String)>;
 
-/// Runs preset `cli` through ACP against a stand-in of `api` twice: allowed, it writes the file
-/// as in print mode, with its permission request allowed in the log; with
-/// `permissions = "deny"`, it asks before the write, is refused, and writes nothing. Returns
-/// the allowed run's task and log.
+/// Answers each question the queue's agents ask, as `host inbox --json` lists them, with
+/// `host answer` and the option of kind `kind` (`allow_once`), until `done`; how many it
+/// answered.
+fn answer_from_inbox(q: &TestQueue, kind: &str, done: &std::sync::atomic::AtomicBool) -> usize {
+    let mut answered = 0;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        let inbox: Value = serde_json::from_str(&q.ok(&["inbox", "--json"])).unwrap();
+        for item in inbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["kind"] == "input")
+        {
+            let option = item["input"]["options"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["kind"] == kind)
+                .and_then(|o| o["id"].as_str())
+                .expect("the agent offers the option");
+            // Answered already, its worker taking it: refused, tried no more.
+            if q.run(&["answer", item["task"].as_str().unwrap(), option])
+                .status
+                .success()
+            {
+                answered += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    answered
+}
+
+/// Runs preset `cli` through ACP against a stand-in of `api` twice: with `permissions =
+/// "ask"`, a person allows its permission request with `host answer` and it writes the file as
+/// in print mode; with `permissions = "deny"`, it asks before the write, is refused, and writes
+/// nothing. Returns the allowed run's task and log.
 fn through_acp_allowed_then_denied(cli: &str, api: Api, env: CliEnv) -> (Value, String) {
     let q = TestQueue::new();
-    let role = bind_with(&q, cli, "protocol = \"acp\"\n");
+    let role = bind_with(&q, cli, "protocol = \"acp\"\npermissions = \"ask\"\n");
     let standin = ModelStandIn::start(api, script());
-    let task = writes_the_file(&q, &role, &standin, &env(&q, &standin));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (task, answered) = std::thread::scope(|scope| {
+        let answerer = scope.spawn(|| answer_from_inbox(&q, "allow_once", &done));
+        let task = writes_the_file(&q, &role, &standin, &env(&q, &standin));
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (task, answerer.join().unwrap())
+    });
     assert_eq!(task["result"]["protocol"], "acp", "{task:#}");
     assert_eq!(task["result"]["stopReason"], "end_turn", "{task:#}");
     let log = q.ok(&["logs", task["id"].as_str().unwrap()]);
-    assert!(log.contains("allowed by the role's permissions"), "{log}");
+    assert!(answered >= 1, "nothing was asked: {log}");
+    assert!(log.contains("input: asks a person: "), "{log}");
+    assert!(log.contains(" chosen by "), "{log}");
 
     let q = TestQueue::new();
     let role = bind_with(&q, cli, "protocol = \"acp\"\npermissions = \"deny\"\n");

@@ -557,6 +557,12 @@ impl Browser {
         self.command("/execute/sync", json!({"script": script, "args": []}))
     }
 
+    /// Runs `script`, which ends by calling `done(VALUE)`, and answers that value.
+    fn script_async(&self, script: &str) -> Value {
+        let script = format!("const done = arguments[arguments.length - 1]; {script}");
+        self.command("/execute/async", json!({"script": script, "args": []}))
+    }
+
     /// The WebDriver id of the element `selector` finds.
     fn find(&self, selector: &str) -> String {
         let element = self.command(
@@ -1041,6 +1047,298 @@ fn the_dashboard_approves_and_rejects_a_change_waiting_for_review() {
         "the merge buttons once approved",
         "return document.querySelector('button[data-branch=merge]') !== null",
     );
+}
+
+/// Role `supervised` (type `work`): the suite's scripted ACP agent, which puts every permission
+/// it asks for and every question to a person (as `acp.rs` binds it).
+fn bind_asking_agent(q: &TestQueue) {
+    let toml = format!(
+        "[roles.supervised]\nhandler = \"agent\"\ntypes = [\"work\"]\nprotocol = \"acp\"\n\
+         command = [{:?}]\nstall = \"30s\"\npermissions = \"ask\"\n",
+        env!("CARGO_BIN_EXE_acp-agent")
+    );
+    std::fs::write(q.queue.join("host.toml"), toml).unwrap();
+}
+
+/// Adds a `work` task on `repo` with the agent's script (`[[acp VERB ARGS]]` steps) as its
+/// description.
+fn add_agent_script(q: &TestQueue, repo: &std::path::Path, script: &str) -> String {
+    q.add(&[
+        "--type",
+        "work",
+        "--target",
+        repo.to_str().unwrap(),
+        "--description",
+        script,
+        "--max-attempts",
+        "1",
+    ])
+}
+
+/// Waits until task `id` waits for an answer to a question titled `title`.
+fn wait_for_question(q: &TestQueue, id: &str, title: &str) {
+    q.wait_for(
+        &format!("task {id} to ask {title:?}"),
+        Duration::from_secs(30),
+        |q| {
+            let task = q.task(id);
+            task["input"]["title"] == title && task["input"]["answer"].is_null()
+        },
+    );
+}
+
+/// The script of both tests below: a permission to write a file, then a question with a form
+/// (a required `answer`, an optional integer `count`).
+const ASKING_SCRIPT: &str = "[[acp write notes.txt hello]] [[acp elicit Which branch?]]";
+
+#[test]
+fn an_agents_question_is_in_the_inbox_and_answered_over_http_and_the_agent_resumes() {
+    let q = TestQueue::new();
+    let repo = crate::worktrees::repository(&q);
+    bind_asking_agent(&q);
+    let id = add_agent_script(&q, &repo, ASKING_SCRIPT);
+    let idle = q.add(&["--type", "noop"]);
+    let server = serve(&q, &[]);
+    let worker = q.spawn_worker("supervised", &["--drain"]);
+    wait_for_question(&q, &id, "Write notes.txt");
+
+    let (status, inbox) = server.get("/api/inbox");
+    assert_eq!(status, 200, "{inbox}");
+    assert_eq!(inbox.as_array().unwrap().len(), 1, "{inbox:#}");
+    assert_eq!(inbox[0]["kind"], "input");
+    assert_eq!(inbox[0]["task"], id.as_str());
+    assert_eq!(inbox[0]["title"], "Write notes.txt (edit)");
+    assert_eq!(inbox[0]["input"]["options"][0]["id"], "allow_once");
+    assert_eq!(
+        inbox[0]["answer"],
+        format!("host answer {id} allow_once|allow_always|reject_once|reject_always").as_str()
+    );
+    let (_, report) = server.get("/api/status");
+    assert_eq!(report["input"][0]["id"], id.as_str(), "{report:#}");
+    assert_eq!(report["input"][0]["title"], "Write notes.txt");
+    let (status, waiting) = server.get("/api/tasks?status=input");
+    assert_eq!(status, 200, "{waiting}");
+    let waiting: Vec<&str> = waiting
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(waiting, [id.as_str()]);
+
+    let answer = format!("/api/tasks/{id}/answer");
+    // An option the agent did not offer is a bad value, 400, said in one line naming those it
+    // did; no option and no values, too; JSON of the wrong shape is 422.
+    let (status, body) = server.post(&answer, json!({"option": "yes"}));
+    assert_eq!(status, 400, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("\"yes\" is not one of the options offered: allow_once, allow_always")
+            && !error.contains('\n'),
+        "{error}"
+    );
+    let (status, body) = server.post(&answer, json!({}));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("name one of the options offered"),
+        "{body}"
+    );
+    let (status, body) = server.post(&answer, json!({"option": 5}));
+    assert_eq!(status, 422, "{body}");
+    // A task that waits for no answer is a conflict, 409; an unknown one 404.
+    let (status, body) = server.post(
+        &format!("/api/tasks/{idle}/answer"),
+        json!({"option": "allow_once"}),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("waits for no answer"),
+        "{body}"
+    );
+    let (status, _) = server.post("/api/tasks/999/answer", json!({"option": "allow_once"}));
+    assert_eq!(status, 404);
+    assert_eq!(
+        q.task(&id)["input"]["answer"],
+        Value::Null,
+        "nothing answered"
+    );
+
+    let (status, body) = server.post(&answer, json!({"option": "allow_once"}));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["said"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("task {id}: answered allow_once")),
+        "{body}"
+    );
+    // Answered: until its worker takes the answer, and after, there is nothing to answer.
+    let (status, body) = server.post(&answer, json!({"option": "reject_once"}));
+    assert_eq!(status, 409, "{body}");
+
+    // The form: the values alone, without an option, accept it; a value of the wrong type is
+    // refused, saying why.
+    wait_for_question(&q, &id, "Which branch?");
+    let (_, inbox) = server.get("/api/inbox");
+    assert_eq!(
+        inbox[0]["input"]["fields"][0]["name"], "answer",
+        "{inbox:#}"
+    );
+    let (status, body) = server.post(
+        &answer,
+        json!({"fields": {"answer": "main", "count": "lots"}}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("field \"count\" takes"),
+        "{body}"
+    );
+    let (status, body) = server.post(&answer, json!({"fields": {"answer": "main", "count": 3}}));
+    assert_eq!(status, 200, "{body}");
+
+    let output = worker.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let branch = crate::worktrees::task_branch(&q, &id);
+    assert_eq!(
+        crate::worktrees::git(&repo, &["show", &format!("{branch}:notes.txt")]),
+        "hello"
+    );
+    let log = q.ok(&["logs", &id]);
+    for expected in [
+        "input: answered allow_once by dashboard",
+        "assistant: elicited: accept answer=\"main\",count=3",
+    ] {
+        assert!(log.contains(expected), "no {expected:?} in the log:\n{log}");
+    }
+    let (status, body) = server.post(&answer, json!({"option": "allow_once"}));
+    assert_eq!(status, 409, "a finished task: {body}");
+    let (_, inbox) = server.get("/api/inbox");
+    assert_eq!(inbox, json!([]));
+}
+
+#[test]
+fn the_dashboard_answers_an_agents_question_from_its_inbox() {
+    let q = TestQueue::new();
+    let repo = crate::worktrees::repository(&q);
+    bind_asking_agent(&q);
+    let id = add_agent_script(&q, &repo, ASKING_SCRIPT);
+    let server = serve(&q, &[]);
+    let worker = q.spawn_worker("supervised", &["--drain"]);
+    wait_for_question(&q, &id, "Write notes.txt");
+
+    let browser = Browser::start();
+    browser.resize(1400, 1000);
+    browser.open(&server);
+    browser.wait_for(
+        "the header's input line",
+        &format!("return document.getElementById('attention').textContent === 'input: task {id}'"),
+    );
+    let item = format!("#inbox tr.inbox-item[data-id=\"{id}\"]");
+    browser.wait_for(
+        "the inbox entry",
+        &format!(
+            "const item = document.querySelector('{item}'); return item !== null && item.dataset.kind === 'input' && item.textContent.includes('Write notes.txt (edit)') && item.nextElementSibling.textContent.includes('host answer {id} allow_once|')"
+        ),
+    );
+    browser.wait_for(
+        "the task's state in the list",
+        &format!(
+            "return (document.querySelector('#tasks tr.task[data-id=\"{id}\"] .status') || {{}}).textContent === 'input'"
+        ),
+    );
+    // Live updates redraw the inbox and the details: each click is the page's own, at once.
+    let click = |selector: &str| {
+        browser.script(&format!(
+            "document.querySelector('{selector}').click(); return null"
+        ));
+    };
+    click(&item);
+    browser.wait_for(
+        "the question's buttons",
+        "return document.querySelector('button[data-answer=allow_once]') !== null",
+    );
+    let question = browser.script("return document.getElementById('input').textContent");
+    assert!(
+        question.as_str().unwrap().contains("Write notes.txt"),
+        "{question}"
+    );
+    let labels = browser.script(
+        "return [...document.querySelectorAll('#input-options button')].map(b => b.textContent)",
+    );
+    assert_eq!(
+        labels,
+        json!(["Allow once", "Allow always", "Reject once", "Reject always"])
+    );
+    browser.screenshot("dashboard-inbox");
+    // What the server said shows until the next question replaces it, which may be at once:
+    // it is caught as it shows.
+    let said = browser.script_async(
+        "const said = () => (document.getElementById('branch-said') || {}).textContent || ''; \
+         const seen = new MutationObserver(() => { if (said()) { seen.disconnect(); done(said()); } }); \
+         seen.observe(document.getElementById('details'), { childList: true, subtree: true }); \
+         setTimeout(() => done('nothing said within 20 s'), 20000); \
+         document.querySelector('button[data-answer=allow_once]').click();",
+    );
+    assert!(
+        said.as_str()
+            .unwrap()
+            .contains(&format!("task {id}: answered allow_once")),
+        "{said}"
+    );
+
+    // The form of the next question: values typed in it outlive the redraws of the details.
+    browser.wait_for(
+        "the question's form",
+        "return document.querySelector('#input-fields [data-field=answer]') !== null && document.querySelector('button[data-answer=accept]') !== null",
+    );
+    browser.script(
+        "document.querySelector('[data-field=answer]').value = 'main'; document.querySelector('[data-field=count]').value = '3'; return null",
+    );
+    browser.script(&format!("showDetails('{id}'); return null"));
+    browser.wait_for(
+        "the details redrawn with the values kept",
+        "return document.querySelector('[data-field=count]')?.value === '3' && document.querySelector('[data-field=answer]').value === 'main'",
+    );
+    browser.screenshot("dashboard-inbox-form");
+    click("button[data-answer=accept]");
+    browser.wait_for(
+        "the task completed",
+        &format!(
+            "return (document.querySelector('#tasks tr.task[data-id=\"{id}\"] .status') || {{}}).textContent === 'completed'"
+        ),
+    );
+    browser.wait_for(
+        "an empty inbox and header",
+        "return document.getElementById('inbox').textContent.includes('Nothing waits for a person.') && document.getElementById('attention').textContent === ''",
+    );
+    let output = worker.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let log = q.ok(&["logs", &id]);
+    for expected in [
+        "input: answered allow_once by dashboard",
+        "assistant: elicited: accept answer=\"main\",count=3",
+    ] {
+        assert!(log.contains(expected), "no {expected:?} in the log:\n{log}");
+    }
 }
 
 #[test]
