@@ -692,3 +692,82 @@ fn a_worker_killed_while_its_agent_waits_for_an_answer_gives_the_task_back_and_l
     assert!(task["input"].is_null(), "{task:#}");
     assert_eq!(q.ok(&["inbox"]).trim(), "Nothing waits for a person.");
 }
+
+#[test]
+fn supervised_agents_fanned_out_are_answered_reviewed_and_one_change_merged() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_acp_agent(
+        &q,
+        "permissions = { edit = \"ask\", default = \"allow\" }\nreview = \"required\"",
+    );
+    let ids: Vec<String> = q
+        .ok(&[
+            "add",
+            "--type",
+            "work",
+            "--target",
+            repo.to_str().unwrap(),
+            "--description",
+            "[[acp write notes.txt from a supervised agent]] [[acp say wrote the notes]]",
+            "--fanout",
+            "2",
+        ])
+        .lines()
+        .map(String::from)
+        .collect();
+    let drain_both = || {
+        q.host()
+            .args(["--role", "supervised", "--drain", "--concurrency", "2"])
+            .env("ACP_AGENT_RECORD", record(&q))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let worker = drain_both();
+    // Both copies ask at once, side by side, each in its own worktree.
+    for id in &ids {
+        wait_for_question(&q, id, "Write notes.txt");
+    }
+    let inbox: Value = serde_json::from_str(&q.ok(&["inbox", "--json"])).unwrap();
+    assert_eq!(inbox.as_array().unwrap().len(), 2, "{inbox:#}");
+    for id in &ids {
+        q.ok(&["answer", id, "allow_once"]);
+    }
+    assert!(worker.wait_with_output().unwrap().status.success());
+    for id in &ids {
+        assert_eq!(q.task(id)["status"], "review", "{:#}", q.task(id));
+    }
+    let inbox: Value = serde_json::from_str(&q.ok(&["inbox", "--json"])).unwrap();
+    assert!(
+        inbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["kind"] == "review"),
+        "{inbox:#}"
+    );
+
+    // A rejected copy runs again, told why, and asks again.
+    q.ok(&["reject", &ids[1], "--reason", "write less"]);
+    let worker = drain_both();
+    wait_for_question(&q, &ids[1], "Write notes.txt");
+    q.ok(&["answer", &ids[1], "reject_once"]);
+    assert!(worker.wait_with_output().unwrap().status.success());
+    let prompts = received(&q, "session/prompt");
+    assert!(
+        prompts.last().unwrap().to_string().contains("write less"),
+        "the reason reached the agent: {prompts:?}"
+    );
+    assert_eq!(q.task(&ids[1])["status"], "review");
+
+    // The other copy is approved and merged; the rejected one is discarded with it.
+    q.ok(&["approve", &ids[0]]);
+    let said = q.ok(&["merge", &ids[0]]);
+    assert!(said.contains("the other copies (--fanout)"), "{said}");
+    assert_eq!(
+        fs::read_to_string(repo.join("notes.txt")).unwrap(),
+        "from a supervised agent"
+    );
+}
