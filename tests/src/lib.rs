@@ -682,17 +682,19 @@ pub fn python_with_mcp() -> &'static Path {
 }
 
 /// The agent CLIs the suite runs, from npm, at the versions it checks: (package, version).
-pub const AGENT_CLIS: [(&str, &str); 5] = [
+pub const AGENT_CLIS: [(&str, &str); 6] = [
     ("@anthropic-ai/claude-code", "2.1.197"),
-    // Claude Code's ACP adapter (`claude-agent-acp`), for the agent role's ACP mode.
+    // Claude Code's and Codex's ACP adapters (`claude-agent-acp`, `codex-acp`), for the agent
+    // role's ACP mode.
     ("@agentclientprotocol/claude-agent-acp", "0.101.0"),
+    ("@zed-industries/codex-acp", "0.16.0"),
     ("@openai/codex", "0.171.0"),
     ("@google/gemini-cli", "0.61.0"),
     ("@github/copilot", "1.0.102"),
 ];
 
-/// The folder holding the real agent CLIs (`claude`, `codex`, `gemini`, `copilot`, and Claude
-/// Code's ACP adapter `claude-agent-acp`), installed
+/// The folder holding the real agent CLIs (`claude`, `codex`, `gemini`, `copilot`, and the ACP
+/// adapters `claude-agent-acp` and `codex-acp`), installed
 /// from the npm registry under the target folder (`agent-clis/node_modules/.bin`) at the
 /// versions of [`AGENT_CLIS`], once per machine and kept: a lock file keeps test processes
 /// from installing at once, and an install at other versions is replaced. Without npm or the

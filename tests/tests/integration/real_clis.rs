@@ -740,6 +740,12 @@ fn gemini_cli_through_acp_asks_before_it_writes_and_the_roles_permissions_answer
 }
 
 #[test]
+fn codex_through_its_acp_adapter_asks_before_it_writes_and_the_roles_permissions_answer() {
+    let (task, _) = through_acp_allowed_then_denied("codex", Api::OpenAiResponses, codex_env);
+    assert_eq!(task["result"]["program"], "codex-acp", "{task:#}");
+}
+
+#[test]
 fn claude_code_through_its_acp_adapter_asks_before_it_writes_and_the_roles_permissions_answer() {
     let (task, log) = through_acp_allowed_then_denied("claude", Api::Anthropic, |q, standin| {
         let mut env = claude_env(standin, &q.scratch.join("home"));
