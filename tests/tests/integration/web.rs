@@ -1342,6 +1342,125 @@ fn the_dashboard_answers_an_agents_question_from_its_inbox() {
 }
 
 #[test]
+fn the_dashboard_shows_the_plan_a_running_agent_follows_as_it_changes() {
+    let q = TestQueue::new();
+    let repo = crate::worktrees::repository(&q);
+    bind_asking_agent(&q);
+    // The agent publishes its plan, waits for a permission, then ticks off its last step and
+    // waits again (a question of its own), so the page sees the plan change while it runs.
+    let id = add_agent_script(
+        &q,
+        &repo,
+        "[[acp plan completed:read the code; in_progress:write the notes]] \
+         [[acp write notes.txt x]] \
+         [[acp plan completed:read the code; completed:write the notes]] \
+         [[acp ask Finish up?]]",
+    );
+    let server = serve(&q, &[]);
+    let worker = q.spawn_worker("supervised", &["--drain"]);
+    wait_for_question(&q, &id, "Write notes.txt");
+
+    let browser = Browser::start();
+    browser.resize(1400, 1000);
+    browser.open(&server);
+    let row = format!("#tasks tr.task[data-id=\"{id}\"]");
+    browser.wait_for(
+        "the task",
+        &format!("return document.querySelector('{row}') !== null"),
+    );
+    browser.click(&row);
+    // The checklist `list` (`plan-live` or `plan`) in the details, as `[status, text]` pairs.
+    let checklist = |list: &str| {
+        browser.script(&format!(
+            "return [...(document.getElementById('{list}') || {{children: []}}).children].map(li => [li.dataset.status, li.textContent])"
+        ))
+    };
+    let wait_for_checklist = |what: &str, list: &str, want: Value| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let shown = checklist(list);
+            if shown == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page never showed {what}: {want} (shows {shown})"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for_checklist(
+        "the live plan",
+        "plan-live",
+        json!([
+            ["completed", "✓read the code"],
+            ["in_progress", "▶write the notes"]
+        ]),
+    );
+    let head = browser.script("return document.getElementById('plan-live-head').textContent");
+    assert!(
+        head.as_str().unwrap().starts_with("Plan (live)")
+            && head.as_str().unwrap().contains("1 of 2 done"),
+        "{head}"
+    );
+    assert_eq!(
+        browser.script("return document.getElementById('plan') === null"),
+        true,
+        "no finished plan while it runs"
+    );
+    // The question shows beside the plan.
+    browser.wait_for(
+        "the question's buttons",
+        "return document.querySelector('button[data-answer=allow_once]') !== null",
+    );
+    browser.screenshot("dashboard-live-plan");
+
+    // Answered from the command line: the agent writes, ticks off its last step and asks
+    // again; the page, left alone, shows the new plan.
+    q.ok(&["answer", &id, "allow_once"]);
+    wait_for_question(&q, &id, "Finish up?");
+    wait_for_checklist(
+        "the plan updated live",
+        "plan-live",
+        json!([
+            ["completed", "✓read the code"],
+            ["completed", "✓write the notes"]
+        ]),
+    );
+    assert_eq!(q.task(&id)["status"], "running");
+    let head = browser.script("return document.getElementById('plan-live-head').textContent");
+    assert!(head.as_str().unwrap().contains("2 of 2 done"), "{head}");
+
+    // Finished: the plan its result kept, no longer live.
+    q.ok(&["answer", &id, "allow_once"]);
+    browser.wait_for(
+        "the task completed in the details",
+        "return (document.querySelector('#details > span.completed') || {}).textContent === 'completed'",
+    );
+    wait_for_checklist(
+        "the finished plan",
+        "plan",
+        json!([
+            ["completed", "✓read the code"],
+            ["completed", "✓write the notes"]
+        ]),
+    );
+    assert_eq!(
+        browser.script("return document.getElementById('plan-live') === null"),
+        true
+    );
+    let head = browser.script("return document.getElementById('plan-head').textContent");
+    assert!(head.as_str().unwrap().starts_with("Plan "), "{head}");
+    let output = worker.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(q.task(&id)["result"]["plan"][1]["status"], "completed");
+}
+
+#[test]
 fn the_dashboard_serves_a_postgres_queue_without_showing_its_password() {
     let q = TestQueue::on_postgres();
     let server = serve(&q, &[]);
