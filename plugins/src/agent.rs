@@ -581,6 +581,10 @@ fn review_notes(task: &Task) -> Option<String> {
     ))
 }
 
+/// What the prompt adds when the rejected attempt's session goes on.
+const RESUMED_REJECTED: &str =
+    " This is the session of that attempt, resumed; its files are back as they were before it.";
+
 /// An earlier session a task goes on with.
 struct EarlierSession<'t> {
     /// The CLI's id of it.
@@ -601,21 +605,8 @@ fn earlier_session<'t>(
     if preset.resume == Resume::Unable {
         return None;
     }
-    let session_of = |task: &'t Task, attempt: u32| {
-        task.history
-            .iter()
-            .rev()
-            .find(|a| a.attempt == attempt)?
-            .session
-            .as_deref()
-    };
-    let previous = task.attempts.saturating_sub(1);
-    let rejected = task
-        .reviews
-        .last()
-        .is_some_and(|r| r.attempt == previous && r.verdict == plugin_api::Verdict::Rejected);
-    if rejected {
-        return session_of(task, previous).map(|id| EarlierSession { id, of: None });
+    if let Some(id) = rejected_session(task) {
+        return Some(EarlierSession { id, of: None });
     }
     if !preset.resume_elsewhere {
         return None;
@@ -630,6 +621,26 @@ fn earlier_session<'t>(
                 of: Some(&p.id),
             })
         })
+}
+
+/// The session of attempt `attempt` of `task`, as its result named it.
+fn session_of(task: &Task, attempt: u32) -> Option<&str> {
+    task.history
+        .iter()
+        .rev()
+        .find(|a| a.attempt == attempt)?
+        .session
+        .as_deref()
+}
+
+/// The session of the attempt just before this one, when a reviewer rejected its change.
+fn rejected_session(task: &Task) -> Option<&str> {
+    let previous = task.attempts.saturating_sub(1);
+    let rejected = task
+        .reviews
+        .last()
+        .is_some_and(|r| r.attempt == previous && r.verdict == plugin_api::Verdict::Rejected);
+    rejected.then(|| session_of(task, previous)).flatten()
 }
 
 /// The results of the prerequisites of `task`, one paragraph each with its status and error,
@@ -970,22 +981,27 @@ impl Agent {
     ) -> Result<Value, HandlerError> {
         let after = describe_prerequisites(task, prerequisites);
         let mut prompt = fill(&setup.prompt, task, &after, "", "");
-        // An ACP session is not resumed (yet): each attempt opens its own.
-        let session = setup
-            .preset
-            .filter(|_| setup.acp.is_none())
-            .and_then(|preset| earlier_session(task, prerequisites, preset));
         if let Some(notes) = review_notes(task) {
             prompt.push_str("\n\n");
             prompt.push_str(&notes);
         }
         let mut resumed = prompt.clone();
+        if let Some(role) = &setup.acp {
+            // An agent that can load sessions goes on with the rejected attempt's; one that
+            // cannot, or does not find it, starts a new one with the fresh prompt.
+            resumed.push_str(RESUMED_REJECTED);
+            let resume = rejected_session(task).map(|session| acp::Resumption {
+                session,
+                prompt: &resumed,
+            });
+            return self.run_acp(task, ctx, setup, role, dir, &after, &prompt, resume);
+        }
+        let session = setup
+            .preset
+            .and_then(|preset| earlier_session(task, prerequisites, preset));
         match &session {
             Some(EarlierSession { id, of: None }) => {
-                resumed.push_str(
-                    " This is the session of that attempt, resumed; its files are back as they \
-                     were before it.",
-                );
+                resumed.push_str(RESUMED_REJECTED);
                 ctx.log(&format!("resuming session {id} of the rejected attempt"));
             }
             Some(EarlierSession {
@@ -1028,9 +1044,6 @@ impl Agent {
         prompt: &str,
         session: Option<&str>,
     ) -> Result<Value, HandlerError> {
-        if let Some(role) = &setup.acp {
-            return self.run_acp(task, ctx, setup, role, dir, after, prompt);
-        }
         let which = setup.describe();
         let mut invocation = Invocation::new(setup, task, after, prompt, session)
             .map_err(|err| format!("{which}: {err}"))?;
@@ -1138,6 +1151,7 @@ impl Agent {
         dir: &Path,
         after: &str,
         prompt: &str,
+        resume: Option<acp::Resumption<'_>>,
     ) -> Result<Value, HandlerError> {
         let which = setup.describe();
         let argv: Vec<String> = setup
@@ -1149,7 +1163,7 @@ impl Agent {
         let limits = Limits::for_task(task, DEFAULT_TIMEOUT, setup.stall);
         let before = snapshot(dir, None).unwrap_or_default();
         ctx.progress(0, &format!("running {program} (ACP)"));
-        let run = acp::run(&argv, dir, prompt, role, limits, ctx)
+        let run = acp::run(&argv, dir, prompt, resume, role, limits, ctx)
             .map_err(|err| format!("{which}: {err}"))?;
         let mut result = json!({
             "agent": setup.preset.map(|p| p.name),

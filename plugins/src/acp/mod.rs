@@ -2,8 +2,9 @@
 //! (JSON-RPC 2.0, one message a line, on the agent's standard input and output) instead of
 //! reading a headless CLI's printed output.
 //!
-//! One attempt is one ACP session: `initialize` (this client offers file reads and writes and
-//! terminals), `session/new` in the attempt's folder, one `session/prompt` with the task's
+//! One attempt is one ACP session: `initialize` (this client offers file reads and writes,
+//! terminals and forms), `session/new` in the attempt's folder (or `session/load` of a
+//! rejected attempt's session, where the agent can), one `session/prompt` with the task's
 //! prompt, and the turn's stop reason as the outcome. Every `session/update` becomes a log line
 //! (the agent's messages and thoughts, each tool call and its status, the plan); the latest plan
 //! goes into the result and the task's progress.
@@ -201,6 +202,8 @@ struct Session<'a, 'c> {
     last_update: Instant,
     /// How long the session waited for people to answer: not counted against the time limit.
     waited: Duration,
+    /// Whether a loaded session's history is being replayed: none of it is new.
+    replaying: bool,
 }
 
 /// A tool call as the agent announced it.
@@ -266,6 +269,9 @@ impl Session<'_, '_> {
     /// Logs a `session/update`, keeping the agent's words and its plan.
     fn update(&mut self, params: Value) {
         self.last_update = Instant::now();
+        if self.replaying {
+            return;
+        }
         let notification: acp::SessionNotification = match serde_json::from_value(params.clone()) {
             Ok(n) => n,
             Err(err) => {
@@ -488,6 +494,7 @@ pub fn run(
     argv: &[String],
     dir: &Path,
     prompt: &str,
+    resume: Option<Resumption<'_>>,
     role: &AcpRole,
     limits: Limits,
     ctx: &Context<'_>,
@@ -546,6 +553,7 @@ pub fn run(
         tail: VecDeque::new(),
         last_update: Instant::now(),
         waited: Duration::ZERO,
+        replaying: false,
     };
     let mut finished = Finished {
         stop_reason: None,
@@ -564,7 +572,10 @@ pub fn run(
         &mut session,
         &incoming,
         dir,
-        prompt,
+        Prompts {
+            fresh: prompt,
+            resume,
+        },
         role,
         limits,
         &mut finished,
@@ -662,13 +673,29 @@ fn read_lines<R: Read + Send + 'static>(
     });
 }
 
+/// An earlier session to go on with (`session/load`), where the agent can: a rejected
+/// attempt's, so that the agent keeps what it learned.
+#[derive(Clone, Copy, Debug)]
+pub struct Resumption<'a> {
+    /// The agent's id of the session.
+    pub session: &'a str,
+    /// The prompt to send in it (which says that it goes on).
+    pub prompt: &'a str,
+}
+
+/// The prompt of a new session, and an earlier session to go on with instead.
+struct Prompts<'a> {
+    fresh: &'a str,
+    resume: Option<Resumption<'a>>,
+}
+
 /// The session from `initialize` to the prompt's answer, recorded in `finished`. An `Err` is a
 /// broken session (the agent's input closed, an error answer to a setup request).
 fn drive(
     session: &mut Session<'_, '_>,
     incoming: &Receiver<Incoming>,
     dir: &Path,
-    prompt: &str,
+    prompts: Prompts<'_>,
     role: &AcpRole,
     limits: Limits,
     finished: &mut Finished,
@@ -689,6 +716,15 @@ fn drive(
         serde_json::to_value(initialize).map_err(|e| e.to_string())?,
     )?;
     let mut stage = Stage::Initialize;
+    // The prompt of the session opened: the fresh one unless an earlier session is loaded.
+    let mut prompt = prompts.fresh;
+    let new_session = |session: &mut Session<'_, '_>| -> Result<i64, String> {
+        let request = acp::NewSessionRequest::new(dir.to_path_buf());
+        session.request(
+            "session/new",
+            serde_json::to_value(request).map_err(|e| e.to_string())?,
+        )
+    };
     let mut cancelled_at: Option<Instant> = None;
     loop {
         // The host's stop, the time limit and the stall limit, checked between messages.
@@ -744,6 +780,20 @@ fn drive(
                 session.update(message["params"].clone());
             }
             (None, Some(id)) if id.as_i64() == Some(waiting_for) => {
+                if stage == Stage::Load {
+                    session.replaying = false;
+                    let resumed = prompts.resume.expect("loading a session");
+                    if let Some(error) = message.get("error") {
+                        session.ctx.log(&format!(
+                            "acp: session {} could not be resumed ({}): a new session",
+                            resumed.session,
+                            error["message"].as_str().unwrap_or("an error")
+                        ));
+                        waiting_for = new_session(session)?;
+                        stage = Stage::NewSession;
+                        continue;
+                    }
+                }
                 if let Some(error) = message.get("error") {
                     let text = error["message"].as_str().unwrap_or("an error").to_string();
                     let data = error
@@ -759,17 +809,60 @@ fn drive(
                 let result = message["result"].clone();
                 match stage {
                     Stage::Initialize => {
-                        let new_session = acp::NewSessionRequest::new(dir.to_path_buf());
-                        waiting_for = session.request(
-                            "session/new",
-                            serde_json::to_value(new_session).map_err(|e| e.to_string())?,
-                        )?;
+                        let loads = result["agentCapabilities"]["loadSession"] == true;
+                        match prompts.resume {
+                            Some(resumed) if loads => {
+                                let request = acp::LoadSessionRequest::new(
+                                    resumed.session.to_string(),
+                                    dir.to_path_buf(),
+                                );
+                                session.replaying = true;
+                                waiting_for = session.request(
+                                    "session/load",
+                                    serde_json::to_value(request).map_err(|e| e.to_string())?,
+                                )?;
+                                stage = Stage::Load;
+                                continue;
+                            }
+                            Some(resumed) => session.ctx.log(&format!(
+                                "acp: the agent cannot go on with session {} (it offers no \
+                                 session/load): a new session",
+                                resumed.session
+                            )),
+                            None => {}
+                        }
+                        waiting_for = new_session(session)?;
                         stage = Stage::NewSession;
                     }
                     Stage::NewSession => {
                         let created: acp::NewSessionResponse = serde_json::from_value(result)
                             .map_err(|err| format!("answered session/new with {err}"))?;
-                        (waiting_for, stage) = opened(session, created, role, prompt)?;
+                        let id = created.session_id.to_string();
+                        session.ctx.log(&format!(
+                            "acp: session {id}{}",
+                            modes_offered(created.modes.as_ref())
+                        ));
+                        prompt = prompts.fresh;
+                        (waiting_for, stage) =
+                            opened(session, id, created.modes.as_ref(), role, prompt)?;
+                    }
+                    Stage::Load => {
+                        let loaded: acp::LoadSessionResponse = serde_json::from_value(result)
+                            .map_err(|err| format!("answered session/load with {err}"))?;
+                        let resumed = prompts.resume.expect("loading a session");
+                        session.ctx.log(&format!(
+                            "acp: session {} resumed (that of the rejected attempt){}",
+                            resumed.session,
+                            modes_offered(loaded.modes.as_ref())
+                        ));
+                        prompt = resumed.prompt;
+                        (waiting_for, stage) = opened(
+                            session,
+                            resumed.session.to_string(),
+                            loaded.modes.as_ref(),
+                            role,
+                            prompt,
+                        )?;
                     }
                     // Stopped while it switched: no turn is started.
                     Stage::SetMode if session.cancelled => return Ok(()),
@@ -825,24 +918,24 @@ fn stop_due(
     true
 }
 
-/// Takes the session the agent opened: puts it in the role's mode where it is not (the next
-/// step waits for that), else sends the prompt. Returns the request waited for and its stage.
+/// What the log says of a session's modes: " (mode auto of default, auto)", or nothing.
+fn modes_offered(modes: Option<&acp::SessionModeState>) -> String {
+    modes.map_or_else(String::new, |m| {
+        let ids: Vec<String> = m.available_modes.iter().map(|a| a.id.to_string()).collect();
+        format!(" (mode {} of {})", m.current_mode_id, ids.join(", "))
+    })
+}
+
+/// Takes the session the agent opened or loaded: puts it in the role's mode where it is not
+/// (the next step waits for that), else sends the prompt. Returns the request waited for and
+/// its stage.
 fn opened(
     session: &mut Session<'_, '_>,
-    created: acp::NewSessionResponse,
+    id: String,
+    modes: Option<&acp::SessionModeState>,
     role: &AcpRole,
     prompt: &str,
 ) -> Result<(i64, Stage), String> {
-    let id = created.session_id.to_string();
-    let modes = created.modes.as_ref();
-    let offered = modes.map(|m| {
-        let ids: Vec<String> = m.available_modes.iter().map(|a| a.id.to_string()).collect();
-        format!(" (mode {} of {})", m.current_mode_id, ids.join(", "))
-    });
-    session.ctx.log(&format!(
-        "acp: session {id}{}",
-        offered.as_deref().unwrap_or("")
-    ));
     session.session_id = Some(id.clone());
     let is_offered = |mode: &str| {
         modes.is_some_and(|m| m.available_modes.iter().any(|a| a.id.to_string() == mode))
@@ -860,9 +953,12 @@ fn opened(
             return Ok((waiting_for, Stage::SetMode));
         }
         Some(mode) if role.mode_required => {
+            let offered = match modes_offered(modes) {
+                none if none.is_empty() => " (it names no modes)".to_string(),
+                offered => offered,
+            };
             return Err(format!(
-                "offers no mode {mode:?} (the role's `mode`){}",
-                offered.unwrap_or_else(|| " (it names no modes)".into())
+                "offers no mode {mode:?} (the role's `mode`){offered}"
             ));
         }
         Some(mode) => session.ctx.log(&format!(
@@ -887,10 +983,11 @@ fn send_prompt(session: &mut Session<'_, '_>, prompt: &str) -> Result<i64, Strin
 }
 
 /// The setup step the session is at: which request it waits to be answered.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Stage {
     Initialize,
     NewSession,
+    Load,
     SetMode,
     Prompt,
 }
@@ -900,6 +997,7 @@ impl Stage {
         match self {
             Stage::Initialize => "initialize",
             Stage::NewSession => "session/new",
+            Stage::Load => "session/load",
             Stage::SetMode => "session/set_mode",
             Stage::Prompt => "session/prompt",
         }

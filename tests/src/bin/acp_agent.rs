@@ -4,9 +4,11 @@
 //! agent; every payload is built from / parsed into `agent_client_protocol_schema::v1`
 //! types, so the messages follow the real schema.
 //!
-//! It answers `initialize` (protocol version 1, default capabilities), `session/new`
-//! (session id `acp-session-1`; the request's `cwd` becomes the base for relative
-//! paths) and `session/prompt`, whose text (all text blocks concatenated) is a
+//! It answers `initialize` (protocol version 1, default capabilities and `loadSession`),
+//! `session/new` (session id `acp-session-1`; the request's `cwd` becomes the base for
+//! relative paths), `session/load` (of `acp-session-1` only, and not when
+//! `ACP_AGENT_REFUSE_LOAD` is set: it replays the message "(replayed) what was said
+//! before") and `session/prompt`, whose text (all text blocks concatenated) is a
 //! script of directives `[[acp VERB ARGS]]` (each ends at the next `]]`), run in
 //! order. Without any directive the prompt answers one agent message "done".
 //! After the last directive the stop reason is `end_turn`.
@@ -201,7 +203,7 @@ impl Agent {
         match method {
             "initialize" => {
                 let _: InitializeRequest = serde_json::from_value(params)?;
-                let caps = AgentCapabilities::new();
+                let caps = AgentCapabilities::new().load_session(true);
                 let info = Implementation::new("acp-agent", "0.1.0");
                 let response = InitializeResponse::new(ProtocolVersion::V1);
                 Ok(json!(response.agent_capabilities(caps).agent_info(info)))
@@ -210,6 +212,18 @@ impl Agent {
                 let req: NewSessionRequest = serde_json::from_value(params)?;
                 self.cwd = req.cwd;
                 Ok(json!(NewSessionResponse::new(SESSION_ID)))
+            }
+            "session/load" => {
+                let req: LoadSessionRequest = serde_json::from_value(params)?;
+                if std::env::var_os("ACP_AGENT_REFUSE_LOAD").is_some()
+                    || req.session_id.to_string() != SESSION_ID
+                {
+                    return Err(Error::invalid_params().data(json!("no such session here")));
+                }
+                self.cwd = req.cwd;
+                // The conversation so far, replayed as ACP asks of a loaded session.
+                self.message("(replayed) what was said before");
+                Ok(json!(LoadSessionResponse::new()))
             }
             "session/prompt" => self.prompt(&serde_json::from_value(params)?),
             _ => Err(Error::method_not_found()),

@@ -771,3 +771,66 @@ fn supervised_agents_fanned_out_are_answered_reviewed_and_one_change_merged() {
         "from a supervised agent"
     );
 }
+
+#[test]
+fn a_rejected_attempt_goes_on_with_its_acp_session_where_the_agent_can_load_it() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_acp_agent(&q, "review = \"required\"");
+    let id = q.add(&[
+        "--type",
+        "work",
+        "--target",
+        repo.to_str().unwrap(),
+        "--description",
+        "[[acp say first try]]",
+    ]);
+    drain(&q);
+    assert_eq!(q.task(&id)["status"], "review");
+    assert_eq!(q.task(&id)["history"][0]["session"], "acp-session-1");
+    q.ok(&["reject", &id, "--reason", "say more"]);
+    drain(&q);
+    assert_eq!(q.task(&id)["status"], "review");
+
+    // The second attempt loaded the first's session in its own worktree, and its prompt says so.
+    let loads = received(&q, "session/load");
+    assert_eq!(loads.len(), 1, "{loads:?}");
+    assert_eq!(loads[0]["params"]["sessionId"], "acp-session-1");
+    assert_eq!(received(&q, "session/new").len(), 1);
+    let prompt = received(&q, "session/prompt").last().unwrap().to_string();
+    assert!(
+        prompt.contains("This is the session of that attempt, resumed")
+            && prompt.contains("say more"),
+        "{prompt}"
+    );
+    let log = logs(&q, &id);
+    assert!(
+        log.contains("acp: session acp-session-1 resumed (that of the rejected attempt)"),
+        "{log}"
+    );
+    assert!(!log.contains("(replayed)"), "the replay is not news: {log}");
+
+    // An agent that cannot find it starts a new session with the fresh prompt.
+    q.ok(&["reject", &id, "--reason", "say even more"]);
+    let output = q
+        .host()
+        .args(["--role", "supervised", "--drain"])
+        .env("ACP_AGENT_RECORD", record(&q))
+        .env("ACP_AGENT_REFUSE_LOAD", "1")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(received(&q, "session/load").len(), 2);
+    assert_eq!(received(&q, "session/new").len(), 2);
+    let prompt = received(&q, "session/prompt").last().unwrap().to_string();
+    assert!(
+        !prompt.contains("resumed") && prompt.contains("say even more"),
+        "{prompt}"
+    );
+    let log = logs(&q, &id);
+    assert!(
+        log.contains("acp: session acp-session-1 could not be resumed (")
+            && log.contains("): a new session"),
+        "{log}"
+    );
+}
