@@ -95,10 +95,13 @@ fn clock_time_after(lower: &str, key: &str, now: Timestamp) -> Option<Timestamp>
     };
     let (hour, minute) = word.split_once(':')?;
     let (hour, minute): (i8, i8) = (hour.parse().ok()?, minute.parse().ok()?);
-    let hour = match words
+    // "am." ends a sentence, "am.\",\"codex_error_info\"..." one quoted in JSON.
+    let meridiem: String = words
         .next()?
-        .trim_end_matches(|c: char| !c.is_ascii_alphabetic())
-    {
+        .chars()
+        .take_while(char::is_ascii_alphabetic)
+        .collect();
+    let hour = match meridiem.as_str() {
         "am" => hour % 12,
         "pm" => hour % 12 + 12,
         _ => return None,
@@ -219,6 +222,13 @@ mod tests {
         assert_eq!(
             local("You’ve hit your usage limit. Try again at Dec 8th, 2026 12:05 AM."),
             jiff::civil::date(2026, 12, 8).at(0, 5, 0, 0)
+        );
+        // As codex-acp passes it on: quoted in its error's JSON.
+        assert_eq!(
+            local(
+                r#"Internal error ({"message":"You've hit your usage limit. Try again at Dec 8th, 2026 12:36 AM.","codex_error_info":"usage_limit_exceeded"})"#
+            ),
+            jiff::civil::date(2026, 12, 8).at(0, 36, 0, 0)
         );
         // Gemini.
         assert_eq!(

@@ -756,3 +756,26 @@ fn claude_code_through_its_acp_adapter_asks_before_it_writes_and_the_roles_permi
     // Its own first mode decides alone; the preset's asks.
     assert!(log.contains("acp: switching to mode default"), "{log}");
 }
+
+#[test]
+fn usage_limits_through_acp_snooze_the_task_as_in_print_mode() {
+    // Codex's adapter passes the API's reset time on.
+    let q = TestQueue::new();
+    let role = bind_with(&q, "codex", "protocol = \"acp\"\n");
+    let resets = jiff::Timestamp::now().as_second() + 3 * 3600;
+    let standin = ModelStandIn::start(
+        Api::OpenAiResponses,
+        Script {
+            limit: Some(resets),
+            ..script()
+        },
+    );
+    let env = codex_env(&q, &standin);
+    let task = the_limit_snoozes(&q, &role, &standin, &env);
+    let (until, error) = snoozed(&task);
+    assert!(
+        (until.as_second() - resets).abs() <= 60,
+        "snoozed until {until}, the API said {resets}: {task:#}"
+    );
+    assert!(error.contains("usage limit"), "{error}");
+}
