@@ -729,9 +729,16 @@ fn through_acp_allowed_then_denied(cli: &str, api: Api, env: CliEnv) -> (Value, 
 
 #[test]
 fn copilot_cli_through_acp_asks_before_it_writes_and_the_roles_permissions_answer() {
-    through_acp_allowed_then_denied("copilot", Api::OpenAiChat, |_, standin| {
+    let (task, _) = through_acp_allowed_then_denied("copilot", Api::OpenAiChat, |_, standin| {
         copilot_env(standin)
     });
+    // Its answer to the prompt carries the turn's tokens, kept as the stream modes keep them.
+    let usage = &task["result"]["usage"];
+    assert!(
+        usage["inputTokens"].as_u64().is_some_and(|n| n > 0)
+            && usage["outputTokens"].as_u64().is_some_and(|n| n > 0),
+        "{task:#}"
+    );
 }
 
 #[test]
