@@ -139,17 +139,17 @@ impl Event {
             Event::Input(task) => {
                 let input = task.input.as_ref();
                 let options: Vec<&str> = input
-                    .map(|i| i.options.iter().map(|o| o.id.as_str()).collect())
+                    .map(|i| i.question.options.iter().map(|o| o.id.as_str()).collect())
                     .unwrap_or_default();
                 (
                     format!(
                         "task {id} asks: {}",
-                        clip(input.map_or("", |i| &i.title), 80)
+                        clip(input.map_or("", |i| &i.question.title), 80)
                     ),
                     format!(
                         "{} asks a person: {} (host answer {id} {})",
                         about(task),
-                        clip(input.map_or("", |i| &i.title), 200),
+                        clip(input.map_or("", |i| &i.question.title), 200),
                         options.join("|")
                     ),
                 )

@@ -109,6 +109,7 @@ enum FromChild {
     /// The handler asks a person (`Context::ask`) and waits for `Answer`.
     Ask {
         question: Question,
+        timeout_secs: u64,
     },
     Succeeded {
         result: Value,
@@ -378,7 +379,10 @@ impl HandlerProcess {
                 }
                 Ok(Some(FromChild::Log { line })) => hooks.log(&line),
                 Ok(Some(FromChild::Plan { steps })) => hooks.plan(steps),
-                Ok(Some(FromChild::Ask { question })) => match hooks.ask(&question) {
+                Ok(Some(FromChild::Ask {
+                    question,
+                    timeout_secs,
+                })) => match hooks.ask(&question, Duration::from_secs(timeout_secs)) {
                     Ok(()) => asking = true,
                     Err(answer) => {
                         let _ = self.send(&ToChild::Answer { answer });
@@ -839,12 +843,15 @@ impl TaskHooks for ChildHooks {
         reply(&self.out, &FromChild::Plan { steps });
     }
 
-    fn ask(&self, question: &Question) -> Result<(), Answer> {
+    fn ask(&self, question: &Question, timeout: Duration) -> Result<(), Answer> {
         // An answer that came after an earlier question was given up on is not this one's.
         let answers = self.answers.lock().expect("answers lock");
         while answers.try_recv().is_ok() {}
-        let question = question.clone();
-        reply(&self.out, &FromChild::Ask { question });
+        let ask = FromChild::Ask {
+            question: question.clone(),
+            timeout_secs: timeout.as_secs(),
+        };
+        reply(&self.out, &ask);
         Ok(())
     }
 

@@ -7,12 +7,13 @@
 //! opened, so its constructors never run.
 
 use std::path::Path;
+use std::time::Duration;
 
 use abi_stable::library::{LibraryError, lib_header_from_path};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RStr, RString};
 use plugin_api::__private::{
-    API_VERSION, ErrorRecord, HostContext, HostContext_TO, PluginModule_Ref, RoleDescriptor,
+    API_VERSION, Asked, ErrorRecord, HostContext, HostContext_TO, PluginModule_Ref, RoleDescriptor,
     encode_stop_reason,
 };
 use plugin_api::{Answer, PlanStep, Question, StopReason, Task};
@@ -38,7 +39,7 @@ pub trait TaskHooks: Send + Sync {
     fn plan(&self, steps: Vec<PlanStep>);
     /// Puts the handler's question to a person; `Err` answers it at once (it could not be
     /// put). [`TaskHooks::answer`] says what became of it.
-    fn ask(&self, question: &Question) -> Result<(), Answer>;
+    fn ask(&self, question: &Question, timeout: std::time::Duration) -> Result<(), Answer>;
     /// What became of the question asked last, once something did (an answer, its timeout,
     /// the task stopping); `None` while it waits. Cheap: called every few milliseconds.
     fn answer(&self) -> Option<Answer>;
@@ -177,13 +178,16 @@ impl HostContext for HooksBridge<'_> {
     }
 
     fn ask(&self, question: RStr<'_>) -> RString {
-        let answer = match serde_json::from_str::<Question>(question.as_str()) {
-            Ok(question) => match self.0.ask(&question) {
+        let answer = match serde_json::from_str::<Asked>(question.as_str()) {
+            Ok(asked) => match self
+                .0
+                .ask(&asked.question, Duration::from_secs(asked.timeout_secs))
+            {
                 Ok(()) => loop {
                     if let Some(answer) = self.0.answer() {
                         break answer;
                     }
-                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    std::thread::sleep(Duration::from_millis(20));
                 },
                 Err(answer) => answer,
             },

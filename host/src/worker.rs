@@ -717,19 +717,14 @@ impl TaskHooks for Hooks<'_> {
         self.shared.dirty.store(true, Ordering::SeqCst);
     }
 
-    fn ask(&self, question: &Question) -> Result<(), Answer> {
+    fn ask(&self, question: &Question, wait: Duration) -> Result<(), Answer> {
         let lease = &self.running.lease;
         let now = Timestamp::now();
-        let wait = Duration::from_secs(question.timeout_secs);
         let input = queue::Input {
             attempt: lease.attempt,
             asked_at: now,
             expires_at: now.checked_add(wait).ok(),
-            title: question.title.clone(),
-            tool: question.tool.clone(),
-            detail: question.detail.clone(),
-            options: question.options.clone(),
-            fields: question.fields.clone(),
+            question: question.clone(),
             answer: None,
         };
         let task = self

@@ -119,6 +119,16 @@ fn decode_task(task_json: RStr<'_>) -> Result<Task, HandlerError> {
         .map_err(|err| HandlerError::new(format!("plugin could not read the task: {err}")))
 }
 
+/// A question as it crosses the boundary: [`crate::Context::ask`]'s arguments.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Asked {
+    /// What is asked.
+    pub question: crate::Question,
+    /// How long to wait for a person, in seconds.
+    pub timeout_secs: u64,
+}
+
 /// A handler's error as it crosses the boundary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ErrorRecord {

@@ -32,7 +32,7 @@ pub trait HostContext: Send + Sync {
     fn prerequisites(&self) -> RString;
     /// The plan the handler follows now (a JSON array of `PlanStep`).
     fn plan(&self, steps: RStr<'_>);
-    /// Puts a question (JSON of `Question`) to a person and waits: the JSON of `Answer`.
+    /// Puts a question (JSON of `Asked`) to a person and waits: the JSON of `Answer`.
     #[sabi(last_prefix_field)]
     fn ask(&self, question: RStr<'_>) -> RString;
 }

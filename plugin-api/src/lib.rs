@@ -54,7 +54,7 @@ pub use serde_json::{self, Value, json};
 /// A point in time, as [`Task`] and [`Attempt`] hold them (jiff's `Timestamp`).
 pub use task_model::Timestamp;
 pub use task_model::{
-    Attempt, BranchOutcome, BranchState, InputField, InputOption, PlanStep, Review, Task,
+    Attempt, BranchOutcome, BranchState, InputField, InputOption, PlanStep, Question, Review, Task,
     TaskStatus, Verdict, checklist,
 };
 
@@ -285,29 +285,6 @@ impl From<serde_json::Error> for HandlerError {
     }
 }
 
-/// A question a handler puts to a person through the queue ([`Context::ask`]): an agent's
-/// permission request, or a question it asks. The person sees it in `host inbox`, `host show`
-/// and the dashboard, and answers with one of its options (`host answer ID OPTION`).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Question {
-    /// What is asked, in one line ("Run cargo test").
-    pub title: String,
-    /// The kind of tool that asks (ACP's words: `read`, `edit`, `execute`, ...), if one does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool: Option<String>,
-    /// More about it: a summary of the tool's input, or the question's text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// The answers offered; at least one.
-    pub options: Vec<InputOption>,
-    /// Values asked for beside the option (a form), each answered by name.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fields: Vec<InputField>,
-    /// How long to wait for a person, in seconds: [`Answer::TimedOut`] after.
-    pub timeout_secs: u64,
-}
-
 /// What became of a [`Question`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "answer", rename_all = "camelCase")]
@@ -404,10 +381,14 @@ impl Context<'_> {
 
     /// Puts `question` to a person and waits for the answer: the task is listed as `input`
     /// (its worker's slot and lease held) until someone answers it with `host answer`, the
-    /// dashboard or MCP, the question's timeout passes, or the task must stop. Time spent
-    /// waiting does not count against the task's timeout. Blocks the calling thread.
-    pub fn ask(&self, question: &Question) -> Answer {
-        let json = serde_json::to_string(question).expect("a question serializes");
+    /// dashboard or MCP, `timeout` passes ([`Answer::TimedOut`]), or the task must stop. Time
+    /// spent waiting does not count against the task's timeout. Blocks the calling thread.
+    pub fn ask(&self, question: &Question, timeout: std::time::Duration) -> Answer {
+        let asked = __private::Asked {
+            question: question.clone(),
+            timeout_secs: timeout.as_secs().max(1),
+        };
+        let json = serde_json::to_string(&asked).expect("a question serializes");
         let reply = self.host.ask(json.as_str().into());
         serde_json::from_str(reply.as_str()).unwrap_or_else(|err| Answer::Failed {
             reason: format!("the host's answer could not be read: {err}"),

@@ -372,6 +372,28 @@ pub fn checklist(plan: &[PlanStep]) -> String {
         .join("\n")
 }
 
+/// What a running task asks a person: an agent's permission request (one of its options) or
+/// question (a form's fields), as a handler puts it ([`Input`] keeps it on the task).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Question {
+    /// What is asked, in one line ("Run cargo test").
+    pub title: String,
+    /// The kind of tool that asks, in ACP's words (`read`, `edit`, `execute`, ...), if a tool
+    /// asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// More about it: a summary of the tool's input, or the question's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The answers offered, one of which is chosen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<InputOption>,
+    /// Values asked for beside the option (a form): each answered by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<InputField>,
+}
+
 /// A question a running task put to a person, kept on the task until its worker takes the
 /// answer: what `host inbox` lists and `host answer` answers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -389,21 +411,9 @@ pub struct Input {
         with = "rfc3339_millis::option"
     )]
     pub expires_at: Option<Timestamp>,
-    /// What is asked, in one line ("Run cargo test").
-    pub title: String,
-    /// The kind of tool that asks, in ACP's words (`read`, `edit`, `execute`, ...), if a tool
-    /// asks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool: Option<String>,
-    /// More about it: a summary of the tool's input, or the question's text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// The answers offered, one of which is chosen.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub options: Vec<InputOption>,
-    /// Values asked for beside the option (a form): each answered by name.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fields: Vec<InputField>,
+    /// What is asked.
+    #[serde(flatten)]
+    pub question: Question,
     /// The answer, once given and until the worker takes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<InputAnswer>,
@@ -469,16 +479,26 @@ impl Input {
         option: &str,
         fields: &serde_json::Map<String, Value>,
     ) -> Result<(), String> {
-        if !self.options.iter().any(|o| o.id == option) {
-            let ids: Vec<&str> = self.options.iter().map(|o| o.id.as_str()).collect();
+        if !self.question.options.iter().any(|o| o.id == option) {
+            let ids: Vec<&str> = self
+                .question
+                .options
+                .iter()
+                .map(|o| o.id.as_str())
+                .collect();
             return Err(format!(
                 "{option:?} is not one of the options offered: {}",
                 ids.join(", ")
             ));
         }
         for (name, value) in fields {
-            let Some(field) = self.fields.iter().find(|f| &f.name == name) else {
-                let names: Vec<&str> = self.fields.iter().map(|f| f.name.as_str()).collect();
+            let Some(field) = self.question.fields.iter().find(|f| &f.name == name) else {
+                let names: Vec<&str> = self
+                    .question
+                    .fields
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect();
                 return Err(if names.is_empty() {
                     format!("field {name:?}: the question asks for no fields")
                 } else {
@@ -515,12 +535,14 @@ impl Input {
         }
         // A form is filled when its accepting option is chosen; a refusal needs no values.
         let accepting = self
+            .question
             .options
             .iter()
             .find(|o| o.id == option)
             .is_some_and(|o| o.kind.as_deref() == Some("accept"));
         if accepting
             && let Some(missing) = self
+                .question
                 .fields
                 .iter()
                 .find(|f| f.required && !fields.contains_key(&f.name))

@@ -43,9 +43,9 @@ pub fn read(store: &Store) -> anyhow::Result<Vec<InboxItem>> {
             items.push(InboxItem {
                 kind: "input",
                 since: input.asked_at,
-                title: match &input.tool {
-                    Some(tool) => format!("{} ({tool})", input.title),
-                    None => input.title.clone(),
+                title: match &input.question.tool {
+                    Some(tool) => format!("{} ({tool})", input.question.title),
+                    None => input.question.title.clone(),
                 },
                 answer: answer_hint(&task.id, input),
                 input: Some(input.clone()),
@@ -129,9 +129,14 @@ fn about(task: &Task) -> String {
 }
 
 /// The command that answers `input` of task `id`.
-fn answer_hint(id: &str, input: &Input) -> String {
-    let options: Vec<&str> = input.options.iter().map(|o| o.id.as_str()).collect();
-    let fields = if input.fields.is_empty() {
+pub fn answer_hint(id: &str, input: &Input) -> String {
+    let options: Vec<&str> = input
+        .question
+        .options
+        .iter()
+        .map(|o| o.id.as_str())
+        .collect();
+    let fields = if input.question.fields.is_empty() {
         String::new()
     } else {
         " --field NAME=VALUE".to_string()
@@ -165,7 +170,11 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
             one_line(&item.title, 48),
             item.answer
         );
-        if let Some(detail) = item.input.as_ref().and_then(|i| i.detail.as_deref()) {
+        if let Some(detail) = item
+            .input
+            .as_ref()
+            .and_then(|i| i.question.detail.as_deref())
+        {
             outln!("{:<12} {}", "", paint::dim(&one_line(detail, 100)));
         }
     }
@@ -195,13 +204,19 @@ pub fn answer_task(
             let task = store.get(id)?;
             let input = queue::lifecycle::waiting_input(&task)?;
             let accept = input
+                .question
                 .options
                 .iter()
                 .find(|o| o.kind.as_deref() == Some("accept"));
             match accept {
                 Some(accept) if !fields.is_empty() => accept.id.clone(),
                 _ => {
-                    let ids: Vec<&str> = input.options.iter().map(|o| o.id.as_str()).collect();
+                    let ids: Vec<&str> = input
+                        .question
+                        .options
+                        .iter()
+                        .map(|o| o.id.as_str())
+                        .collect();
                     bail!(
                         "task {id}: name one of the options offered: {}",
                         ids.join(", ")
@@ -234,7 +249,7 @@ pub fn answer(
     let mut fields = Map::new();
     if !given.is_empty() || text.is_some() {
         let task = store.get(id)?;
-        let asked = &queue::lifecycle::waiting_input(&task)?.fields;
+        let asked = &queue::lifecycle::waiting_input(&task)?.question.fields;
         for pair in given {
             let (name, value) = pair
                 .split_once('=')

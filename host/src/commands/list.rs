@@ -209,11 +209,26 @@ pub fn wait(
         return Ok(());
     }
     let started = Instant::now();
+    // The questions already told of: a script waiting here would otherwise wait in silence
+    // for an answer only a person can give.
+    let mut told = std::collections::HashSet::new();
     let tasks = loop {
         let tasks = watched
             .iter()
             .map(|id| store.get(id))
             .collect::<Result<Vec<Task>, _>>()?;
+        for task in &tasks {
+            if let Some(input) = task.waiting_input()
+                && told.insert((task.id.clone(), input.asked_at))
+            {
+                eprintln!(
+                    "task {} waits for your answer: {} ({})",
+                    task.id,
+                    input.question.title,
+                    crate::commands::inbox::answer_hint(&task.id, input)
+                );
+            }
+        }
         // A task waiting for review, and one blocked behind it, waits for a person, not for
         // the workers: waiting for it would never end in a script.
         let open: Vec<&str> = tasks

@@ -65,18 +65,19 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
     field("duration", task.duration_ms.map(human_ms))?;
     field("error", task.error.as_deref().map(paint::bad))?;
     if let Some(input) = task.waiting_input() {
-        let tool = input
+        let asked = &input.question;
+        let tool = asked
             .tool
             .as_deref()
             .map(|t| format!(" ({t})"))
             .unwrap_or_default();
-        field("asks", Some(format!("{}{tool}", input.title)))?;
+        field("asks", Some(format!("{}{tool}", asked.title)))?;
         field("asked", Some(when(input.asked_at)))?;
-        field("detail", input.detail.clone())?;
-        for option in &input.options {
+        field("detail", asked.detail.clone())?;
+        for option in &asked.options {
             field("option", Some(format!("{:<16} {}", option.id, option.name)))?;
         }
-        for f in &input.fields {
+        for f in &asked.fields {
             let required = if f.required { ", required" } else { "" };
             let title = f.title.as_deref().unwrap_or(&f.name);
             field(
@@ -89,7 +90,7 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
             Some(format!(
                 "host answer {} OPTION{}",
                 task.id,
-                if input.fields.is_empty() {
+                if asked.fields.is_empty() {
                     ""
                 } else {
                     " --field NAME=VALUE"

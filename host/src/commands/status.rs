@@ -119,7 +119,7 @@ impl StatusReport {
             })?
             .into_iter()
             .filter_map(|t| {
-                let title = t.waiting_input()?.title.clone();
+                let title = t.waiting_input()?.question.title.clone();
                 Some(Waiting { id: t.id, title })
             })
             .collect();

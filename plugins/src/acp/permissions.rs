@@ -290,7 +290,6 @@ impl Session<'_, '_> {
             detail: schema.description.clone(),
             options: vec![option("accept", "Answer"), option("decline", "Decline")],
             fields,
-            timeout_secs: self.permissions.ask_timeout.as_secs().max(1),
         };
         match self.ask(&question) {
             Answer::Chosen { option, fields, by } if option == "accept" => {
@@ -332,7 +331,7 @@ impl Session<'_, '_> {
     /// Puts `question` to a person and waits; the wait counts neither as work nor as a stall.
     fn ask(&mut self, question: &Question) -> Answer {
         let asked = Instant::now();
-        let answer = self.ctx.ask(question);
+        let answer = self.ctx.ask(question, self.permissions.ask_timeout);
         self.waited += asked.elapsed();
         self.last_update = Instant::now();
         answer
@@ -367,7 +366,6 @@ impl Session<'_, '_> {
                 })
                 .collect(),
             fields: Vec::new(),
-            timeout_secs: self.permissions.ask_timeout.as_secs().max(1),
         };
         match self.ask(&question) {
             Answer::Chosen { option, by, .. } => {

@@ -251,12 +251,7 @@ fn a_terminal_runs_in_the_worktree_and_its_output_and_exit_code_reach_the_agent(
         "running",
         "ended with the task, not the terminal"
     );
-    let output = worker.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    exits_well(worker);
     let task = q.task(&id);
     assert_eq!(task["status"], "completed", "{task:#}");
     let cwd = received(&q, "session/new")[0]["params"]["cwd"]
@@ -389,6 +384,16 @@ pub(crate) fn spawn_drain(q: &TestQueue) -> std::process::Child {
         .unwrap()
 }
 
+/// Waits for a worker to exit, insisting that it exits 0.
+pub(crate) fn exits_well(worker: std::process::Child) {
+    let output = worker.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Waits until task `id` waits for an answer to a question titled `title`.
 pub(crate) fn wait_for_question(q: &TestQueue, id: &str, title: &str) {
     q.wait_for(
@@ -465,6 +470,18 @@ fn a_person_answers_an_agents_permission_requests_from_the_inbox_and_the_agent_r
     );
     let status = q.status();
     assert_eq!(status["input"][0]["id"], id.as_str(), "{status:#}");
+    // `host wait` says what it waits for, once, rather than waiting in silence.
+    let waited = q.run(&["wait", &id, "--timeout", "1s"]);
+    let said = String::from_utf8_lossy(&waited.stderr);
+    assert_eq!(waited.status.code(), Some(1), "{said}");
+    assert_eq!(
+        said.matches(&format!(
+            "task {id} waits for your answer: Write notes.txt (host answer {id} allow_once|"
+        ))
+        .count(),
+        1,
+        "{said}"
+    );
 
     q.wait_for("the notification", Duration::from_secs(10), |_| {
         !hooks.at("/hook").is_empty()
@@ -493,12 +510,7 @@ fn a_person_answers_an_agents_permission_requests_from_the_inbox_and_the_agent_r
 
     wait_for_question(&q, &id, "Write second.txt");
     q.ok(&["answer", &id, "reject_once"]);
-    let output = worker.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    exits_well(worker);
 
     let task = q.task(&id);
     assert_eq!(task["status"], "completed", "{task:#}");
@@ -608,12 +620,7 @@ fn an_agents_question_is_answered_from_the_inbox_with_the_fields_its_form_asks_f
     // The second question is declined.
     wait_for_question(&q, &id, "Anything else?");
     q.ok(&["answer", &id, "decline"]);
-    let output = worker.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    exits_well(worker);
     assert_eq!(q.task(&id)["status"], "completed");
     let log = logs(&q, &id);
     for expected in [
@@ -735,7 +742,7 @@ fn supervised_agents_fanned_out_are_answered_reviewed_and_one_change_merged() {
     for id in &ids {
         q.ok(&["answer", id, "allow_once"]);
     }
-    assert!(worker.wait_with_output().unwrap().status.success());
+    exits_well(worker);
     for id in &ids {
         assert_eq!(q.task(id)["status"], "review", "{:#}", q.task(id));
     }
@@ -754,7 +761,7 @@ fn supervised_agents_fanned_out_are_answered_reviewed_and_one_change_merged() {
     let worker = drain_both();
     wait_for_question(&q, &ids[1], "Write notes.txt");
     q.ok(&["answer", &ids[1], "reject_once"]);
-    assert!(worker.wait_with_output().unwrap().status.success());
+    exits_well(worker);
     let prompts = received(&q, "session/prompt");
     assert!(
         prompts.last().unwrap().to_string().contains("write less"),

@@ -527,7 +527,7 @@ fn a_bad_notify_table_is_refused_naming_the_file_line_and_key() {
     let cases = [
         (
             "[notify]\nevents = [\"failed\", \"nope\"]\n",
-            "host.toml:2: notify.events: unknown event \"nope\" (known: review, failed, \
+            "host.toml:2: notify.events: unknown event \"nope\" (known: review, input, failed, \
              conflict, usage_limit, drained)",
         ),
         (

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use integration_tests::TestQueue;
 use serde_json::{Value, json};
 
+use crate::acp::{add_script, bind_acp_agent, exits_well, wait_for_question};
+
 /// A running `host serve`, stopped when dropped.
 struct Server {
     child: Child,
@@ -1049,44 +1051,6 @@ fn the_dashboard_approves_and_rejects_a_change_waiting_for_review() {
     );
 }
 
-/// Role `supervised` (type `work`): the suite's scripted ACP agent, which puts every permission
-/// it asks for and every question to a person (as `acp.rs` binds it).
-fn bind_asking_agent(q: &TestQueue) {
-    let toml = format!(
-        "[roles.supervised]\nhandler = \"agent\"\ntypes = [\"work\"]\nprotocol = \"acp\"\n\
-         command = [{:?}]\nstall = \"30s\"\npermissions = \"ask\"\n",
-        env!("CARGO_BIN_EXE_acp-agent")
-    );
-    std::fs::write(q.queue.join("host.toml"), toml).unwrap();
-}
-
-/// Adds a `work` task on `repo` with the agent's script (`[[acp VERB ARGS]]` steps) as its
-/// description.
-fn add_agent_script(q: &TestQueue, repo: &std::path::Path, script: &str) -> String {
-    q.add(&[
-        "--type",
-        "work",
-        "--target",
-        repo.to_str().unwrap(),
-        "--description",
-        script,
-        "--max-attempts",
-        "1",
-    ])
-}
-
-/// Waits until task `id` waits for an answer to a question titled `title`.
-fn wait_for_question(q: &TestQueue, id: &str, title: &str) {
-    q.wait_for(
-        &format!("task {id} to ask {title:?}"),
-        Duration::from_secs(30),
-        |q| {
-            let task = q.task(id);
-            task["input"]["title"] == title && task["input"]["answer"].is_null()
-        },
-    );
-}
-
 /// The script of both tests below: a permission to write a file, then a question with a form
 /// (a required `answer`, an optional integer `count`).
 const ASKING_SCRIPT: &str = "[[acp write notes.txt hello]] [[acp elicit Which branch?]]";
@@ -1095,8 +1059,8 @@ const ASKING_SCRIPT: &str = "[[acp write notes.txt hello]] [[acp elicit Which br
 fn an_agents_question_is_in_the_inbox_and_answered_over_http_and_the_agent_resumes() {
     let q = TestQueue::new();
     let repo = crate::worktrees::repository(&q);
-    bind_asking_agent(&q);
-    let id = add_agent_script(&q, &repo, ASKING_SCRIPT);
+    bind_acp_agent(&q, "permissions = \"ask\"");
+    let id = add_script(&q, &repo, ASKING_SCRIPT);
     let idle = q.add(&["--type", "noop"]);
     let server = serve(&q, &[]);
     let worker = q.spawn_worker("supervised", &["--drain"]);
@@ -1205,12 +1169,7 @@ fn an_agents_question_is_in_the_inbox_and_answered_over_http_and_the_agent_resum
     let (status, body) = server.post(&answer, json!({"fields": {"answer": "main", "count": 3}}));
     assert_eq!(status, 200, "{body}");
 
-    let output = worker.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    exits_well(worker);
     let task = q.task(&id);
     assert_eq!(task["status"], "completed", "{task:#}");
     let branch = crate::worktrees::task_branch(&q, &id);
@@ -1235,8 +1194,8 @@ fn an_agents_question_is_in_the_inbox_and_answered_over_http_and_the_agent_resum
 fn the_dashboard_answers_an_agents_question_from_its_inbox() {
     let q = TestQueue::new();
     let repo = crate::worktrees::repository(&q);
-    bind_asking_agent(&q);
-    let id = add_agent_script(&q, &repo, ASKING_SCRIPT);
+    bind_acp_agent(&q, "permissions = \"ask\"");
+    let id = add_script(&q, &repo, ASKING_SCRIPT);
     let server = serve(&q, &[]);
     let worker = q.spawn_worker("supervised", &["--drain"]);
     wait_for_question(&q, &id, "Write notes.txt");
@@ -1326,12 +1285,7 @@ fn the_dashboard_answers_an_agents_question_from_its_inbox() {
         "an empty inbox and header",
         "return document.getElementById('inbox').textContent.includes('Nothing waits for a person.') && document.getElementById('attention').textContent === ''",
     );
-    let output = worker.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    exits_well(worker);
     let log = q.ok(&["logs", &id]);
     for expected in [
         "input: answered allow_once by dashboard",
@@ -1345,10 +1299,10 @@ fn the_dashboard_answers_an_agents_question_from_its_inbox() {
 fn the_dashboard_shows_the_plan_a_running_agent_follows_as_it_changes() {
     let q = TestQueue::new();
     let repo = crate::worktrees::repository(&q);
-    bind_asking_agent(&q);
+    bind_acp_agent(&q, "permissions = \"ask\"");
     // The agent publishes its plan, waits for a permission, then ticks off its last step and
     // waits again (a question of its own), so the page sees the plan change while it runs.
-    let id = add_agent_script(
+    let id = add_script(
         &q,
         &repo,
         "[[acp plan completed:read the code; in_progress:write the notes]] \
@@ -1451,12 +1405,7 @@ fn the_dashboard_shows_the_plan_a_running_agent_follows_as_it_changes() {
     );
     let head = browser.script("return document.getElementById('plan-head').textContent");
     assert!(head.as_str().unwrap().starts_with("Plan "), "{head}");
-    let output = worker.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    exits_well(worker);
     assert_eq!(q.task(&id)["result"]["plan"][1]["status"], "completed");
 }
 
