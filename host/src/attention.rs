@@ -1,7 +1,8 @@
 //! What needs a person's attention, announced in one place to everything set to hear of it: the
 //! `[hooks]` command of its event (see [`crate::hooks`]) and the `[notify]` sinks that take it
 //! (see [`crate::notify`]). An [`Event`] is one of [`EventKind::ALL`]: a task waits for review
-//! or for a person's answer, failed for good, its merge conflicts, a role reached its usage limit, the queue drained.
+//! or for a person's answer, failed for good, its merge conflicts, a role reached its usage
+//! limit, the queue drained.
 //! [`Attention::announce`] sends one; [`Attention::after_outcome`] sends what a task's new
 //! state calls for, the drain included.
 //!
@@ -137,20 +138,17 @@ impl Event {
                 ),
             ),
             Event::Input(task) => {
-                let input = task.input.as_ref();
-                let options: Vec<&str> = input
-                    .map(|i| i.question.options.iter().map(|o| o.id.as_str()).collect())
+                let question = task.input.as_ref().map(|i| &i.question);
+                let title = question.map_or("", |q| q.title.as_str());
+                let hint = question
+                    .map(|q| crate::commands::inbox::answer_hint(id, q))
                     .unwrap_or_default();
                 (
+                    format!("task {id} asks: {}", clip(title, 80)),
                     format!(
-                        "task {id} asks: {}",
-                        clip(input.map_or("", |i| &i.question.title), 80)
-                    ),
-                    format!(
-                        "{} asks a person: {} (host answer {id} {})",
+                        "{} asks a person: {} ({hint})",
                         about(task),
-                        clip(input.map_or("", |i| &i.question.title), 200),
-                        options.join("|")
+                        clip(title, 200)
                     ),
                 )
             }

@@ -267,6 +267,10 @@ struct AnswerTask {
     /// Values of the question's form, by field name.
     #[serde(default)]
     fields: serde_json::Map<String, Value>,
+    /// The question's `askedAt` (from `inbox` or the task's `input`): when given, an answer
+    /// meant for an earlier question is refused rather than given to a newer one.
+    #[serde(default, rename = "askedAt")]
+    asked_at: Option<String>,
 }
 
 /// What to pause or resume: one task, one type, or the whole queue.
@@ -714,15 +718,19 @@ impl QueueServer {
         annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false)
     )]
     async fn answer_task(&self, Parameters(reply): Parameters<AnswerTask>) -> ToolResult {
+        let asked_at = reply
+            .asked_at
+            .map(|at| at.parse())
+            .transpose()
+            .map_err(|err| format!("askedAt: {err}"))?;
+        let given = crate::commands::inbox::Reply {
+            option: reply.option,
+            fields: reply.fields,
+            asked_at,
+        };
         let said = blocking(self, move |_, store| {
-            crate::commands::inbox::answer_task(
-                store,
-                &reply.id,
-                reply.option.as_deref(),
-                reply.fields,
-                "an MCP client",
-            )
-            .map_err(one_line)
+            crate::commands::inbox::answer_task(store, &reply.id, given, "an MCP client")
+                .map_err(one_line)
         })
         .await?;
         answer(&json!({ "answered": said }))

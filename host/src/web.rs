@@ -49,7 +49,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use queue::{PauseScope, QueueStore, Task, TaskQuery, TaskStatus};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::cli::Settings;
 use crate::commands::status::StatusReport;
@@ -384,31 +384,20 @@ async fn inbox(State(app): State<App>) -> ApiResult<Json<Vec<inbox::InboxItem>>>
     blocking(move || Ok(Json(app.store.with(inbox::read)??))).await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Answer {
-    /// The option chosen; when left out, `fields` fill the question's form.
-    #[serde(default)]
-    option: Option<String>,
-    #[serde(default)]
-    fields: Map<String, Value>,
-}
-
 /// Answers the question a running task's agent waits on, as `host answer` does. Refusals: a
 /// task that waits for no answer (it never asked, it finished, or it was answered already) is
 /// 409, a state the request does not apply to, as for approving a task not in review; an
 /// answer that does not fit the question (an option not offered, a field of the wrong type, a
-/// required one missing) is 400, a bad value; JSON of the wrong shape is 422.
+/// required one missing) is 400, a bad value; JSON of the wrong shape is 422. With the
+/// question's `askedAt`, an answer meant for an earlier question is refused (409).
 async fn answer_task(
     State(app): State<App>,
     Path(id): Path<String>,
-    Json(answer): Json<Answer>,
+    Json(reply): Json<inbox::Reply>,
 ) -> ApiResult<Json<Value>> {
     let said = blocking(move || {
-        app.store.with(|s| {
-            inbox::answer_task(s, &id, answer.option.as_deref(), answer.fields, ANSWERED_BY)
-                .map_err(ApiError::from)
-        })
+        app.store
+            .with(|s| inbox::answer_task(s, &id, reply, ANSWERED_BY).map_err(ApiError::from))
     })
     .await??;
     Ok(Json(json!({ "said": said })))

@@ -100,7 +100,8 @@ struct Running {
 /// A question of the handler's that waits for a person.
 struct Asking {
     since: Instant,
-    until: Instant,
+    /// When the handler stops waiting; `None`: never.
+    until: Option<Instant>,
 }
 
 impl Running {
@@ -718,6 +719,11 @@ impl TaskHooks for Hooks<'_> {
     }
 
     fn ask(&self, question: &Question, wait: Duration) -> Result<(), Answer> {
+        if question.options.is_empty() {
+            return Err(Answer::Failed {
+                reason: "a question must offer at least one option to answer with".into(),
+            });
+        }
         let lease = &self.running.lease;
         let now = Timestamp::now();
         let input = queue::Input {
@@ -735,17 +741,18 @@ impl TaskHooks for Hooks<'_> {
                 reason: err.to_string(),
             })?;
         self.running.answered.store(false, Ordering::SeqCst);
+        let since = Instant::now();
         *self.running.asking.lock().expect("asking lock") = Some(Asking {
-            since: Instant::now(),
-            until: Instant::now() + wait,
+            since,
+            // A wait too long to reckon is no limit at all.
+            until: since.checked_add(wait),
         });
         let id = &lease.task_id;
-        let options: Vec<&str> = question.options.iter().map(|o| o.id.as_str()).collect();
         let line = format!(
-            "input: asks a person: {} (answer within {}: host answer {id} {})",
+            "input: asks a person: {} (answer within {}: {})",
             question.title,
             humantime::format_duration(wait),
-            options.join("|")
+            crate::commands::inbox::answer_hint(id, &question)
         );
         self.log(&line);
         say(
@@ -767,7 +774,7 @@ impl TaskHooks for Hooks<'_> {
             let asking = running.asking.lock().expect("asking lock");
             let asking = asking.as_ref()?;
             (
-                Instant::now() >= asking.until,
+                asking.until.is_some_and(|until| Instant::now() >= until),
                 running.stop_reason().is_some(),
             )
         };
@@ -775,7 +782,9 @@ impl TaskHooks for Hooks<'_> {
             return None;
         }
         let lease = &running.lease;
-        let answer = match self.shared.store.end_input(lease) {
+        let answer = match self.shared.store.end_input(lease, timed_out || stopped) {
+            // A task that stops allows nothing more, whatever was answered meanwhile.
+            Ok(Some(_)) if stopped => Answer::Stopped,
             Ok(Some(answer)) => {
                 self.log(&format!(
                     "input: answered {}{}",
@@ -792,7 +801,7 @@ impl TaskHooks for Hooks<'_> {
                     by: answer.by,
                 }
             }
-            // The renewal saw an answer that is gone since: a newer question's, or nothing.
+            // Not answered after all (the renewal's news was of an earlier question): it waits.
             Ok(None) if !timed_out && !stopped => return None,
             Ok(None) if stopped => Answer::Stopped,
             Ok(None) => {

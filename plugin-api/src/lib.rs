@@ -382,7 +382,8 @@ impl Context<'_> {
     /// Puts `question` to a person and waits for the answer: the task is listed as `input`
     /// (its worker's slot and lease held) until someone answers it with `host answer`, the
     /// dashboard or MCP, `timeout` passes ([`Answer::TimedOut`]), or the task must stop. Time
-    /// spent waiting does not count against the task's timeout. Blocks the calling thread.
+    /// spent waiting does not count against the task's timeout. Blocks the calling thread; a
+    /// task asks one question at a time (another asked from another thread replaces it).
     pub fn ask(&self, question: &Question, timeout: std::time::Duration) -> Answer {
         let asked = __private::Asked {
             question: question.clone(),

@@ -752,13 +752,22 @@ impl<D: Driver> QueueStore for Engine<D> {
         self.with_lease_held(lease, |task, now| lifecycle::ask(task, input.clone(), now))
     }
 
-    fn answer(&self, id: &str, answer: InputAnswer) -> Result<Task, StoreError> {
-        self.change_one(id, |_, task, _| lifecycle::answer(task, answer.clone()))
+    fn answer(
+        &self,
+        id: &str,
+        answer: InputAnswer,
+        question: Option<Timestamp>,
+    ) -> Result<Task, StoreError> {
+        self.change_one(id, |_, task, now| {
+            lifecycle::answer(task, answer.clone(), question, now)
+        })
     }
 
-    fn end_input(&self, lease: &Lease) -> Result<Option<InputAnswer>, StoreError> {
+    fn end_input(&self, lease: &Lease, gives_up: bool) -> Result<Option<InputAnswer>, StoreError> {
         let mut answer = None;
-        self.with_lease_held(lease, |task, _| answer = lifecycle::end_input(task))?;
+        self.with_lease_held(lease, |task, _| {
+            answer = lifecycle::end_input(task, gives_up);
+        })?;
         Ok(answer)
     }
 

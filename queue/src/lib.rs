@@ -27,8 +27,8 @@ use serde_json::Value;
 
 pub use task_model::{
     Attempt, AttemptStatus, BranchOutcome, BranchState, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY,
-    Input, InputAnswer, InputField, InputOption, PlanStep, Review, Task, TaskState, TaskStatus,
-    Verdict, rfc3339_millis,
+    Input, InputAnswer, InputField, InputOption, PlanStep, Question, Review, Task, TaskState,
+    TaskStatus, Verdict, rfc3339_millis,
 };
 
 pub mod driver;
@@ -205,7 +205,8 @@ pub enum StoreError {
     /// No task has this id.
     #[error("no task with id {0}")]
     NotFound(String),
-    /// A task to be added is not acceptable; nothing was added.
+    /// A task to be added, or an answer to a task's question, is not acceptable; nothing
+    /// changed.
     #[error("{0}")]
     InvalidTask(String),
     /// The task is not in a state the operation applies to.
@@ -698,11 +699,18 @@ pub trait QueueStore: Send + Sync {
     fn ask(&self, lease: &Lease, input: Input) -> Result<Task, StoreError>;
 
     /// Records a person's answer to the question task `id` waits for; refused when it waits
-    /// for none or the answer is not one it offered.
-    fn answer(&self, id: &str, answer: InputAnswer) -> Result<Task, StoreError>;
+    /// for none, when `question` (when the answered question was asked, if the answerer knows)
+    /// is not the one it asks now, or when the answer is not one it offered.
+    fn answer(
+        &self,
+        id: &str,
+        answer: InputAnswer,
+        question: Option<Timestamp>,
+    ) -> Result<Task, StoreError>;
 
-    /// Ends the running attempt's question, fenced by its lease: the answer if one was given.
-    fn end_input(&self, lease: &Lease) -> Result<Option<InputAnswer>, StoreError>;
+    /// Takes the answer to the running attempt's question, fenced by its lease, ending the
+    /// question; without an answer the question ends only when its handler `gives_up`.
+    fn end_input(&self, lease: &Lease, gives_up: bool) -> Result<Option<InputAnswer>, StoreError>;
 
     /// Cancels a task: a pending one never starts; a running one is flagged so that its worker
     /// tells the handler, and ends `cancelled` unless the handler completes anyway.

@@ -468,9 +468,23 @@ pub fn ask(task: &mut Task, mut input: Input, now: Timestamp) {
 }
 
 /// Records a person's answer to the question task waits for; the worker takes it at its next
-/// renewal. Refused when the task waits for no answer, or when the answer does not fit.
-pub fn answer(task: &mut Task, answer: InputAnswer) -> Result<(), StoreError> {
-    let input = waiting_input(task)?;
+/// renewal. Refused when the task waits for no answer, when `question` (the time the answered
+/// question was asked, when the answerer knows it) is not the one waiting, or when the answer
+/// does not fit.
+pub fn answer(
+    task: &mut Task,
+    answer: InputAnswer,
+    question: Option<Timestamp>,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let input = waiting_input(task, now)?;
+    if question.is_some_and(|asked| asked != input.asked_at) {
+        return Err(StoreError::WrongState {
+            id: task.id.clone(),
+            status: task.status,
+            hint: "the question answered is not the one it asks now (see `host inbox`)",
+        });
+    }
     input
         .check_answer(&answer.option, &answer.fields)
         .map_err(|why| StoreError::InvalidTask(format!("task {}: {why}", task.id)))?;
@@ -480,28 +494,46 @@ pub fn answer(task: &mut Task, answer: InputAnswer) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The question the task waits to have answered; refused, saying why, when it waits for none.
-pub fn waiting_input(task: &Task) -> Result<&Input, StoreError> {
-    let Some(input) = task.waiting_input() else {
-        let answered = task.status == TaskStatus::Running
-            && task.input.as_ref().is_some_and(|i| i.answer.is_some());
-        return Err(StoreError::WrongState {
-            id: task.id.clone(),
-            status: task.status,
-            hint: if answered {
-                "its question was answered already; its worker takes the answer within a second"
-            } else {
-                "it waits for no answer (`host inbox` lists what does)"
-            },
-        });
+/// The question the task waits to have answered at `now`; refused, saying why, when it waits
+/// for none (a question whose worker stopped renewing its lease goes with the attempt).
+pub fn waiting_input(task: &Task, now: Timestamp) -> Result<&Input, StoreError> {
+    let refused = |hint| StoreError::WrongState {
+        id: task.id.clone(),
+        status: task.status,
+        hint,
     };
+    let Some(input) = task
+        .input
+        .as_ref()
+        .filter(|i| task.status == TaskStatus::Running && i.attempt == task.attempts)
+    else {
+        return Err(refused(
+            "it waits for no answer (`host inbox` lists what does)",
+        ));
+    };
+    if input.answer.is_some() {
+        return Err(refused(
+            "its question was answered already; its worker takes the answer within a second",
+        ));
+    }
+    if task.lease_expires_at.is_some_and(|end| end < now) {
+        return Err(refused(
+            "its worker stopped renewing its lease: the question goes with the attempt",
+        ));
+    }
     Ok(input)
 }
 
-/// Ends the running attempt's question (its lease was checked): returns the answer, if one was
-/// given; the question is gone either way (answered, or given up on by its handler).
-pub fn end_input(task: &mut Task) -> Option<InputAnswer> {
-    task.input.take().and_then(|input| input.answer)
+/// Takes the answer to the running attempt's question (its lease was checked), ending the
+/// question; without an answer, the question ends only when its handler `gives_up` on it (it
+/// timed out, the task stops), else it goes on waiting.
+pub fn end_input(task: &mut Task, gives_up: bool) -> Option<InputAnswer> {
+    let answered = task.input.as_ref().is_some_and(|i| i.answer.is_some());
+    if answered || gives_up {
+        task.input.take().and_then(|input| input.answer)
+    } else {
+        None
+    }
 }
 
 /// Extends a running task's lease to a full lease from `now`.
@@ -1075,5 +1107,97 @@ mod tests {
             let got = backoff_for(Duration::from_secs(1), attempt);
             assert!(got >= want / 2 && got <= want, "attempt {attempt}: {got:?}");
         }
+    }
+
+    /// A running task, claimed at `now`, asking `question`.
+    fn asking(now: Timestamp) -> Task {
+        let mut task = NewTask {
+            task_type: "work".into(),
+            ..NewTask::default()
+        }
+        .into_task("7".into(), Vec::new(), now);
+        claim(&mut task, "w", now, &Policy::default());
+        let option = |id: &str, kind: &str| crate::InputOption {
+            id: id.into(),
+            name: id.into(),
+            kind: Some(kind.into()),
+        };
+        let question = crate::Question {
+            title: "Run cargo test".into(),
+            tool: Some("execute".into()),
+            detail: None,
+            options: vec![
+                option("allow_once", "allow_once"),
+                option("reject_once", "reject_once"),
+            ],
+            fields: Vec::new(),
+        };
+        let input = Input {
+            attempt: 0,
+            asked_at: now,
+            expires_at: None,
+            question,
+            answer: None,
+        };
+        ask(&mut task, input, now);
+        task
+    }
+
+    fn reply(option: &str, now: Timestamp) -> InputAnswer {
+        InputAnswer {
+            option: option.into(),
+            fields: serde_json::Map::new(),
+            by: Some("me".into()),
+            at: now,
+        }
+    }
+
+    #[test]
+    fn an_answer_is_for_the_question_asked_now_while_its_worker_holds_the_task() {
+        let now = Timestamp::now();
+        let mut task = asking(now);
+        let asked = task.input.as_ref().unwrap().asked_at;
+        // An option not offered, or an answer meant for an earlier question, is refused.
+        let err = answer(&mut task, reply("yes", now), None, now).unwrap_err();
+        assert!(
+            err.to_string().contains("not one of the options offered"),
+            "{err}"
+        );
+        let earlier = asked.checked_sub(SignedDuration::from_secs(1)).unwrap();
+        let err = answer(&mut task, reply("allow_once", now), Some(earlier), now).unwrap_err();
+        assert!(matches!(err, StoreError::WrongState { .. }), "{err}");
+        // Once its lease ran out, nobody waits for the answer.
+        let later = task.lease_expires_at.unwrap() + SignedDuration::from_secs(1);
+        let err = answer(&mut task, reply("allow_once", later), None, later).unwrap_err();
+        assert!(
+            err.to_string().contains("stopped renewing its lease"),
+            "{err}"
+        );
+
+        answer(&mut task, reply("allow_once", now), Some(asked), now).unwrap();
+        let err = answer(&mut task, reply("reject_once", now), None, now).unwrap_err();
+        assert!(err.to_string().contains("answered already"), "{err}");
+        // The worker takes the answer, which ends the question.
+        assert_eq!(end_input(&mut task, false).unwrap().option, "allow_once");
+        assert!(task.input.is_none());
+    }
+
+    #[test]
+    fn an_unanswered_question_ends_only_when_its_handler_gives_up_or_the_attempt_ends() {
+        let now = Timestamp::now();
+        let mut task = asking(now);
+        assert!(end_input(&mut task, false).is_none());
+        assert!(task.waiting_input().is_some(), "still asked");
+        assert!(end_input(&mut task, true).is_none());
+        assert!(task.input.is_none(), "given up on");
+
+        let mut task = asking(now);
+        finish(
+            &mut task,
+            Outcome::Success(serde_json::json!({})),
+            now,
+            &Policy::default(),
+        );
+        assert!(task.input.is_none(), "gone with the attempt");
     }
 }

@@ -277,8 +277,13 @@ impl QueueStore for Store {
         ) -> Result<Recorded, StoreError>;
         fn release(&self, lease: &Lease) -> Result<(), StoreError>;
         fn ask(&self, lease: &Lease, input: Input) -> Result<Task, StoreError>;
-        fn answer(&self, id: &str, answer: InputAnswer) -> Result<Task, StoreError>;
-        fn end_input(&self, lease: &Lease) -> Result<Option<InputAnswer>, StoreError>;
+        fn answer(
+            &self,
+            id: &str,
+            answer: InputAnswer,
+            question: Option<Timestamp>
+        ) -> Result<Task, StoreError>;
+        fn end_input(&self, lease: &Lease, gives_up: bool) -> Result<Option<InputAnswer>, StoreError>;
         fn edit(&self, id: &str, edit: &TaskEdit) -> Result<Task, StoreError>;
         fn cancel(&self, id: &str) -> Result<Task, StoreError>;
         fn retry(&self, id: &str) -> Result<Task, StoreError>;

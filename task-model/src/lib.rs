@@ -427,8 +427,9 @@ pub struct InputOption {
     pub id: String,
     /// Its label.
     pub name: String,
-    /// What it does, in ACP's words (`allow_once`, `allow_always`, `reject_once`,
-    /// `reject_always`), when it says.
+    /// What it does, when it says: for a permission, ACP's `allow_once`, `allow_always`,
+    /// `reject_once` or `reject_always`; for a form, `accept` (fills it: its fields go with
+    /// it) or `decline`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
 }
@@ -472,8 +473,9 @@ pub struct InputAnswer {
 
 impl Input {
     /// Checks that `option` and `fields` answer this question: the option one of those
-    /// offered, every field known and of its type, every required one given. The error says
-    /// what is wrong in one line, naming what would do.
+    /// offered, every field given known and of its type, and, when the option accepts a form
+    /// (kind `accept`), every required field given. The error says what is wrong in one line,
+    /// naming what would do.
     pub fn check_answer(
         &self,
         option: &str,
@@ -740,13 +742,17 @@ impl Task {
         ids
     }
 
-    /// The question the running attempt waits for a person to answer, if it waits for one
-    /// (asked, not yet answered).
+    /// The question the running attempt waits for a person to answer, if it waits for one:
+    /// asked, not yet answered, and its worker's lease not run out (a dead worker's question
+    /// goes with its attempt).
     pub fn waiting_input(&self) -> Option<&Input> {
         self.input.as_ref().filter(|input| {
             self.status == TaskStatus::Running
                 && input.attempt == self.attempts
                 && input.answer.is_none()
+                && self
+                    .lease_expires_at
+                    .is_none_or(|end| end >= Timestamp::now())
         })
     }
 

@@ -2,13 +2,15 @@
 //! to review, a merge that conflicted, a role out of quota); and `host answer`: answering an
 //! agent's question, which resumes it.
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use jiff::Timestamp;
-use queue::{Input, InputAnswer, QueueStore, Store, Task, TaskQuery, TaskStatus, rfc3339_millis};
+use queue::{
+    Input, InputAnswer, Question, QueueStore, Store, Task, TaskQuery, TaskStatus, rfc3339_millis,
+};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::cli::Settings;
+use crate::cli::{Settings, UsageError};
 use crate::commands::{ago, one_line, open_store, outln, paint, print_json};
 
 /// One thing that waits for a person; also the JSON of `host inbox --json`.
@@ -47,7 +49,7 @@ pub fn read(store: &Store) -> anyhow::Result<Vec<InboxItem>> {
                     Some(tool) => format!("{} ({tool})", input.question.title),
                     None => input.question.title.clone(),
                 },
-                answer: answer_hint(&task.id, input),
+                answer: answer_hint(&task.id, &input.question),
                 input: Some(input.clone()),
                 task: task.id,
             });
@@ -128,15 +130,10 @@ fn about(task: &Task) -> String {
         .unwrap_or_else(|| format!("task {}", task.id))
 }
 
-/// The command that answers `input` of task `id`.
-pub fn answer_hint(id: &str, input: &Input) -> String {
-    let options: Vec<&str> = input
-        .question
-        .options
-        .iter()
-        .map(|o| o.id.as_str())
-        .collect();
-    let fields = if input.question.fields.is_empty() {
+/// The command that answers `question` of task `id`.
+pub fn answer_hint(id: &str, question: &Question) -> String {
+    let options: Vec<&str> = question.options.iter().map(|o| o.id.as_str()).collect();
+    let fields = if question.fields.is_empty() {
         String::new()
     } else {
         " --field NAME=VALUE".to_string()
@@ -189,20 +186,35 @@ pub fn user() -> String {
     format!("{user}@{}", crate::worker::hostname())
 }
 
-/// Answers the question task `id` waits for with `option` (when `None`, the option that accepts
-/// a form, for `fields`) and the values of its fields; says what became of it, in one line.
-pub fn answer_task(
-    store: &Store,
-    id: &str,
-    option: Option<&str>,
-    fields: Map<String, Value>,
-    by: &str,
-) -> anyhow::Result<String> {
+/// An answer to a running task's question, as the command line, the dashboard and MCP give it.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Reply {
+    /// The option chosen; when `None`, the option that accepts a form, for `fields`.
+    #[serde(default)]
+    pub option: Option<String>,
+    /// Values of the question's form, by field name.
+    #[serde(default)]
+    pub fields: Map<String, Value>,
+    /// When the question answered was asked (its `askedAt`), when the answerer knows: a newer
+    /// question is then never answered by mistake.
+    #[serde(default, with = "rfc3339_millis::option")]
+    pub asked_at: Option<Timestamp>,
+}
+
+/// Answers the question task `id` waits for with `reply`, recording `by`; says what became of
+/// it, in one line.
+pub fn answer_task(store: &Store, id: &str, reply: Reply, by: &str) -> anyhow::Result<String> {
+    let Reply {
+        option,
+        fields,
+        asked_at,
+    } = reply;
     let option = match option {
-        Some(option) => option.to_string(),
+        Some(option) => option,
         None => {
             let task = store.get(id)?;
-            let input = queue::lifecycle::waiting_input(&task)?;
+            let input = queue::lifecycle::waiting_input(&task, Timestamp::now())?;
             let accept = input
                 .question
                 .options
@@ -217,10 +229,11 @@ pub fn answer_task(
                         .iter()
                         .map(|o| o.id.as_str())
                         .collect();
-                    bail!(
+                    return Err(UsageError(format!(
                         "task {id}: name one of the options offered: {}",
                         ids.join(", ")
-                    );
+                    ))
+                    .into());
                 }
             }
         }
@@ -231,7 +244,7 @@ pub fn answer_task(
         by: Some(by.to_string()),
         at: Timestamp::now(),
     };
-    store.answer(id, answer)?;
+    store.answer(id, answer, asked_at)?;
     Ok(format!(
         "task {id}: answered {option}; its worker takes the answer within a second"
     ))
@@ -249,11 +262,13 @@ pub fn answer(
     let mut fields = Map::new();
     if !given.is_empty() || text.is_some() {
         let task = store.get(id)?;
-        let asked = &queue::lifecycle::waiting_input(&task)?.question.fields;
+        let asked = &queue::lifecycle::waiting_input(&task, Timestamp::now())?
+            .question
+            .fields;
         for pair in given {
             let (name, value) = pair
                 .split_once('=')
-                .with_context(|| format!("--field {pair:?}: give it as NAME=VALUE"))?;
+                .ok_or_else(|| UsageError(format!("--field {pair:?}: give it as NAME=VALUE")))?;
             let kind = asked
                 .iter()
                 .find(|f| f.name == name)
@@ -268,7 +283,12 @@ pub fn answer(
             fields.insert(field.name.clone(), Value::String(text.to_string()));
         }
     }
-    outln!("{}", answer_task(&store, id, option, fields, &user())?);
+    let reply = Reply {
+        option: option.map(String::from),
+        fields,
+        asked_at: None,
+    };
+    outln!("{}", answer_task(&store, id, reply, &user())?);
     Ok(())
 }
 

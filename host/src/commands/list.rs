@@ -225,7 +225,7 @@ pub fn wait(
                     "task {} waits for your answer: {} ({})",
                     task.id,
                     input.question.title,
-                    crate::commands::inbox::answer_hint(&task.id, input)
+                    crate::commands::inbox::answer_hint(&task.id, &input.question)
                 );
             }
         }

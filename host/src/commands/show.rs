@@ -87,15 +87,7 @@ pub fn run(settings: &Settings, id: &str, json: bool) -> anyhow::Result<()> {
         }
         field(
             "answer with",
-            Some(format!(
-                "host answer {} OPTION{}",
-                task.id,
-                if asked.fields.is_empty() {
-                    ""
-                } else {
-                    " --field NAME=VALUE"
-                }
-            )),
+            Some(crate::commands::inbox::answer_hint(&task.id, asked)),
         )?;
         field(
             "unanswered",

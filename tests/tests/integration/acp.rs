@@ -841,3 +841,30 @@ fn a_rejected_attempt_goes_on_with_its_acp_session_where_the_agent_can_load_it()
         "{log}"
     );
 }
+
+#[test]
+fn waiting_for_an_answer_counts_neither_against_the_timeout_nor_as_a_stall() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    // A 2 s limit and a 2 s stall limit, and a person who takes 4 s to answer.
+    let toml = format!(
+        "[roles.supervised]\nhandler = \"agent\"\ntypes = [\"work\"]\nprotocol = \"acp\"\n\
+         command = [{AGENT:?}]\nstall = \"2s\"\ntimeout = \"2s\"\npermissions = \"ask\"\n"
+    );
+    fs::write(q.queue.join("host.toml"), toml).unwrap();
+    let id = add_script(&q, &repo, "[[acp write notes.txt answered late]]");
+    let worker = spawn_drain(&q);
+    wait_for_question(&q, &id, "Write notes.txt");
+    std::thread::sleep(Duration::from_secs(4));
+    q.ok(&["answer", &id, "allow_once"]);
+    exits_well(worker);
+    let task = q.task(&id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(
+        git(
+            &repo,
+            &["show", &format!("{}:notes.txt", task_branch(&q, &id))]
+        ),
+        "answered late"
+    );
+}

@@ -1091,6 +1091,7 @@ fn an_agents_question_is_in_the_inbox_and_answered_over_http_and_the_agent_resum
     assert_eq!(waiting, [id.as_str()]);
 
     let answer = format!("/api/tasks/{id}/answer");
+    let asked_at = q.task(&id)["input"]["askedAt"].clone();
     // An option the agent did not offer is a bad value, 400, said in one line naming those it
     // did; no option and no values, too; JSON of the wrong shape is 422.
     let (status, body) = server.post(&answer, json!({"option": "yes"}));
@@ -1133,7 +1134,10 @@ fn an_agents_question_is_in_the_inbox_and_answered_over_http_and_the_agent_resum
         "nothing answered"
     );
 
-    let (status, body) = server.post(&answer, json!({"option": "allow_once"}));
+    let (status, body) = server.post(
+        &answer,
+        json!({"option": "allow_once", "askedAt": asked_at}),
+    );
     assert_eq!(status, 200, "{body}");
     assert!(
         body["said"]
@@ -1142,8 +1146,12 @@ fn an_agents_question_is_in_the_inbox_and_answered_over_http_and_the_agent_resum
             .contains(&format!("task {id}: answered allow_once")),
         "{body}"
     );
-    // Answered: until its worker takes the answer, and after, there is nothing to answer.
-    let (status, body) = server.post(&answer, json!({"option": "reject_once"}));
+    // Answered: an answer for the same question is refused, whether its worker took the
+    // answer yet (and the agent asks anew) or not.
+    let (status, body) = server.post(
+        &answer,
+        json!({"option": "reject_once", "askedAt": asked_at}),
+    );
     assert_eq!(status, 409, "{body}");
 
     // The form: the values alone, without an option, accept it; a value of the wrong type is
