@@ -752,7 +752,7 @@ impl TaskHooks for Hooks<'_> {
             "input: asks a person: {} (answer within {}: {})",
             question.title,
             humantime::format_duration(wait),
-            crate::commands::inbox::answer_hint(id, &question)
+            crate::commands::inbox::answer_hint(id, question)
         );
         self.log(&line);
         say(
