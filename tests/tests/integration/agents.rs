@@ -1223,6 +1223,22 @@ fn a_usage_limit_snoozes_the_task_without_an_attempt_and_holds_the_role_until_it
     );
     let list = q.ok(&["list"]);
     assert!(list.contains("snoozed until"), "{list}");
+    // The inbox lists the role's limit, with the task that met it.
+    let inbox: Value = serde_json::from_str(&q.ok(&["inbox", "--json"])).unwrap();
+    let limit = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "usage_limit")
+        .unwrap_or_else(|| panic!("{inbox:#}"));
+    assert_eq!(limit["task"], task["id"], "{inbox:#}");
+    assert!(
+        limit["title"]
+            .as_str()
+            .unwrap()
+            .contains("role p-claude is out of quota until"),
+        "{inbox:#}"
+    );
 
     // Another worker of the role, started later, reads the limit and claims nothing either.
     let late = spawn_agent(&q, "p-claude", &events("claude"), "0");

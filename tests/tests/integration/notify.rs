@@ -288,6 +288,14 @@ fn a_merge_conflict_is_notified() {
         )
     );
     assert_eq!(body["task"]["branchState"]["state"], "conflict");
+    // The inbox lists it, with what settles it.
+    let inbox: Value = serde_json::from_str(&q.ok(&["inbox", "--json"])).unwrap();
+    assert_eq!(inbox[0]["kind"], "conflict", "{inbox:#}");
+    assert_eq!(inbox[0]["task"], second.as_str(), "{inbox:#}");
+    assert_eq!(
+        inbox[0]["title"], "merging into main conflicts in shared.txt",
+        "{inbox:#}"
+    );
 }
 
 #[test]
