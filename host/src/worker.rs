@@ -395,6 +395,8 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) -> Option<StoreError> {
     let mut process = Some(process);
     // A task claimed together with the last one's outcome, to run next.
     let mut next: Option<Claim> = None;
+    // What a draining worker said it waits for, so that it says so once.
+    let mut told_drain: Option<String> = None;
     while !shared.stopping.load(Ordering::SeqCst) {
         let Some(handler) = process.as_mut() else {
             match HandlerProcess::start(&shared.role, &shared.options.settings) {
@@ -449,9 +451,15 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) -> Option<StoreError> {
             }
             Ok(None) => {
                 if shared.options.drain {
-                    match shared.store.has_work(&shared.types) {
-                        Ok(false) => return None,
-                        Ok(true) => {}
+                    match shared.store.work_ahead(&shared.types) {
+                        Ok(None) => return None,
+                        Ok(Some(task)) => {
+                            let why = waiting_for(&task, Timestamp::now());
+                            if told_drain.as_ref() != Some(&why) {
+                                say(shared, &format!("--drain: nothing to claim yet; {why}"));
+                                told_drain = Some(why);
+                            }
+                        }
                         Err(err) => say(shared, &format!("error: {err}")),
                     }
                 }
@@ -469,6 +477,39 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) -> Option<StoreError> {
         release(shared, &claim.lease);
     }
     None
+}
+
+/// What a draining worker that can claim nothing waits for, in words: the task it waits for and
+/// why that task cannot be claimed yet.
+fn waiting_for(task: &queue::Task, now: Timestamp) -> String {
+    let id = &task.id;
+    match task.state() {
+        TaskState::Running { .. } if task.waiting_input().is_some() => {
+            format!("waiting for task {id}, whose agent waits for an answer (host answer {id})")
+        }
+        TaskState::Running { holder, .. } => {
+            format!("waiting for task {id}, running on {holder}")
+        }
+        TaskState::Pending {
+            not_before: Some(at),
+            snoozed,
+            attempts,
+        } if at > now => {
+            let when = crate::commands::clock(at, now);
+            let what = if snoozed {
+                "snoozed until"
+            } else if attempts == 0 {
+                "set to start at"
+            } else {
+                "to be retried at"
+            };
+            format!("waiting for task {id}, {what} {when}")
+        }
+        _ => format!(
+            "waiting for task {id} ({}; a limit or another worker holds it)",
+            task.status
+        ),
+    }
 }
 
 /// Returns a task this worker holds to the queue, saying so.

@@ -929,7 +929,7 @@ impl<D: Driver> QueueStore for Engine<D> {
         Ok(summary)
     }
 
-    fn has_work(&self, types: &[String]) -> Result<bool, StoreError> {
+    fn work_ahead(&self, types: &[String]) -> Result<Option<Task>, StoreError> {
         // One task that is work, read whole: an unreadable one never finishes, so it is no
         // work to wait for.
         loop {
@@ -939,10 +939,10 @@ impl<D: Driver> QueueStore for Engine<D> {
                 tx.first_work(types, &skip, &paused)
             })?;
             let Some((id, body)) = found else {
-                return Ok(false);
+                return Ok(None);
             };
             match parse_task(self.driver.name(), id, &body) {
-                Ok(_) => return Ok(true),
+                Ok(task) => return Ok(Some(task)),
                 Err(err) => self.unreadable.note(id, &err),
             }
         }

@@ -743,11 +743,16 @@ pub trait QueueStore: Send + Sync {
     /// Tasks per state and per type, from the counts the store keeps.
     fn summary(&self) -> Result<Summary, StoreError>;
 
-    /// True while a worker of `types` has something to wait for: a task of its types that is
-    /// pending (and not paused; a retry waiting out its backoff counts) or running, or blocked
-    /// behind a task that is pending or running. A task waiting for review waits for a person,
-    /// not for a worker.
-    fn has_work(&self, types: &[String]) -> Result<bool, StoreError>;
+    /// A task that a worker of `types` has to wait for, while there is one: a task of its types
+    /// that is pending (and not paused; a retry waiting out its backoff, a snooze or a delayed
+    /// start counts) or running, or one pending or running that a blocked task of its types
+    /// waits behind. A task waiting for review waits for a person, not for a worker.
+    fn work_ahead(&self, types: &[String]) -> Result<Option<Task>, StoreError>;
+
+    /// Whether a worker of `types` has something to wait for ([`QueueStore::work_ahead`]).
+    fn has_work(&self, types: &[String]) -> Result<bool, StoreError> {
+        Ok(self.work_ahead(types)?.is_some())
+    }
 
     /// Returns the leases that ran out to pending (after a backoff), or fails their tasks when
     /// no attempt is left; says how many. Claims do this as they go; this is for tools and

@@ -294,7 +294,7 @@ impl QueueStore for Store {
         fn get(&self, id: &str) -> Result<Task, StoreError>;
         fn list(&self, query: &TaskQuery) -> Result<Vec<Task>, StoreError>;
         fn summary(&self) -> Result<Summary, StoreError>;
-        fn has_work(&self, types: &[String]) -> Result<bool, StoreError>;
+        fn work_ahead(&self, types: &[String]) -> Result<Option<Task>, StoreError>;
         fn expire_leases(&self) -> Result<usize, StoreError>;
         fn purge(&self, before: Timestamp, statuses: &[TaskStatus]) -> Result<usize, StoreError>;
         fn forget_finished(&self, ids: &[i64]) -> Result<(), StoreError>;

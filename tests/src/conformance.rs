@@ -1347,6 +1347,11 @@ pub fn review_and_branch_states(engine: &dyn Engine) {
     let (first, second) = (&tasks[0].id, &tasks[1].id);
 
     let claim = store.claim("w", &alpha).unwrap().unwrap();
+    assert_eq!(
+        store.work_ahead(&alpha).unwrap().map(|t| t.id),
+        Some(first.clone()),
+        "the running task, which the blocked one waits behind"
+    );
     let waiting = store
         .finish(&claim.lease, Outcome::ForReview(json!({"n": 1})))
         .unwrap();

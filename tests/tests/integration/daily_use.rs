@@ -732,3 +732,20 @@ fn host_snooze_puts_a_task_off_without_spending_an_attempt() {
     let refused = q.fails(&["snooze", &finished, "--for", "1h"]);
     assert!(refused.contains(&format!("task {finished}")), "{refused}");
 }
+
+#[test]
+fn a_draining_worker_says_once_what_it_waits_for_when_it_can_claim_nothing_yet() {
+    let q = TestQueue::new();
+    let soon = q.add(&["--type", "noop", "--in", "2s"]);
+    let output = q.drain("noop", &["--poll", "100ms"]);
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(q.task(&soon)["status"], "completed", "{said}");
+    assert_eq!(
+        said.matches(&format!(
+            "--drain: nothing to claim yet; waiting for task {soon}, set to start at "
+        ))
+        .count(),
+        1,
+        "{said}"
+    );
+}
