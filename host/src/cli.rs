@@ -292,10 +292,12 @@ pub enum Command {
         #[arg(long)]
         rebase: bool,
     },
-    /// Delete a worktree task's branch.
+    /// Delete worktree tasks' branches (each id is checked first: one that cannot be
+    /// discarded discards nothing).
     Discard {
-        /// The task id.
-        id: String,
+        /// The task ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
     },
     /// The branches this queue made for its tasks (in the repository of the current folder,
     /// those of --repo, and those its tasks recorded), with each task's state; --prune deletes

@@ -281,9 +281,14 @@ pub fn merge(settings: &Settings, id: &str, squash: bool, rebase: bool) -> anyho
     Ok(())
 }
 
-/// `host discard`.
-pub fn discard(settings: &Settings, id: &str) -> anyhow::Result<()> {
-    outln!("{}", discard_task(&open_store(settings)?, id)?);
+/// `host discard`: every id is checked first, so that one that cannot be discarded discards
+/// nothing.
+pub fn discard(settings: &Settings, ids: &[String]) -> anyhow::Result<()> {
+    let store = open_store(settings)?;
+    crate::commands::cancel::check_all(&store, ids, "discarded", lifecycle::check_discardable)?;
+    for id in ids {
+        outln!("{}", discard_task(&store, id)?);
+    }
     Ok(())
 }
 

@@ -73,7 +73,7 @@ pub fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Rm { ids } => export::rm(settings, &ids),
         Command::Diff { id } => branch::diff(settings, &id),
         Command::Merge { id, squash, rebase } => branch::merge(settings, &id, squash, rebase),
-        Command::Discard { id } => branch::discard(settings, &id),
+        Command::Discard { ids } => branch::discard(settings, &ids),
         Command::Branches(args) => branches::run(settings, &args),
         Command::Open { id } => branches::open(settings, &id),
         Command::Pr(args) => pr::run(settings, &args),

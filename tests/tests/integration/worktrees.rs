@@ -611,3 +611,28 @@ fn diff_after_a_merge_shows_the_merged_change() {
         "the merged change, as it was before the merge"
     );
 }
+
+#[test]
+fn discard_takes_several_tasks_and_checks_them_all_before_it_deletes_any_branch() {
+    let q = TestQueue::new();
+    let repo = repository(&q);
+    bind_editor(&q);
+    let target = repo.to_str().unwrap();
+    let first = q.add(&["--type", "edit", "--target", target]);
+    let second = q.add(&["--type", "edit", "--target", target]);
+    q.drain("editor", &["--concurrency", "2"]);
+    let waiting = q.add(&["--type", "edit", "--target", target]);
+    let line = q.fails(&["discard", &first, &second, &waiting]);
+    assert!(line.starts_with("error: nothing was discarded: "), "{line}");
+    assert_eq!(
+        git(&repo, &["branch", "--list", "host/*"]).lines().count(),
+        2,
+        "both branches kept"
+    );
+    let said = q.ok(&["discard", &first, &second]);
+    assert_eq!(said.lines().count(), 2, "{said}");
+    assert_eq!(git(&repo, &["branch", "--list", "host/*"]), "");
+    for id in [&first, &second] {
+        assert_eq!(q.task(id)["branchState"]["state"], "discarded");
+    }
+}
