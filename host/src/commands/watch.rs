@@ -214,7 +214,7 @@ fn draw(
             Row::new(vec![
                 Cell::from(t.id.clone()),
                 Cell::from(t.task_type.clone()),
-                Cell::from(t.status.as_str()).fg(status_colour(t.status)),
+                Cell::from(t.shown_status()).fg(status_colour(t.status)),
                 Cell::from(t.worker.clone().unwrap_or_default()),
                 Cell::from(t.duration_ms.map(human_ms).unwrap_or_default()),
                 Cell::from(one_line(&outcome, 200)),
