@@ -79,6 +79,15 @@ impl<T: DriverTx> Rules<'_, T> {
         Ok(Some((self.parsed(&stored)?, stored.token)))
     }
 
+    /// The running task that `lease` holds, its lease checked at `now`.
+    fn held(&mut self, lease: &Lease, now: Timestamp) -> Result<Task, StoreError> {
+        let (task, token) = self
+            .task_and_token(&lease.task_id)?
+            .ok_or_else(|| StoreError::NotFound(lease.task_id.clone()))?;
+        lifecycle::check_lease(&task, lease, token.as_deref(), now)?;
+        Ok(task)
+    }
+
     /// Writes back tasks that exist; a claim gives each its lease's secret.
     fn save(&mut self, tasks: &[(&Task, Option<&str>)]) -> Result<(), StoreError> {
         let rows = tasks
@@ -607,10 +616,7 @@ impl<D: Driver> Engine<D> {
     ) -> Result<Task, StoreError> {
         self.write(Commit::AsConfigured, |rules| {
             let now = Timestamp::now();
-            let (mut task, token) = rules
-                .task_and_token(&lease.task_id)?
-                .ok_or_else(|| StoreError::NotFound(lease.task_id.clone()))?;
-            lifecycle::check_lease(&task, lease, token.as_deref(), now)?;
+            let mut task = rules.held(lease, now)?;
             change(&mut task, now);
             rules.put(&task)?;
             Ok(task)
@@ -735,10 +741,7 @@ impl<D: Driver> QueueStore for Engine<D> {
                 without_dependents: Vec::new(),
             };
             let now = Timestamp::now();
-            let (mut task, token) = rules
-                .task_and_token(&lease.task_id)?
-                .ok_or_else(|| StoreError::NotFound(lease.task_id.clone()))?;
-            lifecycle::check_lease(&task, lease, token.as_deref(), now)?;
+            let mut task = rules.held(lease, now)?;
             lifecycle::renew(&mut task, now, &self.policy);
             rules.put(&task)?;
             Ok(Renewal {
@@ -842,10 +845,7 @@ impl<D: Driver> QueueStore for Engine<D> {
     fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         self.write(Commit::AsConfigured, |rules| {
             let now = Timestamp::now();
-            let (mut task, token) = rules
-                .task_and_token(&lease.task_id)?
-                .ok_or_else(|| StoreError::NotFound(lease.task_id.clone()))?;
-            lifecycle::check_lease(&task, lease, token.as_deref(), now)?;
+            let mut task = rules.held(lease, now)?;
             lifecycle::release(&mut task, now);
             rules.put(&task)?;
             self.settle(rules, &task, now, true)
