@@ -766,18 +766,11 @@ impl TaskHooks for Hooks<'_> {
             });
         }
         let lease = &self.running.lease;
-        let now = Timestamp::now();
-        let input = queue::Input {
-            attempt: lease.attempt,
-            asked_at: now,
-            expires_at: now.checked_add(wait).ok(),
-            question: question.clone(),
-            answer: None,
-        };
+        let expires_at = Timestamp::now().checked_add(wait).ok();
         let task = self
             .shared
             .store
-            .ask(lease, input)
+            .ask(lease, question.clone(), expires_at)
             .map_err(|err| Answer::Failed {
                 reason: err.to_string(),
             })?;

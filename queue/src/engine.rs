@@ -19,7 +19,7 @@ use crate::records::{
     purgeable,
 };
 use crate::{
-    Claim, Durability, Input, InputAnswer, Lease, NewTask, Outcome, PauseScope, QueueStore,
+    Claim, Durability, InputAnswer, Lease, NewTask, Outcome, PauseScope, Question, QueueStore,
     Recorded, Renewal, StoreError, Summary, Task, TaskChange, TaskEdit, TaskQuery, TaskStatus,
     UsageLimit, WorkerRecord, validate_name,
 };
@@ -751,8 +751,15 @@ impl<D: Driver> QueueStore for Engine<D> {
         })
     }
 
-    fn ask(&self, lease: &Lease, input: Input) -> Result<Task, StoreError> {
-        self.with_lease_held(lease, |task, now| lifecycle::ask(task, input.clone(), now))
+    fn ask(
+        &self,
+        lease: &Lease,
+        question: Question,
+        expires_at: Option<Timestamp>,
+    ) -> Result<Task, StoreError> {
+        self.with_lease_held(lease, |task, now| {
+            lifecycle::ask(task, question.clone(), expires_at, now);
+        })
     }
 
     fn answer(

@@ -694,9 +694,15 @@ pub trait QueueStore: Send + Sync {
     /// Returns the task to pending without counting the attempt (the worker is shutting down).
     fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 
-    /// Puts a question of the running attempt to a person, fenced by its lease: the task stays
-    /// running, listed as `input`, until [`QueueStore::end_input`].
-    fn ask(&self, lease: &Lease, input: Input) -> Result<Task, StoreError>;
+    /// Puts a question of the running attempt to a person, fenced by its lease, waited for
+    /// until `expires_at`: the task stays running, listed as `input`, until
+    /// [`QueueStore::end_input`].
+    fn ask(
+        &self,
+        lease: &Lease,
+        question: Question,
+        expires_at: Option<Timestamp>,
+    ) -> Result<Task, StoreError>;
 
     /// Records a person's answer to the question task `id` waits for; refused when it waits
     /// for none, when `question` (when the answered question was asked, if the answerer knows)

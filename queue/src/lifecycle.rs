@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use crate::{
     Attempt, AttemptStatus, BranchOutcome, BranchState, Dependency, Input, InputAnswer, Lease,
-    MAX_TASK_BYTES, NewTask, Outcome, PauseScope, Review, StoreError, Task, TaskState, TaskStatus,
-    Verdict, validate_name,
+    MAX_TASK_BYTES, NewTask, Outcome, PauseScope, Question, Review, StoreError, Task, TaskState,
+    TaskStatus, Verdict, validate_name,
 };
 
 /// How long a lease lasts unless renewed, when the store is not told otherwise.
@@ -458,13 +458,17 @@ pub fn check_lease(
     Ok(())
 }
 
-/// Puts the running attempt's question to a person (its lease was checked): it waits in
-/// `host inbox` until answered. One question at a time: a new one replaces the last.
-pub fn ask(task: &mut Task, mut input: Input, now: Timestamp) {
-    input.attempt = task.attempts;
-    input.asked_at = now;
-    input.answer = None;
-    task.input = Some(input);
+/// Puts the running attempt's question to a person (its lease was checked), asked `now` and
+/// waited for until `expires_at`: it waits in `host inbox` until answered. One question at a
+/// time: a new one replaces the last.
+pub fn ask(task: &mut Task, question: Question, expires_at: Option<Timestamp>, now: Timestamp) {
+    task.input = Some(Input {
+        attempt: task.attempts,
+        asked_at: now,
+        expires_at,
+        question,
+        answer: None,
+    });
 }
 
 /// Records a person's answer to the question task waits for; the worker takes it at its next
@@ -1132,14 +1136,7 @@ mod tests {
             ],
             fields: Vec::new(),
         };
-        let input = Input {
-            attempt: 0,
-            asked_at: now,
-            expires_at: None,
-            question,
-            answer: None,
-        };
-        ask(&mut task, input, now);
+        ask(&mut task, question, None, now);
         task
     }
 

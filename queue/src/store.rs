@@ -14,7 +14,7 @@ use crate::{
     Renewal, SqliteStore, StoreError, Summary, Task, TaskQuery, TaskStatus, UsageLimit,
     WorkerRecord,
 };
-use crate::{Input, InputAnswer, TaskChange, TaskEdit};
+use crate::{InputAnswer, Question, TaskChange, TaskEdit};
 
 /// The file in a queue folder that holds the queue's configuration.
 pub const CONFIG_FILE: &str = "host.toml";
@@ -276,7 +276,12 @@ impl QueueStore for Store {
             count: usize
         ) -> Result<Recorded, StoreError>;
         fn release(&self, lease: &Lease) -> Result<(), StoreError>;
-        fn ask(&self, lease: &Lease, input: Input) -> Result<Task, StoreError>;
+        fn ask(
+            &self,
+            lease: &Lease,
+            question: Question,
+            expires_at: Option<Timestamp>
+        ) -> Result<Task, StoreError>;
         fn answer(
             &self,
             id: &str,

@@ -33,14 +33,22 @@ pub struct InboxItem {
     pub input: Option<Input>,
 }
 
-/// Everything that waits for a person, oldest first.
-pub fn read(store: &Store) -> anyhow::Result<Vec<InboxItem>> {
-    let mut items = Vec::new();
+/// The running tasks whose agent waits for a person's answer. Running tasks are as many as the
+/// workers' slots: all of them are read.
+pub fn asking(store: &Store) -> Result<Vec<Task>, queue::StoreError> {
     let running = TaskQuery {
         statuses: vec![TaskStatus::Running],
         ..TaskQuery::default()
     };
-    for task in store.list(&running)? {
+    let mut tasks = store.list(&running)?;
+    tasks.retain(|t| t.waiting_input().is_some());
+    Ok(tasks)
+}
+
+/// Everything that waits for a person, oldest first.
+pub fn read(store: &Store) -> anyhow::Result<Vec<InboxItem>> {
+    let mut items = Vec::new();
+    for task in asking(store)? {
         if let Some(input) = task.waiting_input() {
             items.push(InboxItem {
                 kind: "input",

@@ -111,12 +111,7 @@ impl StatusReport {
         .into_iter()
         .map(|t| t.id)
         .collect();
-        // Running tasks are as many as the workers' slots: all of them are read.
-        let input = store
-            .list(&TaskQuery {
-                statuses: vec![TaskStatus::Running],
-                ..TaskQuery::default()
-            })?
+        let input = crate::commands::inbox::asking(store)?
             .into_iter()
             .filter_map(|t| {
                 let title = t.waiting_input()?.question.title.clone();
