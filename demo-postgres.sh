@@ -11,7 +11,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")"
 host="$PWD/target/release/host"
-export HOST_PLUGIN_PATH="$PWD/target/release"
+# demo.sh copied the plugins to a private folder; run alone, they are the build's own.
+export HOST_PLUGIN_PATH="${HOST_PLUGIN_PATH:-$PWD/target/release}"
 
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 if [ -z "$pgbin" ]; then

@@ -21,11 +21,26 @@ else
     host="$PWD/target/release/host"
 fi
 
+# The host refuses plugins in a folder that others could write to, or under one (a clone in
+# /tmp): the demo's roles run from a copy in a folder of the user's own, made private.
+demo="${DEMO_DIR:-$PWD/target/demo}"
+if [ -n "${DEMO_DIR:-}" ]; then
+    plugins="$demo-plugins"
+else
+    plugins="${XDG_DATA_HOME:-$HOME/.local/share}/host/demo-plugins"
+fi
+rm -rf "$plugins"
+mkdir -p "$(dirname "$plugins")"
+mkdir -m 700 "$plugins"
+for library in builtin_roles deployer; do
+    cp "$(dirname "$host")/lib$library.so" "$plugins/"
+done
+export HOST_PLUGIN_PATH="$plugins"
+
 if [ "${1:-}" = "--postgres" ]; then
     exec ./demo-postgres.sh
 fi
 
-demo="${DEMO_DIR:-$PWD/target/demo}"
 rm -rf "$demo"
 mkdir -p "$demo"
 export HOST_QUEUE_DIR="$demo/copilot-orchestration"
@@ -59,7 +74,7 @@ run_workers() {
     for role in "$@"; do sed "s/^/  [$role] /" "$demo/$role.log"; done
 }
 
-say "Plugins found beside the host"
+say "Plugins (copied to $plugins)"
 "$host" plugins
 
 say "Orchestrator: init and phase 1 (write the project)"

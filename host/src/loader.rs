@@ -331,18 +331,35 @@ impl PluginRegistry {
         types
     }
 
-    /// The refused libraries, one `file: reason` each, for messages that say why a role was
-    /// not found.
-    pub fn refusals(&self) -> Vec<String> {
+    /// The refused libraries, each with the one-line reason.
+    pub fn refusals(&self) -> Vec<(&Path, &str)> {
         self.reports
             .iter()
             .filter_map(|report| match &report.status {
                 LibraryStatus::Refused { reason, .. } => {
-                    Some(format!("{}: {reason}", report.path.display()))
+                    Some((report.path.as_path(), reason.as_str()))
                 }
                 LibraryStatus::Loaded { .. } => None,
             })
             .collect()
+    }
+
+    /// What a message that found no role adds about the libraries refused: nothing when none
+    /// was, else each refused file and the first one's reason, so that a role missing because
+    /// its library was refused is not a mystery.
+    pub fn refused_note(&self) -> String {
+        let refused = self.refusals();
+        let Some((first, reason)) = refused.first() else {
+            return String::new();
+        };
+        let others: String = refused[1..]
+            .iter()
+            .map(|(path, _)| format!(", {}", path.display()))
+            .collect();
+        format!(
+            "; refused: {} ({reason}){others}; see `host plugins`",
+            first.display()
+        )
     }
 }
 

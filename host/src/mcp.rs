@@ -7,9 +7,9 @@
 //! content with a text copy; a refusal is a tool error with one line of text. Nothing but the
 //! protocol may reach stdout.
 //!
-//! On PostgreSQL the server opens the queue's store once, at its start, and the tools use it
-//! (the self-serve ones excepted: the command-line functions they share open their own); on
-//! SQLite each use opens the store (see [`ServerStore`] for why). Tools run their store calls on
+//! The server opens the queue's store once, at its start ([`ServerStore`]), and the tools use
+//! it, the self-serve ones (claim, heartbeat, progress, log, complete, fail) excepted: the
+//! command-line functions they share open their own. Tools run their store calls on
 //! the runtime's blocking threads, so that one call waiting on the database or on a plugin's
 //! check never holds up the others or the protocol.
 

@@ -464,11 +464,12 @@ fn role_for<'r>(
     {
         bail!(
             "{}: role {name} claims type {:?} but is bound to handler {:?}, which no plugin \
-             provides (searched: {})",
+             provides (searched: {}{})",
             config.source,
             task.task_type,
             binding.handler,
-            registry.searched()
+            registry.searched(),
+            registry.refused_note()
         );
     }
     let role = match bound {
@@ -488,14 +489,15 @@ fn role_for<'r>(
         known.sort();
         known.dedup();
         bail!(
-            "unknown task type {:?}: no role on the plugin path claims it (known types: {}; searched: {})",
+            "unknown task type {:?}: no role on the plugin path claims it (known types: {}; searched: {}{})",
             task.task_type,
             if known.is_empty() {
                 "none".to_string()
             } else {
                 known.join(", ")
             },
-            registry.searched()
+            registry.searched(),
+            registry.refused_note()
         );
     };
     Ok(role)

@@ -30,7 +30,8 @@ pub fn check_type_known(
     doing: &str,
 ) -> anyhow::Result<()> {
     let config = Config::load(store)?;
-    let mut known = PluginRegistry::discover(&settings.plugin_path).task_types();
+    let registry = PluginRegistry::discover(&settings.plugin_path);
+    let mut known = registry.task_types();
     known.extend(
         config
             .roles
@@ -43,8 +44,9 @@ pub fn check_type_known(
         known.dedup();
         anyhow::bail!(
             "unknown task type {task_type:?}: no role on the plugin path claims it and no task \
-             has it (known types: {}); nothing was {doing}",
-            known.join(", ")
+             has it (known types: {}{}); nothing was {doing}",
+            known.join(", "),
+            registry.refused_note()
         );
     }
     Ok(())

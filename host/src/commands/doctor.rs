@@ -1,6 +1,7 @@
 //! `host doctor`: checks the queue and says what it found: the folder (private, local file
 //! system, nothing linked away), the database (SQLite's integrity check and the counts the store
-//! keeps, or PostgreSQL's schema; every task record), the workers and leases.
+//! keeps, or PostgreSQL's schema; every task record), the workers and leases, and this
+//! machine's plugin path (every library loads, and some role is there to run tasks).
 
 use jiff::Timestamp;
 use queue::{QueueStore, Store, TaskQuery, TaskStatus};
@@ -8,6 +9,7 @@ use queue::{QueueStore, Store, TaskQuery, TaskStatus};
 use crate::cli::Settings;
 use crate::commands::status::WORKER_STALE_AFTER;
 use crate::commands::{open_store, outln};
+use crate::loader::PluginRegistry;
 
 /// Runs every check; exits 1 when one found a problem.
 pub fn run(settings: &Settings) -> anyhow::Result<()> {
@@ -89,6 +91,31 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
             "leases: {} running, {expired} expired (the next claim returns them to the queue)",
             running.len()
         ),
+    )?;
+    let registry = PluginRegistry::discover(&settings.plugin_path);
+    for (file, reason) in registry.refusals() {
+        report(
+            false,
+            format!("plugin {}: refused: {reason}", file.display()),
+        )?;
+    }
+    let mut roles: Vec<&str> = registry.roles().iter().map(|r| r.name()).collect();
+    roles.sort_unstable();
+    report(
+        !roles.is_empty(),
+        if roles.is_empty() {
+            format!(
+                "plugins: no role on the plugin path, so no task can be added or run here \
+                 (searched: {})",
+                registry.searched()
+            )
+        } else {
+            format!(
+                "plugins: roles {} (searched: {})",
+                roles.join(", "),
+                registry.searched()
+            )
+        },
     )?;
     if problems > 0 {
         anyhow::bail!("{problems} problem(s) found in {}", settings.queue);

@@ -103,12 +103,7 @@ pub fn find_role(
     if let Some(role) = registry.role(handler) {
         return Ok(role.clone());
     }
-    let refused = registry.refusals();
-    let refused = if refused.is_empty() {
-        String::new()
-    } else {
-        format!("; refused: {}", refused.join("; "))
-    };
+    let refused = registry.refused_note();
     if let Some(binding) = binding {
         bail!(
             "{}: role {role_name:?} is bound to handler {:?}, which no plugin provides (searched: {}{refused})",

@@ -625,28 +625,27 @@ fn a_failed_hook_gets_the_task_that_failed_for_good() {
 fn the_demo_plays_to_the_end_and_its_log_is_plain_labelled_text() {
     // The README's first command, with this suite's build instead of a release build, in a
     // folder of its own, its output going to a pipe as a log's would.
+    // The build sits under a folder anyone may write to, as in a clone under /tmp, where the
+    // host refuses the plugins beside it: the demo runs them from a private copy.
+    use std::os::unix::fs::PermissionsExt;
     let ws = integration_tests::workspace();
     let dir = integration_tests::scratch_dir();
-    // The plugins the demo needs, from a folder only we can write to (a clone under /tmp
-    // would have the host refuse the ones beside it); first the queue's own plugin folder,
-    // which does not exist.
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let build = shared.join("release");
+    std::fs::create_dir(&build).unwrap();
+    std::fs::copy(ws.host(), build.join("host")).unwrap();
     for name in ["builtin_roles", "deployer"] {
         let file = integration_tests::library_file(name);
-        std::fs::copy(ws.library(name), plugins.join(&file)).unwrap();
+        std::fs::copy(ws.library(name), build.join(&file)).unwrap();
     }
     let demo = dir.path().join("demo");
-    let plugin_path = format!(
-        "{}:{}",
-        demo.join("copilot-orchestration/plugins").display(),
-        plugins.display()
-    );
     let output = std::process::Command::new("bash")
         .arg(ws.root.join("demo.sh"))
-        .env("DEMO_HOST", ws.host())
+        .env("DEMO_HOST", build.join("host"))
         .env("DEMO_DIR", &demo)
-        .env("HOST_PLUGIN_PATH", plugin_path)
+        .env_remove("HOST_PLUGIN_PATH")
         .env_remove("HOST_QUEUE_DIR")
         .env_remove("NO_COLOR")
         .stdin(std::process::Stdio::null())
@@ -666,10 +665,14 @@ fn the_demo_plays_to_the_end_and_its_log_is_plain_labelled_text() {
             "{said}"
         );
     }
+    let plugins = dir.path().join("demo-plugins");
     assert!(
-        log.contains("(no such folder)") && !log.contains("(missing)"),
+        log.contains(&format!("Plugins (copied to {})", plugins.display()))
+            && !log.contains("REFUSED"),
         "{log}"
     );
+    let mode = std::fs::metadata(&plugins).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "the demo's plugin folder is private");
     assert!(log.contains("completed       4"), "{log}");
     assert!(
         log.contains("demo-app/src/lib.rs"),
