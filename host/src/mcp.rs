@@ -32,7 +32,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use queue::{Outcome, PauseScope, QueueStore, Store, TaskQuery, TaskStatus};
+use queue::{Outcome, PauseScope, QueueStore, ShownStatus, Store, TaskQuery};
 
 use crate::cli::Settings;
 use crate::commands::{add, selfserve};
@@ -70,7 +70,8 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ListTasks {
-    /// Only tasks in this state: pending, blocked, running, review, completed, failed or cancelled.
+    /// Only tasks in this state: pending, blocked, running, review, completed, failed or
+    /// cancelled; or input, the running tasks whose agent waits for an answer.
     status: Option<String>,
     /// Only tasks of this type.
     #[serde(rename = "type")]
@@ -440,25 +441,31 @@ impl QueueServer {
         annotations(read_only_hint = true, open_world_hint = false)
     )]
     async fn list_tasks(&self, Parameters(filter): Parameters<ListTasks>) -> ToolResult {
-        let statuses = match filter.status.as_deref().filter(|s| !s.is_empty()) {
-            Some(name) => vec![name.parse::<TaskStatus>().map_err(|err| err.to_string())?],
-            None => Vec::new(),
-        };
+        let shown: Option<ShownStatus> = filter
+            .status
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .transpose()?;
+        // Running tasks are as many as the workers' slots: for `input`, all are read and the
+        // page cut after the filter.
+        let input_only = shown == Some(ShownStatus::Input);
         let before = filter.before.as_ref().map(TaskNumber::value).transpose()?;
         let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
         let query = TaskQuery {
-            statuses,
+            statuses: shown.map(|s| vec![s.status()]).unwrap_or_default(),
             task_type: filter.task_type,
             text: filter.text,
             newest_first: true,
             after_id: before,
-            limit: Some(limit + 1),
+            limit: (!input_only).then_some(limit + 1),
             ..TaskQuery::default()
         };
         let mut tasks = blocking(self, move |_, store| {
             store.list(&query).map_err(|err| one_line(err.into()))
         })
         .await?;
+        tasks.retain(|t| shown.is_none_or(|s| s.holds(t)));
         // `next` is a number, the type `before` declares (ids are numbers in text).
         let next = (tasks.len() > limit).then(|| {
             tasks.truncate(limit);

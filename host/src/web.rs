@@ -47,7 +47,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use queue::{PauseScope, QueueStore, Task, TaskQuery, TaskStatus};
+use queue::{PauseScope, QueueStore, ShownStatus, Task, TaskQuery};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -237,19 +237,18 @@ async fn list_tasks(
     Query(filter): Query<TaskFilter>,
 ) -> ApiResult<Json<Vec<Task>>> {
     let limit = filter.limit.unwrap_or(200).min(1000);
-    // `input` is no status of its own: a running task that waits for an answer, as `host list
-    // --status input` shows it. Running tasks are as many as the workers' slots: all are read.
-    let input_only = filter.status.as_deref() == Some("input");
-    let statuses = match filter.status.as_deref().filter(|s| !s.is_empty()) {
-        Some("input") => vec![TaskStatus::Running],
-        Some(name) => vec![
-            name.parse()
-                .map_err(|err: String| ApiError(StatusCode::BAD_REQUEST, err))?,
-        ],
-        None => Vec::new(),
-    };
+    let shown: Option<ShownStatus> = filter
+        .status
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .transpose()
+        .map_err(|err: String| ApiError(StatusCode::BAD_REQUEST, err))?;
+    // `input` is no status of its own but running tasks that wait for an answer: running tasks
+    // are as many as the workers' slots, so all are read and the page cut after the filter.
+    let input_only = shown == Some(ShownStatus::Input);
     let query = TaskQuery {
-        statuses,
+        statuses: shown.map(|s| vec![s.status()]).unwrap_or_default(),
         task_type: filter.task_type,
         worker: filter.worker,
         text: filter.q,
@@ -261,7 +260,7 @@ async fn list_tasks(
     blocking(move || {
         let mut tasks = app.store.with(|s| s.list(&query))??;
         if input_only {
-            tasks.retain(|t| t.waiting_input().is_some());
+            tasks.retain(|t| ShownStatus::Input.holds(t));
             tasks.truncate(limit);
         }
         Ok(Json(tasks))

@@ -27,8 +27,8 @@ use serde_json::Value;
 
 pub use task_model::{
     Attempt, AttemptStatus, BranchOutcome, BranchState, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY,
-    Input, InputAnswer, InputField, InputOption, PlanStep, Question, Review, Task, TaskState,
-    TaskStatus, Verdict, rfc3339_millis,
+    Input, InputAnswer, InputField, InputOption, PlanStep, Question, Review, ShownStatus, Task,
+    TaskState, TaskStatus, Verdict, rfc3339_millis,
 };
 
 pub mod driver;

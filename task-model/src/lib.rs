@@ -149,6 +149,52 @@ impl std::str::FromStr for TaskStatus {
     }
 }
 
+/// What lists filter by (`host list --status`, the dashboard): a status, or `input`, the
+/// running tasks that wait for a person's answer ([`Task::shown_status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShownStatus {
+    /// Tasks in this status.
+    Status(TaskStatus),
+    /// Running tasks whose agent waits for an answer.
+    Input,
+}
+
+impl ShownStatus {
+    /// The status the store is asked for.
+    pub fn status(self) -> TaskStatus {
+        match self {
+            ShownStatus::Status(status) => status,
+            ShownStatus::Input => TaskStatus::Running,
+        }
+    }
+
+    /// Whether `task`, read in [`ShownStatus::status`], is shown under this name.
+    pub fn holds(self, task: &Task) -> bool {
+        match self {
+            ShownStatus::Status(status) => task.status == status,
+            ShownStatus::Input => task.waiting_input().is_some(),
+        }
+    }
+}
+
+impl std::str::FromStr for ShownStatus {
+    type Err = String;
+
+    /// Reads a status's name or `input`.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        if name == "input" {
+            return Ok(ShownStatus::Input);
+        }
+        name.parse().map(ShownStatus::Status).map_err(|_| {
+            let names: Vec<&str> = TaskStatus::ALL.iter().map(|s| s.as_str()).collect();
+            format!(
+                "unknown status {name:?} (one of {}, input)",
+                names.join(", ")
+            )
+        })
+    }
+}
+
 impl fmt::Display for TaskStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -788,6 +834,23 @@ impl Task {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_shown_status_is_a_status_or_input() {
+        use super::ShownStatus;
+        assert_eq!("input".parse(), Ok(ShownStatus::Input));
+        assert_eq!(
+            "review".parse(),
+            Ok(ShownStatus::Status(super::TaskStatus::Review))
+        );
+        assert_eq!(ShownStatus::Input.status(), super::TaskStatus::Running);
+        let refused = "waiting".parse::<ShownStatus>().unwrap_err();
+        assert!(
+            refused.starts_with("unknown status \"waiting\" (one of pending,")
+                && refused.ends_with(", input)"),
+            "{refused}"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use jiff::Timestamp;
 use queue::lifecycle::{self, PauseSet, Policy};
-use queue::{QueueStore, Store, Task, TaskQuery, TaskState, TaskStatus};
+use queue::{QueueStore, ShownStatus, Store, Task, TaskQuery, TaskState, TaskStatus};
 use serde_json::json;
 
 use crate::cli::{ListArgs, Settings};
@@ -30,22 +30,19 @@ pub fn run(settings: &Settings, args: &ListArgs) -> anyhow::Result<()> {
 }
 
 fn print(store: &Store, args: &ListArgs) -> anyhow::Result<()> {
-    // `input` is a running task that waits for a person's answer.
-    let input_only = args.status.as_deref() == Some("input");
-    let statuses = match args.status.as_deref() {
-        Some("input") => vec![TaskStatus::Running],
-        Some(name) => vec![name.parse().map_err(anyhow::Error::msg)?],
-        None => UNFINISHED.to_vec(),
-    };
+    let shown: Option<ShownStatus> = args
+        .status
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let mut tasks = store.list(&TaskQuery {
-        statuses,
+        statuses: shown.map_or(UNFINISHED.to_vec(), |s| vec![s.status()]),
         task_type: args.task_type.clone(),
         worker: args.worker.clone(),
         ..TaskQuery::default()
     })?;
-    if input_only {
-        tasks.retain(|t| t.waiting_input().is_some());
-    }
+    tasks.retain(|t| shown.is_none_or(|s| s.holds(t)));
     // In the claim order (the priority a task has aged to, `[queue] aging`, then its id),
     // as the queue decides it.
     let policy = Policy {

@@ -477,6 +477,15 @@ fn another_agent_answers_a_running_agents_permission_request_through_inbox_and_a
         assert_eq!(item["kind"], "input", "{inbox:#}");
         assert_eq!(item["task"], id.as_str(), "{inbox:#}");
         assert_eq!(item["input"]["options"][0]["id"], "allow_once", "{inbox:#}");
+        // `input` filters the list as `host list --status input` does.
+        let listed: Value = serde_json::from_str(
+            &call(client, "list_tasks", json!({"status": "input"}))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(listed["tasks"][0]["id"], id.as_str(), "{listed:#}");
+        assert_eq!(listed["tasks"].as_array().unwrap().len(), 1, "{listed:#}");
         let refused = call(client, "answer_task", json!({"id": id, "option": "sure"}))
             .await
             .unwrap_err();
