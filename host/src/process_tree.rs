@@ -134,6 +134,35 @@ pub fn kill_tree(root: u32, including_root: bool) {
     }
 }
 
+/// Whether `child` exits within `limit`, watched through a pidfd without reaping it (its pid
+/// stays its own until the caller waits for it). False where there are no pidfds.
+#[cfg(target_os = "linux")]
+pub fn exits_within(child: &std::process::Child, limit: Duration) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    use rustix::process::{Pid, PidfdFlags, pidfd_open};
+    let Ok(pidfd) = pidfd_open(Pid::from_child(child), PidfdFlags::empty()) else {
+        return false;
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let left = Timespec::try_from(left).unwrap_or_default();
+        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+        match poll(&mut fds, Some(&left)) {
+            Ok(0) if Instant::now() >= deadline => return false,
+            Ok(0) | Err(rustix::io::Errno::INTR) => {}
+            Ok(_) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Without pidfds a child is not watched: the caller goes on as if it had not exited.
+#[cfg(not(target_os = "linux"))]
+pub fn exits_within(_child: &std::process::Child, _limit: std::time::Duration) -> bool {
+    false
+}
+
 /// Kills the process group `root` leads, the portable stand-in for the Linux tree walk; a
 /// process never kills its own group this way.
 #[cfg(all(unix, not(target_os = "linux")))]

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -144,7 +144,7 @@ struct Shared {
     wakeup: Wakeup,
     running: Mutex<Vec<Arc<Running>>>,
     stopping: AtomicBool,
-    exiting: AtomicBool,
+    exiting: Exiting,
     dirty: AtomicBool,
     /// Hooks and notifications still running, each outcome's on a thread of its own so that a
     /// slow one does not hold up the next claim's lease; the worker waits for them before it
@@ -223,7 +223,7 @@ impl ClaimLoop {
                 wakeup,
                 running: Mutex::new(Vec::new()),
                 stopping: AtomicBool::new(false),
-                exiting: AtomicBool::new(false),
+                exiting: Exiting::default(),
                 dirty: AtomicBool::new(false),
                 hooks: Mutex::new(Vec::new()),
                 limits,
@@ -356,7 +356,7 @@ impl ClaimLoop {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break WorkerExit::Stopped,
             }
         };
-        shared.exiting.store(true, Ordering::SeqCst);
+        shared.exiting.set();
         // Handlers still running were released above; what they started ends now.
         crate::handler_process::kill_all();
         signals.close();
@@ -397,6 +397,10 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) -> Option<StoreError> {
     let mut next: Option<Claim> = None;
     // What a draining worker said it waits for, so that it says so once.
     let mut told_drain: Option<String> = None;
+    // How long a draining worker waits before it looks again: what it waits for may end
+    // without a word (a task of another worker finishing unblocks nothing and rings no bell),
+    // so it looks soon at first, then less and less often, up to the poll interval.
+    let mut drain_wait = DRAIN_FIRST_LOOK;
     while !shared.stopping.load(Ordering::SeqCst) {
         let Some(handler) = process.as_mut() else {
             match HandlerProcess::start(&shared.role, &shared.options.settings) {
@@ -443,6 +447,7 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) -> Option<StoreError> {
         }
         match claimed {
             Ok(Some(claim)) => {
+                drain_wait = DRAIN_FIRST_LOOK;
                 let (survived, following) = run_task(shared, handler, claim);
                 next = following;
                 if !survived {
@@ -450,6 +455,7 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) -> Option<StoreError> {
                 }
             }
             Ok(None) => {
+                let mut wait = shared.options.poll;
                 if shared.options.drain {
                     match shared.store.work_ahead(&shared.types) {
                         Ok(None) => return None,
@@ -459,11 +465,13 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) -> Option<StoreError> {
                                 say(shared, &format!("--drain: nothing to claim yet; {why}"));
                                 told_drain = Some(why);
                             }
+                            wait = drain_wait.min(wait);
+                            drain_wait = drain_wait.saturating_mul(2);
                         }
                         Err(err) => say(shared, &format!("error: {err}")),
                     }
                 }
-                shared.wakeup.wait(token, shared.options.poll);
+                shared.wakeup.wait(token, wait);
             }
             Err(err @ StoreError::Damaged { .. }) => return Some(err),
             Err(err) => {
@@ -478,6 +486,10 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) -> Option<StoreError> {
     }
     None
 }
+
+/// How soon a draining worker that can claim nothing looks again the first time (see
+/// `drain_wait` in [`slot_loop`]).
+const DRAIN_FIRST_LOOK: Duration = Duration::from_millis(5);
 
 /// What a draining worker that can claim nothing waits for, in words: the task it waits for and
 /// why that task cannot be claimed yet.
@@ -879,8 +891,7 @@ fn heartbeat_loop(shared: &Shared) {
     // Renewing also brings news of `host cancel`, so it happens at least every second.
     let renew_every = (shared.store.lease_duration() / 3).min(Duration::from_secs(1));
     let mut last_record = Instant::now();
-    while !shared.exiting.load(Ordering::SeqCst) {
-        thread::sleep(tick);
+    while shared.exiting.pause(tick) {
         let running: Vec<Arc<Running>> = shared.running.lock().expect("running lock").clone();
         for task in &running {
             let mut renewed = task.renewed.lock().expect("renewed lock");
@@ -929,8 +940,7 @@ fn heartbeat_loop(shared: &Shared) {
 /// stops (and is killed if need be) before then, so that two attempts never run at once.
 fn lease_guard_loop(shared: &Shared) {
     let lease = shared.store.lease_duration();
-    while !shared.exiting.load(Ordering::SeqCst) {
-        thread::sleep(Duration::from_millis(100));
+    while shared.exiting.pause(Duration::from_millis(100)) {
         let running: Vec<Arc<Running>> = shared.running.lock().expect("running lock").clone();
         for task in &running {
             if task.stop_reason().is_some() {
@@ -973,7 +983,7 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(600);
 /// stops the worker.
 fn upkeep_loop(shared: &Shared, events: &mpsc::Sender<Event>) {
     let mut last: Option<Instant> = None;
-    while !shared.exiting.load(Ordering::SeqCst) {
+    while !shared.exiting.is_set() {
         if last.is_none_or(|at| at.elapsed() >= UPKEEP_EVERY) {
             if last.is_some() {
                 match shared.store.quick_check() {
@@ -991,7 +1001,38 @@ fn upkeep_loop(shared: &Shared, events: &mpsc::Sender<Event>) {
             }
         }
         watch_limits(shared);
-        thread::sleep(Duration::from_millis(200));
+        shared.exiting.pause(Duration::from_millis(200));
+    }
+}
+
+/// Set once the worker exits: its background loops pause on it between rounds, so that they
+/// end the moment it is set rather than after their pause (a draining worker exits at once).
+#[derive(Default)]
+struct Exiting {
+    set: Mutex<bool>,
+    rung: Condvar,
+}
+
+impl Exiting {
+    /// Tells the loops to end.
+    fn set(&self) {
+        *self.set.lock().expect("exiting lock") = true;
+        self.rung.notify_all();
+    }
+
+    /// Whether the worker exits.
+    fn is_set(&self) -> bool {
+        *self.set.lock().expect("exiting lock")
+    }
+
+    /// Waits `pause` unless the worker exits meanwhile; true while it does not.
+    fn pause(&self, pause: Duration) -> bool {
+        let set = self.set.lock().expect("exiting lock");
+        let (set, _) = self
+            .rung
+            .wait_timeout_while(set, pause, |set| !*set)
+            .expect("exiting lock");
+        !*set
     }
 }
 

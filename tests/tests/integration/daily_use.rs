@@ -752,3 +752,47 @@ fn a_draining_worker_says_once_what_it_waits_for_when_it_can_claim_nothing_yet()
         "{said}"
     );
 }
+
+#[test]
+fn a_draining_worker_sees_another_workers_last_task_end_without_waiting_out_its_poll() {
+    let q = TestQueue::new();
+    let target = q.scratch.display().to_string();
+    let id = q.add(&[
+        "--type",
+        "test",
+        "--target",
+        &target,
+        "--payload",
+        r#"{"command": ["sleep", "2"]}"#,
+    ]);
+    let mut busy = q.spawn_worker("tester", &["--drain", "--name", "busy"]);
+    q.wait_for("the task to run", Duration::from_secs(30), |q| {
+        q.task(&id)["status"] == "running"
+    });
+    // An hour between looks, and a task whose end rings no bell (it unblocks nothing): the
+    // second worker looks sooner while what it waits for may end any moment.
+    let mut second = q.spawn_worker("tester", &["--drain", "--name", "second", "--poll", "1h"]);
+    let start = std::time::Instant::now();
+    let exited = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = second.kill();
+    let output = second.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the second worker still waits a minute on: {said}"
+    );
+    assert!(
+        said.contains(&format!("waiting for task {id}, running on busy")),
+        "{said}"
+    );
+    assert!(busy.wait().unwrap().success());
+    assert_eq!(q.task(&id)["status"], "completed");
+}
