@@ -10,8 +10,9 @@
 set -euo pipefail
 
 cd "$(dirname "$0")"
-host="$PWD/target/release/host"
-# demo.sh copied the plugins to a private folder; run alone, they are the build's own.
+# demo.sh names its host and the private copy of the plugins it made; run alone, both are
+# the release build's own.
+host="${DEMO_HOST:-$PWD/target/release/host}"
 export HOST_PLUGIN_PATH="${HOST_PLUGIN_PATH:-$PWD/target/release}"
 
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)

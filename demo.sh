@@ -8,7 +8,8 @@
 #          Cargo.toml) and the deployer (the custom role in examples/) copies it to a release
 #          folder.
 #
-# Everything it writes stays under target/demo; running it again starts afresh.
+# Everything it writes stays under target/demo, but for a private copy of the plugins it runs
+# (see below); running it again starts afresh.
 # `./demo.sh --postgres` plays the many-machine set-up instead (see demo-postgres.sh).
 set -euo pipefail
 
@@ -22,20 +23,29 @@ else
 fi
 
 # The host refuses plugins in a folder that others could write to, or under one (a clone in
-# /tmp): the demo's roles run from a copy in a folder of the user's own, made private.
+# /tmp): the demo's roles run from a copy in a folder of the user's own, made private (umask
+# 077, so that neither the folders made nor the copies are writable by the group).
 demo="${DEMO_DIR:-$PWD/target/demo}"
+demo="${demo%/}"
 if [ -n "${DEMO_DIR:-}" ]; then
     plugins="$demo-plugins"
 else
     plugins="${XDG_DATA_HOME:-$HOME/.local/share}/host/demo-plugins"
 fi
+case "$(uname -s)" in
+    Darwin) suffix=dylib ;;
+    *) suffix=so ;;
+esac
 rm -rf "$plugins"
-mkdir -p "$(dirname "$plugins")"
-mkdir -m 700 "$plugins"
-for library in builtin_roles deployer; do
-    cp "$(dirname "$host")/lib$library.so" "$plugins/"
-done
+(
+    umask 077
+    mkdir -p "$plugins"
+    for library in builtin_roles deployer; do
+        cp "$(dirname "$host")/lib$library.$suffix" "$plugins/"
+    done
+)
 export HOST_PLUGIN_PATH="$plugins"
+export DEMO_HOST="$host"
 
 if [ "${1:-}" = "--postgres" ]; then
     exec ./demo-postgres.sh

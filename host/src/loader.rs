@@ -357,7 +357,7 @@ impl PluginRegistry {
             .map(|(path, _)| format!(", {}", path.display()))
             .collect();
         format!(
-            "; refused: {} ({reason}){others}; see `host plugins`",
+            "; refused: {}: {reason}{others}; see `host plugins`",
             first.display()
         )
     }

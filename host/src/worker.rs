@@ -466,7 +466,7 @@ fn slot_loop(shared: &Shared, process: HandlerProcess) -> Option<StoreError> {
                                 told_drain = Some(why);
                             }
                             wait = drain_wait.min(wait);
-                            drain_wait = drain_wait.saturating_mul(2);
+                            drain_wait = drain_wait.saturating_mul(2).min(shared.options.poll);
                         }
                         Err(err) => say(shared, &format!("error: {err}")),
                     }

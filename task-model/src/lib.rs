@@ -149,7 +149,7 @@ impl std::str::FromStr for TaskStatus {
     }
 }
 
-/// What lists filter by (`host list --status`, the dashboard): a status, or `input`, the
+/// What lists filter by (`host list --status`, the dashboard, MCP's `list_tasks`): a status, or `input`, the
 /// running tasks that wait for a person's answer ([`Task::shown_status`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShownStatus {

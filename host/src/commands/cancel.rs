@@ -45,7 +45,11 @@ pub fn check_type_known(
         anyhow::bail!(
             "unknown task type {task_type:?}: no role on the plugin path claims it and no task \
              has it (known types: {}{}); nothing was {doing}",
-            known.join(", "),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            },
             registry.refused_note()
         );
     }

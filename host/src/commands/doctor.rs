@@ -92,33 +92,38 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
             running.len()
         ),
     )?;
+    // This machine's, not the queue's: a library refused here is a problem to mend here; no
+    // plugin at all is only said, as a machine that watches a shared queue needs none.
     let registry = PluginRegistry::discover(&settings.plugin_path);
     for (file, reason) in registry.refusals() {
         report(
             false,
-            format!("plugin {}: refused: {reason}", file.display()),
+            format!(
+                "this machine's plugin {}: refused: {reason}",
+                file.display()
+            ),
         )?;
     }
     let mut roles: Vec<&str> = registry.roles().iter().map(|r| r.name()).collect();
     roles.sort_unstable();
-    report(
-        !roles.is_empty(),
-        if roles.is_empty() {
+    if roles.is_empty() {
+        outln!(
+            "note     this machine's plugin path has no role, so no task can be added or run \
+             here (searched: {})",
+            registry.searched()
+        );
+    } else {
+        report(
+            true,
             format!(
-                "plugins: no role on the plugin path, so no task can be added or run here \
-                 (searched: {})",
-                registry.searched()
-            )
-        } else {
-            format!(
-                "plugins: roles {} (searched: {})",
+                "this machine's plugins: roles {} (searched: {})",
                 roles.join(", "),
                 registry.searched()
-            )
-        },
-    )?;
+            ),
+        )?;
+    }
     if problems > 0 {
-        anyhow::bail!("{problems} problem(s) found in {}", settings.queue);
+        anyhow::bail!("{problems} problem(s) found (the lines marked PROBLEM)");
     }
     Ok(())
 }

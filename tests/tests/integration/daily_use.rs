@@ -755,15 +755,20 @@ fn a_draining_worker_says_once_what_it_waits_for_when_it_can_claim_nothing_yet()
 
 #[test]
 fn a_draining_worker_sees_another_workers_last_task_end_without_waiting_out_its_poll() {
+    use std::io::BufRead;
     let q = TestQueue::new();
     let target = q.scratch.display().to_string();
+    // The task runs until the test opens its gate, once the second worker waits for it.
+    let gate = q.scratch.join("gate");
+    let wait_for_gate = format!("while [ ! -e '{}' ]; do sleep 0.05; done", gate.display());
+    let payload = serde_json::json!({ "command": ["sh", "-c", wait_for_gate] });
     let id = q.add(&[
         "--type",
         "test",
         "--target",
         &target,
         "--payload",
-        r#"{"command": ["sleep", "2"]}"#,
+        &payload.to_string(),
     ]);
     let mut busy = q.spawn_worker("tester", &["--drain", "--name", "busy"]);
     q.wait_for("the task to run", Duration::from_secs(30), |q| {
@@ -772,6 +777,25 @@ fn a_draining_worker_sees_another_workers_last_task_end_without_waiting_out_its_
     // An hour between looks, and a task whose end rings no bell (it unblocks nothing): the
     // second worker looks sooner while what it waits for may end any moment.
     let mut second = q.spawn_worker("tester", &["--drain", "--name", "second", "--poll", "1h"]);
+    let (lines, said) = std::sync::mpsc::channel();
+    let stderr = second.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let waits = format!("waiting for task {id}, running on busy");
+    let mut heard = Vec::new();
+    while !heard.iter().any(|line: &String| line.contains(&waits)) {
+        match said.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => heard.push(line),
+            Err(_) => panic!("the second worker never said it waits: {heard:#?}"),
+        }
+    }
+    std::fs::write(&gate, "").unwrap();
     let start = std::time::Instant::now();
     let exited = loop {
         if let Some(status) = second.try_wait().unwrap() {
@@ -783,15 +807,11 @@ fn a_draining_worker_sees_another_workers_last_task_end_without_waiting_out_its_
         std::thread::sleep(Duration::from_millis(50));
     };
     let _ = second.kill();
-    let output = second.wait_with_output().unwrap();
-    let said = String::from_utf8_lossy(&output.stderr);
+    let _ = second.wait();
+    heard.extend(said.try_iter());
     assert!(
         exited.is_some_and(|s| s.success()),
-        "the second worker still waits a minute on: {said}"
-    );
-    assert!(
-        said.contains(&format!("waiting for task {id}, running on busy")),
-        "{said}"
+        "the second worker still waits a minute after the task ended: {heard:#?}"
     );
     assert!(busy.wait().unwrap().success());
     assert_eq!(q.task(&id)["status"], "completed");

@@ -423,14 +423,17 @@ fn a_refused_library_is_named_where_its_role_is_missed_and_by_doctor() {
     let q = TestQueue::with_plugins(&["noop"]);
     q.ok(&["add", "--type", "noop"]);
     let doctor = q.ok(&["doctor"]);
-    assert!(doctor.contains("plugins: roles noop"), "{doctor}");
+    assert!(
+        doctor.contains("this machine's plugins: roles noop"),
+        "{doctor}"
+    );
 
     let library = q.plugins.join(library_file("noop"));
     chmod(&library, 0o666);
     let line = one_line_failure(&q.run(&["add", "--type", "noop"]));
     assert!(
         line.contains("unknown task type \"noop\"")
-            && line.contains(&format!("refused: {}", library.display()))
+            && line.contains(&format!("refused: {}: ", library.display()))
             && line.contains("writable by its group or other users"),
         "{line}"
     );
@@ -438,8 +441,10 @@ fn a_refused_library_is_named_where_its_role_is_missed_and_by_doctor() {
     let report = String::from_utf8_lossy(&doctor.stdout);
     assert_eq!(doctor.status.code(), Some(1), "{report}");
     assert!(
-        report.contains(&format!("PROBLEM  plugin {}: refused:", library.display()))
-            && report.contains("PROBLEM  plugins: no role on the plugin path"),
+        report.contains(&format!(
+            "PROBLEM  this machine's plugin {}: refused:",
+            library.display()
+        )) && report.contains("note     this machine's plugin path has no role"),
         "{report}"
     );
     // Nothing of the queue was touched: the task added before is still there.
