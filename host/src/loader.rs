@@ -618,30 +618,16 @@ impl Probe {
 }
 
 /// Waits for `child` to exit until `deadline`: its status, or `None` when the time ran out
-/// first. On Linux the wait is on a pidfd, so the answer comes the moment the child exits (a
-/// probe is on the path of every `host add`); elsewhere, or without pidfds, it looks every 2 ms.
+/// first. On Linux the wait is on a pidfd ([`crate::process_tree::exits_within`]), so the
+/// answer comes the moment the child exits (a probe is on the path of every `host add`);
+/// elsewhere, or without pidfds, it looks every 2 ms until the deadline.
 fn wait_until(
     child: &mut Child,
     deadline: Instant,
 ) -> std::io::Result<Option<std::process::ExitStatus>> {
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::event::{PollFd, PollFlags, Timespec, poll};
-        use rustix::process::{Pid, PidfdFlags, pidfd_open};
-        // The child is not waited for until the pidfd says it exited, so its id stays its own.
-        if let Ok(pidfd) = pidfd_open(Pid::from_child(child), PidfdFlags::empty()) {
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let left = Timespec::try_from(left).unwrap_or_default();
-                let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
-                match poll(&mut fds, Some(&left)) {
-                    Ok(0) if Instant::now() >= deadline => return Ok(None),
-                    Ok(0) | Err(rustix::io::Errno::INTR) => {}
-                    Ok(_) => return child.wait().map(Some),
-                    Err(err) => return Err(err.into()),
-                }
-            }
-        }
+    let left = deadline.saturating_duration_since(Instant::now());
+    if crate::process_tree::exits_within(child, left) {
+        return child.wait().map(Some);
     }
     loop {
         match child.try_wait()? {

@@ -135,7 +135,8 @@ pub fn kill_tree(root: u32, including_root: bool) {
 }
 
 /// Whether `child` exits within `limit`, watched through a pidfd without reaping it (its pid
-/// stays its own until the caller waits for it). False where there are no pidfds.
+/// stays its own until the caller waits for it). False when the time ran out, and at once
+/// where there are no pidfds (the caller then looks for itself).
 #[cfg(target_os = "linux")]
 pub fn exits_within(child: &std::process::Child, limit: Duration) -> bool {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
